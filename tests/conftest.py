@@ -1,0 +1,67 @@
+"""Shared fixtures.
+
+The whole session runs inside a real QgsApplication (pytest-qgis starts it,
+offscreen). Real data comes from REMOTECLIP_DATA (default ../shared/data beside
+the repository). Outside CI a missing data folder skips the tests that need it;
+in CI (CI=true) it fails them, as a missing QGIS does.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _data_dir() -> Path:
+    return Path(os.environ.get("REMOTECLIP_DATA", ROOT.parent / "shared" / "data")).resolve()
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip outside CI, fail in CI: CI must never hide a missing dependency."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: missing dependencies fail instead of skipping)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = _data_dir()
+    require((path / "README.md").is_file(), f"real test data not found at {path}; set REMOTECLIP_DATA")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """A tiny random open_clip model exported as an fp32+fp16 bundle (made once per session)."""
+    from training.export import export_tiny_test_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    export_tiny_test_bundle(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def built_plugin(tmp_path_factory) -> Path:
+    """The plugin folder as `make package` lays it out (core vendored inside).
+
+    Returns the folder that *contains* remoteclip_qgis/, ready for sys.path or a
+    QGIS profile's python/plugins.
+    """
+    out = tmp_path_factory.mktemp("plugin")
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "package.py"), "--folder-only", "--out", str(out)],
+        check=True,
+    )
+    assert (out / "remoteclip_qgis" / "core" / "__init__.py").is_file()
+    return out
+
+
