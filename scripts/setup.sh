@@ -60,6 +60,10 @@ else
     .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements/lock.txt "${reqs[@]}"
   echo "$want" > "$stamp"
 fi
+# The `remoteclip` command, pointing at this checkout.
+if [ ! -x .venv/bin/remoteclip ]; then
+  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+fi
 
 .venv/bin/python - <<'EOF'
 import numpy, osgeo.gdal_array  # noqa: F401  (numpy 2 would break gdal_array)
