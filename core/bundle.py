@@ -1,0 +1,190 @@
+"""Read a model bundle: a folder (or ``NAME.rclip.zip``) with two ONNX graphs,
+the CLIP BPE merges and ``manifest.json`` (format described in docs/ARCHITECTURE.md).
+
+core reads only bundles; ``python -m training.export`` writes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+from .errors import RemoteClipError
+
+FORMAT = "remoteclip-onnx-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+KINDS = ("image", "text")
+PRECISIONS = ("fp32", "fp16")
+
+_REQUIRED_KEYS = ("format", "format_version", "name", "architecture", "embed_dim", "activation",
+                  "image", "text", "logit_scale", "graphs")
+_REQUIRED_IMAGE = ("size", "mean", "std", "resize_mode", "interpolation", "crop")
+_REQUIRED_TEXT = ("vocab_file", "context_length", "sot_token_id", "eot_token_id")
+
+_EXPORT_HINT = ("Export a bundle with `python -m training.export --arch ViT-B-32 --checkpoint FILE "
+                "--out DIR`, or pick a bundle folder that contains manifest.json.")
+
+
+class Bundle:
+    """A validated bundle on disk. Paths point into the folder (zips are extracted once)."""
+
+    def __init__(self, path: Path, manifest: dict, source: Path | None = None):
+        self.path = Path(path)
+        self.manifest = manifest
+        # where the user pointed (the .zip for archives); the identity shown in messages
+        self.source = Path(source) if source is not None else self.path
+        self._sha256: str | None = None
+
+    name = property(lambda self: self.manifest["name"])
+    architecture = property(lambda self: self.manifest["architecture"])
+    embed_dim = property(lambda self: int(self.manifest["embed_dim"]))
+    image = property(lambda self: self.manifest["image"])
+    text = property(lambda self: self.manifest["text"])
+    logit_scale = property(lambda self: float(self.manifest["logit_scale"]))
+    activation = property(lambda self: self.manifest["activation"])
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        return tuple(p for p in PRECISIONS if p in self.manifest["graphs"])
+
+    def graph_path(self, kind: str, precision: str = "fp32") -> Path:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+        graphs = self.manifest["graphs"]
+        if precision not in graphs:
+            raise RemoteClipError(
+                f"Model bundle {self.source} has no {precision} graphs (it has: {', '.join(self.precisions)}).",
+                f"Choose precision {self.precisions[0]}, or re-export with "
+                f"`python -m training.export ... --fp16` to add fp16 graphs.",
+            )
+        return self.path / graphs[precision][kind]
+
+    @property
+    def vocab_path(self) -> Path:
+        return self.path / self.text["vocab_file"]
+
+    @property
+    def sha256(self) -> str:
+        """Digest of the manifest and every graph file: changes whenever the model does."""
+        if self._sha256 is None:
+            h = hashlib.sha256()
+            files = [MANIFEST] + sorted({f for g in self.manifest["graphs"].values() for f in g.values()})
+            for rel in files:
+                h.update(rel.encode() + b"\0")
+                with open(self.path / rel, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        h.update(chunk)
+            self._sha256 = h.hexdigest()
+        return self._sha256
+
+    def __repr__(self) -> str:
+        return f"Bundle({self.name!r}, architecture={self.architecture!r}, path={str(self.path)!r})"
+
+
+def load_bundle(path) -> Bundle:
+    """Open and validate a bundle folder or ``.zip``; raise RemoteClipError when it is unusable."""
+    if isinstance(path, Bundle):
+        return path
+    if path is None or str(path).strip() == "":
+        raise RemoteClipError("No model bundle was given.", _EXPORT_HINT)
+    src = Path(path).expanduser()
+    if not src.exists():
+        raise RemoteClipError(f"Model bundle not found: {src}.", _EXPORT_HINT)
+    if src.is_file():
+        if not zipfile.is_zipfile(src):
+            raise RemoteClipError(
+                f"{src} is neither a bundle folder nor a zip archive.",
+                "Pass the bundle folder (with manifest.json) or its .rclip.zip archive. " + _EXPORT_HINT,
+            )
+        folder = _extract_zip(src)
+    else:
+        folder = src
+    manifest = _read_manifest(folder, src)
+    _check_files(folder, manifest, src)
+    return Bundle(folder, manifest, source=src)
+
+
+def _read_manifest(folder: Path, src: Path) -> dict:
+    mpath = folder / MANIFEST
+    if not mpath.is_file():
+        raise RemoteClipError(f"{src} is not a model bundle: it has no {MANIFEST}.", _EXPORT_HINT)
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RemoteClipError(f"The manifest of model bundle {src} is not valid JSON ({e}).",
+                              "Re-export the bundle; the file was probably damaged.") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise RemoteClipError(f"{mpath} is not a RemoteCLIP bundle manifest (format is not {FORMAT!r}).",
+                              _EXPORT_HINT)
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise RemoteClipError(
+            f"Model bundle {src} has format_version {version!r}; this version reads {FORMAT_VERSION}.",
+            "Update the plugin, or re-export the bundle with the matching training tools.",
+        )
+    missing = [k for k in _REQUIRED_KEYS if k not in manifest]
+    missing += [f"image.{k}" for k in _REQUIRED_IMAGE if k not in manifest.get("image", {})]
+    missing += [f"text.{k}" for k in _REQUIRED_TEXT if k not in manifest.get("text", {})]
+    if missing:
+        raise RemoteClipError(f"The manifest of model bundle {src} lacks {', '.join(missing)}.",
+                              "Re-export the bundle with `python -m training.export`.")
+    graphs = manifest["graphs"]
+    if not isinstance(graphs, dict) or "fp32" not in graphs or any(
+            not isinstance(graphs[p], dict) or set(graphs[p]) < set(KINDS) for p in graphs):
+        raise RemoteClipError(f"The manifest of model bundle {src} does not list fp32 image and text graphs.",
+                              "Re-export the bundle with `python -m training.export`.")
+    return manifest
+
+
+def _check_files(folder: Path, manifest: dict, src: Path) -> None:
+    needed = [manifest["text"]["vocab_file"]]
+    needed += [manifest["graphs"][p][k] for p in manifest["graphs"] for k in KINDS]
+    missing = [f for f in needed if not (folder / f).is_file()]
+    if missing:
+        raise RemoteClipError(f"Model bundle {src} is incomplete: missing {', '.join(missing)}.",
+                              "Copy the whole bundle folder, or re-export it with `python -m training.export`.")
+
+
+def _extract_zip(zpath: Path) -> Path:
+    """Extract once into a per-archive cache folder keyed by the archive's size and mtime."""
+    st = zpath.stat()
+    key = hashlib.sha256(f"{zpath.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    base = Path(os.environ.get("REMOTECLIP_BUNDLE_CACHE", Path(tempfile.gettempdir()) / "remoteclip-bundles"))
+    dest = base / f"{zpath.name.split('.')[0]}-{key}"
+    if (dest / MANIFEST).is_file():
+        return dest
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=base))
+    try:
+        with zipfile.ZipFile(zpath) as zf:
+            names = zf.namelist()
+            for n in names:
+                if n.startswith("/") or ".." in Path(n).parts:
+                    raise RemoteClipError(f"Archive {zpath} contains an unsafe path {n!r}.",
+                                          "Use an archive written by `python -m training.export --zip`.")
+            zf.extractall(tmp)
+        inner = tmp
+        # archives may hold the bundle folder itself rather than its content
+        if not (tmp / MANIFEST).is_file():
+            subdirs = [p for p in tmp.iterdir() if p.is_dir() and (p / MANIFEST).is_file()]
+            if len(subdirs) == 1:
+                inner = subdirs[0]
+        if not (inner / MANIFEST).is_file():
+            raise RemoteClipError(f"Archive {zpath} holds no {MANIFEST}: it is not a model bundle.", _EXPORT_HINT)
+        try:
+            os.replace(inner, dest)
+        except OSError:
+            if not (dest / MANIFEST).is_file():  # someone else won the race, otherwise re-raise
+                raise
+    except zipfile.BadZipFile as e:
+        raise RemoteClipError(f"Archive {zpath} is damaged ({e}).", "Download or export the bundle again.") from e
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest

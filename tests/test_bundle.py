@@ -1,0 +1,134 @@
+"""core.bundle: load_bundle on the tiny exported bundle, zip archives, and broken bundles."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from core.bundle import load_bundle
+from core.errors import RemoteClipError
+
+
+def test_load_tiny_bundle(tiny_bundle):
+    b = load_bundle(tiny_bundle)
+    assert b.name == "tiny-test"
+    assert b.architecture == "tiny-test"
+    assert b.embed_dim == 32
+    assert b.activation == "quick_gelu"
+    assert b.precisions == ("fp32", "fp16")
+    assert b.image["size"] == [64, 64]
+    assert b.text["context_length"] == 77
+    assert b.logit_scale == pytest.approx(1 / 0.07, rel=1e-4)  # open_clip init value, exported as is
+    assert b.graph_path("image").name == "image_fp32.onnx"
+    assert b.graph_path("text", "fp16").is_file()
+    assert len(b.sha256) == 64 and b.sha256 == load_bundle(tiny_bundle).sha256
+
+
+def test_graphs_run_with_onnxruntime(tiny_bundle):
+    import onnxruntime as ort
+
+    b = load_bundle(tiny_bundle)
+    for precision in b.precisions:
+        img = ort.InferenceSession(str(b.graph_path("image", precision)), providers=["CPUExecutionProvider"])
+        txt = ort.InferenceSession(str(b.graph_path("text", precision)), providers=["CPUExecutionProvider"])
+        for n in (1, 5):  # dynamic batch
+            x = np.random.default_rng(n).standard_normal((n, 3, 64, 64)).astype(np.float32)
+            e = img.run(None, {"pixel_values": x})[0]
+            assert e.shape == (n, 32) and e.dtype == np.float32
+            np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-3)
+            ids = np.zeros((n, 77), np.int64)
+            ids[:, 0], ids[:, 1], ids[:, 2] = 49406, 320, 49407
+            t = txt.run(None, {"input_ids": ids})[0]
+            assert t.shape == (n, 32) and t.dtype == np.float32
+            np.testing.assert_allclose(np.linalg.norm(t, axis=1), 1.0, atol=1e-3)
+
+
+def test_zip_bundle(tiny_bundle, tmp_path, monkeypatch):
+    from training.export import write_zip
+
+    monkeypatch.setenv("REMOTECLIP_BUNDLE_CACHE", str(tmp_path / "cache"))
+    z = write_zip(tiny_bundle, tmp_path / "tiny.rclip.zip")
+    b = load_bundle(z)
+    assert b.name == "tiny-test" and b.source == z
+    assert b.sha256 == load_bundle(tiny_bundle).sha256
+    assert load_bundle(z).path == b.path  # extracted once
+
+
+def _copy(tiny_bundle, tmp_path):
+    dst = tmp_path / "b"
+    shutil.copytree(tiny_bundle, dst)
+    return dst
+
+
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        ("no_manifest", "no manifest.json"),
+        ("bad_json", "not valid JSON"),
+        ("wrong_format", "not a RemoteCLIP bundle manifest"),
+        ("future_version", "format_version 2"),
+        ("missing_graph", "missing text_fp32.onnx"),
+        ("missing_vocab", "missing bpe_simple_vocab_16e6.txt.gz"),
+        ("missing_key", "lacks embed_dim"),
+    ],
+)
+def test_broken_bundles_get_clear_errors(tiny_bundle, tmp_path, breakage, message):
+    d = _copy(tiny_bundle, tmp_path)
+    m = json.loads((d / "manifest.json").read_text())
+    if breakage == "no_manifest":
+        (d / "manifest.json").unlink()
+    elif breakage == "bad_json":
+        (d / "manifest.json").write_text("{not json")
+    elif breakage == "wrong_format":
+        m["format"] = "something-else"
+    elif breakage == "future_version":
+        m["format_version"] = 2
+    elif breakage == "missing_graph":
+        (d / "text_fp32.onnx").unlink()
+    elif breakage == "missing_vocab":
+        (d / "bpe_simple_vocab_16e6.txt.gz").unlink()
+    elif breakage == "missing_key":
+        del m["embed_dim"]
+    if breakage in ("wrong_format", "future_version", "missing_key"):
+        (d / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(RemoteClipError, match=message) as ei:
+        load_bundle(d)
+    assert ei.value.fix
+
+
+def test_missing_path_and_non_bundle_file(tmp_path):
+    with pytest.raises(RemoteClipError, match="not found"):
+        load_bundle(tmp_path / "nope")
+    f = tmp_path / "model.onnx"
+    f.write_bytes(b"\x08\x01")
+    with pytest.raises(RemoteClipError, match="neither a bundle folder nor a zip"):
+        load_bundle(f)
+    z = tmp_path / "x.rclip.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("readme.txt", "hello")
+    with pytest.raises(RemoteClipError, match="holds no manifest.json"):
+        load_bundle(z)
+
+
+def test_missing_precision(tiny_bundle, tmp_path):
+    d = _copy(tiny_bundle, tmp_path)
+    m = json.loads((d / "manifest.json").read_text())
+    del m["graphs"]["fp16"]
+    (d / "manifest.json").write_text(json.dumps(m))
+    b = load_bundle(d)
+    assert b.precisions == ("fp32",)
+    with pytest.raises(RemoteClipError, match="no fp16 graphs"):
+        b.graph_path("image", "fp16")
+
+
+def test_core_bundle_and_tokenizer_import_no_torch():
+    import subprocess
+
+    code = ("import sys; import core.bundle, core.tokenizer; "
+            "assert 'torch' not in sys.modules and 'onnxruntime' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,432 @@
+"""open_clip model -> model bundle (two ONNX graphs + tokenizer data + manifest.json).
+
+    python -m training.export --arch ViT-B-32 --checkpoint RemoteCLIP-ViT-B-32.pt --out bundles/RemoteCLIP-ViT-B-32 \
+        --fp16 --verify
+
+Graph traps handled here (see docs/bundles.md):
+- the text tower pools at the end-of-text token with ``argmax`` over the ids; onnxruntime has no
+  int64 ArgMax kernel, so the ids are cast to int32 first (49407 fits; same first-occurrence rule);
+- attention must not bake the export batch size into Reshape nodes: the graphs are exported with a
+  dynamic batch axis and checked at two other batch sizes before the bundle is written;
+- ``unflatten`` in nn.MultiheadAttention needs opset >= 13 in the TorchScript exporter; we use 17.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+from core.bundle import FORMAT, FORMAT_VERSION, MANIFEST
+from core.errors import RemoteClipError
+
+EXPORTER_VERSION = "0.1.0"
+DEFAULT_OPSET = 17
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+TINY_CONFIG = CONFIG_DIR / "tiny-test.json"
+VOCAB_NAME = "bpe_simple_vocab_16e6.txt.gz"
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def image_tower(model):
+    """nn.Module: pixel_values (N,3,H,W) float32 -> L2-normalised image embeddings (N, D) float32."""
+    torch = _torch()
+    import torch.nn.functional as F
+
+    class ImageTower(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, pixel_values):
+            return F.normalize(self.m.encode_image(pixel_values).float(), dim=-1)
+
+    return ImageTower(model).eval()
+
+
+def text_tower(model):
+    """nn.Module: input_ids (N, L) int64 -> L2-normalised text embeddings (N, D) float32.
+
+    Re-states open_clip's CLIP.encode_text with the pooling ids cast to int32 (onnxruntime
+    implements ArgMax for int32 but not int64)."""
+    torch = _torch()
+    import torch.nn.functional as F
+    from open_clip.transformer import text_global_pool
+
+    if not hasattr(model, "token_embedding"):
+        # CustomTextCLIP towers (HF text models) are out of scope for RemoteCLIP bundles
+        raise RemoteClipError(f"{type(model).__name__} has no built-in CLIP text transformer; only open_clip "
+                              "CLIP models (RemoteCLIP, GeoRSCLIP, SkyCLIP, OpenAI/LAION CLIP) can be exported.",
+                              "Use a CLIP architecture such as RN50, ViT-B-32 or ViT-L-14.")
+
+    class TextTower(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids):
+            m = self.m
+            cast_dtype = m.transformer.get_cast_dtype()
+            x = m.token_embedding(input_ids).to(cast_dtype)
+            x = x + m.positional_embedding.to(cast_dtype)
+            x = m.transformer(x, attn_mask=m.attn_mask)
+            x = m.ln_final(x)
+            x = text_global_pool(x, input_ids.to(torch.int32), m.text_pool_type,
+                                 eos_token_id=getattr(m, "text_eos_id", None))
+            if m.text_projection is not None:
+                x = m.text_projection(x) if isinstance(m.text_projection, torch.nn.Linear) else x @ m.text_projection
+            return F.normalize(x.float(), dim=-1)
+
+    return TextTower(model).eval()
+
+
+def _export_graph(module, example, path: Path, input_name: str, output_name: str, opset: int,
+                  exporter: str) -> None:
+    torch = _torch()
+    import warnings
+
+    # nn.MultiheadAttention's inference fast path (_native_multi_head_attention) has no ONNX symbolic
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+            _export_graph_inner(torch, module, example, path, input_name, output_name, opset, exporter)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    _single_file(path)
+
+
+def _export_graph_inner(torch, module, example, path, input_name, output_name, opset, exporter):
+    if exporter == "torchscript":
+        torch.onnx.export(module, (example,), str(path), input_names=[input_name], output_names=[output_name],
+                          dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+                          opset_version=opset, do_constant_folding=True, dynamo=False)
+    elif exporter == "dynamo":
+        import contextlib
+        import io
+
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        with contextlib.redirect_stdout(io.StringIO()):  # progress lines "[torch.onnx] ..."
+            prog = torch.onnx.export(module, (example,), None, input_names=[input_name],
+                                     output_names=[output_name], dynamic_shapes=({0: batch},),
+                                     opset_version=max(opset, 18), dynamo=True, verbose=False)
+        prog.save(str(path))
+    else:
+        raise ValueError(f"exporter must be 'torchscript' or 'dynamo', not {exporter!r}")
+
+
+def _single_file(path: Path) -> None:
+    """Fold external weight files (if the exporter wrote any) back into the .onnx: bundles are flat."""
+    import onnx
+
+    extra = [p for p in path.parent.iterdir() if p != path and p.name.startswith(path.name)]
+    if not extra:
+        return
+    model = onnx.load(str(path), load_external_data=True)
+    for p in extra:
+        p.unlink()
+    onnx.save_model(model, str(path), save_as_external_data=False)
+
+
+def convert_fp16(src: Path, dst: Path) -> None:
+    """fp16 graph from the fp32 export; inputs and outputs stay float32 (the bundle contract)."""
+    import onnx
+    from onnxconverter_common import float16
+
+    model = onnx.load(str(src))
+    _drop_noop_float_casts(model)
+    # LayerNormalization stays fp32: better numerics, and fp16 LayerNorm graphs crash onnxruntime 1.31's
+    # CPU layout optimizer (NchwcTransformer, segfault) when the session uses ORT_ENABLE_ALL
+    block_ops = list(float16.DEFAULT_OP_BLOCK_LIST) + ["LayerNormalization"]
+    # the final L2 normalisation stays in fp32 as well: it sums D squares, which can overflow fp16
+    block = [n.name for n in model.graph.node if n.op_type in ("ReduceL2", "ReduceSumSquare", "Div", "Clip",
+                                                                 "Expand", "Max") and _is_tail(model, n)]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "-inf will be truncated to -10000": the causal mask, harmless
+        model16 = float16.convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False,
+                                                   op_block_list=block_ops, node_block_list=block)
+    # casts to float32 that now feed fp16 tensors (e.g. the attention scale from a Shape) must cast to fp16
+    vi = {v.name: v.type.tensor_type.elem_type for v in model16.graph.value_info}
+    for node in model16.graph.node:
+        if node.op_type == "Cast" and vi.get(node.output[0]) == onnx.TensorProto.FLOAT16:
+            for a in node.attribute:
+                if a.name == "to" and a.i == onnx.TensorProto.FLOAT:
+                    a.i = onnx.TensorProto.FLOAT16
+    # keep_io_types misses outputs produced by blocked nodes; the contract is float32 out
+    for out in model16.graph.output:
+        if out.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16:
+            inner = out.name + "_fp16"
+            for node in model16.graph.node:
+                for i, o in enumerate(node.output):
+                    if o == out.name:
+                        node.output[i] = inner
+            model16.graph.node.append(onnx.helper.make_node("Cast", [inner], [out.name], to=onnx.TensorProto.FLOAT,
+                                                            name=out.name + "_to_fp32"))
+            out.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    onnx.save_model(model16, str(dst))
+
+
+def _drop_noop_float_casts(model) -> None:
+    """Turn Cast(float -> float) into Identity. open_clip's ``.to(cast_dtype)`` leaves these in the
+    fp32 graph; the fp16 converter keeps them casting to float32 and the graph no longer type-checks."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    for node in model.graph.node:
+        if node.op_type != "Cast":
+            continue
+        to = next((a.i for a in node.attribute if a.name == "to"), None)
+        if to == onnx.TensorProto.FLOAT and types.get(node.input[0]) == onnx.TensorProto.FLOAT:
+            node.op_type = "Identity"
+            del node.attribute[:]
+
+
+def _is_tail(model, node, depth: int = 6) -> bool:
+    """True when node feeds the graph output within a few hops (the normalisation block)."""
+    outputs = {o.name for o in model.graph.output}
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    frontier = [node]
+    for _ in range(depth):
+        nxt = []
+        for n in frontier:
+            if outputs & set(n.output):
+                return True
+            for o in n.output:
+                nxt.extend(consumers.get(o, []))
+        frontier = nxt
+    return False
+
+
+def preprocess_manifest(preprocess_cfg: dict) -> dict:
+    """Bundle ``image`` section from open_clip's PreprocessCfg dict."""
+    size = preprocess_cfg.get("size", 224)
+    size = [int(size), int(size)] if isinstance(size, int | float) else [int(s) for s in size]
+    resize_mode = preprocess_cfg.get("resize_mode", "shortest")
+    return {
+        "size": size,
+        "mean": [float(v) for v in preprocess_cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))],
+        "std": [float(v) for v in preprocess_cfg.get("std", (0.26862954, 0.26130258, 0.27577711))],
+        "resize_mode": resize_mode,
+        "interpolation": preprocess_cfg.get("interpolation", "bicubic"),
+        # open_clip: shortest -> Resize + CenterCrop, longest -> keep ratio + CenterCropOrPad, squash -> Resize
+        "crop": "none" if resize_mode == "squash" else "center",
+        "fill_color": int(preprocess_cfg.get("fill_color", 0)),
+    }
+
+
+def _sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_batch_dynamic(path: Path, input_name: str, make_input, embed_dim: int) -> None:
+    """Run the graph at batch 1 and 3: catches a batch size baked into Reshape nodes at export time."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for n in (1, 3):
+        out = sess.run(None, {input_name: make_input(n)})[0]
+        if out.shape != (n, embed_dim):
+            raise RemoteClipError(f"Exported graph {path.name} returns shape {out.shape} for batch {n}, "
+                                  f"expected ({n}, {embed_dim}).", "Report this as an exporter bug.")
+
+
+def _prepare_out(out_dir: Path) -> Path:
+    """Make a temporary folder beside out_dir (same file system, for an atomic rename)."""
+    out_dir = Path(out_dir).expanduser().resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RemoteClipError(f"Output {out_dir} exists and is not a folder.", "Choose a new folder name for --out.")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
+        raise RemoteClipError(f"Output folder {out_dir} is not empty and is not a bundle; refusing to overwrite it.",
+                              "Choose an empty or new folder for --out.")
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    except OSError as e:
+        raise RemoteClipError(f"Cannot write the bundle to {out_dir} ({e.strerror or e}).",
+                              "Choose a folder you can write to for --out.") from e
+
+
+def _finish_out(tmp: Path, out_dir: Path) -> None:
+    out_dir = Path(out_dir).expanduser().resolve()
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{int(time.time())}")
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_zip(bundle_dir: Path, zip_path: Path | None = None) -> Path:
+    """``NAME.rclip.zip`` with the bundle's files at the archive root (atomic write)."""
+    bundle_dir = Path(bundle_dir)
+    zip_path = Path(zip_path) if zip_path else bundle_dir.with_name(bundle_dir.name + ".rclip.zip")
+    fd, tmp = tempfile.mkstemp(prefix=f".{zip_path.name}.", dir=zip_path.parent)
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+            for p in sorted(bundle_dir.iterdir()):
+                if p.is_file():
+                    zf.write(p, p.name)
+        os.replace(tmp, zip_path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return zip_path
+
+
+def export_bundle(model, preprocess_cfg: dict, out_dir, *, architecture: str, model_config: dict,
+                  activation: str, name: str | None = None, fp16: bool = True, source: dict | None = None,
+                  opset: int = DEFAULT_OPSET, exporter: str = "dynamo", make_zip: bool = False,
+                  logit_scale: float | None = None, log=None) -> Path:
+    """Export an open_clip CLIP model as a bundle folder ``out_dir`` (written atomically).
+
+    ``preprocess_cfg`` is open_clip's PreprocessCfg as a dict (``model.visual.preprocess_cfg``).
+    Returns the bundle folder. With ``make_zip`` also writes ``out_dir.rclip.zip`` beside it.
+    """
+    torch = _torch()
+    import numpy as np
+    import open_clip
+
+    log = log or (lambda msg: None)
+    if activation not in ("quick_gelu", "gelu"):
+        raise ValueError(f"activation must be 'quick_gelu' or 'gelu', not {activation!r}")
+    out_dir = Path(out_dir)
+    name = name or out_dir.name
+    model = model.float().eval()
+    image_cfg = preprocess_manifest(preprocess_cfg)
+    h, w = image_cfg["size"]
+    context_length = int(model.context_length)
+    vocab_size = int(model.vocab_size)
+    embed_dim = int(model_config.get("embed_dim") or model.text_projection.shape[-1])
+    if logit_scale is None:
+        logit_scale = float(model.logit_scale.detach().exp().item())
+
+    tmp = _prepare_out(out_dir)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        t0 = time.perf_counter()
+        img_path = tmp / "image_fp32.onnx"
+        _export_graph(image_tower(model), torch.randn(2, 3, h, w, generator=gen), img_path,
+                      "pixel_values", "image_embeds", opset, exporter)
+        log(f"image graph exported in {time.perf_counter() - t0:.1f}s")
+        t0 = time.perf_counter()
+        txt_path = tmp / "text_fp32.onnx"
+        example_ids = torch.zeros(2, context_length, dtype=torch.long)
+        example_ids[:, 0] = 49406
+        example_ids[0, 1:4] = torch.tensor([320, 1125, 539])
+        example_ids[0, 4] = 49407
+        example_ids[1, 1] = 49407
+        _export_graph(text_tower(model), example_ids, txt_path, "input_ids", "text_embeds", opset, exporter)
+        log(f"text graph exported in {time.perf_counter() - t0:.1f}s")
+
+        rng = np.random.default_rng(0)
+        _check_batch_dynamic(img_path, "pixel_values",
+                             lambda n: rng.standard_normal((n, 3, h, w)).astype(np.float32), embed_dim)
+
+        def ids(n):
+            a = np.zeros((n, context_length), dtype=np.int64)
+            a[:, 0] = 49406
+            a[np.arange(n), 1 + np.arange(n) % (context_length - 1)] = 49407
+            return a
+
+        _check_batch_dynamic(txt_path, "input_ids", ids, embed_dim)
+
+        graphs = {"fp32": {"image": img_path.name, "text": txt_path.name}}
+        if fp16:
+            t0 = time.perf_counter()
+            convert_fp16(img_path, tmp / "image_fp16.onnx")
+            convert_fp16(txt_path, tmp / "text_fp16.onnx")
+            graphs["fp16"] = {"image": "image_fp16.onnx", "text": "text_fp16.onnx"}
+            log(f"fp16 graphs converted in {time.perf_counter() - t0:.1f}s")
+
+        vocab_src = Path(open_clip.tokenizer.default_bpe())
+        shutil.copyfile(vocab_src, tmp / VOCAB_NAME)
+        import onnx
+
+        actual_opset = max(o.version for o in onnx.load(str(img_path), load_external_data=False).opset_import
+                           if o.domain in ("", "ai.onnx"))
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "name": name,
+            "architecture": architecture,
+            "model_config": model_config,
+            "embed_dim": embed_dim,
+            "activation": activation,
+            "image": image_cfg,
+            "text": {"tokenizer": "clip-bpe", "vocab_file": VOCAB_NAME, "context_length": context_length,
+                     "vocab_size": vocab_size, "sot_token_id": 49406, "eot_token_id": 49407, "pad_token_id": 0,
+                     "clean": "whitespace", "lowercase": True},
+            "logit_scale": round(float(logit_scale), 6),
+            "graphs": graphs,
+            "opset": int(actual_opset),
+            "source": source or {"checkpoint": None, "sha256": None, "origin": "random-init"},
+            "exporter": {"name": "remoteclip-qgis", "version": EXPORTER_VERSION, "method": exporter,
+                         "torch": torch.__version__.split("+")[0], "open_clip": open_clip.__version__},
+        }
+        write_manifest(tmp, manifest)
+        _finish_out(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if make_zip:
+        write_zip(out_dir)
+    return out_dir
+
+
+def write_manifest(bundle_dir: Path, manifest: dict) -> None:
+    """Atomic manifest write (also used to add the parity table after --verify)."""
+    path = Path(bundle_dir) / MANIFEST
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def tiny_model(seed: int = 0):
+    """The tiny random CLIP of training/configs/tiny-test.json (fast unit tests), fixed seed."""
+    torch = _torch()
+    from open_clip.model import CLIP
+
+    cfg = json.loads(TINY_CONFIG.read_text())
+    kwargs = {k: v for k, v in cfg.items() if k not in ("embed_dim", "vision_cfg", "text_cfg")}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIP(embed_dim=cfg["embed_dim"], vision_cfg=cfg["vision_cfg"], text_cfg=cfg["text_cfg"], **kwargs)
+    return model.eval(), cfg
+
+
+def export_tiny_test_bundle(out_dir, fp16: bool = True, seed: int = 0) -> Path:
+    """Random tiny CLIP (64 px ViT, 2+2 layers, 32-d embeddings) as an fp32(+fp16) bundle in a few seconds."""
+    model, cfg = tiny_model(seed)
+    pp = {"size": cfg["vision_cfg"]["image_size"], "mean": (0.48145466, 0.4578275, 0.40821073),
+          "std": (0.26862954, 0.26130258, 0.27577711), "interpolation": "bicubic", "resize_mode": "shortest",
+          "fill_color": 0}
+    return export_bundle(model, pp, out_dir, architecture="tiny-test", model_config=cfg,
+                         activation="quick_gelu" if cfg.get("quick_gelu") else "gelu", name="tiny-test",
+                         fp16=fp16, source={"checkpoint": None, "sha256": None, "origin": f"random-init seed={seed}"})
+
+
