@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 import zipfile
@@ -263,7 +264,11 @@ def _prepare_out(out_dir: Path) -> Path:
                               "Choose an empty or new folder for --out.")
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a bundle folder is shared like any other
+        return tmp
     except OSError as e:
         raise RemoteClipError(f"Cannot write the bundle to {out_dir} ({e.strerror or e}).",
                               "Choose a folder you can write to for --out.") from e
@@ -406,27 +411,91 @@ def write_manifest(bundle_dir: Path, manifest: dict) -> None:
     os.replace(tmp, path)
 
 
-def tiny_model(seed: int = 0):
-    """The tiny random CLIP of training/configs/tiny-test.json (fast unit tests), fixed seed."""
+def tiny_model(seed: int = 0, activation: str = "quick_gelu"):
+    """The tiny random CLIP of training/configs/tiny-test.json (fast unit tests), fixed seed.
+
+    Returns (model, model_config, preprocess_cfg)."""
     torch = _torch()
     from open_clip.model import CLIP
 
     cfg = json.loads(TINY_CONFIG.read_text())
-    kwargs = {k: v for k, v in cfg.items() if k not in ("embed_dim", "vision_cfg", "text_cfg")}
+    cfg["quick_gelu"] = activation == "quick_gelu"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = CLIP(embed_dim=cfg["embed_dim"], vision_cfg=cfg["vision_cfg"], text_cfg=cfg["text_cfg"], **kwargs)
-    return model.eval(), cfg
-
-
-def export_tiny_test_bundle(out_dir, fp16: bool = True, seed: int = 0) -> Path:
-    """Random tiny CLIP (64 px ViT, 2+2 layers, 32-d embeddings) as an fp32(+fp16) bundle in a few seconds."""
-    model, cfg = tiny_model(seed)
+        model = CLIP(**cfg)
     pp = {"size": cfg["vision_cfg"]["image_size"], "mean": (0.48145466, 0.4578275, 0.40821073),
           "std": (0.26862954, 0.26130258, 0.27577711), "interpolation": "bicubic", "resize_mode": "shortest",
           "fill_color": 0}
-    return export_bundle(model, pp, out_dir, architecture="tiny-test", model_config=cfg,
-                         activation="quick_gelu" if cfg.get("quick_gelu") else "gelu", name="tiny-test",
-                         fp16=fp16, source={"checkpoint": None, "sha256": None, "origin": f"random-init seed={seed}"})
+    return model.eval(), cfg, pp
 
 
+def export_tiny_test_bundle(out_dir, fp16: bool = True, seed: int = 0, activation: str = "quick_gelu") -> Path:
+    """Random tiny CLIP (64 px ViT, 2+2 layers, 32-d embeddings) as an fp32(+fp16) bundle in a few seconds."""
+    model, cfg, pp = tiny_model(seed, activation)
+    return export_bundle(model, pp, out_dir, architecture="tiny-test", model_config=cfg, activation=activation,
+                         name="tiny-test", fp16=fp16,
+                         source={"checkpoint": None, "sha256": None, "origin": f"random-init seed={seed}"})
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    from training import checkpoints
+
+    ap = argparse.ArgumentParser(
+        prog="python -m training.export",
+        description="Export an OpenCLIP-format checkpoint (RemoteCLIP, GeoRSCLIP, SkyCLIP, open_clip tags) as a "
+                    "RemoteCLIP-for-QGIS model bundle.")
+    ap.add_argument("--arch", required=True, help="open_clip architecture: RN50, ViT-B-32, ViT-L-14, ...")
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", help="local checkpoint file; without it RemoteCLIP-{arch}.pt is downloaded "
+                                          "from Hugging Face (needs internet)")
+    src.add_argument("--pretrained", help="an open_clip pretrained tag instead of a file, e.g. openai")
+    ap.add_argument("--out", required=True, help="bundle folder to write")
+    ap.add_argument("--name", help="bundle name (default: the --out folder name)")
+    ap.add_argument("--activation", choices=checkpoints.ACTIVATIONS, default=checkpoints.DEFAULT_ACTIVATION,
+                    help="MLP activation; quick_gelu (default) matches RemoteCLIP's official evaluation, "
+                         "see docs/bundles.md")
+    ap.add_argument("--fp16", action="store_true", help="also write fp16 graphs (converted from the fp32 export)")
+    ap.add_argument("--verify", action="store_true",
+                    help="compare the bundle with open_clip on real images and prompts; exit 1 when it fails")
+    ap.add_argument("--zip", action="store_true", help="also write OUT.rclip.zip")
+    ap.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="minimum ONNX opset (default 17)")
+    ap.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
+                    help="torch.onnx exporter (default dynamo; torchscript is the deprecated one, fp32 only)")
+    ap.add_argument("--data", help="real data folder for --verify (default $REMOTECLIP_DATA or ../shared/data)")
+    args = ap.parse_args(argv)
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    try:
+        if args.exporter == "torchscript" and args.fp16:
+            raise RemoteClipError("fp16 conversion is only supported for graphs from the dynamo exporter.",
+                                  "Drop --exporter torchscript or --fp16.")
+        t0 = time.perf_counter()
+        model, pp, cfg, source = checkpoints.load_checkpoint_model(args.arch, args.checkpoint, args.activation,
+                                                                   pretrained=args.pretrained)
+        log(f"loaded {args.arch} ({source['checkpoint']}, activation {args.activation}) "
+            f"in {time.perf_counter() - t0:.1f}s")
+        out = export_bundle(model, pp, args.out, architecture=args.arch, model_config=cfg,
+                            activation=args.activation, name=args.name, fp16=args.fp16, source=source,
+                            opset=args.opset, exporter=args.exporter, log=log)
+        log(f"bundle written to {out} in {time.perf_counter() - t0:.1f}s")
+        ok = True
+        if args.verify:
+            from training.parity import format_table, verify_bundle
+
+            results = verify_bundle(out, model, pp, arch=args.arch, data_dir=args.data)
+            print(format_table(results))
+            ok = all(r["passed"] for r in results.values())
+        if args.zip:
+            log(f"archive written to {write_zip(out)}")
+        return 0 if ok else 1
+    except RemoteClipError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
