@@ -319,9 +319,12 @@ def export_bundle(model, preprocess_cfg: dict, out_dir, *, architecture: str, mo
     log = log or (lambda msg: None)
     if activation not in ("quick_gelu", "gelu"):
         raise ValueError(f"activation must be 'quick_gelu' or 'gelu', not {activation!r}")
+    if opset < DEFAULT_OPSET:
+        # below 17 there is no LayerNormalization op and unflatten/attention export is fragile
+        raise RemoteClipError(f"ONNX opset {opset} is too old for bundles.", f"Use --opset {DEFAULT_OPSET} or later.")
     out_dir = Path(out_dir)
     name = name or out_dir.name
-    model = model.float().eval()
+    model = model.to("cpu").float().eval()  # graphs are traced on CPU; onnxruntime picks the device later
     image_cfg = preprocess_manifest(preprocess_cfg)
     h, w = image_cfg["size"]
     context_length = int(model.context_length)
