@@ -1,0 +1,7 @@
+"""``python -m core label|count|search|embed ...`` (same as the ``remoteclip`` command)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
