@@ -80,7 +80,7 @@ def resize_crop(rgb: np.ndarray, image_cfg: dict, valid: np.ndarray | None = Non
     out_h, out_w = _size(image_cfg)
     resample = _resample(image_cfg)
     mode = image_cfg.get("resize_mode", "shortest")
-    img = Image.fromarray(np.ascontiguousarray(rgb), "RGB")
+    img = Image.fromarray(np.ascontiguousarray(rgb))
     w, h = img.size
     if mode == "shortest":
         # torchvision Resize(int): the short side becomes the target, the long side int(target * long / short)

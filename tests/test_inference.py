@@ -1,0 +1,107 @@
+"""core.inference: real onnxruntime sessions on the tiny bundle (CPU here; CUDA where present)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.errors import RemoteClipError
+from core.inference import Encoder, choose_providers, cuda_available, is_oom, run_batched
+from core.preprocess import preprocess_batch
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_bundle):
+    return Encoder(tiny_bundle, device="auto", batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def pixels(data_dir, encoder):
+    paths = sorted((data_dir / "scenes" / "rsscn7").glob("*/*.jpg"))[::10][:14]
+    return preprocess_batch([np.asarray(Image.open(p).convert("RGB")) for p in paths], encoder.bundle.image)
+
+
+def test_provider_is_reported(encoder):
+    expected = "CUDAExecutionProvider" if cuda_available() else "CPUExecutionProvider"
+    assert encoder.provider == expected
+    assert Encoder(encoder.bundle, device="cpu").provider == "CPUExecutionProvider"
+
+
+def test_images_are_unit_vectors_and_batch_size_does_not_matter(encoder, pixels):
+    e4 = encoder.encode_images(pixels)
+    assert e4.shape == (len(pixels), encoder.bundle.embed_dim) and e4.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(e4, axis=1), 1.0, atol=1e-5)
+    e1 = Encoder(encoder.bundle, device="cpu", batch_size=1).encode_images(pixels)
+    np.testing.assert_allclose(e1, e4, atol=1e-5)
+    assert encoder.encode_images(pixels[:0]).shape == (0, encoder.bundle.embed_dim)
+
+
+def test_text_matches_open_clip(encoder):
+    import open_clip
+    import torch
+
+    from training.export import tiny_model
+
+    model, _, _ = tiny_model(0)
+    texts = ["a satellite photo of a harbor.", "trees", "an aerial photo of a parking lot with many cars."]
+    with torch.no_grad():
+        ref = model.encode_text(open_clip.tokenize(texts))
+        ref = (ref / ref.norm(dim=-1, keepdim=True)).numpy()
+    np.testing.assert_allclose(encoder.encode_texts(texts), ref, atol=1e-4)
+    _, cut = encoder.encode_texts_with_info(["short", "word " * 90])
+    assert cut == [False, True]
+
+
+def test_fp16_graphs_run_close_to_fp32(encoder, pixels):
+    e16 = Encoder(encoder.bundle, device="cpu", precision="fp16").encode_images(pixels)
+    cos = (e16 * encoder.encode_images(pixels)).sum(axis=1)
+    assert cos.min() > 0.99
+
+
+def test_out_of_memory_halves_the_batch(encoder, pixels):
+    sess = encoder.session("image")
+    seen = []
+
+    def run(b):  # a device that holds at most 3 images at a time, failing the way onnxruntime's CUDA EP does
+        seen.append(len(b))
+        if len(b) > 3:
+            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while "
+                               "running Conv node. CUDA failure 2: out of memory ; GPU=0")
+        return sess.run(None, {"pixel_values": b})[0]
+
+    shrunk = []
+    out = run_batched(run, pixels, 16, shrunk.append)
+    np.testing.assert_allclose(out, encoder.encode_images(pixels), atol=1e-5)
+    assert shrunk == [8, 4, 2] and seen[:4] == [14, 8, 4, 2] and max(seen[4:]) == 2
+
+
+def test_other_errors_and_oom_at_one_are_not_retried():
+    def broken(b):
+        raise RuntimeError("Invalid input name")
+
+    with pytest.raises(RuntimeError, match="Invalid input"):
+        run_batched(broken, np.zeros((4, 1)), 4)
+
+    def tiny_gpu(b):
+        raise RuntimeError("Failed to allocate memory for requested buffer of size 123")
+
+    with pytest.raises(RemoteClipError, match="out of memory even with batch size 1"):
+        run_batched(tiny_gpu, np.zeros((4, 1)), 4)
+    assert is_oom(RuntimeError("CUDA error cudaErrorMemoryAllocation:out of memory"))
+    assert not is_oom(RuntimeError("shape mismatch"))
+
+
+def test_bad_device_precision_batch_and_bundle(tiny_bundle, tmp_path):
+    with pytest.raises(RemoteClipError, match="Unknown device"):
+        choose_providers("tpu")
+    if not cuda_available():
+        with pytest.raises(RemoteClipError, match="onnxruntime-gpu"):
+            Encoder(tiny_bundle, device="cuda")
+    with pytest.raises(RemoteClipError, match="precision"):
+        Encoder(tiny_bundle, precision="int4")
+    with pytest.raises(RemoteClipError, match="Batch size"):
+        Encoder(tiny_bundle, batch_size=0)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(RemoteClipError):
+        Encoder(tmp_path)
