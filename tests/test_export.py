@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -50,7 +51,8 @@ def real_checkpoint(tmp_path_factory):
             cache[arch] = _save_random(arch, folder / f"RemoteCLIP-{arch}.pt")
         return cache[arch]
 
-    return get
+    yield get
+    shutil.rmtree(folder, ignore_errors=True)  # up to 1.7 GB per architecture
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +74,8 @@ def real_export(tmp_path_factory, real_checkpoint, data_dir):
             cache[arch] = (out, buf.getvalue(), rc)
         return cache[arch]
 
-    return get
+    yield get
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _check_real_bundle(arch, real_export, real_checkpoint, embed_dim, image_size=224):
