@@ -237,6 +237,11 @@ def test_offline_download_says_to_pass_a_local_checkpoint(tmp_path):
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 2
     assert "chendelong/RemoteCLIP" in r.stderr and "--checkpoint" in r.stderr
+    # an open_clip pretrained tag goes through open_clip's downloader: same kind of message
+    r = subprocess.run([sys.executable, "-m", "training.export", "--arch", "ViT-B-32", "--pretrained", "openai",
+                        "--out", str(tmp_path / "b")], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 2 and "pretrained weights ViT-B-32/openai" in r.stderr and "--checkpoint" in r.stderr
+    assert not (tmp_path / "b").exists()
     with pytest.raises(RemoteClipError, match="no ViT-H-14 checkpoint"):
         checkpoints.download_remoteclip("ViT-H-14")
 
