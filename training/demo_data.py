@@ -4,8 +4,9 @@
 
 Writes OUT/rsscn7_split.json (fixed-seed per-class split: 14 train / 6 test images per class),
 OUT/train.csv and OUT/val.csv (``image,caption,source,split``): RSSCN7 *train* images captioned through
-templates (test images never appear), plus, when present, DOTA and Kampala crops captioned by counting
-their boxes (crops written under OUT/crops/). Deterministic for a given seed.
+templates (test images only in val.csv, for the validation loss), plus, when present, DOTA and Kampala crops
+captioned by box-to-caption over their boxes (crops written under OUT/crops/). The captions come from
+training.data_scaling, the converters any dataset goes through. Deterministic for a given seed.
 """
 
 from __future__ import annotations
@@ -19,10 +20,18 @@ from pathlib import Path
 
 import numpy as np
 
-from training.evaluate import RS_TEMPLATES, class_name, make_split
+from training.data_scaling import (
+    Box,
+    box_captions,
+    boxes_in_window,
+    image_rng,
+    read_dota,
+    scene_captions,
+)
+from training.evaluate import class_name, make_split
 
-TRAIN_TEMPLATES = RS_TEMPLATES + ["{c}.", "a photo of {c}.", "an overhead image of {c}.", "a remote sensing image of {c}."]
-DOTA_OBJECTS = {"small-vehicle": "car", "large-vehicle": "truck", "ship": "ship", "harbor": "harbor"}
+# DOTA's vehicle classes in the words a user types when counting (core's count captions: "There are 3 cars")
+DOTA_OBJECTS = {"small vehicle": "car", "large vehicle": "truck"}
 
 
 def data_dir(path=None) -> Path:
@@ -31,67 +40,52 @@ def data_dir(path=None) -> Path:
 
 
 def rsscn7_rows(folder: Path, split: dict, captions_per_image: int, seed: int) -> list[dict]:
-    rng = np.random.default_rng(seed)
+    """Scene captions for the train images (split ``train``) and the test images (split ``val``: only the
+    validation loss sees them)."""
     rows = []
     for part in ("train", "test"):
         for rel in split[part]:
-            name = class_name(rel.split("/")[0])
-            picks = rng.choice(len(TRAIN_TEMPLATES), size=captions_per_image, replace=False)
-            for t in picks:
-                rows.append({"image": str(folder / rel), "caption": TRAIN_TEMPLATES[t].replace("{c}", name),
-                             "source": "rsscn7", "split": "train" if part == "train" else "val"})
+            for cap in scene_captions(class_name(rel.split("/")[0]), captions_per_image, image_rng(seed, rel)):
+                rows.append({"image": str(folder / rel), "caption": cap, "source": "rsscn7",
+                             "split": "train" if part == "train" else "val"})
     return rows
 
 
-def _number(n: int) -> str:
-    from core.prompts import NUMBER_WORDS
+def _crop_rows(im, boxes, out: Path, prefix: str, source: str, rng, crop: int, per_image: int,
+               captions: int, empty_caption: str | None = None) -> list[dict]:
+    """Random square crops captioned by box-to-caption over the boxes whose centre lies inside."""
+    rows = []
+    w, h = im.size
+    for k in range(per_image):
+        x0, y0 = int(rng.integers(0, w - crop)), int(rng.integers(0, h - crop))
+        name = f"{prefix}_{k:03d}.png"
+        caps = box_captions(boxes_in_window(boxes, (x0, y0, crop, crop)), (crop, crop), captions,
+                            image_rng(int(rng.integers(1 << 31)), name), DOTA_OBJECTS)
+        if not caps and empty_caption:
+            caps = [empty_caption]
+        if not caps:
+            continue
+        p = out / "crops" / name
+        im.crop((x0, y0, x0 + crop, y0 + crop)).save(p)
+        rows += [{"image": str(p.relative_to(out)), "caption": c, "source": source, "split": "train"} for c in caps]
+    return rows
 
-    return NUMBER_WORDS[n] if n < len(NUMBER_WORDS) else str(n)
 
-
-def dota_rows(dota: Path, out: Path, seed: int, crop: int = 160, per_image: int = 40) -> list[dict]:
-    """Random square crops of the DOTA images; caption counts the boxes whose centre lies inside."""
+def dota_rows(dota: Path, out: Path, seed: int, crop: int = 160, per_image: int = 40, captions: int = 2) -> list[dict]:
+    """Random crops of the DOTA images, captioned from their oriented boxes (training.data_scaling)."""
     from PIL import Image
-
-    from core.prompts import plural
 
     rng = np.random.default_rng(seed)
     rows = []
-    for lab in sorted((dota / "labels").glob("*.txt")):
-        img_path = dota / "images" / (lab.stem + ".png")
-        if not img_path.is_file():
-            continue
-        boxes = []
-        for line in lab.read_text().splitlines():
-            parts = line.split()
-            if len(parts) < 9 or parts[8] not in DOTA_OBJECTS:
-                continue
-            xy = np.asarray(parts[:8], dtype=float).reshape(4, 2)
-            boxes.append((xy.mean(0), DOTA_OBJECTS[parts[8]]))
-        with Image.open(img_path) as im:
-            im = im.convert("RGB")
-            for k in range(per_image):
-                x0 = int(rng.integers(0, im.width - crop))
-                y0 = int(rng.integers(0, im.height - crop))
-                counts = {}
-                for (cx, cy), obj in boxes:
-                    if x0 <= cx < x0 + crop and y0 <= cy < y0 + crop:
-                        counts[obj] = counts.get(obj, 0) + 1
-                if not counts:
-                    continue
-                obj, n = max(counts.items(), key=lambda kv: kv[1])
-                if n > 10:
-                    cap = f"many {plural(obj)} in an aerial image."
-                else:
-                    cap = f"There {'is' if n == 1 else 'are'} {_number(n)} {obj if n == 1 else plural(obj)} in the image."
-                p = out / "crops" / f"dota_{lab.stem}_{k:03d}.png"
-                im.crop((x0, y0, x0 + crop, y0 + crop)).save(p)
-                rows.append({"image": str(p.relative_to(out)), "caption": cap, "source": "dota", "split": "train"})
+    for item in read_dota(dota / "labels", dota / "images"):
+        with Image.open(item.image) as im:
+            rows += _crop_rows(im.convert("RGB"), item.boxes, out, f"dota_{Path(item.image).stem}", "dota", rng,
+                               crop, per_image, captions)
     return rows
 
 
-def kampala_rows(data: Path, out: Path, seed: int, crop: int = 256, per_image: int = 40) -> list[dict]:
-    """Crops of the Kampala z21 mosaic captioned by the number of building outlines whose centroid is inside."""
+def kampala_rows(data: Path, out: Path, seed: int, crop: int = 256, per_image: int = 40, captions: int = 2) -> list[dict]:
+    """Crops of the Kampala z21 mosaic captioned by the building outlines whose centroid is inside."""
     import rasterio
     from PIL import Image
     from shapely.geometry import shape
@@ -100,31 +94,16 @@ def kampala_rows(data: Path, out: Path, seed: int, crop: int = 256, per_image: i
     gj = data / "orthomosaic" / "kampala_buildings_z21_chips.geojson"
     if not (tif.is_file() and gj.is_file()):
         return []
-    rng = np.random.default_rng(seed)
     with rasterio.open(tif) as src:
         rgb = np.moveaxis(src.read([1, 2, 3]), 0, -1)
         inv = ~src.transform
-    cents = []
+    boxes = []
     for f in json.loads(gj.read_text())["features"]:
         c = shape(f["geometry"]).centroid
         col, row = inv * (c.x, c.y)
-        cents.append((col, row))
-    cents = np.asarray(cents)
-    h, w = rgb.shape[:2]
-    rows = []
-    for k in range(per_image):
-        x0, y0 = int(rng.integers(0, w - crop)), int(rng.integers(0, h - crop))
-        n = int(np.sum((cents[:, 0] >= x0) & (cents[:, 0] < x0 + crop) & (cents[:, 1] >= y0) & (cents[:, 1] < y0 + crop)))
-        if n == 0:
-            cap = "an aerial image of land without buildings."
-        elif n > 10:
-            cap = "many buildings in a dense residential area."
-        else:
-            cap = f"There {'is' if n == 1 else 'are'} {_number(n)} {'building' if n == 1 else 'buildings'} in the image."
-        p = out / "crops" / f"kampala_{k:03d}.png"
-        Image.fromarray(rgb[y0:y0 + crop, x0:x0 + crop]).save(p)
-        rows.append({"image": str(p.relative_to(out)), "caption": cap, "source": "kampala", "split": "train"})
-    return rows
+        boxes.append(Box("building", col, row, col, row))  # only the centre counts
+    return _crop_rows(Image.fromarray(rgb), boxes, out, "kampala", "kampala", np.random.default_rng(seed), crop,
+                      per_image, captions, empty_caption="An aerial image of land without buildings.")
 
 
 def build(data=None, out="runs/demo-data", n_test: int = 6, seed: int = 0, captions_per_image: int = 3,
