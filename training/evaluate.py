@@ -120,7 +120,7 @@ class TorchModel:
         self.model, self.device, self.batch_size = model, device, batch_size
         self.transform = eval_transform(preprocess_cfg)
         self.tokenizer = open_clip.get_tokenizer(arch)
-        self.logit_scale = float(model.logit_scale.exp())
+        self.logit_scale = float(model.logit_scale.detach().exp())
         self.name = f"checkpoint ({arch})"
 
     @classmethod

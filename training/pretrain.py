@@ -28,6 +28,7 @@ import csv
 import json
 import math
 import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -103,8 +104,6 @@ def train_transform(preprocess_cfg: dict, scale=(0.5, 1.0)):
 
     class RandomRot90:
         def __call__(self, im):
-            import random
-
             k = random.randint(0, 3)
             return im if k == 0 else im.rotate(90 * k)
 
@@ -132,6 +131,7 @@ def build(arch: str, checkpoint: str | None = None, pretrained: str | None = Non
     from training import checkpoints
 
     torch.manual_seed(seed)
+    random.seed(seed)  # the rotation augmentation
     state = checkpoints.read_state_dict(checkpoint) if checkpoint else None
     model, pp, cfg = checkpoints.build_model(arch, state, activation, pretrained=pretrained)
     return model.train(), pp, cfg
@@ -269,6 +269,7 @@ def train(args) -> dict:
         start_epoch, step = int(ck["epoch"]), int(ck["step"])
         torch.set_rng_state(ck["rng"]["torch"])
         gen.set_state(ck["rng"]["loader"])
+        random.setstate(ck["rng"]["python"])
 
     ddp_model = model
     if world > 1:
@@ -289,7 +290,8 @@ def train(args) -> dict:
                                                   "total_steps": total_steps}, indent=2, default=str) + "\n")
     summary = {}
     t_start = time.time()
-    for epoch in range(start_epoch, args.epochs):
+    end_epoch = min(args.epochs, start_epoch + args.stop_after) if args.stop_after else args.epochs
+    for epoch in range(start_epoch, end_epoch):
         if sampler is not None:
             sampler.set_epoch(epoch)
         ddp_model.train()
@@ -346,7 +348,8 @@ def train(args) -> dict:
             print(msg, file=sys.stderr, flush=True)
             _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                           "scaler": scaler.state_dict(), "epoch": epoch + 1, "step": step, "arch": args.config,
-                          "model_config": cfg, "rng": {"torch": torch.get_rng_state(), "loader": gen.get_state()}},
+                          "model_config": cfg, "rng": {"torch": torch.get_rng_state(), "loader": gen.get_state(),
+                                                 "python": random.getstate()}},
                          ckpt_path)
             _atomic_save(model.state_dict(), out / "model.pt")
     if world > 1:
@@ -398,6 +401,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True, help="run folder (checkpoint_last.pt, model.pt, log.jsonl)")
     ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint_last.pt")
+    ap.add_argument("--stop-after", type=int, default=0,
+                    help="stop after this many epochs of this invocation (time-boxed jobs; continue with --resume)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap
 
