@@ -1,0 +1,770 @@
+"""The RemoteCLIP dock: pick a raster and a model, describe the task, run it in the background,
+get a styled layer; export result layers to Shapefile or GeoPackage.
+
+The dock only turns widget values into a ``core.jobs.Job`` (``build_job``);
+everything else is core's (``run_job``) or the shared result styling
+(``layers.add_result_layer``), so the dock does exactly what the command line
+and the Processing algorithms do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import qgis.utils
+from qgis.core import (
+    Qgis,
+    QgsApplication,
+    QgsCoordinateTransform,
+    QgsMapLayerProxyModel,
+    QgsMessageLog,
+    QgsProject,
+    QgsRasterDataProvider,
+    QgsRasterLayer,
+    QgsSettings,
+    QgsVectorFileWriter,
+    QgsVectorLayer,
+)
+from qgis.gui import QgsCollapsibleGroupBox, QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox
+from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QTabWidget,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from . import deps
+from .core.errors import RemoteClipError
+from .core.prompts import DEFAULT_TEMPLATES, PRESETS
+
+LOG_TAG = "RemoteCLIP"
+SETTINGS = "RemoteCLIP/"
+PLUGIN_DIR = Path(__file__).resolve().parent
+DEMO_MODEL = PLUGIN_DIR / "models" / "remoteclip-demo"
+RESULTS_FOLDER = "remoteclip_results"
+TASKS = ("label", "count", "search", "embed")
+EXTENT_LAYER, EXTENT_CANVAS, EXTENT_FEATURES = "layer", "canvas", "features"
+EXPORT_FORMATS = {"GeoPackage": ("GPKG", ".gpkg"), "ESRI Shapefile": ("ESRI Shapefile", ".shp")}
+
+
+def default_model() -> str:
+    """The model remembered from last time, else the demo model shipped inside the plugin, else ''."""
+    saved = QgsSettings().value(SETTINGS + "model", "", type=str)
+    if saved and os.path.exists(saved):
+        return saved
+    return str(DEMO_MODEL) if (DEMO_MODEL / "manifest.json").is_file() else ""
+
+
+def results_folder(project: QgsProject | None = None) -> Path:
+    """Next to the saved project (remoteclip_results/), else in QGIS's settings folder."""
+    project = project or QgsProject.instance()
+    if project.fileName():
+        return Path(project.absolutePath()) / RESULTS_FOLDER
+    return Path(QgsApplication.qgisSettingsDirPath()) / RESULTS_FOLDER
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:40] or "raster"
+
+
+def default_output(raster_name: str, kind: str, project: QgsProject | None = None) -> str:
+    folder = results_folder(project)
+    stem = f"{slug(raster_name)}_{kind}_{time.strftime('%Y%m%d_%H%M%S')}"
+    path = folder / f"{stem}.gpkg"
+    n = 2
+    while path.exists():
+        path = folder / f"{stem}_{n}.gpkg"
+        n += 1
+    return str(path)
+
+
+def set_value(widget, value) -> None:
+    """Set a spin box's or progress bar's value."""
+    widget.setValue(value)  # noqa: QGS202 (a Qt widget setter: nothing to check)
+
+
+def save_setting(key: str, value) -> None:
+    QgsSettings().setValue(SETTINGS + key, value)  # noqa: QGS202 (QgsSettings.setValue returns nothing)
+
+
+def parse_lines(text: str) -> list[str]:
+    """One entry per line; blank lines and '#' comments dropped (commas are part of a name)."""
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def parse_bands(text: str) -> list[int] | None:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        bands = [int(b) for b in re.split(r"[,\s]+", text) if b]
+    except ValueError:
+        raise RemoteClipError(f"Bands {text!r} are not band numbers.",
+                              "Give three 1-based band numbers, e.g. '4,3,2', or leave it empty.") from None
+    if any(b < 1 for b in bands):
+        raise RemoteClipError(f"Bands {text!r} contain a number below 1.", "Band numbers start at 1.")
+    return bands
+
+
+class RemoteClipDock(QgsDockWidget):
+    """The panel. Uses ``qgis.utils.iface``: mapCanvas(), messageBar() and, if present, currentLayerChanged."""
+
+    installRequested = pyqtSignal()
+    resultAdded = pyqtSignal(object)   # QgsVectorLayer
+
+    def __init__(self, parent=None):
+        super().__init__("RemoteCLIP", parent)
+        self.setObjectName("RemoteClipDock")
+        self.iface = qgis.utils.iface
+        self.task = None
+        self.install_task = None
+        self.last_result = None
+        self.last_layer = None
+        self._kind = None
+        self._output = None
+        self._build()
+        self._restore()
+        self.refresh_dependencies()
+        current = getattr(self.iface, "currentLayerChanged", None)
+        if current is not None:
+            with contextlib.suppress(TypeError):   # a test iface's signal may carry another type
+                current.connect(self._follow_layer)
+
+    # ------------------------------------------------------------------------------------ layout
+
+    def _build(self) -> None:
+        scroll = QScrollArea(self)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.NoFrame)
+        body = QWidget(scroll)
+        col = QVBoxLayout(body)
+        col.setContentsMargins(6, 6, 6, 6)
+
+        # missing packages banner
+        self.banner = QFrame(body)
+        self.banner.setObjectName("deps_banner")
+        self.banner.setStyleSheet("#deps_banner { background: #fff4ce; border: 1px solid #e0b000; "
+                                  "border-radius: 3px; }")
+        b = QVBoxLayout(self.banner)
+        self.banner_label = QLabel(self.banner)
+        self.banner_label.setWordWrap(True)
+        self.banner_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.install_button = QPushButton("Install dependencies", self.banner)
+        self.install_button.clicked.connect(self.install_dependencies)
+        b.addWidget(self.banner_label)
+        b.addWidget(self.install_button)
+        col.addWidget(self.banner)
+
+        # input
+        form = QFormLayout()
+        self.layer_combo = QgsMapLayerComboBox(body)
+        self.layer_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.layer_combo.setToolTip("The raster to tile (follows the active layer)")
+        form.addRow("Raster", self.layer_combo)
+        model_row = QHBoxLayout()
+        self.model_widget = QgsFileWidget(body)
+        self.model_widget.setStorageMode(QgsFileWidget.GetDirectory)
+        self.model_widget.setDialogTitle("RemoteCLIP model bundle folder")
+        self.model_widget.setToolTip("A bundle folder (with manifest.json) or a bundle .zip")
+        self.model_widget.fileChanged.connect(self._model_changed)
+        self.zip_button = QToolButton(body)
+        self.zip_button.setText("zip…")
+        self.zip_button.setToolTip("Choose a zipped bundle (.rclip.zip)")
+        self.zip_button.clicked.connect(self._choose_zip)
+        model_row.addWidget(self.model_widget, 1)
+        model_row.addWidget(self.zip_button)
+        form.addRow("Model", model_row)
+        self.model_info = QLabel(body)
+        self.model_info.setWordWrap(True)
+        form.addRow("", self.model_info)
+        col.addLayout(form)
+
+        # task tabs
+        self.tabs = QTabWidget(body)
+        self.tabs.addTab(self._label_tab(), "Label")
+        self.tabs.addTab(self._count_tab(), "Count")
+        self.tabs.addTab(self._search_tab(), "Search")
+        self.tabs.addTab(self._embed_tab(), "Embed")
+        col.addWidget(self.tabs)
+
+        col.addWidget(self._tiles_group(body))
+        col.addWidget(self._run_group(body))
+        col.addWidget(self._output_group(body))
+
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Run", body)
+        self.run_button.setObjectName("remoteclip_run")
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button = QPushButton("Cancel", body)
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        col.addLayout(buttons)
+        self.progress = QProgressBar(body)
+        self.progress.setRange(0, 100)
+        set_value(self.progress, 0)
+        col.addWidget(self.progress)
+        self.status = QLabel("Ready.", body)
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        col.addWidget(self.status)
+
+        col.addWidget(self._export_group(body))
+        col.addStretch(1)
+        scroll.setWidget(body)
+        self.setWidget(scroll)
+
+    def _label_tab(self) -> QWidget:
+        w = QWidget()
+        form = QFormLayout(w)
+        self.preset_combo = QComboBox(w)
+        self.preset_combo.addItem("Custom")
+        self.preset_combo.addItems(list(PRESETS))
+        self.preset_combo.activated.connect(self._apply_preset)
+        form.addRow("Preset", self.preset_combo)
+        self.labels_edit = QPlainTextEdit(w)
+        self.labels_edit.setPlaceholderText("one class per line, e.g.\nbuildings\ntrees\nwater")
+        self.labels_edit.setMaximumHeight(110)
+        form.addRow("Labels", self.labels_edit)
+        self.templates_box = QgsCollapsibleGroupBox("Prompt templates ({} = class name)", w)
+        self.templates_box.setCollapsed(True)
+        tl = QVBoxLayout(self.templates_box)
+        self.templates_edit = QPlainTextEdit(self.templates_box)
+        self.templates_edit.setPlainText("\n".join(DEFAULT_TEMPLATES))
+        self.templates_edit.setMaximumHeight(100)
+        tl.addWidget(self.templates_edit)
+        form.addRow(self.templates_box)
+        self.label_topk = QSpinBox(w)
+        self.label_topk.setRange(1, 20)
+        set_value(self.label_topk, 3)
+        form.addRow("Top-k labels kept", self.label_topk)
+        self.label_threshold = QDoubleSpinBox(w)
+        self.label_threshold.setRange(0.0, 1.0)
+        self.label_threshold.setSingleStep(0.05)
+        self.label_threshold.setDecimals(2)
+        self.label_threshold.setSpecialValueText("none")
+        self.label_threshold.setToolTip("Tiles whose best probability is lower are labelled 'unknown'")
+        form.addRow("Threshold", self.label_threshold)
+        self.label_map_labels = QCheckBox("Write the label on each tile", w)
+        form.addRow(self.label_map_labels)
+        return w
+
+    def _count_tab(self) -> QWidget:
+        w = QWidget()
+        form = QFormLayout(w)
+        self.count_object = QLineEdit("car", w)
+        self.count_object.setPlaceholderText("singular object name, e.g. car, ship, storage tank")
+        form.addRow("Object", self.count_object)
+        self.count_max = QSpinBox(w)
+        self.count_max.setRange(1, 100)
+        set_value(self.count_max, 10)
+        form.addRow("Largest count", self.count_max)
+        return w
+
+    def _search_tab(self) -> QWidget:
+        w = QWidget()
+        form = QFormLayout(w)
+        self.search_query = QLineEdit(w)
+        self.search_query.setPlaceholderText("e.g. a swimming pool")
+        form.addRow("Query", self.search_query)
+        self.search_topk = QSpinBox(w)
+        self.search_topk.setRange(0, 1000000)
+        set_value(self.search_topk, 20)
+        self.search_topk.setSpecialValueText("all")
+        form.addRow("Top-k selected", self.search_topk)
+        self.search_threshold = QDoubleSpinBox(w)
+        self.search_threshold.setRange(-1.0, 1.0)
+        self.search_threshold.setSingleStep(0.01)
+        self.search_threshold.setDecimals(3)
+        set_value(self.search_threshold, -1.0)
+        self.search_threshold.setSpecialValueText("none")
+        self.search_threshold.setToolTip("Cosine similarity a tile needs to be selected")
+        form.addRow("Threshold", self.search_threshold)
+        self.search_map_labels = QCheckBox("Write the rank on selected tiles", w)
+        self.search_map_labels.setChecked(True)
+        form.addRow(self.search_map_labels)
+        return w
+
+    def _embed_tab(self) -> QWidget:
+        w = QWidget()
+        v = QVBoxLayout(w)
+        text = QLabel("Compute and cache the tile embeddings of the raster. Later Label, Count and "
+                      "Search runs on the same raster, tiles and model read no pixels.", w)
+        text.setWordWrap(True)
+        v.addWidget(text)
+        v.addStretch(1)
+        return w
+
+    def _tiles_group(self, parent) -> QWidget:
+        box = QgsCollapsibleGroupBox("Tiles", parent)
+        form = QFormLayout(box)
+        row = QHBoxLayout()
+        self.tile_size = QDoubleSpinBox(box)
+        self.tile_size.setRange(1.0, 1e6)
+        self.tile_size.setDecimals(1)
+        set_value(self.tile_size, 224)
+        self.tile_unit = QComboBox(box)
+        self.tile_unit.addItem("pixels", "px")
+        self.tile_unit.addItem("metres", "m")
+        row.addWidget(self.tile_size, 1)
+        row.addWidget(self.tile_unit)
+        form.addRow("Tile size", row)
+        self.overlap = QSpinBox(box)
+        self.overlap.setRange(0, 90)
+        self.overlap.setSingleStep(10)
+        self.overlap.setSuffix(" %")
+        form.addRow("Overlap", self.overlap)
+        self.extent_combo = QComboBox(box)
+        self.extent_combo.addItem("Whole layer", EXTENT_LAYER)
+        self.extent_combo.addItem("Current map view", EXTENT_CANVAS)
+        self.extent_combo.addItem("Polygons of a layer", EXTENT_FEATURES)
+        self.extent_combo.currentIndexChanged.connect(self._extent_changed)
+        form.addRow("Extent", self.extent_combo)
+        poly_row = QHBoxLayout()
+        self.polygon_combo = QgsMapLayerComboBox(box)
+        self.polygon_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.selected_only = QCheckBox("selected only", box)
+        self.selected_only.setChecked(True)
+        poly_row.addWidget(self.polygon_combo, 1)
+        poly_row.addWidget(self.selected_only)
+        form.addRow("Polygons", poly_row)
+        self.bands_edit = QLineEdit(box)
+        self.bands_edit.setPlaceholderText("auto (RGB by colour interpretation)")
+        form.addRow("Bands", self.bands_edit)
+        self._extent_changed()
+        return box
+
+    def _run_group(self, parent) -> QWidget:
+        box = QgsCollapsibleGroupBox("Model run", parent)
+        form = QFormLayout(box)
+        self.batch_size = QSpinBox(box)
+        self.batch_size.setRange(1, 4096)
+        set_value(self.batch_size, 32)
+        form.addRow("Batch size", self.batch_size)
+        self.device_combo = QComboBox(box)
+        self.device_combo.addItems(["auto", "cpu", "cuda"])
+        form.addRow("Device", self.device_combo)
+        self.precision_combo = QComboBox(box)
+        self.precision_combo.addItems(["fp32", "fp16"])
+        form.addRow("Precision", self.precision_combo)
+        self.use_cache = QCheckBox("Reuse tile embeddings (cache)", box)
+        self.use_cache.setChecked(True)
+        form.addRow(self.use_cache)
+        self.provider_label = QLabel("not run yet", box)
+        self.provider_label.setObjectName("provider_label")
+        form.addRow("Ran on", self.provider_label)
+        return box
+
+    def _output_group(self, parent) -> QWidget:
+        box = QgsCollapsibleGroupBox("Output", parent)
+        form = QFormLayout(box)
+        self.output_widget = QgsFileWidget(box)
+        self.output_widget.setStorageMode(QgsFileWidget.SaveFile)
+        self.output_widget.setFilter("GeoPackage (*.gpkg);;ESRI Shapefile (*.shp)")
+        self.output_widget.lineEdit().setPlaceholderText(f"auto: {results_folder()}/…gpkg")
+        form.addRow("File", self.output_widget)
+        self.dissolve = QCheckBox("Dissolve tiles with the same label / count / selection", box)
+        form.addRow(self.dissolve)
+        return box
+
+    def _export_group(self, parent) -> QWidget:
+        box = QgsCollapsibleGroupBox("Export a result layer", parent)
+        box.setCollapsed(True)
+        form = QFormLayout(box)
+        self.export_layer_combo = QgsMapLayerComboBox(box)
+        self.export_layer_combo.setFilters(QgsMapLayerProxyModel.VectorLayer)
+        form.addRow("Layer", self.export_layer_combo)
+        self.export_format = QComboBox(box)
+        self.export_format.addItems(list(EXPORT_FORMATS))
+        form.addRow("Format", self.export_format)
+        self.export_widget = QgsFileWidget(box)
+        self.export_widget.setStorageMode(QgsFileWidget.SaveFile)
+        self.export_widget.setFilter("GeoPackage (*.gpkg);;ESRI Shapefile (*.shp)")
+        form.addRow("File", self.export_widget)
+        self.export_button = QPushButton("Export", box)
+        self.export_button.clicked.connect(self.export_clicked)
+        form.addRow(self.export_button)
+        return box
+
+    # ----------------------------------------------------------------------------- settings, model
+
+    def _restore(self) -> None:
+        s = QgsSettings()
+        model = default_model()
+        if model:
+            self.model_widget.setFilePath(model)
+        self._model_changed(self.model_widget.filePath())
+        labels = s.value(SETTINGS + "labels", "", type=str)
+        self.labels_edit.setPlainText(labels or "\n".join(PRESETS["land-cover"]))
+        set_value(self.tile_size, s.value(SETTINGS + "tile_size", 224.0, type=float))
+        self.tile_unit.setCurrentIndex(max(self.tile_unit.findData(s.value(SETTINGS + "tile_unit", "px")), 0))
+        set_value(self.batch_size, s.value(SETTINGS + "batch_size", 32, type=int))
+        self.device_combo.setCurrentText(s.value(SETTINGS + "device", "auto", type=str))
+
+    def _remember(self) -> None:
+        save_setting("model", self.model_path())
+        save_setting("labels", self.labels_edit.toPlainText())
+        save_setting("tile_size", self.tile_size.value())
+        save_setting("tile_unit", self.tile_unit.currentData())
+        save_setting("batch_size", self.batch_size.value())
+        save_setting("device", self.device_combo.currentText())
+
+    def model_path(self) -> str:
+        path = self.model_widget.filePath().strip()
+        if path.endswith("manifest.json"):
+            path = os.path.dirname(path)
+        return path
+
+    def _choose_zip(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "RemoteCLIP model bundle (zip)", self.model_path(),
+                                              "Model bundles (*.zip)")
+        if path:
+            self.model_widget.setFilePath(path)
+
+    def _model_changed(self, _path=None) -> None:
+        path = self.model_path()
+        if not path:
+            self.model_info.setText("<i>No model: choose a bundle folder or .zip.</i>")
+            return
+        try:
+            from .core.bundle import load_bundle
+
+            b = load_bundle(path)
+        except Exception as e:
+            self.model_info.setText(f"<span style='color:#b00020'>{_html(str(e))}</span>")
+            return
+        self.model_info.setText(f"<b>{_html(b.name)}</b> · {_html(b.architecture)} · {_html(b.activation)} · "
+                                f"{b.embed_dim}-d")
+        current = self.precision_combo.currentText()
+        self.precision_combo.clear()
+        self.precision_combo.addItems(list(b.precisions))
+        if current in b.precisions:
+            self.precision_combo.setCurrentText(current)
+        save_setting("model", path)
+
+    def _apply_preset(self, index: int) -> None:
+        name = self.preset_combo.itemText(index)
+        if name in PRESETS:
+            self.labels_edit.setPlainText("\n".join(PRESETS[name]))
+
+    def _extent_changed(self, _index=None) -> None:
+        on = self.extent_combo.currentData() == EXTENT_FEATURES
+        self.polygon_combo.setEnabled(on)
+        self.selected_only.setEnabled(on)
+
+    def _follow_layer(self, layer) -> None:
+        if isinstance(layer, QgsRasterLayer):
+            self.layer_combo.setLayer(layer)
+
+    # --------------------------------------------------------------------------------- dependencies
+
+    def refresh_dependencies(self) -> list[str]:
+        missing = deps.missing_modules()
+        if missing:
+            plan_text = ""
+            with contextlib.suppress(FileNotFoundError):   # no python found: the banner still says what is missing
+                plan_text = deps.make_plan(missing).manual_command()
+            self.banner_label.setText(
+                f"<b>Missing Python packages: {', '.join(missing)}.</b> RemoteCLIP needs them to run models. "
+                f"Click the button to install them into {deps.deps_dir()} (QGIS's numpy is kept)"
+                + (f", or run by hand:<br><code>{_html(plan_text)}</code>" if plan_text else "."))
+        self.banner.setVisible(bool(missing))
+        self.run_button.setEnabled(not missing and self.task is None)
+        self.run_button.setToolTip("Install the missing packages first" if missing else "")
+        return missing
+
+    def install_dependencies(self) -> None:
+        if self.install_task is not None:
+            return
+        plan = deps.make_plan()
+        if not plan.attempts:
+            self.refresh_dependencies()
+            return
+        self.install_task = deps.InstallTask(plan)
+        self.install_task.done.connect(self._install_done)
+        self.install_button.setEnabled(False)
+        self.install_button.setText("Installing… (see the log panel, tab RemoteCLIP)")
+        QgsApplication.taskManager().addTask(self.install_task)
+
+    def _install_done(self, ok: bool, summary: str, manual: str) -> None:
+        self.install_task = None
+        self.install_button.setEnabled(True)
+        self.install_button.setText("Install dependencies")
+        missing = self.refresh_dependencies()
+        bar = self.iface.messageBar()
+        if ok and not missing:
+            bar.pushMessage("RemoteCLIP", f"Dependencies installed: {summary}.", Qgis.Success, 10)
+        else:
+            QgsMessageLog.logMessage(f"Installing dependencies failed: {summary}\nRun by hand:\n{manual}",
+                                     LOG_TAG, Qgis.Critical)
+            bar.pushMessage("RemoteCLIP", f"Installing dependencies failed ({summary}). Run by hand: {manual}",
+                            Qgis.Critical, 0)
+
+    # ------------------------------------------------------------------------------------- the job
+
+    def current_kind(self) -> str:
+        return TASKS[self.tabs.currentIndex()]
+
+    def set_kind(self, kind: str) -> None:
+        self.tabs.setCurrentIndex(TASKS.index(kind))
+
+    def _task(self):
+        from .core.jobs import CountTask, EmbedTask, LabelTask, SearchTask
+
+        kind = self.current_kind()
+        if kind == "label":
+            templates = parse_lines(self.templates_edit.toPlainText()) or None
+            threshold = self.label_threshold.value() or None
+            return LabelTask(labels=parse_lines(self.labels_edit.toPlainText()), templates=templates,
+                             top_k=self.label_topk.value(), threshold=threshold)
+        if kind == "count":
+            return CountTask(object_name=self.count_object.text().strip(), max_count=self.count_max.value())
+        if kind == "search":
+            top_k = self.search_topk.value() or None
+            thr = self.search_threshold.value()
+            return SearchTask(query=self.search_query.text().strip(), top_k=top_k,
+                              threshold=None if thr <= self.search_threshold.minimum() else thr)
+        return EmbedTask()
+
+    def _extent(self, layer: QgsRasterLayer):
+        from .layer_source import extent_from_features, extent_from_rectangle
+
+        mode = self.extent_combo.currentData()
+        if mode == EXTENT_CANVAS:
+            canvas = self.iface.mapCanvas()
+            return extent_from_rectangle(canvas.extent(), canvas.mapSettings().destinationCrs())
+        if mode == EXTENT_FEATURES:
+            poly = self.polygon_combo.currentLayer()
+            if poly is None:
+                raise RemoteClipError("No polygon layer is chosen for the extent.",
+                                      "Pick a polygon layer under Tiles > Polygons, or use the whole layer.")
+            return extent_from_features(poly, self.selected_only.isChecked())
+        return None
+
+    def _pixel_size(self, layer: QgsRasterLayer) -> float | None:
+        """Web layers without a native size (WMS) are read at the map's current resolution."""
+        provider = layer.dataProvider()
+        if provider is None or (provider.capabilities() & QgsRasterDataProvider.Size and provider.xSize() > 0):
+            return None
+        from .layer_source import is_xyz_layer
+
+        if is_xyz_layer(layer):
+            return None
+        canvas = self.iface.mapCanvas()
+        ext, crs = canvas.extent(), canvas.mapSettings().destinationCrs()
+        if crs != layer.crs():
+            ext = QgsCoordinateTransform(crs, layer.crs(), QgsProject.instance()).transformBoundingBox(ext)
+        return ext.width() / max(canvas.width(), 1)
+
+    def build_job(self):
+        """The core Job the widgets describe, its style kind and the name of the layer to add."""
+        from .core.jobs import Job, RunOptions, TileSpec
+        from .layer_source import raster_for_layer
+
+        layer = self.layer_combo.currentLayer()
+        if not isinstance(layer, QgsRasterLayer) or not layer.isValid():
+            raise RemoteClipError("No raster layer is chosen.", "Add a raster to the project and pick it in "
+                                  "the RemoteCLIP panel.")
+        model = self.model_path()
+        if not model:
+            raise RemoteClipError("No model bundle is chosen.",
+                                  "Choose a bundle folder (with manifest.json) or a bundle .zip under Model.")
+        kind = self.current_kind()
+        extent = self._extent(layer)
+        raster = raster_for_layer(layer, pixel_size=self._pixel_size(layer), extent=extent)
+        output = self.output_widget.filePath().strip() or default_output(layer.name(), kind)
+        if not os.path.splitext(output)[1]:
+            output += ".gpkg"
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        tiles = TileSpec(size=self.tile_size.value(), unit=self.tile_unit.currentData(),
+                         overlap=self.overlap.value() / 100.0, extent=extent,
+                         bands=parse_bands(self.bands_edit.text()))
+        run = RunOptions(model=model, device=self.device_combo.currentText(),
+                         precision=self.precision_combo.currentText() or "fp32",
+                         batch_size=self.batch_size.value(), cache_dir=None if self.use_cache.isChecked() else "")
+        job = Job(raster=raster, task=self._task(), run=run, tiles=tiles, output=output,
+                  dissolve=self.dissolve.isChecked())
+        name = self._layer_title(layer.name(), kind, job.task)
+        return job, kind, name
+
+    @staticmethod
+    def _layer_title(raster_name: str, kind: str, task) -> str:
+        if kind == "count":
+            return f"{raster_name} · count {task.object_name}"
+        if kind == "search":
+            return f"{raster_name} · search “{task.query}”"
+        return f"{raster_name} · {'labels' if kind == 'label' else 'tiles'}"
+
+    def run(self):
+        """Start the job as a QgsTask; returns the task (None when the input is refused)."""
+        if self.task is not None:
+            return None
+        if self.refresh_dependencies():
+            self._report_error("Missing Python packages: " + ", ".join(deps.missing_modules()) + ".",
+                               "Click 'Install dependencies' in the RemoteCLIP panel.")
+            return None
+        try:
+            job, kind, name = self.build_job()
+        except RemoteClipError as e:
+            self._report_error(e.problem, e.fix)
+            return None
+        from .task import RemoteClipTask
+
+        self._remember()
+        self._kind, self._name, self._output = kind, name, job.output
+        self.task = RemoteClipTask(job, f"RemoteCLIP {kind}: {name}")
+        self.task.progressChanged.connect(lambda p: set_value(self.progress, int(p)))
+        self.task.statusChanged.connect(self.status.setText)
+        self.task.succeeded.connect(self._succeeded)
+        self.task.failed.connect(self._failed)
+        self.task.cancelled.connect(self._cancelled)
+        self._set_running(True)
+        self.status.setText(f"Running {kind} on {name.split(' · ')[0]}…")
+        QgsApplication.taskManager().addTask(self.task)
+        return self.task
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.status.setText("Cancelling after the current batch…")
+            self.task.cancel()
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        if running:
+            set_value(self.progress, 0)
+
+    def _finish(self) -> None:
+        self.task = None
+        self._set_running(False)
+        self.refresh_dependencies()
+
+    def _succeeded(self, result) -> None:
+        from .layers import add_result_layer
+
+        self._finish()
+        set_value(self.progress, 100)
+        self.last_result = result
+        show = None
+        if self._kind == "label":
+            show = self.label_map_labels.isChecked()
+        elif self._kind == "search":
+            show = self.search_map_labels.isChecked()
+        try:
+            layer = add_result_layer(result, self._kind, self._name, show_labels=show)
+        except RemoteClipError as e:
+            self._report_error(e.problem, e.fix)
+            return
+        self.last_layer = layer
+        self.export_layer_combo.setLayer(layer)
+        cache = " · from cache" if result.cache_hit else ""
+        self.provider_label.setText(result.provider + (" · tile embeddings from cache" if result.cache_hit else ""))
+        summary = f"{result.n_tiles} tiles in {result.seconds:.1f} s on {result.provider}{cache}"
+        self.status.setText(f"Done: {summary}. Saved to {result.output}")
+        for w in result.warnings:
+            self.iface.messageBar().pushMessage("RemoteCLIP", w, Qgis.Warning, 10)
+        self.iface.messageBar().pushMessage("RemoteCLIP", f"{self._name}: {summary}.", Qgis.Success, 5)
+        self.resultAdded.emit(layer)
+
+    def _failed(self, error: str, details: str) -> None:
+        self._finish()
+        set_value(self.progress, 0)
+        self.status.setText(f"<span style='color:#b00020'>Failed: {_html(error)}</span>")
+        self.iface.messageBar().pushMessage("RemoteCLIP", f"{error} (details: View > Panels > Log Messages, "
+                                            f"tab {LOG_TAG})", Qgis.Critical, 0)
+
+    def _cancelled(self) -> None:
+        self._finish()
+        set_value(self.progress, 0)
+        self.status.setText("Cancelled; nothing was written.")
+
+    def _report_error(self, problem: str, fix: str | None) -> None:
+        text = problem + (f" Fix: {fix}" if fix else "")
+        self.status.setText(f"<span style='color:#b00020'>{_html(text)}</span>")
+        QgsMessageLog.logMessage(text, LOG_TAG, Qgis.Warning)
+        self.iface.messageBar().pushMessage("RemoteCLIP", text, Qgis.Warning, 10)
+
+    # ------------------------------------------------------------------------------------- export
+
+    def export_clicked(self) -> None:
+        layer = self.export_layer_combo.currentLayer()
+        path = self.export_widget.filePath().strip()
+        try:
+            out = export_layer(layer, path, self.export_format.currentText())
+        except RemoteClipError as e:
+            self._report_error(e.problem, e.fix)
+            return
+        self.status.setText(f"Exported {layer.name()} to {out}")
+        self.iface.messageBar().pushMessage("RemoteCLIP", f"Exported {layer.name()} to {out}", Qgis.Success, 5)
+
+    def unload(self) -> None:
+        """Stop what runs: a task left running would call back into a deleted dock."""
+        for t in (self.task, self.install_task):
+            if t is not None:
+                with contextlib.suppress(RuntimeError):   # already deleted by the task manager
+                    t.cancel()
+        current = getattr(self.iface, "currentLayerChanged", None)
+        if current is not None:
+            with contextlib.suppress(TypeError, RuntimeError):
+                current.disconnect(self._follow_layer)
+
+
+def export_layer(layer: QgsVectorLayer, path: str, format_name: str = "GeoPackage") -> str:
+    """Write ``layer`` to a GeoPackage or Shapefile (with its style as a .qml sidecar); returns the path."""
+    if not isinstance(layer, QgsVectorLayer) or not layer.isValid():
+        raise RemoteClipError("No vector layer is chosen to export.", "Pick a result layer under Export.")
+    if not path:
+        raise RemoteClipError("No export file is given.", "Choose where to save the layer under Export > File.")
+    if format_name not in EXPORT_FORMATS:
+        raise RemoteClipError(f"Unknown export format {format_name!r}.", "Choose GeoPackage or ESRI Shapefile.")
+    driver, ext = EXPORT_FORMATS[format_name]
+    if os.path.splitext(path)[1].lower() != ext:
+        path = os.path.splitext(path)[0] + ext
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise RemoteClipError(f"The folder {folder} does not exist.", "Choose an existing folder.")
+    options = QgsVectorFileWriter.SaveVectorOptions()
+    options.driverName = driver
+    options.fileEncoding = "UTF-8"
+    options.layerName = slug(layer.name()).lower()
+    err, message, new_file, _new_layer = QgsVectorFileWriter.writeAsVectorFormatV3(
+        layer, path, QgsProject.instance().transformContext(), options)
+    if err != QgsVectorFileWriter.NoError:
+        raise RemoteClipError(f"Writing {path} failed: {message}", "Check the folder is writable and the file "
+                              "is not open in another program.")
+    out = new_file or path
+    # the style travels with the file: QGIS applies a same-named .qml when it opens a Shapefile
+    layer.saveNamedStyle(os.path.splitext(out)[0] + ".qml")
+    if driver == "ESRI Shapefile":
+        from .layers import read_metadata, source_of
+
+        meta = read_metadata(*source_of(layer))
+        if meta:  # the class names behind p_* fields, as core writes them for its own Shapefiles
+            with open(os.path.splitext(out)[0] + ".json", "w", encoding="utf-8") as f:
+                json.dump(meta, f, indent=1, ensure_ascii=False)
+    return out
+
+
+def _html(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -1,0 +1,291 @@
+"""Result layers: load a job's vector file into the project, in a "RemoteCLIP" group, styled.
+
+Styles by task kind:
+
+* ``label``: categorised by ``label``, one colour per class (the same class list
+  always gets the same colours, ``unknown`` is grey), legend entries with tile
+  counts, optional map labels;
+* ``count``: categorised by ``count`` on a sequential ramp, the count written on
+  each tile;
+* ``search``: graduated by ``similarity`` (quantiles, light to dark), the tiles
+  inside top-k/threshold (``selected`` = 1) drawn with a thick outline and,
+  optionally, their rank written on them;
+* ``embed``: outlines only.
+
+Used by the dock and by the Processing algorithms (the same look everywhere).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from qgis.core import (
+    QgsCategorizedSymbolRenderer,
+    QgsClassificationQuantile,
+    QgsFillSymbol,
+    QgsGradientColorRamp,
+    QgsGraduatedSymbolRenderer,
+    QgsPalLayerSettings,
+    QgsProject,
+    QgsProperty,
+    QgsRendererCategory,
+    QgsSymbolLayer,
+    QgsTextBufferSettings,
+    QgsTextFormat,
+    QgsVectorLayer,
+    QgsVectorLayerSimpleLabeling,
+)
+from qgis.PyQt.QtGui import QColor
+
+from .core.errors import RemoteClipError
+
+KINDS = ("label", "count", "search", "embed")
+GROUP = "RemoteCLIP"
+UNKNOWN = "unknown"
+
+# Qualitative palette (Tableau 10 + 10 lighter tones): distinct on imagery, colour-blind tolerable.
+PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7",
+           "#9c755f", "#bab0ac", "#a0cbe8", "#ffbe7d", "#8cd17d", "#ff9d9a", "#86bcb6", "#f1ce63",
+           "#d4a6c8", "#fabfd2", "#d7b5a6", "#79706e"]
+UNKNOWN_COLOR = "#9e9e9e"
+FILL_ALPHA = 150            # tiles sit on imagery: the picture must stay readable underneath
+COUNT_RAMP = ("#fff5eb", "#7f2704")      # oranges, light to dark
+SEARCH_RAMP = ("#f7fcb9", "#004529")     # yellow-green, low to high similarity
+
+
+def kind_of_task(task) -> str:
+    """The style kind for a core task object (LabelTask -> "label", ...)."""
+    name = type(task).__name__.lower()
+    for k in KINDS:
+        if name.startswith(k):
+            return k
+    raise ValueError(f"no result style for task {type(task).__name__}")
+
+
+def layer_uri(path: str, layer_name: str | None = None) -> str:
+    """OGR data source for one layer of a GeoPackage (or a Shapefile)."""
+    if layer_name and os.path.splitext(path)[1].lower() == ".gpkg":
+        return f"{path}|layername={layer_name}"
+    return path
+
+
+def read_metadata(path: str, layer_name: str | None = None) -> dict:
+    """The JSON core stored with a result: GeoPackage layer metadata item REMOTECLIP, or the .json sidecar."""
+    if os.path.splitext(path)[1].lower() == ".gpkg":
+        from osgeo import ogr
+
+        ds = ogr.Open(path)
+        if ds is None:
+            return {}
+        lyr = ds.GetLayerByName(layer_name) if layer_name else ds.GetLayer(0)
+        text = lyr.GetMetadataItem("REMOTECLIP") if lyr is not None else None
+        ds = None
+    else:
+        sidecar = os.path.splitext(path)[0] + ".json"
+        try:
+            with open(sidecar, encoding="utf-8") as f:
+                text = f.read()
+        except OSError:
+            text = None
+    try:
+        meta = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def read_field_map(path: str, layer_name: str | None = None) -> dict[str, str]:
+    """``p_<slug>`` field -> class name, as core stored it with the result."""
+    fields = read_metadata(path, layer_name).get("fields")
+    return {str(k): str(v) for k, v in fields.items()} if isinstance(fields, dict) else {}
+
+
+def source_of(layer: QgsVectorLayer) -> tuple[str, str | None]:
+    """(file path, GeoPackage layer name or None) behind an OGR layer."""
+    from qgis.core import QgsProviderRegistry
+
+    parts = QgsProviderRegistry.instance().decodeUri("ogr", layer.source())
+    return parts.get("path") or "", parts.get("layerName") or None
+
+
+def add_result_layer(result_or_path, kind: str, name: str | None = None, group_name: str = GROUP,
+                     project: QgsProject | None = None, field_map: dict[str, str] | None = None,
+                     show_labels: bool | None = None) -> QgsVectorLayer:
+    """Load a job's output (a core JobResult or a .gpkg/.shp path) as a styled layer on top of ``group_name``."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    project = project or QgsProject.instance()
+    layer_name = None
+    if isinstance(result_or_path, str | os.PathLike):
+        path = os.fspath(result_or_path)
+        if "|layername=" in path:
+            path, layer_name = path.split("|layername=", 1)
+    else:
+        path = result_or_path.output
+        layer_name = result_or_path.layer_name
+        if field_map is None:
+            field_map = dict(getattr(result_or_path, "field_map", None) or {})
+        if not path:
+            raise RemoteClipError("The job wrote no file, so there is nothing to add to the map.",
+                                  "Give the job an output (.gpkg or .shp).")
+    if not os.path.isfile(path):
+        raise RemoteClipError(f"The result file {path} does not exist.", "Run the job again.")
+    if field_map is None:
+        field_map = read_field_map(path, layer_name)
+
+    layer = QgsVectorLayer(layer_uri(path, layer_name), name or layer_name or os.path.basename(path), "ogr")
+    if not layer.isValid():
+        raise RemoteClipError(f"QGIS cannot open the result {path} (layer {layer_name}).",
+                              "Open it with Layer > Add Layer > Add Vector Layer to see GDAL's message.")
+    style_layer(layer, kind, field_map, show_labels=show_labels)
+    if project.addMapLayer(layer, False) is None:
+        raise RemoteClipError(f"QGIS refused to add the result layer {layer.name()!r} to the project.",
+                              f"Add {path} by hand (Layer > Add Layer > Add Vector Layer).")
+    root = project.layerTreeRoot()
+    group = root.findGroup(group_name) or root.insertGroup(0, group_name)
+    group.insertLayer(0, layer)
+    return layer
+
+
+# -------------------------------------------------------------------------------------------- styles
+
+def style_layer(layer: QgsVectorLayer, kind: str, field_map: dict[str, str] | None = None,
+                show_labels: bool | None = None) -> None:
+    """Give ``layer`` the renderer (and labels) of its task kind; see the module docstring."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    field_map = field_map or {}
+    names = set(layer.fields().names())
+    for fname, cls in field_map.items():
+        idx = layer.fields().indexOf(fname)
+        if idx >= 0:
+            layer.setFieldAlias(idx, f"P({cls})")
+    if kind == "label" and "label" in names:
+        layer.setRenderer(label_renderer(layer, list(field_map.values())))
+        _set_labels(layer, '"label"', bool(show_labels))
+    elif kind == "count" and "count" in names:
+        layer.setRenderer(count_renderer(layer))
+        _set_labels(layer, '"count"', True if show_labels is None else show_labels)
+    elif kind == "search" and "similarity" in names:
+        layer.setRenderer(search_renderer(layer))
+        _set_labels(layer, 'if("selected" = 1, "rank", \'\')', bool(show_labels))
+    else:
+        # embed, or a dissolved layer that lost the field to style by
+        symbol = _fill("#000000", alpha=0, stroke="#ffd400", stroke_width=0.3)
+        from qgis.core import QgsSingleSymbolRenderer
+
+        layer.setRenderer(QgsSingleSymbolRenderer(symbol))
+        layer.setLabelsEnabled(False)
+    layer.triggerRepaint()
+
+
+def _fill(color: str, alpha: int = FILL_ALPHA, stroke: str = "#ffffff", stroke_width: float = 0.15) -> QgsFillSymbol:
+    fill = QColor(color)
+    line = QColor(stroke)
+    return QgsFillSymbol.createSimple({
+        "color": f"{fill.red()},{fill.green()},{fill.blue()},{alpha}",
+        "outline_color": f"{line.red()},{line.green()},{line.blue()},255",
+        "outline_width": str(stroke_width), "outline_width_unit": "MM"})
+
+
+def class_colors(classes: list[str]) -> dict[str, str]:
+    """Stable colours: the i-th class of the label list always gets PALETTE[i]."""
+    out = {}
+    for i, c in enumerate(classes):
+        out[c] = PALETTE[i % len(PALETTE)]
+    out[UNKNOWN] = UNKNOWN_COLOR
+    return out
+
+
+def _unique(layer: QgsVectorLayer, field: str) -> list:
+    idx = layer.fields().indexOf(field)
+    return [v for v in layer.uniqueValues(idx) if v is not None and v != ""] if idx >= 0 else []
+
+
+def _counts(layer: QgsVectorLayer, field: str) -> dict:
+    counts: dict = {}
+    idx = layer.fields().indexOf(field)
+    from qgis.core import QgsFeatureRequest
+
+    req = QgsFeatureRequest().setFlags(QgsFeatureRequest.NoGeometry).setSubsetOfAttributes([idx])
+    for f in layer.getFeatures(req):
+        v = f.attribute(idx)
+        counts[v] = counts.get(v, 0) + 1
+    return counts
+
+
+def label_renderer(layer: QgsVectorLayer, classes: list[str]) -> QgsCategorizedSymbolRenderer:
+    """One category per class present, in label-list order, legend 'class (n tiles)'."""
+    present = _counts(layer, "label")
+    order = [c for c in classes if c in present]
+    order += sorted(str(v) for v in present if v not in order and v != UNKNOWN)
+    if UNKNOWN in present:
+        order.append(UNKNOWN)
+    colors = class_colors(classes + [c for c in order if c not in classes and c != UNKNOWN])
+    cats = []
+    for c in order:
+        n = present.get(c, 0)
+        cats.append(QgsRendererCategory(c, _fill(colors[c]), f"{c} ({n} tile{'s' if n != 1 else ''})"))
+    return QgsCategorizedSymbolRenderer("label", cats)
+
+
+def _ramp_color(a: str, b: str, t: float) -> QColor:
+    return QgsGradientColorRamp(QColor(a), QColor(b)).color(min(max(t, 0.0), 1.0))
+
+
+def count_renderer(layer: QgsVectorLayer) -> QgsCategorizedSymbolRenderer:
+    """One category per count value (1..max_count), light to dark."""
+    values = sorted(int(v) for v in _unique(layer, "count"))
+    hi = max(values) if values else 1
+    cats = []
+    for v in values:
+        t = 0.15 + 0.85 * (v / hi if hi else 0.0)
+        cats.append(QgsRendererCategory(v, _fill(_ramp_color(*COUNT_RAMP, t).name()), str(v)))
+    return QgsCategorizedSymbolRenderer("count", cats)
+
+
+def search_renderer(layer: QgsVectorLayer, classes: int = 5) -> QgsGraduatedSymbolRenderer:
+    """Similarity in quantile classes; selected tiles (top-k / over the threshold) get a thick outline."""
+    base = _fill(SEARCH_RAMP[1])
+    if "selected" in layer.fields().names():
+        sl = base.symbolLayer(0)
+        sl.setDataDefinedProperty(QgsSymbolLayer.PropertyStrokeWidth,
+                                  QgsProperty.fromExpression('if("selected" = 1, 0.8, 0.1)'))
+        sl.setDataDefinedProperty(QgsSymbolLayer.PropertyStrokeColor,
+                                  QgsProperty.fromExpression("if(\"selected\" = 1, '#d7191c', '#ffffff')"))
+    renderer = QgsGraduatedSymbolRenderer("similarity")
+    renderer.setSourceSymbol(base)
+    renderer.setSourceColorRamp(QgsGradientColorRamp(QColor(SEARCH_RAMP[0]), QColor(SEARCH_RAMP[1])))
+    renderer.setClassificationMethod(QgsClassificationQuantile())
+    n = min(classes, max(len(_unique(layer, "similarity")), 1))
+    renderer.updateClasses(layer, n)
+    fmt = renderer.classificationMethod()
+    fmt.setLabelPrecision(3)
+    renderer.updateRangeLabels()
+    return renderer
+
+
+def _set_labels(layer: QgsVectorLayer, expression: str, enabled: bool) -> None:
+    if not enabled:
+        layer.setLabelsEnabled(False)
+        return
+    settings = QgsPalLayerSettings()
+    settings.fieldName = expression
+    settings.isExpression = True
+    settings.placement = QgsPalLayerSettings.OverPoint
+    fmt = QgsTextFormat()
+    fmt.setSize(8)
+    _set_color(fmt, "#202020")
+    buf = QgsTextBufferSettings()
+    buf.setEnabled(True)
+    buf.setSize(0.8)
+    _set_color(buf, "#ffffff")
+    fmt.setBuffer(buf)
+    settings.setFormat(fmt)
+    layer.setLabeling(QgsVectorLayerSimpleLabeling(settings))
+    layer.setLabelsEnabled(True)
+
+
+def _set_color(obj, color: str) -> None:
+    obj.setColor(QColor(color))  # noqa: QGS202 (text format and buffer colour setters return nothing)

@@ -1,0 +1,145 @@
+"""Plugin entry: toolbar button and menu, the dock, the Processing provider, the dependency check."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import qgis.utils
+from qgis.core import Qgis, QgsApplication, QgsMessageLog
+from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtGui import QIcon
+from qgis.PyQt.QtWidgets import QAction, QPushButton
+
+from . import deps
+
+LOG_TAG = "RemoteCLIP"
+MENU = "&RemoteCLIP"
+PLUGIN_DIR = Path(__file__).resolve().parent
+
+
+def icon_path(name: str = "icon.svg") -> str:
+    """Resources sit in the plugin's resources/ (packaged) or the repository's resources/ (development)."""
+    for folder in (PLUGIN_DIR / "resources", PLUGIN_DIR.parent / "resources"):
+        if (folder / name).is_file():
+            return str(folder / name)
+    return ""
+
+
+class RemoteClipPlugin:
+    def __init__(self):
+        self.iface = qgis.utils.iface
+        self.provider = None
+        self.dock = None
+        self.actions: list[QAction] = []
+        self.dock_action = None
+        self.deps_on_path = deps.add_deps_to_path()
+        self.missing: list[str] = []
+        self._message = None
+
+    # ------------------------------------------------------------------------------ processing
+
+    def initProcessing(self) -> None:  # noqa: N802 (QGIS's name)
+        if self.provider is not None:
+            return
+        try:
+            from .processing.provider import RemoteClipProvider
+
+            provider = RemoteClipProvider()
+            if QgsApplication.processingRegistry().addProvider(provider):
+                self.provider = provider
+        except Exception as e:  # the dock must still work when Processing cannot load
+            QgsMessageLog.logMessage(f"The RemoteCLIP Processing provider could not load: "
+                                     f"{type(e).__name__}: {e}", LOG_TAG, Qgis.Warning)
+
+    # --------------------------------------------------------------------------------------- GUI
+
+    def initGui(self) -> None:  # noqa: N802 (QGIS's name)
+        self.initProcessing()
+        window = self.iface.mainWindow()
+        icon = QIcon(icon_path())
+
+        self.dock_action = QAction(icon, "RemoteCLIP", window)
+        self.dock_action.setObjectName("remoteclip_dock_action")
+        self.dock_action.setToolTip("RemoteCLIP: label, count and search raster tiles with a vision-language model")
+        self.iface.addRasterToolBarIcon(self.dock_action)
+        self.iface.addPluginToRasterMenu(MENU, self.dock_action)
+
+        diag = QAction(QgsApplication.getThemeIcon("/mActionPropertiesWidget.svg"), "Diagnostics…", window)
+        diag.setObjectName("remoteclip_diagnostics_action")
+        diag.triggered.connect(self.show_diagnostics)
+        self.iface.addPluginToRasterMenu(MENU, diag)
+
+        install = QAction("Install dependencies…", window)
+        install.setObjectName("remoteclip_install_action")
+        install.triggered.connect(self.install_dependencies)
+        self.iface.addPluginToRasterMenu(MENU, install)
+        self.actions = [self.dock_action, diag, install]
+
+        from .dock import RemoteClipDock
+
+        self.dock = RemoteClipDock(window)
+        self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
+        self.dock.hide()
+        # the action is checked while the dock is open, and opens/closes it (QGIS's own pattern)
+        self.dock.setToggleVisibilityAction(self.dock_action)
+        self.check_dependencies()
+
+    def check_dependencies(self) -> list[str]:
+        """Say what is missing (message bar + dock banner) and how to get it."""
+        self.missing = deps.missing_modules()
+        if self.dock is not None:
+            self.dock.refresh_dependencies()
+        if not self.missing:
+            return []
+        text = (f"RemoteCLIP needs Python packages QGIS does not have: {', '.join(self.missing)}. "
+                f"Install them from the RemoteCLIP panel (into {deps.deps_dir()}).")
+        QgsMessageLog.logMessage(text, LOG_TAG, Qgis.Warning)
+        bar = self.iface.messageBar()
+        try:
+            item = bar.createMessage("RemoteCLIP", text)
+            button = QPushButton("Install dependencies", item)
+            button.clicked.connect(self.install_dependencies)
+            item.layout().addWidget(button)
+            self._message = bar.pushWidget(item, Qgis.Warning)
+        except (AttributeError, TypeError):
+            bar.pushMessage("RemoteCLIP", text, Qgis.Warning, 0)
+        return self.missing
+
+    def install_dependencies(self) -> None:
+        if self.dock is None:
+            return
+        self.dock.setUserVisible(True)
+        self.dock.install_dependencies()
+
+    def show_diagnostics(self) -> None:
+        from .diagnostics import DiagnosticsDialog, diagnostics_text
+
+        model = self.dock.model_path() if self.dock is not None else None
+        DiagnosticsDialog(diagnostics_text(model), self.iface.mainWindow()).exec()
+
+    # ------------------------------------------------------------------------------------ unload
+
+    def unload(self) -> None:
+        if self.provider is not None:
+            if not QgsApplication.processingRegistry().removeProvider(self.provider):
+                QgsMessageLog.logMessage("The RemoteCLIP Processing provider was already gone.", LOG_TAG, Qgis.Info)
+            self.provider = None
+        for action in self.actions:
+            self.iface.removePluginRasterMenu(MENU, action)
+            self.iface.removeRasterToolBarIcon(action)
+            # off the main window now, not at the next event loop: QGIS may reload the plugin at once
+            action.setParent(None)
+            action.deleteLater()
+        self.actions = []
+        self.dock_action = None
+        if self._message is not None:
+            with contextlib.suppress(RuntimeError, TypeError):   # the user may have closed it already
+                self.iface.messageBar().popWidget(self._message)
+            self._message = None
+        if self.dock is not None:
+            self.dock.unload()
+            self.iface.removeDockWidget(self.dock)
+            self.dock.setParent(None)
+            self.dock.deleteLater()
+            self.dock = None

@@ -1,0 +1,69 @@
+"""A RemoteCLIP job as a QgsTask: QGIS stays responsive, the task manager shows progress.
+
+``run()`` works in a worker thread and touches no layer or widget: it runs
+``core.jobs.run_job`` with the task's own progress and cancel flag (core checks
+it once per batch, so Cancel stops within one batch and leaves no file).
+``finished()`` runs back on the main thread and emits ``succeeded``,
+``failed`` or ``cancelled`` for the dock to add the layer or report the error.
+"""
+
+from __future__ import annotations
+
+import traceback
+
+from qgis.core import Qgis, QgsMessageLog, QgsTask
+from qgis.PyQt.QtCore import pyqtSignal
+
+LOG_TAG = "RemoteCLIP"
+
+
+class RemoteClipTask(QgsTask):
+    succeeded = pyqtSignal(object)        # core.jobs.JobResult
+    failed = pyqtSignal(str, str)         # message for the user, details for the log
+    cancelled = pyqtSignal()
+    statusChanged = pyqtSignal(str)       # core's progress messages ("96/240 tiles")
+
+    def __init__(self, job, description: str = "RemoteCLIP"):
+        super().__init__(description, QgsTask.CanCancel)
+        self.job = job
+        self.result = None
+        self.error: str | None = None
+        self.details: str | None = None
+        self.was_cancelled = False
+
+    def _progress(self, fraction: float, message: str) -> None:
+        self.setProgress(max(0.0, min(100.0, 100.0 * float(fraction))))
+        self.statusChanged.emit(message)
+
+    def run(self) -> bool:
+        from .core.errors import Cancelled, RemoteClipError
+        from .core.jobs import run_job
+
+        try:
+            self.result = run_job(self.job, progress=self._progress, is_cancelled=self.isCanceled)
+            return True
+        except Cancelled:
+            self.was_cancelled = True
+            return False
+        except RemoteClipError as e:
+            self.error = str(e)
+            self.details = traceback.format_exc()
+            return False
+        except Exception as e:  # anything else is a bug: the traceback goes to the log panel
+            self.error = f"{type(e).__name__}: {e}"
+            self.details = traceback.format_exc()
+            return False
+
+    def finished(self, ok: bool) -> None:
+        if ok and self.result is not None:
+            for w in self.result.warnings:
+                QgsMessageLog.logMessage(w, LOG_TAG, Qgis.Warning)
+            self.succeeded.emit(self.result)
+        elif self.was_cancelled or (self.isCanceled() and self.error is None):
+            self.was_cancelled = True
+            self.cancelled.emit()
+        else:
+            error = self.error or "The task stopped without a result."
+            details = self.details or error
+            QgsMessageLog.logMessage(f"{self.description()} failed:\n{details}", LOG_TAG, Qgis.Critical)
+            self.failed.emit(error, details)

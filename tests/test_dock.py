@@ -1,0 +1,393 @@
+"""The dock in real QGIS: widgets -> core Job, runs as real QgsTasks on real GeoTIFFs with a real
+(tiny) ONNX bundle, styled GeoPackage layers in the RemoteCLIP group, cache reuse, cancel, errors
+on the message bar, export to Shapefile/GeoPackage."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+PLUGIN = "remoteclip_qgis"
+KAMPALA = "orthomosaic/kampala_oam_z20_mosaic_1536x1024.tif"
+UTM = "geotiff/rasterio_RGB.byte.tif"
+WAIT_S = 600   # upper bound for one tiny-model run; a hang fails instead of blocking the suite
+
+
+def _forget_plugin_modules() -> None:
+    for name in [m for m in sys.modules if m == PLUGIN or m.startswith(PLUGIN + ".")]:
+        del sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def rc(built_plugin):
+    _forget_plugin_modules()
+    sys.path.insert(0, str(built_plugin))
+    import remoteclip_qgis
+
+    yield remoteclip_qgis
+    sys.path.remove(str(built_plugin))
+    _forget_plugin_modules()
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("REMOTECLIP_CACHE", str(folder))
+    return folder
+
+
+@pytest.fixture
+def dock(rc, qgis_iface, qgis_new_project, tiny_bundle, cache_dir):
+    from qgis.core import QgsSettings
+
+    from remoteclip_qgis.dock import RemoteClipDock
+
+    QgsSettings().remove("RemoteCLIP")   # each test starts from the defaults, not the last test's choices
+    d = RemoteClipDock()
+    assert d.iface is qgis_iface   # the dock works through qgis.utils.iface, as in QGIS
+    d.model_widget.setFilePath(str(tiny_bundle))
+    d.batch_size.setValue(8)
+    qgis_iface.messageBar().clear_messages()
+    yield d
+    d.unload()
+    if d.task is not None:
+        _wait(d)
+    d.deleteLater()
+
+
+def _raster(data_dir: Path, rel: str, name: str):
+    from qgis.core import QgsProject, QgsRasterLayer
+
+    layer = QgsRasterLayer(str(data_dir / rel), name)
+    assert layer.isValid(), rel
+    QgsProject.instance().addMapLayer(layer)
+    return layer
+
+
+def _wait(dock) -> None:
+    from qgis.PyQt.QtCore import QCoreApplication
+
+    deadline = time.monotonic() + WAIT_S
+    while dock.task is not None:
+        assert time.monotonic() < deadline, f"the task did not end within {WAIT_S} s"
+        QCoreApplication.processEvents()
+        time.sleep(0.01)
+    QCoreApplication.processEvents()
+
+
+def _run(dock):
+    task = dock.run()
+    assert task is not None, dock.status.text()
+    _wait(dock)
+    return task
+
+
+def _group_layers(name: str = "RemoteCLIP") -> list:
+    from qgis.core import QgsProject
+
+    group = QgsProject.instance().layerTreeRoot().findGroup(name)
+    return [] if group is None else [n.layer() for n in group.findLayers()]
+
+
+def _check_result_layer(layer, raster, gpkg: Path, n_tiles: int) -> None:
+    from qgis.core import QgsProject
+
+    assert layer in _group_layers()
+    assert QgsProject.instance().mapLayer(layer.id()) is layer
+    assert layer.providerType() == "ogr"
+    assert layer.source().split("|")[0] == str(gpkg) and gpkg.is_file()
+    assert layer.dataProvider().storageType() == "GPKG"
+    assert layer.crs() == raster.crs()
+    assert layer.featureCount() == n_tiles > 0
+    assert raster.extent().buffered(1e-9 * max(raster.extent().width(), 1)).contains(layer.extent())
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+def test_label_run_on_the_kampala_mosaic_then_search_reuses_the_cache(dock, data_dir, tmp_path, qgis_iface):
+    raster = _raster(data_dir, KAMPALA, "kampala")
+    dock.layer_combo.setLayer(raster)
+    dock.set_kind("label")
+    dock.labels_edit.setPlainText("buildings\ntrees\nroad\nbare soil")
+    dock.tile_size.setValue(256)
+    dock.tile_unit.setCurrentIndex(dock.tile_unit.findData("px"))
+    out = tmp_path / "labels.gpkg"
+    dock.output_widget.setFilePath(str(out))
+
+    _run(dock)
+    result, layer = dock.last_result, dock.last_layer
+    assert result is not None and layer is not None, dock.status.text()
+    assert result.n_tiles <= math.ceil(1536 / 256) * math.ceil(1024 / 256)
+    _check_result_layer(layer, raster, out, result.n_tiles)
+    assert not result.cache_hit and "from cache" not in dock.status.text()
+    assert dock.provider_label.text().startswith("CPUExecutionProvider")
+    assert f"{result.n_tiles} tiles" in dock.status.text()
+    assert dock.progress.value() == 100
+
+    renderer = layer.renderer()
+    assert renderer.type() == "categorizedSymbol" and renderer.classAttribute() == "label"
+    labels = {f["label"] for f in layer.getFeatures()}
+    assert {c.value() for c in renderer.categories()} == labels
+    assert labels <= {"buildings", "trees", "road", "bare soil", "unknown"}
+    # legend entries name the class and how many tiles it has
+    for cat in renderer.categories():
+        n = sum(1 for f in layer.getFeatures() if f["label"] == cat.value())
+        assert cat.label().startswith(f"{cat.value()} ({n} tile")
+    # p_* fields carry the class names core stored with the result
+    field = {v: k for k, v in result.field_map.items()}["bare soil"]
+    idx = layer.fields().indexOf(field)
+    assert field.startswith("p_bare") and idx >= 0 and layer.attributeAlias(idx) == "P(bare soil)"
+    from qgis.core import Qgis
+
+    assert any("kampala · labels" in m for m in qgis_iface.messageBar().get_messages(Qgis.Success))
+
+    # same raster, tiles and model: the search reads no pixels
+    dock.set_kind("search")
+    dock.search_query.setText("a red roof")
+    dock.search_topk.setValue(5)
+    out2 = tmp_path / "search.gpkg"
+    dock.output_widget.setFilePath(str(out2))
+    _run(dock)
+    result2, layer2 = dock.last_result, dock.last_layer
+    assert result2.cache_hit and result2.images_encoded == 0
+    assert "from cache" in dock.status.text() and "from cache" in dock.provider_label.text()
+    _check_result_layer(layer2, raster, out2, result.n_tiles)
+    assert layer2.renderer().type() == "graduatedSymbol" and layer2.renderer().classAttribute() == "similarity"
+    assert sum(f["selected"] for f in layer2.getFeatures()) == 5
+    assert _group_layers()[:2] == [layer2, layer], "the newest result goes on top of the group"
+
+
+def test_count_run_on_a_utm_geotiff_with_tiles_in_metres(dock, data_dir, tmp_path):
+    raster = _raster(data_dir, UTM, "rgb byte")
+    assert raster.crs().authid() == "EPSG:32618"
+    dock.layer_combo.setLayer(raster)
+    dock.set_kind("count")
+    dock.count_object.setText("ship")
+    dock.count_max.setValue(5)
+    dock.tile_size.setValue(20000)
+    dock.tile_unit.setCurrentIndex(dock.tile_unit.findData("m"))
+    out = tmp_path / "ships.gpkg"
+    dock.output_widget.setFilePath(str(out))
+
+    _run(dock)
+    result, layer = dock.last_result, dock.last_layer
+    assert layer is not None, dock.status.text()
+    _check_result_layer(layer, raster, out, result.n_tiles)
+    ext = raster.extent()
+    grid = math.ceil(ext.width() / 20000) * math.ceil(ext.height() / 20000)
+    assert result.n_tiles < grid, "the all-nodata corner tiles of this scene are dropped"
+    f = next(layer.getFeatures())
+    assert abs(f.geometry().boundingBox().width() - 20000) < raster.rasterUnitsPerPixelX() + 1e-6
+    assert layer.renderer().type() == "categorizedSymbol" and layer.renderer().classAttribute() == "count"
+    counts = {f["count"] for f in layer.getFeatures()}
+    assert counts <= set(range(1, 6))
+    assert {c.value() for c in layer.renderer().categories()} == counts
+    assert layer.labelsEnabled(), "count layers write the count on each tile"
+
+
+def test_cancel_right_after_start_leaves_no_file_and_no_layer(dock, data_dir, tmp_path, qgis_iface):
+    from qgis.core import QgsProject
+
+    raster = _raster(data_dir, KAMPALA, "kampala")
+    dock.layer_combo.setLayer(raster)
+    dock.set_kind("label")
+    dock.labels_edit.setPlainText("buildings\ntrees")
+    dock.tile_size.setValue(64)          # 384 tiles in 48 batches: far from done when cancelled
+    dock.use_cache.setChecked(False)
+    out = tmp_path / "cancelled.gpkg"
+    dock.output_widget.setFilePath(str(out))
+    layers_before = set(QgsProject.instance().mapLayers())
+
+    task = dock.run()
+    assert task is not None and dock.cancel_button.isEnabled() and not dock.run_button.isEnabled()
+    dock.cancel()
+    _wait(dock)
+    assert "Cancelled" in dock.status.text()
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith((".cancelled", "cancelled"))] == []
+    assert set(QgsProject.instance().mapLayers()) == layers_before
+    assert dock.last_layer is None
+    assert dock.run_button.isEnabled() and not dock.cancel_button.isEnabled()
+
+
+def test_errors_reach_the_message_bar_and_the_log(dock, data_dir, tmp_path, qgis_iface, tiny_bundle):
+    from qgis.core import Qgis
+
+    bar = qgis_iface.messageBar()
+    raster = _raster(data_dir, KAMPALA, "kampala")
+    dock.layer_combo.setLayer(raster)
+    dock.output_widget.setFilePath(str(tmp_path / "x.gpkg"))
+
+    # refused before any task: no model
+    dock.model_widget.setFilePath("")
+    assert dock.run() is None
+    assert any("No model bundle" in m for m in bar.get_messages(Qgis.Warning))
+
+    # refused by core inside the task: one label only
+    dock.model_widget.setFilePath(str(tiny_bundle))
+    dock.set_kind("label")
+    dock.labels_edit.setPlainText("buildings")
+    _run(dock)
+    critical = bar.get_messages(Qgis.Critical)
+    assert any("at least two" in m and "Log Messages" in m for m in critical), critical
+    assert "Failed" in dock.status.text() and not (tmp_path / "x.gpkg").exists()
+    assert dock.last_layer is None
+
+
+# ------------------------------------------------------------------------------------- widgets -> Job
+
+def test_widgets_become_the_core_job(dock, data_dir, qgis_iface, tiny_bundle):
+    from qgis.core import QgsFeature, QgsGeometry, QgsProject, QgsRectangle, QgsVectorLayer
+
+    from remoteclip_qgis.core.jobs import BBox, CountTask, LabelTask, Polygons, SearchTask
+
+    raster = _raster(data_dir, KAMPALA, "kampala")
+    dock.layer_combo.setLayer(raster)
+    dock.set_kind("label")
+    dock.preset_combo.setCurrentText("water")
+    dock.preset_combo.activated.emit(dock.preset_combo.currentIndex())
+    dock.templates_edit.setPlainText("an aerial photo of {}.\n# a comment\n")
+    dock.label_topk.setValue(2)
+    dock.label_threshold.setValue(0.3)
+    dock.tile_size.setValue(100)
+    dock.tile_unit.setCurrentIndex(dock.tile_unit.findData("m"))
+    dock.overlap.setValue(50)
+    dock.bands_edit.setText("3, 2, 1")
+    dock.device_combo.setCurrentText("cpu")
+    dock.precision_combo.setCurrentText("fp16")
+    dock.dissolve.setChecked(True)
+    dock.output_widget.setFilePath("")
+
+    job, kind, name = dock.build_job()
+    assert kind == "label" and name == "kampala · labels"
+    assert isinstance(job.task, LabelTask)
+    assert job.task.labels == ["river", "lake", "sea", "harbor", "beach", "land"]
+    assert job.task.templates == ["an aerial photo of {}."]
+    assert (job.task.top_k, job.task.threshold) == (2, pytest.approx(0.3))
+    assert job.raster == str(data_dir / KAMPALA)      # a GDAL file goes to core as its path
+    assert (job.tiles.size, job.tiles.unit, job.tiles.overlap, job.tiles.bands) == (100, "m", 0.5, [3, 2, 1])
+    assert job.tiles.extent is None
+    assert (job.run.model, job.run.device, job.run.precision, job.run.batch_size) == (
+        str(tiny_bundle), "cpu", "fp16", 8)
+    assert job.run.cache_dir is None and job.dissolve
+    assert job.output.endswith(".gpkg") and "kampala_label_" in job.output
+
+    dock.set_kind("count")
+    dock.count_object.setText("  car ")
+    job, kind, _ = dock.build_job()
+    assert isinstance(job.task, CountTask) and job.task.object_name == "car" and kind == "count"
+
+    dock.set_kind("search")
+    dock.search_query.setText("a swimming pool")
+    dock.search_topk.setValue(0)
+    job, _, name = dock.build_job()
+    assert isinstance(job.task, SearchTask) and job.task.top_k is None and job.task.threshold is None
+    assert "a swimming pool" in name
+    dock.search_threshold.setValue(0.2)
+    assert dock.build_job()[0].task.threshold == pytest.approx(0.2)
+
+    # extent: the map view, in the canvas CRS
+    canvas = qgis_iface.mapCanvas()
+    canvas.setDestinationCrs(raster.crs())
+    canvas.setExtent(QgsRectangle(32.58, 0.33, 32.59, 0.34))
+    dock.extent_combo.setCurrentIndex(dock.extent_combo.findData("canvas"))
+    ext = dock.build_job()[0].tiles.extent
+    assert isinstance(ext, BBox)
+    view = canvas.extent()
+    assert (ext.xmin, ext.ymin, ext.xmax, ext.ymax) == pytest.approx(
+        (view.xMinimum(), view.yMinimum(), view.xMaximum(), view.yMaximum()))
+
+    # extent: the selected polygons of a layer
+    polys = QgsVectorLayer("Polygon?crs=EPSG:4326", "areas", "memory")
+    feats = []
+    for wkt in ("POLYGON((32.58 0.33, 32.581 0.33, 32.581 0.331, 32.58 0.331, 32.58 0.33))",
+                "POLYGON((32.59 0.34, 32.591 0.34, 32.591 0.341, 32.59 0.341, 32.59 0.34))"):
+        f = QgsFeature()
+        f.setGeometry(QgsGeometry.fromWkt(wkt))
+        feats.append(f)
+    polys.dataProvider().addFeatures(feats)
+    QgsProject.instance().addMapLayer(polys)
+    dock.extent_combo.setCurrentIndex(dock.extent_combo.findData("features"))
+    dock.polygon_combo.setLayer(polys)
+    dock.selected_only.setChecked(True)
+    from remoteclip_qgis.core.errors import RemoteClipError
+
+    with pytest.raises(RemoteClipError, match="No features are selected"):
+        dock.build_job()
+    polys.selectByIds([next(polys.getFeatures()).id()])
+    ext = dock.build_job()[0].tiles.extent
+    assert isinstance(ext, Polygons) and len(ext.wkts) == 1
+
+    dock.bands_edit.setText("red")
+    with pytest.raises(RemoteClipError, match="not band numbers"):
+        dock.build_job()
+
+
+def test_default_output_is_a_geopackage_next_to_the_saved_project(rc, qgis_new_project, tmp_path):
+    from qgis.core import QgsApplication
+
+    from remoteclip_qgis.dock import default_output, results_folder
+
+    qgis_new_project.setFileName("")
+    assert results_folder() == Path(QgsApplication.qgisSettingsDirPath()) / "remoteclip_results"
+    qgis_new_project.setFileName(str(tmp_path / "site.qgz"))
+    path = Path(default_output("Kampala mosaic (z20)", "count"))
+    assert path.parent == tmp_path / "remoteclip_results"
+    assert path.suffix == ".gpkg" and path.name.startswith("Kampala_mosaic_z20_count_")
+    qgis_new_project.setFileName("")
+
+
+def test_model_widget_shows_name_architecture_and_activation(dock, tiny_bundle, tmp_path):
+    dock.model_widget.setFilePath(str(tiny_bundle / "manifest.json"))
+    assert dock.model_path() == str(tiny_bundle)
+    text = dock.model_info.text()
+    assert "tiny-test" in text and "quick_gelu" in text
+    assert [dock.precision_combo.itemText(i) for i in range(dock.precision_combo.count())] == ["fp32", "fp16"]
+    dock.model_widget.setFilePath(str(tmp_path))
+    assert "manifest.json" in dock.model_info.text()
+
+
+# -------------------------------------------------------------------------------------------- export
+
+def test_export_a_result_to_shapefile_and_geopackage(dock, data_dir, tmp_path):
+    from qgis.core import QgsVectorLayer
+
+    from remoteclip_qgis.dock import export_layer
+
+    raster = _raster(data_dir, KAMPALA, "kampala")
+    dock.layer_combo.setLayer(raster)
+    dock.set_kind("label")
+    dock.labels_edit.setPlainText("buildings\ntrees\nbare soil")
+    dock.tile_size.setValue(512)
+    dock.output_widget.setFilePath(str(tmp_path / "labels.gpkg"))
+    _run(dock)
+    layer = dock.last_layer
+    assert layer is not None, dock.status.text()
+    assert dock.export_layer_combo.currentLayer() is layer
+
+    dock.export_format.setCurrentText("ESRI Shapefile")
+    dock.export_widget.setFilePath(str(tmp_path / "export" / "labels"))
+    (tmp_path / "export").mkdir()
+    dock.export_clicked()
+    shp = tmp_path / "export" / "labels.shp"
+    assert shp.is_file(), dock.status.text()
+    out = QgsVectorLayer(str(shp), "exported", "ogr")
+    assert out.isValid() and out.featureCount() == layer.featureCount()
+    assert out.crs() == layer.crs()
+    assert sorted(f["label"] for f in out.getFeatures()) == sorted(f["label"] for f in layer.getFeatures())
+    assert out.renderer().type() == "categorizedSymbol", "the .qml sidecar carries the style"
+    meta = json.loads((tmp_path / "export" / "labels.json").read_text(encoding="utf-8"))
+    assert meta["fields"] == dock.last_result.field_map and "bare soil" in meta["fields"].values()
+
+    gpkg = export_layer(layer, str(tmp_path / "export" / "copy.gpkg"), "GeoPackage")
+    copy = QgsVectorLayer(gpkg, "copy", "ogr")
+    assert copy.isValid() and copy.featureCount() == layer.featureCount()
+    from remoteclip_qgis.core.errors import RemoteClipError
+
+    with pytest.raises(RemoteClipError, match="does not exist"):
+        export_layer(layer, str(tmp_path / "nope" / "x.shp"), "ESRI Shapefile")
