@@ -10,6 +10,7 @@ user drew or selected into core's ``BBox`` and ``Polygons``.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import threading
@@ -132,9 +133,10 @@ def _qgs_crs(value) -> QgsCoordinateReferenceSystem:
 class QgisRasterSource:
     """core's RasterSource over a QgsRasterDataProvider, on a regular grid of square pixels.
 
-    The grid covers ``extent`` (the layer's extent when None) at ``pixel_size``
-    layer-CRS units (square; the provider's native pixel size when None, which
-    may differ in x and y). Its origin is
+    The grid covers the layer's extent, or ``extent`` for layers without a size
+    of their own (XYZ, WMS: they need one), at ``pixel_size`` layer-CRS units
+    (square; the provider's native pixel size when None, which may differ in x
+    and y). Its origin is
     snapped to whole pixels from the layer extent's top-left corner, so XYZ
     reads at the native zoom line up with the tile pixels and GDAL reads at the
     native size return the file's own pixels.
@@ -154,6 +156,7 @@ class QgisRasterSource:
         self._provider: QgsRasterDataProvider = provider.clone()
         self._lock = threading.Lock()
         self.name = layer.source()
+        self.path = layer_file_path(layer)   # the cache then also keys on the file's size and mtime
         self.crs_wkt = crs_wkt(layer.crs())
         self.xyz = is_xyz_layer(layer)
         has_size = bool(provider.capabilities() & QgsRasterDataProvider.Size) and provider.xSize() > 0
@@ -170,13 +173,15 @@ class QgisRasterSource:
                                   "Give a pixel size in layer units (Processing: PIXEL_SIZE; the dock uses "
                                   "the map's current resolution).")
 
-        if extent is None:
-            if not has_size:
-                raise RemoteClipError(
-                    f"Layer {layer.name()!r} is a web or tiled layer that covers the whole world.",
-                    "Choose an extent: draw or type a bounding box (Processing: EXTENT) or select "
-                    "polygons (MASK), so only that area is read.")
+        if has_size:
+            # a raster with its own size keeps its whole grid, so tiles sit where the command line puts
+            # them; the extent then only selects tiles (TileSpec.extent)
             area = full
+        elif extent is None:
+            raise RemoteClipError(
+                f"Layer {layer.name()!r} is a web or tiled layer that covers the whole world.",
+                "Choose an extent: draw or type a bounding box (Processing: EXTENT) or select "
+                "polygons (MASK), so only that area is read.")
         else:
             area = _extent_rect(extent, layer.crs()).intersect(full)
             if area.isEmpty():
@@ -202,13 +207,16 @@ class QgisRasterSource:
             self.count, self.dtype = 3, "uint8"
             self.colorinterp = ["red", "green", "blue"]
             self.nodata = None
+            self._nodatavals = [None, None, None]
             self._argb = True
         elif dt in _DTYPES:
             self.count, self.dtype = provider.bandCount(), _DTYPES[dt]
             self.colorinterp = [_COLORINTERP.get(provider.colorInterpretation(b), "undefined")
                                 for b in range(1, self.count + 1)]
-            self.nodata = (float(provider.sourceNoDataValue(1))
-                           if provider.sourceHasNoDataValue(1) and provider.useSourceNoDataValue(1) else None)
+            self._nodatavals = [float(provider.sourceNoDataValue(b))
+                                if provider.sourceHasNoDataValue(b) and provider.useSourceNoDataValue(b) else None
+                                for b in range(1, self.count + 1)]
+            self.nodata = self._nodatavals[0]
             self._argb = False
         else:
             raise RemoteClipError(f"Layer {layer.name()!r} has an unsupported data type ({dt}).",
@@ -228,19 +236,34 @@ class QgisRasterSource:
         if self._argb:
             return self._read_argb(bands, rect, ow, oh)
         data = np.empty((len(bands), oh, ow), dtype=self.dtype)
-        valid = np.ones((oh, ow), dtype=bool)
         with self._lock:
             for i, b in enumerate(bands):
                 if not 1 <= b <= self.count:
-                    raise RemoteClipError(f"Band {b} does not exist; {self.name} has {self.count} bands.",
-                                          f"Choose bands between 1 and {self.count}.")
-                block = self._provider.block(int(b), rect, ow, oh)
-                arr = self._block_array(block, self.dtype, oh, ow)
-                data[i] = arr
-                if block.hasNoDataValue():
-                    nd = block.noDataValue()
-                    valid &= ~(np.isnan(arr) if math.isnan(nd) else arr == np.asarray(nd).astype(arr.dtype))
-        return data, valid
+                    raise RemoteClipError(f"Band {b} does not exist: {self.name} has {self.count} band(s).",
+                                          f"Use band numbers from 1 to {self.count}.")
+                data[i] = self._block_array(self._provider.block(int(b), rect, ow, oh), self.dtype, oh, ow)
+            alpha = self.colorinterp.index("alpha") + 1 if "alpha" in self.colorinterp else None
+            if alpha is not None:  # an alpha band is the one mask for every band (as GDAL's per-dataset mask)
+                a = self._block_array(self._provider.block(alpha, rect, ow, oh), self.dtype, oh, ow)
+                return data, a > 0
+        return data, self._valid(bands, data)
+
+    def _valid(self, bands, data) -> np.ndarray:
+        # as core's RasterioSource: nodata only where every band read is nodata; NaN is nodata in floats
+        valid = np.zeros(data.shape[1:], dtype=bool)
+        for i, b in enumerate(bands):
+            band = data[i]
+            ok = None
+            nd = self._nodatavals[b - 1]
+            if nd is not None and not math.isnan(nd):
+                ok = band != np.asarray(nd).astype(band.dtype)
+            if band.dtype.kind == "f":
+                fin = ~np.isnan(band)
+                ok = fin if ok is None else ok & fin
+            if ok is None:
+                return np.ones(data.shape[1:], dtype=bool)
+            valid |= ok
+        return valid
 
     def _read_argb(self, bands, rect, ow, oh):
         with self._lock:
@@ -282,6 +305,9 @@ class QgisRasterSource:
 def raster_for_layer(layer: QgsRasterLayer, pixel_size: float | None = None, extent=None, force_provider=False):
     """What core reads for ``layer``: the file path of a local GDAL file, else a QgisRasterSource.
 
+    A file goes to core as a path (read with rasterio) only where rasterio is
+    installed; QGIS does not ship it, and then the file is read through QGIS.
+
     ``pixel_size`` (layer units) resamples; a file is then read through QGIS too.
     ``extent`` (core BBox/Polygons or QgsRectangle in the layer CRS) limits what
     a provider source covers; web layers (XYZ/WMS) need it. ``force_provider``
@@ -290,9 +316,17 @@ def raster_for_layer(layer: QgsRasterLayer, pixel_size: float | None = None, ext
     if layer is None or not layer.isValid():
         raise RemoteClipError("No valid raster layer was given.", "Choose a raster layer that draws in QGIS.")
     path = layer_file_path(layer)
-    if path and not force_provider and not (pixel_size and pixel_size > 0):
+    if path and not force_provider and not (pixel_size and pixel_size > 0) and _has_rasterio():
         return path
     return QgisRasterSource(layer, pixel_size=pixel_size, extent=extent)
+
+
+def _has_rasterio() -> bool:
+    # QGIS does not ship rasterio; without it files are read through QGIS's own GDAL provider
+    try:
+        return importlib.util.find_spec("rasterio") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def extent_from_rectangle(rect: QgsRectangle, crs: QgsCoordinateReferenceSystem) -> BBox:

@@ -1,0 +1,451 @@
+"""What the four RemoteCLIP algorithms share: raster, model, tiles, run options and the output.
+
+``prepareAlgorithm`` (QGIS calls it in the main thread) turns the parameters
+into a core ``Job``: layers are read there, and a web or database raster gets
+a QgisRasterSource whose provider is cloned there. ``processAlgorithm`` (a
+background thread in the GUI) runs ``core.jobs.run_job`` with the feedback as
+progress and cancel callbacks. A cancelled run raises and leaves no output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+
+from qgis.core import (
+    QgsCoordinateTransform,
+    QgsFeatureRequest,
+    QgsGeometry,
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingLayerPostProcessorInterface,
+    QgsProcessingOutputBoolean,
+    QgsProcessingOutputNumber,
+    QgsProcessingOutputString,
+    QgsProcessingParameterBand,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterVectorDestination,
+    QgsProcessingUtils,
+    QgsRectangle,
+)
+from qgis.PyQt.QtCore import QCoreApplication
+
+from ..core.errors import Cancelled, RemoteClipError
+from ..layer_source import crs_wkt, raster_for_layer
+
+PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_MODEL = os.path.join(PLUGIN_DIR, "models", "remoteclip-demo")
+UNITS = ["px", "m"]
+DEVICES = ["auto", "cpu", "cuda"]
+PRECISIONS = ["fp32", "fp16"]
+# formats written as they are; any other OGR file format is converted from a GeoPackage
+NATIVE_EXTENSIONS = (".gpkg", ".shp")
+_KEEP_ALIVE: list = []   # post-processors QGIS calls after the run; Python must keep them referenced
+
+
+def default_model() -> str | None:
+    """REMOTECLIP_MODEL when set (as on the command line), else the demo model inside the plugin."""
+    env = os.environ.get("REMOTECLIP_MODEL")
+    if env:
+        return env
+    if os.path.isdir(DEMO_MODEL):
+        return DEMO_MODEL
+    if os.path.isfile(DEMO_MODEL + ".rclip.zip"):
+        return DEMO_MODEL + ".rclip.zip"
+    return None
+
+
+def model_path(value: str) -> str:
+    """A bundle folder, a .rclip.zip, or a bundle's manifest.json (its folder)."""
+    value = (value or "").strip()
+    if os.path.basename(value).lower() == "manifest.json":
+        value = os.path.dirname(value)
+    return value
+
+
+def split_list(text: str | None, separators: str = ",\n") -> list[str]:
+    """Non-empty, stripped items of ``text`` split at any of ``separators``."""
+    if not text:
+        return []
+    parts = re.split("[" + re.escape(separators) + "]", str(text))
+    return [p.strip() for p in parts if p.strip()]
+
+
+def ogr_destination(dest: str) -> tuple[str, str | None]:
+    """(file path, layer name) of a destination; "ogr:dbname='x.gpkg' table="t" (geom)" included."""
+    if dest.startswith("ogr:"):
+        m = re.search(r"dbname='([^']*)'", dest) or re.search(r"dbname=(\S+)", dest)
+        t = re.search(r'table="([^"]*)"', dest) or re.search(r"table=(\S+)", dest)
+        if m:
+            return m.group(1), (t.group(1) if t else None)
+    path, _, rest = dest.partition("|")
+    name = re.search(r"layername=([^|]+)", rest)
+    return path, (name.group(1) if name else None)
+
+
+class StyleOutput(QgsProcessingLayerPostProcessorInterface):
+    """Styles the output layer QGIS loads after a run, as the dock does (layers.style_layer)."""
+
+    def __init__(self, kind: str, field_map: dict[str, str]):
+        super().__init__()
+        self.kind, self.field_map = kind, dict(field_map)
+
+    def postProcessLayer(self, layer, context, feedback):
+        try:
+            from ..layers import style_layer
+        except ImportError:   # the plugin's GUI part is not there (bare core install): keep QGIS's style
+            return
+        try:
+            style_layer(layer, self.kind, self.field_map)
+        except Exception as e:  # a style must never turn a finished run into a failure
+            feedback.pushWarning(f"RemoteCLIP could not style {layer.name()}: {e}")
+
+
+class RemoteClipAlgorithm(QgsProcessingAlgorithm):
+    """Base class; subclasses add their task parameters and build the task."""
+
+    INPUT = "INPUT"
+    MODEL = "MODEL"
+    TILE_SIZE = "TILE_SIZE"
+    TILE_UNIT = "TILE_UNIT"
+    OVERLAP = "OVERLAP"
+    EXTENT = "EXTENT"
+    MASK = "MASK"
+    BANDS = "BANDS"
+    PIXEL_SIZE = "PIXEL_SIZE"
+    BATCH_SIZE = "BATCH_SIZE"
+    DEVICE = "DEVICE"
+    PRECISION = "PRECISION"
+    USE_CACHE = "USE_CACHE"
+    DISSOLVE = "DISSOLVE"
+    OUTPUT = "OUTPUT"
+    PROVIDER = "PROVIDER"
+    N_TILES = "N_TILES"
+    CACHE_HIT = "CACHE_HIT"
+
+    kind = "embed"          # result style (layers.KINDS)
+    output_name = "Tiles"   # description of OUTPUT
+    can_dissolve = True
+
+    def tr(self, text):
+        return QCoreApplication.translate("RemoteClipAlgorithm", text)
+
+    def createInstance(self):
+        return type(self)()
+
+    def group(self):
+        return self.tr("Zero-shot analysis")
+
+    def groupId(self):
+        return "analysis"
+
+    def helpUrl(self):
+        return "https://github.com/remoteclip-qgis/remoteclip-qgis#readme"
+
+    # ------------------------------------------------------------------------------------ parameters
+
+    def initAlgorithm(self, config=None):
+        self.add(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Raster layer")))
+        # "(*)" and not QGIS's default "(*.*)", which would refuse a bundle folder (no extension)
+        self.add(QgsProcessingParameterFile(
+            self.MODEL, self.tr("Model bundle (folder, its manifest.json, or .rclip.zip)"),
+            behavior=QgsProcessingParameterFile.File,
+            fileFilter=self.tr("RemoteCLIP bundles (manifest.json *.rclip.zip *.zip);;All files (*)"),
+            defaultValue=default_model(), optional=default_model() is not None))
+        self.init_task_parameters()
+        self.add(QgsProcessingParameterNumber(
+            self.TILE_SIZE, self.tr("Tile size"), QgsProcessingParameterNumber.Double, defaultValue=224,
+            minValue=0.01))
+        self.add(QgsProcessingParameterEnum(
+            self.TILE_UNIT, self.tr("Tile size unit"), options=[self.tr("pixels"), self.tr("metres")],
+            defaultValue=0))
+        self.add(QgsProcessingParameterNumber(
+            self.OVERLAP, self.tr("Overlap (fraction of the tile edge shared with the neighbour)"),
+            QgsProcessingParameterNumber.Double, defaultValue=0.0, minValue=0.0, maxValue=0.95))
+        self.add(QgsProcessingParameterExtent(
+            self.EXTENT, self.tr("Extent (only tiles inside it; needed for XYZ/WMS layers)"), optional=True))
+        self.add(QgsProcessingParameterFeatureSource(
+            self.MASK, self.tr("Mask polygons (only tiles touching them)"),
+            [QgsProcessing.TypeVectorPolygon], optional=True))
+        self.add(QgsProcessingParameterBand(
+            self.BANDS, self.tr("Bands (three as R,G,B or one as grey; default: RGB by colour)"),
+            parentLayerParameterName=self.INPUT, optional=True, allowMultiple=True))
+        advanced = [
+            QgsProcessingParameterNumber(
+                self.PIXEL_SIZE, self.tr("Pixel size to read at, in layer units (0: native; XYZ: deepest zoom)"),
+                QgsProcessingParameterNumber.Double, defaultValue=0.0, minValue=0.0),
+            QgsProcessingParameterNumber(
+                self.BATCH_SIZE, self.tr("Batch size"), QgsProcessingParameterNumber.Integer, defaultValue=32,
+                minValue=1, maxValue=4096),
+            QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), options=DEVICES, defaultValue=0),
+            QgsProcessingParameterEnum(self.PRECISION, self.tr("Precision"), options=PRECISIONS, defaultValue=0),
+            QgsProcessingParameterBoolean(self.USE_CACHE, self.tr("Use the embedding cache"), defaultValue=True),
+        ]
+        if self.can_dissolve:
+            advanced.append(QgsProcessingParameterBoolean(
+                self.DISSOLVE, self.tr("Dissolve touching tiles with the same result"), defaultValue=False))
+        for p in advanced:
+            p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.add(p)
+        out = QgsProcessingParameterVectorDestination(
+            self.OUTPUT, self.tr(self.output_name), type=QgsProcessing.TypeVectorPolygon)
+        out.setSupportsNonFileBasedOutput(False)
+        self.add(out)
+        self.add_output(QgsProcessingOutputString(self.PROVIDER, self.tr("onnxruntime provider that ran")))
+        self.add_output(QgsProcessingOutputNumber(self.N_TILES, self.tr("Number of tiles")))
+        self.add_output(QgsProcessingOutputBoolean(self.CACHE_HIT, self.tr("Embeddings came from the cache")))
+
+    def add(self, param):
+        if not self.addParameter(param):
+            raise QgsProcessingException(f"Parameter {param.name()} could not be added (a duplicate name?).")
+
+    def add_output(self, output):
+        if not self.addOutput(output):
+            raise QgsProcessingException(f"Output {output.name()} could not be added (a duplicate name?).")
+
+    def init_task_parameters(self):
+        """Subclasses add the parameters of their task."""
+
+    def make_task(self, parameters, context):
+        """Subclasses return the core task (LabelTask, CountTask, ...)."""
+        raise NotImplementedError
+
+    # -------------------------------------------------------------------------------- helpers
+
+    def optional_number(self, parameters, name, context, integer=False):
+        """None when an optional number is not set (parameterAsDouble would say 0)."""
+        value = parameters.get(name)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if integer:
+            return self.parameterAsInt(parameters, name, context)
+        return self.parameterAsDouble(parameters, name, context)
+
+    def _extent_and_mask(self, parameters, context, layer):
+        """TileSpec extent in the layer's CRS: mask polygons (clipped to EXTENT), EXTENT, or None."""
+        from ..core.tiles import BBox, Polygons
+
+        lcrs = layer.crs()
+        rect = None
+        if parameters.get(self.EXTENT) not in (None, ""):
+            rect = self.parameterAsExtent(parameters, self.EXTENT, context, lcrs)
+            if rect is None or rect.isNull() or rect.isEmpty():
+                rect = None
+        mask = self.parameterAsSource(parameters, self.MASK, context) \
+            if parameters.get(self.MASK) not in (None, "") else None
+        if mask is None:
+            if rect is None:
+                return None
+            return BBox(rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum(), crs_wkt(lcrs))
+        ct = QgsCoordinateTransform(mask.sourceCrs(), lcrs, context.transformContext())
+        clip = QgsGeometry.fromRect(rect) if rect is not None else None
+        wkts = []
+        for f in mask.getFeatures(QgsFeatureRequest().setNoAttributes()):
+            g = QgsGeometry(f.geometry())
+            if g.isNull() or g.isEmpty():
+                continue
+            if mask.sourceCrs().isValid() and lcrs.isValid() and mask.sourceCrs() != lcrs \
+                    and g.transform(ct) != QgsGeometry.Success:
+                raise RemoteClipError("A mask polygon cannot be transformed to the raster's CRS.",
+                                      "Check the mask layer's CRS.")
+            if clip is not None:
+                g = g.intersection(clip)
+                if g.isNull() or g.isEmpty():
+                    continue
+            wkts.append(g.asWkt())
+        if not wkts:
+            raise RemoteClipError("The mask has no polygons" + (" inside the extent." if rect else "."),
+                                  "Choose a mask layer with polygons over the raster (or no mask).")
+        return Polygons(wkts, crs_wkt(lcrs))
+
+    def _source_extent(self, extent):
+        """Where a provider-read source must read: the extent's bounding box (in the layer CRS)."""
+        if extent is None:
+            return None
+        from ..core.tiles import BBox
+
+        if isinstance(extent, BBox):
+            return extent
+        rect = QgsRectangle()
+        rect.setMinimal()
+        for w in extent.wkts:
+            rect.combineExtentWith(QgsGeometry.fromWkt(w).boundingBox())
+        return BBox(rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum(), extent.crs)
+
+    def _destination(self, parameters, context) -> tuple[str, str, str | None, str | None]:
+        """(destination as QGIS knows it, file core writes, layer name, OGR driver to convert to or None)."""
+        dest = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        if not dest or dest == QgsProcessing.TEMPORARY_OUTPUT:
+            dest = os.path.join(QgsProcessingUtils.tempFolder(), f"{self.name()}.gpkg")
+        if dest.startswith(("memory:", "postgres:", "postgis:", "spatialite:", "mssql:", "oracle:")):
+            raise RemoteClipError(f"RemoteCLIP writes files, not {dest.split(':')[0]} layers.",
+                                  "Save the output to a .gpkg or .shp file (or a temporary layer).")
+        path, layer_name = ogr_destination(dest)
+        ext = os.path.splitext(path)[1].lower()
+        if ext in NATIVE_EXTENSIONS:
+            return dest, path, layer_name, None
+        from osgeo import ogr
+
+        driver = _driver_for_extension(ext)
+        if driver is None or ogr.GetDriverByName(driver) is None:
+            raise RemoteClipError(f"The output {path} has a format RemoteCLIP cannot write ({ext or 'no extension'}).",
+                                  "Name the output .gpkg or .shp (or another OGR vector format such as .geojson).")
+        return dest, path, layer_name, driver
+
+    # -------------------------------------------------------------------------------- the run
+
+    def prepareAlgorithm(self, parameters, context, feedback):
+        from ..core.jobs import Job, RunOptions, TileSpec
+
+        self._error = None
+        try:
+            layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+            if layer is None:
+                raise RemoteClipError("No raster layer was given (INPUT).",
+                                      "Choose a raster layer or give a raster file path.")
+            model = model_path(self.parameterAsFile(parameters, self.MODEL, context) or default_model() or "")
+            if not model:
+                raise RemoteClipError("No model bundle was given (MODEL) and the plugin has no demo model.",
+                                      "Choose a bundle folder or .rclip.zip, or set REMOTECLIP_MODEL.")
+            task = self.make_task(parameters, context)
+            extent = self._extent_and_mask(parameters, context, layer)
+            pixel_size = self.parameterAsDouble(parameters, self.PIXEL_SIZE, context) or None
+            raster = raster_for_layer(layer, pixel_size=pixel_size, extent=self._source_extent(extent))
+            bands = self.parameterAsInts(parameters, self.BANDS, context) or None
+            tiles = TileSpec(size=self.parameterAsDouble(parameters, self.TILE_SIZE, context),
+                             unit=UNITS[self.parameterAsEnum(parameters, self.TILE_UNIT, context)],
+                             overlap=self.parameterAsDouble(parameters, self.OVERLAP, context),
+                             extent=extent, bands=bands)
+            run = RunOptions(model=model,
+                             device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
+                             precision=PRECISIONS[self.parameterAsEnum(parameters, self.PRECISION, context)],
+                             batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
+                             cache_dir=None if self.parameterAsBool(parameters, self.USE_CACHE, context) else "")
+            self._dest, path, layer_name, self._convert = self._destination(parameters, context)
+            self._final = path
+            dissolve = self.can_dissolve and self.parameterAsBool(parameters, self.DISSOLVE, context)
+        except RemoteClipError as e:
+            # QGIS turns an exception here into a bare "There were errors executing the algorithm" for
+            # processing.run(); raised from processAlgorithm the message reaches every caller
+            self._error = str(e)
+            return True
+        write = path
+        if self._convert:
+            self._tmpdir = tempfile.mkdtemp(prefix="remoteclip_", dir=QgsProcessingUtils.tempFolder())
+            write = os.path.join(self._tmpdir, "result.gpkg")
+        self._job = Job(raster=raster, task=task, run=run, tiles=tiles, output=write, layer_name=layer_name,
+                        dissolve=dissolve)
+        if not isinstance(raster, str):
+            feedback.pushInfo(f"Reading {layer.name()} through QGIS ({layer.providerType()} provider) at "
+                              f"{raster.width} x {raster.height} pixels.")
+        return True
+
+    def processAlgorithm(self, parameters, context, feedback):
+        from ..core.jobs import run_job
+
+        if self._error:
+            raise QgsProcessingException(self._error)
+        _add_plugin_deps()
+        job = self._job
+        try:
+            result = run_job(job, progress=lambda f, msg: _progress(feedback, f, msg),
+                             is_cancelled=feedback.isCanceled)
+            if feedback.isCanceled():
+                raise Cancelled("cancelled")
+            if self._convert:
+                _convert(job.output, self._final, self._convert, result.layer_name)
+        except Cancelled:
+            raise QgsProcessingException(self.tr("Cancelled: no output was written.")) from None
+        except RemoteClipError as e:
+            raise QgsProcessingException(str(e)) from None
+        except ImportError as e:
+            raise QgsProcessingException(
+                f"A Python package RemoteCLIP needs is missing: {e}. Fix: install it from the RemoteCLIP "
+                "menu (Install dependencies) or with pip into QGIS's Python (onnxruntime, ftfy, regex).") from None
+        finally:
+            if getattr(self, "_tmpdir", None):
+                shutil.rmtree(self._tmpdir, ignore_errors=True)
+            close = getattr(job.raster, "close", None)
+            if close is not None:
+                close()
+        feedback.pushInfo(f"{result.n_tiles} tiles on {result.provider}"
+                          + (" (embeddings from the cache)" if result.cache_hit else "")
+                          + f" in {result.seconds:.1f} s.")
+        for w in result.warnings:
+            feedback.pushWarning(w)
+        self._style_on_load(context, result)
+        return {self.OUTPUT: self._dest, self.PROVIDER: result.provider, self.N_TILES: result.n_tiles,
+                self.CACHE_HIT: bool(result.cache_hit)}
+
+    def _style_on_load(self, context, result):
+        if not context.willLoadLayerOnCompletion(self._dest):
+            return
+        details = context.layerToLoadOnCompletionDetails(self._dest)
+        processor = StyleOutput(self.kind, result.field_map)
+        _KEEP_ALIVE.append(processor)
+        del _KEEP_ALIVE[:-16]
+        details.setPostProcessor(processor)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+def _progress(feedback, fraction, message):
+    feedback.setProgress(100.0 * max(0.0, min(1.0, fraction)))
+    if message:
+        feedback.setProgressText(message)
+
+
+def _add_plugin_deps():
+    # onnxruntime may live in the plugin's private package folder (qgis_process never ran the GUI)
+    try:
+        from ..deps import add_deps_to_path
+    except ImportError:
+        return
+    # a missing folder is reported by the import that needs it
+    with contextlib.suppress(Exception):
+        add_deps_to_path()
+
+
+_EXTENSION_DRIVERS = {".geojson": "GeoJSON", ".json": "GeoJSON", ".fgb": "FlatGeobuf", ".gml": "GML",
+                      ".kml": "KML", ".sqlite": "SQLite", ".csv": "CSV", ".tab": "MapInfo File",
+                      ".mif": "MapInfo File", ".gmt": "OGR_GMT", ".dxf": "DXF", ".xlsx": "XLSX", ".ods": "ODS"}
+
+
+def _driver_for_extension(ext: str) -> str | None:
+    return _EXTENSION_DRIVERS.get(ext)
+
+
+def _convert(src: str, dest: str, driver: str, layer_name: str | None) -> None:
+    """GeoPackage ``src`` -> ``dest`` in ``driver``'s format, written beside it and renamed when complete."""
+    from osgeo import gdal
+
+    folder = os.path.dirname(os.path.abspath(dest))
+    if not os.path.isdir(folder):
+        raise RemoteClipError(f"The output folder {folder} does not exist.", "Create it or choose another.")
+    stage = tempfile.mkdtemp(prefix=".remoteclip_", dir=folder)
+    try:
+        staged = os.path.join(stage, os.path.basename(dest))
+        gdal.UseExceptions()
+        opts = gdal.VectorTranslateOptions(format=driver, layerName=layer_name)
+        if gdal.VectorTranslate(staged, src, options=opts) is None:
+            raise RemoteClipError(f"Converting the result to {driver} failed.", "Save it as .gpkg or .shp.")
+        stem = os.path.splitext(os.path.basename(dest))[0]
+        for name in os.listdir(stage):   # multi-file formats (.tab + .dat + ...) move together
+            if name.startswith(stem):
+                os.replace(os.path.join(stage, name), os.path.join(folder, name))
+    except RuntimeError as e:
+        raise RemoteClipError(f"Converting the result to {driver} failed: {e}.", "Save it as .gpkg or .shp.") \
+            from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

@@ -1,0 +1,544 @@
+"""The Processing provider in real QGIS: the four algorithms on real rasters, qgis_process, and the
+QGIS-provider raster source (GeoTIFF read through QGIS, and an offline XYZ tile layer).
+
+The plugin is imported from the built folder (core vendored as remoteclip_qgis.core), as QGIS
+loads it, so everything handed to plugin code comes from the vendored core too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import site
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import require
+from qgis.core import (
+    QgsApplication,
+    QgsCategorizedSymbolRenderer,
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsFeature,
+    QgsGeometry,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingParameters,
+    QgsProcessingUtils,
+    QgsProject,
+    QgsProviderRegistry,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsVectorLayer,
+)
+
+pytestmark = pytest.mark.qgis
+
+ALGS = ("labeltiles", "countobjects", "textsearch", "computeembeddings")
+LABELS = "buildings, trees\nroad, bare soil"
+_KEEP: list = []
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+
+@pytest.fixture(scope="module")
+def plugin(built_plugin, qgis_processing):
+    """The built plugin on sys.path and its provider in the processing registry."""
+    if str(built_plugin) not in sys.path:
+        sys.path.insert(0, str(built_plugin))
+    import remoteclip_qgis
+    from remoteclip_qgis.processing import RemoteClipProvider
+
+    assert Path(remoteclip_qgis.__file__).parent == built_plugin / "remoteclip_qgis"
+    registry = QgsApplication.processingRegistry()
+    if registry.providerById("remoteclip") is None:
+        provider = RemoteClipProvider()
+        _KEEP.append(provider)   # the registry does not keep the Python side of the provider alive
+        assert registry.addProvider(provider)
+    return remoteclip_qgis
+
+
+@pytest.fixture(scope="module")
+def mosaic(data_dir):
+    return str(data_dir / "orthomosaic" / "kampala_oam_z20_mosaic_1536x1024.tif")
+
+
+@pytest.fixture(scope="module")
+def rgb_byte(data_dir):
+    return str(data_dir / "geotiff" / "rasterio_RGB.byte.tif")
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    # runs with USE_CACHE on must not touch the user's cache
+    monkeypatch.setenv("REMOTECLIP_CACHE", str(tmp_path / "cache"))
+
+
+def run(alg, params, feedback=None, context=None):
+    import processing
+
+    return processing.run(f"remoteclip:{alg}", params, feedback=feedback or QgsProcessingFeedback(),
+                          context=context)
+
+
+def base_params(raster, bundle, out, **kw):
+    return {"INPUT": raster if isinstance(raster, QgsRasterLayer) else str(raster), "MODEL": str(bundle), "OUTPUT": str(out), "USE_CACHE": False,
+            "BATCH_SIZE": 16, **kw}
+
+
+def open_output(path) -> QgsVectorLayer:
+    layer = QgsVectorLayer(str(path), "out", "ogr")
+    assert layer.isValid(), path
+    return layer
+
+
+def grid_of(raster, **spec):
+    """(row, col) of every candidate tile core makes for ``raster`` (the plugin's vendored core)."""
+    from remoteclip_qgis.core.raster import open_raster
+    from remoteclip_qgis.core.tiles import TileSpec, make_grid
+
+    src = open_raster(raster) if isinstance(raster, str) else raster
+    return {(t.row, t.col) for t in make_grid(src, TileSpec(**spec))}
+
+
+def assert_inside(layer: QgsVectorLayer, extent: QgsRectangle, tol: float):
+    box = QgsRectangle(extent)
+    box.grow(tol)
+    for f in layer.getFeatures():
+        assert box.contains(f.geometry().boundingBox()), (f.geometry().boundingBox(), extent)
+
+
+# ------------------------------------------------------------------------------------- the provider
+
+def test_provider_has_the_four_algorithms_with_designer_friendly_parameters(plugin):
+    registry = QgsApplication.processingRegistry()
+    provider = registry.providerById("remoteclip")
+    assert provider.name() == "RemoteCLIP"
+    assert sorted(a.name() for a in provider.algorithms()) == sorted(ALGS)
+    usable = {"raster", "file", "string", "enum", "number", "extent", "source", "band", "boolean",
+              "vectorDestination"}
+    for name in ALGS:
+        alg = registry.algorithmById(f"remoteclip:{name}")
+        params = {p.name(): p for p in alg.parameterDefinitions()}
+        for common in ("INPUT", "MODEL", "TILE_SIZE", "TILE_UNIT", "OVERLAP", "EXTENT", "MASK", "BANDS",
+                       "PIXEL_SIZE", "BATCH_SIZE", "DEVICE", "PRECISION", "OUTPUT"):
+            assert common in params, (name, common)
+        # the model designer and batch mode serialise parameters: every type must survive that
+        for p in params.values():
+            assert p.type() in usable, (name, p.name(), p.type())
+            again = QgsProcessingParameters.parameterFromVariantMap(p.toVariantMap())
+            assert again is not None and again.type() == p.type() and again.name() == p.name()
+        assert {o.name() for o in alg.outputDefinitions()} >= {"OUTPUT", "PROVIDER", "N_TILES", "CACHE_HIT"}
+        assert alg.flags() & alg.FlagSupportsBatch and alg.flags() & alg.FlagCanCancel
+        assert alg.shortHelpString()
+    label = registry.algorithmById("remoteclip:labeltiles")
+    names = {p.name() for p in label.parameterDefinitions()}
+    assert {"LABELS", "PRESET", "TEMPLATES", "TOP_K", "THRESHOLD", "USE_CACHE", "DISSOLVE"} <= names
+    from remoteclip_qgis.core.prompts import PRESETS
+
+    assert label.parameterDefinition("PRESET").options()[1:] == list(PRESETS)
+    assert {"OBJECT", "MAX_COUNT"} <= {p.name() for p in registry.algorithmById(
+        "remoteclip:countobjects").parameterDefinitions()}
+    assert {"QUERY", "TOP_K", "THRESHOLD"} <= {p.name() for p in registry.algorithmById(
+        "remoteclip:textsearch").parameterDefinitions()}
+
+
+# ----------------------------------------------------------------------------------- the algorithms
+
+def test_labeltiles_on_the_kampala_mosaic_with_tiles_in_metres(plugin, mosaic, tiny_bundle, tmp_path):
+    out = tmp_path / "labels.gpkg"
+    res = run("labeltiles", base_params(mosaic, tiny_bundle, out, LABELS=LABELS, TILE_SIZE=30, TILE_UNIT=1))
+    assert res["OUTPUT"] == str(out) and out.is_file()
+    assert res["PROVIDER"] == "CPUExecutionProvider" and res["CACHE_HIT"] is False
+    raster = QgsRasterLayer(mosaic, "mosaic")
+    layer = open_output(out)
+    assert layer.crs() == raster.crs() and layer.crs().authid() == "EPSG:4326"
+    grid = grid_of(mosaic, size=30, unit="m")
+    assert layer.featureCount() == res["N_TILES"] == len(grid) > 1   # no nodata: every tile is kept
+    assert {(f["row"], f["col"]) for f in layer.getFeatures()} == grid
+    assert_inside(layer, raster.extent(), tol=raster.rasterUnitsPerPixelX() * 1e-3)
+    pfields = ["p_building", "p_trees", "p_road", "p_bare_soi"]   # Shapefile-safe: 10 characters at most
+    assert layer.fields().names() == ["fid", "row", "col", "label", "score", "top_labels", "top_scores", *pfields]
+    labels = {"buildings", "trees", "road", "bare soil"}
+    for f in layer.getFeatures():
+        assert f["label"] in labels
+        assert 0.0 < f["score"] <= 1.0
+        assert len(f["top_labels"].split("|")) == 3
+        probs = [f[n] for n in pfields]
+        assert sum(probs) == pytest.approx(1.0, abs=1e-4) and max(probs) == pytest.approx(f["score"], abs=1e-5)
+
+
+def test_countobjects_on_a_utm_raster_with_nodata(plugin, rgb_byte, tiny_bundle, tmp_path):
+    out = tmp_path / "cars.gpkg"
+    res = run("countobjects", base_params(rgb_byte, tiny_bundle, out, OBJECT="car", MAX_COUNT=5, TILE_SIZE=64))
+    raster = QgsRasterLayer(rgb_byte, "rgb")
+    layer = open_output(out)
+    assert layer.crs() == raster.crs() and layer.crs().authid() == "EPSG:32618"
+    assert {"row", "col", "count", "count_conf"} <= set(layer.fields().names())
+    grid = grid_of(rgb_byte, size=64)
+    kept = {(f["row"], f["col"]) for f in layer.getFeatures()}
+    # the scene is rotated inside nodata: the all-nodata corner tiles are dropped, the rest kept
+    assert 0 < len(kept) == res["N_TILES"] < len(grid) and kept <= grid
+    assert_inside(layer, raster.extent(), tol=1e-6)
+    assert all(1 <= f["count"] <= 5 and 0 < f["count_conf"] <= 1 for f in layer.getFeatures())
+
+    # the same job straight through core gives the same tiles
+    from remoteclip_qgis.core.jobs import CountTask, Job, RunOptions, TileSpec, run_job
+
+    direct = run_job(Job(raster=rgb_byte, task=CountTask("car", 5), tiles=TileSpec(size=64),
+                         run=RunOptions(model=str(tiny_bundle), cache_dir="")))
+    assert {(r["row"], r["col"]) for r in direct.records} == kept
+    by_tile = {(f["row"], f["col"]): f["count"] for f in layer.getFeatures()}
+    assert all(by_tile[(r["row"], r["col"])] == r["count"] for r in direct.records)
+
+
+def test_textsearch_with_an_extent_in_another_crs(plugin, rgb_byte, tiny_bundle, tmp_path):
+    raster = QgsRasterLayer(rgb_byte, "rgb")
+    wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
+    full = raster.extent()
+    inner = QgsRectangle(full.xMinimum() + full.width() * 0.3, full.yMinimum() + full.height() * 0.3,
+                         full.xMaximum() - full.width() * 0.3, full.yMaximum() - full.height() * 0.3)
+    geo = QgsCoordinateTransform(raster.crs(), wgs84, QgsProject.instance()).transformBoundingBox(inner)
+    extent = f"{geo.xMinimum()},{geo.xMaximum()},{geo.yMinimum()},{geo.yMaximum()} [EPSG:4326]"
+    out = tmp_path / "search.gpkg"
+    res = run("textsearch", base_params(rgb_byte, tiny_bundle, out, QUERY="a river", TOP_K=5, TILE_SIZE=48,
+                                        EXTENT=extent))
+    layer = open_output(out)
+    assert layer.crs() == raster.crs()
+    n = layer.featureCount()
+    assert n == res["N_TILES"] and 5 < n < len(grid_of(rgb_byte, size=48))
+    back = QgsCoordinateTransform(wgs84, raster.crs(), QgsProject.instance()).transformBoundingBox(geo)
+    box = QgsGeometry.fromRect(back)
+    assert all(f.geometry().intersects(box) for f in layer.getFeatures())
+    ranks = sorted(f["rank"] for f in layer.getFeatures())
+    assert ranks == list(range(1, n + 1))
+    assert sum(f["selected"] for f in layer.getFeatures()) == 5
+    best = max(layer.getFeatures(), key=lambda f: f["similarity"])
+    assert best["rank"] == 1 and best["selected"] == 1
+
+
+def test_mask_polygons_keep_only_the_tiles_touching_them(plugin, mosaic, data_dir, tiny_bundle, tmp_path):
+    buildings = QgsVectorLayer(str(data_dir / "orthomosaic" / "kampala_buildings_z21_chips.geojson"), "b", "ogr")
+    assert buildings.isValid() and buildings.featureCount() == 215
+    out = tmp_path / "masked.gpkg"
+    res = run("labeltiles", base_params(mosaic, tiny_bundle, out, LABELS=LABELS, TILE_SIZE=64, MASK=buildings))
+    layer = open_output(out)
+    geoms = [f.geometry() for f in buildings.getFeatures()]
+    assert 0 < res["N_TILES"] == layer.featureCount() < len(grid_of(mosaic, size=64))
+    for f in layer.getFeatures():
+        assert any(f.geometry().intersects(g) for g in geoms)
+
+
+def test_embeddings_fill_the_cache_and_a_later_label_run_reads_no_pixels(plugin, rgb_byte, tiny_bundle,
+                                                                          tmp_path):
+    tiles = {"TILE_SIZE": 96, "OVERLAP": 0.25, "BANDS": [3, 2, 1]}
+    params = base_params(rgb_byte, tiny_bundle, tmp_path / "tiles.gpkg", **tiles)
+    del params["USE_CACHE"]   # computeembeddings always caches
+    emb = run("computeembeddings", params)
+    assert emb["CACHE_HIT"] is False and emb["N_TILES"] > 0
+    assert open_output(tmp_path / "tiles.gpkg").fields().names() == ["fid", "row", "col"]
+    labels = run("labeltiles", base_params(rgb_byte, tiny_bundle, tmp_path / "l.gpkg", LABELS=LABELS,
+                                           USE_CACHE=True, **tiles))
+    assert labels["CACHE_HIT"] is True and labels["N_TILES"] == emb["N_TILES"]
+    dissolved = run("labeltiles", base_params(rgb_byte, tiny_bundle, tmp_path / "d.gpkg", LABELS=LABELS,
+                                              USE_CACHE=True, DISSOLVE=True, **tiles))
+    assert dissolved["CACHE_HIT"] is True
+    layer = open_output(tmp_path / "d.gpkg")
+    per_label = {f["label"] for f in open_output(tmp_path / "l.gpkg").getFeatures()}
+    assert {f["label"] for f in layer.getFeatures()} == per_label
+    assert layer.featureCount() < labels["N_TILES"]
+
+
+def test_temporary_output_is_a_geopackage_in_the_processing_temp_folder(plugin, rgb_byte, tiny_bundle):
+    res = run("textsearch", base_params(rgb_byte, tiny_bundle, "TEMPORARY_OUTPUT", QUERY="farmland",
+                                        TILE_SIZE=128))
+    out = Path(res["OUTPUT"])
+    assert out.suffix == ".gpkg" and out.is_file()
+    assert str(out).startswith(QgsProcessingUtils.tempFolder())
+    assert open_output(out).featureCount() == res["N_TILES"]
+
+
+def test_other_vector_formats_are_converted_and_unknown_ones_refused(plugin, rgb_byte, tiny_bundle, tmp_path):
+    out = tmp_path / "search.geojson"
+    res = run("textsearch", base_params(rgb_byte, tiny_bundle, out, QUERY="a river", TILE_SIZE=128))
+    layer = open_output(out)
+    assert layer.featureCount() == res["N_TILES"]
+    assert layer.crs().authid() == "EPSG:32618"
+    assert {"row", "col", "similarity", "rank", "selected"} <= set(layer.fields().names())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["search.geojson"]   # no staging left
+    with pytest.raises(QgsProcessingException, match=r"(?i)abc|format"):
+        run("textsearch", base_params(rgb_byte, tiny_bundle, tmp_path / "x.abc", QUERY="a river"))
+    assert not (tmp_path / "x.abc").exists()
+
+
+class CancelAfterFirstBatch(QgsProcessingFeedback):
+    def __init__(self):
+        super().__init__()
+        self.progressChanged.connect(self._maybe_cancel)
+
+    def _maybe_cancel(self, value):
+        if value > 0:
+            self.cancel()
+
+
+def test_a_cancelled_run_raises_and_leaves_no_output(plugin, mosaic, tiny_bundle, tmp_path):
+    out = tmp_path / "cancelled.gpkg"
+    feedback = CancelAfterFirstBatch()
+    with pytest.raises(QgsProcessingException, match="(?i)cancel"):
+        run("labeltiles", base_params(mosaic, tiny_bundle, out, LABELS=LABELS, TILE_SIZE=64, BATCH_SIZE=2),
+            feedback=feedback)
+    assert feedback.isCanceled()
+    assert list(tmp_path.rglob("*")) == []   # no output, no partial or staging file
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"LABELS": "buildings"}, "Only one label"),
+    ({"LABELS": ""}, "No classes given"),
+    ({"LABELS": "a, b", "PRESET": 1}, "Both LABELS and PRESET"),
+    ({"LABELS": LABELS, "TILE_SIZE": 5000}, "(?i)tile"),
+    ({"LABELS": LABELS, "BANDS": [1, 2]}, "(?i)bands"),
+])
+def test_bad_input_gives_a_readable_processing_error(plugin, rgb_byte, tiny_bundle, tmp_path, extra, message):
+    out = tmp_path / "bad.gpkg"
+    with pytest.raises(QgsProcessingException, match=message) as err:
+        run("labeltiles", base_params(rgb_byte, tiny_bundle, out, **extra))
+    assert "Fix:" in str(err.value) and "Traceback" not in str(err.value)
+    assert not out.exists()
+
+
+def test_a_missing_model_names_the_model_and_the_fix(plugin, rgb_byte, tmp_path):
+    with pytest.raises(QgsProcessingException, match="(?i)model|bundle") as err:
+        run("countobjects", base_params(rgb_byte, tmp_path / "nowhere", tmp_path / "c.gpkg", OBJECT="car"))
+    assert "Fix:" in str(err.value)
+    assert not (tmp_path / "c.gpkg").exists()
+
+
+def test_the_output_is_styled_when_loaded_into_the_project(plugin, rgb_byte, tiny_bundle, tmp_path):
+    import processing
+
+    project = QgsProject.instance()
+    before = set(project.mapLayers())
+    out = tmp_path / "styled.gpkg"
+    params = base_params(rgb_byte, tiny_bundle, out, LABELS=LABELS, TILE_SIZE=128)
+    processing.runAndLoadResults("remoteclip:labeltiles", params, feedback=QgsProcessingFeedback())
+    added = [project.mapLayer(i) for i in set(project.mapLayers()) - before]
+    try:
+        assert len(added) == 1
+        layer = added[0]
+        assert Path(layer.source().split("|")[0]) == out
+        renderer = layer.renderer()
+        assert isinstance(renderer, QgsCategorizedSymbolRenderer) and renderer.classAttribute() == "label"
+        assert {c.value() for c in renderer.categories()} >= {f["label"] for f in layer.getFeatures()}
+    finally:
+        project.removeMapLayers([la.id() for la in added])
+
+
+# ------------------------------------------------------------------------ reading through QGIS itself
+
+def test_a_geotiff_read_through_qgis_equals_rasterio(plugin, rgb_byte, data_dir):
+    from remoteclip_qgis.core.raster import open_raster
+    from remoteclip_qgis.layer_source import QgisRasterSource, raster_for_layer
+
+    layer = QgsRasterLayer(rgb_byte, "rgb")
+    assert raster_for_layer(layer) == rgb_byte          # a local file goes to core as a path
+    src = raster_for_layer(layer, force_provider=True)
+    assert isinstance(src, QgisRasterSource)
+    ref = open_raster(rgb_byte)
+    assert (src.width, src.height, src.count, src.dtype) == (ref.width, ref.height, ref.count, ref.dtype)
+    assert np.allclose(src.transform, ref.transform, rtol=0, atol=1e-6)
+    assert src.colorinterp == ["red", "green", "blue"] and src.nodata == ref.nodata == 0
+    assert QgsCoordinateReferenceSystem.fromWkt(src.crs_wkt).authid() == "EPSG:32618"
+    for window in [(0, 0, 791, 718), (100, 50, 300, 200), (0, 600, 64, 64), (700, 650, 91, 68)]:
+        d, v = src.read([3, 2, 1], window)
+        rd, rv = ref.read([3, 2, 1], window)
+        assert d.dtype == rd.dtype and np.array_equal(d, rd), window
+        assert np.array_equal(v, rv), window
+    d, v = src.read([1], (0, 0, 791, 718), out_shape=(100, 110))
+    rd, _ = ref.read([1], (0, 0, 791, 718), out_shape=(100, 110))
+    assert d.shape == (1, 100, 110) and v.shape == (100, 110)
+    assert abs(float(d.mean()) - float(rd.mean())) < 2.0
+    ref.close()
+
+    pan = str(data_dir / "geotiff" / "solaris_sample_geotiff.tif")   # uint16, one band
+    src16 = raster_for_layer(QgsRasterLayer(pan, "pan"), force_provider=True)
+    ref16 = open_raster(pan)
+    assert src16.dtype == "uint16" and src16.count == 1
+    d, v = src16.read([1, 1, 1], (200, 300, 224, 224))
+    rd, rv = ref16.read([1, 1, 1], (200, 300, 224, 224))
+    assert np.array_equal(d, rd) and np.array_equal(v, rv)
+    ref16.close()
+    src16.close()
+
+
+def test_run_job_on_the_qgis_source_gives_the_tiles_of_the_file(plugin, rgb_byte, tiny_bundle):
+    from remoteclip_qgis.core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
+    from remoteclip_qgis.layer_source import raster_for_layer
+
+    def job(raster):
+        return Job(raster=raster, task=LabelTask(["water", "forest", "fields"]), tiles=TileSpec(size=80),
+                   run=RunOptions(model=str(tiny_bundle), cache_dir=""))
+
+    src = raster_for_layer(QgsRasterLayer(rgb_byte, "rgb"), force_provider=True)
+    via_qgis = run_job(job(src))
+    src.close()
+    via_file = run_job(job(rgb_byte))
+    assert [(r["row"], r["col"]) for r in via_qgis.records] == [(r["row"], r["col"]) for r in via_file.records]
+    for a, b in zip(via_qgis.records, via_file.records, strict=True):
+        assert QgsGeometry.fromWkt(a["geometry"]).equals(QgsGeometry.fromWkt(b["geometry"])) or \
+            QgsGeometry.fromWkt(a["geometry"]).symDifference(QgsGeometry.fromWkt(b["geometry"])).area() < 1e-3
+    assert np.allclose(via_qgis.embeddings, via_file.embeddings, atol=1e-5)
+    assert [r["label"] for r in via_qgis.records] == [r["label"] for r in via_file.records]
+
+
+@pytest.fixture(scope="module")
+def xyz_uri(mosaic, tmp_path_factory):
+    """An XYZ layer over a file:// tile pyramid made from the Kampala mosaic (zooms 18-20, offline)."""
+    folder = tmp_path_factory.mktemp("xyz")
+    done = subprocess.run([sys.executable, "-m", "osgeo_utils.gdal2tiles", "--xyz", "-z", "18-20", "-w", "none",
+                           "-r", "near", "-q", mosaic, str(folder)], capture_output=True, text=True)
+    require(done.returncode == 0, f"gdal2tiles failed: {done.stderr[-500:]}")
+    assert len(list(folder.rglob("*.png"))) > 20
+    uri = QgsProviderRegistry.instance().encodeUri(
+        "wms", {"type": "xyz", "url": f"file://{folder}/{{z}}/{{x}}/{{y}}.png", "zmin": "18", "zmax": "20"})
+    assert QgsRasterLayer(uri, "kampala xyz", "wms").isValid(), uri
+    return uri
+
+
+@pytest.fixture
+def xyz_layer(xyz_uri):
+    return QgsRasterLayer(xyz_uri, "kampala xyz", "wms")
+
+
+def test_an_xyz_layer_is_read_at_its_deepest_zoom_within_an_extent(plugin, xyz_layer, mosaic):
+    from remoteclip_qgis.core.errors import RemoteClipError
+    from remoteclip_qgis.core.raster import open_raster
+    from remoteclip_qgis.layer_source import QgisRasterSource, extent_from_rectangle, raster_for_layer
+
+    with pytest.raises(RemoteClipError, match="extent"):
+        raster_for_layer(xyz_layer)
+    k = QgsRasterLayer(mosaic, "k")
+    src = raster_for_layer(xyz_layer, extent=extent_from_rectangle(k.extent(), k.crs()))
+    assert isinstance(src, QgisRasterSource) and src.name == xyz_layer.source()
+    z20 = 2 * 20037508.342789244 / 256 / 2 ** 20
+    assert src.transform[0] == pytest.approx(z20) and src.transform[4] == pytest.approx(-z20)
+    assert QgsCoordinateReferenceSystem.fromWkt(src.crs_wkt).authid() == "EPSG:3857"
+    assert (src.count, src.dtype, src.colorinterp) == (3, "uint8", ["red", "green", "blue"])
+    # the mosaic was cut from z20 tiles, so the extent is ~1536 x 1024 z20 pixels
+    assert abs(src.width - 1536) <= 2 and abs(src.height - 1024) <= 2
+    data, valid = src.read([1, 2, 3], (0, 0, src.width, src.height))
+    assert data.shape == (3, src.height, src.width) and valid.mean() > 0.99
+    ref = open_raster(mosaic)
+    rdata, _ = ref.read([1, 2, 3], (0, 0, ref.width, ref.height))
+    ref.close()
+    assert np.allclose(data[:, valid].mean(axis=1), rdata.reshape(3, -1).mean(axis=1), atol=1.0)
+    # outside the pyramid the tiles are missing: transparent pixels are not valid
+    a, _, c, _, e, f = src.transform
+    src.close()
+    wider = raster_for_layer(xyz_layer, extent=extent_from_rectangle(
+        QgsRectangle(c - 200 * a, f + (src.height + 200) * e, c + (src.width + 200) * a, f - 200 * e),
+        xyz_layer.crs()))
+    _, v = wider.read([1, 2, 3], (0, 0, wider.width, wider.height), out_shape=(200, 300))
+    assert 0.2 < v.mean() < 0.9
+    wider.close()
+
+
+def test_labeltiles_on_an_xyz_layer_needs_an_extent_and_then_tiles_it(plugin, xyz_layer, mosaic, tiny_bundle,
+                                                                       tmp_path):
+    with pytest.raises(QgsProcessingException, match="(?i)extent"):
+        run("labeltiles", base_params(xyz_layer, tiny_bundle, tmp_path / "no.gpkg", LABELS=LABELS))
+    assert not (tmp_path / "no.gpkg").exists()
+    k = QgsRasterLayer(mosaic, "k").extent()
+    extent = f"{k.xMinimum()},{k.xMaximum()},{k.yMinimum()},{k.yMaximum()} [EPSG:4326]"
+    out = tmp_path / "xyz.gpkg"
+    res = run("labeltiles", base_params(xyz_layer, tiny_bundle, out, LABELS=LABELS, TILE_SIZE=256, EXTENT=extent))
+    layer = open_output(out)
+    assert layer.crs().authid() == "EPSG:3857"
+    merc = QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:4326"), layer.crs(),
+                                  QgsProject.instance()).transformBoundingBox(k)
+    assert_inside(layer, merc, tol=1.0)
+    # 1536 x 1024 z20 pixels in 256 px tiles: a 6 x 4 grid
+    assert res["N_TILES"] == layer.featureCount() == 24
+    assert {(f["row"], f["col"]) for f in layer.getFeatures()} == {(r, c) for r in range(4) for c in range(6)}
+
+
+# ------------------------------------------------------------------------------------ extents
+
+def test_extent_from_rectangle_and_features(plugin):
+    from remoteclip_qgis.core.errors import RemoteClipError
+    from remoteclip_qgis.core.tiles import BBox, Polygons
+    from remoteclip_qgis.layer_source import extent_from_features, extent_from_rectangle
+
+    crs = QgsCoordinateReferenceSystem("EPSG:32618")
+    bbox = extent_from_rectangle(QgsRectangle(1, 2, 3, 4), crs)
+    assert isinstance(bbox, BBox) and (bbox.xmin, bbox.ymin, bbox.xmax, bbox.ymax) == (1, 2, 3, 4)
+    assert QgsCoordinateReferenceSystem.fromWkt(bbox.crs).authid() == "EPSG:32618"
+    with pytest.raises(RemoteClipError, match="empty"):
+        extent_from_rectangle(QgsRectangle(), crs)
+
+    layer = QgsVectorLayer("Polygon?crs=EPSG:4326", "polys", "memory")
+    feats = []
+    for wkt in ("POLYGON((32.58 0.33, 32.59 0.33, 32.59 0.34, 32.58 0.33))",
+                "POLYGON((32.60 0.33, 32.61 0.33, 32.61 0.34, 32.60 0.33))"):
+        f = QgsFeature()
+        f.setGeometry(QgsGeometry.fromWkt(wkt))
+        feats.append(f)
+    assert layer.dataProvider().addFeatures(feats)[0]
+    layer.updateExtents()
+    with pytest.raises(RemoteClipError, match="selected") as err:
+        extent_from_features(layer)
+    assert "Fix:" in str(err.value)
+    everything = extent_from_features(layer, selected_only=False)
+    assert isinstance(everything, Polygons) and len(everything.wkts) == 2
+    assert QgsCoordinateReferenceSystem.fromWkt(everything.crs).authid() == "EPSG:4326"
+    layer.selectByIds([next(layer.getFeatures()).id()])
+    one = extent_from_features(layer)
+    assert len(one.wkts) == 1 and QgsGeometry.fromWkt(one.wkts[0]).equals(feats[0].geometry())
+    points = QgsVectorLayer("Point?crs=EPSG:4326", "pts", "memory")
+    with pytest.raises(RemoteClipError, match="polygons"):
+        extent_from_features(points, selected_only=False)
+
+
+# -------------------------------------------------------------------------------------- qgis_process
+
+def test_qgis_process_loads_the_plugin_and_runs_labeltiles(plugin, built_plugin, mosaic, tiny_bundle, tmp_path):
+    exe = shutil.which("qgis_process.bin") or shutil.which("qgis_process")
+    require(exe is not None, "qgis_process is not installed")
+    profile = tmp_path / "config"
+    plugins = profile / "profiles" / "default" / "python" / "plugins"
+    plugins.mkdir(parents=True)
+    shutil.copytree(built_plugin / "remoteclip_qgis", plugins / "remoteclip_qgis")
+    env = dict(os.environ, QGIS_CUSTOM_CONFIG_PATH=str(profile), QT_QPA_PLATFORM="offscreen",
+               REMOTECLIP_CACHE=str(tmp_path / "cache"),
+               # qgis_process runs the system python: give it this environment's onnxruntime, ftfy, regex
+               PYTHONPATH=os.pathsep.join([*site.getsitepackages(), os.environ.get("PYTHONPATH", "")]))
+
+    def qgis_process(*args):
+        done = subprocess.run([exe, *args], env=env, capture_output=True, text=True, timeout=300)
+        return done.returncode, done.stdout, done.stderr
+
+    rc, out, err = qgis_process("plugins", "enable", "remoteclip_qgis")
+    assert rc == 0, out + err
+    rc, out, err = qgis_process("plugins")
+    assert rc == 0 and any(line.strip() == "* remoteclip_qgis" for line in out.splitlines()), out + err
+    rc, out, err = qgis_process("list")
+    assert rc == 0 and all(f"remoteclip:{a}" in out for a in ALGS), out + err
+
+    dest = tmp_path / "labels.gpkg"
+    rc, out, err = qgis_process("--json", "run", "remoteclip:labeltiles", "--", f"INPUT={mosaic}",
+                                f"MODEL={tiny_bundle}", "LABELS=buildings,trees,road", "TILE_SIZE=50",
+                                "TILE_UNIT=1", f"OUTPUT={dest}")
+    assert rc == 0, out[-2000:] + err[-2000:]
+    results = json.loads(out[out.index("{"):])["results"]
+    assert results["OUTPUT"] == str(dest) and results["PROVIDER"] == "CPUExecutionProvider"
+    layer = open_output(dest)
+    assert layer.featureCount() == results["N_TILES"] == len(grid_of(mosaic, size=50, unit="m"))
+    assert layer.crs().authid() == "EPSG:4326"
+
+    rc, out, err = qgis_process("run", "remoteclip:labeltiles", "--", f"INPUT={mosaic}", f"MODEL={tiny_bundle}",
+                                "LABELS=buildings", f"OUTPUT={tmp_path / 'bad.gpkg'}")
+    assert rc != 0 and "Only one label" in out + err
+    assert not (tmp_path / "bad.gpkg").exists()
