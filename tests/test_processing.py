@@ -446,8 +446,8 @@ def test_an_xyz_layer_is_read_at_its_deepest_zoom_within_an_extent(plugin, xyz_l
     wider.close()
 
 
-def test_labeltiles_on_an_xyz_layer_needs_an_extent_and_then_tiles_it(plugin, xyz_layer, mosaic, tiny_bundle,
-                                                                       tmp_path):
+def test_labeltiles_on_an_xyz_layer_needs_an_extent_and_then_tiles_it(plugin, xyz_layer, mosaic, data_dir,
+                                                                       tiny_bundle, tmp_path):
     with pytest.raises(QgsProcessingException, match="(?i)extent"):
         run("labeltiles", base_params(xyz_layer, tiny_bundle, tmp_path / "no.gpkg", LABELS=LABELS))
     assert not (tmp_path / "no.gpkg").exists()
@@ -463,6 +463,21 @@ def test_labeltiles_on_an_xyz_layer_needs_an_extent_and_then_tiles_it(plugin, xy
     # 1536 x 1024 z20 pixels in 256 px tiles: a 6 x 4 grid
     assert res["N_TILES"] == layer.featureCount() == 24
     assert {(f["row"], f["col"]) for f in layer.getFeatures()} == {(r, c) for r in range(4) for c in range(6)}
+
+    # mask polygons alone (in CRS84) give the web layer both its reading extent and the tiles to keep
+    buildings = QgsVectorLayer(str(data_dir / "orthomosaic" / "kampala_buildings_z21_chips.geojson"), "b", "ogr")
+    masked = tmp_path / "masked.gpkg"
+    res = run("labeltiles", base_params(xyz_layer, tiny_bundle, masked, LABELS=LABELS, TILE_SIZE=128,
+                                        MASK=buildings))
+    layer = open_output(masked)
+    assert layer.crs().authid() == "EPSG:3857" and layer.featureCount() == res["N_TILES"] > 0
+    to_merc = QgsCoordinateTransform(buildings.crs(), layer.crs(), QgsProject.instance())
+    geoms = []
+    for f in buildings.getFeatures():
+        g = QgsGeometry(f.geometry())
+        g.transform(to_merc)
+        geoms.append(g)
+    assert all(any(f.geometry().intersects(g) for g in geoms) for f in layer.getFeatures())
 
 
 # ------------------------------------------------------------------------------------ extents
@@ -542,3 +557,48 @@ def test_qgis_process_loads_the_plugin_and_runs_labeltiles(plugin, built_plugin,
                                 "LABELS=buildings", f"OUTPUT={tmp_path / 'bad.gpkg'}")
     assert rc != 0 and "Only one label" in out + err
     assert not (tmp_path / "bad.gpkg").exists()
+
+
+def test_labeltiles_runs_inside_a_processing_model(plugin, rgb_byte, tiny_bundle, tmp_path):
+    """The model designer's path: a model whose child is remoteclip:labeltiles, fed by model inputs."""
+    from qgis.core import (
+        QgsProcessingModelAlgorithm,
+        QgsProcessingModelChildAlgorithm,
+        QgsProcessingModelChildParameterSource,
+        QgsProcessingModelOutput,
+        QgsProcessingModelParameter,
+        QgsProcessingParameterRasterLayer,
+        QgsProcessingParameterString,
+    )
+
+    model = QgsProcessingModelAlgorithm("label model", "tests")
+    model.addModelParameter(QgsProcessingParameterRasterLayer("raster", "raster"), QgsProcessingModelParameter("raster"))
+    model.addModelParameter(QgsProcessingParameterString("classes", "classes"), QgsProcessingModelParameter("classes"))
+    child = QgsProcessingModelChildAlgorithm("remoteclip:labeltiles")
+    child.setChildId("label")
+    child.addParameterSources("INPUT", [QgsProcessingModelChildParameterSource.fromModelParameter("raster")])
+    child.addParameterSources("LABELS", [QgsProcessingModelChildParameterSource.fromModelParameter("classes")])
+    child.addParameterSources("MODEL", [QgsProcessingModelChildParameterSource.fromStaticValue(str(tiny_bundle))])
+    child.addParameterSources("TILE_SIZE", [QgsProcessingModelChildParameterSource.fromStaticValue(128)])
+    child.addParameterSources("USE_CACHE", [QgsProcessingModelChildParameterSource.fromStaticValue(False)])
+    output = QgsProcessingModelOutput("labels", "labels")
+    output.setChildId("label")
+    output.setChildOutputName("OUTPUT")
+    child.setModelOutputs({"labels": output})
+    model.addChildAlgorithm(child)
+    # a saved and reloaded model (what the designer writes) must still hold the child's parameters
+    path = tmp_path / "model.model3"
+    assert model.toFile(str(path))
+    again = QgsProcessingModelAlgorithm()
+    assert again.fromFile(str(path))
+    assert again.childAlgorithm("label").algorithmId() == "remoteclip:labeltiles"
+
+    import processing
+
+    out = tmp_path / "labels.gpkg"
+    res = processing.run(again, {"raster": rgb_byte, "classes": "water, forest, fields", "label:labels": str(out)},
+                         feedback=QgsProcessingFeedback())
+    layer = open_output(out)
+    assert res["label:labels"] == str(out)
+    assert layer.featureCount() > 0 and layer.crs().authid() == "EPSG:32618"
+    assert {f["label"] for f in layer.getFeatures()} <= {"water", "forest", "fields"}
