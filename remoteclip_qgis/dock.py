@@ -103,6 +103,12 @@ def set_value(widget, value) -> None:
     widget.setValue(value)  # noqa: QGS202 (a Qt widget setter: nothing to check)
 
 
+def _compact(combo) -> None:
+    # long layer names must not widen the dock: combos elide instead
+    combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(6)
+
+
 def save_setting(key: str, value) -> None:
     QgsSettings().setValue(SETTINGS + key, value)  # noqa: QGS202 (QgsSettings.setValue returns nothing)
 
@@ -156,6 +162,8 @@ class RemoteClipDock(QgsDockWidget):
         scroll = QScrollArea(self)
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setMinimumWidth(300)
         body = QWidget(scroll)
         col = QVBoxLayout(body)
         col.setContentsMargins(6, 6, 6, 6)
@@ -178,6 +186,7 @@ class RemoteClipDock(QgsDockWidget):
         # input
         form = QFormLayout()
         self.layer_combo = QgsMapLayerComboBox(body)
+        _compact(self.layer_combo)
         self.layer_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
         self.layer_combo.setToolTip("The raster to tile (follows the active layer)")
         form.addRow("Raster", self.layer_combo)
@@ -197,6 +206,18 @@ class RemoteClipDock(QgsDockWidget):
         self.model_info = QLabel(body)
         self.model_info.setWordWrap(True)
         form.addRow("", self.model_info)
+        device_row = QHBoxLayout()
+        self.device_combo = QComboBox(body)
+        _compact(self.device_combo)
+        self.device_combo.addItems(["auto", "cpu", "cuda"])
+        self.device_combo.setToolTip("auto: the GPU when onnxruntime-gpu and CUDA work, else the CPU")
+        self.provider_label = QLabel("ran on: not run yet", body)
+        self.provider_label.setObjectName("provider_label")
+        self.provider_label.setWordWrap(True)
+        self.provider_label.setToolTip("The onnxruntime execution provider that really ran the last job")
+        device_row.addWidget(self.device_combo)
+        device_row.addWidget(self.provider_label, 1)
+        form.addRow("Device", device_row)
         col.addLayout(form)
 
         # task tabs
@@ -211,34 +232,43 @@ class RemoteClipDock(QgsDockWidget):
         col.addWidget(self._run_group(body))
         col.addWidget(self._output_group(body))
 
+        col.addWidget(self._export_group(body))
+        col.addStretch(1)
+        scroll.setWidget(body)
+
+        # Run, progress and status stay in view below the scrolling settings
+        outer = QWidget(self)
+        outer_col = QVBoxLayout(outer)
+        outer_col.setContentsMargins(0, 0, 0, 6)
+        outer_col.addWidget(scroll, 1)
+        bar = QVBoxLayout()
+        bar.setContentsMargins(6, 0, 6, 0)
         buttons = QHBoxLayout()
-        self.run_button = QPushButton("Run", body)
+        self.run_button = QPushButton("Run", outer)
         self.run_button.setObjectName("remoteclip_run")
         self.run_button.clicked.connect(self.run)
-        self.cancel_button = QPushButton("Cancel", body)
+        self.cancel_button = QPushButton("Cancel", outer)
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
-        col.addLayout(buttons)
-        self.progress = QProgressBar(body)
+        bar.addLayout(buttons)
+        self.progress = QProgressBar(outer)
         self.progress.setRange(0, 100)
         set_value(self.progress, 0)
-        col.addWidget(self.progress)
-        self.status = QLabel("Ready.", body)
+        bar.addWidget(self.progress)
+        self.status = QLabel("Ready.", outer)
         self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        col.addWidget(self.status)
-
-        col.addWidget(self._export_group(body))
-        col.addStretch(1)
-        scroll.setWidget(body)
-        self.setWidget(scroll)
+        bar.addWidget(self.status)
+        outer_col.addLayout(bar)
+        self.setWidget(outer)
 
     def _label_tab(self) -> QWidget:
         w = QWidget()
         form = QFormLayout(w)
         self.preset_combo = QComboBox(w)
+        _compact(self.preset_combo)
         self.preset_combo.addItem("Custom")
         self.preset_combo.addItems(list(PRESETS))
         self.preset_combo.activated.connect(self._apply_preset)
@@ -258,7 +288,7 @@ class RemoteClipDock(QgsDockWidget):
         self.label_topk = QSpinBox(w)
         self.label_topk.setRange(1, 20)
         set_value(self.label_topk, 3)
-        form.addRow("Top-k labels kept", self.label_topk)
+        form.addRow("Top-k kept", self.label_topk)
         self.label_threshold = QDoubleSpinBox(w)
         self.label_threshold.setRange(0.0, 1.0)
         self.label_threshold.setSingleStep(0.05)
@@ -266,7 +296,7 @@ class RemoteClipDock(QgsDockWidget):
         self.label_threshold.setSpecialValueText("none")
         self.label_threshold.setToolTip("Tiles whose best probability is lower are labelled 'unknown'")
         form.addRow("Threshold", self.label_threshold)
-        self.label_map_labels = QCheckBox("Write the label on each tile", w)
+        self.label_map_labels = QCheckBox("Show labels on the map", w)
         form.addRow(self.label_map_labels)
         return w
 
@@ -301,7 +331,7 @@ class RemoteClipDock(QgsDockWidget):
         self.search_threshold.setSpecialValueText("none")
         self.search_threshold.setToolTip("Cosine similarity a tile needs to be selected")
         form.addRow("Threshold", self.search_threshold)
-        self.search_map_labels = QCheckBox("Write the rank on selected tiles", w)
+        self.search_map_labels = QCheckBox("Show ranks on the map", w)
         self.search_map_labels.setChecked(True)
         form.addRow(self.search_map_labels)
         return w
@@ -325,6 +355,7 @@ class RemoteClipDock(QgsDockWidget):
         self.tile_size.setDecimals(1)
         set_value(self.tile_size, 224)
         self.tile_unit = QComboBox(box)
+        _compact(self.tile_unit)
         self.tile_unit.addItem("pixels", "px")
         self.tile_unit.addItem("metres", "m")
         row.addWidget(self.tile_size, 1)
@@ -336,6 +367,7 @@ class RemoteClipDock(QgsDockWidget):
         self.overlap.setSuffix(" %")
         form.addRow("Overlap", self.overlap)
         self.extent_combo = QComboBox(box)
+        _compact(self.extent_combo)
         self.extent_combo.addItem("Whole layer", EXTENT_LAYER)
         self.extent_combo.addItem("Current map view", EXTENT_CANVAS)
         self.extent_combo.addItem("Polygons of a layer", EXTENT_FEATURES)
@@ -343,6 +375,7 @@ class RemoteClipDock(QgsDockWidget):
         form.addRow("Extent", self.extent_combo)
         poly_row = QHBoxLayout()
         self.polygon_combo = QgsMapLayerComboBox(box)
+        _compact(self.polygon_combo)
         self.polygon_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
         self.selected_only = QCheckBox("selected only", box)
         self.selected_only.setChecked(True)
@@ -357,23 +390,19 @@ class RemoteClipDock(QgsDockWidget):
 
     def _run_group(self, parent) -> QWidget:
         box = QgsCollapsibleGroupBox("Model run", parent)
+        box.setCollapsed(True)
         form = QFormLayout(box)
         self.batch_size = QSpinBox(box)
         self.batch_size.setRange(1, 4096)
         set_value(self.batch_size, 32)
         form.addRow("Batch size", self.batch_size)
-        self.device_combo = QComboBox(box)
-        self.device_combo.addItems(["auto", "cpu", "cuda"])
-        form.addRow("Device", self.device_combo)
         self.precision_combo = QComboBox(box)
+        _compact(self.precision_combo)
         self.precision_combo.addItems(["fp32", "fp16"])
         form.addRow("Precision", self.precision_combo)
-        self.use_cache = QCheckBox("Reuse tile embeddings (cache)", box)
+        self.use_cache = QCheckBox("Reuse cached tile embeddings", box)
         self.use_cache.setChecked(True)
         form.addRow(self.use_cache)
-        self.provider_label = QLabel("not run yet", box)
-        self.provider_label.setObjectName("provider_label")
-        form.addRow("Ran on", self.provider_label)
         return box
 
     def _output_group(self, parent) -> QWidget:
@@ -384,7 +413,8 @@ class RemoteClipDock(QgsDockWidget):
         self.output_widget.setFilter("GeoPackage (*.gpkg);;ESRI Shapefile (*.shp)")
         self.output_widget.lineEdit().setPlaceholderText(f"auto: {results_folder()}/…gpkg")
         form.addRow("File", self.output_widget)
-        self.dissolve = QCheckBox("Dissolve tiles with the same label / count / selection", box)
+        self.dissolve = QCheckBox("Dissolve equal neighbours", box)
+        self.dissolve.setToolTip("Merge touching tiles with the same label / count / selection into one polygon")
         form.addRow(self.dissolve)
         return box
 
@@ -393,9 +423,11 @@ class RemoteClipDock(QgsDockWidget):
         box.setCollapsed(True)
         form = QFormLayout(box)
         self.export_layer_combo = QgsMapLayerComboBox(box)
+        _compact(self.export_layer_combo)
         self.export_layer_combo.setFilters(QgsMapLayerProxyModel.VectorLayer)
         form.addRow("Layer", self.export_layer_combo)
         self.export_format = QComboBox(box)
+        _compact(self.export_format)
         self.export_format.addItems(list(EXPORT_FORMATS))
         form.addRow("Format", self.export_format)
         self.export_widget = QgsFileWidget(box)
@@ -679,12 +711,14 @@ class RemoteClipDock(QgsDockWidget):
         self.last_layer = layer
         self.export_layer_combo.setLayer(layer)
         cache = " · from cache" if result.cache_hit else ""
-        self.provider_label.setText(result.provider + (" · tile embeddings from cache" if result.cache_hit else ""))
+        self.provider_label.setText("ran on: " + result.provider
+                                    + (" · tile embeddings from cache" if result.cache_hit else ""))
         summary = f"{result.n_tiles} tiles in {result.seconds:.1f} s on {result.provider}{cache}"
         self.status.setText(f"Done: {summary}. Saved to {result.output}")
         for w in result.warnings:
             self.iface.messageBar().pushMessage("RemoteCLIP", w, Qgis.Warning, 10)
-        self.iface.messageBar().pushMessage("RemoteCLIP", f"{self._name}: {summary}.", Qgis.Success, 5)
+        self.iface.messageBar().pushMessage("RemoteCLIP", f"{self._name}: {result.n_tiles} tiles{cache}.",
+                                            Qgis.Success, 5)
         self.resultAdded.emit(layer)
 
     def _failed(self, error: str, details: str) -> None:

@@ -44,10 +44,10 @@ class QgisWindow(QObject):
         self.tree.setModel(self.model)
         self.bridge = QgsLayerTreeMapCanvasBridge(project.layerTreeRoot(), self.canvas, self.window)
         self.tree.currentLayerChanged.connect(self.currentLayerChanged.emit)
-        layers = QDockWidget("Layers", self.window)
-        layers.setObjectName("Layers")
-        layers.setWidget(self.tree)
-        self.window.addDockWidget(Qt.LeftDockWidgetArea, layers)
+        self.layers_dock = QDockWidget("Layers", self.window)
+        self.layers_dock.setObjectName("Layers")
+        self.layers_dock.setWidget(self.tree)
+        self.window.addDockWidget(Qt.LeftDockWidgetArea, self.layers_dock)
 
         self.raster_menu = self.window.menuBar().addMenu("&Raster")
         self.raster_toolbar = self.window.addToolBar("Raster")
@@ -98,3 +98,11 @@ class QgisWindow(QObject):
 
     def removeDockWidget(self, dock) -> None:  # noqa: N802
         self.window.removeDockWidget(dock)
+
+    def close(self) -> None:
+        """Tear down before QgsApplication.exitQgis(): canvas and tree first, or exit crashes."""
+        self.bridge.deleteLater()
+        self.tree.setModel(None)
+        self.canvas.setLayers([])
+        self.window.close()
+        self.window.deleteLater()
