@@ -252,8 +252,12 @@ def run_plan(plan: InstallPlan, log=print, is_cancelled=lambda: False) -> tuple[
             if removed:
                 log("Removed from the deps folder (QGIS's numpy is used): " + ", ".join(removed))
             add_deps_to_path(plan.target)
+            importlib.invalidate_caches()   # the folder may have been on sys.path, listed before the install
             return True, f"installed {', '.join(reqs)} into {plan.target}"
         last = f"pip exited with code {rc}: " + " / ".join(lines[-3:])
+        if any("No module named pip" in ln for ln in lines):
+            last += (" (this Python has no pip: on Debian/Ubuntu run `sudo apt install python3-pip`, "
+                     "elsewhere `python -m ensurepip --user`)")
     return False, last
 
 

@@ -215,6 +215,38 @@ def test_cancel_right_after_start_leaves_no_file_and_no_layer(dock, data_dir, tm
     assert dock.run_button.isEnabled() and not dock.cancel_button.isEnabled()
 
 
+def test_cancel_mid_run_stops_before_the_next_batch(dock, data_dir, tmp_path):
+    """Cancel from inside the worker right after a batch's progress report: core checks the flag once
+    per batch, so no further batch is encoded and nothing is written."""
+    from qgis.PyQt.QtCore import Qt
+
+    raster = _raster(data_dir, KAMPALA, "kampala")
+    dock.layer_combo.setLayer(raster)
+    dock.set_kind("embed")
+    dock.tile_size.setValue(64)
+    dock.use_cache.setChecked(False)
+    out = tmp_path / "mid.gpkg"
+    dock.output_widget.setFilePath(str(out))
+    task = dock.run()
+    seen: list[str] = []
+    cancelled_at: list[str] = []
+
+    def on_status(message: str) -> None:   # runs in the worker thread (direct connection)
+        seen.append(message)
+        if message.endswith(" tiles") and not cancelled_at:
+            cancelled_at.append(message)
+            task.cancel()
+
+    task.statusChanged.connect(on_status, Qt.DirectConnection)
+    _wait(dock)
+    assert cancelled_at, f"no batch was reported before the end: {seen}"
+    batches = [m for m in seen if m.endswith(" tiles")]
+    assert batches[-1] == cancelled_at[0], f"batches ran after the cancel: {batches}"
+    done, total = (int(v) for v in cancelled_at[0].split()[0].split("/"))
+    assert done < total == 384
+    assert "Cancelled" in dock.status.text() and not out.exists() and dock.last_layer is None
+
+
 def test_errors_reach_the_message_bar_and_the_log(dock, data_dir, tmp_path, qgis_iface, tiny_bundle):
     from qgis.core import Qgis
 
@@ -391,3 +423,36 @@ def test_export_a_result_to_shapefile_and_geopackage(dock, data_dir, tmp_path):
 
     with pytest.raises(RemoteClipError, match="does not exist"):
         export_layer(layer, str(tmp_path / "nope" / "x.shp"), "ESRI Shapefile")
+
+
+def test_the_raster_choice_follows_the_active_layer(rc, qgis_new_project, data_dir, monkeypatch, tiny_bundle):
+    """With a real layer tree (scripts/qgis_window.py) as QGIS's iface: selecting a raster in the
+    legend picks it in the dock; selecting a vector layer leaves the raster as it was."""
+    import qgis.utils
+    from qgis.core import QgsProject, QgsVectorLayer
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    try:
+        from qgis_window import QgisWindow
+    finally:
+        sys.path.pop(0)
+    from remoteclip_qgis.dock import RemoteClipDock
+
+    win = QgisWindow()
+    monkeypatch.setattr(qgis.utils, "iface", win)
+    dock = RemoteClipDock(win.window)
+    try:
+        kampala = _raster(data_dir, KAMPALA, "kampala")
+        utm = _raster(data_dir, UTM, "utm")
+        polys = QgsVectorLayer("Polygon?crs=EPSG:4326", "areas", "memory")
+        QgsProject.instance().addMapLayer(polys)
+        win.setActiveLayer(utm)
+        assert dock.layer_combo.currentLayer() is utm
+        win.setActiveLayer(kampala)
+        assert dock.layer_combo.currentLayer() is kampala
+        win.setActiveLayer(polys)
+        assert dock.layer_combo.currentLayer() is kampala
+    finally:
+        dock.unload()
+        QgsProject.instance().removeAllMapLayers()
+        win.close()
