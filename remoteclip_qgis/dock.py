@@ -98,6 +98,13 @@ def default_output(raster_name: str, kind: str, project: QgsProject | None = Non
     return str(path)
 
 
+def is_web_layer(layer: QgsRasterLayer) -> bool:
+    """A raster without a pixel grid of its own (XYZ, WMS): it is read at a chosen extent and resolution."""
+    provider = layer.dataProvider()
+    return provider is not None and not (provider.capabilities() & QgsRasterDataProvider.Size
+                                         and provider.xSize() > 0)
+
+
 def set_value(widget, value) -> None:
     """Set a spin box's or progress bar's value."""
     widget.setValue(value)  # noqa: QGS202 (a Qt widget setter: nothing to check)
@@ -583,7 +590,8 @@ class RemoteClipDock(QgsDockWidget):
         from .layer_source import extent_from_features, extent_from_rectangle
 
         mode = self.extent_combo.currentData()
-        if mode == EXTENT_CANVAS:
+        if mode == EXTENT_CANVAS or (mode == EXTENT_LAYER and is_web_layer(layer)):
+            # a web layer (XYZ, WMS) covers the world: "whole layer" means what the map shows
             canvas = self.iface.mapCanvas()
             return extent_from_rectangle(canvas.extent(), canvas.mapSettings().destinationCrs())
         if mode == EXTENT_FEATURES:
@@ -595,13 +603,8 @@ class RemoteClipDock(QgsDockWidget):
         return None
 
     def _pixel_size(self, layer: QgsRasterLayer) -> float | None:
-        """Web layers without a native size (WMS) are read at the map's current resolution."""
-        provider = layer.dataProvider()
-        if provider is None or (provider.capabilities() & QgsRasterDataProvider.Size and provider.xSize() > 0):
-            return None
-        from .layer_source import is_xyz_layer
-
-        if is_xyz_layer(layer):
+        """Web layers are read at the map's current resolution (what the user sees is what is analysed)."""
+        if not is_web_layer(layer):
             return None
         canvas = self.iface.mapCanvas()
         ext, crs = canvas.extent(), canvas.mapSettings().destinationCrs()

@@ -360,6 +360,32 @@ def test_widgets_become_the_core_job(dock, data_dir, qgis_iface, tiny_bundle):
         dock.build_job()
 
 
+def test_a_web_layer_is_read_over_the_map_view_at_the_map_resolution(dock, qgis_iface):
+    """An XYZ basemap has no extent or pixel grid of its own: the dock reads what the map shows.
+    (Only the Job is built: no tile is fetched, so no network is needed.)"""
+    from qgis.core import QgsCoordinateReferenceSystem, QgsProject, QgsRasterLayer, QgsRectangle
+
+    from remoteclip_qgis.core.jobs import BBox
+    from remoteclip_qgis.layer_source import QgisRasterSource
+
+    xyz = QgsRasterLayer("type=xyz&url=https://tile.openstreetmap.org/{z}/{x}/{y}.png&zmin=0&zmax=19",
+                         "OpenStreetMap", "wms")
+    assert xyz.isValid()
+    QgsProject.instance().addMapLayer(xyz)
+    canvas = qgis_iface.mapCanvas()
+    canvas.setDestinationCrs(QgsCoordinateReferenceSystem("EPSG:3857"))
+    canvas.setExtent(QgsRectangle(3626000, 36000, 3628000, 38000))   # 2 km over Kampala
+    dock.layer_combo.setLayer(xyz)
+    dock.set_kind("embed")
+    job, _, _ = dock.build_job()
+    assert isinstance(job.raster, QgisRasterSource) and isinstance(job.tiles.extent, BBox)
+    view = canvas.extent()
+    assert (job.tiles.extent.xmin, job.tiles.extent.ymax) == pytest.approx((view.xMinimum(), view.yMaximum()))
+    resolution = view.width() / canvas.width()
+    assert job.raster.pixel_size[0] == pytest.approx(resolution)
+    assert abs(job.raster.width - round(view.width() / resolution)) <= 2
+
+
 def test_default_output_is_a_geopackage_next_to_the_saved_project(rc, qgis_new_project, tmp_path):
     from qgis.core import QgsApplication
 

@@ -289,6 +289,45 @@ def test_real_pip_install_into_a_private_target(rc, tmp_path):
         sys.path[:] = path_before
 
 
+def test_install_task_runs_in_the_task_manager_and_logs_pip(rc, tmp_path):
+    """The installer as the dock starts it: a QgsTask, pip's lines in the log panel (tag RemoteCLIP)."""
+    import time
+
+    from qgis.core import QgsApplication
+    from qgis.PyQt.QtCore import QCoreApplication
+
+    from remoteclip_qgis import deps
+
+    logged: list[str] = []
+
+    def on_log(message, tag, _level):
+        if tag == "RemoteCLIP":
+            logged.append(message)
+
+    QgsApplication.messageLog().messageReceived.connect(on_log)
+    target = tmp_path / "python" / "remoteclip_deps"
+    task = deps.InstallTask(deps.InstallPlan(sys.executable, target, ["ftfy"], None, deps.numpy_version()))
+    done: list[tuple] = []
+    task.done.connect(lambda ok, summary, manual: done.append((ok, summary, manual)))
+    path_before = list(sys.path)
+    try:
+        QgsApplication.taskManager().addTask(task)
+        deadline = time.monotonic() + 300
+        while not done:
+            assert time.monotonic() < deadline, "the install task did not finish"
+            QCoreApplication.processEvents()
+            time.sleep(0.02)
+    finally:
+        sys.path[:] = path_before
+        QgsApplication.messageLog().messageReceived.disconnect(on_log)
+    ok, summary, manual = done[0]
+    assert ok, summary
+    assert summary.startswith("installed ftfy into") and (target / "ftfy").is_dir()
+    assert any(m.startswith("Running: ") and "pip install" in m for m in logged)
+    assert any("Successfully installed" in m for m in logged)
+    assert "pip install" in manual and "ftfy" in manual
+
+
 def test_failed_install_reports_the_command_to_run_by_hand(rc, tmp_path):
     from remoteclip_qgis import deps
 
