@@ -49,7 +49,7 @@ PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b
            "#9c755f", "#bab0ac", "#a0cbe8", "#ffbe7d", "#8cd17d", "#ff9d9a", "#86bcb6", "#f1ce63",
            "#d4a6c8", "#fabfd2", "#d7b5a6", "#79706e"]
 UNKNOWN_COLOR = "#9e9e9e"
-FILL_ALPHA = 150            # tiles sit on imagery: the picture must stay readable underneath
+FILL_ALPHA = 115            # tiles sit on imagery: the picture must stay readable underneath
 COUNT_RAMP = ("#fff5eb", "#7f2704")      # oranges, light to dark
 SEARCH_RAMP = ("#f7fcb9", "#004529")     # yellow-green, low to high similarity
 
@@ -189,11 +189,33 @@ def _fill(color: str, alpha: int = FILL_ALPHA, stroke: str = "#ffffff", stroke_w
         "outline_width": str(stroke_width), "outline_width_unit": "MM"})
 
 
+# Colours a map reader expects for common class names (first matching keyword wins).
+NAMED_COLORS = [
+    (("water", "river", "lake", "sea", "ocean", "pond", "reservoir"), "#3a7dc9"),
+    (("tree", "forest", "wood", "orchard", "jungle"), "#2e7d32"),
+    (("grass", "meadow", "pasture", "park", "lawn"), "#9ccc65"),
+    (("farm", "crop", "field", "agricult", "paddy"), "#e6c229"),
+    (("building", "residential", "house", "roof", "industr", "commercial", "urban"), "#e15759"),
+    (("road", "street", "highway", "parking", "runway", "railway"), "#8d8d8d"),
+    (("bare", "soil", "sand", "desert", "construction", "quarry"), "#b5835a"),
+    (("beach",), "#f1ce63"),
+    (("harbor", "harbour", "port"), "#76b7b2"),
+    (("greenhouse",), "#d4a6c8"),
+]
+
+
 def class_colors(classes: list[str]) -> dict[str, str]:
-    """Stable colours: the i-th class of the label list always gets PALETTE[i]."""
-    out = {}
-    for i, c in enumerate(classes):
-        out[c] = PALETTE[i % len(PALETTE)]
+    """A colour per class: the expected one for common names (water blue, trees green, ...) unless another
+    class already has it, else the next free palette colour; ``unknown`` is grey. Deterministic."""
+    out: dict[str, str] = {}
+    used: set[str] = set()
+    for c in classes:
+        low = c.lower()
+        color = next((col for keys, col in NAMED_COLORS if any(k in low for k in keys)), None)
+        if color is None or color in used:
+            color = next((p for p in PALETTE if p not in used), PALETTE[len(out) % len(PALETTE)])
+        out[c] = color
+        used.add(color)
     out[UNKNOWN] = UNKNOWN_COLOR
     return out
 

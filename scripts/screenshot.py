@@ -34,10 +34,10 @@ def _wait(predicate, limit: float, what: str) -> None:
         time.sleep(0.02)
 
 
-def _model(work: Path) -> str:
-    demo = ROOT / "models" / "remoteclip-demo"
-    if (demo / "manifest.json").is_file():
-        return str(demo)
+def _model(work: Path) -> str | None:
+    """None: the dock's default, the demo model packaged inside the plugin."""
+    if (ROOT / "models" / "remoteclip-demo" / "manifest.json").is_file():
+        return None
     print("screenshot: models/remoteclip-demo not found; using a tiny random test bundle", file=sys.stderr)
     sys.path.insert(0, str(ROOT))
     from training.export import export_tiny_test_bundle
@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
 
     dock = plugin.dock
     dock.layer_combo.setLayer(raster)
-    dock.model_widget.setFilePath(model)
+    if model is not None:
+        dock.model_widget.setFilePath(model)
     dock.set_kind("label")
     dock.labels_edit.setPlainText("\n".join(LABELS))
     dock.tile_size.setValue(256)

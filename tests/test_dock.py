@@ -482,3 +482,32 @@ def test_the_raster_choice_follows_the_active_layer(rc, qgis_new_project, data_d
         dock.unload()
         QgsProject.instance().removeAllMapLayers()
         win.close()
+
+
+def test_default_model_is_the_remembered_one_else_the_demo_shipped_in_the_plugin(rc, built_plugin, tiny_bundle):
+    from qgis.core import QgsSettings
+
+    from remoteclip_qgis.dock import DEMO_MODEL, default_model, save_setting
+
+    QgsSettings().remove("RemoteCLIP")
+    assert DEMO_MODEL.is_relative_to(built_plugin.resolve() / "remoteclip_qgis")
+    if (DEMO_MODEL / "manifest.json").is_file():
+        assert default_model() == str(DEMO_MODEL)
+    else:
+        assert default_model() == ""
+    save_setting("model", str(tiny_bundle))
+    assert default_model() == str(tiny_bundle)
+    save_setting("model", str(tiny_bundle) + "-gone")
+    assert default_model() in ("", str(DEMO_MODEL))
+    QgsSettings().remove("RemoteCLIP")
+
+
+def test_class_colours_are_expected_distinct_and_stable(rc):
+    from remoteclip_qgis.layers import UNKNOWN_COLOR, class_colors
+
+    colors = class_colors(["water", "trees", "dense residential area", "sparse residential area", "road"])
+    assert colors["water"] == "#3a7dc9" and colors["trees"] == "#2e7d32" and colors["road"] == "#8d8d8d"
+    assert colors["dense residential area"] == "#e15759"
+    assert len({colors[c] for c in colors}) == len(colors), "two classes share a colour"
+    assert colors["unknown"] == UNKNOWN_COLOR
+    assert class_colors(["water", "trees"]) == {k: colors[k] for k in ("water", "trees", "unknown")}
