@@ -154,6 +154,7 @@ class RemoteClipDock(QgsDockWidget):
         self.last_result = None
         self.last_layer = None
         self._kind = None
+        self._name = ""
         self._output = None
         self._build()
         self._restore()
@@ -631,7 +632,6 @@ class RemoteClipDock(QgsDockWidget):
         output = self.output_widget.filePath().strip() or default_output(layer.name(), kind)
         if not os.path.splitext(output)[1]:
             output += ".gpkg"
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
         tiles = TileSpec(size=self.tile_size.value(), unit=self.tile_unit.currentData(),
                          overlap=self.overlap.value() / 100.0, extent=extent,
                          bands=parse_bands(self.bands_edit.text()))
@@ -666,6 +666,8 @@ class RemoteClipDock(QgsDockWidget):
             return None
         from .task import RemoteClipTask
 
+        if not self.output_widget.filePath().strip():
+            Path(job.output).parent.mkdir(parents=True, exist_ok=True)   # the default results folder
         self._remember()
         self._kind, self._name, self._output = kind, name, job.output
         self.task = RemoteClipTask(job, f"RemoteCLIP {kind}: {name}")

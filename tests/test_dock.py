@@ -511,3 +511,23 @@ def test_class_colours_are_expected_distinct_and_stable(rc):
     assert len({colors[c] for c in colors}) == len(colors), "two classes share a colour"
     assert colors["unknown"] == UNKNOWN_COLOR
     assert class_colors(["water", "trees"]) == {k: colors[k] for k in ("water", "trees", "unknown")}
+
+
+def test_a_run_without_an_output_file_saves_a_geopackage_next_to_the_project(dock, data_dir, tmp_path,
+                                                                              qgis_new_project):
+    raster = _raster(data_dir, KAMPALA, "kampala")
+    qgis_new_project.setFileName(str(tmp_path / "site.qgz"))
+    try:
+        dock.layer_combo.setLayer(raster)
+        dock.set_kind("embed")
+        dock.tile_size.setValue(512)
+        dock.output_widget.setFilePath("")
+        _run(dock)
+        layer = dock.last_layer
+        assert layer is not None, dock.status.text()
+        gpkg = Path(layer.source().split("|")[0])
+        assert gpkg.parent == tmp_path / "remoteclip_results" and gpkg.name.startswith("kampala_embed_")
+        _check_result_layer(layer, raster, gpkg, dock.last_result.n_tiles)
+        assert layer.renderer().type() == "singleSymbol"
+    finally:
+        qgis_new_project.setFileName("")
