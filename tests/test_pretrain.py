@@ -139,3 +139,10 @@ def test_ddp_two_processes_gloo(captions, tmp_path):
     run_info = json.loads((run / "run.json").read_text())
     assert run_info["world_size"] == 2
     assert (run / "model.pt").is_file()
+
+
+def test_remoteclip_start_needs_a_published_architecture(captions, tmp_path, capsys):
+    rc = pretrain.main(["--config", "small-vit", "--remoteclip", "--train", str(captions / "train.csv"),
+                        "--out", str(tmp_path / "ft"), "--quiet"])
+    assert rc == 2
+    assert "RemoteCLIP publishes no small-vit checkpoint" in capsys.readouterr().err

@@ -4,6 +4,7 @@
         --epochs 30 --batch-size 64 --lr 1e-3 --warmup 20 --out runs/demo
     python -m training.pretrain --config ViT-B-32 --checkpoint RemoteCLIP-ViT-B-32.pt --train my.csv \
         --epochs 5 --batch-size 64 --accum-steps 4 --lr 1e-5 --precision amp --out runs/ft
+    python -m training.pretrain --config ViT-B-32 --remoteclip ...      # the same, downloaded from Hugging Face
     torchrun --nproc_per_node 4 -m training.pretrain ...        # DDP (nccl on GPU, gloo on CPU)
 
 Pieces are open_clip's own: ``create_model`` from a registered JSON config (training/configs/*.json
@@ -208,6 +209,12 @@ def train(args) -> dict:
     from training import checkpoints
 
     checkpoints.register_local_configs()
+    if args.remoteclip:  # every rank asks; huggingface_hub's cache lock makes the others wait for one download
+        if args.config not in checkpoints.REMOTECLIP_ARCHS:
+            raise RemoteClipError(f"RemoteCLIP publishes no {args.config} checkpoint.",
+                                  f"Use --config {' / '.join(checkpoints.REMOTECLIP_ARCHS)} with --remoteclip, "
+                                  "or pass a file with --checkpoint.")
+        args.checkpoint = str(checkpoints.download_remoteclip(args.config))
     model, pp, cfg = build(args.config, args.checkpoint, args.pretrained, args.activation, args.seed)
     model.to(device)
     tokenizer = open_clip.get_tokenizer(args.config)
@@ -377,6 +384,9 @@ def parser() -> argparse.ArgumentParser:
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="start from this OpenCLIP-format checkpoint (e.g. RemoteCLIP-ViT-B-32.pt)")
     src.add_argument("--pretrained", help="start from an open_clip pretrained tag (needs internet), e.g. openai")
+    src.add_argument("--remoteclip", action="store_true",
+                     help="start from RemoteCLIP-{config}.pt downloaded from Hugging Face (chendelong/RemoteCLIP; "
+                          "RN50, ViT-B-32, ViT-L-14)")
     ap.add_argument("--activation", choices=("quick_gelu", "gelu"), default="quick_gelu",
                     help="MLP activation (quick_gelu: RemoteCLIP/OpenAI; the exporter's default too)")
     ap.add_argument("--train", required=True, help="caption table CSV (image,caption[,source][,split])")
