@@ -155,7 +155,9 @@ def _job(args):
         task = SearchTask(args.query, args.top_k, args.threshold)
     else:
         task = EmbedTask()
-    if not os.path.exists(args.raster):
+    from .raster import is_gdal_uri
+
+    if not os.path.exists(args.raster) and not is_gdal_uri(args.raster):
         raise RemoteClipError(f"Raster not found: {args.raster}.", "Check the path.")
     if args.bbox and args.polygons:
         raise RemoteClipError("Both --bbox and --polygons were given.", "Use one of them.")

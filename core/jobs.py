@@ -114,6 +114,7 @@ class JobResult:
     warnings: list[str] = field(default_factory=list)   # e.g. prompts cut at the context length
     field_map: dict[str, str] = field(default_factory=dict)  # p_<slug> field -> class name
     embeddings: np.ndarray | None = None                 # (n_tiles, D), row order of records
+    images_encoded: int = 0                              # tiles that went through the image encoder
 
 
 # ---------------------------------------------------------------------------------------------- tasks
@@ -368,13 +369,13 @@ def run_job(job: Job, progress=None, is_cancelled=None) -> JobResult:
     elif isinstance(task, SearchTask):
         text = _ensemble(encoder, [[task.query.strip()]], warnings)
 
-    from .raster import Stretch, default_bands
+    from .raster import Stretch, check_bands, default_bands
 
     src, owned = _open(job.raster)
     try:
         _check_raster(src)
         spec = job.tiles
-        bands = list(spec.bands) if spec.bands else list(default_bands(src))
+        bands = check_bands(src, spec.bands) if spec.bands else default_bands(src)
         grid = make_grid(src, spec)
         if not grid:
             raise RemoteClipError("No tiles: the extent does not overlap the raster.",
@@ -439,7 +440,8 @@ def run_job(job: Job, progress=None, is_cancelled=None) -> JobResult:
         progress(1.0, f"{len(records)} tiles done")
     return JobResult(output=out, layer_name=layer_name, crs_wkt=crs_wkt, records=records,
                      fields=[n for n, _ in fields], provider=provider, n_tiles=len(records), cache_hit=cache_hit,
-                     seconds=time.perf_counter() - t0, warnings=warnings, field_map=field_map, embeddings=emb)
+                     seconds=time.perf_counter() - t0, warnings=warnings, field_map=field_map, embeddings=emb,
+                     images_encoded=0 if cache_hit else len(emb))
 
 
 def _provider_if_loaded(encoder: Encoder) -> str:

@@ -1,0 +1,301 @@
+"""Raster sources, band choice and the one stretch to 8 bits per raster.
+
+``RasterSource`` is the one reading interface: :class:`RasterioSource` reads
+files (anything GDAL opens: GeoTIFF, VRT, JPEG2000, PNG, ...) in windows, and
+the QGIS plugin has its own source over QGIS's raster data provider. rasterio
+is imported only when a file is opened, so the plugin can use the rest of this
+module (bands, stretch, ``read_rgb``) inside QGIS without it.
+
+Validity (``read`` returns it beside the pixels): where the raster has a
+per-dataset mask (an alpha band or a GDAL mask file) that mask decides; else a
+pixel is nodata only when *every* band read is nodata (the logical OR of the
+band masks, as rasterio's ``dataset_mask``), and NaN counts as nodata in float
+rasters.
+
+Stretch (:class:`Stretch`): the model sees 8-bit RGB. One stretch is fixed per
+raster before any tile is read, so a tile looks the same whatever the grid and
+tiles are comparable across the raster:
+
+* uint8 bands pass through unchanged;
+* any other type (uint16, int, float) is stretched linearly per band between
+  its 2nd and 98th percentiles, computed once from a decimated read of the
+  whole raster (at most 1024 pixels on the long side, nearest neighbour),
+  ignoring nodata; values outside are clipped to 0 and 255.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from .errors import RemoteClipError
+
+__all__ = ["RasterSource", "RasterioSource", "open_raster", "default_bands", "check_bands", "Stretch",
+           "read_rgb", "is_gdal_uri", "STRETCH_PERCENTILES", "STRETCH_SAMPLE_PX"]
+
+STRETCH_PERCENTILES = (2.0, 98.0)
+STRETCH_SAMPLE_PX = 1024  # long side of the decimated read the percentiles come from
+
+
+@runtime_checkable
+class RasterSource(Protocol):
+    name: str
+    width: int
+    height: int
+    count: int
+    crs_wkt: str
+    transform: tuple
+    nodata: float | None
+    dtype: str
+    colorinterp: list[str]
+
+    def read(self, bands: Sequence[int], window: tuple[int, int, int, int],
+             out_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------------------- rasterio
+
+def is_gdal_uri(path: str) -> bool:
+    # GDAL virtual file systems, URLs and driver-prefixed connection strings (WMS:, NETCDF:, ...) are not
+    # local paths; a single letter before ":" is a Windows drive
+    return path.startswith("/vsi") or "://" in path or re.match(r"^[A-Za-z][A-Za-z0-9_]+:", path) is not None
+
+
+def _why(err: BaseException) -> str:
+    """rasterio's message, with GDAL's own reason where rasterio only points at it."""
+    parts = [str(err).replace("See previous exception for details.", "").strip().rstrip(".")]
+    cause = err.__cause__ or err.__context__
+    if cause is not None and str(cause).strip().rstrip(".") not in parts:
+        parts.append(str(cause).strip().rstrip("."))
+    return "; ".join(p for p in parts if p)
+
+
+class RasterioSource:
+    """A raster file read in windows through rasterio; memory does not grow with the raster's size."""
+
+    def __init__(self, path: str):
+        import rasterio
+        from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+        path = os.fspath(path)
+        if not is_gdal_uri(path) and not os.path.exists(path):
+            raise RemoteClipError(f"Raster not found: {path}.", "Check the path.")
+        if os.path.isdir(path):
+            raise RemoteClipError(f"Raster {path} is a folder, not a raster file.",
+                                  "Give a GeoTIFF, VRT, JPEG2000 or another file GDAL reads.")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                self._ds = rasterio.open(path)
+        except RasterioIOError as e:
+            raise RemoteClipError(f"Raster {path} cannot be read: {_why(e)}.",
+                                  "Give a GeoTIFF, VRT, JPEG2000, PNG or another file GDAL reads "
+                                  "(check it with `gdalinfo`).") from None
+        ds = self._ds
+        self.path = os.path.abspath(path) if not is_gdal_uri(path) else path
+        self.name = self.path
+        self.width, self.height, self.count = int(ds.width), int(ds.height), int(ds.count)
+        self.crs_wkt = ds.crs.to_wkt() if ds.crs is not None else ""
+        self.transform = tuple(float(v) for v in tuple(ds.transform)[:6])
+        self.nodatavals = [None if v is None else float(v) for v in ds.nodatavals]
+        self.nodata = self.nodatavals[0] if self.nodatavals else None
+        self.dtype = str(ds.dtypes[0])
+        self.colorinterp = [ci.name for ci in ds.colorinterp]
+        self.mask_flags = [[f.name for f in flags] for flags in ds.mask_flag_enums]
+
+    def read(self, bands, window, out_shape=None):
+        from rasterio.enums import Resampling
+        from rasterio.errors import RasterioError
+        from rasterio.windows import Window
+
+        bands = [int(b) for b in bands]
+        uniq = sorted(set(bands))
+        c, r, w, h = (int(v) for v in window)
+        if c < 0 or r < 0 or c + w > self.width or r + h > self.height or w < 1 or h < 1:
+            raise ValueError(f"window {window} is outside the raster ({self.width} x {self.height})")
+        win = Window(c, r, w, h)
+        shape = None if out_shape is None else (len(uniq), int(out_shape[0]), int(out_shape[1]))
+        try:
+            data = self._ds.read(uniq, window=win, out_shape=shape, resampling=Resampling.nearest)
+            valid = self._valid(uniq, data, win, shape)
+        except RasterioError as e:
+            raise RemoteClipError(f"Reading {self.name} failed at pixel window {window}: {_why(e)}.",
+                                  "The file may be damaged or incomplete; check it with `gdalinfo -checksum`.") \
+                from None
+        if uniq != bands:
+            data = data[[uniq.index(b) for b in bands]]
+        return data, valid
+
+    def _valid(self, uniq, data, win, shape):
+        flags = self.mask_flags[uniq[0] - 1]
+        if "per_dataset" in flags:  # alpha band or a mask file: one mask for every band
+            m = self._ds.read_masks(uniq[0], window=win, out_shape=None if shape is None else shape[1:])
+            return m > 0
+        valid = np.zeros(data.shape[1:], dtype=bool)
+        any_rule = False
+        for i, b in enumerate(uniq):
+            nd = self.nodatavals[b - 1]
+            band = data[i]
+            ok = None
+            if nd is not None and not math.isnan(nd):
+                ok = band != nd
+            if band.dtype.kind == "f":
+                fin = ~np.isnan(band)
+                ok = fin if ok is None else ok & fin
+            if ok is None:
+                return np.ones(data.shape[1:], dtype=bool)  # a band without nodata is valid everywhere
+            any_rule = True
+            valid |= ok
+        return valid if any_rule else np.ones(data.shape[1:], dtype=bool)
+
+    def close(self):
+        self._ds.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"RasterioSource({self.name!r}, {self.width}x{self.height}x{self.count} {self.dtype})"
+
+
+def open_raster(path) -> RasterioSource:
+    """Open a raster file (or GDAL URI) for windowed reading. Errors name the file and the fix."""
+    return RasterioSource(os.fspath(path))
+
+
+# ------------------------------------------------------------------------------------------ bands
+
+def default_bands(src) -> list[int]:
+    """Three 1-based bands: red, green, blue by colour interpretation, else the first three (alpha
+    bands skipped), else the one band three times."""
+    ci = [str(c).lower() for c in (getattr(src, "colorinterp", None) or [])]
+    if all(c in ci for c in ("red", "green", "blue")):
+        return [ci.index("red") + 1, ci.index("green") + 1, ci.index("blue") + 1]
+    usable = [i + 1 for i in range(src.count) if i >= len(ci) or ci[i] != "alpha"] or [1]
+    if len(usable) >= 3:
+        return usable[:3]
+    return [usable[0]] * 3
+
+
+def check_bands(src, bands) -> list[int]:
+    """1 or 3 band numbers inside the raster -> three band numbers."""
+    try:
+        bands = [int(b) for b in bands]
+    except (TypeError, ValueError):
+        raise RemoteClipError(f"Bands {bands!r} are not band numbers.", "Give 1-based band numbers, e.g. 3,2,1.") \
+            from None
+    if len(bands) == 1:
+        bands = bands * 3
+    if len(bands) != 3:
+        raise RemoteClipError(f"{len(bands)} bands were given ({bands}); the model sees three (RGB).",
+                              "Give three band numbers, e.g. --bands 4,3,2 (or one, used as grey).")
+    bad = [b for b in bands if not 1 <= b <= src.count]
+    if bad:
+        raise RemoteClipError(f"Band {bad[0]} does not exist: {src.name} has {src.count} band(s).",
+                              f"Use band numbers from 1 to {src.count}.")
+    return bands
+
+
+# ---------------------------------------------------------------------------------------- stretch
+
+@dataclass(frozen=True)
+class Stretch:
+    """Linear stretch to uint8, fixed per raster. ``lo``/``hi`` per band; both None = identity (uint8)."""
+
+    lo: tuple[float, ...] | None = None
+    hi: tuple[float, ...] | None = None
+
+    @classmethod
+    def from_source(cls, src, bands, percentiles=STRETCH_PERCENTILES, sample_px=STRETCH_SAMPLE_PX) -> Stretch:
+        bands = check_bands(src, bands)
+        if np.dtype(src.dtype) == np.uint8:
+            return cls()
+        scale = min(1.0, sample_px / max(src.width, src.height))
+        shape = (max(1, math.ceil(src.height * scale)), max(1, math.ceil(src.width * scale)))
+        data, valid = src.read(bands, (0, 0, src.width, src.height), out_shape=shape)
+        lo, hi = [], []
+        for band in data:
+            v = band[valid].astype(np.float64)
+            v = v[np.isfinite(v)]
+            if v.size == 0:  # nothing valid: every tile is dropped anyway
+                a, b = 0.0, 1.0
+            else:
+                a, b = (float(x) for x in np.percentile(v, percentiles))
+                if not b > a:  # a flat band: map its value to mid-grey-ish instead of dividing by 0
+                    a, b = a - 0.5, a + 0.5
+            lo.append(a)
+            hi.append(b)
+        return cls(tuple(lo), tuple(hi))
+
+    @property
+    def identity(self) -> bool:
+        return self.lo is None
+
+    @property
+    def params(self) -> dict:
+        if self.identity:
+            return {"kind": "identity"}
+        return {"kind": "linear", "percentiles": list(STRETCH_PERCENTILES), "lo": list(self.lo),
+                "hi": list(self.hi)}
+
+    def key(self) -> str:
+        """Deterministic text for the embedding cache key (floats written exactly)."""
+        return json.dumps(self.params, sort_keys=True)
+
+    def apply(self, data: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """(C, H, W) band data -> (C, H, W) uint8; invalid pixels become 0."""
+        data = np.asarray(data)
+        if self.identity:
+            out = data.astype(np.uint8, copy=True) if data.dtype != np.uint8 else data.copy()
+        else:
+            if len(self.lo) != data.shape[0]:
+                raise ValueError(f"stretch has {len(self.lo)} bands, data {data.shape[0]}")
+            lo = np.asarray(self.lo, dtype=np.float64)[:, None, None]
+            span = (np.asarray(self.hi, dtype=np.float64) - np.asarray(self.lo, dtype=np.float64))[:, None, None]
+            x = (data.astype(np.float64) - lo) * (255.0 / span)
+            x = np.nan_to_num(x, nan=0.0, posinf=255.0, neginf=0.0)
+            out = np.floor(np.clip(x, 0.0, 255.0) + 0.5).astype(np.uint8)
+        if valid is not None:
+            out[:, ~valid] = 0
+        return out
+
+
+# -------------------------------------------------------------------------------------- read_rgb
+
+def read_rgb(src, bands, window, stretch: Stretch) -> tuple[np.ndarray, np.ndarray | None]:
+    """One tile as (H, W, 3) uint8 and its validity (H, W) bool, or None when every pixel is valid.
+
+    A window reaching past the raster (edge mode "pad") is read where it overlaps and the rest is
+    invalid, so sources only ever see windows inside the raster.
+    """
+    bands = list(bands) * 3 if len(bands) == 1 else list(bands)
+    c, r, w, h = (int(v) for v in window)
+    c0, r0 = max(c, 0), max(r, 0)
+    c1, r1 = min(c + w, src.width), min(r + h, src.height)
+    if c0 == c and r0 == r and c1 == c + w and r1 == r + h:
+        data, valid = src.read(bands, (c, r, w, h))
+        rgb = stretch.apply(data, valid)
+    else:
+        rgb = np.zeros((len(bands), h, w), dtype=np.uint8)
+        valid = np.zeros((h, w), dtype=bool)
+        if c1 > c0 and r1 > r0:
+            d, v = src.read(bands, (c0, r0, c1 - c0, r1 - r0))
+            rgb[:, r0 - r:r1 - r, c0 - c:c1 - c] = stretch.apply(d, v)
+            valid[r0 - r:r1 - r, c0 - c:c1 - c] = v
+    rgb = np.ascontiguousarray(np.moveaxis(rgb, 0, -1))
+    if valid is not None and valid.all():
+        valid = None
+    return rgb, valid

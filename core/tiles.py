@@ -1,0 +1,414 @@
+"""Tile grids over a raster, and the extents (bounding box, polygons) that select tiles from them.
+
+The grid is anchored at the raster's top-left pixel whatever the extent, so a
+tile has the same ``row``, ``col`` and pixel window in every run on a raster;
+an extent only selects tiles from that grid. Tiles are pixel windows
+``(col_off, row_off, width, height)`` and their polygons are those windows'
+pixel edges mapped through the raster's affine transform, in the raster's CRS.
+
+Tile size: ``unit="px"`` is pixels (at least :data:`MIN_TILE_PX`). ``unit="m"``
+is metres on the ground at the raster's centre, rounded to whole pixels: the
+ground length of one pixel step along a row and along a column is measured
+there on the CRS's ellipsoid. On a geographic CRS (degrees, e.g. EPSG:4326)
+that converts metres to degrees at the centre latitude, so tiles are square on
+the ground there (and off by about 0.1% per 10 km north or south of it). On
+UTM-like projections it equals the CRS's metres within their scale factor
+(0.04%); on Web Mercator (EPSG:3857, XYZ basemaps) it removes the
+1/cos(latitude) inflation of its "metres". Feet and other units work alike.
+
+Overlap is the fraction of the tile edge shared with the neighbour: the step
+between tiles is ``round(size * (1 - overlap))`` pixels.
+
+Edges (``TileSpec.edge``), when the steps do not end exactly at the raster's
+right or bottom edge:
+
+* ``"shift"`` (default): the last tile of each row and column is shifted back
+  inside the raster, so every tile is full size and whole raster is covered;
+  that tile overlaps its neighbour more than ``overlap`` says.
+* ``"pad"``: the last tile keeps its place on the grid and reaches past the
+  raster; the part outside is nodata (filled like nodata for the model).
+* ``"drop"``: tiles that would reach past the raster are left out, so a strip
+  narrower than a tile at the right and bottom is not covered.
+
+A tile larger than the raster is an error in every mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+from .errors import RemoteClipError
+
+__all__ = ["TileSpec", "BBox", "Polygons", "Tile", "make_grid", "tile_size_px", "spec_params", "EDGE_MODES",
+           "MIN_TILE_PX", "srs_from", "window_polygon_wkt"]
+
+MIN_TILE_PX = 8
+EDGE_MODES = ("shift", "pad", "drop")
+_DENSIFY = 32  # points per bbox edge when reprojecting it (edges curve in the target CRS)
+
+
+@dataclass
+class BBox:
+    xmin: float
+    ymin: float
+    xmax: float
+    ymax: float
+    crs: str | int | None = None   # WKT, "EPSG:4326", 4326 or anything OSR reads; None = the raster's CRS
+
+
+@dataclass
+class Polygons:
+    wkts: list[str]
+    crs: str | int | None = None   # as BBox.crs
+
+
+@dataclass
+class TileSpec:
+    size: float = 224
+    unit: str = "px"               # "px" or "m"
+    overlap: float = 0.0           # fraction of the tile edge shared with the neighbour, 0 <= overlap < 1
+    extent: BBox | Polygons | None = None
+    bands: list[int] | None = None
+    edge: str = "shift"            # "shift", "pad" or "drop" (module docstring)
+
+
+@dataclass(frozen=True)
+class Tile:
+    row: int
+    col: int
+    window: tuple[int, int, int, int]   # (col_off, row_off, width, height) in pixels
+    polygon_wkt: str = field(repr=False)
+
+
+# --------------------------------------------------------------------------------------------- CRS
+
+def srs_from(crs, what: str = "CRS"):
+    """osr.SpatialReference from WKT / "EPSG:n" / n, with x = easting/longitude axis order."""
+    from osgeo import osr
+
+    srs = osr.SpatialReference()
+    text = f"EPSG:{crs}" if isinstance(crs, int) else str(crs).strip()
+    if text.isdigit():
+        text = f"EPSG:{text}"
+    if not text or srs.SetFromUserInput(text) != 0:
+        raise RemoteClipError(f"The {what} {str(crs)[:80]!r} is not a coordinate reference system GDAL knows.",
+                              "Give it as EPSG:XXXX or WKT.")
+    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    return srs
+
+
+def _quiet(fn, *args):
+    """Call fn with GDAL's messages kept off stderr: failures become RemoteClipErrors instead."""
+    from osgeo import gdal
+
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    try:
+        return fn(*args)
+    finally:
+        gdal.PopErrorHandler()
+
+
+def _srs_from_quiet(crs, what):
+    return _quiet(srs_from, crs, what)
+
+
+def _raster_srs(src):
+    if not getattr(src, "crs_wkt", ""):
+        raise RemoteClipError(f"Raster {src.name} has no coordinate reference system.",
+                              "Assign one first (QGIS: Raster > Projections > Assign Projection; GDAL: "
+                              "gdal_edit.py -a_srs EPSG:XXXX FILE).")
+    return _srs_from_quiet(src.crs_wkt, "raster's CRS")
+
+
+# ------------------------------------------------------------------------------------- tile size
+
+def _pixel_size(transform) -> tuple[float, float]:
+    a, b, _, d, e, _ = transform[:6]
+    return math.hypot(a, d), math.hypot(b, e)
+
+
+def tile_size_px(src, spec: TileSpec) -> tuple[int, int]:
+    """(width, height) of a tile in pixels for ``spec`` on ``src`` (checked, before the edge checks)."""
+    unit = (spec.unit or "px").lower()
+    size = float(spec.size)
+    if not size > 0 or math.isinf(size):
+        raise RemoteClipError(f"Tile size {spec.size!r} is not positive.", "Use e.g. --tile-size 224.")
+    if unit == "px":
+        if size != int(size):
+            raise RemoteClipError(f"Tile size {size:g} px is not a whole number of pixels.",
+                                  "Use whole pixels, e.g. --tile-size 224, or --tile-unit m for metres.")
+        tw = th = int(size)
+    elif unit == "m":
+        mx, my = _quiet(_metres_per_pixel, src)
+        tw, th = max(1, round(size / mx)), max(1, round(size / my))
+    else:
+        raise RemoteClipError(f"Unknown tile unit {spec.unit!r}.", "Use px (pixels) or m (metres).")
+    if min(tw, th) < MIN_TILE_PX:
+        got = f"{size:g} m ({min(tw, th)} px on this raster)" if unit == "m" else f"{size:g} px"
+        raise RemoteClipError(f"The tile size {got} is below the {MIN_TILE_PX} px minimum: the model would see "
+                              "a few blurred pixels.", f"Use tiles of at least {MIN_TILE_PX} px (224 px is what "
+                              "CLIP models see).")
+    return tw, th
+
+
+def _metres_per_pixel(src) -> tuple[float, float]:
+    """Ground metres of one pixel step along a row and along a column, at the raster's centre."""
+    from osgeo import osr
+
+    srs = _raster_srs(src)
+    if not (srs.IsGeographic() or srs.IsProjected()):
+        if srs.IsLocal():  # an engineering CRS: its own linear unit is all there is
+            px, py = _pixel_size(src.transform)
+            m = srs.GetLinearUnits() or 1.0
+            return px * m, py * m
+        raise RemoteClipError(f"The CRS of {src.name} is neither projected nor geographic.",
+                              "Use --tile-unit px, or reproject the raster.")
+    geo = srs.CloneGeogCS()
+    geo.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    ct = osr.CoordinateTransformation(srs, geo)
+    a, b, c, d, e, f = src.transform[:6]
+
+    def lonlat(col, row):
+        p = ct.TransformPoint(a * col + b * row + c, d * col + e * row + f)
+        return p[0], p[1]
+
+    cc, rr = src.width / 2, src.height / 2
+    try:
+        p0, px1, py1 = lonlat(cc, rr), lonlat(cc + 1, rr), lonlat(cc, rr + 1)
+    except RuntimeError:
+        p0 = None
+    if p0 is None or not all(math.isfinite(v) for v in (*p0, *px1, *py1)) or not -90 <= p0[1] <= 90:
+        raise RemoteClipError(f"The centre of {src.name} has no place on the globe in its CRS, so metres "
+                              "cannot be measured.", "Use --tile-unit px, or check the georeferencing.")
+    # local radii of curvature of the CRS's ellipsoid: enough for a one-pixel step
+    semi = geo.GetSemiMajor()
+    inv_f = geo.GetInvFlattening()
+    e2 = 0.0 if not inv_f else (2 - 1 / inv_f) / inv_f
+    rad = geo.GetAngularUnits()  # radians per degree (or whatever angle unit the CRS uses)
+    phi = math.radians(p0[1]) if abs(rad - math.pi / 180) < 1e-12 else p0[1] * rad
+    s2 = math.sin(phi) ** 2
+    normal = semi / math.sqrt(1 - e2 * s2)
+    meridional = semi * (1 - e2) / (1 - e2 * s2) ** 1.5
+
+    def dist(q):
+        dlon = (q[0] - p0[0]) * rad
+        dlon = (dlon + math.pi) % (2 * math.pi) - math.pi  # across the antimeridian
+        return math.hypot(dlon * normal * math.cos(phi), (q[1] - p0[1]) * rad * meridional)
+
+    return dist(px1), dist(py1)
+
+
+# ------------------------------------------------------------------------------------------ grid
+
+def _offsets(length: int, tile: int, step: int, edge: str) -> list[int]:
+    offs = list(range(0, length - tile + 1, step))
+    last_end = offs[-1] + tile
+    if last_end < length:
+        if edge == "shift":
+            offs.append(length - tile)
+        elif edge == "pad":
+            offs.append(offs[-1] + step)
+    return offs
+
+
+def _check_spec(src, spec) -> tuple[int, int, int, int, str]:
+    edge = (spec.edge or "shift").lower()
+    if edge not in EDGE_MODES:
+        raise RemoteClipError(f"Unknown edge mode {spec.edge!r}.", "Use shift (default), pad or drop.")
+    overlap = float(spec.overlap or 0.0)
+    if not 0.0 <= overlap < 1.0:
+        raise RemoteClipError(f"Overlap {overlap:g} is outside 0..1.", "Use a fraction of the tile, e.g. 0.25.")
+    tw, th = tile_size_px(src, spec)
+    if tw > src.width or th > src.height:
+        what = f"{spec.size:g} m ({tw} x {th} px)" if (spec.unit or "px") == "m" else f"{tw} px"
+        raise RemoteClipError(f"The tile size {what} is larger than the raster {src.name} ({src.width} x "
+                              f"{src.height} px).", f"Use a tile size of at most {min(src.width, src.height)} px"
+                              + (" (or fewer metres)." if (spec.unit or "px") == "m" else "."))
+    sx, sy = max(1, round(tw * (1 - overlap))), max(1, round(th * (1 - overlap)))
+    return tw, th, sx, sy, edge
+
+
+def make_grid(src, spec: TileSpec) -> list[Tile]:
+    """Candidate tiles of ``src`` for ``spec``, row by row (all-nodata tiles are dropped later, by the
+    pipeline, after reading). An extent that misses the raster gives an empty list."""
+    tw, th, sx, sy, edge = _check_spec(src, spec)
+    cols = _offsets(src.width, tw, sx, edge)
+    rows = _offsets(src.height, th, sy, edge)
+    ext = spec.extent
+    keep_poly = None
+    if ext is not None:
+        (pc0, pr0, pc1, pr1), keep_poly = _quiet(_extent_pixels, src, ext)
+        # tiles whose window overlaps the extent's pixel rectangle (open intervals: touching is not enough)
+        cidx = [i for i, c in enumerate(cols) if c < pc1 and c + tw > pc0]
+        ridx = [i for i, r in enumerate(rows) if r < pr1 and r + th > pr0]
+    else:
+        cidx, ridx = range(len(cols)), range(len(rows))
+    t = src.transform
+    tiles = []
+    for i in ridx:
+        for j in cidx:
+            win = (cols[j], rows[i], tw, th)
+            wkt = window_polygon_wkt(t, win)
+            if keep_poly is not None and not keep_poly.shares_area(wkt):
+                continue
+            tiles.append(Tile(i, j, win, wkt))
+    return tiles
+
+
+def window_polygon_wkt(transform, window) -> str:
+    """The pixel window's outline in map coordinates (counter-clockwise ring, exact affine values)."""
+    a, b, c, d, e, f = transform[:6]
+    c0, r0, w, h = window
+    corners = [(c0, r0), (c0, r0 + h), (c0 + w, r0 + h), (c0 + w, r0)]
+    pts = [(a * x + b * y + c, d * x + e * y + f) for x, y in corners]
+    area2 = sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(pts, pts[1:] + pts[:1], strict=True))
+    if area2 < 0:
+        pts = [pts[0], *pts[:0:-1]]
+    pts.append(pts[0])
+    return "POLYGON ((" + ", ".join(f"{x!r} {y!r}" for x, y in pts) + "))"
+
+
+# --------------------------------------------------------------------------------------- extents
+
+def _to_pixels(transform):
+    a, b, c, d, e, f = transform[:6]
+    det = a * e - b * d
+    if det == 0:
+        raise RemoteClipError("The raster's geotransform cannot be inverted.", "Check its georeferencing.")
+
+    def inv(x, y):
+        x, y = x - c, y - f
+        return (e * x - b * y) / det, (-d * x + a * y) / det
+
+    return inv
+
+
+def _extent_pixels(src, ext):
+    """Pixel rectangle (col0, row0, col1, row1) the extent covers, and the polygons (OGR, raster CRS) to
+    test tiles against (None for a bbox)."""
+    from osgeo import ogr, osr
+
+    rsrs = _raster_srs(src)
+    if isinstance(ext, BBox):
+        vals = [float(v) for v in (ext.xmin, ext.ymin, ext.xmax, ext.ymax)]
+        if not all(math.isfinite(v) for v in vals) or vals[0] >= vals[2] or vals[1] >= vals[3]:
+            raise RemoteClipError(f"The bounding box {vals} is empty or not finite.",
+                                  "Give xmin < xmax and ymin < ymax.")
+        xmin, ymin, xmax, ymax = vals
+        ring = ogr.Geometry(ogr.wkbLinearRing)
+        for x, y in ((xmin, ymin), (xmin, ymax), (xmax, ymax), (xmax, ymin), (xmin, ymin)):
+            ring.AddPoint_2D(x, y)
+        geom = ogr.Geometry(ogr.wkbPolygon)
+        geom.AddGeometry(ring)
+        if ext.crs is not None:
+            geom.Segmentize(max(xmax - xmin, ymax - ymin) / _DENSIFY)
+        keep = None
+    elif isinstance(ext, Polygons):
+        wkts = [ext.wkts] if isinstance(ext.wkts, str) else list(ext.wkts or [])
+        if not wkts:
+            raise RemoteClipError("The polygon extent holds no polygons.", "Give at least one polygon.")
+        geom = ogr.Geometry(ogr.wkbMultiPolygon)
+        for w in wkts:
+            g = ogr.CreateGeometryFromWkt(w) if isinstance(w, str) else None
+            if g is None or g.IsEmpty():
+                raise RemoteClipError(f"Extent polygon {str(w)[:60]!r} is not a valid WKT geometry.",
+                                      "Give polygons as WKT, e.g. 'POLYGON ((0 0, 1 0, 1 1, 0 0))'.")
+            kind = ogr.GT_Flatten(g.GetGeometryType())
+            if kind == ogr.wkbPolygon:
+                geom.AddGeometry(g.Clone())
+            elif kind == ogr.wkbMultiPolygon:
+                for i in range(g.GetGeometryCount()):
+                    geom.AddGeometry(g.GetGeometryRef(i).Clone())
+            else:
+                raise RemoteClipError(f"Extent geometry {w[:60]!r} is not a polygon.",
+                                      "Give polygons or multipolygons.")
+        geom.FlattenTo2D()
+        keep = True
+    else:
+        raise RemoteClipError(f"Unknown extent {type(ext).__name__}.", "Use BBox(...) or Polygons(...).")
+    if ext.crs is not None:
+        esrs = _srs_from_quiet(ext.crs, "extent's CRS")
+        if not esrs.IsSame(rsrs):
+            geom.AssignSpatialReference(esrs)
+            ct = osr.CoordinateTransformation(esrs, rsrs)
+            if keep is not None:
+                # reproject densified polygons so their straight edges may curve
+                env = geom.GetEnvelope()
+                geom.Segmentize(max(env[1] - env[0], env[3] - env[2]) / _DENSIFY)
+            if geom.Transform(ct) != 0 or not _finite(geom):
+                raise RemoteClipError("The extent cannot be transformed into the raster's CRS (it is outside "
+                                      "the area where that CRS is defined).", "Give an extent over the raster.")
+    if keep is not None:
+        keep = _PolygonIndex(geom)
+    inv = _to_pixels(src.transform)
+    pts = _points(geom)
+    px = [inv(x, y) for x, y in pts]
+    c0, c1 = min(p[0] for p in px), max(p[0] for p in px)
+    r0, r1 = min(p[1] for p in px), max(p[1] for p in px)
+    return (c0, r0, c1, r1), keep
+
+
+def _finite(geom) -> bool:
+    return all(math.isfinite(v) for p in _points(geom) for v in p)
+
+
+def _points(geom) -> list[tuple[float, float]]:
+    out = []
+    n = geom.GetGeometryCount()
+    if n:
+        for i in range(n):
+            out.extend(_points(geom.GetGeometryRef(i)))
+    else:
+        out.extend((geom.GetX(i), geom.GetY(i)) for i in range(geom.GetPointCount()))
+    return out
+
+
+class _PolygonIndex:
+    """The extent's polygons, one by one (no union: drawn polygons often overlap or self-intersect),
+    with their envelopes in a numpy array to find the few a tile may meet."""
+
+    def __init__(self, multi):
+        import numpy as np
+
+        self.parts = []
+        for i in range(multi.GetGeometryCount()):
+            g = multi.GetGeometryRef(i).Clone()
+            g.AssignSpatialReference(None)
+            if not g.IsValid():
+                g = g.MakeValid() or g
+            self.parts.append(g)
+        env = [g.GetEnvelope() for g in self.parts]  # (xmin, xmax, ymin, ymax)
+        self.env = np.asarray(env, dtype=np.float64).reshape(-1, 4)
+
+    def shares_area(self, wkt: str) -> bool:
+        """The tile shares area with a polygon (a common edge or corner alone is not enough)."""
+        from osgeo import ogr
+
+        tile = ogr.CreateGeometryFromWkt(wkt)
+        x0, x1, y0, y1 = tile.GetEnvelope()
+        e = self.env
+        for i in ((e[:, 0] <= x1) & (e[:, 1] >= x0) & (e[:, 2] <= y1) & (e[:, 3] >= y0)).nonzero()[0]:
+            p = self.parts[i]
+            if p.Intersects(tile) and not p.Touches(tile):
+                return True
+        return False
+
+
+# -------------------------------------------------------------------------------------- identity
+
+def spec_params(spec: TileSpec) -> dict:
+    """The grid part of a spec as plain JSON values (for the embedding cache's key and sidecar)."""
+    ext = spec.extent
+    if ext is None:
+        e = None
+    elif isinstance(ext, BBox):
+        e = {"bbox": [float(ext.xmin), float(ext.ymin), float(ext.xmax), float(ext.ymax)],
+             "crs": None if ext.crs is None else str(ext.crs)}
+    else:
+        wkts = [ext.wkts] if isinstance(ext.wkts, str) else list(ext.wkts)
+        h = hashlib.sha256("\n".join(wkts).encode()).hexdigest()
+        e = {"polygons": len(wkts), "sha256": h, "crs": None if ext.crs is None else str(ext.crs)}
+    return {"size": float(spec.size), "unit": spec.unit or "px", "overlap": float(spec.overlap or 0.0),
+            "edge": spec.edge or "shift", "extent": e}

@@ -1,0 +1,357 @@
+"""core.jobs.run_job end to end on the real rasters of ../shared/data with the tiny bundle."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from core.errors import Cancelled, RemoteClipError
+from core.jobs import (
+    UNKNOWN,
+    BBox,
+    CountTask,
+    EmbedTask,
+    Job,
+    LabelTask,
+    RunOptions,
+    SearchTask,
+    TileSpec,
+    run_job,
+)
+
+LABELS = ["buildings", "trees", "road", "bare soil"]
+
+
+@pytest.fixture(scope="module")
+def mosaic(data_dir):
+    return str(data_dir / "orthomosaic" / "kampala_oam_z20_mosaic_1536x1024.tif")
+
+
+def _job(raster, bundle, task=None, cache_dir="", **kw):
+    run = RunOptions(model=str(bundle), batch_size=kw.pop("batch_size", 8), cache_dir=cache_dir)
+    return Job(raster=raster, task=task or LabelTask(LABELS), run=run, **kw)
+
+
+class CountingSource:
+    """A real RasterSource over core.raster's reader that counts pixel reads (for cache tests)."""
+
+    def __init__(self, path):
+        from core.raster import open_raster
+
+        self._src = open_raster(path)
+        self.reads = 0
+
+    def __getattr__(self, name):
+        return getattr(self._src, name)
+
+    def read(self, bands, window, out_shape=None):
+        self.reads += 1
+        return self._src.read(bands, window, out_shape)
+
+    def close(self):
+        self._src.close()
+
+
+def _read_layer(path):
+    from osgeo import ogr
+
+    ds = ogr.Open(str(path))
+    lyr = ds.GetLayer(0)
+    defn = lyr.GetLayerDefn()
+    names = [defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())]
+    feats = [{n: f.GetField(n) for n in names} for f in lyr]
+    return names, feats
+
+
+def test_label_job_writes_every_tile(mosaic, tiny_bundle, tmp_path):
+    seen = []
+    out = tmp_path / "labels.gpkg"
+    res = run_job(_job(mosaic, tiny_bundle, output=str(out), tiles=TileSpec(size=256)),
+                  progress=lambda f, m: seen.append(f))
+    # 1536 x 1024 in 256 px tiles
+    assert res.n_tiles == len(res.records) == 6 * 4
+    assert res.provider in ("CPUExecutionProvider", "CUDAExecutionProvider")
+    assert not res.cache_hit and res.output == str(out)
+    assert {(r["row"], r["col"]) for r in res.records} == {(r, c) for r in range(4) for c in range(6)}
+    pfields = [f for f in res.fields if f.startswith("p_")]
+    assert len(pfields) == len(LABELS) and all(len(f) <= 10 for f in res.fields)
+    assert [res.field_map[f] for f in pfields] == LABELS
+    for r in res.records:
+        probs = [r[f] for f in pfields]
+        assert abs(sum(probs) - 1) < 1e-4
+        assert r["label"] == LABELS[int(np.argmax(probs))] and r["score"] == pytest.approx(max(probs))
+        assert r["top_labels"].split("|")[0] == r["label"] and len(r["top_labels"].split("|")) == 3
+        assert r["geometry"].upper().startswith("POLYGON")
+    assert seen == sorted(seen) and seen[-1] == 1.0 and len(seen) >= 4
+    names, feats = _read_layer(out)
+    assert len(feats) == 24 and {"row", "col", "label", "score", *pfields} <= set(names)
+    assert sorted((f["row"], f["col"], f["label"]) for f in feats) == sorted(
+        (r["row"], r["col"], r["label"]) for r in res.records)
+
+
+def test_threshold_makes_unknown_and_dissolve_merges(mosaic, tiny_bundle, tmp_path):
+    res = run_job(_job(mosaic, tiny_bundle, task=LabelTask(LABELS, threshold=0.999), tiles=TileSpec(size=256)))
+    assert all(r["label"] == UNKNOWN for r in res.records if r["score"] < 0.999)
+    out = tmp_path / "d.gpkg"
+    res = run_job(_job(mosaic, tiny_bundle, output=str(out), dissolve=True, tiles=TileSpec(size=256)))
+    _, feats = _read_layer(out)
+    assert 1 <= len(feats) <= len({r["label"] for r in res.records}) * res.n_tiles
+    assert len(feats) < res.n_tiles
+
+
+def test_nodata_tiles_are_dropped(data_dir, tiny_bundle):
+    # Landsat scene rotated inside its frame: the corners are nodata
+    raster = str(data_dir / "geotiff" / "rasterio_RGB.byte.tif")
+    res = run_job(_job(raster, tiny_bundle, tiles=TileSpec(size=64)))
+    from core.raster import open_raster
+    from core.tiles import make_grid
+
+    src = open_raster(raster)
+    try:
+        grid = make_grid(src, TileSpec(size=64))
+    finally:
+        src.close()
+    assert 0 < res.n_tiles < len(grid)
+
+
+def test_count_and_search(mosaic, tiny_bundle, tmp_path):
+    res = run_job(_job(mosaic, tiny_bundle, task=CountTask("car"), tiles=TileSpec(size=256)))
+    assert all(1 <= r["count"] <= 10 and 0 < r["count_conf"] <= 1 for r in res.records)
+    assert res.fields == ["row", "col", "count", "count_conf"]
+    out = tmp_path / "s.shp"
+    res = run_job(_job(mosaic, tiny_bundle, task=SearchTask("a swimming pool", top_k=5), output=str(out),
+                       tiles=TileSpec(size=256)))
+    sims = [r["similarity"] for r in res.records]
+    assert sorted(r["rank"] for r in res.records) == list(range(1, 25))
+    best = max(res.records, key=lambda r: r["similarity"])
+    assert best["rank"] == 1 and all(-1 <= s <= 1 for s in sims)
+    assert sum(r["selected"] for r in res.records) == 5
+    assert all(r["selected"] == (r["rank"] <= 5) for r in res.records)
+    # halfway between the 8th and 9th best (similarities in records are rounded to 6 decimals)
+    ranked = sorted(sims)
+    assert ranked[-8] > ranked[-9]
+    thr = (ranked[-8] + ranked[-9]) / 2
+    res2 = run_job(_job(mosaic, tiny_bundle, task=SearchTask("a swimming pool", threshold=thr),
+                        tiles=TileSpec(size=256)))
+    assert sum(r["selected"] for r in res2.records) == 8
+    names, feats = _read_layer(out)
+    assert len(feats) == 24 and {"similarity", "rank", "selected"} <= set(names)
+
+
+def test_cache_reuse_reads_no_pixels_and_runs_no_image_encoder(mosaic, tiny_bundle, tmp_path):
+    cache = str(tmp_path / "cache")
+    src = CountingSource(mosaic)
+    first = run_job(_job(src, tiny_bundle, cache_dir=cache, task=EmbedTask(), tiles=TileSpec(size=256)))
+    assert not first.cache_hit and src.reads >= 24 and first.images_encoded == 24
+    src.reads = 0
+    relabel = run_job(_job(src, tiny_bundle, cache_dir=cache, task=LabelTask(["water", "forest", "roofs"]),
+                           tiles=TileSpec(size=256)))
+    assert relabel.cache_hit and src.reads == 0 and relabel.images_encoded == 0
+    np.testing.assert_array_equal(relabel.embeddings, first.embeddings)
+    search = run_job(_job(src, tiny_bundle, cache_dir=cache, task=SearchTask("a road"), tiles=TileSpec(size=256)))
+    assert search.cache_hit and src.reads == 0
+    # the cached result equals a fresh computation
+    fresh = run_job(_job(mosaic, tiny_bundle, task=LabelTask(["water", "forest", "roofs"]), tiles=TileSpec(size=256)))
+    assert [r["label"] for r in fresh.records] == [r["label"] for r in relabel.records]
+    # another grid is another cache entry
+    src.reads = 0
+    other = run_job(_job(src, tiny_bundle, cache_dir=cache, tiles=TileSpec(size=300)))
+    assert not other.cache_hit and src.reads > 0
+    src.close()
+
+
+def test_bbox_extent_limits_tiles(mosaic, tiny_bundle):
+    from core.raster import open_raster
+
+    src = open_raster(mosaic)
+    a, _, c, _, e, f = src.transform[:6]
+    src.close()
+    # the top-left 2 x 2 tiles of 256 px
+    bbox = BBox(c + a * 10, f + e * 500, c + a * 500, f + e * 10, None)
+    res = run_job(_job(mosaic, tiny_bundle, tiles=TileSpec(size=256, extent=bbox)))
+    assert {(r["row"], r["col"]) for r in res.records} == {(0, 0), (0, 1), (1, 0), (1, 1)}
+
+
+def test_cancel_writes_nothing_and_keeps_an_existing_output(mosaic, tiny_bundle, tmp_path):
+    out = tmp_path / "keep.gpkg"
+    run_job(_job(mosaic, tiny_bundle, output=str(out), tiles=TileSpec(size=256)))
+    before = out.read_bytes()
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(Cancelled):
+        run_job(_job(mosaic, tiny_bundle, output=str(out), tiles=TileSpec(size=128), batch_size=4),
+                is_cancelled=cancel)
+    assert out.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["keep.gpkg"]
+    new = tmp_path / "new.gpkg"
+    with pytest.raises(Cancelled):
+        run_job(_job(mosaic, tiny_bundle, output=str(new), tiles=TileSpec(size=128), batch_size=4),
+                is_cancelled=lambda: True)
+    assert not new.exists() and sorted(os.listdir(tmp_path)) == ["keep.gpkg"]
+
+
+def test_long_prompt_is_cut_with_a_warning(mosaic, tiny_bundle):
+    long = "a very large industrial area with " + "many warehouses and trucks and containers " * 12
+    res = run_job(_job(mosaic, tiny_bundle, task=LabelTask(["trees", long], templates=["{}"]),
+                       tiles=TileSpec(size=512)))
+    assert len(res.warnings) == 1 and "was cut" in res.warnings[0] and "many warehouses" in res.warnings[0]
+
+
+@pytest.mark.parametrize("labels,match", [([], "empty"), (["a", ""], "empty name"), (["water", "Water"], "more than once"),
+                                          (["water"], "at least two")])
+def test_bad_labels(mosaic, tiny_bundle, labels, match):
+    with pytest.raises(RemoteClipError, match=match):
+        run_job(_job(mosaic, tiny_bundle, task=LabelTask(labels)))
+
+
+def test_bad_rasters(data_dir, tiny_bundle, tmp_path):
+    with pytest.raises(RemoteClipError, match="not found|does not exist|No such"):
+        run_job(_job(str(tmp_path / "missing.tif"), tiny_bundle))
+    junk = tmp_path / "junk.tif"
+    junk.write_bytes(b"this is not a GeoTIFF" * 10)
+    with pytest.raises(RemoteClipError):
+        run_job(_job(str(junk), tiny_bundle))
+    # a real image without any georeferencing
+    png = str(data_dir / "counting" / "dota" / "images" / "P1888.png")
+    with pytest.raises(RemoteClipError, match="coordinate reference system|CRS"):
+        run_job(_job(png, tiny_bundle))
+    small = str(data_dir / "geotiff" / "rasterio_RGB.byte.tif")
+    with pytest.raises(RemoteClipError, match="larger than the raster|tile"):
+        run_job(_job(small, tiny_bundle, tiles=TileSpec(size=2000)))
+
+
+def test_bad_bundle_and_output(mosaic, tiny_bundle, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bundle, broken)
+    (broken / "image_fp32.onnx").write_bytes(b"garbage")
+    with pytest.raises(RemoteClipError):
+        run_job(_job(mosaic, broken, tiles=TileSpec(size=512)))
+    with pytest.raises(RemoteClipError, match="not found"):
+        run_job(_job(mosaic, tmp_path / "nope"))
+    with pytest.raises(RemoteClipError, match="GeoPackage"):
+        run_job(_job(mosaic, tiny_bundle, output=str(tmp_path / "x.csv")))
+
+
+def test_count_captions_follow_remotecount():
+    from core.prompts import count_captions, plural
+
+    caps = count_captions("car", 10)
+    assert len(caps) == 10 and caps[0] == ["There is one car in the image."]
+    assert caps[1] == ["There are two cars in the image."] and caps[9] == ["There are ten cars in the image."]
+    assert plural("tennis court") == "tennis courts" and plural("bus") == "buses" and plural("ferry") == "ferries"
+    with pytest.raises(RemoteClipError, match="count"):
+        count_captions("car", 3, ["a photo of {object}"])
+
+
+def test_template_ensemble_is_clip_benchmarks(tiny_bundle):
+    from core.inference import Encoder
+    from core.jobs import _ensemble, slug_fields
+    from core.prompts import DEFAULT_TEMPLATES, label_prompts
+
+    enc = Encoder(tiny_bundle, device="cpu")
+    groups = label_prompts(["harbor", "forest"])
+    assert groups[0][0] == DEFAULT_TEMPLATES[0].format("harbor")
+    got = _ensemble(enc, groups, [])
+    for g, row in zip(groups, got, strict=True):
+        e = enc.encode_texts(g)
+        e /= np.linalg.norm(e, axis=1, keepdims=True)
+        m = e.mean(axis=0)
+        np.testing.assert_allclose(row, m / np.linalg.norm(m), atol=1e-6)
+    assert slug_fields(["Bare soil", "bare-soil", "a very long class name"]) == ["p_bare_soi", "p_bare_so1",
+                                                                              "p_a_very_l"]
+
+
+@pytest.mark.parametrize("rel,tile,epsg", [("orthomosaic/kampala_oam_z20_mosaic_1536x1024.tif", 256, 4326),
+                                           ("geotiff/rasterio_RGB.byte.tif", 64, 32618)])
+def test_output_crs_and_polygons_are_the_rasters(data_dir, tiny_bundle, tmp_path, rel, tile, epsg):
+    """The written layer is in the raster's CRS and each polygon is its pixel window through the affine
+    (read independently with rasterio; WKB keeps the exact doubles)."""
+    import rasterio
+    from osgeo import ogr, osr
+
+    raster = str(data_dir / rel)
+    out = tmp_path / "t.gpkg"
+    res = run_job(_job(raster, tiny_bundle, output=str(out), tiles=TileSpec(size=tile)))
+    with rasterio.open(raster) as ds:
+        t, width, height = ds.transform, ds.width, ds.height
+    ds = ogr.Open(str(out))
+    lyr = ds.GetLayer(0)
+    want = osr.SpatialReference()
+    want.ImportFromEPSG(epsg)
+    assert lyr.GetSpatialRef().IsSame(want, ["IGNORE_DATA_AXIS_TO_SRS_AXIS_MAPPING=YES"])
+    n = 0
+    for f in lyr:
+        row, col = f.GetField("row"), f.GetField("col")
+        # the grid rule: steps of `tile` px, the last row/column shifted back inside the raster
+        c0, r0 = min(col * tile, width - tile), min(row * tile, height - tile)
+        g = ogr.CreateGeometryFromWkb(bytes(f.GetGeometryRef().ExportToWkb()))
+        ring = g.GetGeometryRef(0)
+        got = {(ring.GetX(i), ring.GetY(i)) for i in range(ring.GetPointCount())}
+        assert got == {t * (c0, r0), t * (c0 + tile, r0), t * (c0 + tile, r0 + tile), t * (c0, r0 + tile)}
+        n += 1
+    assert n == res.n_tiles > 0
+
+
+def test_sixteen_bit_and_hillshade_rasters(data_dir, tiny_bundle):
+    pan = run_job(_job(str(data_dir / "geotiff" / "solaris_sample_geotiff.tif"), tiny_bundle,
+                       tiles=TileSpec(size=100)))
+    assert pan.n_tiles == 81 and len({r["label"] for r in pan.records}) >= 1
+    # hillshade: one band as grey, nodata 255 covers most of it, so most tiles are dropped
+    shade = str(data_dir / "geotiff" / "rasterio_shade.tif")
+    res = run_job(_job(shade, tiny_bundle, tiles=TileSpec(size=128)))
+    assert 0 < res.n_tiles < 64
+    from core.raster import open_raster
+
+    with open_raster(shade) as src:
+        kept = {(r["row"], r["col"]) for r in res.records}
+        for row in range(8):
+            for col in range(8):
+                _, valid = src.read([1], (col * 128, row * 128, 128, 128))
+                assert ((row, col) in kept) == bool(valid.any())
+
+
+def test_tile_size_in_metres_on_4326_and_extents(mosaic, tiny_bundle, data_dir):
+    res = run_job(_job(mosaic, tiny_bundle, tiles=TileSpec(size=30, unit="m")))
+    # 30 m on ~0.149 x 0.148 m pixels: 201 x 202 px tiles, 8 columns x 6 rows with the shifted edge
+    assert res.n_tiles == 8 * 6
+    # a bbox in UTM 36N around the centre of the mosaic
+    from osgeo import osr
+
+    src_srs, utm = osr.SpatialReference(), osr.SpatialReference()
+    src_srs.ImportFromEPSG(4326)
+    utm.ImportFromEPSG(32636)
+    for s in (src_srs, utm):
+        s.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    ct = osr.CoordinateTransformation(src_srs, utm)
+    x, y = ct.TransformPoint(32.5947, 0.35087)[:2]
+    res = run_job(_job(mosaic, tiny_bundle, tiles=TileSpec(size=256, extent=BBox(x - 10, y - 10, x + 10, y + 10,
+                                                                                   "EPSG:32636"))))
+    assert 1 <= res.n_tiles <= 4
+    # the real building outlines (CRS84) select a subset of the tiles
+    from core.cli import _polygons
+
+    polys = _polygons(str(data_dir / "orthomosaic" / "kampala_buildings_z21_chips.geojson"))
+    res = run_job(_job(mosaic, tiny_bundle, tiles=TileSpec(size=128, extent=polys)))
+    assert 0 < res.n_tiles < 12 * 8
+
+
+def test_bands_and_edge_modes(data_dir, tiny_bundle):
+    raster = str(data_dir / "geotiff" / "rasterio_RGB.byte.tif")
+    bgr = run_job(_job(raster, tiny_bundle, tiles=TileSpec(size=128, bands=[3, 2, 1])))
+    grey = run_job(_job(raster, tiny_bundle, tiles=TileSpec(size=128, bands=[2])))
+    rgb = run_job(_job(raster, tiny_bundle, tiles=TileSpec(size=128)))
+    assert bgr.n_tiles == grey.n_tiles == rgb.n_tiles
+    assert not np.allclose(bgr.embeddings, rgb.embeddings)
+    with pytest.raises(RemoteClipError, match="Band 4 does not exist"):
+        run_job(_job(raster, tiny_bundle, tiles=TileSpec(size=128, bands=[4, 3, 2])))
+    pad = run_job(_job(raster, tiny_bundle, tiles=TileSpec(size=128, edge="pad")))
+    drop = run_job(_job(raster, tiny_bundle, tiles=TileSpec(size=128, edge="drop")))
+    assert max(r["col"] for r in pad.records) == 6 and max(r["col"] for r in drop.records) == 5
+    assert drop.n_tiles < pad.n_tiles

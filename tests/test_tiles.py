@@ -1,0 +1,274 @@
+"""core.tiles on the real rasters: grids, edge modes, tile sizes in metres, extents in other CRSs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from osgeo import ogr, osr
+
+from core.errors import RemoteClipError
+from core.raster import open_raster
+from core.tiles import MIN_TILE_PX, BBox, Polygons, TileSpec, make_grid, spec_params, tile_size_px
+
+
+@pytest.fixture(scope="module")
+def rasters(data_dir):
+    paths = {"kampala": "orthomosaic/kampala_oam_z20_mosaic_1536x1024.tif",   # EPSG:4326
+             "landsat": "geotiff/rasterio_RGB.byte.tif",                       # EPSG:32618, 791 x 718
+             "shade": "geotiff/rasterio_shade.tif",                            # EPSG:3857
+             "pan": "geotiff/solaris_sample_geotiff.tif"}                      # EPSG:32616, 0.5 m
+    srcs = {k: open_raster(data_dir / v) for k, v in paths.items()}
+    yield srcs
+    for s in srcs.values():
+        s.close()
+
+
+def _srs(epsg):
+    s = osr.SpatialReference()
+    s.ImportFromEPSG(epsg)
+    s.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    return s
+
+
+def _ring(wkt):
+    g = ogr.CreateGeometryFromWkt(wkt)
+    r = g.GetGeometryRef(0)  # g must stay alive while r is used
+    return [(r.GetX(i), r.GetY(i)) for i in range(r.GetPointCount())]
+
+
+def _corners(transform, window):
+    a, b, c, d, e, f = transform
+    c0, r0, w, h = window
+    return {(a * x + b * y + c, d * x + e * y + f) for x, y in
+            ((c0, r0), (c0 + w, r0), (c0 + w, r0 + h), (c0, r0 + h))}
+
+
+def test_pixel_grid_and_polygons_follow_the_affine(rasters):
+    src = rasters["kampala"]
+    import rasterio
+
+    with rasterio.open(src.path) as ds:
+        t = ds.transform
+    grid = make_grid(src, TileSpec(size=256))
+    assert [(g.row, g.col) for g in grid] == [(r, c) for r in range(4) for c in range(6)]
+    for g in grid:
+        assert g.window == (256 * g.col, 256 * g.row, 256, 256)
+        ring = _ring(g.polygon_wkt)
+        assert len(ring) == 5 and ring[0] == ring[-1]
+        # exact: the same float values as rasterio's Affine gives for the pixel corners
+        c0, r0, w, h = g.window
+        want = {t * (x, y) for x, y in ((c0, r0), (c0 + w, r0), (c0 + w, r0 + h), (c0, r0 + h))}
+        assert set(ring) == want
+        assert ogr.CreateGeometryFromWkt(g.polygon_wkt).IsValid()
+    # neighbours share their edge exactly
+    a, b = grid[0], grid[1]
+    assert len(set(_ring(a.polygon_wkt)) & set(_ring(b.polygon_wkt))) == 2
+
+
+def test_edge_modes(rasters):
+    src = rasters["landsat"]  # 791 x 718
+    shift = make_grid(src, TileSpec(size=100))
+    cols = sorted({g.window[0] for g in shift})
+    rows = sorted({g.window[1] for g in shift})
+    assert cols == [0, 100, 200, 300, 400, 500, 600, 691] and rows == [0, 100, 200, 300, 400, 500, 600, 618]
+    assert all(g.window[2:] == (100, 100) for g in shift)
+    assert all(g.window[0] + 100 <= 791 and g.window[1] + 100 <= 718 for g in shift)
+    pad = make_grid(src, TileSpec(size=100, edge="pad"))
+    assert sorted({g.window[0] for g in pad})[-1] == 700 and sorted({g.window[1] for g in pad})[-1] == 700
+    drop = make_grid(src, TileSpec(size=100, edge="drop"))
+    assert len(drop) == 7 * 7 and max(g.window[0] + 100 for g in drop) == 700
+    # a grid that ends exactly on the raster edge is the same in every mode
+    k = rasters["kampala"]
+    assert [g.window for g in make_grid(k, TileSpec(size=256, edge="drop"))] == \
+        [g.window for g in make_grid(k, TileSpec(size=256))]
+
+
+def test_overlap_is_a_fraction_of_the_tile(rasters):
+    src = rasters["kampala"]
+    grid = make_grid(src, TileSpec(size=256, overlap=0.25))
+    cols = sorted({g.window[0] for g in grid})
+    assert cols[:3] == [0, 192, 384] and cols[-1] == 1536 - 256
+    assert all(b - a <= 192 for a, b in zip(cols, cols[1:], strict=False))
+
+
+@pytest.mark.parametrize("spec,match", [
+    (TileSpec(size=2000), "larger than the raster"),
+    (TileSpec(size=800), "larger than the raster"),  # wider than 718 rows
+    (TileSpec(size=MIN_TILE_PX - 1), "minimum"),
+    (TileSpec(size=1000, unit="m"), "minimum"),       # 1 km on 300 m pixels: 3 px
+    (TileSpec(size=10_000_000, unit="m"), "larger than the raster"),
+    (TileSpec(size=64.5), "whole number"),
+    (TileSpec(size=0), "not positive"),
+    (TileSpec(size=64, overlap=1.0), "Overlap"),
+    (TileSpec(size=64, overlap=-0.1), "Overlap"),
+    (TileSpec(size=64, unit="km"), "unit"),
+    (TileSpec(size=64, edge="wrap"), "edge"),
+])
+def test_bad_specs(rasters, spec, match):
+    with pytest.raises(RemoteClipError, match=match):
+        make_grid(rasters["landsat"], spec)
+
+
+def _ground_edges(src, window, utm_epsg):
+    """Lengths in metres of a tile's top and left edges, measured in a UTM zone (independent of core)."""
+    ct = osr.CoordinateTransformation(_srs_from_wkt(src.crs_wkt), _srs(utm_epsg))
+    a, b, c, d, e, f = src.transform
+    c0, r0, w, h = window
+
+    def utm(x, y):
+        p = ct.TransformPoint(a * x + b * y + c, d * x + e * y + f)
+        return p[0], p[1]
+
+    tl, tr, bl = utm(c0, r0), utm(c0 + w, r0), utm(c0, r0 + h)
+    return math.dist(tl, tr), math.dist(tl, bl)
+
+
+def _srs_from_wkt(wkt):
+    s = osr.SpatialReference()
+    s.ImportFromWkt(wkt)
+    s.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    return s
+
+
+@pytest.mark.parametrize("name,metres,utm", [("kampala", 30, 32636),   # degrees (EPSG:4326), Kampala: UTM 36N
+                                             ("shade", 1000, 32613),   # Web Mercator at ~40 N: UTM 13N
+                                             ("pan", 100, 32616)])     # UTM 16N itself
+def test_tile_size_in_metres_is_metres_on_the_ground(rasters, name, metres, utm):
+    src = rasters[name]
+    tw, th = tile_size_px(src, TileSpec(size=metres, unit="m"))
+    grid = make_grid(src, TileSpec(size=metres, unit="m"))
+    mid = grid[len(grid) // 2]
+    assert mid.window[2:] == (tw, th)
+    ew, eh = _ground_edges(src, mid.window, utm)
+    # within a pixel's rounding and the scale factor of a UTM zone
+    px_w, px_h = ew / tw, eh / th
+    assert abs(ew - metres) <= px_w / 2 + metres * 1e-3, (ew, metres)
+    assert abs(eh - metres) <= px_h / 2 + metres * 1e-3, (eh, metres)
+
+
+def test_tile_size_in_metres_on_4326_converts_at_the_centre_latitude(rasters):
+    src = rasters["kampala"]
+    tw, th = tile_size_px(src, TileSpec(size=30, unit="m"))
+    # about 0.149 m per pixel east-west and 0.148 m north-south at 0.35 N
+    assert (tw, th) == (round(30 / 0.14929), round(30 / 0.14829))
+
+
+def test_bbox_in_the_raster_crs_and_in_another_crs(rasters):
+    src = rasters["kampala"]
+    a, _, c, _, e, f = src.transform
+    bbox = BBox(c + a * 10, f + e * 500, c + a * 500, f + e * 10, None)
+    same = make_grid(src, TileSpec(size=256, extent=bbox))
+    assert [(g.row, g.col) for g in same] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    # a box in UTM 36N between the UTM positions of pixels (20, 490) and (490, 20)
+    ct = osr.CoordinateTransformation(_srs(4326), _srs(32636))
+    x0, y0 = ct.TransformPoint(c + a * 20, f + e * 490)[:2]
+    x1, y1 = ct.TransformPoint(c + a * 490, f + e * 20)[:2]
+    inner = BBox(x0, y0, x1, y1, "EPSG:32636")
+    utm = make_grid(src, TileSpec(size=256, extent=inner))
+    assert [(g.row, g.col) for g in utm] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert [g.window for g in utm] == [g.window for g in same]  # one grid, anchored at the raster's origin
+    # lon/lat box on a UTM raster: traditional GIS axis order (x = longitude)
+    land = rasters["landsat"]
+    ct = osr.CoordinateTransformation(_srs_from_wkt(land.crs_wkt), _srs(4326))
+    a, _, c, _, e, f = land.transform
+    lon0, lat0 = ct.TransformPoint(c + a * 300, f + e * 300)[:2]
+    lon1, lat1 = ct.TransformPoint(c + a * 420, f + e * 180)[:2]
+    got = make_grid(land, TileSpec(size=64, extent=BBox(lon0, lat0, lon1, lat1, 4326)))
+    assert got and all(g.window[0] + 64 > 290 and g.window[0] < 430 for g in got)
+    assert all(g.window[1] + 64 > 170 and g.window[1] < 310 for g in got)
+    assert {(4, 4), (4, 5), (3, 6)} <= {(g.row, g.col) for g in got}
+
+
+def test_bbox_outside_the_raster_gives_no_tiles(rasters):
+    src = rasters["kampala"]
+    assert make_grid(src, TileSpec(size=256, extent=BBox(10.0, 10.0, 10.1, 10.1, "EPSG:4326"))) == []
+    with pytest.raises(RemoteClipError, match="empty"):
+        make_grid(src, TileSpec(size=256, extent=BBox(1.0, 1.0, 0.5, 2.0)))
+    with pytest.raises(RemoteClipError, match="coordinate reference system"):
+        make_grid(src, TileSpec(size=256, extent=BBox(0, 0, 1, 1, "EPSG:999999")))
+
+
+def test_polygons_select_the_tiles_they_share_area_with(rasters):
+    src = rasters["kampala"]
+    a, _, c, _, e, f = src.transform
+
+    def xy(col, row):
+        return f"{c + a * col!r} {f + e * row!r}"
+
+    tri = f"POLYGON (({xy(300, 300)}, {xy(600, 300)}, {xy(300, 700)}, {xy(300, 300)}))"
+    got = make_grid(src, TileSpec(size=256, extent=Polygons([tri])))
+    assert [(g.row, g.col) for g in got] == [(1, 1), (1, 2), (2, 1)]
+    # a polygon on tile edges selects the tiles inside it, not the neighbours that only touch it
+    block = f"POLYGON (({xy(256, 256)}, {xy(768, 256)}, {xy(768, 512)}, {xy(256, 512)}, {xy(256, 256)}))"
+    got = make_grid(src, TileSpec(size=256, extent=Polygons([block])))
+    assert [(g.row, g.col) for g in got] == [(1, 1), (1, 2)]
+    # several polygons, overlapping and in a multipolygon, in another CRS (UTM 36N)
+    ct = osr.CoordinateTransformation(_srs(4326), _srs(32636))
+    g = ogr.CreateGeometryFromWkt(tri)
+    g.Transform(ct)
+    multi = ogr.CreateGeometryFromWkt(f"MULTIPOLYGON ((({xy(1300, 900)}, {xy(1310, 900)}, {xy(1310, 910)}, "
+                                      f"{xy(1300, 900)})))")
+    multi.Transform(ct)
+    got = make_grid(src, TileSpec(size=256, extent=Polygons([g.ExportToWkt(), g.ExportToWkt(), multi.ExportToWkt()],
+                                                            "EPSG:32636")))
+    assert [(g.row, g.col) for g in got] == [(1, 1), (1, 2), (2, 1), (3, 5)]
+
+
+def test_polygons_on_real_building_outlines(rasters, data_dir):
+    """The 43 SpaceNet footprints select exactly the tiles whose squares overlap one of them."""
+    src = rasters["pan"]
+    ds = ogr.Open(str(data_dir / "geotiff" / "solaris_geotiff_labels.geojson"))
+    lyr = ds.GetLayer(0)
+    polys = [ft.GetGeometryRef().Clone() for ft in lyr]
+    wkts = [p.ExportToWkt() for p in polys]
+    got = make_grid(src, TileSpec(size=100, extent=Polygons(wkts, lyr.GetSpatialRef().ExportToWkt())))
+    everything = make_grid(src, TileSpec(size=100))
+    want = []
+    for t in everything:
+        tile = ogr.CreateGeometryFromWkt(t.polygon_wkt)
+        if any(p.Intersection(tile).GetArea() > 0 for p in polys):
+            want.append((t.row, t.col))
+    assert 0 < len(got) < len(everything)
+    assert [(g.row, g.col) for g in got] == want
+
+
+def test_bad_polygons(rasters):
+    src = rasters["kampala"]
+    with pytest.raises(RemoteClipError, match="not a valid WKT"):
+        make_grid(src, TileSpec(size=256, extent=Polygons(["POLYGON ((1 2, 3"])))
+    with pytest.raises(RemoteClipError, match="not a polygon"):
+        make_grid(src, TileSpec(size=256, extent=Polygons(["LINESTRING (32.59 0.35, 32.6 0.36)"])))
+    with pytest.raises(RemoteClipError, match="no polygons"):
+        make_grid(src, TileSpec(size=256, extent=Polygons([])))
+
+
+def test_rotated_geotransform(tmp_path, rasters):
+    """Polygons follow b and d of the affine too (a rotated VRT over the real Landsat scene)."""
+    from osgeo import gdal
+
+    vrt = str(tmp_path / "rot.vrt")
+    gdal.Translate(vrt, rasters["landsat"].path, format="VRT")
+    ds = gdal.Open(vrt, gdal.GA_Update)
+    gt = (101985.0, 260.0, 150.0, 2826915.0, 150.0, -260.0)
+    ds.SetGeoTransform(gt)
+    ds = None
+    src = open_raster(vrt)
+    try:
+        grid = make_grid(src, TileSpec(size=128))
+        a, b, c, d, e, f = gt[1], gt[2], gt[0], gt[4], gt[5], gt[3]
+        assert src.transform == (a, b, c, d, e, f)
+        for g in grid:
+            assert set(_ring(g.polygon_wkt)) == _corners(src.transform, g.window)
+            assert ogr.CreateGeometryFromWkt(g.polygon_wkt).IsValid()
+    finally:
+        src.close()
+
+
+def test_spec_params_identify_the_grid():
+    a = spec_params(TileSpec(size=256, extent=BBox(1, 2, 3, 4, "EPSG:4326")))
+    assert a == spec_params(TileSpec(size=256.0, extent=BBox(1.0, 2.0, 3.0, 4.0, "EPSG:4326")))
+    assert a != spec_params(TileSpec(size=256, extent=BBox(1, 2, 3, 5, "EPSG:4326")))
+    assert spec_params(TileSpec(extent=Polygons(["POLYGON ((0 0, 1 0, 1 1, 0 0))"]))) != \
+        spec_params(TileSpec(extent=Polygons(["POLYGON ((0 0, 2 0, 1 1, 0 0))"])))
+    assert spec_params(TileSpec(edge="pad")) != spec_params(TileSpec())

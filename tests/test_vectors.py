@@ -1,0 +1,207 @@
+"""core.vectors: GeoPackage and Shapefile writing (OGR), atomic replacement, metadata, dissolve."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from osgeo import ogr, osr
+
+from core.errors import RemoteClipError
+from core.raster import open_raster
+from core.tiles import TileSpec, make_grid
+from core.vectors import Field, dissolve, shapefile_names, write_vector
+
+
+@pytest.fixture(scope="module")
+def landsat(data_dir):
+    """Tiles of the real UTM Landsat scene (EPSG:32618), with made-up attributes."""
+    src = open_raster(data_dir / "geotiff" / "rasterio_RGB.byte.tif")
+    grid = make_grid(src, TileSpec(size=128))
+    crs, transform = src.crs_wkt, src.transform
+    src.close()
+    recs = [{"row": t.row, "col": t.col, "label": "water" if t.col < 3 else "forest", "score": 0.5 + t.row / 100,
+             "geometry": t.polygon_wkt} for t in grid]
+    fields = [Field("row", "int"), Field("col", "int"), Field("label", "str"), Field("score", "float")]
+    return recs, fields, crs, transform, grid
+
+
+def _layer(path):
+    ds = ogr.Open(str(path))
+    assert ds is not None, path
+    lyr = ds.GetLayer(0)
+    defn = lyr.GetLayerDefn()
+    names = [defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())]
+    # WKB, not WKT: OGR's WKT rounds to 15 digits, the file keeps the exact doubles
+    feats = [({n: f.GetField(n) for n in names}, bytes(f.GetGeometryRef().ExportToWkb())) for f in lyr]
+    return ds, lyr, names, feats
+
+
+def _geom(text_or_wkb):
+    if isinstance(text_or_wkb, bytes):
+        return ogr.CreateGeometryFromWkb(text_or_wkb)
+    return ogr.CreateGeometryFromWkt(text_or_wkb)
+
+
+def _ring(wkt):
+    g = _geom(wkt)
+    r = g.GetGeometryRef(0)  # g must stay alive while r is used
+    return {(r.GetX(i), r.GetY(i)) for i in range(r.GetPointCount())}
+
+
+@pytest.mark.parametrize("ext", [".gpkg", ".shp"])
+def test_written_geometry_and_crs_equal_the_raster(landsat, tmp_path, ext):
+    recs, fields, crs, transform, grid = landsat
+    out = tmp_path / f"tiles{ext}"
+    write_vector(out, recs, fields, crs, layer_name="tiles", metadata={"task": "test", "fields": {"a": "b"}})
+    ds, lyr, names, feats = _layer(out)
+    assert names == ["row", "col", "label", "score"]
+    assert len(feats) == len(grid)
+    want = osr.SpatialReference()
+    want.ImportFromEPSG(32618)
+    assert lyr.GetSpatialRef().IsSame(want, ["IGNORE_DATA_AXIS_TO_SRS_AXIS_MAPPING=YES"])
+    a, b, c, d, e, f = transform
+    for (attrs, wkt), t in zip(feats, grid, strict=True):
+        assert (attrs["row"], attrs["col"]) == (t.row, t.col)
+        c0, r0, w, h = t.window
+        corners = {(a * x + b * y + c, d * x + e * y + f) for x, y in
+                   ((c0, r0), (c0 + w, r0), (c0 + w, r0 + h), (c0, r0 + h))}
+        assert _ring(wkt) == corners  # doubles survive exactly
+    if ext == ".gpkg":
+        assert lyr.GetName() == "tiles"
+        meta = json.loads(lyr.GetMetadataItem("REMOTECLIP"))
+        assert meta["task"] == "test" and meta["fields"] == {"a": "b"} and meta["layer"] == "tiles"
+    else:
+        assert (tmp_path / "tiles.prj").is_file() and (tmp_path / "tiles.cpg").is_file()
+        meta = json.loads((tmp_path / "tiles.json").read_text())
+        assert meta["task"] == "test" and meta["field_names"]["label"] == "label"
+    assert sorted(p for p in os.listdir(tmp_path) if p.startswith(".")) == []
+
+
+def test_kampala_4326_layer(data_dir, tmp_path):
+    src = open_raster(data_dir / "orthomosaic" / "kampala_oam_z20_mosaic_1536x1024.tif")
+    grid = make_grid(src, TileSpec(size=256))
+    crs = src.crs_wkt
+    src.close()
+    out = tmp_path / "k.gpkg"
+    write_vector(out, [{"geometry": t.polygon_wkt} for t in grid], [], crs)
+    ds, lyr, _, feats = _layer(out)  # ds keeps lyr alive
+    want = osr.SpatialReference()
+    want.ImportFromEPSG(4326)
+    assert lyr.GetSpatialRef().IsSame(want, ["IGNORE_DATA_AXIS_TO_SRS_AXIS_MAPPING=YES"])
+    assert lyr.GetSpatialRef().GetAuthorityCode(None) == "4326"
+    env = lyr.GetExtent()  # (minx, maxx, miny, maxy): longitudes first, whatever EPSG:4326's axis order
+    assert 32.59 < env[0] < env[1] < 32.6 and 0.35 < env[2] < env[3] < 0.352
+    assert [_ring(w) for _, w in feats] == [_ring(t.polygon_wkt) for t in grid]
+
+
+def test_shapefile_field_names_are_cut_and_mapped(landsat, tmp_path):
+    recs, _, crs, _, _ = landsat
+    long = [{"a_very_long_name": 1, "a_very_long_other": 2.5, "klasse_ü": "Straße", "geometry": r["geometry"]}
+            for r in recs[:3]]
+    fields = [Field("a_very_long_name", "int"), Field("a_very_long_other", "float"), Field("klasse_ü", "str")]
+    out = tmp_path / "long.shp"
+    write_vector(out, long, fields, crs)
+    _, _, names, feats = _layer(out)
+    assert names == shapefile_names([f.name for f in fields]) == ["a_very_lon", "a_very_lo1", "klasse_ü"]
+    assert all(len(n) <= 10 for n in names)
+    meta = json.loads((tmp_path / "long.json").read_text())
+    assert meta["field_names"] == {"a_very_lon": "a_very_long_name", "a_very_lo1": "a_very_long_other",
+                                   "klasse_ü": "klasse_ü"}
+    assert feats[0][0] == {"a_very_lon": 1, "a_very_lo1": 2.5, "klasse_ü": "Straße"}
+
+
+def test_overwrite_is_atomic_and_failures_leave_the_old_file(landsat, tmp_path):
+    recs, fields, crs, _, _ = landsat
+    out = tmp_path / "o.gpkg"
+    write_vector(out, recs, fields, crs)
+    before = out.read_bytes()
+    bad = [*recs[:5], {"row": 0, "col": 0, "label": "x", "score": 1.0, "geometry": "POLYGON ((0 0, 1"}]
+    with pytest.raises(RemoteClipError, match="geometry"):
+        write_vector(out, bad, fields, crs)
+    assert out.read_bytes() == before and os.listdir(tmp_path) == ["o.gpkg"]
+    write_vector(out, recs[:7], fields, crs)
+    assert len(_layer(out)[3]) == 7 and os.listdir(tmp_path) == ["o.gpkg"]
+    # shapefile: the set of files is replaced, an old spatial index is removed
+    shp = tmp_path / "s.shp"
+    write_vector(shp, recs, fields, crs)
+    ds = ogr.Open(str(shp), 1)
+    ds.ExecuteSQL("CREATE SPATIAL INDEX ON s")
+    ds = None
+    assert (tmp_path / "s.qix").is_file()
+    old = (tmp_path / "s.dbf").read_bytes()
+    with pytest.raises(RemoteClipError):
+        write_vector(shp, bad, fields, crs)
+    assert (tmp_path / "s.dbf").read_bytes() == old and (tmp_path / "s.qix").is_file()
+    write_vector(shp, recs[:4], fields, crs)
+    assert not (tmp_path / "s.qix").exists() and len(_layer(shp)[3]) == 4
+    assert sorted(p for p in os.listdir(tmp_path) if p.startswith(".")) == []
+
+
+def test_bad_outputs(landsat, tmp_path):
+    recs, fields, crs, _, _ = landsat
+    with pytest.raises(RemoteClipError, match="GeoPackage"):
+        write_vector(tmp_path / "x.csv", recs, fields, crs)
+    with pytest.raises(RemoteClipError, match="does not exist"):
+        write_vector(tmp_path / "nope" / "x.gpkg", recs, fields, crs)
+    with pytest.raises(RemoteClipError, match="repeat"):
+        write_vector(tmp_path / "x.gpkg", recs, [*fields, Field("Score", "float")], crs)
+    with pytest.raises(ValueError, match="type"):
+        write_vector(tmp_path / "x.gpkg", recs, [Field("row", "integer")], crs)
+    assert os.listdir(tmp_path) == []
+
+
+def test_empty_and_null_and_big_ints(landsat, tmp_path):
+    recs, _, crs, _, _ = landsat
+    out = tmp_path / "e.gpkg"
+    write_vector(out, [], [Field("label", "str")], crs, layer_name="empty")
+    ds, lyr, names, feats = _layer(out)  # ds keeps lyr alive
+    assert names == ["label"] and feats == [] and lyr.GetName() == "empty"
+    rows = [{"n": 2 ** 40, "s": None, "geometry": recs[0]["geometry"]}]
+    write_vector(out, rows, [Field("n", "int"), Field("s", "str")], crs)
+    _, _, _, feats = _layer(out)
+    assert feats[0][0] == {"n": 2 ** 40, "s": None}
+
+
+def test_dissolve_merges_connected_tiles_with_the_same_value(landsat, tmp_path):
+    recs, fields, crs, _, grid = landsat
+    out = tmp_path / "d.gpkg"
+    write_vector(out, recs, fields, crs, dissolve_by="label")
+    _, _, names, feats = _layer(out)
+    assert names == ["label", "n_tiles", "score"]
+    # columns 0-2 water, the rest forest: two connected groups
+    assert sorted(a["label"] for a, _ in feats) == ["forest", "water"]
+    by = {a["label"]: (a, w) for a, w in feats}
+    n_water = sum(r["label"] == "water" for r in recs)
+    assert by["water"][0]["n_tiles"] == n_water and by["forest"][0]["n_tiles"] == len(recs) - n_water
+    mean = sum(r["score"] for r in recs if r["label"] == "water") / n_water
+    assert by["water"][0]["score"] == pytest.approx(mean, abs=1e-6)
+    # the merged outline covers exactly the union of its tiles
+    union = ogr.Geometry(ogr.wkbMultiPolygon)
+    for r in recs:
+        if r["label"] == "water":
+            union.AddGeometry(ogr.CreateGeometryFromWkt(r["geometry"]))
+    merged = _geom(by["water"][1])
+    assert merged.GetGeometryCount() == 1  # one polygon, no hole
+    assert merged.SymDifference(union.UnionCascaded()).GetArea() < 1e-6 * merged.GetArea()
+
+
+def test_dissolve_keeps_separate_groups_apart():
+    sq = "POLYGON (({0} {1}, {2} {1}, {2} {3}, {0} {3}, {0} {1}))"
+
+    def tile(c, r, label, score):
+        return {"label": label, "score": score, "row": r, "col": c,
+                "geometry": sq.format(c * 10, -r * 10, c * 10 + 10, -r * 10 - 10)}
+
+    recs = [tile(0, 0, "a", 0.2), tile(1, 0, "a", 0.4),   # an edge: one group
+            tile(2, 1, "a", 0.9),                         # a corner with (1, 0) only: its own group
+            tile(5, 5, "a", 0.5),                         # far away
+            tile(3, 1, "b", 0.7)]
+    fields = [Field("row", "int"), Field("col", "int"), Field("label", "str"), Field("score", "float")]
+    out, f = dissolve(recs, fields, "label")
+    assert [x.name for x in f] == ["label", "n_tiles", "score"]
+    got = sorted((r["label"], r["n_tiles"], r["score"]) for r in out)
+    assert got == [("a", 1, 0.5), ("a", 1, 0.9), ("a", 2, pytest.approx(0.3)), ("b", 1, 0.7)]
+    two = next(r for r in out if r["n_tiles"] == 2)
+    assert ogr.CreateGeometryFromWkt(two["geometry"]).GetArea() == pytest.approx(200)
