@@ -28,7 +28,8 @@ def random_model(arch: str = "ViT-B-32", seed: int = 0, activation: str = "quick
     from training import export
 
     if arch == "tiny-test":
-        return export.tiny_model(seed, activation)
+        model, cfg, pp = export.tiny_model(seed, activation)  # that one returns (model, config, preprocess)
+        return model, pp, cfg
     from training import checkpoints
 
     with torch.random.fork_rng(devices=[]):
@@ -96,7 +97,8 @@ def _tile_window_image(src_path: str, bands, stretch, grid, fill_color: int):
         win = Window(c0, r0, c1 - c0, r1 - r0)
         data = ds.read(list(bands), window=win, boundless=True, fill_value=ds.nodata or 0)
         mask = ds.read_masks(list(bands), window=win, boundless=True)
-    valid = (mask > 0).all(axis=0)
+    # core's rule (core/raster.py): nodata only where every band read is nodata, as rasterio's dataset_mask
+    valid = (mask > 0).any(axis=0)
     rgb = stretch.apply(data, valid)
     if rgb.shape[0] == 3:  # CHW -> HWC
         rgb = np.ascontiguousarray(rgb.transpose(1, 2, 0))
