@@ -18,22 +18,6 @@ UTM = "geotiff/rasterio_RGB.byte.tif"
 WAIT_S = 600   # upper bound for one tiny-model run; a hang fails instead of blocking the suite
 
 
-def _forget_plugin_modules() -> None:
-    for name in [m for m in sys.modules if m == PLUGIN or m.startswith(PLUGIN + ".")]:
-        del sys.modules[name]
-
-
-@pytest.fixture(scope="module")
-def rc(built_plugin):
-    _forget_plugin_modules()
-    sys.path.insert(0, str(built_plugin))
-    import remoteclip_qgis
-
-    yield remoteclip_qgis
-    sys.path.remove(str(built_plugin))
-    _forget_plugin_modules()
-
-
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch):
     folder = tmp_path / "cache"

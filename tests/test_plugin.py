@@ -17,24 +17,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = "remoteclip_qgis"
 
 
-def _forget_plugin_modules() -> None:
-    for name in [m for m in sys.modules if m == PLUGIN or m.startswith(PLUGIN + ".")]:
-        del sys.modules[name]
-
-
-@pytest.fixture(scope="module")
-def rc(built_plugin):
-    """The built plugin package (core vendored inside), imported from the build folder."""
-    _forget_plugin_modules()
-    sys.path.insert(0, str(built_plugin))
-    import remoteclip_qgis
-
-    assert Path(remoteclip_qgis.__file__).resolve().is_relative_to(built_plugin.resolve())
-    yield remoteclip_qgis
-    sys.path.remove(str(built_plugin))
-    _forget_plugin_modules()
-
-
 def _ours(window) -> list:
     from qgis.PyQt.QtWidgets import QAction
 

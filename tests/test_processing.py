@@ -40,26 +40,21 @@ pytestmark = pytest.mark.qgis
 
 ALGS = ("labeltiles", "countobjects", "textsearch", "computeembeddings")
 LABELS = "buildings, trees\nroad, bare soil"
-_KEEP: list = []
 
 
 # ------------------------------------------------------------------------------------------ fixtures
 
 @pytest.fixture(scope="module")
-def plugin(built_plugin, qgis_processing):
-    """The built plugin on sys.path and its provider in the processing registry."""
-    if str(built_plugin) not in sys.path:
-        sys.path.insert(0, str(built_plugin))
-    import remoteclip_qgis
+def plugin(rc, qgis_processing):
+    """The built plugin (conftest's rc) and its provider in the processing registry, removed afterwards."""
     from remoteclip_qgis.processing import RemoteClipProvider
 
-    assert Path(remoteclip_qgis.__file__).parent == built_plugin / "remoteclip_qgis"
     registry = QgsApplication.processingRegistry()
-    if registry.providerById("remoteclip") is None:
-        provider = RemoteClipProvider()
-        _KEEP.append(provider)   # the registry does not keep the Python side of the provider alive
-        assert registry.addProvider(provider)
-    return remoteclip_qgis
+    assert registry.providerById("remoteclip") is None, "an earlier test left a RemoteCLIP provider registered"
+    provider = RemoteClipProvider()   # held here: the registry does not keep the Python side alive
+    assert registry.addProvider(provider)
+    yield rc
+    registry.removeProvider(provider)
 
 
 @pytest.fixture(scope="module")
