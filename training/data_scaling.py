@@ -38,20 +38,14 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import RemoteClipError
+from training.evaluate import IMAGE_EXTS, RS_TEMPLATES
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 COLUMNS = ["image", "caption", "source", "split"]
 
-# Scene captions for classification datasets: clip_benchmark's remote-sensing zero-shot templates plus a few
-# plainer phrasings (training.evaluate holds the evaluation templates; these are the training ones).
-SCENE_TEMPLATES = [
-    "satellite imagery of {c}.", "aerial imagery of {c}.", "satellite photo of {c}.", "aerial photo of {c}.",
-    "satellite view of {c}.", "aerial view of {c}.", "satellite imagery of a {c}.", "aerial imagery of a {c}.",
-    "satellite photo of a {c}.", "aerial photo of a {c}.", "satellite view of a {c}.", "aerial view of a {c}.",
-    "satellite imagery of the {c}.", "aerial imagery of the {c}.", "satellite photo of the {c}.",
-    "aerial photo of the {c}.", "satellite view of the {c}.", "aerial view of the {c}.",
-    "{c}.", "a photo of {c}.", "an overhead image of {c}.", "a remote sensing image of {c}.",
-]
+# Scene captions for classification datasets: clip_benchmark's remote-sensing zero-shot templates (the ones
+# training.evaluate scores with) plus a few plainer phrasings for training.
+SCENE_TEMPLATES = RS_TEMPLATES + ["{c}.", "a photo of {c}.", "an overhead image of {c}.",
+                                  "a remote sensing image of {c}."]
 
 # Box-to-caption templates: {objects} is an inventory ("four ships and a harbor"), {is} agrees with its first
 # item. The first is RemoteCount's phrasing and always comes first in an image's captions.
