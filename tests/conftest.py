@@ -47,7 +47,7 @@ def free_layers_before_qgis_exits(qgis_app):
     """
     yield
     for obj in gc.get_objects():
-        if isinstance(obj, types.FrameType) and not obj.f_code.co_flags & inspect.CO_GENERATOR:
+        if type(obj) is types.FrameType and not obj.f_code.co_flags & inspect.CO_GENERATOR:
             with contextlib.suppress(RuntimeError):  # a frame still executing cannot be cleared
                 obj.clear()
     gc.collect()
