@@ -16,6 +16,8 @@ Stretch (:class:`Stretch`): the model sees 8-bit RGB. One stretch is fixed per
 raster before any tile is read, so a tile looks the same whatever the grid and
 tiles are comparable across the raster:
 
+* a single band with a colour table (colour interpretation "palette") is
+  looked up in its table, so the model sees the colours a map viewer shows;
 * uint8 bands pass through unchanged;
 * any other type (uint16, int, float) is stretched linearly per band between
   its 2nd and 98th percentiles, computed once from a decimated read of the
@@ -39,7 +41,7 @@ import numpy as np
 from .errors import RemoteClipError
 
 __all__ = ["RasterSource", "RasterioSource", "open_raster", "default_bands", "check_bands", "Stretch",
-           "read_rgb", "is_gdal_uri", "STRETCH_PERCENTILES", "STRETCH_SAMPLE_PX"]
+           "read_rgb", "is_gdal_uri", "palette_of", "STRETCH_PERCENTILES", "STRETCH_SAMPLE_PX"]
 
 STRETCH_PERCENTILES = (2.0, 98.0)
 STRETCH_SAMPLE_PX = 1024  # long side of the decimated read the percentiles come from
@@ -158,6 +160,14 @@ class RasterioSource:
             valid |= ok
         return valid if any_rule else np.ones(data.shape[1:], dtype=bool)
 
+    def colormap(self, band: int) -> dict[int, tuple[int, int, int]] | None:
+        """The band's colour table {index: (r, g, b)}, or None when it has none."""
+        try:
+            table = self._ds.colormap(int(band))
+        except ValueError:
+            return None
+        return {int(i): tuple(int(v) for v in rgba[:3]) for i, rgba in table.items()} or None
+
     def close(self):
         self._ds.close()
 
@@ -211,16 +221,36 @@ def check_bands(src, bands) -> list[int]:
 
 # ---------------------------------------------------------------------------------------- stretch
 
+def palette_of(src, bands) -> tuple[tuple[int, int, int], ...] | None:
+    """The colour table as an index -> RGB lookup when the bands are one palette band, else None."""
+    bands = list(bands)
+    if len(set(bands)) != 1 or np.dtype(src.dtype).kind not in "ui" or np.dtype(src.dtype).itemsize > 2:
+        return None
+    ci = [str(c).lower() for c in (getattr(src, "colorinterp", None) or [])]
+    colormap = getattr(src, "colormap", None)
+    if bands[0] > len(ci) or ci[bands[0] - 1] != "palette" or colormap is None:
+        return None
+    table = colormap(bands[0])
+    if not table:
+        return None
+    size = max(table) + 1
+    return tuple(table.get(i, (0, 0, 0)) for i in range(size))
+
+
 @dataclass(frozen=True)
 class Stretch:
     """Linear stretch to uint8, fixed per raster. ``lo``/``hi`` per band; both None = identity (uint8)."""
 
     lo: tuple[float, ...] | None = None
     hi: tuple[float, ...] | None = None
+    palette: tuple[tuple[int, int, int], ...] | None = None   # index -> RGB, for one colour-table band
 
     @classmethod
     def from_source(cls, src, bands, percentiles=STRETCH_PERCENTILES, sample_px=STRETCH_SAMPLE_PX) -> Stretch:
         bands = check_bands(src, bands)
+        table = palette_of(src, bands)
+        if table is not None:
+            return cls(palette=table)
         if np.dtype(src.dtype) == np.uint8:
             return cls()
         scale = min(1.0, sample_px / max(src.width, src.height))
@@ -242,10 +272,12 @@ class Stretch:
 
     @property
     def identity(self) -> bool:
-        return self.lo is None
+        return self.lo is None and self.palette is None
 
     @property
     def params(self) -> dict:
+        if self.palette is not None:
+            return {"kind": "palette", "table": [list(c) for c in self.palette]}
         if self.identity:
             return {"kind": "identity"}
         return {"kind": "linear", "percentiles": list(STRETCH_PERCENTILES), "lo": list(self.lo),
@@ -258,7 +290,11 @@ class Stretch:
     def apply(self, data: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """(C, H, W) band data -> (C, H, W) uint8; invalid pixels become 0."""
         data = np.asarray(data)
-        if self.identity:
+        if self.palette is not None:
+            lut = np.asarray(self.palette, dtype=np.uint8)
+            idx = np.clip(data[0].astype(np.int64), 0, len(lut) - 1)
+            out = np.ascontiguousarray(np.moveaxis(lut[idx], -1, 0))
+        elif self.identity:
             out = data.astype(np.uint8, copy=True) if data.dtype != np.uint8 else data.copy()
         else:
             if len(self.lo) != data.shape[0]:

@@ -294,6 +294,15 @@ class QgisRasterSource:
                                   "Try another pixel size or save the layer as a GeoTIFF first.")
         return arr.reshape(h, w)
 
+    def colormap(self, band: int) -> dict[int, tuple[int, int, int]] | None:
+        """The band's colour table {index: (r, g, b)} (core looks palette bands up in it), or None."""
+        with self._lock:
+            if self._provider is None:
+                return None
+            items = self._provider.colorTable(int(band))
+        table = {int(it.value): (it.color.red(), it.color.green(), it.color.blue()) for it in items}
+        return table or None
+
     def close(self) -> None:
         with self._lock:
             self._provider = None

@@ -61,6 +61,26 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def palette_tif(data_dir, tmp_path_factory) -> tuple[str, dict]:
+    """A one-band colour-table GeoTIFF: the Kampala mosaic's red band as palette indices, with the
+    table v -> (v, 255 - v, v // 2). Returns (path, table)."""
+    from osgeo import gdal
+
+    table = {v: (v, 255 - v, v // 2) for v in range(256)}
+    mem = gdal.Translate("", str(data_dir / "orthomosaic" / "kampala_oam_z20_mosaic_1536x1024.tif"),
+                         format="MEM", bandList=[1])
+    colors = gdal.ColorTable()
+    for v, rgb in table.items():
+        colors.SetColorEntry(v, (*rgb, 255))
+    band = mem.GetRasterBand(1)
+    band.SetRasterColorTable(colors)
+    band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
+    out = tmp_path_factory.mktemp("palette") / "palette.tif"
+    gdal.GetDriverByName("GTiff").CreateCopy(str(out), mem)
+    return str(out), table
+
+
+@pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory) -> Path:
     """A tiny random open_clip model exported as an fp32+fp16 bundle (made once per session)."""
     from training.export import export_tiny_test_bundle

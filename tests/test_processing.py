@@ -369,6 +369,27 @@ def test_a_geotiff_read_through_qgis_equals_rasterio(plugin, rgb_byte, data_dir)
     src16.close()
 
 
+def test_a_palette_layer_read_through_qgis_gives_the_colours_core_reads_from_the_file(plugin, palette_tif):
+    from remoteclip_qgis.core.raster import Stretch, open_raster, read_rgb
+    from remoteclip_qgis.layer_source import raster_for_layer
+
+    path, table = palette_tif
+    src = raster_for_layer(QgsRasterLayer(path, "palette"), force_provider=True)
+    ref = open_raster(path)
+    try:
+        assert src.colorinterp == ref.colorinterp == ["palette"]
+        assert src.colormap(1) == ref.colormap(1) == table
+        stretch = Stretch.from_source(src, [1, 1, 1])
+        assert stretch == Stretch.from_source(ref, [1, 1, 1]) and stretch.params["kind"] == "palette"
+        for window in [(0, 0, 256, 256), (700, 400, 300, 200)]:
+            got, _ = read_rgb(src, [1, 1, 1], window, stretch)
+            want, _ = read_rgb(ref, [1, 1, 1], window, stretch)
+            assert np.array_equal(got, want), window
+    finally:
+        src.close()
+        ref.close()
+
+
 def test_run_job_on_the_qgis_source_gives_the_tiles_of_the_file(plugin, rgb_byte, tiny_bundle):
     from remoteclip_qgis.core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
     from remoteclip_qgis.layer_source import raster_for_layer

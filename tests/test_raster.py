@@ -293,3 +293,25 @@ def test_gdal_virtual_paths_open(paths, tmp_path):
         assert (src.width, src.height) == (791, 718) and src.name == f"/vsizip/{z}/scene.tif"
     with pytest.raises(RemoteClipError, match="cannot be read"):
         open_raster(f"/vsizip/{z}/other.tif")
+
+
+def test_a_palette_band_is_read_through_its_colour_table(paths, palette_tif):
+    path, table = palette_tif
+    src = open_raster(path)
+    try:
+        assert src.colorinterp == ["palette"] and default_bands(src) == [1, 1, 1]
+        assert src.colormap(1)[200] == table[200]
+        stretch = Stretch.from_source(src, [1, 1, 1])
+        assert stretch.params["kind"] == "palette" and stretch.key() != Stretch().key()
+        window = (300, 300, 128, 96)
+        rgb, valid = read_rgb(src, [1, 1, 1], window, stretch)
+        index, ok = src.read([1], window)
+        want = np.array([table.get(int(v), (0, 0, 0)) for v in index[0].ravel()], np.uint8).reshape(96, 128, 3)
+        want[~ok] = 0
+        assert rgb.shape == (96, 128, 3) and np.array_equal(rgb, want)
+        assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 20     # colours, not three equal grey channels
+    finally:
+        src.close()
+    # a grey band without a table is not a palette
+    with open_raster(paths["shade"]) as grey:
+        assert Stretch.from_source(grey, [1, 1, 1]).params["kind"] == "identity"
