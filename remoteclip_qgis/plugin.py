@@ -121,6 +121,9 @@ class RemoteClipPlugin:
     # ------------------------------------------------------------------------------------ unload
 
     def unload(self) -> None:
+        from .core.inference import release_sessions
+
+        release_sessions()   # the model's memory goes with the plugin
         if self.provider is not None:
             if not QgsApplication.processingRegistry().removeProvider(self.provider):
                 QgsMessageLog.logMessage("The RemoteCLIP Processing provider was already gone.", LOG_TAG, Qgis.Info)

@@ -105,3 +105,29 @@ def test_bad_device_precision_batch_and_bundle(tiny_bundle, tmp_path):
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(RemoteClipError):
         Encoder(tmp_path)
+
+
+def test_sessions_are_reused_across_encoders_until_the_bundle_changes(tiny_bundle, tmp_path, pixels):
+    import os
+    import shutil
+
+    from core.bundle import load_bundle
+    from core.inference import release_sessions
+
+    first = Encoder(tiny_bundle, device="cpu")
+    again = Encoder(tiny_bundle, device="cpu", batch_size=2)
+    assert again.session("image") is first.session("image")   # a second run loads no graph
+    np.testing.assert_array_equal(again.encode_images(pixels), first.encode_images(pixels))
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, copy)
+    before = Encoder(copy, device="cpu").session("image")
+    digest = load_bundle(copy).sha256
+    graph = copy / "image_fp32.onnx"
+    st = graph.stat()
+    os.utime(graph, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))   # the bundle was re-exported
+    assert Encoder(copy, device="cpu").session("image") is not before
+    assert load_bundle(copy).sha256 == digest   # same bytes, same digest (hashed again, not looked up)
+
+    release_sessions()
+    assert Encoder(tiny_bundle, device="cpu").session("image") is not first.session("image")
