@@ -60,6 +60,26 @@ def data_dir() -> Path:
     return path
 
 
+@pytest.fixture
+def polygon_layer():
+    """Factory: a memory polygon layer (QGIS) holding the given WKT polygons."""
+
+    def make(wkts, crs: str = "EPSG:4326", name: str = "polygons"):
+        from qgis.core import QgsFeature, QgsGeometry, QgsVectorLayer
+
+        layer = QgsVectorLayer(f"Polygon?crs={crs}", name, "memory")
+        feats = []
+        for wkt in wkts:
+            f = QgsFeature()
+            f.setGeometry(QgsGeometry.fromWkt(wkt))
+            feats.append(f)
+        assert layer.dataProvider().addFeatures(feats)[0]
+        layer.updateExtents()
+        return layer
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def palette_tif(data_dir, tmp_path_factory) -> tuple[str, dict]:
     """A one-band colour-table GeoTIFF: the Kampala mosaic's red band as palette indices, with the

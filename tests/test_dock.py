@@ -257,8 +257,8 @@ def test_errors_reach_the_message_bar_and_the_log(dock, data_dir, tmp_path, qgis
 
 # ------------------------------------------------------------------------------------- widgets -> Job
 
-def test_widgets_become_the_core_job(dock, data_dir, qgis_iface, tiny_bundle):
-    from qgis.core import QgsFeature, QgsGeometry, QgsProject, QgsRectangle, QgsVectorLayer
+def test_widgets_become_the_core_job(dock, data_dir, qgis_iface, tiny_bundle, polygon_layer):
+    from qgis.core import QgsProject, QgsRectangle
 
     from remoteclip_qgis.core.jobs import BBox, CountTask, LabelTask, Polygons, SearchTask
 
@@ -319,14 +319,8 @@ def test_widgets_become_the_core_job(dock, data_dir, qgis_iface, tiny_bundle):
         (view.xMinimum(), view.yMinimum(), view.xMaximum(), view.yMaximum()))
 
     # extent: the selected polygons of a layer
-    polys = QgsVectorLayer("Polygon?crs=EPSG:4326", "areas", "memory")
-    feats = []
-    for wkt in ("POLYGON((32.58 0.33, 32.581 0.33, 32.581 0.331, 32.58 0.331, 32.58 0.33))",
-                "POLYGON((32.59 0.34, 32.591 0.34, 32.591 0.341, 32.59 0.341, 32.59 0.34))"):
-        f = QgsFeature()
-        f.setGeometry(QgsGeometry.fromWkt(wkt))
-        feats.append(f)
-    polys.dataProvider().addFeatures(feats)
+    polys = polygon_layer(["POLYGON((32.58 0.33, 32.581 0.33, 32.581 0.331, 32.58 0.331, 32.58 0.33))",
+                           "POLYGON((32.59 0.34, 32.591 0.34, 32.591 0.341, 32.59 0.341, 32.59 0.34))"], name="areas")
     QgsProject.instance().addMapLayer(polys)
     dock.extent_combo.setCurrentIndex(dock.extent_combo.findData("features"))
     dock.polygon_combo.setLayer(polys)

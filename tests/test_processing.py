@@ -23,7 +23,6 @@ from qgis.core import (
     QgsCategorizedSymbolRenderer,
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
-    QgsFeature,
     QgsGeometry,
     QgsProcessingException,
     QgsProcessingFeedback,
@@ -498,7 +497,7 @@ def test_labeltiles_on_an_xyz_layer_needs_an_extent_and_then_tiles_it(plugin, xy
 
 # ------------------------------------------------------------------------------------ extents
 
-def test_extent_from_rectangle_and_features(plugin):
+def test_extent_from_rectangle_and_features(plugin, polygon_layer):
     from remoteclip_qgis.core.errors import RemoteClipError
     from remoteclip_qgis.core.tiles import BBox, Polygons
     from remoteclip_qgis.layer_source import extent_from_features, extent_from_rectangle
@@ -510,24 +509,18 @@ def test_extent_from_rectangle_and_features(plugin):
     with pytest.raises(RemoteClipError, match="empty"):
         extent_from_rectangle(QgsRectangle(), crs)
 
-    layer = QgsVectorLayer("Polygon?crs=EPSG:4326", "polys", "memory")
-    feats = []
-    for wkt in ("POLYGON((32.58 0.33, 32.59 0.33, 32.59 0.34, 32.58 0.33))",
-                "POLYGON((32.60 0.33, 32.61 0.33, 32.61 0.34, 32.60 0.33))"):
-        f = QgsFeature()
-        f.setGeometry(QgsGeometry.fromWkt(wkt))
-        feats.append(f)
-    assert layer.dataProvider().addFeatures(feats)[0]
-    layer.updateExtents()
+    layer = polygon_layer(["POLYGON((32.58 0.33, 32.59 0.33, 32.59 0.34, 32.58 0.33))",
+                           "POLYGON((32.60 0.33, 32.61 0.33, 32.61 0.34, 32.60 0.33))"])
     with pytest.raises(RemoteClipError, match="selected") as err:
         extent_from_features(layer)
     assert "Fix:" in str(err.value)
     everything = extent_from_features(layer, selected_only=False)
     assert isinstance(everything, Polygons) and len(everything.wkts) == 2
     assert QgsCoordinateReferenceSystem.fromWkt(everything.crs).authid() == "EPSG:4326"
-    layer.selectByIds([next(layer.getFeatures()).id()])
+    first = next(layer.getFeatures())
+    layer.selectByIds([first.id()])
     one = extent_from_features(layer)
-    assert len(one.wkts) == 1 and QgsGeometry.fromWkt(one.wkts[0]).equals(feats[0].geometry())
+    assert len(one.wkts) == 1 and QgsGeometry.fromWkt(one.wkts[0]).equals(first.geometry())
     points = QgsVectorLayer("Point?crs=EPSG:4326", "pts", "memory")
     with pytest.raises(RemoteClipError, match="polygons"):
         extent_from_features(points, selected_only=False)
