@@ -33,7 +33,7 @@ class RemoteClipPlugin:
         self.dock = None
         self.actions: list[QAction] = []
         self.dock_action = None
-        self.deps_on_path = deps.add_deps_to_path()
+        deps.add_deps_to_path()
         self.missing: list[str] = []
         self._message = None
 
@@ -86,10 +86,8 @@ class RemoteClipPlugin:
         self.check_dependencies()
 
     def check_dependencies(self) -> list[str]:
-        """Say what is missing (message bar + dock banner) and how to get it."""
+        """Say on the message bar what is missing and how to get it (the dock's banner says it already)."""
         self.missing = deps.missing_modules()
-        if self.dock is not None:
-            self.dock.refresh_dependencies()
         if not self.missing:
             return []
         text = (f"RemoteCLIP needs Python packages QGIS does not have: {', '.join(self.missing)}. "
