@@ -10,6 +10,7 @@ and the Processing algorithms do.
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import os
 import re
@@ -142,7 +143,6 @@ def parse_bands(text: str) -> list[int] | None:
 class RemoteClipDock(QgsDockWidget):
     """The panel. Uses ``qgis.utils.iface``: mapCanvas(), messageBar() and, if present, currentLayerChanged."""
 
-    installRequested = pyqtSignal()
     resultAdded = pyqtSignal(object)   # QgsVectorLayer
 
     def __init__(self, parent=None):
@@ -655,8 +655,9 @@ class RemoteClipDock(QgsDockWidget):
         """Start the job as a QgsTask; returns the task (None when the input is refused)."""
         if self.task is not None:
             return None
-        if self.refresh_dependencies():
-            self._report_error("Missing Python packages: " + ", ".join(deps.missing_modules()) + ".",
+        missing = self.refresh_dependencies()
+        if missing:
+            self._report_error("Missing Python packages: " + ", ".join(missing) + ".",
                                "Click 'Install dependencies' in the RemoteCLIP panel.")
             return None
         try:
@@ -806,4 +807,4 @@ def export_layer(layer: QgsVectorLayer, path: str, format_name: str = "GeoPackag
 
 
 def _html(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return html.escape(text, quote=False)

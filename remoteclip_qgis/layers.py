@@ -54,15 +54,6 @@ COUNT_RAMP = ("#fff5eb", "#7f2704")      # oranges, light to dark
 SEARCH_RAMP = ("#f7fcb9", "#004529")     # yellow-green, low to high similarity
 
 
-def kind_of_task(task) -> str:
-    """The style kind for a core task object (LabelTask -> "label", ...)."""
-    name = type(task).__name__.lower()
-    for k in KINDS:
-        if name.startswith(k):
-            return k
-    raise ValueError(f"no result style for task {type(task).__name__}")
-
-
 def layer_uri(path: str, layer_name: str | None = None) -> str:
     """OGR data source for one layer of a GeoPackage (or a Shapefile)."""
     if layer_name and os.path.splitext(path)[1].lower() == ".gpkg":
