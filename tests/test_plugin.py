@@ -82,7 +82,8 @@ def test_diagnostics_names_versions_providers_gpu_and_model(rc, tiny_bundle, qgi
     dialog = DiagnosticsDialog(text)
     dialog.copy()
     assert QApplication.clipboard().text() == text
-    assert "bad" in diagnostics_text(str(tiny_bundle) + "-bad").split("model bundle: ")[1]
+    bad = diagnostics_text(str(tiny_bundle) + "-bad")
+    assert f"model bundle error: Model bundle not found: {tiny_bundle}-bad." in bad
 
 
 # ------------------------------------------------------------------------------- without onnxruntime
