@@ -139,6 +139,8 @@ def test_provider_has_the_four_algorithms_with_designer_friendly_parameters(plug
         "remoteclip:countobjects").parameterDefinitions()}
     assert {"QUERY", "TOP_K", "THRESHOLD"} <= {p.name() for p in registry.algorithmById(
         "remoteclip:textsearch").parameterDefinitions()}
+    embed = {p.name() for p in registry.algorithmById("remoteclip:computeembeddings").parameterDefinitions()}
+    assert "USE_CACHE" not in embed and "DISSOLVE" not in embed   # it always caches and keeps every tile
 
 
 # ----------------------------------------------------------------------------------- the algorithms

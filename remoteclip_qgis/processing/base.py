@@ -37,20 +37,17 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterVectorDestination,
     QgsProcessingUtils,
-    QgsRectangle,
 )
 from qgis.PyQt.QtCore import QCoreApplication
 
 from ..core.errors import Cancelled, RemoteClipError
-from ..layer_source import crs_wkt, raster_for_layer
+from ..layer_source import crs_wkt, extent_from_rectangle, raster_for_layer
 
 PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_MODEL = os.path.join(PLUGIN_DIR, "models", "remoteclip-demo")
 UNITS = ["px", "m"]
 DEVICES = ["auto", "cpu", "cuda"]
 PRECISIONS = ["fp32", "fp16"]
-# formats written as they are; any other OGR file format is converted from a GeoPackage
-NATIVE_EXTENSIONS = (".gpkg", ".shp")
 _KEEP_ALIVE: list = []   # post-processors QGIS calls after the run; Python must keep them referenced
 
 
@@ -137,6 +134,7 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
     kind = "embed"          # result style (layers.KINDS)
     output_name = "Tiles"   # description of OUTPUT
     can_dissolve = True
+    can_skip_cache = True   # USE_CACHE is offered (computeembeddings always caches)
 
     def tr(self, text):
         return QCoreApplication.translate("RemoteClipAlgorithm", text)
@@ -190,8 +188,10 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
                 minValue=1, maxValue=4096),
             QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), options=DEVICES, defaultValue=0),
             QgsProcessingParameterEnum(self.PRECISION, self.tr("Precision"), options=PRECISIONS, defaultValue=0),
-            QgsProcessingParameterBoolean(self.USE_CACHE, self.tr("Use the embedding cache"), defaultValue=True),
         ]
+        if self.can_skip_cache:
+            advanced.append(QgsProcessingParameterBoolean(
+                self.USE_CACHE, self.tr("Use the embedding cache"), defaultValue=True))
         if self.can_dissolve:
             advanced.append(QgsProcessingParameterBoolean(
                 self.DISSOLVE, self.tr("Dissolve touching tiles with the same result"), defaultValue=False))
@@ -234,7 +234,7 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
 
     def _extent_and_mask(self, parameters, context, layer):
         """TileSpec extent in the layer's CRS: mask polygons (clipped to EXTENT), EXTENT, or None."""
-        from ..core.tiles import BBox, Polygons
+        from ..core.tiles import Polygons
 
         lcrs = layer.crs()
         rect = None
@@ -247,7 +247,7 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
         if mask is None:
             if rect is None:
                 return None
-            return BBox(rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum(), crs_wkt(lcrs))
+            return extent_from_rectangle(rect, lcrs)
         ct = QgsCoordinateTransform(mask.sourceCrs(), lcrs, context.transformContext())
         clip = QgsGeometry.fromRect(rect) if rect is not None else None
         wkts = []
@@ -269,22 +269,10 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
                                   "Choose a mask layer with polygons over the raster (or no mask).")
         return Polygons(wkts, crs_wkt(lcrs))
 
-    def _source_extent(self, extent):
-        """Where a provider-read source must read: the extent's bounding box (in the layer CRS)."""
-        if extent is None:
-            return None
-        from ..core.tiles import BBox
-
-        if isinstance(extent, BBox):
-            return extent
-        rect = QgsRectangle()
-        rect.setMinimal()
-        for w in extent.wkts:
-            rect.combineExtentWith(QgsGeometry.fromWkt(w).boundingBox())
-        return BBox(rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum(), extent.crs)
-
     def _destination(self, parameters, context) -> tuple[str, str, str | None, str | None]:
         """(destination as QGIS knows it, file core writes, layer name, OGR driver to convert to or None)."""
+        from ..core.vectors import DRIVERS
+
         dest = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         if not dest or dest == QgsProcessing.TEMPORARY_OUTPUT:
             dest = os.path.join(QgsProcessingUtils.tempFolder(), f"{self.name()}.gpkg")
@@ -293,11 +281,11 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
                                   "Save the output to a .gpkg or .shp file (or a temporary layer).")
         path, layer_name = ogr_destination(dest)
         ext = os.path.splitext(path)[1].lower()
-        if ext in NATIVE_EXTENSIONS:
+        if ext in DRIVERS:   # written as they are; any other OGR file format is converted from a GeoPackage
             return dest, path, layer_name, None
         from osgeo import ogr
 
-        driver = _driver_for_extension(ext)
+        driver = _EXTENSION_DRIVERS.get(ext)
         if driver is None or ogr.GetDriverByName(driver) is None:
             raise RemoteClipError(f"The output {path} has a format RemoteCLIP cannot write ({ext or 'no extension'}).",
                                   "Name the output .gpkg or .shp (or another OGR vector format such as .geojson).")
@@ -321,7 +309,8 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
             task = self.make_task(parameters, context)
             extent = self._extent_and_mask(parameters, context, layer)
             pixel_size = self.parameterAsDouble(parameters, self.PIXEL_SIZE, context) or None
-            raster = raster_for_layer(layer, pixel_size=pixel_size, extent=self._source_extent(extent))
+            raster = raster_for_layer(layer, pixel_size=pixel_size, extent=extent)
+            use_cache = not self.can_skip_cache or self.parameterAsBool(parameters, self.USE_CACHE, context)
             bands = self.parameterAsInts(parameters, self.BANDS, context) or None
             tiles = TileSpec(size=self.parameterAsDouble(parameters, self.TILE_SIZE, context),
                              unit=UNITS[self.parameterAsEnum(parameters, self.TILE_UNIT, context)],
@@ -331,7 +320,7 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
                              device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
                              precision=PRECISIONS[self.parameterAsEnum(parameters, self.PRECISION, context)],
                              batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
-                             cache_dir=None if self.parameterAsBool(parameters, self.USE_CACHE, context) else "")
+                             cache_dir=None if use_cache else "")
             self._dest, path, layer_name, self._convert = self._destination(parameters, context)
             self._final = path
             dissolve = self.can_dissolve and self.parameterAsBool(parameters, self.DISSOLVE, context)
@@ -420,10 +409,6 @@ def _add_plugin_deps():
 _EXTENSION_DRIVERS = {".geojson": "GeoJSON", ".json": "GeoJSON", ".fgb": "FlatGeobuf", ".gml": "GML",
                       ".kml": "KML", ".sqlite": "SQLite", ".csv": "CSV", ".tab": "MapInfo File",
                       ".mif": "MapInfo File", ".gmt": "OGR_GMT", ".dxf": "DXF", ".xlsx": "XLSX", ".ods": "ODS"}
-
-
-def _driver_for_extension(ext: str) -> str | None:
-    return _EXTENSION_DRIVERS.get(ext)
 
 
 def _convert(src: str, dest: str, driver: str, layer_name: str | None) -> None:

@@ -9,6 +9,7 @@ class ComputeEmbeddingsAlgorithm(RemoteClipAlgorithm):
     kind = "embed"
     output_name = "Tiles"
     can_dissolve = False
+    can_skip_cache = False   # the whole point is the cache
 
     def name(self):
         return "computeembeddings"
@@ -27,15 +28,6 @@ class ComputeEmbeddingsAlgorithm(RemoteClipAlgorithm):
             "Runs the image encoder over every tile and stores the embeddings in the cache, so that "
             "labelling, counting and searching the same raster with the same tiles and model read no "
             "pixels and run only the text encoder. The output holds the tile polygons (row, col).")
-
-    def initAlgorithm(self, config=None):
-        super().initAlgorithm(config)
-        # the whole point is the cache: keep it on and out of the way
-        self.removeParameter(self.USE_CACHE)
-
-    def processAlgorithm(self, parameters, context, feedback):
-        self._job.run.cache_dir = self._job.run.cache_dir or None
-        return super().processAlgorithm(parameters, context, feedback)
 
     def make_task(self, parameters, context):
         from ..core.jobs import EmbedTask
