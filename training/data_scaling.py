@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import RemoteClipError
+from core.prompts import count_word, read_lines
+from core.prompts import plural as regular_plural
 from training.evaluate import IMAGE_EXTS, RS_TEMPLATES
 
 COLUMNS = ["image", "caption", "source", "split"]
@@ -72,21 +74,17 @@ IRREGULAR_PLURALS = {
 
 def number_word(n: int) -> str:
     """"one" .. "ten" as words, larger counts as digits ("15")."""
-    from core.prompts import NUMBER_WORDS
-
-    return NUMBER_WORDS[n] if 0 <= n <= 10 else str(n)
+    return count_word(n) if n <= 10 else str(n)
 
 
 def plural(noun: str) -> str:
     """Plural of the last word: irregular nouns from a table, the rest by core.prompts.plural."""
-    from core.prompts import plural as regular
-
     head, _, last = noun.strip().rpartition(" ")
     low = last.lower()
     if low in IRREGULAR_PLURALS:
         last = IRREGULAR_PLURALS[low] if last == low else IRREGULAR_PLURALS[low].capitalize()
         return f"{head} {last}".strip()
-    return regular(noun)
+    return regular_plural(noun)
 
 
 def article(noun: str) -> str:
@@ -743,11 +741,7 @@ def convert(a) -> dict:
     """Run one conversion as parsed by ``parser()``; returns a summary."""
     if a.kind in ("folders", "karpathy"):
         if a.kind == "folders":
-            templates = None
-            if a.templates:
-                from core.prompts import read_lines
-
-                templates = read_lines(a.templates)
+            templates = read_lines(a.templates) if a.templates else None
             rows, stats = folder_rows(a.root, a.captions_per_image, a.seed, templates, source=a.source)
         else:
             rows, stats = karpathy_rows(a.json, a.images, a.source)
