@@ -12,7 +12,6 @@ training.data_scaling, the converters any dataset goes through. Deterministic fo
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -27,6 +26,7 @@ from training.data_scaling import (
     image_rng,
     read_dota,
     scene_captions,
+    write_table,
 )
 from training.evaluate import class_name, make_split
 
@@ -67,7 +67,7 @@ def _crop_rows(im, boxes, out: Path, prefix: str, source: str, rng, crop: int, p
             continue
         p = out / "crops" / name
         im.crop((x0, y0, x0 + crop, y0 + crop)).save(p)
-        rows += [{"image": str(p.relative_to(out)), "caption": c, "source": source, "split": "train"} for c in caps]
+        rows += [{"image": str(p), "caption": c, "source": source, "split": "train"} for c in caps]
     return rows
 
 
@@ -120,12 +120,9 @@ def build(data=None, out="runs/demo-data", n_test: int = 6, seed: int = 0, capti
             rows += dota_rows(data / "counting" / "dota", out, seed)
         rows += kampala_rows(data, out, seed)
     counts = {}
-    for name, part in (("train.csv", ("train",)), ("val.csv", ("val",))):
-        sel = [r for r in rows if r["split"] in part]
-        with open(out / name, "w", newline="", encoding="utf-8") as f:
-            wr = csv.DictWriter(f, fieldnames=["image", "caption", "source", "split"])
-            wr.writeheader()
-            wr.writerows(sel)
+    for name, part in (("train.csv", "train"), ("val.csv", "val")):
+        sel = [r for r in rows if r["split"] == part]
+        write_table(sel, out / name)  # crops inside OUT get paths relative to it, the RSSCN7 images absolute ones
         counts[name] = {s: sum(1 for r in sel if r["source"] == s) for s in sorted({r["source"] for r in sel})}
     return {"out": str(out), "rows": counts, "split": str(out / "rsscn7_split.json")}
 
