@@ -205,6 +205,37 @@ def test_yolo_fixture(tmp_path):
 
 # --- masks ----------------------------------------------------------------------------------------------------
 
+def _flood_labels(binary: np.ndarray, connectivity: int) -> tuple[np.ndarray, int]:
+    """Reference labelling by flood fill, components numbered in raster order of their first pixel. It needs
+    no scipy: scipy is optional (not in requirements), and without it label_components *is* _label_runs."""
+    steps = [(-1, 0), (1, 0), (0, -1), (0, 1)]
+    if connectivity == 8:
+        steps += [(-1, -1), (-1, 1), (1, -1), (1, 1)]
+    h, w = binary.shape
+    labels = np.zeros(binary.shape, np.int32)
+    n = 0
+    for r, c in np.argwhere(binary):  # row-major order
+        if labels[r, c]:
+            continue
+        n += 1
+        labels[r, c] = n
+        todo = [(r, c)]
+        while todo:
+            y, x = todo.pop()
+            for dy, dx in steps:
+                yy, xx = y + dy, x + dx
+                if 0 <= yy < h and 0 <= xx < w and binary[yy, xx] and not labels[yy, xx]:
+                    labels[yy, xx] = n
+                    todo.append((yy, xx))
+    return labels, n
+
+
+def _assert_labelled_as_flood_fill(binary: np.ndarray, connectivity: int) -> None:
+    ref, n = _flood_labels(binary, connectivity)
+    for got, m in (ds.label_components(binary, connectivity), ds._label_runs(binary, connectivity)):
+        assert m == n and np.array_equal(got, ref)
+
+
 def test_mask_to_boxes_hand_made():
     m = np.zeros((10, 12), np.uint8)
     m[1:3, 1:4] = 1          # building A: rows 1-2, cols 1-3
@@ -221,14 +252,11 @@ def test_mask_to_boxes_hand_made():
     assert [b.label for b in ds.mask_to_boxes(m, classes, min_area=2)] == ["building", "building", "road"]
     assert ds.box_captions(ds.mask_to_boxes(m, classes, min_area=2), n=1) == \
         ["There are two buildings and a road in the image."]
-    # the numpy fallback labels exactly as scipy does
+    # scipy (when installed) and the numpy fallback both label exactly as a flood fill does
     rng = np.random.default_rng(0)
     for conn in (4, 8):
         for _ in range(5):
-            b = rng.random((40, 37)) < 0.45
-            la, na = ds.label_components(b, conn)
-            lb, nb = ds._label_runs(b, conn)
-            assert na == nb and np.array_equal(la, lb)
+            _assert_labelled_as_flood_fill(rng.random((40, 37)) < 0.45, conn)
     with pytest.raises(RemoteClipError, match="one band of class values"):
         ds.mask_to_boxes(np.zeros((4, 4, 3)), classes)
     assert ds.parse_classes("1=building, 2=road") == classes
@@ -263,9 +291,7 @@ def test_mask_to_boxes_real_footprints(solaris_mask, data_dir):
     # 43 footprints; touching ones may merge into one component, so at most 43 and not many fewer
     assert 35 <= len(boxes) <= 43
     for conn in (4, 8):
-        la, na = ds.label_components(mask == 1, conn)
-        lb, nb = ds._label_runs(mask == 1, conn)
-        assert na == nb and np.array_equal(la, lb)
+        _assert_labelled_as_flood_fill(mask == 1, conn)
     # every footprint whose centroid is on the tile lies in one of the boxes
     gt = gdal.Open(str(tif)).GetGeoTransform()
     vec = ogr.Open(str(data_dir / "geotiff" / "solaris_geotiff_labels.geojson"))
