@@ -7,21 +7,17 @@ the fix (no traceback); Ctrl+C ends with 130 and no output file.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
 
 from .errors import Cancelled, RemoteClipError
 
-DEMO_BUNDLE = Path(__file__).resolve().parents[1] / "models" / "remoteclip-demo"
-
 
 def _default_model() -> str:
-    env = os.environ.get("REMOTECLIP_MODEL")
-    if env:
-        return env
-    if DEMO_BUNDLE.is_dir() or DEMO_BUNDLE.with_suffix(".rclip.zip").is_file():
-        return str(DEMO_BUNDLE if DEMO_BUNDLE.is_dir() else DEMO_BUNDLE.with_suffix(".rclip.zip"))
+    from .bundle import default_bundle
+
+    model = default_bundle()
+    if model:
+        return model
     raise RemoteClipError(
         "No model bundle given and the demo bundle models/remoteclip-demo is not there.",
         "Pass --model BUNDLE (a folder with manifest.json or a .rclip.zip), set REMOTECLIP_MODEL, or make one: "
@@ -155,20 +151,12 @@ def _job(args):
         task = SearchTask(args.query, args.top_k, args.threshold)
     else:
         task = EmbedTask()
-    from .raster import is_gdal_uri
-
-    if not os.path.exists(args.raster) and not is_gdal_uri(args.raster):
-        raise RemoteClipError(f"Raster not found: {args.raster}.", "Check the path.")
     if args.bbox and args.polygons:
         raise RemoteClipError("Both --bbox and --polygons were given.", "Use one of them.")
     extent = _bbox(args.bbox) if args.bbox else _polygons(args.polygons) if args.polygons else None
-    bands = None
-    if args.bands:
-        try:
-            bands = [int(b) for b in args.bands.split(",")]
-        except ValueError:
-            raise RemoteClipError(f"--bands {args.bands!r} is not a list of band numbers.",
-                                  "Write e.g. --bands 3,2,1.") from None
+    from .raster import parse_bands
+
+    bands = parse_bands(args.bands, "--bands") if args.bands else None
     if args.tile_size <= 0:
         raise RemoteClipError(f"--tile-size {args.tile_size:g} is not positive.", "Use e.g. --tile-size 224.")
     if not 0 <= args.overlap < 1:

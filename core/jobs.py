@@ -42,7 +42,8 @@ from .errors import Cancelled, RemoteClipError
 from .inference import Encoder
 from .preprocess import output_size, preprocess
 from .prompts import check_labels, count_captions, label_prompts
-from .tiles import BBox, Polygons, TileSpec, make_grid
+from .tiles import BBox, Polygons, TileSpec, make_grid, require_crs
+from .vectors import check_output_path, shapefile_names
 
 __all__ = ["Job", "RunOptions", "LabelTask", "CountTask", "SearchTask", "EmbedTask", "run_job", "JobResult",
            "TileSpec", "BBox", "Polygons", "UNKNOWN"]
@@ -176,17 +177,8 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def slug_fields(names: list[str], prefix: str = "p_", width: int = 10) -> list[str]:
     """Shapefile-safe unique field names (<= width chars) for class names."""
-    out: list[str] = []
-    for name in names:
-        s = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "class"
-        base = (prefix + s)[:width]
-        cand, k = base, 1
-        while cand in out:
-            tail = str(k)
-            cand = base[:width - len(tail)] + tail
-            k += 1
-        out.append(cand)
-    return out
+    slugs = [prefix + (re.sub(r"[^a-z0-9]+", "_", n.lower()).strip("_") or "class") for n in names]
+    return shapefile_names(slugs, width)
 
 
 def label_records(emb: np.ndarray, text: np.ndarray, labels: list[str], logit_scale: float, top_k: int,
@@ -328,30 +320,25 @@ def _default_cache_dir() -> str:
     return os.environ.get("REMOTECLIP_CACHE") or os.path.join(base, "remoteclip", "embeddings")
 
 
-def _check_raster(src) -> None:
-    if not getattr(src, "crs_wkt", ""):
-        raise RemoteClipError(f"Raster {src.name} has no coordinate reference system.",
-                              "Assign one first (QGIS: Raster > Projections > Assign Projection; GDAL: "
-                              "gdal_edit.py -a_srs EPSG:XXXX FILE), so tiles can be placed on a map.")
-
-
-def _check_output(path: str | None) -> None:
-    if path is None:
-        return
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in (".gpkg", ".shp"):
-        raise RemoteClipError(f"Output {path} is neither a GeoPackage nor a Shapefile.",
-                              "Name the output .gpkg or .shp.")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise RemoteClipError(f"The output folder {folder} does not exist.", "Create it or choose another.")
 
 
 def run_job(job: Job, progress=None, is_cancelled=None) -> JobResult:
     """Run one job; see the module docstring. Raises RemoteClipError for bad input, Cancelled on cancel."""
     t0 = time.perf_counter()
     _check_task(job.task)
-    _check_output(job.output)
+    if job.output is not None:
+        check_output_path(job.output)
+    # opening reads no pixels: a missing raster, or one without a CRS, fails before the model loads
+    src, owned = _open(job.raster)
+    try:
+        require_crs(src)
+        return _run(job, src, t0, progress, is_cancelled)
+    finally:
+        if owned:
+            src.close()
+
+
+def _run(job: Job, src, t0: float, progress, is_cancelled) -> JobResult:
     bundle = load_bundle(job.run.model)
     encoder = Encoder(bundle, device=job.run.device, precision=job.run.precision,
                       batch_size=job.run.batch_size)
@@ -371,32 +358,26 @@ def run_job(job: Job, progress=None, is_cancelled=None) -> JobResult:
 
     from .raster import Stretch, check_bands, default_bands
 
-    src, owned = _open(job.raster)
-    try:
-        _check_raster(src)
-        spec = job.tiles
-        bands = check_bands(src, spec.bands) if spec.bands else default_bands(src)
-        grid = make_grid(src, spec)
-        if not grid:
-            raise RemoteClipError("No tiles: the extent does not overlap the raster.",
-                                  "Choose an extent (bbox or polygons) inside the raster.")
-        stretch = Stretch.from_source(src, bands)
-        cache, key, cached = _cache_lookup(job, src, spec, bands, stretch, bundle, len(grid))
-        if cached is not None:
-            kept, emb = cached
-            cache_hit = True
-            if progress is not None:
-                progress(0.95, f"{len(kept)} tile embeddings from the cache")
-        else:
-            cache_hit = False
-            kept, emb = _encode_tiles(encoder, src, bands, stretch, grid, progress, is_cancelled,
-                                      encoder.batch_size)
-            if cache is not None:
-                cache.save(key, kept, emb)
-        crs_wkt = src.crs_wkt
-    finally:
-        if owned:
-            src.close()
+    spec = job.tiles
+    bands = check_bands(src, spec.bands) if spec.bands else default_bands(src)
+    grid = make_grid(src, spec)
+    if not grid:
+        raise RemoteClipError("No tiles: the extent does not overlap the raster.",
+                              "Choose an extent (bbox or polygons) inside the raster.")
+    stretch = Stretch.from_source(src, bands)
+    cache, key, cached = _cache_lookup(job, src, spec, bands, stretch, bundle, len(grid))
+    if cached is not None:
+        kept, emb = cached
+        cache_hit = True
+        if progress is not None:
+            progress(0.95, f"{len(kept)} tile embeddings from the cache")
+    else:
+        cache_hit = False
+        kept, emb = _encode_tiles(encoder, src, bands, stretch, grid, progress, is_cancelled,
+                                  encoder.batch_size)
+        if cache is not None:
+            cache.save(key, kept, emb)
+    crs_wkt = src.crs_wkt
 
     if is_cancelled is not None and is_cancelled():
         raise Cancelled("cancelled")

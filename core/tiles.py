@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from .errors import RemoteClipError
 
 __all__ = ["TileSpec", "BBox", "Polygons", "Tile", "make_grid", "tile_size_px", "spec_params", "EDGE_MODES",
-           "MIN_TILE_PX", "srs_from", "window_polygon_wkt"]
+           "MIN_TILE_PX", "srs_from", "window_polygon_wkt", "require_crs"]
 
 MIN_TILE_PX = 8
 EDGE_MODES = ("shift", "pad", "drop")
@@ -114,11 +114,16 @@ def _srs_from_quiet(crs, what):
     return _quiet(srs_from, crs, what)
 
 
-def _raster_srs(src):
+def require_crs(src) -> None:
+    """Tiles are placed on a map: a raster without a CRS is refused with the fix."""
     if not getattr(src, "crs_wkt", ""):
         raise RemoteClipError(f"Raster {src.name} has no coordinate reference system.",
                               "Assign one first (QGIS: Raster > Projections > Assign Projection; GDAL: "
-                              "gdal_edit.py -a_srs EPSG:XXXX FILE).")
+                              "gdal_edit.py -a_srs EPSG:XXXX FILE), so tiles can be placed on a map.")
+
+
+def _raster_srs(src):
+    require_crs(src)
     return _srs_from_quiet(src.crs_wkt, "raster's CRS")
 
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from .errors import RemoteClipError
 
-__all__ = ["Field", "write_vector", "dissolve", "DRIVERS", "FIELD_TYPES", "shapefile_names"]
+__all__ = ["Field", "write_vector", "dissolve", "DRIVERS", "FIELD_TYPES", "shapefile_names", "check_output_path"]
 
 DRIVERS = {".gpkg": "GPKG", ".shp": "ESRI Shapefile"}
 FIELD_TYPES = ("str", "int", "float")
@@ -80,16 +80,23 @@ def shapefile_names(names: list[str], width: int = 10) -> list[str]:
     return out
 
 
-def _check(path, records, fields, dissolve_by):
+def check_output_path(path) -> tuple[str, str, str]:
+    """(path, extension, folder) of an output this module can write, or the error that says why not."""
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
     if ext not in DRIVERS:
-        raise RemoteClipError(f"Output {path} is neither a GeoPackage nor a Shapefile.", "Name it .gpkg or .shp.")
+        raise RemoteClipError(f"Output {path} is neither a GeoPackage nor a Shapefile.",
+                              "Name the output .gpkg or .shp.")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise RemoteClipError(f"The output folder {folder} does not exist.", "Create it or choose another.")
     if os.path.isdir(path):
         raise RemoteClipError(f"Output {path} is a folder.", "Give a file name ending in .gpkg or .shp.")
+    return path, ext, folder
+
+
+def _check(path, records, fields, dissolve_by):
+    path, ext, folder = check_output_path(path)
     names = [f.name for f in fields]
     if len({n.lower() for n in names}) != len(names):
         raise RemoteClipError(f"Field names repeat: {names}.", "Give each field once.")
@@ -272,7 +279,7 @@ def dissolve(records: list[dict], fields: list[Field], by: str) -> tuple[list[di
             x, y = pt.GetX(), pt.GetY()
             cands = [i for i, (x0, x1, y0, y1) in enumerate(envs) if x0 <= x <= x1 and y0 <= y <= y1]
             if len(cands) > 1:
-                cands = [i for i in cands if parts[i].Contains(pt) or parts[i].Intersects(pt)] or cands
+                cands = [i for i in cands if parts[i].Intersects(pt)] or cands
             members[cands[0]].append(r)
         for part, mem in zip(parts, members, strict=True):
             if not mem:
