@@ -31,6 +31,27 @@ _EXPORT_HINT = ("Export a bundle with `python -m training.export --arch ViT-B-32
 
 
 _DIGESTS: dict = {}
+# models/ beside core: the repository's, or the plugin's when core is vendored as remoteclip_qgis/core
+DEMO_BUNDLE = Path(__file__).resolve().parents[1] / "models" / "remoteclip-demo"
+
+
+def default_bundle() -> str | None:
+    """REMOTECLIP_MODEL when set, else the demo bundle (folder or .rclip.zip) when present, else None."""
+    env = os.environ.get("REMOTECLIP_MODEL")
+    if env:
+        return env
+    if DEMO_BUNDLE.is_dir():
+        return str(DEMO_BUNDLE)
+    zipped = DEMO_BUNDLE.with_suffix(".rclip.zip")
+    return str(zipped) if zipped.is_file() else None
+
+
+def bundle_path(value) -> str:
+    """What a user picked -> the bundle: a folder, a .rclip.zip, or a bundle's manifest.json (its folder)."""
+    value = str(value or "").strip()
+    if os.path.basename(value).lower() == MANIFEST:
+        value = os.path.dirname(value)
+    return value
 
 
 def _size_and_time(path: Path) -> tuple[int, int]:
@@ -105,7 +126,7 @@ def load_bundle(path) -> Bundle:
         return path
     if path is None or str(path).strip() == "":
         raise RemoteClipError("No model bundle was given.", _EXPORT_HINT)
-    src = Path(path).expanduser()
+    src = Path(bundle_path(path)).expanduser()
     if not src.exists():
         raise RemoteClipError(f"Model bundle not found: {src}.", _EXPORT_HINT)
     if src.is_file():

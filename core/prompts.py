@@ -138,4 +138,9 @@ def read_lines(path) -> list[str]:
         if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
             raise RemoteClipError(f"{p} must hold a JSON list of strings.", 'Write e.g. ["water", "trees"].')
         return data
+    return split_lines(text)
+
+
+def split_lines(text: str) -> list[str]:
+    """One entry per line; blank lines and '#' comments dropped (commas are part of a name)."""
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]

@@ -41,7 +41,7 @@ import numpy as np
 from .errors import RemoteClipError
 
 __all__ = ["RasterSource", "RasterioSource", "open_raster", "default_bands", "check_bands", "Stretch",
-           "read_rgb", "is_gdal_uri", "palette_of", "STRETCH_PERCENTILES", "STRETCH_SAMPLE_PX"]
+           "read_rgb", "is_gdal_uri", "palette_of", "parse_bands", "STRETCH_PERCENTILES", "STRETCH_SAMPLE_PX"]
 
 STRETCH_PERCENTILES = (2.0, 98.0)
 STRETCH_SAMPLE_PX = 1024  # long side of the decimated read the percentiles come from
@@ -198,6 +198,19 @@ def default_bands(src) -> list[int]:
     if len(usable) >= 3:
         return usable[:3]
     return [usable[0]] * 3
+
+
+def parse_bands(text: str, what: str = "Bands") -> list[int] | None:
+    """Band numbers typed by a user ("3,2,1", "3 2 1") -> ints, or None when empty (the default bands).
+    Whether they exist is :func:`check_bands`'s question, asked once the raster is open."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        return [int(b) for b in re.split(r"[,\s]+", text) if b]
+    except ValueError:
+        raise RemoteClipError(f"{what} {text!r} are not band numbers.",
+                              "Write 1-based band numbers, e.g. 3,2,1 (or one band, used as grey).") from None
 
 
 def check_bands(src, bands) -> list[int]:

@@ -55,13 +55,14 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from . import deps
+from .core.bundle import DEMO_BUNDLE, bundle_path, default_bundle
 from .core.errors import RemoteClipError
-from .core.prompts import DEFAULT_TEMPLATES, PRESETS
+from .core.prompts import DEFAULT_TEMPLATES, PRESETS, split_lines
+from .core.raster import parse_bands
 
 LOG_TAG = "RemoteCLIP"
 SETTINGS = "RemoteCLIP/"
-PLUGIN_DIR = Path(__file__).resolve().parent
-DEMO_MODEL = PLUGIN_DIR / "models" / "remoteclip-demo"
+DEMO_MODEL = DEMO_BUNDLE   # the demo model shipped inside the plugin (models/ beside the vendored core)
 RESULTS_FOLDER = "remoteclip_results"
 TASKS = ("label", "count", "search", "embed")
 EXTENT_LAYER, EXTENT_CANVAS, EXTENT_FEATURES = "layer", "canvas", "features"
@@ -69,11 +70,12 @@ EXPORT_FORMATS = {"GeoPackage": ("GPKG", ".gpkg"), "ESRI Shapefile": ("ESRI Shap
 
 
 def default_model() -> str:
-    """The model remembered from last time, else the demo model shipped inside the plugin, else ''."""
+    """The model remembered from last time, else core's default (REMOTECLIP_MODEL, the demo model shipped
+    inside the plugin), else ''."""
     saved = QgsSettings().value(SETTINGS + "model", "", type=str)
     if saved and os.path.exists(saved):
         return saved
-    return str(DEMO_MODEL) if (DEMO_MODEL / "manifest.json").is_file() else ""
+    return default_bundle() or ""
 
 
 def results_folder(project: QgsProject | None = None) -> Path:
@@ -119,25 +121,6 @@ def _compact(combo) -> None:
 
 def save_setting(key: str, value) -> None:
     QgsSettings().setValue(SETTINGS + key, value)  # noqa: QGS202 (QgsSettings.setValue returns nothing)
-
-
-def parse_lines(text: str) -> list[str]:
-    """One entry per line; blank lines and '#' comments dropped (commas are part of a name)."""
-    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-
-
-def parse_bands(text: str) -> list[int] | None:
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        bands = [int(b) for b in re.split(r"[,\s]+", text) if b]
-    except ValueError:
-        raise RemoteClipError(f"Bands {text!r} are not band numbers.",
-                              "Give three 1-based band numbers, e.g. '4,3,2', or leave it empty.") from None
-    if any(b < 1 for b in bands):
-        raise RemoteClipError(f"Bands {text!r} contain a number below 1.", "Band numbers start at 1.")
-    return bands
 
 
 class RemoteClipDock(QgsDockWidget):
@@ -471,10 +454,7 @@ class RemoteClipDock(QgsDockWidget):
         save_setting("device", self.device_combo.currentText())
 
     def model_path(self) -> str:
-        path = self.model_widget.filePath().strip()
-        if path.endswith("manifest.json"):
-            path = os.path.dirname(path)
-        return path
+        return bundle_path(self.model_widget.filePath())
 
     def _choose_zip(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "RemoteCLIP model bundle (zip)", self.model_path(),
@@ -574,9 +554,9 @@ class RemoteClipDock(QgsDockWidget):
 
         kind = self.current_kind()
         if kind == "label":
-            templates = parse_lines(self.templates_edit.toPlainText()) or None
+            templates = split_lines(self.templates_edit.toPlainText()) or None
             threshold = self.label_threshold.value() or None
-            return LabelTask(labels=parse_lines(self.labels_edit.toPlainText()), templates=templates,
+            return LabelTask(labels=split_lines(self.labels_edit.toPlainText()), templates=templates,
                              top_k=self.label_topk.value(), threshold=threshold)
         if kind == "count":
             return CountTask(object_name=self.count_object.text().strip(), max_count=self.count_max.value())

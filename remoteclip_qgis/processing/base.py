@@ -40,35 +40,14 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QCoreApplication
 
+from ..core.bundle import bundle_path, default_bundle
 from ..core.errors import Cancelled, RemoteClipError
 from ..layer_source import crs_wkt, extent_from_rectangle, raster_for_layer
 
-PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO_MODEL = os.path.join(PLUGIN_DIR, "models", "remoteclip-demo")
 UNITS = ["px", "m"]
 DEVICES = ["auto", "cpu", "cuda"]
 PRECISIONS = ["fp32", "fp16"]
 _KEEP_ALIVE: list = []   # post-processors QGIS calls after the run; Python must keep them referenced
-
-
-def default_model() -> str | None:
-    """REMOTECLIP_MODEL when set (as on the command line), else the demo model inside the plugin."""
-    env = os.environ.get("REMOTECLIP_MODEL")
-    if env:
-        return env
-    if os.path.isdir(DEMO_MODEL):
-        return DEMO_MODEL
-    if os.path.isfile(DEMO_MODEL + ".rclip.zip"):
-        return DEMO_MODEL + ".rclip.zip"
-    return None
-
-
-def model_path(value: str) -> str:
-    """A bundle folder, a .rclip.zip, or a bundle's manifest.json (its folder)."""
-    value = (value or "").strip()
-    if os.path.basename(value).lower() == "manifest.json":
-        value = os.path.dirname(value)
-    return value
 
 
 def split_list(text: str | None, separators: str = ",\n") -> list[str]:
@@ -160,7 +139,7 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
             self.MODEL, self.tr("Model bundle (folder, its manifest.json, or .rclip.zip)"),
             behavior=QgsProcessingParameterFile.File,
             fileFilter=self.tr("RemoteCLIP bundles (manifest.json *.rclip.zip *.zip);;All files (*)"),
-            defaultValue=default_model(), optional=default_model() is not None))
+            defaultValue=default_bundle(), optional=default_bundle() is not None))
         self.init_task_parameters()
         self.add(QgsProcessingParameterNumber(
             self.TILE_SIZE, self.tr("Tile size"), QgsProcessingParameterNumber.Double, defaultValue=224,
@@ -302,7 +281,7 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
             if layer is None:
                 raise RemoteClipError("No raster layer was given (INPUT).",
                                       "Choose a raster layer or give a raster file path.")
-            model = model_path(self.parameterAsFile(parameters, self.MODEL, context) or default_model() or "")
+            model = bundle_path(self.parameterAsFile(parameters, self.MODEL, context) or default_bundle() or "")
             if not model:
                 raise RemoteClipError("No model bundle was given (MODEL) and the plugin has no demo model.",
                                       "Choose a bundle folder or .rclip.zip, or set REMOTECLIP_MODEL.")
