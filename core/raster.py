@@ -41,7 +41,7 @@ import numpy as np
 from .errors import RemoteClipError
 
 __all__ = ["RasterSource", "RasterioSource", "open_raster", "default_bands", "check_bands", "Stretch",
-           "read_rgb", "is_gdal_uri", "palette_of", "parse_bands", "STRETCH_PERCENTILES", "STRETCH_SAMPLE_PX"]
+           "read_rgb", "is_gdal_uri", "palette_of", "parse_bands", "nodata_valid", "STRETCH_PERCENTILES", "STRETCH_SAMPLE_PX"]
 
 STRETCH_PERCENTILES = (2.0, 98.0)
 STRETCH_SAMPLE_PX = 1024  # long side of the decimated read the percentiles come from
@@ -143,22 +143,7 @@ class RasterioSource:
         if "per_dataset" in flags:  # alpha band or a mask file: one mask for every band
             m = self._ds.read_masks(uniq[0], window=win, out_shape=None if shape is None else shape[1:])
             return m > 0
-        valid = np.zeros(data.shape[1:], dtype=bool)
-        any_rule = False
-        for i, b in enumerate(uniq):
-            nd = self.nodatavals[b - 1]
-            band = data[i]
-            ok = None
-            if nd is not None and not math.isnan(nd):
-                ok = band != nd
-            if band.dtype.kind == "f":
-                fin = ~np.isnan(band)
-                ok = fin if ok is None else ok & fin
-            if ok is None:
-                return np.ones(data.shape[1:], dtype=bool)  # a band without nodata is valid everywhere
-            any_rule = True
-            valid |= ok
-        return valid if any_rule else np.ones(data.shape[1:], dtype=bool)
+        return nodata_valid(data, [self.nodatavals[b - 1] for b in uniq])
 
     def colormap(self, band: int) -> dict[int, tuple[int, int, int]] | None:
         """The band's colour table {index: (r, g, b)}, or None when it has none."""
@@ -179,6 +164,25 @@ class RasterioSource:
 
     def __repr__(self):
         return f"RasterioSource({self.name!r}, {self.width}x{self.height}x{self.count} {self.dtype})"
+
+
+def nodata_valid(data: np.ndarray, nodatavals) -> np.ndarray:
+    """(H, W) validity of (C, H, W) bands by their nodata values: a pixel is nodata only where every band
+    is (NaN counts as nodata in float bands); a band without a nodata value makes every pixel valid.
+    Every RasterSource without a dataset mask uses this rule."""
+    valid = np.zeros(data.shape[1:], dtype=bool)
+    for band, nd in zip(data, nodatavals, strict=True):
+        ok = None
+        if nd is not None and not math.isnan(nd):
+            # a float32 band holds its nodata value rounded to float32; integers compare exactly
+            ok = band != (band.dtype.type(nd) if band.dtype.kind == "f" else nd)
+        if band.dtype.kind == "f":
+            finite = ~np.isnan(band)
+            ok = finite if ok is None else ok & finite
+        if ok is None:
+            return np.ones(data.shape[1:], dtype=bool)
+        valid |= ok
+    return valid
 
 
 def open_raster(path) -> RasterioSource:

@@ -33,6 +33,7 @@ from qgis.core import (
 )
 
 from .core.errors import RemoteClipError
+from .core.raster import nodata_valid
 from .core.tiles import BBox, Polygons
 
 __all__ = ["QgisRasterSource", "raster_for_layer", "extent_from_rectangle", "extent_from_features",
@@ -249,21 +250,7 @@ class QgisRasterSource:
         return data, self._valid(bands, data)
 
     def _valid(self, bands, data) -> np.ndarray:
-        # as core's RasterioSource: nodata only where every band read is nodata; NaN is nodata in floats
-        valid = np.zeros(data.shape[1:], dtype=bool)
-        for i, b in enumerate(bands):
-            band = data[i]
-            ok = None
-            nd = self._nodatavals[b - 1]
-            if nd is not None and not math.isnan(nd):
-                ok = band != np.asarray(nd).astype(band.dtype)
-            if band.dtype.kind == "f":
-                fin = ~np.isnan(band)
-                ok = fin if ok is None else ok & fin
-            if ok is None:
-                return np.ones(data.shape[1:], dtype=bool)
-            valid |= ok
-        return valid
+        return nodata_valid(data, [self._nodatavals[b - 1] for b in bands])
 
     def _read_argb(self, bands, rect, ow, oh):
         with self._lock:

@@ -315,3 +315,15 @@ def test_a_palette_band_is_read_through_its_colour_table(paths, palette_tif):
     # a grey band without a table is not a palette
     with open_raster(paths["shade"]) as grey:
         assert Stretch.from_source(grey, [1, 1, 1]).params["kind"] == "identity"
+
+
+def test_nodata_rule_every_band_nodata_nan_float32_and_out_of_range_values():
+    from core.raster import nodata_valid
+
+    two = np.array([[[0, 5], [0, 0]], [[0, 0], [7, 0]]], dtype=np.uint8)
+    assert nodata_valid(two, [0, 0]).tolist() == [[False, True], [True, False]]   # nodata in every band
+    assert nodata_valid(two, [0, None]).all()          # a band without nodata is valid everywhere
+    assert nodata_valid(two[:1], [-1]).all()           # -1 is no uint8 value: nothing is nodata (no wrap to 255)
+    f32 = np.array([[[np.float32(-3.4e38), 1.0, np.nan]]], dtype=np.float32)
+    assert nodata_valid(f32, [-3.4e38]).tolist() == [[False, True, False]]   # nodata as stored in float32
+    assert nodata_valid(f32, [None]).tolist() == [[True, True, False]]      # NaN is nodata in floats
