@@ -33,7 +33,7 @@ def require(condition: bool, reason: str) -> None:
         return
     if IN_CI:
         pytest.fail(f"{reason} (CI=true: missing dependencies fail instead of skipping)")
-    pytest.skip(reason)
+    pytest.skip(reason, allow_module_level=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
