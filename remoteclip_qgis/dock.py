@@ -43,6 +43,7 @@ from qgis.PyQt.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QMessageBox,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
@@ -645,6 +646,8 @@ class RemoteClipDock(QgsDockWidget):
         except RemoteClipError as e:
             self._report_error(e.problem, e.fix)
             return None
+        if not self._confirm_plan(job):
+            return None
         from .task import RemoteClipTask
 
         if not self.output_widget.filePath().strip():
@@ -661,6 +664,27 @@ class RemoteClipDock(QgsDockWidget):
         self.status.setText(f"Running {kind} on {name.split(' · ')[0]}…")
         QgsApplication.taskManager().addTask(self.task)
         return self.task
+
+    def _confirm_plan(self, job) -> bool:
+        """A plan above core's tile limit runs only when the user says so (the command line's --yes)."""
+        from .core.jobs import plan_job
+
+        try:
+            plan = plan_job(job)
+        except RemoteClipError as e:
+            self._report_error(e.problem, e.fix)
+            return False
+        self.status.setText(f"Plan: {plan.describe()}.")
+        if job.max_tiles is None or plan.n_tiles <= job.max_tiles:
+            return True
+        answer = QMessageBox.question(
+            self, "RemoteCLIP", f"This run has {plan.describe()}.\n\nRun it anyway? (Larger tiles, less "
+            "overlap or a smaller extent make fewer tiles.)", QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No)
+        if answer != QMessageBox.StandardButton.Yes:
+            return False
+        job.max_tiles = None
+        return True
 
     def cancel(self) -> None:
         if self.task is not None:

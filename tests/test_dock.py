@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -244,13 +245,24 @@ def test_errors_reach_the_message_bar_and_the_log(dock, data_dir, tmp_path, qgis
     assert dock.run() is None
     assert any("No model bundle" in m for m in bar.get_messages(Qgis.Warning))
 
-    # refused by core inside the task: one label only
+    # refused before any task too, by core's checks of the task: one label only
     dock.model_widget.setFilePath(str(tiny_bundle))
     dock.set_kind("label")
     dock.labels_edit.setPlainText("buildings")
+    assert dock.run() is None
+    assert any("at least two" in m for m in bar.get_messages(Qgis.Warning))
+    assert not bar.get_messages(Qgis.Critical) and not (tmp_path / "x.gpkg").exists()
+    assert dock.last_layer is None
+
+    # refused by core inside the task: a bundle whose graph is damaged
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bundle, broken)
+    (broken / "text_fp32.onnx").write_bytes(b"not an onnx graph")
+    dock.model_widget.setFilePath(str(broken))
+    dock.labels_edit.setPlainText("buildings\ntrees")
     _run(dock)
     critical = bar.get_messages(Qgis.Critical)
-    assert any("at least two" in m and "Log Messages" in m for m in critical), critical
+    assert any("text_fp32.onnx" in m and "Log Messages" in m for m in critical), critical
     assert "Failed" in dock.status.text() and not (tmp_path / "x.gpkg").exists()
     assert dock.last_layer is None
 

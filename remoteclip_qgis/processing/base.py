@@ -312,8 +312,9 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
         if self._convert:
             self._tmpdir = tempfile.mkdtemp(prefix="remoteclip_", dir=QgsProcessingUtils.tempFolder())
             write = os.path.join(self._tmpdir, "result.gpkg")
+        # Processing runs are deliberate (batch, models, qgis_process): no tile limit, the plan is reported
         self._job = Job(raster=raster, task=task, run=run, tiles=tiles, output=write, layer_name=layer_name,
-                        dissolve=dissolve)
+                        dissolve=dissolve, max_tiles=None)
         if not isinstance(raster, str):
             feedback.pushInfo(f"Reading {layer.name()} through QGIS ({layer.providerType()} provider) at "
                               f"{raster.width} x {raster.height} pixels.")
@@ -328,7 +329,8 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
         job = self._job
         try:
             result = run_job(job, progress=lambda f, msg: _progress(feedback, f, msg),
-                             is_cancelled=feedback.isCanceled)
+                             is_cancelled=feedback.isCanceled,
+                             on_plan=lambda plan: feedback.pushInfo(f"Plan: {plan.describe()}."))
             if feedback.isCanceled():
                 raise Cancelled("cancelled")
             if self._convert:
