@@ -59,7 +59,8 @@ from .errors import RemoteClipError
 
 __all__ = ["Field", "write_vector", "dissolve", "DRIVERS", "FIELD_TYPES", "shapefile_names", "check_output_path",
            "check_output", "output_exists", "input_files", "sidecar_path", "read_sidecar", "write_sidecar",
-           "remove_dead_temps", "SIDECAR_FORMAT"]
+           "remove_dead_temps", "same_file", "check_not_input",
+           "check_folder_writable", "SIDECAR_FORMAT"]
 
 DRIVERS = {".gpkg": "GPKG", ".shp": "ESRI Shapefile"}
 FIELD_TYPES = ("str", "int", "float")
@@ -137,8 +138,8 @@ def check_output(path, layer_name: str | None = None, overwrite: bool = False, i
     stem = os.path.splitext(os.path.basename(path))[0]
     if ext == ".gpkg":
         _check_layer_name(layer_name or stem)
-    _check_not_input(path, ext, inputs)
-    _check_folder_writable(folder, stem)
+    check_not_input(path, inputs)
+    check_folder_writable(folder, stem)
     remove_dead_temps(folder, _temp_pattern(stem))
     if ext == ".gpkg":
         _check_gpkg(path, layer_name or stem, overwrite)
@@ -200,25 +201,32 @@ def input_files(spec) -> list[str]:
     return []
 
 
-def _same_file(a: str, b: str) -> bool:
+def same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file: relative, symlinked, hard-linked or not yet there (then by path)."""
     try:
         return os.path.samefile(a, b)   # symlinks and hard links too
     except OSError:
         return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
 
 
-def _check_not_input(path: str, ext: str, inputs) -> None:
-    base = os.path.splitext(path)[0]
-    targets = [path] if ext == ".gpkg" else [base + p for p in _SHP_DATASET + _SHP_INDEX] + [sidecar_path(path)]
+def check_not_input(path, inputs) -> None:
+    """Raise if writing ``path`` (any of a Shapefile's files) would write a file of ``inputs`` (paths, URIs)."""
+    path = os.fspath(path)
+    base, ext = os.path.splitext(path)
+    if ext.lower() == ".shp":
+        targets = [base + p for p in _SHP_DATASET + _SHP_INDEX] + [sidecar_path(path)]
+    else:
+        targets = [path]
     for spec in inputs or ():
         for f in input_files(spec):
-            if any(_same_file(t, f) for t in targets):
+            if any(same_file(t, f) for t in targets):
                 raise RemoteClipError(f"The output {path} is the input raster's file ({os.fspath(spec)}).",
                                       "Write the result to another file: RemoteCLIP never writes into the "
                                       "raster it reads.")
 
 
-def _check_folder_writable(folder: str, stem: str) -> None:
+def check_folder_writable(folder, stem: str = "remoteclip") -> None:
+    """Raise unless a new file can really be created in ``folder``."""
     # os.access says yes to root and knows nothing of read-only mounts or /proc: really create a file
     try:
         fd, probe = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(stem))
