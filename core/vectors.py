@@ -225,8 +225,19 @@ def check_not_input(path, inputs) -> None:
                                       "raster it reads.")
 
 
+def _marked_read_only(path) -> bool:
+    # write permission for nobody: meant read-only, though root may write (POSIX; on Windows a folder's
+    # read-only attribute only marks customised folders)
+    try:
+        return os.name != "nt" and os.stat(path).st_mode & 0o222 == 0
+    except OSError:
+        return False
+
+
 def check_folder_writable(folder, stem: str = "remoteclip") -> None:
-    """Raise unless a new file can really be created in ``folder``."""
+    """Raise unless a new file can really be created in ``folder`` (and its permissions allow one)."""
+    if _marked_read_only(folder):
+        raise RemoteClipError(f"The output folder {folder} is read-only.", "Choose a folder you can write to.")
     # os.access says yes to root and knows nothing of read-only mounts or /proc: really create a file
     try:
         fd, probe = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(stem))
@@ -239,7 +250,7 @@ def check_folder_writable(folder, stem: str = "remoteclip") -> None:
 
 
 def _check_writable_file(path: str) -> None:
-    if not os.access(path, os.W_OK):
+    if not os.access(path, os.W_OK) or _marked_read_only(path):
         raise RemoteClipError(f"The output {path} is read-only.", "Make it writable or choose another name.")
 
 

@@ -201,6 +201,9 @@ def test_a_killed_write_leaves_the_old_file_and_its_temporaries_go_at_the_next_r
     before = snapshot(user_gpkg)
     _killed_write(user_gpkg, "buildings")
     assert snapshot(user_gpkg) == before
+    recs, fields, crs = _tiles(mosaic)   # and the next write into it works
+    write_vector(user_gpkg, recs, fields, crs, layer_name="labels")
+    assert {k: v for k, v in snapshot(user_gpkg).items() if k != "labels"} == before
 
     # a new GeoPackage: killed with its temporary complete beside it
     _killed_write(folder / "new.gpkg")
@@ -358,13 +361,14 @@ def test_an_existing_output_needs_overwrite(mosaic, tiny_bundle, tmp_path, capsy
 
 # ---------------------------------------------------------------------------- unwritable outputs
 
-@pytest.mark.parametrize("where", ["proc", "sys", "under_a_file", "missing"])
+@pytest.mark.parametrize("where", ["proc", "sys", "under_a_file", "missing", "read_only"])
 def test_an_unwritable_output_fails_before_the_model_loads(mosaic, tiny_bundle, tmp_path, capsys, where):
     # root may write almost anywhere (os.access says yes to everything): these fail for root too
     (tmp_path / "notes.txt").write_text("a file, not a folder")
+    (tmp_path / "locked").mkdir(mode=0o555)   # r-x for all: read-only, also when root could write in it
     out = {"proc": "/proc/remoteclip-test.gpkg", "sys": "/sys/remoteclip-test.shp",
            "under_a_file": str(tmp_path / "notes.txt" / "out.gpkg"),
-           "missing": str(tmp_path / "no" / "out.gpkg")}[where]
+           "missing": str(tmp_path / "no" / "out.gpkg"), "read_only": str(tmp_path / "locked" / "out.gpkg")}[where]
     cache = tmp_path / "cache"
     with pytest.raises(RemoteClipError, match="output folder"):
         run_job(label_job(mosaic, tiny_bundle, out, cache_dir=str(cache)))
@@ -374,3 +378,16 @@ def test_an_unwritable_output_fails_before_the_model_loads(mosaic, tiny_bundle, 
     assert rc == 2 and "output folder" in one_line_error(err) and stdout == ""
     assert not cache.exists()
     assert (tmp_path / "notes.txt").read_text() == "a file, not a folder"
+    assert list((tmp_path / "locked").iterdir()) == []
+
+
+def test_a_read_only_output_file_is_not_replaced(mosaic, tiny_bundle, tmp_path, capsys):
+    out = tmp_path / "done.shp"
+    args = ["label", mosaic, "--model", tiny_bundle, "--labels", LABELS, "--tile-size", 512, "--no-cache", "-q",
+            "-o", out, "--overwrite"]
+    assert cli(capsys, *args)[0] == 0
+    (tmp_path / "done.dbf").chmod(0o444)
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    rc, _, err = cli(capsys, *args)
+    assert rc == 2 and "done.dbf is read-only" in one_line_error(err)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files
