@@ -1,7 +1,9 @@
 """``remoteclip label|count|search|embed RASTER --model BUNDLE ... -o OUT.gpkg``.
 
-Bad input ends with exit code 2 and a one-line error naming the problem and
-the fix (no traceback); Ctrl+C ends with 130 and no output file.
+An existing output is replaced only with --overwrite (a GeoPackage keeps its
+other layers either way). Bad input ends with exit code 2 and a one-line error
+naming the problem and the fix (no traceback); Ctrl+C ends with 130 and no
+output file.
 """
 
 from __future__ import annotations
@@ -88,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
                                         "or $REMOTECLIP_MODEL)")
     common.add_argument("-o", "--output", help="output vector file (.gpkg or .shp), written atomically")
     common.add_argument("--layer", help="layer name in the output (default: the task)")
+    common.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output (in a GeoPackage: the layer of that name; its other "
+                             "layers are kept)")
     g = common.add_argument_group("tiles")
     g.add_argument("--tile-size", type=float, default=224, help="tile edge (default 224)")
     g.add_argument("--tile-unit", choices=("px", "m"), default="px", help="unit of --tile-size (default px)")
@@ -179,7 +184,7 @@ def _job(args):
                      batch_size=args.batch_size, cache_dir=cache_dir)
     tiles = TileSpec(size=args.tile_size, unit=args.tile_unit, overlap=args.overlap, extent=extent, bands=bands)
     return Job(raster=args.raster, task=task, run=run, tiles=tiles, output=args.output, layer_name=args.layer,
-               dissolve=args.dissolve, max_tiles=None if args.yes else MAX_TILES)
+               dissolve=args.dissolve, overwrite=args.overwrite, max_tiles=None if args.yes else MAX_TILES)
 
 
 class _Bar:

@@ -45,10 +45,10 @@ from .inference import Encoder
 from .preprocess import output_size, preprocess
 from .prompts import check_labels, check_templates, check_text, count_captions, label_prompts
 from .tiles import BBox, Polygons, TileSpec, make_grid, require_crs
-from .vectors import check_output_path, shapefile_names
+from .vectors import check_output, shapefile_names
 
-__all__ = ["Job", "Plan", "plan_job", "RunOptions", "LabelTask", "CountTask", "SearchTask", "EmbedTask", "run_job", "JobResult",
-           "TileSpec", "BBox", "Polygons", "UNKNOWN"]
+__all__ = ["Job", "Plan", "plan_job", "RunOptions", "LabelTask", "CountTask", "SearchTask", "EmbedTask", "run_job",
+           "JobResult", "TileSpec", "BBox", "Polygons", "UNKNOWN", "output_layer_name"]
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,7 @@ class Job:
     output: str | None = None      # .gpkg or .shp; written atomically
     layer_name: str | None = None
     dissolve: bool = False
+    overwrite: bool = False        # replace an existing output (a GeoPackage's other layers are always kept)
     max_tiles: int | None = MAX_TILES   # a larger plan is refused unless this is raised (None: no limit)
 
     def __post_init__(self):
@@ -457,8 +458,9 @@ def run_job(job: Job, progress=None, is_cancelled=None, on_plan=None) -> JobResu
     ``on_plan(plan)`` is called with the :class:`Plan` once the grid is known, before any pixel is read."""
     t0 = time.perf_counter()
     _check(job)
-    if job.output is not None:
-        check_output_path(checks.path_text(job.output, "output"))
+    if job.output is not None:  # before any pixel is read or the model loads
+        check_output(checks.path_text(job.output, "output"), output_layer_name(job), job.overwrite,
+                     _raster_names(job.raster))
     # opening reads no pixels: a missing raster, or one without a CRS, fails before the model loads
     src, owned = _open(job.raster)
     try:
@@ -549,7 +551,7 @@ def _run(job: Job, src, t0: float, progress, is_cancelled, on_plan) -> JobResult
     fields = [("row", "int"), ("col", "int"), *fields]
 
     provider = encoder.provider if not cache_hit else _provider_if_loaded(encoder)
-    layer_name = job.layer_name or _layer_name(job)
+    layer_name = output_layer_name(job)
     out = None
     if job.output:
         if is_cancelled is not None and is_cancelled():
@@ -561,7 +563,8 @@ def _run(job: Job, src, t0: float, progress, is_cancelled, on_plan) -> JobResult
         metadata = {"task": type(task).__name__, "model": bundle.name, "raster": getattr(src, "name", ""),
                     "fields": field_map, "provider": provider}
         write_vector(job.output, records, [Field(n, t) for n, t in fields], crs_wkt, layer_name=layer_name,
-                     dissolve_by=dissolve_by if job.dissolve else None, metadata=metadata)
+                     dissolve_by=dissolve_by if job.dissolve else None, metadata=metadata,
+                     overwrite=job.overwrite, inputs=_raster_names(job.raster))
         out = job.output
     if progress is not None:
         progress(1.0, f"{len(records)} tiles done")
@@ -576,6 +579,18 @@ def _provider_if_loaded(encoder: Encoder) -> str:
     if "text" in encoder._sessions:
         return encoder.session("text").get_providers()[0]
     return encoder.providers[0]
+
+
+def output_layer_name(job: Job) -> str:
+    """The layer the job writes: ``job.layer_name``, else one named after the task."""
+    return job.layer_name or _layer_name(job)
+
+
+def _raster_names(raster) -> list[str]:
+    # a path or URI, or a RasterSource's file (QgisRasterSource.path) and source string (its name)
+    if isinstance(raster, str | os.PathLike):
+        return [os.fspath(raster)]
+    return [n for n in (getattr(raster, "path", None), getattr(raster, "name", None)) if isinstance(n, str) and n]
 
 
 def _layer_name(job: Job) -> str:

@@ -186,7 +186,7 @@ def test_cancel_writes_nothing_and_keeps_an_existing_output(mosaic, tiny_bundle,
         return len(calls) > 2
 
     with pytest.raises(Cancelled):
-        run_job(_job(mosaic, tiny_bundle, output=str(out), tiles=TileSpec(size=128), batch_size=4),
+        run_job(_job(mosaic, tiny_bundle, output=str(out), tiles=TileSpec(size=128), batch_size=4, overwrite=True),
                 is_cancelled=cancel)
     assert out.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["keep.gpkg"]
