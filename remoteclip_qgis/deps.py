@@ -276,14 +276,14 @@ class InstallTask(QgsTask):
     done = pyqtSignal(bool, str, str)   # ok, summary, the command to run by hand
 
     def __init__(self, plan: InstallPlan):
-        super().__init__("Installing RemoteCLIP dependencies", QgsTask.CanCancel)
+        super().__init__("Installing RemoteCLIP dependencies", QgsTask.Flag.CanCancel)
         self.plan = plan
         self.ok = False
         self.summary = ""
 
     def run(self) -> bool:
         def log(line: str) -> None:
-            QgsMessageLog.logMessage(line, LOG_TAG, Qgis.Info)
+            QgsMessageLog.logMessage(line, LOG_TAG, Qgis.MessageLevel.Info)
 
         try:
             self.ok, self.summary = run_plan(self.plan, log=log, is_cancelled=self.isCanceled)

@@ -126,7 +126,7 @@ def layers_showing(path: str, layer_name: str | None = None, project: QgsProject
 def is_web_layer(layer: QgsRasterLayer) -> bool:
     """A raster without a pixel grid of its own (XYZ, WMS): it is read at a chosen extent and resolution."""
     provider = layer.dataProvider()
-    return provider is not None and not (provider.capabilities() & QgsRasterDataProvider.Size
+    return provider is not None and not (provider.capabilities() & QgsRasterDataProvider.Capability.Size
                                          and provider.xSize() > 0)
 
 
@@ -137,7 +137,7 @@ def set_value(widget, value) -> None:
 
 def _compact(combo) -> None:
     # long layer names must not widen the dock: combos elide instead
-    combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
     combo.setMinimumContentsLength(6)
 
 
@@ -174,7 +174,7 @@ class RemoteClipDock(QgsDockWidget):
     def _build(self) -> None:
         scroll = QScrollArea(self)
         scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.NoFrame)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.setMinimumWidth(300)
         body = QWidget(scroll)
@@ -189,7 +189,7 @@ class RemoteClipDock(QgsDockWidget):
         b = QVBoxLayout(self.banner)
         self.banner_label = QLabel(self.banner)
         self.banner_label.setWordWrap(True)
-        self.banner_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.banner_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.install_button = QPushButton("Install dependencies", self.banner)
         self.install_button.clicked.connect(self.install_dependencies)
         b.addWidget(self.banner_label)
@@ -200,12 +200,12 @@ class RemoteClipDock(QgsDockWidget):
         form = QFormLayout()
         self.layer_combo = QgsMapLayerComboBox(body)
         _compact(self.layer_combo)
-        self.layer_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.layer_combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
         self.layer_combo.setToolTip("The raster to tile (follows the active layer)")
         form.addRow("Raster", self.layer_combo)
         model_row = QHBoxLayout()
         self.model_widget = QgsFileWidget(body)
-        self.model_widget.setStorageMode(QgsFileWidget.GetDirectory)
+        self.model_widget.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
         self.model_widget.setDialogTitle("RemoteCLIP model bundle folder")
         self.model_widget.setToolTip("A bundle folder (with manifest.json) or a bundle .zip")
         self.model_widget.fileChanged.connect(self._model_changed)
@@ -272,7 +272,7 @@ class RemoteClipDock(QgsDockWidget):
         bar.addWidget(self.progress)
         self.status = QLabel("Ready.", outer)
         self.status.setWordWrap(True)
-        self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         bar.addWidget(self.status)
         outer_col.addLayout(bar)
         self.setWidget(outer)
@@ -389,7 +389,7 @@ class RemoteClipDock(QgsDockWidget):
         poly_row = QHBoxLayout()
         self.polygon_combo = QgsMapLayerComboBox(box)
         _compact(self.polygon_combo)
-        self.polygon_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.polygon_combo.setFilters(QgsMapLayerProxyModel.Filter.PolygonLayer)
         self.selected_only = QCheckBox("selected only", box)
         self.selected_only.setChecked(True)
         poly_row.addWidget(self.polygon_combo, 1)
@@ -422,7 +422,7 @@ class RemoteClipDock(QgsDockWidget):
         box = QgsCollapsibleGroupBox("Output", parent)
         form = QFormLayout(box)
         self.output_widget = QgsFileWidget(box)
-        self.output_widget.setStorageMode(QgsFileWidget.SaveFile)
+        self.output_widget.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
         self.output_widget.setConfirmOverwrite(False)   # Run asks, and only when something would be replaced
         self.output_widget.setFilter("GeoPackage (*.gpkg);;ESRI Shapefile (*.shp)")
         self.output_widget.lineEdit().setPlaceholderText(f"auto: {results_folder()}/…gpkg")
@@ -438,14 +438,14 @@ class RemoteClipDock(QgsDockWidget):
         form = QFormLayout(box)
         self.export_layer_combo = QgsMapLayerComboBox(box)
         _compact(self.export_layer_combo)
-        self.export_layer_combo.setFilters(QgsMapLayerProxyModel.VectorLayer)
+        self.export_layer_combo.setFilters(QgsMapLayerProxyModel.Filter.VectorLayer)
         form.addRow("Layer", self.export_layer_combo)
         self.export_format = QComboBox(box)
         _compact(self.export_format)
         self.export_format.addItems(list(EXPORT_FORMATS))
         form.addRow("Format", self.export_format)
         self.export_widget = QgsFileWidget(box)
-        self.export_widget.setStorageMode(QgsFileWidget.SaveFile)
+        self.export_widget.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
         self.export_widget.setConfirmOverwrite(False)   # Export asks, and only when something would be replaced
         self.export_widget.setFilter("GeoPackage (*.gpkg);;ESRI Shapefile (*.shp)")
         form.addRow("File", self.export_widget)
@@ -558,12 +558,12 @@ class RemoteClipDock(QgsDockWidget):
         missing = self.refresh_dependencies()
         bar = self.iface.messageBar()
         if ok and not missing:
-            bar.pushMessage("RemoteCLIP", f"Dependencies installed: {summary}.", Qgis.Success, 10)
+            bar.pushMessage("RemoteCLIP", f"Dependencies installed: {summary}.", Qgis.MessageLevel.Success, 10)
         else:
             QgsMessageLog.logMessage(f"Installing dependencies failed: {summary}\nRun by hand:\n{manual}",
-                                     LOG_TAG, Qgis.Critical)
+                                     LOG_TAG, Qgis.MessageLevel.Critical)
             bar.pushMessage("RemoteCLIP", f"Installing dependencies failed ({summary}). Run by hand: {manual}",
-                            Qgis.Critical, 0)
+                            Qgis.MessageLevel.Critical, 0)
 
     # ------------------------------------------------------------------------------------- the job
 
@@ -778,9 +778,9 @@ class RemoteClipDock(QgsDockWidget):
         summary = f"{result.n_tiles} tiles in {result.seconds:.1f} s on {result.provider}{cache}"
         self.status.setText(f"Done: {summary}. Saved to {result.output}")
         for w in result.warnings:
-            self.iface.messageBar().pushMessage("RemoteCLIP", w, Qgis.Warning, 10)
+            self.iface.messageBar().pushMessage("RemoteCLIP", w, Qgis.MessageLevel.Warning, 10)
         self.iface.messageBar().pushMessage("RemoteCLIP", f"{self._name}: {result.n_tiles} tiles{cache}.",
-                                            Qgis.Success, 5)
+                                            Qgis.MessageLevel.Success, 5)
         self.resultAdded.emit(layer)
 
     def _failed(self, error: str, details: str) -> None:
@@ -788,7 +788,7 @@ class RemoteClipDock(QgsDockWidget):
         set_value(self.progress, 0)
         self.status.setText(f"<span style='color:#b00020'>Failed: {_html(error)}</span>")
         self.iface.messageBar().pushMessage("RemoteCLIP", f"{error} (details: View > Panels > Log Messages, "
-                                            f"tab {LOG_TAG})", Qgis.Critical, 0)
+                                            f"tab {LOG_TAG})", Qgis.MessageLevel.Critical, 0)
 
     def _cancelled(self) -> None:
         self._finish()
@@ -798,8 +798,8 @@ class RemoteClipDock(QgsDockWidget):
     def _report_error(self, problem: str, fix: str | None) -> None:
         text = problem + (f" Fix: {fix}" if fix else "")
         self.status.setText(f"<span style='color:#b00020'>{_html(text)}</span>")
-        QgsMessageLog.logMessage(text, LOG_TAG, Qgis.Warning)
-        self.iface.messageBar().pushMessage("RemoteCLIP", text, Qgis.Warning, 10)
+        QgsMessageLog.logMessage(text, LOG_TAG, Qgis.MessageLevel.Warning)
+        self.iface.messageBar().pushMessage("RemoteCLIP", text, Qgis.MessageLevel.Warning, 10)
 
     # ------------------------------------------------------------------------------------- export
 
@@ -823,7 +823,7 @@ class RemoteClipDock(QgsDockWidget):
             self._report_error(e.problem, e.fix)
             return
         self.status.setText(f"Exported {layer.name()} to {out}")
-        self.iface.messageBar().pushMessage("RemoteCLIP", f"Exported {layer.name()} to {out}", Qgis.Success, 5)
+        self.iface.messageBar().pushMessage("RemoteCLIP", f"Exported {layer.name()} to {out}", Qgis.MessageLevel.Success, 5)
 
     def unload(self) -> None:
         """Stop what runs: a task left running would call back into a deleted dock."""
@@ -874,7 +874,7 @@ def export_layer(layer: QgsVectorLayer, path: str, format_name: str = "GeoPackag
         options.actionOnExistingFile = QgsVectorFileWriter.CreateOrOverwriteLayer
     err, message, new_file, _new_layer = QgsVectorFileWriter.writeAsVectorFormatV3(
         layer, path, QgsProject.instance().transformContext(), options)
-    if err != QgsVectorFileWriter.NoError:
+    if err != QgsVectorFileWriter.WriterError.NoError:
         raise RemoteClipError(f"Writing {path} failed: {message}", "Check the folder is writable and the file "
                               "is not open in another program.")
     out = new_file or path

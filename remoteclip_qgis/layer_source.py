@@ -51,12 +51,12 @@ _DTYPES = {
 }
 _ARGB = (Qgis.DataType.ARGB32, Qgis.DataType.ARGB32_Premultiplied)
 _COLORINTERP = {
-    QgsRaster.GrayIndex: "gray",
-    QgsRaster.PaletteIndex: "palette",
-    QgsRaster.RedBand: "red",
-    QgsRaster.GreenBand: "green",
-    QgsRaster.BlueBand: "blue",
-    QgsRaster.AlphaBand: "alpha",
+    QgsRaster.ColorInterpretation.GrayIndex: "gray",
+    QgsRaster.ColorInterpretation.PaletteIndex: "palette",
+    QgsRaster.ColorInterpretation.RedBand: "red",
+    QgsRaster.ColorInterpretation.GreenBand: "green",
+    QgsRaster.ColorInterpretation.BlueBand: "blue",
+    QgsRaster.ColorInterpretation.AlphaBand: "alpha",
 }
 # Web Mercator: the XYZ tile scheme's world edge and ground size of one pixel at zoom 0 (256 px tiles)
 _MERCATOR_EDGE = 20037508.342789244
@@ -68,7 +68,7 @@ def crs_wkt(crs: QgsCoordinateReferenceSystem) -> str:
     """WKT that GDAL/OGR and rasterio read back as the same CRS ("" for an invalid CRS)."""
     if not crs.isValid():
         return ""
-    return crs.toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL)
+    return crs.toWkt(QgsCoordinateReferenceSystem.WktVariant.WKT_PREFERRED_GDAL)
 
 
 def layer_file_path(layer: QgsRasterLayer) -> str | None:
@@ -160,7 +160,7 @@ class QgisRasterSource:
         self.path = layer_file_path(layer)   # the cache then also keys on the file's size and mtime
         self.crs_wkt = crs_wkt(layer.crs())
         self.xyz = is_xyz_layer(layer)
-        has_size = bool(provider.capabilities() & QgsRasterDataProvider.Size) and provider.xSize() > 0
+        has_size = bool(provider.capabilities() & QgsRasterDataProvider.Capability.Size) and provider.xSize() > 0
         full = QgsRectangle(provider.extent())
 
         if pixel_size is not None and pixel_size > 0:
@@ -336,7 +336,7 @@ def extent_from_features(layer: QgsVectorLayer, selected_only: bool = True) -> P
     """The (selected) polygons of ``layer`` as core's Polygons in the layer CRS."""
     if layer is None or not layer.isValid():
         raise RemoteClipError("The polygon layer is not valid.", "Choose a polygon layer that draws in QGIS.")
-    if layer.geometryType() != QgsWkbTypes.PolygonGeometry:
+    if layer.geometryType() != QgsWkbTypes.GeometryType.PolygonGeometry:
         raise RemoteClipError(f"Layer {layer.name()!r} has no polygons.",
                               "Choose a polygon layer to limit the tiles to.")
     if selected_only:

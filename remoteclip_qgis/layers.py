@@ -218,7 +218,7 @@ def _counts(layer: QgsVectorLayer, field: str) -> dict:
     idx = layer.fields().indexOf(field)
     from qgis.core import QgsFeatureRequest
 
-    req = QgsFeatureRequest().setFlags(QgsFeatureRequest.NoGeometry).setSubsetOfAttributes([idx])
+    req = QgsFeatureRequest().setFlags(QgsFeatureRequest.Flag.NoGeometry).setSubsetOfAttributes([idx])
     for f in layer.getFeatures(req):
         v = f.attribute(idx)
         counts[v] = counts.get(v, 0) + 1
@@ -260,9 +260,9 @@ def search_renderer(layer: QgsVectorLayer, classes: int = 5) -> QgsGraduatedSymb
     base = _fill(SEARCH_RAMP[1])
     if "selected" in layer.fields().names():
         sl = base.symbolLayer(0)
-        sl.setDataDefinedProperty(QgsSymbolLayer.PropertyStrokeWidth,
+        sl.setDataDefinedProperty(QgsSymbolLayer.Property.PropertyStrokeWidth,
                                   QgsProperty.fromExpression('if("selected" = 1, 0.8, 0.1)'))
-        sl.setDataDefinedProperty(QgsSymbolLayer.PropertyStrokeColor,
+        sl.setDataDefinedProperty(QgsSymbolLayer.Property.PropertyStrokeColor,
                                   QgsProperty.fromExpression("if(\"selected\" = 1, '#d7191c', '#ffffff')"))
     renderer = QgsGraduatedSymbolRenderer("similarity")
     renderer.setSourceSymbol(base)
@@ -283,7 +283,7 @@ def _set_labels(layer: QgsVectorLayer, expression: str, enabled: bool) -> None:
     settings = QgsPalLayerSettings()
     settings.fieldName = expression
     settings.isExpression = True
-    settings.placement = QgsPalLayerSettings.OverPoint
+    settings.placement = QgsPalLayerSettings.Placement.OverPoint
     fmt = QgsTextFormat()
     fmt.setSize(8)
     _set_color(fmt, "#202020")

@@ -50,7 +50,7 @@ class RemoteClipPlugin:
                 self.provider = provider
         except Exception as e:  # the dock must still work when Processing cannot load
             QgsMessageLog.logMessage(f"The RemoteCLIP Processing provider could not load: "
-                                     f"{type(e).__name__}: {e}", LOG_TAG, Qgis.Warning)
+                                     f"{type(e).__name__}: {e}", LOG_TAG, Qgis.MessageLevel.Warning)
 
     # --------------------------------------------------------------------------------------- GUI
 
@@ -92,16 +92,16 @@ class RemoteClipPlugin:
             return []
         text = (f"RemoteCLIP needs Python packages QGIS does not have: {', '.join(self.missing)}. "
                 f"Install them from the RemoteCLIP panel (into {deps.deps_dir()}).")
-        QgsMessageLog.logMessage(text, LOG_TAG, Qgis.Warning)
+        QgsMessageLog.logMessage(text, LOG_TAG, Qgis.MessageLevel.Warning)
         bar = self.iface.messageBar()
         try:
             item = bar.createMessage("RemoteCLIP", text)
             button = QPushButton("Install dependencies", item)
             button.clicked.connect(self.install_dependencies)
             item.layout().addWidget(button)
-            self._message = bar.pushWidget(item, Qgis.Warning)
+            self._message = bar.pushWidget(item, Qgis.MessageLevel.Warning)
         except (AttributeError, TypeError):
-            bar.pushMessage("RemoteCLIP", text, Qgis.Warning, 0)
+            bar.pushMessage("RemoteCLIP", text, Qgis.MessageLevel.Warning, 0)
         return self.missing
 
     def install_dependencies(self) -> None:
@@ -124,7 +124,7 @@ class RemoteClipPlugin:
         release_sessions()   # the model's memory goes with the plugin
         if self.provider is not None:
             if not QgsApplication.processingRegistry().removeProvider(self.provider):
-                QgsMessageLog.logMessage("The RemoteCLIP Processing provider was already gone.", LOG_TAG, Qgis.Info)
+                QgsMessageLog.logMessage("The RemoteCLIP Processing provider was already gone.", LOG_TAG, Qgis.MessageLevel.Info)
             self.provider = None
         for action in self.actions:
             self.iface.removePluginRasterMenu(MENU, action)

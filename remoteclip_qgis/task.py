@@ -24,7 +24,7 @@ class RemoteClipTask(QgsTask):
     statusChanged = pyqtSignal(str)       # core's progress messages ("96/240 tiles")
 
     def __init__(self, job, description: str = "RemoteCLIP"):
-        super().__init__(description, QgsTask.CanCancel)
+        super().__init__(description, QgsTask.Flag.CanCancel)
         self.job = job
         self.result = None
         self.error: str | None = None
@@ -57,7 +57,7 @@ class RemoteClipTask(QgsTask):
     def finished(self, ok: bool) -> None:
         if ok and self.result is not None:
             for w in self.result.warnings:
-                QgsMessageLog.logMessage(w, LOG_TAG, Qgis.Warning)
+                QgsMessageLog.logMessage(w, LOG_TAG, Qgis.MessageLevel.Warning)
             self.succeeded.emit(self.result)
         elif self.was_cancelled or (self.isCanceled() and self.error is None):
             self.was_cancelled = True
@@ -65,5 +65,5 @@ class RemoteClipTask(QgsTask):
         else:
             error = self.error or "The task stopped without a result."
             details = self.details or error
-            QgsMessageLog.logMessage(f"{self.description()} failed:\n{details}", LOG_TAG, Qgis.Critical)
+            QgsMessageLog.logMessage(f"{self.description()} failed:\n{details}", LOG_TAG, Qgis.MessageLevel.Critical)
             self.failed.emit(error, details)

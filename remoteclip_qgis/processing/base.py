@@ -137,33 +137,33 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
         # "(*)" and not QGIS's default "(*.*)", which would refuse a bundle folder (no extension)
         self.add(QgsProcessingParameterFile(
             self.MODEL, self.tr("Model bundle (folder, its manifest.json, or .rclip.zip)"),
-            behavior=QgsProcessingParameterFile.File,
+            behavior=QgsProcessingParameterFile.Behavior.File,
             fileFilter=self.tr("RemoteCLIP bundles (manifest.json *.rclip.zip *.zip);;All files (*)"),
             defaultValue=default_bundle(), optional=default_bundle() is not None))
         self.init_task_parameters()
         self.add(QgsProcessingParameterNumber(
-            self.TILE_SIZE, self.tr("Tile size"), QgsProcessingParameterNumber.Double, defaultValue=224,
+            self.TILE_SIZE, self.tr("Tile size"), QgsProcessingParameterNumber.Type.Double, defaultValue=224,
             minValue=0.01))
         self.add(QgsProcessingParameterEnum(
             self.TILE_UNIT, self.tr("Tile size unit"), options=[self.tr("pixels"), self.tr("metres")],
             defaultValue=0))
         self.add(QgsProcessingParameterNumber(
             self.OVERLAP, self.tr("Overlap (fraction of the tile edge shared with the neighbour)"),
-            QgsProcessingParameterNumber.Double, defaultValue=0.0, minValue=0.0, maxValue=0.95))
+            QgsProcessingParameterNumber.Type.Double, defaultValue=0.0, minValue=0.0, maxValue=0.95))
         self.add(QgsProcessingParameterExtent(
             self.EXTENT, self.tr("Extent (only tiles inside it; needed for XYZ/WMS layers)"), optional=True))
         self.add(QgsProcessingParameterFeatureSource(
             self.MASK, self.tr("Mask polygons (only tiles touching them)"),
-            [QgsProcessing.TypeVectorPolygon], optional=True))
+            [QgsProcessing.SourceType.TypeVectorPolygon], optional=True))
         self.add(QgsProcessingParameterBand(
             self.BANDS, self.tr("Bands (three as R,G,B or one as grey; default: RGB by colour)"),
             parentLayerParameterName=self.INPUT, optional=True, allowMultiple=True))
         advanced = [
             QgsProcessingParameterNumber(
                 self.PIXEL_SIZE, self.tr("Pixel size to read at, in layer units (0: native; XYZ: deepest zoom)"),
-                QgsProcessingParameterNumber.Double, defaultValue=0.0, minValue=0.0),
+                QgsProcessingParameterNumber.Type.Double, defaultValue=0.0, minValue=0.0),
             QgsProcessingParameterNumber(
-                self.BATCH_SIZE, self.tr("Batch size"), QgsProcessingParameterNumber.Integer, defaultValue=32,
+                self.BATCH_SIZE, self.tr("Batch size"), QgsProcessingParameterNumber.Type.Integer, defaultValue=32,
                 minValue=1, maxValue=4096),
             QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), options=DEVICES, defaultValue=0),
             QgsProcessingParameterEnum(self.PRECISION, self.tr("Precision"), options=PRECISIONS, defaultValue=0),
@@ -175,10 +175,10 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
             advanced.append(QgsProcessingParameterBoolean(
                 self.DISSOLVE, self.tr("Dissolve touching tiles with the same result"), defaultValue=False))
         for p in advanced:
-            p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            p.setFlags(p.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
             self.add(p)
         out = QgsProcessingParameterVectorDestination(
-            self.OUTPUT, self.tr(self.output_name), type=QgsProcessing.TypeVectorPolygon)
+            self.OUTPUT, self.tr(self.output_name), type=QgsProcessing.SourceType.TypeVectorPolygon)
         out.setSupportsNonFileBasedOutput(False)
         self.add(out)
         self.add_output(QgsProcessingOutputString(self.PROVIDER, self.tr("onnxruntime provider that ran")))
@@ -235,7 +235,7 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
             if g.isNull() or g.isEmpty():
                 continue
             if mask.sourceCrs().isValid() and lcrs.isValid() and mask.sourceCrs() != lcrs \
-                    and g.transform(ct) != QgsGeometry.Success:
+                    and g.transform(ct) != QgsGeometry.OperationResult.Success:
                 raise RemoteClipError("A mask polygon cannot be transformed to the raster's CRS.",
                                       "Check the mask layer's CRS.")
             if clip is not None:

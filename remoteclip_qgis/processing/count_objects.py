@@ -32,7 +32,7 @@ class CountObjectsAlgorithm(RemoteClipAlgorithm):
     def init_task_parameters(self):
         self.add(QgsProcessingParameterString(self.OBJECT, self.tr("Object to count (singular)")))
         self.add(QgsProcessingParameterNumber(
-            self.MAX_COUNT, self.tr("Largest count"), QgsProcessingParameterNumber.Integer, defaultValue=10,
+            self.MAX_COUNT, self.tr("Largest count"), QgsProcessingParameterNumber.Type.Integer, defaultValue=10,
             minValue=1, maxValue=100))
         self.add(QgsProcessingParameterString(
             self.TEMPLATES, self.tr("Count captions ({count}, {object}, {is}; one per line or |-separated)"),

@@ -55,12 +55,12 @@ class LabelTilesAlgorithm(RemoteClipAlgorithm):
             self.TEMPLATES, self.tr("Prompt templates ({} = class; one per line or |-separated)"),
             multiLine=True, optional=True))
         self.add(QgsProcessingParameterNumber(
-            self.TOP_K, self.tr("Top labels to store per tile"), QgsProcessingParameterNumber.Integer,
+            self.TOP_K, self.tr("Top labels to store per tile"), QgsProcessingParameterNumber.Type.Integer,
             defaultValue=3, minValue=1))
         threshold = QgsProcessingParameterNumber(
-            self.THRESHOLD, self.tr("Minimum probability (below: 'unknown')"), QgsProcessingParameterNumber.Double,
+            self.THRESHOLD, self.tr("Minimum probability (below: 'unknown')"), QgsProcessingParameterNumber.Type.Double,
             optional=True, minValue=0.0, maxValue=1.0)
-        threshold.setFlags(threshold.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        threshold.setFlags(threshold.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
         self.add(threshold)
 
     def make_task(self, parameters, context):

@@ -30,11 +30,11 @@ class TextSearchAlgorithm(RemoteClipAlgorithm):
     def init_task_parameters(self):
         self.add(QgsProcessingParameterString(self.QUERY, self.tr("Query")))
         self.add(QgsProcessingParameterNumber(
-            self.TOP_K, self.tr("Select the best K tiles"), QgsProcessingParameterNumber.Integer,
+            self.TOP_K, self.tr("Select the best K tiles"), QgsProcessingParameterNumber.Type.Integer,
             optional=True, minValue=1))
         self.add(QgsProcessingParameterNumber(
             self.THRESHOLD, self.tr("Select tiles with a similarity of at least"),
-            QgsProcessingParameterNumber.Double, optional=True, minValue=-1.0, maxValue=1.0))
+            QgsProcessingParameterNumber.Type.Double, optional=True, minValue=-1.0, maxValue=1.0))
 
     def make_task(self, parameters, context):
         from ..core.jobs import SearchTask
