@@ -893,7 +893,7 @@ def export_layer(layer: QgsVectorLayer, path: str, format_name: str = "GeoPackag
             error = exported.saveStyleToDatabase(layer_name, "RemoteCLIP result style", True, "")
         if error:   # the data is written; only its look is missing
             QgsMessageLog.logMessage(f"The style of {layer.name()} was not stored in {out}: {error}", LOG_TAG,
-                                     Qgis.Warning)
+                                     Qgis.MessageLevel.Warning)
         return out
     # the style travels with the file: QGIS applies a same-named .qml when it opens a Shapefile
     layer.saveNamedStyle(os.path.splitext(out)[0] + ".qml")
