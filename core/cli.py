@@ -83,6 +83,13 @@ def _polygons(path: str):
     return Polygons(wkts, srs.ExportToWkt() if srs is not None else None)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors in our form: one line with the fix (the sub-command's --help)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}. Fix: see `{self.prog} --help`.\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("raster", help="GeoTIFF or any raster GDAL reads")
@@ -112,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
                    "(refused without it)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no plan line")
 
-    ap = argparse.ArgumentParser(prog="remoteclip", description="RemoteCLIP on rasters: zero-shot tile labels, "
+    ap = _Parser(prog="remoteclip", description="RemoteCLIP on rasters: zero-shot tile labels, "
                                  "object counts, text search and tile embeddings.")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("label", parents=[common], help="zero-shot labels per tile")
