@@ -355,3 +355,69 @@ def test_bands_and_edge_modes(data_dir, tiny_bundle):
     drop = run_job(_job(raster, tiny_bundle, tiles=TileSpec(size=128, edge="drop")))
     assert max(r["col"] for r in pad.records) == 6 and max(r["col"] for r in drop.records) == 5
     assert drop.n_tiles < pad.n_tiles
+
+
+# ------------------------------------------------------------------ labels and counts on constructed embeddings
+
+def _tiles_with_cosines(cosines) -> tuple[np.ndarray, np.ndarray]:
+    """Unit tile embeddings whose cosine with class j is cosines[i][j] exactly: the class embeddings are the
+    first basis vectors and the last axis takes up the rest of each tile's unit length."""
+    cos = np.asarray(cosines, dtype=np.float64)
+    n, k = cos.shape
+    rest = np.sqrt(1.0 - (cos ** 2).sum(axis=1))
+    emb = np.concatenate([cos, rest[:, None]], axis=1).astype(np.float32)
+    text = np.eye(k, k + 1, dtype=np.float32)
+    return emb, text
+
+
+def _softmax_by_hand(cos_row, scale):
+    e = np.exp(scale * np.asarray(cos_row, dtype=np.float64))
+    return e / e.sum()
+
+
+def test_label_threshold_is_on_the_probability_not_the_cosine():
+    from core.jobs import label_records
+
+    labels = ["water", "trees", "roofs"]
+    cos = [[0.30, -0.20, -0.30],    # low cosine (0.30) but a clear winner: probability 0.991
+           [0.50, 0.55, 0.50],      # high cosine (0.55) but a near tie: probability 0.452
+           [-0.10, 0.10, 0.60]]     # both above
+    emb, text = _tiles_with_cosines(cos)
+    probs = [_softmax_by_hand(c, 10.0) for c in cos]
+    assert probs[0][0] > 0.5 > cos[0][0] and cos[1][1] > 0.5 > probs[1][1]   # the case separates the two rules
+    recs, fields, fmap = label_records(emb, text, labels, 10.0, top_k=2, threshold=0.5)
+    assert [r["label"] for r in recs] == ["water", UNKNOWN, "roofs"]
+    for r, p in zip(recs, probs, strict=True):
+        assert r["score"] == pytest.approx(p.max(), abs=1e-6)    # the score is the probability, kept for unknown
+        assert [r[f] for f in fmap] == pytest.approx(list(p), abs=1e-6)
+    assert recs[1]["top_labels"] == "trees|water"    # the ranking is kept even when the label is unknown
+    # no threshold: every tile keeps its best class
+    recs, _, _ = label_records(emb, text, labels, 10.0, top_k=3, threshold=None)
+    assert [r["label"] for r in recs] == ["water", "trees", "roofs"]
+
+
+def test_label_threshold_boundary_keeps_the_label():
+    """Two classes at the same cosine: probability exactly 1/2, and a threshold of 0.5 keeps the label (>=)."""
+    from core.jobs import label_records
+
+    emb, text = _tiles_with_cosines([[0.4, 0.4], [0.4, 0.35]])
+    recs, _, _ = label_records(emb, text, ["field", "forest"], 100.0, top_k=1, threshold=0.5)
+    assert recs[0]["score"] == 0.5 and recs[0]["label"] == "field"   # a tie goes to the first class
+    assert recs[1]["label"] == "field"
+    recs, _, _ = label_records(emb, text, ["field", "forest"], 100.0, top_k=1, threshold=np.nextafter(0.5, 1))
+    assert recs[0]["label"] == UNKNOWN and recs[1]["label"] == "field"
+
+
+def test_count_is_the_best_matching_caption_plus_one_and_its_probability():
+    from core.jobs import count_records
+
+    # captions for 1..5 objects; tile 0 matches "three" best and "two" worst, tile 1 matches "five" best
+    cos = [[0.10, -0.40, 0.50, 0.20, 0.00],
+           [0.00, 0.05, -0.30, 0.10, 0.30]]
+    emb, text = _tiles_with_cosines(cos)
+    recs, fields = count_records(emb, text, 20.0)
+    assert fields == [("count", "int"), ("count_conf", "float")]
+    assert [r["count"] for r in recs] == [3, 5]
+    for r, c in zip(recs, cos, strict=True):
+        p = _softmax_by_hand(c, 20.0)
+        assert r["count_conf"] == pytest.approx(p[r["count"] - 1], abs=1e-6) and p.argmax() == r["count"] - 1
