@@ -32,7 +32,7 @@ CONTENT = {
     "LICENSE": "LICENSE",
     "models/remoteclip-demo": "models/remoteclip-demo",
 }
-OPTIONAL = {"LICENSE", "models/remoteclip-demo"}
+OPTIONAL = {"LICENSE"}   # the demo model is not: the plugin's offline default, the README says the zip holds it
 
 
 def plugin_version() -> str:
@@ -55,7 +55,8 @@ def build_folder(out: Path) -> Path:
         if not src.exists():
             if source in OPTIONAL:
                 continue
-            raise SystemExit(f"package: {src} is missing; run from a complete checkout")
+            raise SystemExit(f"package: {src} is missing; run from a complete checkout"
+                             + (" (or make it with scripts/train_demo.sh)" if source.startswith("models/") else ""))
         dst = target / dest
         if src.is_dir():
             shutil.copytree(src, dst, ignore=_ignore, dirs_exist_ok=True)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the demo model models/remoteclip-demo (fixed seeds: byte-identical on the same torch build and
-# thread count; CPU, about 10 minutes on 2 cores); models/README.md has the log and the evaluation:
+# thread count; CPU, a few minutes on 2 cores); models/README.md has the log and the evaluation:
 # caption tables from ../shared/data -> small-vit trained from scratch -> bundle -> evaluation tables.
 #   scripts/train_demo.sh            (REMOTECLIP_DATA overrides the data folder; RUN the run folder)
 set -euo pipefail

@@ -100,6 +100,37 @@ def palette_tif(data_dir, tmp_path_factory) -> tuple[str, dict]:
     return str(out), table
 
 
+def tiles_sharing_area(raster, geojson, size: int) -> set[tuple[int, int]]:
+    """(row, col) of the ``size`` px tiles of ``raster`` (whose sides ``size`` divides) that share area with a
+    polygon of ``geojson``, by shapely and rasterio alone; both files in the same CRS, x = lon/easting."""
+    import json
+
+    import rasterio
+    from shapely.geometry import box, shape
+
+    polys = [shape(f["geometry"]) for f in json.loads(Path(geojson).read_text())["features"]]
+    with rasterio.open(raster) as ds:
+        t, width, height = ds.transform, ds.width, ds.height
+    assert width % size == 0 and height % size == 0
+    keep = set()
+    for row in range(height // size):
+        for col in range(width // size):
+            (x0, y0), (x1, y1) = t * (col * size, row * size), t * ((col + 1) * size, (row + 1) * size)
+            tile = box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+            if any(p.intersection(tile).area > 0 for p in polys):
+                keep.add((row, col))
+    return keep
+
+
+@pytest.fixture(scope="session")
+def building_tiles(data_dir) -> set[tuple[int, int]]:
+    """(row, col) of the 128 px tiles of the Kampala z20 mosaic (12 x 8 of them) that share area with one of
+    the real building outlines (the GeoJSON's CRS84 is the mosaic's EPSG:4326 in x=lon, y=lat order)."""
+    folder = data_dir / "orthomosaic"
+    return tiles_sharing_area(folder / "kampala_oam_z20_mosaic_1536x1024.tif",
+                              folder / "kampala_buildings_z21_chips.geojson", 128)
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory) -> Path:
     """A tiny random open_clip model exported as an fp32+fp16 bundle (made once per session)."""

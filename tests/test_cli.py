@@ -24,36 +24,84 @@ def _run(capsys, *argv):
     return rc, out.out, out.err
 
 
+def _features(path) -> list[dict]:
+    """Every feature's attributes (and its WKT as "geometry") of a written vector file."""
+    from osgeo import ogr
+
+    ds = ogr.Open(str(path))
+    lyr = ds.GetLayer(0)
+    defn = lyr.GetLayerDefn()
+    names = [defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())]
+    return [{**{n: f.GetField(n) for n in names}, "geometry": f.GetGeometryRef().ExportToWkt()} for f in lyr]
+
+
+def _core(raster, bundle, task, **tiles):
+    from core.jobs import Job, RunOptions, TileSpec, run_job
+
+    return run_job(Job(raster=str(raster), task=task, tiles=TileSpec(**tiles),
+                       run=RunOptions(model=str(bundle), cache_dir="")))
+
+
 def test_label_count_search_embed(mosaic, tiny_bundle, tmp_path, capsys):
+    """Each command writes what run_job computes for the same options (labels, top-k, object, tile size)."""
+    from collections import Counter
+
+    from core.jobs import CountTask, LabelTask, SearchTask
+
     cache = tmp_path / "cache"
     out = tmp_path / "labels.gpkg"
     rc, stdout, err = _run(capsys, "label", mosaic, "--model", tiny_bundle, "--labels", "buildings,trees,road",
                            "--tile-size", 512, "--cache-dir", cache, "-o", out)
     assert rc == 0, err
-    assert out.is_file()
+    want = _core(mosaic, tiny_bundle, LabelTask(["buildings", "trees", "road"]), size=512)
+    got = _features(out)
+    assert sorted((f["row"], f["col"], f["label"]) for f in got) == sorted(
+        (r["row"], r["col"], r["label"]) for r in want.records) and len(got) == 6
+    top = Counter(r["label"] for r in want.records).most_common(5)
+    assert "labels: " + ", ".join(f"{k} {v}" for k, v in top) in stdout
     assert "6 tiles" in stdout and ("CPUExecutionProvider" in stdout or "CUDAExecutionProvider" in stdout)
     assert f"output: {out}" in stdout
     assert "%" in err or "‰" in err  # the progress bar went to stderr
     rc, stdout, _ = _run(capsys, "search", mosaic, "--model", tiny_bundle, "--query", "a swimming pool",
                          "--top-k", 2, "--tile-size", 512, "--cache-dir", cache, "-q", "-o", tmp_path / "s.shp")
     assert rc == 0 and "embeddings from the cache" in stdout and "selected 2" in stdout
-    assert (tmp_path / "s.shp").is_file()
+    want = _core(mosaic, tiny_bundle, SearchTask("a swimming pool", top_k=2), size=512)
+    best2 = {(r["row"], r["col"]) for r in want.records if r["rank"] <= 2}
+    got = _features(tmp_path / "s.shp")
+    assert len(got) == 6 and {(f["row"], f["col"]) for f in got if f["selected"]} == best2
     rc, stdout, _ = _run(capsys, "count", mosaic, "--model", tiny_bundle, "--object", "car", "--tile-size", 512,
                          "--cache-dir", cache, "-q")
-    assert rc == 0 and "total car count" in stdout
+    want = _core(mosaic, tiny_bundle, CountTask("car"), size=512)
+    assert rc == 0 and f"total car count: {sum(r['count'] for r in want.records)}" in stdout
+    assert "output: none" in stdout
     rc, stdout, _ = _run(capsys, "embed", mosaic, "--model", tiny_bundle, "--tile-size", 768, "--no-cache", "-q")
     # 1536 x 1024 px in 768 px tiles: 2 columns, and a second row shifted up to fit (edge "shift")
     assert rc == 0 and "4 tiles" in stdout
 
 
 def test_preset_templates_and_long_prompt_warning(mosaic, tiny_bundle, tmp_path, capsys):
+    """--templates-file replaces the default templates (its comment line is not one): the probabilities equal
+    run_job's with exactly those two templates, and differ from the defaults'."""
+    from core.jobs import LabelTask
+    from core.prompts import preset
+
     tf = tmp_path / "templates.txt"
     tf.write_text("# my templates\na drone photo of {}.\n{}, seen from above\n")
     lf = tmp_path / "labels.txt"
     lf.write_text("trees\n" + "a dense informal settlement with " + "small tin roofs and narrow paths " * 14 + "\n")
-    rc, stdout, _ = _run(capsys, "label", mosaic, "--model", tiny_bundle, "--preset", "land-cover",
-                         "--templates-file", tf, "--tile-size", 512, "--no-cache", "-q")
-    assert rc == 0
+    out = tmp_path / "t.gpkg"
+    rc, stdout, err = _run(capsys, "label", mosaic, "--model", tiny_bundle, "--preset", "land-cover",
+                           "--templates-file", tf, "--tile-size", 512, "--no-cache", "-q", "-o", out)
+    assert rc == 0, err
+    labels = preset("land-cover")
+    mine = _core(mosaic, tiny_bundle, LabelTask(labels, templates=["a drone photo of {}.", "{}, seen from above"]),
+                 size=512)
+    default = _core(mosaic, tiny_bundle, LabelTask(labels), size=512)
+    fields = list(mine.field_map)
+    got = {(f["row"], f["col"]): [f[p] for p in fields] for f in _features(out)}
+    for want, other in zip(mine.records, default.records, strict=True):
+        assert got[want["row"], want["col"]] == pytest.approx([want[p] for p in fields], abs=1e-6)
+        assert max(abs(want[p] - other[p]) for p in fields) > 1e-3   # the defaults would give others
     rc, stdout, _ = _run(capsys, "label", mosaic, "--model", tiny_bundle, "--labels-file", lf,
                          "--tile-size", 512, "--no-cache", "-q")
     assert rc == 0 and "warning:" in stdout and "was cut" in stdout
@@ -115,34 +163,73 @@ def test_python_dash_m_core(tmp_path):
     assert out.returncode == 2 and "Raster not found" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_make_label_command(data_dir, tiny_bundle, tmp_path):
-    """The README's main job (`make label`), with the tiny bundle in place of the demo model."""
+def test_make_label_command(data_dir, tmp_path):
+    """The README's main job (`make label`): the Makefile's command with the default model, the shipped demo
+    bundle, gives the labels the README quotes."""
+    import json
+    import os
+
     out = tmp_path / "kampala_labels.gpkg"
+    env = {k: v for k, v in os.environ.items() if k != "REMOTECLIP_MODEL"}
     done = subprocess.run([sys.executable, "-m", "core", "label",
                            str(data_dir / "orthomosaic" / "kampala_oam_z20_mosaic_1536x1024.tif"),
-                           "--preset", "land-cover", "--tile-size", "256", "-o", str(out), "--model", str(tiny_bundle),
-                           "--cache-dir", str(tmp_path / "cache")], cwd=ROOT, capture_output=True, text=True)
+                           "--preset", "land-cover", "--tile-size", "256", "-o", str(out),
+                           "--cache-dir", str(tmp_path / "cache")], cwd=ROOT, capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     assert "24 tiles" in done.stdout and f"output: {out}" in done.stdout
+    assert "labels: buildings 22, grass 2\n" in done.stdout
+    feats = _features(out)
+    assert {(f["row"], f["col"]) for f in feats if f["label"] != "buildings"} == {(2, 1), (2, 2)}
     from osgeo import ogr
 
-    ds = ogr.Open(str(out))
-    lyr = ds.GetLayer("labels")
-    assert lyr.GetFeatureCount() == 24
-    import json
-
-    meta = json.loads(lyr.GetMetadataItem("REMOTECLIP"))
+    ds = ogr.Open(str(out))   # held while its layer is read
+    meta = json.loads(ds.GetLayer("labels").GetMetadataItem("REMOTECLIP"))
+    assert meta["model"] == "remoteclip-demo-small"
     assert sorted(meta["fields"].values()) == sorted(["buildings", "road", "trees", "grass", "bare soil", "water",
                                                       "farmland", "parking lot"])
 
 
-def test_bbox_and_polygons_options(mosaic, data_dir, tiny_bundle, tmp_path, capsys):
+def _groups(values: dict) -> list[tuple]:
+    """Dissolve by hand: (value, number of tiles) per group of grid tiles with the same value joined by edges."""
+    seen, out = set(), []
+    for start, v in values.items():
+        if start in seen:
+            continue
+        stack, n = [start], 0
+        seen.add(start)
+        while stack:
+            r, c = stack.pop()
+            n += 1
+            for nb in ((r + 1, c), (r - 1, c), (r, c + 1), (r, c - 1)):
+                if nb in values and nb not in seen and values[nb] == v:
+                    seen.add(nb)
+                    stack.append(nb)
+        out.append((v, n))
+    return sorted(out)
+
+
+def test_bbox_and_polygons_options(mosaic, data_dir, tiny_bundle, tmp_path, capsys, building_tiles):
     rc, stdout, err = _run(capsys, "label", mosaic, "--model", tiny_bundle, "--labels", "a,b", "--tile-size", 256,
-                           "--bbox", "32.5937,0.3510,32.5943,0.35155,EPSG:4326", "--no-cache", "-q")
+                           "--bbox", "32.5937,0.3510,32.5943,0.35155,EPSG:4326", "--no-cache", "-q",
+                           "-o", tmp_path / "b.gpkg")
     assert rc == 0, err
+    import rasterio
+
+    with rasterio.open(mosaic) as ds:   # the bbox in pixels; tiles whose window overlaps it (mosaic in EPSG:4326)
+        (c0, r0), (c1, r1) = ~ds.transform * (32.5937, 0.35155), ~ds.transform * (32.5943, 0.3510)
+    want = {(r, c) for r in range(4) for c in range(6)
+            if c * 256 < c1 and c * 256 + 256 > c0 and r * 256 < r1 and r * 256 + 256 > r0}
+    assert {(f["row"], f["col"]) for f in _features(tmp_path / "b.gpkg")} == want and len(want) == 4
     assert "4 tiles" in stdout
-    rc, stdout, err = _run(capsys, "count", mosaic, "--model", tiny_bundle, "--object", "building", "--tile-size",
-                           128, "--polygons", data_dir / "orthomosaic" / "kampala_buildings_z21_chips.geojson",
-                           "--no-cache", "-q", "--dissolve", "-o", tmp_path / "c.gpkg")
+    geojson = data_dir / "orthomosaic" / "kampala_buildings_z21_chips.geojson"
+    common = ["count", mosaic, "--model", tiny_bundle, "--object", "building", "--tile-size", 128,
+              "--polygons", geojson, "--no-cache", "-q"]
+    rc, stdout, err = _run(capsys, *common, "-o", tmp_path / "tiles.gpkg")
     assert rc == 0, err
-    assert (tmp_path / "c.gpkg").is_file()
+    tiles = {(f["row"], f["col"]): f["count"] for f in _features(tmp_path / "tiles.gpkg")}
+    assert set(tiles) == building_tiles and len(tiles) == 88 and f"{len(tiles)} tiles" in stdout
+    rc, stdout, err = _run(capsys, *common, "--dissolve", "-o", tmp_path / "c.gpkg")
+    assert rc == 0, err
+    merged = _features(tmp_path / "c.gpkg")
+    assert sorted((f["count"], f["n_tiles"]) for f in merged) == _groups(tiles)
+    assert len(merged) < len(tiles)

@@ -107,7 +107,7 @@ def test_label_run_on_the_kampala_mosaic_then_search_reuses_the_cache(dock, data
     _run(dock)
     result, layer = dock.last_result, dock.last_layer
     assert result is not None and layer is not None, dock.status.text()
-    assert result.n_tiles <= math.ceil(1536 / 256) * math.ceil(1024 / 256)
+    assert result.n_tiles == math.ceil(1536 / 256) * math.ceil(1024 / 256)   # no nodata: every tile
     _check_result_layer(layer, raster, out, result.n_tiles)
     assert not result.cache_hit and "from cache" not in dock.status.text()
     assert dock.provider_label.text() == "ran on: CPUExecutionProvider"
@@ -147,7 +147,7 @@ def test_label_run_on_the_kampala_mosaic_then_search_reuses_the_cache(dock, data
     assert _group_layers()[:2] == [layer2, layer], "the newest result goes on top of the group"
 
 
-def test_count_run_on_a_utm_geotiff_with_tiles_in_metres(dock, data_dir, tmp_path):
+def test_count_run_on_a_utm_geotiff_with_tiles_in_metres(dock, data_dir, tmp_path, tiny_bundle):
     raster = _raster(data_dir, UTM, "rgb byte")
     assert raster.crs().authid() == "EPSG:32618"
     dock.layer_combo.setLayer(raster)
@@ -166,6 +166,13 @@ def test_count_run_on_a_utm_geotiff_with_tiles_in_metres(dock, data_dir, tmp_pat
     ext = raster.extent()
     grid = math.ceil(ext.width() / 20000) * math.ceil(ext.height() / 20000)
     assert result.n_tiles < grid, "the all-nodata corner tiles of this scene are dropped"
+    # the dock's job is core's: the same tiles and counts straight through run_job
+    from remoteclip_qgis.core.jobs import CountTask, Job, RunOptions, TileSpec, run_job
+
+    direct = run_job(Job(raster=str(data_dir / UTM), task=CountTask("ship", 5), tiles=TileSpec(20000, "m"),
+                         run=RunOptions(model=str(tiny_bundle), cache_dir="")))
+    assert {(f["row"], f["col"]): f["count"] for f in layer.getFeatures()} == {
+        (r["row"], r["col"]): r["count"] for r in direct.records}
     f = next(layer.getFeatures())
     assert abs(f.geometry().boundingBox().width() - 20000) < raster.rasterUnitsPerPixelX() + 1e-6
     assert layer.renderer().type() == "categorizedSymbol" and layer.renderer().classAttribute() == "count"

@@ -92,29 +92,57 @@ def test_label_job_writes_every_tile(mosaic, tiny_bundle, tmp_path):
         (r["row"], r["col"], r["label"]) for r in res.records)
 
 
+def _edge_groups(values: dict) -> list[tuple]:
+    """Dissolve by hand: (value, tiles) per group of same-value grid tiles joined by an edge."""
+    seen, out = set(), []
+    for start, v in values.items():
+        if start in seen:
+            continue
+        stack, n = [start], 0
+        seen.add(start)
+        while stack:
+            r, c = stack.pop()
+            n += 1
+            for nb in ((r + 1, c), (r - 1, c), (r, c + 1), (r, c - 1)):
+                if nb in values and nb not in seen and values[nb] == v:
+                    seen.add(nb)
+                    stack.append(nb)
+        out.append((v, n))
+    return sorted(out)
+
+
 def test_threshold_makes_unknown_and_dissolve_merges(mosaic, tiny_bundle, tmp_path):
-    res = run_job(_job(mosaic, tiny_bundle, task=LabelTask(LABELS, threshold=0.999), tiles=TileSpec(size=256)))
-    assert all(r["label"] == UNKNOWN for r in res.records if r["score"] < 0.999)
+    plain = run_job(_job(mosaic, tiny_bundle, tiles=TileSpec(size=256)))
+    scores = sorted({r["score"] for r in plain.records})
+    thr = (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2   # half the tiles on each side
+    res = run_job(_job(mosaic, tiny_bundle, task=LabelTask(LABELS, threshold=thr), tiles=TileSpec(size=256)))
+    for a, b in zip(plain.records, res.records, strict=True):
+        assert b["score"] == a["score"] and b["label"] == (a["label"] if a["score"] >= thr else UNKNOWN)
+    assert 0 < sum(r["label"] == UNKNOWN for r in res.records) < res.n_tiles
     out = tmp_path / "d.gpkg"
-    res = run_job(_job(mosaic, tiny_bundle, output=str(out), dissolve=True, tiles=TileSpec(size=256)))
+    run_job(_job(mosaic, tiny_bundle, task=LabelTask(LABELS, threshold=thr), output=str(out), dissolve=True,
+                 tiles=TileSpec(size=256)))
     _, feats = _read_layer(out)
-    assert 1 <= len(feats) <= len({r["label"] for r in res.records}) * res.n_tiles
-    assert len(feats) < res.n_tiles
+    want = _edge_groups({(r["row"], r["col"]): r["label"] for r in res.records})
+    assert sorted((f["label"], f["n_tiles"]) for f in feats) == want and len(want) < res.n_tiles
 
 
 def test_nodata_tiles_are_dropped(data_dir, tiny_bundle):
-    # Landsat scene rotated inside its frame: the corners are nodata
+    """Landsat scene rotated inside its frame: exactly the tiles with a valid pixel in rasterio's dataset mask
+    are kept."""
+    import rasterio
+
     raster = str(data_dir / "geotiff" / "rasterio_RGB.byte.tif")
     res = run_job(_job(raster, tiny_bundle, tiles=TileSpec(size=64)))
-    from core.raster import open_raster
-    from core.tiles import make_grid
-
-    src = open_raster(raster)
-    try:
-        grid = make_grid(src, TileSpec(size=64))
-    finally:
-        src.close()
-    assert 0 < res.n_tiles < len(grid)
+    with rasterio.open(raster) as ds:
+        mask = ds.dataset_mask() > 0
+        w, h = ds.width, ds.height
+    # 791 x 718 px: 12 x 11 tiles of 64 px, the last column and row shifted back inside
+    cols = [*range(0, w - 64 + 1, 64), w - 64]
+    rows = [*range(0, h - 64 + 1, 64), h - 64]
+    want = {(i, j) for i, r in enumerate(rows) for j, c in enumerate(cols) if mask[r:r + 64, c:c + 64].any()}
+    assert {(r["row"], r["col"]) for r in res.records} == want
+    assert 0 < len(want) < len(rows) * len(cols) == 13 * 12
 
 
 def test_count_and_search(mosaic, tiny_bundle, tmp_path):
@@ -302,7 +330,7 @@ def test_output_crs_and_polygons_are_the_rasters(data_dir, tiny_bundle, tmp_path
 def test_sixteen_bit_and_hillshade_rasters(data_dir, tiny_bundle):
     pan = run_job(_job(str(data_dir / "geotiff" / "solaris_sample_geotiff.tif"), tiny_bundle,
                        tiles=TileSpec(size=100)))
-    assert pan.n_tiles == 81 and len({r["label"] for r in pan.records}) >= 1
+    assert pan.n_tiles == 81
     # hillshade: one band as grey, nodata 255 covers most of it, so most tiles are dropped
     shade = str(data_dir / "geotiff" / "rasterio_shade.tif")
     res = run_job(_job(shade, tiny_bundle, tiles=TileSpec(size=128)))
@@ -317,7 +345,7 @@ def test_sixteen_bit_and_hillshade_rasters(data_dir, tiny_bundle):
                 assert ((row, col) in kept) == bool(valid.any())
 
 
-def test_tile_size_in_metres_on_4326_and_extents(mosaic, tiny_bundle, data_dir):
+def test_tile_size_in_metres_on_4326_and_extents(mosaic, tiny_bundle, data_dir, building_tiles):
     res = run_job(_job(mosaic, tiny_bundle, tiles=TileSpec(size=30, unit="m")))
     # 30 m on ~0.149 x 0.148 m pixels: 201 x 202 px tiles, 8 columns x 6 rows with the shifted edge
     assert res.n_tiles == 8 * 6
@@ -333,13 +361,23 @@ def test_tile_size_in_metres_on_4326_and_extents(mosaic, tiny_bundle, data_dir):
     x, y = ct.TransformPoint(32.5947, 0.35087)[:2]
     res = run_job(_job(mosaic, tiny_bundle, tiles=TileSpec(size=256, extent=BBox(x - 10, y - 10, x + 10, y + 10,
                                                                                    "EPSG:32636"))))
-    assert 1 <= res.n_tiles <= 4
-    # the real building outlines (CRS84) select a subset of the tiles
+    # the box's corners back in the mosaic's degrees, then in pixels: the 256 px tiles it overlaps
+    import rasterio
+
+    back = osr.CoordinateTransformation(utm, src_srs)
+    with rasterio.open(mosaic) as ds:
+        px = [~ds.transform * back.TransformPoint(cx, cy)[:2] for cx in (x - 10, x + 10) for cy in (y - 10, y + 10)]
+    c0, c1 = min(p[0] for p in px), max(p[0] for p in px)
+    r0, r1 = min(p[1] for p in px), max(p[1] for p in px)
+    want = {(i, j) for i in range(4) for j in range(6)
+            if j * 256 < c1 and j * 256 + 256 > c0 and i * 256 < r1 and i * 256 + 256 > r0}
+    assert {(r["row"], r["col"]) for r in res.records} == want and len(want) >= 1
+    # the real building outlines (CRS84) select exactly the tiles they share area with
     from core.cli import _polygons
 
     polys = _polygons(str(data_dir / "orthomosaic" / "kampala_buildings_z21_chips.geojson"))
     res = run_job(_job(mosaic, tiny_bundle, tiles=TileSpec(size=128, extent=polys)))
-    assert 0 < res.n_tiles < 12 * 8
+    assert {(r["row"], r["col"]) for r in res.records} == building_tiles and res.n_tiles == 88
 
 
 def test_bands_and_edge_modes(data_dir, tiny_bundle):
@@ -355,3 +393,69 @@ def test_bands_and_edge_modes(data_dir, tiny_bundle):
     drop = run_job(_job(raster, tiny_bundle, tiles=TileSpec(size=128, edge="drop")))
     assert max(r["col"] for r in pad.records) == 6 and max(r["col"] for r in drop.records) == 5
     assert drop.n_tiles < pad.n_tiles
+
+
+# ------------------------------------------------------------------ labels and counts on constructed embeddings
+
+def _tiles_with_cosines(cosines) -> tuple[np.ndarray, np.ndarray]:
+    """Unit tile embeddings whose cosine with class j is cosines[i][j] exactly: the class embeddings are the
+    first basis vectors and the last axis takes up the rest of each tile's unit length."""
+    cos = np.asarray(cosines, dtype=np.float64)
+    n, k = cos.shape
+    rest = np.sqrt(1.0 - (cos ** 2).sum(axis=1))
+    emb = np.concatenate([cos, rest[:, None]], axis=1).astype(np.float32)
+    text = np.eye(k, k + 1, dtype=np.float32)
+    return emb, text
+
+
+def _softmax_by_hand(cos_row, scale):
+    e = np.exp(scale * np.asarray(cos_row, dtype=np.float64))
+    return e / e.sum()
+
+
+def test_label_threshold_is_on_the_probability_not_the_cosine():
+    from core.jobs import label_records
+
+    labels = ["water", "trees", "roofs"]
+    cos = [[0.30, -0.20, -0.30],    # low cosine (0.30) but a clear winner: probability 0.991
+           [0.50, 0.55, 0.50],      # high cosine (0.55) but a near tie: probability 0.452
+           [-0.10, 0.10, 0.60]]     # both above
+    emb, text = _tiles_with_cosines(cos)
+    probs = [_softmax_by_hand(c, 10.0) for c in cos]
+    assert probs[0][0] > 0.5 > cos[0][0] and cos[1][1] > 0.5 > probs[1][1]   # the case separates the two rules
+    recs, fields, fmap = label_records(emb, text, labels, 10.0, top_k=2, threshold=0.5)
+    assert [r["label"] for r in recs] == ["water", UNKNOWN, "roofs"]
+    for r, p in zip(recs, probs, strict=True):
+        assert r["score"] == pytest.approx(p.max(), abs=1e-6)    # the score is the probability, kept for unknown
+        assert [r[f] for f in fmap] == pytest.approx(list(p), abs=1e-6)
+    assert recs[1]["top_labels"] == "trees|water"    # the ranking is kept even when the label is unknown
+    # no threshold: every tile keeps its best class
+    recs, _, _ = label_records(emb, text, labels, 10.0, top_k=3, threshold=None)
+    assert [r["label"] for r in recs] == ["water", "trees", "roofs"]
+
+
+def test_label_threshold_boundary_keeps_the_label():
+    """Two classes at the same cosine: probability exactly 1/2, and a threshold of 0.5 keeps the label (>=)."""
+    from core.jobs import label_records
+
+    emb, text = _tiles_with_cosines([[0.4, 0.4], [0.4, 0.35]])
+    recs, _, _ = label_records(emb, text, ["field", "forest"], 100.0, top_k=1, threshold=0.5)
+    assert recs[0]["score"] == 0.5 and recs[0]["label"] == "field"   # a tie goes to the first class
+    assert recs[1]["label"] == "field"
+    recs, _, _ = label_records(emb, text, ["field", "forest"], 100.0, top_k=1, threshold=np.nextafter(0.5, 1))
+    assert recs[0]["label"] == UNKNOWN and recs[1]["label"] == "field"
+
+
+def test_count_is_the_best_matching_caption_plus_one_and_its_probability():
+    from core.jobs import count_records
+
+    # captions for 1..5 objects; tile 0 matches "three" best and "two" worst, tile 1 matches "five" best
+    cos = [[0.10, -0.40, 0.50, 0.20, 0.00],
+           [0.00, 0.05, -0.30, 0.10, 0.30]]
+    emb, text = _tiles_with_cosines(cos)
+    recs, fields = count_records(emb, text, 20.0)
+    assert fields == [("count", "int"), ("count_conf", "float")]
+    assert [r["count"] for r in recs] == [3, 5]
+    for r, c in zip(recs, cos, strict=True):
+        p = _softmax_by_hand(c, 20.0)
+        assert r["count_conf"] == pytest.approx(p[r["count"] - 1], abs=1e-6) and p.argmax() == r["count"] - 1

@@ -37,7 +37,18 @@ def test_mean_per_class_recall_by_hand():
 
 def test_classification_report_combines():
     rep = metrics.classification_report(SCORES, LABELS)
+    ci = rep.pop("top1_ci95")
     assert rep == {"top1": 0.5, "top5": 1.0, "mean_per_class_recall": 0.5, "n": 4}
+    assert ci == pytest.approx([0.1500, 0.8500], abs=1e-4)   # Wilson 95 % for 2 of 4
+
+
+def test_wilson_interval_textbook_values():
+    # Newcombe (1998), Stat. Med. 17:857, table I, "score method": 81/263, 15/148, 0/20, 1/29
+    assert metrics.wilson_interval(81, 263) == pytest.approx((0.2553, 0.3662), abs=1e-4)
+    assert metrics.wilson_interval(15, 148) == pytest.approx((0.0624, 0.1605), abs=1e-4)
+    assert metrics.wilson_interval(0, 20) == pytest.approx((0.0, 0.1611), abs=1e-4)
+    assert metrics.wilson_interval(1, 29) == pytest.approx((0.0061, 0.1718), abs=1e-4)
+    assert metrics.wilson_interval(20, 20) == pytest.approx((1 - 0.1611, 1.0), abs=1e-4)
 
 
 def test_class_embeddings_average_templates():

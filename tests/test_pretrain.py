@@ -146,3 +146,33 @@ def test_remoteclip_start_needs_a_published_architecture(captions, tmp_path, cap
                         "--out", str(tmp_path / "ft"), "--quiet"])
     assert rc == 2
     assert "RemoteCLIP publishes no small-vit checkpoint" in capsys.readouterr().err
+
+
+def test_demo_split_is_contiguous_blocks_and_captions_follow_it(captions, data_dir):
+    """Per class the first 14 images by file name train and the last 6 test, never interleaved (RSSCN7's
+    images come in runs from the same scenes); the shipped split file is that rule's; test images reach only
+    the validation table."""
+    import csv
+
+    from training.demo_data import scene_disjoint_split
+    from training.evaluate import list_folder
+
+    folder = data_dir / "scenes" / "rsscn7"
+    split = scene_disjoint_split(folder, 6)
+    classes, paths, _ = list_folder(folder)
+    assert len(classes) == 7 and len(split["train"]) == 98 and len(split["test"]) == 42
+    for c in classes:
+        names = sorted(p for p in paths if p.startswith(c + "/"))
+        assert sorted(p for p in split["train"] if p.startswith(c + "/")) == names[:14]
+        assert sorted(p for p in split["test"] if p.startswith(c + "/")) == names[14:]
+    assert split["test"][:6] == [f"aGrass/a{i:03d}.jpg" for i in range(15, 21)]
+    shipped = json.loads((ROOT / "models" / "remoteclip-demo.rsscn7_split.json").read_text())
+    assert (shipped["train"], shipped["test"]) == (split["train"], split["test"])
+    assert json.loads((captions / "rsscn7_split.json").read_text()) == split
+
+    def images(table):
+        with open(table, newline="", encoding="utf-8") as f:
+            return {os.path.relpath(r["image"], folder) for r in csv.DictReader(f) if r["source"] == "rsscn7"}
+
+    assert images(captions / "train.csv") == set(split["train"])
+    assert images(captions / "val.csv") == set(split["test"])

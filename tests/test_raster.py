@@ -264,18 +264,18 @@ def test_errors(paths, tmp_path):
     # a real PNG without georeferencing: its pixels have no place on a map
     with pytest.raises(RemoteClipError, match="no geotransform: its pixels have no place on the map"):
         open_raster(paths["png"])
-    # a truncated GeoTIFF opens but fails when its missing pixels are read
+    # a GeoTIFF cut in half opens (its header is whole); the tiles before the cut read as the original's, a
+    # window past it fails naming the file, the window and what to do
     cut = tmp_path / "cut.tif"
     gdal.Translate(str(cut), paths["kampala"], creationOptions=["TILED=YES", "COMPRESS=DEFLATE"])
     data = cut.read_bytes()
     cut.write_bytes(data[: len(data) // 2])
-    try:
-        src = open_raster(cut)
-    except RemoteClipError:
-        return
-    with src, pytest.raises(RemoteClipError, match="damaged"):
-        for r in range(0, src.height - 256, 256):
-            src.read([1, 2, 3], (1024, r, 256, 256))
+    with open_raster(cut) as src, open_raster(paths["kampala"]) as whole:
+        first, _ = src.read([1, 2, 3], (0, 0, 256, 256))
+        np.testing.assert_array_equal(first, whole.read([1, 2, 3], (0, 0, 256, 256))[0])
+        with pytest.raises(RemoteClipError, match="damaged") as e:
+            src.read([1, 2, 3], (0, 768, 256, 256))
+    assert str(cut) in str(e.value) and "(0, 768, 256, 256)" in str(e.value) and "gdalinfo" in str(e.value)
 
 
 def test_gdal_virtual_paths_open(paths, tmp_path):
@@ -327,3 +327,89 @@ def test_nodata_rule_every_band_nodata_nan_float32_and_out_of_range_values():
     f32 = np.array([[[np.float32(-3.4e38), 1.0, np.nan]]], dtype=np.float32)
     assert nodata_valid(f32, [-3.4e38]).tolist() == [[False, True, False]]   # nodata as stored in float32
     assert nodata_valid(f32, [None]).tolist() == [[True, True, False]]      # NaN is nodata in floats
+
+
+# ------------------------------------------------------------------- the stretch, computed by hand
+
+def _write_tif(path, bands: np.ndarray, nodata) -> str:
+    from rasterio.transform import from_origin
+
+    count, height, width = bands.shape
+    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=count, dtype=bands.dtype,
+                       nodata=nodata, crs="EPSG:32636", transform=from_origin(450000, 40000, 0.5, 0.5)) as ds:
+        ds.write(bands)
+    return str(path)
+
+
+def _by_hand(band: np.ndarray, valid: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """np.percentile (2, 98) over the valid pixels only, then 0..255 rounded half up: floor(x + 0.5)."""
+    lo, hi = np.percentile(band[valid].astype(np.float64), [2, 98])
+    x = np.clip((band.astype(np.float64) - lo) * 255.0 / (hi - lo), 0, 255)
+    out = np.floor(x + 0.5)
+    out[~valid] = 0
+    return lo, hi, out.astype(np.uint8)
+
+
+def _placed(values, n_nodata: int, shape, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``values`` and ``n_nodata`` holes scattered over a grid: (positions of the values, valid mask)."""
+    order = np.random.default_rng(seed).permutation(shape[0] * shape[1])
+    valid = np.zeros(shape[0] * shape[1], bool)
+    valid[order[:len(values)]] = True
+    return order[:len(values)], valid.reshape(shape)
+
+
+def test_stretch_uint16_by_hand_ignores_nodata_and_rounds(tmp_path):
+    """51 valid values and 9 nodata (0) pixels: the 2nd and 98th percentiles fall exactly on the 2nd and 50th
+    sorted valid values (1010 and 1520 in band 1, a 255/510 = 0.5 scale), so 1013 -> 1.5 -> 2 and
+    1015 -> 2.5 -> 3 (truncation gives 1 and 2, numpy's round-half-even 2 and 2); with the nodata zeros
+    counted, the 2nd percentile would be 0."""
+    v = np.array([1000, 1010, 1013, 1015, *range(1020, 1470, 10), 1520, 2000], dtype=np.float64)
+    assert len(v) == 51
+    pos, valid = _placed(v, 9, (6, 10), seed=1)
+    bands = np.zeros((3, 60), np.uint16)
+    for b, values in enumerate((v, 3000 - v, 2 * v - 1500)):   # three bands, three different stretches
+        bands[b, pos] = values
+    bands = bands.reshape(3, 6, 10)
+    path = _write_tif(tmp_path / "u16.tif", bands, nodata=0)
+    with open_raster(path) as src:
+        st = Stretch.from_source(src, [1, 2, 3])
+        rgb, got_valid = read_rgb(src, [1, 2, 3], (0, 0, 10, 6), st)
+    np.testing.assert_array_equal(got_valid, valid)
+    hand = [_by_hand(bands[b], valid) for b in range(3)]
+    assert (hand[0][0], hand[0][1]) == (1010, 1520)
+    assert st.lo == tuple(h[0] for h in hand) and st.hi == tuple(h[1] for h in hand)
+    np.testing.assert_array_equal(rgb, np.stack([h[2] for h in hand], axis=-1))
+    # what the case tells apart
+    px = {int(bands[0].flat[i]): rgb[..., 0].flat[i] for i in np.flatnonzero(valid)}
+    assert (px[1013], px[1015], px[1000], px[1520], px[2000]) == (2, 3, 0, 255, 255)
+    assert np.percentile(bands[0].astype(float), 2) == 0          # nodata counted: another lo
+    assert int(np.round(2.5)) == 2                               # half-even would give 2 for 1015
+
+
+def test_stretch_float32_by_hand_ignores_nodata_and_nan(tmp_path):
+    """A float32 band with a nodata value (-9999) and NaN holes: neither enters the percentiles, both come
+    out 0 and invalid; values between round half up."""
+    rng = np.random.default_rng(7)
+    middle = rng.uniform(0.05, 10.15, 47)
+    v = np.array([-5.0, 0.0, *middle, 10.2, 50.0], dtype=np.float32)
+    pos, valid = _placed(v, 9, (6, 10), seed=2)
+    band = np.full(60, -9999.0, np.float32)
+    band[pos] = v
+    holes = np.flatnonzero(~valid.ravel())
+    band[holes[:5]] = np.nan
+    band = band.reshape(1, 6, 10)
+    path = _write_tif(tmp_path / "f32.tif", band, nodata=-9999.0)
+    with open_raster(path) as src:
+        st = Stretch.from_source(src, [1, 1, 1])
+        rgb, got_valid = read_rgb(src, [1, 1, 1], (0, 0, 10, 6), st)
+    np.testing.assert_array_equal(got_valid, valid)
+    lo, hi, want = _by_hand(band[0], valid)
+    assert lo == 0.0 and hi == pytest.approx(10.2) and st.lo == (lo,) * 3 and st.hi == (hi,) * 3
+    for c in range(3):
+        np.testing.assert_array_equal(rgb[..., c], want)
+    # what the case tells apart: nodata counted moves lo to -9999; truncation changes some pixels
+    finite = band[0][np.isfinite(band[0])].astype(float)
+    assert np.percentile(finite, 2) == -9999
+    x = (band[0][valid].astype(np.float64) - lo) * 255.0 / (hi - lo)
+    frac = x - np.floor(x)
+    assert ((frac > 0.5) & (x < 255)).sum() >= 10 and np.abs(frac - 0.5).min() > 1e-3

@@ -65,14 +65,22 @@ def test_vit_b_32_agrees_on_real_rasters(data_dir, tmp_path_factory):
         assert agree >= 0.99 and cos_min > 0.9999, (rel, n, agree, cos_min)
 
 
-def test_reference_uses_open_clip_transform_not_core(tiny_model):
-    """The reference must be independent of core.preprocess, or agreement proves nothing."""
+def test_reference_imports_nothing_from_core(tiny_model):
+    """The reference must be independent of core (grid, bands, stretch, prompts, preprocessing, inference),
+    or agreement proves nothing; run in a fresh interpreter, importing it loads no core module."""
     import inspect
+    import re
+    import subprocess
+    import sys
 
     import training.reference_pipeline as rp
 
     src = inspect.getsource(rp)
-    assert "core.preprocess" not in src and "core.inference" not in src
+    assert not re.search(r"^\s*(from|import)\s+core\b", src, re.MULTILINE)
+    code = ("import sys, training.reference_pipeline as rp; rp.TEMPLATES; "
+            "print(sorted(m for m in sys.modules if m == 'core' or m.startswith('core.')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
     tf = rp.transform(tiny_model[1])
     assert type(tf).__module__.startswith("torchvision")
     assert np.isfinite(tiny_model[0].logit_scale.exp().item())

@@ -2,11 +2,12 @@
 
     python -m training.demo_data --data ../shared/data --out runs/demo-data
 
-Writes OUT/rsscn7_split.json (fixed-seed per-class split: 14 train / 6 test images per class),
-OUT/train.csv and OUT/val.csv (``image,caption,source,split``): RSSCN7 *train* images captioned through
-templates (test images only in val.csv, for the validation loss), plus, when present, DOTA and Kampala crops
-captioned by box-to-caption over their boxes (crops written under OUT/crops/). The captions come from
-training.data_scaling, the converters any dataset goes through. Deterministic for a given seed.
+Writes OUT/rsscn7_split.json (scene-disjoint per-class split, see ``scene_disjoint_split``: the first 14
+images of each class by file name train, the last 6 test), OUT/train.csv and OUT/val.csv
+(``image,caption,source,split``): RSSCN7 *train* images captioned through templates (test images only in
+val.csv, for the validation loss), plus, when present, DOTA and Kampala crops captioned by box-to-caption
+over their boxes (crops written under OUT/crops/). The captions come from training.data_scaling, the
+converters any dataset goes through. Deterministic for a given seed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import RemoteClipError
 from training.data_scaling import (
     Box,
     box_captions,
@@ -28,7 +30,7 @@ from training.data_scaling import (
     scene_captions,
     write_table,
 )
-from training.evaluate import class_name, make_split
+from training.evaluate import class_name, list_folder
 
 # DOTA's vehicle classes in the words a user types when counting (core's count captions: "There are 3 cars")
 DOTA_OBJECTS = {"small vehicle": "car", "large vehicle": "truck"}
@@ -37,6 +39,28 @@ DOTA_OBJECTS = {"small vehicle": "car", "large vehicle": "truck"}
 def data_dir(path=None) -> Path:
     root = Path(__file__).resolve().parents[1]
     return Path(path or os.environ.get("REMOTECLIP_DATA", root.parent / "shared" / "data")).resolve()
+
+
+def scene_disjoint_split(folder, n_test: int = 6) -> dict:
+    """Per class, the last ``n_test`` images by file name are the test images and the rest train.
+
+    RSSCN7's images come in runs cut from the same large scenes, numbered in order: a random pick of test
+    images leaves each one between training neighbours from its own scene, and measures recall of those
+    scenes rather than zero-shot transfer. Contiguous blocks keep the two sets apart except where one
+    scene's run crosses the block boundary (at most one boundary per class). No seed: the rule is the split.
+    """
+    classes, paths, labels = list_folder(folder)
+    train, test = [], []
+    for i in range(len(classes)):
+        members = sorted(paths[j] for j in np.flatnonzero(labels == i))
+        k = min(int(n_test), len(members) - 1)
+        if k < 1:
+            raise RemoteClipError(f"Class {classes[i]} of {folder} has {len(members)} image: too few to split.",
+                                  "Give every class at least two images.")
+        train += members[:len(members) - k]
+        test += members[len(members) - k:]
+    return {"rule": f"scene-disjoint: per class, the last {n_test} images by file name are test, the rest train",
+            "n_test_per_class": n_test, "classes": classes, "train": sorted(train), "test": sorted(test)}
 
 
 def rsscn7_rows(folder: Path, split: dict, captions_per_image: int, seed: int) -> list[dict]:
@@ -112,7 +136,7 @@ def build(data=None, out="runs/demo-data", n_test: int = 6, seed: int = 0, capti
     out = Path(out)
     (out / "crops").mkdir(parents=True, exist_ok=True)
     folder = data / "scenes" / "rsscn7"
-    split = make_split(folder, n_test, seed)
+    split = scene_disjoint_split(folder, n_test)
     (out / "rsscn7_split.json").write_text(json.dumps(split, indent=1) + "\n")
     rows = rsscn7_rows(folder, split, captions_per_image, seed)
     if extras:

@@ -1,7 +1,7 @@
 """Evaluation suite for a checkpoint (open_clip in torch) or a model bundle (onnxruntime, through core).
 
     python -m training.evaluate --checkpoint runs/demo/model.pt --arch small-vit \
-        --zeroshot ../shared/data/scenes/rsscn7 --split-file models/remoteclip-demo/rsscn7_split.json \
+        --zeroshot ../shared/data/scenes/rsscn7 --split-file models/remoteclip-demo.rsscn7_split.json \
         --linear-probe --knn 5 --few-shot 1 5 --retrieval karpathy.json --counting counts.csv --out results/ckpt
     python -m training.evaluate --bundle models/remoteclip-demo --zeroshot ... --out results/bundle
 
@@ -71,7 +71,9 @@ def list_folder(folder) -> tuple[list[str], list[str], np.ndarray]:
 
 
 def make_split(folder, n_test: int = 6, seed: int = 0) -> dict:
-    """Fixed-seed per-class split: ``n_test`` test images per class, the rest train."""
+    """Fixed-seed per-class random split: ``n_test`` test images per class, the rest train. For independent
+    images only: where images are cut in runs from the same scenes (RSSCN7), random test images sit between
+    training neighbours; use ``training.demo_data.scene_disjoint_split`` there."""
     classes, paths, labels = list_folder(folder)
     rng = np.random.default_rng(seed)
     train, test = [], []
@@ -311,8 +313,11 @@ def markdown(results: dict) -> str:
 
     z = results.get("zeroshot")
     if z:
-        lines += [f"| zero-shot ({z['n']} images, {len(z['classes'])} classes) | top-1 | {pct(z['top1'])} |",
-                  f"| | top-5 | {pct(z['top5'])} |",
+        ci = z.get("top1_ci95")
+        lines += [f"| zero-shot ({z['n']} images, {len(z['classes'])} classes) | top-1 | {pct(z['top1'])} |"]
+        if ci:
+            lines += [f"| | top-1 95% CI (Wilson) | {pct(ci[0])} – {pct(ci[1])} |"]
+        lines += [f"| | top-5 | {pct(z['top5'])} |",
                   f"| | mean per-class recall | {pct(z['mean_per_class_recall'])} |",
                   f"| | chance top-1 | {pct(z['chance_top1'])} |"]
     if "linear_probe" in results:

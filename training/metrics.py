@@ -7,6 +7,8 @@ reference implementation reports percent (retrieval, as RemoteCLIP's retrieval s
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -57,10 +59,24 @@ def zeroshot_scores(image_embeds: np.ndarray, class_embeds: np.ndarray) -> np.nd
     return normalize(image_embeds) @ normalize(class_embeds).T
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a proportion (95 % for the default z): unlike p +- z*se it stays inside 0..1
+    and is honest for the few dozen images a small test set has."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    d = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / d
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def classification_report(scores: np.ndarray, labels) -> dict:
     labels = np.asarray(labels)
     pred = np.argmax(scores, axis=1)
-    return {"top1": topk_accuracy(scores, labels, 1), "top5": topk_accuracy(scores, labels, 5),
+    top1 = topk_accuracy(scores, labels, 1)
+    return {"top1": top1, "top1_ci95": list(wilson_interval(int(np.sum(pred == labels)), len(labels))),
+            "top5": topk_accuracy(scores, labels, 5),
             "mean_per_class_recall": mean_per_class_recall(pred, labels, scores.shape[1]), "n": int(len(labels))}
 
 

@@ -1,11 +1,13 @@
 """The reference pipeline that core's ONNX pipeline is checked and benchmarked against.
 
-Same tiles, same stretch to 8 bits, then everything the usual open_clip way:
-one rasterio read of the area the tiles cover, a PIL image of it, PIL crops of
-the tile windows, open_clip's own ``image_transform`` and the torch model, and
-text features from ``open_clip.tokenize`` with the same template ensemble.
-Nothing of core's preprocessing or inference is used: an error there shows up
-as a disagreement.
+The documented rules (docs/ARCHITECTURE.md) written again, the plain way: the
+tile grid, the band choice and the percentile stretch from rasterio windows
+and numpy, one rasterio read of the area the tiles cover, a PIL image of it,
+PIL crops of the tile windows, open_clip's own ``image_transform`` and the
+torch model, and text features from ``open_clip.tokenize`` over its own copy
+of the default templates. Nothing of core is imported: a bug in core's grid,
+bands, stretch, prompts, preprocessing or inference shows up as a
+disagreement. (Pixel tile sizes and bounding boxes in the raster's CRS only.)
 
 Also makes the random-weight models the tests and benchmarks use (there are no
 pretrained CLIP weights on these machines): ``random_model`` and
@@ -15,7 +17,9 @@ pretrained CLIP weights on these machines): ``random_model`` and
 from __future__ import annotations
 
 import json
+import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -83,9 +87,123 @@ def text_features(model, class_prompts: list[list[str]]):
     return torch.stack(feats)
 
 
-def _tile_window_image(src_path: str, bands, stretch, grid, fill_color: int):
+# --- the reference's own reading, stretch and grid (rasterio + numpy; nothing from core) ------------------
+
+# The plugin's default zero-shot templates (those of core.prompts.DEFAULT_TEMPLATES), written out here again
+# so that a change in core's prompts shows up as a disagreement.
+TEMPLATES = ["a satellite photo of {}.", "an aerial photo of {}.", "a remote sensing image of {}.",
+             "a top-down view of {}.", "an aerial image showing {}."]
+PERCENTILES = (2.0, 98.0)
+SAMPLE_PX = 1024   # long side of the decimated read the percentiles come from
+
+
+@dataclass(frozen=True)
+class RefTile:
+    row: int
+    col: int
+    window: tuple[int, int, int, int]   # (col_off, row_off, width, height)
+
+
+def rgb_bands(ds) -> list[int]:
+    """Red, green, blue by colour interpretation, else the first three non-alpha bands, else band 1 three times."""
+    ci = [c.name for c in ds.colorinterp]
+    if all(c in ci for c in ("red", "green", "blue")):
+        return [ci.index("red") + 1, ci.index("green") + 1, ci.index("blue") + 1]
+    usable = [i + 1 for i, c in enumerate(ci) if c != "alpha"] or [1]
+    return usable[:3] if len(usable) >= 3 else [usable[0]] * 3
+
+
+def _starts(length: int, tile: int, step: int, edge: str) -> list[int]:
+    starts = list(range(0, length - tile + 1, step))
+    if starts[-1] + tile < length:
+        if edge == "shift":
+            starts.append(length - tile)
+        elif edge == "pad":
+            starts.append(starts[-1] + step)
+    return starts
+
+
+def tile_grid(ds, tiles) -> list[RefTile]:
+    """The documented grid (docs/ARCHITECTURE.md, "Tiles"): whole-pixel tiles anchored at the top-left pixel,
+    stepping by round(size * (1 - overlap)), the last one shifted inside, padded past the edge or dropped; a
+    bounding box in the raster's CRS keeps the tiles whose windows overlap it. Pixel units only."""
+    from rasterio.transform import rowcol
+
+    size = getattr(tiles, "size", 224)
+    if (getattr(tiles, "unit", "px") or "px") != "px" or size != int(size):
+        raise ValueError("the reference grid takes whole pixels only")
+    size = int(size)
+    step = max(1, round(size * (1 - float(getattr(tiles, "overlap", 0.0) or 0.0))))
+    edge = getattr(tiles, "edge", "shift") or "shift"
+    cols = _starts(ds.width, size, step, edge)
+    rows = _starts(ds.height, size, step, edge)
+    ext = getattr(tiles, "extent", None)
+    if ext is not None:
+        if getattr(ext, "crs", None) is not None or not hasattr(ext, "xmin"):
+            raise ValueError("the reference grid takes a bounding box in the raster's CRS only")
+        corners = [rowcol(ds.transform, x, y, op=lambda v: v) for x in (ext.xmin, ext.xmax) for y in (ext.ymin, ext.ymax)]
+        r0, r1 = min(r for r, _ in corners), max(r for r, _ in corners)
+        c0, c1 = min(c for _, c in corners), max(c for _, c in corners)
+        keep_c = [j for j, c in enumerate(cols) if c < c1 and c + size > c0]
+        keep_r = [i for i, r in enumerate(rows) if r < r1 and r + size > r0]
+    else:
+        keep_c, keep_r = range(len(cols)), range(len(rows))
+    return [RefTile(i, j, (cols[j], rows[i], size, size)) for i in keep_r for j in keep_c]
+
+
+def _valid(data: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Valid where any band read is valid by GDAL's mask (alpha, mask file or nodata) and, for floats, not NaN."""
+    ok = masks > 0
+    if data.dtype.kind == "f":
+        ok &= ~np.isnan(data)
+    return ok.any(axis=0)
+
+
+class RefStretch:
+    """The documented stretch to 8 bits: a colour table looked up, uint8 as it is, anything else linear per
+    band between its 2nd and 98th percentiles of the valid pixels of a decimated read (nearest, at most
+    SAMPLE_PX a side), rounded half up and clipped."""
+
+    def __init__(self, ds, bands):
+        from rasterio.enums import Resampling
+
+        self.table = self.lo = self.hi = None
+        if len(set(bands)) == 1 and ds.colorinterp[bands[0] - 1].name == "palette":
+            cmap = ds.colormap(bands[0])
+            self.table = np.zeros((max(cmap) + 1, 3), np.uint8)
+            for i, rgba in cmap.items():
+                self.table[i] = rgba[:3]
+            return
+        if ds.dtypes[bands[0] - 1] == "uint8":
+            return
+        scale = min(1.0, SAMPLE_PX / max(ds.width, ds.height))
+        shape = (len(bands), max(1, math.ceil(ds.height * scale)), max(1, math.ceil(ds.width * scale)))
+        data = ds.read(bands, out_shape=shape, resampling=Resampling.nearest)
+        masks = ds.read_masks(bands, out_shape=shape, resampling=Resampling.nearest)
+        valid = _valid(data, masks)
+        self.lo, self.hi = [], []
+        for band in data:
+            v = band[valid].astype(np.float64)
+            v = v[np.isfinite(v)]
+            lo, hi = np.percentile(v, PERCENTILES) if v.size else (0.0, 1.0)
+            if not hi > lo:
+                lo, hi = lo - 0.5, lo + 0.5
+            self.lo.append(float(lo))
+            self.hi.append(float(hi))
+
+    def apply(self, data: np.ndarray) -> np.ndarray:
+        if self.table is not None:
+            return np.moveaxis(self.table[np.clip(data[0].astype(np.int64), 0, len(self.table) - 1)], -1, 0)
+        if self.lo is None:
+            return data.astype(np.uint8)
+        lo = np.asarray(self.lo)[:, None, None]
+        hi = np.asarray(self.hi)[:, None, None]
+        x = np.nan_to_num((data.astype(np.float64) - lo) / (hi - lo) * 255.0, nan=0.0)
+        return np.floor(np.clip(x, 0, 255) + 0.5).astype(np.uint8)
+
+
+def _tile_window_image(ds, bands, stretch: RefStretch, grid, fill_color: int):
     """One rasterio read of the tiles' bounding window -> (PIL RGB image, valid mask, (col0, row0))."""
-    import rasterio
     from PIL import Image
     from rasterio.windows import Window
 
@@ -93,38 +211,31 @@ def _tile_window_image(src_path: str, bands, stretch, grid, fill_color: int):
     r0 = min(t.window[1] for t in grid)
     c1 = max(t.window[0] + t.window[2] for t in grid)
     r1 = max(t.window[1] + t.window[3] for t in grid)
-    with rasterio.open(src_path) as ds:
-        win = Window(c0, r0, c1 - c0, r1 - r0)
-        data = ds.read(list(bands), window=win, boundless=True, fill_value=ds.nodata or 0)
-        mask = ds.read_masks(list(bands), window=win, boundless=True)
-    # core's rule (core/raster.py): nodata only where every band read is nodata, as rasterio's dataset_mask
-    valid = (mask > 0).any(axis=0)
-    rgb = stretch.apply(data, valid)
-    if rgb.shape[0] == 3:  # CHW -> HWC
-        rgb = np.ascontiguousarray(rgb.transpose(1, 2, 0))
-    rgb = rgb.copy()
+    win = Window(c0, r0, c1 - c0, r1 - r0)
+    data = ds.read(list(bands), window=win, boundless=True, fill_value=ds.nodata or 0)
+    masks = ds.read_masks(list(bands), window=win, boundless=True)
+    valid = _valid(data, masks)
+    rgb = np.ascontiguousarray(stretch.apply(data).transpose(1, 2, 0))
     rgb[~valid] = fill_color
     return Image.fromarray(rgb), valid, (c0, r0)
 
 
 def reference_embeddings(raster: str, model, preprocess_cfg: dict, tiles=None, batch_size: int = 32,
                          bands=None):
-    """Tile embeddings the open_clip way. Returns (tiles kept (not all nodata), (n, D) numpy float32)."""
+    """Tile embeddings the open_clip way. Returns (tiles kept (not all nodata), (n, D) numpy float32).
+
+    ``tiles`` is anything with core.tiles.TileSpec's attributes (size, unit, overlap, extent, bands, edge)."""
+    import rasterio
     import torch
 
-    from core.raster import Stretch, default_bands, open_raster
-    from core.tiles import TileSpec, make_grid
-
-    tiles = tiles or TileSpec()
-    src = open_raster(raster)
-    try:
-        bands = list(bands or tiles.bands or default_bands(src))
-        grid = make_grid(src, tiles)
-        stretch = Stretch.from_source(src, bands)
-    finally:
-        src.close()
     tf = transform(preprocess_cfg)
-    img, valid, (c0, r0) = _tile_window_image(raster, bands, stretch, grid, int(preprocess_cfg.get("fill_color", 0)))
+    with rasterio.open(raster) as ds:
+        bands = list(bands or getattr(tiles, "bands", None) or rgb_bands(ds))
+        if len(bands) == 1:
+            bands = bands * 3
+        grid = tile_grid(ds, tiles)
+        stretch = RefStretch(ds, bands)
+        img, valid, (c0, r0) = _tile_window_image(ds, bands, stretch, grid, int(preprocess_cfg.get("fill_color", 0)))
     kept, out, batch = [], [], []
 
     def flush():
@@ -151,11 +262,10 @@ def reference_embeddings(raster: str, model, preprocess_cfg: dict, tiles=None, b
 def reference_labels(raster: str, model, preprocess_cfg: dict, labels: list[str], templates=None, tiles=None,
                      batch_size: int = 32, logit_scale: float | None = None) -> dict:
     """{(row, col): (top-1 label, top-1 probability)} for the raster's tiles, all in torch/open_clip."""
-    from core.prompts import label_prompts
-
     t0 = time.perf_counter()
     kept, emb = reference_embeddings(raster, model, preprocess_cfg, tiles, batch_size)
-    text = text_features(model, label_prompts(labels, templates)).float().numpy()
+    prompts = [[t.replace("{}", name) for t in (templates or TEMPLATES)] for name in labels]
+    text = text_features(model, prompts).float().numpy()
     scale = float(model.logit_scale.exp().item()) if logit_scale is None else logit_scale
     logits = scale * emb @ text.T
     logits -= logits.max(axis=1, keepdims=True)

@@ -1,0 +1,147 @@
+"""The embedding cache key: what makes a second run reuse a raster's tile embeddings, and what must not.
+
+Through run_job on a real GeoTIFF (a crop of the Kampala mosaic): the same inputs hit; an edited raster at the
+same path (other pixels, with the same size or the same modification time) and another model (another bundle,
+another precision) miss and run the image encoder again. On the key itself: bands, stretch and every part of
+the grid (size, unit, overlap, edge, extent) change it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from osgeo import gdal
+
+from core.cache import EmbeddingCache
+from core.jobs import EmbedTask, Job, RunOptions, TileSpec, run_job
+from core.raster import Stretch, open_raster
+from core.tiles import BBox, Polygons
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "models" / "remoteclip-demo"
+
+
+@pytest.fixture
+def scene(data_dir, tmp_path) -> Path:
+    """512 x 256 px of the real Kampala mosaic as an uncompressed GeoTIFF: 8 tiles of 128 px."""
+    out = tmp_path / "scene.tif"
+    gdal.Translate(str(out), str(data_dir / "orthomosaic" / "kampala_oam_z20_mosaic_1536x1024.tif"),
+                   srcWin=[0, 0, 512, 256])
+    return out
+
+
+def _rewrite(path: Path, data_dir, col_off: int, compress: bool = False) -> None:
+    """Put other pixels of the mosaic into ``path`` (same shape, georeferencing and type): in place, or as a
+    new DEFLATE-compressed file at the same path."""
+    mosaic = gdal.Open(str(data_dir / "orthomosaic" / "kampala_oam_z20_mosaic_1536x1024.tif"))
+    pixels = [mosaic.GetRasterBand(b).ReadAsArray(col_off, 512, 512, 256) for b in (1, 2, 3)]
+    if compress:
+        ds = gdal.GetDriverByName("MEM").CreateCopy("", gdal.Open(str(path)))
+    else:
+        ds = gdal.Open(str(path), gdal.GA_Update)
+    for b, a in enumerate(pixels, 1):
+        ds.GetRasterBand(b).WriteArray(a)
+    if compress:
+        gdal.GetDriverByName("GTiff").CreateCopy(str(path), ds, options=["COMPRESS=DEFLATE"])
+    ds = None
+
+
+def _embed(raster, bundle, cache, precision="fp32"):
+    return run_job(Job(raster=str(raster), task=EmbedTask(), tiles=TileSpec(size=128),
+                       run=RunOptions(model=str(bundle), precision=precision, cache_dir=str(cache), batch_size=8)))
+
+
+def _hit(res) -> bool:
+    assert res.n_tiles == 8
+    if res.cache_hit:
+        assert res.images_encoded == 0
+    else:
+        assert res.images_encoded == 8
+    return res.cache_hit
+
+
+def test_the_same_raster_and_model_hit(scene, tiny_bundle, tmp_path):
+    cache = tmp_path / "cache"
+    first = _embed(scene, tiny_bundle, cache)
+    assert not _hit(first)
+    again = _embed(scene, tiny_bundle, cache)
+    assert _hit(again)
+    np.testing.assert_array_equal(again.embeddings, first.embeddings)
+    # a copy of the bundle at another path is the same model (the key holds its digest, not its path)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in tiny_bundle.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    assert _hit(_embed(scene, copy, cache))
+
+
+def test_an_edited_raster_at_the_same_path_misses(scene, tiny_bundle, data_dir, tmp_path):
+    cache = tmp_path / "cache"
+    first = _embed(scene, tiny_bundle, cache)
+    st = scene.stat()
+    # other pixels, same byte size (uncompressed, same shape): only the modification time tells
+    _rewrite(scene, data_dir, 512)
+    assert scene.stat().st_size == st.st_size
+    os.utime(scene, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+    edited = _embed(scene, tiny_bundle, cache)
+    assert not _hit(edited)
+    assert not np.allclose(edited.embeddings, first.embeddings)
+    assert _hit(_embed(scene, tiny_bundle, cache))
+    # other pixels again, another byte size (compressed), the modification time set back: only the size tells
+    st = scene.stat()
+    _rewrite(scene, data_dir, 1024, compress=True)
+    assert scene.stat().st_size != st.st_size
+    os.utime(scene, ns=(st.st_atime_ns, st.st_mtime_ns))
+    resized = _embed(scene, tiny_bundle, cache)
+    assert not _hit(resized)
+    assert not np.allclose(resized.embeddings, edited.embeddings)
+    assert _hit(_embed(scene, tiny_bundle, cache))
+
+
+def test_another_model_or_precision_misses(scene, tiny_bundle, tmp_path):
+    cache = tmp_path / "cache"
+    tiny = _embed(scene, tiny_bundle, cache)
+    assert not _hit(tiny)
+    half = _embed(scene, tiny_bundle, cache, precision="fp16")
+    assert not _hit(half)
+    demo = _embed(scene, DEMO, cache)   # the shipped demo model: another bundle, another embedding size
+    assert not _hit(demo) and demo.embeddings.shape[1] != tiny.embeddings.shape[1]
+    assert _hit(_embed(scene, tiny_bundle, cache)) and _hit(_embed(scene, tiny_bundle, cache, precision="fp16"))
+    assert _hit(_embed(scene, DEMO, cache))
+
+
+def test_bands_stretch_and_every_part_of_the_grid_change_the_key(scene, tmp_path):
+    cache = EmbeddingCache(tmp_path / "cache")
+    with open_raster(scene) as src:
+        a, _, c, _, e, f = src.transform
+        box = BBox(c, f + e * 100, c + a * 100, f, None)
+        def square(px):
+            return f"POLYGON (({c} {f}, {c + a * px} {f}, {c + a * px} {f + e * px}, {c} {f + e * px}, {c} {f}))"
+
+        base = dict(spec=TileSpec(size=128), bands=[1, 2, 3], stretch=Stretch(), model="sha:fp32")
+        variants = {
+            "same": {},
+            "size": dict(spec=TileSpec(size=129)),
+            "unit": dict(spec=TileSpec(size=128, unit="m")),
+            "overlap": dict(spec=TileSpec(size=128, overlap=0.25)),
+            "edge": dict(spec=TileSpec(size=128, edge="pad")),
+            "bbox": dict(spec=TileSpec(size=128, extent=box)),
+            "other bbox": dict(spec=TileSpec(size=128, extent=BBox(box.xmin, box.ymin, box.xmax + a, box.ymax))),
+            "polygons": dict(spec=TileSpec(size=128, extent=Polygons([square(50)]))),
+            "other polygons": dict(spec=TileSpec(size=128, extent=Polygons([square(60)]))),
+            "bands": dict(bands=[3, 2, 1]),
+            "grey": dict(bands=[1, 1, 1]),
+            "stretch": dict(stretch=Stretch((0.0, 0.0, 0.0), (255.0, 255.0, 255.0))),
+            "other stretch": dict(stretch=Stretch((0.0, 0.0, 0.0), (254.0, 255.0, 255.0))),
+            "model": dict(model="sha:fp16"),
+        }
+        keys = {}
+        for name, change in variants.items():
+            v = {**base, **change}
+            keys[name] = cache.key(src, v["spec"], v["bands"], v["stretch"], v["model"])
+    with open_raster(scene) as again:   # a key is a function of its inputs, not of the object or the call
+        assert keys["same"] == cache.key(again, TileSpec(size=128), [1, 2, 3], Stretch(), "sha:fp32")
+    assert len(set(keys.values())) == len(keys), {k: v[:8] for k, v in keys.items()}
