@@ -173,10 +173,15 @@ def convert_checkpoint(checkpoint, out_dir, *, arch: str = "auto", activation: s
                 times[f"{kind}_{precision}_s"] = round(time.perf_counter() - t0, 2)
                 done += step
 
+        logit_scale = float(np.exp(np.float64(np.asarray(sd["logit_scale"]).reshape(()))))
+        expected = None
+        if verify:
+            stage(0.7, "Running the numpy reference forward pass")
+            expected = reference_outputs(sd, cfg, activation, pp["size"])
+        del sd  # the weights are in the graphs now; the checks below hold one graph in memory at a time
         parity = None
         if verify:
-            stage(0.7, "Checking the graphs against a numpy forward pass")
-            parity = _self_check(tmp, graphs, sd, cfg, activation, pp["size"], stage)
+            parity = _check_graphs(tmp, graphs, expected, stage)
         stage(0.97, "Writing the manifest")
         shutil.copyfile(VOCAB_FILE, tmp / VOCAB_NAME)
         manifest = new_manifest(
@@ -185,7 +190,7 @@ def convert_checkpoint(checkpoint, out_dir, *, arch: str = "auto", activation: s
             image=image_section(pp["size"], pp["mean"], pp["std"], pp["resize_mode"], pp["interpolation"],
                                 pp["fill_color"]),
             context_length=cfg["text_cfg"]["context_length"], vocab_size=cfg["text_cfg"]["vocab_size"],
-            logit_scale=float(np.exp(np.float64(np.asarray(sd["logit_scale"]).reshape(())))), graphs=graphs,
+            logit_scale=logit_scale, graphs=graphs,
             opset=G.OPSET, source=src,
             exporter={"name": "remoteclip-qgis", "version": _version(), "method": "core.convert",
                       "onnx": onnx.__version__, "numpy": np.__version__,
@@ -208,24 +213,26 @@ def _version() -> str:
     return __version__
 
 
-def _self_check(folder: Path, graphs: dict, sd: dict, cfg: dict, activation: str, size: int, stage) -> dict:
+def reference_outputs(sd: dict, cfg: dict, activation: str, size: int) -> dict:
+    """The self-check's inputs and the numpy reference's embeddings for them."""
     from ..tokenizer import Tokenizer
     from .reference import Reference
 
-    tok = Tokenizer(VOCAB_FILE, context_length=cfg["text_cfg"]["context_length"])
-    ids = tok(CHECK_PROMPTS)
+    ids = Tokenizer(VOCAB_FILE, context_length=cfg["text_cfg"]["context_length"])(CHECK_PROMPTS)
     pixels = check_images(size)
     ref = Reference(sd, cfg, activation)
-    ref_img = ref.encode_image(pixels)
-    stage(0.8, "Checking the text graph")
-    ref_txt = ref.encode_text(ids)
+    return {"pixels": pixels, "ids": ids, "image": ref.encode_image(pixels), "text": ref.encode_text(ids)}
+
+
+def _check_graphs(folder: Path, graphs: dict, expected: dict, stage) -> dict:
     parity = {"method": "numpy-reference",
               "reference": "float64 numpy forward pass of the checkpoint's weights (core.convert.reference)",
-              "images": f"{len(pixels)} seeded synthetic images", "texts": CHECK_PROMPTS,
+              "images": f"{len(expected['pixels'])} seeded synthetic images", "texts": CHECK_PROMPTS,
               "thresholds": THRESHOLDS}
     for precision, names in graphs.items():
-        stage(0.85 if precision == "fp32" else 0.9, f"Running the {precision} graphs")
-        row = _parity_row(folder, names, pixels, ids, ref_img, ref_txt, THRESHOLDS[precision])
+        stage(0.8 if precision == "fp32" else 0.9, f"Checking the {precision} graphs against the reference")
+        row = _parity_row(folder, names, expected["pixels"], expected["ids"], expected["image"], expected["text"],
+                          THRESHOLDS[precision])
         parity[precision] = row
         if not row["passed"]:
             raise RemoteClipError(

@@ -18,6 +18,7 @@ tensors (fp32, fp16, bf16, fp64) come out as float32, integer tensors keep their
 
 from __future__ import annotations
 
+import _compat_pickle
 import json
 import mmap
 import pickle
@@ -56,7 +57,8 @@ def _raw_dtype(code: str, big_endian: bool = False) -> np.dtype:
 def to_numpy(raw: np.ndarray, code: str) -> np.ndarray:
     """Raw storage elements -> the array handed out: float32 for every float type, integers as they are."""
     if code == "bf16":
-        return (raw.astype(np.uint32) << 16).view(np.float32)
+        bits = raw.astype(np.uint32).reshape(-1) << 16  # 1-d: a 0-d array cannot change its item size
+        return bits.view(np.float32).reshape(raw.shape)
     if raw.dtype.kind == "f":
         if raw.dtype == np.float32 and raw.dtype.isnative and raw.flags.c_contiguous:
             return raw  # a read-only view into the memory map: no copy
@@ -159,6 +161,9 @@ class StateDictUnpickler(pickle.Unpickler):
             return allowed
         if module == "torch" and name in STORAGE_TYPES:
             return _StorageType(name)
+        # protocol 2 pickles spell some modules the Python 2 way (__builtin__): name the real one
+        module, name = _compat_pickle.NAME_MAPPING.get(
+            (module, name), (_compat_pickle.IMPORT_MAPPING.get(module, module), name))
         raise RemoteClipError(
             f"Checkpoint {self._source} refused: loading it would call {module}.{name}, which a model state "
             "dict never needs (a checkpoint can run code when it is unpickled; nothing was run).",

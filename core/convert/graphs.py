@@ -103,6 +103,17 @@ class Graph:
 
     # -- saving ---------------------------------------------------------------------------------------------
 
+    def check(self) -> None:
+        """onnx.checker with type and shape inference, on the graph without its weights' data: each
+        initializer stands in as a graph input of its type and shape, which types the graph the same way."""
+        onnx = _onnx()
+        helper = onnx.helper
+        stand_ins = [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(dtype), list(shape))
+                     for name, shape, dtype, _fn in self.inits]
+        graph = helper.make_graph(self.nodes, self.name, self.inputs + stand_ins, self.outputs)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+        onnx.checker.check_model(model, full_check=True)
+
     def save(self, path, producer: str, producer_version: str) -> None:
         """Write the model, streaming initializer data (a ModelProto parses with its fields in any order)."""
         onnx = _onnx()
@@ -345,8 +356,7 @@ def text_graph(sd: dict, cfg: dict, activation: str, fp16: bool = False) -> Grap
 
 def write_graph(graph: Graph, path, version: str) -> Path:
     """Save and check the graph (onnx.checker on the file)."""
-    onnx = _onnx()
     path = Path(path)
+    graph.check()
     graph.save(path, "remoteclip-qgis core.convert", version)
-    onnx.checker.check_model(str(path), full_check=True)  # with type and shape inference
     return path

@@ -161,11 +161,16 @@ class Reference:
         """input_ids (N, L) int64 -> L2-normalised text embeddings (N, D), float64."""
         ids = np.asarray(ids)
         t = self.cfg["text_cfg"]
-        length = ids.shape[1]
-        x = np.asarray(self.sd["token_embedding.weight"][ids], dtype=np.float64) + self.p("positional_embedding")
+        eot = ids.argmax(axis=-1)
+        # under the causal mask nothing after the end-of-text token reaches it: run only that far (the
+        # graphs run all context_length tokens, so a leak through their mask shows up as a disagreement)
+        length = int(eot.max()) + 1
+        ids = ids[:, :length]
+        x = np.asarray(self.sd["token_embedding.weight"][ids], dtype=np.float64)
+        x = x + self.p("positional_embedding")[:length]
         mask = np.triu(np.full((length, length), -np.inf), 1)
         for i in range(t["layers"]):
             x = self.block(x, f"transformer.resblocks.{i}", t["heads"], mask)
         x = self.layer_norm(x, "ln_final")
-        x = x[np.arange(len(ids)), ids.argmax(axis=-1)]
+        x = x[np.arange(len(ids)), eot]
         return self.normalize(x @ self.p("text_projection"))
