@@ -163,13 +163,24 @@ class Builder:
         a = self.sd[key]
         return self.g.weight(lambda: self.sd[key], a.shape, dtype=dtype)
 
-    def linear(self, x: str, prefix: str, scale: float = 1.0) -> str:
-        """x @ W.T + b of an nn.Linear (``prefix.weight``, ``prefix.bias``), optionally times ``scale``."""
+    def linear(self, x: str, prefix: str, rows_scale=None) -> str:
+        """x @ W.T + b of an nn.Linear (``prefix.weight``, ``prefix.bias``) on a 2-D x, as one Gemm (weights
+        kept in torch's (out, in) layout); ``rows_scale`` (out,) multiplies output features (folded in)."""
         sd, g = self.sd, self.g
-        out_f, in_f = sd[prefix + ".weight"].shape
-        w = g.weight(lambda: sd[prefix + ".weight"].T * np.float32(scale), (in_f, out_f))
-        b = g.weight(lambda: sd[prefix + ".bias"] * np.float32(scale), (out_f,))
-        return g.op("Add", g.op("MatMul", x, w), b)
+        # nn.MultiheadAttention names its input projection in_proj_weight / in_proj_bias
+        wkey, bkey = (prefix + "_weight", prefix + "_bias") if prefix.endswith(".in_proj") else \
+            (prefix + ".weight", prefix + ".bias")
+        shape = sd[wkey].shape
+
+        def weight():
+            w = sd[wkey]
+            return w if rows_scale is None else w * rows_scale[:, None]
+
+        def bias():
+            b = sd[bkey]
+            return b if rows_scale is None else b * rows_scale
+
+        return g.op("Gemm", x, g.weight(weight, shape), g.weight(bias, shape[:1]), transB=1)
 
     def layer_norm(self, x: str, prefix: str) -> str:
         g, f32 = self.g, np.float32
@@ -188,46 +199,33 @@ class Builder:
         e = g.op("Erf", g.op("Div", x, g.const(math.sqrt(2.0))))
         return g.op("Mul", g.op("Mul", x, g.op("Add", e, g.const(1.0))), g.const(0.5))
 
-    def heads(self, x: str, heads: int, head_dim: int, perm) -> str:
+    def attend(self, q: str, k: str, v: str, width: int, mask: str | None = None) -> str:
+        """softmax(q k^T [+ mask]) v for (N, H, L, hd) heads (q pre-scaled) -> (N * Lq, width).
+
+        k^T as a Transpose of the last two axes, which onnxruntime folds into the product (FusedMatMul)."""
         g = self.g
-        return g.op("Transpose", g.op("Reshape", x, g.ints([0, 0, heads, head_dim])), perm=perm)
-
-    def attention(self, q_in: str, kv_in: str, q_w, k_w, v_w, out_prefix: str, width: int, heads: int,
-                  mask: str | None = None) -> str:
-        """Multi-head attention; ``*_w`` are (weight fn, bias fn) of (width, width) projections."""
-        g = self.g
-        hd = width // heads
-        scale = np.float32(hd ** -0.5)  # folded into the query projection
-
-        def proj(x, wb, s=1.0):
-            wf, bf = wb
-            w = g.weight(lambda: wf().T * np.float32(s), (width, width))
-            return g.op("Add", g.op("MatMul", x, w), g.weight(lambda: bf() * np.float32(s), (width,)))
-
-        q = self.heads(proj(q_in, q_w, scale), heads, hd, [0, 2, 1, 3])   # (N, H, Lq, hd)
-        k = self.heads(proj(kv_in, k_w), heads, hd, [0, 2, 3, 1])         # (N, H, hd, L)
-        v = self.heads(proj(kv_in, v_w), heads, hd, [0, 2, 1, 3])         # (N, H, L, hd)
-        s = g.op("MatMul", q, k)
+        s = g.op("MatMul", q, g.op("Transpose", k, perm=[0, 1, 3, 2]))
         if mask is not None:
             s = g.op("Add", s, mask)
         o = g.op("MatMul", g.op("Softmax", s, axis=-1), v)
-        o = g.op("Reshape", g.op("Transpose", o, perm=[0, 2, 1, 3]), g.ints([0, 0, width]))
-        return self.linear(o, out_prefix)
+        return g.op("Reshape", g.op("Transpose", o, perm=[0, 2, 1, 3]), g.ints([-1, width]))
 
-    def block(self, x: str, prefix: str, width: int, heads: int, mask: str | None = None) -> str:
-        """open_clip's ResidualAttentionBlock: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
-        sd = self.sd
-        wkey, bkey = prefix + ".attn.in_proj_weight", prefix + ".attn.in_proj_bias"
-
-        def part(i):
-            return (lambda: sd[wkey][i * width:(i + 1) * width], lambda: sd[bkey][i * width:(i + 1) * width])
-
+    def block(self, x: str, prefix: str, width: int, heads: int, length: int, mask: str | None = None) -> str:
+        """open_clip's ResidualAttentionBlock on the (N * L, width) residual stream: x + attn(ln_1(x)),
+        then x + mlp(ln_2(x)). Attention projects q, k, v with one Gemm (nn.MultiheadAttention's in_proj),
+        the query rows scaled by 1/sqrt(head width)."""
+        g = self.g
+        hd = width // heads
+        scale = np.ones(3 * width, np.float32)
+        scale[:width] = hd ** -0.5
         h = self.layer_norm(x, prefix + ".ln_1")
-        x = self.g.op("Add", x, self.attention(h, h, part(0), part(1), part(2), prefix + ".attn.out_proj", width,
-                                               heads, mask))
+        qkv = self.linear(h, prefix + ".attn.in_proj", rows_scale=scale)  # in_proj_weight / in_proj_bias
+        qkv = g.op("Transpose", g.op("Reshape", qkv, g.ints([-1, length, 3, heads, hd])), perm=[2, 0, 3, 1, 4])
+        q, k, v = (g.op("Squeeze", t, g.ints([0])) for t in g.op("Split", qkv, g.ints([1, 1, 1]), axis=0, outputs=3))
+        x = g.op("Add", x, self.linear(self.attend(q, k, v, width, mask), prefix + ".attn.out_proj"))
         h = self.layer_norm(x, prefix + ".ln_2")
         h = self.linear(self.act(self.linear(h, prefix + ".mlp.c_fc")), prefix + ".mlp.c_proj")
-        return self.g.op("Add", x, h)
+        return g.op("Add", x, h)
 
     def normalize_output(self, x: str, name: str, dim: int) -> None:
         """F.normalize(x, dim=-1) in float32, as the graph's float32 output."""
@@ -262,10 +260,11 @@ def vit_image_graph(sd: dict, cfg: dict, activation: str, fp16: bool = False) ->
     batch = g.op("Shape", "pixel_values", start=0, end=1)
     cls = g.op("Expand", cls, g.op("Concat", batch, g.ints([1, width]), axis=0))
     x = g.op("Concat", cls, x, axis=1)
-    x = b.layer_norm(x, "visual.ln_pre")
+    length = pos.shape[0]
+    x = g.op("Reshape", b.layer_norm(x, "visual.ln_pre"), g.ints([-1, width]))  # (N * L, width)
     for i in range(v["layers"]):
-        x = b.block(x, f"visual.transformer.resblocks.{i}", width, heads)
-    x = g.op("Gather", x, g.ints(0), axis=1)  # the class token: (N, width)
+        x = b.block(x, f"visual.transformer.resblocks.{i}", width, heads, length)
+    x = g.op("Gather", g.op("Reshape", x, g.ints([-1, length, width])), g.ints(0), axis=1)  # class token
     x = b.layer_norm(x, "visual.ln_post")
     x = g.op("MatMul", x, b.w("visual.proj"))
     b.normalize_output(x, "image_embeds", cfg["embed_dim"])
@@ -317,13 +316,18 @@ def resnet_image_graph(sd: dict, cfg: dict, activation: str, fp16: bool = False)
     x = g.op("Transpose", g.op("Reshape", x, g.ints([0, feat, -1])), perm=[0, 2, 1])  # (N, HW, C)
     x = g.op("Concat", g.op("ReduceMean", x, axes=[1], keepdims=1), x, axis=1)
     x = g.op("Add", x, b.w("visual.attnpool.positional_embedding"))
-    q = g.op("Slice", x, g.ints([0]), g.ints([1]), g.ints([1]))  # (N, 1, C)
+    length, hd = (size // 32) ** 2 + 1, feat // heads
+    q = g.op("Reshape", g.op("Gather", x, g.ints(0), axis=1), g.ints([-1, feat]))  # only the mean token's output
+    x = g.op("Reshape", x, g.ints([-1, feat]))
 
-    def proj(name):
-        return (lambda: sd[f"visual.attnpool.{name}.weight"], lambda: sd[f"visual.attnpool.{name}.bias"])
+    def split_heads(t, n):
+        return g.op("Transpose", g.op("Reshape", t, g.ints([-1, n, heads, hd])), perm=[0, 2, 1, 3])
 
-    x = b.attention(q, x, proj("q_proj"), proj("k_proj"), proj("v_proj"), "visual.attnpool.c_proj", feat, heads)
-    x = g.op("Reshape", x, g.ints([0, -1]))
+    scale = np.full(feat, hd ** -0.5, np.float32)
+    q = split_heads(b.linear(q, "visual.attnpool.q_proj", rows_scale=scale), 1)
+    k = split_heads(b.linear(x, "visual.attnpool.k_proj"), length)
+    v = split_heads(b.linear(x, "visual.attnpool.v_proj"), length)
+    x = b.linear(b.attend(q, k, v, feat), "visual.attnpool.c_proj")  # (N, embed)
     b.normalize_output(x, "image_embeds", cfg["embed_dim"])
     return g
 
@@ -341,12 +345,13 @@ def text_graph(sd: dict, cfg: dict, activation: str, fp16: bool = False) -> Grap
     b = Builder(g, sd, activation)
     ids = g.input("input_ids", onnx.TensorProto.INT64, ["batch", length])
     x = g.op("Gather", b.w("token_embedding.weight"), ids, axis=0)  # (N, L, width)
-    x = g.op("Add", x, b.w("positional_embedding"))
+    x = g.op("Reshape", g.op("Add", x, b.w("positional_embedding")), g.ints([-1, width]))  # (N * L, width)
     mask = g.const(np.triu(np.full((length, length), -np.inf, dtype=np.float32), 1))  # causal
     for i in range(t["layers"]):
-        x = b.block(x, f"transformer.resblocks.{i}", width, t["heads"], mask)
+        x = b.block(x, f"transformer.resblocks.{i}", width, t["heads"], length, mask)
     # open_clip pools at ids.argmax(-1): the end-of-text token, the largest id (first one on ties)
     eot = g.op("ArgMax", g.op("Cast", ids, to=onnx.TensorProto.INT32), axis=1, keepdims=1)
+    x = g.op("Reshape", x, g.ints([-1, length, width]))
     x = g.op("GatherND", x, eot, batch_dims=1)  # (N, width); LayerNorm is per token, so pooling first is exact
     x = b.layer_norm(x, "ln_final")
     x = g.op("MatMul", x, b.w("text_projection"))
