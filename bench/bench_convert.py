@@ -6,7 +6,8 @@ the converted bundle against open_clip in torch on real images and prompts.
     python bench/bench_convert.py              # ViT-B-32 and RN50
     python bench/bench_convert.py --large      # also ViT-L-14 (slow: minutes, ~5 GB of disk)
 
-Weights are random (no pretrained weights on these machines), saved exactly like RemoteCLIP's release files
+Weights are random (no pretrained weights on these machines; training.reference_pipeline.trained_looking: no
+constant biases, scales or BatchNorm statistics), saved exactly like RemoteCLIP's release files
 (``torch.save(model.state_dict(), path)``). Both sides write fp32 and fp16 graphs; the converter also runs its
 numpy self-check (part of its time). Results: bench-results/convert.json.
 """
@@ -90,10 +91,11 @@ def bench_arch(arch: str, work: Path, args) -> dict:
     from core.tokenizer import Tokenizer
     from training import checkpoints
     from training.parity import verify_bundle
+    from training.reference_pipeline import trained_looking
 
     torch.manual_seed(0)
     ckpt = work / f"RemoteCLIP-{arch}.pt"
-    torch.save(open_clip.create_model(arch, pretrained=None).state_dict(), ckpt)
+    torch.save(trained_looking(open_clip.create_model(arch, pretrained=None).state_dict()), ckpt)
     conv = _child(CONVERT, ckpt, work / "converted")
     exp = _child(EXPORT, ckpt, work / "exported", arch)
     cb, eb = load_bundle(work / "converted"), load_bundle(work / "exported")

@@ -113,17 +113,19 @@ def tiny_bundle(tmp_path_factory) -> Path:
 
 
 def save_random_checkpoint(arch: str, path, seed: int = 0, skyclip: bool = False, dtype=None) -> Path:
-    """Random open_clip weights saved like RemoteCLIP's release (``torch.save(model.state_dict(), path)``), or
-    like SkyCLIP's training checkpoints (``{"state_dict": {"module." + key: ...}, "epoch": ...}``); ``dtype``
-    (e.g. torch.bfloat16) casts the floating point tensors first."""
+    """Random open_clip weights (reference_pipeline.trained_looking) saved like RemoteCLIP's release
+    (``torch.save(model.state_dict(), path)``), or like SkyCLIP's training checkpoints
+    (``{"state_dict": {"module." + key: ...}, "epoch": ...}``); ``dtype`` (e.g. torch.bfloat16) casts the
+    floating point tensors first."""
     import open_clip
     import torch
 
     from training.checkpoints import register_local_configs
+    from training.reference_pipeline import trained_looking
 
     register_local_configs()
     torch.manual_seed(seed)
-    sd = open_clip.create_model(arch, pretrained=None).state_dict()
+    sd = trained_looking(open_clip.create_model(arch, pretrained=None).state_dict(), seed)
     if dtype is not None:
         sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
     if skyclip:
