@@ -226,6 +226,23 @@ def list_text(folder=None) -> str:
             "use it: remoteclip label RASTER --model NAME" + demo)
 
 
+class _LazyBar:
+    """The progress bar appears with the first progress, so an early error prints one clean line."""
+
+    def __init__(self, factory, quiet: bool):
+        self.factory, self.quiet, self.bar = factory, quiet, None
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.bar is None:
+            self.bar = self.factory(self.quiet)
+        self.bar(fraction, message)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def run(args, bar_factory) -> int:
     """Run a parsed ``models`` command; errors are raised for cli.main to print."""
     cmd = args.models_command
@@ -236,7 +253,7 @@ def run(args, bar_factory) -> int:
         for p in remove(args.name, args.dir):
             print(f"removed {p}")
         return 0
-    bar = bar_factory(args.quiet)
+    bar = _LazyBar(bar_factory, args.quiet)
     try:
         if cmd == "pull":
             out = pull(args.name, args.dir, args.url, fp16=args.fp16, progress=bar,
