@@ -153,3 +153,17 @@ def test_the_model_row_fits_the_default_dock_width(dock):
     assert row.minimumSizeHint().width() <= 280
     assert row.status.wordWrap() and row.info.wordWrap()
     dock.hide()
+
+
+def test_onnx_for_conversion_is_pinned_to_the_lock_file_and_installed_alone(rc, tmp_path):
+    from pathlib import Path
+
+    from remoteclip_qgis import deps
+
+    lock = (Path(__file__).resolve().parents[1] / "requirements" / "lock.txt").read_text().splitlines()
+    assert deps.CONVERSION["onnx"] in lock            # same pin as every other environment
+    assert "onnx" not in deps.REQUIRED               # running models never needs it
+    plan = deps.InstallPlan("python3", tmp_path / "deps", ["onnx"], "GPU 0: H200 (UUID: x)", "1.24.2", "linux")
+    assert plan.commands == [plan.commands[0]] and plan.commands[0][-1] == "onnx==1.23.2"
+    assert "onnxruntime" not in " ".join(plan.commands[0])
+    assert deps.missing_for_conversion() == []        # the test environment has it (requirements/training.txt)
