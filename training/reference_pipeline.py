@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from training.checkpoints import eval_transform as transform  # open_clip's eval transform, not core's
+
 
 def random_model(arch: str = "ViT-B-32", seed: int = 0, activation: str = "quick_gelu"):
     """(model, preprocess_cfg, model_config) with seeded random weights; ``tiny-test`` is the unit-test model."""
@@ -53,19 +55,6 @@ def random_bundle(arch: str, out_dir, seed: int = 0, activation: str = "quick_ge
     return export.export_bundle(model, pp, out_dir, architecture=arch, model_config=cfg, activation=activation,
                                 name=f"{arch}-random-{seed}", fp16=fp16,
                                 source={"checkpoint": None, "sha256": None, "origin": origin})
-
-
-def transform(preprocess_cfg: dict):
-    """open_clip's eval transform for a model's PreprocessCfg dict."""
-    import open_clip
-
-    pp = dict(preprocess_cfg)
-    size = pp.get("size", 224)
-    return open_clip.image_transform(size if isinstance(size, int) else tuple(size), is_train=False,
-                                     mean=tuple(pp.get("mean")), std=tuple(pp.get("std")),
-                                     resize_mode=pp.get("resize_mode", "shortest"),
-                                     interpolation=pp.get("interpolation", "bicubic"),
-                                     fill_color=int(pp.get("fill_color", 0)))
 
 
 def text_features(model, class_prompts: list[list[str]]):
