@@ -23,7 +23,6 @@ from qgis.PyQt.QtWidgets import (
     QLabel,
     QMenu,
     QProgressBar,
-    QPushButton,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -73,7 +72,9 @@ class ModelRow(QWidget):
         self.combo.setMinimumContentsLength(6)
         self.combo.setToolTip("Models in the models folder, then the catalogue's models you can get")
         self.combo.activated.connect(self._chosen)
-        self.get_button = QPushButton("Get", self)
+        # tool buttons: a push button's style minimum (80 px) would crowd the dock's 300 px
+        self.get_button = QToolButton(self)
+        self.get_button.setText("Get")
         self.get_button.setObjectName("model_get")
         self.get_button.setToolTip("Download this model and convert it for RemoteCLIP (no PyTorch needed)")
         self.get_button.clicked.connect(self.get)
@@ -100,7 +101,8 @@ class ModelRow(QWidget):
         prow = QHBoxLayout()
         self.progress = QProgressBar(self)
         self.progress.setRange(0, 100)
-        self.cancel_button = QPushButton("Cancel", self)
+        self.cancel_button = QToolButton(self)
+        self.cancel_button.setText("Cancel")
         self.cancel_button.clicked.connect(self.cancel)
         prow.addWidget(self.progress, 1)
         prow.addWidget(self.cancel_button)
