@@ -140,6 +140,11 @@ def load_bundle(path) -> Bundle:
         raise RemoteClipError("No model bundle was given.", _EXPORT_HINT)
     src = Path(bundle_path(path)).expanduser()
     if not src.exists():
+        from .catalog import resolve_model
+
+        # a bare name: a model pulled into the models folder (an error names the pull command if it is not)
+        src = Path(resolve_model(str(path)))
+    if not src.exists():
         raise RemoteClipError(f"Model bundle not found: {src}.", _EXPORT_HINT)
     if src.is_file():
         if not zipfile.is_zipfile(src):
