@@ -20,7 +20,6 @@ from qgis.PyQt.QtWidgets import (
     QComboBox,
     QFileDialog,
     QHBoxLayout,
-    QLabel,
     QMenu,
     QProgressBar,
     QToolButton,
@@ -32,6 +31,7 @@ from . import deps
 from .core import catalog as cat
 from .core.bundle import DEMO_BUNDLE
 from .core.errors import RemoteClipError
+from .widgets import WrapLabel
 
 LOG_TAG = "RemoteCLIP"
 SETTING_DIR = "RemoteCLIP/models_dir"
@@ -107,12 +107,10 @@ class ModelRow(QWidget):
         prow.addWidget(self.progress, 1)
         prow.addWidget(self.cancel_button)
         col.addLayout(prow)
-        self.status = QLabel(self)
-        self.status.setWordWrap(True)
+        self.status = WrapLabel("", self)
         self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
         col.addWidget(self.status)
-        self.info = QLabel(self)
-        self.info.setWordWrap(True)
+        self.info = WrapLabel("", self)
         col.addWidget(self.info)
         self._show_progress(False)
         self.status.setVisible(False)

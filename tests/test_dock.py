@@ -197,9 +197,11 @@ def test_cancel_right_after_start_leaves_no_file_and_no_layer(dock, data_dir, tm
 
     task = dock.run()
     assert task is not None and dock.cancel_button.isEnabled() and not dock.run_button.isEnabled()
+    assert "running" in dock.provider_label.text(), "the last run's device is not this run's"
     dock.cancel()
     _wait(dock)
     assert "Cancelled" in dock.status.text()
+    assert "cancelled" in dock.provider_label.text() and "CPU" not in dock.provider_label.text()
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith((".cancelled", "cancelled"))] == []
     assert set(QgsProject.instance().mapLayers()) == layers_before
@@ -384,17 +386,26 @@ def test_a_web_layer_is_read_over_the_map_view_at_the_map_resolution(dock, qgis_
 
 
 def test_default_output_is_a_geopackage_next_to_the_saved_project(rc, qgis_new_project, tmp_path):
-    from qgis.core import QgsApplication
+    from qgis.core import QgsSettings
+    from qgis.PyQt.QtCore import QStandardPaths
 
-    from remoteclip_qgis.dock import default_output, results_folder
+    from remoteclip_qgis.dock import default_output, results_folder, save_setting
 
+    QgsSettings().remove("RemoteCLIP")
     qgis_new_project.setFileName("")
-    assert results_folder() == Path(QgsApplication.qgisSettingsDirPath()) / "remoteclip_results"
+    # unsaved: a visible folder in Documents, not inside QGIS's profile
+    documents = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.DocumentsLocation)
+    assert results_folder() == Path(documents) / "RemoteCLIP results"
     qgis_new_project.setFileName(str(tmp_path / "site.qgz"))
     path = Path(default_output("Kampala mosaic (z20)", "count"))
     assert path.parent == tmp_path / "remoteclip_results"
     assert path.suffix == ".gpkg" and path.name.startswith("Kampala_mosaic_z20_count_")
+    # the folder chosen in the panel wins over both
+    save_setting("results_dir", str(tmp_path / "mine"))
+    assert Path(default_output("k", "label")).parent == tmp_path / "mine"
     qgis_new_project.setFileName("")
+    assert results_folder() == tmp_path / "mine"
+    QgsSettings().remove("RemoteCLIP")
 
 
 def test_model_widget_shows_name_architecture_and_activation(dock, tiny_bundle, tmp_path):
@@ -699,3 +710,102 @@ def test_a_shapefile_result_reads_its_own_sidecar_and_never_the_users_json(rc, d
     # a sidecar of that name without RemoteCLIP's marker is not ours: not read
     (tmp_path / "labels.remoteclip.json").write_text('{"fields": {"p_trees": "oaks"}}')
     assert read_field_map(str(shp)) == {}
+
+
+# ------------------------------------------------------------------------------- plan, help, demo
+
+def _wait_for(predicate, what: str, limit: float = 60) -> None:
+    from qgis.PyQt.QtCore import QCoreApplication
+
+    deadline = time.monotonic() + limit
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} did not happen"
+        QCoreApplication.processEvents()
+        time.sleep(0.01)
+
+
+def test_the_plan_follows_tiles_and_extent_after_a_pause_and_off_the_gui_thread(dock, data_dir, tiny_bundle):
+    from remoteclip_qgis.core.jobs import EmbedTask, Job, RunOptions, TileSpec, plan_job
+
+    raster = _raster(data_dir, KAMPALA, "kampala")
+    dock.layer_combo.setLayer(raster)
+    dock.tile_unit.setCurrentIndex(dock.tile_unit.findData("px"))
+    dock.tile_size.setValue(256)
+    _wait_for(lambda: "24 tiles of 256 × 256 px" in dock.plan_label.text(), "the first plan")
+    assert "known after a first run" in dock.plan_label.text()
+
+    # typing in the tile size: nothing is worked out until the user pauses (the timer), then in a thread
+    dock.tile_size.setValue(512)
+    dock.overlap.setValue(50)
+    assert "24 tiles" in dock.plan_label.text() and dock._plan_timer.isActive()
+    dock._plan_timer.stop()
+    dock.update_plan()
+    assert dock.plan_label.text() == "Plan: counting tiles…", "the plan was worked out on the GUI thread"
+    want = plan_job(Job(raster=str(data_dir / KAMPALA), task=EmbedTask(), tiles=TileSpec(512, overlap=0.5),
+                        run=RunOptions(model=str(tiny_bundle)))).n_tiles
+    _wait_for(lambda: f"{want} tiles of 512 × 512 px" in dock.plan_label.text(), "the new plan")
+    assert want == 15
+
+    # an input problem is said there, before Run
+    dock.bands_edit.setText("red")
+    _wait_for(lambda: "not band numbers" in dock.plan_label.text(), "the bands problem")
+    dock.bands_edit.setText("")
+    _wait_for(lambda: "tiles of" in dock.plan_label.text(), "the plan again")
+
+    # after a run of this model, the plan says how long at the rate measured here
+    dock.set_kind("embed")
+    dock.tile_size.setValue(128)   # enough tiles (two batches) for core to time the encoder
+    dock.overlap.setValue(0)
+    _run(dock)
+    assert dock.last_layer is not None, dock.status.text()
+    dock.update_plan()
+    _wait_for(lambda: "measured here" in dock.plan_label.text(), "the timed plan")
+    assert "96 tiles of 128 × 128 px, about" in dock.plan_label.text()
+
+
+def test_help_opens_the_documentation(dock):
+    from qgis.PyQt.QtCore import QObject, pyqtSlot
+    from qgis.PyQt.QtGui import QDesktopServices
+
+    from remoteclip_qgis.dock import help_url
+
+    class Browser(QObject):
+        def __init__(self):
+            super().__init__()
+            self.urls = []
+
+        @pyqtSlot("QUrl")
+        def open(self, url):
+            self.urls.append(url.toString())
+
+    browser = Browser()
+    QDesktopServices.setUrlHandler("https", browser, "open")
+    try:
+        dock.help_button.click()
+    finally:
+        QDesktopServices.unsetUrlHandler("https")
+    assert browser.urls == [help_url()]
+    assert help_url() == "https://github.com/remoteclip-qgis/remoteclip-qgis#in-qgis"
+
+
+def test_a_run_with_the_demo_model_says_it_is_a_demo(dock, data_dir, tmp_path, qgis_iface):
+    from qgis.core import Qgis
+
+    from remoteclip_qgis.core.bundle import DEMO_BUNDLE
+
+    dock.model_widget.setFilePath(str(DEMO_BUNDLE))
+    assert dock.demo_banner.isVisibleTo(dock)
+    raster = _raster(data_dir, KAMPALA, "kampala")
+    dock.layer_combo.setLayer(raster)
+    dock.set_kind("embed")
+    dock.tile_size.setValue(512)
+    dock.output_widget.setFilePath(str(tmp_path / "demo.gpkg"))
+    _run(dock)
+    assert dock.last_layer is not None, dock.status.text()
+    from qgis.PyQt.QtWidgets import QPushButton
+
+    bar = qgis_iface.messageBar()
+    notes = [item for item in bar.items() if "demo model: for trying the plugin" in item.text().lower()]
+    assert len(notes) == 1 and notes[0].level() == Qgis.Info, [i.text() for i in bar.items()]
+    assert [b.text() for b in notes[0].findChildren(QPushButton)] == ["Get RemoteCLIP-ViT-B-32"]
+    bar.clearWidgets()
