@@ -561,7 +561,7 @@ def _run(job: Job, src, t0: float, progress, is_cancelled, on_plan) -> JobResult
         from .vectors import Field, write_vector
 
         metadata = {"task": type(task).__name__, "model": bundle.name, "raster": getattr(src, "name", ""),
-                    "fields": field_map, "provider": provider}
+                    "fields": field_map, "provider": provider, **task_metadata(task)}
         write_vector(job.output, records, [Field(n, t) for n, t in fields], crs_wkt, layer_name=layer_name,
                      dissolve_by=dissolve_by if job.dissolve else None, metadata=metadata,
                      overwrite=job.overwrite, inputs=_raster_names(job.raster))
@@ -572,6 +572,16 @@ def _run(job: Job, src, t0: float, progress, is_cancelled, on_plan) -> JobResult
                      fields=[n for n, _ in fields], provider=provider, n_tiles=len(records), cache_hit=cache_hit,
                      seconds=time.perf_counter() - t0, warnings=warnings, field_map=field_map, embeddings=emb,
                      images_encoded=0 if cache_hit else len(emb))
+
+
+def task_metadata(task) -> dict:
+    """What a legend needs of the task, stored with the result: the counted object and the largest count,
+    the search's top-k and threshold."""
+    if isinstance(task, CountTask):
+        return {"object": task.object_name, "max_count": task.max_count}
+    if isinstance(task, SearchTask):
+        return {"query": task.query, "top_k": task.top_k, "threshold": task.threshold}
+    return {}
 
 
 def _provider_if_loaded(encoder: Encoder) -> str:
