@@ -22,6 +22,7 @@ from qgis.core import (
     Qgis,
     QgsApplication,
     QgsCoordinateTransform,
+    QgsField,
     QgsMapLayerProxyModel,
     QgsMessageLog,
     QgsProject,
@@ -33,7 +34,7 @@ from qgis.core import (
     QgsVectorLayer,
 )
 from qgis.gui import QgsCollapsibleGroupBox, QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox
-from qgis.PyQt.QtCore import QObject, QStandardPaths, Qt, QTimer, QUrl, pyqtSignal
+from qgis.PyQt.QtCore import QMetaType, QObject, QStandardPaths, Qt, QTimer, QUrl, pyqtSignal
 from qgis.PyQt.QtGui import QDesktopServices
 from qgis.PyQt.QtWidgets import (
     QApplication,
@@ -1091,7 +1092,14 @@ def export_layer(layer: QgsVectorLayer, path: str, format_name: str = "GeoPackag
     options.fileEncoding = "UTF-8"
     options.layerName = layer_name
     if driver == "GPKG" and os.path.isfile(path):
-        options.actionOnExistingFile = QgsVectorFileWriter.CreateOrOverwriteLayer
+        options.actionOnExistingFile = QgsVectorFileWriter.ActionOnExistingFile.CreateOrOverwriteLayer
+    converter = None
+    if driver == "ESRI Shapefile":
+        # the GeoPackage's feature id is not an attribute of the result, and a .dbf text field holds 254 bytes
+        keys = set(layer.dataProvider().pkAttributeIndexes())
+        options.attributes = [i for i in range(layer.fields().count()) if i not in keys]
+        converter = ShapefileFields()
+        options.fieldValueConverter = converter
     err, message, new_file, _new_layer = QgsVectorFileWriter.writeAsVectorFormatV3(
         layer, path, QgsProject.instance().transformContext(), options)
     if err != QgsVectorFileWriter.WriterError.NoError:
@@ -1124,6 +1132,25 @@ def export_layer(layer: QgsVectorLayer, path: str, format_name: str = "GeoPackag
     if meta:  # the class names behind p_* fields, as core writes them for its own Shapefiles
         write_sidecar(out, meta)
     return out
+
+
+class ShapefileFields(QgsVectorFileWriter.FieldValueConverter):
+    """Text fields as wide as a .dbf allows (254), declared so: GDAL then has nothing to truncate or warn."""
+
+    def fieldDefinition(self, field):  # noqa: N802 (QGIS's name)
+        out = QgsField(field)
+        if out.type() == QMetaType.Type.QString and not 0 < out.length() <= DBF_TEXT_WIDTH:
+            out.setLength(DBF_TEXT_WIDTH)
+        return out
+
+    def convert(self, index, value):
+        return value
+
+    def clone(self):
+        return ShapefileFields()
+
+
+DBF_TEXT_WIDTH = 254
 
 
 def _html(text: str) -> str:

@@ -441,9 +441,23 @@ def test_export_a_result_to_shapefile_and_geopackage(dock, data_dir, tmp_path):
     dock.export_format.setCurrentText("ESRI Shapefile")
     dock.export_widget.setFilePath(str(tmp_path / "export" / "labels"))
     (tmp_path / "export").mkdir()
-    dock.export_clicked()
+    from osgeo import gdal, ogr
+
+    said = []
+    gdal.PushErrorHandler(lambda _cls, _no, msg: said.append(msg))
+    try:
+        dock.export_clicked()
+    finally:
+        gdal.PopErrorHandler()
     shp = tmp_path / "export" / "labels.shp"
     assert shp.is_file(), dock.status.text()
+    assert said == [], "GDAL had something to say about the export (truncated fields?)"
+    ds = ogr.Open(str(shp))
+    defn = ds.GetLayer(0).GetLayerDefn()
+    columns = {defn.GetFieldDefn(i).GetName(): defn.GetFieldDefn(i).GetWidth() for i in range(defn.GetFieldCount())}
+    ds = None
+    assert "fid" not in columns, "the GeoPackage's feature id became a column"
+    assert list(columns)[:3] == ["row", "col", "label"] and columns["label"] == 254
     out = QgsVectorLayer(str(shp), "exported", "ogr")
     assert out.isValid() and out.featureCount() == layer.featureCount()
     assert out.crs() == layer.crs()

@@ -87,6 +87,43 @@ def test_diagnostics_names_versions_providers_gpu_and_model(rc, tiny_bundle, qgi
     assert f"model bundle error: Model bundle not found: {tiny_bundle}-bad." in bad
 
 
+def test_diagnostics_shows_the_embedding_cache_and_clears_it_after_asking(rc, tmp_path, monkeypatch):
+    import numpy as np
+    from qgis.PyQt.QtCore import QTimer
+    from qgis.PyQt.QtWidgets import QApplication, QMessageBox
+
+    from remoteclip_qgis.core.cache import EmbeddingCache
+    from remoteclip_qgis.diagnostics import DiagnosticsDialog, diagnostics_text
+
+    monkeypatch.setenv("REMOTECLIP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("REMOTECLIP_CACHE_MAX", "1G")
+    cache = EmbeddingCache()
+    emb = np.eye(4, 8, dtype=np.float32)
+    for i in range(2):
+        cache.save(f"{i:064x}", np.arange(4), emb)
+    (tmp_path / "cache" / "rates.json").write_text("{}")
+    dialog = DiagnosticsDialog(diagnostics_text())
+    line = next(ln for ln in dialog.text.toPlainText().splitlines() if ln.startswith("embedding cache:"))
+    assert str(tmp_path / "cache") in line and "2 entries" in line and "of at most 1.0 GB" in line
+
+    def answer(button):
+        def click():
+            box = QApplication.activeModalWidget()
+            if isinstance(box, QMessageBox):
+                box.button(button).click()
+            else:
+                QTimer.singleShot(20, click)
+        QTimer.singleShot(20, click)
+
+    answer(QMessageBox.StandardButton.No)
+    assert dialog.clear_cache() is None and len(cache.entries()) == 2
+    answer(QMessageBox.StandardButton.Yes)
+    n, freed = dialog.clear_cache()
+    assert n == 2 and freed > 0 and cache.entries() == []
+    assert (tmp_path / "cache" / "rates.json").is_file()
+    assert "0 entries" in dialog.text.toPlainText()
+
+
 # ------------------------------------------------------------------------------- without onnxruntime
 
 _NO_ORT = textwrap.dedent("""
