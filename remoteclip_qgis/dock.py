@@ -345,9 +345,9 @@ class RemoteClipDock(QgsDockWidget):
         self.demo_banner.setStyleSheet("#demo_banner { background: #e8f1fb; border: 1px solid #4e79a7; "
                                        "border-radius: 3px; }")
         b = QVBoxLayout(self.demo_banner)
-        self.demo_label = WrapLabel(f"<b>Demo model</b>: for trying the plugin, not for real work; its labels look "
-                                 f"like a map but are not credible. Get {REAL_MODEL} (605 MB, converted here, "
-                                 "no PyTorch needed) for real work.", self.demo_banner)
+        self.demo_label = WrapLabel("<b>Demo model</b>: for trying the plugin only. Its results look like a map "
+                                    "but are not credible: get RemoteCLIP for real work.", self.demo_banner)
+        self.demo_label.setToolTip(f"{REAL_MODEL}: 605 MB, downloaded and converted here, no PyTorch needed")
         self.demo_get_button = QPushButton("Get RemoteCLIP", self.demo_banner)
         self.demo_get_button.setObjectName("demo_get")
         self.demo_get_button.setToolTip(f"Chooses {REAL_MODEL} in the Model list and starts its download and "
@@ -612,8 +612,9 @@ class RemoteClipDock(QgsDockWidget):
         except Exception as e:
             self.model_info.setText(f"<span style='color:#b00020'>{_html(str(e))}</span>")
             return
+        # the demo banner above says what the demo model is for
         self.model_info.setText(f"<b>{_html(b.name)}</b> · {_html(b.architecture)} · {_html(b.activation)} · "
-                                f"{b.embed_dim}-d" + (f"<br><i>{DEMO_NOTE}</i>" if is_demo(path) else ""))
+                                f"{b.embed_dim}-d")
         current = self.precision_combo.currentText()
         self.precision_combo.clear()
         self.precision_combo.addItems(list(b.precisions))
@@ -952,6 +953,7 @@ class RemoteClipDock(QgsDockWidget):
         self.task = None
         self._set_running(False)
         self.refresh_dependencies()
+        self.schedule_plan()   # the run may have measured this model's speed here
 
     def _succeeded(self, result) -> None:
         from .layers import add_result_layer

@@ -60,6 +60,8 @@ def _items(row) -> dict[str, str]:
 
 
 def test_the_picker_lists_catalogue_models_with_size_and_state_and_marks_the_demo(dock, rc):
+    from qgis.PyQt.QtCore import Qt
+
     from remoteclip_qgis.core.bundle import DEMO_BUNDLE
     from remoteclip_qgis.model_picker import DEMO_NOTE
 
@@ -69,7 +71,8 @@ def test_the_picker_lists_catalogue_models_with_size_and_state_and_marks_the_dem
     assert "OpenAI-CLIP-ViT-B-32" in items and "GeoRSCLIP-ViT-B-32" in items
     assert items["remoteclip-demo"] == "remoteclip-demo · demo"
     dock.model_widget.setFilePath(str(DEMO_BUNDLE))
-    assert DEMO_NOTE in dock.model_info.text()
+    assert dock.demo_banner.isVisibleTo(dock) and "not credible" in dock.demo_label.text()
+    assert dock.model_row.combo.itemData(0, Qt.ItemDataRole.ToolTipRole) == DEMO_NOTE   # the demo entry
     assert dock.model_row.combo.currentText() == "remoteclip-demo · demo"
     assert not dock.model_row.get_button.isEnabled()           # nothing to get for a local bundle
     dock.model_row.select_entry("RemoteCLIP-ViT-B-32")
