@@ -1002,12 +1002,18 @@ class RemoteClipDock(QgsDockWidget):
             bar.pushMessage("RemoteCLIP", text, Qgis.MessageLevel.Info, 15)
 
     def _failed(self, error: str, details: str) -> None:
+        """A run that stopped: input the user can fix (no details) is a warning that goes away; a bug (its
+        traceback in the log panel) stays on the message bar until closed."""
         self._finish()
         set_value(self.progress, 0)
         self.provider_label.setText("ran on: – (the last run failed)")
         self.status.setText(f"<span style='color:#b00020'>Failed: {_html(error)}</span>")
-        self.iface.messageBar().pushMessage("RemoteCLIP", f"{error} (details: View > Panels > Log Messages, "
-                                            f"tab {LOG_TAG})", Qgis.MessageLevel.Critical, 0)
+        if details:
+            self.iface.messageBar().pushMessage(
+                "RemoteCLIP", f"The run stopped on an error in RemoteCLIP: {error} (the details for a bug report: "
+                f"View > Panels > Log Messages, tab {LOG_TAG})", Qgis.MessageLevel.Critical, 0)
+        else:
+            self.iface.messageBar().pushMessage("RemoteCLIP", error, Qgis.MessageLevel.Warning, 15)
 
     def _cancelled(self) -> None:
         self._finish()

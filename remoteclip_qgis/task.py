@@ -5,6 +5,12 @@
 it once per batch, so Cancel stops within one batch and leaves no file).
 ``finished()`` runs back on the main thread and emits ``succeeded``,
 ``failed`` or ``cancelled`` for the dock to add the layer or report the error.
+
+A problem with the input (``RemoteClipError``: a damaged model, an unreadable
+raster) is the user's to fix: its one line goes to the log panel as a warning,
+no traceback, and ``failed`` carries empty details. Anything else is a bug: its
+traceback goes to the log panel (tag RemoteCLIP) as critical, and ``failed``
+carries it.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ LOG_TAG = "RemoteCLIP"
 
 class RemoteClipTask(QgsTask):
     succeeded = pyqtSignal(object)        # core.jobs.JobResult
-    failed = pyqtSignal(str, str)         # message for the user, details for the log
+    failed = pyqtSignal(str, str)         # message for the user, the traceback of a bug ("" for bad input)
     cancelled = pyqtSignal()
     statusChanged = pyqtSignal(str)       # core's progress messages ("96/240 tiles")
 
@@ -47,7 +53,7 @@ class RemoteClipTask(QgsTask):
             return False
         except RemoteClipError as e:
             self.error = str(e)
-            self.details = traceback.format_exc()
+            self.details = ""   # the user's to fix: no traceback
             return False
         except Exception as e:  # anything else is a bug: the traceback goes to the log panel
             self.error = f"{type(e).__name__}: {e}"
@@ -64,6 +70,10 @@ class RemoteClipTask(QgsTask):
             self.cancelled.emit()
         else:
             error = self.error or "The task stopped without a result."
-            details = self.details or error
-            QgsMessageLog.logMessage(f"{self.description()} failed:\n{details}", LOG_TAG, Qgis.MessageLevel.Critical)
+            details = self.details if self.details is not None else error
+            if details:
+                QgsMessageLog.logMessage(f"{self.description()} failed:\n{details}", LOG_TAG,
+                                         Qgis.MessageLevel.Critical)
+            else:
+                QgsMessageLog.logMessage(f"{self.description()}: {error}", LOG_TAG, Qgis.MessageLevel.Warning)
             self.failed.emit(error, details)

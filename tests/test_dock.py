@@ -265,17 +265,73 @@ def test_errors_reach_the_message_bar_and_the_log(dock, data_dir, tmp_path, qgis
     assert not bar.get_messages(Qgis.Critical) and not (tmp_path / "x.gpkg").exists()
     assert dock.last_layer is None
 
-    # refused by core inside the task: a bundle whose graph is damaged
+    # refused by core inside the task: a bundle whose graph is damaged. The user's to fix: a warning that goes
+    # away, its one line in the log panel, no traceback
+    from qgis.core import QgsApplication
+
+    logged = []
+
+    def on_log(message, tag, level):
+        if tag == "RemoteCLIP":
+            logged.append((message, level))
+
+    QgsApplication.messageLog().messageReceived.connect(on_log)
     broken = tmp_path / "broken"
     shutil.copytree(tiny_bundle, broken)
     (broken / "text_fp32.onnx").write_bytes(b"not an onnx graph")
     dock.model_widget.setFilePath(str(broken))
     dock.labels_edit.setPlainText("buildings\ntrees")
-    _run(dock)
-    critical = bar.get_messages(Qgis.Critical)
-    assert any("text_fp32.onnx" in m and "Log Messages" in m for m in critical), critical
+    try:
+        _run(dock)
+    finally:
+        QgsApplication.messageLog().messageReceived.disconnect(on_log)
+    assert any("text_fp32.onnx" in m for m in bar.get_messages(Qgis.Warning))
+    assert not bar.get_messages(Qgis.Critical)
     assert "Failed" in dock.status.text() and not (tmp_path / "x.gpkg").exists()
     assert dock.last_layer is None
+    assert any("text_fp32.onnx" in m for m, level in logged if level == Qgis.Warning), logged
+    assert not [m for m, _ in logged if "Traceback" in m] and not [m for m, lv in logged if lv == Qgis.Critical]
+
+
+def test_a_bug_inside_the_task_leaves_its_traceback_in_the_log_panel(dock, tiny_bundle, qgis_iface):
+    """Not the user's input but the program: a raster source whose read raises (a plausible bug in a source)."""
+    from qgis.core import Qgis, QgsApplication
+
+    from remoteclip_qgis.core.jobs import EmbedTask, Job, RunOptions, TileSpec
+    from remoteclip_qgis.task import RemoteClipTask
+
+    class Broken:
+        name, width, height, count, crs_wkt, nodata, dtype = "broken", 256, 256, 3, "EPSG:4326", None, "uint8"
+        transform = (1e-5, 0.0, 32.0, 0.0, -1e-5, 0.3)
+        colorinterp = ["red", "green", "blue"]
+
+        def read(self, bands, window, out_shape=None):
+            raise ZeroDivisionError("a bug in a raster source")
+
+        def close(self):
+            pass
+
+    logged = []
+
+    def on_log(message, tag, level):
+        if tag == "RemoteCLIP":
+            logged.append((message, level))
+
+    QgsApplication.messageLog().messageReceived.connect(on_log)
+    task = RemoteClipTask(Job(raster=Broken(), task=EmbedTask(), tiles=TileSpec(size=128),
+                              run=RunOptions(model=str(tiny_bundle), cache_dir="")))
+    failed = []
+    task.failed.connect(lambda error, details: (failed.append((error, details)), dock._failed(error, details)))
+    try:
+        QgsApplication.taskManager().addTask(task)
+        _wait_for(lambda: failed, "the failure")
+    finally:
+        QgsApplication.messageLog().messageReceived.disconnect(on_log)
+    error, details = failed[0]
+    assert "ZeroDivisionError" in error and "Traceback" in details
+    assert any("Traceback" in m and level == Qgis.Critical for m, level in logged)
+    critical = qgis_iface.messageBar().get_messages(Qgis.Critical)
+    assert any("error in RemoteCLIP" in m and "Log Messages" in m for m in critical), critical
 
 
 # ------------------------------------------------------------------------------------- widgets -> Job
