@@ -35,7 +35,7 @@ from qgis.core import (
 )
 from qgis.gui import QgsCollapsibleGroupBox, QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import QMetaType, QObject, QStandardPaths, Qt, QTimer, QUrl, pyqtSignal
-from qgis.PyQt.QtGui import QDesktopServices
+from qgis.PyQt.QtGui import QColor, QDesktopServices, QIcon, QPixmap
 from qgis.PyQt.QtWidgets import (
     QApplication,
     QCheckBox,
@@ -45,6 +45,7 @@ from qgis.PyQt.QtWidgets import (
     QFormLayout,
     QFrame,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QLineEdit,
     QMenu,
@@ -55,6 +56,8 @@ from qgis.PyQt.QtWidgets import (
     QScrollArea,
     QSpinBox,
     QToolButton,
+    QTreeWidget,
+    QTreeWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -248,6 +251,7 @@ class RemoteClipDock(QgsDockWidget):
         col.addWidget(self._tiles_group(body))
         col.addWidget(self._run_group(body))
         col.addWidget(self._output_group(body))
+        col.addWidget(self._result_group(body))
 
         col.addWidget(self._export_group(body))
         col.addStretch(1)
@@ -550,6 +554,61 @@ class RemoteClipDock(QgsDockWidget):
         self.dissolve.setToolTip("Merge touching tiles with the same label / count / selection into one polygon")
         form.addRow(self.dissolve)
         return box
+
+    def _result_group(self, parent) -> QWidget:
+        """The last run's summary: per class its tiles and ground area (core.summary)."""
+        box = QgsCollapsibleGroupBox("Last result", parent)
+        box.setObjectName("result_group")
+        v = QVBoxLayout(box)
+        self.result_title = WrapLabel("", box)
+        self.result_table = QTreeWidget(box)
+        self.result_table.setObjectName("result_table")
+        self.result_table.setRootIsDecorated(False)
+        self.result_table.setColumnCount(3)
+        self.result_table.setHeaderLabels(["", "Tiles", "Area"])
+        self.result_table.setSelectionMode(QTreeWidget.SelectionMode.NoSelection)
+        header = self.result_table.header()
+        header.setStretchLastSection(False)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
+        v.addWidget(self.result_title)
+        v.addWidget(self.result_table)
+        self.result_box = box
+        box.setVisible(False)
+        return box
+
+    def show_summary(self, kind: str, rows: list, task=None) -> None:
+        """Fill the Last result table: class (count, selection) | tiles | area, the most tiles first."""
+        from .core.summary import format_area
+        from .layers import class_color, count_label
+
+        self.result_table.clear()
+        heading = {"label": "Class", "count": "Count", "search": "Selection"}.get(kind, "")
+        self.result_table.setHeaderLabels([heading, "Tiles", "Area"])
+        for row in rows:
+            if kind == "count":
+                text = count_label(int(row.value), getattr(task, "object_name", None), getattr(task, "max_count", None))
+            elif kind == "search":
+                text = "selected" if row.value else "not selected"
+            else:
+                text = str(row.value)
+            item = QTreeWidgetItem([text, f"{row.n_tiles:,}", format_area(row.area_m2)])
+            item.setToolTip(0, text)
+            item.setTextAlignment(1, int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter))
+            item.setTextAlignment(2, int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter))
+            if kind == "label":
+                swatch = QPixmap(12, 12)
+                swatch.fill(QColor(class_color(text)))
+                item.setIcon(0, QIcon(swatch))
+            self.result_table.addTopLevelItem(item)
+        # as tall as its rows (up to 10): no scroll bar inside the dock's own
+        shown = min(len(rows), 10)
+        height = self.result_table.header().sizeHint().height() + 2 * self.result_table.frameWidth()
+        if rows:
+            height += shown * self.result_table.sizeHintForRow(0)
+        self.result_table.setFixedHeight(height)
+        self.result_box.setVisible(bool(rows))
 
     def _export_group(self, parent) -> QWidget:
         box = QgsCollapsibleGroupBox("Export a result layer", parent)
@@ -958,6 +1017,9 @@ class RemoteClipDock(QgsDockWidget):
     def _succeeded(self, result) -> None:
         from .layers import add_result_layer
 
+        rows = list(getattr(self.task, "summary", []) or [])
+        job = getattr(self.task, "job", None)
+        task = job.task if job is not None else None
         self._finish()
         set_value(self.progress, 100)
         self.last_result = result
@@ -982,8 +1044,12 @@ class RemoteClipDock(QgsDockWidget):
         self.show_results_folder()
         for w in result.warnings:
             self.iface.messageBar().pushMessage("RemoteCLIP", w, Qgis.MessageLevel.Warning, 10)
-        self.iface.messageBar().pushMessage("RemoteCLIP", f"{self._name}: {result.n_tiles} tiles{cache}.",
-                                            Qgis.MessageLevel.Success, 5)
+        self.show_summary(self._kind, rows, task)
+        self.result_title.setText(f"{_html(self._name)}: {result.n_tiles:,} tiles")
+        top = ", ".join(f"{self.result_table.topLevelItem(i).text(0)} {self.result_table.topLevelItem(i).text(1)}"
+                        for i in range(min(self.result_table.topLevelItemCount(), 3)))
+        self.iface.messageBar().pushMessage("RemoteCLIP", f"{self._name}: {result.n_tiles} tiles{cache}"
+                                            + (f" · {top}" if top else "") + ".", Qgis.MessageLevel.Success, 5)
         if self._demo_run:
             self._demo_message()
         self.resultAdded.emit(layer)

@@ -35,6 +35,7 @@ class RemoteClipTask(QgsTask):
         self.result = None
         self.error: str | None = None
         self.details: str | None = None
+        self.summary: list = []               # core.summary.SummaryRow per class of the result
         self.was_cancelled = False
 
     def _progress(self, fraction: float, message: str) -> None:
@@ -47,6 +48,7 @@ class RemoteClipTask(QgsTask):
 
         try:
             self.result = run_job(self.job, progress=self._progress, is_cancelled=self.isCanceled)
+            self.summary = self._summarize(self.result)
             return True
         except Cancelled:
             self.was_cancelled = True
@@ -59,6 +61,22 @@ class RemoteClipTask(QgsTask):
             self.error = f"{type(e).__name__}: {e}"
             self.details = traceback.format_exc()
             return False
+
+    @staticmethod
+    def _summarize(result) -> list:
+        """Tiles and ground area per class (core.summary), worked out here, off the GUI thread; [] on failure
+        (the result itself is fine)."""
+        from .core.summary import summarize, summary_field
+
+        field = summary_field(result.records)
+        if field is None:
+            return []
+        try:
+            return summarize(result.records, field, result.crs_wkt)
+        except Exception as e:  # a summary is a courtesy: its failure must not lose the result
+            QgsMessageLog.logMessage(f"The result's summary failed: {type(e).__name__}: {e}", LOG_TAG,
+                                     Qgis.MessageLevel.Warning)
+            return []
 
     def finished(self, ok: bool) -> None:
         if ok and self.result is not None:

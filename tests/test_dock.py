@@ -119,6 +119,13 @@ def test_label_run_on_the_kampala_mosaic_then_search_reuses_the_cache(dock, data
     labels = {f["label"] for f in layer.getFeatures()}
     assert {c.value() for c in renderer.categories()} == labels
     assert labels <= {"buildings", "trees", "road", "bare soil", "unknown"}
+    # the Last result table: per class its tiles and ground area, the most tiles first
+    table = dock.result_table
+    rows = [[table.topLevelItem(i).text(c) for c in range(3)] for i in range(table.topLevelItemCount())]
+    assert dock.result_box.isVisibleTo(dock) and table.headerItem().text(0) == "Class"
+    assert {r[0] for r in rows} == labels and sum(int(r[1]) for r in rows) == result.n_tiles
+    assert [int(r[1]) for r in rows] == sorted((int(r[1]) for r in rows), reverse=True)
+    assert all(r[2].endswith(("m²", "ha")) for r in rows)
     # legend entries name the class and how many tiles it has
     for cat in renderer.categories():
         n = sum(1 for f in layer.getFeatures() if f["label"] == cat.value())
@@ -182,6 +189,9 @@ def test_count_run_on_a_utm_geotiff_with_tiles_in_metres(dock, data_dir, tmp_pat
     assert counts <= set(range(1, 6))
     assert {c.value() for c in layer.renderer().categories()} == counts
     assert layer.labelsEnabled(), "count layers write the count on each tile"
+    table = dock.result_table
+    texts = [table.topLevelItem(i).text(0) for i in range(table.topLevelItemCount())]
+    assert texts and all(t.split()[-1] in ("ship", "ships") for t in texts), texts
 
 
 def test_cancel_right_after_start_leaves_no_file_and_no_layer(dock, data_dir, tmp_path, qgis_iface):

@@ -82,6 +82,12 @@ def test_nothing_is_cut_off_at_300_px(narrow_dock):
     assert dock.width() == DOCK_WIDTH
     assert dock.banner.isVisible() and " -m pip install " in dock.manual_edit.text()
     assert dock.demo_banner.isVisible(), "the demo model is the default and says so"
+    from remoteclip_qgis.core.summary import SummaryRow
+
+    dock.show_summary("label", [SummaryRow("dense residential area with courtyards", 1234, 5.6e6),
+                                SummaryRow("parking lot", 7, 1234.0)])
+    dock.result_title.setText("kampala_oam_z20_mosaic_1536x1024 · labels · land-cover · 256 px: 1,241 tiles")
+    assert dock.result_box.isVisibleTo(dock)
     problems = []
     for i in range(dock.tabs.count()):
         dock.tabs.setCurrentIndex(i)
