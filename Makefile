@@ -37,7 +37,7 @@ package:
 label: setup
 	@mkdir -p results
 	$(PY) -m core label $(DATA)/orthomosaic/kampala_oam_z20_mosaic_1536x1024.tif \
-	    --preset land-cover --tile-size 256 -o results/kampala_labels.gpkg
+	    --preset land-cover --tile-size 256 -o results/kampala_labels.gpkg --overwrite
 
 bench:
 	@mkdir -p bench-results

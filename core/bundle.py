@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .errors import RemoteClipError
 
@@ -161,6 +162,11 @@ def _read_manifest(folder: Path, src: Path) -> dict:
             f"Model bundle {src} has format_version {version!r}; this version reads {FORMAT_VERSION}.",
             "Update the plugin, or re-export the bundle with the matching training tools.",
         )
+    for key in ("image", "text", "graphs"):
+        if key in manifest and not isinstance(manifest[key], dict):
+            raise RemoteClipError(f"The manifest of model bundle {src} has an invalid {key}: "
+                                  f"{str(manifest[key])[:80]!r} (an object).", "Re-export the bundle, or correct "
+                                  "manifest.json.")
     missing = [k for k in _REQUIRED_KEYS if k not in manifest]
     missing += [f"image.{k}" for k in _REQUIRED_IMAGE if k not in manifest.get("image", {})]
     missing += [f"text.{k}" for k in _REQUIRED_TEXT if k not in manifest.get("text", {})]
@@ -172,12 +178,105 @@ def _read_manifest(folder: Path, src: Path) -> dict:
             not isinstance(graphs[p], dict) or set(graphs[p]) < set(KINDS) for p in graphs):
         raise RemoteClipError(f"The manifest of model bundle {src} does not list fp32 image and text graphs.",
                               "Re-export the bundle with `python -m training.export`.")
+    check_manifest(manifest, src)
     return manifest
+
+
+# Limits well beyond every CLIP model (ViT-L-14-336: 336 px, 77 tokens, 768-d), so that a damaged or
+# hostile manifest fails here instead of allocating gigabytes per tile.
+MAX_IMAGE_PX = 2048
+MAX_CONTEXT = 1024
+MAX_EMBED_DIM = 16384
+MAX_LOGIT_SCALE = 1000.0
+RESIZE_MODES = ("shortest", "longest", "squash")
+CROPS = ("center",)
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")
+ACTIVATIONS = ("quick_gelu", "gelu")
+
+
+def check_manifest(m: dict, src) -> None:
+    """Every field core uses, checked before any tile is read; the error names the field."""
+
+    def bad(field: str, value, want: str):
+        raise RemoteClipError(f"The manifest of model bundle {src} has an invalid {field}: {repr(value)[:80]} "
+                              f"({want}).", "Re-export the bundle, or correct manifest.json.")
+
+    def whole(field, value, lo, hi):
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) \
+                or not lo <= value <= hi:
+            bad(field, value, f"a whole number from {lo} to {hi}")
+        return int(value)
+
+    def real(field, value, lo, hi, lo_open=False):
+        ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+        if not ok or value < lo or value > hi or (lo_open and value <= lo):
+            bad(field, value, f"a number {'above' if lo_open else 'from'} {lo:g}{' up' if lo_open else ''} to {hi:g}")
+        return float(value)
+
+    for key in ("name", "architecture"):
+        if not isinstance(m[key], str) or not m[key].strip():
+            bad(key, m[key], "a non-empty text")
+    whole("embed_dim", m["embed_dim"], 1, MAX_EMBED_DIM)
+    if m["activation"] not in ACTIVATIONS:
+        bad("activation", m["activation"], " or ".join(ACTIVATIONS))
+    real("logit_scale", m["logit_scale"], 0.0, MAX_LOGIT_SCALE, lo_open=True)
+
+    img = m["image"]
+    if not isinstance(img, dict):
+        bad("image", img, "an object")
+    size = img["size"]
+    sizes = [size] if not isinstance(size, list) else size
+    if not 1 <= len(sizes) <= 2:
+        bad("image.size", size, "one number or [height, width]")
+    for v in sizes:
+        whole("image.size", v, 8, MAX_IMAGE_PX)
+    for key, lo, hi, lo_open in (("mean", -10.0, 10.0, False), ("std", 0.0, 10.0, True)):
+        vals = img[key]
+        if not isinstance(vals, list) or len(vals) != 3:
+            bad(f"image.{key}", vals, "three numbers, one per RGB channel")
+        for v in vals:
+            real(f"image.{key}", v, lo, hi, lo_open)
+    for key, allowed in (("resize_mode", RESIZE_MODES), ("interpolation", INTERPOLATIONS), ("crop", CROPS)):
+        if str(img[key]).lower() not in allowed:
+            bad(f"image.{key}", img[key], "one of " + ", ".join(allowed))
+    fill = img.get("fill_color", 0)
+    for v in (fill if isinstance(fill, list) else [fill]):
+        whole("image.fill_color", v, 0, 255)
+
+    text = m["text"]
+    if not isinstance(text, dict):
+        bad("text", text, "an object")
+    whole("text.context_length", text["context_length"], 2, MAX_CONTEXT)
+    vocab = whole("text.vocab_size", text.get("vocab_size", 49408), 2, 10_000_000)
+    for key in ("sot_token_id", "eot_token_id", "pad_token_id"):
+        if key in text:
+            whole(f"text.{key}", text[key], 0, vocab - 1)
+    inside("text.vocab_file", text["vocab_file"], bad)
+    for prec, kinds in m["graphs"].items():
+        if prec not in PRECISIONS:
+            bad("graphs", prec, "precisions " + ", ".join(PRECISIONS))
+        for kind in KINDS:
+            inside(f"graphs.{prec}.{kind}", kinds[kind], bad)
+
+
+def inside(field: str, rel, bad) -> None:
+    """Files named in a manifest are plain relative paths inside the bundle folder (no '..', no
+    absolute path, no drive): a manifest must not make core open files elsewhere."""
+    if not isinstance(rel, str) or not rel.strip():
+        bad(field, rel, "a file name inside the bundle")
+    p = PurePosixPath(rel.replace("\\", "/"))
+    if p.is_absolute() or ".." in p.parts or ":" in rel or rel.startswith(("~", "/")):
+        bad(field, rel, "a file name inside the bundle folder, without '..' or an absolute path")
 
 
 def _check_files(folder: Path, manifest: dict, src: Path) -> None:
     needed = [manifest["text"]["vocab_file"]]
     needed += [manifest["graphs"][p][k] for p in manifest["graphs"] for k in KINDS]
+    root = folder.resolve()
+    for f in needed:   # a symlink inside the bundle must not lead out of it either
+        if (folder / f).exists() and not (folder / f).resolve().is_relative_to(root):
+            raise RemoteClipError(f"Model bundle {src} names {f}, which leads outside the bundle folder.",
+                                  "Keep every graph and vocabulary file inside the bundle folder.")
     missing = [f for f in needed if not (folder / f).is_file()]
     if missing:
         raise RemoteClipError(f"Model bundle {src} is incomplete: missing {', '.join(missing)}.",

@@ -1,15 +1,20 @@
 """``remoteclip label|count|search|embed RASTER --model BUNDLE ... -o OUT.gpkg``.
 
-Bad input ends with exit code 2 and a one-line error naming the problem and
-the fix (no traceback); Ctrl+C ends with 130 and no output file.
+An existing output is replaced only with --overwrite (a GeoPackage keeps its
+other layers either way). Bad input ends with exit code 2 and a one-line error
+naming the problem and the fix (no traceback); Ctrl+C ends with 130 and no
+output file.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .errors import Cancelled, RemoteClipError
+
+MAX_TILES = 50_000   # core.jobs.MAX_TILES (not imported here: `remoteclip --help` stays light)
 
 
 def _default_model() -> str:
@@ -60,6 +65,12 @@ def _polygons(path: str):
     except ImportError:
         raise RemoteClipError("GDAL's Python bindings (osgeo) are needed for --polygons.",
                               "Install python3-gdal, or use --bbox.") from None
+    from .checks import path_text
+    from .raster import is_gdal_uri
+
+    path = path_text(path, "--polygons file")
+    if not is_gdal_uri(path) and not os.path.exists(path):
+        raise RemoteClipError(f"--polygons {path}: file not found.", "Check the path.")
     ds = ogr.Open(path)
     if ds is None:
         raise RemoteClipError(f"--polygons {path}: not a vector file OGR can open.",
@@ -79,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
                                         "or $REMOTECLIP_MODEL)")
     common.add_argument("-o", "--output", help="output vector file (.gpkg or .shp), written atomically")
     common.add_argument("--layer", help="layer name in the output (default: the task)")
+    common.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output (in a GeoPackage: the layer of that name; its other "
+                             "layers are kept)")
     g = common.add_argument_group("tiles")
     g.add_argument("--tile-size", type=float, default=224, help="tile edge (default 224)")
     g.add_argument("--tile-unit", choices=("px", "m"), default="px", help="unit of --tile-size (default px)")
@@ -94,7 +108,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--cache-dir", help="embedding cache folder (default ~/.cache/remoteclip/embeddings)")
     r.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
     r.add_argument("--dissolve", action="store_true", help="merge touching tiles with the same result")
-    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.add_argument("-y", "--yes", action="store_true", help=f"run a plan of more than {MAX_TILES:,} tiles "
+                   "(refused without it)")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no plan line")
 
     ap = argparse.ArgumentParser(prog="remoteclip", description="RemoteCLIP on rasters: zero-shot tile labels, "
                                  "object counts, text search and tile embeddings.")
@@ -136,16 +152,16 @@ def _job(args):
         if args.labels is not None:
             labels = args.labels.split(",")
         elif args.labels_file:
-            labels = prompts.read_lines(args.labels_file)
+            labels = prompts.read_lines(args.labels_file, "class names")
         elif args.preset:
             labels = prompts.preset(args.preset)
         else:
             raise RemoteClipError("No classes given.", "Use --labels a,b,c, --labels-file FILE or --preset "
                                   "(" + ", ".join(prompts.PRESETS) + ").")
-        templates = prompts.read_lines(args.templates_file) if args.templates_file else None
+        templates = prompts.read_lines(args.templates_file, "templates") if args.templates_file else None
         task = LabelTask(prompts.check_labels(labels), templates, args.top_k, args.threshold)
     elif args.command == "count":
-        templates = prompts.read_lines(args.templates_file) if args.templates_file else None
+        templates = prompts.read_lines(args.templates_file, "templates") if args.templates_file else None
         task = CountTask(args.object, args.max_count, templates)
     elif args.command == "search":
         task = SearchTask(args.query, args.top_k, args.threshold)
@@ -168,7 +184,7 @@ def _job(args):
                      batch_size=args.batch_size, cache_dir=cache_dir)
     tiles = TileSpec(size=args.tile_size, unit=args.tile_unit, overlap=args.overlap, extent=extent, bands=bands)
     return Job(raster=args.raster, task=task, run=run, tiles=tiles, output=args.output, layer_name=args.layer,
-               dissolve=args.dissolve)
+               dissolve=args.dissolve, overwrite=args.overwrite, max_tiles=None if args.yes else MAX_TILES)
 
 
 class _Bar:
@@ -186,6 +202,12 @@ class _Bar:
         self.bar.n = int(round(1000 * max(0.0, min(1.0, fraction))))
         self.bar.set_postfix_str(message, refresh=False)
         self.bar.refresh()
+
+    def write(self, line: str):
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr)
 
     def close(self):
         if self.bar is not None:
@@ -214,15 +236,43 @@ def _summary(res, args) -> str:
     return "\n".join(lines)
 
 
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """``--bbox -11858000,...`` as ``--bbox=-11858000,...``: argparse takes a value that starts with '-'
+    and is not a plain number for an option."""
+    out: list[str] = []
+    it = iter(argv)
+    for a in it:
+        if a in _NEGATIVE_OK:
+            nxt = next(it, None)
+            if nxt is not None and nxt.startswith("-") and len(nxt) > 1 and (nxt[1].isdigit() or nxt[1] == "."):
+                out.append(f"{a}={nxt}")
+                continue
+            out.append(a)
+            if nxt is not None:
+                out.append(nxt)
+            continue
+        out.append(a)
+    return out
+
+
+_NEGATIVE_OK = ("--bbox",)
+
+
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(_join_negative_values([str(a) for a in argv]))
     bar = None
     try:
         job = _job(args)
         from .jobs import run_job
 
         bar = _Bar(args.quiet)
-        res = run_job(job, progress=bar)
+
+        def show_plan(plan):
+            if not args.quiet:
+                bar.write(f"plan: {plan.describe()}")
+
+        res = run_job(job, progress=bar, on_plan=show_plan)
         bar.close()
         bar = None
         print(_summary(res, args))

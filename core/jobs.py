@@ -27,6 +27,7 @@ Tasks:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -37,20 +38,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import checks
 from .bundle import load_bundle
 from .errors import Cancelled, RemoteClipError
 from .inference import Encoder
 from .preprocess import output_size, preprocess
-from .prompts import check_labels, count_captions, label_prompts
+from .prompts import check_labels, check_templates, check_text, count_captions, label_prompts
 from .tiles import BBox, Polygons, TileSpec, make_grid, require_crs
-from .vectors import check_output_path, shapefile_names
+from .vectors import check_output, shapefile_names
 
-__all__ = ["Job", "RunOptions", "LabelTask", "CountTask", "SearchTask", "EmbedTask", "run_job", "JobResult",
-           "TileSpec", "BBox", "Polygons", "UNKNOWN"]
+__all__ = ["Job", "Plan", "plan_job", "RunOptions", "LabelTask", "CountTask", "SearchTask", "EmbedTask", "run_job",
+           "JobResult", "TileSpec", "BBox", "Polygons", "UNKNOWN", "output_layer_name"]
 
 log = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"
+MAX_BATCH = 4096
+MAX_TILES = 50_000   # about an hour of ViT-B-32 on a laptop CPU: more must be asked for (--yes)
 _QUEUE_BATCHES = 2  # batches read ahead: overlap without holding the raster in memory
 
 
@@ -62,6 +66,21 @@ class RunOptions:
     batch_size: int = 32
     cache_dir: str | None = None   # None: default cache folder; "" disables the cache
 
+    def __post_init__(self):
+        from .bundle import PRECISIONS
+        from .inference import DEVICES
+
+        if self.model is not None and not isinstance(self.model, str | os.PathLike) \
+                and type(self.model).__name__ != "Bundle":
+            raise RemoteClipError(f"The model {self.model!r} is not a bundle path.",
+                                  "Give the bundle folder or .rclip.zip as a path.")
+        self.device = checks.choice(self.device, "device", DEVICES)
+        self.precision = checks.choice(self.precision, "precision", PRECISIONS)
+        self.batch_size = checks.whole(self.batch_size, "Batch size", 1, MAX_BATCH, "e.g. 32")
+        if self.cache_dir is not None and not isinstance(self.cache_dir, str | os.PathLike):
+            raise RemoteClipError(f"The cache folder {self.cache_dir!r} is not a path.",
+                                  "Give a folder path, \"\" for no cache, or None for the default.")
+
 
 @dataclass
 class LabelTask:
@@ -70,12 +89,31 @@ class LabelTask:
     top_k: int = 3
     threshold: float | None = None
 
+    def __post_init__(self):
+        self.labels = check_labels(self.labels)
+        if len(self.labels) < 2:
+            raise RemoteClipError(f"Only one label was given ({self.labels[0]!r}); softmax over one class "
+                                  "always says 100%.", "Give at least two class names.")
+        self.templates = check_templates(self.templates)
+        self.top_k = checks.whole(self.top_k, "top_k", 1, example="e.g. 3")
+        self.threshold = checks.optional(checks.number, self.threshold, "The label threshold (a probability)",
+                                         0.0, 1.0, example="e.g. 0.4")
+
 
 @dataclass
 class CountTask:
     object_name: str
     max_count: int = 10
     templates: list[str] | None = None
+
+    def __post_init__(self):
+        self.object_name = check_text(self.object_name if self.object_name is not None else "", "object name")
+        if not self.object_name:
+            raise RemoteClipError("The object to count is empty.", "Give an object name, e.g. --object car.")
+        self.max_count = checks.whole(self.max_count, "max_count", 1, 100, "default 10")
+        self.templates = check_templates(self.templates, "count templates")
+        if self.templates:
+            count_captions(self.object_name, 1, self.templates)   # refuses templates without {count}
 
 
 @dataclass
@@ -84,10 +122,21 @@ class SearchTask:
     top_k: int | None = None
     threshold: float | None = None
 
+    def __post_init__(self):
+        self.query = check_text(self.query if self.query is not None else "", "search query")
+        if not self.query:
+            raise RemoteClipError("The search query is empty.", "Give a query, e.g. --query 'a swimming pool'.")
+        self.top_k = checks.optional(checks.whole, self.top_k, "top_k", 1, example="e.g. 20")
+        self.threshold = checks.optional(checks.number, self.threshold, "The similarity threshold (a cosine)",
+                                         -1.0, 1.0, example="e.g. 0.25")
+
 
 @dataclass
 class EmbedTask:
     pass
+
+
+TASK_TYPES = (LabelTask, CountTask, SearchTask, EmbedTask)
 
 
 @dataclass
@@ -99,6 +148,27 @@ class Job:
     output: str | None = None      # .gpkg or .shp; written atomically
     layer_name: str | None = None
     dissolve: bool = False
+    overwrite: bool = False        # replace an existing output (a GeoPackage's other layers are always kept)
+    max_tiles: int | None = MAX_TILES   # a larger plan is refused unless this is raised (None: no limit)
+
+    def __post_init__(self):
+        self.max_tiles = checks.optional(checks.whole, self.max_tiles, "max_tiles", 1)
+        if self.raster is None or (isinstance(self.raster, str) and not self.raster.strip()):
+            raise RemoteClipError("No raster was given.", "Give a raster file (GeoTIFF, VRT, ...) or layer.")
+        if not isinstance(self.raster, str | os.PathLike) and not callable(getattr(self.raster, "read", None)):
+            raise RemoteClipError(f"The raster {self.raster!r} is neither a path nor a raster source.",
+                                  "Give a raster file path or a core.raster.RasterSource.")
+        if not isinstance(self.task, TASK_TYPES):
+            raise RemoteClipError(f"Unknown task {type(self.task).__name__}.",
+                                  "Use LabelTask, CountTask, SearchTask or EmbedTask.")
+        if not isinstance(self.run, RunOptions):
+            raise RemoteClipError(f"run is a {type(self.run).__name__}, not RunOptions.",
+                                  "Give RunOptions(model=...).")
+        if not isinstance(self.tiles, TileSpec):
+            raise RemoteClipError(f"tiles is a {type(self.tiles).__name__}, not a TileSpec.",
+                                  "Give TileSpec(...) or leave it out for the default.")
+        if self.output is not None and not isinstance(self.output, str | os.PathLike):
+            raise RemoteClipError(f"The output {self.output!r} is not a path.", "Give a .gpkg or .shp path.")
 
 
 @dataclass
@@ -120,33 +190,12 @@ class JobResult:
 
 # ---------------------------------------------------------------------------------------------- tasks
 
-def _check_task(task) -> None:
-    if isinstance(task, LabelTask):
-        task.labels = check_labels(task.labels)
-        if len(task.labels) < 2:
-            raise RemoteClipError(f"Only one label was given ({task.labels[0]!r}); softmax over one class "
-                                  "always says 100%.", "Give at least two class names.")
-        if task.top_k is None or int(task.top_k) < 1:
-            raise RemoteClipError(f"top_k must be at least 1, not {task.top_k}.", "Use e.g. --top-k 3.")
-        if task.threshold is not None and not 0.0 <= float(task.threshold) <= 1.0:
-            raise RemoteClipError(f"The label threshold {task.threshold} is not a probability.",
-                                  "Use a value between 0 and 1, e.g. --threshold 0.4.")
-    elif isinstance(task, CountTask):
-        if not (task.object_name or "").strip():
-            raise RemoteClipError("The object to count is empty.", "Give an object name, e.g. --object car.")
-        if not 1 <= int(task.max_count) <= 100:
-            raise RemoteClipError(f"max_count {task.max_count} is out of range.", "Use 1 to 100 (default 10).")
-    elif isinstance(task, SearchTask):
-        if not (task.query or "").strip():
-            raise RemoteClipError("The search query is empty.", "Give a query, e.g. --query 'a swimming pool'.")
-        if task.top_k is not None and int(task.top_k) < 1:
-            raise RemoteClipError(f"top_k must be at least 1, not {task.top_k}.", "Use e.g. --top-k 20.")
-        if task.threshold is not None and not -1.0 <= float(task.threshold) <= 1.0:
-            raise RemoteClipError(f"The similarity threshold {task.threshold} is not a cosine similarity.",
-                                  "Use a value between -1 and 1, e.g. --threshold 0.25.")
-    elif not isinstance(task, EmbedTask):
-        raise RemoteClipError(f"Unknown task {type(task).__name__}.", "Use LabelTask, CountTask, SearchTask "
-                              "or EmbedTask.")
+def _check(job: Job) -> None:
+    """The checks of construction again: a dataclass's fields may have been changed since."""
+    for obj in (job.run, job.tiles, job.task, job):
+        post = getattr(obj, "__post_init__", None)
+        if post is not None:
+            post()
 
 
 def _ensemble(encoder: Encoder, prompt_groups: list[list[str]], warnings: list[str]) -> np.ndarray:
@@ -312,6 +361,88 @@ def _encode_tiles(encoder, src, bands, stretch, grid, progress, is_cancelled, ba
     return np.asarray(kept_all, dtype=np.int64), e
 
 
+# --------------------------------------------------------------------------------------------- plan
+
+@dataclass
+class Plan:
+    """What a run will do, known before any pixel is read."""
+    n_tiles: int
+    tile_px: tuple[int, int]
+    rate: float | None = None       # tiles per second measured by an earlier run of this model here
+
+    @property
+    def seconds(self) -> float | None:
+        return self.n_tiles / self.rate if self.rate else None
+
+    def describe(self) -> str:
+        text = f"{self.n_tiles:,} tiles of {self.tile_px[0]} x {self.tile_px[1]} px"
+        if self.seconds is not None:
+            text += f", about {_duration(self.seconds)} at the {self.rate:.1f} tiles/s measured here before"
+        return text
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _rates_path(job: Job) -> str | None:
+    cache_dir = job.run.cache_dir
+    return None if cache_dir == "" else os.path.join(cache_dir or _default_cache_dir(), "rates.json")
+
+
+def _rate_key(bundle, precision: str, device: str) -> str:
+    return f"{bundle.name}|{bundle.architecture}|{precision}|{device}"
+
+
+def known_rate(job: Job, bundle) -> float | None:
+    """Tiles per second of the last run of this model, precision and device (kept beside the cache)."""
+    path = _rates_path(job)
+    if path is None or not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            rate = json.load(f).get(_rate_key(bundle, job.run.precision, job.run.device))
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(rate) if isinstance(rate, int | float) and rate > 0 else None
+
+
+def record_rate(job: Job, bundle, provider: str, n_tiles: int, seconds: float) -> None:
+    path = _rates_path(job)
+    if path is None or n_tiles < 2 * job.run.batch_size or seconds <= 0:
+        return   # a few tiles time the start-up more than the encoder
+    from .cache import _atomic_write
+
+    try:
+        rates = {}
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                rates = json.load(f)
+        rates[_rate_key(bundle, job.run.precision, job.run.device)] = round(n_tiles / seconds, 3)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        _atomic_write(path, lambda f: f.write(json.dumps(rates, indent=1, sort_keys=True).encode()))
+    except (OSError, ValueError, AttributeError) as e:
+        log.warning("could not record the tile rate in %s: %s", path, e)
+
+
+def plan_job(job: Job) -> Plan:
+    """The plan of ``job`` (tile count and estimated time) without loading the model or reading pixels."""
+    _check(job)
+    src, owned = _open(job.raster)
+    try:
+        require_crs(src)
+        grid = make_grid(src, job.tiles)
+        bundle = load_bundle(job.run.model)
+        return Plan(len(grid), grid[0].window[2:] if grid else (0, 0), known_rate(job, bundle))
+    finally:
+        if owned:
+            src.close()
+
+
 # ------------------------------------------------------------------------------------------ run_job
 
 def _default_cache_dir() -> str:
@@ -322,30 +453,49 @@ def _default_cache_dir() -> str:
 
 
 
-def run_job(job: Job, progress=None, is_cancelled=None) -> JobResult:
-    """Run one job; see the module docstring. Raises RemoteClipError for bad input, Cancelled on cancel."""
+def run_job(job: Job, progress=None, is_cancelled=None, on_plan=None) -> JobResult:
+    """Run one job; see the module docstring. Raises RemoteClipError for bad input, Cancelled on cancel.
+    ``on_plan(plan)`` is called with the :class:`Plan` once the grid is known, before any pixel is read."""
     t0 = time.perf_counter()
-    _check_task(job.task)
-    if job.output is not None:
-        check_output_path(job.output)
+    _check(job)
+    if job.output is not None:  # before any pixel is read or the model loads
+        check_output(checks.path_text(job.output, "output"), output_layer_name(job), job.overwrite,
+                     _raster_names(job.raster))
     # opening reads no pixels: a missing raster, or one without a CRS, fails before the model loads
     src, owned = _open(job.raster)
     try:
         require_crs(src)
-        return _run(job, src, t0, progress, is_cancelled)
+        return _run(job, src, t0, progress, is_cancelled, on_plan)
     finally:
         if owned:
             src.close()
 
 
-def _run(job: Job, src, t0: float, progress, is_cancelled) -> JobResult:
+def _run(job: Job, src, t0: float, progress, is_cancelled, on_plan) -> JobResult:
     bundle = load_bundle(job.run.model)
-    encoder = Encoder(bundle, device=job.run.device, precision=job.run.precision,
-                      batch_size=job.run.batch_size)
     warnings: list[str] = []
     if progress is not None:
         progress(0.0, "preparing")
 
+    from .raster import Stretch, check_bands, default_bands
+
+    # the plan (how many tiles) is known, shown and checked before the model runs or a pixel is read
+    spec = job.tiles
+    bands = check_bands(src, spec.bands) if spec.bands else default_bands(src)
+    grid = make_grid(src, spec)
+    if not grid:
+        raise RemoteClipError("No tiles: the extent does not overlap the raster.",
+                              "Choose an extent (bbox or polygons) inside the raster.")
+    plan = Plan(len(grid), grid[0].window[2:], known_rate(job, bundle))
+    if on_plan is not None:
+        on_plan(plan)
+    if job.max_tiles is not None and plan.n_tiles > job.max_tiles:
+        raise RemoteClipError(f"The plan is {plan.describe()}, above the {job.max_tiles:,} tiles a run may have "
+                              "unless confirmed.", "Confirm it (--yes on the command line), or plan fewer tiles: "
+                              "larger tiles, less overlap, or an extent.")
+
+    encoder = Encoder(bundle, device=job.run.device, precision=job.run.precision,
+                      batch_size=job.run.batch_size)
     # text side first: a bad prompt fails before any pixel is read
     task = job.task
     text = None
@@ -356,16 +506,8 @@ def _run(job: Job, src, t0: float, progress, is_cancelled) -> JobResult:
     elif isinstance(task, SearchTask):
         text = _ensemble(encoder, [[task.query.strip()]], warnings)
 
-    from .raster import Stretch, check_bands, default_bands
-
-    spec = job.tiles
-    bands = check_bands(src, spec.bands) if spec.bands else default_bands(src)
-    grid = make_grid(src, spec)
-    if not grid:
-        raise RemoteClipError("No tiles: the extent does not overlap the raster.",
-                              "Choose an extent (bbox or polygons) inside the raster.")
     stretch = Stretch.from_source(src, bands)
-    cache, key, cached = _cache_lookup(job, src, spec, bands, stretch, bundle, len(grid))
+    cache, key, cached = _cache_lookup(job, src, spec, bands, stretch, bundle, len(grid), warnings)
     if cached is not None:
         kept, emb = cached
         cache_hit = True
@@ -373,10 +515,16 @@ def _run(job: Job, src, t0: float, progress, is_cancelled) -> JobResult:
             progress(0.95, f"{len(kept)} tile embeddings from the cache")
     else:
         cache_hit = False
+        t_enc = time.perf_counter()
         kept, emb = _encode_tiles(encoder, src, bands, stretch, grid, progress, is_cancelled,
                                   encoder.batch_size)
         if cache is not None:
             cache.save(key, kept, emb)
+        record_rate(job, bundle, encoder.provider, len(grid), time.perf_counter() - t_enc)
+    if not len(kept):
+        raise RemoteClipError(f"Every tile of {getattr(src, 'name', 'the raster')} is nodata ({len(grid)} tiles "
+                              "read, none with a valid pixel).", "Check the raster's nodata value and mask "
+                              "(gdalinfo) and the bands; choose an extent with image data.")
     crs_wkt = src.crs_wkt
 
     if is_cancelled is not None and is_cancelled():
@@ -403,7 +551,7 @@ def _run(job: Job, src, t0: float, progress, is_cancelled) -> JobResult:
     fields = [("row", "int"), ("col", "int"), *fields]
 
     provider = encoder.provider if not cache_hit else _provider_if_loaded(encoder)
-    layer_name = job.layer_name or _layer_name(job)
+    layer_name = output_layer_name(job)
     out = None
     if job.output:
         if is_cancelled is not None and is_cancelled():
@@ -415,7 +563,8 @@ def _run(job: Job, src, t0: float, progress, is_cancelled) -> JobResult:
         metadata = {"task": type(task).__name__, "model": bundle.name, "raster": getattr(src, "name", ""),
                     "fields": field_map, "provider": provider}
         write_vector(job.output, records, [Field(n, t) for n, t in fields], crs_wkt, layer_name=layer_name,
-                     dissolve_by=dissolve_by if job.dissolve else None, metadata=metadata)
+                     dissolve_by=dissolve_by if job.dissolve else None, metadata=metadata,
+                     overwrite=job.overwrite, inputs=_raster_names(job.raster))
         out = job.output
     if progress is not None:
         progress(1.0, f"{len(records)} tiles done")
@@ -432,6 +581,18 @@ def _provider_if_loaded(encoder: Encoder) -> str:
     return encoder.providers[0]
 
 
+def output_layer_name(job: Job) -> str:
+    """The layer the job writes: ``job.layer_name``, else one named after the task."""
+    return job.layer_name or _layer_name(job)
+
+
+def _raster_names(raster) -> list[str]:
+    # a path or URI, or a RasterSource's file (QgisRasterSource.path) and source string (its name)
+    if isinstance(raster, str | os.PathLike):
+        return [os.fspath(raster)]
+    return [n for n in (getattr(raster, "path", None), getattr(raster, "name", None)) if isinstance(n, str) and n]
+
+
 def _layer_name(job: Job) -> str:
     t = job.task
     if isinstance(t, LabelTask):
@@ -443,7 +604,7 @@ def _layer_name(job: Job) -> str:
     return "tiles"
 
 
-def _cache_lookup(job, src, spec, bands, stretch, bundle, n_grid):
+def _cache_lookup(job, src, spec, bands, stretch, bundle, n_grid, warnings):
     cache_dir = job.run.cache_dir
     if cache_dir == "":
         return None, None, None
@@ -451,10 +612,9 @@ def _cache_lookup(job, src, spec, bands, stretch, bundle, n_grid):
 
     cache = EmbeddingCache(cache_dir or _default_cache_dir())
     key = cache.key(src, spec, bands, stretch, bundle.sha256 + ":" + job.run.precision)
-    got = cache.load(key)
-    if got is None:
-        return cache, key, None
-    kept, emb = got
-    if len(kept) and (int(np.max(kept)) >= n_grid):
-        return cache, key, None  # stale entry: recompute
-    return cache, key, (np.asarray(kept, dtype=np.int64), np.asarray(emb, dtype=np.float32))
+    if key is None:
+        warnings.append(f"The tile embeddings of {getattr(src, 'name', 'this raster')} are not cached: nothing "
+                        "tells when its content changes (a web layer, or a URI without a modification "
+                        "time or ETag).")
+        return None, None, None
+    return cache, key, cache.load(key, n_grid=n_grid, embed_dim=bundle.embed_dim)

@@ -9,9 +9,13 @@ mean renormalised (clip_benchmark's ``zero_shot_classifier``).
 from __future__ import annotations
 
 import json
+import unicodedata
 from pathlib import Path
 
 from .errors import RemoteClipError
+
+BOM = "\ufeff"
+LIST_SEPARATOR = "|"   # joins the labels of top_labels: no label may contain it
 
 # Remote-sensing phrasings of the CLIP/RemoteCLIP zero-shot templates.
 DEFAULT_TEMPLATES = [
@@ -96,11 +100,34 @@ def label_prompts(labels: list[str], templates: list[str] | None = None) -> list
     return [[fill(t, name) for t in templates] for name in labels]
 
 
+def check_text(text, what: str) -> str:
+    """A name or prompt typed or read by a user: stripped, with byte-order marks removed; control
+    characters (tabs, NUL, escape codes) are refused, since they come from a wrongly read file."""
+    if not isinstance(text, str):
+        raise RemoteClipError(f"The {what} {text!r} is not text.", f"Give the {what} as a string.")
+    text = text.replace(BOM, "").strip()
+    bad = next((c for c in text if unicodedata.category(c) == "Cc"), None)
+    if bad is not None:
+        raise RemoteClipError(f"The {what} {text!r} contains the control character {bad!r}.",
+                              "Remove it (a tab or a binary byte usually means the file was not plain text).")
+    return text
+
+
 def check_labels(labels) -> list[str]:
-    """Strip names; refuse an empty list, empty names and duplicates (case-insensitive)."""
+    """Class names: stripped (byte-order marks removed); refuse a string (it would be read letter by
+    letter), an empty list, empty names, control characters, names containing the list separator
+    ``|`` of ``top_labels``, and duplicates (case-insensitive)."""
+    if isinstance(labels, str | bytes):
+        raise RemoteClipError(f"The labels {labels!r} are a single string, not a list of class names.",
+                              "Give a list, e.g. ['buildings', 'trees'] (on the command line: "
+                              "--labels buildings,trees).")
     if labels is None:
         labels = []
-    names = [str(x).strip() for x in labels]
+    try:
+        names = [check_text(x, "label") for x in labels]
+    except TypeError:
+        raise RemoteClipError(f"The labels {labels!r} are not a list of class names.",
+                              "Give a list, e.g. ['buildings', 'trees'].") from None
     if not names or not any(names):
         raise RemoteClipError("The label list is empty.",
                               "Give at least two class names, e.g. --labels 'buildings,trees,water', "
@@ -108,6 +135,11 @@ def check_labels(labels) -> list[str]:
     if any(not n for n in names):
         raise RemoteClipError(f"The label list {labels!r} contains an empty name.",
                               "Remove the empty entry (look for ',,' or a trailing comma).")
+    for n in names:
+        if LIST_SEPARATOR in n:
+            raise RemoteClipError(f"The label {n!r} contains '{LIST_SEPARATOR}', which separates the labels "
+                                  "of the top_labels field.", f"Write the class without '{LIST_SEPARATOR}', e.g. "
+                                  f"{n.replace(LIST_SEPARATOR, ' or ')!r}.")
     seen: dict[str, str] = {}
     for n in names:
         key = n.lower()
@@ -118,18 +150,44 @@ def check_labels(labels) -> list[str]:
     return names
 
 
+def check_templates(templates, what: str = "templates") -> list[str] | None:
+    """None (the defaults) or a non-empty list of prompt templates."""
+    if templates is None:
+        return None
+    if isinstance(templates, str | bytes):
+        raise RemoteClipError(f"The {what} {templates!r} are a single string, not a list.",
+                              "Give a list of templates, e.g. ['a satellite photo of {}.'].")
+    out = [check_text(t, "template") for t in templates]
+    out = [t for t in out if t]
+    if not out:
+        raise RemoteClipError(f"The {what} list is empty.", "Give at least one template, or none for the "
+                              "defaults.")
+    return out
+
+
 def preset(name: str) -> list[str]:
     if name not in PRESETS:
         raise RemoteClipError(f"Unknown preset {name!r}.", "Choose one of: " + ", ".join(PRESETS) + ".")
     return list(PRESETS[name])
 
 
-def read_lines(path) -> list[str]:
-    """Labels or templates from a text file (one per line, '#' comments) or a JSON list."""
+def read_lines(path, what: str = "lines") -> list[str]:
+    """Labels or templates from a UTF-8 text file (one per line, '#' comments) or a JSON list.
+    A byte-order mark is ignored; a binary or non-UTF-8 file, and a file with nothing in it, are refused."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise RemoteClipError(f"File not found: {p}.", "Check the path.")
-    text = p.read_text(encoding="utf-8")
+    if not p.is_file():
+        raise RemoteClipError(f"{p} is a folder, not a text file.", f"Give a text file with {what}, one per line.")
+    raw = p.read_bytes()
+    if b"\0" in raw:
+        raise RemoteClipError(f"{p} is a binary file, not text.", f"Give a UTF-8 text file with {what}, one per "
+                              "line.")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise RemoteClipError(f"{p} is not UTF-8 text (byte 0x{raw[e.start]:02x} at position {e.start}).",
+                              "Save it as UTF-8 (in a text editor: Save As, encoding UTF-8).") from None
     if p.suffix.lower() == ".json":
         try:
             data = json.loads(text)
@@ -137,10 +195,16 @@ def read_lines(path) -> list[str]:
             raise RemoteClipError(f"{p} is not valid JSON ({e}).", "Write a JSON list of strings.") from None
         if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
             raise RemoteClipError(f"{p} must hold a JSON list of strings.", 'Write e.g. ["water", "trees"].')
-        return data
-    return split_lines(text)
+        lines = [x.strip() for x in data if x.strip()]
+    else:
+        lines = split_lines(text)
+    if not lines:
+        raise RemoteClipError(f"{p} holds no {what} (it is empty, or only blank and '#' comment lines).",
+                              f"Write {what}, one per line.")
+    return lines
 
 
 def split_lines(text: str) -> list[str]:
     """One entry per line; blank lines and '#' comments dropped (commas are part of a name)."""
+    text = text.replace(BOM, "")
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]

@@ -38,6 +38,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from . import checks
 from .errors import RemoteClipError
 
 __all__ = ["RasterSource", "RasterioSource", "open_raster", "default_bands", "check_bands", "Stretch",
@@ -89,21 +90,26 @@ class RasterioSource:
         import rasterio
         from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
-        path = os.fspath(path)
+        path = checks.path_text(path, "raster")
         if not is_gdal_uri(path) and not os.path.exists(path):
             raise RemoteClipError(f"Raster not found: {path}.", "Check the path.")
         if os.path.isdir(path):
             raise RemoteClipError(f"Raster {path} is a folder, not a raster file.",
                                   "Give a GeoTIFF, VRT, JPEG2000 or another file GDAL reads.")
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", NotGeoreferencedWarning)
                 self._ds = rasterio.open(path)
         except RasterioIOError as e:
             raise RemoteClipError(f"Raster {path} cannot be read: {_why(e)}.",
                                   "Give a GeoTIFF, VRT, JPEG2000, PNG or another file GDAL reads "
                                   "(check it with `gdalinfo`).") from None
         ds = self._ds
+        if any(issubclass(w.category, NotGeoreferencedWarning) for w in caught) or (
+                ds.transform.is_identity and (ds.gcps[0] or ds.rpcs)):
+            err = _not_georeferenced(path, ds)
+            ds.close()
+            raise err
         self.path = os.path.abspath(path) if not is_gdal_uri(path) else path
         self.name = self.path
         self.width, self.height, self.count = int(ds.width), int(ds.height), int(ds.count)
@@ -164,6 +170,36 @@ class RasterioSource:
 
     def __repr__(self):
         return f"RasterioSource({self.name!r}, {self.width}x{self.height}x{self.count} {self.dtype})"
+
+
+def _not_georeferenced(path: str, ds) -> RemoteClipError:
+    """Tiles need a geotransform: without one, pixel coordinates would be written as map coordinates.
+    Ground control points and RPCs are a recipe for warping, which is gdalwarp's job, not ours."""
+    gcps, gcp_crs = ds.gcps
+    if gcps or ds.rpcs:
+        what = f"{len(gcps)} ground control points" if gcps else "RPC coefficients"
+        target = _utm_for(gcps, gcp_crs) if gcps else "EPSG:XXXX"
+        rpc = " -rpc" if not gcps else ""
+        return RemoteClipError(
+            f"Raster {path} is georeferenced only by {what}, not by a geotransform, so its tiles cannot be "
+            "placed on the map as they are.",
+            f"Warp it first, e.g. `gdalwarp{rpc} -t_srs {target} -r bilinear {path} warped.tif` (a projected CRS "
+            "such as the local UTM zone), then use warped.tif.")
+    return RemoteClipError(
+        f"Raster {path} has no geotransform: its pixels have no place on the map"
+        + (" (it has a CRS, but no pixel size or origin)." if ds.crs else "."),
+        "Georeference it first (QGIS: Raster > Georeferencer), or use the original GeoTIFF with its "
+        "georeferencing.")
+
+
+def _utm_for(gcps, crs) -> str:
+    """The UTM zone (as EPSG:326xx/327xx) at the centre of GCPs given in longitude/latitude."""
+    if crs is None or not crs.is_geographic:
+        return crs.to_string() if crs is not None and crs.is_projected else "EPSG:XXXX"
+    lon = sum(g.x for g in gcps) / len(gcps)
+    lat = sum(g.y for g in gcps) / len(gcps)
+    zone = min(60, max(1, int((lon + 180) // 6) + 1))
+    return f"EPSG:{(32600 if lat >= 0 else 32700) + zone}"
 
 
 def nodata_valid(data: np.ndarray, nodatavals) -> np.ndarray:

@@ -46,6 +46,7 @@ __all__ = ["TileSpec", "BBox", "Polygons", "Tile", "make_grid", "tile_size_px", 
 
 MIN_TILE_PX = 8
 EDGE_MODES = ("shift", "pad", "drop")
+TILE_UNITS = ("px", "m")
 _DENSIFY = 32  # points per bbox edge when reprojecting it (edges curve in the target CRS)
 
 
@@ -72,6 +73,29 @@ class TileSpec:
     extent: BBox | Polygons | None = None
     bands: list[int] | None = None
     edge: str = "shift"            # "shift", "pad" or "drop" (module docstring)
+
+    def __post_init__(self):
+        from . import checks
+
+        self.unit = checks.choice(self.unit or "px", "tile unit", TILE_UNITS)
+        self.size = checks.number(self.size, "Tile size", 0.0, example="e.g. 224 px or 50 m")
+        if self.size == 0:
+            raise RemoteClipError("Tile size 0 is not positive.", "Use e.g. 224 (px) or 50 (m).")
+        if self.unit == "px":
+            if self.size != int(self.size):
+                raise RemoteClipError(f"Tile size {self.size:g} px is not a whole number of pixels.",
+                                      "Use whole pixels, e.g. 224, or the unit m for metres.")
+            self.size = int(self.size)
+        self.overlap = checks.number(self.overlap or 0.0, "Overlap", 0.0, 1.0, hi_open=True,
+                                     example="a fraction of the tile edge, e.g. 0.25")
+        self.edge = checks.choice(self.edge or "shift", "edge mode", EDGE_MODES)
+        if self.bands is not None:
+            if isinstance(self.bands, str | bytes) or not hasattr(self.bands, "__iter__"):
+                raise RemoteClipError(f"Bands {self.bands!r} are not a list of band numbers.",
+                                      "Give a list such as [3, 2, 1] (or None for the default bands).")
+            self.bands = [checks.whole(b, "Band", 1, example="1-based band numbers") for b in self.bands] or None
+        if self.extent is not None and not isinstance(self.extent, BBox | Polygons):
+            raise RemoteClipError(f"Unknown extent {type(self.extent).__name__}.", "Use BBox(...) or Polygons(...).")
 
 
 @dataclass(frozen=True)
@@ -225,6 +249,10 @@ def _check_spec(src, spec) -> tuple[int, int, int, int, str]:
     overlap = float(spec.overlap or 0.0)
     if not 0.0 <= overlap < 1.0:
         raise RemoteClipError(f"Overlap {overlap:g} is outside 0..1.", "Use a fraction of the tile, e.g. 0.25.")
+    if min(src.width, src.height) < MIN_TILE_PX:
+        raise RemoteClipError(f"The raster {src.name} is only {src.width} x {src.height} px: too small to tile "
+                              f"(tiles are at least {MIN_TILE_PX} x {MIN_TILE_PX} px).",
+                              f"Use a raster of at least {MIN_TILE_PX} px on each side.")
     tw, th = tile_size_px(src, spec)
     if tw > src.width or th > src.height:
         what = f"{spec.size:g} m ({tw} x {th} px)" if (spec.unit or "px") == "m" else f"{tw} px"

@@ -1,22 +1,39 @@
-"""Atomic GeoPackage / Shapefile writing through GDAL's OGR (present in every QGIS).
+"""Safe GeoPackage / Shapefile writing through GDAL's OGR (present in every QGIS).
 
 ``write_vector(path, records, fields, crs_wkt, ...)`` writes one polygon per
 record (``record["geometry"]`` is WKT in ``crs_wkt``) with the given fields
 (types ``str``, ``int``, ``float``).
 
-Atomic: everything is written into a temporary file (GeoPackage) or folder
-(Shapefile) beside the output and renamed into place at the end, so an
-existing output is never half overwritten and a failed write leaves no
-temporary behind. A Shapefile's files are renamed one by one, the ``.shp``
-last, and stale sidecars of an older output (``.qix``, ``.sbn``, ...) are
-removed first.
+Nothing of the user's is lost (``check_output`` makes every check before a
+job reads a pixel; ``write_vector`` makes them again):
+
+* A new file is written into a temporary beside it (``.NAME.tmp-PID-XXXXXXXX``,
+  PID the writer's process) and renamed into place when complete; temporaries
+  whose process is gone are removed before the next write of that output.
+* An existing GeoPackage keeps its other layers: the layer is written (and an
+  old one of the same name deleted) inside one SQLite transaction of the file
+  itself, so a failure or a kill leaves the file as it was (SQLite rolls the
+  transaction back), and QGIS may keep the file open meanwhile.
+* An existing output (a Shapefile, or a GeoPackage layer of that name) is only
+  replaced with ``overwrite=True``. Names of GeoPackage system tables
+  (``gpkg_*``, ``rtree_*``, ``sqlite_*``) are refused.
+* The output must not be the input raster (``inputs``), whatever the spelling
+  (relative, symlink, hard link, ``GPKG:file:table``, ``/vsizip/file.zip/...``).
+* The folder must really take a new file (a temporary is created and removed),
+  and an existing output must be writable.
+
+A Shapefile's files are renamed one by one, the ``.shp`` last; replacing one
+replaces its own parts (``.shp .shx .dbf .prj .cpg``) and removes its stale
+spatial index (``.qix .sbn .sbx``), nothing else.
 
 Metadata: a GeoPackage layer carries the JSON of ``metadata`` (plus the field
 map and the dissolve field) as its GDAL metadata item ``REMOTECLIP`` (stored in
 the GeoPackage's metadata tables; ``layer.GetMetadataItem("REMOTECLIP")``).
-A Shapefile gets the same JSON in a sidecar ``NAME.json``. Shapefile field
-names are cut to 10 characters (made unique); ``field_names`` in that JSON
-maps each written name to the given one.
+A Shapefile gets the same JSON in a sidecar ``NAME.remoteclip.json`` marked
+``"format": "remoteclip-vector-metadata"``; a file of that name without the
+marker is the user's and is never replaced. Shapefile field names are cut to
+10 characters (made unique); ``field_names`` in that JSON maps each written
+name to the given one.
 
 Dissolve (``dissolve_by="label"``): tiles with the same value of that field
 are merged, one feature per connected group (tiles sharing an edge or
@@ -31,18 +48,29 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
+import sqlite3
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import RemoteClipError
 
-__all__ = ["Field", "write_vector", "dissolve", "DRIVERS", "FIELD_TYPES", "shapefile_names", "check_output_path"]
+__all__ = ["Field", "write_vector", "dissolve", "DRIVERS", "FIELD_TYPES", "shapefile_names", "check_output_path",
+           "check_output", "output_exists", "input_files", "sidecar_path", "read_sidecar", "write_sidecar",
+           "remove_dead_temps", "same_file", "check_not_input",
+           "check_folder_writable", "SIDECAR_FORMAT"]
 
 DRIVERS = {".gpkg": "GPKG", ".shp": "ESRI Shapefile"}
 FIELD_TYPES = ("str", "int", "float")
-_SHP_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".sbx", ".qmd", ".json")
+SIDECAR = ".remoteclip.json"
+SIDECAR_FORMAT = "remoteclip-vector-metadata"
+_SHP_DATASET = (".shp", ".shx", ".dbf", ".prj", ".cpg")   # a Shapefile's own parts
+_SHP_INDEX = (".qix", ".sbn", ".sbx")                     # spatial indexes: stale once the .shp changes
+_GPKG_RESERVED = ("gpkg_", "rtree_", "sqlite_")
 _INT32 = 2 ** 31 - 1
+_OVERWRITE_FIX = "Replace it with --overwrite (Job(overwrite=True) in Python), or choose another "
 
 
 @dataclass(frozen=True)
@@ -88,6 +116,9 @@ def check_output_path(path) -> tuple[str, str, str]:
         raise RemoteClipError(f"Output {path} is neither a GeoPackage nor a Shapefile.",
                               "Name the output .gpkg or .shp.")
     folder = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise RemoteClipError(f"The output folder {folder} is a file, not a folder.",
+                              "Give an output path in an existing folder.")
     if not os.path.isdir(folder):
         raise RemoteClipError(f"The output folder {folder} does not exist.", "Create it or choose another.")
     if os.path.isdir(path):
@@ -95,8 +126,299 @@ def check_output_path(path) -> tuple[str, str, str]:
     return path, ext, folder
 
 
-def _check(path, records, fields, dissolve_by):
+# ------------------------------------------------------------------------------------ output checks
+
+def check_output(path, layer_name: str | None = None, overwrite: bool = False, inputs=()) -> str:
+    """``path`` if a result can be written there without losing anything, else the RemoteClipError saying why.
+
+    ``layer_name``: the GeoPackage layer (default: the file's stem). ``inputs``: paths or GDAL URIs the job
+    reads, which the output must not be. Also removes temporaries of this output whose writer is gone.
+    """
     path, ext, folder = check_output_path(path)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    if ext == ".gpkg":
+        _check_layer_name(layer_name or stem)
+    check_not_input(path, inputs)
+    check_folder_writable(folder, stem)
+    remove_dead_temps(folder, _temp_pattern(stem))
+    if ext == ".gpkg":
+        _check_gpkg(path, layer_name or stem, overwrite)
+    else:
+        _check_shapefile(path, overwrite)
+    return path
+
+
+def output_exists(path, layer_name: str | None = None) -> str | None:
+    """What writing to ``path`` (layer ``layer_name`` of a GeoPackage) would replace, in words, or None."""
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".gpkg":
+        if not os.path.isfile(path):
+            return None
+        if os.path.getsize(path) == 0:
+            return f"the empty file {path}"
+        hit = (_gpkg_tables(path) or {}).get((layer_name or Path(path).stem).lower())
+        return f"the layer {hit[0]!r} of {path}" if hit else None
+    base = os.path.splitext(path)[0]
+    parts = [base + p for p in _SHP_DATASET if os.path.lexists(base + p)]
+    return f"the Shapefile {path}" if parts else None
+
+
+def _check_layer_name(name: str) -> None:
+    if name.lower().startswith(_GPKG_RESERVED):
+        raise RemoteClipError(f"The layer name {name!r} is reserved for the GeoPackage's own tables "
+                              "(gpkg_*, rtree_*, sqlite_*).",
+                              "Choose another layer name (--layer), e.g. labels.")
+
+
+def input_files(spec) -> list[str]:
+    """The local file a raster path or GDAL URI reads, as a one-item list ([] for URLs and unknowns).
+
+    ``GPKG:/data/x.gpkg:table`` and ``NETCDF:"x.nc":var`` name their file after the driver prefix;
+    ``/vsizip//data/x.zip/inner.tif`` (or ``/vsizip/{/data/x.zip}/inner.tif``) the archive: the longest
+    leading part that is an existing file is the one.
+    """
+    if not isinstance(spec, str | os.PathLike):
+        return []
+    s = os.fspath(spec)
+    if not s:
+        return []
+    if os.path.isfile(s):
+        return [s]
+    body = s
+    m = re.match(r"^[A-Za-z][A-Za-z0-9_]+:(?!//)(.*)$", s)
+    if m and not re.match(r"^[A-Za-z]:[\\/]", s):   # a driver prefix, not a Windows drive
+        body = m.group(1)
+    while body.startswith("/vsi"):
+        body = body.split("/", 2)[2] if body.count("/") >= 2 else ""
+    if body.startswith("{") and "}" in body:
+        body = body[1:body.index("}")]
+    ends = {i for i, ch in enumerate(body) if ch in "/\\:\"'"} | {len(body)}
+    for end in sorted(ends, reverse=True):
+        cand = body[:end].strip("\"'")
+        if cand and os.path.isfile(cand):
+            return [cand]
+    return []
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file: relative, symlinked, hard-linked or not yet there (then by path)."""
+    try:
+        return os.path.samefile(a, b)   # symlinks and hard links too
+    except OSError:
+        return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
+
+
+def check_not_input(path, inputs) -> None:
+    """Raise if writing ``path`` (any of a Shapefile's files) would write a file of ``inputs`` (paths, URIs)."""
+    path = os.fspath(path)
+    base, ext = os.path.splitext(path)
+    if ext.lower() == ".shp":
+        targets = [base + p for p in _SHP_DATASET + _SHP_INDEX] + [sidecar_path(path)]
+    else:
+        targets = [path]
+    for spec in inputs or ():
+        for f in input_files(spec):
+            if any(same_file(t, f) for t in targets):
+                raise RemoteClipError(f"The output {path} is the input raster's file ({os.fspath(spec)}).",
+                                      "Write the result to another file: RemoteCLIP never writes into the "
+                                      "raster it reads.")
+
+
+def _marked_read_only(path) -> bool:
+    # write permission for nobody: meant read-only, though root may write (POSIX; on Windows a folder's
+    # read-only attribute only marks customised folders)
+    try:
+        return os.name != "nt" and os.stat(path).st_mode & 0o222 == 0
+    except OSError:
+        return False
+
+
+def check_folder_writable(folder, stem: str = "remoteclip") -> None:
+    """Raise unless a new file can really be created in ``folder`` (and its permissions allow one)."""
+    if _marked_read_only(folder):
+        raise RemoteClipError(f"The output folder {folder} is read-only.", "Choose a folder you can write to.")
+    # os.access says yes to root and knows nothing of read-only mounts or /proc: really create a file
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(stem))
+    except OSError as e:
+        raise RemoteClipError(f"Cannot create a file in the output folder {folder}: {e.strerror or e}.",
+                              "Choose a folder you can write to.") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+
+
+def _check_writable_file(path: str) -> None:
+    if not os.access(path, os.W_OK) or _marked_read_only(path):
+        raise RemoteClipError(f"The output {path} is read-only.", "Make it writable or choose another name.")
+
+
+def _check_gpkg(path: str, layer: str, overwrite: bool) -> None:
+    if not os.path.lexists(path):
+        return
+    _check_writable_file(path)
+    if os.path.getsize(path) == 0:
+        if not overwrite:
+            raise RemoteClipError(f"The output {path} already exists (an empty file).", _OVERWRITE_FIX + "-o.")
+        return
+    tables = _gpkg_tables(path)
+    if tables is None:
+        raise RemoteClipError(f"The output {path} exists and is not a GeoPackage.",
+                              "Choose another output name (RemoteCLIP adds layers to GeoPackages only).")
+    hit = tables.get(layer.lower())
+    if hit is None:
+        return
+    name, kind = hit
+    if kind not in ("features", "attributes"):
+        raise RemoteClipError(f"The output {path} already has a {kind} table named {name!r}.",
+                              "Choose another layer name (--layer).")
+    if not overwrite:
+        raise RemoteClipError(f"The output {path} already has a layer {name!r}.", _OVERWRITE_FIX + "--layer or -o.")
+
+
+def _gpkg_tables(path: str) -> dict[str, tuple[str, str]] | None:
+    """lower-case name -> (name, data type) of every table in a GeoPackage; None if it is not one."""
+    uri = Path(os.path.abspath(path)).as_uri() + "?mode=ro"
+    try:
+        con = sqlite3.connect(uri, uri=True)
+        try:
+            contents = con.execute("SELECT table_name, data_type FROM gpkg_contents").fetchall()
+            tables = con.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')").fetchall()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError:   # not SQLite, or no gpkg_contents
+        return None
+    out = {str(n).lower(): (str(n), "SQLite") for (n,) in tables}
+    out.update({str(n).lower(): (str(n), str(k)) for n, k in contents})
+    return out
+
+
+def _check_shapefile(path: str, overwrite: bool) -> None:
+    base = os.path.splitext(path)[0]
+    side = sidecar_path(path)
+    if os.path.lexists(side) and not _is_our_sidecar(side):
+        raise RemoteClipError(f"{side} exists and was not written by RemoteCLIP.",
+                              "Move that file away or give the output another name.")
+    parts = [base + p for p in _SHP_DATASET if os.path.lexists(base + p)]
+    if parts and not overwrite:
+        raise RemoteClipError(f"The output {path} already exists.", _OVERWRITE_FIX + "-o.")
+    for p in parts:
+        _check_writable_file(p)
+
+
+# ------------------------------------------------------------------------------------ temporaries
+
+def _temp_prefix(stem: str) -> str:
+    return f".{stem}.tmp-{os.getpid()}-"
+
+
+def _temp_pattern(stem: str) -> str:
+    # mkstemp/mkdtemp add 8 characters of [a-z0-9_]; SQLite adds -journal, -wal, -shm
+    return r"\." + re.escape(stem) + r"\.tmp-(\d+)-[a-z0-9_]{8}(?:\.gpkg(?:-journal|-wal|-shm)?)?"
+
+
+def remove_dead_temps(folder, pattern: str) -> list[str]:
+    """Remove the files and folders in ``folder`` whose whole name matches ``pattern`` and whose writer (the
+    process id in the pattern's first group) is gone; returns what was removed. Nothing else is touched."""
+    rx = re.compile(pattern)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        m = rx.fullmatch(name)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        p = os.path.join(folder, name)
+        try:
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p)
+            else:
+                os.unlink(p)
+        except OSError:
+            continue
+        removed.append(p)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":   # os.kill(pid, 0) would terminate the process on Windows
+        import ctypes
+
+        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+        handle = kernel32.OpenProcess(0x1000, False, pid)   # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return ctypes.get_last_error() == 5   # access denied: it exists
+        code = ctypes.c_ulong()
+        ok = kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+        kernel32.CloseHandle(handle)
+        return not ok or code.value == 259   # STILL_ACTIVE
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:   # EPERM: it exists, run by someone else
+        return True
+    return True
+
+
+# ---------------------------------------------------------------------------------------- sidecar
+
+def sidecar_path(path) -> str:
+    """The metadata sidecar of a Shapefile: ``NAME.remoteclip.json``."""
+    return os.path.splitext(os.fspath(path))[0] + SIDECAR
+
+
+def _load_json(path: str):
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def _is_our_sidecar(path: str) -> bool:
+    meta = _load_json(path)
+    return isinstance(meta, dict) and meta.get("format") == SIDECAR_FORMAT
+
+
+def read_sidecar(path) -> dict:
+    """The metadata RemoteCLIP stored beside the Shapefile ``path``; {} if there is none of ours."""
+    meta = _load_json(sidecar_path(path))
+    return meta if isinstance(meta, dict) and meta.get("format") == SIDECAR_FORMAT else {}
+
+
+def write_sidecar(path, meta: dict) -> str:
+    """Write ``meta`` as the sidecar of the Shapefile ``path`` (atomically); refuses to replace a file of the
+    same name that RemoteCLIP did not write."""
+    side = sidecar_path(path)
+    if os.path.lexists(side) and not _is_our_sidecar(side):
+        raise RemoteClipError(f"{side} exists and was not written by RemoteCLIP.",
+                              "Move that file away or give the output another name.")
+    folder = os.path.dirname(os.path.abspath(side))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(Path(path).stem))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(_sidecar_text(meta))
+        os.replace(tmp, side)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return side
+
+
+def _sidecar_text(meta: dict) -> str:
+    return json.dumps({**meta, "format": SIDECAR_FORMAT}, indent=1, ensure_ascii=False, default=str) + "\n"
+
+
+# ---------------------------------------------------------------------------------------- writing
+
+def _check(path, records, fields, dissolve_by):
     names = [f.name for f in fields]
     if len({n.lower() for n in names}) != len(names):
         raise RemoteClipError(f"Field names repeat: {names}.", "Give each field once.")
@@ -105,25 +427,27 @@ def _check(path, records, fields, dissolve_by):
             raise ValueError(f"field {f.name!r} has type {f.type!r}, not one of {FIELD_TYPES}")
     if dissolve_by is not None and dissolve_by not in names:
         raise ValueError(f"dissolve_by {dissolve_by!r} is not one of the fields {names}")
-    return path, ext, folder
 
 
 def write_vector(path, records, fields, crs_wkt: str, layer_name: str | None = None, dissolve_by: str | None = None,
-                 metadata: dict | None = None) -> str:
-    """Write ``records`` as polygons to ``path`` (.gpkg or .shp) atomically; see the module docstring."""
+                 metadata: dict | None = None, overwrite: bool = False, inputs=()) -> str:
+    """Write ``records`` as polygons to ``path`` (.gpkg or .shp) safely; see the module docstring."""
     gdal, _, _ = _ogr()
     # GDAL's messages stay off stderr; a failure is raised as a RemoteClipError quoting the message
     gdal.PushErrorHandler("CPLQuietErrorHandler")
     try:
-        return _write_vector(path, records, fields, crs_wkt, layer_name, dissolve_by, metadata)
+        return _write_vector(path, records, fields, crs_wkt, layer_name, dissolve_by, metadata, overwrite, inputs)
     finally:
         gdal.PopErrorHandler()
 
 
-def _write_vector(path, records, fields, crs_wkt, layer_name, dissolve_by, metadata) -> str:
+def _write_vector(path, records, fields, crs_wkt, layer_name, dissolve_by, metadata, overwrite, inputs) -> str:
     gdal, ogr, osr = _ogr()
     fields = [f if isinstance(f, Field) else Field(*f) for f in fields]
-    path, ext, folder = _check(path, records, fields, dissolve_by)
+    _check(path, records, fields, dissolve_by)
+    path = check_output(path, layer_name, overwrite, inputs)
+    ext = os.path.splitext(path)[1].lower()
+    folder = os.path.dirname(os.path.abspath(path))
     stem = os.path.splitext(os.path.basename(path))[0]
     layer_name = layer_name or stem
     if dissolve_by is not None:
@@ -139,14 +463,22 @@ def _write_vector(path, records, fields, crs_wkt, layer_name, dissolve_by, metad
     meta = dict(metadata or {})
     meta.update(layer=layer_name, dissolved_by=dissolve_by, field_names=dict(zip(written, names, strict=True)))
     meta_json = json.dumps(meta, ensure_ascii=False, sort_keys=True, default=str)
+    content = (records, fields, written, srs, meta_json)
 
+    if ext == ".gpkg" and os.path.isfile(path) and os.path.getsize(path) > 0:
+        _write_into_gpkg(path, layer_name, content, overwrite)
+        return path
     if ext == ".gpkg":
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{stem}.tmp-", suffix=".gpkg")
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(stem), suffix=".gpkg")
         os.close(fd)
         os.unlink(tmp)  # OGR creates the file itself
         try:
-            _write(tmp, "GPKG", layer_name, records, fields, written, srs, meta_json)
-            _replace(tmp, path)
+            ds = _create(tmp, "GPKG")
+            try:
+                _fill(ds, tmp, "GPKG", layer_name, *content)
+            finally:
+                ds = None  # closes the file
+            _publish(tmp, path, overwrite)
         except BaseException:
             for p in (tmp, tmp + "-journal", tmp + "-wal", tmp + "-shm"):
                 with contextlib.suppress(OSError):
@@ -154,22 +486,44 @@ def _write_vector(path, records, fields, crs_wkt, layer_name, dissolve_by, metad
             raise
         return path
 
-    tmpdir = tempfile.mkdtemp(dir=folder, prefix=f".{stem}.tmp-")
+    tmpdir = tempfile.mkdtemp(dir=folder, prefix=_temp_prefix(stem))
     try:
         shp = os.path.join(tmpdir, stem + ".shp")
-        _write(shp, "ESRI Shapefile", stem, records, fields, written, srs, meta_json)
-        with open(os.path.join(tmpdir, stem + ".json"), "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(json.loads(meta_json), indent=1, ensure_ascii=False) + "\n")
-        new = {os.path.splitext(n)[1].lower(): n for n in os.listdir(tmpdir)}
+        ds = _create(shp, "ESRI Shapefile")
+        try:
+            _fill(ds, shp, "ESRI Shapefile", stem, *content)
+        finally:
+            ds = None
+        with open(sidecar_path(shp), "w", encoding="utf-8") as fh:
+            fh.write(_sidecar_text(json.loads(meta_json)))
+        new = {n[len(stem):].lower(): n for n in os.listdir(tmpdir)}   # ".shp", ".dbf", ..., ".remoteclip.json"
         base = os.path.join(folder, stem)
-        for part in _SHP_PARTS:  # an old spatial index would describe the old features
-            if part not in new and os.path.exists(base + part):
+        for part in _SHP_DATASET + _SHP_INDEX:  # an old spatial index would describe the old features
+            if part not in new and os.path.lexists(base + part):
                 os.unlink(base + part)
         for part in sorted(new, key=lambda p: p == ".shp"):
             _replace(os.path.join(tmpdir, new[part]), base + part)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return path
+
+
+def _publish(tmp: str, path: str, overwrite: bool) -> None:
+    """Rename ``tmp`` to ``path``; without ``overwrite`` a file that appeared there meanwhile is kept."""
+    if overwrite:
+        _replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)   # fails, atomically, if path exists
+    except FileExistsError:
+        raise RemoteClipError(f"The output {path} appeared while the job ran.", _OVERWRITE_FIX + "-o.") from None
+    except OSError:   # no hard links on this file system
+        if os.path.lexists(path):
+            raise RemoteClipError(f"The output {path} appeared while the job ran.",
+                                  _OVERWRITE_FIX + "-o.") from None
+        _replace(tmp, path)
+        return
+    os.unlink(tmp)
 
 
 def _replace(tmp: str, path: str) -> None:
@@ -181,7 +535,7 @@ def _replace(tmp: str, path: str) -> None:
             from None
 
 
-def _write(path, driver_name, layer_name, records, fields, written, srs, meta_json):
+def _create(path, driver_name):
     gdal, ogr, _ = _ogr()
     drv = ogr.GetDriverByName(driver_name)
     if drv is None:
@@ -190,52 +544,82 @@ def _write(path, driver_name, layer_name, records, fields, written, srs, meta_js
     ds = drv.CreateDataSource(path)
     if ds is None:
         _fail(f"Cannot create {path}")
+    return ds
+
+
+def _write_into_gpkg(path, layer_name, content, overwrite) -> None:
+    """Write the layer into an existing GeoPackage in one SQLite transaction: all of it or nothing."""
+    gdal, _, _ = _ogr()
+    gdal.ErrorReset()
+    ds = gdal.OpenEx(path, gdal.OF_VECTOR | gdal.OF_UPDATE, allowed_drivers=["GPKG"])
+    if ds is None:
+        _fail(f"Cannot open {path} for writing", "Close it in other programs or choose another output.")
     try:
-        geoms = []
-        for i, r in enumerate(records):
-            g = ogr.CreateGeometryFromWkt(r["geometry"]) if r.get("geometry") else None
-            if g is None:
-                raise RemoteClipError(f"Record {i} has no valid WKT geometry.", "Give every record a polygon.")
-            geoms.append(g)
-        multi = any(ogr.GT_Flatten(g.GetGeometryType()) != ogr.wkbPolygon for g in geoms)
-        gtype = ogr.wkbMultiPolygon if multi else ogr.wkbPolygon
-        opts = ["ENCODING=UTF-8"] if driver_name == "ESRI Shapefile" else ["FID=fid", "GEOMETRY_NAME=geom"]
-        lyr = ds.CreateLayer(layer_name, srs, gtype, options=opts)
-        if lyr is None:
-            _fail(f"Cannot create layer {layer_name} in {path}")
-        for f, name in zip(fields, written, strict=True):
-            fd = ogr.FieldDefn(name, _ogr_type(f, records, ogr))
-            if f.type == "str" and driver_name == "ESRI Shapefile":
-                width = max([len(str(r.get(f.name) or "").encode()) for r in records] + [1])
-                fd.SetWidth(min(254, width))
-            if lyr.CreateField(fd) != 0:
-                _fail(f"Cannot create field {name} in {path}")
-        if driver_name == "GPKG":
-            lyr.SetMetadataItem("REMOTECLIP", meta_json)
-        defn = lyr.GetLayerDefn()
-        if lyr.StartTransaction() != 0:
-            _fail(f"Cannot write to {path}")
-        for r, g in zip(records, geoms, strict=True):
-            feat = ogr.Feature(defn)
-            for i, f in enumerate(fields):
-                v = r.get(f.name)
-                if v is None:
-                    feat.SetFieldNull(i)
-                elif f.type == "int":
-                    feat.SetField(i, int(v))
-                elif f.type == "float":
-                    feat.SetField(i, float(v))
-                else:
-                    feat.SetField(i, str(v))
-            feat.SetGeometryDirectly(ogr.ForceToMultiPolygon(g) if multi else g)
-            if lyr.CreateFeature(feat) != 0:
-                _fail(f"Cannot write a feature to {path}")
-        if lyr.CommitTransaction() != 0:
-            _fail(f"Cannot write to {path}")
-        if ds.FlushCache() not in (None, 0):
-            _fail(f"Cannot write {path}")
+        if ds.StartTransaction() != 0:
+            _fail(f"Cannot write to {path}", "Close it in other programs or choose another output.")
+        try:
+            old = [i for i in range(ds.GetLayerCount()) if ds.GetLayer(i).GetName().lower() == layer_name.lower()]
+            if old and not overwrite:
+                raise RemoteClipError(f"The output {path} already has a layer {layer_name!r}.",
+                                      _OVERWRITE_FIX + "--layer or -o.")
+            if old and ds.DeleteLayer(old[0]) != 0:
+                _fail(f"Cannot replace the layer {layer_name} in {path}")
+            _fill(ds, path, "GPKG", layer_name, *content, layer_transaction=False)
+            if ds.CommitTransaction() != 0:
+                _fail(f"Cannot write to {path}")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                ds.RollbackTransaction()
+            raise
     finally:
         ds = None  # closes the file
+
+
+def _fill(ds, path, driver_name, layer_name, records, fields, written, srs, meta_json, layer_transaction=True):
+    _, ogr, _ = _ogr()
+    geoms = []
+    for i, r in enumerate(records):
+        g = ogr.CreateGeometryFromWkt(r["geometry"]) if r.get("geometry") else None
+        if g is None:
+            raise RemoteClipError(f"Record {i} has no valid WKT geometry.", "Give every record a polygon.")
+        geoms.append(g)
+    multi = any(ogr.GT_Flatten(g.GetGeometryType()) != ogr.wkbPolygon for g in geoms)
+    gtype = ogr.wkbMultiPolygon if multi else ogr.wkbPolygon
+    opts = ["ENCODING=UTF-8"] if driver_name == "ESRI Shapefile" else ["FID=fid", "GEOMETRY_NAME=geom"]
+    lyr = ds.CreateLayer(layer_name, srs, gtype, options=opts)
+    if lyr is None:
+        _fail(f"Cannot create layer {layer_name} in {path}")
+    for f, name in zip(fields, written, strict=True):
+        fd = ogr.FieldDefn(name, _ogr_type(f, records, ogr))
+        if f.type == "str" and driver_name == "ESRI Shapefile":
+            width = max([len(str(r.get(f.name) or "").encode()) for r in records] + [1])
+            fd.SetWidth(min(254, width))
+        if lyr.CreateField(fd) != 0:
+            _fail(f"Cannot create field {name} in {path}")
+    if driver_name == "GPKG":
+        lyr.SetMetadataItem("REMOTECLIP", meta_json)
+    defn = lyr.GetLayerDefn()
+    if layer_transaction and lyr.StartTransaction() != 0:
+        _fail(f"Cannot write to {path}")
+    for r, g in zip(records, geoms, strict=True):
+        feat = ogr.Feature(defn)
+        for i, f in enumerate(fields):
+            v = r.get(f.name)
+            if v is None:
+                feat.SetFieldNull(i)
+            elif f.type == "int":
+                feat.SetField(i, int(v))
+            elif f.type == "float":
+                feat.SetField(i, float(v))
+            else:
+                feat.SetField(i, str(v))
+        feat.SetGeometryDirectly(ogr.ForceToMultiPolygon(g) if multi else g)
+        if lyr.CreateFeature(feat) != 0:
+            _fail(f"Cannot write a feature to {path}")
+    if layer_transaction and lyr.CommitTransaction() != 0:
+        _fail(f"Cannot write to {path}")
+    if ds.FlushCache() not in (None, 0):
+        _fail(f"Cannot write {path}")
 
 
 def _ogr_type(f: Field, records, ogr):

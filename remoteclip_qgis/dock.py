@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import html
-import json
 import os
 import re
 import time
@@ -25,6 +24,7 @@ from qgis.core import (
     QgsMapLayerProxyModel,
     QgsMessageLog,
     QgsProject,
+    QgsProviderRegistry,
     QgsRasterDataProvider,
     QgsRasterLayer,
     QgsSettings,
@@ -43,6 +43,7 @@ from qgis.PyQt.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QMessageBox,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
@@ -53,6 +54,7 @@ from qgis.PyQt.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+from qgis.PyQt.QtXml import QDomDocument
 
 from . import deps
 from .core.bundle import DEMO_BUNDLE, bundle_path, default_bundle
@@ -99,6 +101,26 @@ def default_output(raster_name: str, kind: str, project: QgsProject | None = Non
         path = folder / f"{stem}_{n}.gpkg"
         n += 1
     return str(path)
+
+
+def layers_showing(path: str, layer_name: str | None = None, project: QgsProject | None = None) -> list:
+    """The project's layers whose data is the file ``path`` (of a GeoPackage: its layer ``layer_name``),
+    whatever the spelling of their source (relative, symlink, hard link)."""
+    from .core.vectors import same_file
+
+    project = project or QgsProject.instance()
+    gpkg = os.path.splitext(path)[1].lower() == ".gpkg"
+    out = []
+    for layer in project.mapLayers().values():
+        parts = QgsProviderRegistry.instance().decodeUri(layer.providerType(), layer.source())
+        src = parts.get("path") or ""
+        if not src or not same_file(src, path):
+            continue
+        shown = parts.get("layerName") or None
+        if gpkg and layer_name and shown and shown.lower() != layer_name.lower():
+            continue   # another layer of that GeoPackage: it is kept, and SQLite lets QGIS read on
+        out.append(layer)
+    return out
 
 
 def is_web_layer(layer: QgsRasterLayer) -> bool:
@@ -401,6 +423,7 @@ class RemoteClipDock(QgsDockWidget):
         form = QFormLayout(box)
         self.output_widget = QgsFileWidget(box)
         self.output_widget.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
+        self.output_widget.setConfirmOverwrite(False)   # Run asks, and only when something would be replaced
         self.output_widget.setFilter("GeoPackage (*.gpkg);;ESRI Shapefile (*.shp)")
         self.output_widget.lineEdit().setPlaceholderText(f"auto: {results_folder()}/…gpkg")
         form.addRow("File", self.output_widget)
@@ -423,6 +446,7 @@ class RemoteClipDock(QgsDockWidget):
         form.addRow("Format", self.export_format)
         self.export_widget = QgsFileWidget(box)
         self.export_widget.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
+        self.export_widget.setConfirmOverwrite(False)   # Export asks, and only when something would be replaced
         self.export_widget.setFilter("GeoPackage (*.gpkg);;ESRI Shapefile (*.shp)")
         form.addRow("File", self.export_widget)
         self.export_button = QPushButton("Export", box)
@@ -642,8 +666,12 @@ class RemoteClipDock(QgsDockWidget):
             return None
         try:
             job, kind, name = self.build_job()
+            if not self._may_write(job):
+                return None
         except RemoteClipError as e:
             self._report_error(e.problem, e.fix)
+            return None
+        if not self._confirm_plan(job):
             return None
         from .task import RemoteClipTask
 
@@ -661,6 +689,54 @@ class RemoteClipDock(QgsDockWidget):
         self.status.setText(f"Running {kind} on {name.split(' · ')[0]}…")
         QgsApplication.taskManager().addTask(self.task)
         return self.task
+
+    def _confirm_plan(self, job) -> bool:
+        """A plan above core's tile limit runs only when the user says so (the command line's --yes)."""
+        from .core.jobs import plan_job
+
+        try:
+            plan = plan_job(job)
+        except RemoteClipError as e:
+            self._report_error(e.problem, e.fix)
+            return False
+        self.status.setText(f"Plan: {plan.describe()}.")
+        if job.max_tiles is None or plan.n_tiles <= job.max_tiles:
+            return True
+        answer = QMessageBox.question(
+            self, "RemoteCLIP", f"This run has {plan.describe()}.\n\nRun it anyway? (Larger tiles, less "
+            "overlap or a smaller extent make fewer tiles.)", QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No)
+        if answer != QMessageBox.StandardButton.Yes:
+            return False
+        job.max_tiles = None
+        return True
+
+    def _may_write(self, job) -> bool:
+        """Refuse an output a project layer shows; ask before replacing one (then ``job.overwrite``)."""
+        from .core.jobs import output_layer_name
+        from .core.vectors import output_exists
+
+        layer_name = output_layer_name(job)
+        shown = layers_showing(job.output, layer_name)
+        if shown:
+            raise RemoteClipError(
+                f"The output {job.output} is shown in this project by the layer “{shown[0].name()}”.",
+                "Remove that layer from the Layers panel first, or choose another output file.")
+        what = output_exists(job.output, layer_name)
+        if what is None:
+            return True
+        if not self.confirm_replace(what):
+            self.status.setText(f"Not run: {_html(what)} was kept. Choose another output file or replace it.")
+            return False
+        job.overwrite = True
+        return True
+
+    def confirm_replace(self, what: str) -> bool:
+        kept = " Its other layers are kept." if what.startswith("the layer ") else ""
+        answer = QMessageBox.question(self, "RemoteCLIP", f"Replace {what}?{kept}",
+                                      QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                                      QMessageBox.StandardButton.No)
+        return answer == QMessageBox.StandardButton.Yes
 
     def cancel(self) -> None:
         if self.task is not None:
@@ -731,6 +807,17 @@ class RemoteClipDock(QgsDockWidget):
         layer = self.export_layer_combo.currentLayer()
         path = self.export_widget.filePath().strip()
         try:
+            target, layer_name = export_target(layer, path, self.export_format.currentText())
+            shown = layers_showing(target, layer_name)
+            if shown:
+                raise RemoteClipError(f"{target} is shown in this project by the layer “{shown[0].name()}”.",
+                                      "Remove that layer from the Layers panel first, or export to another file.")
+            from .core.vectors import output_exists
+
+            what = output_exists(target, layer_name)
+            if what is not None and not self.confirm_replace(what):
+                self.status.setText(f"Not exported: {_html(what)} was kept.")
+                return
             out = export_layer(layer, path, self.export_format.currentText())
         except RemoteClipError as e:
             self._report_error(e.problem, e.fix)
@@ -750,39 +837,72 @@ class RemoteClipDock(QgsDockWidget):
                 current.disconnect(self._follow_layer)
 
 
-def export_layer(layer: QgsVectorLayer, path: str, format_name: str = "GeoPackage") -> str:
-    """Write ``layer`` to a GeoPackage or Shapefile (with its style as a .qml sidecar); returns the path."""
+def export_target(layer: QgsVectorLayer, path: str, format_name: str = "GeoPackage") -> tuple[str, str]:
+    """(file, layer name) ``export_layer`` writes, or the error that says why it cannot."""
     if not isinstance(layer, QgsVectorLayer) or not layer.isValid():
         raise RemoteClipError("No vector layer is chosen to export.", "Pick a result layer under Export.")
     if not path:
         raise RemoteClipError("No export file is given.", "Choose where to save the layer under Export > File.")
     if format_name not in EXPORT_FORMATS:
         raise RemoteClipError(f"Unknown export format {format_name!r}.", "Choose GeoPackage or ESRI Shapefile.")
-    driver, ext = EXPORT_FORMATS[format_name]
+    _, ext = EXPORT_FORMATS[format_name]
     if os.path.splitext(path)[1].lower() != ext:
         path = os.path.splitext(path)[0] + ext
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise RemoteClipError(f"The folder {folder} does not exist.", "Choose an existing folder.")
+    return path, slug(layer.name()).lower()
+
+
+def export_layer(layer: QgsVectorLayer, path: str, format_name: str = "GeoPackage") -> str:
+    """Write ``layer`` to a GeoPackage (as a layer of it: an existing GeoPackage keeps its other layers) or a
+    Shapefile, with its style (a .qml beside a Shapefile, stored inside a GeoPackage); returns the path."""
+    path, layer_name = export_target(layer, path, format_name)
+    driver, _ = EXPORT_FORMATS[format_name]
+    if driver == "ESRI Shapefile":
+        from .core.vectors import read_sidecar, sidecar_path
+
+        side = sidecar_path(path)
+        if os.path.lexists(side) and not read_sidecar(path):
+            raise RemoteClipError(f"{side} exists and was not written by RemoteCLIP.",
+                                  "Move that file away or export to another name.")
     options = QgsVectorFileWriter.SaveVectorOptions()
     options.driverName = driver
     options.fileEncoding = "UTF-8"
-    options.layerName = slug(layer.name()).lower()
+    options.layerName = layer_name
+    if driver == "GPKG" and os.path.isfile(path):
+        options.actionOnExistingFile = QgsVectorFileWriter.CreateOrOverwriteLayer
     err, message, new_file, _new_layer = QgsVectorFileWriter.writeAsVectorFormatV3(
         layer, path, QgsProject.instance().transformContext(), options)
     if err != QgsVectorFileWriter.WriterError.NoError:
         raise RemoteClipError(f"Writing {path} failed: {message}", "Check the folder is writable and the file "
                               "is not open in another program.")
     out = new_file or path
+    if driver != "ESRI Shapefile":
+        # in the GeoPackage itself: a .qml beside it would be a file nobody asked for, applied to every layer
+        exported = QgsVectorLayer(f"{out}|layername={layer_name}", layer_name, "ogr")
+        doc = QDomDocument()
+        layer.exportNamedStyle(doc)
+        ok, error = exported.importNamedStyle(doc)
+        if ok:
+            # the replaced layer's style goes with it (else QGIS would stop and ask about a style of this name)
+            related, ids, names, _, _ = exported.listStylesInDatabase()
+            for style_id, name in zip(ids[:related], names[:related], strict=True):
+                if name == layer_name:
+                    ok, error = exported.deleteStyleFromDatabase(style_id)
+            error = exported.saveStyleToDatabase(layer_name, "RemoteCLIP result style", True, "")
+        if error:   # the data is written; only its look is missing
+            QgsMessageLog.logMessage(f"The style of {layer.name()} was not stored in {out}: {error}", LOG_TAG,
+                                     Qgis.MessageLevel.Warning)
+        return out
     # the style travels with the file: QGIS applies a same-named .qml when it opens a Shapefile
     layer.saveNamedStyle(os.path.splitext(out)[0] + ".qml")
-    if driver == "ESRI Shapefile":
-        from .layers import read_metadata, source_of
+    from .core.vectors import write_sidecar
+    from .layers import read_metadata, source_of
 
-        meta = read_metadata(*source_of(layer))
-        if meta:  # the class names behind p_* fields, as core writes them for its own Shapefiles
-            with open(os.path.splitext(out)[0] + ".json", "w", encoding="utf-8") as f:
-                json.dump(meta, f, indent=1, ensure_ascii=False)
+    meta = read_metadata(*source_of(layer))
+    if meta:  # the class names behind p_* fields, as core writes them for its own Shapefiles
+        write_sidecar(out, meta)
     return out
 
 

@@ -62,23 +62,20 @@ def layer_uri(path: str, layer_name: str | None = None) -> str:
 
 
 def read_metadata(path: str, layer_name: str | None = None) -> dict:
-    """The JSON core stored with a result: GeoPackage layer metadata item REMOTECLIP, or the .json sidecar."""
-    if os.path.splitext(path)[1].lower() == ".gpkg":
-        from osgeo import ogr
+    """The JSON core stored with a result: GeoPackage layer metadata item REMOTECLIP, or the Shapefile's
+    NAME.remoteclip.json sidecar (a file of that name without core's marker is ignored)."""
+    if os.path.splitext(path)[1].lower() != ".gpkg":
+        from .core.vectors import read_sidecar
 
-        ds = ogr.Open(path)
-        if ds is None:
-            return {}
-        lyr = ds.GetLayerByName(layer_name) if layer_name else ds.GetLayer(0)
-        text = lyr.GetMetadataItem("REMOTECLIP") if lyr is not None else None
-        ds = None
-    else:
-        sidecar = os.path.splitext(path)[0] + ".json"
-        try:
-            with open(sidecar, encoding="utf-8") as f:
-                text = f.read()
-        except OSError:
-            text = None
+        return read_sidecar(path)
+    from osgeo import ogr
+
+    ds = ogr.Open(path)
+    if ds is None:
+        return {}
+    lyr = ds.GetLayerByName(layer_name) if layer_name else ds.GetLayer(0)
+    text = lyr.GetMetadataItem("REMOTECLIP") if lyr is not None else None
+    ds = None
     try:
         meta = json.loads(text) if text else {}
     except ValueError:

@@ -62,7 +62,7 @@ def test_preset_templates_and_long_prompt_warning(mosaic, tiny_bundle, tmp_path,
 @pytest.mark.parametrize("args,match", [
     (["label", "{tmp}/missing.tif", "--labels", "a,b"], "Raster not found"),
     (["label", "{junk}", "--labels", "a,b"], "junk.tif"),
-    (["label", "{png}", "--labels", "a,b"], "coordinate reference system"),
+    (["label", "{png}", "--labels", "a,b"], "no geotransform"),
     (["label", "{small}", "--labels", "a,b", "--tile-size", "5000"], "larger than the raster"),
     (["label", "{mosaic}", "--labels", ""], "label list is empty"),
     (["label", "{mosaic}", "--labels", "water,trees,water"], "more than once"),

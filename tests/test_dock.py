@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -244,13 +245,24 @@ def test_errors_reach_the_message_bar_and_the_log(dock, data_dir, tmp_path, qgis
     assert dock.run() is None
     assert any("No model bundle" in m for m in bar.get_messages(Qgis.Warning))
 
-    # refused by core inside the task: one label only
+    # refused before any task too, by core's checks of the task: one label only
     dock.model_widget.setFilePath(str(tiny_bundle))
     dock.set_kind("label")
     dock.labels_edit.setPlainText("buildings")
+    assert dock.run() is None
+    assert any("at least two" in m for m in bar.get_messages(Qgis.Warning))
+    assert not bar.get_messages(Qgis.Critical) and not (tmp_path / "x.gpkg").exists()
+    assert dock.last_layer is None
+
+    # refused by core inside the task: a bundle whose graph is damaged
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bundle, broken)
+    (broken / "text_fp32.onnx").write_bytes(b"not an onnx graph")
+    dock.model_widget.setFilePath(str(broken))
+    dock.labels_edit.setPlainText("buildings\ntrees")
     _run(dock)
     critical = bar.get_messages(Qgis.Critical)
-    assert any("at least two" in m and "Log Messages" in m for m in critical), critical
+    assert any("text_fp32.onnx" in m and "Log Messages" in m for m in critical), critical
     assert "Failed" in dock.status.text() and not (tmp_path / "x.gpkg").exists()
     assert dock.last_layer is None
 
@@ -417,12 +429,15 @@ def test_export_a_result_to_shapefile_and_geopackage(dock, data_dir, tmp_path):
     assert out.crs() == layer.crs()
     assert sorted(f["label"] for f in out.getFeatures()) == sorted(f["label"] for f in layer.getFeatures())
     assert out.renderer().type() == "categorizedSymbol", "the .qml sidecar carries the style"
-    meta = json.loads((tmp_path / "export" / "labels.json").read_text(encoding="utf-8"))
+    meta = json.loads((tmp_path / "export" / "labels.remoteclip.json").read_text(encoding="utf-8"))
     assert meta["fields"] == dock.last_result.field_map and "bare soil" in meta["fields"].values()
+    assert meta["format"] == "remoteclip-vector-metadata"
 
     gpkg = export_layer(layer, str(tmp_path / "export" / "copy.gpkg"), "GeoPackage")
     copy = QgsVectorLayer(gpkg, "copy", "ogr")
     assert copy.isValid() and copy.featureCount() == layer.featureCount()
+    assert copy.renderer().type() == "categorizedSymbol", "the style is stored in the GeoPackage"
+    assert sorted(p.name for p in (tmp_path / "export").iterdir() if p.name.startswith("copy")) == ["copy.gpkg"]
     from remoteclip_qgis.core.errors import RemoteClipError
 
     with pytest.raises(RemoteClipError, match="does not exist"):
@@ -507,3 +522,173 @@ def test_a_run_without_an_output_file_saves_a_geopackage_next_to_the_project(doc
         assert layer.renderer().type() == "singleSymbol"
     finally:
         qgis_new_project.setFileName("")
+
+
+# ------------------------------------------------------------------------------ the user's files
+
+class Answer:
+    """Answers the real QMessageBox the dock opens (clicks ``button`` from a timer) and records its text."""
+
+    def __init__(self, button):
+        self.button, self.texts = button, []
+
+    def __enter__(self):
+        from qgis.PyQt.QtCore import QTimer
+
+        self.timer = QTimer()
+        self.timer.setInterval(20)
+        self.timer.timeout.connect(self._click)
+        self.timer.start()
+        return self
+
+    def _click(self):
+        from qgis.PyQt.QtWidgets import QApplication, QMessageBox
+
+        box = QApplication.activeModalWidget()
+        if isinstance(box, QMessageBox):
+            self.texts.append(box.text())
+            box.button(self.button).click()
+
+    def __exit__(self, *exc):
+        self.timer.stop()
+
+
+def _features(path, layer_name) -> list:
+    from osgeo import ogr
+
+    ds = ogr.Open(str(path))
+    lyr = ds.GetLayerByName(layer_name)
+    defn = lyr.GetLayerDefn()
+    names = [defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())]
+    return [([f.GetField(n) for n in names], f.GetGeometryRef().ExportToWkt()) for f in lyr]
+
+
+@pytest.fixture
+def user_gpkg(data_dir, tmp_path):
+    """The analyst's GeoPackage: the real Kampala building footprints as layer 'buildings'."""
+    from osgeo import gdal
+
+    path = tmp_path / "site.gpkg"
+    gdal.VectorTranslate(str(path), str(data_dir / "orthomosaic" / "kampala_buildings_z21_chips.geojson"),
+                         options=gdal.VectorTranslateOptions(format="GPKG", layerName="buildings"))
+    return path
+
+
+def test_replacing_an_output_asks_first_and_keeps_the_other_layers(dock, data_dir, user_gpkg):
+    from qgis.core import QgsProject
+    from qgis.PyQt.QtWidgets import QMessageBox
+
+    buildings = _features(user_gpkg, "buildings")
+    raster = _raster(data_dir, KAMPALA, "kampala")
+    dock.layer_combo.setLayer(raster)
+    dock.set_kind("label")
+    dock.labels_edit.setPlainText("buildings\ntrees")
+    dock.tile_size.setValue(512)
+    dock.output_widget.setFilePath(str(user_gpkg))
+    with Answer(QMessageBox.Yes) as answer:
+        _run(dock)   # a new layer in the GeoPackage: nothing is replaced, nothing to ask
+    assert answer.texts == [] and dock.last_layer is not None, dock.status.text()
+    first = _features(user_gpkg, "labels")
+    assert len(first) == 6 and _features(user_gpkg, "buildings") == buildings
+    QgsProject.instance().removeMapLayer(dock.last_layer.id())
+
+    dock.labels_edit.setPlainText("water\nforest")
+    with Answer(QMessageBox.No) as answer:
+        assert dock.run() is None
+    assert len(answer.texts) == 1 and "Replace the layer 'labels' of" in answer.texts[0]
+    assert "other layers are kept" in answer.texts[0] and "Not run" in dock.status.text()
+    assert _features(user_gpkg, "labels") == first
+
+    with Answer(QMessageBox.Yes) as answer:
+        _run(dock)
+    assert len(answer.texts) == 1 and dock.last_result is not None, dock.status.text()
+    assert {f[0][2] for f in _features(user_gpkg, "labels")} <= {"water", "forest"}
+    assert _features(user_gpkg, "buildings") == buildings
+    assert sorted(p.name for p in user_gpkg.parent.iterdir() if p.name.startswith((".site", "site"))) \
+        == ["site.gpkg"]
+
+
+def test_a_loaded_output_is_not_replaced_under_its_layer(dock, data_dir, user_gpkg, tmp_path, qgis_iface):
+    from qgis.core import Qgis, QgsVectorLayer
+    from qgis.PyQt.QtWidgets import QMessageBox
+
+    raster = _raster(data_dir, KAMPALA, "kampala")
+    dock.layer_combo.setLayer(raster)
+    dock.set_kind("label")
+    dock.labels_edit.setPlainText("buildings\ntrees")
+    dock.tile_size.setValue(512)
+    dock.output_widget.setFilePath(str(user_gpkg))
+    _run(dock)
+    shown = dock.last_layer
+    assert shown is not None, dock.status.text()
+    before = _features(user_gpkg, "labels")
+    # the same file by another spelling: a symlink in another folder
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "alias.gpkg").symlink_to(user_gpkg)
+    for spelling in (str(user_gpkg), str(tmp_path / "elsewhere" / "alias.gpkg")):
+        dock.output_widget.setFilePath(spelling)
+        with Answer(QMessageBox.Yes) as answer:
+            assert dock.run() is None
+        assert answer.texts == []   # refused, not even asked
+        assert "is shown in this project by the layer “kampala · labels”" in dock.status.text()
+        assert any("Remove that layer" in m for m in qgis_iface.messageBar().get_messages(Qgis.Warning))
+    assert _features(user_gpkg, "labels") == before and shown.featureCount() == len(before)
+
+    # another layer of that GeoPackage on the map does not stop a new layer being added beside it
+    from qgis.core import QgsProject
+
+    QgsProject.instance().removeMapLayer(shown.id())
+    other = QgsVectorLayer(f"{user_gpkg}|layername=buildings", "my buildings", "ogr")
+    assert other.isValid() and QgsProject.instance().addMapLayer(other) is not None
+    n_buildings = other.featureCount()
+    dock.set_kind("embed")
+    dock.output_widget.setFilePath(str(user_gpkg))
+    _run(dock)
+    assert dock.last_layer is not None, dock.status.text()
+    assert len(_features(user_gpkg, "tiles")) == 6 and other.featureCount() == n_buildings
+
+
+def test_export_into_a_geopackage_keeps_its_layers_and_asks_before_replacing(dock, data_dir, user_gpkg):
+    from qgis.PyQt.QtWidgets import QMessageBox
+
+    buildings = _features(user_gpkg, "buildings")
+    raster = _raster(data_dir, KAMPALA, "kampala")
+    dock.layer_combo.setLayer(raster)
+    dock.set_kind("embed")
+    dock.tile_size.setValue(512)
+    dock.output_widget.setFilePath(str(user_gpkg.parent / "run.gpkg"))
+    _run(dock)
+    dock.export_layer_combo.setLayer(dock.last_layer)
+    dock.export_format.setCurrentText("GeoPackage")
+    dock.export_widget.setFilePath(str(user_gpkg))
+    with Answer(QMessageBox.No) as answer:
+        dock.export_clicked()
+    assert answer.texts == [] and "Exported" in dock.status.text(), dock.status.text()
+    assert _features(user_gpkg, "buildings") == buildings and len(_features(user_gpkg, "kampala_tiles")) == 6
+    with Answer(QMessageBox.No) as answer:
+        dock.export_clicked()
+    assert len(answer.texts) == 1 and "Not exported" in dock.status.text()
+    with Answer(QMessageBox.Yes) as answer:
+        dock.export_clicked()
+    assert len(answer.texts) == 1 and "Exported" in dock.status.text()
+    assert _features(user_gpkg, "buildings") == buildings and len(_features(user_gpkg, "kampala_tiles")) == 6
+
+
+def test_a_shapefile_result_reads_its_own_sidecar_and_never_the_users_json(rc, data_dir, tiny_bundle, tmp_path):
+    from remoteclip_qgis.core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
+    from remoteclip_qgis.layers import add_result_layer, read_field_map
+
+    mine = b'{"type": "FeatureCollection", "fields": {"p_trees": "not a class map"}, "features": []}'
+    (tmp_path / "labels.json").write_bytes(mine)
+    shp = tmp_path / "labels.shp"
+    res = run_job(Job(raster=str(data_dir / KAMPALA), task=LabelTask(["buildings", "trees", "bare soil"]),
+                      run=RunOptions(model=str(tiny_bundle), cache_dir=""), tiles=TileSpec(size=512),
+                      output=str(shp)))
+    assert read_field_map(str(shp)) == res.field_map and "bare soil" in res.field_map.values()
+    layer = add_result_layer(str(shp), "label", "labels")
+    idx = layer.fields().indexOf(next(k for k, v in res.field_map.items() if v == "bare soil"))
+    assert layer.attributeAlias(idx) == "P(bare soil)"
+    assert (tmp_path / "labels.json").read_bytes() == mine
+    # a sidecar of that name without RemoteCLIP's marker is not ours: not read
+    (tmp_path / "labels.remoteclip.json").write_text('{"fields": {"p_trees": "oaks"}}')
+    assert read_field_map(str(shp)) == {}

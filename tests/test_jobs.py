@@ -186,7 +186,7 @@ def test_cancel_writes_nothing_and_keeps_an_existing_output(mosaic, tiny_bundle,
         return len(calls) > 2
 
     with pytest.raises(Cancelled):
-        run_job(_job(mosaic, tiny_bundle, output=str(out), tiles=TileSpec(size=128), batch_size=4),
+        run_job(_job(mosaic, tiny_bundle, output=str(out), tiles=TileSpec(size=128), batch_size=4, overwrite=True),
                 is_cancelled=cancel)
     assert out.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["keep.gpkg"]
@@ -220,7 +220,7 @@ def test_bad_rasters(data_dir, tiny_bundle, tmp_path):
         run_job(_job(str(junk), tiny_bundle))
     # a real image without any georeferencing
     png = str(data_dir / "counting" / "dota" / "images" / "P1888.png")
-    with pytest.raises(RemoteClipError, match="coordinate reference system|CRS"):
+    with pytest.raises(RemoteClipError, match="no geotransform"):
         run_job(_job(png, tiny_bundle))
     small = str(data_dir / "geotiff" / "rasterio_RGB.byte.tif")
     with pytest.raises(RemoteClipError, match="larger than the raster|tile"):

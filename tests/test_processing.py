@@ -271,6 +271,60 @@ def test_other_vector_formats_are_converted_and_unknown_ones_refused(plugin, rgb
     assert not (tmp_path / "x.abc").exists()
 
 
+def _features(path, layer_name) -> list:
+    from osgeo import ogr
+
+    ds = ogr.Open(str(path))
+    lyr = ds.GetLayerByName(layer_name)
+    assert lyr is not None, (path, layer_name)
+    defn = lyr.GetLayerDefn()
+    names = [defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())]
+    return [([f.GetField(n) for n in names], f.GetGeometryRef().ExportToWkt()) for f in lyr]
+
+
+def test_a_geopackage_output_keeps_its_other_layers(plugin, mosaic, data_dir, tiny_bundle, tmp_path):
+    from osgeo import gdal
+
+    gpkg = tmp_path / "site.gpkg"
+    gdal.VectorTranslate(str(gpkg), str(data_dir / "orthomosaic" / "kampala_buildings_z21_chips.geojson"),
+                         options=gdal.VectorTranslateOptions(format="GPKG", layerName="buildings"))
+    buildings = _features(gpkg, "buildings")
+    dest = f"ogr:dbname='{gpkg}' table=\"labels\" (geom)"
+    res = run("labeltiles", base_params(mosaic, tiny_bundle, dest, LABELS=LABELS, TILE_SIZE=512))
+    assert res["N_TILES"] == 6 and len(_features(gpkg, "labels")) == 6
+    assert _features(gpkg, "buildings") == buildings
+    # Processing's convention: an output is overwritten (its file widget asked) — the layer, not the file
+    run("textsearch", base_params(mosaic, tiny_bundle, dest, QUERY="a road", TILE_SIZE=768))
+    assert len(_features(gpkg, "labels")) == 4 and _features(gpkg, "buildings") == buildings
+    # a plain path: the task's layer is added beside the others
+    run("countobjects", base_params(mosaic, tiny_bundle, gpkg, OBJECT="car", TILE_SIZE=512))
+    assert len(_features(gpkg, "count_car")) == 6 and _features(gpkg, "buildings") == buildings
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("cache")) == ["site.gpkg"]
+
+
+def test_staging_folders_of_a_killed_conversion_are_removed(plugin, rgb_byte, tiny_bundle, tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    stale = tmp_path / f".remoteclip_{int(dead.stdout)}_abcd1234"
+    (stale / "sub").mkdir(parents=True)
+    (stale / "search.geojson").write_text("half")
+    keep = [tmp_path / f".remoteclip_{os.getppid()}_abcd1234", tmp_path / ".remoteclip_notes"]
+    for k in keep:
+        k.mkdir()
+    out = tmp_path / "search.geojson"
+    run("textsearch", base_params(rgb_byte, tiny_bundle, out, QUERY="a river", TILE_SIZE=128))
+    assert out.is_file() and not stale.exists() and all(k.is_dir() for k in keep)
+
+
+@pytest.mark.parametrize("out", ["/proc/remoteclip-test.geojson", "/proc/remoteclip-test.gpkg"])
+def test_an_unwritable_output_is_refused_before_the_run(plugin, rgb_byte, tiny_bundle, tmp_path, out):
+    with pytest.raises(QgsProcessingException, match="output folder") as err:
+        run("textsearch", base_params(rgb_byte, tiny_bundle, out, QUERY="a river", TILE_SIZE=128,
+                                      USE_CACHE=True))
+    assert "Fix:" in str(err.value) and "Traceback" not in str(err.value)
+    assert not (tmp_path / "cache").exists()   # no tile was encoded
+
+
 class CancelAfterFirstBatch(QgsProcessingFeedback):
     def __init__(self):
         super().__init__()

@@ -261,9 +261,9 @@ def test_errors(paths, tmp_path):
     assert str(junk) in str(e.value)
     with pytest.raises(RemoteClipError, match="folder"):
         open_raster(tmp_path)
-    # a real PNG without georeferencing opens, with no CRS (the pipeline refuses it)
-    with open_raster(paths["png"]) as src:
-        assert src.crs_wkt == "" and src.count >= 3
+    # a real PNG without georeferencing: its pixels have no place on a map
+    with pytest.raises(RemoteClipError, match="no geotransform: its pixels have no place on the map"):
+        open_raster(paths["png"])
     # a truncated GeoTIFF opens but fails when its missing pixels are read
     cut = tmp_path / "cut.tif"
     gdal.Translate(str(cut), paths["kampala"], creationOptions=["TILED=YES", "COMPRESS=DEFLATE"])

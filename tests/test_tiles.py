@@ -93,21 +93,22 @@ def test_overlap_is_a_fraction_of_the_tile(rasters):
 
 
 @pytest.mark.parametrize("spec,match", [
-    (TileSpec(size=2000), "larger than the raster"),
-    (TileSpec(size=800), "larger than the raster"),  # wider than 718 rows
-    (TileSpec(size=MIN_TILE_PX - 1), "minimum"),
-    (TileSpec(size=1000, unit="m"), "minimum"),       # 1 km on 300 m pixels: 3 px
-    (TileSpec(size=10_000_000, unit="m"), "larger than the raster"),
-    (TileSpec(size=64.5), "whole number"),
-    (TileSpec(size=0), "not positive"),
-    (TileSpec(size=64, overlap=1.0), "Overlap"),
-    (TileSpec(size=64, overlap=-0.1), "Overlap"),
-    (TileSpec(size=64, unit="km"), "unit"),
-    (TileSpec(size=64, edge="wrap"), "edge"),
+    (dict(size=2000), "larger than the raster"),
+    (dict(size=800), "larger than the raster"),  # wider than 718 rows
+    (dict(size=MIN_TILE_PX - 1), "minimum"),
+    (dict(size=1000, unit="m"), "minimum"),       # 1 km on 300 m pixels: 3 px
+    (dict(size=10_000_000, unit="m"), "larger than the raster"),
+    (dict(size=64.5), "whole number"),
+    (dict(size=0), "not positive"),
+    (dict(size=64, overlap=1.0), "Overlap"),
+    (dict(size=64, overlap=-0.1), "Overlap"),
+    (dict(size=64, unit="km"), "unit"),
+    (dict(size=64, edge="wrap"), "edge"),
 ])
 def test_bad_specs(rasters, spec, match):
+    # refused when the spec is made (values alone) or when the grid is made (against the raster)
     with pytest.raises(RemoteClipError, match=match):
-        make_grid(rasters["landsat"], spec)
+        make_grid(rasters["landsat"], TileSpec(**spec))
 
 
 def _ground_edges(src, window, utm_epsg):

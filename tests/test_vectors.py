@@ -74,8 +74,9 @@ def test_written_geometry_and_crs_equal_the_raster(landsat, tmp_path, ext):
         assert meta["task"] == "test" and meta["fields"] == {"a": "b"} and meta["layer"] == "tiles"
     else:
         assert (tmp_path / "tiles.prj").is_file() and (tmp_path / "tiles.cpg").is_file()
-        meta = json.loads((tmp_path / "tiles.json").read_text())
+        meta = json.loads((tmp_path / "tiles.remoteclip.json").read_text())
         assert meta["task"] == "test" and meta["field_names"]["label"] == "label"
+        assert meta["format"] == "remoteclip-vector-metadata"
     assert sorted(p for p in os.listdir(tmp_path) if p.startswith(".")) == []
 
 
@@ -106,7 +107,7 @@ def test_shapefile_field_names_are_cut_and_mapped(landsat, tmp_path):
     _, _, names, feats = _layer(out)
     assert names == shapefile_names([f.name for f in fields]) == ["a_very_lon", "a_very_lo1", "klasse_ü"]
     assert all(len(n) <= 10 for n in names)
-    meta = json.loads((tmp_path / "long.json").read_text())
+    meta = json.loads((tmp_path / "long.remoteclip.json").read_text())
     assert meta["field_names"] == {"a_very_lon": "a_very_long_name", "a_very_lo1": "a_very_long_other",
                                    "klasse_ü": "klasse_ü"}
     assert feats[0][0] == {"a_very_lon": 1, "a_very_lo1": 2.5, "klasse_ü": "Straße"}
@@ -119,9 +120,9 @@ def test_overwrite_is_atomic_and_failures_leave_the_old_file(landsat, tmp_path):
     before = out.read_bytes()
     bad = [*recs[:5], {"row": 0, "col": 0, "label": "x", "score": 1.0, "geometry": "POLYGON ((0 0, 1"}]
     with pytest.raises(RemoteClipError, match="geometry"):
-        write_vector(out, bad, fields, crs)
+        write_vector(out, bad, fields, crs, overwrite=True)
     assert out.read_bytes() == before and os.listdir(tmp_path) == ["o.gpkg"]
-    write_vector(out, recs[:7], fields, crs)
+    write_vector(out, recs[:7], fields, crs, overwrite=True)
     assert len(_layer(out)[3]) == 7 and os.listdir(tmp_path) == ["o.gpkg"]
     # shapefile: the set of files is replaced, an old spatial index is removed
     shp = tmp_path / "s.shp"
@@ -132,9 +133,9 @@ def test_overwrite_is_atomic_and_failures_leave_the_old_file(landsat, tmp_path):
     assert (tmp_path / "s.qix").is_file()
     old = (tmp_path / "s.dbf").read_bytes()
     with pytest.raises(RemoteClipError):
-        write_vector(shp, bad, fields, crs)
+        write_vector(shp, bad, fields, crs, overwrite=True)
     assert (tmp_path / "s.dbf").read_bytes() == old and (tmp_path / "s.qix").is_file()
-    write_vector(shp, recs[:4], fields, crs)
+    write_vector(shp, recs[:4], fields, crs, overwrite=True)
     assert not (tmp_path / "s.qix").exists() and len(_layer(shp)[3]) == 4
     assert sorted(p for p in os.listdir(tmp_path) if p.startswith(".")) == []
 
@@ -159,7 +160,7 @@ def test_empty_and_null_and_big_ints(landsat, tmp_path):
     ds, lyr, names, feats = _layer(out)  # ds keeps lyr alive
     assert names == ["label"] and feats == [] and lyr.GetName() == "empty"
     rows = [{"n": 2 ** 40, "s": None, "geometry": recs[0]["geometry"]}]
-    write_vector(out, rows, [Field("n", "int"), Field("s", "str")], crs)
+    write_vector(out, rows, [Field("n", "int"), Field("s", "str")], crs, layer_name="empty", overwrite=True)
     _, _, _, feats = _layer(out)
     assert feats[0][0] == {"n": 2 ** 40, "s": None}
 

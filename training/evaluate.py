@@ -100,11 +100,22 @@ def load_split(folder, split_file, split: str) -> tuple[list[str], list[str], np
     return classes, [str(Path(folder) / p) for p in paths], labels
 
 
-def read_rgb(path) -> np.ndarray:
-    from PIL import Image
+def open_rgb(path):
+    """The image at ``path`` as an RGB PIL image; a missing or unreadable file is a RemoteClipError."""
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise RemoteClipError(f"Image not found: {path}.", "Check the dataset folder or table.") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise RemoteClipError(f"Image {path} cannot be read ({e}).",
+                              "Remove or replace the damaged file; images must be JPEG, PNG or TIFF.") from None
+
+
+def read_rgb(path) -> np.ndarray:
+    return np.asarray(open_rgb(path))
 
 
 # --- models -------------------------------------------------------------------------------------------------
@@ -134,7 +145,6 @@ class TorchModel:
 
     def encode_images(self, paths) -> np.ndarray:
         import torch
-        from PIL import Image
 
         self.model.eval()
         out = []
@@ -142,8 +152,7 @@ class TorchModel:
             for i in range(0, len(paths), self.batch_size):
                 batch = []
                 for p in paths[i:i + self.batch_size]:
-                    with Image.open(p) as im:
-                        batch.append(self.transform(im.convert("RGB")))
+                    batch.append(self.transform(open_rgb(p)))
                 x = torch.stack(batch).to(self.device)
                 out.append(torch.nn.functional.normalize(self.model.encode_image(x).float(), dim=-1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
@@ -379,6 +388,9 @@ def main(argv=None) -> int:
             Path(args.make_split).write_text(json.dumps(s, indent=1) + "\n")
             print(f"{len(s['train'])} train / {len(s['test'])} test images -> {args.make_split}")
             return 0
+        if not (args.zeroshot or args.retrieval or args.counting):
+            raise RemoteClipError("No evaluation was asked for.",
+                                  "Pass --zeroshot FOLDER, --retrieval FILE or --counting CSV.")
         if args.checkpoint:
             if not args.arch:
                 raise RemoteClipError("--checkpoint needs --arch.", "Add e.g. --arch ViT-B-32.")

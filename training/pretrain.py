@@ -29,6 +29,7 @@ import csv
 import json
 import math
 import os
+import pickle
 import random
 import sys
 import time
@@ -172,6 +173,19 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def load_resume_state(path: Path, device="cpu") -> dict:
+    """A checkpoint_last.pt written by this tool: tensors and plain containers only, never code
+    (torch's weights_only unpickler; a crafted checkpoint could otherwise run anything)."""
+    import torch
+
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise RemoteClipError(f"{path} holds objects a training checkpoint never has, so it was not loaded "
+                              f"({str(e).splitlines()[0]}).", "Resume only from checkpoints this tool wrote; "
+                              "start a new run without --resume, or into another --out folder.") from None
+
+
 def contrastive_val_loss(model, loader, loss_fn, device) -> float:
     import torch
 
@@ -267,7 +281,7 @@ def train(args) -> dict:
         if not ckpt_path.is_file():
             raise RemoteClipError(f"--resume given but {ckpt_path} does not exist.",
                                   "Drop --resume to start a new run, or point --out at the run to continue.")
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ck = load_resume_state(ckpt_path, device)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])

@@ -302,6 +302,11 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
                              cache_dir=None if use_cache else "")
             self._dest, path, layer_name, self._convert = self._destination(parameters, context)
             self._final = path
+            if self._convert:   # core checks what it writes; the converted file's folder is checked here
+                from ..core.vectors import check_folder_writable, check_not_input
+
+                check_not_input(path, [raster] if isinstance(raster, str) else [raster.path, raster.name])
+                check_folder_writable(os.path.dirname(os.path.abspath(path)))
             dissolve = self.can_dissolve and self.parameterAsBool(parameters, self.DISSOLVE, context)
         except RemoteClipError as e:
             # QGIS turns an exception here into a bare "There were errors executing the algorithm" for
@@ -312,8 +317,11 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
         if self._convert:
             self._tmpdir = tempfile.mkdtemp(prefix="remoteclip_", dir=QgsProcessingUtils.tempFolder())
             write = os.path.join(self._tmpdir, "result.gpkg")
+        # QGIS's convention: the destination widget asked before an existing file was chosen, outputs are
+        # overwritten (core still keeps a GeoPackage's other layers). Processing runs are deliberate (batch,
+        # models, qgis_process): no tile limit; the plan is reported.
         self._job = Job(raster=raster, task=task, run=run, tiles=tiles, output=write, layer_name=layer_name,
-                        dissolve=dissolve)
+                        dissolve=dissolve, overwrite=True, max_tiles=None)
         if not isinstance(raster, str):
             feedback.pushInfo(f"Reading {layer.name()} through QGIS ({layer.providerType()} provider) at "
                               f"{raster.width} x {raster.height} pixels.")
@@ -328,7 +336,8 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
         job = self._job
         try:
             result = run_job(job, progress=lambda f, msg: _progress(feedback, f, msg),
-                             is_cancelled=feedback.isCanceled)
+                             is_cancelled=feedback.isCanceled,
+                             on_plan=lambda plan: feedback.pushInfo(f"Plan: {plan.describe()}."))
             if feedback.isCanceled():
                 raise Cancelled("cancelled")
             if self._convert:
@@ -390,14 +399,20 @@ _EXTENSION_DRIVERS = {".geojson": "GeoJSON", ".json": "GeoJSON", ".fgb": "FlatGe
                       ".mif": "MapInfo File", ".gmt": "OGR_GMT", ".dxf": "DXF", ".xlsx": "XLSX", ".ods": "ODS"}
 
 
+_STAGE_PATTERN = r"\.remoteclip_(\d+)_[a-z0-9_]{8}"   # staging folders: .remoteclip_PID_ + mkdtemp's 8 characters
+
+
 def _convert(src: str, dest: str, driver: str, layer_name: str | None) -> None:
     """GeoPackage ``src`` -> ``dest`` in ``driver``'s format, written beside it and renamed when complete."""
     from osgeo import gdal
 
+    from ..core.vectors import remove_dead_temps
+
     folder = os.path.dirname(os.path.abspath(dest))
     if not os.path.isdir(folder):
         raise RemoteClipError(f"The output folder {folder} does not exist.", "Create it or choose another.")
-    stage = tempfile.mkdtemp(prefix=".remoteclip_", dir=folder)
+    remove_dead_temps(folder, _STAGE_PATTERN)   # left by a run that was killed while converting
+    stage = tempfile.mkdtemp(prefix=f".remoteclip_{os.getpid()}_", dir=folder)
     try:
         staged = os.path.join(stage, os.path.basename(dest))
         gdal.UseExceptions()
