@@ -52,7 +52,7 @@ flock 9
 # ------------------------------------------------------------------------------------ mounts
 mounts_under_root() {
   # deepest first; /proc/mounts escapes spaces, and our paths have none
-  awk -v r="$ROOT/" 'index($2, r) == 1 { print $2 }' /proc/mounts | sort -r
+  awk -v r="$ROOT" '$2 == r || index($2, r "/") == 1 { print $2 }' /proc/mounts | sort -r
 }
 unmount_all() {
   local m
@@ -64,18 +64,23 @@ unmount_all() {
     return 1
   fi
 }
+child=""
 trap 'unmount_all' EXIT
-trap 'exit 130' INT TERM
+# Ctrl-C or a kill stops what runs in the chroot first, so that the mounts can go
+trap '[ -z "$child" ] || { kill -TERM "$child" 2>/dev/null; wait "$child"; }; exit 130' INT TERM
 unmount_all   # left behind by a run that was killed
 
 bind() {  # bind SRC DEST [ro]
   mkdir -p "$ROOT$2"
   mount --bind "$1" "$ROOT$2"
+  mount --make-private "$ROOT$2"   # nothing mounted under it shows up at SRC on the host
   [ "${3:-}" != ro ] || mount -o remount,bind,ro "$ROOT$2"
 }
 
-in_chroot() {
-  chroot "$ROOT" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb \
+in_chroot() {  # in_chroot CMD...: run CMD in the chroot with a clean environment (exec: the pid is CMD's)
+  exec_=""
+  [ "${1:-}" != --exec ] || { exec_=exec; shift; }
+  $exec_ chroot "$ROOT" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     DEBIAN_FRONTEND=noninteractive PIP_CERT=/etc/ssl/certs/remoteclip-host-ca.crt \
     PIP_CONFIG_FILE=/dev/null PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 "$@"
@@ -110,13 +115,19 @@ if [ ! -f "$STAMPS/base" ]; then
   say "debootstrap done in $(( $(date +%s) - t )) s"
 fi
 
+# The chroot is its own private mount, so that what is mounted inside never propagates to the host
+# (where / is a shared mount, as under systemd).
+mount --bind "$ROOT" "$ROOT"
+mount --make-private "$ROOT"
 mkdir -p "$ROOT/proc" "$ROOT/dev"
 mount -t proc proc "$ROOT/proc"
 bind /dev /dev
 cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
 cp -L "${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}" "$ROOT/etc/ssl/certs/remoteclip-host-ca.crt" 2>/dev/null \
   || { mkdir -p "$ROOT/etc/ssl/certs"; cp -L /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/certs/remoteclip-host-ca.crt"; }
+mkdir -p "$REPO/.qgis-settings"   # git-ignored; pytest-qgis keeps QGIS's profile there
 bind "$REPO" /work/repo ro
+mount -t tmpfs tmpfs "$ROOT/work/repo/.qgis-settings"   # writable over the read-only repository
 [ -d "$DATA" ] && bind "$DATA" /work/shared/data ro
 if [ -n "$BUNDLE" ]; then
   [ -f "$BUNDLE/manifest.json" ] || die "REMOTECLIP_TEST_BUNDLE=$BUNDLE is not a model bundle"
@@ -170,6 +181,8 @@ fi
 # --run CMD...: any command in the repository with the leg's venv first on PATH (debugging).
 [ "${1:-}" != --run ] || { shift; set -- /bin/sh -c 'exec "$@"' sh "$@"; }
 [ "${1:-}" = /bin/sh ] || set -- "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"
-in_chroot /usr/bin/env CI="${CI:-}" QT_QPA_PLATFORM=offscreen REMOTECLIP_DATA=/work/shared/data \
+in_chroot --exec /usr/bin/env CI="${CI:-}" QT_QPA_PLATFORM=offscreen REMOTECLIP_DATA=/work/shared/data \
   ${BUNDLE:+REMOTECLIP_TEST_BUNDLE=/work/bundle} PATH="$VENV/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
-  /bin/sh -c 'cd /work/repo && exec "$@"' sh "$@"
+  /bin/sh -c 'cd /work/repo && exec "$@"' sh "$@" &
+child=$!
+wait "$child"

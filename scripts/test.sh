@@ -19,7 +19,7 @@ done
 # The tests that need QGIS, or that run core on QGIS's own Python and numpy; not those that need torch.
 MATRIX_TESTS=(tests/test_qgis_api.py tests/test_plugin.py tests/test_processing.py tests/test_dock.py
               tests/test_packaging.py tests/test_raster.py tests/test_tiles.py tests/test_jobs.py
-              tests/test_vectors.py tests/test_cli.py)
+              tests/test_vectors.py tests/test_cli.py tests/test_gdal_exceptions.py)
 
 say() { printf '\033[1mtest:\033[0m %s\n' "$*"; }
 t_all=$(date +%s)
