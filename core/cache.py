@@ -46,6 +46,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import gdal_return_codes
+
 __all__ = ["EmbeddingCache", "FORMAT_VERSION", "raster_identity", "default_cache_dir", "default_max_bytes",
            "parse_size", "format_size", "CacheEntry", "DEFAULT_MAX_BYTES"]
 
@@ -137,6 +139,7 @@ def raster_identity(src) -> dict | None:
     return ident
 
 
+@gdal_return_codes()
 def _dataset_files(path: str) -> list[str]:
     """The files GDAL reads for the raster at ``path`` (the path itself when GDAL cannot list them)."""
     try:
@@ -189,6 +192,7 @@ def _archive_of(name: str) -> str | None:
     return None
 
 
+@gdal_return_codes()
 def _remote_validators(name: str) -> dict | None:
     """ETag, Last-Modified and size of a file on a server (GDAL's /vsicurl/ and friends), asked anew
     (GDAL's own cache of them is cleared first), or None when the server gives none of them."""
