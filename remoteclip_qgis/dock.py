@@ -13,7 +13,6 @@ import contextlib
 import html
 import os
 import re
-import threading
 import time
 from pathlib import Path
 
@@ -34,7 +33,17 @@ from qgis.core import (
     QgsVectorLayer,
 )
 from qgis.gui import QgsCollapsibleGroupBox, QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox
-from qgis.PyQt.QtCore import QMetaType, QObject, QStandardPaths, Qt, QTimer, QUrl, pyqtSignal
+from qgis.PyQt.QtCore import (
+    QMetaType,
+    QObject,
+    QRunnable,
+    QStandardPaths,
+    Qt,
+    QThreadPool,
+    QTimer,
+    QUrl,
+    pyqtSignal,
+)
 from qgis.PyQt.QtGui import QColor, QDesktopServices, QIcon, QPixmap
 from qgis.PyQt.QtWidgets import (
     QApplication,
@@ -69,7 +78,7 @@ from .core.errors import RemoteClipError
 from .core.prompts import DEFAULT_TEMPLATES, PRESETS, split_lines
 from .core.raster import parse_bands
 from .model_picker import DEMO_NOTE, ModelRow, is_demo
-from .widgets import PathLabel, TaskPages, WrapLabel, compact, fit_forms, wrap_check_boxes
+from .widgets import PathLabel, TaskPages, WrapLabel, compact, fit_forms, menu_action, wrap_check_boxes
 
 LOG_TAG = "RemoteCLIP"
 SETTINGS = "RemoteCLIP/"
@@ -204,6 +213,7 @@ class RemoteClipDock(QgsDockWidget):
         scroll.setFrameShape(QFrame.Shape.NoFrame)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.scroll = scroll
+        self.setMinimumWidth(300)   # QGIS's own default dock width: everything is laid out to fit it
         body = QWidget(scroll)
         col = QVBoxLayout(body)
         col.setContentsMargins(6, 6, 6, 6)
@@ -543,9 +553,9 @@ class RemoteClipDock(QgsDockWidget):
         self.folder_button.setToolTip("Choose the results folder, or open it")
         self.folder_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         menu = QMenu(self.folder_button)
-        menu.addAction("Choose the results folder…", self.choose_results_folder)
-        menu.addAction("Next to the saved project (automatic)", lambda: self.set_results_folder(""))
-        menu.addAction("Open the results folder", self.open_results_folder)
+        menu_action(menu, "Choose the results folder…", self.choose_results_folder)
+        menu_action(menu, "Next to the saved project (automatic)", lambda: self.set_results_folder(""))
+        menu_action(menu, "Open the results folder", self.open_results_folder)
         self.folder_button.setMenu(menu)
         form.addRow("Folder", self.folder_button)
         form.addRow(self.folder_label)   # the whole width: a path needs it
@@ -794,7 +804,7 @@ class RemoteClipDock(QgsDockWidget):
             self._show_plan(generation, None, e.problem)
             return
         self.plan_label.setText("Plan: counting tiles…")
-        threading.Thread(target=self._planner.work, args=(generation, job), daemon=True).start()
+        QThreadPool.globalInstance().start(_PlanRun(self._planner, generation, job))
 
     def _show_plan(self, generation: int, plan, problem: str) -> None:
         if generation != self._plan_generation:
@@ -1250,6 +1260,15 @@ def help_url() -> str:
             break
     home = meta["general"].get("homepage", "") if meta.has_section("general") else ""
     return (home or "https://github.com/remoteclip-qgis/remoteclip-qgis") + "#in-qgis"
+
+
+class _PlanRun(QRunnable):
+    def __init__(self, relay, generation: int, job):
+        super().__init__()
+        self.relay, self.generation, self.job = relay, generation, job
+
+    def run(self) -> None:
+        self.relay.work(self.generation, self.job)
 
 
 class _PlanRelay(QObject):

@@ -31,7 +31,7 @@ from . import deps
 from .core import catalog as cat
 from .core.bundle import DEMO_BUNDLE
 from .core.errors import RemoteClipError
-from .widgets import WrapLabel
+from .widgets import WrapLabel, menu_action
 
 LOG_TAG = "RemoteCLIP"
 SETTING_DIR = "RemoteCLIP/models_dir"
@@ -68,7 +68,7 @@ class ModelRow(QWidget):
         self.combo = QComboBox(self)
         self.combo.setObjectName("model_combo")
         # long names must not widen the dock: the combo elides instead
-        self.combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.combo.setMinimumContentsLength(6)
         self.combo.setToolTip("Models in the models folder, then the catalogue's models you can get")
         self.combo.activated.connect(self._chosen)
@@ -80,11 +80,11 @@ class ModelRow(QWidget):
         self.get_button.clicked.connect(self.get)
         self.more_button = QToolButton(self)
         self.more_button.setText("…")
-        self.more_button.setPopupMode(QToolButton.InstantPopup)
+        self.more_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         menu = QMenu(self.more_button)
-        menu.addAction("Refresh the list", self.refresh)
-        menu.addAction("Choose the models folder…", self._choose_folder)
-        menu.addAction("Choose a zipped bundle (.rclip.zip)…", self._choose_zip)
+        menu_action(menu, "Refresh the list", self.refresh)
+        menu_action(menu, "Choose the models folder…", self._choose_folder)
+        menu_action(menu, "Choose a zipped bundle (.rclip.zip)…", self._choose_zip)
         self.more_button.setMenu(menu)
         row.addWidget(self.combo, 1)
         row.addWidget(self.get_button)
@@ -92,7 +92,7 @@ class ModelRow(QWidget):
         col.addLayout(row)
 
         self.file_widget = QgsFileWidget(self)
-        self.file_widget.setStorageMode(QgsFileWidget.GetDirectory)
+        self.file_widget.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
         self.file_widget.setDialogTitle("RemoteCLIP model bundle folder")
         self.file_widget.setToolTip("A bundle folder (with manifest.json) or a bundle .zip")
         self.file_widget.fileChanged.connect(self._path_changed)
@@ -108,7 +108,7 @@ class ModelRow(QWidget):
         prow.addWidget(self.cancel_button)
         col.addLayout(prow)
         self.status = WrapLabel("", self)
-        self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         col.addWidget(self.status)
         self.info = WrapLabel("", self)
         col.addWidget(self.info)
@@ -265,7 +265,7 @@ class ModelRow(QWidget):
         self.file_widget.setFilePath(bundle)
         self._select_path(bundle)
         self._say(f"{Path(bundle).name} is ready: {bundle}")
-        self.message.emit(f"{Path(bundle).name} is ready and selected.", int(Qgis.Success))
+        self.message.emit(f"{Path(bundle).name} is ready and selected.", int(Qgis.MessageLevel.Success))
         self.pulled.emit(bundle)
 
     def _failed(self, error: str, _details: str) -> None:
@@ -273,7 +273,7 @@ class ModelRow(QWidget):
         self._done()
         self.select_entry(name)       # ready to try again
         self._say(error, error=True)
-        self.message.emit(error, int(Qgis.Critical))
+        self.message.emit(error, int(Qgis.MessageLevel.Critical))
 
     def _cancelled(self) -> None:
         name = self.task.name
@@ -290,7 +290,7 @@ class ModelRow(QWidget):
         esc = html.escape(text, quote=False)
         self.status.setText(f"<span style='color:#b00020'>{esc}</span>" if error else esc)
         if error:
-            QgsMessageLog.logMessage(text, LOG_TAG, Qgis.Warning)
+            QgsMessageLog.logMessage(text, LOG_TAG, Qgis.MessageLevel.Warning)
 
     def unload(self) -> None:
         for t in (self.task, self.install_task):

@@ -12,6 +12,7 @@ import re
 
 from qgis.PyQt.QtCore import QEvent, QObject, Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
+    QAction,
     QCheckBox,
     QComboBox,
     QFormLayout,
@@ -29,6 +30,14 @@ def compact(combo: QComboBox, chars: int = 6) -> None:
     keep their tooltips)."""
     combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
     combo.setMinimumContentsLength(chars)
+
+
+def menu_action(menu, text: str, slot) -> QAction:
+    """A menu entry calling ``slot`` (Qt6 has no addAction(text, slot))."""
+    action = QAction(text, menu)
+    action.triggered.connect(lambda _checked=False: slot())
+    menu.addAction(action)
+    return action
 
 
 def fit_forms(root: QWidget) -> None:
@@ -250,6 +259,13 @@ def breakable(text: str, rich: bool = False) -> str:
     return "".join(p if p.startswith("<") else fix(p) for p in _TAG.split(text))
 
 
+def looks_rich(text: str) -> bool:
+    """What QLabel's AutoText takes for rich text: a tag in the first line (Qt.mightBeRichText, which Qt6's
+    bindings lack)."""
+    first = text.split("\n", 1)[0]
+    return bool(re.search(r"<[A-Za-z!/][^<>]*>", first))
+
+
 class WrapLabel(QLabel):
     """A word-wrapped label that also wraps long paths and names (it shows them with break opportunities;
     ``text()`` gives the text as set) and so never asks for more width than the dock has."""
@@ -263,7 +279,7 @@ class WrapLabel(QLabel):
     def setText(self, text: str) -> None:  # noqa: N802 (Qt's name)
         self._raw = text or ""
         rich = self.textFormat() == Qt.TextFormat.RichText or (
-            self.textFormat() == Qt.TextFormat.AutoText and Qt.mightBeRichText(self._raw))
+            self.textFormat() == Qt.TextFormat.AutoText and looks_rich(self._raw))
         super().setText(breakable(self._raw, rich))
 
     def text(self) -> str:

@@ -21,11 +21,13 @@ def _text_width(label) -> tuple[float, float]:
     from qgis.PyQt.QtGui import QTextDocument
     from qgis.PyQt.QtWidgets import QLabel
 
+    from remoteclip_qgis.widgets import looks_rich
+
     text = QLabel.text(label)   # what it shows (a WrapLabel shows its text with break opportunities)
     rect = label.contentsRect()
     margin = 2 * label.margin()
     rich = label.textFormat() == Qt.TextFormat.RichText or (
-        label.textFormat() == Qt.TextFormat.AutoText and Qt.mightBeRichText(text))
+        label.textFormat() == Qt.TextFormat.AutoText and looks_rich(text))
     if not rich and not label.wordWrap():
         fm = label.fontMetrics()
         lines = text.split("\n")

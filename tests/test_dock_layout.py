@@ -143,6 +143,10 @@ REAL_CODE = """
            raster_toolbar=window.findChild(QToolBar, "mRasterToolBar").isVisible())
     action.trigger()
     dock = plugin.dock
+    # the first start's banner, whatever this machine has installed (the longest content the dock shows)
+    from remoteclip_qgis import deps
+    deps.missing_modules = lambda: ["onnxruntime", "ftfy", "regex"]
+    dock.refresh_dependencies()
     window.resizeDocks([dock], [300], Qt.Orientation.Horizontal)
     for box in dock.findChildren(QgsCollapsibleGroupBox):
         box.setCollapsed(False)
@@ -166,7 +170,10 @@ def real_qgis(built_plugin, tmp_path_factory):
     require(qgis_program() is not None, "the qgis program is not installed")
     out = {}
     for scale in (1.0, 1.5):
-        settings = {"qgis": {"stylesheet\\fontPointSize": str(QGIS_FONT_PT * scale)}} if scale != 1.0 else None
+        size = str(QGIS_FONT_PT * scale)
+        # Settings > Options > General > Font size: the key moved in QGIS 3.40
+        settings = {"qgis": {"stylesheet\\fontPointSize": size}, "app": {"fontPointSize": size}} \
+            if scale != 1.0 else None
         out[scale] = run_in_qgis(built_plugin, tmp_path_factory.mktemp(f"qgis-{scale}"), REAL_CODE,
                                  settings=settings)
     return out
@@ -186,5 +193,6 @@ def test_in_real_qgis_the_dock_lays_out_fully_at_300_px(real_qgis, scale):
     out = real_qgis[scale]
     assert "error" not in out, out["error"]
     assert out["width"] == DOCK_WIDTH and out["font"] == pytest.approx(QGIS_FONT_PT * scale)
-    assert out["banner"] and out["demo"], "a fresh profile: packages missing, the demo model chosen"
+    assert out["banner"], "the missing packages' banner did not show"
+    assert out["demo"], "a fresh profile has the demo model chosen, and says so"
     assert out["problems"] == []
