@@ -109,6 +109,7 @@ ANALYZER_ACCEPTED_AT = {
     ("UNSAFE_SUBPROCESS", "deps.py"),
     # the command line prints; the plugin never calls it
     ("PRINT_STATEMENT", "core/cli.py"),
+    ("PRINT_STATEMENT", "core/convert/__main__.py"),
     # deprecated for QGIS 4 (which reads qgisMaximumVersion=4.99), still read by the Qt6 builds of QGIS 3.x
     ("METADATA_SUPPORTS_QT6", "metadata.txt"),
 }
