@@ -11,8 +11,9 @@ The classifier has two heads over the same unit-length tile embeddings:
 Their log-probabilities are mixed, ``log p = (1 - alpha) log p_zero_shot + alpha log p_samples``
 (renormalised). ``alpha`` (0 = class names alone, 1 = samples alone) and the L2 strength are chosen by
 k-fold cross-validation on the samples: the pair with the best balanced accuracy (mean per-class
-recall) of the held-out predictions; ties go to the lower log-loss, then to the smaller ``alpha`` (the
-class names), then to the stronger L2. Folds are stratified and **grouped by sample**: the tiles of one
+recall) of the held-out predictions. The samples must earn their say: when the class names alone
+(``alpha`` 0) tie for the best, they are kept; other ties go to the lower log-loss, then to the
+smaller ``alpha``, then to the stronger L2. Folds are stratified and **grouped by sample**: the tiles of one
 drawn polygon or point (and of samples that share a tile) are never split between training and
 evaluation. When some class has a single sample, folds fall back to single tiles (an optimistic
 estimate, said in a warning); when some class has a single sample tile, nothing can be validated and
@@ -374,8 +375,9 @@ def train(x: np.ndarray, y: np.ndarray, groups: np.ndarray, classes: list[str], 
             for a in ALPHAS:
                 p = mix(zs, oof[l2v], a)
                 pred = p.argmax(axis=1)
-                # best balanced accuracy; ties: lower log-loss, then smaller alpha, then stronger L2
-                score = (_balanced(y, pred, c), -_log_loss(p, y, c), -a, l2v or 0.0)
+                # best balanced accuracy; ties: the class names alone (the samples must earn their say), then
+                # the lower log-loss, then the smaller alpha, then the stronger L2
+                score = (_balanced(y, pred, c), a == 0.0, -_log_loss(p, y, c), -a, l2v or 0.0)
                 if best is None or score > best[0]:
                     best = (score, a, l2v, pred)
         _, alpha, l2, pred = best

@@ -425,7 +425,7 @@ def check_outputs(job: Job) -> dict:
         out["raster"] = check_raster_output(job.raster_output, job.overwrite, inputs)
     for path, what in job.task.files_out():
         out["head"] = check_file_output(path, what, job.overwrite, inputs)
-    if job.task.kind == "classify":
+    if job.task.reports:
         out["report"] = report_path(out["vector"], output_layer_name(job), out["raster"])
         if out["report"]:
             check_report_path(out["report"])

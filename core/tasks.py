@@ -171,6 +171,7 @@ class Task:
     style: ClassVar[Style] = Style()
     dissolve_field: ClassVar[str | None] = None
     dense: ClassVar[bool] = False              # can write a dense GeoTIFF (--raster-output)
+    reports: ClassVar[bool] = False            # makes a report (TaskOutput.report), saved beside the output
     output_title: ClassVar[str] = "Tiles"
 
     # --------------------------------------------------------------------------------- inputs
@@ -592,6 +593,7 @@ class ClassifyTask(Task):
                                    highlight='"is_sample" = 1', dense_range=(0.0, 1.0))
     dissolve_field: ClassVar[str | None] = "label"
     dense: ClassVar[bool] = True
+    reports: ClassVar[bool] = True
 
     def __post_init__(self):
         from .classify import METHODS

@@ -709,13 +709,17 @@ class RemoteClipDock(QgsDockWidget):
         try:
             layer = add_result_layer(result, self._kind, self._name,
                                      show_labels=form.show_labels() if form is not None else None)
+        except RemoteClipError as e:
+            self._report_error(e.problem, e.fix)
+            return
+        try:   # the result is written and shown; these extras must not turn it into a failure
             if result.raster_output:
                 self.last_dense_layer = add_dense_layer(result.raster_output, self._kind, self._name + " · heat map")
             self.last_suggestions = add_suggestions_layer(result, self._name) if any(
                 r.get("suggest") for r in result.records) else None
-        except RemoteClipError as e:
-            self._report_error(e.problem, e.fix)
-            return
+        except Exception as e:   # noqa: BLE001 (reported, and the run's layer stays)
+            problem, fix = (e.problem, e.fix) if isinstance(e, RemoteClipError) else (f"{type(e).__name__}: {e}", None)
+            self._report_error(problem, fix)
         if form is not None:
             form.show_report(result.report)
         self.last_layer = layer

@@ -347,7 +347,11 @@ def add_dense_layer(path: str, kind: str, name: str, group_name: str = GROUP, pr
     if not layer.isValid():
         raise RemoteClipError(f"QGIS cannot open the heat map {path}.", "Open it with Layer > Add Raster Layer "
                                                                         "to see GDAL's message.")
-    desc = layer.dataProvider().bandDescription(band)
+    from osgeo import gdal
+
+    ds = gdal.Open(path)
+    desc = ds.GetRasterBand(band).GetDescription() if ds is not None and ds.RasterCount >= band else ""
+    ds = None
     if desc:
         layer.setName(f"{name} ({desc})")
     style_dense_layer(layer, kind, band)

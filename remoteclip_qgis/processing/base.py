@@ -231,7 +231,7 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
         self.add_output(QgsProcessingOutputString(self.PROVIDER, self.tr("onnxruntime provider that ran")))
         self.add_output(QgsProcessingOutputNumber(self.N_TILES, self.tr("Number of tiles")))
         self.add_output(QgsProcessingOutputBoolean(self.CACHE_HIT, self.tr("Embeddings came from the cache")))
-        if self.task_kind == "classify":
+        if self.task_cls.reports:
             self.add_output(QgsProcessingOutputNumber(self.ACCURACY, self.tr("Cross-validated accuracy")))
             self.add_output(QgsProcessingOutputString(self.REPORT, self.tr("Classification report (JSON file)")))
 
@@ -436,7 +436,7 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
             self._dense = None
             if self.task_cls.dense and parameters.get(self.RASTER_OUTPUT) not in (None, ""):
                 self._dense = self.parameterAsOutputLayer(parameters, self.RASTER_OUTPUT, context) or None
-            if self._convert and self.task_kind == "classify":
+            if self._convert and self.task_cls.reports:
                 from ..core.outputs import check_report_path, report_path
 
                 check_report_path(report_path(path, layer_name or os.path.splitext(os.path.basename(path))[0]))
@@ -510,7 +510,7 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
         for prm in self.task_cls.params:
             if prm.kind == "file_out":
                 out[prm.processing_key] = getattr(job.task, prm.name, None)
-        if self.task_kind == "classify":
+        if self.task_cls.reports:
             from ..core.tasks import report_lines
 
             for line in report_lines(result.report):
