@@ -293,10 +293,6 @@ class RemoteClipDock(QgsDockWidget):
         self.count_object, self.count_max = count["object_name"], count["max_count"]
         self.search_query, self.search_topk, self.search_threshold = search["query"], search["top_k"], search["threshold"]
         self.search_map_labels = self.forms["search"].map_labels
-        classify = self.forms["classify"].widgets
-        self.samples_combo, self.class_field_combo = classify["samples"], classify["class_field"]
-        self.samples_selected_only = self.forms["classify"].selected_only["samples"]
-        self.suggest_spin = classify["suggest"]
 
     def _tiles_group(self, parent) -> QWidget:
         box = QgsCollapsibleGroupBox("Tiles", parent)

@@ -167,10 +167,11 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--cases", default="kampala-z21,kampala-z20,spacenet,rsscn7")
     ap.add_argument("--out", help="write the results as JSON here")
+    ap.add_argument("--cache-dir", help="embedding cache to use (default: a new temporary folder)")
     args = ap.parse_args(argv)
     d = data_dir()
     work = Path(tempfile.mkdtemp(prefix="measure_classify_"))
-    cache = str(work / "cache")
+    cache = args.cache_dir or str(work / "cache")
     makers = {
         "kampala-z21": lambda: building_case("kampala-z21", str(d / "orthomosaic/kampala_oam_z21_mosaic_3072x2048.tif"),
                                              str(d / "orthomosaic/kampala_buildings_z21_chips.geojson"), 128),
@@ -190,8 +191,8 @@ def main(argv=None) -> int:
         per_class = [int((case["pool"] & (case["truth"] == k)).sum()) for k in range(len(case["classes"]))]
         for model in args.model:
             t0 = time.perf_counter()
-            zs_pred, zres = run(case, model, cache, LabelTask(case["classes"]))
-            row = {"case": cname, "model": zres and Path(model).name, "eval_tiles": n_eval, "pool_per_class": per_class,
+            zs_pred, _ = run(case, model, cache, LabelTask(case["classes"]))
+            row = {"case": cname, "model": Path(model).name, "eval_tiles": n_eval, "pool_per_class": per_class,
                    "zero_shot": score(case, zs_pred), "classify": {}}
             for shots in SHOTS:
                 accs, alphas, cvs = [], [], []
