@@ -134,6 +134,9 @@ def _parser() -> argparse.ArgumentParser:
     for kind, cls in TASKS.items():
         p = sub.add_parser(kind, parents=[common], help=cls.summary, description=cls.help)
         _task_options(p, cls)
+    from .models import add_parser as add_models_parser
+
+    add_models_parser(sub)
     return ap
 
 
@@ -293,6 +296,10 @@ def main(argv=None) -> int:
     args = _parser().parse_args(_join_negative_values([str(a) for a in argv]))
     bar = None
     try:
+        if args.command == "models":
+            from .models import run as run_models
+
+            return run_models(args, _Bar)
         job = _job(args)
         from .jobs import run_job
 
