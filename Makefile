@@ -8,8 +8,8 @@ export QT_QPA_PLATFORM ?= offscreen
 
 help:
 	@echo "make setup       install QGIS (Debian), .venv and all pinned Python groups (idempotent)"
-	@echo "make test        lint + the test suite inside real QGIS (what CI runs)"
-	@echo "make test-all    the same plus slow tests (ViT-L-14 export, large rasters)"
+	@echo "make test        lint + the test suite inside real QGIS 3.22 (host), 3.40 and 3.44 (chroots)"
+	@echo "make test-all    the same plus slow tests (ViT-L-14 export, large rasters): what CI runs"
 	@echo "make label       the main job: label the Kampala orthomosaic's tiles with the demo model"
 	@echo "make package     dist/remoteclip_qgis-<version>.zip for QGIS's Install from ZIP"
 	@echo "make bench       benchmarks (bench/bench_*.py), results in bench-results/"

@@ -508,9 +508,10 @@ def staging_dir(out_dir, overwrite: bool = True) -> Path:
                               "Choose a folder you can write to for the bundle.") from e
 
 
-def publish_dir(tmp, out_dir) -> Path:
-    """Move the finished bundle from ``staging_dir`` to ``out_dir``, replacing what staging_dir allowed."""
-    out_dir = Path(out_dir).expanduser().resolve()
+def publish_dir(tmp, out_dir, overwrite: bool = True) -> Path:
+    """Move the finished bundle from ``staging_dir`` to ``out_dir``, replacing only what staging_dir allowed
+    (checked again: the folder may have changed while the bundle was written)."""
+    out_dir = check_destination(out_dir, overwrite)
     old = None
     if out_dir.exists():
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{int(time.time())}")

@@ -37,6 +37,8 @@ import time
 
 import numpy as np
 
+from .errors import gdal_return_codes
+
 __all__ = ["EmbeddingCache", "FORMAT_VERSION", "raster_identity"]
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,7 @@ def raster_identity(src) -> dict | None:
     return ident
 
 
+@gdal_return_codes()
 def _dataset_files(path: str) -> list[str]:
     """The files GDAL reads for the raster at ``path`` (the path itself when GDAL cannot list them)."""
     try:
@@ -122,6 +125,7 @@ def _archive_of(name: str) -> str | None:
     return None
 
 
+@gdal_return_codes()
 def _remote_validators(name: str) -> dict | None:
     """ETag, Last-Modified and size of a file on a server (GDAL's /vsicurl/ and friends), asked anew
     (GDAL's own cache of them is cleared first), or None when the server gives none of them."""

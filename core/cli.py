@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 
-from .errors import Cancelled, RemoteClipError
+from .errors import Cancelled, RemoteClipError, gdal_return_codes
 
 MAX_TILES = 50_000   # core.jobs.MAX_TILES (not imported here: `remoteclip --help` stays light)
 
@@ -60,6 +60,7 @@ def _bbox(text: str):
     return BBox(xmin, ymin, xmax, ymax, crs)
 
 
+@gdal_return_codes()
 def _polygons(path: str):
     """Polygons (WKT + CRS) from any OGR-readable vector file."""
     from .tiles import Polygons

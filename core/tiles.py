@@ -39,7 +39,7 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 
-from .errors import RemoteClipError
+from .errors import RemoteClipError, gdal_return_codes
 
 __all__ = ["TileSpec", "BBox", "Polygons", "Tile", "make_grid", "tile_size_px", "spec_params", "EDGE_MODES",
            "MIN_TILE_PX", "MAX_OVERLAP", "srs_from", "window_polygon_wkt", "require_crs"]
@@ -109,6 +109,7 @@ class Tile:
 
 # --------------------------------------------------------------------------------------------- CRS
 
+@gdal_return_codes()
 def srs_from(crs, what: str = "CRS"):
     """osr.SpatialReference from WKT / "EPSG:n" / n, with x = easting/longitude axis order."""
     from osgeo import osr
@@ -183,6 +184,7 @@ def tile_size_px(src, spec: TileSpec) -> tuple[int, int]:
     return tw, th
 
 
+@gdal_return_codes()
 def _metres_per_pixel(src) -> tuple[float, float]:
     """Ground metres of one pixel step along a row and along a column, at the raster's centre."""
     from osgeo import osr
@@ -320,6 +322,7 @@ def _to_pixels(transform):
     return inv
 
 
+@gdal_return_codes()
 def _extent_pixels(src, ext):
     """Pixel rectangle (col0, row0, col1, row1) the extent covers, and the polygons (OGR, raster CRS) to
     test tiles against (None for a bbox)."""

@@ -55,7 +55,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import RemoteClipError
+from .errors import RemoteClipError, gdal_return_codes
 
 __all__ = ["Field", "write_vector", "dissolve", "DRIVERS", "FIELD_TYPES", "shapefile_names", "check_output_path",
            "check_output", "output_exists", "input_files", "sidecar_path", "read_sidecar", "write_sidecar",
@@ -429,6 +429,7 @@ def _check(path, records, fields, dissolve_by):
         raise ValueError(f"dissolve_by {dissolve_by!r} is not one of the fields {names}")
 
 
+@gdal_return_codes()
 def write_vector(path, records, fields, crs_wkt: str, layer_name: str | None = None, dissolve_by: str | None = None,
                  metadata: dict | None = None, overwrite: bool = False, inputs=()) -> str:
     """Write ``records`` as polygons to ``path`` (.gpkg or .shp) safely; see the module docstring."""

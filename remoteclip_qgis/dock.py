@@ -808,7 +808,7 @@ def export_layer(layer: QgsVectorLayer, path: str, format_name: str = "GeoPackag
     options.fileEncoding = "UTF-8"
     options.layerName = layer_name
     if driver == "GPKG" and os.path.isfile(path):
-        options.actionOnExistingFile = QgsVectorFileWriter.CreateOrOverwriteLayer
+        options.actionOnExistingFile = QgsVectorFileWriter.ActionOnExistingFile.CreateOrOverwriteLayer
     err, message, new_file, _new_layer = QgsVectorFileWriter.writeAsVectorFormatV3(
         layer, path, QgsProject.instance().transformContext(), options)
     if err != QgsVectorFileWriter.WriterError.NoError:

@@ -103,10 +103,14 @@ def _extent_rect(extent, crs: QgsCoordinateReferenceSystem) -> QgsRectangle:
     if isinstance(extent, QgsRectangle):
         return QgsRectangle(extent)
     if isinstance(extent, Polygons):
-        rect = QgsRectangle()
-        rect.setMinimal()
+        rect = None   # QgsRectangle.setMinimal() is deprecated from QGIS 3.40 on, setNull() is missing in 3.22
         for wkt in extent.wkts:
-            rect.combineExtentWith(QgsGeometry.fromWkt(wkt).boundingBox())
+            box = QgsGeometry.fromWkt(wkt).boundingBox()
+            if rect is None:
+                rect = QgsRectangle(box)
+            else:
+                rect.combineExtentWith(box)
+        rect = rect if rect is not None else QgsRectangle()
         src_crs = extent.crs
     elif isinstance(extent, BBox):
         rect = QgsRectangle(extent.xmin, extent.ymin, extent.xmax, extent.ymax)

@@ -22,7 +22,9 @@ say() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
 t0=$(date +%s)
 
 # --- system packages -------------------------------------------------------
-apt_packages=(qgis python3-qgis qgis-providers python3-gdal xvfb python3-venv xauth)
+# python3-pyqt6: Debian's PyQt6 beside QGIS's PyQt5, for the check that the plugin's Qt names exist in Qt6
+# (QGIS 4); tests/test_qt6.py runs it in /usr/bin/python3, never in the QGIS process.
+apt_packages=(qgis python3-qgis qgis-providers python3-gdal xvfb python3-venv xauth python3-pyqt6)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -48,7 +50,9 @@ fi
 # Packages come from the registry itself: a local find-links folder on some
 # machines offers a CPU-only torch whose torchvision does not import.
 stamp=.venv/.remoteclip-setup
-want=$( (echo "${groups[*]}"; cat requirements/lock.txt; for g in "${groups[@]}"; do cat "requirements/$g.txt"; done) \
+# numpy and affine are held by the constraints for this QGIS (3.22 is built for numpy 1).
+constraints=requirements/constraints-qgis-3.22.txt
+want=$( (echo "${groups[*]}"; cat requirements/lock.txt "$constraints"; for g in "${groups[@]}"; do cat "requirements/$g.txt"; done) \
        | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && grep -qx "$want" "$stamp"; then
   say "Python packages up to date (${groups[*]})"
@@ -57,7 +61,7 @@ else
   reqs=()
   for g in "${groups[@]}"; do reqs+=(-r "requirements/$g.txt"); done
   PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS="" PIP_CERT="${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}" \
-    .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements/lock.txt "${reqs[@]}"
+    .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements/lock.txt -c "$constraints" "${reqs[@]}"
   echo "$want" > "$stamp"
 fi
 # The `remoteclip` command, pointing at this checkout.

@@ -505,6 +505,19 @@ def test_progress_source_name_and_overwrite(tiny_ckpt, tmp_path):
     assert (docs / "thesis.docx").read_text() == "precious"
 
 
+def test_a_folder_that_appears_during_the_run_is_not_replaced(tiny_ckpt, tmp_path):
+    out = tmp_path / "tiny"
+
+    def progress(fraction, message):
+        if message == "Writing the manifest":  # someone saves their work there meanwhile
+            out.mkdir()
+            (out / "notes.txt").write_text("mine")
+
+    with pytest.raises(RemoteClipError, match="not a bundle; refusing to overwrite"):
+        convert_checkpoint(tiny_ckpt, out, progress=progress)
+    assert (out / "notes.txt").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
+
+
 @pytest.mark.parametrize("stop_at", [1, 3, 6, 9, 12])
 def test_cancel_at_any_stage_leaves_nothing(stop_at, tiny_ckpt, tmp_path):
     calls = []
@@ -549,6 +562,15 @@ def test_fp16_graphs_keep_layer_norm_and_io_in_float32(tiny_ckpt, tmp_path):
         assert matmul_weights and set(matmul_weights) == {onnx.TensorProto.FLOAT16}
         assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert (out / "image_fp16.onnx").stat().st_size < 0.6 * (out / "image_fp32.onnx").stat().st_size
+
+
+def test_without_onnx_the_error_says_to_install_it(tiny_ckpt, tmp_path):
+    code = RUN_CONVERTER.replace('("torch", "open_clip", "torchvision")', '("torch", "open_clip", "torchvision", "onnx")')
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-c", code, str(tiny_ckpt), "--out", str(tmp_path / "b")], capture_output=True,
+                       text=True, env=env, cwd=ROOT, timeout=300)
+    assert r.returncode == 2 and "needs the onnx package" in r.stderr and "pip install onnx==" in r.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_command_line(tiny_ckpt, tmp_path):

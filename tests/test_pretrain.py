@@ -125,8 +125,13 @@ def test_cosine_schedule():
 
 def test_ddp_two_processes_gloo(captions, tmp_path):
     """torchrun with 2 CPU processes (gloo): both ranks train, rank 0 writes the checkpoint."""
+    import socket
+
     run = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    with socket.socket() as sock:   # a free port: a fixed one collides with another suite on the machine
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
            "-m", "training.pretrain", "--config", "tiny-test", "--train", str(captions / "train.csv"),
            "--epochs", "1", "--batch-size", "16", "--accum-steps", "2", "--lr", "5e-4", "--warmup", "1",
            "--threads", "1", "--quiet", "--out", str(run)]

@@ -373,10 +373,18 @@ def test_a_missing_model_names_the_model_and_the_fix(plugin, rgb_byte, tmp_path)
     assert not (tmp_path / "c.gpkg").exists()
 
 
-def test_the_output_is_styled_when_loaded_into_the_project(plugin, rgb_byte, tiny_bundle, tmp_path):
+def test_the_output_is_styled_when_loaded_into_the_project(plugin, rgb_byte, tiny_bundle, tmp_path, qgis_iface,
+                                                           monkeypatch):
     import processing
+    from qgis.core import QgsLayerTreeModel
+    from qgis.gui import QgsLayerTreeView
 
     project = QgsProject.instance()
+    # QGIS 3.44's Processing hands iface.layerTreeView() to C++, where pytest-qgis's stand-in is refused:
+    # a real layer tree view on the project's tree
+    view = QgsLayerTreeView()
+    view.setModel(QgsLayerTreeModel(project.layerTreeRoot(), view))
+    monkeypatch.setattr(qgis_iface, "layerTreeView", lambda: view)
     before = set(project.mapLayers())
     out = tmp_path / "styled.gpkg"
     params = base_params(rgb_byte, tiny_bundle, out, LABELS=LABELS, TILE_SIZE=128)
@@ -664,13 +672,17 @@ def test_labeltiles_runs_inside_a_processing_model(plugin, rgb_byte, tiny_bundle
     assert again.fromFile(str(path))
     assert again.childAlgorithm("label").algorithmId() == "remoteclip:labeltiles"
 
+    # QGIS 3.22 names the model's output parameter CHILD:OUTPUT ("label:labels"), 3.36 and later the output
+    # itself ("labels")
+    names = [p.name() for p in again.destinationParameterDefinitions()]
+    assert len(names) == 1 and names[0] in ("label:labels", "labels"), names
     import processing
 
     out = tmp_path / "labels.gpkg"
-    res = processing.run(again, {"raster": rgb_byte, "classes": "water, forest, fields", "label:labels": str(out)},
+    res = processing.run(again, {"raster": rgb_byte, "classes": "water, forest, fields", names[0]: str(out)},
                          feedback=QgsProcessingFeedback())
     layer = open_output(out)
-    assert res["label:labels"] == str(out)
+    assert res[names[0]] == str(out)
     assert layer.crs().authid() == "EPSG:32618"
     # the model's child ran the job core runs for those parameters
     from remoteclip_qgis.core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job

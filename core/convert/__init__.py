@@ -1,7 +1,6 @@
 """OpenCLIP checkpoint (RemoteCLIP, GeoRSCLIP, SkyCLIP...) -> model bundle, with numpy and onnx only.
 
-    from core.convert import convert_checkpoint
-    convert_checkpoint("RemoteCLIP-ViT-B-32.pt", "models/RemoteCLIP-ViT-B-32", fp16=True)
+    core.convert.convert_checkpoint("RemoteCLIP-ViT-B-32.pt", "models/RemoteCLIP-ViT-B-32", fp16=True)
 
     python -m core.convert RemoteCLIP-ViT-B-32.pt --out models/RemoteCLIP-ViT-B-32 --fp16
 
@@ -36,7 +35,7 @@ from ..errors import Cancelled, RemoteClipError
 from .architectures import detect_architecture, known_architectures, preprocess_config, resolve
 from .checkpoint import load_state_dict
 
-__all__ = ["convert_checkpoint", "detect_architecture", "known_architectures", "load_state_dict",
+__all__ = ["convert_checkpoint", "detect_architecture", "known_architectures", "load_state_dict", "require_onnx",
            "ACTIVATIONS", "THRESHOLDS"]
 
 ACTIVATIONS = ("quick_gelu", "gelu")
@@ -56,7 +55,9 @@ def _sha256_file(path) -> str:
     return h.hexdigest()
 
 
-def _need_onnx():
+def require_onnx():
+    """The onnx module, or RemoteClipError saying to install it (the only package conversion adds to the
+    runtime; callers can ask before they start)."""
     try:
         import onnx
     except ImportError as e:
@@ -126,7 +127,7 @@ def convert_checkpoint(checkpoint, out_dir, *, arch: str = "auto", activation: s
     (origin URL, sha256...; the file's name and sha256 are filled in when missing). ``verify`` compares the
     graphs with a numpy forward pass of the checkpoint and refuses to write a bundle that disagrees.
     """
-    onnx = _need_onnx()
+    onnx = require_onnx()
     from . import graphs as G
 
     if activation not in ACTIVATIONS:
@@ -145,9 +146,7 @@ def convert_checkpoint(checkpoint, out_dir, *, arch: str = "auto", activation: s
     check_destination(out_dir, overwrite)  # refuse a bad destination before the long work
     sd = load_state_dict(checkpoint)
     stage(0.05, "Recognising the architecture")
-    arch, cfg = resolve(sd, arch)
-    if "logit_scale" not in sd:
-        raise RemoteClipError(f"Checkpoint {checkpoint} has no logit_scale.", "Pass a complete CLIP state dict.")
+    arch, cfg = resolve(sd, arch)  # every key of the architecture, logit_scale included
     pp = preprocess_config(arch)
     src = {"checkpoint": checkpoint.name, "sha256": None, "origin": f"file://{checkpoint.name}"}
     src.update(source or {})
@@ -199,7 +198,7 @@ def convert_checkpoint(checkpoint, out_dir, *, arch: str = "auto", activation: s
         write_manifest(tmp, manifest)
         load_bundle(tmp)  # the reader accepts what was written
         stage(0.99, "Finishing")
-        out = publish_dir(tmp, out_dir)
+        out = publish_dir(tmp, out_dir, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
