@@ -23,7 +23,7 @@ import tempfile
 
 import numpy as np
 
-from .errors import RemoteClipError
+from .errors import RemoteClipError, gdal_return_codes
 
 __all__ = ["RASTER_EXTENSIONS", "check_raster_output", "dense_grid", "write_dense"]
 
@@ -98,6 +98,7 @@ def dense_values(tiles, values, tile_px, step_px, transform):
     return out.astype(np.float32), gt
 
 
+@gdal_return_codes()
 def write_dense(path, tiles, values, names: list[str], tile_px, step_px, transform, crs_wkt: str,
                 overwrite: bool = False, inputs=(), metadata: dict | None = None) -> str:
     """Write the dense map of ``values`` (one row per tile, one column per band) to the GeoTIFF ``path``."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import RemoteClipError
+from .errors import RemoteClipError, gdal_return_codes
 
 __all__ = ["Samples", "SampleTiles", "read_samples", "class_text", "match_tiles"]
 
@@ -85,6 +85,7 @@ def class_text(value) -> str:
     return str(value).strip()
 
 
+@gdal_return_codes()
 def read_samples(path, class_field: str, layer: str | None = None) -> Samples:
     """Samples from a vector file OGR reads (GeoPackage, Shapefile, GeoJSON, ...): its first layer (or
     ``layer``), the class from ``class_field``."""
@@ -146,6 +147,7 @@ class SampleTiles:
     outside: int = 0          # samples that claimed no tile (outside the raster or the extent)
 
 
+@gdal_return_codes()
 def match_tiles(samples: Samples, tiles, crs_wkt: str, classes: list[str] | None = None) -> SampleTiles:
     """The sample tiles among ``tiles`` (Tile objects with ``polygon_wkt`` in ``crs_wkt``)."""
     from osgeo import ogr, osr

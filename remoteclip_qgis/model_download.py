@@ -52,7 +52,7 @@ def qgis_transport(url: str, start: int, headers: dict, timeout: float = 60.0):
     linked: dict[str, str] = {}
     for _hop in range(10):
         req = QNetworkRequest(QUrl(url))
-        req.setAttribute(QNetworkRequest.RedirectPolicyAttribute, QNetworkRequest.ManualRedirectPolicy)
+        req.setAttribute(QNetworkRequest.Attribute.RedirectPolicyAttribute, QNetworkRequest.RedirectPolicy.ManualRedirectPolicy)
         req.setRawHeader(b"User-Agent", USER_AGENT.encode())
         for k, v in headers.items():
             req.setRawHeader(k.encode("latin-1"), str(v).encode("latin-1"))
@@ -60,14 +60,14 @@ def qgis_transport(url: str, start: int, headers: dict, timeout: float = 60.0):
             QgsApplication.authManager().updateNetworkRequest(req, authcfg)
         reply = QgsNetworkAccessManager.instance().get(req)
         waited = 0.0
-        while reply.attribute(QNetworkRequest.HttpStatusCodeAttribute) is None and not reply.isFinished():
+        while reply.attribute(QNetworkRequest.Attribute.HttpStatusCodeAttribute) is None and not reply.isFinished():
             _spin(reply)
             waited += 0.2
             if waited > timeout:
                 reply.abort()
                 raise RemoteClipError(f"No answer from {url} in {timeout:.0f} s.",
                                       "Check the network and QGIS's proxy settings (Settings > Options > Network).")
-        status = reply.attribute(QNetworkRequest.HttpStatusCodeAttribute)
+        status = reply.attribute(QNetworkRequest.Attribute.HttpStatusCodeAttribute)
         hdrs = _headers(reply)
         if status is None:
             message = reply.errorString()
@@ -96,7 +96,7 @@ def _chunks(reply, timeout: float):
             yield bytes(reply.read(min(n, CHUNK)))
             continue
         if reply.isFinished():
-            if reply.error() != QNetworkReply.NoError:
+            if reply.error() != QNetworkReply.NetworkError.NoError:
                 raise OSError(reply.errorString())   # a dropped connection: core resumes it
             return
         _spin(reply)
@@ -115,7 +115,7 @@ class PullTask(QgsTask):
     statusChanged = pyqtSignal(str)
 
     def __init__(self, name: str, folder, url: str | None = None, transport=None):
-        super().__init__(f"RemoteCLIP: get {name}", QgsTask.CanCancel)
+        super().__init__(f"RemoteCLIP: get {name}", QgsTask.Flag.CanCancel)
         self.name = name
         self.folder = folder
         self.url = url
@@ -157,5 +157,5 @@ class PullTask(QgsTask):
             self.cancelledByUser.emit()
         else:
             error = self.error or "The download stopped without a result."
-            QgsMessageLog.logMessage(f"Getting {self.name} failed: {error}\n{self.details}", LOG_TAG, Qgis.Critical)
+            QgsMessageLog.logMessage(f"Getting {self.name} failed: {error}\n{self.details}", LOG_TAG, Qgis.MessageLevel.Critical)
             self.failed.emit(error, self.details)

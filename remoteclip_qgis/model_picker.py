@@ -17,6 +17,7 @@ from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsSettings
 from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
+    QAction,
     QComboBox,
     QFileDialog,
     QHBoxLayout,
@@ -68,7 +69,7 @@ class ModelRow(QWidget):
         self.combo = QComboBox(self)
         self.combo.setObjectName("model_combo")
         # long names must not widen the dock: the combo elides instead
-        self.combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.combo.setMinimumContentsLength(6)
         self.combo.setToolTip("Models in the models folder, then the catalogue's models you can get")
         self.combo.activated.connect(self._chosen)
@@ -80,11 +81,13 @@ class ModelRow(QWidget):
         self.get_button.clicked.connect(self.get)
         self.more_button = QToolButton(self)
         self.more_button.setText("…")
-        self.more_button.setPopupMode(QToolButton.InstantPopup)
+        self.more_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         menu = QMenu(self.more_button)
-        menu.addAction("Refresh the list", self.refresh)
-        menu.addAction("Choose the models folder…", self._choose_folder)
-        menu.addAction("Choose a zipped bundle (.rclip.zip)…", self._choose_zip)
+        for text, slot in (("Refresh the list", self.refresh), ("Choose the models folder…", self._choose_folder),
+                           ("Choose a zipped bundle (.rclip.zip)…", self._choose_zip)):
+            action = QAction(text, menu)   # addAction(text, slot) is gone in Qt6
+            action.triggered.connect(lambda _checked=False, slot=slot: slot())
+            menu.addAction(action)
         self.more_button.setMenu(menu)
         row.addWidget(self.combo, 1)
         row.addWidget(self.get_button)
@@ -92,7 +95,7 @@ class ModelRow(QWidget):
         col.addLayout(row)
 
         self.file_widget = QgsFileWidget(self)
-        self.file_widget.setStorageMode(QgsFileWidget.GetDirectory)
+        self.file_widget.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
         self.file_widget.setDialogTitle("RemoteCLIP model bundle folder")
         self.file_widget.setToolTip("A bundle folder (with manifest.json) or a bundle .zip")
         self.file_widget.fileChanged.connect(self._path_changed)
@@ -109,7 +112,7 @@ class ModelRow(QWidget):
         col.addLayout(prow)
         self.status = QLabel(self)
         self.status.setWordWrap(True)
-        self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         col.addWidget(self.status)
         self.info = QLabel(self)
         self.info.setWordWrap(True)
@@ -267,7 +270,7 @@ class ModelRow(QWidget):
         self.file_widget.setFilePath(bundle)
         self._select_path(bundle)
         self._say(f"{Path(bundle).name} is ready: {bundle}")
-        self.message.emit(f"{Path(bundle).name} is ready and selected.", int(Qgis.Success))
+        self.message.emit(f"{Path(bundle).name} is ready and selected.", int(Qgis.MessageLevel.Success))
         self.pulled.emit(bundle)
 
     def _failed(self, error: str, _details: str) -> None:
@@ -275,7 +278,7 @@ class ModelRow(QWidget):
         self._done()
         self.select_entry(name)       # ready to try again
         self._say(error, error=True)
-        self.message.emit(error, int(Qgis.Critical))
+        self.message.emit(error, int(Qgis.MessageLevel.Critical))
 
     def _cancelled(self) -> None:
         name = self.task.name
@@ -292,7 +295,7 @@ class ModelRow(QWidget):
         esc = html.escape(text, quote=False)
         self.status.setText(f"<span style='color:#b00020'>{esc}</span>" if error else esc)
         if error:
-            QgsMessageLog.logMessage(text, LOG_TAG, Qgis.Warning)
+            QgsMessageLog.logMessage(text, LOG_TAG, Qgis.MessageLevel.Warning)
 
     def unload(self) -> None:
         for t in (self.task, self.install_task):

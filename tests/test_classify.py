@@ -309,3 +309,42 @@ def test_dense_cells_average_the_tiles_that_cover_them():
                            transform)
     assert data.shape == (1, 2, 2) and data[0, 0, 0] == 1.0 and data[0, 1, 1] == 2.0
     assert np.isnan(data[0, 0, 1]) and np.isnan(data[0, 1, 0])
+
+
+# ------------------------------------------------------------------------- GDAL exceptions (QGIS 3.40+)
+
+@pytest.fixture
+def exceptions_on():
+    """GDAL, OGR and OSR raise Python exceptions, as inside QGIS 3.40 and later; restored afterwards."""
+    from osgeo import gdal, ogr, osr
+
+    before = [m.GetUseExceptions() for m in (gdal, ogr, osr)]
+    for m in (gdal, ogr, osr):
+        m.UseExceptions()
+    yield
+    for m, was in reversed(list(zip((gdal, ogr, osr), before, strict=True))):
+        if not was:
+            m.DontUseExceptions()
+
+
+def test_samples_and_dense_maps_give_our_errors_with_gdal_exceptions_on(exceptions_on, tmp_path):
+    from core.dense import write_dense
+    from core.samples import read_samples
+
+    junk = tmp_path / "junk.geojson"
+    junk.write_text("not json", encoding="utf-8")
+    with pytest.raises(RemoteClipError, match="not a vector file OGR can open"):
+        read_samples(junk, "class")
+    tiles, transform = _tiles()
+    with pytest.raises(RemoteClipError, match="coordinate reference system"):
+        match_tiles(Samples(["POINT (1005 1995)", "POINT (1025 1985)"], ["a", "b"], "EPSG:999999"), tiles,
+                    "EPSG:32636")
+    with pytest.raises(RemoteClipError, match="no valid geometry"):
+        match_tiles(Samples(["POINT (1005", "POINT (1025 1985)"], ["a", "b"]), tiles, "EPSG:32636")
+    out = write_dense(str(tmp_path / "d.tif"), tiles, np.arange(6.0), ["v"], (10, 10), (10, 10), transform,
+                      "EPSG:32636")
+    from osgeo import gdal
+
+    ds = gdal.Open(out)
+    assert ds.GetRasterBand(1).ReadAsArray().ravel().tolist() == [0, 1, 2, 3, 4, 5]
+    ds = None
