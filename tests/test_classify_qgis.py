@@ -39,17 +39,20 @@ def kampala(data_dir):
             "classes": [NAMES[0]] * 4 + [NAMES[1]] * 4}
 
 
-def samples_layer(kampala, name="samples"):
-    """The sample points as a memory layer in UTM 36N (the mosaic is in degrees), class in the field "kind"."""
+def samples_layer(kampala, name="samples", polygons=False):
+    """The samples as a memory layer in UTM 36N (the mosaic is in degrees), class in the field "kind": points,
+    or polygons 3 m around them (drawn polygons, inside their 19 m tiles)."""
     from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform
 
-    layer = QgsVectorLayer("Point?crs=EPSG:32636&field=kind:string&field=note:string", name, "memory")
+    kind = "Polygon" if polygons else "Point"
+    layer = QgsVectorLayer(f"{kind}?crs=EPSG:32636&field=kind:string&field=note:string", name, "memory")
     ct = QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:4326"), QgsCoordinateReferenceSystem("EPSG:32636"),
                                 QgsProject.instance())
     feats = []
     for (x, y), cls in zip(kampala["points"], kampala["classes"], strict=True):
         f = QgsFeature(layer.fields())
-        f.setGeometry(QgsGeometry.fromPointXY(ct.transform(QgsPointXY(x, y))))
+        p = ct.transform(QgsPointXY(x, y))
+        f.setGeometry(QgsGeometry.fromPointXY(p).buffer(3, 1) if polygons else QgsGeometry.fromPointXY(p))
         f.setAttributes([cls, "drawn"])
         feats.append(f)
     assert layer.dataProvider().addFeatures(feats)[0]
@@ -90,7 +93,7 @@ def _wait(dock):
 def test_the_classify_tab_from_sample_layer_to_classified_mosaic(dock, kampala, tmp_path):
     raster = QgsRasterLayer(kampala["raster"], "kampala")
     QgsProject.instance().addMapLayer(raster)
-    samples = samples_layer(kampala)
+    samples = samples_layer(kampala, polygons=True)   # drawn polygons
     QgsProject.instance().addMapLayer(samples)
     dock.layer_combo.setLayer(raster)
     dock.set_kind("classify")
