@@ -665,7 +665,10 @@ class ClassifyTask(Task):
         from .samples import match_tiles
 
         if "head" in prepared:
-            return {"head": prepared["head"], "sample_tiles": {}, "report": prepared["head"].report}
+            head = prepared["head"]
+            report = {**(head.report or {}), "format": "remoteclip-classify-report", "classes": head.classes,
+                      "method": head.method, "alpha": head.alpha, "applied": self.head, "model": head.model}
+            return {"head": head, "sample_tiles": {}, "report": report}
         classes = prepared["classes"]
         xs, ys, gs = [], [], []
         kept: dict[str, np.ndarray] = {}
@@ -765,6 +768,12 @@ def report_lines(report: dict | None) -> list[str]:
     the confusion matrix (rows: true class, columns: predicted)."""
     if not report:
         return []
+    lines = [f"applied the saved classifier {report['applied']}; its figures are from its training:"] \
+        if report.get("applied") else []
+    return lines + _report_lines(report)
+
+
+def _report_lines(report: dict) -> list[str]:
     cv = report.get("cv")
     alpha = report.get("alpha")
     mix = "class names alone" if not alpha else "samples alone" if alpha == 1 else \
