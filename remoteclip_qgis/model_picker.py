@@ -17,6 +17,7 @@ from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsSettings
 from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
+    QAction,
     QComboBox,
     QFileDialog,
     QHBoxLayout,
@@ -84,8 +85,9 @@ class ModelRow(QWidget):
         menu = QMenu(self.more_button)
         for text, slot in (("Refresh the list", self.refresh), ("Choose the models folder…", self._choose_folder),
                            ("Choose a zipped bundle (.rclip.zip)…", self._choose_zip)):
-            action = menu.addAction(text)   # addAction(text, slot) is gone in Qt6
-            action.triggered.connect(slot)
+            action = QAction(text, menu)   # addAction(text, slot) is gone in Qt6
+            action.triggered.connect(lambda _checked=False, slot=slot: slot())
+            menu.addAction(action)
         self.more_button.setMenu(menu)
         row.addWidget(self.combo, 1)
         row.addWidget(self.get_button)

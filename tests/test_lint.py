@@ -107,7 +107,7 @@ ANALYZER_ACCEPTED_AT = {
     ("POTENTIAL_MISSING_SLOT", "diagnostics.py"),
     # argument lists without shell=True (nvidia-smi -L; pip into the plugin's folder), flagged by name
     ("UNSAFE_SUBPROCESS", "deps.py"),
-    # the command line prints; the plugin never calls it
+    # the command lines print; the plugin never calls them
     ("PRINT_STATEMENT", "core/cli.py"),
     ("PRINT_STATEMENT", "core/convert/__main__.py"),
     # deprecated for QGIS 4 (which reads qgisMaximumVersion=4.99), still read by the Qt6 builds of QGIS 3.x
