@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import time
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from .errors import RemoteClipError
@@ -40,6 +41,48 @@ _REQUIRED_TEXT = ("vocab_file", "context_length", "sot_token_id", "eot_token_id"
 
 _EXPORT_HINT = ("Export a bundle with `python -m training.export --arch ViT-B-32 --checkpoint FILE "
                 "--out DIR`, or pick a bundle folder that contains manifest.json.")
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """The manifest's ``image`` section, checked: how a tile becomes the model's input."""
+    size: tuple[int, int]                 # (height, width)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize_mode: str                      # shortest | longest | squash
+    interpolation: str
+    crop: str
+    fill_color: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """The manifest's ``text`` section, checked: how a prompt becomes token ids."""
+    vocab_file: str
+    context_length: int
+    vocab_size: int
+    sot_token_id: int
+    eot_token_id: int
+    pad_token_id: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A bundle's manifest.json parsed once into checked, typed values (``raw`` keeps the JSON object
+    for the sections the typed view does not cover: model_config, source, exporter, parity)."""
+    name: str
+    architecture: str
+    embed_dim: int
+    activation: str
+    logit_scale: float
+    image: ImageConfig
+    text: TextConfig
+    graphs: dict                          # precision -> {"image": file, "text": file}
+    raw: dict = field(repr=False, compare=False, default_factory=dict)
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        return tuple(p for p in PRECISIONS if p in self.graphs)
 
 
 _DIGESTS: dict = {}
@@ -72,31 +115,42 @@ def _size_and_time(path: Path) -> tuple[int, int]:
 
 
 class Bundle:
-    """A validated bundle on disk. Paths point into the folder (zips are extracted once)."""
+    """A validated bundle on disk. Paths point into the folder (zips are extracted once).
 
-    def __init__(self, path: Path, manifest: dict, source: Path | None = None):
+    ``config`` is the manifest parsed once (:class:`Manifest`); a loaded Bundle can be handed to a job
+    (``RunOptions(model=bundle)``) so a worker does not read and check the manifest again.
+    ``manifest`` (the JSON object), ``image`` and ``text`` (its sections, as dicts) stay for the
+    preprocessing and the tokenizer."""
+
+    def __init__(self, path: Path, manifest: dict, source: Path | None = None, config: Manifest | None = None):
         self.path = Path(path)
         self.manifest = manifest
+        self.config = config if config is not None else parse_manifest(manifest, source or path)
         # where the user pointed (the .zip for archives); the identity shown in messages
         self.source = Path(source) if source is not None else self.path
         self._sha256: str | None = None
+        self._stamp = _manifest_stamp(self.path)
 
-    name = property(lambda self: self.manifest["name"])
-    architecture = property(lambda self: self.manifest["architecture"])
-    embed_dim = property(lambda self: int(self.manifest["embed_dim"]))
+    name = property(lambda self: self.config.name)
+    architecture = property(lambda self: self.config.architecture)
+    embed_dim = property(lambda self: self.config.embed_dim)
     image = property(lambda self: self.manifest["image"])
     text = property(lambda self: self.manifest["text"])
-    logit_scale = property(lambda self: float(self.manifest["logit_scale"]))
-    activation = property(lambda self: self.manifest["activation"])
+    logit_scale = property(lambda self: self.config.logit_scale)
+    activation = property(lambda self: self.config.activation)
 
     @property
     def precisions(self) -> tuple[str, ...]:
-        return tuple(p for p in PRECISIONS if p in self.manifest["graphs"])
+        return self.config.precisions
+
+    def is_current(self) -> bool:
+        """Whether the manifest on disk is still the one this Bundle was made from."""
+        return self._stamp is not None and self._stamp == _manifest_stamp(self.path)
 
     def graph_path(self, kind: str, precision: str = "fp32") -> Path:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
-        graphs = self.manifest["graphs"]
+        graphs = self.config.graphs
         if precision not in graphs:
             raise RemoteClipError(
                 f"Model bundle {self.source} has no {precision} graphs (it has: {', '.join(self.precisions)}).",
@@ -135,7 +189,9 @@ class Bundle:
 def load_bundle(path) -> Bundle:
     """Open and validate a bundle folder or ``.zip``; raise RemoteClipError when it is unusable."""
     if isinstance(path, Bundle):
-        return path
+        if path.is_current():   # loaded before (the dock's model row): no second parse
+            return path
+        path = path.source
     if path is None or str(path).strip() == "":
         raise RemoteClipError("No model bundle was given.", _EXPORT_HINT)
     src = Path(bundle_path(path)).expanduser()
@@ -157,7 +213,7 @@ def load_bundle(path) -> Bundle:
         folder = src
     manifest = _read_manifest(folder, src)
     _check_files(folder, manifest, src)
-    return Bundle(folder, manifest, source=src)
+    return Bundle(folder, manifest, source=src, config=parse_manifest(manifest, src))
 
 
 def _read_manifest(folder: Path, src: Path) -> dict:
@@ -273,6 +329,34 @@ def check_manifest(m: dict, src) -> None:
             bad("graphs", prec, "precisions " + ", ".join(PRECISIONS))
         for kind in KINDS:
             inside(f"graphs.{prec}.{kind}", kinds[kind], bad)
+
+
+def parse_manifest(m: dict, src) -> Manifest:
+    """The checked manifest ``m`` as typed values (``check_manifest`` has refused anything else)."""
+    img, text = m["image"], m["text"]
+    size = img["size"] if isinstance(img["size"], list) else [img["size"]]
+    size = (int(size[0]), int(size[-1]))
+    fill = img.get("fill_color", 0)
+    vocab = int(text.get("vocab_size", 49408))
+    return Manifest(
+        name=str(m["name"]), architecture=str(m["architecture"]), embed_dim=int(m["embed_dim"]),
+        activation=str(m["activation"]), logit_scale=float(m["logit_scale"]),
+        image=ImageConfig(size=size, mean=tuple(float(v) for v in img["mean"]),
+                          std=tuple(float(v) for v in img["std"]), resize_mode=str(img["resize_mode"]).lower(),
+                          interpolation=str(img["interpolation"]).lower(), crop=str(img["crop"]).lower(),
+                          fill_color=tuple(int(v) for v in (fill if isinstance(fill, list) else [fill]))),
+        text=TextConfig(vocab_file=str(text["vocab_file"]), context_length=int(text["context_length"]),
+                        vocab_size=vocab, sot_token_id=int(text["sot_token_id"]),
+                        eot_token_id=int(text["eot_token_id"]), pad_token_id=int(text.get("pad_token_id", 0))),
+        graphs={p: dict(g) for p, g in m["graphs"].items()}, raw=m)
+
+
+def _manifest_stamp(folder: Path):
+    try:
+        st = os.stat(Path(folder) / MANIFEST)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
 
 
 def inside(field: str, rel, bad) -> None:

@@ -1,4 +1,8 @@
-"""``remoteclip label|count|search|embed RASTER --model BUNDLE ... -o OUT.gpkg``.
+"""``remoteclip label|count|search|embed|classify RASTER --model BUNDLE ... -o OUT.gpkg``.
+
+The sub-commands and their options come from the task registry (core.tasks.TASKS): each task's
+declared inputs become options (``--labels`` and ``--labels-file`` for class names, ``--templates`` and
+``--templates-file`` for templates, numbers with the task's defaults), parsed by the task itself.
 
 An existing output is replaced only with --overwrite (a GeoPackage keeps its
 other layers either way). Bad input ends with exit code 2 and a one-line error
@@ -92,6 +96,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .tiles import MAX_OVERLAP
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("raster", help="GeoTIFF or any raster GDAL reads")
     common.add_argument("--model", help="model bundle folder or .rclip.zip (default: models/remoteclip-demo, "
@@ -99,12 +105,13 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("-o", "--output", help="output vector file (.gpkg or .shp), written atomically")
     common.add_argument("--layer", help="layer name in the output (default: the task)")
     common.add_argument("--overwrite", action="store_true",
-                        help="replace an existing output (in a GeoPackage: the layer of that name; its other "
-                             "layers are kept)")
+                        help="replace existing outputs (in a GeoPackage: the layer of that name; its other "
+                             "layers are kept; also --raster-output and --head-out)")
     g = common.add_argument_group("tiles")
     g.add_argument("--tile-size", type=float, default=224, help="tile edge (default 224)")
     g.add_argument("--tile-unit", choices=("px", "m"), default="px", help="unit of --tile-size (default px)")
-    g.add_argument("--overlap", type=float, default=0.0, help="fraction of a tile shared with its neighbour, 0..<1")
+    g.add_argument("--overlap", type=float, default=0.0,
+                   help=f"fraction of a tile shared with its neighbour, 0..{MAX_OVERLAP:g}")
     g.add_argument("--bbox", help="only tiles in xmin,ymin,xmax,ymax[,EPSG] (default CRS: the raster's)")
     g.add_argument("--polygons", help="only tiles touching the polygons of this vector file")
     g.add_argument("--bands", help="three 1-based band numbers, e.g. 4,3,2 (default: RGB by colour "
@@ -120,64 +127,85 @@ def _parser() -> argparse.ArgumentParser:
                    "(refused without it)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no plan line")
 
-    ap = _Parser(prog="remoteclip", description="RemoteCLIP on rasters: zero-shot tile labels, "
-                                 "object counts, text search and tile embeddings.")
+    from .tasks import TASKS
+
+    ap = _Parser(prog="remoteclip", description="RemoteCLIP on rasters: zero-shot tile labels, object counts, "
+                 "text search, few-shot classification from samples and tile embeddings.")
     sub = ap.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("label", parents=[common], help="zero-shot labels per tile")
-    p.add_argument("--labels", help="comma-separated class names, e.g. 'buildings,trees,water'")
-    p.add_argument("--labels-file", help="class names, one per line (or a JSON list)")
-    p.add_argument("--preset", help="a built-in class list: " + ", ".join(_preset_names()))
-    p.add_argument("--templates-file", help="prompt templates with {} for the class, one per line")
-    p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--threshold", type=float, help="tiles whose best probability is lower are 'unknown'")
-    p = sub.add_parser("count", parents=[common], help="count an object class per tile (RemoteCount captions)")
-    p.add_argument("--object", required=True, help="singular object name, e.g. car")
-    p.add_argument("--max-count", type=int, default=10)
-    p.add_argument("--templates-file", help="count templates with {count}, {object} and {is}")
-    p = sub.add_parser("search", parents=[common], help="similarity of every tile to a text query")
-    p.add_argument("--query", required=True)
-    p.add_argument("--top-k", type=int, help="select the K best tiles")
-    p.add_argument("--threshold", type=float, help="select tiles with a cosine similarity at least this")
-    sub.add_parser("embed", parents=[common], help="compute and cache the tile embeddings")
+    for kind, cls in TASKS.items():
+        p = sub.add_parser(kind, parents=[common], help=cls.summary, description=cls.help)
+        _task_options(p, cls)
     from .models import add_parser as add_models_parser
 
     add_models_parser(sub)
     return ap
 
 
-def _preset_names():
-    from .prompts import PRESETS
+def _task_options(p, cls) -> None:
+    """Options for a task's declared inputs (core.tasks.Param)."""
+    for prm in cls.params:
+        flag, dest = prm.cli_flag, prm.name
+        default = f" (default {prm.default})" if prm.default is not None else ""
+        if prm.kind in ("names", "templates"):
+            p.add_argument(flag, dest=dest, help=prm.help)
+            what = "class names" if prm.kind == "names" else "templates"
+            p.add_argument(flag + "-file", dest=dest + "_file", metavar="FILE",
+                           help=f"{what} from a UTF-8 file (the same separators, '#' comments) or a JSON list")
+        elif prm.kind == "preset":
+            p.add_argument(flag, dest=dest, help=f"{prm.help}: " + ", ".join(prm.choices))
+        elif prm.kind == "text":
+            p.add_argument(flag, dest=dest, required=not prm.optional, help=prm.help)
+        elif prm.kind in ("int", "float"):
+            lim = f" ({'' if prm.lo is None else f'{prm.lo:g}'}..{'' if prm.hi is None else f'{prm.hi:g}'})"
+            p.add_argument(flag, dest=dest, type=int if prm.kind == "int" else float, default=prm.default,
+                           help=(prm.help or prm.label.lower()) + lim + default)
+        elif prm.kind == "choice":
+            p.add_argument(flag, dest=dest, choices=prm.choices, default=prm.default, help=prm.help + default)
+        elif prm.kind in ("samples", "file", "file_out"):
+            p.add_argument(flag, dest=dest, metavar="FILE", help=prm.help)
+        elif prm.kind == "field":
+            p.add_argument(flag, dest=dest, metavar="NAME", help=prm.help)
+    if cls.dense:
+        p.add_argument("--raster-output", metavar="FILE.tif", help="also write a GeoTIFF at tile resolution (one "
+                       "band per value, overlapping tiles averaged: a heat map)")
 
-    return list(PRESETS)
+
+def _task(args):
+    """The task of the sub-command, from its options, parsed by the task class."""
+    from . import prompts
+    from .tasks import task_class
+
+    cls = task_class(args.command)
+    raw = {}
+    for prm in cls.params:
+        value = getattr(args, prm.name, None)
+        if prm.kind in ("names", "templates"):
+            path = getattr(args, prm.name + "_file", None)
+            if value is not None and path is not None:
+                raise RemoteClipError(f"Both {prm.cli_flag} and {prm.cli_flag}-file were given.", "Use one of them.")
+            if path is not None:
+                names = prm.kind == "names"
+                value = prompts.read_lines(path, "class names" if names else "templates",
+                                           prompts.split_names if names else prompts.split_templates)
+        raw[prm.name] = value
+    return cls.from_inputs(raw, spell=_spell(args))
+
+
+def _spell(args):
+    """How the command line names an input in errors: the option that was used."""
+    def spell(prm):
+        if prm.kind in ("names", "templates") and getattr(args, prm.name + "_file", None) is not None:
+            return prm.cli_flag + "-file"
+        return prm.cli_flag
+
+    return spell
 
 
 def _job(args):
-    from . import prompts
-    from .jobs import CountTask, EmbedTask, Job, LabelTask, RunOptions, SearchTask, TileSpec
+    from .jobs import Job, RunOptions, TileSpec
+    from .tiles import MAX_OVERLAP
 
-    if args.command == "label":
-        given = [x for x in (args.labels, args.labels_file, args.preset) if x is not None]
-        if len(given) > 1:
-            raise RemoteClipError("More than one of --labels, --labels-file and --preset was given.",
-                                  "Use one of them.")
-        if args.labels is not None:
-            labels = args.labels.split(",")
-        elif args.labels_file:
-            labels = prompts.read_lines(args.labels_file, "class names")
-        elif args.preset:
-            labels = prompts.preset(args.preset)
-        else:
-            raise RemoteClipError("No classes given.", "Use --labels a,b,c, --labels-file FILE or --preset "
-                                  "(" + ", ".join(prompts.PRESETS) + ").")
-        templates = prompts.read_lines(args.templates_file, "templates") if args.templates_file else None
-        task = LabelTask(prompts.check_labels(labels), templates, args.top_k, args.threshold)
-    elif args.command == "count":
-        templates = prompts.read_lines(args.templates_file, "templates") if args.templates_file else None
-        task = CountTask(args.object, args.max_count, templates)
-    elif args.command == "search":
-        task = SearchTask(args.query, args.top_k, args.threshold)
-    else:
-        task = EmbedTask()
+    task = _task(args)
     if args.bbox and args.polygons:
         raise RemoteClipError("Both --bbox and --polygons were given.", "Use one of them.")
     extent = _bbox(args.bbox) if args.bbox else _polygons(args.polygons) if args.polygons else None
@@ -186,8 +214,9 @@ def _job(args):
     bands = parse_bands(args.bands, "--bands") if args.bands else None
     if args.tile_size <= 0:
         raise RemoteClipError(f"--tile-size {args.tile_size:g} is not positive.", "Use e.g. --tile-size 224.")
-    if not 0 <= args.overlap < 1:
-        raise RemoteClipError(f"--overlap {args.overlap:g} is outside 0..1.", "Use e.g. --overlap 0.25.")
+    if not 0 <= args.overlap <= MAX_OVERLAP:
+        raise RemoteClipError(f"--overlap {args.overlap:g} is outside 0..{MAX_OVERLAP:g}.",
+                              "Use e.g. --overlap 0.25.")
     if args.batch_size < 1:
         raise RemoteClipError(f"--batch-size {args.batch_size} is below 1.", "Use e.g. --batch-size 32.")
     cache_dir = "" if args.no_cache else args.cache_dir
@@ -195,7 +224,8 @@ def _job(args):
                      batch_size=args.batch_size, cache_dir=cache_dir)
     tiles = TileSpec(size=args.tile_size, unit=args.tile_unit, overlap=args.overlap, extent=extent, bands=bands)
     return Job(raster=args.raster, task=task, run=run, tiles=tiles, output=args.output, layer_name=args.layer,
-               dissolve=args.dissolve, overwrite=args.overwrite, max_tiles=None if args.yes else MAX_TILES)
+               dissolve=args.dissolve, overwrite=args.overwrite, max_tiles=None if args.yes else MAX_TILES,
+               raster_output=getattr(args, "raster_output", None))
 
 
 class _Bar:
@@ -225,25 +255,18 @@ class _Bar:
             self.bar.close()
 
 
-def _summary(res, args) -> str:
+def _summary(res, job) -> str:
     lines = [f"{res.n_tiles} tiles in {res.seconds:.1f} s on {res.provider}"
              + (" (embeddings from the cache)" if res.cache_hit else "")]
-    recs = res.records
-    if args.command == "label" and recs:
-        from collections import Counter
-
-        top = Counter(r["label"] for r in recs).most_common(5)
-        lines.append("labels: " + ", ".join(f"{k} {v}" for k, v in top))
-    elif args.command == "count" and recs:
-        lines.append(f"total {args.object} count: {sum(r['count'] for r in recs)}")
-    elif args.command == "search" and recs:
-        best = sorted(recs, key=lambda r: r["rank"])[:3]
-        lines.append("best tiles (row,col similarity): " + ", ".join(
-            f"({r['row']},{r['col']} {r['similarity']:.3f})" for r in best)
-            + f"; selected {sum(r['selected'] for r in recs)}")
+    if res.records:
+        lines += job.task.describe(res)
     for w in res.warnings:
         lines.append(f"warning: {w}")
     lines.append(f"output: {res.output}" if res.output else "output: none (give -o OUT.gpkg to write one)")
+    for what, path in (("raster output", res.raster_output), ("report", res.report_output),
+                       ("classifier", res.head_output)):
+        if path:
+            lines.append(f"{what}: {path}")
     return "\n".join(lines)
 
 
@@ -290,7 +313,7 @@ def main(argv=None) -> int:
         res = run_job(job, progress=bar, on_plan=show_plan)
         bar.close()
         bar = None
-        print(_summary(res, args))
+        print(_summary(res, job))
         return 0
     except RemoteClipError as e:
         if bar is not None:

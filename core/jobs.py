@@ -1,28 +1,28 @@
 """The pipeline: a Job (what to do, on which raster, with which model) -> run_job -> JobResult.
 
-Reading and preprocessing run in a reader thread that fills a bounded queue of
-ready batches while the calling thread runs the image encoder, so the disk,
-the stretch and Pillow overlap with onnxruntime. ``progress(fraction, message)``
-is called once per batch and ``is_cancelled()`` is checked once per batch; a
-cancelled run raises :class:`core.errors.Cancelled` and writes nothing.
+``run_job`` is a straight line; what differs between tasks is the task's (core.tasks):
 
-Tiles whose pixels are all nodata are dropped after reading (pixels are read
-once). A raster's tile embeddings are cached under a key of (raster, grid,
-bands, stretch, model, precision): a second run with another task reads no
-pixels and runs no image encoder (``JobResult.cache_hit``).
+1. check the job and every file it will write (vector, dense GeoTIFF, report, saved classifier) before
+   the model loads or a pixel is read;
+2. open the raster, load the model, ``task.prepare`` (e.g. a saved classifier, checked against the
+   model), plan the grid (refused above ``max_tiles`` unless confirmed);
+3. the text side (``task.prompts``: template ensembles), so a bad prompt fails before any pixel;
+4. the raster's tile embeddings (:func:`encode_raster`: from the cache, or read and encoded) -> a
+   :class:`core.tasks.RasterPart`;
+5. ``task.fit`` over the parts (classify trains here), ``task.outputs`` per part (records, fields,
+   dense values, report);
+6. write the outputs (:func:`write_outputs`).
 
-Tasks:
+Per-raster work (step 4) is separate from fitting and writing, so one job can later span many rasters.
 
-* labels: class text embeddings are template ensembles (normalised, averaged,
-  renormalised, as clip_benchmark does); probabilities are
-  ``softmax(logit_scale * cos)``; a tile whose best probability is under
-  ``threshold`` is labelled ``unknown``.
-* count: one caption per count 1..max_count (RemoteCount); count = best match,
-  ``count_conf`` its softmax probability over the counts.
-* search: cosine similarity of every tile to the query, ``rank`` 1 = best;
-  every tile is kept, and ``selected`` is 1 for tiles within ``top_k`` and at or
-  above ``threshold`` (both optional; neither given selects all).
-* embed: fills the cache; the output holds the tile polygons.
+Reading and preprocessing run in a reader thread that fills a bounded queue of ready batches while the
+calling thread runs the image encoder, so the disk, the stretch and Pillow overlap with onnxruntime.
+``progress(fraction, message)`` is called once per batch and ``is_cancelled()`` is checked once per
+batch; a cancelled run raises :class:`core.errors.Cancelled` and writes nothing.
+
+Tiles whose pixels are all nodata are dropped after reading (pixels are read once). A raster's tile
+embeddings are cached under a key of (raster, grid, bands, stretch, model, precision): a second run
+with another task reads no pixels and runs no image encoder (``JobResult.cache_hit``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import queue
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -43,16 +42,32 @@ from .bundle import load_bundle
 from .errors import Cancelled, RemoteClipError
 from .inference import Encoder
 from .preprocess import output_size, preprocess
-from .prompts import check_labels, check_templates, check_text, count_captions, label_prompts
+from .tasks import (  # noqa: F401 (the task classes and record functions are part of this module's API)
+    TASKS,
+    UNKNOWN,
+    ClassifyTask,
+    CountTask,
+    EmbedTask,
+    LabelTask,
+    RasterPart,
+    SearchTask,
+    Task,
+    TaskOutput,
+    count_records,
+    label_records,
+    search_records,
+    slug_fields,
+    softmax,
+)
 from .tiles import BBox, Polygons, TileSpec, make_grid, require_crs
-from .vectors import check_output, shapefile_names
+from .vectors import check_output
 
-__all__ = ["Job", "Plan", "plan_job", "RunOptions", "LabelTask", "CountTask", "SearchTask", "EmbedTask", "run_job",
-           "JobResult", "TileSpec", "BBox", "Polygons", "UNKNOWN", "output_layer_name"]
+__all__ = ["Job", "Plan", "plan_job", "RunOptions", "LabelTask", "CountTask", "SearchTask", "EmbedTask",
+           "ClassifyTask", "Task", "run_job", "JobResult", "TileSpec", "BBox", "Polygons", "UNKNOWN",
+           "output_layer_name", "encode_raster", "write_outputs"]
 
 log = logging.getLogger(__name__)
 
-UNKNOWN = "unknown"
 MAX_BATCH = 4096
 MAX_TILES = 50_000   # about an hour of ViT-B-32 on a laptop CPU: more must be asked for (--yes)
 _QUEUE_BATCHES = 2  # batches read ahead: overlap without holding the raster in memory
@@ -82,74 +97,20 @@ class RunOptions:
                                   "Give a folder path, \"\" for no cache, or None for the default.")
 
 
-@dataclass
-class LabelTask:
-    labels: list[str]
-    templates: list[str] | None = None
-    top_k: int = 3
-    threshold: float | None = None
-
-    def __post_init__(self):
-        self.labels = check_labels(self.labels)
-        if len(self.labels) < 2:
-            raise RemoteClipError(f"Only one label was given ({self.labels[0]!r}); softmax over one class "
-                                  "always says 100%.", "Give at least two class names.")
-        self.templates = check_templates(self.templates)
-        self.top_k = checks.whole(self.top_k, "top_k", 1, example="e.g. 3")
-        self.threshold = checks.optional(checks.number, self.threshold, "The label threshold (a probability)",
-                                         0.0, 1.0, example="e.g. 0.4")
-
-
-@dataclass
-class CountTask:
-    object_name: str
-    max_count: int = 10
-    templates: list[str] | None = None
-
-    def __post_init__(self):
-        self.object_name = check_text(self.object_name if self.object_name is not None else "", "object name")
-        if not self.object_name:
-            raise RemoteClipError("The object to count is empty.", "Give an object name, e.g. --object car.")
-        self.max_count = checks.whole(self.max_count, "max_count", 1, 100, "default 10")
-        self.templates = check_templates(self.templates, "count templates")
-        if self.templates:
-            count_captions(self.object_name, 1, self.templates)   # refuses templates without {count}
-
-
-@dataclass
-class SearchTask:
-    query: str
-    top_k: int | None = None
-    threshold: float | None = None
-
-    def __post_init__(self):
-        self.query = check_text(self.query if self.query is not None else "", "search query")
-        if not self.query:
-            raise RemoteClipError("The search query is empty.", "Give a query, e.g. --query 'a swimming pool'.")
-        self.top_k = checks.optional(checks.whole, self.top_k, "top_k", 1, example="e.g. 20")
-        self.threshold = checks.optional(checks.number, self.threshold, "The similarity threshold (a cosine)",
-                                         -1.0, 1.0, example="e.g. 0.25")
-
-
-@dataclass
-class EmbedTask:
-    pass
-
-
-TASK_TYPES = (LabelTask, CountTask, SearchTask, EmbedTask)
 
 
 @dataclass
 class Job:
     raster: object                 # path/URI (str) or a RasterSource
-    task: LabelTask | CountTask | SearchTask | EmbedTask
+    task: Task                     # a core.tasks task (LabelTask, CountTask, SearchTask, EmbedTask, ClassifyTask)
     run: RunOptions
     tiles: TileSpec = field(default_factory=TileSpec)
     output: str | None = None      # .gpkg or .shp; written atomically
     layer_name: str | None = None
     dissolve: bool = False
-    overwrite: bool = False        # replace an existing output (a GeoPackage's other layers are always kept)
+    overwrite: bool = False        # replace existing outputs (a GeoPackage's other layers are always kept)
     max_tiles: int | None = MAX_TILES   # a larger plan is refused unless this is raised (None: no limit)
+    raster_output: str | None = None    # dense GeoTIFF of the task's values (label, search, classify)
 
     def __post_init__(self):
         self.max_tiles = checks.optional(checks.whole, self.max_tiles, "max_tiles", 1)
@@ -158,9 +119,10 @@ class Job:
         if not isinstance(self.raster, str | os.PathLike) and not callable(getattr(self.raster, "read", None)):
             raise RemoteClipError(f"The raster {self.raster!r} is neither a path nor a raster source.",
                                   "Give a raster file path or a core.raster.RasterSource.")
-        if not isinstance(self.task, TASK_TYPES):
+        if not isinstance(self.task, Task):
             raise RemoteClipError(f"Unknown task {type(self.task).__name__}.",
-                                  "Use LabelTask, CountTask, SearchTask or EmbedTask.")
+                                  "Use one of core.tasks' tasks: " + ", ".join(c.__name__ for c in TASKS.values())
+                                  + ".")
         if not isinstance(self.run, RunOptions):
             raise RemoteClipError(f"run is a {type(self.run).__name__}, not RunOptions.",
                                   "Give RunOptions(model=...).")
@@ -169,6 +131,14 @@ class Job:
                                   "Give TileSpec(...) or leave it out for the default.")
         if self.output is not None and not isinstance(self.output, str | os.PathLike):
             raise RemoteClipError(f"The output {self.output!r} is not a path.", "Give a .gpkg or .shp path.")
+        if self.raster_output is not None:
+            if not isinstance(self.raster_output, str | os.PathLike):
+                raise RemoteClipError(f"The raster output {self.raster_output!r} is not a path.",
+                                      "Give a .tif path.")
+            if not self.task.dense:
+                raise RemoteClipError(f"The {self.task.kind} task has no dense map to write (--raster-output).",
+                                      "Leave it out; " + ", ".join(k for k, c in TASKS.items() if c.dense)
+                                      + " write one.")
 
 
 @dataclass
@@ -186,6 +156,10 @@ class JobResult:
     field_map: dict[str, str] = field(default_factory=dict)  # p_<slug> field -> class name
     embeddings: np.ndarray | None = None                 # (n_tiles, D), row order of records
     images_encoded: int = 0                              # tiles that went through the image encoder
+    raster_output: str | None = None                     # the dense GeoTIFF written
+    report: dict | None = None                           # classify: cross-validation and the mix
+    report_output: str | None = None                     # where the report was saved
+    head_output: str | None = None                       # classify: where the trained classifier was saved
 
 
 # ---------------------------------------------------------------------------------------------- tasks
@@ -216,63 +190,6 @@ def _ensemble(encoder: Encoder, prompt_groups: list[list[str]], warnings: list[s
         out.append(m / max(float(np.linalg.norm(m)), 1e-12))
         i += len(g)
     return np.stack(out).astype(np.float32)
-
-
-def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    x = x - x.max(axis=axis, keepdims=True)
-    e = np.exp(x)
-    return e / e.sum(axis=axis, keepdims=True)
-
-
-def slug_fields(names: list[str], prefix: str = "p_", width: int = 10) -> list[str]:
-    """Shapefile-safe unique field names (<= width chars) for class names."""
-    slugs = [prefix + (re.sub(r"[^a-z0-9]+", "_", n.lower()).strip("_") or "class") for n in names]
-    return shapefile_names(slugs, width)
-
-
-def label_records(emb: np.ndarray, text: np.ndarray, labels: list[str], logit_scale: float, top_k: int,
-                  threshold: float | None) -> tuple[list[dict], list[tuple[str, str]], dict[str, str]]:
-    probs = softmax(logit_scale * (emb @ text.T))
-    k = min(int(top_k), len(labels))
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    pnames = slug_fields(labels)
-    recs = []
-    for i in range(len(emb)):
-        top = order[i]
-        best = float(probs[i, top[0]])
-        label = labels[top[0]] if threshold is None or best >= float(threshold) else UNKNOWN
-        r = {"label": label, "score": round(best, 6),
-             "top_labels": "|".join(labels[j] for j in top),
-             "top_scores": "|".join(f"{probs[i, j]:.4f}" for j in top)}
-        for f, j in zip(pnames, range(len(labels)), strict=True):
-            r[f] = round(float(probs[i, j]), 6)
-        recs.append(r)
-    fields = [("label", "str"), ("score", "float"), ("top_labels", "str"), ("top_scores", "str")]
-    fields += [(f, "float") for f in pnames]
-    return recs, fields, dict(zip(pnames, labels, strict=True))
-
-
-def count_records(emb: np.ndarray, text: np.ndarray, logit_scale: float) -> tuple[list[dict], list]:
-    probs = softmax(logit_scale * (emb @ text.T))
-    best = probs.argmax(axis=1)
-    recs = [{"count": int(b) + 1, "count_conf": round(float(probs[i, b]), 6)} for i, b in enumerate(best)]
-    return recs, [("count", "int"), ("count_conf", "float")]
-
-
-def search_records(emb: np.ndarray, query: np.ndarray, top_k: int | None,
-                   threshold: float | None) -> tuple[list[dict], list]:
-    sim = emb @ query
-    order = np.argsort(-sim, kind="stable")
-    rank = np.empty(len(sim), dtype=np.int64)
-    rank[order] = np.arange(1, len(sim) + 1)
-    sel = np.ones(len(sim), dtype=bool)
-    if top_k is not None:
-        sel &= rank <= int(top_k)
-    if threshold is not None:
-        sel &= sim >= float(threshold)
-    recs = [{"similarity": round(float(s), 6), "rank": int(r), "selected": int(x)}
-            for s, r, x in zip(sim, rank, sel, strict=True)]
-    return recs, [("similarity", "float"), ("rank", "int"), ("selected", "int")]
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -451,35 +368,81 @@ def _default_cache_dir() -> str:
     return default_cache_dir()
 
 
-
-
 def run_job(job: Job, progress=None, is_cancelled=None, on_plan=None) -> JobResult:
     """Run one job; see the module docstring. Raises RemoteClipError for bad input, Cancelled on cancel.
     ``on_plan(plan)`` is called with the :class:`Plan` once the grid is known, before any pixel is read."""
     t0 = time.perf_counter()
     _check(job)
-    if job.output is not None:  # before any pixel is read or the model loads
-        check_output(checks.path_text(job.output, "output"), output_layer_name(job), job.overwrite,
-                     _raster_names(job.raster))
+    outputs = check_outputs(job)   # before any pixel is read or the model loads
     # opening reads no pixels: a missing raster, or one without a CRS, fails before the model loads
     src, owned = _open(job.raster)
     try:
         require_crs(src)
-        return _run(job, src, t0, progress, is_cancelled, on_plan)
+        bundle = load_bundle(job.run.model)
+        warnings: list[str] = []
+        _progress(progress, 0.0, "preparing")
+        task = job.task
+        prepared = task.prepare(bundle, warnings)
+        grid, bands, plan = _plan(job, src, bundle, on_plan)
+        encoder = Encoder(bundle, device=job.run.device, precision=job.run.precision,
+                          batch_size=job.run.batch_size)
+        prompts = task.prompts(prepared)
+        text = _ensemble(encoder, prompts, warnings) if prompts else None
+        part = encode_raster(job, src, grid, bands, bundle, encoder, warnings, progress, is_cancelled)
+        _stop_if_cancelled(is_cancelled)
+        fitted = task.fit([part], text, bundle, prepared, warnings)
+        out = task.outputs(part, text, bundle, fitted)
+        _stop_if_cancelled(is_cancelled)
+        provider = encoder.provider if not part.cache_hit else _provider_if_loaded(encoder)
+        return write_outputs(job, part, out, bundle, provider, outputs, warnings, t0, progress)
     finally:
         if owned:
             src.close()
 
 
-def _run(job: Job, src, t0: float, progress, is_cancelled, on_plan) -> JobResult:
-    bundle = load_bundle(job.run.model)
-    warnings: list[str] = []
+def _progress(progress, fraction: float, message: str) -> None:
     if progress is not None:
-        progress(0.0, "preparing")
+        progress(fraction, message)
 
-    from .raster import Stretch, check_bands, default_bands
 
-    # the plan (how many tiles) is known, shown and checked before the model runs or a pixel is read
+def _stop_if_cancelled(is_cancelled) -> None:
+    if is_cancelled is not None and is_cancelled():
+        raise Cancelled("cancelled")
+
+
+def check_outputs(job: Job) -> dict:
+    """Every file ``job`` writes, checked (core.vectors.check_output and alike): {"vector", "raster",
+    "report", "head"} -> path or None."""
+    from .dense import check_raster_output
+    from .outputs import check_distinct, check_file_output, check_report_path, report_path
+
+    inputs = _raster_names(job.raster)
+    out = {"vector": None, "raster": None, "report": None, "head": None}
+    if job.output is not None:
+        out["vector"] = check_output(checks.path_text(job.output, "output"), output_layer_name(job),
+                                     job.overwrite, inputs)
+    if job.raster_output is not None:
+        out["raster"] = check_raster_output(job.raster_output, job.overwrite, inputs)
+    for path, what in job.task.files_out():
+        out["head"] = check_file_output(path, what, job.overwrite, inputs)
+    if job.task.reports:
+        out["report"] = report_path(out["vector"], output_layer_name(job), out["raster"])
+        if out["report"]:
+            check_report_path(out["report"])
+    named = [(p, w) for w, p in (("output", out["vector"]), ("raster output", out["raster"]),
+                                 ("classifier file", out["head"]), ("report", out["report"])) if p]
+    if out["vector"] and os.path.splitext(out["vector"])[1].lower() == ".shp":
+        from .vectors import sidecar_path
+
+        named.append((sidecar_path(out["vector"]), "output's sidecar"))
+    check_distinct(named)
+    return out
+
+
+def _plan(job: Job, src, bundle, on_plan):
+    """The grid, the bands and the plan: known, shown and checked before the model runs or a pixel is read."""
+    from .raster import check_bands, default_bands
+
     spec = job.tiles
     bands = check_bands(src, spec.bands) if spec.bands else default_bands(src)
     grid = make_grid(src, spec)
@@ -493,31 +456,25 @@ def _run(job: Job, src, t0: float, progress, is_cancelled, on_plan) -> JobResult
         raise RemoteClipError(f"The plan is {plan.describe()}, above the {job.max_tiles:,} tiles a run may have "
                               "unless confirmed.", "Confirm it (--yes on the command line), or plan fewer tiles: "
                               "larger tiles, less overlap, or an extent.")
+    return grid, bands, plan
 
-    encoder = Encoder(bundle, device=job.run.device, precision=job.run.precision,
-                      batch_size=job.run.batch_size)
-    # text side first: a bad prompt fails before any pixel is read
-    task = job.task
-    text = None
-    if isinstance(task, LabelTask):
-        text = _ensemble(encoder, label_prompts(task.labels, task.templates), warnings)
-    elif isinstance(task, CountTask):
-        text = _ensemble(encoder, count_captions(task.object_name, int(task.max_count), task.templates), warnings)
-    elif isinstance(task, SearchTask):
-        text = _ensemble(encoder, [[task.query.strip()]], warnings)
 
+def encode_raster(job: Job, src, grid, bands, bundle, encoder: Encoder, warnings: list[str], progress=None,
+                  is_cancelled=None) -> RasterPart:
+    """One raster's kept tiles and their embeddings: from the cache, or read, preprocessed and encoded."""
+    from .raster import Stretch
+
+    spec = job.tiles
     stretch = Stretch.from_source(src, bands)
     cache, key, cached = _cache_lookup(job, src, spec, bands, stretch, bundle, len(grid), warnings)
     if cached is not None:
         kept, emb = cached
         cache_hit = True
-        if progress is not None:
-            progress(0.95, f"{len(kept)} tile embeddings from the cache")
+        _progress(progress, 0.95, f"{len(kept)} tile embeddings from the cache")
     else:
         cache_hit = False
         t_enc = time.perf_counter()
-        kept, emb = _encode_tiles(encoder, src, bands, stretch, grid, progress, is_cancelled,
-                                  encoder.batch_size)
+        kept, emb = _encode_tiles(encoder, src, bands, stretch, grid, progress, is_cancelled, encoder.batch_size)
         if cache is not None:
             cache.save(key, kept, emb)
         record_rate(job, bundle, encoder.provider, len(grid), time.perf_counter() - t_enc)
@@ -525,63 +482,63 @@ def _run(job: Job, src, t0: float, progress, is_cancelled, on_plan) -> JobResult
         raise RemoteClipError(f"Every tile of {getattr(src, 'name', 'the raster')} is nodata ({len(grid)} tiles "
                               "read, none with a valid pixel).", "Check the raster's nodata value and mask "
                               "(gdalinfo) and the bands; choose an extent with image data.")
-    crs_wkt = src.crs_wkt
+    tw, th = grid[0].window[2:]
+    overlap = float(spec.overlap or 0.0)
+    step = (max(1, round(tw * (1 - overlap))), max(1, round(th * (1 - overlap))))  # as core.tiles steps the grid
+    return RasterPart(name=str(getattr(src, "name", "")), crs_wkt=src.crs_wkt, transform=tuple(src.transform),
+                      tiles=[grid[int(i)] for i in kept], embeddings=emb, tile_px=(tw, th), step_px=step,
+                      cache_hit=cache_hit, images_encoded=0 if cache_hit else len(emb))
 
-    if is_cancelled is not None and is_cancelled():
-        raise Cancelled("cancelled")
 
-    tiles = [grid[i] for i in kept]
-    field_map: dict[str, str] = {}
-    if isinstance(task, LabelTask):
-        recs, fields, field_map = label_records(emb, text, task.labels, bundle.logit_scale, task.top_k,
-                                                task.threshold)
-        dissolve_by = "label"
-    elif isinstance(task, CountTask):
-        recs, fields = count_records(emb, text, bundle.logit_scale)
-        dissolve_by = "count"
-    elif isinstance(task, SearchTask):
-        recs, fields = search_records(emb, text[0], task.top_k, task.threshold)
-        dissolve_by = "selected"
-    else:
-        recs, fields = [{} for _ in tiles], []
-        dissolve_by = None
-    records = []
-    for t, r in zip(tiles, recs, strict=True):
-        records.append({"row": int(t.row), "col": int(t.col), **r, "geometry": t.polygon_wkt})
-    fields = [("row", "int"), ("col", "int"), *fields]
-
-    provider = encoder.provider if not cache_hit else _provider_if_loaded(encoder)
+def write_outputs(job: Job, part: RasterPart, out: TaskOutput, bundle, provider: str, paths: dict,
+                  warnings: list[str], t0: float, progress=None) -> JobResult:
+    """The records of ``part`` with their tiles, written where ``paths`` (:func:`check_outputs`) says."""
+    task = job.task
+    records = [{"row": int(t.row), "col": int(t.col), **r, "geometry": t.polygon_wkt}
+               for t, r in zip(part.tiles, out.records, strict=True)]
+    fields_ = [("row", "int"), ("col", "int"), *out.fields]
     layer_name = output_layer_name(job)
-    out = None
-    if job.output:
-        if is_cancelled is not None and is_cancelled():
-            raise Cancelled("cancelled")
-        if progress is not None:
-            progress(0.97, f"writing {job.output}")
+    inputs = _raster_names(job.raster)
+    report = dict(out.report) if out.report else None
+    if report is not None:
+        report.update(raster=part.name, output=paths["vector"], layer=layer_name if paths["vector"] else None,
+                      raster_output=paths["raster"], head_output=paths["head"])
+    written = {}
+    if paths["vector"]:
+        _progress(progress, 0.97, f"writing {job.output}")
         from .vectors import Field, write_vector
 
-        metadata = {"task": type(task).__name__, "model": bundle.name, "raster": getattr(src, "name", ""),
-                    "fields": field_map, "provider": provider, **task_metadata(task)}
-        write_vector(job.output, records, [Field(n, t) for n, t in fields], crs_wkt, layer_name=layer_name,
-                     dissolve_by=dissolve_by if job.dissolve else None, metadata=metadata,
-                     overwrite=job.overwrite, inputs=_raster_names(job.raster))
-        out = job.output
-    if progress is not None:
-        progress(1.0, f"{len(records)} tiles done")
-    return JobResult(output=out, layer_name=layer_name, crs_wkt=crs_wkt, records=records,
-                     fields=[n for n, _ in fields], provider=provider, n_tiles=len(records), cache_hit=cache_hit,
-                     seconds=time.perf_counter() - t0, warnings=warnings, field_map=field_map, embeddings=emb,
-                     images_encoded=0 if cache_hit else len(emb))
+        metadata = {"task": type(task).__name__, "kind": task.kind, "model": bundle.name, "raster": part.name,
+                    "fields": out.field_map, "provider": provider, **out.metadata}
+        dissolve_by = task.dissolve_field if job.dissolve else None
+        write_vector(job.output, records, [Field(n, t) for n, t in fields_], part.crs_wkt, layer_name=layer_name,
+                     dissolve_by=dissolve_by, metadata=metadata, overwrite=job.overwrite, inputs=inputs)
+        written["vector"] = job.output
+    if paths["raster"]:
+        _progress(progress, 0.98, f"writing {job.raster_output}")
+        from .dense import write_dense
 
+        written["raster"] = write_dense(paths["raster"], part.tiles, out.dense, out.dense_names, part.tile_px,
+                                        part.step_px, part.transform, part.crs_wkt, job.overwrite, inputs,
+                                        {"task": task.kind, "model": bundle.name, "bands": out.dense_names})
+    if paths["head"] and out.head is not None:
+        from .outputs import write_text_file
 
-def task_metadata(task) -> dict:
-    """What a legend needs of the task, stored with the result: the counted object and the largest count,
-    the search's top-k and threshold."""
-    if isinstance(task, CountTask):
-        return {"object": task.object_name, "max_count": task.max_count}
-    if isinstance(task, SearchTask):
-        return {"query": task.query, "top_k": task.top_k, "threshold": task.threshold}
-    return {}
+        written["head"] = write_text_file(paths["head"], out.head.to_json(), job.overwrite)
+    if paths["report"] and report is not None:
+        import json
+
+        from .outputs import write_text_file
+
+        written["report"] = write_text_file(paths["report"], json.dumps(report, indent=1, ensure_ascii=False,
+                                                                        default=str) + "\n", True)
+    _progress(progress, 1.0, f"{len(records)} tiles done")
+    return JobResult(output=written.get("vector"), layer_name=layer_name, crs_wkt=part.crs_wkt, records=records,
+                     fields=[n for n, _ in fields_], provider=provider, n_tiles=len(records),
+                     cache_hit=part.cache_hit, seconds=time.perf_counter() - t0, warnings=warnings,
+                     field_map=out.field_map, embeddings=part.embeddings, images_encoded=part.images_encoded,
+                     raster_output=written.get("raster"), report=report, report_output=written.get("report"),
+                     head_output=written.get("head"))
 
 
 def _provider_if_loaded(encoder: Encoder) -> str:
@@ -592,8 +549,8 @@ def _provider_if_loaded(encoder: Encoder) -> str:
 
 
 def output_layer_name(job: Job) -> str:
-    """The layer the job writes: ``job.layer_name``, else one named after the task."""
-    return job.layer_name or _layer_name(job)
+    """The layer the job writes: ``job.layer_name``, else the task's (``Task.layer_name``)."""
+    return job.layer_name or job.task.layer_name()
 
 
 def _raster_names(raster) -> list[str]:
@@ -601,17 +558,6 @@ def _raster_names(raster) -> list[str]:
     if isinstance(raster, str | os.PathLike):
         return [os.fspath(raster)]
     return [n for n in (getattr(raster, "path", None), getattr(raster, "name", None)) if isinstance(n, str) and n]
-
-
-def _layer_name(job: Job) -> str:
-    t = job.task
-    if isinstance(t, LabelTask):
-        return "labels"
-    if isinstance(t, CountTask):
-        return f"count_{re.sub(r'[^a-z0-9]+', '_', t.object_name.lower()).strip('_')}"
-    if isinstance(t, SearchTask):
-        return "search"
-    return "tiles"
 
 
 def _cache_lookup(job, src, spec, bands, stretch, bundle, n_grid, warnings):

@@ -171,9 +171,11 @@ def preset(name: str) -> list[str]:
     return list(PRESETS[name])
 
 
-def read_lines(path, what: str = "lines") -> list[str]:
-    """Labels or templates from a UTF-8 text file (one per line, '#' comments) or a JSON list.
-    A byte-order mark is ignored; a binary or non-UTF-8 file, and a file with nothing in it, are refused."""
+def read_lines(path, what: str = "lines", split=None) -> list[str]:
+    """Labels or templates from a UTF-8 text file or a JSON list. A text file is split by ``split``
+    (default :func:`split_lines`, one entry per line; class names use :func:`split_names`, templates
+    :func:`split_templates`); a JSON list is taken as it is. A byte-order mark is ignored; a binary or
+    non-UTF-8 file, and a file with nothing in it, are refused."""
     p = Path(path)
     if not p.exists():
         raise RemoteClipError(f"File not found: {p}.", "Check the path.")
@@ -197,14 +199,45 @@ def read_lines(path, what: str = "lines") -> list[str]:
             raise RemoteClipError(f"{p} must hold a JSON list of strings.", 'Write e.g. ["water", "trees"].')
         lines = [x.strip() for x in data if x.strip()]
     else:
-        lines = split_lines(text)
+        lines = (split or split_lines)(text)
     if not lines:
         raise RemoteClipError(f"{p} holds no {what} (it is empty, or only blank and '#' comment lines).",
                               f"Write {what}, one per line.")
     return lines
 
 
-def split_lines(text: str) -> list[str]:
-    """One entry per line; blank lines and '#' comments dropped (commas are part of a name)."""
+def _lines(text: str) -> list[str]:
     text = text.replace(BOM, "")
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def split_lines(text: str) -> list[str]:
+    """One entry per line; blank lines and '#' comments dropped (commas are part of an entry)."""
+    return _lines(text)
+
+
+NAME_SEPARATORS = ",\n"
+TEMPLATE_SEPARATORS = "|\n"
+
+
+def split_names(text) -> list[str]:
+    """THE rule for class names typed anywhere (command line, dock, Processing, a labels file): new lines
+    and commas both separate; blank lines and lines starting with '#' are skipped; names are stripped.
+    An empty name between commas (',,' or a trailing comma) is kept as '' so that :func:`check_labels`
+    refuses it. A list (from a JSON file, or from Python) is returned as it is: a class name with a
+    comma in it can only come that way."""
+    if text is None:
+        return []
+    if not isinstance(text, str):
+        return list(text)
+    return [part.strip() for line in _lines(text) for part in line.split(",")]
+
+
+def split_templates(text) -> list[str]:
+    """THE rule for prompt templates typed anywhere: new lines and '|' separate (templates hold commas);
+    blank entries, and lines starting with '#', are skipped. A list is returned as it is."""
+    if text is None:
+        return []
+    if not isinstance(text, str):
+        return list(text)
+    return [part.strip() for line in _lines(text) for part in line.split("|") if part.strip()]

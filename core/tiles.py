@@ -42,9 +42,10 @@ from dataclasses import dataclass, field
 from .errors import RemoteClipError, gdal_return_codes
 
 __all__ = ["TileSpec", "BBox", "Polygons", "Tile", "make_grid", "tile_size_px", "spec_params", "EDGE_MODES",
-           "MIN_TILE_PX", "srs_from", "window_polygon_wkt", "require_crs"]
+           "MIN_TILE_PX", "MAX_OVERLAP", "srs_from", "window_polygon_wkt", "require_crs"]
 
 MIN_TILE_PX = 8
+MAX_OVERLAP = 0.95   # the one ceiling (CLI, dock, Processing): a step of 5% of the tile, 400 times the tiles
 EDGE_MODES = ("shift", "pad", "drop")
 TILE_UNITS = ("px", "m")
 _DENSIFY = 32  # points per bbox edge when reprojecting it (edges curve in the target CRS)
@@ -69,7 +70,7 @@ class Polygons:
 class TileSpec:
     size: float = 224
     unit: str = "px"               # "px" or "m"
-    overlap: float = 0.0           # fraction of the tile edge shared with the neighbour, 0 <= overlap < 1
+    overlap: float = 0.0           # fraction of the tile edge shared with the neighbour, 0 .. MAX_OVERLAP
     extent: BBox | Polygons | None = None
     bands: list[int] | None = None
     edge: str = "shift"            # "shift", "pad" or "drop" (module docstring)
@@ -86,7 +87,7 @@ class TileSpec:
                 raise RemoteClipError(f"Tile size {self.size:g} px is not a whole number of pixels.",
                                       "Use whole pixels, e.g. 224, or the unit m for metres.")
             self.size = int(self.size)
-        self.overlap = checks.number(self.overlap or 0.0, "Overlap", 0.0, 1.0, hi_open=True,
+        self.overlap = checks.number(self.overlap or 0.0, "Overlap", 0.0, MAX_OVERLAP,
                                      example="a fraction of the tile edge, e.g. 0.25")
         self.edge = checks.choice(self.edge or "shift", "edge mode", EDGE_MODES)
         if self.bands is not None:
@@ -249,8 +250,9 @@ def _check_spec(src, spec) -> tuple[int, int, int, int, str]:
     if edge not in EDGE_MODES:
         raise RemoteClipError(f"Unknown edge mode {spec.edge!r}.", "Use shift (default), pad or drop.")
     overlap = float(spec.overlap or 0.0)
-    if not 0.0 <= overlap < 1.0:
-        raise RemoteClipError(f"Overlap {overlap:g} is outside 0..1.", "Use a fraction of the tile, e.g. 0.25.")
+    if not 0.0 <= overlap <= MAX_OVERLAP:
+        raise RemoteClipError(f"Overlap {overlap:g} is outside 0..{MAX_OVERLAP:g}.",
+                              "Use a fraction of the tile, e.g. 0.25.")
     if min(src.width, src.height) < MIN_TILE_PX:
         raise RemoteClipError(f"The raster {src.name} is only {src.width} x {src.height} px: too small to tile "
                               f"(tiles are at least {MIN_TILE_PX} x {MIN_TILE_PX} px).",

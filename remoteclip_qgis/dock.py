@@ -55,11 +55,9 @@ from qgis.PyQt.QtWidgets import (
     QFrame,
     QHBoxLayout,
     QHeaderView,
-    QLabel,
     QLineEdit,
     QMenu,
     QMessageBox,
-    QPlainTextEdit,
     QProgressBar,
     QPushButton,
     QScrollArea,
@@ -75,9 +73,12 @@ from qgis.PyQt.QtXml import QDomDocument
 from . import deps
 from .core.bundle import DEMO_BUNDLE, bundle_path, default_bundle
 from .core.errors import RemoteClipError
-from .core.prompts import DEFAULT_TEMPLATES, PRESETS, split_lines
+from .core.prompts import PRESETS
 from .core.raster import parse_bands
+from .core.tasks import TASKS as TASK_CLASSES
+from .core.tiles import MAX_OVERLAP
 from .model_picker import DEMO_NOTE, ModelRow, is_demo
+from .task_forms import TaskForm
 from .widgets import PathLabel, TaskPages, WrapLabel, compact, fit_forms, menu_action, wrap_check_boxes
 
 LOG_TAG = "RemoteCLIP"
@@ -87,11 +88,7 @@ RESULTS_FOLDER = "remoteclip_results"
 UNSAVED_RESULTS_FOLDER = "RemoteCLIP results"
 REAL_MODEL = "RemoteCLIP-ViT-B-32"   # what the demo banner offers to get
 PLAN_DELAY_MS = 400                  # the plan is worked out once the user stops typing for this long
-TASK_SUMMARIES = ("A class for each tile, from your class names.",
-                  "How many of one object each tile holds.",
-                  "The tiles that best match a text query.",
-                  "Compute the tile embeddings once; later runs on these tiles read no pixels.")
-TASKS = ("label", "count", "search", "embed")
+TASKS = tuple(TASK_CLASSES)   # the task pages, in the registry's order
 EXTENT_LAYER, EXTENT_CANVAS, EXTENT_FEATURES = "layer", "canvas", "features"
 EXPORT_FORMATS = {"GeoPackage": ("GPKG", ".gpkg"), "ESRI Shapefile": ("ESRI Shapefile", ".shp")}
 
@@ -190,6 +187,9 @@ class RemoteClipDock(QgsDockWidget):
         self.install_task = None
         self.last_result = None
         self.last_layer = None
+        self.last_dense_layer = None
+        self.last_suggestions = None
+        self.bundle = None
         self._kind = None
         self._name = ""
         self._output = None
@@ -246,16 +246,17 @@ class RemoteClipDock(QgsDockWidget):
         self.provider_label.setToolTip("The onnxruntime execution provider that really ran the last job")
         form.addRow("", self.provider_label)
 
-        # the task: a combo and its page (a tab bar of the tasks is wider than the dock)
+        # the task: a combo and its page (a tab bar of the tasks is wider than the dock); a page per
+        # registered task (task_forms)
         self.tabs = TaskPages(body)
         form.addRow("Task", self.tabs.combo)
         col.addLayout(form)
-        self.tabs.addTab(self._label_tab(), "Label")
-        self.tabs.addTab(self._count_tab(), "Count")
-        self.tabs.addTab(self._search_tab(), "Search")
-        self.tabs.addTab(self._embed_tab(), "Embed")
-        for i, tip in enumerate(TASK_SUMMARIES):
-            self.tabs.setTabToolTip(i, tip)
+        self.forms: dict[str, TaskForm] = {}
+        for kind, cls in TASK_CLASSES.items():
+            self.forms[kind] = TaskForm(cls, self.tabs)
+            self.tabs.addTab(self.forms[kind], cls.title)
+            self.tabs.setTabToolTip(self.tabs.count() - 1, cls.summary)
+        self._name_widgets()
         col.addWidget(self.tabs)
 
         col.addWidget(self._tiles_group(body))
@@ -372,88 +373,15 @@ class RemoteClipDock(QgsDockWidget):
         self.demo_banner.setVisible(False)
         return self.demo_banner
 
-    def _label_tab(self) -> QWidget:
-        w = QWidget()
-        form = QFormLayout(w)
-        self.preset_combo = QComboBox(w)
-        _compact(self.preset_combo)
-        self.preset_combo.addItem("Custom")
-        self.preset_combo.addItems(list(PRESETS))
-        self.preset_combo.activated.connect(self._apply_preset)
-        form.addRow("Preset", self.preset_combo)
-        self.labels_edit = QPlainTextEdit(w)
-        self.labels_edit.setPlaceholderText("one class per line, e.g.\nbuildings\ntrees\nwater")
-        self.labels_edit.setMaximumHeight(110)
-        form.addRow("Labels", self.labels_edit)
-        self.templates_box = QgsCollapsibleGroupBox("Prompt templates", w)
-        self.templates_box.setToolTip("One template per line; {} is replaced by the class name")
-        self.templates_box.setCollapsed(True)
-        tl = QVBoxLayout(self.templates_box)
-        self.templates_edit = QPlainTextEdit(self.templates_box)
-        self.templates_edit.setPlainText("\n".join(DEFAULT_TEMPLATES))
-        self.templates_edit.setMaximumHeight(100)
-        tl.addWidget(self.templates_edit)
-        form.addRow(self.templates_box)
-        self.label_topk = QSpinBox(w)
-        self.label_topk.setRange(1, 20)
-        set_value(self.label_topk, 3)
-        form.addRow("Top-k kept", self.label_topk)
-        self.label_threshold = QDoubleSpinBox(w)
-        self.label_threshold.setRange(0.0, 1.0)
-        self.label_threshold.setSingleStep(0.05)
-        self.label_threshold.setDecimals(2)
-        self.label_threshold.setSpecialValueText("none")
-        self.label_threshold.setToolTip("Tiles whose best probability is lower are labelled 'unknown'")
-        form.addRow("Threshold", self.label_threshold)
-        self.label_map_labels = QCheckBox("Show labels on the map", w)
-        form.addRow(self.label_map_labels)
-        return w
-
-    def _count_tab(self) -> QWidget:
-        w = QWidget()
-        form = QFormLayout(w)
-        self.count_object = QLineEdit("car", w)
-        self.count_object.setPlaceholderText("singular object name, e.g. car, ship, storage tank")
-        form.addRow("Object", self.count_object)
-        self.count_max = QSpinBox(w)
-        self.count_max.setRange(1, 100)
-        set_value(self.count_max, 10)
-        form.addRow("Largest count", self.count_max)
-        return w
-
-    def _search_tab(self) -> QWidget:
-        w = QWidget()
-        form = QFormLayout(w)
-        self.search_query = QLineEdit(w)
-        self.search_query.setPlaceholderText("e.g. a swimming pool")
-        form.addRow("Query", self.search_query)
-        self.search_topk = QSpinBox(w)
-        self.search_topk.setRange(0, 1000000)
-        set_value(self.search_topk, 20)
-        self.search_topk.setSpecialValueText("all")
-        form.addRow("Top-k selected", self.search_topk)
-        self.search_threshold = QDoubleSpinBox(w)
-        self.search_threshold.setRange(-1.0, 1.0)
-        self.search_threshold.setSingleStep(0.01)
-        self.search_threshold.setDecimals(3)
-        set_value(self.search_threshold, -1.0)
-        self.search_threshold.setSpecialValueText("none")
-        self.search_threshold.setToolTip("Cosine similarity a tile needs to be selected")
-        form.addRow("Threshold", self.search_threshold)
-        self.search_map_labels = QCheckBox("Show ranks on the map", w)
-        self.search_map_labels.setChecked(True)
-        form.addRow(self.search_map_labels)
-        return w
-
-    def _embed_tab(self) -> QWidget:
-        w = QWidget()
-        v = QVBoxLayout(w)
-        text = QLabel("Compute and cache the tile embeddings of the raster. Later Label, Count and "
-                      "Search runs on the same raster, tiles and model read no pixels.", w)
-        text.setWordWrap(True)
-        v.addWidget(text)
-        v.addStretch(1)
-        return w
+    def _name_widgets(self) -> None:
+        """The generated widgets under the names the rest of the dock (and its tests) use."""
+        label, count, search = (self.forms[k].widgets for k in ("label", "count", "search"))
+        self.preset_combo, self.labels_edit, self.templates_edit = label["preset"], label["labels"], label["templates"]
+        self.label_topk, self.label_threshold = label["top_k"], label["threshold"]
+        self.label_map_labels = self.forms["label"].map_labels
+        self.count_object, self.count_max = count["object_name"], count["max_count"]
+        self.search_query, self.search_topk, self.search_threshold = search["query"], search["top_k"], search["threshold"]
+        self.search_map_labels = self.forms["search"].map_labels
 
     def _tiles_group(self, parent) -> QWidget:
         box = QgsCollapsibleGroupBox("Tiles", parent)
@@ -471,7 +399,7 @@ class RemoteClipDock(QgsDockWidget):
         row.addWidget(self.tile_unit)
         form.addRow("Tile size", row)
         self.overlap = QSpinBox(box)
-        self.overlap.setRange(0, 90)
+        self.overlap.setRange(0, int(round(MAX_OVERLAP * 100)))
         self.overlap.setSingleStep(10)
         self.overlap.setSuffix(" %")
         form.addRow("Overlap", self.overlap)
@@ -563,6 +491,16 @@ class RemoteClipDock(QgsDockWidget):
         self.dissolve = QCheckBox("Dissolve equal neighbours", box)
         self.dissolve.setToolTip("Merge touching tiles with the same label / count / selection into one polygon")
         form.addRow(self.dissolve)
+        self.raster_output_widget = QgsFileWidget(box)
+        self.raster_output_widget.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
+        self.raster_output_widget.setConfirmOverwrite(False)   # Run asks, and only when something would be replaced
+        self.raster_output_widget.setFilter("GeoTIFF (*.tif)")
+        self.raster_output_widget.lineEdit().setPlaceholderText("none (optional: a heat map GeoTIFF)")
+        self.raster_output_widget.setToolTip("Also write the per-class probabilities (or the search similarity) "
+                                             "as a GeoTIFF at tile resolution; with overlap it is a smooth heat map")
+        form.addRow("Heat map", self.raster_output_widget)
+        self.tabs.currentChanged.connect(self._kind_changed)
+        self._kind_changed()
         return box
 
     def _result_group(self, parent) -> QWidget:
@@ -594,12 +532,13 @@ class RemoteClipDock(QgsDockWidget):
         from .layers import class_color, count_label
 
         self.result_table.clear()
-        heading = {"label": "Class", "count": "Count", "search": "Selection"}.get(kind, "")
+        renderer = TASK_CLASSES[kind].style.renderer if kind in TASK_CLASSES else ""
+        heading = {"categories": "Class", "counts": "Count", "graduated": "Selection"}.get(renderer, "")
         self.result_table.setHeaderLabels([heading, "Tiles", "Area"])
         for row in rows:
-            if kind == "count":
+            if renderer == "counts":
                 text = count_label(int(row.value), getattr(task, "object_name", None), getattr(task, "max_count", None))
-            elif kind == "search":
+            elif renderer == "graduated":
                 text = "selected" if row.value else "not selected"
             else:
                 text = str(row.value)
@@ -607,7 +546,7 @@ class RemoteClipDock(QgsDockWidget):
             item.setToolTip(0, text)
             item.setTextAlignment(1, int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter))
             item.setTextAlignment(2, int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter))
-            if kind == "label":
+            if renderer == "categories":
                 swatch = QPixmap(12, 12)
                 swatch.fill(QColor(class_color(text)))
                 item.setIcon(0, QIcon(swatch))
@@ -619,6 +558,9 @@ class RemoteClipDock(QgsDockWidget):
             height += shown * self.result_table.sizeHintForRow(0)
         self.result_table.setFixedHeight(height)
         self.result_box.setVisible(bool(rows))
+
+    def _kind_changed(self, _index=None) -> None:
+        self.raster_output_widget.setEnabled(TASK_CLASSES[self.current_kind()].dense)
 
     def _export_group(self, parent) -> QWidget:
         box = QgsCollapsibleGroupBox("Export a result layer", parent)
@@ -671,6 +613,7 @@ class RemoteClipDock(QgsDockWidget):
     def _model_changed(self, _path=None) -> None:
         path = self.model_path()
         self.demo_banner.setVisible(bool(path) and is_demo(path))
+        self.bundle = None
         if not path:
             self.model_info.setText("<i>No model: choose a bundle folder or .zip.</i>")
             return
@@ -681,7 +624,7 @@ class RemoteClipDock(QgsDockWidget):
         except Exception as e:
             self.model_info.setText(f"<span style='color:#b00020'>{_html(str(e))}</span>")
             return
-        # the demo banner above says what the demo model is for
+        self.bundle = b   # parsed once, here; handed to the job
         self.model_info.setText(f"<b>{_html(b.name)}</b> · {_html(b.architecture)} · {_html(b.activation)} · "
                                 f"{b.embed_dim}-d")
         current = self.precision_combo.currentText()
@@ -690,11 +633,6 @@ class RemoteClipDock(QgsDockWidget):
         if current in b.precisions:
             self.precision_combo.setCurrentText(current)
         save_setting("model", path)
-
-    def _apply_preset(self, index: int) -> None:
-        name = self.preset_combo.itemText(index)
-        if name in PRESETS:
-            self.labels_edit.setPlainText("\n".join(PRESETS[name]))
 
     def _extent_changed(self, _index=None) -> None:
         on = self.extent_combo.currentData() == EXTENT_FEATURES
@@ -833,22 +771,9 @@ class RemoteClipDock(QgsDockWidget):
         self.tabs.setCurrentIndex(TASKS.index(kind))
 
     def _task(self):
-        from .core.jobs import CountTask, EmbedTask, LabelTask, SearchTask
-
-        kind = self.current_kind()
-        if kind == "label":
-            templates = split_lines(self.templates_edit.toPlainText()) or None
-            threshold = self.label_threshold.value() or None
-            return LabelTask(labels=split_lines(self.labels_edit.toPlainText()), templates=templates,
-                             top_k=self.label_topk.value(), threshold=threshold)
-        if kind == "count":
-            return CountTask(object_name=self.count_object.text().strip(), max_count=self.count_max.value())
-        if kind == "search":
-            top_k = self.search_topk.value() or None
-            thr = self.search_threshold.value()
-            return SearchTask(query=self.search_query.text().strip(), top_k=top_k,
-                              threshold=None if thr <= self.search_threshold.minimum() else thr)
-        return EmbedTask()
+        """The current tab's task, parsed by its class from the widgets' values (as typed)."""
+        cls = TASK_CLASSES[self.current_kind()]
+        return cls.from_inputs(self.forms[cls.kind].raw(), spell=lambda prm: prm.label)
 
     def _extent(self, layer: QgsRasterLayer):
         from .layer_source import extent_from_features, extent_from_rectangle
@@ -894,7 +819,7 @@ class RemoteClipDock(QgsDockWidget):
         tiles = TileSpec(size=self.tile_size.value(), unit=self.tile_unit.currentData(),
                          overlap=self.overlap.value() / 100.0, extent=extent,
                          bands=parse_bands(self.bands_edit.text()))
-        run = RunOptions(model=model, device=self.device_combo.currentText(),
+        run = RunOptions(model=self._loaded_bundle(model), device=self.device_combo.currentText(),
                          precision=self.precision_combo.currentText() or "fp32",
                          batch_size=self.batch_size.value(), cache_dir=None if self.use_cache.isChecked() else "")
         return layer, raster, tiles, run
@@ -908,18 +833,19 @@ class RemoteClipDock(QgsDockWidget):
         output = self.output_widget.filePath().strip() or default_output(layer.name(), kind)
         if not os.path.splitext(output)[1]:
             output += ".gpkg"
+        dense = self.raster_output_widget.filePath().strip() if TASK_CLASSES[kind].dense else ""
+        if dense and not os.path.splitext(dense)[1]:
+            dense += ".tif"
         job = Job(raster=raster, task=self._task(), run=run, tiles=tiles, output=output,
-                  dissolve=self.dissolve.isChecked())
-        name = self._layer_title(layer.name(), kind, job.task)
-        return job, kind, name
+                  dissolve=self.dissolve.isChecked(), raster_output=dense or None)
+        return job, kind, job.task.layer_title(layer.name())
 
-    @staticmethod
-    def _layer_title(raster_name: str, kind: str, task) -> str:
-        if kind == "count":
-            return f"{raster_name} · count {task.object_name}"
-        if kind == "search":
-            return f"{raster_name} · search “{task.query}”"
-        return f"{raster_name} · {'labels' if kind == 'label' else 'tiles'}"
+    def _loaded_bundle(self, model: str):
+        """The bundle the model row loaded (the worker need not read the manifest again), else the path."""
+        b = self.bundle
+        if b is not None and os.path.normpath(str(b.source)) == os.path.normpath(model):
+            return b
+        return model
 
     def run(self):
         """Start the job as a QgsTask; returns the task (None when the input is refused)."""
@@ -981,19 +907,27 @@ class RemoteClipDock(QgsDockWidget):
         return True
 
     def _may_write(self, job) -> bool:
-        """Refuse an output a project layer shows; ask before replacing one (then ``job.overwrite``)."""
+        """Refuse an output a project layer shows; ask before replacing one (then ``job.overwrite``): the vector
+        output, the heat map and a saved classifier."""
         from .core.jobs import output_layer_name
         from .core.vectors import output_exists
 
         layer_name = output_layer_name(job)
-        shown = layers_showing(job.output, layer_name)
-        if shown:
-            raise RemoteClipError(
-                f"The output {job.output} is shown in this project by the layer “{shown[0].name()}”.",
-                "Remove that layer from the Layers panel first, or choose another output file.")
-        what = output_exists(job.output, layer_name)
-        if what is None:
+        files = [(job.output, layer_name)] + [(p, None) for p in (job.raster_output, *[f for f, _ in
+                                                                                       job.task.files_out()]) if p]
+        replaced = []
+        for path, lname in files:
+            shown = layers_showing(path, lname)
+            if shown:
+                raise RemoteClipError(
+                    f"The output {path} is shown in this project by the layer “{shown[0].name()}”.",
+                    "Remove that layer from the Layers panel first, or choose another output file.")
+            what = output_exists(path, lname) if lname else (f"the file {path}" if os.path.lexists(path) else None)
+            if what is not None:
+                replaced.append(what)
+        if not replaced:
             return True
+        what = " and ".join(replaced)
         if not self.confirm_replace(what):
             self.status.setText(f"Not run: {_html(what)} was kept. Choose another output file or replace it.")
             return False
@@ -1025,7 +959,7 @@ class RemoteClipDock(QgsDockWidget):
         self.schedule_plan()   # the run may have measured this model's speed here
 
     def _succeeded(self, result) -> None:
-        from .layers import add_result_layer
+        from .layers import add_dense_layer, add_result_layer, add_suggestions_layer
 
         rows = list(getattr(self.task, "summary", []) or [])
         job = getattr(self.task, "job", None)
@@ -1033,22 +967,32 @@ class RemoteClipDock(QgsDockWidget):
         self._finish()
         set_value(self.progress, 100)
         self.last_result = result
-        show = None
-        if self._kind == "label":
-            show = self.label_map_labels.isChecked()
-        elif self._kind == "search":
-            show = self.search_map_labels.isChecked()
+        form = self.forms.get(self._kind)
         try:
-            layer = add_result_layer(result, self._kind, self._name, show_labels=show)
+            layer = add_result_layer(result, self._kind, self._name,
+                                     show_labels=form.show_labels() if form is not None else None)
         except RemoteClipError as e:
             self._report_error(e.problem, e.fix)
             return
+        try:   # the result is written and shown; these extras must not turn it into a failure
+            if result.raster_output:
+                self.last_dense_layer = add_dense_layer(result.raster_output, self._kind, self._name + " · heat map")
+            self.last_suggestions = add_suggestions_layer(result, self._name) if any(
+                r.get("suggest") for r in result.records) else None
+        except Exception as e:   # noqa: BLE001 (reported, and the run's layer stays)
+            problem, fix = (e.problem, e.fix) if isinstance(e, RemoteClipError) else (f"{type(e).__name__}: {e}", None)
+            self._report_error(problem, fix)
+        if form is not None:
+            form.show_report(result.report)
         self.last_layer = layer
         self.export_layer_combo.setLayer(layer)
         cache = " · from cache" if result.cache_hit else ""
         self.provider_label.setText("ran on: " + result.provider
                                     + (" · tile embeddings from cache" if result.cache_hit else ""))
         summary = f"{result.n_tiles} tiles in {result.seconds:.1f} s on {result.provider}{cache}"
+        cv = (result.report or {}).get("cv")
+        if cv:
+            summary += f" · cross-validated accuracy {cv['accuracy']:.0%}"
         self.status.setText(f"Done: {summary}. Saved to {_html(os.path.basename(result.output))}.")
         self.status.setToolTip(f"Saved to {result.output}")
         self.show_results_folder()

@@ -355,3 +355,47 @@ def extent_from_features(layer: QgsVectorLayer, selected_only: bool = True) -> P
         raise RemoteClipError(f"Layer {layer.name()!r} has no polygon geometries to use.",
                               "Choose features with geometries.")
     return Polygons(wkts, crs_wkt(layer.crs()))
+
+
+def samples_from_layer(source, class_field: str, selected_only: bool = False, crs=None):
+    """An analyst's samples as core's Samples: the points or polygons of a vector layer (or a Processing
+    feature source; ``selected_only`` for a layer's selection) with the value of ``class_field``, in the
+    layer's CRS (``crs`` for a feature source: its ``sourceCrs()``)."""
+    from .core.samples import Samples
+
+    if source is None or (isinstance(source, QgsVectorLayer) and not source.isValid()):
+        raise RemoteClipError("No samples layer is chosen.", "Pick a point or polygon layer with the samples.")
+    name = source.name() if hasattr(source, "name") else source.sourceName()
+    kind = QgsWkbTypes.geometryType(source.wkbType())
+    if kind not in (QgsWkbTypes.GeometryType.PointGeometry, QgsWkbTypes.GeometryType.PolygonGeometry):
+        raise RemoteClipError(f"The samples layer {name!r} has neither points nor polygons.",
+                              "Choose a point or polygon layer with the samples.")
+    if not class_field:
+        raise RemoteClipError("No class field is chosen for the samples.",
+                              f"Pick the attribute of {name!r} that holds each sample's class.")
+    idx = source.fields().indexOf(class_field)
+    if idx < 0:
+        raise RemoteClipError(f"The samples layer {name!r} has no field {class_field!r}.",
+                              "Pick the attribute that holds each sample's class.")
+    request = QgsFeatureRequest().setSubsetOfAttributes([idx])
+    if selected_only:
+        if source.selectedFeatureCount() == 0:
+            raise RemoteClipError(f"No samples are selected in {name!r}.",
+                                  "Select the samples to use, or untick 'selected features only'.")
+        features = source.getSelectedFeatures(request)
+    else:
+        features = source.getFeatures(request)
+    wkts, classes, ids = [], [], []
+    for f in features:
+        if not f.hasGeometry() or f.geometry().isEmpty():
+            continue
+        value = f.attribute(idx)
+        wkts.append(f.geometry().asWkt())
+        classes.append(None if value is None or (hasattr(value, "isNull") and value.isNull()) else value)
+        ids.append(f.id())
+    if not wkts:
+        raise RemoteClipError(f"The samples layer {name!r} has no geometries to learn from.",
+                              "Draw points or polygons with a class.")
+    if crs is None:
+        crs = source.crs() if hasattr(source, "crs") else source.sourceCrs()
+    return Samples(wkts, classes, crs_wkt(crs) or None, ids, name)

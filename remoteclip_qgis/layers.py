@@ -1,16 +1,19 @@
 """Result layers: load a job's vector file into the project, in a "RemoteCLIP" group, styled.
 
-Styles by task kind:
+Each task's ``style`` (core.tasks.Style) says how its layer looks; the renderers:
 
-* ``label``: categorised by ``label``, one colour per class name (the same name always gets the same
-  colour, whatever the other classes, the run or the project; ``unknown`` is grey), legend entries with
-  tile counts, optional map labels;
-* ``count``: the count on a sequential ramp, legend entries that name the object ("3 buildings",
+* ``categories`` (label, classify): by ``label``, one colour per class name (the same name always gets
+  the same colour, whatever the other classes, the run or the project; ``unknown`` is grey), legend
+  entries with tile counts, optional map labels; classify's sample tiles drawn with a thick red outline;
+* ``counts`` (count): the count on a sequential ramp, legend entries that name the object ("3 buildings",
   "10 or more buildings" at the largest count), the count written on each tile;
-* ``search``: the similarity in quantile classes (light to dark), and the tiles inside top-k/threshold
-  (``selected`` = 1) drawn with a thick red outline that the legend explains; optionally their rank
-  written on them;
-* ``embed``: outlines only.
+* ``graduated`` (search): the similarity in quantile classes (light to dark), and the tiles inside
+  top-k/threshold (``selected`` = 1) drawn with a thick red outline that the legend explains; optionally
+  their rank written on them;
+* ``outline`` (embed): outlines only.
+
+Also: the dense GeoTIFF of a job (``add_dense_layer``: a pseudocolour heat map of its first band)
+and classify's tiles to label next (``add_suggestions_layer``: a temporary layer).
 
 Legends count tiles, also on dissolved layers (whose features carry ``n_tiles``). Result layers are drawn
 half transparent as a whole (the layer's opacity, fills opaque): the imagery shows through, and tiles that
@@ -32,7 +35,9 @@ from qgis.core import (
     QgsGraduatedSymbolRenderer,
     QgsPalLayerSettings,
     QgsProject,
+    QgsProperty,
     QgsRendererCategory,
+    QgsSymbolLayer,
     QgsTextBufferSettings,
     QgsTextFormat,
     QgsVectorLayer,
@@ -41,8 +46,9 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QColor
 
 from .core.errors import RemoteClipError
+from .core.tasks import TASKS
 
-KINDS = ("label", "count", "search", "embed")
+KINDS = tuple(TASKS)
 GROUP = "RemoteCLIP"
 UNKNOWN = "unknown"
 
@@ -56,6 +62,9 @@ LAYER_OPACITY = 0.5         # tiles sit on imagery: the picture must stay readab
 HIGHLIGHT = "#d7191c"       # the outline of selected search tiles
 COUNT_RAMP = ("#fff5eb", "#7f2704")      # oranges, light to dark
 SEARCH_RAMP = ("#f7fcb9", "#004529")     # yellow-green, low to high similarity
+HEAT_RAMP = ("#0d0887", "#7e03a8", "#cc4778", "#f89540", "#f0f921")   # plasma: dark (low) to bright (high)
+SUGGEST_COLOR = "#ff7f00"
+SUGGESTIONS = "label these next"
 
 
 def layer_uri(path: str, layer_name: str | None = None) -> str:
@@ -144,9 +153,10 @@ def add_result_layer(result_or_path, kind: str, name: str | None = None, group_n
 
 def style_layer(layer: QgsVectorLayer, kind: str, field_map: dict[str, str] | None = None,
                 show_labels: bool | None = None) -> None:
-    """Give ``layer`` the renderer (and labels) of its task kind; see the module docstring."""
+    """Give ``layer`` the renderer (and labels) its task's style asks for; see the module docstring."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    style = TASKS[kind].style
     field_map = field_map or {}
     names = set(layer.fields().names())
     for fname, cls in field_map.items():
@@ -154,15 +164,14 @@ def style_layer(layer: QgsVectorLayer, kind: str, field_map: dict[str, str] | No
         if idx >= 0:
             layer.setFieldAlias(idx, f"P({cls})")
     meta = read_metadata(*source_of(layer)) if layer.providerType() == "ogr" else {}
-    if kind == "label" and "label" in names:
-        layer.setRenderer(label_renderer(layer, list(field_map.values())))
-        _set_labels(layer, '"label"', bool(show_labels))
-    elif kind == "count" and "count" in names:
+    shown = style.map_labels_default if show_labels is None else bool(show_labels)
+    if style.field in names and style.renderer == "categories":
+        layer.setRenderer(label_renderer(layer, list(field_map.values()), _highlight(style, names)))
+    elif style.field in names and style.renderer == "counts":
         layer.setRenderer(count_renderer(layer, meta.get("object"), meta.get("max_count")))
-        _set_labels(layer, '"count"', True if show_labels is None else show_labels)
-    elif kind == "search" and "similarity" in names:
-        layer.setRenderer(search_renderer(layer, top_k=meta.get("top_k"), threshold=meta.get("threshold")))
-        _set_labels(layer, 'if("selected" = 1, "rank", \'\')', bool(show_labels))
+    elif style.field in names and style.renderer == "graduated":
+        layer.setRenderer(search_renderer(layer, top_k=meta.get("top_k"), threshold=meta.get("threshold"),
+                                          highlight=_highlight(style, names)))
     else:
         # embed, or a dissolved layer that lost the field to style by
         symbol = _fill("#000000", alpha=0, stroke="#ffd400", stroke_width=0.3)
@@ -174,7 +183,29 @@ def style_layer(layer: QgsVectorLayer, kind: str, field_map: dict[str, str] | No
         layer.triggerRepaint()
         return
     layer.setOpacity(LAYER_OPACITY)
+    _set_labels(layer, style.map_labels, shown and bool(style.map_labels))
     layer.triggerRepaint()
+
+
+def _highlight(style, names) -> str | None:
+    """The style's highlight expression, if the layer has the fields it reads."""
+    import re
+
+    expr = style.highlight
+    if not expr:
+        return None
+    return expr if all(f in names for f in re.findall(r'"([^"]+)"', expr)) else None
+
+
+def _outline(symbol, expression: str | None) -> None:
+    """Tiles where ``expression`` holds get a thick red outline."""
+    if not expression:
+        return
+    sl = symbol.symbolLayer(0)
+    sl.setDataDefinedProperty(QgsSymbolLayer.Property.PropertyStrokeWidth,
+                              QgsProperty.fromExpression(f"if({expression}, 0.8, 0.1)"))
+    sl.setDataDefinedProperty(QgsSymbolLayer.Property.PropertyStrokeColor,
+                              QgsProperty.fromExpression(f"if({expression}, '{HIGHLIGHT}', '#ffffff')"))
 
 
 def _fill(color: str, alpha: int = FILL_ALPHA, stroke: str = "#ffffff", stroke_width: float = 0.15) -> QgsFillSymbol:
@@ -278,14 +309,20 @@ def _tiles(n: int) -> str:
     return f"{n} tile{'s' if n != 1 else ''}"
 
 
-def label_renderer(layer: QgsVectorLayer, classes: list[str]) -> QgsCategorizedSymbolRenderer:
-    """One category per class present, in label-list order, legend 'class (n tiles)'."""
+def label_renderer(layer: QgsVectorLayer, classes: list[str], highlight: str | None = None
+                   ) -> QgsCategorizedSymbolRenderer:
+    """One category per class present, in label-list order, legend 'class (n tiles)'; tiles where
+    ``highlight`` holds (classify's samples) get a thick red outline."""
     present = _counts(layer, "label")
     order = [c for c in classes if c in present]
     order += sorted(str(v) for v in present if v not in order and v != UNKNOWN)
     if UNKNOWN in present:
         order.append(UNKNOWN)
-    cats = [QgsRendererCategory(c, _fill(class_color(c)), f"{c} ({_tiles(present.get(c, 0))})") for c in order]
+    cats = []
+    for c in order:
+        symbol = _fill(class_color(c))
+        _outline(symbol, highlight)
+        cats.append(QgsRendererCategory(c, symbol, f"{c} ({_tiles(present.get(c, 0))})"))
     return QgsCategorizedSymbolRenderer("label", cats)
 
 
@@ -360,9 +397,9 @@ def _count_bins(values: list[int], n_bins: int) -> list[tuple[int, int]]:
 
 
 def search_renderer(layer: QgsVectorLayer, classes: int = 5, top_k: int | None = None,
-                    threshold: float | None = None):
-    """Similarity in quantile classes, light to dark; tiles inside top-k/threshold (``selected`` = 1) drawn
-    on top with a thick red outline, a legend entry of its own saying what it marks."""
+                    threshold: float | None = None, highlight: str | None = '"selected" = 1'):
+    """Similarity in quantile classes, light to dark; tiles where ``highlight`` holds (inside top-k/threshold)
+    drawn on top with a thick red outline, a legend entry of its own saying what it marks."""
     from qgis.core import QgsRuleBasedRenderer
 
     graduated = QgsGraduatedSymbolRenderer("similarity")
@@ -380,10 +417,10 @@ def search_renderer(layer: QgsVectorLayer, classes: int = 5, top_k: int | None =
         rule = QgsRuleBasedRenderer.Rule(r.symbol().clone(), 0, 0, f'"similarity" {op} {r.lowerValue()!r} AND "similarity" <= '
                                          f'{r.upperValue()!r}', f"similarity {r.label()}")
         root.appendChild(rule)
-    if "selected" in layer.fields().names():
+    if highlight and "selected" in layer.fields().names():
         outline = _fill("#000000", alpha=0, stroke=HIGHLIGHT, stroke_width=0.9)
         outline.symbolLayer(0).setRenderingPass(1)   # over every fill, also the neighbours' drawn later
-        root.appendChild(QgsRuleBasedRenderer.Rule(outline, 0, 0, '"selected" = 1', selection_legend(
+        root.appendChild(QgsRuleBasedRenderer.Rule(outline, 0, 0, highlight, selection_legend(
             _counts(layer, "selected").get(1, 0), top_k, threshold)))
     renderer = QgsRuleBasedRenderer(root)
     renderer.setUsingSymbolLevels(True)
@@ -424,3 +461,102 @@ def _set_labels(layer: QgsVectorLayer, expression: str, enabled: bool) -> None:
 
 def _set_color(obj, color: str) -> None:
     obj.setColor(QColor(color))  # noqa: QGS202 (text format and buffer colour setters return nothing)
+
+
+# ------------------------------------------------------------------------------------------ dense maps
+
+def add_dense_layer(path: str, kind: str, name: str, group_name: str = GROUP, project: QgsProject | None = None,
+                    band: int = 1):
+    """Load a job's dense GeoTIFF (``--raster-output``) as a heat map below the newest result layer: a
+    pseudocolour ramp over ``band`` (the first class's probability, or the search similarity), from 0 to 1
+    for probabilities and over the data's range for similarities, partly transparent over the imagery."""
+    from qgis.core import QgsRasterLayer
+
+    project = project or QgsProject.instance()
+    layer = QgsRasterLayer(path, name, "gdal")
+    if not layer.isValid():
+        raise RemoteClipError(f"QGIS cannot open the heat map {path}.", "Open it with Layer > Add Raster Layer "
+                                                                        "to see GDAL's message.")
+    from osgeo import gdal
+
+    ds = gdal.Open(path)
+    desc = ds.GetRasterBand(band).GetDescription() if ds is not None and ds.RasterCount >= band else ""
+    ds = None
+    if desc:
+        layer.setName(f"{name} ({desc})")
+    style_dense_layer(layer, kind, band)
+    if project.addMapLayer(layer, False) is None:
+        raise RemoteClipError(f"QGIS refused to add the heat map {layer.name()!r} to the project.",
+                              f"Add {path} by hand (Layer > Add Layer > Add Raster Layer).")
+    root = project.layerTreeRoot()
+    group = root.findGroup(group_name) or root.insertGroup(0, group_name)
+    group.insertLayer(min(1, len(group.children())), layer)
+    return layer
+
+
+def style_dense_layer(layer, kind: str, band: int = 1) -> None:
+    from qgis.core import (
+        QgsColorRampShader,
+        QgsRasterBandStats,
+        QgsRasterShader,
+        QgsSingleBandPseudoColorRenderer,
+    )
+
+    rng = TASKS[kind].style.dense_range if kind in TASKS else None
+    if rng is None:
+        stats = layer.dataProvider().bandStatistics(band, QgsRasterBandStats.Stats.Min | QgsRasterBandStats.Stats.Max)
+        rng = (stats.minimumValue, stats.maximumValue)
+    lo, hi = float(rng[0]), float(rng[1])
+    if not hi > lo:
+        hi = lo + 1e-6
+    ramp = QgsColorRampShader(lo, hi)
+    ramp.setColorRampType(QgsColorRampShader.Type.Interpolated)
+    n = len(HEAT_RAMP) - 1
+    values = [lo + (hi - lo) * i / n for i in range(n + 1)]
+    ramp.setColorRampItemList([QgsColorRampShader.ColorRampItem(v, QColor(c), f"{v:.2f}")
+                               for v, c in zip(values, HEAT_RAMP, strict=True)])
+    shader = QgsRasterShader()
+    shader.setRasterShaderFunction(ramp)
+    renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), band, shader)
+    renderer.setClassificationMin(lo)
+    renderer.setClassificationMax(hi)
+    layer.setRenderer(renderer)
+    layer.setOpacity(0.7)   # the imagery shows through
+    layer.triggerRepaint()
+
+
+# ------------------------------------------------------------------------------------- suggestions
+
+def add_suggestions_layer(result, title: str = "", group_name: str = GROUP, project: QgsProject | None = None):
+    """classify's tiles to label next (records with ``suggest`` > 0) as a temporary layer "label these next",
+    most uncertain first, each with its rank written on it."""
+    from qgis.core import QgsCoordinateReferenceSystem, QgsFeature, QgsGeometry, QgsSingleSymbolRenderer
+
+    project = project or QgsProject.instance()
+    picks = sorted((r for r in result.records if r.get("suggest")), key=lambda r: r["suggest"])
+    fields = "&".join(f"field={n}:{t}" for n, t in (("suggest", "integer"), ("row", "integer"), ("col", "integer"),
+                                                   ("label", "string"), ("score", "double"),
+                                                   ("uncertainty", "double")))
+    layer = QgsVectorLayer(f"Polygon?{fields}", SUGGESTIONS if not title else f"{SUGGESTIONS} · {title}", "memory")
+    layer.setCrs(QgsCoordinateReferenceSystem.fromWkt(result.crs_wkt))
+    provider = layer.dataProvider()
+    feats = []
+    for r in picks:
+        f = QgsFeature(layer.fields())
+        f.setGeometry(QgsGeometry.fromWkt(r["geometry"]))
+        f.setAttributes([int(r["suggest"]), int(r["row"]), int(r["col"]), str(r["label"]), float(r["score"]),
+                         float(r["uncertainty"])])
+        feats.append(f)
+    if not provider.addFeatures(feats)[0]:
+        raise RemoteClipError("QGIS could not hold the suggested tiles in a temporary layer.",
+                              "Read them from the result layer: the field suggest ranks them.")
+    layer.updateExtents()
+    layer.setRenderer(QgsSingleSymbolRenderer(_fill("#000000", alpha=0, stroke=SUGGEST_COLOR, stroke_width=0.8)))
+    _set_labels(layer, '"suggest"', True)
+    if project.addMapLayer(layer, False) is None:
+        raise RemoteClipError("QGIS refused to add the layer of tiles to label next.",
+                              "Read them from the result layer: the field suggest ranks them.")
+    root = project.layerTreeRoot()
+    group = root.findGroup(group_name) or root.insertGroup(0, group_name)
+    group.insertLayer(0, layer)
+    return layer

@@ -48,7 +48,7 @@ class RemoteClipTask(QgsTask):
 
         try:
             self.result = run_job(self.job, progress=self._progress, is_cancelled=self.isCanceled)
-            self.summary = self._summarize(self.result)
+            self.summary = self._summarize(self.result, getattr(self.job.task, "dissolve_field", None))
             return True
         except Cancelled:
             self.was_cancelled = True
@@ -63,13 +63,13 @@ class RemoteClipTask(QgsTask):
             return False
 
     @staticmethod
-    def _summarize(result) -> list:
-        """Tiles and ground area per class (core.summary), worked out here, off the GUI thread; [] on failure
-        (the result itself is fine)."""
+    def _summarize(result, field: str | None = None) -> list:
+        """Tiles and ground area per value of ``field`` (the task's dissolve field: label, count, selected),
+        worked out here, off the GUI thread (core.summary); [] on failure (the result itself is fine)."""
         from .core.summary import summarize, summary_field
 
-        field = summary_field(result.records)
-        if field is None:
+        field = field or summary_field(result.records)
+        if field is None or not result.records or field not in result.records[0]:
             return []
         try:
             return summarize(result.records, field, result.crs_wkt)

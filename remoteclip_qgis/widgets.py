@@ -41,11 +41,16 @@ def menu_action(menu, text: str, slot) -> QAction:
 
 
 def fit_forms(root: QWidget) -> None:
-    """Every form layout under ``root``: a field that does not fit beside its label goes below it, and
-    fields take the width there is."""
+    """Every form layout under ``root``: a field that does not fit beside its label goes below it, fields
+    take the width there is, and row labels wrap."""
     for layout in root.findChildren(QFormLayout):
         layout.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         layout.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        for row in range(layout.rowCount()):
+            item = layout.itemAt(row, QFormLayout.ItemRole.LabelRole)
+            label = item.widget() if item is not None else None
+            if isinstance(label, QLabel) and not label.wordWrap():
+                label.setWordWrap(True)   # a long row label ("Select tiles with a similarity of at least") wraps
 
 
 class PathLabel(QLabel):

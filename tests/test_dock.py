@@ -377,8 +377,9 @@ def test_widgets_become_the_core_job(dock, data_dir, qgis_iface, tiny_bundle, po
     assert job.raster == str(data_dir / KAMPALA)      # a GDAL file goes to core as its path
     assert (job.tiles.size, job.tiles.unit, job.tiles.overlap, job.tiles.bands) == (100, "m", 0.5, [3, 2, 1])
     assert job.tiles.extent is None
-    assert (job.run.model, job.run.device, job.run.precision, job.run.batch_size) == (
-        str(tiny_bundle), "cpu", "fp16", 8)
+    # the bundle the model row loaded goes to the job as it is: the worker does not read the manifest again
+    assert job.run.model is dock.bundle and str(job.run.model.source) == str(tiny_bundle)
+    assert (job.run.device, job.run.precision, job.run.batch_size) == ("cpu", "fp16", 8)
     assert job.run.cache_dir is None and job.dissolve
     assert job.output.endswith(".gpkg") and "kampala_label_" in job.output
 

@@ -96,7 +96,7 @@ def test_nothing_is_cut_off_at_300_px(narrow_dock):
         dock.output_widget.setFilePath(LONG_PATH)
         _settle()
         problems += [f"{dock.tabs.tabText(i)}: {p}" for p in clipped(dock.widget(), dock.scroll.viewport())]
-    assert problems == []
+    assert problems == [], "\n".join(problems)
 
 
 def test_the_checker_sees_what_is_cut_off(narrow_dock):

@@ -388,11 +388,12 @@ def test_resume_never_runs_code_from_a_crafted_checkpoint(tmp_path):
 # --------------------------------------------------------------------------------- plans and limits
 
 def test_a_runaway_plan_is_refused_before_any_pixel_is_read(tmp_path, tiny_bundle, rgb_byte):
-    # before: --overlap 0.999 --tile-size 64 planned 1.4 million tiles (about 2 hours) in silence
+    # before: --overlap 0.999 --tile-size 64 planned 1.4 million tiles (about 2 hours) in silence; the overlap
+    # ceiling (0.95) now refuses that, and the tile limit still catches tiny tiles at the ceiling
     cache = tmp_path / "cache"
-    err = _one_error_line(_cli("label", rgb_byte, "--labels", "a,b", "--model", tiny_bundle, "--overlap", 0.999,
-                               "--tile-size", 64, "--cache-dir", cache))
-    assert "476,840 tiles of 64 x 64 px" in err and "--yes" in err
+    err = _one_error_line(_cli("label", rgb_byte, "--labels", "a,b", "--model", tiny_bundle, "--overlap", 0.95,
+                               "--tile-size", 16, "--cache-dir", cache))
+    assert "545,528 tiles of 16 x 16 px" in err and "--yes" in err
     assert not cache.exists()
 
 

@@ -37,7 +37,7 @@ from qgis.core import (
 
 pytestmark = pytest.mark.qgis
 
-ALGS = ("labeltiles", "countobjects", "textsearch", "computeembeddings")
+ALGS = ("labeltiles", "countobjects", "textsearch", "classifyfromsamples", "computeembeddings")
 LABELS = "buildings, trees\nroad, bare soil"
 
 
@@ -108,13 +108,13 @@ def assert_inside(layer: QgsVectorLayer, extent: QgsRectangle, tol: float):
 
 # ------------------------------------------------------------------------------------- the provider
 
-def test_provider_has_the_four_algorithms_with_designer_friendly_parameters(plugin):
+def test_provider_has_an_algorithm_per_task_with_designer_friendly_parameters(plugin):
     registry = QgsApplication.processingRegistry()
     provider = registry.providerById("remoteclip")
     assert provider.name() == "RemoteCLIP"
     assert sorted(a.name() for a in provider.algorithms()) == sorted(ALGS)
     usable = {"raster", "file", "string", "enum", "number", "extent", "source", "band", "boolean",
-              "vectorDestination"}
+              "vectorDestination", "rasterDestination", "fileDestination", "field"}
     for name in ALGS:
         alg = registry.algorithmById(f"remoteclip:{name}")
         params = {p.name(): p for p in alg.parameterDefinitions()}

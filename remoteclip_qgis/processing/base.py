@@ -1,4 +1,6 @@
-"""What the four RemoteCLIP algorithms share: raster, model, tiles, run options and the output.
+"""What the RemoteCLIP algorithms share: raster, model, tiles, run options and the output; and their task
+parameters, declared once in core (core.tasks: each task's ``params``) and turned into Processing
+parameters here, so an algorithm class only names its task (``task_kind``).
 
 ``prepareAlgorithm`` (QGIS calls it in the main thread) turns the parameters
 into a core ``Job``: layers are read there, and a web or database raster gets
@@ -32,9 +34,13 @@ from qgis.core import (
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterField,
     QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
     QgsProcessingParameterVectorDestination,
     QgsProcessingUtils,
 )
@@ -42,20 +48,14 @@ from qgis.PyQt.QtCore import QCoreApplication
 
 from ..core.bundle import bundle_path, default_bundle
 from ..core.errors import Cancelled, RemoteClipError
+from ..core.tasks import TASKS
+from ..core.tiles import MAX_OVERLAP
 from ..layer_source import crs_wkt, extent_from_rectangle, raster_for_layer
 
 UNITS = ["px", "m"]
 DEVICES = ["auto", "cpu", "cuda"]
 PRECISIONS = ["fp32", "fp16"]
 _KEEP_ALIVE: list = []   # post-processors QGIS calls after the run; Python must keep them referenced
-
-
-def split_list(text: str | None, separators: str = ",\n") -> list[str]:
-    """Non-empty, stripped items of ``text`` split at any of ``separators``."""
-    if not text:
-        return []
-    parts = re.split("[" + re.escape(separators) + "]", str(text))
-    return [p.strip() for p in parts if p.strip()]
 
 
 def ogr_destination(dest: str) -> tuple[str, str | None]:
@@ -88,8 +88,27 @@ class StyleOutput(QgsProcessingLayerPostProcessorInterface):
             feedback.pushWarning(f"RemoteCLIP could not style {layer.name()}: {e}")
 
 
+class StyleDense(QgsProcessingLayerPostProcessorInterface):
+    """Styles the heat map QGIS loads after a run, as the dock does (layers.style_dense_layer)."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+
+    def postProcessLayer(self, layer, context, feedback):
+        try:
+            from ..layers import style_dense_layer
+        except ImportError:
+            return
+        try:
+            style_dense_layer(layer, self.kind)
+        except Exception as e:  # a style must never turn a finished run into a failure
+            feedback.pushWarning(f"RemoteCLIP could not style {layer.name()}: {e}")
+
+
 class RemoteClipAlgorithm(QgsProcessingAlgorithm):
-    """Base class; subclasses add their task parameters and build the task."""
+    """Base class; a subclass names its task (``task_kind``, a key of core.tasks.TASKS): the name, help,
+    group, task parameters and the task itself come from the task class."""
 
     INPUT = "INPUT"
     MODEL = "MODEL"
@@ -106,14 +125,27 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
     USE_CACHE = "USE_CACHE"
     DISSOLVE = "DISSOLVE"
     OUTPUT = "OUTPUT"
+    RASTER_OUTPUT = "RASTER_OUTPUT"
     PROVIDER = "PROVIDER"
     N_TILES = "N_TILES"
     CACHE_HIT = "CACHE_HIT"
+    ACCURACY = "ACCURACY"
+    REPORT = "REPORT"
 
-    kind = "embed"          # result style (layers.KINDS)
-    output_name = "Tiles"   # description of OUTPUT
-    can_dissolve = True
+    task_kind = "embed"     # the task (core.tasks.TASKS)
     can_skip_cache = True   # USE_CACHE is offered (computeembeddings always caches)
+
+    @property
+    def task_cls(self):
+        return TASKS[self.task_kind]
+
+    @property
+    def kind(self) -> str:   # result style (layers.KINDS)
+        return self.task_kind
+
+    @property
+    def can_dissolve(self) -> bool:
+        return self.task_cls.dissolve_field is not None
 
     def tr(self, text):
         return QCoreApplication.translate("RemoteClipAlgorithm", text)
@@ -121,11 +153,20 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
     def createInstance(self):
         return type(self)()
 
+    def name(self):
+        return self.task_cls.algorithm
+
+    def displayName(self):
+        return self.tr(self.task_cls.algorithm_title)
+
+    def shortHelpString(self):
+        return self.tr(self.task_cls.help)
+
     def group(self):
-        return self.tr("Zero-shot analysis")
+        return self.tr(self.task_cls.group)
 
     def groupId(self):
-        return "analysis"
+        return {"Zero-shot analysis": "analysis"}.get(self.task_cls.group, re.sub(r"\W+", "", self.task_cls.group.lower()))
 
     def helpUrl(self):
         return "https://github.com/remoteclip-qgis/remoteclip-qgis#readme"
@@ -149,7 +190,7 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
             defaultValue=0))
         self.add(QgsProcessingParameterNumber(
             self.OVERLAP, self.tr("Overlap (fraction of the tile edge shared with the neighbour)"),
-            QgsProcessingParameterNumber.Type.Double, defaultValue=0.0, minValue=0.0, maxValue=0.95))
+            QgsProcessingParameterNumber.Type.Double, defaultValue=0.0, minValue=0.0, maxValue=MAX_OVERLAP))
         self.add(QgsProcessingParameterExtent(
             self.EXTENT, self.tr("Extent (only tiles inside it; needed for XYZ/WMS layers)"), optional=True))
         self.add(QgsProcessingParameterFeatureSource(
@@ -178,12 +219,21 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
             p.setFlags(p.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
             self.add(p)
         out = QgsProcessingParameterVectorDestination(
-            self.OUTPUT, self.tr(self.output_name), type=QgsProcessing.SourceType.TypeVectorPolygon)
+            self.OUTPUT, self.tr(self.task_cls.output_title), type=QgsProcessing.SourceType.TypeVectorPolygon)
         out.setSupportsNonFileBasedOutput(False)
         self.add(out)
+        if self.task_cls.dense:
+            dense = QgsProcessingParameterRasterDestination(
+                self.RASTER_OUTPUT, self.tr("Heat map (GeoTIFF at tile resolution, overlapping tiles averaged)"),
+                optional=True, createByDefault=False)
+            dense.setSupportsNonFileBasedOutput(False)
+            self.add(dense)
         self.add_output(QgsProcessingOutputString(self.PROVIDER, self.tr("onnxruntime provider that ran")))
         self.add_output(QgsProcessingOutputNumber(self.N_TILES, self.tr("Number of tiles")))
         self.add_output(QgsProcessingOutputBoolean(self.CACHE_HIT, self.tr("Embeddings came from the cache")))
+        if self.task_cls.reports:
+            self.add_output(QgsProcessingOutputNumber(self.ACCURACY, self.tr("Cross-validated accuracy")))
+            self.add_output(QgsProcessingOutputString(self.REPORT, self.tr("Classification report (JSON file)")))
 
     def add(self, param):
         if not self.addParameter(param):
@@ -194,11 +244,86 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(f"Output {output.name()} could not be added (a duplicate name?).")
 
     def init_task_parameters(self):
-        """Subclasses add the parameters of their task."""
+        """The task's declared inputs (core.tasks.Param) as Processing parameters."""
+        for prm in self.task_cls.params:
+            p = self._parameter(prm)
+            if prm.advanced:
+                p.setFlags(p.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
+            self.add(p)
+
+    def _parameter(self, prm):
+        key, label = prm.processing_key, self.tr(prm.label)
+        number = QgsProcessingParameterNumber
+        if prm.kind == "names":
+            return QgsProcessingParameterString(key, self.tr(prm.label + " (separated by commas or new lines)"),
+                                                multiLine=True, optional=True)
+        if prm.kind == "preset":
+            return QgsProcessingParameterEnum(key, label, options=[self.tr("(none)"), *prm.choices], defaultValue=0)
+        if prm.kind == "templates":
+            return QgsProcessingParameterString(key, self.tr(prm.label + "; separated by new lines or |"),
+                                                multiLine=True, optional=True)
+        if prm.kind == "text":
+            return QgsProcessingParameterString(key, label, optional=prm.optional)
+        if prm.kind in ("int", "float"):
+            kwargs = {"optional": prm.optional}
+            if prm.default is not None:
+                kwargs["defaultValue"] = prm.default
+            if prm.lo is not None:
+                kwargs["minValue"] = prm.lo
+            if prm.hi is not None:
+                kwargs["maxValue"] = prm.hi
+            return number(key, label, number.Type.Integer if prm.kind == "int" else number.Type.Double, **kwargs)
+        if prm.kind == "choice":
+            return QgsProcessingParameterEnum(key, label, options=list(prm.choices),
+                                              defaultValue=list(prm.choices).index(prm.default))
+        if prm.kind == "samples":
+            return QgsProcessingParameterFeatureSource(
+                key, label, [QgsProcessing.SourceType.TypeVectorPoint, QgsProcessing.SourceType.TypeVectorPolygon],
+                optional=prm.optional)
+        if prm.kind == "field":
+            parent = self.task_cls.param(prm.parent).processing_key
+            return QgsProcessingParameterField(key, label, parentLayerParameterName=parent, optional=prm.optional)
+        if prm.kind == "file":
+            return QgsProcessingParameterFile(key, label, behavior=QgsProcessingParameterFile.Behavior.File,
+                                              fileFilter=prm.file_filter or "All files (*)", optional=prm.optional)
+        if prm.kind == "file_out":
+            return QgsProcessingParameterFileDestination(key, label, fileFilter=prm.file_filter or "All files (*)",
+                                                         optional=prm.optional, createByDefault=False)
+        raise ValueError(f"no Processing parameter for {prm.kind!r}")
 
     def make_task(self, parameters, context):
-        """Subclasses return the core task (LabelTask, CountTask, ...)."""
-        raise NotImplementedError
+        """The core task from the parameters, parsed by the task class (errors name the parameters)."""
+        from ..layer_source import samples_from_layer
+
+        raw = {}
+        for prm in self.task_cls.params:
+            key = prm.processing_key
+            if prm.kind in ("names", "templates", "text"):
+                value = self.parameterAsString(parameters, key, context)
+                raw[prm.name] = None if prm.kind != "text" and not value.strip() else value.strip()
+            elif prm.kind == "preset":
+                i = self.parameterAsEnum(parameters, key, context)
+                raw[prm.name] = prm.choices[i - 1] if i else None
+            elif prm.kind in ("int", "float"):
+                if prm.optional:
+                    raw[prm.name] = self.optional_number(parameters, key, context, integer=prm.kind == "int")
+                elif prm.kind == "int":
+                    raw[prm.name] = self.parameterAsInt(parameters, key, context)
+                else:
+                    raw[prm.name] = self.parameterAsDouble(parameters, key, context)
+            elif prm.kind == "choice":
+                raw[prm.name] = prm.choices[self.parameterAsEnum(parameters, key, context)]
+            elif prm.kind == "samples":
+                source = self.parameterAsSource(parameters, key, context) \
+                    if parameters.get(key) not in (None, "") else None
+                field = next((self.parameterAsString(parameters, f.processing_key, context)
+                              for f in self.task_cls.params if f.kind == "field" and f.parent == prm.name), "")
+                raw[prm.name] = None if source is None else samples_from_layer(source, field)
+            elif prm.kind == "file":
+                raw[prm.name] = self.parameterAsFile(parameters, key, context) or None
+            elif prm.kind == "file_out":
+                raw[prm.name] = self.parameterAsFileOutput(parameters, key, context) or None
+        return self.task_cls.from_inputs(raw, spell=lambda p: p.processing_key)
 
     # -------------------------------------------------------------------------------- helpers
 
@@ -308,6 +433,13 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
                 check_not_input(path, [raster] if isinstance(raster, str) else [raster.path, raster.name])
                 check_folder_writable(os.path.dirname(os.path.abspath(path)))
             dissolve = self.can_dissolve and self.parameterAsBool(parameters, self.DISSOLVE, context)
+            self._dense = None
+            if self.task_cls.dense and parameters.get(self.RASTER_OUTPUT) not in (None, ""):
+                self._dense = self.parameterAsOutputLayer(parameters, self.RASTER_OUTPUT, context) or None
+            if self._convert and self.task_cls.reports:
+                from ..core.outputs import check_report_path, report_path
+
+                check_report_path(report_path(path, layer_name or os.path.splitext(os.path.basename(path))[0]))
         except RemoteClipError as e:
             # QGIS turns an exception here into a bare "There were errors executing the algorithm" for
             # processing.run(); raised from processAlgorithm the message reaches every caller
@@ -321,7 +453,7 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
         # overwritten (core still keeps a GeoPackage's other layers). Processing runs are deliberate (batch,
         # models, qgis_process): no tile limit; the plan is reported.
         self._job = Job(raster=raster, task=task, run=run, tiles=tiles, output=write, layer_name=layer_name,
-                        dissolve=dissolve, overwrite=True, max_tiles=None)
+                        dissolve=dissolve, overwrite=True, max_tiles=None, raster_output=self._dense)
         if not isinstance(raster, str):
             feedback.pushInfo(f"Reading {layer.name()} through QGIS ({layer.providerType()} provider) at "
                               f"{raster.width} x {raster.height} pixels.")
@@ -342,6 +474,15 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
                 raise Cancelled("cancelled")
             if self._convert:
                 _convert(job.output, self._final, self._convert, result.layer_name)
+                if result.report is not None:   # beside the converted file, not the staging GeoPackage
+                    import json
+
+                    from ..core.outputs import check_report_path, report_path, write_text_file
+
+                    result.report_output = write_text_file(
+                        check_report_path(report_path(self._final, os.path.splitext(os.path.basename(self._final))[0])),
+                        json.dumps({**result.report, "output": self._final}, indent=1, ensure_ascii=False,
+                                   default=str) + "\n")
         except Cancelled:
             raise QgsProcessingException(self.tr("Cancelled: no output was written.")) from None
         except RemoteClipError as e:
@@ -362,17 +503,32 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
         for w in result.warnings:
             feedback.pushWarning(w)
         self._style_on_load(context, result)
-        return {self.OUTPUT: self._dest, self.PROVIDER: result.provider, self.N_TILES: result.n_tiles,
-                self.CACHE_HIT: bool(result.cache_hit)}
+        out = {self.OUTPUT: self._dest, self.PROVIDER: result.provider, self.N_TILES: result.n_tiles,
+               self.CACHE_HIT: bool(result.cache_hit)}
+        if self.task_cls.dense:
+            out[self.RASTER_OUTPUT] = result.raster_output
+        for prm in self.task_cls.params:
+            if prm.kind == "file_out":
+                out[prm.processing_key] = getattr(job.task, prm.name, None)
+        if self.task_cls.reports:
+            from ..core.tasks import report_lines
+
+            for line in report_lines(result.report):
+                feedback.pushInfo(line)
+            cv = (result.report or {}).get("cv") or {}
+            out[self.ACCURACY] = cv.get("accuracy")
+            out[self.REPORT] = result.report_output
+        return out
 
     def _style_on_load(self, context, result):
-        if not context.willLoadLayerOnCompletion(self._dest):
-            return
-        details = context.layerToLoadOnCompletionDetails(self._dest)
-        processor = StyleOutput(self.kind, result.field_map)
-        _KEEP_ALIVE.append(processor)
-        del _KEEP_ALIVE[:-16]
-        details.setPostProcessor(processor)
+        for dest, processor in ((self._dest, StyleOutput(self.kind, result.field_map)),
+                                (result.raster_output, StyleDense(self.kind))):
+            if not dest or not context.willLoadLayerOnCompletion(dest):
+                continue
+            details = context.layerToLoadOnCompletionDetails(dest)
+            _KEEP_ALIVE.append(processor)
+            del _KEEP_ALIVE[:-16]
+            details.setPostProcessor(processor)
 
 
 # ------------------------------------------------------------------------------------------ helpers

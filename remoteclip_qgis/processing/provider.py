@@ -7,6 +7,7 @@ import os
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
+from .classify_samples import ClassifyFromSamplesAlgorithm
 from .compute_embeddings import ComputeEmbeddingsAlgorithm
 from .count_objects import CountObjectsAlgorithm
 from .label_tiles import LabelTilesAlgorithm
@@ -16,11 +17,12 @@ ICON = os.path.join(os.path.dirname(os.path.dirname(__file__)), "resources", "ic
 
 
 class RemoteClipProvider(QgsProcessingProvider):
-    """Algorithms ``remoteclip:labeltiles``, ``countobjects``, ``textsearch`` and ``computeembeddings``."""
+    """Algorithms ``remoteclip:labeltiles``, ``countobjects``, ``textsearch``, ``classifyfromsamples`` and
+    ``computeembeddings``: one per task of core.tasks.TASKS."""
 
     def loadAlgorithms(self):
         for alg in (LabelTilesAlgorithm(), CountObjectsAlgorithm(), TextSearchAlgorithm(),
-                    ComputeEmbeddingsAlgorithm()):
+                    ClassifyFromSamplesAlgorithm(), ComputeEmbeddingsAlgorithm()):
             self.addAlgorithm(alg)
 
     def id(self):
@@ -30,7 +32,7 @@ class RemoteClipProvider(QgsProcessingProvider):
         return "RemoteCLIP"
 
     def longName(self):
-        return "RemoteCLIP (zero-shot labels, counts and text search on raster tiles)"
+        return "RemoteCLIP (zero-shot labels, counts, text search and few-shot classification on raster tiles)"
 
     def icon(self):
         return QIcon(ICON) if os.path.isfile(ICON) else QgsProcessingProvider.icon(self)

@@ -1,0 +1,120 @@
+"""The files a job writes besides its vector layer: a classify run's report beside the output and a
+trained classifier, each written atomically and checked before the run like the vector output.
+
+The report is ``NAME.LAYER.remoteclip-report.json`` beside a GeoPackage (one per layer),
+``NAME.remoteclip-report.json`` beside a Shapefile or a GeoTIFF. It carries ``"format":
+"remoteclip-classify-report"``; a file of that name without it is the user's and is never replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+
+from .errors import RemoteClipError
+
+__all__ = ["REPORT_SUFFIX", "report_path", "check_report_path", "check_file_output", "write_text_file",
+           "check_distinct", "read_report"]
+
+REPORT_SUFFIX = ".remoteclip-report.json"
+REPORT_FORMAT = "remoteclip-classify-report"
+
+
+def report_path(vector_output: str | None, layer_name: str | None, raster_output: str | None = None) -> str | None:
+    """Where a report goes: beside the vector output (per GeoPackage layer), else beside the raster output."""
+    base = vector_output or raster_output
+    if not base:
+        return None
+    base = os.fspath(base)
+    stem, ext = os.path.splitext(base)
+    if vector_output and ext.lower() == ".gpkg" and layer_name:
+        return f"{stem}.{layer_name}{REPORT_SUFFIX}"
+    return stem + REPORT_SUFFIX
+
+
+def _ours(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("format") == REPORT_FORMAT
+
+
+def read_report(path) -> dict:
+    """A report RemoteCLIP wrote ({} for anything else)."""
+    if not path or not os.path.isfile(path) or not _ours(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def check_report_path(path: str) -> str:
+    """A report may replace only a report of ours."""
+    from .vectors import _temp_pattern, remove_dead_temps
+
+    if os.path.lexists(path) and not _ours(path):
+        raise RemoteClipError(f"{path} exists and was not written by RemoteCLIP.",
+                              "Move that file away or give the output another name.")
+    remove_dead_temps(os.path.dirname(os.path.abspath(path)),
+                      _temp_pattern(os.path.splitext(os.path.basename(path))[0]))
+    return path
+
+
+def check_file_output(path, what: str, overwrite: bool = False, inputs=()) -> str:
+    """A plain file the user asked for (a saved classifier): its folder takes files, it is not an input,
+    and an existing one is replaced only with ``overwrite``."""
+    from .checks import path_text
+    from .vectors import (
+        _check_writable_file,
+        _temp_pattern,
+        check_folder_writable,
+        check_not_input,
+        remove_dead_temps,
+    )
+
+    path = path_text(path, what)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise RemoteClipError(f"The folder of the {what} {folder} does not exist.", "Create it or choose another.")
+    if os.path.isdir(path):
+        raise RemoteClipError(f"The {what} {path} is a folder.", "Give a file name, e.g. classifier.json.")
+    check_not_input(path, inputs)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    check_folder_writable(folder, stem)
+    remove_dead_temps(folder, _temp_pattern(stem))
+    if os.path.lexists(path):
+        if not overwrite:
+            raise RemoteClipError(f"The {what} {path} already exists.", "Replace it with --overwrite, or choose "
+                                  "another name.")
+        _check_writable_file(path)
+    return path
+
+
+def check_distinct(paths: list[tuple[str, str]]) -> None:
+    """No two outputs of one job may be one file."""
+    from .vectors import same_file
+
+    for i, (a, wa) in enumerate(paths):
+        for b, wb in paths[i + 1:]:
+            if same_file(a, b):
+                raise RemoteClipError(f"The {wa} and the {wb} are the same file ({a}).", "Give them different names.")
+
+
+def write_text_file(path: str, text: str, overwrite: bool = True) -> str:
+    """Write ``text`` to ``path`` through a temporary beside it (renamed into place when complete)."""
+    from .vectors import _publish, _temp_prefix
+
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(os.path.splitext(os.path.basename(path))[0]))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        _publish(tmp, path, overwrite)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path

@@ -1,0 +1,236 @@
+"""The dock's task tabs, built from the task registry (core.tasks.TASKS): one form per task, one widget per
+declared input (core.tasks.Param), so a new task in core gets its tab without dock code of its own.
+
+``TaskForm.raw()`` hands the widgets' values to ``Task.from_inputs`` as typed (the task parses and checks
+them, with the same rules as the command line and Processing); the only conversion done here is QGIS's:
+a samples layer (and its selection) becomes core's ``Samples``.
+"""
+
+from __future__ import annotations
+
+from qgis.core import QgsFieldProxyModel, QgsMapLayerProxyModel
+from qgis.gui import QgsCollapsibleGroupBox, QgsFieldComboBox, QgsFileWidget, QgsMapLayerComboBox
+from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QSpinBox,
+    QWidget,
+)
+
+from .core.prompts import COUNT_TEMPLATES, DEFAULT_TEMPLATES, PRESETS
+
+BIG = 1_000_000   # the top of a spin box whose input has no upper limit
+CUSTOM = "Custom"
+
+
+def _set(widget, value) -> None:
+    widget.setValue(value)  # noqa: QGS202 (a Qt widget setter: nothing to check)
+
+
+def _compact(combo) -> None:
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(6)
+
+
+def default_templates(task_cls) -> str:
+    return "\n".join(COUNT_TEMPLATES if task_cls.kind == "count" else DEFAULT_TEMPLATES)
+
+
+class TaskForm(QWidget):
+    """The tab of one task: ``widgets[param.name]`` holds each input's widget."""
+
+    def __init__(self, task_cls, parent=None):
+        super().__init__(parent)
+        self.task_cls = task_cls
+        self.widgets: dict = {}
+        self.selected_only: dict = {}
+        self.map_labels = None
+        form = QFormLayout(self)
+        advanced = None
+        for prm in task_cls.params:
+            if prm.kind == "preset":
+                continue   # drawn with the names input it fills
+            target = form
+            if prm.advanced:
+                if advanced is None:
+                    box = QgsCollapsibleGroupBox("Advanced", self)
+                    box.setCollapsed(True)
+                    advanced = QFormLayout(box)
+                    form.addRow(box)
+                target = advanced
+            self._add(prm, target)
+        if not task_cls.params:
+            text = QLabel(task_cls.help, self)
+            text.setWordWrap(True)
+            form.addRow(text)
+        if task_cls.style.map_labels_text:
+            self.map_labels = QCheckBox(task_cls.style.map_labels_text, self)
+            self.map_labels.setChecked(task_cls.style.map_labels_default)
+            form.addRow(self.map_labels)
+        self.report = QLabel(self)
+        self.report.setObjectName("report_label")
+        self.report.setWordWrap(True)
+        self.report.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.report.setVisible(False)
+        form.addRow(self.report)
+
+    # ---------------------------------------------------------------------------------------- widgets
+
+    def _add(self, prm, form: QFormLayout) -> None:
+        w = None
+        if prm.kind == "names":
+            presets = [p for p in self.task_cls.params if p.kind == "preset" and p.fills == prm.name]
+            if presets:
+                combo = QComboBox(self)
+                _compact(combo)
+                combo.addItem(CUSTOM)
+                combo.addItems(list(presets[0].choices))
+                combo.activated.connect(lambda i, c=combo, n=prm.name: self._apply_preset(c, n))
+                combo.setToolTip(presets[0].help)
+                form.addRow("Preset", combo)
+                self.widgets[presets[0].name] = combo
+            w = QPlainTextEdit(self)
+            w.setPlaceholderText("one class per line (or separated by commas), e.g.\nbuildings\ntrees\nwater")
+            w.setMaximumHeight(110)
+        elif prm.kind == "templates":
+            # a group box title never wraps: the short name, the whole label in the tooltip
+            box = QgsCollapsibleGroupBox(" ".join(prm.label.split(" (")[0].split()[:2]), self)
+            box.setToolTip(prm.label)
+            box.setCollapsed(True)
+            inner = QFormLayout(box)
+            w = QPlainTextEdit(box)
+            w.setPlainText(default_templates(self.task_cls))
+            w.setMaximumHeight(100)
+            w.setToolTip("one template per line (or separated by |)")
+            inner.addRow(w)
+            form.addRow(box)
+            self.widgets[prm.name] = w
+            return
+        elif prm.kind == "text":
+            w = QLineEdit(self)
+            if prm.start_value is not None:
+                w.setText(str(prm.start_value))
+            w.setPlaceholderText(prm.help)
+        elif prm.kind == "int":
+            w = QSpinBox(self)
+            lo = int(prm.lo) if prm.lo is not None else 0
+            w.setRange(lo - 1 if prm.optional else lo, int(prm.hi) if prm.hi is not None else BIG)
+            if prm.optional:
+                w.setSpecialValueText(prm.none_text or "none")
+            start = prm.start_value
+            _set(w, int(start) if start is not None else w.minimum())
+        elif prm.kind == "float":
+            w = QDoubleSpinBox(self)
+            w.setDecimals(3 if prm.lo is not None and prm.lo < 0 else 2)
+            w.setRange(prm.lo if prm.lo is not None else -1e9, prm.hi if prm.hi is not None else 1e9)
+            w.setSingleStep(0.05 if prm.lo is not None and prm.lo >= 0 else 0.01)
+            if prm.optional:
+                w.setSpecialValueText(prm.none_text or "none")
+            start = prm.start_value
+            _set(w, float(start) if start is not None else w.minimum())
+        elif prm.kind == "choice":
+            w = QComboBox(self)
+            _compact(w)
+            w.addItems([str(c) for c in prm.choices])
+            w.setCurrentText(str(prm.default))
+        elif prm.kind == "samples":
+            w = QgsMapLayerComboBox(self)
+            _compact(w)
+            w.setFilters(QgsMapLayerProxyModel.Filter.PointLayer | QgsMapLayerProxyModel.Filter.PolygonLayer)
+            w.setAllowEmptyLayer(True)
+            w.setToolTip("The analyst's samples: points or polygons, any CRS, with a class field")
+            sel = QCheckBox("selected only", self)
+            sel.setToolTip("Use the selected features of the layer only")
+            self.selected_only[prm.name] = sel
+            self.widgets[prm.name] = w
+            # one under the other: side by side they are wider than a 300 px dock
+            form.addRow(prm.label.split(" (")[0], w)
+            form.addRow("", sel)
+            return
+        elif prm.kind == "field":
+            w = QgsFieldComboBox(self)
+            _compact(w)
+            w.setFilters(QgsFieldProxyModel.Filter.AllTypes)
+            parent = self.widgets.get(prm.parent)
+            if parent is not None:
+                parent.layerChanged.connect(w.setLayer)
+                w.setLayer(parent.currentLayer())
+        elif prm.kind in ("file", "file_out"):
+            w = QgsFileWidget(self)
+            w.setStorageMode(QgsFileWidget.StorageMode.GetFile if prm.kind == "file"
+                             else QgsFileWidget.StorageMode.SaveFile)
+            if prm.kind == "file_out":
+                w.setConfirmOverwrite(False)   # Run asks, and only when something would be replaced
+            if prm.file_filter:
+                w.setFilter(prm.file_filter)
+        if w is None:
+            return
+        if prm.help and prm.kind not in ("text",):
+            w.setToolTip(prm.help)
+        self.widgets[prm.name] = w
+        form.addRow(prm.label, w)
+
+    def _apply_preset(self, combo, names: str) -> None:
+        name = combo.currentText()
+        if name in PRESETS:
+            self.widgets[names].setPlainText("\n".join(PRESETS[name]))
+
+    # ----------------------------------------------------------------------------------------- values
+
+    def raw(self) -> dict:
+        """The widgets' values as ``Task.from_inputs`` takes them."""
+        from .layer_source import samples_from_layer
+
+        out = {}
+        fields_of = {p.parent: p.name for p in self.task_cls.params if p.kind == "field"}
+        for prm in self.task_cls.params:
+            w = self.widgets.get(prm.name)
+            if w is None or prm.kind in ("preset", "field"):
+                continue   # a preset fills the names box; a field goes with its samples
+            if prm.kind in ("names", "templates"):
+                out[prm.name] = w.toPlainText()
+            elif prm.kind == "text":
+                out[prm.name] = w.text().strip()
+            elif prm.kind in ("int", "float"):
+                value = w.value()
+                out[prm.name] = None if prm.optional and value <= w.minimum() else value
+            elif prm.kind == "choice":
+                out[prm.name] = w.currentText()
+            elif prm.kind == "samples":
+                layer = w.currentLayer()
+                if layer is None:
+                    out[prm.name] = None
+                    continue
+                field = self.widgets[fields_of[prm.name]].currentField() if prm.name in fields_of else ""
+                out[prm.name] = samples_from_layer(layer, field, self.selected_only[prm.name].isChecked())
+            elif prm.kind in ("file", "file_out"):
+                out[prm.name] = w.filePath().strip() or None
+        return out
+
+    def show_labels(self) -> bool | None:
+        return None if self.map_labels is None else self.map_labels.isChecked()
+
+    def show_report(self, report: dict | None) -> None:
+        """A classify report (cross-validated accuracy, per-class precision/recall, confusion) in the tab."""
+        if not report:
+            self.report.setVisible(False)
+            return
+        self.report.setText(report_html(report))
+        self.report.setVisible(True)
+
+
+def report_html(report: dict) -> str:
+    import html
+
+    from .core.tasks import report_lines
+
+    lines = report_lines(report)
+    head, table = lines[0], lines[1:]
+    return (f"<b>{html.escape(head)}</b>" + ("<pre style='font-size:small'>" + html.escape("\n".join(table))
+                                            + "</pre>" if table else ""))

@@ -1,0 +1,149 @@
+"""The task registry (core.tasks): every task declares what the front-ends need, raw inputs are parsed by one
+rule everywhere, tasks and jobs are plain data (picklable), and a task added to the registry runs through
+run_job and the command line without a line elsewhere."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import pytest
+
+from core import prompts
+from core.cli import _parser, main
+from core.errors import RemoteClipError
+from core.jobs import ClassifyTask, CountTask, Job, LabelTask, RunOptions, SearchTask, TileSpec, run_job
+from core.samples import Samples
+from core.tasks import TASKS, Param, Task, TaskOutput, register, task_class
+
+
+def test_every_task_declares_what_the_front_ends_need():
+    assert list(TASKS) == ["label", "count", "search", "embed", "classify"]
+    sub = next(a for a in _parser()._actions if a.dest == "command")
+    assert list(sub.choices) == [*TASKS, "models"]    # one sub-command per task, in the registry's order
+    for kind, cls in TASKS.items():
+        assert cls.kind == kind and cls.title and cls.summary and cls.help and cls.algorithm
+        assert task_class(kind) is cls
+        keys = [p.processing_key for p in cls.params]
+        assert len(set(keys)) == len(keys)
+        for p in cls.params:
+            if p.kind == "field":
+                assert cls.param(p.parent).kind == "samples"
+            if p.kind == "preset":
+                assert cls.param(p.fills).kind == "names"
+            if p.default is not None and p.kind in ("int", "float"):
+                assert (p.lo is None or p.default >= p.lo) and (p.hi is None or p.default <= p.hi)
+        if cls.dense:
+            assert cls.style.renderer in ("categories", "graduated")
+    with pytest.raises(RemoteClipError, match="Unknown task 'cluster'"):
+        task_class("cluster")
+
+
+def test_one_rule_for_class_names_and_templates():
+    assert prompts.split_names("buildings, trees\nroad\n\n# a comment\n bare soil ") == \
+        ["buildings", "trees", "road", "bare soil"]
+    assert prompts.split_names("water,,trees") == ["water", "", "trees"]   # refused by check_labels
+    assert prompts.split_names(["river, lake", "sea"]) == ["river, lake", "sea"]   # a list is taken as it is
+    assert prompts.split_templates("a photo of {}, from above | {} seen by a drone\n# no\n") == \
+        ["a photo of {}, from above", "{} seen by a drone"]
+    task = LabelTask.from_inputs({"labels": "buildings, trees\nroad"})
+    assert task.labels == ["buildings", "trees", "road"]
+    with pytest.raises(RemoteClipError, match="empty name"):
+        LabelTask.from_inputs({"labels": "water,,trees"})
+
+
+def test_the_command_line_splits_names_by_the_same_rule(tmp_path, data_dir, tiny_bundle, capsys):
+    raster = str(data_dir / "geotiff" / "rasterio_RGB.byte.tif")
+    f = tmp_path / "classes.txt"
+    f.write_text("water, trees\nroad\n")
+    j = tmp_path / "classes.json"
+    j.write_text(json.dumps(["river, lake", "forest"]))
+    for arg, want in ((["--labels", "water, trees\nroad"], ["water", "trees", "road"]),
+                      (["--labels-file", f], ["water", "trees", "road"]),
+                      (["--labels-file", j], ["river, lake", "forest"])):
+        out = tmp_path / f"out{len(want)}{arg[0]}.gpkg"
+        assert main(["label", raster, "--model", str(tiny_bundle), "--tile-size", "359", "--no-cache", "-q",
+                     *map(str, arg), "-o", str(out)]) == 0
+        from osgeo import ogr
+
+        ds = ogr.Open(str(out))   # held: a layer outlives its dataset only in C
+        meta = json.loads(ds.GetLayer(0).GetMetadataItem("REMOTECLIP"))
+        assert sorted(meta["fields"].values()) == sorted(want)
+    capsys.readouterr()
+    assert main(["label", raster, "--labels", "a,b", "--labels-file", str(f)]) == 2
+    assert "Both --labels and --labels-file" in capsys.readouterr().err
+
+
+def test_inputs_combine_with_errors_that_name_them_as_the_front_end_does():
+    with pytest.raises(RemoteClipError, match="Both LABELS and PRESET"):
+        LabelTask.from_inputs({"labels": "a,b", "preset": "water"}, spell=lambda p: p.processing_key)
+    with pytest.raises(RemoteClipError, match="Both --labels and --preset"):
+        LabelTask.from_inputs({"labels": "a,b", "preset": "water"}, spell=lambda p: p.cli_flag)
+    assert LabelTask.from_inputs({"preset": "water"}).labels == prompts.PRESETS["water"]
+    assert SearchTask.from_inputs({"query": "pools", "top_k": None}).top_k is None
+    assert CountTask.from_inputs({"object_name": "car", "max_count": None}).max_count == 10
+
+
+def test_tasks_and_jobs_are_plain_data():
+    samples = Samples(["POINT (1 2)", "POINT (3 4)"], ["a", "b"], "EPSG:32636")
+    for task in (LabelTask(["a", "b"]), CountTask("car"), SearchTask("pool", 5), ClassifyTask(samples, suggest=3)):
+        job = Job(raster="x.tif", task=task, run=RunOptions(model="m"), tiles=TileSpec(size=64, overlap=0.5))
+        again = pickle.loads(pickle.dumps(job))
+        assert again == job and again.task == task
+
+
+def test_the_overlap_ceiling_is_one_for_everyone():
+    from core.tiles import MAX_OVERLAP
+
+    assert TileSpec(overlap=MAX_OVERLAP).overlap == MAX_OVERLAP
+    with pytest.raises(RemoteClipError, match="Overlap 0.96 is out of range"):
+        TileSpec(overlap=0.96)
+
+
+# --------------------------------------------------------------------------------- a new task
+
+@dataclass
+class BrightestTask(Task):
+    """A task written for this test: the mean of the embedding's first component, and a rank."""
+    scale: float = 1.0
+
+    kind: ClassVar[str] = "brightest"
+    title: ClassVar[str] = "Brightest"
+    summary: ClassVar[str] = "a test task"
+    help: ClassVar[str] = "A test task."
+    algorithm: ClassVar[str] = "brightest"
+    params: ClassVar[tuple] = (Param("scale", "float", "Scale", default=1.0, lo=0.0, hi=10.0),)
+
+    def outputs(self, part, text, bundle, fitted):
+        v = part.embeddings[:, 0] * self.scale
+        return TaskOutput([{"value": float(x)} for x in v], [("value", "float")])
+
+    def describe(self, result):
+        return [f"brightest value {max(r['value'] for r in result.records):.3f}"]
+
+
+def test_a_new_task_runs_through_run_job_and_the_command_line(data_dir, tiny_bundle, tmp_path, capsys):
+    raster = str(data_dir / "geotiff" / "rasterio_RGB.byte.tif")
+    register(BrightestTask)
+    try:
+        res = run_job(Job(raster=raster, task=BrightestTask(scale=2.0), tiles=TileSpec(size=359),
+                          run=RunOptions(model=str(tiny_bundle), cache_dir="")))
+        assert res.fields == ["row", "col", "value"]
+        assert [r["value"] for r in res.records] == pytest.approx(list(2.0 * res.embeddings[:, 0]))
+        out = tmp_path / "b.gpkg"
+        assert main(["brightest", raster, "--scale", "3", "--model", str(tiny_bundle), "--tile-size", "359",
+                     "--no-cache", "-q", "-o", str(out)]) == 0
+        stdout = capsys.readouterr().out
+        assert "brightest value" in stdout and f"output: {out}" in stdout
+        from osgeo import ogr
+
+        ds = ogr.Open(str(out))
+        lyr = ds.GetLayer(0)
+        assert lyr.GetName() == "tiles" and lyr.GetFeatureCount() == len(res.records)
+        assert np.allclose(sorted(f.GetField("value") for f in lyr), sorted(1.5 * r["value"] for r in res.records),
+                           atol=1e-6)
+    finally:
+        del TASKS["brightest"]
