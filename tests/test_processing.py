@@ -637,6 +637,23 @@ def test_qgis_process_loads_the_plugin_and_runs_labeltiles(plugin, built_plugin,
     assert rc != 0 and "Only one label" in out + err
     assert not (tmp_path / "bad.gpkg").exists()
 
+    # bands as users type them ("3,2,1"; QGIS itself reads only "3;2;1" and took "3,2,1" for band 0)
+    common = {"LABELS": "buildings,trees,road", "TILE_SIZE": 100, "TILE_UNIT": 1}
+    rc, out, err = qgis_process("run", "remoteclip:labeltiles", "--", f"INPUT={mosaic}", f"MODEL={tiny_bundle}",
+                                *(f"{k}={v}" for k, v in common.items()), "BANDS=3,2,1",
+                                f"OUTPUT={tmp_path / 'bgr.gpkg'}")
+    assert rc == 0, out[-2000:] + err[-2000:]
+    run("labeltiles", base_params(mosaic, tiny_bundle, tmp_path / "bgr_list.gpkg", BANDS=[3, 2, 1], **common))
+    run("labeltiles", base_params(mosaic, tiny_bundle, tmp_path / "rgb.gpkg", **common))
+
+    def probabilities(path):
+        return sorted((f["row"], f["col"], round(f["p_building"], 4), round(f["p_trees"], 4))
+                      for f in open_output(path).getFeatures())
+
+    bgr = probabilities(tmp_path / "bgr.gpkg")
+    assert bgr == probabilities(tmp_path / "bgr_list.gpkg"), "BANDS=3,2,1 read other bands than [3, 2, 1]"
+    assert bgr != probabilities(tmp_path / "rgb.gpkg"), "BANDS=3,2,1 read the default bands"
+
 
 def test_labeltiles_runs_inside_a_processing_model(plugin, rgb_byte, tiny_bundle, tmp_path):
     """The model designer's path: a model whose child is remoteclip:labeltiles, fed by model inputs."""

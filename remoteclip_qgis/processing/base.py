@@ -397,6 +397,16 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
 
     # -------------------------------------------------------------------------------- the run
 
+    def _bands(self, parameters, context) -> list[int] | None:
+        """The band numbers, also as users type them on the command line: QGIS reads a string only as
+        "3;2;1" (and "3,2,1" as band 0); the dock's and the command line's rule reads commas and spaces too."""
+        from ..core.raster import parse_bands
+
+        raw = parameters.get(self.BANDS)
+        if isinstance(raw, str):
+            return parse_bands(raw.replace(";", ","), "Bands (BANDS)")
+        return self.parameterAsInts(parameters, self.BANDS, context) or None
+
     def prepareAlgorithm(self, parameters, context, feedback):
         from ..core.jobs import Job, RunOptions, TileSpec
 
@@ -415,7 +425,7 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
             pixel_size = self.parameterAsDouble(parameters, self.PIXEL_SIZE, context) or None
             raster = raster_for_layer(layer, pixel_size=pixel_size, extent=extent)
             use_cache = not self.can_skip_cache or self.parameterAsBool(parameters, self.USE_CACHE, context)
-            bands = self.parameterAsInts(parameters, self.BANDS, context) or None
+            bands = self._bands(parameters, context)
             tiles = TileSpec(size=self.parameterAsDouble(parameters, self.TILE_SIZE, context),
                              unit=UNITS[self.parameterAsEnum(parameters, self.TILE_UNIT, context)],
                              overlap=self.parameterAsDouble(parameters, self.OVERLAP, context),
