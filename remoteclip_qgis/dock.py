@@ -772,8 +772,7 @@ class RemoteClipDock(QgsDockWidget):
 
     def _task(self):
         """The current tab's task, parsed by its class from the widgets' values (as typed)."""
-        cls = TASK_CLASSES[self.current_kind()]
-        return cls.from_inputs(self.forms[cls.kind].raw(), spell=lambda prm: prm.label)
+        return self.forms[self.current_kind()].task()
 
     def _extent(self, layer: QgsRasterLayer):
         from .layer_source import extent_from_features, extent_from_rectangle
@@ -855,6 +854,18 @@ class RemoteClipDock(QgsDockWidget):
         if missing:
             self._report_error("Missing Python packages: " + ", ".join(missing) + ".",
                                "Click 'Install dependencies' in the RemoteCLIP panel.")
+            return None
+        form = self.forms[self.current_kind()]
+        try:
+            form.task()
+        except RemoteClipError as e:
+            # shown under the field (task_forms): the panel says where, no message bar for a typo
+            self.status.setText(f"<span style='color:#b00020'>Check the {_html(form.task_cls.title)} settings: "
+                                f"{_html(e.problem)}</span>")
+            self.status.setToolTip("")
+            for label in (*form.errors.values(), form.form_error):
+                if label.isVisibleTo(self):
+                    self.scroll.ensureWidgetVisible(label)
             return None
         try:
             job, kind, name = self.build_job()

@@ -266,12 +266,12 @@ def test_errors_reach_the_message_bar_and_the_log(dock, data_dir, tmp_path, qgis
     assert dock.run() is None
     assert any("No model bundle" in m for m in bar.get_messages(Qgis.Warning))
 
-    # refused before any task too, by core's checks of the task: one label only
+    # refused before any task too: one label only, said under the field
     dock.model_widget.setFilePath(str(tiny_bundle))
     dock.set_kind("label")
     dock.labels_edit.setPlainText("buildings")
     assert dock.run() is None
-    assert any("at least two" in m for m in bar.get_messages(Qgis.Warning))
+    assert "at least two" in dock.forms["label"].errors["labels"].text()
     assert not bar.get_messages(Qgis.Critical) and not (tmp_path / "x.gpkg").exists()
     assert dock.last_layer is None
 
@@ -301,6 +301,59 @@ def test_errors_reach_the_message_bar_and_the_log(dock, data_dir, tmp_path, qgis
     assert dock.last_layer is None
     assert any("text_fp32.onnx" in m for m, level in logged if level == Qgis.Warning), logged
     assert not [m for m, _ in logged if "Traceback" in m] and not [m for m, lv in logged if lv == Qgis.Critical]
+
+
+def test_input_mistakes_are_shown_under_their_field_before_any_task(dock, data_dir, tmp_path, qgis_iface):
+    """An empty class list, object or query: refused by the panel, next to the field, in the panel's words (no
+    command-line flags), no task, no traceback, nothing on the message bar to close."""
+    from qgis.core import Qgis, QgsApplication
+
+    bar = qgis_iface.messageBar()
+    dock.layer_combo.setLayer(_raster(data_dir, KAMPALA, "kampala"))
+    dock.output_widget.setFilePath(str(tmp_path / "x.gpkg"))
+    logged = []
+
+    def on_log(message, tag, level):
+        if tag == "RemoteCLIP":
+            logged.append((message, level))
+
+    QgsApplication.messageLog().messageReceived.connect(on_log)
+    cases = [("label", "labels", lambda: dock.labels_edit.setPlainText(" \n, "), "class names"),
+             ("label", "labels", lambda: dock.labels_edit.setPlainText("buildings"), "at least two"),
+             ("count", "object_name", lambda: dock.count_object.setText("  "), "object to count"),
+             ("search", "query", lambda: dock.search_query.setText(""), "query")]
+    try:
+        for kind, field, make_mistake, words in cases:
+            dock.set_kind(kind)
+            make_mistake()
+            assert dock.run() is None and dock.task is None, kind
+            error = dock.forms[kind].errors[field]
+            assert error.isVisibleTo(dock) and words in error.text(), (kind, error.text(), dock.status.text())
+            assert "--" not in error.text() and "Check the" in dock.status.text()
+            dock.forms[kind].widgets[field].setFocus()
+            (dock.labels_edit.setPlainText("buildings\ntrees") if kind == "label"
+             else dock.forms[kind].widgets[field].setText("car"))
+            assert not error.isVisibleTo(dock), "the message goes once the field is edited"
+    finally:
+        QgsApplication.messageLog().messageReceived.disconnect(on_log)
+    assert not bar.get_messages(Qgis.Critical) and not bar.get_messages(Qgis.Warning)
+    assert not [m for m, level in logged if level == Qgis.Critical or "Traceback" in m]
+    assert not (tmp_path / "x.gpkg").exists() and dock.last_layer is None
+
+
+def test_the_preset_combo_names_the_class_list_the_box_holds(dock):
+    from remoteclip_qgis.core.prompts import PRESETS
+
+    dock.labels_edit.setPlainText("\n".join(PRESETS["land-cover"]))   # what a first start restores
+    assert dock.preset_combo.currentText() == "land-cover"
+    dock.labels_edit.setPlainText("buildings, trees")
+    assert dock.preset_combo.currentText() == "Custom"
+    dock.preset_combo.setCurrentIndex(dock.preset_combo.findText("urban"))
+    dock.preset_combo.activated.emit(dock.preset_combo.currentIndex())
+    assert dock.labels_edit.toPlainText().splitlines() == PRESETS["urban"]
+    assert dock.preset_combo.currentText() == "urban"
+    dock.labels_edit.setPlainText(", ".join(PRESETS["rsscn7"]))   # typed the other way
+    assert dock.preset_combo.currentText() == "rsscn7"
 
 
 def test_a_bug_inside_the_task_leaves_its_traceback_in_the_log_panel(dock, tiny_bundle, qgis_iface):
