@@ -171,7 +171,7 @@ def style_layer(layer: QgsVectorLayer, kind: str, field_map: dict[str, str] | No
         layer.setRenderer(count_renderer(layer, meta.get("object"), meta.get("max_count")))
     elif style.field in names and style.renderer == "graduated":
         layer.setRenderer(search_renderer(layer, top_k=meta.get("top_k"), threshold=meta.get("threshold"),
-                                          highlight=_highlight(style, names)))
+                                          highlight=_highlight(style, names), stand_out=meta.get("stand_out")))
     else:
         # embed, or a dissolved layer that lost the field to style by
         symbol = _fill("#000000", alpha=0, stroke="#ffd400", stroke_width=0.3)
@@ -397,7 +397,8 @@ def _count_bins(values: list[int], n_bins: int) -> list[tuple[int, int]]:
 
 
 def search_renderer(layer: QgsVectorLayer, classes: int = 5, top_k: int | None = None,
-                    threshold: float | None = None, highlight: str | None = '"selected" = 1'):
+                    threshold: float | None = None, highlight: str | None = '"selected" = 1',
+                    stand_out: float | None = None):
     """Similarity in quantile classes, light to dark; tiles where ``highlight`` holds (inside top-k/threshold)
     drawn on top with a thick red outline, a legend entry of its own saying what it marks."""
     from qgis.core import QgsRuleBasedRenderer
@@ -421,19 +422,22 @@ def search_renderer(layer: QgsVectorLayer, classes: int = 5, top_k: int | None =
         outline = _fill("#000000", alpha=0, stroke=HIGHLIGHT, stroke_width=0.9)
         outline.symbolLayer(0).setRenderingPass(1)   # over every fill, also the neighbours' drawn later
         root.appendChild(QgsRuleBasedRenderer.Rule(outline, 0, 0, highlight, selection_legend(
-            _counts(layer, "selected").get(1, 0), top_k, threshold)))
+            _counts(layer, "selected").get(1, 0), top_k, threshold, stand_out)))
     renderer = QgsRuleBasedRenderer(root)
     renderer.setUsingSymbolLevels(True)
     return renderer
 
 
-def selection_legend(n_selected: int, top_k: int | None, threshold: float | None) -> str:
-    """What the red outline marks, as the legend says it."""
+def selection_legend(n_selected: int, top_k: int | None, threshold: float | None,
+                     stand_out: float | None = None) -> str:
+    """What the red outline marks, as the legend says it (the similarity the selection took, and where it came
+    from when the stand-out rule made it)."""
     why = []
     if top_k:
         why.append(f"the best {top_k}")
     if threshold is not None:
-        why.append(f"similarity ≥ {float(threshold):.3f}")
+        rule = f" (mean + {float(stand_out):g} sd or more)" if stand_out is not None else ""
+        why.append(f"similarity ≥ {float(threshold):.3f}{rule}")
     rule = " with ".join(why) if why else "all tiles"
     return f"red outline: selected, {rule} ({_tiles(n_selected)})"
 

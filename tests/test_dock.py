@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 PLUGIN = "remoteclip_qgis"
@@ -152,7 +153,15 @@ def test_label_run_on_the_kampala_mosaic_then_search_reuses_the_cache(dock, data
     rules = [r.filterExpression() for r in layer2.renderer().rootRule().children()]
     assert layer2.renderer().type() == "RuleRenderer" and all('"similarity"' in r for r in rules[:-1])
     assert rules[-1] == '"selected" = 1'   # the red outline of the selected tiles, its own legend entry
-    assert sum(f["selected"] for f in layer2.getFeatures()) == 5
+    # the dock's default: the best 5 of the tiles standing out (similarity >= mean + 1 sd), which the legend says
+    feats = list(layer2.getFeatures())
+    sims = np.array([f["similarity"] for f in feats])
+    cut = sims.mean() + sims.std()
+    selected = {(f["row"], f["col"]) for f in feats if f["selected"]}
+    assert selected == {(f["row"], f["col"]) for f in feats if f["rank"] <= 5 and f["similarity"] >= cut - 1e-6}
+    assert 0 < len(selected) <= 5
+    legend = layer2.renderer().rootRule().children()[-1].label()
+    assert f"similarity ≥ {cut:.3f} (mean + 1 sd or more)" in legend, legend
     assert _group_layers()[:2] == [layer2, layer], "the newest result goes on top of the group"
 
 

@@ -279,8 +279,8 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
             return QgsProcessingParameterString(key, label, optional=prm.optional)
         if prm.kind in ("int", "float"):
             kwargs = {"optional": prm.optional}
-            if prm.default is not None:
-                kwargs["defaultValue"] = prm.default
+            if prm.start_value is not None:   # the dialog starts where the dock does (search: top 20, standing out)
+                kwargs["defaultValue"] = prm.start_value
             if prm.lo is not None:
                 kwargs["minValue"] = prm.lo
             if prm.hi is not None:
