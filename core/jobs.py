@@ -288,10 +288,10 @@ def _open(raster):
 class _Reader(threading.Thread):
     """Reads, stretches and preprocesses batches of tiles into a bounded queue."""
 
-    def __init__(self, src, bands, stretch, tiles, image_cfg, batch_size):
+    def __init__(self, src, bands, stretch, grid, image_cfg, batch_size):
         super().__init__(name="remoteclip-reader", daemon=True)
         self.src, self.bands, self.stretch = src, bands, stretch
-        self.tiles, self.image_cfg, self.batch_size = tiles, image_cfg, batch_size
+        self.grid, self.image_cfg, self.batch_size = grid, image_cfg, batch_size
         self.q: queue.Queue = queue.Queue(maxsize=_QUEUE_BATCHES)
         self.stop = threading.Event()
 
@@ -309,13 +309,14 @@ class _Reader(threading.Thread):
 
         try:
             h, w = output_size(self.image_cfg)
-            for start in range(0, len(self.tiles), self.batch_size):
+            for start in range(0, len(self.grid), self.batch_size):
                 if self.stop.is_set():
                     return
-                chunk = self.tiles[start:start + self.batch_size]
+                stop = min(len(self.grid), start + self.batch_size)
+                chunk = range(start, stop)
                 kept, arrays = [], []
-                for idx, tile in chunk:
-                    rgb, valid = read_rgb(self.src, self.bands, tile.window, self.stretch)
+                for idx, window in zip(chunk, self.grid.windows(np.arange(start, stop)).tolist(), strict=True):
+                    rgb, valid = read_rgb(self.src, self.bands, tuple(window), self.stretch)
                     if valid is not None and not valid.any():
                         continue  # all nodata
                     arrays.append(preprocess(rgb, self.image_cfg, valid))
@@ -330,7 +331,7 @@ class _Reader(threading.Thread):
 
 def _encode_tiles(encoder, src, bands, stretch, grid, progress, is_cancelled, batch_size):
     """Embeddings of the tiles that are not all nodata: (indices into grid, (n, D) float32)."""
-    reader = _Reader(src, bands, stretch, list(enumerate(grid)), encoder.bundle.image, batch_size)
+    reader = _Reader(src, bands, stretch, grid, encoder.bundle.image, batch_size)
     reader.start()
     kept_all: list[int] = []
     embs: list[np.ndarray] = []
@@ -437,7 +438,7 @@ def plan_job(job: Job) -> Plan:
         require_crs(src)
         grid = make_grid(src, job.tiles)
         bundle = load_bundle(job.run.model)
-        return Plan(len(grid), grid[0].window[2:] if grid else (0, 0), known_rate(job, bundle))
+        return Plan(len(grid), grid.tile_px if len(grid) else (0, 0), known_rate(job, bundle))
     finally:
         if owned:
             src.close()
@@ -483,10 +484,10 @@ def _run(job: Job, src, t0: float, progress, is_cancelled, on_plan) -> JobResult
     spec = job.tiles
     bands = check_bands(src, spec.bands) if spec.bands else default_bands(src)
     grid = make_grid(src, spec)
-    if not grid:
+    if not len(grid):
         raise RemoteClipError("No tiles: the extent does not overlap the raster.",
                               "Choose an extent (bbox or polygons) inside the raster.")
-    plan = Plan(len(grid), grid[0].window[2:], known_rate(job, bundle))
+    plan = Plan(len(grid), grid.tile_px, known_rate(job, bundle))
     if on_plan is not None:
         on_plan(plan)
     if job.max_tiles is not None and plan.n_tiles > job.max_tiles:
