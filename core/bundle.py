@@ -1,7 +1,9 @@
-"""Read a model bundle: a folder (or ``NAME.rclip.zip``) with two ONNX graphs,
+"""Read and write model bundles: a folder (or ``NAME.rclip.zip``) with two ONNX graphs,
 the CLIP BPE merges and ``manifest.json`` (format described in docs/ARCHITECTURE.md).
 
-core reads only bundles; ``python -m training.export`` writes them.
+core runs only bundles. Two writers make them, through the helpers at the end of this module (one
+manifest, one atomic folder write): ``python -m training.export`` (torch, open_clip) and
+``core.convert`` (numpy and onnx only).
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
+import time
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -21,6 +25,13 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 KINDS = ("image", "text")
 PRECISIONS = ("fp32", "fp16")
+
+VOCAB_NAME = "bpe_simple_vocab_16e6.txt.gz"
+# open_clip's CLIP BPE merges (byte-identical copy), so that core can write bundles without open_clip
+VOCAB_FILE = Path(__file__).resolve().parent / "data" / VOCAB_NAME
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+SOT_TOKEN_ID, EOT_TOKEN_ID = 49406, 49407
 
 _REQUIRED_KEYS = ("format", "format_version", "name", "architecture", "embed_dim", "activation",
                   "image", "text", "logit_scale", "graphs")
@@ -128,6 +139,11 @@ def load_bundle(path) -> Bundle:
     if path is None or str(path).strip() == "":
         raise RemoteClipError("No model bundle was given.", _EXPORT_HINT)
     src = Path(bundle_path(path)).expanduser()
+    if not src.exists():
+        from .catalog import resolve_model
+
+        # a bare name: a model pulled into the models folder (an error names the pull command if it is not)
+        src = Path(resolve_model(str(path)))
     if not src.exists():
         raise RemoteClipError(f"Model bundle not found: {src}.", _EXPORT_HINT)
     if src.is_file():
@@ -317,7 +333,123 @@ def _extract_zip(zpath: Path) -> Path:
     except zipfile.BadZipFile as e:
         raise RemoteClipError(f"Archive {zpath} is damaged ({e}).", "Download or export the bundle again.") from e
     finally:
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+# --- writing ---------------------------------------------------------------------------------------------------
+
+def image_section(size, mean=CLIP_MEAN, std=CLIP_STD, resize_mode: str = "shortest",
+                  interpolation: str = "bicubic", fill_color: int = 0) -> dict:
+    """The manifest's ``image`` section from open_clip's PreprocessCfg fields."""
+    size = [int(size), int(size)] if isinstance(size, int | float) else [int(s) for s in size]
+    return {
+        "size": size,
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        "resize_mode": resize_mode,
+        "interpolation": interpolation,
+        # open_clip: shortest -> Resize + CenterCrop, longest -> keep ratio + CenterCropOrPad, squash -> Resize
+        "crop": "none" if resize_mode == "squash" else "center",
+        "fill_color": int(fill_color),
+    }
+
+
+def new_manifest(*, name: str, architecture: str, model_config: dict, embed_dim: int, activation: str,
+                 image: dict, context_length: int, vocab_size: int, logit_scale: float, graphs: dict, opset: int,
+                 source: dict | None, exporter: dict, parity: dict | None = None) -> dict:
+    """A format_version 1 manifest; the one place both bundle writers build it."""
+    if activation not in ("quick_gelu", "gelu"):
+        raise ValueError(f"activation must be 'quick_gelu' or 'gelu', not {activation!r}")
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "architecture": architecture,
+        "model_config": model_config,
+        "embed_dim": int(embed_dim),
+        "activation": activation,
+        "image": image,
+        "text": {"tokenizer": "clip-bpe", "vocab_file": VOCAB_NAME, "context_length": int(context_length),
+                 "vocab_size": int(vocab_size), "sot_token_id": SOT_TOKEN_ID, "eot_token_id": EOT_TOKEN_ID,
+                 "pad_token_id": 0, "clean": "whitespace", "lowercase": True},
+        "logit_scale": round(float(logit_scale), 6),
+        "graphs": graphs,
+        "opset": int(opset),
+        "source": source or {"checkpoint": None, "sha256": None, "origin": "random-init"},
+        "exporter": exporter,
+    }
+    if parity is not None:
+        manifest["parity"] = parity
+    return manifest
+
+
+def write_manifest(bundle_dir, manifest: dict) -> None:
+    """Atomic manifest write (also used to add the parity table after training.export --verify)."""
+    path = Path(bundle_dir) / MANIFEST
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def check_destination(out_dir, overwrite: bool = True) -> Path:
+    """The resolved ``out_dir`` if a bundle may be written there (see staging_dir), else RemoteClipError."""
+    out_dir = Path(out_dir).expanduser().resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RemoteClipError(f"Output {out_dir} exists and is not a folder.", "Choose a new folder name for the bundle.")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not (out_dir / MANIFEST).is_file():
+            raise RemoteClipError(f"Output folder {out_dir} is not empty and is not a bundle; refusing to overwrite it.",
+                                  "Choose an empty or new folder for the bundle.")
+        if not overwrite:
+            raise RemoteClipError(f"A model bundle already exists at {out_dir}.",
+                                  "Choose another folder, or ask to overwrite it (--overwrite).")
+    return out_dir
+
+
+def staging_dir(out_dir, overwrite: bool = True) -> Path:
+    """A new empty folder beside ``out_dir`` (same file system) to write a bundle into before
+    ``publish_dir`` renames it. Refuses a non-empty folder that is not a bundle (never deleted), and an
+    existing bundle unless ``overwrite``."""
+    out_dir = check_destination(out_dir, overwrite)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a bundle folder is shared like any other
+        return tmp
+    except OSError as e:
+        raise RemoteClipError(f"Cannot write the bundle to {out_dir} ({e.strerror or e}).",
+                              "Choose a folder you can write to for the bundle.") from e
+
+
+def publish_dir(tmp, out_dir) -> Path:
+    """Move the finished bundle from ``staging_dir`` to ``out_dir``, replacing what staging_dir allowed."""
+    out_dir = Path(out_dir).expanduser().resolve()
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{int(time.time())}")
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return out_dir
+
+
+def write_zip(bundle_dir, zip_path=None) -> Path:
+    """``NAME.rclip.zip`` with the bundle's files at the archive root (atomic write)."""
+    bundle_dir = Path(bundle_dir)
+    zip_path = Path(zip_path) if zip_path else bundle_dir.with_name(bundle_dir.name + ".rclip.zip")
+    fd, tmp = tempfile.mkstemp(prefix=f".{zip_path.name}.", dir=zip_path.parent)
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+            for p in sorted(bundle_dir.iterdir()):
+                if p.is_file():
+                    zf.write(p, p.name)
+        os.replace(tmp, zip_path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return zip_path

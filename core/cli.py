@@ -138,6 +138,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, help="select the K best tiles")
     p.add_argument("--threshold", type=float, help="select tiles with a cosine similarity at least this")
     sub.add_parser("embed", parents=[common], help="compute and cache the tile embeddings")
+    from .models import add_parser as add_models_parser
+
+    add_models_parser(sub)
     return ap
 
 
@@ -270,6 +273,10 @@ def main(argv=None) -> int:
     args = _parser().parse_args(_join_negative_values([str(a) for a in argv]))
     bar = None
     try:
+        if args.command == "models":
+            from .models import run as run_models
+
+            return run_models(args, _Bar)
         job = _job(args)
         from .jobs import run_job
 

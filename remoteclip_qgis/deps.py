@@ -27,6 +27,10 @@ from qgis.PyQt.QtCore import pyqtSignal
 
 # import name -> pip requirement (onnxruntime may become onnxruntime-gpu)
 REQUIRED = {"onnxruntime": "onnxruntime", "ftfy": "ftfy", "regex": "regex"}
+# needed only to convert a checkpoint into a bundle (Get in the panel): installed when first needed,
+# pinned to requirements/lock.txt's version (tests check they agree)
+CONVERSION = {"onnx": "onnx==1.23.2"}
+PACKAGES = {**REQUIRED, **CONVERSION}
 DEPS_FOLDER = "remoteclip_deps"
 LOG_TAG = "RemoteCLIP"
 
@@ -44,6 +48,11 @@ def is_available(module: str) -> bool:
 def missing_modules() -> list[str]:
     """Import names of the required packages that cannot be found, in REQUIRED's order."""
     return [m for m in REQUIRED if not is_available(m)]
+
+
+def missing_for_conversion() -> list[str]:
+    """Import names of the packages converting a checkpoint needs that cannot be found."""
+    return [m for m in CONVERSION if not is_available(m)]
 
 
 def deps_dir(settings_dir: str | os.PathLike | None = None) -> Path:
@@ -132,7 +141,7 @@ def numpy_version() -> str | None:
 def requirements(onnxruntime: str, modules: list[str] | None = None) -> list[str]:
     """pip requirements for the missing import names (all of them when ``modules`` is None)."""
     modules = list(REQUIRED) if modules is None else modules
-    return [onnxruntime if m == "onnxruntime" else REQUIRED[m] for m in REQUIRED if m in modules]
+    return [onnxruntime if m == "onnxruntime" else PACKAGES[m] for m in PACKAGES if m in modules]
 
 
 def install_command(python: str, target: str | os.PathLike, packages: list[str],
@@ -180,7 +189,7 @@ class InstallPlan:
                  numpy_ver: str | None, platform: str = sys.platform):
         self.python = python
         self.target = Path(target)
-        self.missing = [m for m in REQUIRED if m in missing]
+        self.missing = [m for m in PACKAGES if m in missing]
         self.numpy_version = numpy_ver
         self.constraint_file = self.target.parent / f"{DEPS_FOLDER}_constraints.txt" if numpy_ver else None
         self.ort = onnxruntime_package(smi_output, platform)

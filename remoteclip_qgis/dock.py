@@ -37,7 +37,6 @@ from qgis.PyQt.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
     QFrame,
     QHBoxLayout,
@@ -50,7 +49,6 @@ from qgis.PyQt.QtWidgets import (
     QScrollArea,
     QSpinBox,
     QTabWidget,
-    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -61,6 +59,7 @@ from .core.bundle import DEMO_BUNDLE, bundle_path, default_bundle
 from .core.errors import RemoteClipError
 from .core.prompts import DEFAULT_TEMPLATES, PRESETS, split_lines
 from .core.raster import parse_bands
+from .model_picker import DEMO_NOTE, ModelRow, is_demo
 
 LOG_TAG = "RemoteCLIP"
 SETTINGS = "RemoteCLIP/"
@@ -203,22 +202,14 @@ class RemoteClipDock(QgsDockWidget):
         self.layer_combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
         self.layer_combo.setToolTip("The raster to tile (follows the active layer)")
         form.addRow("Raster", self.layer_combo)
-        model_row = QHBoxLayout()
-        self.model_widget = QgsFileWidget(body)
-        self.model_widget.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
-        self.model_widget.setDialogTitle("RemoteCLIP model bundle folder")
-        self.model_widget.setToolTip("A bundle folder (with manifest.json) or a bundle .zip")
+        # the model row (model_picker.ModelRow): local bundles and catalogue models with Get
+        self.model_row = ModelRow(body)
+        self.model_widget = self.model_row.file_widget
         self.model_widget.fileChanged.connect(self._model_changed)
-        self.zip_button = QToolButton(body)
-        self.zip_button.setText("zip…")
-        self.zip_button.setToolTip("Choose a zipped bundle (.rclip.zip)")
-        self.zip_button.clicked.connect(self._choose_zip)
-        model_row.addWidget(self.model_widget, 1)
-        model_row.addWidget(self.zip_button)
-        form.addRow("Model", model_row)
-        self.model_info = QLabel(body)
-        self.model_info.setWordWrap(True)
-        form.addRow("", self.model_info)
+        self.model_info = self.model_row.info
+        self.model_row.message.connect(lambda text, level: self.iface.messageBar().pushMessage(
+            "RemoteCLIP", text, Qgis.MessageLevel(level), 10))
+        form.addRow("Model", self.model_row)
         device_row = QHBoxLayout()
         self.device_combo = QComboBox(body)
         _compact(self.device_combo)
@@ -480,12 +471,6 @@ class RemoteClipDock(QgsDockWidget):
     def model_path(self) -> str:
         return bundle_path(self.model_widget.filePath())
 
-    def _choose_zip(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "RemoteCLIP model bundle (zip)", self.model_path(),
-                                              "Model bundles (*.zip)")
-        if path:
-            self.model_widget.setFilePath(path)
-
     def _model_changed(self, _path=None) -> None:
         path = self.model_path()
         if not path:
@@ -499,7 +484,7 @@ class RemoteClipDock(QgsDockWidget):
             self.model_info.setText(f"<span style='color:#b00020'>{_html(str(e))}</span>")
             return
         self.model_info.setText(f"<b>{_html(b.name)}</b> · {_html(b.architecture)} · {_html(b.activation)} · "
-                                f"{b.embed_dim}-d")
+                                f"{b.embed_dim}-d" + (f"<br><i>{DEMO_NOTE}</i>" if is_demo(path) else ""))
         current = self.precision_combo.currentText()
         self.precision_combo.clear()
         self.precision_combo.addItems(list(b.precisions))
@@ -827,6 +812,7 @@ class RemoteClipDock(QgsDockWidget):
 
     def unload(self) -> None:
         """Stop what runs: a task left running would call back into a deleted dock."""
+        self.model_row.unload()
         for t in (self.task, self.install_task):
             if t is not None:
                 with contextlib.suppress(RuntimeError):   # already deleted by the task manager

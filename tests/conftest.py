@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import gc
 import inspect
+import io
 import os
+import shutil
 import subprocess
 import sys
 import types
@@ -139,6 +141,89 @@ def tiny_bundle(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     export_tiny_test_bundle(out)
     return out
+
+
+def save_random_checkpoint(arch: str, path, seed: int = 0, skyclip: bool = False, dtype=None) -> Path:
+    """Random open_clip weights (reference_pipeline.trained_looking) saved like RemoteCLIP's release
+    (``torch.save(model.state_dict(), path)``), or like SkyCLIP's training checkpoints
+    (``{"state_dict": {"module." + key: ...}, "epoch": ...}``); ``dtype`` (e.g. torch.bfloat16) casts the
+    floating point tensors first."""
+    import open_clip
+    import torch
+
+    from training.checkpoints import register_local_configs
+    from training.reference_pipeline import trained_looking
+
+    register_local_configs()
+    torch.manual_seed(seed)
+    sd = trained_looking(open_clip.create_model(arch, pretrained=None).state_dict(), seed)
+    if dtype is not None:
+        sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+    if skyclip:
+        torch.save({"epoch": 5, "name": "skyclip-test", "state_dict": {"module." + k: v for k, v in sd.items()}},
+                   path)
+    else:
+        torch.save(sd, path)
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
+def real_checkpoint(tmp_path_factory):
+    """arch -> checkpoint file with random weights (seed 0), made once per session."""
+    cache = {}
+    folder = tmp_path_factory.mktemp("checkpoints")
+
+    def get(arch):
+        if arch not in cache:
+            cache[arch] = save_random_checkpoint(arch, folder / f"RemoteCLIP-{arch}.pt")
+        return cache[arch]
+
+    yield get
+    shutil.rmtree(folder, ignore_errors=True)  # up to 1.7 GB per architecture
+
+
+@pytest.fixture(scope="session")
+def real_export(tmp_path_factory, real_checkpoint, data_dir):
+    """arch -> (bundle folder, printed parity table, exit code) of training.export `--fp16 --verify`, once per
+    session."""
+    from training.export import main as export_main
+
+    cache = {}
+    folder = tmp_path_factory.mktemp("real_bundles")
+
+    def get(arch):
+        if arch not in cache:
+            out = folder / f"RemoteCLIP-{arch}"
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf):
+                rc = export_main(["--arch", arch, "--checkpoint", str(real_checkpoint(arch)), "--out", str(out),
+                                  "--fp16", "--verify", "--data", str(data_dir)])
+            cache[arch] = (out, buf.getvalue(), rc)
+        return cache[arch]
+
+    yield get
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def check_io_contract(bundle, embed_dim: int) -> None:
+    """The bundle's graphs have the documented names, float32/int64 types, a dynamic batch and unit outputs."""
+    import numpy as np
+    import onnxruntime as ort
+
+    for precision in bundle.precisions:
+        s = ort.InferenceSession(str(bundle.graph_path("image", precision)), providers=["CPUExecutionProvider"])
+        (i,), (o,) = s.get_inputs(), s.get_outputs()
+        assert (i.name, i.type, o.name, o.type) == ("pixel_values", "tensor(float)", "image_embeds", "tensor(float)")
+        assert not isinstance(i.shape[0], int)  # dynamic batch
+        s = ort.InferenceSession(str(bundle.graph_path("text", precision)), providers=["CPUExecutionProvider"])
+        (i,), (o,) = s.get_inputs(), s.get_outputs()
+        assert (i.name, i.type, o.name, o.type) == ("input_ids", "tensor(int64)", "text_embeds", "tensor(float)")
+        ids = np.zeros((3, 77), np.int64)
+        ids[:, 0] = 49406
+        ids[[0, 1, 2], [1, 5, 76]] = 49407
+        e = s.run(None, {"input_ids": ids})[0]
+        assert e.shape == (3, embed_dim)
+        np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1, atol=1e-3)
 
 
 @pytest.fixture(scope="session")

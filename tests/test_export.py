@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-from conftest import require
+from conftest import check_io_contract, require
+from conftest import save_random_checkpoint as _save_random
 
 from core.bundle import load_bundle
 from core.errors import RemoteClipError
@@ -27,59 +26,7 @@ except ImportError as e:  # outside CI a runtime-only set-up skips; in CI a miss
 
 from training import checkpoints  # noqa: E402
 from training.export import main as export_main  # noqa: E402
-from training.export import tiny_model  # noqa: E402
 from training.parity import THRESHOLDS  # noqa: E402
-
-
-def _save_random(arch: str, path, seed: int = 0, skyclip: bool = False):
-    """Random open_clip weights saved like RemoteCLIP's release (plain state dict) or SkyCLIP's (training format)."""
-    torch.manual_seed(seed)
-    model = tiny_model(seed)[0] if arch == "tiny-test" else open_clip.create_model(arch, pretrained=None)
-    sd = model.state_dict()
-    if skyclip:
-        torch.save({"epoch": 5, "name": "skyclip-test", "state_dict": {"module." + k: v for k, v in sd.items()}},
-                   path)
-    else:
-        torch.save(sd, path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def real_checkpoint(tmp_path_factory):
-    """arch -> checkpoint file with random weights, made once per session."""
-    cache = {}
-    folder = tmp_path_factory.mktemp("checkpoints")
-
-    def get(arch):
-        if arch not in cache:
-            cache[arch] = _save_random(arch, folder / f"RemoteCLIP-{arch}.pt")
-        return cache[arch]
-
-    yield get
-    shutil.rmtree(folder, ignore_errors=True)  # up to 1.7 GB per architecture
-
-
-@pytest.fixture(scope="session")
-def real_export(tmp_path_factory, real_checkpoint, data_dir):
-    """arch -> (bundle folder, printed parity table, exit code) of `--fp16 --verify`, once per session."""
-    cache = {}
-    folder = tmp_path_factory.mktemp("real_bundles")
-
-    def get(arch):
-        if arch not in cache:
-            out = folder / f"RemoteCLIP-{arch}"
-            import contextlib
-            import io
-
-            buf = io.StringIO()
-            with contextlib.redirect_stdout(buf):
-                rc = export_main(["--arch", arch, "--checkpoint", str(real_checkpoint(arch)), "--out", str(out),
-                                  "--fp16", "--verify", "--data", str(data_dir)])
-            cache[arch] = (out, buf.getvalue(), rc)
-        return cache[arch]
-
-    yield get
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _check_real_bundle(arch, real_export, real_checkpoint, embed_dim, image_size=224):
@@ -107,39 +54,20 @@ def _check_real_bundle(arch, real_export, real_checkpoint, embed_dim, image_size
     return b
 
 
-def _io_contract(b, embed_dim):
-    import onnxruntime as ort
-
-    for precision in b.precisions:
-        s = ort.InferenceSession(str(b.graph_path("image", precision)), providers=["CPUExecutionProvider"])
-        (i,), (o,) = s.get_inputs(), s.get_outputs()
-        assert (i.name, i.type, o.name, o.type) == ("pixel_values", "tensor(float)", "image_embeds", "tensor(float)")
-        assert not isinstance(i.shape[0], int)  # dynamic batch
-        s = ort.InferenceSession(str(b.graph_path("text", precision)), providers=["CPUExecutionProvider"])
-        (i,), (o,) = s.get_inputs(), s.get_outputs()
-        assert (i.name, i.type, o.name, o.type) == ("input_ids", "tensor(int64)", "text_embeds", "tensor(float)")
-        ids = np.zeros((3, 77), np.int64)
-        ids[:, 0] = 49406
-        ids[[0, 1, 2], [1, 5, 76]] = 49407
-        e = s.run(None, {"input_ids": ids})[0]
-        assert e.shape == (3, embed_dim)
-        np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1, atol=1e-3)
-
-
 def test_vit_b_32_export_parity(real_export, real_checkpoint):
     b = _check_real_bundle("ViT-B-32", real_export, real_checkpoint, 512)
-    _io_contract(b, 512)
+    check_io_contract(b, 512)
 
 
 def test_rn50_export_parity(real_export, real_checkpoint):
     b = _check_real_bundle("RN50", real_export, real_checkpoint, 1024)
-    _io_contract(b, 1024)
+    check_io_contract(b, 1024)
 
 
 @pytest.mark.slow
 def test_vit_l_14_export_parity(real_export, real_checkpoint):
     b = _check_real_bundle("ViT-L-14", real_export, real_checkpoint, 768)
-    _io_contract(b, 768)
+    check_io_contract(b, 768)
 
 
 def test_wrong_architecture_names_keys_and_the_fitting_arch(real_checkpoint, tmp_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from loopback import FileServer
+from gdal_file_server import FileServer
 from osgeo import gdal, osr
 
 from core.cache import EmbeddingCache

@@ -20,6 +20,9 @@ from pathlib import Path
 
 from core.errors import RemoteClipError
 
+# training/configs/*.json: architectures of our own (tiny-test for unit tests, small-vit for the demo model)
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+TINY_CONFIG = CONFIG_DIR / "tiny-test.json"
 REMOTECLIP_REPO = "chendelong/RemoteCLIP"
 REMOTECLIP_ARCHS = ("RN50", "ViT-B-32", "ViT-L-14")
 ACTIVATIONS = ("quick_gelu", "gelu")
@@ -90,10 +93,21 @@ def register_local_configs() -> None:
     """Make training/configs/*.json (e.g. ``tiny-test``) known to open_clip by file name."""
     import open_clip
 
-    from training.export import CONFIG_DIR
-
     if open_clip.get_model_config("tiny-test") is None:
         open_clip.add_model_config(CONFIG_DIR)
+
+
+def eval_transform(preprocess_cfg: dict):
+    """open_clip's eval transform for a model's PreprocessCfg dict."""
+    import open_clip
+
+    pp = dict(preprocess_cfg)
+    size = pp.get("size", 224)
+    return open_clip.image_transform(size if isinstance(size, int) else tuple(size), is_train=False,
+                                     mean=tuple(pp.get("mean")), std=tuple(pp.get("std")),
+                                     resize_mode=pp.get("resize_mode", "shortest"),
+                                     interpolation=pp.get("interpolation", "bicubic"),
+                                     fill_color=int(pp.get("fill_color", 0)))
 
 
 def _model_cfg(arch: str) -> dict:

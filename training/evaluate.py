@@ -128,7 +128,7 @@ class TorchModel:
     def __init__(self, model, preprocess_cfg: dict, arch: str, device="cpu", batch_size: int = 64):
         import open_clip
 
-        from training.pretrain import eval_transform
+        from training.checkpoints import eval_transform
 
         self.model, self.device, self.batch_size = model, device, batch_size
         self.transform = eval_transform(preprocess_cfg)

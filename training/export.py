@@ -13,24 +13,28 @@ Graph traps handled here (see docs/bundles.md):
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 import sys
-import tempfile
 import time
-import zipfile
 from pathlib import Path
 
-from core.bundle import FORMAT, FORMAT_VERSION, MANIFEST
+from core.bundle import (
+    VOCAB_FILE,
+    VOCAB_NAME,
+    image_section,
+    new_manifest,
+    publish_dir,
+    staging_dir,
+    write_manifest,
+    write_zip,
+)
 from core.errors import RemoteClipError
+from training import checkpoints
+from training.checkpoints import TINY_CONFIG
 
 EXPORTER_VERSION = "0.1.0"
 DEFAULT_OPSET = 17
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-TINY_CONFIG = CONFIG_DIR / "tiny-test.json"
-VOCAB_NAME = "bpe_simple_vocab_16e6.txt.gz"
 
 
 def _torch():
@@ -219,27 +223,11 @@ def _is_tail(model, node, depth: int = 6) -> bool:
 
 def preprocess_manifest(preprocess_cfg: dict) -> dict:
     """Bundle ``image`` section from open_clip's PreprocessCfg dict."""
-    size = preprocess_cfg.get("size", 224)
-    size = [int(size), int(size)] if isinstance(size, int | float) else [int(s) for s in size]
-    resize_mode = preprocess_cfg.get("resize_mode", "shortest")
-    return {
-        "size": size,
-        "mean": [float(v) for v in preprocess_cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))],
-        "std": [float(v) for v in preprocess_cfg.get("std", (0.26862954, 0.26130258, 0.27577711))],
-        "resize_mode": resize_mode,
-        "interpolation": preprocess_cfg.get("interpolation", "bicubic"),
-        # open_clip: shortest -> Resize + CenterCrop, longest -> keep ratio + CenterCropOrPad, squash -> Resize
-        "crop": "none" if resize_mode == "squash" else "center",
-        "fill_color": int(preprocess_cfg.get("fill_color", 0)),
-    }
-
-
-def _sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    pp = preprocess_cfg
+    return image_section(pp.get("size", 224), mean=pp.get("mean", (0.48145466, 0.4578275, 0.40821073)),
+                         std=pp.get("std", (0.26862954, 0.26130258, 0.27577711)),
+                         resize_mode=pp.get("resize_mode", "shortest"),
+                         interpolation=pp.get("interpolation", "bicubic"), fill_color=pp.get("fill_color", 0))
 
 
 def _check_batch_dynamic(path: Path, input_name: str, make_input, embed_dim: int) -> None:
@@ -252,55 +240,6 @@ def _check_batch_dynamic(path: Path, input_name: str, make_input, embed_dim: int
         if out.shape != (n, embed_dim):
             raise RemoteClipError(f"Exported graph {path.name} returns shape {out.shape} for batch {n}, "
                                   f"expected ({n}, {embed_dim}).", "Report this as an exporter bug.")
-
-
-def _prepare_out(out_dir: Path) -> Path:
-    """Make a temporary folder beside out_dir (same file system, for an atomic rename)."""
-    out_dir = Path(out_dir).expanduser().resolve()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise RemoteClipError(f"Output {out_dir} exists and is not a folder.", "Choose a new folder name for --out.")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
-        raise RemoteClipError(f"Output folder {out_dir} is not empty and is not a bundle; refusing to overwrite it.",
-                              "Choose an empty or new folder for --out.")
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a bundle folder is shared like any other
-        return tmp
-    except OSError as e:
-        raise RemoteClipError(f"Cannot write the bundle to {out_dir} ({e.strerror or e}).",
-                              "Choose a folder you can write to for --out.") from e
-
-
-def _finish_out(tmp: Path, out_dir: Path) -> None:
-    out_dir = Path(out_dir).expanduser().resolve()
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{int(time.time())}")
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def write_zip(bundle_dir: Path, zip_path: Path | None = None) -> Path:
-    """``NAME.rclip.zip`` with the bundle's files at the archive root (atomic write)."""
-    bundle_dir = Path(bundle_dir)
-    zip_path = Path(zip_path) if zip_path else bundle_dir.with_name(bundle_dir.name + ".rclip.zip")
-    fd, tmp = tempfile.mkstemp(prefix=f".{zip_path.name}.", dir=zip_path.parent)
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
-            for p in sorted(bundle_dir.iterdir()):
-                if p.is_file():
-                    zf.write(p, p.name)
-        os.replace(tmp, zip_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return zip_path
 
 
 def export_bundle(model, preprocess_cfg: dict, out_dir, *, architecture: str, model_config: dict,
@@ -333,7 +272,7 @@ def export_bundle(model, preprocess_cfg: dict, out_dir, *, architecture: str, mo
     if logit_scale is None:
         logit_scale = float(model.logit_scale.detach().exp().item())
 
-    tmp = _prepare_out(out_dir)
+    tmp = staging_dir(out_dir, overwrite=True)  # re-exporting replaces the bundle
     try:
         gen = torch.Generator().manual_seed(0)
         t0 = time.perf_counter()
@@ -371,47 +310,25 @@ def export_bundle(model, preprocess_cfg: dict, out_dir, *, architecture: str, mo
             graphs["fp16"] = {"image": "image_fp16.onnx", "text": "text_fp16.onnx"}
             log(f"fp16 graphs converted in {time.perf_counter() - t0:.1f}s")
 
-        vocab_src = Path(open_clip.tokenizer.default_bpe())
-        shutil.copyfile(vocab_src, tmp / VOCAB_NAME)
+        shutil.copyfile(VOCAB_FILE, tmp / VOCAB_NAME)
         import onnx
 
         actual_opset = max(o.version for o in onnx.load(str(img_path), load_external_data=False).opset_import
                            if o.domain in ("", "ai.onnx"))
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "name": name,
-            "architecture": architecture,
-            "model_config": model_config,
-            "embed_dim": embed_dim,
-            "activation": activation,
-            "image": image_cfg,
-            "text": {"tokenizer": "clip-bpe", "vocab_file": VOCAB_NAME, "context_length": context_length,
-                     "vocab_size": vocab_size, "sot_token_id": 49406, "eot_token_id": 49407, "pad_token_id": 0,
-                     "clean": "whitespace", "lowercase": True},
-            "logit_scale": round(float(logit_scale), 6),
-            "graphs": graphs,
-            "opset": int(actual_opset),
-            "source": source or {"checkpoint": None, "sha256": None, "origin": "random-init"},
-            "exporter": {"name": "remoteclip-qgis", "version": EXPORTER_VERSION, "method": exporter,
-                         "torch": torch.__version__.split("+")[0], "open_clip": open_clip.__version__},
-        }
+        manifest = new_manifest(
+            name=name, architecture=architecture, model_config=model_config, embed_dim=embed_dim,
+            activation=activation, image=image_cfg, context_length=context_length, vocab_size=vocab_size,
+            logit_scale=logit_scale, graphs=graphs, opset=actual_opset, source=source,
+            exporter={"name": "remoteclip-qgis", "version": EXPORTER_VERSION, "method": exporter,
+                      "torch": torch.__version__.split("+")[0], "open_clip": open_clip.__version__})
         write_manifest(tmp, manifest)
-        _finish_out(tmp, out_dir)
+        publish_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if make_zip:
         write_zip(out_dir)
     return out_dir
-
-
-def write_manifest(bundle_dir: Path, manifest: dict) -> None:
-    """Atomic manifest write (also used to add the parity table after --verify)."""
-    path = Path(bundle_dir) / MANIFEST
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def tiny_model(seed: int = 0, activation: str = "quick_gelu"):
@@ -442,8 +359,6 @@ def export_tiny_test_bundle(out_dir, fp16: bool = True, seed: int = 0, activatio
 
 def main(argv=None) -> int:
     import argparse
-
-    from training import checkpoints
 
     ap = argparse.ArgumentParser(
         prog="python -m training.export",

@@ -73,7 +73,7 @@ def verify_bundle(bundle_dir, model, preprocess_cfg: dict, arch: str | None = No
     from open_clip.transform import PreprocessCfg, image_transform_v2
     from PIL import Image
 
-    from core.bundle import load_bundle
+    from core.bundle import load_bundle, write_manifest
     from core.tokenizer import Tokenizer
 
     bundle = load_bundle(bundle_dir)
@@ -121,8 +121,6 @@ def verify_bundle(bundle_dir, model, preprocess_cfg: dict, arch: str | None = No
                              and row["text_cos_min"] >= THRESHOLDS[precision] and row["top1_agree"] == 1.0)
         results[precision] = row
     if write:
-        from training.export import write_manifest
-
         manifest = dict(bundle.manifest)
         manifest["parity"] = {"images": f"RSSCN7 x{len(pairs)}", "labels": labels, "template": TEMPLATE,
                               "thresholds": THRESHOLDS, **results}

@@ -36,9 +36,7 @@ import time
 from pathlib import Path
 
 from core.errors import RemoteClipError
-
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
+from training.checkpoints import eval_transform
 
 # --- data ---------------------------------------------------------------------------------------------
 
@@ -112,15 +110,6 @@ def train_transform(preprocess_cfg: dict, scale=(0.5, 1.0)):
     base = open_clip.image_transform(preprocess_cfg["size"], is_train=True, mean=preprocess_cfg.get("mean"),
                                      std=preprocess_cfg.get("std"), aug_cfg={"scale": scale})
     return T.Compose([T.RandomHorizontalFlip(), RandomRot90(), base])
-
-
-def eval_transform(preprocess_cfg: dict):
-    import open_clip
-
-    return open_clip.image_transform(preprocess_cfg["size"], is_train=False, mean=preprocess_cfg.get("mean"),
-                                     std=preprocess_cfg.get("std"), resize_mode=preprocess_cfg.get("resize_mode"),
-                                     interpolation=preprocess_cfg.get("interpolation"),
-                                     fill_color=preprocess_cfg.get("fill_color", 0))
 
 
 # --- model ----------------------------------------------------------------------------------------------

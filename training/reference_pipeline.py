@@ -11,7 +11,8 @@ disagreement. (Pixel tile sizes and bounding boxes in the raster's CRS only.)
 
 Also makes the random-weight models the tests and benchmarks use (there are no
 pretrained CLIP weights on these machines): ``random_model`` and
-``random_bundle`` (the same weights exported as a bundle).
+``random_bundle`` (the same weights exported as a bundle), and ``trained_looking`` (random weights
+without the constants of a fresh initialisation).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from training.checkpoints import eval_transform as transform  # open_clip's eval transform, not core's
 
 
 def random_model(arch: str = "ViT-B-32", seed: int = 0, activation: str = "quick_gelu"):
@@ -41,6 +44,30 @@ def random_model(arch: str = "ViT-B-32", seed: int = 0, activation: str = "quick
         return checkpoints.build_model(arch, None, activation)
 
 
+def trained_looking(sd: dict, seed: int = 0) -> dict:
+    """Random weights without the constants of a fresh initialisation, which hide mistakes: open_clip starts
+    attention biases and LayerNorm biases at 0, LayerNorm and BatchNorm scales at 1 (RN50's last BatchNorm of
+    each block at 0, which switches the residual branch off) and BatchNorm statistics at 0 and 1. Trained
+    checkpoints have none of that; here constant tensors get noise and BatchNorm variances spread over
+    0.1..2 (log-uniform), so that a dropped bias, a wrong epsilon or a dead branch changes the output."""
+    import torch
+
+    gen = torch.Generator().manual_seed(1000 + seed)
+    out = {}
+    for k, v in sd.items():
+        if v.is_floating_point() and v.dim() > 0:
+            if k.endswith("running_var"):
+                v = torch.exp(torch.empty(v.shape).uniform_(-2.3, 0.7, generator=gen))
+            elif k.endswith("running_mean"):
+                v = 0.1 * torch.randn(v.shape, generator=gen)
+            elif k.endswith(".weight") and (".bn" in k or "downsample.1" in k):  # BatchNorm scales
+                v = 1 + 0.1 * torch.randn(v.shape, generator=gen)
+            elif bool((v == v.flatten()[0]).all()):  # other constants: biases, LayerNorm
+                v = v + (0.1 if float(v.flatten()[0]) else 0.02) * torch.randn(v.shape, generator=gen)
+        out[k] = v.contiguous()
+    return out
+
+
 def random_bundle(arch: str, out_dir, seed: int = 0, activation: str = "quick_gelu", fp16: bool = False) -> Path:
     """Export ``random_model(arch, seed)`` as a bundle (reused when ``out_dir`` already holds that export)."""
     from training import export
@@ -57,19 +84,6 @@ def random_bundle(arch: str, out_dir, seed: int = 0, activation: str = "quick_ge
     return export.export_bundle(model, pp, out_dir, architecture=arch, model_config=cfg, activation=activation,
                                 name=f"{arch}-random-{seed}", fp16=fp16,
                                 source={"checkpoint": None, "sha256": None, "origin": origin})
-
-
-def transform(preprocess_cfg: dict):
-    """open_clip's eval transform for a model's PreprocessCfg dict."""
-    import open_clip
-
-    pp = dict(preprocess_cfg)
-    size = pp.get("size", 224)
-    return open_clip.image_transform(size if isinstance(size, int) else tuple(size), is_train=False,
-                                     mean=tuple(pp.get("mean")), std=tuple(pp.get("std")),
-                                     resize_mode=pp.get("resize_mode", "shortest"),
-                                     interpolation=pp.get("interpolation", "bicubic"),
-                                     fill_color=int(pp.get("fill_color", 0)))
 
 
 def text_features(model, class_prompts: list[list[str]]):

@@ -1,0 +1,161 @@
+"""Getting a catalogue model inside QGIS: core's downloader over QGIS's network stack, in a QgsTask.
+
+``qgis_transport`` is the transport ``core.download`` calls (url, start offset, headers -> status,
+headers, chunks): the request goes through ``QgsNetworkAccessManager``, so the proxy, SSL and
+authentication settings of QGIS (Settings > Options > Network) apply; an authentication
+configuration id saved as ``RemoteCLIP/model_authcfg`` is added to each request. The body is
+streamed (a 1.7 GB checkpoint never sits in memory). Redirects are followed here rather than by Qt
+so that Hugging Face's ``X-Linked-Etag`` (the file's sha256, sent on the redirect) reaches core.
+
+``PullTask`` runs ``core.models.pull`` (download + conversion) in the background with progress and
+cancel; a cancelled download keeps its ``.part`` and the next Get resumes it.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+
+from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsNetworkAccessManager, QgsSettings, QgsTask
+from qgis.PyQt.QtCore import QEventLoop, QTimer, QUrl, pyqtSignal
+from qgis.PyQt.QtNetwork import QNetworkReply, QNetworkRequest
+
+LOG_TAG = "RemoteCLIP"
+CHUNK = 1 << 20
+REDIRECTS = (301, 302, 303, 307, 308)
+
+
+def _spin(reply, ms: int = 200) -> None:
+    """Run this thread's event loop until the reply has news, or ``ms`` passed."""
+    loop = QEventLoop()
+    reply.readyRead.connect(loop.quit)
+    reply.finished.connect(loop.quit)
+    reply.metaDataChanged.connect(loop.quit)
+    timer = QTimer()
+    timer.setSingleShot(True)
+    timer.timeout.connect(loop.quit)
+    timer.start(ms)
+    loop.exec()
+    timer.stop()
+
+
+def _headers(reply) -> dict[str, str]:
+    return {bytes(k).decode("latin-1").lower(): bytes(v).decode("latin-1") for k, v in reply.rawHeaderPairs()}
+
+
+def qgis_transport(url: str, start: int, headers: dict, timeout: float = 60.0):
+    """core.download transport through QGIS's network access manager (this thread's instance)."""
+    from .core.download import USER_AGENT, Response
+    from .core.errors import RemoteClipError
+
+    authcfg = QgsSettings().value("RemoteCLIP/model_authcfg", "", type=str)
+    linked: dict[str, str] = {}
+    for _hop in range(10):
+        req = QNetworkRequest(QUrl(url))
+        req.setAttribute(QNetworkRequest.RedirectPolicyAttribute, QNetworkRequest.ManualRedirectPolicy)
+        req.setRawHeader(b"User-Agent", USER_AGENT.encode())
+        for k, v in headers.items():
+            req.setRawHeader(k.encode("latin-1"), str(v).encode("latin-1"))
+        if authcfg:
+            QgsApplication.authManager().updateNetworkRequest(req, authcfg)
+        reply = QgsNetworkAccessManager.instance().get(req)
+        waited = 0.0
+        while reply.attribute(QNetworkRequest.HttpStatusCodeAttribute) is None and not reply.isFinished():
+            _spin(reply)
+            waited += 0.2
+            if waited > timeout:
+                reply.abort()
+                raise RemoteClipError(f"No answer from {url} in {timeout:.0f} s.",
+                                      "Check the network and QGIS's proxy settings (Settings > Options > Network).")
+        status = reply.attribute(QNetworkRequest.HttpStatusCodeAttribute)
+        hdrs = _headers(reply)
+        if status is None:
+            message = reply.errorString()
+            reply.deleteLater()
+            raise RemoteClipError(f"Cannot reach {url} ({message}).",
+                                  "Check the network and QGIS's proxy settings (Settings > Options > Network), "
+                                  "or download the file elsewhere and give it with `remoteclip models pull NAME --url FILE`.")
+        if status in REDIRECTS and "location" in hdrs:
+            linked.update({k: v for k, v in hdrs.items() if k.startswith("x-linked-")})
+            url = reply.url().resolved(QUrl(hdrs["location"])).toString()
+            reply.abort()
+            reply.deleteLater()
+            continue
+        for k, v in linked.items():
+            hdrs.setdefault(k, v)
+        return Response(int(status), hdrs, _chunks(reply, timeout), lambda r=reply: (r.abort(), r.deleteLater()))
+    raise RemoteClipError(f"{url}: too many redirects.", "Check the URL.")
+
+
+def _chunks(reply, timeout: float):
+    idle = 0.0
+    while True:
+        n = reply.bytesAvailable()
+        if n > 0:
+            idle = 0.0
+            yield bytes(reply.read(min(n, CHUNK)))
+            continue
+        if reply.isFinished():
+            if reply.error() != QNetworkReply.NoError:
+                raise OSError(reply.errorString())   # a dropped connection: core resumes it
+            return
+        _spin(reply)
+        idle += 0.2
+        if idle > timeout:
+            raise OSError(f"no data for {timeout:.0f} s")
+        yield b""   # nothing yet: the downloader checks for cancel
+
+
+class PullTask(QgsTask):
+    """Download and convert a catalogue model (``core.models.pull``) in the background."""
+
+    pulled = pyqtSignal(str)            # bundle folder
+    failed = pyqtSignal(str, str)       # message, details
+    cancelledByUser = pyqtSignal()
+    statusChanged = pyqtSignal(str)
+
+    def __init__(self, name: str, folder, url: str | None = None, transport=None):
+        super().__init__(f"RemoteCLIP: get {name}", QgsTask.CanCancel)
+        self.name = name
+        self.folder = folder
+        self.url = url
+        self.transport = transport or qgis_transport
+        self.bundle: str | None = None
+        self.error: str | None = None
+        self.details = ""
+        self.was_cancelled = False
+        self._last = 0.0
+
+    def _progress(self, fraction: float, message: str) -> None:
+        self.setProgress(max(0.0, min(100.0, 100.0 * fraction)))
+        now = time.monotonic()
+        if now - self._last > 0.25:      # the label need not repaint for every chunk
+            self._last = now
+            self.statusChanged.emit(message)
+
+    def run(self) -> bool:
+        from .core.errors import Cancelled, RemoteClipError
+        from .core.models import pull
+
+        try:
+            self.bundle = str(pull(self.name, self.folder, self.url, transport=self.transport,
+                                   progress=self._progress, is_cancelled=self.isCanceled))
+            return True
+        except Cancelled:
+            self.was_cancelled = True
+        except RemoteClipError as e:
+            self.error = str(e)
+        except Exception as e:   # a bug: the traceback goes to the log panel
+            self.error = f"{type(e).__name__}: {e}"
+            self.details = traceback.format_exc()
+        return False
+
+    def finished(self, ok: bool) -> None:
+        if ok and self.bundle:
+            self.pulled.emit(self.bundle)
+        elif self.was_cancelled or (self.isCanceled() and self.error is None):
+            self.cancelledByUser.emit()
+        else:
+            error = self.error or "The download stopped without a result."
+            QgsMessageLog.logMessage(f"Getting {self.name} failed: {error}\n{self.details}", LOG_TAG, Qgis.Critical)
+            self.failed.emit(error, self.details)

@@ -1,0 +1,169 @@
+"""The dock's model row in real QGIS: catalogue models with size and state, Get (download through
+QGIS's network stack + torch-free conversion in a QgsTask) against a loopback server, cancel and
+resume, the demo note, and the row at the dock's 300 px width."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from loopback import FileServer
+from test_models_pull import entry, save_checkpoint, user_catalog
+
+WAIT_S = 300
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+
+
+@pytest.fixture
+def models(tmp_path, monkeypatch):
+    from qgis.core import QgsSettings
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    QgsSettings().remove("RemoteCLIP")
+    QgsSettings().setValue("RemoteCLIP/models_dir", str(folder))
+    for k in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(k, raising=False)
+    yield folder
+    QgsSettings().remove("RemoteCLIP")
+
+
+@pytest.fixture
+def dock(rc, qgis_iface, qgis_new_project, models):
+    from remoteclip_qgis.dock import RemoteClipDock
+
+    d = RemoteClipDock()
+    qgis_iface.messageBar().clear_messages()
+    yield d
+    d.unload()
+    _wait(d.model_row)
+    d.deleteLater()
+
+
+def _wait(row, until=lambda: False) -> None:
+    from qgis.PyQt.QtCore import QCoreApplication
+
+    deadline = time.monotonic() + WAIT_S
+    while (row.task is not None or row.install_task is not None) and not until():
+        QCoreApplication.processEvents()
+        time.sleep(0.01)
+        assert time.monotonic() < deadline, "the Get task did not finish"
+
+
+def _items(row) -> dict[str, str]:
+    return {row.combo.itemText(i).split(" · ")[0]: row.combo.itemText(i) for i in range(row.combo.count())}
+
+
+def test_the_picker_lists_catalogue_models_with_size_and_state_and_marks_the_demo(dock, rc):
+    from remoteclip_qgis.core.bundle import DEMO_BUNDLE
+    from remoteclip_qgis.model_picker import DEMO_NOTE
+
+    items = _items(dock.model_row)
+    assert items["RemoteCLIP-ViT-B-32"] == "RemoteCLIP-ViT-B-32 · Get 605 MB"
+    assert items["RemoteCLIP-ViT-L-14"] == "RemoteCLIP-ViT-L-14 · Get 1.71 GB"
+    assert "OpenAI-CLIP-ViT-B-32" in items and "GeoRSCLIP-ViT-B-32" in items
+    assert items["remoteclip-demo"] == "remoteclip-demo · demo"
+    dock.model_widget.setFilePath(str(DEMO_BUNDLE))
+    assert DEMO_NOTE in dock.model_info.text()
+    assert dock.model_row.combo.currentText() == "remoteclip-demo · demo"
+    assert not dock.model_row.get_button.isEnabled()           # nothing to get for a local bundle
+    dock.model_row.select_entry("RemoteCLIP-ViT-B-32")
+    assert dock.model_row.get_button.isEnabled()
+    assert "Get" in dock.model_info.text() and "605 MB" not in dock.model_widget.filePath()
+
+
+def test_get_downloads_through_qgis_converts_and_selects_the_model(dock, models, tiny_ckpt, qgis_iface):
+    from qgis.core import Qgis
+
+    with FileServer({"tiny.pt": tiny_ckpt}) as srv:
+        user_catalog(models, entry(url=srv.url("tiny.pt", "resolve")))
+        dock.model_row.refresh()
+        assert dock.model_row.select_entry("Tiny-RS") >= 0
+        dock.model_row.get_button.click()
+        assert dock.model_row.task is not None and dock.model_row.cancel_button.isVisible() is not None
+        _wait(dock.model_row)
+        agents = {r["headers"].get("User-Agent", "") for r in srv.requests}
+    bundle = models / "Tiny-RS"
+    assert (bundle / "manifest.json").is_file(), dock.model_row.status.text()
+    assert all("QGIS/" in a for a in agents), agents          # QGIS's network stack carried it
+    assert [r["path"] for r in srv.requests] == ["/resolve/tiny.pt", "/cdn/tiny.pt"]
+    assert dock.model_path() == str(bundle)
+    assert dock.model_row.combo.currentText().startswith("Tiny-RS · ")
+    assert "<b>Tiny-RS</b> · tiny-test" in dock.model_info.text()
+    assert "Tiny-RS is ready" in " ".join(qgis_iface.messageBar().get_messages(Qgis.Success))
+    assert json.loads((bundle / "manifest.json").read_text())["source"]["tool"] == "remoteclip models pull"
+
+
+def test_cancel_keeps_the_download_and_get_resumes_it(dock, models, tiny_ckpt):
+    from qgis.PyQt.QtCore import Qt
+
+    with FileServer({"tiny.pt": tiny_ckpt}, latency=0.02, chunk=128 * 1024) as srv:
+        user_catalog(models, entry(url=srv.url("tiny.pt")))
+        dock.model_row.refresh()
+        dock.model_row.select_entry("Tiny-RS")
+        task = dock.model_row.get()
+        seen = []
+
+        def cancel_after_some(message: str) -> None:   # worker thread
+            seen.append(message)
+            if len(seen) == 3:
+                task.cancel()
+
+        task.statusChanged.connect(cancel_after_some, Qt.DirectConnection)
+        _wait(dock.model_row)
+        assert "Cancelled" in dock.model_row.status.text()
+        assert not (models / "Tiny-RS").exists()
+        text = _items(dock.model_row)["Tiny-RS"]
+        assert "Get resumes" in text, text
+        part = next((models / "downloads").glob("*.part"))
+        kept = part.stat().st_size
+        assert 0 < kept < tiny_ckpt.stat().st_size
+        srv.latency = 0
+        dock.model_row.select_entry("Tiny-RS")
+        dock.model_row.get()
+        _wait(dock.model_row)
+        assert srv.range_starts() == [kept]
+    assert (models / "Tiny-RS" / "manifest.json").is_file()
+    assert dock.model_path() == str(models / "Tiny-RS")
+
+
+def test_a_failed_get_says_why_and_selects_nothing(dock, models, tiny_ckpt):
+    with FileServer({"tiny.pt": tiny_ckpt}) as srv:
+        user_catalog(models, entry(url=srv.url("missing.pt")))
+        dock.model_row.refresh()
+        dock.model_row.select_entry("Tiny-RS")
+        before = dock.model_path()
+        dock.model_row.get()
+        _wait(dock.model_row)
+    assert "HTTP 404" in dock.model_row.status.text()
+    assert dock.model_path() == before and not (models / "Tiny-RS").exists()
+    assert dock.model_row.get_button.isEnabled()
+
+
+def test_the_model_row_fits_the_default_dock_width(dock):
+    dock.resize(300, 900)
+    dock.show()
+    row = dock.model_row
+    row.select_entry("RemoteCLIP-ViT-L-14")    # the longest item text
+    assert row.minimumSizeHint().width() <= 220    # + the form's 'Model' label: within 300 px
+    assert row.status.wordWrap() and row.info.wordWrap()
+    dock.hide()
+
+
+def test_onnx_for_conversion_is_pinned_to_the_lock_file_and_installed_alone(rc, tmp_path):
+    from pathlib import Path
+
+    from remoteclip_qgis import deps
+
+    lock = (Path(__file__).resolve().parents[1] / "requirements" / "lock.txt").read_text().splitlines()
+    assert deps.CONVERSION["onnx"] in lock            # same pin as every other environment
+    assert "onnx" not in deps.REQUIRED               # running models never needs it
+    plan = deps.InstallPlan("python3", tmp_path / "deps", ["onnx"], "GPU 0: H200 (UUID: x)", "1.24.2", "linux")
+    assert plan.commands == [plan.commands[0]] and plan.commands[0][-1] == "onnx==1.23.2"
+    assert "onnxruntime" not in " ".join(plan.commands[0])
+    assert deps.missing_for_conversion() == []        # the test environment has it (requirements/training.txt)

@@ -1,0 +1,162 @@
+"""core.download against a loopback HTTP server (Range, redirects, ETag, drops) and a loopback proxy."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+from loopback import FileServer, Proxy
+
+from core.download import download, sha256_of_headers, urllib_transport, verify_file
+from core.errors import Cancelled, RemoteClipError
+
+PAYLOAD = os.urandom(1_000_003)          # not a multiple of the chunk size
+SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+@pytest.fixture
+def no_proxy_env(monkeypatch):
+    for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("no_proxy", "")
+    monkeypatch.setenv("NO_PROXY", "")
+
+
+@pytest.fixture
+def server(no_proxy_env):
+    with FileServer({"ckpt.pt": PAYLOAD}, chunk=50_000) as srv:
+        yield srv
+
+
+def test_download_verifies_the_etag_sha256_and_renames_only_when_complete(server, tmp_path):
+    seen = []
+    out = download(server.url("ckpt.pt"), tmp_path / "ckpt.pt", progress=lambda f, m: seen.append(f),
+                   record={"tool": "test"})
+    assert out.read_bytes() == PAYLOAD
+    assert not (tmp_path / "ckpt.pt.part").exists()
+    info = json.loads((tmp_path / "ckpt.pt.json").read_text())
+    assert info["sha256"] == SHA and info["sha256_verified"] is True and info["size"] == len(PAYLOAD)
+    assert seen == sorted(seen) and seen[-1] == 1.0 and 0 < seen[0] < 0.1
+
+
+def test_hugging_face_redirect_carries_the_sha256_in_x_linked_etag(no_proxy_env, tmp_path):
+    # the store serves a damaged copy; its own ETag is no sha256, the redirect's X-Linked-Etag is the truth
+    with FileServer({"ckpt.pt": PAYLOAD[:-1] + b"\0"}) as srv:
+        srv.linked_etag["ckpt.pt"] = SHA
+        with pytest.raises(RemoteClipError, match="corrupt: its sha256 is .* expected " + SHA):
+            download(srv.url("ckpt.pt", "resolve"), tmp_path / "ckpt.pt")
+        assert [r["path"] for r in srv.requests] == ["/resolve/ckpt.pt", "/cdn/ckpt.pt"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_redirect_headers_reach_the_caller(server):
+    resp = urllib_transport(server.url("ckpt.pt", "resolve"), 0, {})
+    resp.close()
+    assert resp.status == 200
+    assert sha256_of_headers(resp.headers) == SHA           # from X-Linked-Etag, not the store's ETag
+    assert resp.headers["x-linked-size"] == str(len(PAYLOAD))
+
+
+def test_a_dropped_connection_resumes_with_a_range_request_from_the_part_size(server, tmp_path):
+    server.drops = [300_000]
+    out = download(server.url("ckpt.pt"), tmp_path / "ckpt.pt", retry_wait=0)
+    assert out.read_bytes() == PAYLOAD
+    assert server.dropped == [300_000]
+    assert server.range_starts() == [300_000]
+
+
+def test_cancel_keeps_the_part_and_the_next_call_resumes_it(server, tmp_path):
+    dest = tmp_path / "ckpt.pt"
+    server.latency = 0.02      # 50 kB every 20 ms: the client sees many chunks
+    calls = {"n": 0}
+
+    def cancel_after_some():
+        calls["n"] += 1
+        return calls["n"] > 5
+
+    with pytest.raises(Cancelled):
+        download(server.url("ckpt.pt"), dest, is_cancelled=cancel_after_some)
+    part = tmp_path / "ckpt.pt.part"
+    kept = part.stat().st_size
+    assert 0 < kept < len(PAYLOAD) and not dest.exists()
+    assert PAYLOAD.startswith(part.read_bytes())
+    download(server.url("ckpt.pt"), dest)
+    assert dest.read_bytes() == PAYLOAD
+    assert server.range_starts() == [kept]
+
+
+def test_a_server_without_range_support_restarts_from_zero(no_proxy_env, tmp_path):
+    with FileServer({"ckpt.pt": PAYLOAD}, ranges=False) as srv:
+        (tmp_path / "ckpt.pt.part").write_bytes(b"garbage that is not a prefix")
+        download(srv.url("ckpt.pt"), tmp_path / "ckpt.pt")
+    assert (tmp_path / "ckpt.pt").read_bytes() == PAYLOAD
+
+
+def test_a_complete_part_is_verified_without_downloading_again(server, tmp_path):
+    (tmp_path / "ckpt.pt.part").write_bytes(PAYLOAD)
+    download(server.url("ckpt.pt"), tmp_path / "ckpt.pt", sha256=SHA, size=len(PAYLOAD))
+    assert server.requests == []
+    (tmp_path / "b.pt.part").write_bytes(PAYLOAD)     # no expected sha: one request, answered 416
+    download(server.url("ckpt.pt"), tmp_path / "b.pt")
+    assert (tmp_path / "b.pt").read_bytes() == PAYLOAD
+    assert server.range_starts() == [len(PAYLOAD)]
+
+
+def test_wrong_sha256_is_refused_and_the_file_removed(server, tmp_path):
+    with pytest.raises(RemoteClipError, match="corrupt.*it was removed"):
+        download(server.url("ckpt.pt"), tmp_path / "ckpt.pt", sha256="0" * 64)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_wrong_etag_is_refused_too(server, tmp_path):
+    server.etag_override["ckpt.pt"] = "f" * 64
+    with pytest.raises(RemoteClipError, match="expected f{64}"):
+        download(server.url("ckpt.pt"), tmp_path / "ckpt.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_of_another_size_is_refused_before_downloading(server, tmp_path):
+    with pytest.raises(RemoteClipError, match="truncated: the server offers 1000003 bytes, the catalogue says"):
+        download(server.url("ckpt.pt"), tmp_path / "ckpt.pt", size=len(PAYLOAD) + 10)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_repeated_drops_end_with_an_error_that_says_how_to_resume(server, tmp_path):
+    server.drops = [100_000, 200_000, 300_000]
+    with pytest.raises(RemoteClipError, match=r"interrupted at 0\.3 MiB of 1\.0 MiB.*resumes"):
+        download(server.url("ckpt.pt"), tmp_path / "ckpt.pt", retries=2, retry_wait=0)
+    assert (tmp_path / "ckpt.pt.part").stat().st_size == 300_000
+    assert server.range_starts() == [100_000, 200_000]
+
+
+def test_http_errors_are_one_line_with_a_fix(server, tmp_path):
+    with pytest.raises(RemoteClipError, match="HTTP 404.*check the URL"):
+        download(server.url("missing.pt"), tmp_path / "x.pt")
+
+
+def test_the_environment_proxy_carries_the_download(no_proxy_env, monkeypatch, tmp_path):
+    with FileServer({"ckpt.pt": PAYLOAD}) as srv, Proxy() as proxy:
+        monkeypatch.setenv("http_proxy", proxy.url)
+        download(srv.url("ckpt.pt", "resolve"), tmp_path / "ckpt.pt")
+        assert (tmp_path / "ckpt.pt").read_bytes() == PAYLOAD
+        assert [r["url"] for r in proxy.requests] == [srv.url("ckpt.pt", "resolve"), srv.url("ckpt.pt", "cdn")]
+        assert all(r["headers"].get("Via") == "1.1 test-proxy" for r in srv.requests)
+        # no_proxy is honoured as well
+        monkeypatch.setenv("no_proxy", "127.0.0.1")
+        download(srv.url("ckpt.pt"), tmp_path / "direct.pt")
+        assert len(proxy.requests) == 2 and "Via" not in srv.requests[-1]["headers"]
+
+
+def test_local_copies_are_checked_in_place_and_never_removed(tmp_path):
+    f = tmp_path / "copy.pt"
+    f.write_bytes(PAYLOAD)
+    assert verify_file(f, sha256=SHA, size=len(PAYLOAD)) == SHA
+    with pytest.raises(RemoteClipError, match="truncated: 1000003 bytes, the catalogue says 1000010"):
+        verify_file(f, size=len(PAYLOAD) + 7)
+    with pytest.raises(RemoteClipError, match="corrupt or a different file"):
+        verify_file(f, sha256="1" * 64)
+    assert f.read_bytes() == PAYLOAD
+    out = download(f.as_uri(), tmp_path / "dl" / "copy.pt", sha256=SHA)   # file:// through the downloader
+    assert out.read_bytes() == PAYLOAD
