@@ -41,9 +41,10 @@ import numpy as np
 from . import checks
 from .bundle import load_bundle
 from .errors import Cancelled, RemoteClipError
-from .inference import Encoder
+from .inference import AUTO_BATCH_CPU, Encoder
 from .preprocess import output_size, preprocess
 from .prompts import check_labels, check_templates, check_text, count_captions, label_prompts
+from .records import Records, count_columns, label_columns, search_columns
 from .tiles import BBox, Polygons, TileSpec, make_grid, require_crs
 from .vectors import check_output, shapefile_names
 
@@ -63,8 +64,10 @@ class RunOptions:
     model: str
     device: str = "auto"
     precision: str = "fp32"
-    batch_size: int = 32
+    batch_size: int | None = None  # None: auto (32 on a CPU; on a GPU what its free memory holds)
     cache_dir: str | None = None   # None: default cache folder; "" disables the cache
+    threads: int | None = None     # CPU threads onnxruntime may use (None: one per core)
+    readers: int | None = None     # tile reader threads (None: 1 beside a CPU encoder, more beside a GPU)
 
     def __post_init__(self):
         from .bundle import PRECISIONS
@@ -76,7 +79,9 @@ class RunOptions:
                                   "Give the bundle folder or .rclip.zip as a path.")
         self.device = checks.choice(self.device, "device", DEVICES)
         self.precision = checks.choice(self.precision, "precision", PRECISIONS)
-        self.batch_size = checks.whole(self.batch_size, "Batch size", 1, MAX_BATCH, "e.g. 32")
+        self.batch_size = checks.optional(checks.whole, self.batch_size, "Batch size", 1, MAX_BATCH, "e.g. 32")
+        self.threads = checks.optional(checks.whole, self.threads, "threads", 1, 1024, "e.g. 4")
+        self.readers = checks.optional(checks.whole, self.readers, "readers", 1, 64, "e.g. 4")
         if self.cache_dir is not None and not isinstance(self.cache_dir, str | os.PathLike):
             raise RemoteClipError(f"The cache folder {self.cache_dir!r} is not a path.",
                                   "Give a folder path, \"\" for no cache, or None for the default.")
@@ -186,6 +191,7 @@ class JobResult:
     field_map: dict[str, str] = field(default_factory=dict)  # p_<slug> field -> class name
     embeddings: np.ndarray | None = None                 # (n_tiles, D), row order of records
     images_encoded: int = 0                              # tiles that went through the image encoder
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: prepare, text, tiles (read + encode), results
 
 
 # ---------------------------------------------------------------------------------------------- tasks
@@ -285,15 +291,29 @@ def _open(raster):
     return raster, False
 
 
-class _Reader(threading.Thread):
-    """Reads, stretches and preprocesses batches of tiles into a bounded queue."""
+def reader_count(src, on_gpu: bool) -> int:
+    """Reader threads for a run: one beside a CPU encoder (it needs the cores); on a GPU several, each with
+    its own handle on the file (a GDAL dataset is not shared between threads), where the source can be
+    opened again (files through rasterio; QGIS providers stay on one thread)."""
+    if not on_gpu or type(src).__name__ != "RasterioSource" or not getattr(src, "path", None):
+        return 1
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
 
-    def __init__(self, src, bands, stretch, grid, image_cfg, batch_size):
+
+class _Reader(threading.Thread):
+    """Reads, stretches and preprocesses batches of tiles into a bounded queue; with ``workers`` > 1 the
+    tiles of a batch are read by that many threads, each on its own handle of the raster file."""
+
+    def __init__(self, src, bands, stretch, grid, image_cfg, batch_size, workers: int = 1):
         super().__init__(name="remoteclip-reader", daemon=True)
         self.src, self.bands, self.stretch = src, bands, stretch
         self.grid, self.image_cfg, self.batch_size = grid, image_cfg, batch_size
+        self.workers = max(1, int(workers))
         self.q: queue.Queue = queue.Queue(maxsize=_QUEUE_BATCHES)
         self.stop = threading.Event()
+        self._local = threading.local()
+        self._opened: list = []
+        self._lock = threading.Lock()
 
     def _put(self, item) -> bool:
         while not self.stop.is_set():
@@ -304,34 +324,63 @@ class _Reader(threading.Thread):
                 continue
         return False
 
-    def run(self):
+    def _source(self):
+        if self.workers == 1:
+            return self.src
+        src = getattr(self._local, "src", None)
+        if src is None:
+            from .raster import open_raster
+
+            src = self._local.src = open_raster(self.src.path)
+            with self._lock:
+                self._opened.append(src)
+        return src
+
+    def _load(self, window):
+        """One tile preprocessed, or None when all its pixels are nodata."""
         from .raster import read_rgb
 
+        rgb, valid = read_rgb(self._source(), self.bands, tuple(window), self.stretch)
+        if valid is not None and not valid.any():
+            return None
+        return preprocess(rgb, self.image_cfg, valid)
+
+    def run(self):
+        pool = None
         try:
+            if self.workers > 1:
+                from concurrent.futures import ThreadPoolExecutor
+
+                pool = ThreadPoolExecutor(self.workers, thread_name_prefix="remoteclip-read")
             h, w = output_size(self.image_cfg)
             for start in range(0, len(self.grid), self.batch_size):
                 if self.stop.is_set():
                     return
                 stop = min(len(self.grid), start + self.batch_size)
-                chunk = range(start, stop)
-                kept, arrays = [], []
-                for idx, window in zip(chunk, self.grid.windows(np.arange(start, stop)).tolist(), strict=True):
-                    rgb, valid = read_rgb(self.src, self.bands, tuple(window), self.stretch)
-                    if valid is not None and not valid.any():
-                        continue  # all nodata
-                    arrays.append(preprocess(rgb, self.image_cfg, valid))
-                    kept.append(idx)
-                x = np.stack(arrays) if arrays else np.zeros((0, 3, h, w), np.float32)
-                if not self._put(("batch", len(chunk), kept, x)):
+                windows = self.grid.windows(np.arange(start, stop)).tolist()
+                tiles = pool.map(self._load, windows) if pool is not None else map(self._load, windows)
+                x = np.empty((stop - start, 3, h, w), np.float32)
+                kept = []
+                for idx, arr in zip(range(start, stop), tiles, strict=True):
+                    if arr is not None:   # all-nodata tiles are dropped
+                        x[len(kept)] = arr
+                        kept.append(idx)
+                if not self._put(("batch", stop - start, kept, x[:len(kept)])):
                     return
             self._put(("done", 0, None, None))
         except BaseException as e:  # handed to the main thread
             self._put(("error", 0, None, e))
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+            for src in self._opened:
+                src.close()
 
 
-def _encode_tiles(encoder, src, bands, stretch, grid, progress, is_cancelled, batch_size):
+def _encode_tiles(encoder, src, bands, stretch, grid, progress, is_cancelled, batch_size, readers=None):
     """Embeddings of the tiles that are not all nodata: (indices into grid, (n, D) float32)."""
-    reader = _Reader(src, bands, stretch, grid, encoder.bundle.image, batch_size)
+    workers = readers if readers is not None else reader_count(src, encoder.on_gpu)
+    reader = _Reader(src, bands, stretch, grid, encoder.bundle.image, batch_size, workers)
     reader.start()
     kept_all: list[int] = []
     embs: list[np.ndarray] = []
@@ -414,7 +463,7 @@ def known_rate(job: Job, bundle) -> float | None:
 
 def record_rate(job: Job, bundle, provider: str, n_tiles: int, seconds: float) -> None:
     path = _rates_path(job)
-    if path is None or n_tiles < 2 * job.run.batch_size or seconds <= 0:
+    if path is None or n_tiles < 2 * (job.run.batch_size or AUTO_BATCH_CPU) or seconds <= 0:
         return   # a few tiles time the start-up more than the encoder
     from .cache import _atomic_write
 
@@ -496,8 +545,10 @@ def _run(job: Job, src, t0: float, progress, is_cancelled, on_plan) -> JobResult
                               "larger tiles, less overlap, or an extent.")
 
     encoder = Encoder(bundle, device=job.run.device, precision=job.run.precision,
-                      batch_size=job.run.batch_size)
+                      batch_size=job.run.batch_size, threads=job.run.threads)
+    timings = {"prepare": time.perf_counter() - t0}
     # text side first: a bad prompt fails before any pixel is read
+    t_text = time.perf_counter()
     task = job.task
     text = None
     if isinstance(task, LabelTask):
@@ -507,6 +558,8 @@ def _run(job: Job, src, t0: float, progress, is_cancelled, on_plan) -> JobResult
     elif isinstance(task, SearchTask):
         text = _ensemble(encoder, [[task.query.strip()]], warnings)
 
+    timings["text"] = time.perf_counter() - t_text
+    t_tiles = time.perf_counter()
     stretch = Stretch.from_source(src, bands)
     cache, key, cached = _cache_lookup(job, src, spec, bands, stretch, bundle, len(grid), warnings)
     if cached is not None:
@@ -518,7 +571,7 @@ def _run(job: Job, src, t0: float, progress, is_cancelled, on_plan) -> JobResult
         cache_hit = False
         t_enc = time.perf_counter()
         kept, emb = _encode_tiles(encoder, src, bands, stretch, grid, progress, is_cancelled,
-                                  encoder.batch_size)
+                                  encoder.plan_batch(), job.run.readers)
         if cache is not None:
             cache.save(key, kept, emb)
         record_rate(job, bundle, encoder.provider, len(grid), time.perf_counter() - t_enc)
@@ -527,28 +580,30 @@ def _run(job: Job, src, t0: float, progress, is_cancelled, on_plan) -> JobResult
                               "read, none with a valid pixel).", "Check the raster's nodata value and mask "
                               "(gdalinfo) and the bands; choose an extent with image data.")
     crs_wkt = src.crs_wkt
+    timings["tiles"] = time.perf_counter() - t_tiles
+    t_out = time.perf_counter()
 
     if is_cancelled is not None and is_cancelled():
         raise Cancelled("cancelled")
 
-    tiles = [grid[i] for i in kept]
+    # per-tile results as columns over the grid (core.records): a million tiles in about a second
     field_map: dict[str, str] = {}
     if isinstance(task, LabelTask):
-        recs, fields, field_map = label_records(emb, text, task.labels, bundle.logit_scale, task.top_k,
-                                                task.threshold)
+        pnames = slug_fields(task.labels)
+        fields, columns = label_columns(emb, text, task.labels, bundle.logit_scale, task.top_k, task.threshold,
+                                        pnames)
+        field_map = dict(zip(pnames, task.labels, strict=True))
         dissolve_by = "label"
     elif isinstance(task, CountTask):
-        recs, fields = count_records(emb, text, bundle.logit_scale)
+        fields, columns = count_columns(emb, text, bundle.logit_scale)
         dissolve_by = "count"
     elif isinstance(task, SearchTask):
-        recs, fields = search_records(emb, text[0], task.top_k, task.threshold)
+        fields, columns = search_columns(emb, text[0], task.top_k, task.threshold)
         dissolve_by = "selected"
     else:
-        recs, fields = [{} for _ in tiles], []
+        fields, columns = [], {}
         dissolve_by = None
-    records = []
-    for t, r in zip(tiles, recs, strict=True):
-        records.append({"row": int(t.row), "col": int(t.col), **r, "geometry": t.polygon_wkt})
+    records = Records(fields, columns, grid=grid, index=kept)
     fields = [("row", "int"), ("col", "int"), *fields]
 
     provider = encoder.provider if not cache_hit else _provider_if_loaded(encoder)
@@ -569,10 +624,11 @@ def _run(job: Job, src, t0: float, progress, is_cancelled, on_plan) -> JobResult
         out = job.output
     if progress is not None:
         progress(1.0, f"{len(records)} tiles done")
+    timings["results"] = time.perf_counter() - t_out
     return JobResult(output=out, layer_name=layer_name, crs_wkt=crs_wkt, records=records,
                      fields=[n for n, _ in fields], provider=provider, n_tiles=len(records), cache_hit=cache_hit,
                      seconds=time.perf_counter() - t0, warnings=warnings, field_map=field_map, embeddings=emb,
-                     images_encoded=0 if cache_hit else len(emb))
+                     images_encoded=0 if cache_hit else len(emb), timings=timings)
 
 
 def _provider_if_loaded(encoder: Encoder) -> str:
