@@ -6,9 +6,9 @@
 
 Models: ViT-B-32 and RN50 with random weights that look trained (training.reference_pipeline.
 trained_looking; no pretrained weights exist on these machines), converted by core.convert, and the demo
-model (trained here on the real data). Each gets int8 graphs from core.quantize (dynamic: the method the
-bundles use; with --static also QDQ calibrated on 64 tiles of the Kampala z20 mosaic, a raster the
-agreement is not measured on). Every job runs through core's run_job, fp32 and int8, on the same tiles of
+model (trained here on the real data). Each gets int8 graphs from core.quantize: dynamic image graph with
+the fp32 text graph (what the bundles use), the same with the text graph quantised too, and with --static a
+QDQ image graph calibrated on 64 tiles of the Kampala z20 mosaic (a raster the agreement is not measured on). Every job runs through core's run_job, fp32 and int8, on the same tiles of
 three real rasters (Kampala z21 mosaic, Landsat RGB with nodata, SpaceNet panchromatic uint16):
 
 * labels: top-1 agreement (land-cover preset, default templates);
@@ -157,7 +157,9 @@ def bench_model(name: str, bundle: Path, work: Path, static: bool) -> dict:
     size = b.image["size"][0]
     scale = 1 if size >= 224 else 4   # the demo model sees 64 px: tiles a quarter of the side
     calib = real_tiles(CALIBRATION, b.image, 160 // scale, 64)
-    variants = {"int8 dynamic": quantize_bundle(bundle, work / f"{name}-int8-dynamic", overwrite=True)}
+    variants = {"int8 dynamic": quantize_bundle(bundle, work / f"{name}-int8-dynamic", overwrite=True),
+                "int8 dynamic, int8 text": quantize_bundle(bundle, work / f"{name}-int8-dynamic-text",
+                                                           text="dynamic", overwrite=True)}
     if static:
         variants["int8 static QDQ"] = quantize_bundle(bundle, work / f"{name}-int8-static", method="static",
                                                       calibration=calib, images_note="64 Kampala z20 tiles",

@@ -287,9 +287,10 @@ def check_manifest(m: dict, src) -> None:
                 bad("quantization.int8", rec, "an object")
             for kind in KINDS:
                 how = rec.get(kind)
-                if not isinstance(how, dict) or how.get("method") not in INT8_METHODS:
+                allowed = INT8_METHODS + (("fp32",) if kind == "text" else ())
+                if not isinstance(how, dict) or how.get("method") not in allowed:
                     bad(f"quantization.int8.{kind}.method", how.get("method") if isinstance(how, dict) else how,
-                        " or ".join(INT8_METHODS))
+                        " or ".join(allowed))
             agree = rec.get("agreement_vs_fp32")
             if agree is not None:
                 if not isinstance(agree, dict):

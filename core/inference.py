@@ -142,8 +142,25 @@ def session_options(threads: int | None = None):
     return opts
 
 
+_PRELOADED = []
+
+
+def _preload_cuda(ort) -> None:
+    """onnxruntime-gpu from PyPI finds CUDA and cuDNN in the nvidia-* wheels only once they are preloaded
+    (torch does it when imported; QGIS has no torch). Once per process; harmless where they are absent."""
+    if _PRELOADED or not hasattr(ort, "preload_dlls"):
+        return
+    _PRELOADED.append(True)
+    try:
+        ort.preload_dlls()
+    except Exception as e:   # a system CUDA still works without it
+        log.info("onnxruntime.preload_dlls: %s", e)
+
+
 def _new_session(path, providers: list[str], threads: int | None):
     ort = _ort()
+    if "CUDAExecutionProvider" in providers:
+        _preload_cuda(ort)
     opts = session_options(threads)
     try:
         return ort.InferenceSession(os.fspath(path), sess_options=opts, providers=provider_options(providers))
@@ -178,7 +195,8 @@ def gpu_memory(device_id: int = 0) -> tuple[int, int] | None:
     (ctypes), else from nvidia-smi; None where neither answers (no GPU)."""
     import ctypes
 
-    for name in ("libcudart.so.12", "libcudart.so.11.0", "libcudart.so", "cudart64_12.dll", "cudart64_110.dll"):
+    for name in ("libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0", "libcudart.so", "cudart64_13.dll",
+                 "cudart64_12.dll", "cudart64_110.dll"):
         try:
             lib = ctypes.CDLL(name)
         except OSError:
@@ -199,6 +217,19 @@ def gpu_memory(device_id: int = 0) -> tuple[int, int] | None:
     except (OSError, ValueError, IndexError, subprocess.SubprocessError):
         return None
     return free_mib << 20, total_mib << 20
+
+
+def trim_ids(ids: np.ndarray, eot_id: int, dynamic: bool) -> np.ndarray:
+    """Token ids cut after the batch's last end-of-text token, for text graphs whose token axis is dynamic.
+    CLIP's text attention is causal and the text is pooled at its end-of-text token (the largest id), so the
+    padding after it changes nothing but the work: 77 tokens become the prompts' own length (about 10)."""
+    if not dynamic or ids.ndim != 2 or ids.shape[1] < 2:
+        return ids
+    is_eot = ids == eot_id
+    if not is_eot.any(axis=1).all():   # a row without its end-of-text token: keep what the graph was given
+        return ids
+    last = int(is_eot.argmax(axis=1).max()) + 1
+    return np.ascontiguousarray(ids[:, :max(last, 2)])
 
 
 def batch_for_memory(free_after: int, probe_bytes: int, probe_batch: int, share: float = MEMORY_SHARE,
@@ -314,8 +345,10 @@ class Encoder:
         if len(ids) == 0:
             return np.zeros((0, self.bundle.embed_dim), dtype=np.float32)
         sess = self.session("text")
-        name = sess.get_inputs()[0].name
-        return run_batched(lambda b: sess.run(None, {name: b})[0], np.asarray(ids, dtype=np.int64),
+        inp = sess.get_inputs()[0]
+        ids = trim_ids(np.asarray(ids, dtype=np.int64), self.bundle.text.get("eot_token_id", 49407),
+                       dynamic=not isinstance(inp.shape[1], int))
+        return run_batched(lambda b: sess.run(None, {inp.name: b})[0], ids,
                            max(self.batch_size, 64)).astype(np.float32)
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:

@@ -36,6 +36,8 @@ from .errors import RemoteClipError
 __all__ = ["add_int8", "quantize_bundle", "quantize_graph", "METHODS", "DYNAMIC_OPS", "agreement"]
 
 METHODS = ("dynamic", "static")
+TEXT_METHODS = ("fp32", "dynamic")
+TEXT_DEFAULT = "fp32"
 DYNAMIC_OPS = ("MatMul", "Gemm")
 
 
@@ -157,21 +159,29 @@ def agreement(folder, fp32: dict, int8: dict, pixels: np.ndarray, ids: np.ndarra
 
 def add_int8(folder, graphs: dict, *, images: np.ndarray | None = None, images_note: str | None = None,
              ids: np.ndarray | None = None, method: str = "dynamic", calibration: np.ndarray | None = None,
-             image_size: int | None = None, tokenize=None, progress=None) -> tuple[dict, dict]:
-    """Make ``image_int8.onnx`` and ``text_int8.onnx`` in ``folder`` from ``graphs["fp32"]`` and measure them.
+             text: str = TEXT_DEFAULT, image_size: int | None = None, tokenize=None,
+             progress=None) -> tuple[dict, dict]:
+    """Make ``image_int8.onnx`` (and with ``text="dynamic"`` ``text_int8.onnx``) in ``folder`` from
+    ``graphs["fp32"]`` and measure them.
 
     ``images``: preprocessed (N, 3, H, W) inputs for the agreement check (else 16 of core.convert's seeded
     synthetic check images of ``image_size``); ``ids``: token ids for it (else ``tokenize`` of
-    core.convert's check prompts). ``method`` applies to
-    the image graph; the text graph is always dynamic. Returns (the ``graphs["int8"]`` entry, the record
-    for the manifest's ``quantization["int8"]``)."""
+    core.convert's check prompts). ``method`` applies to the image graph. ``text="fp32"`` (the default) keeps
+    the fp32 text graph for the int8 precision: the text runs once per job, and quantising it moved the
+    class ranking of whole rasters on the random-weight models (docs/bundles.md). Returns (the
+    ``graphs["int8"]`` entry, the record for the manifest's ``quantization["int8"]``)."""
     report = progress or (lambda fraction, message: None)
     folder = Path(folder)
-    names = {"image": "image_int8.onnx", "text": "text_int8.onnx"}
+    if text not in TEXT_METHODS:
+        raise RemoteClipError(f"Unknown int8 text method {text!r}.", f"Use one of {', '.join(TEXT_METHODS)}.")
+    names = {"image": "image_int8.onnx", "text": "text_int8.onnx" if text == "dynamic" else graphs["fp32"]["text"]}
     report(0.0, f"Quantising the image graph to int8 ({method})")
     how_image = quantize_graph(folder / graphs["fp32"]["image"], folder / names["image"], method, calibration)
-    report(0.5, "Quantising the text graph to int8 (dynamic)")
-    how_text = quantize_graph(folder / graphs["fp32"]["text"], folder / names["text"], "dynamic")
+    if text == "dynamic":
+        report(0.5, "Quantising the text graph to int8 (dynamic)")
+        how_text = quantize_graph(folder / graphs["fp32"]["text"], folder / names["text"], "dynamic")
+    else:
+        how_text = {"method": "fp32", "note": "the fp32 text graph: it runs once per job"}
     from .convert import CHECK_PROMPTS, check_images
 
     if images is None:
@@ -191,8 +201,8 @@ def add_int8(folder, graphs: dict, *, images: np.ndarray | None = None, images_n
 
 
 def quantize_bundle(bundle, out_dir, *, images: np.ndarray | None = None, images_note: str | None = None,
-                    method: str = "dynamic", calibration: np.ndarray | None = None, overwrite: bool = False,
-                    progress=None) -> Path:
+                    method: str = "dynamic", calibration: np.ndarray | None = None, text: str = TEXT_DEFAULT,
+                    overwrite: bool = False, progress=None) -> Path:
     """A copy of an existing bundle at ``out_dir`` with int8 graphs added (its other graphs copied as they
     are), written atomically like every bundle. Measured on ``images`` (preprocessed real tiles) when given."""
     import json
@@ -209,7 +219,7 @@ def quantize_bundle(bundle, out_dir, *, images: np.ndarray | None = None, images
             shutil.copyfile(b.path / rel, tmp / rel)
         size = b.image["size"]
         graphs["int8"], record = add_int8(
-            tmp, graphs, images=images, images_note=images_note, method=method, calibration=calibration,
+            tmp, graphs, images=images, images_note=images_note, method=method, calibration=calibration, text=text,
             image_size=size[0] if isinstance(size, list) else size, tokenize=Tokenizer.from_bundle(b),
             progress=progress)
         manifest = json.loads((b.path / MANIFEST).read_text(encoding="utf-8"))

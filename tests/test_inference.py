@@ -170,3 +170,24 @@ def test_auto_batch(encoder, pixels, monkeypatch):
     gpu = Encoder(encoder.bundle, device="cpu", batch_size=None, io_binding=False)
     assert gpu.plan_batch(pixels) == 288 and not gpu.auto_batch   # 0.6 * 24 GiB / 50 MiB = 294, down to 8s
     assert gpu.batch_size == 288 and gpu.plan_batch() == 288        # settled once
+
+
+def test_text_ids_are_cut_after_the_last_end_of_text_token(encoder):
+    """Text graphs with a dynamic token axis run the prompts' own length, not 77 tokens: same embeddings."""
+    from core.bundle import DEMO_BUNDLE
+    from core.inference import trim_ids
+
+    prompts = ["a satellite photo of a river.", "dense residential houses with red roofs along narrow streets", ""]
+    ids = encoder.tokenizer(prompts)
+    sess = encoder.session("text")
+    assert sess.get_inputs()[0].shape[1] == "tokens"
+    cut = trim_ids(ids, 49407, dynamic=True)
+    assert cut.shape == (3, int((ids == 49407).argmax(axis=1).max()) + 1) and cut.shape[1] < 20
+    full = sess.run(None, {"input_ids": ids})[0]
+    np.testing.assert_allclose(encoder.encode_texts(prompts), full, atol=1e-6)
+    long = encoder.tokenizer(["word " * 100])   # cut at the context length: its end-of-text token is the last
+    assert trim_ids(long, 49407, dynamic=True).shape == (1, 77)
+    assert trim_ids(ids, 49407, dynamic=False) is ids   # a graph made for 77 tokens gets 77
+    assert trim_ids(np.zeros((2, 77), np.int64), 49407, dynamic=True).shape == (2, 77)   # no end-of-text: as given
+    demo = Encoder(DEMO_BUNDLE, device="cpu")
+    assert demo.session("text").get_inputs()[0].shape[1] == 77 and demo.encode_texts(prompts).shape == (3, 64)

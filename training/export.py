@@ -63,7 +63,9 @@ def text_tower(model):
     """nn.Module: input_ids (N, L) int64 -> L2-normalised text embeddings (N, D) float32.
 
     Re-states open_clip's CLIP.encode_text with the pooling ids cast to int32 (onnxruntime
-    implements ArgMax for int32 but not int64)."""
+    implements ArgMax for int32 but not int64), for any L up to the context length: attention is causal
+    and the text is pooled at its end-of-text token, so ids cut after the batch's last end-of-text token
+    give the same embeddings (core.inference does that; 77 tokens run as before)."""
     torch = _torch()
     import torch.nn.functional as F
     from open_clip.transformer import text_global_pool
@@ -82,9 +84,10 @@ def text_tower(model):
         def forward(self, input_ids):
             m = self.m
             cast_dtype = m.transformer.get_cast_dtype()
+            n = input_ids.shape[1]   # tokens: up to the context length (core trims after the last end-of-text)
             x = m.token_embedding(input_ids).to(cast_dtype)
-            x = x + m.positional_embedding.to(cast_dtype)
-            x = m.transformer(x, attn_mask=m.attn_mask)
+            x = x + m.positional_embedding[:n].to(cast_dtype)
+            x = m.transformer(x, attn_mask=m.attn_mask[:n, :n])
             x = m.ln_final(x)
             x = text_global_pool(x, input_ids.to(torch.int32), m.text_pool_type,
                                  eos_token_id=getattr(m, "text_eos_id", None))
@@ -113,18 +116,22 @@ def _export_graph(module, example, path: Path, input_name: str, output_name: str
 
 
 def _export_graph_inner(torch, module, example, path, input_name, output_name, opset, exporter):
+    # the text graph's token axis is dynamic too (up to the context length): see text_tower
+    tokens = input_name == "input_ids"
     if exporter == "torchscript":
+        axes = {0: "batch", 1: "tokens"} if tokens else {0: "batch"}
         torch.onnx.export(module, (example,), str(path), input_names=[input_name], output_names=[output_name],
-                          dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+                          dynamic_axes={input_name: axes, output_name: {0: "batch"}},
                           opset_version=opset, do_constant_folding=True, dynamo=False)
     elif exporter == "dynamo":
         import contextlib
         import io
 
         batch = torch.export.Dim("batch", min=1, max=4096)
+        dims = {0: batch, 1: torch.export.Dim("tokens", min=2, max=int(example.shape[1]))} if tokens else {0: batch}
         with contextlib.redirect_stdout(io.StringIO()):  # progress lines "[torch.onnx] ..."
             prog = torch.onnx.export(module, (example,), None, input_names=[input_name],
-                                     output_names=[output_name], dynamic_shapes=({0: batch},),
+                                     output_names=[output_name], dynamic_shapes=(dims,),
                                      opset_version=max(opset, 18), dynamo=True, verbose=False)
         prog.save(str(path))
     else:
