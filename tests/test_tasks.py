@@ -167,7 +167,7 @@ def test_search_selects_the_best_tiles_that_stand_out_and_reports_the_similarity
     recs, _ = search_records(emb, query, top_k=None, threshold=None, stand_out=None)
     assert all(r["selected"] for r in recs)   # the library's default: every tile
     # the similarity the selection took is stored with the result, for the legend
-    part = RasterPart("r", "", (1, 0, 0, 0, -1, 0), [None] * len(sims), emb, (1, 1), (1, 1))
+    part = RasterPart("r", "", (1, 0, 0, 0, -1, 0), None, np.arange(len(sims)), emb, (1, 1), (1, 1))
     out = SearchTask("a swimming pool", top_k=20, stand_out=1.0).outputs(part, query[None, :], None, None)
     assert out.metadata["threshold"] == pytest.approx(cut) and out.metadata["stand_out"] == 1.0
     with pytest.raises(RemoteClipError, match="stand_out"):
