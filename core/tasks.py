@@ -433,6 +433,12 @@ class LabelTask(Task):
     def layer_name(self):
         return "labels"
 
+    def layer_title(self, raster_name):
+        """'kampala · labels · land-cover', or the first class names typed: what tells two runs apart."""
+        preset = next((name for name, classes in PRESETS.items() if list(classes) == list(self.labels)), None)
+        classes = preset or ", ".join(self.labels[:2]) + (", …" if len(self.labels) > 2 else "")
+        return f"{raster_name} · labels · {classes}"
+
     def describe(self, result):
         return _label_summary(result.records)
 

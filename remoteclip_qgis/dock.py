@@ -839,7 +839,7 @@ class RemoteClipDock(QgsDockWidget):
             dense += ".tif"
         job = Job(raster=raster, task=self._task(), run=run, tiles=tiles, output=output,
                   dissolve=self.dissolve.isChecked(), raster_output=dense or None)
-        return job, kind, job.task.layer_title(layer.name())
+        return job, kind, run_title(job.task.layer_title(layer.name()), tiles)
 
     def _loaded_bundle(self, model: str):
         """The bundle the model row loaded (the worker need not read the manifest again), else the path."""
@@ -1192,6 +1192,13 @@ class ShapefileFields(QgsVectorFileWriter.FieldValueConverter):
 
 
 DBF_TEXT_WIDTH = 254
+
+
+def run_title(task_title: str, tiles) -> str:
+    """The name of a run's layer: the task's title (task, classes, object or query), the tile size and the
+    time, so that two runs of one afternoon read apart in the Layers panel."""
+    unit = "px" if tiles.unit == "px" else "m"
+    return f"{task_title} · {tiles.size:g} {unit} · {time.strftime('%H:%M')}"
 
 
 def _html(text: str) -> str:

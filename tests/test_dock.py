@@ -350,6 +350,31 @@ def test_input_mistakes_are_shown_under_their_field_before_any_task(dock, data_d
     assert not (tmp_path / "x.gpkg").exists() and dock.last_layer is None
 
 
+def test_layer_names_say_what_tells_runs_apart(dock, data_dir, tmp_path):
+    import re
+
+    from remoteclip_qgis.core.prompts import PRESETS
+
+    dock.layer_combo.setLayer(_raster(data_dir, KAMPALA, "kampala"))
+    dock.output_widget.setFilePath(str(tmp_path / "x.gpkg"))
+    dock.set_kind("label")
+    dock.labels_edit.setPlainText("\n".join(PRESETS["land-cover"]))
+    dock.tile_size.setValue(224)
+    _, _, name = dock.build_job()
+    assert re.fullmatch(r"kampala · labels · land-cover · 224 px · \d\d:\d\d", name), name
+    dock.labels_edit.setPlainText("buildings\ntrees\nwater")
+    dock.tile_size.setValue(50)
+    dock.tile_unit.setCurrentIndex(dock.tile_unit.findData("m"))
+    _, _, name = dock.build_job()
+    assert re.fullmatch(r"kampala · labels · buildings, trees, … · 50 m · \d\d:\d\d", name), name
+    dock.set_kind("count")
+    dock.count_object.setText("car")
+    assert dock.build_job()[2].startswith("kampala · count car · 50 m · ")
+    dock.set_kind("search")
+    dock.search_query.setText("a pool")
+    assert dock.build_job()[2].startswith("kampala · search “a pool” · 50 m · ")
+
+
 def test_the_preset_combo_names_the_class_list_the_box_holds(dock):
     from remoteclip_qgis.core.prompts import PRESETS
 
@@ -431,7 +456,7 @@ def test_widgets_become_the_core_job(dock, data_dir, qgis_iface, tiny_bundle, po
     dock.output_widget.setFilePath("")
 
     job, kind, name = dock.build_job()
-    assert kind == "label" and name == "kampala · labels"
+    assert kind == "label" and name.startswith("kampala · labels · water · 100 m · ")   # the preset the classes are
     assert isinstance(job.task, LabelTask)
     assert job.task.labels == ["river", "lake", "sea", "harbor", "beach", "land"]
     assert job.task.templates == ["an aerial photo of {}."]
@@ -806,7 +831,7 @@ def test_a_loaded_output_is_not_replaced_under_its_layer(dock, data_dir, user_gp
         with Answer(QMessageBox.Yes) as answer:
             assert dock.run() is None
         assert answer.texts == []   # refused, not even asked
-        assert "is shown in this project by the layer “kampala · labels”" in dock.status.text()
+        assert "is shown in this project by the layer “kampala · labels" in dock.status.text()
         assert any("Remove that layer" in m for m in qgis_iface.messageBar().get_messages(Qgis.Warning))
     assert _features(user_gpkg, "labels") == before and shown.featureCount() == len(before)
 
@@ -824,7 +849,7 @@ def test_a_loaded_output_is_not_replaced_under_its_layer(dock, data_dir, user_gp
     assert len(_features(user_gpkg, "tiles")) == 6 and other.featureCount() == n_buildings
 
 
-def test_export_into_a_geopackage_keeps_its_layers_and_asks_before_replacing(dock, data_dir, user_gpkg):
+def test_export_into_a_geopackage_keeps_its_layers_and_asks_before_replacing(rc, dock, data_dir, user_gpkg):
     from qgis.PyQt.QtWidgets import QMessageBox
 
     buildings = _features(user_gpkg, "buildings")
@@ -835,19 +860,21 @@ def test_export_into_a_geopackage_keeps_its_layers_and_asks_before_replacing(doc
     dock.output_widget.setFilePath(str(user_gpkg.parent / "run.gpkg"))
     _run(dock)
     dock.export_layer_combo.setLayer(dock.last_layer)
+    exported = rc.dock.slug(dock.last_layer.name()).lower()   # the layer's name, as the Layers panel shows it
+    assert exported.startswith("kampala_tiles_512_px_")
     dock.export_format.setCurrentText("GeoPackage")
     dock.export_widget.setFilePath(str(user_gpkg))
     with Answer(QMessageBox.No) as answer:
         dock.export_clicked()
     assert answer.texts == [] and "Exported" in dock.status.text(), dock.status.text()
-    assert _features(user_gpkg, "buildings") == buildings and len(_features(user_gpkg, "kampala_tiles")) == 6
+    assert _features(user_gpkg, "buildings") == buildings and len(_features(user_gpkg, exported)) == 6
     with Answer(QMessageBox.No) as answer:
         dock.export_clicked()
     assert len(answer.texts) == 1 and "Not exported" in dock.status.text()
     with Answer(QMessageBox.Yes) as answer:
         dock.export_clicked()
     assert len(answer.texts) == 1 and "Exported" in dock.status.text()
-    assert _features(user_gpkg, "buildings") == buildings and len(_features(user_gpkg, "kampala_tiles")) == 6
+    assert _features(user_gpkg, "buildings") == buildings and len(_features(user_gpkg, exported)) == 6
 
 
 def test_a_shapefile_result_reads_its_own_sidecar_and_never_the_users_json(rc, data_dir, tiny_bundle, tmp_path):
