@@ -69,6 +69,8 @@ def _wait(dock) -> None:
 def _run(dock):
     task = dock.run()
     assert task is not None, dock.status.text()
+    # the last run's device is not shown as this one's
+    assert dock.provider_label.text().startswith("ran on: … (running"), dock.provider_label.text()
     _wait(dock)
     return task
 
@@ -307,6 +309,7 @@ def test_errors_reach_the_message_bar_and_the_log(dock, data_dir, tmp_path, qgis
     assert any("text_fp32.onnx" in m for m in bar.get_messages(Qgis.Warning))
     assert not bar.get_messages(Qgis.Critical)
     assert "Failed" in dock.status.text() and not (tmp_path / "x.gpkg").exists()
+    assert dock.provider_label.text() == "ran on: – (the last run failed)"
     assert dock.last_layer is None
     assert any("text_fp32.onnx" in m for m, level in logged if level == Qgis.Warning), logged
     assert not [m for m, _ in logged if "Traceback" in m] and not [m for m, lv in logged if lv == Qgis.Critical]
