@@ -60,17 +60,15 @@ class TaskForm(QWidget):
         self.form_error.setObjectName("form_error")
         form.addRow(self.form_error)
         advanced = None
+        if any(p.advanced for p in task_cls.params):
+            # below the everyday inputs, whatever the order of their declaration
+            self.advanced_box = QgsCollapsibleGroupBox("Advanced", self)
+            self.advanced_box.setCollapsed(True)
+            advanced = QFormLayout(self.advanced_box)
         for prm in task_cls.params:
             if prm.kind == "preset":
                 continue   # drawn with the names input it fills
-            target = form
-            if prm.advanced:
-                if advanced is None:
-                    box = QgsCollapsibleGroupBox("Advanced", self)
-                    box.setCollapsed(True)
-                    advanced = QFormLayout(box)
-                    form.addRow(box)
-                target = advanced
+            target = advanced if prm.advanced else form
             self._add(prm, target)
             if prm.name in self.widgets and prm.kind in ("names", "text"):
                 self.errors[prm.name] = label = _error_label(self)
@@ -84,6 +82,8 @@ class TaskForm(QWidget):
             self.map_labels = QCheckBox(task_cls.style.map_labels_text, self)
             self.map_labels.setChecked(task_cls.style.map_labels_default)
             form.addRow(self.map_labels)
+        if advanced is not None:
+            form.addRow(self.advanced_box)
         self.report = QLabel(self)
         self.report.setObjectName("report_label")
         self.report.setWordWrap(True)

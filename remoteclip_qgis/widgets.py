@@ -19,7 +19,6 @@ from qgis.PyQt.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QSizePolicy,
-    QStackedWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -110,15 +109,20 @@ class TaskPages(QWidget):
         self.summary = WrapLabel("", self)
         self.summary.setObjectName("task_summary")
         self.summary.setStyleSheet("color: palette(dark);")
-        self.stack = QStackedWidget(self)
+        # the pages in a column, all but the chosen one hidden: a QStackedWidget is as tall as its tallest
+        # page (QStackedLayout.heightForWidth asks every page), which left a gap under a short one
+        self.stack = QWidget(self)
+        self._pages = QVBoxLayout(self.stack)
+        self._pages.setContentsMargins(0, 0, 0, 0)
         col.addWidget(self.summary)
         col.addWidget(self.stack)
         self.combo.currentIndexChanged.connect(self._show)
 
     def addTab(self, widget: QWidget, title: str) -> int:  # noqa: N802 (QTabWidget's name)
-        index = self.stack.addWidget(widget)
-        if self.stack.count() > 1:
-            widget.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Ignored)
+        index = self._pages.count()
+        widget.setParent(self.stack)
+        self._pages.addWidget(widget)
+        widget.setVisible(False)
         self.combo.addItem(title)   # the first one becomes current: _show runs
         return index
 
@@ -134,13 +138,14 @@ class TaskPages(QWidget):
         return self.combo.itemText(index)
 
     def count(self) -> int:
-        return self.stack.count()
+        return self._pages.count()
 
     def widget(self, index: int) -> QWidget:
-        return self.stack.widget(index)
+        item = self._pages.itemAt(index)
+        return item.widget() if item is not None else None
 
     def currentWidget(self) -> QWidget:  # noqa: N802 (QTabWidget's name)
-        return self.stack.currentWidget()
+        return self.widget(self.currentIndex())
 
     def currentIndex(self) -> int:  # noqa: N802 (QTabWidget's name)
         return self.combo.currentIndex()
@@ -151,15 +156,11 @@ class TaskPages(QWidget):
     def _show(self, index: int) -> None:
         if index < 0:
             return
-        # only the shown page takes room: a short page does not get the tallest page's height
-        for i in range(self.stack.count()):
-            policy = QSizePolicy.Policy.Preferred if i == index else QSizePolicy.Policy.Ignored
-            self.stack.widget(i).setSizePolicy(policy, policy)
-        self.stack.setCurrentIndex(index)
+        for i in range(self.count()):
+            self.widget(i).setVisible(i == index)
         tip = self.tabToolTip(index)
         self.summary.setText(tip)
         self.summary.setVisible(bool(tip))
-        self.stack.adjustSize()
         self.currentChanged.emit(index)
 
 

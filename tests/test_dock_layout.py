@@ -196,3 +196,18 @@ def test_in_real_qgis_the_dock_lays_out_fully_at_300_px(real_qgis, scale):
     assert out["banner"], "the missing packages' banner did not show"
     assert out["demo"], "a fresh profile has the demo model chosen, and says so"
     assert out["problems"] == []
+
+
+def test_a_short_task_page_leaves_no_gap_under_it(narrow_dock):
+    """The task pages take the shown page's height, not the tallest page's (Classify): no empty band between
+    a short page and the Tiles group."""
+    dock = narrow_dock
+    heights = {}
+    for i in range(dock.tabs.count()):
+        dock.tabs.setCurrentIndex(i)
+        _settle()
+        page = dock.tabs.currentWidget()
+        need = page.heightForWidth(page.width()) if page.hasHeightForWidth() else page.sizeHint().height()
+        heights[dock.tabs.tabText(i)] = (dock.tabs.stack.height(), need)
+    assert all(shown <= need + 4 for shown, need in heights.values()), heights
+    assert heights["Search"][0] < heights["Classify"][0], heights
