@@ -165,6 +165,7 @@ class JobResult:
     report: dict | None = None                           # classify: cross-validation and the mix
     report_output: str | None = None                     # where the report was saved
     head_output: str | None = None                       # classify: where the trained classifier was saved
+    model: str = ""                                      # the bundle's name (core.bundle.DEMO_NAME: the demo)
     timings: dict[str, float] = field(default_factory=dict)  # seconds: prepare, text, tiles (read + encode), results
 
 
@@ -597,7 +598,7 @@ def write_outputs(job: Job, part: RasterPart, out: TaskOutput, bundle, provider:
                      cache_hit=part.cache_hit, seconds=time.perf_counter() - t0, warnings=warnings,
                      field_map=out.field_map, embeddings=part.embeddings, images_encoded=part.images_encoded,
                      raster_output=written.get("raster"), report=report, report_output=written.get("report"),
-                     head_output=written.get("head"))
+                     head_output=written.get("head"), model=bundle.name)
 
 
 def _values_column(values: list) -> Lazy:
