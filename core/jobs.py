@@ -345,16 +345,18 @@ class Plan:
     def describe(self) -> str:
         text = f"{self.n_tiles:,} tiles of {self.tile_px[0]} x {self.tile_px[1]} px"
         if self.seconds is not None:
-            text += f", about {_duration(self.seconds)} at the {self.rate:.1f} tiles/s measured here before"
+            text += f", {_duration(self.seconds)} at the {self.rate:.1f} tiles/s measured here before"
         return text
 
 
 def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return "under 1 s"
     if seconds < 90:
-        return f"{seconds:.0f} s"
+        return f"about {seconds:.0f} s"
     if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+        return f"about {seconds / 60:.0f} min"
+    return f"about {seconds / 3600:.1f} h"
 
 
 def _rates_path(job: Job) -> str | None:
