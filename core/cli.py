@@ -266,6 +266,10 @@ def _summary(res, job) -> str:
         lines += job.task.describe(res)
     for w in res.warnings:
         lines.append(f"warning: {w}")
+    from .bundle import DEMO_NAME, DEMO_NOTE
+
+    if res.model == DEMO_NAME:
+        lines.append(f"note: {DEMO_NOTE}")
     lines.append(f"output: {res.output}" if res.output else "output: none (give -o OUT.gpkg to write one)")
     for what, path in (("raster output", res.raster_output), ("report", res.report_output),
                        ("classifier", res.head_output)):
