@@ -83,10 +83,10 @@ def expand_rasters(items) -> list[str]:
             out.append(item)
     seen, unique = set(), []
     for p in out:
-        k = p if is_gdal_uri(p) else os.path.abspath(p)
+        k = p if is_gdal_uri(p) else os.path.abspath(p)   # the source field names files by absolute path
         if k not in seen:
             seen.add(k)
-            unique.append(p)
+            unique.append(k)
     if not unique:
         raise RemoteClipError("No raster was given.", "Give raster files, a glob, a folder or a list of paths.")
     return unique
@@ -314,7 +314,7 @@ def _part_progress(progress, before: int, n: int, total: int, name: str):
 def _local_pieces(job, plans, bundle, encoder, cache, progress, is_cancelled, total):
     """Yield each raster's Encoded in one process; the next raster is opened and its reader started while
     the encoder works on the current one."""
-    from .jobs import _encode_tiles, _Reader
+    from .jobs import _Reader
 
     def ready(plan):
         try:
@@ -329,44 +329,54 @@ def _local_pieces(job, plans, bundle, encoder, cache, progress, is_cancelled, to
         return plan, src, cached, reader, None
 
     done_tiles = 0
+    nxt = None
     with ThreadPoolExecutor(1, thread_name_prefix="remoteclip-open") as pool:
-        nxt = pool.submit(ready, plans[0]) if plans else None
-        for k in range(len(plans)):
-            plan, src, cached, reader, err = nxt.result()
-            nxt = pool.submit(ready, plans[k + 1]) if k + 1 < len(plans) else None
-            try:
-                if err is not None:
-                    yield Encoded(plan.index, None, None, error=str(err))
-                elif cached is not None:
-                    yield Encoded(plan.index, cached[0], cached[1], cache_hit=True)
-                else:
-                    part_progress = _part_progress(progress, done_tiles, len(plan.grid), total,
-                                                   os.path.basename(plan.path))
-
-                    try:
-                        kept, emb = _encode_tiles(encoder, src, plan.bands, plan.stretch, plan.grid, part_progress,
-                                                  is_cancelled, encoder.batch_size, reader=reader)
-                    except (Cancelled, KeyboardInterrupt):
-                        raise
-                    except RemoteClipError as e:
-                        yield Encoded(plan.index, None, None, error=str(e))
-                    except Exception as e:   # a damaged block: GDAL/rasterio raise their own types
-                        yield Encoded(plan.index, None, None, error=f"{type(e).__name__}: {e}")
+        try:
+            nxt = pool.submit(ready, plans[0]) if plans else None
+            for k in range(len(plans)):
+                plan, src, cached, reader, err = nxt.result()
+                nxt = pool.submit(ready, plans[k + 1]) if k + 1 < len(plans) else None
+                try:
+                    if err is not None:
+                        yield Encoded(plan.index, None, None, error=str(err))
+                    elif cached is not None:
+                        yield Encoded(plan.index, cached[0], cached[1], cache_hit=True)
                     else:
-                        yield Encoded(plan.index, kept, emb, images_encoded=len(emb))
-            finally:
-                if reader is not None:
-                    reader.stop.set()
-                if src is not None:
-                    src.close()
-            done_tiles += len(plan.grid)
-        if nxt is not None:   # cancelled before the last raster: stop its reader
-            with contextlib.suppress(Exception):
-                _, s, _, r, _ = nxt.result()
-                if r is not None:
-                    r.stop.set()
-                if s is not None:
-                    s.close()
+                        yield _encode_one(encoder, plan, src, reader, is_cancelled,
+                                          _part_progress(progress, done_tiles, len(plan.grid), total,
+                                                         os.path.basename(plan.path)))
+                finally:
+                    _release(reader, src)
+                done_tiles += len(plan.grid)
+        finally:
+            if nxt is not None:   # stopped before the last raster: stop the reader already started
+                with contextlib.suppress(Exception):
+                    _, s, _, r, _ = nxt.result()
+                    _release(r, s)
+
+
+def _encode_one(encoder, plan, src, reader, is_cancelled, progress) -> Encoded:
+    from .jobs import _encode_tiles
+
+    try:
+        kept, emb = _encode_tiles(encoder, src, plan.bands, plan.stretch, plan.grid, progress, is_cancelled,
+                                  encoder.batch_size, reader=reader)
+    except RemoteClipError as e:
+        return Encoded(plan.index, None, None, error=str(e))
+    except (Cancelled, KeyboardInterrupt):
+        raise
+    except Exception as e:   # a damaged block: GDAL/rasterio raise their own types
+        return Encoded(plan.index, None, None, error=f"{type(e).__name__}: {e}")
+    return Encoded(plan.index, kept, emb, images_encoded=len(emb))
+
+
+def _release(reader, src) -> None:
+    """Stop a reader and close its raster once it no longer reads from it."""
+    if reader is not None:
+        reader.stop.set()
+        reader.join(timeout=30)
+    if src is not None:
+        src.close()
 
 
 # ------------------------------------------------------------------------------------------ geometry
@@ -458,7 +468,6 @@ def run_collection(job, progress=None, is_cancelled=None, on_plan=None):
     cache = _cache(job)
     record = _Record(resume_path(paths["vector"], output_layer_name(job)) if paths["vector"] else None,
                      _fingerprint(job, bundle))
-    results: dict[int, Encoded] = {}
     t_enc = time.perf_counter()
     if job.dask:
         from .distributed import encode_on_cluster
@@ -466,25 +475,10 @@ def run_collection(job, progress=None, is_cancelled=None, on_plan=None):
         pieces = encode_on_cluster(job, plans, bundle, cache, progress, is_cancelled, total)
     else:
         pieces = _local_pieces(job, plans, bundle, encoder, cache, progress, is_cancelled, total)
-    by_index = {p.index: p for p in plans}
-    done = 0
-    for enc in pieces:
-        _stop_if_cancelled(is_cancelled)
-        p = by_index[enc.index]
-        if enc.error is not None:
-            _skip(job, state, p.path, enc.error)
-            continue
-        if not len(enc.kept):
-            state.skipped.append((p.path, "every tile is nodata"))
-            continue
-        if cache is not None and p.cache_key is not None and not enc.cache_hit:
-            cache.save(p.cache_key, enc.kept, enc.emb)
-        if enc.cache_hit and record.was_done(p):
-            record.resumed += 1
-        record.mark(p)
-        results[enc.index] = enc
-        done += len(p.grid)
-        _progress(progress, 0.95 * done / max(total, 1), f"{len(results)}/{len(plans)} rasters")
+    try:
+        results = _gather(job, plans, pieces, cache, record, state, progress, is_cancelled, total)
+    finally:
+        pieces.close()   # a cancel or an error: the readers stop, the cluster's futures are cancelled
     _stop_if_cancelled(is_cancelled)
     encoded = sum(e.images_encoded for e in results.values())
     if encoded and not job.dask:
@@ -524,6 +518,35 @@ def run_collection(job, progress=None, is_cancelled=None, on_plan=None):
     return res
 
 
+def _gather(job, plans, pieces, cache, record, state, progress, is_cancelled, total) -> dict:
+    """Each raster's embeddings as they come (from a reader or a worker): saved in the cache and the record;
+    an unreadable raster skipped (or, --strict, the run stopped)."""
+    from .jobs import _stop_if_cancelled
+
+    by_index = {p.index: p for p in plans}
+    results: dict[int, Encoded] = {}
+    done = 0
+    for enc in pieces:
+        _stop_if_cancelled(is_cancelled)
+        p = by_index[enc.index]
+        if enc.error is not None:
+            _skip(job, state, p.path, enc.error)
+            continue
+        if not len(enc.kept):
+            state.skipped.append((p.path, "every tile is nodata"))
+            continue
+        if cache is not None and p.cache_key is not None and not enc.cache_hit:
+            cache.save(p.cache_key, enc.kept, enc.emb)
+        if enc.cache_hit and record.was_done(p):
+            record.resumed += 1
+        record.mark(p)
+        results[enc.index] = enc
+        done += len(p.grid)
+        if progress is not None:
+            progress(0.95 * done / max(total, 1), f"{len(results)}/{len(plans)} rasters")
+    return results
+
+
 def _out_crs(job, first: RasterPlan) -> str:
     if not job.out_crs:
         return first.crs_wkt
@@ -533,12 +556,12 @@ def _out_crs(job, first: RasterPlan) -> str:
 
 
 def _outputs(task, parts, text, bundle, fitted):
-    """One TaskOutput over the collection with a ``source`` field. A task whose results depend on one raster's
-    grid (classify: its samples and suggestions) runs per part; the others see every tile at once, so search
-    ranks over the whole collection."""
+    """One TaskOutput over the collection with a ``source`` field. Per-tile results are computed per raster (a
+    raster's records are those of a run on it alone, to the bit); search sees every tile at once, so its ranks
+    and top K are over the whole collection."""
     from .tasks import RasterPart
 
-    if task.kind == "classify":
+    if task.kind != "search":
         outs = [task.outputs(part, text, bundle, fitted) for part in parts]
         out = outs[0]
         out.records = [r for o in outs for r in o.records]
