@@ -87,6 +87,7 @@ def connect(address: str):
 # ------------------------------------------------------------------------------------------- worker
 
 _WORKER_ENCODERS: dict = {}
+_LOADS = 0   # bundles loaded by this process (a worker loads one once, whatever the number of tasks)
 
 
 def _worker_encoder(piece: Piece):
@@ -103,6 +104,8 @@ def _worker_encoder(piece: Piece):
                                   "Give every worker the same bundle (a shared folder or the same .rclip.zip).")
         enc = Encoder(bundle, device=piece.device, precision=piece.precision, batch_size=piece.batch_size)
         _WORKER_ENCODERS[key] = enc
+        global _LOADS
+        _LOADS += 1
     return enc
 
 
