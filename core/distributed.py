@@ -73,7 +73,8 @@ def connect(address: str):
         if not n.isdigit() or not 1 <= int(n) <= 256:
             raise RemoteClipError(f"--dask {address}: the number of local workers is not a whole number 1..256.",
                                   "Write --dask local:2 for two worker processes.")
-        cluster = distributed.LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True,
+        # two task threads a worker: one raster is read while another is encoded (the sessions are shared)
+        cluster = distributed.LocalCluster(n_workers=int(n), threads_per_worker=2, processes=True,
                                            host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR)
         return distributed.Client(cluster), cluster
     try:
