@@ -25,7 +25,8 @@ FORMAT = "remoteclip-onnx-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 KINDS = ("image", "text")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
+INT8_METHODS = ("dynamic", "static")
 
 VOCAB_NAME = "bpe_simple_vocab_16e6.txt.gz"
 # open_clip's CLIP BPE merges (byte-identical copy), so that core can write bundles without open_clip
@@ -152,10 +153,11 @@ class Bundle:
             raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
         graphs = self.config.graphs
         if precision not in graphs:
+            flag = "--int8" if precision == "int8" else "--fp16"
             raise RemoteClipError(
                 f"Model bundle {self.source} has no {precision} graphs (it has: {', '.join(self.precisions)}).",
-                f"Choose precision {self.precisions[0]}, or re-export with "
-                f"`python -m training.export ... --fp16` to add fp16 graphs.",
+                f"Choose precision {self.precisions[0]}, or add them: `remoteclip models convert ... {flag}` "
+                f"(or `python -m training.export ... {flag}`).",
             )
         return self.path / graphs[precision][kind]
 
@@ -329,6 +331,29 @@ def check_manifest(m: dict, src) -> None:
             bad("graphs", prec, "precisions " + ", ".join(PRECISIONS))
         for kind in KINDS:
             inside(f"graphs.{prec}.{kind}", kinds[kind], bad)
+    quant = m.get("quantization")
+    if quant is not None:
+        if not isinstance(quant, dict) or set(quant) - {"int8"}:
+            bad("quantization", quant, "an object with an int8 record")
+        rec = quant.get("int8")
+        if rec is not None:
+            if "int8" not in m["graphs"]:
+                bad("quantization.int8", "(no int8 graphs)", "a record of graphs the bundle lists")
+            if not isinstance(rec, dict):
+                bad("quantization.int8", rec, "an object")
+            for kind in KINDS:
+                how = rec.get(kind)
+                allowed = INT8_METHODS + (("fp32",) if kind == "text" else ())
+                if not isinstance(how, dict) or how.get("method") not in allowed:
+                    bad(f"quantization.int8.{kind}.method", how.get("method") if isinstance(how, dict) else how,
+                        " or ".join(allowed))
+            agree = rec.get("agreement_vs_fp32")
+            if agree is not None:
+                if not isinstance(agree, dict):
+                    bad("quantization.int8.agreement_vs_fp32", agree, "an object")
+                for key in ("image_cos_min", "text_cos_min", "top1_agree"):
+                    if key in agree:
+                        real(f"quantization.int8.agreement_vs_fp32.{key}", agree[key], -1.0, 1.0)
 
 
 def parse_manifest(m: dict, src) -> Manifest:
@@ -441,7 +466,8 @@ def image_section(size, mean=CLIP_MEAN, std=CLIP_STD, resize_mode: str = "shorte
 
 def new_manifest(*, name: str, architecture: str, model_config: dict, embed_dim: int, activation: str,
                  image: dict, context_length: int, vocab_size: int, logit_scale: float, graphs: dict, opset: int,
-                 source: dict | None, exporter: dict, parity: dict | None = None) -> dict:
+                 source: dict | None, exporter: dict, parity: dict | None = None,
+                 quantization: dict | None = None) -> dict:
     """A format_version 1 manifest; the one place both bundle writers build it."""
     if activation not in ("quick_gelu", "gelu"):
         raise ValueError(f"activation must be 'quick_gelu' or 'gelu', not {activation!r}")
@@ -465,6 +491,8 @@ def new_manifest(*, name: str, architecture: str, model_config: dict, embed_dim:
     }
     if parity is not None:
         manifest["parity"] = parity
+    if quantization is not None:
+        manifest["quantization"] = quantization   # how the int8 graphs were made and how they agree with fp32
     return manifest
 
 

@@ -16,6 +16,7 @@ import argparse
 import os
 import sys
 
+from .bundle import PRECISIONS
 from .errors import Cancelled, RemoteClipError, gdal_return_codes
 
 MAX_TILES = 50_000   # core.jobs.MAX_TILES (not imported here: `remoteclip --help` stays light)
@@ -120,8 +121,11 @@ def _parser() -> argparse.ArgumentParser:
                                    "interpretation, else the first three)")
     r = common.add_argument_group("run")
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    r.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
-    r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="graphs to run: fp32, fp16 (GPUs) or int8 (CPUs, about twice as fast; the bundle needs "
+                        "them: models convert/pull --int8)")
+    r.add_argument("--batch-size", type=int, default=None,
+                   help="tiles per batch (default: 32 on a CPU; on a GPU what its free memory holds)")
     r.add_argument("--cache-dir", help="embedding cache folder (default ~/.cache/remoteclip/embeddings)")
     r.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
     r.add_argument("--dissolve", action="store_true", help="merge touching tiles with the same result")
@@ -227,7 +231,7 @@ def _job(args):
     if not 0 <= args.overlap <= MAX_OVERLAP:
         raise RemoteClipError(f"--overlap {args.overlap:g} is outside 0..{MAX_OVERLAP:g}.",
                               "Use e.g. --overlap 0.25.")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise RemoteClipError(f"--batch-size {args.batch_size} is below 1.", "Use e.g. --batch-size 32.")
     cache_dir = "" if args.no_cache else args.cache_dir
     run = RunOptions(model=args.model or _default_model(), device=args.device, precision=args.precision,

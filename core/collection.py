@@ -124,7 +124,7 @@ class RasterPlan:
     """One raster of the collection, planned on the client (no pixel read yet)."""
     index: int
     path: str
-    grid: list                   # core.tiles.Tile
+    grid: object                 # core.tiles.TileGrid
     bands: list[int]
     crs_wkt: str
     transform: tuple
@@ -167,9 +167,9 @@ def _plan_one(job, index: int, path: str) -> RasterPlan | str:
         spec = job.tiles
         bands = check_bands(src, spec.bands) if spec.bands else default_bands(src)
         grid = make_grid(src, spec)
-        if not grid:
+        if not len(grid):
             return "no tile in the extent"
-        tw, th = grid[0].window[2:]
+        tw, th = grid.tile_px
         ov = float(spec.overlap or 0.0)
         step = (max(1, round(tw * (1 - ov))), max(1, round(th * (1 - ov))))   # as core.tiles steps the grid
         return RasterPlan(index, path, grid, bands, src.crs_wkt, tuple(src.transform), (tw, th), step)
@@ -311,10 +311,10 @@ def _part_progress(progress, before: int, n: int, total: int, name: str):
     return report
 
 
-def _local_pieces(job, plans, bundle, encoder, cache, progress, is_cancelled, total):
+def _local_pieces(job, plans, bundle, encoder, batch, cache, progress, is_cancelled, total):
     """Yield each raster's Encoded in one process; the next raster is opened and its reader started while
     the encoder works on the current one."""
-    from .jobs import _Reader
+    from .jobs import _Reader, reader_count
 
     def ready(plan):
         try:
@@ -323,8 +323,8 @@ def _local_pieces(job, plans, bundle, encoder, cache, progress, is_cancelled, to
             return plan, None, None, None, e if isinstance(e, RemoteClipError) else f"{type(e).__name__}: {e}"
         reader = None
         if cached is None:
-            reader = _Reader(src, plan.bands, plan.stretch, list(enumerate(plan.grid)), bundle.image,
-                             encoder.batch_size)
+            workers = job.run.readers if job.run.readers is not None else reader_count(src, encoder.on_gpu)
+            reader = _Reader(src, plan.bands, plan.stretch, plan.grid, bundle.image, batch, workers)
             reader.start()
         return plan, src, cached, reader, None
 
@@ -342,7 +342,7 @@ def _local_pieces(job, plans, bundle, encoder, cache, progress, is_cancelled, to
                     elif cached is not None:
                         yield Encoded(plan.index, cached[0], cached[1], cache_hit=True)
                     else:
-                        yield _encode_one(encoder, plan, src, reader, is_cancelled,
+                        yield _encode_one(encoder, batch, plan, src, reader, is_cancelled,
                                           _part_progress(progress, done_tiles, len(plan.grid), total,
                                                          os.path.basename(plan.path)))
                 finally:
@@ -355,12 +355,12 @@ def _local_pieces(job, plans, bundle, encoder, cache, progress, is_cancelled, to
                     _release(r, s)
 
 
-def _encode_one(encoder, plan, src, reader, is_cancelled, progress) -> Encoded:
+def _encode_one(encoder, batch, plan, src, reader, is_cancelled, progress) -> Encoded:
     from .jobs import _encode_tiles
 
     try:
         kept, emb = _encode_tiles(encoder, src, plan.bands, plan.stretch, plan.grid, progress, is_cancelled,
-                                  encoder.batch_size, reader=reader)
+                                  batch, reader=reader)
     except RemoteClipError as e:
         return Encoded(plan.index, None, None, error=str(e))
     except (Cancelled, KeyboardInterrupt):
@@ -381,25 +381,90 @@ def _release(reader, src) -> None:
 
 # ------------------------------------------------------------------------------------------ geometry
 
-def reproject_tiles(tiles: list, src_wkt: str, dst_wkt: str, tile_size: float) -> list:
-    """Tiles with their polygons in ``dst_wkt``: each edge densified (``_DENSIFY`` points) then transformed
-    by OGR, so a tile stays exact under a curved transform (UTM <-> degrees)."""
+class CollectionGrid:
+    """The kept tiles of several rasters as one grid for core.records.Records (row and col from each raster's
+    grid, polygons in the output CRS): what ``write_outputs`` writes for a collection."""
+
+    def __init__(self, parts: list, out_wkt: str, ground: list[float]):
+        self.parts, self.out_wkt, self.ground = parts, out_wkt, ground
+        self.offsets = np.cumsum([0] + [len(p.index) for p in parts])
+        self.tile_px = parts[0].tile_px
+        self.transform = parts[0].transform
+        self._wkb: dict[int, list[bytes]] = {}
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def _split(self, idx):
+        """(part number, positions in ``idx``, that part's own positions) for the parts ``idx`` touches."""
+        idx = np.arange(len(self)) if idx is None else np.asarray(idx, dtype=np.int64)
+        which = np.searchsorted(self.offsets, idx, side="right") - 1
+        for k in np.unique(which).tolist():
+            at = np.flatnonzero(which == k)
+            yield k, at, idx[at] - self.offsets[k]
+
+    def rows_cols(self, idx=None):
+        n = len(self) if idx is None else len(idx)
+        rows, cols = np.empty(n, np.int64), np.empty(n, np.int64)
+        for k, at, local in self._split(idx):
+            part = self.parts[k]
+            rows[at], cols[at] = part.grid.rows_cols(part.index[local])
+        return rows, cols
+
+    def windows(self, idx=None):
+        n = len(self) if idx is None else len(idx)
+        out = np.empty((n, 4), np.int64)
+        for k, at, local in self._split(idx):
+            part = self.parts[k]
+            out[at] = part.grid.windows(part.index[local])
+        return out
+
+    def _part_wkb(self, k: int) -> list[bytes]:
+        if k not in self._wkb:
+            part = self.parts[k]
+            self._wkb[k] = reproject_wkb(part.grid.polygon_wkb(part.index), part.crs_wkt, self.out_wkt,
+                                         self.ground[k])
+        return self._wkb[k]
+
+    def polygon_wkb(self, idx=None) -> list[bytes]:
+        n = len(self) if idx is None else len(idx)
+        out: list = [None] * n
+        for k, at, local in self._split(idx):
+            wkb = self._part_wkb(k)
+            for a, i in zip(at.tolist(), local.tolist(), strict=True):
+                out[a] = wkb[i]
+        return out
+
+    def __getitem__(self, i):
+        from osgeo import ogr
+
+        from .tiles import Tile
+
+        (r,), (c,) = self.rows_cols([i])
+        wkb = self.polygon_wkb([i])[0]
+        return Tile(int(r), int(c), tuple(self.windows([i])[0].tolist()),
+                    polygon_wkt=ogr.CreateGeometryFromWkb(wkb).ExportToWkt())
+
+
+def reproject_wkb(wkbs: list[bytes], src_wkt: str, dst_wkt: str, tile_size: float) -> list[bytes]:
+    """Polygons from ``src_wkt`` to ``dst_wkt``: each edge densified (``_DENSIFY`` points) then transformed by
+    OGR, so a tile stays exact under a curved transform (UTM <-> degrees). The same CRS: unchanged."""
     from osgeo import ogr, osr
 
     from .tiles import srs_from
 
     s, d = srs_from(src_wkt, "raster's CRS"), srs_from(dst_wkt, "output CRS")
     if s.IsSame(d):
-        return tiles
+        return wkbs
     ct = osr.CoordinateTransformation(s, d)
     out = []
-    for t in tiles:
-        g = ogr.CreateGeometryFromWkt(t.polygon_wkt)
+    for wkb in wkbs:
+        g = ogr.CreateGeometryFromWkb(wkb)
         g.Segmentize(tile_size / _DENSIFY)
         if g.Transform(ct) != 0:
-            raise RemoteClipError(f"A tile at row {t.row}, column {t.col} cannot be put in the output CRS.",
+            raise RemoteClipError("A tile cannot be put in the output CRS.",
                                   "Choose an output CRS that covers every raster (--out-crs).")
-        out.append(replace(t, polygon_wkt=g.ExportToWkt()))
+        out.append(bytes(g.ExportToWkb(ogr.wkbNDR)))
     return out
 
 
@@ -462,7 +527,8 @@ def run_collection(job, progress=None, is_cancelled=None, on_plan=None):
                               "unless confirmed.", "Confirm it (--yes on the command line), or plan fewer tiles: "
                               "larger tiles, less overlap, an extent, or fewer rasters.")
     out_wkt = _out_crs(job, plans[0])
-    encoder = Encoder(bundle, device=job.run.device, precision=job.run.precision, batch_size=job.run.batch_size)
+    encoder = Encoder(bundle, device=job.run.device, precision=job.run.precision, batch_size=job.run.batch_size,
+                      threads=job.run.threads)
     prompts = task.prompts(prepared)
     text = _ensemble(encoder, prompts, warnings) if prompts else None
     cache = _cache(job)
@@ -472,9 +538,12 @@ def run_collection(job, progress=None, is_cancelled=None, on_plan=None):
     if job.dask:
         from .distributed import encode_on_cluster
 
-        pieces = encode_on_cluster(job, plans, bundle, cache, progress, is_cancelled, total)
+        # the client's batch size: the workers' batches (and blocks) are the ones a single process makes
+        batch = job.run.batch_size or encoder.batch_size
+        pieces = encode_on_cluster(job, plans, bundle, batch, cache, progress, is_cancelled, total)
     else:
-        pieces = _local_pieces(job, plans, bundle, encoder, cache, progress, is_cancelled, total)
+        pieces = _local_pieces(job, plans, bundle, encoder, encoder.plan_batch(), cache, progress, is_cancelled,
+                               total)
     try:
         results = _gather(job, plans, pieces, cache, record, state, progress, is_cancelled, total)
     finally:
@@ -483,31 +552,36 @@ def run_collection(job, progress=None, is_cancelled=None, on_plan=None):
     encoded = sum(e.images_encoded for e in results.values())
     if encoded and not job.dask:
         record_rate(job, bundle, encoder.provider, encoded, time.perf_counter() - t_enc)
-    parts = []
+    parts, ground = [], []
     for p in plans:
         enc = results.get(p.index)
         if enc is None:
             continue
-        tiles = reproject_tiles([p.grid[int(i)] for i in enc.kept], p.crs_wkt, out_wkt, _tile_ground_size(p))
-        parts.append(RasterPart(name=p.path, crs_wkt=out_wkt, transform=p.transform, tiles=tiles,
-                                embeddings=enc.emb, tile_px=p.tile_px, step_px=p.step_px, cache_hit=enc.cache_hit,
-                                images_encoded=enc.images_encoded))
+        parts.append(RasterPart(name=p.path, crs_wkt=p.crs_wkt, transform=p.transform, grid=p.grid,
+                                index=np.asarray(enc.kept, dtype=np.int64), embeddings=enc.emb, tile_px=p.tile_px,
+                                step_px=p.step_px, cache_hit=enc.cache_hit, images_encoded=enc.images_encoded))
+        ground.append(_tile_ground_size(p))
     if not parts:
         why = "; ".join(f"{os.path.basename(p)}: {w}" for p, w in state.skipped[:3])
         raise RemoteClipError(f"No raster gave a tile ({why}).", "Check the rasters (gdalinfo), the extent and "
                               "the bands.")
     fitted = task.fit(parts, text, bundle, prepared, warnings)
-    out = _outputs(task, parts, text, bundle, fitted)
+    out = _outputs(task, parts, text, bundle, fitted, out_wkt, ground)
     _stop_if_cancelled(is_cancelled)
-    whole = RasterPart(name=f"{len(parts)} rasters", crs_wkt=out_wkt, transform=parts[0].transform,
-                       tiles=[t for part in parts for t in part.tiles],
-                       embeddings=np.concatenate([part.embeddings for part in parts]), tile_px=parts[0].tile_px,
-                       step_px=parts[0].step_px, cache_hit=all(part.cache_hit for part in parts),
-                       images_encoded=encoded)
     out.metadata = {**out.metadata, "crs": crs_name(out_wkt), "rasters": [part.name for part in parts],
                     "skipped": [{"raster": r, "why": w} for r, w in state.skipped]}
-    if job.raster_output is not None:   # one raster: its own grid
-        whole = replace(whole, transform=parts[0].transform, name=parts[0].name)
+    if job.raster_output is not None:   # one raster (checked above), written on its own grid and CRS
+        if not _same_crs(parts[0].crs_wkt, out_wkt):
+            raise RemoteClipError("--raster-output is written in the raster's CRS; --out-crs asks for another.",
+                                  "Leave out --out-crs, or reproject the GeoTIFF afterwards (gdalwarp).")
+        whole = replace(parts[0], name=parts[0].name)
+    else:
+        grid = CollectionGrid(parts, out_wkt, ground)
+        whole = RasterPart(name=f"{len(parts)} rasters", crs_wkt=out_wkt, transform=parts[0].transform, grid=grid,
+                           index=np.arange(len(grid), dtype=np.int64),
+                           embeddings=np.concatenate([part.embeddings for part in parts]), tile_px=parts[0].tile_px,
+                           step_px=parts[0].step_px, cache_hit=all(part.cache_hit for part in parts),
+                           images_encoded=encoded)
     provider = encoder.provider if encoded and not job.dask else (
         "dask" if job.dask else _provider_if_loaded(encoder))
     res: JobResult = write_outputs(job, whole, out, bundle, provider, paths, warnings + state.warnings, t0, progress)
@@ -555,25 +629,74 @@ def _out_crs(job, first: RasterPlan) -> str:
     return srs_from(job.out_crs, "output CRS (--out-crs)").ExportToWkt()
 
 
-def _outputs(task, parts, text, bundle, fitted):
+def _same_crs(a: str, b: str) -> bool:
+    from .tiles import srs_from
+
+    return bool(srs_from(a, "raster's CRS").IsSame(srs_from(b, "output CRS")))
+
+
+def _outputs(task, parts, text, bundle, fitted, out_wkt, ground):
     """One TaskOutput over the collection with a ``source`` field. Per-tile results are computed per raster (a
     raster's records are those of a run on it alone, to the bit); search sees every tile at once, so its ranks
     and top K are over the whole collection."""
+    from .records import Categorical
     from .tasks import RasterPart
 
     if task.kind != "search":
         outs = [task.outputs(part, text, bundle, fitted) for part in parts]
         out = outs[0]
-        out.records = [r for o in outs for r in o.records]
+        sizes = [len(part.index) for part in parts]
+        out.columns = {name: _concat([_columns_of(o)[name] for o in outs], sizes, kind)
+                       for name, kind in out.fields}
+        out.records = None
         if out.dense is not None:
             out.dense = np.concatenate([o.dense for o in outs])
     else:
-        whole = RasterPart(name="", crs_wkt=parts[0].crs_wkt, transform=parts[0].transform,
-                           tiles=[t for part in parts for t in part.tiles],
+        grid = CollectionGrid(parts, out_wkt, ground)
+        whole = RasterPart(name="", crs_wkt=out_wkt, transform=parts[0].transform, grid=grid,
+                           index=np.arange(len(grid), dtype=np.int64),
                            embeddings=np.concatenate([part.embeddings for part in parts]), tile_px=parts[0].tile_px,
                            step_px=parts[0].step_px)
         out = task.outputs(whole, text, bundle, fitted)
-    sources = [part.name for part in parts for _ in part.tiles]
-    out.records = [{"source": s, **r} for s, r in zip(sources, out.records, strict=True)]
+        out.columns = dict(_columns_of(out))
+        out.records = None
+    codes = np.concatenate([np.full(len(part.index), k, dtype=np.int64) for k, part in enumerate(parts)])
+    out.columns["source"] = Categorical(codes, [part.name for part in parts])
     out.fields = [("source", "str"), *out.fields]
     return out
+
+
+def _columns_of(out) -> dict:
+    if out.columns is not None:
+        return out.columns
+    from .jobs import _values_column
+
+    return {name: _values_column([r[name] for r in out.records]) for name, _ in out.fields}
+
+
+def _concat(cols: list, sizes: list[int], kind: str):
+    """One column from the parts' columns (core.records: arrays, categorical codes, or values made on read)."""
+    from .records import Categorical, Lazy, _python_values
+
+    if all(isinstance(c, np.ndarray) for c in cols):
+        return np.concatenate(cols)
+    if all(isinstance(c, Categorical) for c in cols):
+        values: list = []
+        where: dict = {}
+        codes = []
+        for c in cols:
+            remap = np.array([where.setdefault(v, len(where)) for v in c.values], dtype=np.int64)
+            codes.append(remap[c.codes] if len(c.values) else np.asarray(c.codes, dtype=np.int64))
+        values = list(where)
+        return Categorical(np.concatenate(codes) if codes else np.zeros(0, np.int64), values)
+    offsets = np.cumsum([0, *sizes])
+
+    def values_of(start, stop):
+        got = []
+        for k, c in enumerate(cols):
+            a, b = max(start, offsets[k]), min(stop, offsets[k + 1])
+            if a < b:
+                got += _python_values(c, int(a - offsets[k]), int(b - offsets[k]), kind)
+        return got
+
+    return Lazy(int(offsets[-1]), values_of)

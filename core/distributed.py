@@ -51,6 +51,8 @@ class Piece:
     device: str
     precision: str
     batch_size: int
+    threads: int | None = None   # onnxruntime threads on the worker (None: its cores)
+    readers: int | None = None
 
 
 def _import():
@@ -96,14 +98,15 @@ def _worker_encoder(piece: Piece):
     from .bundle import load_bundle
     from .inference import Encoder
 
-    key = (piece.model, piece.device, piece.precision, piece.batch_size)
+    key = (piece.model, piece.device, piece.precision, piece.batch_size, piece.threads)
     enc = _WORKER_ENCODERS.get(key)
     if enc is None:
         bundle = load_bundle(piece.model)
         if bundle.sha256 != piece.model_sha256:
             raise RemoteClipError(f"The bundle {piece.model} on this worker is not the client's (another sha256).",
                                   "Give every worker the same bundle (a shared folder or the same .rclip.zip).")
-        enc = Encoder(bundle, device=piece.device, precision=piece.precision, batch_size=piece.batch_size)
+        enc = Encoder(bundle, device=piece.device, precision=piece.precision, batch_size=piece.batch_size,
+                      threads=piece.threads)
         _WORKER_ENCODERS[key] = enc
         global _LOADS
         _LOADS += 1
@@ -125,8 +128,9 @@ def encode_piece(piece: Piece):
             if len(grid) != piece.n_grid:
                 raise RemoteClipError(f"The worker sees {len(grid)} tiles in {piece.path}, the client "
                                       f"{piece.n_grid}.", "Give the workers the same raster (a shared path).")
-            kept, emb = _encode_tiles(encoder, src, list(piece.bands), piece.stretch, grid[piece.start:piece.stop],
-                                      None, None, encoder.batch_size)
+            kept, emb = _encode_tiles(encoder, src, list(piece.bands), piece.stretch,
+                                      sub_grid(grid, piece.start, piece.stop), None, None, piece.batch_size,
+                                      piece.readers)
         finally:
             src.close()
     except RemoteClipError as e:
@@ -134,6 +138,17 @@ def encode_piece(piece: Piece):
     except Exception as e:   # a damaged block: GDAL/rasterio raise their own types
         return Encoded(piece.index, None, None, block=(piece.start, piece.stop), error=f"{type(e).__name__}: {e}")
     return Encoded(piece.index, kept + piece.start, emb, images_encoded=len(emb), block=(piece.start, piece.stop))
+
+
+def sub_grid(grid, start: int, stop: int):
+    """Tiles ``start:stop`` of a core.tiles.TileGrid as a TileGrid (the same rows, columns and windows)."""
+    from .tiles import TileGrid
+
+    if start == 0 and stop == len(grid):
+        return grid
+    keep = grid._block_positions(np.arange(start, stop, dtype=np.int64))
+    return TileGrid(grid.transform, grid.tile_px, grid.col_offsets, grid.row_offsets, grid.col_index,
+                    grid.row_index, keep=keep)
 
 
 # ------------------------------------------------------------------------------------------- client
@@ -145,7 +160,7 @@ def _blocks(n: int, batch_size: int) -> list[tuple[int, int]]:
     return [(a, min(a + size, n)) for a in range(0, n, size)]
 
 
-def encode_on_cluster(job, plans, bundle, cache, progress, is_cancelled, total):
+def encode_on_cluster(job, plans, bundle, batch, cache, progress, is_cancelled, total):
     """Yield each raster's core.collection.Encoded, computed on the cluster (or read from the cache)."""
     from .collection import Encoded, prepare_plan
 
@@ -157,7 +172,10 @@ def encode_on_cluster(job, plans, bundle, cache, progress, is_cancelled, total):
         owner: dict[str, str] = {}
         token = uuid.uuid4().hex[:12]   # keys of this job only: another job on the cluster never shares results
         model = str(getattr(bundle, "source", None) or bundle.path)
-        batch = int(job.run.batch_size)
+        batch = int(batch)
+        threads = job.run.threads
+        if threads is None and cluster is not None:   # local:N: the cores shared, not N x all of them
+            threads = max(1, (os.cpu_count() or 1) // len(cluster.workers))
         for p in plans:
             if is_cancelled is not None and is_cancelled():
                 raise Cancelled("cancelled")
@@ -175,7 +193,7 @@ def encode_on_cluster(job, plans, bundle, cache, progress, is_cancelled, total):
             waiting[p.index] = {"left": len(blocks), "parts": []}
             for a, b in blocks:
                 piece = Piece(p.index, p.path, tuple(p.bands), p.stretch, job.tiles, len(p.grid), a, b, model,
-                              bundle.sha256, job.run.device, job.run.precision, batch)
+                              bundle.sha256, job.run.device, job.run.precision, batch, threads, job.run.readers)
                 f = client.submit(encode_piece, piece, pure=False, key=f"remoteclip-{token}-{p.index}-{a}")
                 futures.append(f)
                 owner[f.key] = p.path

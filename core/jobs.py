@@ -40,8 +40,9 @@ import numpy as np
 from . import checks
 from .bundle import load_bundle
 from .errors import Cancelled, RemoteClipError
-from .inference import Encoder
+from .inference import AUTO_BATCH_CPU, Encoder
 from .preprocess import output_size, preprocess
+from .records import Lazy, Records
 from .tasks import (  # noqa: F401 (the task classes and record functions are part of this module's API)
     TASKS,
     UNKNOWN,
@@ -78,8 +79,10 @@ class RunOptions:
     model: str
     device: str = "auto"
     precision: str = "fp32"
-    batch_size: int = 32
+    batch_size: int | None = None  # None: auto (32 on a CPU; on a GPU what its free memory holds)
     cache_dir: str | None = None   # None: default cache folder; "" disables the cache
+    threads: int | None = None     # CPU threads onnxruntime may use (None: one per core)
+    readers: int | None = None     # tile reader threads (None: 1 beside a CPU encoder, more beside a GPU)
 
     def __post_init__(self):
         from .bundle import PRECISIONS
@@ -91,7 +94,9 @@ class RunOptions:
                                   "Give the bundle folder or .rclip.zip as a path.")
         self.device = checks.choice(self.device, "device", DEVICES)
         self.precision = checks.choice(self.precision, "precision", PRECISIONS)
-        self.batch_size = checks.whole(self.batch_size, "Batch size", 1, MAX_BATCH, "e.g. 32")
+        self.batch_size = checks.optional(checks.whole, self.batch_size, "Batch size", 1, MAX_BATCH, "e.g. 32")
+        self.threads = checks.optional(checks.whole, self.threads, "threads", 1, 1024, "e.g. 4")
+        self.readers = checks.optional(checks.whole, self.readers, "readers", 1, 64, "e.g. 4")
         if self.cache_dir is not None and not isinstance(self.cache_dir, str | os.PathLike):
             raise RemoteClipError(f"The cache folder {self.cache_dir!r} is not a path.",
                                   "Give a folder path, \"\" for no cache, or None for the default.")
@@ -175,6 +180,7 @@ class JobResult:
     report: dict | None = None                           # classify: cross-validation and the mix
     report_output: str | None = None                     # where the report was saved
     head_output: str | None = None                       # classify: where the trained classifier was saved
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: prepare, text, tiles (read + encode), results
     sources: list[str] = field(default_factory=list)     # several rasters: those in the output
     skipped: list[tuple[str, str]] = field(default_factory=list)   # several rasters: (raster, why) not in it
     resumed: int = 0                                     # rasters done by an earlier, interrupted run
@@ -220,15 +226,29 @@ def _open(raster):
     return raster, False
 
 
-class _Reader(threading.Thread):
-    """Reads, stretches and preprocesses batches of tiles into a bounded queue."""
+def reader_count(src, on_gpu: bool) -> int:
+    """Reader threads for a run: one beside a CPU encoder (it needs the cores); on a GPU several, each with
+    its own handle on the file (a GDAL dataset is not shared between threads), where the source can be
+    opened again (files through rasterio; QGIS providers stay on one thread)."""
+    if not on_gpu or type(src).__name__ != "RasterioSource" or not getattr(src, "path", None):
+        return 1
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
 
-    def __init__(self, src, bands, stretch, tiles, image_cfg, batch_size):
+
+class _Reader(threading.Thread):
+    """Reads, stretches and preprocesses batches of tiles into a bounded queue; with ``workers`` > 1 the
+    tiles of a batch are read by that many threads, each on its own handle of the raster file."""
+
+    def __init__(self, src, bands, stretch, grid, image_cfg, batch_size, workers: int = 1):
         super().__init__(name="remoteclip-reader", daemon=True)
         self.src, self.bands, self.stretch = src, bands, stretch
-        self.tiles, self.image_cfg, self.batch_size = tiles, image_cfg, batch_size
+        self.grid, self.image_cfg, self.batch_size = grid, image_cfg, batch_size
+        self.workers = max(1, int(workers))
         self.q: queue.Queue = queue.Queue(maxsize=_QUEUE_BATCHES)
         self.stop = threading.Event()
+        self._local = threading.local()
+        self._opened: list = []
+        self._lock = threading.Lock()
 
     def _put(self, item) -> bool:
         while not self.stop.is_set():
@@ -239,35 +259,65 @@ class _Reader(threading.Thread):
                 continue
         return False
 
-    def run(self):
+    def _source(self):
+        if self.workers == 1:
+            return self.src
+        src = getattr(self._local, "src", None)
+        if src is None:
+            from .raster import open_raster
+
+            src = self._local.src = open_raster(self.src.path)
+            with self._lock:
+                self._opened.append(src)
+        return src
+
+    def _load(self, window):
+        """One tile preprocessed, or None when all its pixels are nodata."""
         from .raster import read_rgb
 
+        rgb, valid = read_rgb(self._source(), self.bands, tuple(window), self.stretch)
+        if valid is not None and not valid.any():
+            return None
+        return preprocess(rgb, self.image_cfg, valid)
+
+    def run(self):
+        pool = None
         try:
+            if self.workers > 1:
+                from concurrent.futures import ThreadPoolExecutor
+
+                pool = ThreadPoolExecutor(self.workers, thread_name_prefix="remoteclip-read")
             h, w = output_size(self.image_cfg)
-            for start in range(0, len(self.tiles), self.batch_size):
+            for start in range(0, len(self.grid), self.batch_size):
                 if self.stop.is_set():
                     return
-                chunk = self.tiles[start:start + self.batch_size]
-                kept, arrays = [], []
-                for idx, tile in chunk:
-                    rgb, valid = read_rgb(self.src, self.bands, tile.window, self.stretch)
-                    if valid is not None and not valid.any():
-                        continue  # all nodata
-                    arrays.append(preprocess(rgb, self.image_cfg, valid))
-                    kept.append(idx)
-                x = np.stack(arrays) if arrays else np.zeros((0, 3, h, w), np.float32)
-                if not self._put(("batch", len(chunk), kept, x)):
+                stop = min(len(self.grid), start + self.batch_size)
+                windows = self.grid.windows(np.arange(start, stop)).tolist()
+                tiles = pool.map(self._load, windows) if pool is not None else map(self._load, windows)
+                x = np.empty((stop - start, 3, h, w), np.float32)
+                kept = []
+                for idx, arr in zip(range(start, stop), tiles, strict=True):
+                    if arr is not None:   # all-nodata tiles are dropped
+                        x[len(kept)] = arr
+                        kept.append(idx)
+                if not self._put(("batch", stop - start, kept, x[:len(kept)])):
                     return
             self._put(("done", 0, None, None))
         except BaseException as e:  # handed to the main thread
             self._put(("error", 0, None, e))
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+            for src in self._opened:
+                src.close()
 
 
-def _encode_tiles(encoder, src, bands, stretch, grid, progress, is_cancelled, batch_size, reader=None):
+def _encode_tiles(encoder, src, bands, stretch, grid, progress, is_cancelled, batch_size, readers=None, reader=None):
     """Embeddings of the tiles that are not all nodata: (indices into grid, (n, D) float32). ``reader``: a
     _Reader already started on ``grid`` (core.collection starts the next raster's while this one encodes)."""
     if reader is None:
-        reader = _Reader(src, bands, stretch, list(enumerate(grid)), encoder.bundle.image, batch_size)
+        workers = readers if readers is not None else reader_count(src, encoder.on_gpu)
+        reader = _Reader(src, bands, stretch, grid, encoder.bundle.image, batch_size, workers)
         reader.start()
     kept_all: list[int] = []
     embs: list[np.ndarray] = []
@@ -353,7 +403,7 @@ def known_rate(job: Job, bundle) -> float | None:
 
 def record_rate(job: Job, bundle, provider: str, n_tiles: int, seconds: float) -> None:
     path = _rates_path(job)
-    if path is None or n_tiles < 2 * job.run.batch_size or seconds <= 0:
+    if path is None or n_tiles < 2 * (job.run.batch_size or AUTO_BATCH_CPU) or seconds <= 0:
         return   # a few tiles time the start-up more than the encoder
     from .cache import _atomic_write
 
@@ -383,7 +433,7 @@ def plan_job(job: Job) -> Plan:
         require_crs(src)
         grid = make_grid(src, job.tiles)
         bundle = load_bundle(job.run.model)
-        return Plan(len(grid), grid[0].window[2:] if grid else (0, 0), known_rate(job, bundle))
+        return Plan(len(grid), grid.tile_px if len(grid) else (0, 0), known_rate(job, bundle))
     finally:
         if owned:
             src.close()
@@ -418,16 +468,25 @@ def run_job(job: Job, progress=None, is_cancelled=None, on_plan=None) -> JobResu
         prepared = task.prepare(bundle, warnings)
         grid, bands, plan = _plan(job, src, bundle, on_plan)
         encoder = Encoder(bundle, device=job.run.device, precision=job.run.precision,
-                          batch_size=job.run.batch_size)
-        prompts = task.prompts(prepared)
+                          batch_size=job.run.batch_size, threads=job.run.threads)
+        timings = {"prepare": time.perf_counter() - t0}
+        t = time.perf_counter()
+        prompts = task.prompts(prepared)   # text first: a bad prompt fails before any pixel is read
         text = _ensemble(encoder, prompts, warnings) if prompts else None
+        timings["text"] = time.perf_counter() - t
+        t = time.perf_counter()
         part = encode_raster(job, src, grid, bands, bundle, encoder, warnings, progress, is_cancelled)
+        timings["tiles"] = time.perf_counter() - t
         _stop_if_cancelled(is_cancelled)
+        t = time.perf_counter()
         fitted = task.fit([part], text, bundle, prepared, warnings)
         out = task.outputs(part, text, bundle, fitted)
         _stop_if_cancelled(is_cancelled)
         provider = encoder.provider if not part.cache_hit else _provider_if_loaded(encoder)
-        return write_outputs(job, part, out, bundle, provider, outputs, warnings, t0, progress)
+        result = write_outputs(job, part, out, bundle, provider, outputs, warnings, t0, progress)
+        timings["results"] = time.perf_counter() - t
+        result.timings = timings
+        return result
     finally:
         if owned:
             src.close()
@@ -479,10 +538,10 @@ def _plan(job: Job, src, bundle, on_plan):
     spec = job.tiles
     bands = check_bands(src, spec.bands) if spec.bands else default_bands(src)
     grid = make_grid(src, spec)
-    if not grid:
+    if not len(grid):
         raise RemoteClipError("No tiles: the extent does not overlap the raster.",
                               "Choose an extent (bbox or polygons) inside the raster.")
-    plan = Plan(len(grid), grid[0].window[2:], known_rate(job, bundle))
+    plan = Plan(len(grid), grid.tile_px, known_rate(job, bundle))
     if on_plan is not None:
         on_plan(plan)
     if job.max_tiles is not None and plan.n_tiles > job.max_tiles:
@@ -507,7 +566,8 @@ def encode_raster(job: Job, src, grid, bands, bundle, encoder: Encoder, warnings
     else:
         cache_hit = False
         t_enc = time.perf_counter()
-        kept, emb = _encode_tiles(encoder, src, bands, stretch, grid, progress, is_cancelled, encoder.batch_size)
+        kept, emb = _encode_tiles(encoder, src, bands, stretch, grid, progress, is_cancelled,
+                                  encoder.plan_batch(), job.run.readers)
         if cache is not None:
             cache.save(key, kept, emb)
         record_rate(job, bundle, encoder.provider, len(grid), time.perf_counter() - t_enc)
@@ -515,20 +575,19 @@ def encode_raster(job: Job, src, grid, bands, bundle, encoder: Encoder, warnings
         raise RemoteClipError(f"Every tile of {getattr(src, 'name', 'the raster')} is nodata ({len(grid)} tiles "
                               "read, none with a valid pixel).", "Check the raster's nodata value and mask "
                               "(gdalinfo) and the bands; choose an extent with image data.")
-    tw, th = grid[0].window[2:]
+    tw, th = grid.tile_px
     overlap = float(spec.overlap or 0.0)
     step = (max(1, round(tw * (1 - overlap))), max(1, round(th * (1 - overlap))))  # as core.tiles steps the grid
     return RasterPart(name=str(getattr(src, "name", "")), crs_wkt=src.crs_wkt, transform=tuple(src.transform),
-                      tiles=[grid[int(i)] for i in kept], embeddings=emb, tile_px=(tw, th), step_px=step,
-                      cache_hit=cache_hit, images_encoded=0 if cache_hit else len(emb))
+                      grid=grid, index=np.asarray(kept, dtype=np.int64), embeddings=emb, tile_px=(tw, th),
+                      step_px=step, cache_hit=cache_hit, images_encoded=0 if cache_hit else len(emb))
 
 
 def write_outputs(job: Job, part: RasterPart, out: TaskOutput, bundle, provider: str, paths: dict,
                   warnings: list[str], t0: float, progress=None) -> JobResult:
     """The records of ``part`` with their tiles, written where ``paths`` (:func:`check_outputs`) says."""
     task = job.task
-    records = [{"row": int(t.row), "col": int(t.col), **r, "geometry": t.polygon_wkt}
-               for t, r in zip(part.tiles, out.records, strict=True)]
+    records = part_records(part, out)
     fields_ = [("row", "int"), ("col", "int"), *out.fields]
     layer_name = output_layer_name(job)
     inputs = _raster_names(job.raster)
@@ -572,6 +631,20 @@ def write_outputs(job: Job, part: RasterPart, out: TaskOutput, bundle, provider:
                      field_map=out.field_map, embeddings=part.embeddings, images_encoded=part.images_encoded,
                      raster_output=written.get("raster"), report=report, report_output=written.get("report"),
                      head_output=written.get("head"))
+
+
+def _values_column(values: list) -> Lazy:
+    return Lazy(len(values), lambda start, stop: values[start:stop])
+
+
+def part_records(part: RasterPart, out: TaskOutput) -> Records:
+    """The task's per-tile values of ``part`` as :class:`core.records.Records` over the part's grid (row, col
+    and the polygon come from the grid when they are read or written)."""
+    if out.columns is not None:
+        columns = out.columns
+    else:   # a task that made one dict per tile: its values as they are
+        columns = {name: _values_column([r[name] for r in out.records]) for name, _ in out.fields}
+    return Records(out.fields, columns, grid=part.grid, index=part.index)
 
 
 def _provider_if_loaded(encoder: Encoder) -> str:

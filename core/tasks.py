@@ -25,6 +25,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from typing import Any, ClassVar
 
 from . import checks
@@ -134,18 +135,24 @@ class RasterPart:
     name: str
     crs_wkt: str
     transform: tuple
-    tiles: list                      # core.tiles.Tile, in the order of ``embeddings``
+    grid: Any                        # core.tiles.TileGrid of the raster
+    index: Any                       # (n,) int64 grid positions of the kept tiles, in the order of ``embeddings``
     embeddings: Any                  # (n, D) float32 unit vectors
     tile_px: tuple[int, int]         # (width, height) of a tile in pixels
     step_px: tuple[int, int]         # grid step in pixels (tile * (1 - overlap))
     cache_hit: bool = False
     images_encoded: int = 0
 
+    @cached_property
+    def tiles(self) -> list:
+        """The kept tiles as core.tiles.Tile objects, made on first access (a grid may hold millions)."""
+        return [self.grid[int(i)] for i in self.index]
+
 
 @dataclass
 class TaskOutput:
     """What a task makes of one raster part."""
-    records: list[dict]                               # per tile, in the part's order; no row/col/geometry
+    records: list[dict] | None                        # per tile, in the part's order; no row/col/geometry
     fields: list[tuple[str, str]]                     # (name, "str" | "int" | "float")
     field_map: dict[str, str] = field(default_factory=dict)     # p_<slug> field -> class name
     dense: Any = None                                 # (n_tiles, bands) values for the dense GeoTIFF
@@ -153,6 +160,7 @@ class TaskOutput:
     metadata: dict = field(default_factory=dict)      # stored with the vector layer
     report: dict | None = None                        # written as NAME.remoteclip-report.json
     head: Any = None                                  # classify: the trained head (to head_out)
+    columns: dict | None = None                       # instead of records: core.records columns per field
 
 
 # ---------------------------------------------------------------------------------------------- base
@@ -204,7 +212,7 @@ class Task:
         return prepared
 
     def outputs(self, part: RasterPart, text, bundle, fitted) -> TaskOutput:
-        return TaskOutput([{} for _ in part.tiles], [])
+        return TaskOutput(None, [], columns={})
 
     # ----------------------------------------------------------------------------- describing
 
@@ -394,9 +402,13 @@ class LabelTask(Task):
         return label_prompts(self.labels, self.templates)
 
     def outputs(self, part, text, bundle, fitted):
+        from .records import class_columns
+
         probs = softmax(bundle.logit_scale * (part.embeddings @ text.T))
-        recs, fields_, fmap = class_records(probs, self.labels, self.top_k, self.threshold)
-        return TaskOutput(recs, fields_, fmap, dense=probs, dense_names=list(self.labels))
+        pnames = slug_fields(self.labels)
+        fields_, columns = class_columns(probs, self.labels, self.top_k, self.threshold, pnames)
+        return TaskOutput(None, fields_, dict(zip(pnames, self.labels, strict=True)), dense=probs,
+                          dense_names=list(self.labels), columns=columns)
 
     def layer_name(self):
         return "labels"
@@ -446,8 +458,10 @@ class CountTask(Task):
         return count_captions(self.object_name, int(self.max_count), self.templates)
 
     def outputs(self, part, text, bundle, fitted):
-        recs, fields_ = count_records(part.embeddings, text, bundle.logit_scale)
-        return TaskOutput(recs, fields_)
+        from .records import count_columns
+
+        fields_, columns = count_columns(part.embeddings, text, bundle.logit_scale)
+        return TaskOutput(None, fields_, columns=columns)
 
     def layer_name(self):
         return f"count_{re.sub(r'[^a-z0-9]+', '_', self.object_name.lower()).strip('_')}"
@@ -500,9 +514,11 @@ class SearchTask(Task):
         return [[self.query.strip()]]
 
     def outputs(self, part, text, bundle, fitted):
-        recs, fields_ = search_records(part.embeddings, text[0], self.top_k, self.threshold)
-        sim = (part.embeddings @ text[0])[:, None]
-        return TaskOutput(recs, fields_, dense=sim, dense_names=["similarity"])
+        from .records import search_columns
+
+        fields_, columns = search_columns(part.embeddings, text[0], self.top_k, self.threshold)
+        return TaskOutput(None, fields_, dense=columns["similarity"][:, None], dense_names=["similarity"],
+                          columns=columns)
 
     def layer_name(self):
         return "search"
@@ -722,17 +738,24 @@ class ClassifyTask(Task):
         from .classify import suggest, uncertainty
 
         head = fitted["head"]
+        from .records import class_columns
+
+        head = fitted["head"]
         probs = head.proba(part.embeddings)
-        recs, fields_, fmap = class_records(probs, head.classes, 3, None)
-        unc = uncertainty(probs)
+        pnames = slug_fields(head.classes)
+        fields_, columns = class_columns(probs, head.classes, 3, None, pnames)
+        fmap = dict(zip(pnames, head.classes, strict=True))
+        unc = np.asarray(uncertainty(probs))
         samples = {int(i) for i in fitted["sample_tiles"].get(part.name, ())}
         picks = suggest(unc, self.suggest, samples, [t.window for t in part.tiles]) if self.suggest else []
-        rank = {i: n + 1 for n, i in enumerate(picks)}
-        for i, r in enumerate(recs):
-            r["uncertainty"] = round(float(unc[i]), 6)
-            r["is_sample"] = int(i in samples)
-            if self.suggest:
-                r["suggest"] = rank.get(i, 0)
+        columns["uncertainty"] = unc
+        is_sample = np.zeros(len(unc), dtype=np.int64)
+        is_sample[sorted(samples)] = 1
+        columns["is_sample"] = is_sample
+        if self.suggest:
+            order = np.zeros(len(unc), dtype=np.int64)
+            order[list(picks)] = np.arange(1, len(picks) + 1)
+            columns["suggest"] = order
         fields_ += [("uncertainty", "float"), ("is_sample", "int")] + ([("suggest", "int")] if self.suggest else [])
         report = dict(fitted["report"] or {})
         if picks:
@@ -741,9 +764,9 @@ class ClassifyTask(Task):
         cv = (report.get("cv") or {}) if report else {}
         meta = {"classify": {"alpha": report.get("alpha"), "method": report.get("method"),
                              "accuracy": cv.get("accuracy"), "balanced_accuracy": cv.get("balanced_accuracy")}}
-        return TaskOutput(recs, fields_, fmap, dense=np.asarray(probs, dtype=np.float32),
+        return TaskOutput(None, fields_, fmap, dense=np.asarray(probs, dtype=np.float32),
                           dense_names=list(head.classes), metadata=meta, report=report or None,
-                          head=head if self.head is None else None)
+                          head=head if self.head is None else None, columns=columns)
 
     def layer_name(self):
         return "classes"

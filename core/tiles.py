@@ -37,12 +37,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from .errors import RemoteClipError, gdal_return_codes
 
-__all__ = ["TileSpec", "BBox", "Polygons", "Tile", "make_grid", "tile_size_px", "spec_params", "EDGE_MODES",
-           "MIN_TILE_PX", "MAX_OVERLAP", "srs_from", "window_polygon_wkt", "require_crs"]
+__all__ = ["TileSpec", "BBox", "Polygons", "Tile", "TileGrid", "make_grid", "tile_size_px", "spec_params",
+           "EDGE_MODES", "MIN_TILE_PX", "MAX_OVERLAP", "srs_from", "window_polygon_wkt", "require_crs"]
 
 MIN_TILE_PX = 8
 MAX_OVERLAP = 0.95   # the one ceiling (CLI, dock, Processing): a step of 5% of the tile, 400 times the tiles
@@ -99,12 +100,169 @@ class TileSpec:
             raise RemoteClipError(f"Unknown extent {type(self.extent).__name__}.", "Use BBox(...) or Polygons(...).")
 
 
-@dataclass(frozen=True)
 class Tile:
-    row: int
-    col: int
-    window: tuple[int, int, int, int]   # (col_off, row_off, width, height) in pixels
-    polygon_wkt: str = field(repr=False)
+    """One tile: grid ``row`` and ``col``, pixel ``window`` (col_off, row_off, width, height) and its
+    outline ``polygon_wkt`` in the raster's CRS (made from the window when first asked for)."""
+
+    __slots__ = ("row", "col", "window", "_wkt", "_transform")
+
+    def __init__(self, row: int, col: int, window, polygon_wkt: str | None = None, transform=None):
+        if polygon_wkt is None and transform is None:
+            raise TypeError("Tile needs its polygon_wkt or the raster's transform")
+        self.row, self.col, self.window = int(row), int(col), tuple(int(v) for v in window)
+        self._wkt, self._transform = polygon_wkt, transform
+
+    @property
+    def polygon_wkt(self) -> str:
+        if self._wkt is None:
+            self._wkt = window_polygon_wkt(self._transform, self.window)
+        return self._wkt
+
+    def _key(self):
+        return self.row, self.col, self.window, self.polygon_wkt
+
+    def __eq__(self, other):
+        return isinstance(other, Tile) and self._key() == other._key()
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def __repr__(self):
+        return f"Tile(row={self.row}, col={self.col}, window={self.window})"
+
+
+class TileGrid(Sequence):
+    """The tiles of :func:`make_grid` held as arrays, so memory does not grow with a tile's text.
+
+    The grid's pixel offsets (``col_offsets``, ``row_offsets``) and the indices of the rows and columns an
+    extent keeps (``row_index``, ``col_index``) describe a block of tiles, row by row; a polygon extent
+    also keeps ``keep``, the positions in that block of the tiles it selects. Indexing gives
+    :class:`Tile` objects; :meth:`rows_cols`, :meth:`windows` and :meth:`polygon_wkb` give the whole
+    grid (or some of its tiles) as arrays for the pipeline and the writers."""
+
+    def __init__(self, transform, tile_px: tuple[int, int], col_offsets, row_offsets, col_index=None,
+                 row_index=None, keep=None):
+        import numpy as np
+
+        self.transform = tuple(float(v) for v in transform[:6])
+        self.tile_px = (int(tile_px[0]), int(tile_px[1]))
+        self.col_offsets = np.asarray(col_offsets, dtype=np.int64)
+        self.row_offsets = np.asarray(row_offsets, dtype=np.int64)
+        self.col_index = np.arange(len(self.col_offsets)) if col_index is None else np.asarray(col_index, np.int64)
+        self.row_index = np.arange(len(self.row_offsets)) if row_index is None else np.asarray(row_index, np.int64)
+        self.keep = None if keep is None else np.asarray(keep, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.keep) if self.keep is not None else len(self.row_index) * len(self.col_index)
+
+    def _block_positions(self, idx):
+        """Positions in the row_index x col_index block of the grid's tiles ``idx`` (array of ints)."""
+        return idx if self.keep is None else self.keep[idx]
+
+    def rows_cols(self, idx=None):
+        """(row, col) grid indices of tiles ``idx`` (default all) as two int64 arrays."""
+        import numpy as np
+
+        idx = np.arange(len(self)) if idx is None else np.asarray(idx, dtype=np.int64)
+        pos = self._block_positions(idx)
+        n = len(self.col_index)
+        return self.row_index[pos // n], self.col_index[pos % n]
+
+    def windows(self, idx=None):
+        """(n, 4) int64 windows (col_off, row_off, width, height) of tiles ``idx`` (default all)."""
+        return self._windows(*self.rows_cols(idx))
+
+    def block_windows(self, pos):
+        """Windows of positions ``pos`` in the row_index x col_index block (before a polygon extent)."""
+        import numpy as np
+
+        pos = np.asarray(pos, dtype=np.int64)
+        n = len(self.col_index)
+        return self._windows(self.row_index[pos // n], self.col_index[pos % n])
+
+    def _windows(self, r, c):
+        import numpy as np
+
+        out = np.empty((len(r), 4), dtype=np.int64)
+        out[:, 0] = self.col_offsets[c]
+        out[:, 1] = self.row_offsets[r]
+        out[:, 2], out[:, 3] = self.tile_px
+        return out
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        i = int(i)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("tile index out of range")
+        (r,), (c,) = self.rows_cols([i])
+        win = (int(self.col_offsets[c]), int(self.row_offsets[r]), *self.tile_px)
+        return Tile(int(r), int(c), win, transform=self.transform)
+
+    def __iter__(self):
+        step = 65536
+        for start in range(0, len(self), step):
+            import numpy as np
+
+            idx = np.arange(start, min(len(self), start + step))
+            rows, cols = self.rows_cols(idx)
+            wins = self.windows(idx)
+            for r, c, w in zip(rows.tolist(), cols.tolist(), wins.tolist(), strict=True):
+                yield Tile(r, c, w, transform=self.transform)
+
+    def __eq__(self, other):
+        if isinstance(other, TileGrid | list | tuple):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None
+
+    def __repr__(self):
+        return f"TileGrid({len(self)} tiles of {self.tile_px[0]} x {self.tile_px[1]} px)"
+
+    def polygon_wkb(self, idx=None) -> list[bytes]:
+        """The outlines of tiles ``idx`` (default all) as little-endian WKB polygons, the same coordinates
+        and ring order as :attr:`Tile.polygon_wkt` (for writers: no text to parse)."""
+        import numpy as np
+
+        ring = _rings(self.transform, self.windows(idx))     # (n, 5, 2) float64
+        n = len(ring)
+        rec = np.zeros(n, dtype=[("order", "u1"), ("type", "<u4"), ("nrings", "<u4"), ("npts", "<u4"),
+                                 ("xy", "<f8", (5, 2))])
+        rec["order"], rec["type"], rec["nrings"], rec["npts"], rec["xy"] = 1, 3, 1, 5, ring
+        raw = rec.tobytes()
+        size = rec.dtype.itemsize
+        return [raw[i * size:(i + 1) * size] for i in range(n)]
+
+
+def _rings(transform, windows):
+    """Closed rings (n, 5, 2) of pixel windows in map coordinates, counter-clockwise, in the exact
+    arithmetic of :func:`window_polygon_wkt` (same corners, same order)."""
+    import numpy as np
+
+    a, b, c, d, e, f = transform[:6]
+    w = np.asarray(windows, dtype=np.int64)
+    c0, r0, ww, hh = (w[:, k].astype(np.float64) for k in range(4))
+    c1 = (w[:, 0] + w[:, 2]).astype(np.float64)
+    r1 = (w[:, 1] + w[:, 3]).astype(np.float64)
+    cx = np.stack([c0, c0, c1, c1], axis=1)
+    ry = np.stack([r0, r1, r1, r0], axis=1)
+    x = a * cx + b * ry + c
+    y = d * cx + e * ry + f
+    # twice the signed area of (p0, p1, p2, p3) as window_polygon_wkt sums it (same order of additions)
+    xn, yn = np.roll(x, -1, axis=1), np.roll(y, -1, axis=1)
+    terms = x * yn - xn * y
+    area2 = ((terms[:, 0] + terms[:, 1]) + terms[:, 2]) + terms[:, 3]
+    order = np.where((area2 < 0)[:, None], [0, 3, 2, 1], [0, 1, 2, 3])
+    x = np.take_along_axis(x, order, axis=1)
+    y = np.take_along_axis(y, order, axis=1)
+    ring = np.empty((len(w), 5, 2), dtype=np.float64)
+    ring[:, :4, 0], ring[:, :4, 1] = x, y
+    ring[:, 4] = ring[:, 0]
+    return ring
 
 
 # --------------------------------------------------------------------------------------------- CRS
@@ -234,14 +392,16 @@ def _metres_per_pixel(src) -> tuple[float, float]:
 
 # ------------------------------------------------------------------------------------------ grid
 
-def _offsets(length: int, tile: int, step: int, edge: str) -> list[int]:
-    offs = list(range(0, length - tile + 1, step))
-    last_end = offs[-1] + tile
+def _offsets(length: int, tile: int, step: int, edge: str):
+    import numpy as np
+
+    offs = np.arange(0, length - tile + 1, step, dtype=np.int64)
+    last_end = int(offs[-1]) + tile
     if last_end < length:
         if edge == "shift":
-            offs.append(length - tile)
+            offs = np.append(offs, length - tile)
         elif edge == "pad":
-            offs.append(offs[-1] + step)
+            offs = np.append(offs, offs[-1] + step)
     return offs
 
 
@@ -267,9 +427,12 @@ def _check_spec(src, spec) -> tuple[int, int, int, int, str]:
     return tw, th, sx, sy, edge
 
 
-def make_grid(src, spec: TileSpec) -> list[Tile]:
+def make_grid(src, spec: TileSpec) -> TileGrid:
     """Candidate tiles of ``src`` for ``spec``, row by row (all-nodata tiles are dropped later, by the
-    pipeline, after reading). An extent that misses the raster gives an empty list."""
+    pipeline, after reading), as a :class:`TileGrid` (a sequence of :class:`Tile`). An extent that misses
+    the raster gives an empty grid."""
+    import numpy as np
+
     tw, th, sx, sy, edge = _check_spec(src, spec)
     cols = _offsets(src.width, tw, sx, edge)
     rows = _offsets(src.height, th, sy, edge)
@@ -278,20 +441,14 @@ def make_grid(src, spec: TileSpec) -> list[Tile]:
     if ext is not None:
         (pc0, pr0, pc1, pr1), keep_poly = _quiet(_extent_pixels, src, ext)
         # tiles whose window overlaps the extent's pixel rectangle (open intervals: touching is not enough)
-        cidx = [i for i, c in enumerate(cols) if c < pc1 and c + tw > pc0]
-        ridx = [i for i, r in enumerate(rows) if r < pr1 and r + th > pr0]
+        cidx = np.flatnonzero((cols < pc1) & (cols + tw > pc0))
+        ridx = np.flatnonzero((rows < pr1) & (rows + th > pr0))
     else:
-        cidx, ridx = range(len(cols)), range(len(rows))
-    t = src.transform
-    tiles = []
-    for i in ridx:
-        for j in cidx:
-            win = (cols[j], rows[i], tw, th)
-            wkt = window_polygon_wkt(t, win)
-            if keep_poly is not None and not keep_poly.shares_area(wkt):
-                continue
-            tiles.append(Tile(i, j, win, wkt))
-    return tiles
+        cidx, ridx = np.arange(len(cols)), np.arange(len(rows))
+    grid = TileGrid(src.transform, (tw, th), cols, rows, cidx, ridx)
+    if keep_poly is not None and len(grid):
+        grid.keep = _quiet(keep_poly.select, grid)
+    return grid
 
 
 def window_polygon_wkt(transform, window) -> str:
@@ -420,18 +577,29 @@ class _PolygonIndex:
         env = [g.GetEnvelope() for g in self.parts]  # (xmin, xmax, ymin, ymax)
         self.env = np.asarray(env, dtype=np.float64).reshape(-1, 4)
 
-    def shares_area(self, wkt: str) -> bool:
-        """The tile shares area with a polygon (a common edge or corner alone is not enough)."""
+    def select(self, grid: TileGrid, chunk: int = 1 << 20):
+        """Positions (in the grid's block) of the tiles that share area with a polygon (a common edge or
+        corner alone is not enough). Envelopes are compared on arrays first, so only tiles near a polygon
+        become OGR geometries."""
+        import numpy as np
         from osgeo import ogr
 
-        tile = ogr.CreateGeometryFromWkt(wkt)
-        x0, x1, y0, y1 = tile.GetEnvelope()
-        e = self.env
-        for i in ((e[:, 0] <= x1) & (e[:, 1] >= x0) & (e[:, 2] <= y1) & (e[:, 3] >= y0)).nonzero()[0]:
-            p = self.parts[i]
-            if p.Intersects(tile) and not p.Touches(tile):
-                return True
-        return False
+        n_block = len(grid.row_index) * len(grid.col_index)
+        kept = []
+        for start in range(0, n_block, chunk):
+            wins = grid.block_windows(np.arange(start, min(n_block, start + chunk)))
+            ring = _rings(grid.transform, wins)
+            x0, x1 = ring[:, :4, 0].min(axis=1), ring[:, :4, 0].max(axis=1)
+            y0, y1 = ring[:, :4, 1].min(axis=1), ring[:, :4, 1].max(axis=1)
+            order: dict[int, list[int]] = {}   # tile -> the polygons whose envelope meets its envelope
+            for i, (ex0, ex1, ey0, ey1) in enumerate(self.env):
+                for t in np.flatnonzero((ex0 <= x1) & (ex1 >= x0) & (ey0 <= y1) & (ey1 >= y0)).tolist():
+                    order.setdefault(t, []).append(i)
+            for t in sorted(order):
+                tile = ogr.CreateGeometryFromWkt(window_polygon_wkt(grid.transform, tuple(wins[t].tolist())))
+                if any(self.parts[i].Intersects(tile) and not self.parts[i].Touches(tile) for i in order[t]):
+                    kept.append(start + t)
+        return np.asarray(kept, dtype=np.int64)
 
 
 # -------------------------------------------------------------------------------------- identity

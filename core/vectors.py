@@ -576,15 +576,56 @@ def _write_into_gpkg(path, layer_name, content, overwrite) -> None:
         ds = None  # closes the file
 
 
+_CHUNK = 65536   # records converted to Python values at a time
+
+
+def _columnar(records) -> bool:
+    """Records held as columns (core.records.Records) with their tiles: written without a dict per record."""
+    return callable(getattr(records, "chunks", None)) and getattr(records, "grid", None) is not None
+
+
+def _record_chunks(records, fields):
+    """(values {field: list}, geometries [OGR geometry]) of ``records``, _CHUNK at a time."""
+    _, ogr, _ = _ogr()
+    if _columnar(records):
+        for start, _stop, values, wkbs in records.chunks(_CHUNK):
+            geoms = [ogr.CreateGeometryFromWkb(w) for w in wkbs]
+            if any(g is None for g in geoms):
+                raise RemoteClipError(f"A tile polygon near record {start} is not valid.", "Report this as a bug.")
+            yield values, geoms
+        return
+    for start in range(0, len(records), _CHUNK):
+        part = records[start:start + _CHUNK]
+        geoms = []
+        for i, r in enumerate(part):
+            g = ogr.CreateGeometryFromWkt(r["geometry"]) if r.get("geometry") else None
+            if g is None:
+                raise RemoteClipError(f"Record {start + i} has no valid WKT geometry.", "Give every record a polygon.")
+            geoms.append(g)
+        yield {f.name: [r.get(f.name) for r in part] for f in fields}, geoms
+
+
+def _column_values(records, name: str):
+    """Every value of one field, in order, without holding the records' dicts."""
+    if _columnar(records):
+        for start in range(0, len(records), _CHUNK):
+            yield from records.column(name, start, min(len(records), start + _CHUNK))
+    else:
+        for r in records:
+            yield r.get(name)
+
+
 def _fill(ds, path, driver_name, layer_name, records, fields, written, srs, meta_json, layer_transaction=True):
     _, ogr, _ = _ogr()
-    geoms = []
-    for i, r in enumerate(records):
-        g = ogr.CreateGeometryFromWkt(r["geometry"]) if r.get("geometry") else None
-        if g is None:
-            raise RemoteClipError(f"Record {i} has no valid WKT geometry.", "Give every record a polygon.")
-        geoms.append(g)
-    multi = any(ogr.GT_Flatten(g.GetGeometryType()) != ogr.wkbPolygon for g in geoms)
+    if _columnar(records):
+        multi = False   # tile windows: one polygon each
+    else:
+        multi = False
+        for i, r in enumerate(records):
+            g = ogr.CreateGeometryFromWkt(r["geometry"]) if r.get("geometry") else None
+            if g is None:
+                raise RemoteClipError(f"Record {i} has no valid WKT geometry.", "Give every record a polygon.")
+            multi = multi or ogr.GT_Flatten(g.GetGeometryType()) != ogr.wkbPolygon
     gtype = ogr.wkbMultiPolygon if multi else ogr.wkbPolygon
     opts = ["ENCODING=UTF-8"] if driver_name == "ESRI Shapefile" else ["FID=fid", "GEOMETRY_NAME=geom"]
     lyr = ds.CreateLayer(layer_name, srs, gtype, options=opts)
@@ -593,7 +634,7 @@ def _fill(ds, path, driver_name, layer_name, records, fields, written, srs, meta
     for f, name in zip(fields, written, strict=True):
         fd = ogr.FieldDefn(name, _ogr_type(f, records, ogr))
         if f.type == "str" and driver_name == "ESRI Shapefile":
-            width = max([len(str(r.get(f.name) or "").encode()) for r in records] + [1])
+            width = max([len(str(v or "").encode()) for v in _column_values(records, f.name)] + [1])
             fd.SetWidth(min(254, width))
         if lyr.CreateField(fd) != 0:
             _fail(f"Cannot create field {name} in {path}")
@@ -602,21 +643,23 @@ def _fill(ds, path, driver_name, layer_name, records, fields, written, srs, meta
     defn = lyr.GetLayerDefn()
     if layer_transaction and lyr.StartTransaction() != 0:
         _fail(f"Cannot write to {path}")
-    for r, g in zip(records, geoms, strict=True):
-        feat = ogr.Feature(defn)
-        for i, f in enumerate(fields):
-            v = r.get(f.name)
-            if v is None:
-                feat.SetFieldNull(i)
-            elif f.type == "int":
-                feat.SetField(i, int(v))
-            elif f.type == "float":
-                feat.SetField(i, float(v))
-            else:
-                feat.SetField(i, str(v))
-        feat.SetGeometryDirectly(ogr.ForceToMultiPolygon(g) if multi else g)
-        if lyr.CreateFeature(feat) != 0:
-            _fail(f"Cannot write a feature to {path}")
+    for values, geoms in _record_chunks(records, fields):
+        cols = [values[f.name] for f in fields]
+        for j, g in enumerate(geoms):
+            feat = ogr.Feature(defn)
+            for i, f in enumerate(fields):
+                v = cols[i][j]
+                if v is None:
+                    feat.SetFieldNull(i)
+                elif f.type == "int":
+                    feat.SetFieldInteger64(i, int(v))
+                elif f.type == "float":
+                    feat.SetField(i, float(v))
+                else:
+                    feat.SetFieldString(i, str(v))
+            feat.SetGeometryDirectly(ogr.ForceToMultiPolygon(g) if multi else g)
+            if lyr.CreateFeature(feat) != 0:
+                _fail(f"Cannot write a feature to {path}")
     if layer_transaction and lyr.CommitTransaction() != 0:
         _fail(f"Cannot write to {path}")
     if ds.FlushCache() not in (None, 0):
@@ -628,7 +671,11 @@ def _ogr_type(f: Field, records, ogr):
         return ogr.OFTReal
     if f.type == "str":
         return ogr.OFTString
-    big = any(r.get(f.name) is not None and abs(int(r[f.name])) > _INT32 for r in records)
+    arr = records.numeric(f.name) if _columnar(records) else None
+    if arr is not None:
+        big = len(arr) > 0 and int(abs(arr).max()) > _INT32
+    else:
+        big = any(v is not None and abs(int(v)) > _INT32 for v in _column_values(records, f.name))
     return ogr.OFTInteger64 if big else ogr.OFTInteger
 
 

@@ -54,7 +54,7 @@ from qgis.PyQt.QtWidgets import (
 from qgis.PyQt.QtXml import QDomDocument
 
 from . import deps
-from .core.bundle import DEMO_BUNDLE, bundle_path, default_bundle
+from .core.bundle import DEMO_BUNDLE, PRECISIONS, bundle_path, default_bundle
 from .core.errors import RemoteClipError
 from .core.prompts import PRESETS
 from .core.raster import parse_bands
@@ -337,7 +337,9 @@ class RemoteClipDock(QgsDockWidget):
         form.addRow("Batch size", self.batch_size)
         self.precision_combo = QComboBox(box)
         _compact(self.precision_combo)
-        self.precision_combo.addItems(["fp32", "fp16"])
+        self.precision_combo.addItems(list(PRECISIONS))   # then the chosen bundle's own (_model_changed)
+        self.precision_combo.setToolTip("fp32: exact; fp16: for GPUs; int8: CPUs, about twice as fast (bundles "
+                                        "converted with --int8; their agreement with fp32 is in the manifest)")
         form.addRow("Precision", self.precision_combo)
         self.use_cache = QCheckBox("Reuse cached tile embeddings", box)
         self.use_cache.setChecked(True)

@@ -150,6 +150,14 @@ def tiny_bundle(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def int8_bundle(tmp_path_factory, tiny_bundle) -> Path:
+    """The tiny bundle with int8 graphs added (core.quantize.quantize_bundle), made once per session."""
+    from core.quantize import quantize_bundle
+
+    return quantize_bundle(tiny_bundle, tmp_path_factory.mktemp("bundles") / "tiny-int8")
+
+
 def save_random_checkpoint(arch: str, path, seed: int = 0, skyclip: bool = False, dtype=None) -> Path:
     """Random open_clip weights (reference_pipeline.trained_looking) saved like RemoteCLIP's release
     (``torch.save(model.state_dict(), path)``), or like SkyCLIP's training checkpoints

@@ -408,6 +408,19 @@ def test_model_widget_shows_name_architecture_and_activation(dock, tiny_bundle, 
     assert "manifest.json" in dock.model_info.text()
 
 
+def test_precision_int8_is_offered_by_a_bundle_with_int8_graphs(dock, int8_bundle, data_dir):
+    dock.model_widget.setFilePath(str(int8_bundle))
+    assert [dock.precision_combo.itemText(i) for i in range(dock.precision_combo.count())] == ["fp32", "fp16",
+                                                                                              "int8"]
+    dock.layer_combo.setLayer(_raster(data_dir, "orthomosaic/kampala_oam_z20_mosaic_1536x1024.tif", "kampala"))
+    dock.set_kind("label")
+    dock.labels_edit.setPlainText("water\nbuildings")
+    dock.precision_combo.setCurrentText("int8")
+    job, _, _ = dock.build_job()
+    assert type(job.task).__name__ == "LabelTask" and job.run.precision == "int8"
+    assert job.run.model is dock.bundle and str(job.run.model.source) == str(int8_bundle)
+
+
 # -------------------------------------------------------------------------------------------- export
 
 def test_export_a_result_to_shapefile_and_geopackage(dock, data_dir, tmp_path):

@@ -131,3 +131,63 @@ def test_sessions_are_reused_across_encoders_until_the_bundle_changes(tiny_bundl
 
     release_sessions()
     assert Encoder(tiny_bundle, device="cpu").session("image") is not first.session("image")
+
+
+# --- the GPU paths, run on the CPU provider where they can be ------------------------------------------------
+
+def test_io_binding_gives_the_plain_run(encoder, pixels):
+    """The bound path (the GPU's: one copy in, one copy out) computes what the plain run does."""
+    plain = Encoder(encoder.bundle, device="cpu", batch_size=5, io_binding=False).encode_images(pixels)
+    bound = Encoder(encoder.bundle, device="cpu", batch_size=5, io_binding=True)
+    assert bound.io_binding is True and bound.provider == "CPUExecutionProvider"
+    np.testing.assert_array_equal(bound.encode_images(pixels), plain)
+    np.testing.assert_array_equal(bound.encode_images(pixels[:1]), plain[:1])
+
+
+def test_batch_for_memory():
+    from core.inference import AUTO_BATCH_MAX, batch_for_memory
+
+    mib = 1 << 20
+    # 8 images took 800 MiB and 10 GiB are left: 100 MiB an image, 60% of 10.8 GiB -> 66, down to 64
+    assert batch_for_memory(10240 * mib, 800 * mib, 8) == 64
+    assert batch_for_memory(100 * mib, 800 * mib, 8) == 8                 # never below the probe that ran
+    assert batch_for_memory(140 * 1024 * mib, 8 * mib, 8) == AUTO_BATCH_MAX  # an H200 and a small model
+    assert batch_for_memory(10240 * mib, 0, 8) == AUTO_BATCH_MAX          # nothing measured: the cap
+    assert batch_for_memory(50 * mib, 100 * mib, 4, cap=1024) == 4
+
+
+def test_auto_batch(encoder, pixels, monkeypatch):
+    from core import inference
+
+    cpu = Encoder(encoder.bundle, device="cpu", batch_size=None)
+    assert cpu.plan_batch() == inference.AUTO_BATCH_CPU and cpu.auto_batch   # a CPU keeps 32, measures nothing
+    if not inference.cuda_available():
+        assert inference.gpu_memory() is None or isinstance(inference.gpu_memory()[0], int)
+    # what a GPU run does, with the device's memory given (no GPU here): 8 probe images take 400 MiB of 24 GiB
+    free = iter([(24 << 30, 24 << 30), ((24 << 30) - (400 << 20), 24 << 30)])
+    monkeypatch.setattr(inference, "gpu_memory", lambda device_id=0: next(free))
+    monkeypatch.setattr(Encoder, "on_gpu", property(lambda self: True))
+    gpu = Encoder(encoder.bundle, device="cpu", batch_size=None, io_binding=False)
+    assert gpu.plan_batch(pixels) == 288 and not gpu.auto_batch   # 0.6 * 24 GiB / 50 MiB = 294, down to 8s
+    assert gpu.batch_size == 288 and gpu.plan_batch() == 288        # settled once
+
+
+def test_text_ids_are_cut_after_the_last_end_of_text_token(encoder):
+    """Text graphs with a dynamic token axis run the prompts' own length, not 77 tokens: same embeddings."""
+    from core.bundle import DEMO_BUNDLE
+    from core.inference import trim_ids
+
+    prompts = ["a satellite photo of a river.", "dense residential houses with red roofs along narrow streets", ""]
+    ids = encoder.tokenizer(prompts)
+    sess = encoder.session("text")
+    assert sess.get_inputs()[0].shape[1] == "tokens"
+    cut = trim_ids(ids, 49407, dynamic=True)
+    assert cut.shape == (3, int((ids == 49407).argmax(axis=1).max()) + 1) and cut.shape[1] < 20
+    full = sess.run(None, {"input_ids": ids})[0]
+    np.testing.assert_allclose(encoder.encode_texts(prompts), full, atol=1e-6)
+    long = encoder.tokenizer(["word " * 100])   # cut at the context length: its end-of-text token is the last
+    assert trim_ids(long, 49407, dynamic=True).shape == (1, 77)
+    assert trim_ids(ids, 49407, dynamic=False) is ids   # a graph made for 77 tokens gets 77
+    assert trim_ids(np.zeros((2, 77), np.int64), 49407, dynamic=True).shape == (2, 77)   # no end-of-text: as given
+    demo = Encoder(DEMO_BUNDLE, device="cpu")
+    assert demo.session("text").get_inputs()[0].shape[1] == 77 and demo.encode_texts(prompts).shape == (3, 64)

@@ -459,3 +459,23 @@ def test_count_is_the_best_matching_caption_plus_one_and_its_probability():
     for r, c in zip(recs, cos, strict=True):
         p = _softmax_by_hand(c, 20.0)
         assert r["count_conf"] == pytest.approx(p[r["count"] - 1], abs=1e-6) and p.argmax() == r["count"] - 1
+
+
+def test_several_readers_give_the_tiles_one_reader_gives(data_dir, tiny_bundle):
+    """Beside a GPU the tiles are read by several threads, each on its own handle of the file: same tiles
+    kept (the all-nodata corners of the Landsat scene dropped), same order, same embeddings."""
+    from core.jobs import reader_count
+
+    rgb = str(data_dir / "geotiff" / "rasterio_RGB.byte.tif")
+    spec = TileSpec(size=64, edge="pad")
+    runs = [run_job(Job(raster=rgb, task=EmbedTask(), tiles=spec,
+                        run=RunOptions(model=str(tiny_bundle), batch_size=7, cache_dir="", readers=n)))
+            for n in (1, 3)]
+    assert [(r["row"], r["col"]) for r in runs[0].records] == [(r["row"], r["col"]) for r in runs[1].records]
+    assert 0 < runs[0].n_tiles < 13 * 12
+    np.testing.assert_array_equal(runs[0].embeddings, runs[1].embeddings)
+    from core.raster import open_raster
+
+    src = open_raster(rgb)
+    assert reader_count(src, on_gpu=False) == 1 and reader_count(src, on_gpu=True) >= 1
+    src.close()

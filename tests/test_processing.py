@@ -168,6 +168,23 @@ def test_labeltiles_on_the_kampala_mosaic_with_tiles_in_metres(plugin, mosaic, t
         assert sum(probs) == pytest.approx(1.0, abs=1e-4) and max(probs) == pytest.approx(f["score"], abs=1e-5)
 
 
+def test_labeltiles_with_int8_graphs(plugin, mosaic, int8_bundle, tmp_path):
+    registry = QgsApplication.processingRegistry()
+    param = registry.algorithmById("remoteclip:labeltiles").parameterDefinition("PRECISION")
+    assert param.options() == ["fp32", "fp16", "int8"]   # the indices of earlier versions are kept
+    out = tmp_path / "labels_int8.gpkg"
+    res = run("labeltiles", base_params(mosaic, int8_bundle, out, LABELS=LABELS, TILE_SIZE=256, PRECISION=2))
+    layer = open_output(out)
+    assert res["PROVIDER"] == "CPUExecutionProvider" and layer.featureCount() == res["N_TILES"] == 24
+    from remoteclip_qgis.core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
+
+    direct = run_job(Job(raster=mosaic, task=LabelTask(["buildings", "trees", "road", "bare soil"]),
+                         tiles=TileSpec(size=256),
+                         run=RunOptions(model=str(int8_bundle), precision="int8", cache_dir="")))
+    assert {(f["row"], f["col"]): f["label"] for f in layer.getFeatures()} == \
+        {(r["row"], r["col"]): r["label"] for r in direct.records}
+
+
 def test_countobjects_on_a_utm_raster_with_nodata(plugin, rgb_byte, tiny_bundle, tmp_path):
     out = tmp_path / "cars.gpkg"
     res = run("countobjects", base_params(rgb_byte, tiny_bundle, out, OBJECT="car", MAX_COUNT=5, TILE_SIZE=64))

@@ -273,3 +273,138 @@ def test_spec_params_identify_the_grid():
     assert spec_params(TileSpec(extent=Polygons(["POLYGON ((0 0, 1 0, 1 1, 0 0))"]))) != \
         spec_params(TileSpec(extent=Polygons(["POLYGON ((0 0, 2 0, 1 1, 0 0))"])))
     assert spec_params(TileSpec(edge="pad")) != spec_params(TileSpec())
+
+
+# --- the grid as arrays: pinned against the list-of-tiles implementation it replaced ----------------------------
+
+def _buildings(data_dir, rel):
+    ds = ogr.Open(str(data_dir / rel))
+    lyr = ds.GetLayer(0)
+    return [f.GetGeometryRef().ExportToWkt() for f in lyr], lyr.GetSpatialRef().ExportToWkt()
+
+
+# (raster, spec, tile count, sha256 of "row col window polygon_wkt" lines) as the former make_grid (one Tile with
+# its WKT per tile, commit e760e2f) gave them
+PINNED = {
+    "z21_224": ("z21", dict(size=224), 140, "bd40d4b31936a2647f8f23a938fdbca3d53be6c9bf54794352601cb4e2384e9c"),
+    "z21_100_pad": ("z21", dict(size=100, edge="pad"), 651,
+                    "d4f5eae4a399ea66ed40e9c9bf1b99f5956ee3da66f647e3790db3d198c3de15"),
+    "z21_100_drop": ("z21", dict(size=100, edge="drop"), 600,
+                     "ffc4e96353d34343093b24fcbdd07a22228a0852fa80bd75e06a9b2c629314cb"),
+    "z21_256_ov25": ("z21", dict(size=256, overlap=0.25), 176,
+                     "ce3454668d72263cb46d922393c9f4961ddedc86d939dd3f8e9320326bd786f2"),
+    "z21_20m": ("z21", dict(size=20, unit="m"), 96, "77fa720e9ba3b218c9e341bf37dcf316667315b31ceb1b4b777e0d222130e775"),
+    "z21_7m_ov": ("z21", dict(size=7.5, unit="m", overlap=0.3, edge="pad"), 1276,
+                  "5dd1bc20f07503354304429edffefd172125686676ee99c26630774fcfbb2c15"),
+    "z21_buildings": ("z21", dict(size=64, extent="buildings"), 741,
+                      "6f4013463cca6de7a28f5186c9edc54bb25ebdc9043674da1be0c83ad2b1d2a7"),
+    "z21_bbox4326": ("z21", dict(size=128, extent=BBox(32.59405, 0.35035, 32.59521, 0.35102, "EPSG:4326")), 126,
+                     "27c9b14f302fe88da35d0df447517b353efba8d847d1db6b3c370d5f8e026a5e"),
+    "z20_bbox3857": ("z20", dict(size=96, overlap=0.5, extent=BBox(3628395, 39020, 3628470, 39090, "EPSG:3857")),
+                     144, "10d0b6c322bf3bbae5e3d2288c2a396d4fd897619cf8179c8bf8520627e9e911"),
+    "landsat_100": ("landsat", dict(size=100), 64, "38adfba33f924de6516d83365e998be7d25e189fdd485c154be681427c4691a5"),
+    "landsat_3km_pad": ("landsat", dict(size=3000, unit="m", edge="pad"), 5760,
+                        "14be6522da5d5396479b50e3215d0fe92d6a37c9636b2bf46584253162285fae"),
+    "shade_64_ov": ("shade", dict(size=64, overlap=0.1, edge="drop"), 289,
+                    "27085cf655d54037425339d5e003fae741b09cb61c2023fc3b4ac4ec629e3544"),
+    "pan_100_spacenet": ("pan", dict(size=100, extent="spacenet"), 45,
+                         "a8d2595a82d3935848bec1d9dcb96288bd06901db868b71e398b8c717671ec72"),
+    "pan_37_spacenet_ov": ("pan", dict(size=37, overlap=0.2, edge="pad", extent="spacenet"), 185,
+                           "325f25352ae0ca5826718701dd0fe84ab63f105b302ec2fcbf6b5edf4c0df753"),
+}
+def _digest(grid) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in grid:
+        h.update(f"{t.row} {t.col} {tuple(t.window)} {t.polygon_wkt}\n".encode())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def pin_rasters(data_dir):
+    paths = {"z21": "orthomosaic/kampala_oam_z21_mosaic_3072x2048.tif",
+             "z20": "orthomosaic/kampala_oam_z20_mosaic_1536x1024.tif",
+             "landsat": "geotiff/rasterio_RGB.byte.tif", "shade": "geotiff/rasterio_shade.tif",
+             "pan": "geotiff/solaris_sample_geotiff.tif"}
+    srcs = {k: open_raster(data_dir / v) for k, v in paths.items()}
+    yield srcs
+    for s in srcs.values():
+        s.close()
+
+
+@pytest.mark.parametrize("case", sorted(PINNED))
+def test_grid_arrays_give_the_former_tiles_and_polygons(case, pin_rasters, data_dir):
+    raster, spec, count, digest = PINNED[case]
+    spec = dict(spec)
+    if spec.get("extent") == "buildings":
+        wkts, _ = _buildings(data_dir, "orthomosaic/kampala_buildings_z21_chips.geojson")
+        spec["extent"] = Polygons(wkts, "EPSG:4326")
+    elif spec.get("extent") == "spacenet":
+        spec["extent"] = Polygons(*_buildings(data_dir, "geotiff/solaris_geotiff_labels.geojson"))
+    grid = make_grid(pin_rasters[raster], TileSpec(**spec))
+    assert len(grid) == count
+    assert _digest(grid) == digest
+
+
+def test_grid_arrays_on_a_rotated_geotransform(tmp_path, rasters):
+    from osgeo import gdal
+
+    vrt = str(tmp_path / "rot.vrt")
+    gdal.Translate(vrt, rasters["landsat"].path, format="VRT")
+    ds = gdal.Open(vrt, gdal.GA_Update)
+    ds.SetGeoTransform((101985.0, 260.0, 150.0, 2826915.0, 150.0, -260.0))
+    ds = None
+    tri = "POLYGON ((180000 2750000, 260000 2700000, 200000 2650000, 180000 2750000))"
+    src = open_raster(vrt)
+    try:
+        for spec, count, digest in (
+                (dict(size=128), 42, "243a7ef3a995fa150f405070652f91d5c947a62b22b9500a6e25995edace424a"),
+                (dict(size=50, overlap=0.3, edge="pad"), 483,
+                 "884e4fbbaf38c20722a502722779d7e6fdbb6c4d1bbc4d81912c1b80b2b4371e"),
+                (dict(size=40, extent=Polygons([tri])), 38,
+                 "c7b2bda0b2c488cdabdd8532a7fbf2057f3512318296fd6829480a7b67ebd658")):
+            grid = make_grid(src, TileSpec(**spec))
+            assert (len(grid), _digest(grid)) == (count, digest)
+    finally:
+        src.close()
+
+
+def test_grid_is_a_sequence_of_tiles(pin_rasters, data_dir):
+    import numpy as np
+
+    from core.tiles import Tile, TileGrid
+
+    src = pin_rasters["z21"]
+    wkts, _ = _buildings(data_dir, "orthomosaic/kampala_buildings_z21_chips.geojson")
+    for spec in (TileSpec(size=100, edge="pad"), TileSpec(size=64, extent=Polygons(wkts, "EPSG:4326"))):
+        grid = make_grid(src, spec)
+        assert isinstance(grid, TileGrid)
+        tiles = list(grid)
+        assert len(tiles) == len(grid) and all(isinstance(t, Tile) for t in tiles)
+        assert grid[0] == tiles[0] and grid[-1] == tiles[-1] and grid[5:9] == tiles[5:9] and grid == tiles
+        with pytest.raises(IndexError):
+            grid[len(grid)]
+        rows, cols = grid.rows_cols()
+        assert [(t.row, t.col) for t in tiles] == list(zip(rows.tolist(), cols.tolist(), strict=True))
+        assert [t.window for t in tiles] == [tuple(w) for w in grid.windows().tolist()]
+        idx = np.array([3, 1, len(grid) - 1])
+        assert [tuple(w) for w in grid.windows(idx).tolist()] == [tiles[i].window for i in idx]
+        # the writers' WKB: the very coordinates of the WKT, ring for ring
+        assert grid.polygon_wkb(idx) == [ogr.CreateGeometryFromWkt(tiles[i].polygon_wkt).ExportToWkb() for i in idx]
+    empty = make_grid(src, TileSpec(size=256, extent=BBox(10.0, 10.0, 10.1, 10.1, "EPSG:4326")))
+    assert len(empty) == 0 and empty == [] and list(empty) == []
+
+
+def test_a_ten_million_tile_grid_holds_arrays_not_tiles():
+    """The plan of a huge raster keeps the grid's offsets, not one object per tile."""
+    from types import SimpleNamespace
+
+    src = SimpleNamespace(name="huge", width=708_400, height=708_400, transform=(0.5, 0.0, 0.0, 0.0, -0.5, 0.0),
+                          crs_wkt="")
+    grid = make_grid(src, TileSpec(size=224))
+    assert len(grid) == 3163 * 3163  # 3162 steps and the shifted last tile
+    held = sum(a.nbytes for a in (grid.col_offsets, grid.row_offsets, grid.col_index, grid.row_index))
+    assert grid.keep is None and held < 200_000
+    last = grid[-1]
+    assert (last.row, last.col, last.window) == (3162, 3162, (708_400 - 224, 708_400 - 224, 224, 224))

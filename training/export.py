@@ -63,7 +63,9 @@ def text_tower(model):
     """nn.Module: input_ids (N, L) int64 -> L2-normalised text embeddings (N, D) float32.
 
     Re-states open_clip's CLIP.encode_text with the pooling ids cast to int32 (onnxruntime
-    implements ArgMax for int32 but not int64)."""
+    implements ArgMax for int32 but not int64), for any L up to the context length: attention is causal
+    and the text is pooled at its end-of-text token, so ids cut after the batch's last end-of-text token
+    give the same embeddings (core.inference does that; 77 tokens run as before)."""
     torch = _torch()
     import torch.nn.functional as F
     from open_clip.transformer import text_global_pool
@@ -82,9 +84,10 @@ def text_tower(model):
         def forward(self, input_ids):
             m = self.m
             cast_dtype = m.transformer.get_cast_dtype()
+            n = input_ids.shape[1]   # tokens: up to the context length (core trims after the last end-of-text)
             x = m.token_embedding(input_ids).to(cast_dtype)
-            x = x + m.positional_embedding.to(cast_dtype)
-            x = m.transformer(x, attn_mask=m.attn_mask)
+            x = x + m.positional_embedding[:n].to(cast_dtype)
+            x = m.transformer(x, attn_mask=m.attn_mask[:n, :n])
             x = m.ln_final(x)
             x = text_global_pool(x, input_ids.to(torch.int32), m.text_pool_type,
                                  eos_token_id=getattr(m, "text_eos_id", None))
@@ -113,18 +116,22 @@ def _export_graph(module, example, path: Path, input_name: str, output_name: str
 
 
 def _export_graph_inner(torch, module, example, path, input_name, output_name, opset, exporter):
+    # the text graph's token axis is dynamic too (up to the context length): see text_tower
+    tokens = input_name == "input_ids"
     if exporter == "torchscript":
+        axes = {0: "batch", 1: "tokens"} if tokens else {0: "batch"}
         torch.onnx.export(module, (example,), str(path), input_names=[input_name], output_names=[output_name],
-                          dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+                          dynamic_axes={input_name: axes, output_name: {0: "batch"}},
                           opset_version=opset, do_constant_folding=True, dynamo=False)
     elif exporter == "dynamo":
         import contextlib
         import io
 
         batch = torch.export.Dim("batch", min=1, max=4096)
+        dims = {0: batch, 1: torch.export.Dim("tokens", min=2, max=int(example.shape[1]))} if tokens else {0: batch}
         with contextlib.redirect_stdout(io.StringIO()):  # progress lines "[torch.onnx] ..."
             prog = torch.onnx.export(module, (example,), None, input_names=[input_name],
-                                     output_names=[output_name], dynamic_shapes=({0: batch},),
+                                     output_names=[output_name], dynamic_shapes=(dims,),
                                      opset_version=max(opset, 18), dynamo=True, verbose=False)
         prog.save(str(path))
     else:
@@ -245,11 +252,13 @@ def _check_batch_dynamic(path: Path, input_name: str, make_input, embed_dim: int
 def export_bundle(model, preprocess_cfg: dict, out_dir, *, architecture: str, model_config: dict,
                   activation: str, name: str | None = None, fp16: bool = True, source: dict | None = None,
                   opset: int = DEFAULT_OPSET, exporter: str = "dynamo", make_zip: bool = False,
-                  logit_scale: float | None = None, log=None) -> Path:
+                  logit_scale: float | None = None, log=None, int8: bool = False, data_dir=None) -> Path:
     """Export an open_clip CLIP model as a bundle folder ``out_dir`` (written atomically).
 
     ``preprocess_cfg`` is open_clip's PreprocessCfg as a dict (``model.visual.preprocess_cfg``).
-    Returns the bundle folder. With ``make_zip`` also writes ``out_dir.rclip.zip`` beside it.
+    Returns the bundle folder. With ``make_zip`` also writes ``out_dir.rclip.zip`` beside it. ``int8`` adds
+    int8 graphs (core.quantize), measured against fp32 on the real RSSCN7 images of ``data_dir`` (default
+    $REMOTECLIP_DATA) when they are there, else on synthetic images.
     """
     torch = _torch()
     import numpy as np
@@ -309,6 +318,16 @@ def export_bundle(model, preprocess_cfg: dict, out_dir, *, architecture: str, mo
             convert_fp16(txt_path, tmp / "text_fp16.onnx")
             graphs["fp16"] = {"image": "image_fp16.onnx", "text": "text_fp16.onnx"}
             log(f"fp16 graphs converted in {time.perf_counter() - t0:.1f}s")
+        quantization = None
+        if int8:
+            from core.quantize import add_int8
+
+            t0 = time.perf_counter()
+            images, note, ids = int8_check_inputs(image_cfg, context_length, data_dir)
+            graphs["int8"], record = add_int8(tmp, graphs, images=images, images_note=note, ids=ids)
+            quantization = {"int8": record}
+            log(f"int8 graphs quantised in {time.perf_counter() - t0:.1f}s (top-1 agreement with fp32 "
+                f"{record['agreement_vs_fp32']['top1_agree']:.1%} on {note})")
 
         shutil.copyfile(VOCAB_FILE, tmp / VOCAB_NAME)
         import onnx
@@ -320,7 +339,8 @@ def export_bundle(model, preprocess_cfg: dict, out_dir, *, architecture: str, mo
             activation=activation, image=image_cfg, context_length=context_length, vocab_size=vocab_size,
             logit_scale=logit_scale, graphs=graphs, opset=actual_opset, source=source,
             exporter={"name": "remoteclip-qgis", "version": EXPORTER_VERSION, "method": exporter,
-                      "torch": torch.__version__.split("+")[0], "open_clip": open_clip.__version__})
+                      "torch": torch.__version__.split("+")[0], "open_clip": open_clip.__version__},
+            quantization=quantization)
         write_manifest(tmp, manifest)
         publish_dir(tmp, out_dir)
     except BaseException:
@@ -329,6 +349,27 @@ def export_bundle(model, preprocess_cfg: dict, out_dir, *, architecture: str, mo
     if make_zip:
         write_zip(out_dir)
     return out_dir
+
+
+def int8_check_inputs(image_cfg: dict, context_length: int, data_dir=None):
+    """(pixels, description, token ids) the int8 graphs are measured on: every RSSCN7 image of the shared data
+    (preprocessed by core, as the plugin does) and the parity prompts; (None, None, ids) without the data."""
+    import numpy as np
+
+    from core.preprocess import preprocess
+    from core.tokenizer import Tokenizer
+    from training.parity import EXTRA_PROMPTS, RSSCN7_CLASSES, TEMPLATE, rsscn7_images
+
+    texts = [TEMPLATE.format(c) for c in dict.fromkeys(RSSCN7_CLASSES.values())] + EXTRA_PROMPTS
+    ids = Tokenizer(VOCAB_FILE, context_length=context_length)(texts)
+    try:
+        pairs = rsscn7_images(data_dir, per_class=1000)
+    except RemoteClipError:
+        return None, None, ids
+    from PIL import Image
+
+    pixels = np.stack([preprocess(np.asarray(Image.open(p).convert("RGB")), image_cfg) for p, _ in pairs])
+    return pixels, f"RSSCN7 x{len(pairs)} (real)", ids
 
 
 def tiny_model(seed: int = 0, activation: str = "quick_gelu"):
@@ -375,13 +416,17 @@ def main(argv=None) -> int:
                     help="MLP activation; quick_gelu (default) matches RemoteCLIP's official evaluation, "
                          "see docs/bundles.md")
     ap.add_argument("--fp16", action="store_true", help="also write fp16 graphs (converted from the fp32 export)")
+    ap.add_argument("--int8", action="store_true",
+                    help="also write int8 graphs for CPUs (onnxruntime dynamic quantisation, per-channel weights), "
+                         "with their agreement with fp32 on real images in the manifest")
     ap.add_argument("--verify", action="store_true",
                     help="compare the bundle with open_clip on real images and prompts; exit 1 when it fails")
     ap.add_argument("--zip", action="store_true", help="also write OUT.rclip.zip")
     ap.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="minimum ONNX opset (default 17)")
     ap.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
                     help="torch.onnx exporter (default dynamo; torchscript is the deprecated one, fp32 only)")
-    ap.add_argument("--data", help="real data folder for --verify (default $REMOTECLIP_DATA or ../shared/data)")
+    ap.add_argument("--data", help="real data folder for --verify and --int8 (default $REMOTECLIP_DATA or "
+                                   "../shared/data)")
     args = ap.parse_args(argv)
 
     def log(msg):
@@ -398,7 +443,8 @@ def main(argv=None) -> int:
             f"in {time.perf_counter() - t0:.1f}s")
         out = export_bundle(model, pp, args.out, architecture=args.arch, model_config=cfg,
                             activation=args.activation, name=args.name, fp16=args.fp16, source=source,
-                            opset=args.opset, exporter=args.exporter, log=log)
+                            opset=args.opset, exporter=args.exporter, log=log, int8=args.int8,
+                            data_dir=args.data)
         log(f"bundle written to {out} in {time.perf_counter() - t0:.1f}s")
         ok = True
         if args.verify:

@@ -102,7 +102,9 @@ def verify_bundle(bundle_dir, model, preprocess_cfg: dict, arch: str | None = No
     results = {}
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    for precision in precisions or bundle.precisions:
+    # int8 graphs are approximations by design: their agreement with fp32 is measured when they are made
+    # (manifest "quantization"), not held to these bars
+    for precision in precisions or [p for p in bundle.precisions if p in THRESHOLDS]:
         img_s = ort.InferenceSession(str(bundle.graph_path("image", precision)), so,
                                      providers=["CPUExecutionProvider"])
         txt_s = ort.InferenceSession(str(bundle.graph_path("text", precision)), so,

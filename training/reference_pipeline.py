@@ -234,11 +234,42 @@ def _tile_window_image(ds, bands, stretch: RefStretch, grid, fill_color: int):
     return Image.fromarray(rgb), valid, (c0, r0)
 
 
+class _TileDataset:
+    """The tiles one by one for a torch DataLoader: each worker opens the raster itself (a GDAL dataset is
+    not shared between processes), reads a tile's window (boundless, as the one-read path does), stretches,
+    fills nodata and applies open_clip's transform. Items: (pixels, any pixel valid)."""
+
+    def __init__(self, raster: str, bands, stretch: RefStretch, grid, preprocess_cfg: dict):
+        self.raster, self.bands, self.stretch, self.grid = raster, list(bands), stretch, grid
+        self.tf = transform(preprocess_cfg)
+        self.fill = int(preprocess_cfg.get("fill_color", 0))
+        self.ds = None
+
+    def __len__(self):
+        return len(self.grid)
+
+    def __getitem__(self, i):
+        import rasterio
+        from PIL import Image
+        from rasterio.windows import Window
+
+        if self.ds is None:
+            self.ds = rasterio.open(self.raster)
+        win = Window(*self.grid[i].window)
+        data = self.ds.read(self.bands, window=win, boundless=True, fill_value=self.ds.nodata or 0)
+        valid = _valid(data, self.ds.read_masks(self.bands, window=win, boundless=True))
+        rgb = np.ascontiguousarray(self.stretch.apply(data).transpose(1, 2, 0))
+        rgb[~valid] = self.fill
+        return self.tf(Image.fromarray(rgb)), bool(valid.any())
+
+
 def reference_embeddings(raster: str, model, preprocess_cfg: dict, tiles=None, batch_size: int = 32,
-                         bands=None):
+                         bands=None, workers: int = 0):
     """Tile embeddings the open_clip way. Returns (tiles kept (not all nodata), (n, D) numpy float32).
 
-    ``tiles`` is anything with core.tiles.TileSpec's attributes (size, unit, overlap, extent, bands, edge)."""
+    ``tiles`` is anything with core.tiles.TileSpec's attributes (size, unit, overlap, extent, bands, edge).
+    ``workers`` > 0 reads and transforms tiles in that many torch DataLoader worker processes while the model
+    encodes (the pipelined reference); 0 reads the tiles' area once and crops it, serially."""
     import rasterio
     import torch
 
@@ -249,7 +280,13 @@ def reference_embeddings(raster: str, model, preprocess_cfg: dict, tiles=None, b
             bands = bands * 3
         grid = tile_grid(ds, tiles)
         stretch = RefStretch(ds, bands)
-        img, valid, (c0, r0) = _tile_window_image(ds, bands, stretch, grid, int(preprocess_cfg.get("fill_color", 0)))
+        if workers > 0:
+            img = None
+        else:
+            img, valid, (c0, r0) = _tile_window_image(ds, bands, stretch, grid,
+                                                      int(preprocess_cfg.get("fill_color", 0)))
+    if img is None:
+        return _embeddings_loader(raster, model, preprocess_cfg, grid, bands, stretch, batch_size, workers)
     kept, out, batch = [], [], []
 
     def flush():
@@ -273,11 +310,34 @@ def reference_embeddings(raster: str, model, preprocess_cfg: dict, tiles=None, b
     return kept, emb
 
 
+def _embeddings_loader(raster, model, preprocess_cfg, grid, bands, stretch, batch_size, workers):
+    import torch
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(_TileDataset(raster, bands, stretch, grid, preprocess_cfg), batch_size=batch_size,
+                        num_workers=workers, shuffle=False)
+    kept, out = [], []
+    start = 0
+    with torch.no_grad():
+        for pixels, any_valid in loader:
+            batch = grid[start:start + len(pixels)]
+            start += len(pixels)
+            keep = any_valid.bool()
+            if not bool(keep.any()):
+                continue
+            e = model.encode_image(pixels[keep])
+            out.append((e / e.norm(dim=-1, keepdim=True)).float().numpy())
+            kept += [t for t, k in zip(batch, keep.tolist(), strict=True) if k]
+    emb = np.concatenate(out) if out else np.zeros((0, int(model.text_projection.shape[-1])), np.float32)
+    return kept, emb
+
+
 def reference_labels(raster: str, model, preprocess_cfg: dict, labels: list[str], templates=None, tiles=None,
-                     batch_size: int = 32, logit_scale: float | None = None) -> dict:
-    """{(row, col): (top-1 label, top-1 probability)} for the raster's tiles, all in torch/open_clip."""
+                     batch_size: int = 32, logit_scale: float | None = None, workers: int = 0) -> dict:
+    """{(row, col): (top-1 label, top-1 probability)} for the raster's tiles, all in torch/open_clip
+    (``workers``: see reference_embeddings)."""
     t0 = time.perf_counter()
-    kept, emb = reference_embeddings(raster, model, preprocess_cfg, tiles, batch_size)
+    kept, emb = reference_embeddings(raster, model, preprocess_cfg, tiles, batch_size, workers=workers)
     prompts = [[t.replace("{}", name) for t in (templates or TEMPLATES)] for name in labels]
     text = text_features(model, prompts).float().numpy()
     scale = float(model.logit_scale.exp().item()) if logit_scale is None else logit_scale

@@ -116,7 +116,7 @@ def _parity_row(folder: Path, graphs: dict, pixels, ids, ref_img, ref_txt, thres
 
 
 def convert_checkpoint(checkpoint, out_dir, *, arch: str = "auto", activation: str = "quick_gelu",
-                       fp16: bool = False, name: str | None = None, source: dict | None = None,
+                       fp16: bool = False, int8: bool = False, name: str | None = None, source: dict | None = None,
                        overwrite: bool = False, progress=None, is_cancelled=None, verify: bool = True) -> Path:
     """Convert an OpenCLIP-format checkpoint into a bundle folder ``out_dir``; returns the folder.
 
@@ -126,6 +126,8 @@ def convert_checkpoint(checkpoint, out_dir, *, arch: str = "auto", activation: s
     run with core.errors.Cancelled, leaving nothing. ``source`` is recorded as the manifest's "source"
     (origin URL, sha256...; the file's name and sha256 are filled in when missing). ``verify`` compares the
     graphs with a numpy forward pass of the checkpoint and refuses to write a bundle that disagrees.
+    ``int8`` adds int8 graphs (core.quantize: dynamic quantisation of the fp32 graphs) with their measured
+    agreement with fp32 in the manifest's ``quantization``.
     """
     onnx = require_onnx()
     from . import graphs as G
@@ -181,6 +183,16 @@ def convert_checkpoint(checkpoint, out_dir, *, arch: str = "auto", activation: s
         parity = None
         if verify:
             parity = _check_graphs(tmp, graphs, expected, stage)
+        quantization = None
+        if int8:
+            from ..quantize import add_int8
+            from ..tokenizer import Tokenizer
+
+            tok = Tokenizer(VOCAB_FILE, context_length=cfg["text_cfg"]["context_length"])
+            graphs["int8"], record = add_int8(
+                tmp, graphs, image_size=pp["size"], tokenize=tok,
+                progress=lambda f, m: stage(0.9 + 0.07 * f, m))
+            quantization = {"int8": record}
         stage(0.97, "Writing the manifest")
         shutil.copyfile(VOCAB_FILE, tmp / VOCAB_NAME)
         manifest = new_manifest(
@@ -194,7 +206,7 @@ def convert_checkpoint(checkpoint, out_dir, *, arch: str = "auto", activation: s
             exporter={"name": "remoteclip-qgis", "version": _version(), "method": "core.convert",
                       "onnx": onnx.__version__, "numpy": np.__version__,
                       "seconds": round(time.perf_counter() - t_start, 1), **times},
-            parity=parity)
+            parity=parity, quantization=quantization)
         write_manifest(tmp, manifest)
         load_bundle(tmp)  # the reader accepts what was written
         stage(0.99, "Finishing")

@@ -1,4 +1,4 @@
-"""``python -m core.convert CHECKPOINT --out DIR [--arch auto] [--fp16] [--name N]``: a thin entry for tests
+"""``python -m core.convert CHECKPOINT --out DIR [--arch auto] [--fp16] [--int8] [--name N]``: a thin entry for tests
 and scripts (the `remoteclip models convert` command calls the same convert_checkpoint)."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ def main(argv=None) -> int:
     ap.add_argument("--activation", choices=ACTIVATIONS, default="quick_gelu",
                     help="MLP activation; quick_gelu (default) matches RemoteCLIP's official evaluation")
     ap.add_argument("--fp16", action="store_true", help="also write fp16 graphs")
+    ap.add_argument("--int8", action="store_true", help="also write int8 graphs (dynamic quantisation)")
     ap.add_argument("--name", help="bundle name (default: the --out folder name)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     ap.add_argument("--no-verify", dest="verify", action="store_false",
@@ -34,7 +35,7 @@ def main(argv=None) -> int:
 
     try:
         out = convert_checkpoint(args.checkpoint, args.out, arch=args.arch, activation=args.activation,
-                                 fp16=args.fp16, name=args.name, overwrite=args.overwrite, progress=progress,
+                                 fp16=args.fp16, int8=args.int8, name=args.name, overwrite=args.overwrite, progress=progress,
                                  verify=args.verify)
     except RemoteClipError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -210,17 +210,24 @@ class Builder:
         o = g.op("MatMul", g.op("Softmax", s, axis=-1), v)
         return g.op("Reshape", g.op("Transpose", o, perm=[0, 2, 1, 3]), g.ints([-1, width]))
 
-    def block(self, x: str, prefix: str, width: int, heads: int, length: int, mask: str | None = None) -> str:
+    def shape(self, *dims) -> str:
+        """A shape tensor from whole numbers and 1-D int64 tensors (a length known only at run time)."""
+        g = self.g
+        if all(isinstance(d, int) for d in dims):
+            return g.ints(list(dims))
+        return g.op("Concat", *(g.ints([d]) if isinstance(d, int) else d for d in dims), axis=0)
+
+    def block(self, x: str, prefix: str, width: int, heads: int, length, mask: str | None = None) -> str:
         """open_clip's ResidualAttentionBlock on the (N * L, width) residual stream: x + attn(ln_1(x)),
         then x + mlp(ln_2(x)). Attention projects q, k, v with one Gemm (nn.MultiheadAttention's in_proj),
-        the query rows scaled by 1/sqrt(head width)."""
+        the query rows scaled by 1/sqrt(head width). ``length``: L, a whole number or a 1-D int64 tensor."""
         g = self.g
         hd = width // heads
         scale = np.ones(3 * width, np.float32)
         scale[:width] = hd ** -0.5
         h = self.layer_norm(x, prefix + ".ln_1")
         qkv = self.linear(h, prefix + ".attn.in_proj", rows_scale=scale)  # in_proj_weight / in_proj_bias
-        qkv = g.op("Transpose", g.op("Reshape", qkv, g.ints([-1, length, 3, heads, hd])), perm=[2, 0, 3, 1, 4])
+        qkv = g.op("Transpose", g.op("Reshape", qkv, self.shape(-1, length, 3, heads, hd)), perm=[2, 0, 3, 1, 4])
         q, k, v = (g.op("Squeeze", t, g.ints([0])) for t in g.op("Split", qkv, g.ints([1, 1, 1]), axis=0, outputs=3))
         x = g.op("Add", x, self.linear(self.attend(q, k, v, width, mask), prefix + ".attn.out_proj"))
         h = self.layer_norm(x, prefix + ".ln_2")
@@ -340,18 +347,24 @@ def image_graph(sd: dict, cfg: dict, activation: str, fp16: bool = False) -> Gra
 def text_graph(sd: dict, cfg: dict, activation: str, fp16: bool = False) -> Graph:
     onnx = _onnx()
     t = cfg["text_cfg"]
-    width, length = t["width"], t["context_length"]
+    width, context = t["width"], t["context_length"]
     g = Graph("text_encoder", fp16)
     b = Builder(g, sd, activation)
-    ids = g.input("input_ids", onnx.TensorProto.INT64, ["batch", length])
+    # the token axis is dynamic (L <= context length): attention is causal and the text is pooled at its
+    # end-of-text token, so ids cut after the last end-of-text token of a batch give the same embeddings
+    # for a fraction of the work (core.inference trims them); the full 77 tokens run as before
+    ids = g.input("input_ids", onnx.TensorProto.INT64, ["batch", "tokens"])
+    length = g.op("Slice", g.op("Shape", ids), g.ints([1]), g.ints([2]))   # [L]
     x = g.op("Gather", b.w("token_embedding.weight"), ids, axis=0)  # (N, L, width)
-    x = g.op("Reshape", g.op("Add", x, b.w("positional_embedding")), g.ints([-1, width]))  # (N * L, width)
-    mask = g.const(np.triu(np.full((length, length), -np.inf, dtype=np.float32), 1))  # causal
+    pos = g.op("Slice", b.w("positional_embedding"), g.ints([0]), length, g.ints([0]))
+    x = g.op("Reshape", g.op("Add", x, pos), g.ints([-1, width]))  # (N * L, width)
+    full = g.const(np.triu(np.full((context, context), -np.inf, dtype=np.float32), 1))  # causal
+    mask = g.op("Slice", full, g.ints([0, 0]), g.op("Concat", length, length, axis=0), g.ints([0, 1]))
     for i in range(t["layers"]):
         x = b.block(x, f"transformer.resblocks.{i}", width, t["heads"], length, mask)
     # open_clip pools at ids.argmax(-1): the end-of-text token, the largest id (first one on ties)
     eot = g.op("ArgMax", g.op("Cast", ids, to=onnx.TensorProto.INT32), axis=1, keepdims=1)
-    x = g.op("Reshape", x, g.ints([-1, length, width]))
+    x = g.op("Reshape", x, b.shape(-1, length, width))
     x = g.op("GatherND", x, eot, batch_dims=1)  # (N, width); LayerNorm is per token, so pooling first is exact
     x = b.layer_norm(x, "ln_final")
     x = g.op("MatMul", x, b.w("text_projection"))

@@ -46,6 +46,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QCoreApplication
 
+from ..core.bundle import PRECISIONS as _PRECISIONS
 from ..core.bundle import bundle_path, default_bundle
 from ..core.errors import Cancelled, RemoteClipError
 from ..core.tasks import TASKS
@@ -54,7 +55,7 @@ from ..layer_source import crs_wkt, extent_from_rectangle, raster_for_layer
 
 UNITS = ["px", "m"]
 DEVICES = ["auto", "cpu", "cuda"]
-PRECISIONS = ["fp32", "fp16"]
+PRECISIONS = list(_PRECISIONS)   # fp32, fp16, int8: the enum's indices stay those of earlier versions
 _KEEP_ALIVE: list = []   # post-processors QGIS calls after the run; Python must keep them referenced
 
 

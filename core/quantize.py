@@ -1,0 +1,233 @@
+"""int8 graphs for a bundle: onnxruntime's quantisation tools over the fp32 graphs.
+
+    from core.quantize import add_int8
+    add_int8(bundle_folder, graphs, images=pixels, prompts=prompts)   # image_int8.onnx, text_int8.onnx
+
+Two methods, both with int8 weights quantised per output channel (``onnxruntime.quantization``):
+
+* ``dynamic`` (the default, and the one the bundles use): MatMul and Gemm weights are stored as int8;
+  activations are quantised to uint8 per batch at run time, so no calibration data is needed and the
+  graphs can be made anywhere (``models pull --int8`` on the analyst's machine). Convolutions stay
+  float32: onnxruntime's ConvInteger is slower than its float convolution on CPUs.
+* ``static``: QDQ graphs whose activation ranges are calibrated on real tiles (``calibration``,
+  percentile calibration). Every operator is quantised, which makes convolutional image towers (RN50)
+  much faster; on the ViT towers it agreed less with fp32 than ``dynamic`` did (docs/bundles.md,
+  bench/bench_int8.py), so it is offered for measurements, not chosen by default.
+
+``add_int8`` measures what it made against the fp32 graphs on the inputs it is given (real tiles or
+images where the caller has them, otherwise seeded synthetic images) and returns that record, which
+the bundle writers store in the manifest under ``quantization.int8``. onnxruntime's quantisation needs
+the ``onnx`` package; both are imported here, lazily.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import RemoteClipError
+
+__all__ = ["add_int8", "quantize_bundle", "quantize_graph", "METHODS", "DYNAMIC_OPS", "agreement"]
+
+METHODS = ("dynamic", "static")
+TEXT_METHODS = ("fp32", "dynamic")
+TEXT_DEFAULT = "fp32"
+DYNAMIC_OPS = ("MatMul", "Gemm")
+
+
+def _tools():
+    try:
+        import onnx
+        from onnxruntime import quantization
+    except ImportError as e:
+        raise RemoteClipError(f"Making int8 graphs needs onnx and onnxruntime's quantisation tools ({e}).",
+                              "Install them (pip install onnx onnxruntime; the plugin offers to) and try again.") \
+            from None
+    return onnx, quantization
+
+
+def _without_value_info(onnx, src: Path, folder: Path) -> Path:
+    """A copy of the graph without its stored intermediate shapes. The quantiser re-runs ONNX shape
+    inference, which refuses some exporters' stored shapes (RN50's attention pool from torch's dynamo
+    exporter: 'Inferred shape and existing shape differ')."""
+    model = onnx.load(str(src))
+    del model.graph.value_info[:]
+    out = folder / (src.stem + ".novi.onnx")
+    onnx.save_model(model, str(out))
+    return out
+
+
+class _Batches:
+    """onnxruntime's CalibrationDataReader protocol over an (N, 3, H, W) array."""
+
+    def __init__(self, name: str, pixels: np.ndarray, batch: int = 1):  # equal batches: the calibrator stacks them
+        self.items = iter([{name: pixels[i:i + batch]} for i in range(0, len(pixels), batch)])
+
+    def get_next(self):
+        return next(self.items, None)
+
+    def rewind(self):  # not needed by the percentile calibrator, part of the protocol
+        pass
+
+
+class _NoPreprocessAdvice(logging.Filter):
+    """The quantiser advises its shape pre-processing on the root logger at every call; the graphs here have
+    their stored shapes dropped and re-inferred instead (_without_value_info)."""
+
+    def filter(self, record):
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+def quantize_graph(src, dst, method: str = "dynamic", calibration: np.ndarray | None = None) -> dict:
+    """Write an int8 copy of the graph ``src`` to ``dst``; returns how it was made (for the manifest)."""
+    quiet = _NoPreprocessAdvice()
+    logging.getLogger().addFilter(quiet)
+    try:
+        return _quantize_graph(src, dst, method, calibration)
+    finally:
+        logging.getLogger().removeFilter(quiet)
+
+
+def _quantize_graph(src, dst, method, calibration) -> dict:
+    onnx, q = _tools()
+    if method not in METHODS:
+        raise RemoteClipError(f"Unknown int8 method {method!r}.", f"Use one of {', '.join(METHODS)}.")
+    src, dst = Path(src), Path(dst)
+    with tempfile.TemporaryDirectory(prefix=".int8-", dir=dst.parent) as tmp:
+        plain = _without_value_info(onnx, src, Path(tmp))
+        if method == "dynamic":
+            q.quantize_dynamic(str(plain), str(dst), weight_type=q.QuantType.QInt8, per_channel=True,
+                               op_types_to_quantize=list(DYNAMIC_OPS))
+            return {"method": "dynamic", "weights": "int8, per output channel", "ops": list(DYNAMIC_OPS),
+                    "activations": "uint8, quantised per batch at run time",
+                    "tool": f"onnxruntime.quantization {_ort_version()}"}
+        if calibration is None or not len(calibration):
+            raise RemoteClipError("Static int8 quantisation needs calibration images.",
+                                  "Give real tiles to calibrate on, or use the dynamic method.")
+        name = onnx.load(str(plain), load_external_data=False).graph.input[0].name
+        with contextlib.redirect_stdout(io.StringIO()):   # the calibrator prints its progress
+            q.quantize_static(str(plain), str(dst), _Batches(name, np.asarray(calibration, np.float32)),
+                              quant_format=q.QuantFormat.QDQ, per_channel=True,
+                              activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+                              calibrate_method=q.CalibrationMethod.Percentile)
+        return {"method": "static", "format": "QDQ", "weights": "int8, per output channel",
+                "activations": "uint8, ranges calibrated (percentile 99.999)",
+                "calibration_images": int(len(calibration)), "tool": f"onnxruntime.quantization {_ort_version()}"}
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def _session(path):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(os.fspath(path), so, providers=["CPUExecutionProvider"])
+
+
+def _run(path, name: str, x: np.ndarray, batch: int = 16) -> np.ndarray:
+    sess = _session(path)
+    return np.concatenate([sess.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
+
+
+def agreement(folder, fp32: dict, int8: dict, pixels: np.ndarray, ids: np.ndarray) -> dict:
+    """int8 against fp32 on the same inputs: embedding cosines and top-1 agreement of each image's best
+    prompt (each side with its own text embeddings)."""
+    folder = Path(folder)
+    img32 = _run(folder / fp32["image"], "pixel_values", pixels)
+    img8 = _run(folder / int8["image"], "pixel_values", pixels)
+    txt32 = _run(folder / fp32["text"], "input_ids", ids)
+    txt8 = _run(folder / int8["text"], "input_ids", ids)
+    top32 = (img32 @ txt32.T).argmax(axis=1)
+    top8 = (img8 @ txt8.T).argmax(axis=1)
+    cos_i = (img32 * img8).sum(axis=1) / (np.linalg.norm(img32, axis=1) * np.linalg.norm(img8, axis=1))
+    cos_t = (txt32 * txt8).sum(axis=1) / (np.linalg.norm(txt32, axis=1) * np.linalg.norm(txt8, axis=1))
+    return {"image_cos_min": round(float(cos_i.min()), 6), "image_cos_mean": round(float(cos_i.mean()), 6),
+            "text_cos_min": round(float(cos_t.min()), 6), "top1_agree": round(float((top32 == top8).mean()), 4),
+            "n_images": int(len(pixels)), "n_texts": int(len(ids))}
+
+
+def add_int8(folder, graphs: dict, *, images: np.ndarray | None = None, images_note: str | None = None,
+             ids: np.ndarray | None = None, method: str = "dynamic", calibration: np.ndarray | None = None,
+             text: str = TEXT_DEFAULT, image_size: int | None = None, tokenize=None,
+             progress=None) -> tuple[dict, dict]:
+    """Make ``image_int8.onnx`` (and with ``text="dynamic"`` ``text_int8.onnx``) in ``folder`` from
+    ``graphs["fp32"]`` and measure them.
+
+    ``images``: preprocessed (N, 3, H, W) inputs for the agreement check (else 16 of core.convert's seeded
+    synthetic check images of ``image_size``); ``ids``: token ids for it (else ``tokenize`` of
+    core.convert's check prompts). ``method`` applies to the image graph. ``text="fp32"`` (the default) keeps
+    the fp32 text graph for the int8 precision: the text runs once per job, and quantising it moved the
+    class ranking of whole rasters on the random-weight models (docs/bundles.md). Returns (the
+    ``graphs["int8"]`` entry, the record for the manifest's ``quantization["int8"]``)."""
+    report = progress or (lambda fraction, message: None)
+    folder = Path(folder)
+    if text not in TEXT_METHODS:
+        raise RemoteClipError(f"Unknown int8 text method {text!r}.", f"Use one of {', '.join(TEXT_METHODS)}.")
+    names = {"image": "image_int8.onnx", "text": "text_int8.onnx" if text == "dynamic" else graphs["fp32"]["text"]}
+    report(0.0, f"Quantising the image graph to int8 ({method})")
+    how_image = quantize_graph(folder / graphs["fp32"]["image"], folder / names["image"], method, calibration)
+    if text == "dynamic":
+        report(0.5, "Quantising the text graph to int8 (dynamic)")
+        how_text = quantize_graph(folder / graphs["fp32"]["text"], folder / names["text"], "dynamic")
+    else:
+        how_text = {"method": "fp32", "note": "the fp32 text graph: it runs once per job"}
+    from .convert import CHECK_PROMPTS, check_images
+
+    if images is None:
+        if image_size is None:
+            raise ValueError("give images or image_size")
+        images, images_note = check_images(int(image_size), 16), "16 seeded synthetic images"
+    if ids is None:
+        if tokenize is None:
+            raise ValueError("give ids or tokenize")
+        ids = tokenize(CHECK_PROMPTS)
+    report(0.8, "Measuring the int8 graphs against fp32")
+    agree = agreement(folder, graphs["fp32"], names, np.asarray(images, np.float32), np.asarray(ids, np.int64))
+    agree["images"] = images_note or f"{len(images)} images"
+    record = {"image": how_image, "text": how_text, "agreement_vs_fp32": agree}
+    report(1.0, "int8 graphs written")
+    return names, record
+
+
+def quantize_bundle(bundle, out_dir, *, images: np.ndarray | None = None, images_note: str | None = None,
+                    method: str = "dynamic", calibration: np.ndarray | None = None, text: str = TEXT_DEFAULT,
+                    overwrite: bool = False, progress=None) -> Path:
+    """A copy of an existing bundle at ``out_dir`` with int8 graphs added (its other graphs copied as they
+    are), written atomically like every bundle. Measured on ``images`` (preprocessed real tiles) when given."""
+    import json
+    import shutil
+
+    from .bundle import MANIFEST, load_bundle, publish_dir, staging_dir, write_manifest
+    from .tokenizer import Tokenizer
+
+    b = load_bundle(bundle)
+    tmp = staging_dir(out_dir, overwrite)
+    try:
+        graphs = {p: dict(g) for p, g in b.manifest["graphs"].items() if p != "int8"}
+        for rel in sorted({b.text["vocab_file"], *(f for g in graphs.values() for f in g.values())}):
+            shutil.copyfile(b.path / rel, tmp / rel)
+        size = b.image["size"]
+        graphs["int8"], record = add_int8(
+            tmp, graphs, images=images, images_note=images_note, method=method, calibration=calibration, text=text,
+            image_size=size[0] if isinstance(size, list) else size, tokenize=Tokenizer.from_bundle(b),
+            progress=progress)
+        manifest = json.loads((b.path / MANIFEST).read_text(encoding="utf-8"))
+        manifest["graphs"] = graphs
+        manifest["quantization"] = {"int8": record}
+        write_manifest(tmp, manifest)
+        load_bundle(tmp)   # the reader accepts what was written
+        return publish_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
