@@ -41,11 +41,11 @@ def sheets(folder: Path) -> list[Path]:
     return cut_sheets(MOSAIC, folder, rows=2, cols=4)
 
 
-def run(rasters, bundle, tile_px: int, dask: str | None):
+def run(rasters, bundle, tile_px: int, dask: str | None, threads: int | None = None):
     from core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
 
     job = Job(raster=[str(r) for r in rasters], task=LabelTask(LABELS), tiles=TileSpec(size=tile_px),
-              run=RunOptions(model=str(bundle), cache_dir=""), dask=dask)
+              run=RunOptions(model=str(bundle), cache_dir="", threads=threads), dask=dask)
     t0 = time.perf_counter()
     res = run_job(job)
     return res, time.perf_counter() - t0
@@ -91,7 +91,8 @@ def main() -> int:
         from training.reference_pipeline import random_bundle
 
         bundle = random_bundle("ViT-B-32", OUT / "models" / "ViT-B-32-random-0", seed=0)
-    results: dict = {"machine": {"cpus": os.cpu_count(), "note": "cores shared with other developers' jobs"},
+    results: dict = {"machine": {"cpus": os.cpu_count(), "load_average_before": os.getloadavg()[0],
+                                 "note": "cores shared with other developers' jobs"},
                      "model": str(bundle), "tile_px": args.tile, "rasters": 8}
     with tempfile.TemporaryDirectory() as tmp:
         rasters = sheets(Path(tmp) / "sheets")
@@ -104,11 +105,13 @@ def main() -> int:
             with distributed.LocalCluster(n_workers=n, threads_per_worker=2, processes=True, host="127.0.0.1",
                                           dashboard_address=None, silence_logs=logging.ERROR) as lc, \
                     distributed.Client(lc) as client:
-                run(rasters[:n], bundle, args.tile, lc.scheduler_address)   # warm: every worker has the bundle
-                res, s = run(rasters, bundle, args.tile, lc.scheduler_address)
+                # as --dask local:N does: two tasks a worker, onnxruntime threads = cores / N
+                threads = max(1, (os.cpu_count() or 1) // n)
+                run(rasters[:n], bundle, args.tile, lc.scheduler_address, threads)   # warm: the bundle loaded
+                res, s = run(rasters, bundle, args.tile, lc.scheduler_address, threads)
                 mem = client.run(_vm_hwm_mb)
                 results[f"workers_{n}"] = {
-                    "tiles": res.n_tiles, "seconds": round(s, 2), "tiles_per_s": round(res.n_tiles / s, 2),
+                    "tiles": res.n_tiles, "seconds": round(s, 2), "onnxruntime_threads": threads, "tiles_per_s": round(res.n_tiles / s, 2),
                     "speedup_vs_one_process": round(s1 / s, 3), "peak_rss_mb_per_worker":
                         sorted(round(v, 1) for v in mem.values()),
                     "bytes_to_client_per_tile": round(result_bytes_per_tile(res, rasters), 1),

@@ -250,3 +250,18 @@ def test_next_raster_is_read_while_this_one_encodes(sheets, tmp_path):
                 run=RunOptions(model=str(DEMO), cache_dir="", batch_size=16), tiles=TileSpec(size=64)),
             progress=progress)
     assert max(readers) == 2
+
+
+def test_a_collection_without_dask_never_imports_it(sheets, tmp_path):
+    """Dask is optional: core imports it only for --dask (the plugin, which vendors core, never does)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from core.cli import main; "
+            f"rc = main(['label', {str(sheets[0])!r}, {str(sheets[1])!r}, '--model', {str(DEMO)!r}, "
+            "'--labels', 'a,b', '-q', '--no-cache']); "
+            "assert rc == 0; bad = [m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stdout + out.stderr
