@@ -450,7 +450,7 @@ def _default_cache_dir() -> str:
 def run_job(job: Job, progress=None, is_cancelled=None, on_plan=None) -> JobResult:
     """Run one job; see the module docstring. Raises RemoteClipError for bad input, Cancelled on cancel.
     ``on_plan(plan)`` is called with the :class:`Plan` once the grid is known, before any pixel is read."""
-    if isinstance(job.raster, list) or job.dask:
+    if isinstance(job.raster, list) or job.dask or job.out_crs:   # one raster in another CRS: the same path
         from .collection import run_collection
 
         return run_collection(job, progress, is_cancelled, on_plan)

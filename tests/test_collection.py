@@ -125,6 +125,11 @@ def test_mixed_crs_one_layer_with_source(sheets, landsat, tmp_path, capsys):
     assert [f["geometry"] for f in got2 if f["source"] == str(landsat)] == [f["geometry"] for f in alone]
     ds = ogr.Open(str(out2))
     assert ds.GetLayer(0).GetSpatialRef().GetAuthorityCode(None) == "32618"
+    # one raster with --out-crs: reprojected as in a collection
+    out3 = tmp_path / "one_in_degrees.gpkg"
+    text = _label(capsys, [landsat], out3, "--no-cache", "--out-crs", "EPSG:4326")
+    assert "output CRS: EPSG:4326" in text
+    assert [f["geometry"] for f in features(out3)] == [f["geometry"] for f in by_source[str(landsat)]]
 
 
 def test_folder_list_file_and_glob_are_one_collection(sheets, tmp_path, capsys):
