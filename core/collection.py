@@ -527,6 +527,9 @@ def run_collection(job, progress=None, is_cancelled=None, on_plan=None):
                               "unless confirmed.", "Confirm it (--yes on the command line), or plan fewer tiles: "
                               "larger tiles, less overlap, an extent, or fewer rasters.")
     out_wkt = _out_crs(job, plans[0])
+    if job.raster_output is not None and not _same_crs(plans[0].crs_wkt, out_wkt):
+        raise RemoteClipError("--raster-output is written in the raster's CRS; --out-crs asks for another.",
+                              "Leave out --out-crs, or reproject the GeoTIFF afterwards (gdalwarp).")
     encoder = Encoder(bundle, device=job.run.device, precision=job.run.precision, batch_size=job.run.batch_size,
                       threads=job.run.threads)
     prompts = task.prompts(prepared)
@@ -571,10 +574,7 @@ def run_collection(job, progress=None, is_cancelled=None, on_plan=None):
     out.metadata = {**out.metadata, "crs": crs_name(out_wkt), "rasters": [part.name for part in parts],
                     "skipped": [{"raster": r, "why": w} for r, w in state.skipped]}
     if job.raster_output is not None:   # one raster (checked above), written on its own grid and CRS
-        if not _same_crs(parts[0].crs_wkt, out_wkt):
-            raise RemoteClipError("--raster-output is written in the raster's CRS; --out-crs asks for another.",
-                                  "Leave out --out-crs, or reproject the GeoTIFF afterwards (gdalwarp).")
-        whole = replace(parts[0], name=parts[0].name)
+        whole = parts[0]
     else:
         grid = CollectionGrid(parts, out_wkt, ground)
         whole = RasterPart(name=f"{len(parts)} rasters", crs_wkt=out_wkt, transform=parts[0].transform, grid=grid,

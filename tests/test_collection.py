@@ -235,6 +235,9 @@ def test_plan_covers_the_collection(sheets, tmp_path, capsys):
     rc, _, err = _run(capsys, "label", *sheets[:2], "--model", DEMO, "--labels", LABELS, "--raster-output",
                       tmp_path / "heat.tif", "-o", tmp_path / "x.gpkg")
     assert rc == 2 and "--raster-output" in err and not (tmp_path / "heat.tif").exists()
+    rc, _, err = _run(capsys, "label", sheets[0], "--model", DEMO, "--labels", LABELS, "--raster-output",
+                      tmp_path / "heat.tif", "--out-crs", "EPSG:3857", "-o", tmp_path / "x.gpkg", "--no-cache")
+    assert rc == 2 and "--out-crs asks for another" in err and not (tmp_path / "heat.tif").exists()
 
 
 def test_next_raster_is_read_while_this_one_encodes(sheets, tmp_path):

@@ -175,3 +175,13 @@ def test_worker_killed_mid_job_gives_the_complete_output(cluster, sheets, tmp_pa
     assert _gone(killed[0])
     assert len(res.sources) == 8 and not res.skipped
     assert features(tmp_path / "two.gpkg") == features(one)
+
+
+@pytest.mark.parametrize("address, words", [("local:0", "not a whole number 1..256"),
+                                            ("local:two", "Write --dask local:2")])
+def test_bad_local_cluster_is_one_line(sheets, tmp_path, capsys, address, words):
+    require(distributed is not None, "dask distributed is not installed")
+    rc, _, err = _run(capsys, "label", sheets[0], "--model", DEMO, "--labels", LABELS, "-q", "--no-cache",
+                      "--dask", address, "-o", tmp_path / "x.gpkg")
+    assert rc == 2 and words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.gpkg").exists()
