@@ -89,6 +89,10 @@ class Manifest:
 _DIGESTS: dict = {}
 # models/ beside core: the repository's, or the plugin's when core is vendored as remoteclip_qgis/core
 DEMO_BUNDLE = Path(__file__).resolve().parents[1] / "models" / "remoteclip-demo"
+DEMO_NAME = "remoteclip-demo-small"   # the demo model's manifest name, wherever its folder or zip lies
+DEMO_NOTE = ("the demo model is a toy for trying the tools (69 % zero-shot top-1 on unseen RSSCN7 scenes, "
+             "chance 14 %); for real work use RemoteCLIP: `remoteclip models pull RemoteCLIP-ViT-B-32`, or Get "
+             "in the dock's model row")
 
 
 def default_bundle() -> str | None:

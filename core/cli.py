@@ -300,6 +300,10 @@ def _summary(res, job) -> str:
         from .collection import crs_name
 
         lines.append(f"output CRS: {crs_name(res.crs_wkt)}")
+    from .bundle import DEMO_NAME, DEMO_NOTE
+
+    if res.model == DEMO_NAME:
+        lines.append(f"note: {DEMO_NOTE}")
     lines.append(f"output: {res.output}" if res.output else "output: none (give -o OUT.gpkg to write one)")
     for what, path in (("raster output", res.raster_output), ("report", res.report_output),
                        ("classifier", res.head_output)):

@@ -37,29 +37,13 @@ def _temp_pattern(stem: str) -> str:
 def check_raster_output(path, overwrite: bool = False, inputs=()) -> str:
     """``path`` if a dense GeoTIFF can be written there without losing anything, else the error saying why."""
     from .checks import path_text
-    from .vectors import _check_writable_file, check_folder_writable, check_not_input, remove_dead_temps
+    from .outputs import check_file_output
 
     path = path_text(path, "raster output")
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in RASTER_EXTENSIONS:
+    if os.path.splitext(path)[1].lower() not in RASTER_EXTENSIONS:
         raise RemoteClipError(f"The raster output {path} is not a GeoTIFF.", "Name it .tif.")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise RemoteClipError(f"The folder of the raster output {folder} does not exist.",
-                              "Create it or choose another.")
-    if os.path.isdir(path):
-        raise RemoteClipError(f"The raster output {path} is a folder.", "Give a file name ending in .tif.")
-    check_not_input(path, inputs)
-    stem = os.path.splitext(os.path.basename(path))[0]
-    check_folder_writable(folder, stem)
-    remove_dead_temps(folder, _temp_pattern(stem))
-    if os.path.lexists(path):
-        if not overwrite:
-            raise RemoteClipError(f"The raster output {path} already exists.",
-                                  "Replace it with --overwrite (Job(overwrite=True) in Python), or choose another "
-                                  "--raster-output.")
-        _check_writable_file(path)
-    return path
+    return check_file_output(path, "raster output", overwrite, inputs, temp_pattern=_temp_pattern,
+                             example="map.tif", other="another --raster-output")
 
 
 def dense_grid(tiles, tile_px, step_px, transform):

@@ -180,6 +180,7 @@ class JobResult:
     report: dict | None = None                           # classify: cross-validation and the mix
     report_output: str | None = None                     # where the report was saved
     head_output: str | None = None                       # classify: where the trained classifier was saved
+    model: str = ""                                      # the bundle's name (core.bundle.DEMO_NAME: the demo)
     timings: dict[str, float] = field(default_factory=dict)  # seconds: prepare, text, tiles (read + encode), results
     sources: list[str] = field(default_factory=list)     # several rasters: those in the output
     skipped: list[tuple[str, str]] = field(default_factory=list)   # several rasters: (raster, why) not in it
@@ -367,16 +368,18 @@ class Plan:
         if self.rasters > 1:
             text += f" in {self.rasters:,} rasters"
         if self.seconds is not None:
-            text += f", about {_duration(self.seconds)} at the {self.rate:.1f} tiles/s measured here before"
+            text += f", {_duration(self.seconds)} at the {self.rate:.1f} tiles/s measured here before"
         return text
 
 
 def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return "under 1 s"
     if seconds < 90:
-        return f"{seconds:.0f} s"
+        return f"about {seconds:.0f} s"
     if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+        return f"about {seconds / 60:.0f} min"
+    return f"about {seconds / 3600:.1f} h"
 
 
 def _rates_path(job: Job) -> str | None:
@@ -630,7 +633,7 @@ def write_outputs(job: Job, part: RasterPart, out: TaskOutput, bundle, provider:
                      cache_hit=part.cache_hit, seconds=time.perf_counter() - t0, warnings=warnings,
                      field_map=out.field_map, embeddings=part.embeddings, images_encoded=part.images_encoded,
                      raster_output=written.get("raster"), report=report, report_output=written.get("report"),
-                     head_output=written.get("head"))
+                     head_output=written.get("head"), model=bundle.name)
 
 
 def _values_column(values: list) -> Lazy:

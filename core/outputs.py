@@ -63,9 +63,11 @@ def check_report_path(path: str) -> str:
     return path
 
 
-def check_file_output(path, what: str, overwrite: bool = False, inputs=()) -> str:
-    """A plain file the user asked for (a saved classifier): its folder takes files, it is not an input,
-    and an existing one is replaced only with ``overwrite``."""
+def check_file_output(path, what: str, overwrite: bool = False, inputs=(), temp_pattern=None,
+                      example: str = "classifier.json", other: str = "another name") -> str:
+    """A plain file the user asked for (a saved classifier, a dense GeoTIFF): its folder takes files, it is
+    not an input, and an existing one is replaced only with ``overwrite``. ``temp_pattern(stem)`` matches the
+    temporary files a killed run of this writer left (removed here)."""
     from .checks import path_text
     from .vectors import (
         _check_writable_file,
@@ -80,15 +82,15 @@ def check_file_output(path, what: str, overwrite: bool = False, inputs=()) -> st
     if not os.path.isdir(folder):
         raise RemoteClipError(f"The folder of the {what} {folder} does not exist.", "Create it or choose another.")
     if os.path.isdir(path):
-        raise RemoteClipError(f"The {what} {path} is a folder.", "Give a file name, e.g. classifier.json.")
+        raise RemoteClipError(f"The {what} {path} is a folder.", f"Give a file name, e.g. {example}.")
     check_not_input(path, inputs)
     stem = os.path.splitext(os.path.basename(path))[0]
     check_folder_writable(folder, stem)
-    remove_dead_temps(folder, _temp_pattern(stem))
+    remove_dead_temps(folder, (temp_pattern or _temp_pattern)(stem))
     if os.path.lexists(path):
         if not overwrite:
-            raise RemoteClipError(f"The {what} {path} already exists.", "Replace it with --overwrite, or choose "
-                                  "another name.")
+            raise RemoteClipError(f"The {what} {path} already exists.", "Replace it with --overwrite "
+                                  f"(Job(overwrite=True) in Python), or choose {other}.")
         _check_writable_file(path)
     return path
 

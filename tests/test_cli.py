@@ -60,7 +60,7 @@ def test_label_count_search_embed(mosaic, tiny_bundle, tmp_path, capsys):
     top = Counter(r["label"] for r in want.records).most_common(5)
     assert "labels: " + ", ".join(f"{k} {v}" for k, v in top) in stdout
     assert "6 tiles" in stdout and ("CPUExecutionProvider" in stdout or "CUDAExecutionProvider" in stdout)
-    assert f"output: {out}" in stdout
+    assert f"output: {out}" in stdout and "demo model" not in stdout   # another model: no demo note
     assert "%" in err or "‰" in err  # the progress bar went to stderr
     rc, stdout, _ = _run(capsys, "search", mosaic, "--model", tiny_bundle, "--query", "a swimming pool",
                          "--top-k", 2, "--tile-size", 512, "--cache-dir", cache, "-q", "-o", tmp_path / "s.shp")
@@ -178,6 +178,9 @@ def test_make_label_command(data_dir, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "24 tiles" in done.stdout and f"output: {out}" in done.stdout
     assert "labels: buildings 22, grass 2\n" in done.stdout
+    # the analyst is told that the default model is the demo toy, with its measured figure and the way out
+    assert "note: the demo model is a toy" in done.stdout and "69 %" in done.stdout
+    assert "models pull RemoteCLIP-ViT-B-32" in done.stdout
     feats = _features(out)
     assert {(f["row"], f["col"]) for f in feats if f["label"] != "buildings"} == {(2, 1), (2, 2)}
     from osgeo import ogr

@@ -413,9 +413,32 @@ def _softmax_by_hand(cos_row, scale):
     return e / e.sum()
 
 
-def test_label_threshold_is_on_the_probability_not_the_cosine():
-    from core.jobs import label_records
+def _task_records(task, emb, text, logit_scale):
+    """The task's per-tile values as the pipeline makes them (LabelTask/CountTask.outputs -> core.records)."""
+    from types import SimpleNamespace
 
+    from core.records import Records
+    from core.tasks import RasterPart
+
+    part = RasterPart(name="t", crs_wkt="", transform=(), grid=None, index=np.arange(len(emb)), embeddings=emb,
+                      tile_px=(1, 1), step_px=(1, 1))
+    out = task.outputs(part, text, SimpleNamespace(logit_scale=logit_scale), None)
+    return list(Records(out.fields, out.columns)), out.fields, out.field_map
+
+
+def label_records(emb, text, labels, logit_scale, top_k, threshold):
+    return _task_records(LabelTask(labels=labels, top_k=top_k, threshold=threshold), emb, text, logit_scale)
+
+
+def count_records(emb, text, logit_scale):
+    from core.jobs import CountTask
+
+    recs, fields, _ = _task_records(CountTask(object_name="cars", max_count=text.shape[0]), emb, text,
+                                    logit_scale)
+    return recs, fields
+
+
+def test_label_threshold_is_on_the_probability_not_the_cosine():
     labels = ["water", "trees", "roofs"]
     cos = [[0.30, -0.20, -0.30],    # low cosine (0.30) but a clear winner: probability 0.991
            [0.50, 0.55, 0.50],      # high cosine (0.55) but a near tie: probability 0.452
@@ -436,8 +459,6 @@ def test_label_threshold_is_on_the_probability_not_the_cosine():
 
 def test_label_threshold_boundary_keeps_the_label():
     """Two classes at the same cosine: probability exactly 1/2, and a threshold of 0.5 keeps the label (>=)."""
-    from core.jobs import label_records
-
     emb, text = _tiles_with_cosines([[0.4, 0.4], [0.4, 0.35]])
     recs, _, _ = label_records(emb, text, ["field", "forest"], 100.0, top_k=1, threshold=0.5)
     assert recs[0]["score"] == 0.5 and recs[0]["label"] == "field"   # a tie goes to the first class
@@ -447,8 +468,6 @@ def test_label_threshold_boundary_keeps_the_label():
 
 
 def test_count_is_the_best_matching_caption_plus_one_and_its_probability():
-    from core.jobs import count_records
-
     # captions for 1..5 objects; tile 0 matches "three" best and "two" worst, tile 1 matches "five" best
     cos = [[0.10, -0.40, 0.50, 0.20, 0.00],
            [0.00, 0.05, -0.30, 0.10, 0.30]]

@@ -168,6 +168,29 @@ def test_labeltiles_on_the_kampala_mosaic_with_tiles_in_metres(plugin, mosaic, t
         assert sum(probs) == pytest.approx(1.0, abs=1e-4) and max(probs) == pytest.approx(f["score"], abs=1e-5)
 
 
+class Warnings(QgsProcessingFeedback):
+    def __init__(self):
+        super().__init__()
+        self.warnings = []
+
+    def pushWarning(self, text):
+        self.warnings.append(text)
+        super().pushWarning(text)
+
+
+def test_the_demo_model_says_it_is_a_toy_and_another_model_does_not(plugin, mosaic, tiny_bundle, tmp_path):
+    from remoteclip_qgis.core.bundle import DEMO_BUNDLE
+
+    notes = {}
+    for name, model in (("demo", str(DEMO_BUNDLE)), ("tiny", str(tiny_bundle))):
+        feedback = Warnings()
+        run("labeltiles", base_params(mosaic, model, tmp_path / f"{name}.gpkg", LABELS="buildings,trees",
+                                      TILE_SIZE=512), feedback=feedback)
+        notes[name] = [w for w in feedback.warnings if "demo model is a toy" in w]
+    assert len(notes["demo"]) == 1 and "69 %" in notes["demo"][0] and "RemoteCLIP" in notes["demo"][0]
+    assert notes["tiny"] == []
+
+
 def test_labeltiles_with_int8_graphs(plugin, mosaic, int8_bundle, tmp_path):
     registry = QgsApplication.processingRegistry()
     param = registry.algorithmById("remoteclip:labeltiles").parameterDefinition("PRECISION")

@@ -211,15 +211,11 @@ def expected_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def check_state_dict(state_dict: dict, arch: str) -> None:
-    """Raise RemoteClipError naming missing, unexpected and mis-shaped keys when the state dict is not arch."""
-    exp = expected_shapes(model_config(arch))
-    got = {k: tuple(v.shape) for k, v in state_dict.items() if not IGNORED_KEYS.search(k)}
-    missing = sorted(set(exp) - set(got))
-    unexpected = sorted(set(got) - set(exp))
-    shape = sorted(k for k in set(exp) & set(got) if exp[k] != got[k])
-    if not (missing or unexpected or shape):
-        return
+def key_mismatches(expected: dict, got: dict) -> list[str]:
+    """What differs between two {key: shape} maps, as short phrases (missing, unexpected, other shapes)."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    shape = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
 
     def few(keys):
         return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
@@ -230,7 +226,18 @@ def check_state_dict(state_dict: dict, arch: str) -> None:
     if unexpected:
         parts.append(f"{len(unexpected)} unexpected keys: {few(unexpected)}")
     if shape:
-        parts.append(f"{len(shape)} keys with other shapes: " + few([f"{k} {got[k]} vs {exp[k]}" for k in shape]))
+        parts.append(f"{len(shape)} keys with other shapes: "
+                     + few([f"{k} {got[k]} vs {expected[k]}" for k in shape]))
+    return parts
+
+
+def check_state_dict(state_dict: dict, arch: str) -> None:
+    """Raise RemoteClipError naming missing, unexpected and mis-shaped keys when the state dict is not arch."""
+    exp = expected_shapes(model_config(arch))
+    got = {k: tuple(v.shape) for k, v in state_dict.items() if not IGNORED_KEYS.search(k)}
+    parts = key_mismatches(exp, got)
+    if not parts:
+        return
     try:
         guess = detect_architecture(state_dict)
     except RemoteClipError:

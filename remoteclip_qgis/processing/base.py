@@ -503,6 +503,10 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
                           + f" in {result.seconds:.1f} s.")
         for w in result.warnings:
             feedback.pushWarning(w)
+        from ..core.bundle import DEMO_NAME, DEMO_NOTE
+
+        if result.model == DEMO_NAME:
+            feedback.pushWarning(f"Note: {DEMO_NOTE}.")
         self._style_on_load(context, result)
         out = {self.OUTPUT: self._dest, self.PROVIDER: result.provider, self.N_TILES: result.n_tiles,
                self.CACHE_HIT: bool(result.cache_hit)}
