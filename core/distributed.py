@@ -90,6 +90,7 @@ def connect(address: str):
 # ------------------------------------------------------------------------------------------- worker
 
 _WORKER_ENCODERS: dict = {}
+_THREADS: int | None = None   # onnxruntime threads for this worker, set by the client (share_cores)
 _LOADS = 0   # bundles loaded by this process (a worker loads one once, whatever the number of tasks)
 
 
@@ -98,7 +99,8 @@ def _worker_encoder(piece: Piece):
     from .bundle import load_bundle
     from .inference import Encoder
 
-    key = (piece.model, piece.device, piece.precision, piece.batch_size, piece.threads)
+    threads = piece.threads or _THREADS
+    key = (piece.model, piece.device, piece.precision, piece.batch_size, threads)
     enc = _WORKER_ENCODERS.get(key)
     if enc is None:
         bundle = load_bundle(piece.model)
@@ -106,7 +108,7 @@ def _worker_encoder(piece: Piece):
             raise RemoteClipError(f"The bundle {piece.model} on this worker is not the client's (another sha256).",
                                   "Give every worker the same bundle (a shared folder or the same .rclip.zip).")
         enc = Encoder(bundle, device=piece.device, precision=piece.precision, batch_size=piece.batch_size,
-                      threads=piece.threads)
+                      threads=threads)
         _WORKER_ENCODERS[key] = enc
         global _LOADS
         _LOADS += 1
@@ -153,6 +155,28 @@ def sub_grid(grid, start: int, stop: int):
 
 # ------------------------------------------------------------------------------------------- client
 
+def _set_threads(n: int) -> None:
+    global _THREADS
+    _THREADS = int(n)
+
+
+def share_cores(client) -> dict[str, int]:
+    """Give each worker process onnxruntime threads = its machine's cores / the worker processes there, so
+    several workers on one machine (``dask worker --nworkers 4``, ``local:N``) do not each spin a thread
+    per core (measured: two workers with all cores each ran at a quarter of one process's rate). A worker
+    that restarts later keeps onnxruntime's default."""
+    from collections import Counter
+
+    cpus = client.run(os.cpu_count)
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    per_host = Counter(workers[a].get("host") for a in cpus if a in workers)
+    out = {}
+    for addr, n in cpus.items():
+        out[addr] = max(1, (n or 1) // max(1, per_host.get(workers.get(addr, {}).get("host"), 1)))
+        client.run(_set_threads, out[addr], workers=[addr])
+    return out
+
+
 def _blocks(n: int, batch_size: int) -> list[tuple[int, int]]:
     if n <= BLOCK_TILES:
         return [(0, n)]
@@ -173,9 +197,9 @@ def encode_on_cluster(job, plans, bundle, batch, cache, progress, is_cancelled, 
         token = uuid.uuid4().hex[:12]   # keys of this job only: another job on the cluster never shares results
         model = str(getattr(bundle, "source", None) or bundle.path)
         batch = int(batch)
-        threads = job.run.threads
-        if threads is None and cluster is not None:   # local:N: the cores shared, not N x all of them
-            threads = max(1, (os.cpu_count() or 1) // len(cluster.workers))
+        threads = job.run.threads          # None: each worker's share of its machine's cores
+        if threads is None:
+            share_cores(client)
         for p in plans:
             if is_cancelled is not None and is_cancelled():
                 raise Cancelled("cancelled")

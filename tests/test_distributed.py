@@ -89,6 +89,9 @@ def test_blocks_of_one_raster_and_the_bundle_loaded_once(cluster, sheets, data_d
     _label(capsys, [sheets[2], sheets[3]], tmp_path / "three.gpkg", "--batch-size", 16, "--dask", address)
     loads = client.run(lambda: __import__("core.distributed", fromlist=["_LOADS"])._LOADS)
     assert sorted(loads.values()) == [1, 1]          # 16 tasks, 2 workers, one load each
+    # two workers on one machine share its cores: onnxruntime threads = cores / 2 each
+    threads = client.run(lambda: __import__("core.distributed", fromlist=["_THREADS"])._THREADS)
+    assert list(threads.values()) == [max(1, (os.cpu_count() or 1) // 2)] * 2
 
 
 def test_cog_over_http_on_the_cluster(cluster, sheets, tmp_path, capsys):
