@@ -13,7 +13,7 @@ help:
 	@echo "make label       the main job: label the Kampala orthomosaic's tiles with the demo model"
 	@echo "make package     dist/remoteclip_qgis-<version>.zip for QGIS's Install from ZIP"
 	@echo "make bench       benchmarks (bench/bench_*.py), results in bench-results/"
-	@echo "make screenshot  screenshot of the dock with a result layer (xvfb)"
+	@echo "make screenshot  screenshots: label, count and search results, the dock at 300 px (xvfb)"
 
 setup:
 	scripts/setup.sh
@@ -44,7 +44,7 @@ bench:
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 screenshot:
-	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) scripts/screenshot.py docs/screenshot.png
+	xvfb-run -a -s "-screen 0 1600x1600x24" $(PY) scripts/screenshot.py docs/screenshot.png
 
 lock:
 	$(PY) -m pip list --path .venv/lib/python3.11/site-packages --format=freeze \

@@ -19,10 +19,17 @@ Format (format_version 1): one entry per key in ``cache_dir``:
 
 Both files are written to a temporary name in the cache folder and renamed
 into place (``os.replace``), the sidecar first: an ``.npz`` is only ever seen
-complete. A damaged or unreadable entry counts as a miss. Nothing is evicted:
-delete the folder (default ``~/.cache/remoteclip/embeddings``, or
-``$REMOTECLIP_CACHE``) to reclaim space. A VRT is keyed by the VRT file itself,
-so editing one of its source files without touching the VRT is not noticed.
+complete. A damaged or unreadable entry counts as a miss. A VRT is keyed by the
+VRT file itself, so editing one of its source files without touching the VRT is
+not noticed.
+
+Size: the folder (default ``~/.cache/remoteclip/embeddings``, or
+``$REMOTECLIP_CACHE``) holds at most ``max_bytes`` of entries (default 2 GiB,
+or ``$REMOTECLIP_CACHE_MAX`` such as ``500M``, ``5G``, ``none``). After each
+write the entries used longest ago go first (a hit marks its entry used), never
+the one just written. ``clear()`` removes every entry; only files named like
+entries are touched, nothing else in the folder. ``remoteclip cache`` shows,
+prunes and clears it from the command line.
 """
 
 from __future__ import annotations
@@ -32,18 +39,78 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import gdal_return_codes
 
-__all__ = ["EmbeddingCache", "FORMAT_VERSION", "raster_identity"]
+__all__ = ["EmbeddingCache", "FORMAT_VERSION", "raster_identity", "default_cache_dir", "default_max_bytes",
+           "parse_size", "format_size", "CacheEntry", "DEFAULT_MAX_BYTES"]
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+DEFAULT_MAX_BYTES = 2 * 1024 ** 3
+_KEY = re.compile(r"^[0-9a-f]{64}$")
+_UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "KIB": 1024, "M": 1024 ** 2, "MB": 1024 ** 2, "MIB": 1024 ** 2,
+          "G": 1024 ** 3, "GB": 1024 ** 3, "GIB": 1024 ** 3, "T": 1024 ** 4, "TB": 1024 ** 4, "TIB": 1024 ** 4}
+
+
+def default_cache_dir() -> str:
+    """``$REMOTECLIP_CACHE``, else ``remoteclip/embeddings`` in ``$XDG_CACHE_HOME`` or ``~/.cache``."""
+    if os.environ.get("REMOTECLIP_CACHE"):
+        return os.environ["REMOTECLIP_CACHE"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "remoteclip", "embeddings")
+
+
+def parse_size(text: str | int | float | None) -> int | None:
+    """Bytes from '500M', '2G', '1.5 GB', '4096' (binary units); None for 'none' or 'unlimited' (no limit)."""
+    if text is None:
+        return None
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        value, unit = float(text), ""
+    else:
+        t = str(text).strip().upper()
+        if t in ("NONE", "UNLIMITED", "OFF"):
+            return None
+        m = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*([A-Z]*)", t)
+        if m is None or m.group(2) not in _UNITS:
+            from .errors import RemoteClipError
+
+            raise RemoteClipError(f"{text!r} is not a size.", "Give a size such as 500M, 2G or 'none' (no limit).")
+        value, unit = float(m.group(1)), m.group(2)
+    if value < 0:
+        from .errors import RemoteClipError
+
+        raise RemoteClipError(f"The size {text!r} is negative.", "Give a size such as 500M or 2G.")
+    return int(value * _UNITS[unit])
+
+
+def default_max_bytes() -> int | None:
+    """``$REMOTECLIP_CACHE_MAX`` (see parse_size), else DEFAULT_MAX_BYTES."""
+    env = os.environ.get("REMOTECLIP_CACHE_MAX")
+    return DEFAULT_MAX_BYTES if not env else parse_size(env)
+
+
+def format_size(n: int | None) -> str:
+    if n is None:
+        return "no limit"
+    for unit, scale in (("GB", 1024 ** 3), ("MB", 1024 ** 2), ("kB", 1024)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+@dataclass
+class CacheEntry:
+    key: str
+    bytes: int            # the .npz and its .json
+    last_used: float      # the .npz's modification time: written, or last read by a hit
 
 
 _ARCHIVES = ("/vsizip/", "/vsitar/", "/vsigzip/", "/vsi7z/", "/vsirar/")
@@ -154,8 +221,9 @@ def _remote_validators(name: str) -> dict | None:
 class EmbeddingCache:
     """Tile embeddings on disk, one ``.npz`` + ``.json`` per key (module docstring)."""
 
-    def __init__(self, cache_dir):
-        self.dir = os.fspath(cache_dir)
+    def __init__(self, cache_dir=None, max_bytes: int | str | None = "default"):
+        self.dir = os.fspath(cache_dir) if cache_dir else default_cache_dir()
+        self.max_bytes = default_max_bytes() if max_bytes == "default" else parse_size(max_bytes)
         self._identities: dict[str, dict] = {}
 
     def key(self, src, spec, bands, stretch, model_id: str) -> str | None:
@@ -196,6 +264,8 @@ class EmbeddingCache:
         if why:
             log.warning("embedding cache entry %s is not usable (%s); recomputing", npz, why)
             return None
+        with contextlib.suppress(OSError):   # used now: the last to be evicted
+            os.utime(npz)
         return kept.astype(np.int64), emb.astype(np.float32)
 
     def save(self, key: str, kept, emb) -> None:
@@ -213,6 +283,87 @@ class EmbeddingCache:
             _atomic_write(npz, lambda f: np.savez(f, kept=kept, emb=emb))
         except OSError as e:
             log.warning("could not write the embedding cache entry %s: %s", npz, e)
+            return
+        if self.max_bytes is not None:
+            self.prune(self.max_bytes, keep=(key,))
+
+    # ------------------------------------------------------------------------------------- size
+
+    def entries(self) -> list[CacheEntry]:
+        """The folder's entries, used longest ago first."""
+        out = []
+        try:
+            names = os.listdir(self.dir)
+        except OSError:
+            return []
+        for name in names:
+            stem, ext = os.path.splitext(name)
+            if ext != ".npz" or not _KEY.match(stem):
+                continue
+            npz, sidecar = self._paths(stem)
+            try:
+                st = os.stat(npz)
+            except OSError:
+                continue
+            size = st.st_size + (os.path.getsize(sidecar) if os.path.isfile(sidecar) else 0)
+            out.append(CacheEntry(stem, size, st.st_mtime))
+        return sorted(out, key=lambda e: (e.last_used, e.key))
+
+    def size(self) -> int:
+        return sum(e.bytes for e in self.entries())
+
+    def _remove(self, key: str) -> bool:
+        npz, sidecar = self._paths(key)
+        removed = False
+        for path in (npz, sidecar):   # the .npz first: a sidecar alone is never read
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+                removed = True
+        return removed
+
+    def prune(self, max_bytes: int | None = None, keep=()) -> list[str]:
+        """Remove the entries used longest ago until the folder holds at most ``max_bytes`` (default: this
+        cache's limit; None: no limit) of entries, never those in ``keep``. Returns the removed keys."""
+        limit = self.max_bytes if max_bytes is None else max_bytes
+        if limit is None:
+            return []
+        entries = self.entries()
+        total = sum(e.bytes for e in entries)
+        removed = []
+        for e in entries:
+            if total <= limit:
+                break
+            if e.key in keep:
+                continue
+            try:
+                self._remove(e.key)
+            except OSError as err:   # in use elsewhere (Windows), read-only: the next run tries again
+                log.warning("could not remove the cache entry %s: %s", e.key, err)
+                continue
+            total -= e.bytes
+            removed.append(e.key)
+        if removed:
+            log.info("embedding cache: removed %d entries used longest ago (limit %s)", len(removed),
+                     format_size(limit))
+        return removed
+
+    def clear(self) -> tuple[int, int]:
+        """Remove every entry (only files named like entries). Returns (entries, bytes) removed."""
+        n = freed = 0
+        for e in self.entries():
+            try:
+                if self._remove(e.key):
+                    n += 1
+                    freed += e.bytes
+            except OSError as err:
+                log.warning("could not remove the cache entry %s: %s", e.key, err)
+        with contextlib.suppress(OSError):   # sidecars whose .npz never arrived (a killed write)
+            for name in os.listdir(self.dir):
+                stem, ext = os.path.splitext(name)
+                if ext == ".json" and _KEY.match(stem) and not os.path.exists(os.path.join(self.dir, stem + ".npz")):
+                    freed += os.path.getsize(os.path.join(self.dir, name))
+                    os.unlink(os.path.join(self.dir, name))
+        return n, freed
 
 
 def _entry_problem(kept, emb, n_grid, embed_dim) -> str | None:

@@ -445,9 +445,9 @@ def plan_job(job: Job) -> Plan:
 # ------------------------------------------------------------------------------------------ run_job
 
 def _default_cache_dir() -> str:
-    base = os.environ.get("REMOTECLIP_CACHE") or os.environ.get("XDG_CACHE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".cache")
-    return os.environ.get("REMOTECLIP_CACHE") or os.path.join(base, "remoteclip", "embeddings")
+    from .cache import default_cache_dir
+
+    return default_cache_dir()
 
 
 def run_job(job: Job, progress=None, is_cancelled=None, on_plan=None) -> JobResult:

@@ -303,7 +303,20 @@ def count_records(emb, text, logit_scale: float):
     return recs, [("count", "int"), ("count_conf", "float")]
 
 
-def search_records(emb, query, top_k: int | None, threshold: float | None):
+def stand_out_threshold(sim, stand_out: float | None) -> float | None:
+    """The similarity a tile needs to stand out from this raster's tiles: their mean plus ``stand_out``
+    standard deviations (None: no such rule). Relative, because cosine similarities of one model and query
+    sit in a narrow band of their own (all negative, or all near 0.25), so no fixed number suits them all."""
+    import numpy as np
+
+    if stand_out is None or len(sim) == 0:
+        return None
+    return float(np.mean(sim) + float(stand_out) * np.std(sim))
+
+
+def search_records(emb, query, top_k: int | None, threshold: float | None, stand_out: float | None = None):
+    """similarity, rank and selected per tile; selected: among the ``top_k`` best, at least ``threshold`` and
+    standing out (:func:`stand_out_threshold`)."""
     import numpy as np
 
     sim = emb @ query
@@ -313,11 +326,18 @@ def search_records(emb, query, top_k: int | None, threshold: float | None):
     sel = np.ones(len(sim), dtype=bool)
     if top_k is not None:
         sel &= rank <= int(top_k)
-    if threshold is not None:
-        sel &= sim >= float(threshold)
+    cut = effective_threshold(sim, threshold, stand_out)
+    if cut is not None:
+        sel &= sim >= cut
     recs = [{"similarity": round(float(s), 6), "rank": int(r), "selected": int(x)}
             for s, r, x in zip(sim, rank, sel, strict=True)]
     return recs, [("similarity", "float"), ("rank", "int"), ("selected", "int")]
+
+
+def effective_threshold(sim, threshold: float | None, stand_out: float | None) -> float | None:
+    """The similarity a selected tile needs: the larger of ``threshold`` and the stand-out rule's."""
+    cuts = [c for c in (threshold, stand_out_threshold(sim, stand_out)) if c is not None]
+    return max(float(c) for c in cuts) if cuts else None
 
 
 def _label_summary(records) -> list[str]:
@@ -413,6 +433,12 @@ class LabelTask(Task):
     def layer_name(self):
         return "labels"
 
+    def layer_title(self, raster_name):
+        """'kampala · labels · land-cover', or the first class names typed: what tells two runs apart."""
+        preset = next((name for name, classes in PRESETS.items() if list(classes) == list(self.labels)), None)
+        classes = preset or ", ".join(self.labels[:2]) + (", …" if len(self.labels) > 2 else "")
+        return f"{raster_name} · labels · {classes}"
+
     def describe(self, result):
         return _label_summary(result.records)
 
@@ -461,7 +487,9 @@ class CountTask(Task):
         from .records import count_columns
 
         fields_, columns = count_columns(part.embeddings, text, bundle.logit_scale)
-        return TaskOutput(None, fields_, columns=columns)
+        # the legend names the object and says that the largest count is a cap
+        return TaskOutput(None, fields_, columns=columns,
+                          metadata={"object": self.object_name, "max_count": self.max_count})
 
     def layer_name(self):
         return f"count_{re.sub(r'[^a-z0-9]+', '_', self.object_name.lower()).strip('_')}"
@@ -479,6 +507,7 @@ class SearchTask(Task):
     query: str
     top_k: int | None = None
     threshold: float | None = None
+    stand_out: float | None = None
 
     kind: ClassVar[str] = "search"
     title: ClassVar[str] = "Search"
@@ -496,6 +525,10 @@ class SearchTask(Task):
               help="select the K best tiles"),
         Param("threshold", "float", "Select tiles with a similarity of at least", optional=True, lo=-1.0, hi=1.0,
               none_text="none", help="select tiles with a cosine similarity at least this"),
+        Param("stand_out", "float", "Tiles must stand out by (sd)", optional=True, lo=0.0,
+              hi=5.0, none_text="off", form_default=1.0,
+              help="select only tiles whose similarity is at least the mean of this raster's tiles plus this many "
+                   "standard deviations; the similarity this makes is reported"),
     )
     style: ClassVar[Style] = Style("graduated", "similarity", 'if("selected" = 1, "rank", \'\')', False,
                                    "Show ranks on the map", highlight='"selected" = 1')
@@ -509,6 +542,8 @@ class SearchTask(Task):
         self.top_k = checks.optional(checks.whole, self.top_k, "top_k", 1, example="e.g. 20")
         self.threshold = checks.optional(checks.number, self.threshold, "The similarity threshold (a cosine)",
                                          -1.0, 1.0, example="e.g. 0.25")
+        self.stand_out = checks.optional(checks.number, self.stand_out, "stand_out (standard deviations)", 0.0, 5.0,
+                                         example="e.g. 1")
 
     def prompts(self, prepared):
         return [[self.query.strip()]]
@@ -516,9 +551,12 @@ class SearchTask(Task):
     def outputs(self, part, text, bundle, fitted):
         from .records import search_columns
 
-        fields_, columns = search_columns(part.embeddings, text[0], self.top_k, self.threshold)
+        # the legend and the summary say which similarity the selection took (the stand-out rule's is computed)
+        cut = effective_threshold(part.embeddings @ text[0], self.threshold, self.stand_out)
+        fields_, columns = search_columns(part.embeddings, text[0], self.top_k, cut)
         return TaskOutput(None, fields_, dense=columns["similarity"][:, None], dense_names=["similarity"],
-                          columns=columns)
+                          columns=columns, metadata={"query": self.query, "top_k": self.top_k, "threshold": cut,
+                                                     "stand_out": self.stand_out})
 
     def layer_name(self):
         return "search"

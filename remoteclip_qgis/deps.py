@@ -8,6 +8,16 @@ resolves with ``numpy==<QGIS's numpy>`` as a constraint, so QGIS's own numpy
 (built against its GDAL) is never replaced or shadowed; the numpy copy pip
 puts into the target for the resolution is removed afterwards.
 
+Versions come from one place, ``requirements/lock.txt`` (shipped inside the
+plugin by scripts/package.py): what is installed is pinned to it, and the
+rest of the lock is a pip constraint for the packages they pull in.
+
+pip runs on the interpreter QGIS itself runs on (``find_python``), never the
+first ``python3`` on PATH: inside QGIS ``sys.executable`` is QGIS's binary on
+Windows and macOS, and on Linux whatever ``python3`` PATH found first (a pyenv
+shim, another version), for which pip would resolve other wheels or build
+numpy from source.
+
 The functions that decide what to run (which onnxruntime, which python, the
 exact command) are pure and take what they look at as arguments, so they can
 be tested without touching the machine.
@@ -15,8 +25,10 @@ be tested without touching the machine.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,14 +37,16 @@ from pathlib import Path
 from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
-# import name -> pip requirement (onnxruntime may become onnxruntime-gpu)
+# import name -> pip project (onnxruntime may become onnxruntime-gpu); versions from lock.txt
 REQUIRED = {"onnxruntime": "onnxruntime", "ftfy": "ftfy", "regex": "regex"}
-# needed only to convert a checkpoint into a bundle (Get in the panel): installed when first needed,
-# pinned to requirements/lock.txt's version (tests check they agree)
-CONVERSION = {"onnx": "onnx==1.23.2"}
+# needed only to convert a checkpoint into a bundle (Get in the panel): installed when first needed
+CONVERSION = {"onnx": "onnx"}
 PACKAGES = {**REQUIRED, **CONVERSION}
+# a GPU build is released with the CPU build's version numbers: it takes the CPU build's pin
+SAME_VERSION_AS = {"onnxruntime-gpu": "onnxruntime"}
 DEPS_FOLDER = "remoteclip_deps"
 LOG_TAG = "RemoteCLIP"
+PLUGIN_DIR = Path(__file__).resolve().parent
 
 
 # ----------------------------------------------------------------------------------------- checks
@@ -75,6 +89,42 @@ def add_deps_to_path(folder: str | os.PathLike | None = None, path: list[str] | 
     return True
 
 
+# ------------------------------------------------------------------------------------------ pins
+
+def lock_file() -> Path | None:
+    """requirements/lock.txt: inside the packaged plugin, or the repository's in a development checkout."""
+    for folder in (PLUGIN_DIR, PLUGIN_DIR.parent):
+        path = folder / "requirements" / "lock.txt"
+        if path.is_file():
+            return path
+    return None
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def read_pins(path: str | os.PathLike | None = None) -> dict[str, str]:
+    """Canonical project name -> version of every ``name==version`` line of the lock file ({} without one)."""
+    path = lock_file() if path is None else Path(path)
+    if path is None or not Path(path).is_file():
+        return {}
+    pins = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        name, sep, version = line.partition("==")
+        if sep and name.strip() and version.strip():
+            pins[_canonical(name.strip())] = version.strip()
+    return pins
+
+
+def pinned(project: str, pins: dict[str, str]) -> str:
+    """``project==version`` from the lock (a GPU build takes its CPU build's version); the bare name when
+    the lock does not list it."""
+    version = pins.get(_canonical(project)) or pins.get(_canonical(SAME_VERSION_AS.get(project, "")))
+    return f"{project}=={version}" if version else project
+
+
 # -------------------------------------------------------------------------------------- decisions
 
 def nvidia_smi_output(timeout: float = 10.0) -> str | None:
@@ -102,32 +152,85 @@ def onnxruntime_package(smi_output: str | None, platform: str = sys.platform) ->
     return "onnxruntime"
 
 
+def python_candidates(executable: str, exec_prefix: str, platform: str = sys.platform,
+                      base_executable: str = "", version: tuple[int, int] = sys.version_info[:2]) -> list[str]:
+    """Where the interpreter QGIS runs on lives, most likely first, by each platform's conventions:
+
+    * Windows (OSGeo4W, the standalone installer): ``python.exe``/``python3.exe`` in ``sys.exec_prefix``
+      (``<QGIS>\\apps\\Python3x``); ``sys.executable`` is ``qgis-bin.exe``;
+    * macOS (the app bundle): ``QGIS.app/Contents/MacOS/bin/python3``, else ``bin/python3.x`` of
+      ``sys.exec_prefix`` (the bundle's Python framework); ``sys.executable`` is the QGIS binary;
+    * Linux: ``bin/python3.x`` of ``sys.exec_prefix`` (``/usr/bin/python3.11``); ``sys.executable`` is what
+      PATH found first for ``python3``.
+
+    ``sys.executable`` and ``sys._base_executable`` come last, and only when they are named python."""
+    major, minor = version
+    out: list[str] = []
+    if platform.startswith("win"):
+        out += [os.path.join(exec_prefix, "python.exe"), os.path.join(exec_prefix, f"python{major}.exe")]
+    else:
+        if platform == "darwin" and ".app/Contents/" in (executable or ""):
+            bundle = executable[:executable.index(".app/Contents/") + len(".app/Contents/")]
+            out.append(os.path.join(bundle, "MacOS", "bin", f"python{major}"))
+        out += [os.path.join(exec_prefix, "bin", f"python{major}.{minor}"),
+                os.path.join(exec_prefix, "bin", f"python{major}")]
+    for exe in (base_executable, executable):
+        if exe and os.path.basename(exe).lower().startswith("python") and exe not in out:
+            out.append(exe)
+    return out
+
+
+_PROBE = ("import os, sys; print(sys.version_info[0], sys.version_info[1]); "
+          "print(os.path.realpath(sys.base_exec_prefix))")
+
+
+def interpreter_identity() -> tuple[int, int, str]:
+    """(major, minor, real base prefix) of the Python running this code."""
+    return sys.version_info[0], sys.version_info[1], os.path.realpath(sys.base_exec_prefix)
+
+
+@functools.lru_cache(maxsize=32)
+def probe_python(path: str, timeout: float = 30.0) -> tuple[int, int, str] | None:
+    """(major, minor, real base prefix) of the interpreter at ``path``, or None when it does not run."""
+    try:
+        done = subprocess.run([path, "-I", "-c", _PROBE], capture_output=True, text=True, timeout=timeout,
+                              **_no_window())
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = done.stdout.splitlines()
+    if done.returncode != 0 or len(lines) < 2:
+        return None
+    try:
+        major, minor = (int(v) for v in lines[0].split())
+    except ValueError:
+        return None
+    return major, minor, lines[1].strip()
+
+
 def find_python(executable: str = sys.executable, exec_prefix: str = sys.exec_prefix,
-                platform: str = sys.platform, exists=os.path.isfile, which=shutil.which) -> str:
+                platform: str = sys.platform, exists=os.path.isfile, probe=None,
+                base_executable: str | None = None) -> str:
     """The Python interpreter QGIS runs on, as a program pip can be started with.
 
-    Inside QGIS ``sys.executable`` is often QGIS itself (qgis-bin.exe on Windows,
-    the QGIS binary in a macOS bundle), which would open a second QGIS instead of
-    running pip. Look for pythonX next to the interpreter's prefix instead.
-    """
-    name = os.path.basename(executable or "").lower()
-    if name.startswith("python"):
-        return executable
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    if platform.startswith("win"):
-        candidates = [os.path.join(exec_prefix, "python.exe"), os.path.join(exec_prefix, "python3.exe"),
-                      os.path.join(exec_prefix, "bin", "python.exe")]
-    else:
-        candidates = [os.path.join(exec_prefix, "bin", f"python{version}"),
-                      os.path.join(exec_prefix, "bin", "python3"), os.path.join(exec_prefix, "bin", "python")]
+    Each of ``python_candidates`` that exists is run once (``probe(path)``, default: it prints its
+    version and base prefix) and taken only when it is this interpreter: same major.minor and the same
+    installation (a pyenv shim or a venv of another Python is not). Raises FileNotFoundError naming
+    the places looked at when none is."""
+    if base_executable is None:
+        base_executable = getattr(sys, "_base_executable", "") or ""
+    if probe is None:
+        want = interpreter_identity()
+
+        def probe(path):
+            got = probe_python(path)
+            return got is not None and got[:2] == want[:2] and os.path.normcase(got[2]) == os.path.normcase(want[2])
+    candidates = python_candidates(executable, exec_prefix, platform, base_executable)
     for c in candidates:
-        if exists(c):
+        if exists(c) and probe(c):
             return c
-    found = which(f"python{version}") or which("python3") or which("python")
-    if found:
-        return found
     raise FileNotFoundError(
-        f"No Python interpreter found next to {executable} (looked for {', '.join(candidates)}).")
+        f"QGIS's Python interpreter was not found (looked for {', '.join(candidates)}; a python there must be "
+        f"Python {sys.version_info[0]}.{sys.version_info[1]} of {sys.base_exec_prefix}).")
 
 
 def numpy_version() -> str | None:
@@ -138,10 +241,13 @@ def numpy_version() -> str | None:
     return numpy.__version__
 
 
-def requirements(onnxruntime: str, modules: list[str] | None = None) -> list[str]:
-    """pip requirements for the missing import names (all of them when ``modules`` is None)."""
+def requirements(onnxruntime: str, modules: list[str] | None = None, pins: dict[str, str] | None = None
+                 ) -> list[str]:
+    """pip requirements for the missing import names (all of them when ``modules`` is None), each pinned
+    to the lock file's version."""
     modules = list(REQUIRED) if modules is None else modules
-    return [onnxruntime if m == "onnxruntime" else PACKAGES[m] for m in PACKAGES if m in modules]
+    pins = read_pins() if pins is None else pins
+    return [pinned(onnxruntime if m == "onnxruntime" else PACKAGES[m], pins) for m in PACKAGES if m in modules]
 
 
 def install_command(python: str, target: str | os.PathLike, packages: list[str],
@@ -183,15 +289,21 @@ def prune_numpy(target: Path) -> list[str]:
 
 
 class InstallPlan:
-    """pip commands to run in order until one succeeds (onnxruntime-gpu first, onnxruntime as fallback)."""
+    """pip commands to run in order until one succeeds (onnxruntime-gpu first, onnxruntime as fallback).
+
+    Each package is pinned to the lock file's version (``pins``, default ``read_pins()``); a constraints
+    file beside the target holds QGIS's numpy and the rest of the lock, for what they pull in."""
 
     def __init__(self, python: str, target: Path, missing: list[str], smi_output: str | None,
-                 numpy_ver: str | None, platform: str = sys.platform):
+                 numpy_ver: str | None, platform: str = sys.platform, pins: dict[str, str] | None = None):
         self.python = python
         self.target = Path(target)
         self.missing = [m for m in PACKAGES if m in missing]
         self.numpy_version = numpy_ver
-        self.constraint_file = self.target.parent / f"{DEPS_FOLDER}_constraints.txt" if numpy_ver else None
+        self.pins = read_pins() if pins is None else dict(pins)
+        self.constraints = ([f"numpy=={numpy_ver}"] if numpy_ver else []) + [
+            f"{name}=={version}" for name, version in sorted(self.pins.items()) if name != "numpy"]
+        self.constraint_file = self.target.parent / f"{DEPS_FOLDER}_constraints.txt" if self.constraints else None
         self.ort = onnxruntime_package(smi_output, platform)
         self.platform = platform
         self.attempts: list[tuple[list[str], list[str]]] = []   # (requirements, command)
@@ -202,7 +314,7 @@ class InstallPlan:
             # no GPU wheel for this Python/platform, or its download failed: the CPU build always exists
             choices.append("onnxruntime")
         for ort in choices:
-            reqs = requirements(ort, self.missing)
+            reqs = requirements(ort, self.missing, self.pins)
             self.attempts.append((reqs, install_command(python, self.target, reqs, self.constraint_file)))
 
     @property
@@ -215,16 +327,17 @@ class InstallPlan:
             return ""
         cmd = list(self.attempts[-1][1])
         if "--constraint" in cmd:
-            # a terminal has no constraints file at hand: pin numpy inline instead
+            # a terminal has no constraints file at hand: the packages are pinned already, numpy inline
             i = cmd.index("--constraint")
             del cmd[i:i + 2]
-            cmd.append(f"numpy=={self.numpy_version}")
+            if self.numpy_version:
+                cmd.append(f"numpy=={self.numpy_version}")
         return format_command(cmd, self.platform)
 
     def prepare(self) -> None:
         self.target.mkdir(parents=True, exist_ok=True)
         if self.constraint_file is not None:
-            self.constraint_file.write_text(f"numpy=={self.numpy_version}\n", encoding="utf-8")
+            self.constraint_file.write_text("".join(line + "\n" for line in self.constraints), encoding="utf-8")
 
 
 def make_plan(missing: list[str] | None = None, target: Path | None = None) -> InstallPlan:

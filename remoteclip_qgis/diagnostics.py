@@ -11,6 +11,7 @@ from qgis.PyQt.QtWidgets import (
     QApplication,
     QDialog,
     QDialogButtonBox,
+    QMessageBox,
     QPlainTextEdit,
     QPushButton,
     QVBoxLayout,
@@ -105,8 +106,18 @@ def diagnostics_text(model: str | None = None) -> str:
         f"deps folder: {folder} ({'exists' if folder.is_dir() else 'not created yet'}"
         f"{', on sys.path' if str(folder) in sys.path else ''})",
         *_model_lines(model),
+        cache_line(),
     ]
     return "\n".join(lines)
+
+
+def cache_line(cache=None) -> str:
+    from .core.cache import EmbeddingCache, format_size
+
+    cache = cache or EmbeddingCache()
+    entries = cache.entries()
+    return (f"embedding cache: {cache.dir} ({len(entries)} entries, {format_size(sum(e.bytes for e in entries))} "
+            f"of at most {format_size(cache.max_bytes)}; REMOTECLIP_CACHE_MAX sets the limit)")
 
 
 class DiagnosticsDialog(QDialog):
@@ -125,8 +136,34 @@ class DiagnosticsDialog(QDialog):
         self.copy_button.setToolTip("Copy the report to the clipboard, for a bug report")
         buttons.addButton(self.copy_button, QDialogButtonBox.ButtonRole.ActionRole)
         self.copy_button.clicked.connect(self.copy)
+        self.clear_cache_button = QPushButton("Clear cache", self)
+        self.clear_cache_button.setObjectName("remoteclip_clear_cache")
+        self.clear_cache_button.setToolTip("Remove the cached tile embeddings (later runs compute them again)")
+        buttons.addButton(self.clear_cache_button, QDialogButtonBox.ButtonRole.ActionRole)
+        self.clear_cache_button.clicked.connect(self.clear_cache)
         buttons.rejected.connect(self.reject)
         layout.addWidget(buttons)
 
     def copy(self) -> None:
         QApplication.clipboard().setText(self.text.toPlainText())
+
+    def clear_cache(self, confirm: bool = True) -> tuple[int, int] | None:
+        """Remove every cached tile embedding (after asking); the report's cache line follows."""
+        from .core.cache import EmbeddingCache, format_size
+
+        cache = EmbeddingCache()
+        entries = cache.entries()
+        if not entries:
+            QMessageBox.information(self, "RemoteCLIP", f"The embedding cache ({cache.dir}) is empty.")
+            return None
+        if confirm and QMessageBox.question(
+                self, "RemoteCLIP", f"Remove the {len(entries)} cached tile embeddings "
+                f"({format_size(sum(e.bytes for e in entries))}) from {cache.dir}? Later runs compute them again.",
+                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                QMessageBox.StandardButton.No) != QMessageBox.StandardButton.Yes:
+            return None
+        removed = cache.clear()
+        lines = self.text.toPlainText().splitlines()
+        self.text.setPlainText("\n".join(cache_line(cache) if ln.startswith("embedding cache:") else ln
+                                         for ln in lines))
+        return removed

@@ -21,6 +21,7 @@ from qgis.core import (
     Qgis,
     QgsApplication,
     QgsCoordinateTransform,
+    QgsField,
     QgsMapLayerProxyModel,
     QgsMessageLog,
     QgsProject,
@@ -32,22 +33,38 @@ from qgis.core import (
     QgsVectorLayer,
 )
 from qgis.gui import QgsCollapsibleGroupBox, QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox
-from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtCore import (
+    QMetaType,
+    QObject,
+    QRunnable,
+    QStandardPaths,
+    Qt,
+    QThreadPool,
+    QTimer,
+    QUrl,
+    pyqtSignal,
+)
+from qgis.PyQt.QtGui import QColor, QDesktopServices, QIcon, QPixmap
 from qgis.PyQt.QtWidgets import (
+    QApplication,
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
+    QFileDialog,
     QFormLayout,
     QFrame,
     QHBoxLayout,
-    QLabel,
+    QHeaderView,
     QLineEdit,
+    QMenu,
     QMessageBox,
     QProgressBar,
     QPushButton,
     QScrollArea,
     QSpinBox,
-    QTabWidget,
+    QToolButton,
+    QTreeWidget,
+    QTreeWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -62,12 +79,16 @@ from .core.tasks import TASKS as TASK_CLASSES
 from .core.tiles import MAX_OVERLAP
 from .model_picker import DEMO_NOTE, ModelRow, is_demo
 from .task_forms import TaskForm
+from .widgets import PathLabel, TaskPages, WrapLabel, compact, fit_forms, menu_action, wrap_check_boxes
 
 LOG_TAG = "RemoteCLIP"
 SETTINGS = "RemoteCLIP/"
 DEMO_MODEL = DEMO_BUNDLE   # the demo model shipped inside the plugin (models/ beside the vendored core)
 RESULTS_FOLDER = "remoteclip_results"
-TASKS = tuple(TASK_CLASSES)   # the tabs, in the registry's order
+UNSAVED_RESULTS_FOLDER = "RemoteCLIP results"
+REAL_MODEL = "RemoteCLIP-ViT-B-32"   # what the demo banner offers to get
+PLAN_DELAY_MS = 400                  # the plan is worked out once the user stops typing for this long
+TASKS = tuple(TASK_CLASSES)   # the task pages, in the registry's order
 EXTENT_LAYER, EXTENT_CANVAS, EXTENT_FEATURES = "layer", "canvas", "features"
 EXPORT_FORMATS = {"GeoPackage": ("GPKG", ".gpkg"), "ESRI Shapefile": ("ESRI Shapefile", ".shp")}
 
@@ -81,12 +102,22 @@ def default_model() -> str:
     return default_bundle() or ""
 
 
+def results_folder_setting() -> str:
+    return QgsSettings().value(SETTINGS + "results_dir", "", type=str)
+
+
 def results_folder(project: QgsProject | None = None) -> Path:
-    """Next to the saved project (remoteclip_results/), else in QGIS's settings folder."""
+    """Where runs without an output file save their GeoPackage: the folder chosen in the panel, else
+    remoteclip_results/ next to the saved project, else "RemoteCLIP results" in the Documents folder
+    (visible, not inside QGIS's profile)."""
+    chosen = results_folder_setting()
+    if chosen:
+        return Path(chosen)
     project = project or QgsProject.instance()
     if project.fileName():
         return Path(project.absolutePath()) / RESULTS_FOLDER
-    return Path(QgsApplication.qgisSettingsDirPath()) / RESULTS_FOLDER
+    documents = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.DocumentsLocation)
+    return Path(documents or Path.home()) / UNSAVED_RESULTS_FOLDER
 
 
 def slug(text: str) -> str:
@@ -136,10 +167,7 @@ def set_value(widget, value) -> None:
     widget.setValue(value)  # noqa: QGS202 (a Qt widget setter: nothing to check)
 
 
-def _compact(combo) -> None:
-    # long layer names must not widen the dock: combos elide instead
-    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-    combo.setMinimumContentsLength(6)
+_compact = compact
 
 
 def save_setting(key: str, value) -> None:
@@ -165,6 +193,9 @@ class RemoteClipDock(QgsDockWidget):
         self._kind = None
         self._name = ""
         self._output = None
+        self._plan_generation = 0
+        self._demo_run = False
+        self.plan = None
         self._build()
         self._restore()
         self.refresh_dependencies()
@@ -177,28 +208,18 @@ class RemoteClipDock(QgsDockWidget):
 
     def _build(self) -> None:
         scroll = QScrollArea(self)
+        scroll.setObjectName("remoteclip_scroll")
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.setMinimumWidth(300)
+        self.scroll = scroll
+        self.setMinimumWidth(300)   # QGIS's own default dock width: everything is laid out to fit it
         body = QWidget(scroll)
         col = QVBoxLayout(body)
         col.setContentsMargins(6, 6, 6, 6)
 
-        # missing packages banner
-        self.banner = QFrame(body)
-        self.banner.setObjectName("deps_banner")
-        self.banner.setStyleSheet("#deps_banner { background: #fff4ce; border: 1px solid #e0b000; "
-                                  "border-radius: 3px; }")
-        b = QVBoxLayout(self.banner)
-        self.banner_label = QLabel(self.banner)
-        self.banner_label.setWordWrap(True)
-        self.banner_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.install_button = QPushButton("Install dependencies", self.banner)
-        self.install_button.clicked.connect(self.install_dependencies)
-        b.addWidget(self.banner_label)
-        b.addWidget(self.install_button)
-        col.addWidget(self.banner)
+        col.addWidget(self._deps_banner(body))
+        col.addWidget(self._demo_banner(body))
 
         # input
         form = QFormLayout()
@@ -215,22 +236,21 @@ class RemoteClipDock(QgsDockWidget):
         self.model_row.message.connect(lambda text, level: self.iface.messageBar().pushMessage(
             "RemoteCLIP", text, Qgis.MessageLevel(level), 10))
         form.addRow("Model", self.model_row)
-        device_row = QHBoxLayout()
         self.device_combo = QComboBox(body)
         _compact(self.device_combo)
         self.device_combo.addItems(["auto", "cpu", "cuda"])
         self.device_combo.setToolTip("auto: the GPU when onnxruntime-gpu and CUDA work, else the CPU")
-        self.provider_label = QLabel("ran on: not run yet", body)
+        form.addRow("Device", self.device_combo)
+        self.provider_label = WrapLabel("ran on: not run yet", body)
         self.provider_label.setObjectName("provider_label")
-        self.provider_label.setWordWrap(True)
         self.provider_label.setToolTip("The onnxruntime execution provider that really ran the last job")
-        device_row.addWidget(self.device_combo)
-        device_row.addWidget(self.provider_label, 1)
-        form.addRow("Device", device_row)
-        col.addLayout(form)
+        form.addRow("", self.provider_label)
 
-        # task tabs
-        self.tabs = QTabWidget(body)
+        # the task: a combo and its page (a tab bar of the tasks is wider than the dock); a page per
+        # registered task (task_forms)
+        self.tabs = TaskPages(body)
+        form.addRow("Task", self.tabs.combo)
+        col.addLayout(form)
         self.forms: dict[str, TaskForm] = {}
         for kind, cls in TASK_CLASSES.items():
             self.forms[kind] = TaskForm(cls, self.tabs)
@@ -242,18 +262,24 @@ class RemoteClipDock(QgsDockWidget):
         col.addWidget(self._tiles_group(body))
         col.addWidget(self._run_group(body))
         col.addWidget(self._output_group(body))
+        col.addWidget(self._result_group(body))
 
         col.addWidget(self._export_group(body))
         col.addStretch(1)
         scroll.setWidget(body)
 
-        # Run, progress and status stay in view below the scrolling settings
+        # the plan, Run, progress and status stay in view below the scrolling settings
         outer = QWidget(self)
         outer_col = QVBoxLayout(outer)
         outer_col.setContentsMargins(0, 0, 0, 6)
         outer_col.addWidget(scroll, 1)
         bar = QVBoxLayout()
         bar.setContentsMargins(6, 0, 6, 0)
+        self.plan_label = WrapLabel("", outer)
+        self.plan_label.setObjectName("plan_label")
+        self.plan_label.setToolTip("How many tiles the run will have and, once this model has run here, how "
+                                   "long it takes. Follows the tile size, overlap and extent.")
+        bar.addWidget(self.plan_label)
         buttons = QHBoxLayout()
         self.run_button = QPushButton("Run", outer)
         self.run_button.setObjectName("remoteclip_run")
@@ -261,19 +287,91 @@ class RemoteClipDock(QgsDockWidget):
         self.cancel_button = QPushButton("Cancel", outer)
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
+        self.help_button = QToolButton(outer)
+        self.help_button.setObjectName("remoteclip_help")
+        self.help_button.setIcon(QgsApplication.getThemeIcon("/mActionHelpContents.svg"))
+        self.help_button.setText("Help")
+        self.help_button.setToolTip("Open the RemoteCLIP documentation (in the web browser)")
+        self.help_button.clicked.connect(self.open_help)
+        buttons.addWidget(self.run_button, 1)
+        buttons.addWidget(self.cancel_button, 1)
+        buttons.addWidget(self.help_button)
         bar.addLayout(buttons)
         self.progress = QProgressBar(outer)
         self.progress.setRange(0, 100)
         set_value(self.progress, 0)
         bar.addWidget(self.progress)
-        self.status = QLabel("Ready.", outer)
-        self.status.setWordWrap(True)
+        self.status = WrapLabel("Ready.", outer)
+        self.status.setObjectName("status_label")
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         bar.addWidget(self.status)
         outer_col.addLayout(bar)
         self.setWidget(outer)
+        fit_forms(outer)
+        wrap_check_boxes(outer)
+        self._plan_timer = QTimer(self)
+        self._plan_timer.setSingleShot(True)
+        self._plan_timer.setInterval(PLAN_DELAY_MS)
+        self._plan_timer.timeout.connect(self.update_plan)
+        self._planner = _PlanRelay(self)
+        self._planner.planned.connect(self._show_plan)
+        for signal in (self.layer_combo.layerChanged, self.tile_size.valueChanged, self.tile_unit.currentIndexChanged,
+                       self.overlap.valueChanged, self.extent_combo.currentIndexChanged, self.polygon_combo.layerChanged,
+                       self.selected_only.toggled, self.bands_edit.textChanged, self.model_widget.fileChanged,
+                       self.device_combo.currentIndexChanged, self.precision_combo.currentIndexChanged):
+            signal.connect(self.schedule_plan)
+        canvas = self.iface.mapCanvas() if self.iface is not None else None
+        if canvas is not None and hasattr(canvas, "extentsChanged"):
+            canvas.extentsChanged.connect(self._canvas_moved)
+
+    def _deps_banner(self, body) -> QWidget:
+        """Missing packages: what, where they go, the Install button and the command to run by hand."""
+        self.banner = QFrame(body)
+        self.banner.setObjectName("deps_banner")
+        self.banner.setStyleSheet("#deps_banner { background: #fff4ce; border: 1px solid #e0b000; "
+                                  "border-radius: 3px; }")
+        b = QVBoxLayout(self.banner)
+        self.banner_label = WrapLabel("", self.banner)
+        self.banner_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        # a command line has no spaces to wrap at: a read-only line (scrolls, selects, copies) holds it
+        self.manual_edit = QLineEdit(self.banner)
+        self.manual_edit.setObjectName("deps_manual_command")
+        self.manual_edit.setReadOnly(True)
+        self.manual_edit.setToolTip("The command that installs them by hand, in a terminal")
+        self.install_button = QPushButton("Install dependencies", self.banner)
+        self.install_button.clicked.connect(self.install_dependencies)
+        copy = QToolButton(self.banner)
+        copy.setText("Copy")
+        copy.setToolTip("Copy the command to the clipboard")
+        copy.clicked.connect(lambda: QApplication.clipboard().setText(self.manual_edit.text()))
+        self.copy_command_button = copy
+        row = QHBoxLayout()
+        row.addWidget(self.manual_edit, 1)
+        row.addWidget(copy)
+        b.addWidget(self.banner_label)
+        b.addLayout(row)
+        b.addWidget(self.install_button)
+        return self.banner
+
+    def _demo_banner(self, body) -> QWidget:
+        """While the demo model is chosen: say plainly that its results are not credible, and offer Get."""
+        self.demo_banner = QFrame(body)
+        self.demo_banner.setObjectName("demo_banner")
+        self.demo_banner.setStyleSheet("#demo_banner { background: #e8f1fb; border: 1px solid #4e79a7; "
+                                       "border-radius: 3px; }")
+        b = QVBoxLayout(self.demo_banner)
+        self.demo_label = WrapLabel("<b>Demo model</b>: for trying the plugin only. Its results look like a map "
+                                    "but are not credible: get RemoteCLIP for real work.", self.demo_banner)
+        self.demo_label.setToolTip(f"{REAL_MODEL}: 605 MB, downloaded and converted here, no PyTorch needed")
+        self.demo_get_button = QPushButton("Get RemoteCLIP", self.demo_banner)
+        self.demo_get_button.setObjectName("demo_get")
+        self.demo_get_button.setToolTip(f"Chooses {REAL_MODEL} in the Model list and starts its download and "
+                                        "conversion")
+        self.demo_get_button.clicked.connect(self.get_real_model)
+        b.addWidget(self.demo_label)
+        b.addWidget(self.demo_get_button)
+        self.demo_banner.setVisible(False)
+        return self.demo_banner
 
     def _name_widgets(self) -> None:
         """The generated widgets under the names the rest of the dock (and its tests) use."""
@@ -290,11 +388,11 @@ class RemoteClipDock(QgsDockWidget):
         form = QFormLayout(box)
         row = QHBoxLayout()
         self.tile_size = QDoubleSpinBox(box)
-        self.tile_size.setRange(1.0, 1e6)
+        self.tile_size.setRange(1.0, 1e5)
         self.tile_size.setDecimals(1)
         set_value(self.tile_size, 224)
         self.tile_unit = QComboBox(box)
-        _compact(self.tile_unit)
+        _compact(self.tile_unit, 4)
         self.tile_unit.addItem("pixels", "px")
         self.tile_unit.addItem("metres", "m")
         row.addWidget(self.tile_size, 1)
@@ -312,20 +410,41 @@ class RemoteClipDock(QgsDockWidget):
         self.extent_combo.addItem("Polygons of a layer", EXTENT_FEATURES)
         self.extent_combo.currentIndexChanged.connect(self._extent_changed)
         form.addRow("Extent", self.extent_combo)
-        poly_row = QHBoxLayout()
         self.polygon_combo = QgsMapLayerComboBox(box)
         _compact(self.polygon_combo)
         self.polygon_combo.setFilters(QgsMapLayerProxyModel.Filter.PolygonLayer)
-        self.selected_only = QCheckBox("selected only", box)
+        form.addRow("Polygons", self.polygon_combo)
+        self.selected_only = QCheckBox("Selected polygons only", box)
         self.selected_only.setChecked(True)
-        poly_row.addWidget(self.polygon_combo, 1)
-        poly_row.addWidget(self.selected_only)
-        form.addRow("Polygons", poly_row)
+        form.addRow("", self.selected_only)
         self.bands_edit = QLineEdit(box)
         self.bands_edit.setPlaceholderText("auto (RGB by colour interpretation)")
         form.addRow("Bands", self.bands_edit)
         self._extent_changed()
         return box
+
+    def show_results_folder(self) -> None:
+        """The folder runs without an output file write to, and why there."""
+        folder = results_folder()
+        self.folder_label.setPath(str(folder))
+        why = ("chosen in the panel" if results_folder_setting() else "next to the saved project"
+               if QgsProject.instance().fileName() else "the project is not saved yet")
+        self.folder_label.setToolTip(f"{folder}\n({why}; Change… chooses another)")
+
+    def choose_results_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Folder for RemoteCLIP results", str(results_folder()))
+        if path:
+            self.set_results_folder(path)
+
+    def set_results_folder(self, path: str) -> None:
+        """'' goes back to automatic: next to the saved project, else the Documents folder."""
+        save_setting("results_dir", path)
+        self.show_results_folder()
+
+    def open_results_folder(self) -> None:
+        folder = results_folder()
+        folder.mkdir(parents=True, exist_ok=True)   # the user asked to see it
+        QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder)))
 
     def _run_group(self, parent) -> QWidget:
         box = QgsCollapsibleGroupBox("Model run", parent)
@@ -353,8 +472,24 @@ class RemoteClipDock(QgsDockWidget):
         self.output_widget.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
         self.output_widget.setConfirmOverwrite(False)   # Run asks, and only when something would be replaced
         self.output_widget.setFilter("GeoPackage (*.gpkg);;ESRI Shapefile (*.shp)")
-        self.output_widget.lineEdit().setPlaceholderText(f"auto: {results_folder()}/…gpkg")
+        self.output_widget.lineEdit().setPlaceholderText("automatic (in the folder below)")
+        self.output_widget.setToolTip("Where this run's result is saved. Empty: a new GeoPackage, named after the "
+                                      "raster, the task and the time, in the results folder")
         form.addRow("File", self.output_widget)
+        self.folder_label = PathLabel("", box)
+        self.folder_label.setObjectName("results_folder")
+        self.folder_button = QToolButton(box)
+        self.folder_button.setText("Change…")
+        self.folder_button.setToolTip("Choose the results folder, or open it")
+        self.folder_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        menu = QMenu(self.folder_button)
+        menu_action(menu, "Choose the results folder…", self.choose_results_folder)
+        menu_action(menu, "Next to the saved project (automatic)", lambda: self.set_results_folder(""))
+        menu_action(menu, "Open the results folder", self.open_results_folder)
+        self.folder_button.setMenu(menu)
+        form.addRow("Folder", self.folder_button)
+        form.addRow(self.folder_label)   # the whole width: a path needs it
+        self.show_results_folder()
         self.dissolve = QCheckBox("Dissolve equal neighbours", box)
         self.dissolve.setToolTip("Merge touching tiles with the same label / count / selection into one polygon")
         form.addRow(self.dissolve)
@@ -369,6 +504,62 @@ class RemoteClipDock(QgsDockWidget):
         self.tabs.currentChanged.connect(self._kind_changed)
         self._kind_changed()
         return box
+
+    def _result_group(self, parent) -> QWidget:
+        """The last run's summary: per class its tiles and ground area (core.summary)."""
+        box = QgsCollapsibleGroupBox("Last result", parent)
+        box.setObjectName("result_group")
+        v = QVBoxLayout(box)
+        self.result_title = WrapLabel("", box)
+        self.result_table = QTreeWidget(box)
+        self.result_table.setObjectName("result_table")
+        self.result_table.setRootIsDecorated(False)
+        self.result_table.setColumnCount(3)
+        self.result_table.setHeaderLabels(["", "Tiles", "Area"])
+        self.result_table.setSelectionMode(QTreeWidget.SelectionMode.NoSelection)
+        header = self.result_table.header()
+        header.setStretchLastSection(False)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
+        v.addWidget(self.result_title)
+        v.addWidget(self.result_table)
+        self.result_box = box
+        box.setVisible(False)
+        return box
+
+    def show_summary(self, kind: str, rows: list, task=None) -> None:
+        """Fill the Last result table: class (count, selection) | tiles | area, the most tiles first."""
+        from .core.summary import format_area
+        from .layers import class_color, count_label
+
+        self.result_table.clear()
+        renderer = TASK_CLASSES[kind].style.renderer if kind in TASK_CLASSES else ""
+        heading = {"categories": "Class", "counts": "Count", "graduated": "Selection"}.get(renderer, "")
+        self.result_table.setHeaderLabels([heading, "Tiles", "Area"])
+        for row in rows:
+            if renderer == "counts":
+                text = count_label(int(row.value), getattr(task, "object_name", None), getattr(task, "max_count", None))
+            elif renderer == "graduated":
+                text = "selected" if row.value else "not selected"
+            else:
+                text = str(row.value)
+            item = QTreeWidgetItem([text, f"{row.n_tiles:,}", format_area(row.area_m2)])
+            item.setToolTip(0, text)
+            item.setTextAlignment(1, int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter))
+            item.setTextAlignment(2, int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter))
+            if renderer == "categories":
+                swatch = QPixmap(12, 12)
+                swatch.fill(QColor(class_color(text)))
+                item.setIcon(0, QIcon(swatch))
+            self.result_table.addTopLevelItem(item)
+        # as tall as its rows (up to 10): no scroll bar inside the dock's own
+        shown = min(len(rows), 10)
+        height = self.result_table.header().sizeHint().height() + 2 * self.result_table.frameWidth()
+        if rows:
+            height += shown * self.result_table.sizeHintForRow(0)
+        self.result_table.setFixedHeight(height)
+        self.result_box.setVisible(bool(rows))
 
     def _kind_changed(self, _index=None) -> None:
         self.raster_output_widget.setEnabled(TASK_CLASSES[self.current_kind()].dense)
@@ -423,6 +614,7 @@ class RemoteClipDock(QgsDockWidget):
 
     def _model_changed(self, _path=None) -> None:
         path = self.model_path()
+        self.demo_banner.setVisible(bool(path) and is_demo(path))
         self.bundle = None
         if not path:
             self.model_info.setText("<i>No model: choose a bundle folder or .zip.</i>")
@@ -436,7 +628,7 @@ class RemoteClipDock(QgsDockWidget):
             return
         self.bundle = b   # parsed once, here; handed to the job
         self.model_info.setText(f"<b>{_html(b.name)}</b> · {_html(b.architecture)} · {_html(b.activation)} · "
-                                f"{b.embed_dim}-d" + (f"<br><i>{DEMO_NOTE}</i>" if is_demo(path) else ""))
+                                f"{b.embed_dim}-d")
         current = self.precision_combo.currentText()
         self.precision_combo.clear()
         self.precision_combo.addItems(list(b.precisions))
@@ -458,13 +650,21 @@ class RemoteClipDock(QgsDockWidget):
     def refresh_dependencies(self) -> list[str]:
         missing = deps.missing_modules()
         if missing:
-            plan_text = ""
-            with contextlib.suppress(FileNotFoundError):   # no python found: the banner still says what is missing
+            plan_text, problem = "", ""
+            try:
                 plan_text = deps.make_plan(missing).manual_command()
+            except FileNotFoundError as e:   # no python found: the banner still says what is missing
+                problem = str(e)
+            folder = deps.deps_dir()
             self.banner_label.setText(
                 f"<b>Missing Python packages: {', '.join(missing)}.</b> RemoteCLIP needs them to run models. "
-                f"Click the button to install them into {deps.deps_dir()} (QGIS's numpy is kept)"
-                + (f", or run by hand:<br><code>{_html(plan_text)}</code>" if plan_text else "."))
+                "Install them into a folder of your QGIS profile (QGIS's own numpy is kept)"
+                + (", or run this in a terminal:" if plan_text else f". {_html(problem)}"))
+            self.banner_label.setToolTip(str(folder))
+            self.manual_edit.setText(plan_text)
+            self.manual_edit.setCursorPosition(0)
+            self.manual_edit.setVisible(bool(plan_text))
+            self.copy_command_button.setVisible(bool(plan_text))
         self.banner.setVisible(bool(missing))
         self.run_button.setEnabled(not missing and self.task is None)
         self.run_button.setToolTip("Install the missing packages first" if missing else "")
@@ -473,20 +673,27 @@ class RemoteClipDock(QgsDockWidget):
     def install_dependencies(self) -> None:
         if self.install_task is not None:
             return
-        plan = deps.make_plan()
+        try:
+            plan = deps.make_plan()
+        except FileNotFoundError as e:
+            self._report_error(str(e), "Install onnxruntime, ftfy and regex with the Python QGIS runs on (OSGeo4W "
+                               "Shell on Windows), or ask your administrator.")
+            return
         if not plan.attempts:
             self.refresh_dependencies()
             return
         self.install_task = deps.InstallTask(plan)
         self.install_task.done.connect(self._install_done)
         self.install_button.setEnabled(False)
-        self.install_button.setText("Installing… (see the log panel, tab RemoteCLIP)")
+        self.install_button.setText("Installing…")
+        self.install_button.setToolTip("pip's output: View > Panels > Log Messages, tab RemoteCLIP")
         QgsApplication.taskManager().addTask(self.install_task)
 
     def _install_done(self, ok: bool, summary: str, manual: str) -> None:
         self.install_task = None
         self.install_button.setEnabled(True)
         self.install_button.setText("Install dependencies")
+        self.install_button.setToolTip("")
         missing = self.refresh_dependencies()
         bar = self.iface.messageBar()
         if ok and not missing:
@@ -496,6 +703,66 @@ class RemoteClipDock(QgsDockWidget):
                                      LOG_TAG, Qgis.MessageLevel.Critical)
             bar.pushMessage("RemoteCLIP", f"Installing dependencies failed ({summary}). Run by hand: {manual}",
                             Qgis.MessageLevel.Critical, 0)
+
+    # ---------------------------------------------------------------------------------- demo, help
+
+    def get_real_model(self) -> None:
+        """The demo banner's button: choose RemoteCLIP in the model list and Get it (or just choose it when it
+        is here already)."""
+        if self.model_row.select_entry(REAL_MODEL) < 0:
+            self._report_error(f"{REAL_MODEL} is not in the model catalogue.", "Refresh the list (Model > …) or "
+                               "choose a bundle folder.")
+            return
+        if self.model_row.current_entry() is not None:
+            self.model_row.get()
+
+    def open_help(self) -> bool:
+        return QDesktopServices.openUrl(QUrl(help_url()))
+
+    # ------------------------------------------------------------------------------------ the plan
+
+    def schedule_plan(self, *_args) -> None:
+        """Work the plan out again once the inputs have stopped changing for PLAN_DELAY_MS."""
+        self._plan_timer.start()
+
+    def _canvas_moved(self) -> None:
+        layer = self.layer_combo.currentLayer()
+        if self.extent_combo.currentData() == EXTENT_CANVAS or (isinstance(layer, QgsRasterLayer) and is_web_layer(layer)):
+            self.schedule_plan()
+
+    def update_plan(self) -> None:
+        """The plan of what Run would do (core.jobs.plan_job: tiles and time, no pixel read, no model run),
+        worked out in a worker thread and shown above Run; input problems are shown there too."""
+        from .core.jobs import EmbedTask, Job
+
+        self._plan_generation += 1
+        generation = self._plan_generation
+        try:
+            _layer, raster, tiles, run = self._inputs()
+            job = Job(raster=raster, task=EmbedTask(), run=run, tiles=tiles, max_tiles=None)
+        except RemoteClipError as e:
+            self._show_plan(generation, None, e.problem)
+            return
+        self.plan_label.setText("Plan: counting tiles…")
+        QThreadPool.globalInstance().start(_PlanRun(self._planner, generation, job))
+
+    def _show_plan(self, generation: int, plan, problem: str) -> None:
+        if generation != self._plan_generation:
+            return   # the inputs changed since: a newer plan is on its way
+        self.plan = plan
+        if plan is None:
+            self.plan_label.setText(f"<span style='color:#8a6d00'>Plan: {_html(problem)}</span>")
+            return
+        from .core.jobs import MAX_TILES
+
+        text = f"Plan: {plan.n_tiles:,} tiles of {plan.tile_px[0]} × {plan.tile_px[1]} px"
+        if plan.seconds is not None:
+            text += f", about {format_duration(plan.seconds)} ({plan.rate:.1f} tiles/s measured here)"
+        else:
+            text += " (the time is known after a first run of this model here)"
+        if plan.n_tiles > MAX_TILES:
+            text += ". That is many: Run asks first"
+        self.plan_label.setText(_html(text) + ".")
 
     # ------------------------------------------------------------------------------------- the job
 
@@ -507,8 +774,7 @@ class RemoteClipDock(QgsDockWidget):
 
     def _task(self):
         """The current tab's task, parsed by its class from the widgets' values (as typed)."""
-        cls = TASK_CLASSES[self.current_kind()]
-        return cls.from_inputs(self.forms[cls.kind].raw(), spell=lambda prm: prm.label)
+        return self.forms[self.current_kind()].task()
 
     def _extent(self, layer: QgsRasterLayer):
         from .layer_source import extent_from_features, extent_from_rectangle
@@ -536,9 +802,9 @@ class RemoteClipDock(QgsDockWidget):
             ext = QgsCoordinateTransform(crs, layer.crs(), QgsProject.instance()).transformBoundingBox(ext)
         return ext.width() / max(canvas.width(), 1)
 
-    def build_job(self):
-        """The core Job the widgets describe, its style kind and the name of the layer to add."""
-        from .core.jobs import Job, RunOptions, TileSpec
+    def _inputs(self):
+        """(layer, raster, TileSpec, RunOptions): what the dock's jobs and its plan share."""
+        from .core.jobs import RunOptions, TileSpec
         from .layer_source import raster_for_layer
 
         layer = self.layer_combo.currentLayer()
@@ -549,24 +815,31 @@ class RemoteClipDock(QgsDockWidget):
         if not model:
             raise RemoteClipError("No model bundle is chosen.",
                                   "Choose a bundle folder (with manifest.json) or a bundle .zip under Model.")
-        kind = self.current_kind()
         extent = self._extent(layer)
         raster = raster_for_layer(layer, pixel_size=self._pixel_size(layer), extent=extent)
-        output = self.output_widget.filePath().strip() or default_output(layer.name(), kind)
-        if not os.path.splitext(output)[1]:
-            output += ".gpkg"
         tiles = TileSpec(size=self.tile_size.value(), unit=self.tile_unit.currentData(),
                          overlap=self.overlap.value() / 100.0, extent=extent,
                          bands=parse_bands(self.bands_edit.text()))
         run = RunOptions(model=self._loaded_bundle(model), device=self.device_combo.currentText(),
                          precision=self.precision_combo.currentText() or "fp32",
                          batch_size=self.batch_size.value(), cache_dir=None if self.use_cache.isChecked() else "")
+        return layer, raster, tiles, run
+
+    def build_job(self):
+        """The core Job the widgets describe, its style kind and the name of the layer to add."""
+        from .core.jobs import Job
+
+        layer, raster, tiles, run = self._inputs()
+        kind = self.current_kind()
+        output = self.output_widget.filePath().strip() or default_output(layer.name(), kind)
+        if not os.path.splitext(output)[1]:
+            output += ".gpkg"
         dense = self.raster_output_widget.filePath().strip() if TASK_CLASSES[kind].dense else ""
         if dense and not os.path.splitext(dense)[1]:
             dense += ".tif"
         job = Job(raster=raster, task=self._task(), run=run, tiles=tiles, output=output,
                   dissolve=self.dissolve.isChecked(), raster_output=dense or None)
-        return job, kind, job.task.layer_title(layer.name())
+        return job, kind, run_title(job.task.layer_title(layer.name()), tiles)
 
     def _loaded_bundle(self, model: str):
         """The bundle the model row loaded (the worker need not read the manifest again), else the path."""
@@ -583,6 +856,18 @@ class RemoteClipDock(QgsDockWidget):
         if missing:
             self._report_error("Missing Python packages: " + ", ".join(missing) + ".",
                                "Click 'Install dependencies' in the RemoteCLIP panel.")
+            return None
+        form = self.forms[self.current_kind()]
+        try:
+            form.task()
+        except RemoteClipError as e:
+            # shown under the field (task_forms): the panel says where, no message bar for a typo
+            self.status.setText(f"<span style='color:#b00020'>Check the {_html(form.task_cls.title)} settings: "
+                                f"{_html(e.problem)}</span>")
+            self.status.setToolTip("")
+            for label in (*form.errors.values(), form.form_error):
+                if label.isVisibleTo(self):
+                    self.scroll.ensureWidgetVisible(label)
             return None
         try:
             job, kind, name = self.build_job()
@@ -606,7 +891,10 @@ class RemoteClipDock(QgsDockWidget):
         self.task.failed.connect(self._failed)
         self.task.cancelled.connect(self._cancelled)
         self._set_running(True)
-        self.status.setText(f"Running {kind} on {name.split(' · ')[0]}…")
+        self._demo_run = is_demo(self.model_path())
+        self.provider_label.setText(f"ran on: … (running, device {job.run.device})")
+        self.status.setText(f"Running {kind} on {_html(name.split(' · ')[0])}…")
+        self.status.setToolTip("")
         QgsApplication.taskManager().addTask(self.task)
         return self.task
 
@@ -681,10 +969,14 @@ class RemoteClipDock(QgsDockWidget):
         self.task = None
         self._set_running(False)
         self.refresh_dependencies()
+        self.schedule_plan()   # the run may have measured this model's speed here
 
     def _succeeded(self, result) -> None:
         from .layers import add_dense_layer, add_result_layer, add_suggestions_layer
 
+        rows = list(getattr(self.task, "summary", []) or [])
+        job = getattr(self.task, "job", None)
+        task = job.task if job is not None else None
         self._finish()
         set_value(self.progress, 100)
         self.last_result = result
@@ -714,23 +1006,52 @@ class RemoteClipDock(QgsDockWidget):
         cv = (result.report or {}).get("cv")
         if cv:
             summary += f" · cross-validated accuracy {cv['accuracy']:.0%}"
-        self.status.setText(f"Done: {summary}. Saved to {result.output}")
+        self.status.setText(f"Done: {summary}. Saved to {_html(os.path.basename(result.output))}.")
+        self.status.setToolTip(f"Saved to {result.output}")
+        self.show_results_folder()
         for w in result.warnings:
             self.iface.messageBar().pushMessage("RemoteCLIP", w, Qgis.MessageLevel.Warning, 10)
-        self.iface.messageBar().pushMessage("RemoteCLIP", f"{self._name}: {result.n_tiles} tiles{cache}.",
-                                            Qgis.MessageLevel.Success, 5)
+        self.show_summary(self._kind, rows, task)
+        self.result_title.setText(f"{_html(self._name)}: {result.n_tiles:,} tiles")
+        top = ", ".join(f"{self.result_table.topLevelItem(i).text(0)} {self.result_table.topLevelItem(i).text(1)}"
+                        for i in range(min(self.result_table.topLevelItemCount(), 3)))
+        self.iface.messageBar().pushMessage("RemoteCLIP", f"{self._name}: {result.n_tiles} tiles{cache}"
+                                            + (f" · {top}" if top else "") + ".", Qgis.MessageLevel.Success, 5)
+        if self._demo_run:
+            self._demo_message()
         self.resultAdded.emit(layer)
 
+    def _demo_message(self) -> None:
+        """After a run with the demo model: say so on the message bar, with the button that gets RemoteCLIP."""
+        bar = self.iface.messageBar()
+        text = DEMO_NOTE[0].upper() + DEMO_NOTE[1:] + "."
+        try:
+            item = bar.createMessage("RemoteCLIP", text)
+            button = QPushButton(f"Get {REAL_MODEL}", item)
+            button.clicked.connect(self.get_real_model)
+            item.layout().addWidget(button)
+            bar.pushWidget(item, Qgis.MessageLevel.Info, 15)
+        except (AttributeError, TypeError):   # a message bar without widgets (a test's iface)
+            bar.pushMessage("RemoteCLIP", text, Qgis.MessageLevel.Info, 15)
+
     def _failed(self, error: str, details: str) -> None:
+        """A run that stopped: input the user can fix (no details) is a warning that goes away; a bug (its
+        traceback in the log panel) stays on the message bar until closed."""
         self._finish()
         set_value(self.progress, 0)
+        self.provider_label.setText("ran on: – (the last run failed)")
         self.status.setText(f"<span style='color:#b00020'>Failed: {_html(error)}</span>")
-        self.iface.messageBar().pushMessage("RemoteCLIP", f"{error} (details: View > Panels > Log Messages, "
-                                            f"tab {LOG_TAG})", Qgis.MessageLevel.Critical, 0)
+        if details:
+            self.iface.messageBar().pushMessage(
+                "RemoteCLIP", f"The run stopped on an error in RemoteCLIP: {error} (the details for a bug report: "
+                f"View > Panels > Log Messages, tab {LOG_TAG})", Qgis.MessageLevel.Critical, 0)
+        else:
+            self.iface.messageBar().pushMessage("RemoteCLIP", error, Qgis.MessageLevel.Warning, 15)
 
     def _cancelled(self) -> None:
         self._finish()
         set_value(self.progress, 0)
+        self.provider_label.setText("ran on: – (the last run was cancelled)")
         self.status.setText("Cancelled; nothing was written.")
 
     def _report_error(self, problem: str, fix: str | None) -> None:
@@ -765,6 +1086,8 @@ class RemoteClipDock(QgsDockWidget):
 
     def unload(self) -> None:
         """Stop what runs: a task left running would call back into a deleted dock."""
+        self._plan_timer.stop()
+        self._plan_generation += 1   # a plan still being worked out is dropped
         self.model_row.unload()
         for t in (self.task, self.install_task):
             if t is not None:
@@ -811,6 +1134,13 @@ def export_layer(layer: QgsVectorLayer, path: str, format_name: str = "GeoPackag
     options.layerName = layer_name
     if driver == "GPKG" and os.path.isfile(path):
         options.actionOnExistingFile = QgsVectorFileWriter.ActionOnExistingFile.CreateOrOverwriteLayer
+    converter = None
+    if driver == "ESRI Shapefile":
+        # the GeoPackage's feature id is not an attribute of the result, and a .dbf text field holds 254 bytes
+        keys = set(layer.dataProvider().pkAttributeIndexes())
+        options.attributes = [i for i in range(layer.fields().count()) if i not in keys]
+        converter = ShapefileFields()
+        options.fieldValueConverter = converter
     err, message, new_file, _new_layer = QgsVectorFileWriter.writeAsVectorFormatV3(
         layer, path, QgsProject.instance().transformContext(), options)
     if err != QgsVectorFileWriter.WriterError.NoError:
@@ -845,5 +1175,79 @@ def export_layer(layer: QgsVectorLayer, path: str, format_name: str = "GeoPackag
     return out
 
 
+class ShapefileFields(QgsVectorFileWriter.FieldValueConverter):
+    """Text fields as wide as a .dbf allows (254), declared so: GDAL then has nothing to truncate or warn."""
+
+    def fieldDefinition(self, field):  # noqa: N802 (QGIS's name)
+        out = QgsField(field)
+        if out.type() == QMetaType.Type.QString and not 0 < out.length() <= DBF_TEXT_WIDTH:
+            out.setLength(DBF_TEXT_WIDTH)
+        return out
+
+    def convert(self, index, value):
+        return value
+
+    def clone(self):
+        return ShapefileFields()
+
+
+DBF_TEXT_WIDTH = 254
+
+
+def run_title(task_title: str, tiles) -> str:
+    """The name of a run's layer: the task's title (task, classes, object or query), the tile size and the
+    time, so that two runs of one afternoon read apart in the Layers panel."""
+    unit = "px" if tiles.unit == "px" else "m"
+    return f"{task_title} · {tiles.size:g} {unit} · {time.strftime('%H:%M')}"
+
+
 def _html(text: str) -> str:
     return html.escape(text, quote=False)
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def help_url() -> str:
+    """The documentation: the project's page (metadata.txt's homepage), its "In QGIS" section."""
+    import configparser
+
+    here = Path(__file__).resolve().parent
+    meta = configparser.ConfigParser()
+    for candidate in (here / "metadata.txt", here.parent / "metadata.txt"):
+        if candidate.is_file() and meta.read(candidate, encoding="utf-8"):
+            break
+    home = meta["general"].get("homepage", "") if meta.has_section("general") else ""
+    return (home or "https://github.com/remoteclip-qgis/remoteclip-qgis") + "#in-qgis"
+
+
+class _PlanRun(QRunnable):
+    def __init__(self, relay, generation: int, job):
+        super().__init__()
+        self.relay, self.generation, self.job = relay, generation, job
+
+    def run(self) -> None:
+        self.relay.work(self.generation, self.job)
+
+
+class _PlanRelay(QObject):
+    """Works a plan out in a worker thread and hands it to the dock's thread (a queued signal)."""
+
+    planned = pyqtSignal(int, object, str)   # generation, core.jobs.Plan or None, the problem
+
+    def work(self, generation: int, job) -> None:
+        from .core.jobs import plan_job
+
+        try:
+            plan, problem = plan_job(job), ""
+        except RemoteClipError as e:
+            plan, problem = None, e.problem
+        except Exception as e:  # a bug: the plan line says so; Run reports it in full
+            plan, problem = None, f"could not be worked out ({type(e).__name__}: {e})"
+        with contextlib.suppress(RuntimeError):   # the dock was closed meanwhile
+            self.planned.emit(generation, plan, problem)

@@ -2,18 +2,22 @@
 
 Each task's ``style`` (core.tasks.Style) says how its layer looks; the renderers:
 
-* ``categories`` (label, classify): by ``label``, one colour per class (the same class list
-  always gets the same colours, ``unknown`` is grey), legend entries with tile counts, optional
-  map labels; classify's sample tiles drawn with a thick outline;
-* ``counts`` (count): categorised by ``count`` on a sequential ramp, the count written on
-  each tile;
-* ``graduated`` (search): by ``similarity`` (quantiles, light to dark), the tiles inside
-  top-k/threshold (``selected`` = 1) drawn with a thick outline and, optionally, their rank
-  written on them;
+* ``categories`` (label, classify): by ``label``, one colour per class name (the same name always gets
+  the same colour, whatever the other classes, the run or the project; ``unknown`` is grey), legend
+  entries with tile counts, optional map labels; classify's sample tiles drawn with a thick red outline;
+* ``counts`` (count): the count on a sequential ramp, legend entries that name the object ("3 buildings",
+  "10 or more buildings" at the largest count), the count written on each tile;
+* ``graduated`` (search): the similarity in quantile classes (light to dark), and the tiles inside
+  top-k/threshold (``selected`` = 1) drawn with a thick red outline that the legend explains; optionally
+  their rank written on them;
 * ``outline`` (embed): outlines only.
 
 Also: the dense GeoTIFF of a job (``add_dense_layer``: a pseudocolour heat map of its first band)
 and classify's tiles to label next (``add_suggestions_layer``: a temporary layer).
+
+Legends count tiles, also on dissolved layers (whose features carry ``n_tiles``). Result layers are drawn
+half transparent as a whole (the layer's opacity, fills opaque): the imagery shows through, and tiles that
+overlap (overlap > 0, or the last row and column moved inside the raster) do not draw darker strips.
 
 Used by the dock and by the Processing algorithms (the same look everywhere).
 """
@@ -53,11 +57,12 @@ PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b
            "#9c755f", "#bab0ac", "#a0cbe8", "#ffbe7d", "#8cd17d", "#ff9d9a", "#86bcb6", "#f1ce63",
            "#d4a6c8", "#fabfd2", "#d7b5a6", "#79706e"]
 UNKNOWN_COLOR = "#9e9e9e"
-FILL_ALPHA = 115            # tiles sit on imagery: the picture must stay readable underneath
+FILL_ALPHA = 255            # fills are opaque; the layer as a whole is drawn at LAYER_OPACITY
+LAYER_OPACITY = 0.5         # tiles sit on imagery: the picture must stay readable underneath
+HIGHLIGHT = "#d7191c"       # the outline of selected search tiles
 COUNT_RAMP = ("#fff5eb", "#7f2704")      # oranges, light to dark
 SEARCH_RAMP = ("#f7fcb9", "#004529")     # yellow-green, low to high similarity
 HEAT_RAMP = ("#0d0887", "#7e03a8", "#cc4778", "#f89540", "#f0f921")   # plasma: dark (low) to bright (high)
-HIGHLIGHT = "#d7191c"
 SUGGEST_COLOR = "#ff7f00"
 SUGGESTIONS = "label these next"
 
@@ -158,13 +163,15 @@ def style_layer(layer: QgsVectorLayer, kind: str, field_map: dict[str, str] | No
         idx = layer.fields().indexOf(fname)
         if idx >= 0:
             layer.setFieldAlias(idx, f"P({cls})")
+    meta = read_metadata(*source_of(layer)) if layer.providerType() == "ogr" else {}
     shown = style.map_labels_default if show_labels is None else bool(show_labels)
     if style.field in names and style.renderer == "categories":
         layer.setRenderer(label_renderer(layer, list(field_map.values()), _highlight(style, names)))
     elif style.field in names and style.renderer == "counts":
-        layer.setRenderer(count_renderer(layer))
+        layer.setRenderer(count_renderer(layer, meta.get("object"), meta.get("max_count")))
     elif style.field in names and style.renderer == "graduated":
-        layer.setRenderer(search_renderer(layer, highlight=_highlight(style, names)))
+        layer.setRenderer(search_renderer(layer, top_k=meta.get("top_k"), threshold=meta.get("threshold"),
+                                          highlight=_highlight(style, names), stand_out=meta.get("stand_out")))
     else:
         # embed, or a dissolved layer that lost the field to style by
         symbol = _fill("#000000", alpha=0, stroke="#ffd400", stroke_width=0.3)
@@ -172,8 +179,10 @@ def style_layer(layer: QgsVectorLayer, kind: str, field_map: dict[str, str] | No
 
         layer.setRenderer(QgsSingleSymbolRenderer(symbol))
         layer.setLabelsEnabled(False)
+        layer.setOpacity(1.0)
         layer.triggerRepaint()
         return
+    layer.setOpacity(LAYER_OPACITY)
     _set_labels(layer, style.map_labels, shown and bool(style.map_labels))
     layer.triggerRepaint()
 
@@ -223,18 +232,54 @@ NAMED_COLORS = [
 ]
 
 
+def _name_hash(name: str) -> int:
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(" ".join(name.lower().split()).encode("utf-8")).digest()[:8], "big")
+
+
+def _family(name: str) -> tuple[tuple[str, ...], str] | None:
+    """The NAMED_COLORS family of a class name: the longest keyword that starts one of its words
+    ("parking lot" is a road's "parking", not a park's)."""
+    import re
+
+    words = re.findall(r"[a-z]+", name.lower())
+    best = None
+    for keys, color in NAMED_COLORS:
+        for k in keys:
+            if any(w.startswith(k) for w in words) and (best is None or len(k) > len(best[0])):
+                best = (k, keys, color)
+    return (best[1], best[2]) if best else None
+
+
+def class_color(name: str) -> str:
+    """The colour of the class ``name``: a function of the name alone (case and spacing aside), so a class
+    looks the same in every run and project whatever the other classes. Common names get the colour a map
+    reader expects (water blue, trees green, buildings red, ...): the family's own name exactly, the others
+    a shade of it of their own; other names a hue of their own; ``unknown`` is grey."""
+    low = " ".join(name.lower().split())
+    if low == UNKNOWN:
+        return UNKNOWN_COLOR
+    h = _name_hash(low)
+    family = _family(low)
+    if family is not None:
+        keys, base = family
+        if low.rstrip("s") == keys[0] or low == keys[0]:
+            return base   # "water", "tree(s)", "building(s)", "road(s)": the family's colour
+        c = QColor(base)
+        hue = (max(c.hsvHueF(), 0.0) + ((h % 13) - 6) * 0.01) % 1.0
+        sat = min(max(c.hsvSaturationF() + (((h // 13) % 3) - 1) * 0.12, 0.0), 1.0)
+        val = min(max(c.valueF() + (((h // 39) % 5) - 2) * 0.07, 0.3), 0.95)
+        return QColor.fromHsvF(hue, sat, val).name()
+    hue = (h % 360) / 360.0
+    sat = 0.45 + ((h // 360) % 4) * 0.1
+    val = 0.7 + ((h // 1440) % 3) * 0.1
+    return QColor.fromHsvF(hue, sat, val).name()
+
+
 def class_colors(classes: list[str]) -> dict[str, str]:
-    """A colour per class: the expected one for common names (water blue, trees green, ...) unless another
-    class already has it, else the next free palette colour; ``unknown`` is grey. Deterministic."""
-    out: dict[str, str] = {}
-    used: set[str] = set()
-    for c in classes:
-        low = c.lower()
-        color = next((col for keys, col in NAMED_COLORS if any(k in low for k in keys)), None)
-        if color is None or color in used:
-            color = next((p for p in PALETTE if p not in used), PALETTE[len(out) % len(PALETTE)])
-        out[c] = color
-        used.add(color)
+    """``class_color`` of each class, and ``unknown``'s grey."""
+    out = {c: class_color(c) for c in classes}
     out[UNKNOWN] = UNKNOWN_COLOR
     return out
 
@@ -245,33 +290,39 @@ def _unique(layer: QgsVectorLayer, field: str) -> list:
 
 
 def _counts(layer: QgsVectorLayer, field: str) -> dict:
+    """Tiles per value of ``field``: features, or on a dissolved layer the sum of their ``n_tiles``."""
     counts: dict = {}
     idx = layer.fields().indexOf(field)
+    n_idx = layer.fields().indexOf("n_tiles")
     from qgis.core import QgsFeatureRequest
 
-    req = QgsFeatureRequest().setFlags(QgsFeatureRequest.Flag.NoGeometry).setSubsetOfAttributes([idx])
+    wanted = [idx] + ([n_idx] if n_idx >= 0 else [])
+    req = QgsFeatureRequest().setFlags(QgsFeatureRequest.Flag.NoGeometry).setSubsetOfAttributes(wanted)
     for f in layer.getFeatures(req):
         v = f.attribute(idx)
-        counts[v] = counts.get(v, 0) + 1
+        n = f.attribute(n_idx) if n_idx >= 0 else 1
+        counts[v] = counts.get(v, 0) + (int(n) if isinstance(n, int | float) and n > 0 else 1)
     return counts
+
+
+def _tiles(n: int) -> str:
+    return f"{n} tile{'s' if n != 1 else ''}"
 
 
 def label_renderer(layer: QgsVectorLayer, classes: list[str], highlight: str | None = None
                    ) -> QgsCategorizedSymbolRenderer:
     """One category per class present, in label-list order, legend 'class (n tiles)'; tiles where
-    ``highlight`` holds (classify's samples) get a thick outline."""
+    ``highlight`` holds (classify's samples) get a thick red outline."""
     present = _counts(layer, "label")
     order = [c for c in classes if c in present]
     order += sorted(str(v) for v in present if v not in order and v != UNKNOWN)
     if UNKNOWN in present:
         order.append(UNKNOWN)
-    colors = class_colors(classes + [c for c in order if c not in classes and c != UNKNOWN])
     cats = []
     for c in order:
-        n = present.get(c, 0)
-        symbol = _fill(colors[c])
+        symbol = _fill(class_color(c))
         _outline(symbol, highlight)
-        cats.append(QgsRendererCategory(c, symbol, f"{c} ({n} tile{'s' if n != 1 else ''})"))
+        cats.append(QgsRendererCategory(c, symbol, f"{c} ({_tiles(present.get(c, 0))})"))
     return QgsCategorizedSymbolRenderer("label", cats)
 
 
@@ -279,33 +330,116 @@ def _ramp_color(a: str, b: str, t: float) -> QColor:
     return QgsGradientColorRamp(QColor(a), QColor(b)).color(min(max(t, 0.0), 1.0))
 
 
-def count_renderer(layer: QgsVectorLayer) -> QgsCategorizedSymbolRenderer:
-    """One category per count value (1..max_count), light to dark."""
-    values = sorted(int(v) for v in _unique(layer, "count"))
-    hi = max(values) if values else 1
-    cats = []
-    for v in values:
-        t = 0.15 + 0.85 * (v / hi if hi else 0.0)
-        cats.append(QgsRendererCategory(v, _fill(_ramp_color(*COUNT_RAMP, t).name()), str(v)))
-    return QgsCategorizedSymbolRenderer("count", cats)
+def object_nouns(name: str | None) -> tuple[str, str]:
+    """(singular, plural) of the counted object as typed ("building" or "buildings"); "object(s)" without one."""
+    from .core.prompts import plural
+
+    name = " ".join((name or "").split())
+    if not name:
+        return "object", "objects"
+    low = name.lower()
+    if low.endswith("ies") and len(low) > 4:
+        return name[:-3] + "y", name
+    if low.endswith("s") and not low.endswith(("ss", "us", "is")):
+        return name[:-1], name
+    return name, plural(name)
 
 
-def search_renderer(layer: QgsVectorLayer, classes: int = 5, highlight: str | None = '"selected" = 1'
-                    ) -> QgsGraduatedSymbolRenderer:
-    """Similarity in quantile classes; selected tiles (top-k / over the threshold) get a thick outline."""
-    base = _fill(SEARCH_RAMP[1])
-    if highlight and "selected" in layer.fields().names():
-        _outline(base, highlight)
-    renderer = QgsGraduatedSymbolRenderer("similarity")
-    renderer.setSourceSymbol(base)
-    renderer.setSourceColorRamp(QgsGradientColorRamp(QColor(SEARCH_RAMP[0]), QColor(SEARCH_RAMP[1])))
-    renderer.setClassificationMethod(QgsClassificationQuantile())
+def count_label(value: int, object_name: str | None, max_count: int | None) -> str:
+    """'1 building', '3 buildings', and at the largest count the model can tell, '10 or more buildings'."""
+    one, many = object_nouns(object_name)
+    if max_count is not None and value >= int(max_count):
+        return f"{value} or more {many}"
+    return f"{value} {one if value == 1 else many}"
+
+
+COUNT_CATEGORIES = 8   # more distinct counts than this are grouped into ranges
+
+
+def count_renderer(layer: QgsVectorLayer, object_name: str | None = None, max_count: int | None = None):
+    """The count light to dark, legend entries that name the object and its tiles: one per count, or ranges
+    ("4–6 buildings") when there are more than COUNT_CATEGORIES counts; the largest count the task could
+    give reads "N or more"."""
+    present = {int(v): n for v, n in _counts(layer, "count").items() if v is not None}
+    values = sorted(present)
+    hi = max([*values, int(max_count or 0), 1])
+
+    def color(v: float) -> str:
+        return _ramp_color(*COUNT_RAMP, 0.15 + 0.85 * v / hi).name()
+
+    if len(values) <= COUNT_CATEGORIES:
+        cats = [QgsRendererCategory(v, _fill(color(v)), f"{count_label(v, object_name, max_count)} "
+                                                        f"({_tiles(present[v])})") for v in values]
+        return QgsCategorizedSymbolRenderer("count", cats)
+    from qgis.core import QgsRendererRange
+
+    bins = _count_bins(values, COUNT_CATEGORIES - 2)
+    ranges = []
+    for lo, up in bins:
+        n = sum(present[v] for v in values if lo <= v <= up)
+        if lo == up:
+            text = count_label(lo, object_name, max_count)
+        else:
+            one, many = object_nouns(object_name)
+            top = count_label(up, object_name, max_count)
+            text = f"{lo}–{top}" if "or more" in top else f"{lo}–{up} {many}"
+        ranges.append(QgsRendererRange(lo - 0.5, up + 0.5, _fill(color((lo + up) / 2)), f"{text} ({_tiles(n)})"))
+    return QgsGraduatedSymbolRenderer("count", ranges)
+
+
+def _count_bins(values: list[int], n_bins: int) -> list[tuple[int, int]]:
+    """Consecutive ranges of the counts present, about equally filled, the largest count alone."""
+    if len(values) <= n_bins:
+        return [(v, v) for v in values]
+    *rest, last = values
+    size = -(-len(rest) // (n_bins - 1))
+    return [(chunk[0], chunk[-1]) for chunk in (rest[i:i + size] for i in range(0, len(rest), size))] + [(last, last)]
+
+
+def search_renderer(layer: QgsVectorLayer, classes: int = 5, top_k: int | None = None,
+                    threshold: float | None = None, highlight: str | None = '"selected" = 1',
+                    stand_out: float | None = None):
+    """Similarity in quantile classes, light to dark; tiles where ``highlight`` holds (inside top-k/threshold)
+    drawn on top with a thick red outline, a legend entry of its own saying what it marks."""
+    from qgis.core import QgsRuleBasedRenderer
+
+    graduated = QgsGraduatedSymbolRenderer("similarity")
+    graduated.setSourceSymbol(_fill(SEARCH_RAMP[1]))
+    graduated.setSourceColorRamp(QgsGradientColorRamp(QColor(SEARCH_RAMP[0]), QColor(SEARCH_RAMP[1])))
+    graduated.setClassificationMethod(QgsClassificationQuantile())
     n = min(classes, max(len(_unique(layer, "similarity")), 1))
-    renderer.updateClasses(layer, n)
-    fmt = renderer.classificationMethod()
-    fmt.setLabelPrecision(3)
-    renderer.updateRangeLabels()
+    graduated.updateClasses(layer, n)
+    graduated.classificationMethod().setLabelPrecision(3)
+    graduated.updateRangeLabels()
+    root = QgsRuleBasedRenderer.Rule(None)
+    ranges = graduated.ranges()
+    for i, r in enumerate(ranges):
+        op = ">=" if i == 0 else ">"
+        rule = QgsRuleBasedRenderer.Rule(r.symbol().clone(), 0, 0, f'"similarity" {op} {r.lowerValue()!r} AND "similarity" <= '
+                                         f'{r.upperValue()!r}', f"similarity {r.label()}")
+        root.appendChild(rule)
+    if highlight and "selected" in layer.fields().names():
+        outline = _fill("#000000", alpha=0, stroke=HIGHLIGHT, stroke_width=0.9)
+        outline.symbolLayer(0).setRenderingPass(1)   # over every fill, also the neighbours' drawn later
+        root.appendChild(QgsRuleBasedRenderer.Rule(outline, 0, 0, highlight, selection_legend(
+            _counts(layer, "selected").get(1, 0), top_k, threshold, stand_out)))
+    renderer = QgsRuleBasedRenderer(root)
+    renderer.setUsingSymbolLevels(True)
     return renderer
+
+
+def selection_legend(n_selected: int, top_k: int | None, threshold: float | None,
+                     stand_out: float | None = None) -> str:
+    """What the red outline marks, as the legend says it (the similarity the selection took, and where it came
+    from when the stand-out rule made it)."""
+    why = []
+    if top_k:
+        why.append(f"the best {top_k}")
+    if threshold is not None:
+        rule = f" (mean + {float(stand_out):g} sd or more)" if stand_out is not None else ""
+        why.append(f"similarity ≥ {float(threshold):.3f}{rule}")
+    rule = " with ".join(why) if why else "all tiles"
+    return f"red outline: selected, {rule} ({_tiles(n_selected)})"
 
 
 def _set_labels(layer: QgsVectorLayer, expression: str, enabled: bool) -> None:

@@ -17,11 +17,9 @@ from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsSettings
 from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
-    QAction,
     QComboBox,
     QFileDialog,
     QHBoxLayout,
-    QLabel,
     QMenu,
     QProgressBar,
     QToolButton,
@@ -33,6 +31,7 @@ from . import deps
 from .core import catalog as cat
 from .core.bundle import DEMO_BUNDLE
 from .core.errors import RemoteClipError
+from .widgets import WrapLabel, menu_action
 
 LOG_TAG = "RemoteCLIP"
 SETTING_DIR = "RemoteCLIP/models_dir"
@@ -83,11 +82,9 @@ class ModelRow(QWidget):
         self.more_button.setText("…")
         self.more_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         menu = QMenu(self.more_button)
-        for text, slot in (("Refresh the list", self.refresh), ("Choose the models folder…", self._choose_folder),
-                           ("Choose a zipped bundle (.rclip.zip)…", self._choose_zip)):
-            action = QAction(text, menu)   # addAction(text, slot) is gone in Qt6
-            action.triggered.connect(lambda _checked=False, slot=slot: slot())
-            menu.addAction(action)
+        menu_action(menu, "Refresh the list", self.refresh)
+        menu_action(menu, "Choose the models folder…", self._choose_folder)
+        menu_action(menu, "Choose a zipped bundle (.rclip.zip)…", self._choose_zip)
         self.more_button.setMenu(menu)
         row.addWidget(self.combo, 1)
         row.addWidget(self.get_button)
@@ -110,12 +107,10 @@ class ModelRow(QWidget):
         prow.addWidget(self.progress, 1)
         prow.addWidget(self.cancel_button)
         col.addLayout(prow)
-        self.status = QLabel(self)
-        self.status.setWordWrap(True)
+        self.status = WrapLabel("", self)
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         col.addWidget(self.status)
-        self.info = QLabel(self)
-        self.info.setWordWrap(True)
+        self.info = WrapLabel("", self)
         col.addWidget(self.info)
         self._show_progress(False)
         self.status.setVisible(False)

@@ -1,4 +1,5 @@
-"""Plugin entry: toolbar button and menu, the dock, the Processing provider, the dependency check."""
+"""Plugin entry: a button on the Plugins toolbar, the Raster > RemoteCLIP menu, the dock, the Processing
+provider, the dependency check."""
 
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ class RemoteClipPlugin:
         self.dock_action = QAction(icon, "RemoteCLIP", window)
         self.dock_action.setObjectName("remoteclip_dock_action")
         self.dock_action.setToolTip("RemoteCLIP: label, count and search raster tiles with a vision-language model")
-        self.iface.addRasterToolBarIcon(self.dock_action)
+        # the Plugins toolbar: a fresh profile shows it (QGIS hides the Raster toolbar by default)
+        self.iface.addToolBarIcon(self.dock_action)
         self.iface.addPluginToRasterMenu(MENU, self.dock_action)
 
         diag = QAction(QgsApplication.getThemeIcon("/mActionPropertiesWidget.svg"), "Diagnostics…", window)
@@ -128,7 +130,7 @@ class RemoteClipPlugin:
             self.provider = None
         for action in self.actions:
             self.iface.removePluginRasterMenu(MENU, action)
-            self.iface.removeRasterToolBarIcon(action)
+            self.iface.removeToolBarIcon(action)
             # off the main window now, not at the next event loop: QGIS may reload the plugin at once
             action.setParent(None)
             action.deleteLater()

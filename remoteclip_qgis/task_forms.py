@@ -16,7 +16,6 @@ from qgis.PyQt.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QPlainTextEdit,
@@ -24,7 +23,9 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from .core.prompts import COUNT_TEMPLATES, DEFAULT_TEMPLATES, PRESETS
+from .core.errors import RemoteClipError
+from .core.prompts import COUNT_TEMPLATES, DEFAULT_TEMPLATES, PRESETS, split_names
+from .widgets import WrapLabel
 
 BIG = 1_000_000   # the top of a spin box whose input has no upper limit
 CUSTOM = "Custom"
@@ -52,20 +53,27 @@ class TaskForm(QWidget):
         self.widgets: dict = {}
         self.selected_only: dict = {}
         self.map_labels = None
+        self.errors: dict[str, QLabel] = {}   # the inline message under each input
         form = QFormLayout(self)
+        # what is wrong with the inputs as a whole (the task's own checks), above them
+        self.form_error = _error_label(self)
+        self.form_error.setObjectName("form_error")
+        form.addRow(self.form_error)
         advanced = None
+        if any(p.advanced for p in task_cls.params):
+            # below the everyday inputs, whatever the order of their declaration
+            self.advanced_box = QgsCollapsibleGroupBox("Advanced", self)
+            self.advanced_box.setCollapsed(True)
+            advanced = QFormLayout(self.advanced_box)
         for prm in task_cls.params:
             if prm.kind == "preset":
                 continue   # drawn with the names input it fills
-            target = form
-            if prm.advanced:
-                if advanced is None:
-                    box = QgsCollapsibleGroupBox("Advanced", self)
-                    box.setCollapsed(True)
-                    advanced = QFormLayout(box)
-                    form.addRow(box)
-                target = advanced
+            target = advanced if prm.advanced else form
             self._add(prm, target)
+            if prm.name in self.widgets and prm.kind in ("names", "text"):
+                self.errors[prm.name] = label = _error_label(self)
+                target.addRow(label)
+                _on_edit(self.widgets[prm.name], lambda _=None, n=prm.name: self.clear_error(n))
         if not task_cls.params:
             text = QLabel(task_cls.help, self)
             text.setWordWrap(True)
@@ -74,6 +82,8 @@ class TaskForm(QWidget):
             self.map_labels = QCheckBox(task_cls.style.map_labels_text, self)
             self.map_labels.setChecked(task_cls.style.map_labels_default)
             form.addRow(self.map_labels)
+        if advanced is not None:
+            form.addRow(self.advanced_box)
         self.report = QLabel(self)
         self.report.setObjectName("report_label")
         self.report.setWordWrap(True)
@@ -93,14 +103,19 @@ class TaskForm(QWidget):
                 combo.addItem(CUSTOM)
                 combo.addItems(list(presets[0].choices))
                 combo.activated.connect(lambda i, c=combo, n=prm.name: self._apply_preset(c, n))
+                self._preset_of = (combo, prm.name)
                 combo.setToolTip(presets[0].help)
                 form.addRow("Preset", combo)
                 self.widgets[presets[0].name] = combo
             w = QPlainTextEdit(self)
             w.setPlaceholderText("one class per line (or separated by commas), e.g.\nbuildings\ntrees\nwater")
             w.setMaximumHeight(110)
+            if presets:
+                w.textChanged.connect(self._show_preset)
         elif prm.kind == "templates":
-            box = QgsCollapsibleGroupBox(prm.label, self)
+            # a group box title never wraps: the short name, the whole label in the tooltip
+            box = QgsCollapsibleGroupBox(" ".join(prm.label.split(" (")[0].split()[:2]), self)
+            box.setToolTip(prm.label)
             box.setCollapsed(True)
             inner = QFormLayout(box)
             w = QPlainTextEdit(box)
@@ -139,7 +154,6 @@ class TaskForm(QWidget):
             w.addItems([str(c) for c in prm.choices])
             w.setCurrentText(str(prm.default))
         elif prm.kind == "samples":
-            row = QHBoxLayout()
             w = QgsMapLayerComboBox(self)
             _compact(w)
             w.setFilters(QgsMapLayerProxyModel.Filter.PointLayer | QgsMapLayerProxyModel.Filter.PolygonLayer)
@@ -148,10 +162,10 @@ class TaskForm(QWidget):
             sel = QCheckBox("selected only", self)
             sel.setToolTip("Use the selected features of the layer only")
             self.selected_only[prm.name] = sel
-            row.addWidget(w, 1)
-            row.addWidget(sel)
             self.widgets[prm.name] = w
-            form.addRow(prm.label.split(" (")[0], row)
+            # one under the other: side by side they are wider than a 300 px dock
+            form.addRow(prm.label.split(" (")[0], w)
+            form.addRow("", sel)
             return
         elif prm.kind == "field":
             w = QgsFieldComboBox(self)
@@ -180,6 +194,64 @@ class TaskForm(QWidget):
         name = combo.currentText()
         if name in PRESETS:
             self.widgets[names].setPlainText("\n".join(PRESETS[name]))
+
+    def _show_preset(self) -> None:
+        """The preset combo names the preset whose classes the box holds (typed, restored or chosen), else
+        Custom."""
+        combo, names = self._preset_of
+        typed = split_names(self.widgets[names].toPlainText())
+        match = next((name for name, classes in PRESETS.items() if list(classes) == typed), None)
+        combo.setCurrentIndex(combo.findText(match) if match else 0)
+
+    # ------------------------------------------------------------------------------------- checking
+
+    def clear_error(self, name: str | None = None) -> None:
+        for n, label in self.errors.items():
+            if name is None or n == name:
+                label.setVisible(False)
+        if name is None:
+            self.form_error.setVisible(False)
+
+    def show_error(self, text: str, name: str | None = None) -> None:
+        label = self.errors.get(name, self.form_error) if name else self.form_error
+        label.setText(text)
+        label.setVisible(True)
+
+    def task(self):
+        """The task the inputs describe, checked here before a run starts: a missing input is shown under its
+        field, in the panel's words; what the task itself refuses (core's checks) above the fields. Raises
+        RemoteClipError with the same text."""
+        self.clear_error()
+        for prm in self.task_cls.params:
+            problem = self._missing(prm)
+            if problem:
+                self.show_error(problem, prm.name)
+                raise RemoteClipError(problem, None)
+        try:
+            return self.task_cls.from_inputs(self.raw(), spell=lambda prm: f"“{prm.label}”")
+        except RemoteClipError as e:
+            self.show_error(e.problem + (f" {e.fix}" if e.fix else ""))
+            raise
+
+    def _missing(self, prm) -> str:
+        """What is wrong with one input as typed ('' when nothing)."""
+        w = self.widgets.get(prm.name)
+        if w is None or prm.optional and prm.kind != "names":
+            return ""
+        if prm.kind == "names":
+            if any(p.kind == "preset" and p.fills == prm.name for p in self.task_cls.params) or not prm.optional:
+                names = [n for n in split_names(w.toPlainText()) if n]
+                if not names:
+                    return "Type the class names, one per line (or pick a preset above)."
+                if len(names) == 1:
+                    return (f"Only one class ({names[0]}): every tile would be 100 % {names[0]}. Type at least "
+                            "two class names.")
+            return ""
+        if prm.kind == "text" and not w.text().strip():
+            example = f" ({prm.help})" if prm.help else ""
+            what = prm.label.split(" (")[0]
+            return f"Type the {what[0].lower() + what[1:]}{example}."
+        return ""
 
     # ----------------------------------------------------------------------------------------- values
 
@@ -234,3 +306,20 @@ def report_html(report: dict) -> str:
     head, table = lines[0], lines[1:]
     return (f"<b>{html.escape(head)}</b>" + ("<pre style='font-size:small'>" + html.escape("\n".join(table))
                                             + "</pre>" if table else ""))
+
+
+ERROR_STYLE = "color: #b00020;"
+
+
+def _error_label(parent) -> QLabel:
+    label = WrapLabel("", parent)
+    label.setStyleSheet(ERROR_STYLE)
+    label.setVisible(False)
+    return label
+
+
+def _on_edit(widget, slot) -> None:
+    """Call ``slot`` when the user edits ``widget`` (a line or a text box)."""
+    signal = getattr(widget, "textChanged", None)
+    if signal is not None:
+        signal.connect(slot)

@@ -31,6 +31,7 @@ CONTENT = {
     "metadata.txt": "metadata.txt",
     "LICENSE": "LICENSE",
     "models/remoteclip-demo": "models/remoteclip-demo",
+    "requirements/lock.txt": "requirements/lock.txt",   # the installer's pins (remoteclip_qgis.deps)
 }
 OPTIONAL = {"LICENSE"}   # the demo model is not: the plugin's offline default, the README says the zip holds it
 

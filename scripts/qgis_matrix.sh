@@ -38,7 +38,9 @@ CACHE=${REMOTECLIP_MATRIX_DIR:-$HOME/.cache/remoteclip-qgis-matrix}
 ROOT=$CACHE/$SUITE
 STAMPS=$ROOT/.remoteclip
 VENV=/opt/remoteclip-venv
-APT_PACKAGES=(qgis python3-qgis qgis-providers python3-gdal gdal-bin python3-venv ca-certificates)
+# xvfb, xauth: the tests that start the qgis program itself (tests/qgis_app.py); python3-pip: the plugin's
+# installer runs pip on QGIS's own interpreter
+APT_PACKAGES=(qgis python3-qgis qgis-providers python3-gdal gdal-bin python3-venv ca-certificates xvfb xauth python3-pip)
 REQS=requirements/qgis-matrix.txt
 CONSTRAINTS=requirements/constraints-qgis-$LEG.txt
 DATA=${REMOTECLIP_DATA:-$(cd .. && pwd)/shared/data}

@@ -1,10 +1,10 @@
 """A small real QGIS main window for running the plugin outside the QGIS application.
 
 ``QgisWindow`` is a QMainWindow with a map canvas, a layer tree (legend) bound
-to the project, a message bar, a Raster menu and toolbar, and the part of
-QgisInterface the plugin calls (mainWindow, mapCanvas, messageBar, add/remove
-raster menu entries, toolbar icons and dock widgets, activeLayer,
-currentLayerChanged). Used by scripts/screenshot.py and by the test that
+to the project, a message bar, a Raster menu, the Plugins toolbar and a hidden
+Raster toolbar (as a fresh QGIS profile has them), and the part of QgisInterface
+the plugin calls (mainWindow, mapCanvas, messageBar, add/remove raster menu
+entries, toolbar icons and dock widgets, activeLayer, currentLayerChanged). Used by scripts/screenshot.py and by the test that
 loads the plugin in a fresh Python without onnxruntime.
 """
 
@@ -50,8 +50,11 @@ class QgisWindow(QObject):
         self.window.addDockWidget(Qt.LeftDockWidgetArea, self.layers_dock)
 
         self.raster_menu = self.window.menuBar().addMenu("&Raster")
-        self.raster_toolbar = self.window.addToolBar("Raster")
+        self.plugin_toolbar = self.window.addToolBar("Plugins Toolbar")
+        self.plugin_toolbar.setObjectName("mPluginToolBar")
+        self.raster_toolbar = self.window.addToolBar("Raster Toolbar")
         self.raster_toolbar.setObjectName("mRasterToolBar")
+        self.raster_toolbar.setVisible(False)   # as in a fresh QGIS profile
         self._submenus = {}
 
     # -- the QgisInterface calls the plugin makes
@@ -69,6 +72,12 @@ class QgisWindow(QObject):
 
     def setActiveLayer(self, layer) -> None:  # noqa: N802
         self.tree.setCurrentLayer(layer)
+
+    def addToolBarIcon(self, action) -> None:  # noqa: N802
+        self.plugin_toolbar.addAction(action)
+
+    def removeToolBarIcon(self, action) -> None:  # noqa: N802
+        self.plugin_toolbar.removeAction(action)
 
     def addRasterToolBarIcon(self, action) -> None:  # noqa: N802
         self.raster_toolbar.addAction(action)

@@ -19,7 +19,8 @@ done
 # The tests that need QGIS, or that run core on QGIS's own Python and numpy; not those that need torch.
 MATRIX_TESTS=(tests/test_qgis_api.py tests/test_plugin.py tests/test_processing.py tests/test_dock.py
               tests/test_packaging.py tests/test_raster.py tests/test_tiles.py tests/test_jobs.py
-              tests/test_vectors.py tests/test_cli.py tests/test_gdal_exceptions.py)
+              tests/test_vectors.py tests/test_cli.py tests/test_gdal_exceptions.py tests/test_dock_layout.py
+              tests/test_layer_styles.py tests/test_summary.py)
 
 say() { printf '\033[1mtest:\033[0m %s\n' "$*"; }
 t_all=$(date +%s)

@@ -145,3 +145,75 @@ def test_bands_stretch_and_every_part_of_the_grid_change_the_key(scene, tmp_path
     with open_raster(scene) as again:   # a key is a function of its inputs, not of the object or the call
         assert keys["same"] == cache.key(again, TileSpec(size=128), [1, 2, 3], Stretch(), "sha:fp32")
     assert len(set(keys.values())) == len(keys), {k: v[:8] for k, v in keys.items()}
+
+
+# ------------------------------------------------------------------------------------------- size
+
+def _unit(n: int, d: int = 64, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _key(i: int) -> str:
+    return f"{i:064x}"
+
+
+def test_the_cache_keeps_to_its_limit_removing_the_entries_used_longest_ago(tmp_path):
+    folder = tmp_path / "cache"
+    unlimited = EmbeddingCache(folder, max_bytes=None)
+    for i in range(4):   # four entries of the same size, written in order, a minute apart
+        unlimited.save(_key(i), np.arange(100), _unit(100, seed=i))
+        os.utime(folder / f"{_key(i)}.npz", (1000 + 60 * i, 1000 + 60 * i))
+    one = unlimited.entries()[0].bytes
+    assert [e.key for e in unlimited.entries()] == [_key(i) for i in range(4)] and unlimited.size() == 4 * one
+    (folder / "rates.json").write_text("{}")          # not an entry: never counted or removed
+    (folder / "notes.txt").write_text("the user's")
+
+    cache = EmbeddingCache(folder, max_bytes=3 * one + one // 2)
+    assert cache.load(_key(0), n_grid=100, embed_dim=64) is not None   # a hit: entry 0 is used now
+    cache.save(_key(9), np.arange(100), _unit(100, seed=9))          # five entries: two over the limit
+    # 1 and 2 were used longest ago (0 was just read): they go
+    assert [e.key for e in cache.entries()] == [_key(3), _key(0), _key(9)]
+    assert cache.size() <= cache.max_bytes
+    assert (folder / "rates.json").is_file() and (folder / "notes.txt").read_text() == "the user's"
+    assert not (folder / f"{_key(1)}.json").exists()
+
+    # the entry just written stays even when it alone is over the limit
+    tiny = EmbeddingCache(folder, max_bytes=10)
+    tiny.save(_key(10), np.arange(100), _unit(100, seed=10))
+    assert [e.key for e in tiny.entries()] == [_key(10)]
+
+    # clear: every entry (and a sidecar whose .npz never came), nothing else
+    (folder / f"{_key(11)}.json").write_text("{}")
+    n, freed = tiny.clear()
+    assert n == 1 and freed > 0 and tiny.entries() == []
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "rates.json"]
+
+
+def test_run_job_keeps_the_default_cache_to_remoteclip_cache_max(scene, tiny_bundle, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("REMOTECLIP_CACHE", str(cache))
+    monkeypatch.setenv("REMOTECLIP_CACHE_MAX", "1k")   # smaller than one entry: only the newest stays
+    for size in (128, 64):
+        run_job(Job(raster=str(scene), task=EmbedTask(), tiles=TileSpec(size=size),
+                    run=RunOptions(model=str(tiny_bundle), batch_size=8)))
+    assert len(EmbeddingCache().entries()) == 1
+    res = run_job(Job(raster=str(scene), task=EmbedTask(), tiles=TileSpec(size=64),
+                      run=RunOptions(model=str(tiny_bundle), batch_size=8)))
+    assert res.cache_hit, "the newest entry was evicted instead of the older one"
+    monkeypatch.setenv("REMOTECLIP_CACHE_MAX", "none")
+    assert EmbeddingCache().max_bytes is None
+
+
+def test_sizes_are_read_as_people_write_them():
+    from core.cache import DEFAULT_MAX_BYTES, default_max_bytes, parse_size
+    from core.errors import RemoteClipError
+
+    assert parse_size("500M") == 500 * 1024 ** 2 and parse_size("2G") == parse_size("2 GB") == 2 * 1024 ** 3
+    assert parse_size("1.5g") == int(1.5 * 1024 ** 3) and parse_size("4096") == 4096 and parse_size(0) == 0
+    assert parse_size("none") is None and parse_size("unlimited") is None
+    for bad in ("two gigs", "-1G", "5 parsecs"):
+        with pytest.raises(RemoteClipError):
+            parse_size(bad)
+    os.environ.pop("REMOTECLIP_CACHE_MAX", None)
+    assert default_max_bytes() == DEFAULT_MAX_BYTES == 2 * 1024 ** 3

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 PLUGIN = "remoteclip_qgis"
@@ -68,6 +69,8 @@ def _wait(dock) -> None:
 def _run(dock):
     task = dock.run()
     assert task is not None, dock.status.text()
+    # the last run's device is not shown as this one's
+    assert dock.provider_label.text().startswith("ran on: … (running"), dock.provider_label.text()
     _wait(dock)
     return task
 
@@ -119,6 +122,13 @@ def test_label_run_on_the_kampala_mosaic_then_search_reuses_the_cache(dock, data
     labels = {f["label"] for f in layer.getFeatures()}
     assert {c.value() for c in renderer.categories()} == labels
     assert labels <= {"buildings", "trees", "road", "bare soil", "unknown"}
+    # the Last result table: per class its tiles and ground area, the most tiles first
+    table = dock.result_table
+    rows = [[table.topLevelItem(i).text(c) for c in range(3)] for i in range(table.topLevelItemCount())]
+    assert dock.result_box.isVisibleTo(dock) and table.headerItem().text(0) == "Class"
+    assert {r[0] for r in rows} == labels and sum(int(r[1]) for r in rows) == result.n_tiles
+    assert [int(r[1]) for r in rows] == sorted((int(r[1]) for r in rows), reverse=True)
+    assert all(r[2].endswith(("m²", "ha")) for r in rows)
     # legend entries name the class and how many tiles it has
     for cat in renderer.categories():
         n = sum(1 for f in layer.getFeatures() if f["label"] == cat.value())
@@ -142,8 +152,18 @@ def test_label_run_on_the_kampala_mosaic_then_search_reuses_the_cache(dock, data
     assert result2.cache_hit and result2.images_encoded == 0
     assert "from cache" in dock.status.text() and "from cache" in dock.provider_label.text()
     _check_result_layer(layer2, raster, out2, result.n_tiles)
-    assert layer2.renderer().type() == "graduatedSymbol" and layer2.renderer().classAttribute() == "similarity"
-    assert sum(f["selected"] for f in layer2.getFeatures()) == 5
+    rules = [r.filterExpression() for r in layer2.renderer().rootRule().children()]
+    assert layer2.renderer().type() == "RuleRenderer" and all('"similarity"' in r for r in rules[:-1])
+    assert rules[-1] == '"selected" = 1'   # the red outline of the selected tiles, its own legend entry
+    # the dock's default: the best 5 of the tiles standing out (similarity >= mean + 1 sd), which the legend says
+    feats = list(layer2.getFeatures())
+    sims = np.array([f["similarity"] for f in feats])
+    cut = sims.mean() + sims.std()
+    selected = {(f["row"], f["col"]) for f in feats if f["selected"]}
+    assert selected == {(f["row"], f["col"]) for f in feats if f["rank"] <= 5 and f["similarity"] >= cut - 1e-6}
+    assert 0 < len(selected) <= 5
+    legend = layer2.renderer().rootRule().children()[-1].label()
+    assert f"similarity ≥ {cut:.3f} (mean + 1 sd or more)" in legend, legend
     assert _group_layers()[:2] == [layer2, layer], "the newest result goes on top of the group"
 
 
@@ -180,6 +200,9 @@ def test_count_run_on_a_utm_geotiff_with_tiles_in_metres(dock, data_dir, tmp_pat
     assert counts <= set(range(1, 6))
     assert {c.value() for c in layer.renderer().categories()} == counts
     assert layer.labelsEnabled(), "count layers write the count on each tile"
+    table = dock.result_table
+    texts = [table.topLevelItem(i).text(0) for i in range(table.topLevelItemCount())]
+    assert texts and all(t.split()[-1] in ("ship", "ships") for t in texts), texts
 
 
 def test_cancel_right_after_start_leaves_no_file_and_no_layer(dock, data_dir, tmp_path, qgis_iface):
@@ -197,9 +220,11 @@ def test_cancel_right_after_start_leaves_no_file_and_no_layer(dock, data_dir, tm
 
     task = dock.run()
     assert task is not None and dock.cancel_button.isEnabled() and not dock.run_button.isEnabled()
+    assert "running" in dock.provider_label.text(), "the last run's device is not this run's"
     dock.cancel()
     _wait(dock)
     assert "Cancelled" in dock.status.text()
+    assert "cancelled" in dock.provider_label.text() and "CPU" not in dock.provider_label.text()
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith((".cancelled", "cancelled"))] == []
     assert set(QgsProject.instance().mapLayers()) == layers_before
@@ -252,26 +277,161 @@ def test_errors_reach_the_message_bar_and_the_log(dock, data_dir, tmp_path, qgis
     assert dock.run() is None
     assert any("No model bundle" in m for m in bar.get_messages(Qgis.Warning))
 
-    # refused before any task too, by core's checks of the task: one label only
+    # refused before any task too: one label only, said under the field
     dock.model_widget.setFilePath(str(tiny_bundle))
     dock.set_kind("label")
     dock.labels_edit.setPlainText("buildings")
     assert dock.run() is None
-    assert any("at least two" in m for m in bar.get_messages(Qgis.Warning))
+    assert "at least two" in dock.forms["label"].errors["labels"].text()
     assert not bar.get_messages(Qgis.Critical) and not (tmp_path / "x.gpkg").exists()
     assert dock.last_layer is None
 
-    # refused by core inside the task: a bundle whose graph is damaged
+    # refused by core inside the task: a bundle whose graph is damaged. The user's to fix: a warning that goes
+    # away, its one line in the log panel, no traceback
+    from qgis.core import QgsApplication
+
+    logged = []
+
+    def on_log(message, tag, level):
+        if tag == "RemoteCLIP":
+            logged.append((message, level))
+
+    QgsApplication.messageLog().messageReceived.connect(on_log)
     broken = tmp_path / "broken"
     shutil.copytree(tiny_bundle, broken)
     (broken / "text_fp32.onnx").write_bytes(b"not an onnx graph")
     dock.model_widget.setFilePath(str(broken))
     dock.labels_edit.setPlainText("buildings\ntrees")
-    _run(dock)
-    critical = bar.get_messages(Qgis.Critical)
-    assert any("text_fp32.onnx" in m and "Log Messages" in m for m in critical), critical
+    try:
+        _run(dock)
+    finally:
+        QgsApplication.messageLog().messageReceived.disconnect(on_log)
+    assert any("text_fp32.onnx" in m for m in bar.get_messages(Qgis.Warning))
+    assert not bar.get_messages(Qgis.Critical)
     assert "Failed" in dock.status.text() and not (tmp_path / "x.gpkg").exists()
+    assert dock.provider_label.text() == "ran on: – (the last run failed)"
     assert dock.last_layer is None
+    assert any("text_fp32.onnx" in m for m, level in logged if level == Qgis.Warning), logged
+    assert not [m for m, _ in logged if "Traceback" in m] and not [m for m, lv in logged if lv == Qgis.Critical]
+
+
+def test_input_mistakes_are_shown_under_their_field_before_any_task(dock, data_dir, tmp_path, qgis_iface):
+    """An empty class list, object or query: refused by the panel, next to the field, in the panel's words (no
+    command-line flags), no task, no traceback, nothing on the message bar to close."""
+    from qgis.core import Qgis, QgsApplication
+
+    bar = qgis_iface.messageBar()
+    dock.layer_combo.setLayer(_raster(data_dir, KAMPALA, "kampala"))
+    dock.output_widget.setFilePath(str(tmp_path / "x.gpkg"))
+    logged = []
+
+    def on_log(message, tag, level):
+        if tag == "RemoteCLIP":
+            logged.append((message, level))
+
+    QgsApplication.messageLog().messageReceived.connect(on_log)
+    cases = [("label", "labels", lambda: dock.labels_edit.setPlainText(" \n, "), "class names"),
+             ("label", "labels", lambda: dock.labels_edit.setPlainText("buildings"), "at least two"),
+             ("count", "object_name", lambda: dock.count_object.setText("  "), "object to count"),
+             ("search", "query", lambda: dock.search_query.setText(""), "query")]
+    try:
+        for kind, field, make_mistake, words in cases:
+            dock.set_kind(kind)
+            make_mistake()
+            assert dock.run() is None and dock.task is None, kind
+            error = dock.forms[kind].errors[field]
+            assert error.isVisibleTo(dock) and words in error.text(), (kind, error.text(), dock.status.text())
+            assert "--" not in error.text() and "Check the" in dock.status.text()
+            dock.forms[kind].widgets[field].setFocus()
+            (dock.labels_edit.setPlainText("buildings\ntrees") if kind == "label"
+             else dock.forms[kind].widgets[field].setText("car"))
+            assert not error.isVisibleTo(dock), "the message goes once the field is edited"
+    finally:
+        QgsApplication.messageLog().messageReceived.disconnect(on_log)
+    assert not bar.get_messages(Qgis.Critical) and not bar.get_messages(Qgis.Warning)
+    assert not [m for m, level in logged if level == Qgis.Critical or "Traceback" in m]
+    assert not (tmp_path / "x.gpkg").exists() and dock.last_layer is None
+
+
+def test_layer_names_say_what_tells_runs_apart(dock, data_dir, tmp_path):
+    import re
+
+    from remoteclip_qgis.core.prompts import PRESETS
+
+    dock.layer_combo.setLayer(_raster(data_dir, KAMPALA, "kampala"))
+    dock.output_widget.setFilePath(str(tmp_path / "x.gpkg"))
+    dock.set_kind("label")
+    dock.labels_edit.setPlainText("\n".join(PRESETS["land-cover"]))
+    dock.tile_size.setValue(224)
+    _, _, name = dock.build_job()
+    assert re.fullmatch(r"kampala · labels · land-cover · 224 px · \d\d:\d\d", name), name
+    dock.labels_edit.setPlainText("buildings\ntrees\nwater")
+    dock.tile_size.setValue(50)
+    dock.tile_unit.setCurrentIndex(dock.tile_unit.findData("m"))
+    _, _, name = dock.build_job()
+    assert re.fullmatch(r"kampala · labels · buildings, trees, … · 50 m · \d\d:\d\d", name), name
+    dock.set_kind("count")
+    dock.count_object.setText("car")
+    assert dock.build_job()[2].startswith("kampala · count car · 50 m · ")
+    dock.set_kind("search")
+    dock.search_query.setText("a pool")
+    assert dock.build_job()[2].startswith("kampala · search “a pool” · 50 m · ")
+
+
+def test_the_preset_combo_names_the_class_list_the_box_holds(dock):
+    from remoteclip_qgis.core.prompts import PRESETS
+
+    dock.labels_edit.setPlainText("\n".join(PRESETS["land-cover"]))   # what a first start restores
+    assert dock.preset_combo.currentText() == "land-cover"
+    dock.labels_edit.setPlainText("buildings, trees")
+    assert dock.preset_combo.currentText() == "Custom"
+    dock.preset_combo.setCurrentIndex(dock.preset_combo.findText("urban"))
+    dock.preset_combo.activated.emit(dock.preset_combo.currentIndex())
+    assert dock.labels_edit.toPlainText().splitlines() == PRESETS["urban"]
+    assert dock.preset_combo.currentText() == "urban"
+    dock.labels_edit.setPlainText(", ".join(PRESETS["rsscn7"]))   # typed the other way
+    assert dock.preset_combo.currentText() == "rsscn7"
+
+
+def test_a_bug_inside_the_task_leaves_its_traceback_in_the_log_panel(dock, tiny_bundle, qgis_iface):
+    """Not the user's input but the program: a raster source whose read raises (a plausible bug in a source)."""
+    from qgis.core import Qgis, QgsApplication
+
+    from remoteclip_qgis.core.jobs import EmbedTask, Job, RunOptions, TileSpec
+    from remoteclip_qgis.task import RemoteClipTask
+
+    class Broken:
+        name, width, height, count, crs_wkt, nodata, dtype = "broken", 256, 256, 3, "EPSG:4326", None, "uint8"
+        transform = (1e-5, 0.0, 32.0, 0.0, -1e-5, 0.3)
+        colorinterp = ["red", "green", "blue"]
+
+        def read(self, bands, window, out_shape=None):
+            raise ZeroDivisionError("a bug in a raster source")
+
+        def close(self):
+            pass
+
+    logged = []
+
+    def on_log(message, tag, level):
+        if tag == "RemoteCLIP":
+            logged.append((message, level))
+
+    QgsApplication.messageLog().messageReceived.connect(on_log)
+    task = RemoteClipTask(Job(raster=Broken(), task=EmbedTask(), tiles=TileSpec(size=128),
+                              run=RunOptions(model=str(tiny_bundle), cache_dir="")))
+    failed = []
+    task.failed.connect(lambda error, details: (failed.append((error, details)), dock._failed(error, details)))
+    try:
+        QgsApplication.taskManager().addTask(task)
+        _wait_for(lambda: failed, "the failure")
+    finally:
+        QgsApplication.messageLog().messageReceived.disconnect(on_log)
+    error, details = failed[0]
+    assert "ZeroDivisionError" in error and "Traceback" in details
+    assert any("Traceback" in m and level == Qgis.Critical for m, level in logged)
+    critical = qgis_iface.messageBar().get_messages(Qgis.Critical)
+    assert any("error in RemoteCLIP" in m and "Log Messages" in m for m in critical), critical
 
 
 # ------------------------------------------------------------------------------------- widgets -> Job
@@ -299,7 +459,7 @@ def test_widgets_become_the_core_job(dock, data_dir, qgis_iface, tiny_bundle, po
     dock.output_widget.setFilePath("")
 
     job, kind, name = dock.build_job()
-    assert kind == "label" and name == "kampala · labels"
+    assert kind == "label" and name.startswith("kampala · labels · water · 100 m · ")   # the preset the classes are
     assert isinstance(job.task, LabelTask)
     assert job.task.labels == ["river", "lake", "sea", "harbor", "beach", "land"]
     assert job.task.templates == ["an aerial photo of {}."]
@@ -385,17 +545,26 @@ def test_a_web_layer_is_read_over_the_map_view_at_the_map_resolution(dock, qgis_
 
 
 def test_default_output_is_a_geopackage_next_to_the_saved_project(rc, qgis_new_project, tmp_path):
-    from qgis.core import QgsApplication
+    from qgis.core import QgsSettings
+    from qgis.PyQt.QtCore import QStandardPaths
 
-    from remoteclip_qgis.dock import default_output, results_folder
+    from remoteclip_qgis.dock import default_output, results_folder, save_setting
 
+    QgsSettings().remove("RemoteCLIP")
     qgis_new_project.setFileName("")
-    assert results_folder() == Path(QgsApplication.qgisSettingsDirPath()) / "remoteclip_results"
+    # unsaved: a visible folder in Documents, not inside QGIS's profile
+    documents = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.DocumentsLocation)
+    assert results_folder() == Path(documents) / "RemoteCLIP results"
     qgis_new_project.setFileName(str(tmp_path / "site.qgz"))
     path = Path(default_output("Kampala mosaic (z20)", "count"))
     assert path.parent == tmp_path / "remoteclip_results"
     assert path.suffix == ".gpkg" and path.name.startswith("Kampala_mosaic_z20_count_")
+    # the folder chosen in the panel wins over both
+    save_setting("results_dir", str(tmp_path / "mine"))
+    assert Path(default_output("k", "label")).parent == tmp_path / "mine"
     qgis_new_project.setFileName("")
+    assert results_folder() == tmp_path / "mine"
+    QgsSettings().remove("RemoteCLIP")
 
 
 def test_model_widget_shows_name_architecture_and_activation(dock, tiny_bundle, tmp_path):
@@ -442,9 +611,23 @@ def test_export_a_result_to_shapefile_and_geopackage(dock, data_dir, tmp_path):
     dock.export_format.setCurrentText("ESRI Shapefile")
     dock.export_widget.setFilePath(str(tmp_path / "export" / "labels"))
     (tmp_path / "export").mkdir()
-    dock.export_clicked()
+    from osgeo import gdal, ogr
+
+    said = []
+    gdal.PushErrorHandler(lambda _cls, _no, msg: said.append(msg))
+    try:
+        dock.export_clicked()
+    finally:
+        gdal.PopErrorHandler()
     shp = tmp_path / "export" / "labels.shp"
     assert shp.is_file(), dock.status.text()
+    assert said == [], "GDAL had something to say about the export (truncated fields?)"
+    ds = ogr.Open(str(shp))
+    defn = ds.GetLayer(0).GetLayerDefn()
+    columns = {defn.GetFieldDefn(i).GetName(): defn.GetFieldDefn(i).GetWidth() for i in range(defn.GetFieldCount())}
+    ds = None
+    assert "fid" not in columns, "the GeoPackage's feature id became a column"
+    assert list(columns)[:3] == ["row", "col", "label"] and columns["label"] == 254
     out = QgsVectorLayer(str(shp), "exported", "ogr")
     assert out.isValid() and out.featureCount() == layer.featureCount()
     assert out.crs() == layer.crs()
@@ -519,7 +702,7 @@ def test_class_colours_are_expected_distinct_and_stable(rc):
 
     colors = class_colors(["water", "trees", "dense residential area", "sparse residential area", "road"])
     assert colors["water"] == "#3a7dc9" and colors["trees"] == "#2e7d32" and colors["road"] == "#8d8d8d"
-    assert colors["dense residential area"] == "#e15759"
+    assert colors["dense residential area"] != colors["sparse residential area"]
     assert len({colors[c] for c in colors}) == len(colors), "two classes share a colour"
     assert colors["unknown"] == UNKNOWN_COLOR
     assert class_colors(["water", "trees"]) == {k: colors[k] for k in ("water", "trees", "unknown")}
@@ -651,7 +834,7 @@ def test_a_loaded_output_is_not_replaced_under_its_layer(dock, data_dir, user_gp
         with Answer(QMessageBox.Yes) as answer:
             assert dock.run() is None
         assert answer.texts == []   # refused, not even asked
-        assert "is shown in this project by the layer “kampala · labels”" in dock.status.text()
+        assert "is shown in this project by the layer “kampala · labels" in dock.status.text()
         assert any("Remove that layer" in m for m in qgis_iface.messageBar().get_messages(Qgis.Warning))
     assert _features(user_gpkg, "labels") == before and shown.featureCount() == len(before)
 
@@ -669,7 +852,7 @@ def test_a_loaded_output_is_not_replaced_under_its_layer(dock, data_dir, user_gp
     assert len(_features(user_gpkg, "tiles")) == 6 and other.featureCount() == n_buildings
 
 
-def test_export_into_a_geopackage_keeps_its_layers_and_asks_before_replacing(dock, data_dir, user_gpkg):
+def test_export_into_a_geopackage_keeps_its_layers_and_asks_before_replacing(rc, dock, data_dir, user_gpkg):
     from qgis.PyQt.QtWidgets import QMessageBox
 
     buildings = _features(user_gpkg, "buildings")
@@ -680,19 +863,21 @@ def test_export_into_a_geopackage_keeps_its_layers_and_asks_before_replacing(doc
     dock.output_widget.setFilePath(str(user_gpkg.parent / "run.gpkg"))
     _run(dock)
     dock.export_layer_combo.setLayer(dock.last_layer)
+    exported = rc.dock.slug(dock.last_layer.name()).lower()   # the layer's name, as the Layers panel shows it
+    assert exported.startswith("kampala_tiles_512_px_")
     dock.export_format.setCurrentText("GeoPackage")
     dock.export_widget.setFilePath(str(user_gpkg))
     with Answer(QMessageBox.No) as answer:
         dock.export_clicked()
     assert answer.texts == [] and "Exported" in dock.status.text(), dock.status.text()
-    assert _features(user_gpkg, "buildings") == buildings and len(_features(user_gpkg, "kampala_tiles")) == 6
+    assert _features(user_gpkg, "buildings") == buildings and len(_features(user_gpkg, exported)) == 6
     with Answer(QMessageBox.No) as answer:
         dock.export_clicked()
     assert len(answer.texts) == 1 and "Not exported" in dock.status.text()
     with Answer(QMessageBox.Yes) as answer:
         dock.export_clicked()
     assert len(answer.texts) == 1 and "Exported" in dock.status.text()
-    assert _features(user_gpkg, "buildings") == buildings and len(_features(user_gpkg, "kampala_tiles")) == 6
+    assert _features(user_gpkg, "buildings") == buildings and len(_features(user_gpkg, exported)) == 6
 
 
 def test_a_shapefile_result_reads_its_own_sidecar_and_never_the_users_json(rc, data_dir, tiny_bundle, tmp_path):
@@ -713,3 +898,102 @@ def test_a_shapefile_result_reads_its_own_sidecar_and_never_the_users_json(rc, d
     # a sidecar of that name without RemoteCLIP's marker is not ours: not read
     (tmp_path / "labels.remoteclip.json").write_text('{"fields": {"p_trees": "oaks"}}')
     assert read_field_map(str(shp)) == {}
+
+
+# ------------------------------------------------------------------------------- plan, help, demo
+
+def _wait_for(predicate, what: str, limit: float = 60) -> None:
+    from qgis.PyQt.QtCore import QCoreApplication
+
+    deadline = time.monotonic() + limit
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} did not happen"
+        QCoreApplication.processEvents()
+        time.sleep(0.01)
+
+
+def test_the_plan_follows_tiles_and_extent_after_a_pause_and_off_the_gui_thread(dock, data_dir, tiny_bundle):
+    from remoteclip_qgis.core.jobs import EmbedTask, Job, RunOptions, TileSpec, plan_job
+
+    raster = _raster(data_dir, KAMPALA, "kampala")
+    dock.layer_combo.setLayer(raster)
+    dock.tile_unit.setCurrentIndex(dock.tile_unit.findData("px"))
+    dock.tile_size.setValue(256)
+    _wait_for(lambda: "24 tiles of 256 × 256 px" in dock.plan_label.text(), "the first plan")
+    assert "known after a first run" in dock.plan_label.text()
+
+    # typing in the tile size: nothing is worked out until the user pauses (the timer), then in a thread
+    dock.tile_size.setValue(512)
+    dock.overlap.setValue(50)
+    assert "24 tiles" in dock.plan_label.text() and dock._plan_timer.isActive()
+    dock._plan_timer.stop()
+    dock.update_plan()
+    assert dock.plan_label.text() == "Plan: counting tiles…", "the plan was worked out on the GUI thread"
+    want = plan_job(Job(raster=str(data_dir / KAMPALA), task=EmbedTask(), tiles=TileSpec(512, overlap=0.5),
+                        run=RunOptions(model=str(tiny_bundle)))).n_tiles
+    _wait_for(lambda: f"{want} tiles of 512 × 512 px" in dock.plan_label.text(), "the new plan")
+    assert want == 15
+
+    # an input problem is said there, before Run
+    dock.bands_edit.setText("red")
+    _wait_for(lambda: "not band numbers" in dock.plan_label.text(), "the bands problem")
+    dock.bands_edit.setText("")
+    _wait_for(lambda: "tiles of" in dock.plan_label.text(), "the plan again")
+
+    # after a run of this model, the plan says how long at the rate measured here
+    dock.set_kind("embed")
+    dock.tile_size.setValue(128)   # enough tiles (two batches) for core to time the encoder
+    dock.overlap.setValue(0)
+    _run(dock)
+    assert dock.last_layer is not None, dock.status.text()
+    dock.update_plan()
+    _wait_for(lambda: "measured here" in dock.plan_label.text(), "the timed plan")
+    assert "96 tiles of 128 × 128 px, about" in dock.plan_label.text()
+
+
+def test_help_opens_the_documentation(dock):
+    from qgis.PyQt.QtCore import QObject, pyqtSlot
+    from qgis.PyQt.QtGui import QDesktopServices
+
+    from remoteclip_qgis.dock import help_url
+
+    class Browser(QObject):
+        def __init__(self):
+            super().__init__()
+            self.urls = []
+
+        @pyqtSlot("QUrl")
+        def open(self, url):
+            self.urls.append(url.toString())
+
+    browser = Browser()
+    QDesktopServices.setUrlHandler("https", browser, "open")
+    try:
+        dock.help_button.click()
+    finally:
+        QDesktopServices.unsetUrlHandler("https")
+    assert browser.urls == [help_url()]
+    assert help_url() == "https://github.com/remoteclip-qgis/remoteclip-qgis#in-qgis"
+
+
+def test_a_run_with_the_demo_model_says_it_is_a_demo(dock, data_dir, tmp_path, qgis_iface):
+    from qgis.core import Qgis
+
+    from remoteclip_qgis.core.bundle import DEMO_BUNDLE
+
+    dock.model_widget.setFilePath(str(DEMO_BUNDLE))
+    assert dock.demo_banner.isVisibleTo(dock)
+    raster = _raster(data_dir, KAMPALA, "kampala")
+    dock.layer_combo.setLayer(raster)
+    dock.set_kind("embed")
+    dock.tile_size.setValue(512)
+    dock.output_widget.setFilePath(str(tmp_path / "demo.gpkg"))
+    _run(dock)
+    assert dock.last_layer is not None, dock.status.text()
+    from qgis.PyQt.QtWidgets import QPushButton
+
+    bar = qgis_iface.messageBar()
+    notes = [item for item in bar.items() if "demo model: for trying the plugin" in item.text().lower()]
+    assert len(notes) == 1 and notes[0].level() == Qgis.Info, [i.text() for i in bar.items()]
+    assert [b.text() for b in notes[0].findChildren(QPushButton)] == ["Get RemoteCLIP-ViT-B-32"]
+    bar.clearWidgets()

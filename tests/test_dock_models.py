@@ -60,6 +60,8 @@ def _items(row) -> dict[str, str]:
 
 
 def test_the_picker_lists_catalogue_models_with_size_and_state_and_marks_the_demo(dock, rc):
+    from qgis.PyQt.QtCore import Qt
+
     from remoteclip_qgis.core.bundle import DEMO_BUNDLE
     from remoteclip_qgis.model_picker import DEMO_NOTE
 
@@ -69,7 +71,8 @@ def test_the_picker_lists_catalogue_models_with_size_and_state_and_marks_the_dem
     assert "OpenAI-CLIP-ViT-B-32" in items and "GeoRSCLIP-ViT-B-32" in items
     assert items["remoteclip-demo"] == "remoteclip-demo · demo"
     dock.model_widget.setFilePath(str(DEMO_BUNDLE))
-    assert DEMO_NOTE in dock.model_info.text()
+    assert dock.demo_banner.isVisibleTo(dock) and "not credible" in dock.demo_label.text()
+    assert dock.model_row.combo.itemData(0, Qt.ItemDataRole.ToolTipRole) == DEMO_NOTE   # the demo entry
     assert dock.model_row.combo.currentText() == "remoteclip-demo · demo"
     assert not dock.model_row.get_button.isEnabled()           # nothing to get for a local bundle
     dock.model_row.select_entry("RemoteCLIP-ViT-B-32")
@@ -161,9 +164,32 @@ def test_onnx_for_conversion_is_pinned_to_the_lock_file_and_installed_alone(rc, 
     from remoteclip_qgis import deps
 
     lock = (Path(__file__).resolve().parents[1] / "requirements" / "lock.txt").read_text().splitlines()
-    assert deps.CONVERSION["onnx"] in lock            # same pin as every other environment
+    onnx_pin = next(line for line in lock if line.startswith("onnx=="))
+    assert deps.requirements("onnxruntime", ["onnx"]) == [onnx_pin]   # same pin as every other environment
     assert "onnx" not in deps.REQUIRED               # running models never needs it
     plan = deps.InstallPlan("python3", tmp_path / "deps", ["onnx"], "GPU 0: H200 (UUID: x)", "1.24.2", "linux")
-    assert plan.commands == [plan.commands[0]] and plan.commands[0][-1] == "onnx==1.23.2"
-    assert "onnxruntime" not in " ".join(plan.commands[0])
+    assert plan.commands == [plan.commands[0]] and plan.commands[0][-1] == onnx_pin
+    assert not [a for a in plan.commands[0] if a.startswith("onnxruntime")]
     assert deps.missing_for_conversion() == []        # the test environment has it (requirements/training.txt)
+
+
+def test_the_demo_model_says_so_and_its_button_gets_remoteclip(dock, models, tiny_ckpt):
+    """The demo banner shows while the demo model is chosen; its button chooses RemoteCLIP-ViT-B-32 and Gets
+    it (here from a loopback server, through a models-folder catalogue entry of that name), then the banner
+    goes."""
+    from remoteclip_qgis.core.bundle import DEMO_BUNDLE
+
+    dock.model_widget.setFilePath(str(DEMO_BUNDLE))
+    assert dock.demo_banner.isVisibleTo(dock) and "not credible" in dock.demo_label.text()
+    with FileServer({"tiny.pt": tiny_ckpt}) as srv:
+        user_catalog(models, entry(name="RemoteCLIP-ViT-B-32", url=srv.url("tiny.pt")))
+        dock.model_row.refresh()
+        dock.demo_get_button.click()
+        assert dock.model_row.task is not None or dock.model_row.install_task is not None
+        _wait(dock.model_row)
+    assert dock.model_path() == str(models / "RemoteCLIP-ViT-B-32"), dock.model_row.status.text()
+    assert not dock.demo_banner.isVisibleTo(dock)
+    dock.model_widget.setFilePath(str(DEMO_BUNDLE))
+    assert dock.demo_banner.isVisibleTo(dock)
+    dock.demo_get_button.click()   # it is here now: chosen, nothing downloaded
+    assert dock.model_row.task is None and dock.model_path() == str(models / "RemoteCLIP-ViT-B-32")

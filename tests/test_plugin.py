@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import require
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = "remoteclip_qgis"
@@ -86,6 +87,43 @@ def test_diagnostics_names_versions_providers_gpu_and_model(rc, tiny_bundle, qgi
     assert f"model bundle error: Model bundle not found: {tiny_bundle}-bad." in bad
 
 
+def test_diagnostics_shows_the_embedding_cache_and_clears_it_after_asking(rc, tmp_path, monkeypatch):
+    import numpy as np
+    from qgis.PyQt.QtCore import QTimer
+    from qgis.PyQt.QtWidgets import QApplication, QMessageBox
+
+    from remoteclip_qgis.core.cache import EmbeddingCache
+    from remoteclip_qgis.diagnostics import DiagnosticsDialog, diagnostics_text
+
+    monkeypatch.setenv("REMOTECLIP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("REMOTECLIP_CACHE_MAX", "1G")
+    cache = EmbeddingCache()
+    emb = np.eye(4, 8, dtype=np.float32)
+    for i in range(2):
+        cache.save(f"{i:064x}", np.arange(4), emb)
+    (tmp_path / "cache" / "rates.json").write_text("{}")
+    dialog = DiagnosticsDialog(diagnostics_text())
+    line = next(ln for ln in dialog.text.toPlainText().splitlines() if ln.startswith("embedding cache:"))
+    assert str(tmp_path / "cache") in line and "2 entries" in line and "of at most 1.0 GB" in line
+
+    def answer(button):
+        def click():
+            box = QApplication.activeModalWidget()
+            if isinstance(box, QMessageBox):
+                box.button(button).click()
+            else:
+                QTimer.singleShot(20, click)
+        QTimer.singleShot(20, click)
+
+    answer(QMessageBox.StandardButton.No)
+    assert dialog.clear_cache() is None and len(cache.entries()) == 2
+    answer(QMessageBox.StandardButton.Yes)
+    n, freed = dialog.clear_cache()
+    assert n == 2 and freed > 0 and cache.entries() == []
+    assert (tmp_path / "cache" / "rates.json").is_file()
+    assert "0 entries" in dialog.text.toPlainText()
+
+
 # ------------------------------------------------------------------------------- without onnxruntime
 
 _NO_ORT = textwrap.dedent("""
@@ -119,7 +157,7 @@ _NO_ORT = textwrap.dedent("""
     out["missing"] = plugin.missing
     out["bar"] = [item.text() for item in iface.bar.items()]
     out["banner_shown"] = dock.banner.isVisibleTo(dock)
-    out["banner"] = dock.banner_label.text()
+    out["banner"] = dock.banner_label.text() + " | " + dock.manual_edit.text()
     out["run_enabled"] = dock.run_button.isEnabled()
     out["task"] = repr(dock.run())
     out["status"] = dock.status.text()
@@ -169,60 +207,153 @@ def test_gpu_choice_follows_nvidia_smi(rc):
     assert deps.gpu_usable(smi) == (smi is not None and "GPU 0" in smi)
 
 
-def test_install_plan_pins_qgis_numpy_and_falls_back_to_cpu_onnxruntime(rc, tmp_path):
+PINS = {"onnxruntime": "1.31.1", "ftfy": "6.3.1", "regex": "2026.11.15", "onnx": "1.23.2", "wcwidth": "0.9.4"}
+
+
+def test_install_plan_pins_the_lock_and_qgis_numpy_and_falls_back_to_cpu_onnxruntime(rc, tmp_path):
     from remoteclip_qgis import deps
 
     target = tmp_path / "python" / "remoteclip_deps"
-    plan = deps.InstallPlan("/usr/bin/python3", target, ["regex", "onnxruntime"], SMI_GPU, "1.24.2", "linux")
+    plan = deps.InstallPlan("/usr/bin/python3", target, ["regex", "onnxruntime"], SMI_GPU, "1.24.2", "linux", PINS)
     assert plan.missing == ["onnxruntime", "regex"]
     first, second = plan.commands
     assert first[:4] == ["/usr/bin/python3", "-m", "pip", "install"]
     assert first[first.index("--target") + 1] == str(target)
     assert first[first.index("--constraint") + 1] == str(plan.constraint_file)
-    assert first[-2:] == ["onnxruntime-gpu", "regex"] and second[-2:] == ["onnxruntime", "regex"]
+    # the GPU build takes the CPU build's version: they are released together
+    assert first[-2:] == ["onnxruntime-gpu==1.31.1", "regex==2026.11.15"]
+    assert second[-2:] == ["onnxruntime==1.31.1", "regex==2026.11.15"]
     manual = plan.manual_command()
-    assert manual.startswith("/usr/bin/python3 -m pip install") and manual.endswith("onnxruntime regex numpy==1.24.2")
+    assert manual.startswith("/usr/bin/python3 -m pip install")
+    assert manual.endswith("onnxruntime==1.31.1 regex==2026.11.15 numpy==1.24.2")
     assert "--constraint" not in manual
     plan.prepare()
-    assert target.is_dir() and plan.constraint_file.read_text() == "numpy==1.24.2\n"
+    # QGIS's numpy, then the lock for what the packages pull in (ftfy's wcwidth)
+    assert target.is_dir() and plan.constraint_file.read_text().splitlines() == [
+        "numpy==1.24.2", "ftfy==6.3.1", "onnx==1.23.2", "onnxruntime==1.31.1", "regex==2026.11.15", "wcwidth==0.9.4"]
 
-    cpu = deps.InstallPlan("python3", target, ["onnxruntime", "ftfy", "regex"], None, "1.24.2", "linux")
-    assert len(cpu.commands) == 1 and cpu.commands[0][-3:] == ["onnxruntime", "ftfy", "regex"]
+    cpu = deps.InstallPlan("python3", target, ["onnxruntime", "ftfy", "regex"], None, "1.24.2", "linux", PINS)
+    assert len(cpu.commands) == 1
+    assert cpu.commands[0][-3:] == ["onnxruntime==1.31.1", "ftfy==6.3.1", "regex==2026.11.15"]
     assert deps.InstallPlan("python3", target, [], None, "1.24.2").commands == []
+    # a package the lock does not list goes unpinned rather than not at all
+    assert deps.InstallPlan("python3", target, ["ftfy"], None, None, "linux", {}).commands[0][-1] == "ftfy"
     # Windows: the command a user pastes into cmd.exe quotes paths with spaces
     win = deps.InstallPlan(r"C:\Program Files\QGIS 3.22\apps\Python39\python.exe",
                            r"C:\Users\a b\AppData\Roaming\QGIS\QGIS3\profiles\default\python\remoteclip_deps",
-                           ["ftfy"], None, "1.22.1", "win32")
+                           ["ftfy"], None, "1.22.1", "win32", PINS)
     assert win.manual_command().startswith('"C:\\Program Files\\QGIS 3.22\\apps\\Python39\\python.exe" -m pip')
 
 
-def test_find_python_when_sys_executable_is_qgis(rc):
+def test_pins_come_from_the_lock_file_shipped_in_the_plugin(rc, built_plugin):
+    """One source of versions: requirements/lock.txt, copied into the plugin by scripts/package.py."""
+    from remoteclip_qgis import deps
+
+    shipped = built_plugin / "remoteclip_qgis" / "requirements" / "lock.txt"
+    assert deps.lock_file() == shipped.resolve()
+    assert shipped.read_bytes() == (ROOT / "requirements" / "lock.txt").read_bytes()
+    pins = deps.read_pins()
+    lock = {ln.split("==")[0].lower(): ln.split("==")[1] for ln in shipped.read_text().splitlines() if "==" in ln}
+    for module in deps.PACKAGES:   # every package the installer may install has its pin
+        assert deps.requirements("onnxruntime", [module]) == [f"{deps.PACKAGES[module]}=={lock[module]}"]
+    assert deps.pinned("onnxruntime-gpu", pins) == f"onnxruntime-gpu=={lock['onnxruntime']}"
+    assert deps.pinned("Typing.Extensions", pins) == f"Typing.Extensions=={lock['typing_extensions']}"
+
+
+def test_find_python_takes_qgis_interpreter_by_each_platforms_conventions(rc):
     from remoteclip_qgis import deps
 
     def exists(*present):
         return lambda p: p in present
 
-    # plain Python (this test run, Linux QGIS): sys.executable is python
-    assert deps.find_python("/usr/bin/python3", "/usr", "linux") == "/usr/bin/python3"
+    yes = lambda p: True   # noqa: E731 (every candidate is this interpreter)
+    v = f"{sys.version_info.major}.{sys.version_info.minor}"
+    # Linux: sys.executable is what PATH found for python3 (a pyenv shim here); QGIS's is under its prefix
+    got = deps.find_python("/root/.pyenv/shims/python3", "/usr", "linux", probe=yes, base_executable="",
+                           exists=exists(f"/usr/bin/python{v}", "/usr/bin/python3", "/root/.pyenv/shims/python3"))
+    assert got == f"/usr/bin/python{v}"
     # Windows OSGeo4W/standalone QGIS: sys.executable is qgis-bin.exe, python.exe sits in sys.exec_prefix
     prefix = r"C:\Program Files\QGIS 3.22\apps\Python39"
-    got = deps.find_python(r"C:\Program Files\QGIS 3.22\bin\qgis-bin.exe", prefix, "win32",
-                           exists=exists(os.path.join(prefix, "python.exe")), which=lambda n: None)
+    got = deps.find_python(r"C:\Program Files\QGIS 3.22\bin\qgis-bin.exe", prefix, "win32", probe=yes,
+                           exists=exists(os.path.join(prefix, "python.exe")), base_executable="")
     assert got == os.path.join(prefix, "python.exe")
-    got = deps.find_python(r"C:\QGIS\bin\qgis-bin.exe", prefix, "win32",
-                           exists=exists(os.path.join(prefix, "python3.exe")), which=lambda n: None)
+    got = deps.find_python(r"C:\QGIS\bin\qgis-bin.exe", prefix, "win32", probe=yes, base_executable="",
+                           exists=exists(os.path.join(prefix, "python3.exe")))
     assert got == os.path.join(prefix, "python3.exe")
-    # macOS bundle: the QGIS binary, python3 under the bundle's prefix
+    # macOS bundle: the QGIS binary; the bundle's bin/python3 first, else the framework's
     mac_prefix = "/Applications/QGIS.app/Contents/Frameworks/Python.framework/Versions/Current"
-    v = f"{sys.version_info.major}.{sys.version_info.minor}"
-    got = deps.find_python("/Applications/QGIS.app/Contents/MacOS/QGIS", mac_prefix, "darwin",
-                           exists=exists(f"{mac_prefix}/bin/python{v}"), which=lambda n: None)
+    exe = "/Applications/QGIS.app/Contents/MacOS/QGIS"
+    got = deps.find_python(exe, mac_prefix, "darwin", probe=yes, base_executable="",
+                           exists=exists("/Applications/QGIS.app/Contents/MacOS/bin/python3", f"{mac_prefix}/bin/python{v}"))
+    assert got == "/Applications/QGIS.app/Contents/MacOS/bin/python3"
+    got = deps.find_python(exe, mac_prefix, "darwin", probe=yes, base_executable="",
+                           exists=exists(f"{mac_prefix}/bin/python{v}"))
     assert got == f"{mac_prefix}/bin/python{v}"
-    # nothing next to it: the PATH's python3
-    assert deps.find_python("/opt/qgis/bin/qgis", "/opt/qgis", "linux", exists=exists(),
-                            which=lambda n: "/usr/bin/python3" if n == "python3" else None) == "/usr/bin/python3"
+    # a candidate that is another Python (the probe says so) is passed over; sys.executable comes last
+    got = deps.find_python("/venv/bin/python", "/usr", "linux", base_executable="",
+                           exists=exists(f"/usr/bin/python{v}", "/venv/bin/python"),
+                           probe=lambda p: p == "/venv/bin/python")
+    assert got == "/venv/bin/python"
+    # never the PATH's python: nothing that is QGIS's is an error naming where it looked
+    with pytest.raises(FileNotFoundError, match=f"/opt/qgis/bin/python{v}"):
+        deps.find_python("/opt/qgis/bin/qgis", "/opt/qgis", "linux", exists=exists(), probe=yes, base_executable="")
     with pytest.raises(FileNotFoundError):
-        deps.find_python("/opt/qgis/bin/qgis", "/opt/qgis", "linux", exists=exists(), which=lambda n: None)
+        deps.find_python("/usr/bin/python3", "/usr", "linux", exists=exists("/usr/bin/python3"), base_executable="",
+                         probe=lambda p: False)
+
+
+def test_the_probe_tells_this_interpreter_from_another_python(rc, tmp_path):
+    """A real run of each candidate: this interpreter passes, a script named python3 does not, and another
+    installation of the same version (pyenv's, where present) does not either."""
+    from remoteclip_qgis import deps
+
+    assert deps.probe_python(sys.executable)[:2] == sys.version_info[:2]
+    assert deps.find_python(sys.executable, sys.exec_prefix, sys.platform) in deps.python_candidates(
+        sys.executable, sys.exec_prefix, sys.platform, getattr(sys, "_base_executable", ""))
+    fake = tmp_path / "python3"
+    fake.write_text("#!/bin/sh\necho 3 11\necho /elsewhere\n")
+    fake.chmod(0o755)
+    assert deps.probe_python(str(fake)) == (3, 11, "/elsewhere")
+    with pytest.raises(FileNotFoundError):
+        deps.find_python(str(fake), str(tmp_path), "linux", base_executable="")
+
+
+def _fake_python(folder: Path, log: Path) -> Path:
+    """A ``python3`` first on PATH that records each call and fails, as a broken shim would."""
+    folder.mkdir(parents=True, exist_ok=True)
+    exe = folder / "python3"
+    exe.write_text(f"#!/bin/sh\necho \"$0 $*\" >> {log}\necho 'fake python3: not QGIS\\'s interpreter' >&2\nexit 1\n")
+    exe.chmod(0o755)
+    return exe
+
+
+def test_in_real_qgis_with_another_python3_first_on_path_the_installer_uses_qgis_own(built_plugin, tmp_path):
+    """The QGIS application started with a fake python3 first on PATH (sys.executable then names it): the
+    plan, the banner's manual command and a real pip install all use QGIS's interpreter; the fake is never
+    run."""
+    from qgis_app import qgis_program, run_in_qgis
+
+    require(qgis_program() is not None, "the qgis program is not installed")
+    log = tmp_path / "fake-python-calls.log"
+    fake = _fake_python(tmp_path / "fakebin", log)
+    target = tmp_path / "deps"
+    out = run_in_qgis(built_plugin, tmp_path / "qgis", f"""
+        import sys
+        from remoteclip_qgis import deps
+        plan = deps.make_plan(["ftfy"], target=__import__("pathlib").Path({str(target)!r}))
+        ok, summary = deps.run_plan(plan, log=lambda line: None)
+        report(executable=sys.executable, python=plan.python, manual=plan.manual_command(), ok=ok, summary=summary,
+               banner=plugin.dock.banner_label.text() + plugin.dock.manual_edit.text())
+    """, env={"PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"})
+    assert "error" not in out, out["error"]
+    assert out["executable"] == str(fake), "QGIS did not see the fake python3 as sys.executable"
+    qgis_python = os.path.realpath(out["python"])
+    assert out["python"] != str(fake) and os.path.realpath("/usr/bin/python3") == qgis_python
+    assert out["manual"].startswith(out["python"] + " -m pip install")
+    assert str(fake) not in out["banner"] and out["python"] in out["banner"]
+    assert out["ok"], out["summary"]
+    assert (target / "ftfy" / "__init__.py").is_file() and "ftfy==" in out["manual"]
+    assert not log.exists(), f"the fake python3 was run: {log.read_text()}"
 
 
 def test_deps_folder_lives_in_the_profile_and_is_appended_once(rc, tmp_path):
@@ -305,7 +436,7 @@ def test_install_task_runs_in_the_task_manager_and_logs_pip(rc, tmp_path):
         QgsApplication.messageLog().messageReceived.disconnect(on_log)
     ok, summary, manual = done[0]
     assert ok, summary
-    assert summary.startswith("installed ftfy into") and (target / "ftfy").is_dir()
+    assert summary.startswith("installed ftfy==6.3.1 into") and (target / "ftfy").is_dir()
     assert any(m.startswith("Running: ") and "pip install" in m for m in logged)
     assert any("Successfully installed" in m for m in logged)
     assert "pip install" in manual and "ftfy" in manual

@@ -24,6 +24,7 @@ from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
     QgsGeometry,
+    QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingParameters,
@@ -33,6 +34,7 @@ from qgis.core import (
     QgsRasterLayer,
     QgsRectangle,
     QgsVectorLayer,
+    QgsWkbTypes,
 )
 
 pytestmark = pytest.mark.qgis
@@ -128,13 +130,35 @@ def test_provider_has_an_algorithm_per_task_with_designer_friendly_parameters(pl
             assert again is not None and again.type() == p.type() and again.name() == p.name()
         assert {o.name() for o in alg.outputDefinitions()} >= {"OUTPUT", "PROVIDER", "N_TILES", "CACHE_HIT"}
         assert alg.flags() & alg.FlagSupportsBatch and alg.flags() & alg.FlagCanCancel
-        assert alg.shortHelpString()
+        # the help says what each field means: the task's inputs with their own words, and the common ones
+        help_text = alg.shortHelpString()
+        for prm in alg.task_cls.params:
+            assert f"<b>{prm.label}</b>: " in help_text and (prm.help or prm.label) in help_text, (name, prm.name)
+        for field in ("Tile size", "Overlap", "Bands", "Extent", "Output"):
+            assert f"<b>{field}</b>: " in help_text, (name, field)
+        # whole values are shown whole: "224.0" and "0.00", not "224.000000" and "0.000000"
+        assert params["TILE_SIZE"].metadata()["widget_wrapper"]["decimals"] == 1
+        assert params["OVERLAP"].metadata()["widget_wrapper"]["decimals"] == 2
+        for prm in alg.task_cls.params:
+            if prm.kind == "int":
+                assert params[prm.processing_key].dataType() == params[prm.processing_key].Type.Integer
     label = registry.algorithmById("remoteclip:labeltiles")
     names = {p.name() for p in label.parameterDefinitions()}
     assert {"LABELS", "PRESET", "TEMPLATES", "TOP_K", "THRESHOLD", "USE_CACHE", "DISSOLVE"} <= names
     from remoteclip_qgis.core.prompts import PRESETS
 
     assert label.parameterDefinition("PRESET").options()[1:] == list(PRESETS)
+    assert label.parameterDefinition("PRESET").options()[label.parameterDefinition("PRESET").defaultValue()] \
+        == "land-cover", "Label tiles runs with its default values"
+    from qgis.gui import QgsGui, QgsProcessingGui
+    from qgis.PyQt.QtWidgets import QDoubleSpinBox
+
+    tile_size = registry.algorithmById("remoteclip:labeltiles").parameterDefinition("TILE_SIZE")
+    wrapper = QgsGui.processingGuiRegistry().createParameterWidgetWrapper(tile_size, QgsProcessingGui.Standard)
+    widget = wrapper.createWrappedWidget(QgsProcessingContext())
+    wrapper.setParameterValue(224, QgsProcessingContext())
+    spin = widget if isinstance(widget, QDoubleSpinBox) else widget.findChild(QDoubleSpinBox)
+    assert spin.text() == "224.0"
     assert {"OBJECT", "MAX_COUNT"} <= {p.name() for p in registry.algorithmById(
         "remoteclip:countobjects").parameterDefinitions()}
     assert {"QUERY", "TOP_K", "THRESHOLD"} <= {p.name() for p in registry.algorithmById(
@@ -304,6 +328,33 @@ def test_temporary_output_is_a_geopackage_in_the_processing_temp_folder(plugin, 
     assert open_output(out).featureCount() == res["N_TILES"]
 
 
+def test_label_tiles_runs_with_its_default_values_and_typed_names_win_over_the_preset(plugin, rgb_byte, tiny_bundle,
+                                                                                       tmp_path):
+    from remoteclip_qgis.core.prompts import PRESETS
+
+    params = {"INPUT": rgb_byte, "MODEL": str(tiny_bundle), "OUTPUT": str(tmp_path / "default.gpkg"),
+              "TILE_SIZE": 256}
+    run("labeltiles", params)
+    assert {f["label"] for f in open_output(tmp_path / "default.gpkg").getFeatures()} <= set(PRESETS["land-cover"])
+    run("labeltiles", {**params, "LABELS": "river, forest", "PRESET": 1, "OUTPUT": str(tmp_path / "typed.gpkg")})
+    assert {f["label"] for f in open_output(tmp_path / "typed.gpkg").getFeatures()} <= {"river", "forest"}
+
+
+def test_a_csv_output_keeps_the_tiles_as_wkt_and_spreadsheets_are_refused(plugin, rgb_byte, tiny_bundle, tmp_path):
+    import csv
+
+    out = tmp_path / "search.csv"
+    res = run("textsearch", base_params(rgb_byte, tiny_bundle, out, QUERY="a river", TILE_SIZE=256))
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == res["N_TILES"] > 0
+    geoms = [QgsGeometry.fromWkt(r["WKT"]) for r in rows]
+    assert all(g.type() == QgsWkbTypes.PolygonGeometry and g.area() > 0 for g in geoms)
+    with pytest.raises(QgsProcessingException, match="(?i)format"):
+        run("textsearch", base_params(rgb_byte, tiny_bundle, tmp_path / "search.xlsx", QUERY="a river"))
+    assert not (tmp_path / "search.xlsx").exists()
+
+
 def test_other_vector_formats_are_converted_and_unknown_ones_refused(plugin, rgb_byte, tiny_bundle, tmp_path):
     out = tmp_path / "search.geojson"
     res = run("textsearch", base_params(rgb_byte, tiny_bundle, out, QUERY="a river", TILE_SIZE=128))
@@ -393,8 +444,7 @@ def test_a_cancelled_run_raises_and_leaves_no_output(plugin, mosaic, tiny_bundle
 
 @pytest.mark.parametrize("extra, message", [
     ({"LABELS": "buildings"}, "Only one label"),
-    ({"LABELS": ""}, "No classes given"),
-    ({"LABELS": "a, b", "PRESET": 1}, "Both LABELS and PRESET"),
+    ({"LABELS": "", "PRESET": 0}, "No classes given"),
     ({"LABELS": LABELS, "TILE_SIZE": 5000}, "(?i)tile"),
     ({"LABELS": LABELS, "BANDS": [1, 2]}, "(?i)bands"),
 ])
@@ -676,6 +726,23 @@ def test_qgis_process_loads_the_plugin_and_runs_labeltiles(plugin, built_plugin,
                                 "LABELS=buildings", f"OUTPUT={tmp_path / 'bad.gpkg'}")
     assert rc != 0 and "Only one label" in out + err
     assert not (tmp_path / "bad.gpkg").exists()
+
+    # bands as users type them ("3,2,1"; QGIS itself reads only "3;2;1" and took "3,2,1" for band 0)
+    common = {"LABELS": "buildings,trees,road", "TILE_SIZE": 100, "TILE_UNIT": 1}
+    rc, out, err = qgis_process("run", "remoteclip:labeltiles", "--", f"INPUT={mosaic}", f"MODEL={tiny_bundle}",
+                                *(f"{k}={v}" for k, v in common.items()), "BANDS=3,2,1",
+                                f"OUTPUT={tmp_path / 'bgr.gpkg'}")
+    assert rc == 0, out[-2000:] + err[-2000:]
+    run("labeltiles", base_params(mosaic, tiny_bundle, tmp_path / "bgr_list.gpkg", BANDS=[3, 2, 1], **common))
+    run("labeltiles", base_params(mosaic, tiny_bundle, tmp_path / "rgb.gpkg", **common))
+
+    def probabilities(path):
+        return sorted((f["row"], f["col"], round(f["p_building"], 4), round(f["p_trees"], 4))
+                      for f in open_output(path).getFeatures())
+
+    bgr = probabilities(tmp_path / "bgr.gpkg")
+    assert bgr == probabilities(tmp_path / "bgr_list.gpkg"), "BANDS=3,2,1 read other bands than [3, 2, 1]"
+    assert bgr != probabilities(tmp_path / "rgb.gpkg"), "BANDS=3,2,1 read the default bands"
 
 
 def test_labeltiles_runs_inside_a_processing_model(plugin, rgb_byte, tiny_bundle, tmp_path):

@@ -147,3 +147,28 @@ def test_a_new_task_runs_through_run_job_and_the_command_line(data_dir, tiny_bun
                            atol=1e-6)
     finally:
         del TASKS["brightest"]
+
+
+def test_search_selects_the_best_tiles_that_stand_out_and_reports_the_similarity_it_took():
+    """Every similarity negative (a query the raster does not hold): a fixed 'top 20' would still select 20;
+    the stand-out rule selects only tiles at least mean + 1 sd, the top-k caps them, a higher threshold wins."""
+    from core.tasks import RasterPart, effective_threshold, search_records
+
+    sims = np.array([-0.31, -0.30, -0.29, -0.28, -0.27, -0.26, -0.25, -0.12, -0.10, -0.05])
+    emb = np.stack([sims, np.sqrt(1 - sims ** 2)], axis=1)   # unit vectors whose cosine with the query is sims
+    query = np.array([1.0, 0.0])
+    cut = float(sims.mean() + sims.std())
+    recs, _ = search_records(emb, query, top_k=20, threshold=None, stand_out=1.0)
+    assert [r["selected"] for r in recs] == [int(s >= cut) for s in sims] and sum(r["selected"] for r in recs) == 3
+    recs, _ = search_records(emb, query, top_k=2, threshold=None, stand_out=1.0)
+    assert [i for i, r in enumerate(recs) if r["selected"]] == [8, 9]   # the top-k caps the tiles standing out
+    assert effective_threshold(sims, -0.07, 1.0) == -0.07   # the stricter of the two
+    assert effective_threshold(sims, -0.9, 1.0) == pytest.approx(cut)
+    recs, _ = search_records(emb, query, top_k=None, threshold=None, stand_out=None)
+    assert all(r["selected"] for r in recs)   # the library's default: every tile
+    # the similarity the selection took is stored with the result, for the legend
+    part = RasterPart("r", "", (1, 0, 0, 0, -1, 0), None, np.arange(len(sims)), emb, (1, 1), (1, 1))
+    out = SearchTask("a swimming pool", top_k=20, stand_out=1.0).outputs(part, query[None, :], None, None)
+    assert out.metadata["threshold"] == pytest.approx(cut) and out.metadata["stand_out"] == 1.0
+    with pytest.raises(RemoteClipError, match="stand_out"):
+        SearchTask("pools", stand_out=-1)

@@ -161,7 +161,17 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
         return self.tr(self.task_cls.algorithm_title)
 
     def shortHelpString(self):
-        return self.tr(self.task_cls.help)
+        """The task's help, then what each field means (the task's inputs declare their help)."""
+        import html
+
+        rows = [(self.tr(label), self.tr(text)) for label, text in COMMON_HELP[:2]]   # raster, model
+        rows += [(self.tr(p.label), self.tr(param_help(p))) for p in self.task_cls.params]
+        rows += [(self.tr(label), self.tr(text)) for label, text in COMMON_HELP[2:]
+                 if label != "Dissolve" or self.can_dissolve]
+        if self.task_cls.dense:
+            rows.append((self.tr("Heat map"), self.tr(DENSE_HELP)))
+        items = "".join(f"<li><b>{html.escape(k, False)}</b>: {html.escape(v, False)}</li>" for k, v in rows)
+        return f"<p>{html.escape(self.tr(self.task_cls.help), False)}</p><ul>{items}</ul>"
 
     def group(self):
         return self.tr(self.task_cls.group)
@@ -183,15 +193,15 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
             fileFilter=self.tr("RemoteCLIP bundles (manifest.json *.rclip.zip *.zip);;All files (*)"),
             defaultValue=default_bundle(), optional=default_bundle() is not None))
         self.init_task_parameters()
-        self.add(QgsProcessingParameterNumber(
+        self.add(_decimals(QgsProcessingParameterNumber(
             self.TILE_SIZE, self.tr("Tile size"), QgsProcessingParameterNumber.Type.Double, defaultValue=224,
-            minValue=0.01))
+            minValue=0.01), 1))
         self.add(QgsProcessingParameterEnum(
             self.TILE_UNIT, self.tr("Tile size unit"), options=[self.tr("pixels"), self.tr("metres")],
             defaultValue=0))
-        self.add(QgsProcessingParameterNumber(
+        self.add(_decimals(QgsProcessingParameterNumber(
             self.OVERLAP, self.tr("Overlap (fraction of the tile edge shared with the neighbour)"),
-            QgsProcessingParameterNumber.Type.Double, defaultValue=0.0, minValue=0.0, maxValue=MAX_OVERLAP))
+            QgsProcessingParameterNumber.Type.Double, defaultValue=0.0, minValue=0.0, maxValue=MAX_OVERLAP), 2))
         self.add(QgsProcessingParameterExtent(
             self.EXTENT, self.tr("Extent (only tiles inside it; needed for XYZ/WMS layers)"), optional=True))
         self.add(QgsProcessingParameterFeatureSource(
@@ -259,7 +269,10 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
             return QgsProcessingParameterString(key, self.tr(prm.label + " (separated by commas or new lines)"),
                                                 multiLine=True, optional=True)
         if prm.kind == "preset":
-            return QgsProcessingParameterEnum(key, label, options=[self.tr("(none)"), *prm.choices], defaultValue=0)
+            # a default preset: the algorithm runs with its default values; class names typed win over it
+            default = prm.choices.index(DEFAULT_PRESET) + 1 if DEFAULT_PRESET in prm.choices else 0
+            return QgsProcessingParameterEnum(key, self.tr(prm.label + " (used when no class names are given)"),
+                                              options=[self.tr("(none)"), *prm.choices], defaultValue=default)
         if prm.kind == "templates":
             return QgsProcessingParameterString(key, self.tr(prm.label + "; separated by new lines or |"),
                                                 multiLine=True, optional=True)
@@ -267,13 +280,14 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
             return QgsProcessingParameterString(key, label, optional=prm.optional)
         if prm.kind in ("int", "float"):
             kwargs = {"optional": prm.optional}
-            if prm.default is not None:
-                kwargs["defaultValue"] = prm.default
+            if prm.start_value is not None:   # the dialog starts where the dock does (search: top 20, standing out)
+                kwargs["defaultValue"] = prm.start_value
             if prm.lo is not None:
                 kwargs["minValue"] = prm.lo
             if prm.hi is not None:
                 kwargs["maxValue"] = prm.hi
-            return number(key, label, number.Type.Integer if prm.kind == "int" else number.Type.Double, **kwargs)
+            p = number(key, label, number.Type.Integer if prm.kind == "int" else number.Type.Double, **kwargs)
+            return p if prm.kind == "int" else _decimals(p, 3)
         if prm.kind == "choice":
             return QgsProcessingParameterEnum(key, label, options=list(prm.choices),
                                               defaultValue=list(prm.choices).index(prm.default))
@@ -324,6 +338,9 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
                 raw[prm.name] = self.parameterAsFile(parameters, key, context) or None
             elif prm.kind == "file_out":
                 raw[prm.name] = self.parameterAsFileOutput(parameters, key, context) or None
+        for prm in self.task_cls.params:
+            if prm.kind == "preset" and raw.get(prm.fills) is not None:
+                raw[prm.name] = None   # the class names typed win over the (default) preset
         return self.task_cls.from_inputs(raw, spell=lambda p: p.processing_key)
 
     # -------------------------------------------------------------------------------- helpers
@@ -398,6 +415,16 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
 
     # -------------------------------------------------------------------------------- the run
 
+    def _bands(self, parameters, context) -> list[int] | None:
+        """The band numbers, also as users type them on the command line: QGIS reads a string only as
+        "3;2;1" (and "3,2,1" as band 0); the dock's and the command line's rule reads commas and spaces too."""
+        from ..core.raster import parse_bands
+
+        raw = parameters.get(self.BANDS)
+        if isinstance(raw, str):
+            return parse_bands(raw.replace(";", ","), "Bands (BANDS)")
+        return self.parameterAsInts(parameters, self.BANDS, context) or None
+
     def prepareAlgorithm(self, parameters, context, feedback):
         from ..core.jobs import Job, RunOptions, TileSpec
 
@@ -416,7 +443,7 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
             pixel_size = self.parameterAsDouble(parameters, self.PIXEL_SIZE, context) or None
             raster = raster_for_layer(layer, pixel_size=pixel_size, extent=extent)
             use_cache = not self.can_skip_cache or self.parameterAsBool(parameters, self.USE_CACHE, context)
-            bands = self.parameterAsInts(parameters, self.BANDS, context) or None
+            bands = self._bands(parameters, context)
             tiles = TileSpec(size=self.parameterAsDouble(parameters, self.TILE_SIZE, context),
                              unit=UNITS[self.parameterAsEnum(parameters, self.TILE_UNIT, context)],
                              overlap=self.parameterAsDouble(parameters, self.OVERLAP, context),
@@ -555,9 +582,59 @@ def _add_plugin_deps():
         add_deps_to_path()
 
 
+def _decimals(param, n: int):
+    """The dialog shows ``n`` decimals ("224.0", not "224.000000")."""
+    param.setMetadata({"widget_wrapper": {"decimals": n}})
+    return param
+
+
+DEFAULT_PRESET = "land-cover"
+COMMON_HELP = (
+    ("Raster layer", "the image to tile: a GeoTIFF or any raster QGIS opens (XYZ and WMS layers need an extent)"),
+    ("Model bundle", "a RemoteCLIP model: its folder, its manifest.json or a .rclip.zip; empty: the demo model "
+                     "shipped with the plugin, for trying it only"),
+    ("Tile size", "the edge of a square tile, in the unit below; each tile gets one result"),
+    ("Tile size unit", "pixels of the raster, or metres on the ground (the raster's CRS may be in degrees)"),
+    ("Overlap", "the fraction of a tile's edge shared with its neighbour (0 to 0.95); more overlap, more tiles "
+                "and a smoother heat map"),
+    ("Extent", "only tiles inside it; needed for XYZ and WMS layers, which cover the world"),
+    ("Mask polygons", "only tiles touching these polygons"),
+    ("Bands", "three band numbers read as red, green, blue (e.g. 3,2,1), or one read as grey; default: the "
+              "bands whose colour interpretation is red, green, blue, else the first three"),
+    ("Pixel size", "read the raster at this resolution, in layer units; 0: native (XYZ: the deepest zoom)"),
+    ("Batch size", "tiles encoded at once; smaller needs less memory"),
+    ("Device", "auto: the GPU when onnxruntime-gpu and CUDA work, else the CPU"),
+    ("Precision", "fp32, or fp16 when the model bundle has it (GPU)"),
+    ("Use the embedding cache", "a later run on the same raster, tiles and model reads no pixels"),
+    ("Dissolve", "merge touching tiles with the same result into one polygon (n_tiles says how many tiles)"),
+    ("Output", "a GeoPackage or Shapefile (other OGR formats are converted; CSV gets the polygons as WKT)"),
+)
+DENSE_HELP = "optional GeoTIFF at tile resolution: per-class probabilities or the similarity; overlapping tiles " \
+             "averaged"
+
+
+def param_help(prm) -> str:
+    """What a task input means, with its limits and default."""
+    text = prm.help or prm.label
+    limits = []
+    if prm.kind in ("int", "float") and (prm.lo is not None or prm.hi is not None):
+        lo = "" if prm.lo is None else f"{prm.lo:g}"
+        hi = "" if prm.hi is None else f"{prm.hi:g}"
+        limits.append(f"from {lo} to {hi}" if lo and hi else f"at least {lo}" if lo else f"at most {hi}")
+    if prm.optional and prm.kind in ("int", "float"):
+        limits.append(f"empty: {prm.none_text or 'none'}")
+    elif prm.default is not None and prm.kind not in ("preset",):
+        limits.append(f"default {prm.default}")
+    if prm.kind == "preset":
+        limits.append(f"default {DEFAULT_PRESET}; class names typed win over it; one of " + ", ".join(prm.choices))
+    return text + (f" ({'; '.join(limits)})" if limits else "")
+
+
 _EXTENSION_DRIVERS = {".geojson": "GeoJSON", ".json": "GeoJSON", ".fgb": "FlatGeobuf", ".gml": "GML",
                       ".kml": "KML", ".sqlite": "SQLite", ".csv": "CSV", ".tab": "MapInfo File",
-                      ".mif": "MapInfo File", ".gmt": "OGR_GMT", ".dxf": "DXF", ".xlsx": "XLSX", ".ods": "ODS"}
+                      ".mif": "MapInfo File", ".gmt": "OGR_GMT", ".dxf": "DXF"}   # spreadsheets would drop the tiles
+# layer options of a converted output: a CSV keeps the tile polygons as WKT (its default drops the geometry)
+_LAYER_OPTIONS = {"CSV": ["GEOMETRY=AS_WKT"]}
 
 
 _STAGE_PATTERN = r"\.remoteclip_(\d+)_[a-z0-9_]{8}"   # staging folders: .remoteclip_PID_ + mkdtemp's 8 characters
@@ -577,7 +654,8 @@ def _convert(src: str, dest: str, driver: str, layer_name: str | None) -> None:
     try:
         staged = os.path.join(stage, os.path.basename(dest))
         gdal.UseExceptions()
-        opts = gdal.VectorTranslateOptions(format=driver, layerName=layer_name)
+        opts = gdal.VectorTranslateOptions(format=driver, layerName=layer_name,
+                                           layerCreationOptions=_LAYER_OPTIONS.get(driver))
         if gdal.VectorTranslate(staged, src, options=opts) is None:
             raise RemoteClipError(f"Converting the result to {driver} failed.", "Save it as .gpkg or .shp.")
         stem = os.path.splitext(os.path.basename(dest))[0]
