@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from core.convert.architectures import key_mismatches
 from core.errors import RemoteClipError
 
 # training/configs/*.json: architectures of our own (tiny-test for unit tests, small-vit for the demo model)
@@ -150,12 +149,27 @@ def guess_architecture(state_dict: dict) -> str | None:
 
 
 def check_keys(state_dict: dict, arch: str, model) -> None:
-    """Raise RemoteClipError naming missing/unexpected/mis-shaped keys and the architecture that fits."""
+    """Raise RemoteClipError naming missing/unexpected/mis-shaped keys and the architecture that fits.
+    (core.convert.architectures.key_mismatches says the same of a checkpoint; it is not imported here because
+    the reference pipeline, which reads checkpoints through this module, must load nothing of core.)"""
     exp = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state_dict.items()}
-    parts = key_mismatches(exp, got)
-    if not parts:
+    missing = sorted(set(exp) - set(got))
+    unexpected = sorted(set(got) - set(exp))
+    shape = sorted(k for k in set(exp) & set(got) if exp[k] != got[k])
+    if not (missing or unexpected or shape):
         return
+
+    def few(keys):
+        return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys: {few(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys: {few(unexpected)}")
+    if shape:
+        parts.append(f"{len(shape)} keys with other shapes: " + few([f"{k} {got[k]} vs {exp[k]}" for k in shape]))
     guess = guess_architecture(state_dict)
     if guess and guess != arch:
         fix = f"This checkpoint looks like {guess}: pass --arch {guess}."
