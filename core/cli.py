@@ -100,7 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     from .tiles import MAX_OVERLAP
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("raster", help="GeoTIFF or any raster GDAL reads")
+    common.add_argument("raster", nargs="+", help="GeoTIFF or any raster GDAL reads; several rasters make one "
+                        "output with a source field: files, globs ('sheets/*.tif'), folders, a .txt list of paths, "
+                        "URLs of cloud-optimised GeoTIFFs")
     common.add_argument("--model", help="model bundle folder or .rclip.zip (default: models/remoteclip-demo, "
                                         "or $REMOTECLIP_MODEL)")
     common.add_argument("-o", "--output", help="output vector file (.gpkg or .shp), written atomically")
@@ -130,6 +132,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("-y", "--yes", action="store_true", help=f"run a plan of more than {MAX_TILES:,} tiles "
                    "(refused without it)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no plan line")
+    m = common.add_argument_group("many rasters")
+    m.add_argument("--out-crs", metavar="CRS", help="output CRS for several rasters, EPSG:n or WKT (default: the "
+                   "first raster's); tiles are reprojected exactly")
+    m.add_argument("--strict", action="store_true", help="stop at an unreadable raster (default: skip it and "
+                   "name it in the summary)")
+    m.add_argument("--dask", metavar="ADDRESS", help="run on a Dask cluster: its scheduler address "
+                   "(tcp://HOST:8786), or local:N for N worker processes on this machine (needs "
+                   "requirements/distributed.txt)")
 
     from .tasks import TASKS
 
@@ -227,9 +237,24 @@ def _job(args):
     run = RunOptions(model=args.model or _default_model(), device=args.device, precision=args.precision,
                      batch_size=args.batch_size, cache_dir=cache_dir)
     tiles = TileSpec(size=args.tile_size, unit=args.tile_unit, overlap=args.overlap, extent=extent, bands=bands)
-    return Job(raster=args.raster, task=task, run=run, tiles=tiles, output=args.output, layer_name=args.layer,
+    raster = _rasters(args.raster)
+    return Job(raster=raster, task=task, run=run, tiles=tiles, output=args.output, layer_name=args.layer,
                dissolve=args.dissolve, overwrite=args.overwrite, max_tiles=None if args.yes else MAX_TILES,
-               raster_output=getattr(args, "raster_output", None))
+               raster_output=getattr(args, "raster_output", None), out_crs=args.out_crs, strict=args.strict,
+               dask=args.dask)
+
+
+def _rasters(items: list[str]):
+    """One plain raster stays a path (the output as before: no source field); several, or a glob, a folder or
+    a list file, become a list (core.collection)."""
+    from .collection import expand_rasters
+
+    if len(items) == 1:
+        one = items[0]
+        if not (os.path.isdir(one) or one.lower().endswith((".txt", ".lst"))
+                or (any(c in one for c in "*?[") and not os.path.exists(one))):
+            return one
+    return expand_rasters(items)
 
 
 class _Bar:
@@ -266,6 +291,15 @@ def _summary(res, job) -> str:
         lines += job.task.describe(res)
     for w in res.warnings:
         lines.append(f"warning: {w}")
+    if res.sources or res.skipped:
+        lines.append(f"rasters: {len(res.sources)} in the output"
+                     + (f", {res.resumed} resumed from an earlier run" if res.resumed else "")
+                     + (f", {len(res.skipped)} skipped" if res.skipped else ""))
+        for path, why in res.skipped:
+            lines.append(f"skipped: {path}: {why}")
+        from .collection import crs_name
+
+        lines.append(f"output CRS: {crs_name(res.crs_wkt)}")
     from .bundle import DEMO_NAME, DEMO_NOTE
 
     if res.model == DEMO_NAME:

@@ -106,7 +106,7 @@ class RunOptions:
 
 @dataclass
 class Job:
-    raster: object                 # path/URI (str) or a RasterSource
+    raster: object                 # path/URI (str), a RasterSource, or a list of paths (core.collection)
     task: Task                     # a core.tasks task (LabelTask, CountTask, SearchTask, EmbedTask, ClassifyTask)
     run: RunOptions
     tiles: TileSpec = field(default_factory=TileSpec)
@@ -116,12 +116,27 @@ class Job:
     overwrite: bool = False        # replace existing outputs (a GeoPackage's other layers are always kept)
     max_tiles: int | None = MAX_TILES   # a larger plan is refused unless this is raised (None: no limit)
     raster_output: str | None = None    # dense GeoTIFF of the task's values (label, search, classify)
+    out_crs: str | None = None     # several rasters: the output CRS (EPSG:n or WKT; default the first raster's)
+    strict: bool = False           # several rasters: stop at an unreadable one instead of skipping it
+    dask: str | None = None        # a Dask scheduler address, or "local:N" (core.distributed)
 
     def __post_init__(self):
         self.max_tiles = checks.optional(checks.whole, self.max_tiles, "max_tiles", 1)
+        if isinstance(self.raster, list | tuple):
+            self.raster = [checks.path_text(r, "raster") for r in self.raster]
+            if not self.raster:
+                raise RemoteClipError("No raster was given.", "Give one or more raster files.")
+            for r in self.raster:
+                if not r.strip():
+                    raise RemoteClipError("An empty raster path was given.", "Give raster files (GeoTIFF, VRT, ...).")
         if self.raster is None or (isinstance(self.raster, str) and not self.raster.strip()):
             raise RemoteClipError("No raster was given.", "Give a raster file (GeoTIFF, VRT, ...) or layer.")
-        if not isinstance(self.raster, str | os.PathLike) and not callable(getattr(self.raster, "read", None)):
+        if self.out_crs is not None and not isinstance(self.out_crs, str):
+            raise RemoteClipError(f"The output CRS {self.out_crs!r} is not text.", "Give e.g. EPSG:3857.")
+        if self.dask is not None and (not isinstance(self.dask, str) or not self.dask.strip()):
+            raise RemoteClipError(f"The Dask scheduler {self.dask!r} is not an address.",
+                                  "Give tcp://HOST:8786, or local:N for N worker processes on this machine.")
+        if not isinstance(self.raster, str | os.PathLike | list) and not callable(getattr(self.raster, "read", None)):
             raise RemoteClipError(f"The raster {self.raster!r} is neither a path nor a raster source.",
                                   "Give a raster file path or a core.raster.RasterSource.")
         if not isinstance(self.task, Task):
@@ -167,6 +182,9 @@ class JobResult:
     head_output: str | None = None                       # classify: where the trained classifier was saved
     model: str = ""                                      # the bundle's name (core.bundle.DEMO_NAME: the demo)
     timings: dict[str, float] = field(default_factory=dict)  # seconds: prepare, text, tiles (read + encode), results
+    sources: list[str] = field(default_factory=list)     # several rasters: those in the output
+    skipped: list[tuple[str, str]] = field(default_factory=list)   # several rasters: (raster, why) not in it
+    resumed: int = 0                                     # rasters done by an earlier, interrupted run
 
 
 # ---------------------------------------------------------------------------------------------- tasks
@@ -295,11 +313,13 @@ class _Reader(threading.Thread):
                 src.close()
 
 
-def _encode_tiles(encoder, src, bands, stretch, grid, progress, is_cancelled, batch_size, readers=None):
-    """Embeddings of the tiles that are not all nodata: (indices into grid, (n, D) float32)."""
-    workers = readers if readers is not None else reader_count(src, encoder.on_gpu)
-    reader = _Reader(src, bands, stretch, grid, encoder.bundle.image, batch_size, workers)
-    reader.start()
+def _encode_tiles(encoder, src, bands, stretch, grid, progress, is_cancelled, batch_size, readers=None, reader=None):
+    """Embeddings of the tiles that are not all nodata: (indices into grid, (n, D) float32). ``reader``: a
+    _Reader already started on ``grid`` (core.collection starts the next raster's while this one encodes)."""
+    if reader is None:
+        workers = readers if readers is not None else reader_count(src, encoder.on_gpu)
+        reader = _Reader(src, bands, stretch, grid, encoder.bundle.image, batch_size, workers)
+        reader.start()
     kept_all: list[int] = []
     embs: list[np.ndarray] = []
     done = 0
@@ -337,6 +357,7 @@ class Plan:
     n_tiles: int
     tile_px: tuple[int, int]
     rate: float | None = None       # tiles per second measured by an earlier run of this model here
+    rasters: int = 1
 
     @property
     def seconds(self) -> float | None:
@@ -344,6 +365,8 @@ class Plan:
 
     def describe(self) -> str:
         text = f"{self.n_tiles:,} tiles of {self.tile_px[0]} x {self.tile_px[1]} px"
+        if self.rasters > 1:
+            text += f" in {self.rasters:,} rasters"
         if self.seconds is not None:
             text += f", {_duration(self.seconds)} at the {self.rate:.1f} tiles/s measured here before"
         return text
@@ -402,6 +425,12 @@ def record_rate(job: Job, bundle, provider: str, n_tiles: int, seconds: float) -
 def plan_job(job: Job) -> Plan:
     """The plan of ``job`` (tile count and estimated time) without loading the model or reading pixels."""
     _check(job)
+    if isinstance(job.raster, list):
+        from .collection import plan_collection
+
+        plans, _ = plan_collection(job)
+        return Plan(sum(len(p.grid) for p in plans), plans[0].tile_px, known_rate(job, load_bundle(job.run.model)),
+                    rasters=len(plans))
     src, owned = _open(job.raster)
     try:
         require_crs(src)
@@ -424,6 +453,10 @@ def _default_cache_dir() -> str:
 def run_job(job: Job, progress=None, is_cancelled=None, on_plan=None) -> JobResult:
     """Run one job; see the module docstring. Raises RemoteClipError for bad input, Cancelled on cancel.
     ``on_plan(plan)`` is called with the :class:`Plan` once the grid is known, before any pixel is read."""
+    if isinstance(job.raster, list) or job.dask or job.out_crs:   # one raster in another CRS: the same path
+        from .collection import run_collection
+
+        return run_collection(job, progress, is_cancelled, on_plan)
     t0 = time.perf_counter()
     _check(job)
     outputs = check_outputs(job)   # before any pixel is read or the model loads
@@ -633,6 +666,8 @@ def _raster_names(raster) -> list[str]:
     # a path or URI, or a RasterSource's file (QgisRasterSource.path) and source string (its name)
     if isinstance(raster, str | os.PathLike):
         return [os.fspath(raster)]
+    if isinstance(raster, list):
+        return [os.fspath(r) for r in raster]
     return [n for n in (getattr(raster, "path", None), getattr(raster, "name", None)) if isinstance(n, str) and n]
 
 

@@ -3,7 +3,7 @@
 #   QGIS 3.22 LTR + xvfb from Debian, a venv (.venv) on Debian's own python3 with
 #   system site packages (so that `import qgis` works), and the pinned Python groups.
 #
-#   scripts/setup.sh                  # runtime + training + dev (everything)
+#   scripts/setup.sh                  # runtime + training + dev + distributed (everything)
 #   scripts/setup.sh runtime          # only what the command line / plugin need
 #   scripts/setup.sh runtime dev      # no torch
 #
@@ -13,9 +13,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 groups=("$@")
-[ ${#groups[@]} -gt 0 ] || groups=(runtime training dev)
+[ ${#groups[@]} -gt 0 ] || groups=(runtime training dev distributed)
 for g in "${groups[@]}"; do
-  [ -f "requirements/$g.txt" ] || { echo "setup: unknown group '$g' (runtime, training, dev)" >&2; exit 2; }
+  [ -f "requirements/$g.txt" ] || { echo "setup: unknown group '$g' (runtime, training, dev, distributed)" >&2; exit 2; }
 done
 
 say() { printf '\033[1msetup:\033[0m %s\n' "$*"; }

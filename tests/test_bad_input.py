@@ -168,7 +168,7 @@ F = "faults"
 CASES = [
     # --- rasters
     (R, "missing", ["label", "{d}/missing.tif", *LABELS], 2, ["Raster not found", "Check the path"]),
-    (R, "folder", ["label", "{d}/folder", *LABELS], 2, ["is a folder, not a raster file"]),
+    (R, "folder", ["label", "{d}/folder", *LABELS], 2, ["holds no raster file", "a glob such as"]),   # a folder is a collection
     (R, "junk", ["label", "{d}/junk.tif", *LABELS], 2, ["cannot be read", "gdalinfo"]),
     (R, "empty file", ["label", "{d}/empty.tif", *LABELS], 2, ["cannot be read"]),
     (R, "photo without georeferencing", ["label", "{d}/photo.png", *LABELS], 2, ["no geotransform"]),
