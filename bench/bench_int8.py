@@ -55,10 +55,10 @@ def trained_looking_bundle(arch: str, work: Path) -> Path:
     import torch
 
     from core.convert import convert_checkpoint
-    from training.reference_pipeline import trained_looking
+    from training.reference_pipeline import text_tokens_dynamic, trained_looking
 
     out = work / f"{arch}-trained-looking"
-    if (out / "manifest.json").is_file():
+    if (out / "manifest.json").is_file() and text_tokens_dynamic(out):
         return out
     ckpt = work / f"{arch}-trained-looking.pt"
     torch.manual_seed(0)
