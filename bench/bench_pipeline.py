@@ -273,7 +273,8 @@ def main() -> int:
     bundle = MODEL_DIR.with_name(MODEL_DIR.name + "-int8")
     man = bundle / "manifest.json"
     if not man.is_file() or json.loads(man.read_text())["source"] != json.loads(
-            (fp32_only / "manifest.json").read_text())["source"]:
+            (fp32_only / "manifest.json").read_text())["source"] \
+            or man.stat().st_mtime < (fp32_only / "manifest.json").stat().st_mtime:   # made from an older export
         quantize_bundle(fp32_only, bundle, overwrite=True)
     export_s = time.perf_counter() - t0
     model, pp, _ = random_model("ViT-B-32", seed=0)

@@ -643,20 +643,17 @@ def _fill(ds, path, driver_name, layer_name, records, fields, written, srs, meta
     defn = lyr.GetLayerDefn()
     if layer_transaction and lyr.StartTransaction() != 0:
         _fail(f"Cannot write to {path}")
+    setters, set_null = _field_setters(fields, ogr)
     for values, geoms in _record_chunks(records, fields):
-        cols = [values[f.name] for f in fields]
+        plan = [(i, setter, conv, values[f.name]) for (i, setter, conv), f in zip(setters, fields, strict=True)]
         for j, g in enumerate(geoms):
             feat = ogr.Feature(defn)
-            for i, f in enumerate(fields):
-                v = cols[i][j]
+            for i, setter, conv, col in plan:
+                v = col[j]
                 if v is None:
-                    feat.SetFieldNull(i)
-                elif f.type == "int":
-                    feat.SetFieldInteger64(i, int(v))
-                elif f.type == "float":
-                    feat.SetField(i, float(v))
+                    set_null(feat, i)
                 else:
-                    feat.SetFieldString(i, str(v))
+                    setter(feat, i, conv(v))
             feat.SetGeometryDirectly(ogr.ForceToMultiPolygon(g) if multi else g)
             if lyr.CreateFeature(feat) != 0:
                 _fail(f"Cannot write a feature to {path}")
@@ -664,6 +661,21 @@ def _fill(ds, path, driver_name, layer_name, records, fields, written, srs, meta
         _fail(f"Cannot write to {path}")
     if ds.FlushCache() not in (None, 0):
         _fail(f"Cannot write {path}")
+
+
+def _field_setters(fields: list[Field], ogr):
+    """[(index, setter(feature, index, value), conversion)] per field, and the null setter. The setters are
+    the SWIG functions the ``ogr.Feature`` methods end in: ``Feature.SetField`` tests its arguments' types in
+    Python on every call, which was half the time of writing a million 26-field tiles."""
+    try:
+        from osgeo import _ogr
+        set_int, set_float = _ogr.Feature_SetFieldInteger64, _ogr.Feature_SetField
+        set_str, set_null = _ogr.Feature_SetFieldString, _ogr.Feature_SetFieldNull
+    except (ImportError, AttributeError):   # other bindings: the public methods, same effect
+        set_int, set_float = ogr.Feature.SetFieldInteger64, ogr.Feature.SetField
+        set_str, set_null = ogr.Feature.SetFieldString, ogr.Feature.SetFieldNull
+    kinds = {"int": (set_int, int), "float": (set_float, float)}
+    return [(i, *kinds.get(f.type, (set_str, str))) for i, f in enumerate(fields)], set_null
 
 
 def _ogr_type(f: Field, records, ogr):

@@ -68,6 +68,19 @@ def trained_looking(sd: dict, seed: int = 0) -> dict:
     return out
 
 
+def text_tokens_dynamic(bundle_dir) -> bool:
+    """Whether the bundle's fp32 text graph takes any number of tokens (exports since the dynamic token axis);
+    an older export declares 77 and encodes every prompt at 77 tokens, several times the work, so a bundle
+    reused for timing must be re-exported."""
+    import onnx
+
+    path = Path(bundle_dir) / "text_fp32.onnx"
+    if not path.is_file():
+        return False
+    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    return len(dims) == 2 and not dims[1].HasField("dim_value")
+
+
 def random_bundle(arch: str, out_dir, seed: int = 0, activation: str = "quick_gelu", fp16: bool = False) -> Path:
     """Export ``random_model(arch, seed)`` as a bundle (reused when ``out_dir`` already holds that export)."""
     from training import export
@@ -78,7 +91,7 @@ def random_bundle(arch: str, out_dir, seed: int = 0, activation: str = "quick_ge
     if man.is_file():
         m = json.loads(man.read_text())
         if m.get("architecture") == arch and m.get("source", {}).get("origin") == origin \
-                and m.get("activation") == activation:
+                and m.get("activation") == activation and text_tokens_dynamic(out_dir):
             return out_dir
     model, pp, cfg = random_model(arch, seed, activation)
     return export.export_bundle(model, pp, out_dir, architecture=arch, model_config=cfg, activation=activation,
