@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from results_file import machine, write_json  # noqa: E402  (bench/, beside this script)
 
 # the converter runs where torch cannot be imported, as on a plugin user's machine
 CONVERT = """
@@ -183,18 +184,12 @@ def main(argv=None) -> int:
                 "and VmHWM of each in a fresh process (fp32+fp16 graphs; the converter's time includes its numpy "
                 "self-check), onnxruntime CPU throughput of the fp32 graphs (median of alternating rounds), parity "
                 "of the converted bundle vs open_clip (RSSCN7 images, real prompts) and its own self-check",
-        "machine": {"cpu_count": os.cpu_count(), "threads": args.threads, "platform": platform.platform(),
-                    "processor": platform.processor() or platform.machine()},
+        "machine": machine(args.threads),
         "versions": {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__,
                      "torch": torch.__version__},
         "rows": rows,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp_out, out)
-    print(f"wrote {out}")
+    write_json(args.out, result)
     return 0
 
 

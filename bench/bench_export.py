@@ -11,9 +11,7 @@ release files; speed and size do not depend on the values. Results: bench-result
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -21,6 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from results_file import machine, write_json  # noqa: E402  (bench/, beside this script)
 
 
 def _dir_size(path: Path, names) -> int:
@@ -132,18 +132,12 @@ def main(argv=None) -> int:
         "benchmark": "export",
         "what": "export time (fp32+fp16), bundle size (image+text graphs), CPU image-encoding throughput of the "
                 "fp32 ONNX image graph vs open_clip encode_image in torch, same weights and inputs",
-        "machine": {"cpu_count": os.cpu_count(), "threads": args.threads, "platform": platform.platform(),
-                    "processor": platform.processor() or platform.machine()},
+        "machine": machine(args.threads),
         "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
                      "open_clip": open_clip.__version__},
         "rows": rows,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp_out, out)
-    print(f"wrote {out}")
+    write_json(args.out, result)
     return 0
 
 

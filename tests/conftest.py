@@ -55,6 +55,45 @@ def free_layers_before_qgis_exits(qgis_app):
     gc.collect()
 
 
+class CountingSource:
+    """A real RasterSource over core.raster's reader that counts pixel reads (for cache tests)."""
+
+    def __init__(self, path):
+        from core.raster import open_raster
+
+        self._src = open_raster(path)
+        self.reads = 0
+
+    def __getattr__(self, name):
+        return getattr(self._src, name)
+
+    def read(self, bands, window, out_shape=None):
+        self.reads += 1
+        return self._src.read(bands, window, out_shape)
+
+    def close(self):
+        self._src.close()
+
+
+def edge_groups(values: dict) -> list[tuple]:
+    """Dissolve by hand: (value, number of tiles) per group of same-value grid tiles joined by an edge."""
+    seen, out = set(), []
+    for start, v in values.items():
+        if start in seen:
+            continue
+        stack, n = [start], 0
+        seen.add(start)
+        while stack:
+            r, c = stack.pop()
+            n += 1
+            for nb in ((r + 1, c), (r - 1, c), (r, c + 1), (r, c - 1)):
+                if nb in values and nb not in seen and values[nb] == v:
+                    seen.add(nb)
+                    stack.append(nb)
+        out.append((v, n))
+    return sorted(out)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     path = _data_dir()

@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import CountingSource
 
 from core.cli import main
 from core.errors import RemoteClipError
@@ -90,17 +91,21 @@ def write_samples(path, points, classes, raster_crs, epsg=32636, field="cls", la
     return path
 
 
-@pytest.fixture(scope="module")
-def kampala(data_dir):
+def kampala_samples(data_dir, seed: int) -> dict:
     """The z20 mosaic in 128 px tiles, building coverage per tile and 4 + 4 sample tiles (buildings / open)."""
     raster = str(data_dir / Z20)
     grid, transform, crs = _grid(raster, 128)
     cov = coverage(grid, data_dir / OUTLINES, crs)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     picks = list(rng.choice(np.flatnonzero(cov >= 0.25), 4, replace=False)) + \
         list(rng.choice(np.flatnonzero(cov == 0), 4, replace=False))
     return {"raster": raster, "grid": grid, "transform": transform, "crs": crs, "cov": cov, "picks": picks,
             "points": [centre(grid[i], transform) for i in picks], "classes": [NAMES[0]] * 4 + [NAMES[1]] * 4}
+
+
+@pytest.fixture(scope="module")
+def kampala(data_dir):
+    return kampala_samples(data_dir, seed=0)
 
 
 def _run(capsys, *argv):
@@ -266,26 +271,6 @@ def test_samples_read_from_a_file_keep_their_class_values(kampala, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- the cache
-
-class CountingSource:
-    """A real RasterSource that counts pixel reads."""
-
-    def __init__(self, path):
-        from core.raster import open_raster
-
-        self._src = open_raster(path)
-        self.reads = 0
-
-    def __getattr__(self, name):
-        return getattr(self._src, name)
-
-    def read(self, bands, window, out_shape=None):
-        self.reads += 1
-        return self._src.read(bands, window, out_shape)
-
-    def close(self):
-        self._src.close()
-
 
 def test_a_classify_after_an_embed_reads_no_pixels(kampala, tiny_bundle, tmp_path):
     cache = str(tmp_path / "cache")

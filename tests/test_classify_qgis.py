@@ -8,7 +8,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from qgis.core import (
     QgsApplication,
@@ -21,7 +20,7 @@ from qgis.core import (
     QgsRasterLayer,
     QgsVectorLayer,
 )
-from test_classify_jobs import NAMES, OUTLINES, Z20, _grid, centre, coverage
+from test_classify_jobs import kampala_samples
 
 pytestmark = pytest.mark.qgis
 WAIT_S = 600
@@ -29,14 +28,7 @@ WAIT_S = 600
 
 @pytest.fixture(scope="module")
 def kampala(data_dir):
-    raster = str(data_dir / Z20)
-    grid, transform, crs = _grid(raster, 128)
-    cov = coverage(grid, data_dir / OUTLINES, crs)
-    rng = np.random.default_rng(1)
-    picks = list(rng.choice(np.flatnonzero(cov >= 0.25), 4, replace=False)) + \
-        list(rng.choice(np.flatnonzero(cov == 0), 4, replace=False))
-    return {"raster": raster, "grid": grid, "picks": picks, "points": [centre(grid[i], transform) for i in picks],
-            "classes": [NAMES[0]] * 4 + [NAMES[1]] * 4}
+    return kampala_samples(data_dir, seed=1)
 
 
 def samples_layer(kampala, name="samples", polygons=False):

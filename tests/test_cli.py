@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import edge_groups
 
 from core.cli import main
 
@@ -192,25 +193,6 @@ def test_make_label_command(data_dir, tmp_path):
                                                       "farmland", "parking lot"])
 
 
-def _groups(values: dict) -> list[tuple]:
-    """Dissolve by hand: (value, number of tiles) per group of grid tiles with the same value joined by edges."""
-    seen, out = set(), []
-    for start, v in values.items():
-        if start in seen:
-            continue
-        stack, n = [start], 0
-        seen.add(start)
-        while stack:
-            r, c = stack.pop()
-            n += 1
-            for nb in ((r + 1, c), (r - 1, c), (r, c + 1), (r, c - 1)):
-                if nb in values and nb not in seen and values[nb] == v:
-                    seen.add(nb)
-                    stack.append(nb)
-        out.append((v, n))
-    return sorted(out)
-
-
 def test_bbox_and_polygons_options(mosaic, data_dir, tiny_bundle, tmp_path, capsys, building_tiles):
     rc, stdout, err = _run(capsys, "label", mosaic, "--model", tiny_bundle, "--labels", "a,b", "--tile-size", 256,
                            "--bbox", "32.5937,0.3510,32.5943,0.35155,EPSG:4326", "--no-cache", "-q",
@@ -234,5 +216,5 @@ def test_bbox_and_polygons_options(mosaic, data_dir, tiny_bundle, tmp_path, caps
     rc, stdout, err = _run(capsys, *common, "--dissolve", "-o", tmp_path / "c.gpkg")
     assert rc == 0, err
     merged = _features(tmp_path / "c.gpkg")
-    assert sorted((f["count"], f["n_tiles"]) for f in merged) == _groups(tiles)
+    assert sorted((f["count"], f["n_tiles"]) for f in merged) == edge_groups(tiles)
     assert len(merged) < len(tiles)

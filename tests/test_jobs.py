@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import CountingSource, edge_groups
 
 from core.errors import Cancelled, RemoteClipError
 from core.jobs import (
@@ -33,26 +34,6 @@ def mosaic(data_dir):
 def _job(raster, bundle, task=None, cache_dir="", **kw):
     run = RunOptions(model=str(bundle), batch_size=kw.pop("batch_size", 8), cache_dir=cache_dir)
     return Job(raster=raster, task=task or LabelTask(LABELS), run=run, **kw)
-
-
-class CountingSource:
-    """A real RasterSource over core.raster's reader that counts pixel reads (for cache tests)."""
-
-    def __init__(self, path):
-        from core.raster import open_raster
-
-        self._src = open_raster(path)
-        self.reads = 0
-
-    def __getattr__(self, name):
-        return getattr(self._src, name)
-
-    def read(self, bands, window, out_shape=None):
-        self.reads += 1
-        return self._src.read(bands, window, out_shape)
-
-    def close(self):
-        self._src.close()
 
 
 def _read_layer(path):
@@ -92,25 +73,6 @@ def test_label_job_writes_every_tile(mosaic, tiny_bundle, tmp_path):
         (r["row"], r["col"], r["label"]) for r in res.records)
 
 
-def _edge_groups(values: dict) -> list[tuple]:
-    """Dissolve by hand: (value, tiles) per group of same-value grid tiles joined by an edge."""
-    seen, out = set(), []
-    for start, v in values.items():
-        if start in seen:
-            continue
-        stack, n = [start], 0
-        seen.add(start)
-        while stack:
-            r, c = stack.pop()
-            n += 1
-            for nb in ((r + 1, c), (r - 1, c), (r, c + 1), (r, c - 1)):
-                if nb in values and nb not in seen and values[nb] == v:
-                    seen.add(nb)
-                    stack.append(nb)
-        out.append((v, n))
-    return sorted(out)
-
-
 def test_threshold_makes_unknown_and_dissolve_merges(mosaic, tiny_bundle, tmp_path):
     plain = run_job(_job(mosaic, tiny_bundle, tiles=TileSpec(size=256)))
     scores = sorted({r["score"] for r in plain.records})
@@ -123,7 +85,7 @@ def test_threshold_makes_unknown_and_dissolve_merges(mosaic, tiny_bundle, tmp_pa
     run_job(_job(mosaic, tiny_bundle, task=LabelTask(LABELS, threshold=thr), output=str(out), dissolve=True,
                  tiles=TileSpec(size=256)))
     _, feats = _read_layer(out)
-    want = _edge_groups({(r["row"], r["col"]): r["label"] for r in res.records})
+    want = edge_groups({(r["row"], r["col"]): r["label"] for r in res.records})
     assert sorted((f["label"], f["n_tiles"]) for f in feats) == want and len(want) < res.n_tiles
 
 
