@@ -25,19 +25,10 @@ from qgis.PyQt.QtWidgets import (
 
 from .core.errors import RemoteClipError
 from .core.prompts import COUNT_TEMPLATES, DEFAULT_TEMPLATES, PRESETS, split_names
-from .widgets import WrapLabel
+from .widgets import WrapLabel, compact, set_value
 
 BIG = 1_000_000   # the top of a spin box whose input has no upper limit
 CUSTOM = "Custom"
-
-
-def _set(widget, value) -> None:
-    widget.setValue(value)  # noqa: QGS202 (a Qt widget setter: nothing to check)
-
-
-def _compact(combo) -> None:
-    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-    combo.setMinimumContentsLength(6)
 
 
 def default_templates(task_cls) -> str:
@@ -99,7 +90,7 @@ class TaskForm(QWidget):
             presets = [p for p in self.task_cls.params if p.kind == "preset" and p.fills == prm.name]
             if presets:
                 combo = QComboBox(self)
-                _compact(combo)
+                compact(combo)
                 combo.addItem(CUSTOM)
                 combo.addItems(list(presets[0].choices))
                 combo.activated.connect(lambda i, c=combo, n=prm.name: self._apply_preset(c, n))
@@ -138,7 +129,7 @@ class TaskForm(QWidget):
             if prm.optional:
                 w.setSpecialValueText(prm.none_text or "none")
             start = prm.start_value
-            _set(w, int(start) if start is not None else w.minimum())
+            set_value(w, int(start) if start is not None else w.minimum())
         elif prm.kind == "float":
             w = QDoubleSpinBox(self)
             w.setDecimals(3 if prm.lo is not None and prm.lo < 0 else 2)
@@ -147,15 +138,15 @@ class TaskForm(QWidget):
             if prm.optional:
                 w.setSpecialValueText(prm.none_text or "none")
             start = prm.start_value
-            _set(w, float(start) if start is not None else w.minimum())
+            set_value(w, float(start) if start is not None else w.minimum())
         elif prm.kind == "choice":
             w = QComboBox(self)
-            _compact(w)
+            compact(w)
             w.addItems([str(c) for c in prm.choices])
             w.setCurrentText(str(prm.default))
         elif prm.kind == "samples":
             w = QgsMapLayerComboBox(self)
-            _compact(w)
+            compact(w)
             w.setFilters(QgsMapLayerProxyModel.Filter.PointLayer | QgsMapLayerProxyModel.Filter.PolygonLayer)
             w.setAllowEmptyLayer(True)
             w.setToolTip("The analyst's samples: points or polygons, any CRS, with a class field")
@@ -169,7 +160,7 @@ class TaskForm(QWidget):
             return
         elif prm.kind == "field":
             w = QgsFieldComboBox(self)
-            _compact(w)
+            compact(w)
             w.setFilters(QgsFieldProxyModel.Filter.AllTypes)
             parent = self.widgets.get(prm.parent)
             if parent is not None:
