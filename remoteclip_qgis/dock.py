@@ -469,13 +469,10 @@ class RemoteClipDock(QgsDockWidget):
     def _output_group(self, parent) -> QWidget:
         box = QgsCollapsibleGroupBox("Output", parent)
         form = QFormLayout(box)
-        self.output_widget = QgsFileWidget(box)
-        self.output_widget.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
-        self.output_widget.setConfirmOverwrite(False)   # Run asks, and only when something would be replaced
-        self.output_widget.setFilter("GeoPackage (*.gpkg);;ESRI Shapefile (*.shp)")
-        self.output_widget.lineEdit().setPlaceholderText("automatic (in the folder below)")
-        self.output_widget.setToolTip("Where this run's result is saved. Empty: a new GeoPackage, named after the "
-                                      "raster, the task and the time, in the results folder")
+        self.output_widget = _save_file_widget(
+            box, "GeoPackage (*.gpkg);;ESRI Shapefile (*.shp)", "automatic (in the folder below)",
+            "Where this run's result is saved. Empty: a new GeoPackage, named after the raster, the task and the "
+            "time, in the results folder")
         form.addRow("File", self.output_widget)
         self.folder_label = PathLabel("", box)
         self.folder_label.setObjectName("results_folder")
@@ -494,13 +491,10 @@ class RemoteClipDock(QgsDockWidget):
         self.dissolve = QCheckBox("Dissolve equal neighbours", box)
         self.dissolve.setToolTip("Merge touching tiles with the same label / count / selection into one polygon")
         form.addRow(self.dissolve)
-        self.raster_output_widget = QgsFileWidget(box)
-        self.raster_output_widget.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
-        self.raster_output_widget.setConfirmOverwrite(False)   # Run asks, and only when something would be replaced
-        self.raster_output_widget.setFilter("GeoTIFF (*.tif)")
-        self.raster_output_widget.lineEdit().setPlaceholderText("none (optional: a heat map GeoTIFF)")
-        self.raster_output_widget.setToolTip("Also write the per-class probabilities (or the search similarity) "
-                                             "as a GeoTIFF at tile resolution; with overlap it is a smooth heat map")
+        self.raster_output_widget = _save_file_widget(
+            box, "GeoTIFF (*.tif)", "none (optional: a heat map GeoTIFF)",
+            "Also write the per-class probabilities (or the search similarity) as a GeoTIFF at tile resolution; "
+            "with overlap it is a smooth heat map")
         form.addRow("Heat map", self.raster_output_widget)
         self.tabs.currentChanged.connect(self._kind_changed)
         self._kind_changed()
@@ -577,10 +571,7 @@ class RemoteClipDock(QgsDockWidget):
         compact(self.export_format)
         self.export_format.addItems(list(EXPORT_FORMATS))
         form.addRow("Format", self.export_format)
-        self.export_widget = QgsFileWidget(box)
-        self.export_widget.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
-        self.export_widget.setConfirmOverwrite(False)   # Export asks, and only when something would be replaced
-        self.export_widget.setFilter("GeoPackage (*.gpkg);;ESRI Shapefile (*.shp)")
+        self.export_widget = _save_file_widget(box, "GeoPackage (*.gpkg);;ESRI Shapefile (*.shp)")
         form.addRow("File", self.export_widget)
         self.export_button = QPushButton("Export", box)
         self.export_button.clicked.connect(self.export_clicked)
@@ -1193,6 +1184,20 @@ class ShapefileFields(QgsVectorFileWriter.FieldValueConverter):
 
 
 DBF_TEXT_WIDTH = 254
+
+
+def _save_file_widget(parent, file_filter: str, placeholder: str = "", tooltip: str = "") -> QgsFileWidget:
+    """A file widget that picks where to save; it does not ask about replacing: Run (or Export) asks, and
+    only when something would be replaced."""
+    w = QgsFileWidget(parent)
+    w.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
+    w.setConfirmOverwrite(False)
+    w.setFilter(file_filter)
+    if placeholder:
+        w.lineEdit().setPlaceholderText(placeholder)
+    if tooltip:
+        w.setToolTip(tooltip)
+    return w
 
 
 def run_title(task_title: str, tiles) -> str:
