@@ -126,19 +126,11 @@ class TaskForm(QWidget):
             w = QSpinBox(self)
             lo = int(prm.lo) if prm.lo is not None else 0
             w.setRange(lo - 1 if prm.optional else lo, int(prm.hi) if prm.hi is not None else BIG)
-            if prm.optional:
-                w.setSpecialValueText(prm.none_text or "none")
-            start = prm.start_value
-            set_value(w, int(start) if start is not None else w.minimum())
         elif prm.kind == "float":
             w = QDoubleSpinBox(self)
             w.setDecimals(3 if prm.lo is not None and prm.lo < 0 else 2)
             w.setRange(prm.lo if prm.lo is not None else -1e9, prm.hi if prm.hi is not None else 1e9)
             w.setSingleStep(0.05 if prm.lo is not None and prm.lo >= 0 else 0.01)
-            if prm.optional:
-                w.setSpecialValueText(prm.none_text or "none")
-            start = prm.start_value
-            set_value(w, float(start) if start is not None else w.minimum())
         elif prm.kind == "choice":
             w = QComboBox(self)
             compact(w)
@@ -176,6 +168,11 @@ class TaskForm(QWidget):
                 w.setFilter(prm.file_filter)
         if w is None:
             return
+        if prm.kind in ("int", "float"):
+            if prm.optional:   # the bottom of the range reads "none"
+                w.setSpecialValueText(prm.none_text or "none")
+            start = prm.start_value
+            set_value(w, (int if prm.kind == "int" else float)(start) if start is not None else w.minimum())
         if prm.help and prm.kind not in ("text",):
             w.setToolTip(prm.help)
         self.widgets[prm.name] = w
