@@ -621,12 +621,9 @@ def write_outputs(job: Job, part: RasterPart, out: TaskOutput, bundle, provider:
 
         written["head"] = write_text_file(paths["head"], out.head.to_json(), job.overwrite)
     if paths["report"] and report is not None:
-        import json
+        from .outputs import write_report
 
-        from .outputs import write_text_file
-
-        written["report"] = write_text_file(paths["report"], json.dumps(report, indent=1, ensure_ascii=False,
-                                                                        default=str) + "\n", True)
+        written["report"] = write_report(paths["report"], report)
     _progress(progress, 1.0, f"{len(records)} tiles done")
     return JobResult(output=written.get("vector"), layer_name=layer_name, crs_wkt=part.crs_wkt, records=records,
                      fields=[n for n, _ in fields_], provider=provider, n_tiles=len(records),

@@ -16,7 +16,7 @@ import tempfile
 from .errors import RemoteClipError
 
 __all__ = ["REPORT_SUFFIX", "report_path", "check_report_path", "check_file_output", "write_text_file",
-           "check_distinct", "read_report"]
+           "write_report", "check_distinct", "read_report"]
 
 REPORT_SUFFIX = ".remoteclip-report.json"
 REPORT_FORMAT = "remoteclip-classify-report"
@@ -120,3 +120,8 @@ def write_text_file(path: str, text: str, overwrite: bool = True) -> str:
             os.unlink(tmp)
         raise
     return path
+
+
+def write_report(path: str, report: dict) -> str:
+    """A classify report as JSON at ``path`` (checked before the run by ``check_report_path``)."""
+    return write_text_file(path, json.dumps(report, indent=1, ensure_ascii=False, default=str) + "\n", True)

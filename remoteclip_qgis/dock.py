@@ -79,7 +79,16 @@ from .core.tasks import TASKS as TASK_CLASSES
 from .core.tiles import MAX_OVERLAP
 from .model_picker import DEMO_NOTE, ModelRow, is_demo
 from .task_forms import TaskForm
-from .widgets import PathLabel, TaskPages, WrapLabel, compact, fit_forms, menu_action, wrap_check_boxes
+from .widgets import (
+    PathLabel,
+    TaskPages,
+    WrapLabel,
+    compact,
+    fit_forms,
+    menu_action,
+    set_value,
+    wrap_check_boxes,
+)
 
 LOG_TAG = "RemoteCLIP"
 SETTINGS = "RemoteCLIP/"
@@ -162,14 +171,6 @@ def is_web_layer(layer: QgsRasterLayer) -> bool:
                                          and provider.xSize() > 0)
 
 
-def set_value(widget, value) -> None:
-    """Set a spin box's or progress bar's value."""
-    widget.setValue(value)  # noqa: QGS202 (a Qt widget setter: nothing to check)
-
-
-_compact = compact
-
-
 def save_setting(key: str, value) -> None:
     QgsSettings().setValue(SETTINGS + key, value)  # noqa: QGS202 (QgsSettings.setValue returns nothing)
 
@@ -224,7 +225,7 @@ class RemoteClipDock(QgsDockWidget):
         # input
         form = QFormLayout()
         self.layer_combo = QgsMapLayerComboBox(body)
-        _compact(self.layer_combo)
+        compact(self.layer_combo)
         self.layer_combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
         self.layer_combo.setToolTip("The raster to tile (follows the active layer)")
         form.addRow("Raster", self.layer_combo)
@@ -237,7 +238,7 @@ class RemoteClipDock(QgsDockWidget):
             "RemoteCLIP", text, Qgis.MessageLevel(level), 10))
         form.addRow("Model", self.model_row)
         self.device_combo = QComboBox(body)
-        _compact(self.device_combo)
+        compact(self.device_combo)
         self.device_combo.addItems(["auto", "cpu", "cuda"])
         self.device_combo.setToolTip("auto: the GPU when onnxruntime-gpu and CUDA work, else the CPU")
         form.addRow("Device", self.device_combo)
@@ -392,7 +393,7 @@ class RemoteClipDock(QgsDockWidget):
         self.tile_size.setDecimals(1)
         set_value(self.tile_size, 224)
         self.tile_unit = QComboBox(box)
-        _compact(self.tile_unit, 4)
+        compact(self.tile_unit, 4)
         self.tile_unit.addItem("pixels", "px")
         self.tile_unit.addItem("metres", "m")
         row.addWidget(self.tile_size, 1)
@@ -404,14 +405,14 @@ class RemoteClipDock(QgsDockWidget):
         self.overlap.setSuffix(" %")
         form.addRow("Overlap", self.overlap)
         self.extent_combo = QComboBox(box)
-        _compact(self.extent_combo)
+        compact(self.extent_combo)
         self.extent_combo.addItem("Whole layer", EXTENT_LAYER)
         self.extent_combo.addItem("Current map view", EXTENT_CANVAS)
         self.extent_combo.addItem("Polygons of a layer", EXTENT_FEATURES)
         self.extent_combo.currentIndexChanged.connect(self._extent_changed)
         form.addRow("Extent", self.extent_combo)
         self.polygon_combo = QgsMapLayerComboBox(box)
-        _compact(self.polygon_combo)
+        compact(self.polygon_combo)
         self.polygon_combo.setFilters(QgsMapLayerProxyModel.Filter.PolygonLayer)
         form.addRow("Polygons", self.polygon_combo)
         self.selected_only = QCheckBox("Selected polygons only", box)
@@ -455,7 +456,7 @@ class RemoteClipDock(QgsDockWidget):
         set_value(self.batch_size, 32)
         form.addRow("Batch size", self.batch_size)
         self.precision_combo = QComboBox(box)
-        _compact(self.precision_combo)
+        compact(self.precision_combo)
         self.precision_combo.addItems(list(PRECISIONS))   # then the chosen bundle's own (_model_changed)
         self.precision_combo.setToolTip("fp32: exact; fp16: for GPUs; int8: CPUs, about twice as fast (bundles "
                                         "converted with --int8; their agreement with fp32 is in the manifest)")
@@ -468,13 +469,10 @@ class RemoteClipDock(QgsDockWidget):
     def _output_group(self, parent) -> QWidget:
         box = QgsCollapsibleGroupBox("Output", parent)
         form = QFormLayout(box)
-        self.output_widget = QgsFileWidget(box)
-        self.output_widget.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
-        self.output_widget.setConfirmOverwrite(False)   # Run asks, and only when something would be replaced
-        self.output_widget.setFilter("GeoPackage (*.gpkg);;ESRI Shapefile (*.shp)")
-        self.output_widget.lineEdit().setPlaceholderText("automatic (in the folder below)")
-        self.output_widget.setToolTip("Where this run's result is saved. Empty: a new GeoPackage, named after the "
-                                      "raster, the task and the time, in the results folder")
+        self.output_widget = _save_file_widget(
+            box, "GeoPackage (*.gpkg);;ESRI Shapefile (*.shp)", "automatic (in the folder below)",
+            "Where this run's result is saved. Empty: a new GeoPackage, named after the raster, the task and the "
+            "time, in the results folder")
         form.addRow("File", self.output_widget)
         self.folder_label = PathLabel("", box)
         self.folder_label.setObjectName("results_folder")
@@ -493,13 +491,10 @@ class RemoteClipDock(QgsDockWidget):
         self.dissolve = QCheckBox("Dissolve equal neighbours", box)
         self.dissolve.setToolTip("Merge touching tiles with the same label / count / selection into one polygon")
         form.addRow(self.dissolve)
-        self.raster_output_widget = QgsFileWidget(box)
-        self.raster_output_widget.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
-        self.raster_output_widget.setConfirmOverwrite(False)   # Run asks, and only when something would be replaced
-        self.raster_output_widget.setFilter("GeoTIFF (*.tif)")
-        self.raster_output_widget.lineEdit().setPlaceholderText("none (optional: a heat map GeoTIFF)")
-        self.raster_output_widget.setToolTip("Also write the per-class probabilities (or the search similarity) "
-                                             "as a GeoTIFF at tile resolution; with overlap it is a smooth heat map")
+        self.raster_output_widget = _save_file_widget(
+            box, "GeoTIFF (*.tif)", "none (optional: a heat map GeoTIFF)",
+            "Also write the per-class probabilities (or the search similarity) as a GeoTIFF at tile resolution; "
+            "with overlap it is a smooth heat map")
         form.addRow("Heat map", self.raster_output_widget)
         self.tabs.currentChanged.connect(self._kind_changed)
         self._kind_changed()
@@ -569,17 +564,14 @@ class RemoteClipDock(QgsDockWidget):
         box.setCollapsed(True)
         form = QFormLayout(box)
         self.export_layer_combo = QgsMapLayerComboBox(box)
-        _compact(self.export_layer_combo)
+        compact(self.export_layer_combo)
         self.export_layer_combo.setFilters(QgsMapLayerProxyModel.Filter.VectorLayer)
         form.addRow("Layer", self.export_layer_combo)
         self.export_format = QComboBox(box)
-        _compact(self.export_format)
+        compact(self.export_format)
         self.export_format.addItems(list(EXPORT_FORMATS))
         form.addRow("Format", self.export_format)
-        self.export_widget = QgsFileWidget(box)
-        self.export_widget.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
-        self.export_widget.setConfirmOverwrite(False)   # Export asks, and only when something would be replaced
-        self.export_widget.setFilter("GeoPackage (*.gpkg);;ESRI Shapefile (*.shp)")
+        self.export_widget = _save_file_widget(box, "GeoPackage (*.gpkg);;ESRI Shapefile (*.shp)")
         form.addRow("File", self.export_widget)
         self.export_button = QPushButton("Export", box)
         self.export_button.clicked.connect(self.export_clicked)
@@ -1192,6 +1184,20 @@ class ShapefileFields(QgsVectorFileWriter.FieldValueConverter):
 
 
 DBF_TEXT_WIDTH = 254
+
+
+def _save_file_widget(parent, file_filter: str, placeholder: str = "", tooltip: str = "") -> QgsFileWidget:
+    """A file widget that picks where to save; it does not ask about replacing: Run (or Export) asks, and
+    only when something would be replaced."""
+    w = QgsFileWidget(parent)
+    w.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
+    w.setConfirmOverwrite(False)
+    w.setFilter(file_filter)
+    if placeholder:
+        w.lineEdit().setPlaceholderText(placeholder)
+    if tooltip:
+        w.setToolTip(tooltip)
+    return w
 
 
 def run_title(task_title: str, tiles) -> str:

@@ -212,7 +212,12 @@ class ModelRow(QWidget):
             return None
         missing = deps.missing_for_conversion()
         if missing:
-            plan = deps.make_plan(missing)
+            try:
+                plan = deps.make_plan(missing)
+            except FileNotFoundError as e:   # no interpreter pip can run (the dock's Install says the same)
+                self._say(f"{e} Install {', '.join(missing)} with the Python QGIS runs on (OSGeo4W Shell on "
+                          "Windows), then Get again.", error=True)
+                return None
             self.install_task = deps.InstallTask(plan)
             self.install_task.done.connect(lambda ok, summary, manual: self._installed(ok, summary, manual, name))
             self._say(f"Installing {', '.join(plan.attempts[0][0])} (needed once to convert models)…")

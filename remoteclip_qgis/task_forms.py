@@ -25,19 +25,10 @@ from qgis.PyQt.QtWidgets import (
 
 from .core.errors import RemoteClipError
 from .core.prompts import COUNT_TEMPLATES, DEFAULT_TEMPLATES, PRESETS, split_names
-from .widgets import WrapLabel
+from .widgets import WrapLabel, compact, set_value
 
 BIG = 1_000_000   # the top of a spin box whose input has no upper limit
 CUSTOM = "Custom"
-
-
-def _set(widget, value) -> None:
-    widget.setValue(value)  # noqa: QGS202 (a Qt widget setter: nothing to check)
-
-
-def _compact(combo) -> None:
-    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-    combo.setMinimumContentsLength(6)
 
 
 def default_templates(task_cls) -> str:
@@ -99,7 +90,7 @@ class TaskForm(QWidget):
             presets = [p for p in self.task_cls.params if p.kind == "preset" and p.fills == prm.name]
             if presets:
                 combo = QComboBox(self)
-                _compact(combo)
+                compact(combo)
                 combo.addItem(CUSTOM)
                 combo.addItems(list(presets[0].choices))
                 combo.activated.connect(lambda i, c=combo, n=prm.name: self._apply_preset(c, n))
@@ -135,27 +126,19 @@ class TaskForm(QWidget):
             w = QSpinBox(self)
             lo = int(prm.lo) if prm.lo is not None else 0
             w.setRange(lo - 1 if prm.optional else lo, int(prm.hi) if prm.hi is not None else BIG)
-            if prm.optional:
-                w.setSpecialValueText(prm.none_text or "none")
-            start = prm.start_value
-            _set(w, int(start) if start is not None else w.minimum())
         elif prm.kind == "float":
             w = QDoubleSpinBox(self)
             w.setDecimals(3 if prm.lo is not None and prm.lo < 0 else 2)
             w.setRange(prm.lo if prm.lo is not None else -1e9, prm.hi if prm.hi is not None else 1e9)
             w.setSingleStep(0.05 if prm.lo is not None and prm.lo >= 0 else 0.01)
-            if prm.optional:
-                w.setSpecialValueText(prm.none_text or "none")
-            start = prm.start_value
-            _set(w, float(start) if start is not None else w.minimum())
         elif prm.kind == "choice":
             w = QComboBox(self)
-            _compact(w)
+            compact(w)
             w.addItems([str(c) for c in prm.choices])
             w.setCurrentText(str(prm.default))
         elif prm.kind == "samples":
             w = QgsMapLayerComboBox(self)
-            _compact(w)
+            compact(w)
             w.setFilters(QgsMapLayerProxyModel.Filter.PointLayer | QgsMapLayerProxyModel.Filter.PolygonLayer)
             w.setAllowEmptyLayer(True)
             w.setToolTip("The analyst's samples: points or polygons, any CRS, with a class field")
@@ -169,7 +152,7 @@ class TaskForm(QWidget):
             return
         elif prm.kind == "field":
             w = QgsFieldComboBox(self)
-            _compact(w)
+            compact(w)
             w.setFilters(QgsFieldProxyModel.Filter.AllTypes)
             parent = self.widgets.get(prm.parent)
             if parent is not None:
@@ -185,6 +168,11 @@ class TaskForm(QWidget):
                 w.setFilter(prm.file_filter)
         if w is None:
             return
+        if prm.kind in ("int", "float"):
+            if prm.optional:   # the bottom of the range reads "none"
+                w.setSpecialValueText(prm.none_text or "none")
+            start = prm.start_value
+            set_value(w, (int if prm.kind == "int" else float)(start) if start is not None else w.minimum())
         if prm.help and prm.kind not in ("text",):
             w.setToolTip(prm.help)
         self.widgets[prm.name] = w

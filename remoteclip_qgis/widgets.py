@@ -31,6 +31,11 @@ def compact(combo: QComboBox, chars: int = 6) -> None:
     combo.setMinimumContentsLength(chars)
 
 
+def set_value(widget, value) -> None:
+    """Set a spin box's or progress bar's value."""
+    widget.setValue(value)  # noqa: QGS202 (a Qt widget setter: nothing to check)
+
+
 def menu_action(menu, text: str, slot) -> QAction:
     """A menu entry calling ``slot`` (Qt6 has no addAction(text, slot))."""
     action = QAction(text, menu)

@@ -166,9 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     canvas.setDestinationCrs(raster.crs())
     canvas.setExtent(raster.extent().buffered(raster.extent().width() * 0.02))
     results = [labels, counts, search]
-    for kind, layer, path in (("count", counts, Path(f"{stem}_count.png")),
-                              ("search", search, Path(f"{stem}_search.png")), ("label", labels, args.out)):
+    for kind, layer, size, path in (("count", counts, 128, Path(f"{stem}_count.png")),
+                                    ("search", search, 128, Path(f"{stem}_search.png")),
+                                    ("label", labels, 256, args.out)):
         dock.set_kind(kind)
+        dock.tile_size.setValue(size)   # the dock shows the tile size that made the map, and its plan
+        dock.update_plan()
+        _wait(lambda s=size: not dock._plan_timer.isActive() and "counting" not in dock.plan_label.text()
+              and dock.plan is not None and dock.plan.tile_px[0] == s, 60, "the plan")
         _show_only(win, layer, results)
         win.tree.expandAll()
         _grab(win, canvas, path)

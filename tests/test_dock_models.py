@@ -148,6 +148,21 @@ def test_a_failed_get_says_why_and_selects_nothing(dock, models, tiny_ckpt):
     assert dock.model_row.get_button.isEnabled()
 
 
+def test_get_without_a_python_for_pip_says_so_and_starts_nothing(dock, models, monkeypatch):
+    from remoteclip_qgis import deps
+
+    def no_python(*_args, **_kwargs):
+        raise FileNotFoundError("QGIS's Python interpreter was not found (looked for /nowhere/python3).")
+
+    monkeypatch.setattr(deps, "missing_for_conversion", lambda: ["onnx"])
+    monkeypatch.setattr(deps, "find_python", no_python)
+    dock.model_row.select_entry("RemoteCLIP-ViT-B-32")
+    assert dock.model_row.get() is None
+    text = dock.model_row.status.text()
+    assert "interpreter was not found" in text and "Install onnx" in text
+    assert dock.model_row.install_task is None and dock.model_row.task is None
+    assert dock.model_row.get_button.isEnabled()
+
 def test_the_model_row_fits_the_default_dock_width(dock):
     dock.resize(300, 900)
     dock.show()

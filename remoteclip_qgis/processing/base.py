@@ -503,14 +503,11 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
             if self._convert:
                 _convert(job.output, self._final, self._convert, result.layer_name)
                 if result.report is not None:   # beside the converted file, not the staging GeoPackage
-                    import json
+                    from ..core.outputs import check_report_path, report_path, write_report
 
-                    from ..core.outputs import check_report_path, report_path, write_text_file
-
-                    result.report_output = write_text_file(
+                    result.report_output = write_report(
                         check_report_path(report_path(self._final, os.path.splitext(os.path.basename(self._final))[0])),
-                        json.dumps({**result.report, "output": self._final}, indent=1, ensure_ascii=False,
-                                   default=str) + "\n")
+                        {**result.report, "output": self._final})
         except Cancelled:
             raise QgsProcessingException(self.tr("Cancelled: no output was written.")) from None
         except RemoteClipError as e:
