@@ -242,10 +242,12 @@ class _Record:
             try:
                 with open(path, encoding="utf-8") as f:
                     data = json.load(f)
-            except (OSError, ValueError):
+            except (OSError, ValueError, UnicodeDecodeError):
                 data = None
-            if isinstance(data, dict) and data.get("format") == RESUME_FORMAT \
-                    and data.get("job") == fingerprint and isinstance(data.get("done"), dict):
+            if not isinstance(data, dict) or data.get("format") != RESUME_FORMAT:   # the user's: never replaced
+                raise RemoteClipError(f"{path} exists and is not a file RemoteCLIP wrote.",
+                                      "Move it away or give the output another name.")
+            if data.get("job") == fingerprint and isinstance(data.get("done"), dict):
                 self.done = {str(k): str(v) for k, v in data["done"].items()}
         elif path and os.path.lexists(path):
             raise RemoteClipError(f"{path} exists and is not a file RemoteCLIP wrote.",
