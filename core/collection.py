@@ -156,7 +156,7 @@ def _plan_one(job, index: int, path: str) -> RasterPlan | str:
     """The raster's plan, or why it cannot be read (a one-line reason)."""
     from .jobs import _open
     from .raster import check_bands, default_bands
-    from .tiles import make_grid, require_crs
+    from .tiles import grid_step, make_grid, require_crs
 
     try:
         src, owned = _open(path)
@@ -169,10 +169,8 @@ def _plan_one(job, index: int, path: str) -> RasterPlan | str:
         grid = make_grid(src, spec)
         if not len(grid):
             return "no tile in the extent"
-        tw, th = grid.tile_px
-        ov = float(spec.overlap or 0.0)
-        step = (max(1, round(tw * (1 - ov))), max(1, round(th * (1 - ov))))   # as core.tiles steps the grid
-        return RasterPlan(index, path, grid, bands, src.crs_wkt, tuple(src.transform), (tw, th), step)
+        return RasterPlan(index, path, grid, bands, src.crs_wkt, tuple(src.transform), grid.tile_px,
+                          grid_step(grid.tile_px, spec.overlap))
     except RemoteClipError as e:
         return str(e)
     except Exception as e:   # a damaged header: GDAL/rasterio raise their own types

@@ -60,7 +60,7 @@ from .tasks import (  # noqa: F401 (the task classes and record functions are pa
     slug_fields,
     softmax,
 )
-from .tiles import BBox, Polygons, TileSpec, make_grid, require_crs
+from .tiles import BBox, Polygons, TileSpec, grid_step, make_grid, require_crs
 from .vectors import check_output
 
 __all__ = ["Job", "Plan", "plan_job", "RunOptions", "LabelTask", "CountTask", "SearchTask", "EmbedTask",
@@ -578,12 +578,10 @@ def encode_raster(job: Job, src, grid, bands, bundle, encoder: Encoder, warnings
         raise RemoteClipError(f"Every tile of {getattr(src, 'name', 'the raster')} is nodata ({len(grid)} tiles "
                               "read, none with a valid pixel).", "Check the raster's nodata value and mask "
                               "(gdalinfo) and the bands; choose an extent with image data.")
-    tw, th = grid.tile_px
-    overlap = float(spec.overlap or 0.0)
-    step = (max(1, round(tw * (1 - overlap))), max(1, round(th * (1 - overlap))))  # as core.tiles steps the grid
     return RasterPart(name=str(getattr(src, "name", "")), crs_wkt=src.crs_wkt, transform=tuple(src.transform),
-                      grid=grid, index=np.asarray(kept, dtype=np.int64), embeddings=emb, tile_px=(tw, th),
-                      step_px=step, cache_hit=cache_hit, images_encoded=0 if cache_hit else len(emb))
+                      grid=grid, index=np.asarray(kept, dtype=np.int64), embeddings=emb, tile_px=grid.tile_px,
+                      step_px=grid_step(grid.tile_px, spec.overlap), cache_hit=cache_hit,
+                      images_encoded=0 if cache_hit else len(emb))
 
 
 def write_outputs(job: Job, part: RasterPart, out: TaskOutput, bundle, provider: str, paths: dict,
