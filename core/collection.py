@@ -569,19 +569,20 @@ def run_collection(job, progress=None, is_cancelled=None, on_plan=None):
         raise RemoteClipError(f"No raster gave a tile ({why}).", "Check the rasters (gdalinfo), the extent and "
                               "the bands.")
     fitted = task.fit(parts, text, bundle, prepared, warnings)
-    out = _outputs(task, parts, text, bundle, fitted, out_wkt, ground)
-    _stop_if_cancelled(is_cancelled)
-    out.metadata = {**out.metadata, "crs": crs_name(out_wkt), "rasters": [part.name for part in parts],
-                    "skipped": [{"raster": r, "why": w} for r, w in state.skipped]}
-    if job.raster_output is not None:   # one raster (checked above), written on its own grid and CRS
-        whole = parts[0]
-    else:
+    whole = None   # every tile of the collection in the output CRS: one grid, the embeddings concatenated once
+    if job.raster_output is None or task.kind == "search":
         grid = CollectionGrid(parts, out_wkt, ground)
         whole = RasterPart(name=f"{len(parts)} rasters", crs_wkt=out_wkt, transform=parts[0].transform, grid=grid,
                            index=np.arange(len(grid), dtype=np.int64),
                            embeddings=np.concatenate([part.embeddings for part in parts]), tile_px=parts[0].tile_px,
                            step_px=parts[0].step_px, cache_hit=all(part.cache_hit for part in parts),
                            images_encoded=encoded)
+    out = _outputs(task, parts, text, bundle, fitted, whole)
+    _stop_if_cancelled(is_cancelled)
+    out.metadata = {**out.metadata, "crs": crs_name(out_wkt), "rasters": [part.name for part in parts],
+                    "skipped": [{"raster": r, "why": w} for r, w in state.skipped]}
+    if job.raster_output is not None:   # one raster (checked above), written on its own grid and CRS
+        whole = parts[0]
     provider = encoder.provider if encoded and not job.dask else (
         "dask" if job.dask else _provider_if_loaded(encoder))
     res: JobResult = write_outputs(job, whole, out, bundle, provider, paths, warnings + state.warnings, t0, progress)
@@ -635,43 +636,30 @@ def _same_crs(a: str, b: str) -> bool:
     return bool(srs_from(a, "raster's CRS").IsSame(srs_from(b, "output CRS")))
 
 
-def _outputs(task, parts, text, bundle, fitted, out_wkt, ground):
+def _outputs(task, parts, text, bundle, fitted, whole):
     """One TaskOutput over the collection with a ``source`` field. Per-tile results are computed per raster (a
-    raster's records are those of a run on it alone, to the bit); search sees every tile at once, so its ranks
-    and top K are over the whole collection."""
+    raster's records are those of a run on it alone, to the bit); search sees every tile at once (``whole``),
+    so its ranks and top K are over the whole collection."""
+    from .jobs import output_columns
     from .records import Categorical
-    from .tasks import RasterPart
 
     if task.kind != "search":
         outs = [task.outputs(part, text, bundle, fitted) for part in parts]
         out = outs[0]
         sizes = [len(part.index) for part in parts]
-        out.columns = {name: _concat([_columns_of(o)[name] for o in outs], sizes, kind)
-                       for name, kind in out.fields}
+        columns = [output_columns(o) for o in outs]
+        out.columns = {name: _concat([c[name] for c in columns], sizes, kind) for name, kind in out.fields}
         out.records = None
         if out.dense is not None:
             out.dense = np.concatenate([o.dense for o in outs])
     else:
-        grid = CollectionGrid(parts, out_wkt, ground)
-        whole = RasterPart(name="", crs_wkt=out_wkt, transform=parts[0].transform, grid=grid,
-                           index=np.arange(len(grid), dtype=np.int64),
-                           embeddings=np.concatenate([part.embeddings for part in parts]), tile_px=parts[0].tile_px,
-                           step_px=parts[0].step_px)
         out = task.outputs(whole, text, bundle, fitted)
-        out.columns = dict(_columns_of(out))
+        out.columns = dict(output_columns(out))
         out.records = None
     codes = np.concatenate([np.full(len(part.index), k, dtype=np.int64) for k, part in enumerate(parts)])
     out.columns["source"] = Categorical(codes, [part.name for part in parts])
     out.fields = [("source", "str"), *out.fields]
     return out
-
-
-def _columns_of(out) -> dict:
-    if out.columns is not None:
-        return out.columns
-    from .jobs import _values_column
-
-    return {name: _values_column([r[name] for r in out.records]) for name, _ in out.fields}
 
 
 def _concat(cols: list, sizes: list[int], kind: str):

@@ -619,8 +619,6 @@ def write_outputs(job: Job, part: RasterPart, out: TaskOutput, bundle, provider:
 
         written["head"] = write_text_file(paths["head"], out.head.to_json(), job.overwrite)
     if paths["report"] and report is not None:
-        import json
-
         from .outputs import write_text_file
 
         written["report"] = write_text_file(paths["report"], json.dumps(report, indent=1, ensure_ascii=False,
@@ -641,11 +639,14 @@ def _values_column(values: list) -> Lazy:
 def part_records(part: RasterPart, out: TaskOutput) -> Records:
     """The task's per-tile values of ``part`` as :class:`core.records.Records` over the part's grid (row, col
     and the polygon come from the grid when they are read or written)."""
+    return Records(out.fields, output_columns(out), grid=part.grid, index=part.index)
+
+
+def output_columns(out: TaskOutput) -> dict:
+    """The task's columns; a task that made one dict per tile: its values as they are."""
     if out.columns is not None:
-        columns = out.columns
-    else:   # a task that made one dict per tile: its values as they are
-        columns = {name: _values_column([r[name] for r in out.records]) for name, _ in out.fields}
-    return Records(out.fields, columns, grid=part.grid, index=part.index)
+        return out.columns
+    return {name: _values_column([r[name] for r in out.records]) for name, _ in out.fields}
 
 
 def _provider_if_loaded(encoder: Encoder) -> str:
