@@ -775,8 +775,6 @@ class ClassifyTask(Task):
         import numpy as np
 
         from .classify import suggest, uncertainty
-
-        head = fitted["head"]
         from .records import class_columns
 
         head = fitted["head"]
