@@ -275,19 +275,10 @@ class _Record:
 
 # ---------------------------------------------------------------------------------------- encoding
 
-def _cache(job):
-    if job.run.cache_dir == "":
-        return None
-    from .cache import EmbeddingCache
-    from .jobs import _default_cache_dir
-
-    return EmbeddingCache(job.run.cache_dir or _default_cache_dir())
-
-
 def prepare_plan(job, plan: RasterPlan, bundle, cache, src=None) -> tuple[object, tuple | None]:
     """The raster's stretch and cache key (reads a decimated view for a non-8-bit raster's stretch);
     returns the open source and the cached (kept, emb) or None."""
-    from .jobs import _open
+    from .jobs import _open, cache_model_id
     from .raster import Stretch
 
     owned = src is None
@@ -296,7 +287,7 @@ def prepare_plan(job, plan: RasterPlan, bundle, cache, src=None) -> tuple[object
     plan.stretch = Stretch.from_source(src, plan.bands)
     cached = None
     if cache is not None:
-        plan.cache_key = cache.key(src, job.tiles, plan.bands, plan.stretch, bundle.sha256 + ":" + job.run.precision)
+        plan.cache_key = cache.key(src, job.tiles, plan.bands, plan.stretch, cache_model_id(job, bundle))
         if plan.cache_key is not None:
             cached = cache.load(plan.cache_key, n_grid=len(plan.grid), embed_dim=bundle.embed_dim)
     return src, cached
@@ -497,6 +488,7 @@ def run_collection(job, progress=None, is_cancelled=None, on_plan=None):
         _provider_if_loaded,
         _stop_if_cancelled,
         check_outputs,
+        job_cache,
         known_rate,
         output_layer_name,
         record_rate,
@@ -534,7 +526,7 @@ def run_collection(job, progress=None, is_cancelled=None, on_plan=None):
                       threads=job.run.threads)
     prompts = task.prompts(prepared)
     text = _ensemble(encoder, prompts, warnings) if prompts else None
-    cache = _cache(job)
+    cache = job_cache(job)
     record = _Record(resume_path(paths["vector"], output_layer_name(job)) if paths["vector"] else None,
                      _fingerprint(job, bundle))
     t_enc = time.perf_counter()

@@ -670,14 +670,25 @@ def _raster_names(raster) -> list[str]:
     return [n for n in (getattr(raster, "path", None), getattr(raster, "name", None)) if isinstance(n, str) and n]
 
 
-def _cache_lookup(job, src, spec, bands, stretch, bundle, n_grid, warnings):
-    cache_dir = job.run.cache_dir
-    if cache_dir == "":
-        return None, None, None
+def job_cache(job: Job):
+    """The job's embedding cache (``RunOptions.cache_dir``; None when it is off)."""
+    if job.run.cache_dir == "":
+        return None
     from .cache import EmbeddingCache
 
-    cache = EmbeddingCache(cache_dir or _default_cache_dir())
-    key = cache.key(src, spec, bands, stretch, bundle.sha256 + ":" + job.run.precision)
+    return EmbeddingCache(job.run.cache_dir or _default_cache_dir())
+
+
+def cache_model_id(job: Job, bundle) -> str:
+    """The model part of a cache key: the bundle's weights and the precision of the graphs run."""
+    return bundle.sha256 + ":" + job.run.precision
+
+
+def _cache_lookup(job, src, spec, bands, stretch, bundle, n_grid, warnings):
+    cache = job_cache(job)
+    if cache is None:
+        return None, None, None
+    key = cache.key(src, spec, bands, stretch, cache_model_id(job, bundle))
     if key is None:
         warnings.append(f"The tile embeddings of {getattr(src, 'name', 'this raster')} are not cached: nothing "
                         "tells when its content changes (a web layer, or a URI without a modification "
