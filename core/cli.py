@@ -247,12 +247,12 @@ def _job(args):
 def _rasters(items: list[str]):
     """One plain raster stays a path (the output as before: no source field); several, or a glob, a folder or
     a list file, become a list (core.collection)."""
-    from .collection import expand_rasters
+    from .collection import _has_magic, expand_rasters
 
     if len(items) == 1:
         one = items[0]
         if not (os.path.isdir(one) or one.lower().endswith((".txt", ".lst"))
-                or (any(c in one for c in "*?[") and not os.path.exists(one))):
+                or (_has_magic(one) and not os.path.exists(one))):
             return one
     return expand_rasters(items)
 

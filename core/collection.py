@@ -156,7 +156,7 @@ def _plan_one(job, index: int, path: str) -> RasterPlan | str:
     """The raster's plan, or why it cannot be read (a one-line reason)."""
     from .jobs import _open
     from .raster import check_bands, default_bands
-    from .tiles import make_grid, require_crs
+    from .tiles import grid_step, make_grid, require_crs
 
     try:
         src, owned = _open(path)
@@ -169,10 +169,8 @@ def _plan_one(job, index: int, path: str) -> RasterPlan | str:
         grid = make_grid(src, spec)
         if not len(grid):
             return "no tile in the extent"
-        tw, th = grid.tile_px
-        ov = float(spec.overlap or 0.0)
-        step = (max(1, round(tw * (1 - ov))), max(1, round(th * (1 - ov))))   # as core.tiles steps the grid
-        return RasterPlan(index, path, grid, bands, src.crs_wkt, tuple(src.transform), (tw, th), step)
+        return RasterPlan(index, path, grid, bands, src.crs_wkt, tuple(src.transform), grid.tile_px,
+                          grid_step(grid.tile_px, spec.overlap))
     except RemoteClipError as e:
         return str(e)
     except Exception as e:   # a damaged header: GDAL/rasterio raise their own types
@@ -242,10 +240,12 @@ class _Record:
             try:
                 with open(path, encoding="utf-8") as f:
                     data = json.load(f)
-            except (OSError, ValueError):
+            except (OSError, ValueError, UnicodeDecodeError):
                 data = None
-            if isinstance(data, dict) and data.get("format") == RESUME_FORMAT \
-                    and data.get("job") == fingerprint and isinstance(data.get("done"), dict):
+            if not isinstance(data, dict) or data.get("format") != RESUME_FORMAT:   # the user's: never replaced
+                raise RemoteClipError(f"{path} exists and is not a file RemoteCLIP wrote.",
+                                      "Move it away or give the output another name.")
+            if data.get("job") == fingerprint and isinstance(data.get("done"), dict):
                 self.done = {str(k): str(v) for k, v in data["done"].items()}
         elif path and os.path.lexists(path):
             raise RemoteClipError(f"{path} exists and is not a file RemoteCLIP wrote.",
@@ -275,19 +275,10 @@ class _Record:
 
 # ---------------------------------------------------------------------------------------- encoding
 
-def _cache(job):
-    if job.run.cache_dir == "":
-        return None
-    from .cache import EmbeddingCache
-    from .jobs import _default_cache_dir
-
-    return EmbeddingCache(job.run.cache_dir or _default_cache_dir())
-
-
 def prepare_plan(job, plan: RasterPlan, bundle, cache, src=None) -> tuple[object, tuple | None]:
     """The raster's stretch and cache key (reads a decimated view for a non-8-bit raster's stretch);
     returns the open source and the cached (kept, emb) or None."""
-    from .jobs import _open
+    from .jobs import _open, cache_model_id
     from .raster import Stretch
 
     owned = src is None
@@ -296,7 +287,7 @@ def prepare_plan(job, plan: RasterPlan, bundle, cache, src=None) -> tuple[object
     plan.stretch = Stretch.from_source(src, plan.bands)
     cached = None
     if cache is not None:
-        plan.cache_key = cache.key(src, job.tiles, plan.bands, plan.stretch, bundle.sha256 + ":" + job.run.precision)
+        plan.cache_key = cache.key(src, job.tiles, plan.bands, plan.stretch, cache_model_id(job, bundle))
         if plan.cache_key is not None:
             cached = cache.load(plan.cache_key, n_grid=len(plan.grid), embed_dim=bundle.embed_dim)
     return src, cached
@@ -497,6 +488,7 @@ def run_collection(job, progress=None, is_cancelled=None, on_plan=None):
         _provider_if_loaded,
         _stop_if_cancelled,
         check_outputs,
+        job_cache,
         known_rate,
         output_layer_name,
         record_rate,
@@ -534,7 +526,7 @@ def run_collection(job, progress=None, is_cancelled=None, on_plan=None):
                       threads=job.run.threads)
     prompts = task.prompts(prepared)
     text = _ensemble(encoder, prompts, warnings) if prompts else None
-    cache = _cache(job)
+    cache = job_cache(job)
     record = _Record(resume_path(paths["vector"], output_layer_name(job)) if paths["vector"] else None,
                      _fingerprint(job, bundle))
     t_enc = time.perf_counter()
@@ -569,19 +561,20 @@ def run_collection(job, progress=None, is_cancelled=None, on_plan=None):
         raise RemoteClipError(f"No raster gave a tile ({why}).", "Check the rasters (gdalinfo), the extent and "
                               "the bands.")
     fitted = task.fit(parts, text, bundle, prepared, warnings)
-    out = _outputs(task, parts, text, bundle, fitted, out_wkt, ground)
-    _stop_if_cancelled(is_cancelled)
-    out.metadata = {**out.metadata, "crs": crs_name(out_wkt), "rasters": [part.name for part in parts],
-                    "skipped": [{"raster": r, "why": w} for r, w in state.skipped]}
-    if job.raster_output is not None:   # one raster (checked above), written on its own grid and CRS
-        whole = parts[0]
-    else:
+    whole = None   # every tile of the collection in the output CRS: one grid, the embeddings concatenated once
+    if job.raster_output is None or task.kind == "search":
         grid = CollectionGrid(parts, out_wkt, ground)
         whole = RasterPart(name=f"{len(parts)} rasters", crs_wkt=out_wkt, transform=parts[0].transform, grid=grid,
                            index=np.arange(len(grid), dtype=np.int64),
                            embeddings=np.concatenate([part.embeddings for part in parts]), tile_px=parts[0].tile_px,
                            step_px=parts[0].step_px, cache_hit=all(part.cache_hit for part in parts),
                            images_encoded=encoded)
+    out = _outputs(task, parts, text, bundle, fitted, whole)
+    _stop_if_cancelled(is_cancelled)
+    out.metadata = {**out.metadata, "crs": crs_name(out_wkt), "rasters": [part.name for part in parts],
+                    "skipped": [{"raster": r, "why": w} for r, w in state.skipped]}
+    if job.raster_output is not None:   # one raster (checked above), written on its own grid and CRS
+        whole = parts[0]
     provider = encoder.provider if encoded and not job.dask else (
         "dask" if job.dask else _provider_if_loaded(encoder))
     res: JobResult = write_outputs(job, whole, out, bundle, provider, paths, warnings + state.warnings, t0, progress)
@@ -635,43 +628,30 @@ def _same_crs(a: str, b: str) -> bool:
     return bool(srs_from(a, "raster's CRS").IsSame(srs_from(b, "output CRS")))
 
 
-def _outputs(task, parts, text, bundle, fitted, out_wkt, ground):
+def _outputs(task, parts, text, bundle, fitted, whole):
     """One TaskOutput over the collection with a ``source`` field. Per-tile results are computed per raster (a
-    raster's records are those of a run on it alone, to the bit); search sees every tile at once, so its ranks
-    and top K are over the whole collection."""
+    raster's records are those of a run on it alone, to the bit); search sees every tile at once (``whole``),
+    so its ranks and top K are over the whole collection."""
+    from .jobs import output_columns
     from .records import Categorical
-    from .tasks import RasterPart
 
     if task.kind != "search":
         outs = [task.outputs(part, text, bundle, fitted) for part in parts]
         out = outs[0]
         sizes = [len(part.index) for part in parts]
-        out.columns = {name: _concat([_columns_of(o)[name] for o in outs], sizes, kind)
-                       for name, kind in out.fields}
+        columns = [output_columns(o) for o in outs]
+        out.columns = {name: _concat([c[name] for c in columns], sizes, kind) for name, kind in out.fields}
         out.records = None
         if out.dense is not None:
             out.dense = np.concatenate([o.dense for o in outs])
     else:
-        grid = CollectionGrid(parts, out_wkt, ground)
-        whole = RasterPart(name="", crs_wkt=out_wkt, transform=parts[0].transform, grid=grid,
-                           index=np.arange(len(grid), dtype=np.int64),
-                           embeddings=np.concatenate([part.embeddings for part in parts]), tile_px=parts[0].tile_px,
-                           step_px=parts[0].step_px)
         out = task.outputs(whole, text, bundle, fitted)
-        out.columns = dict(_columns_of(out))
+        out.columns = dict(output_columns(out))
         out.records = None
     codes = np.concatenate([np.full(len(part.index), k, dtype=np.int64) for k, part in enumerate(parts)])
     out.columns["source"] = Categorical(codes, [part.name for part in parts])
     out.fields = [("source", "str"), *out.fields]
     return out
-
-
-def _columns_of(out) -> dict:
-    if out.columns is not None:
-        return out.columns
-    from .jobs import _values_column
-
-    return {name: _values_column([r[name] for r in out.records]) for name, _ in out.fields}
 
 
 def _concat(cols: list, sizes: list[int], kind: str):

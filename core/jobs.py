@@ -60,7 +60,7 @@ from .tasks import (  # noqa: F401 (the task classes and record functions are pa
     slug_fields,
     softmax,
 )
-from .tiles import BBox, Polygons, TileSpec, make_grid, require_crs
+from .tiles import BBox, Polygons, TileSpec, grid_step, make_grid, require_crs
 from .vectors import check_output
 
 __all__ = ["Job", "Plan", "plan_job", "RunOptions", "LabelTask", "CountTask", "SearchTask", "EmbedTask",
@@ -578,12 +578,10 @@ def encode_raster(job: Job, src, grid, bands, bundle, encoder: Encoder, warnings
         raise RemoteClipError(f"Every tile of {getattr(src, 'name', 'the raster')} is nodata ({len(grid)} tiles "
                               "read, none with a valid pixel).", "Check the raster's nodata value and mask "
                               "(gdalinfo) and the bands; choose an extent with image data.")
-    tw, th = grid.tile_px
-    overlap = float(spec.overlap or 0.0)
-    step = (max(1, round(tw * (1 - overlap))), max(1, round(th * (1 - overlap))))  # as core.tiles steps the grid
     return RasterPart(name=str(getattr(src, "name", "")), crs_wkt=src.crs_wkt, transform=tuple(src.transform),
-                      grid=grid, index=np.asarray(kept, dtype=np.int64), embeddings=emb, tile_px=(tw, th),
-                      step_px=step, cache_hit=cache_hit, images_encoded=0 if cache_hit else len(emb))
+                      grid=grid, index=np.asarray(kept, dtype=np.int64), embeddings=emb, tile_px=grid.tile_px,
+                      step_px=grid_step(grid.tile_px, spec.overlap), cache_hit=cache_hit,
+                      images_encoded=0 if cache_hit else len(emb))
 
 
 def write_outputs(job: Job, part: RasterPart, out: TaskOutput, bundle, provider: str, paths: dict,
@@ -640,11 +638,14 @@ def _values_column(values: list) -> Lazy:
 def part_records(part: RasterPart, out: TaskOutput) -> Records:
     """The task's per-tile values of ``part`` as :class:`core.records.Records` over the part's grid (row, col
     and the polygon come from the grid when they are read or written)."""
+    return Records(out.fields, output_columns(out), grid=part.grid, index=part.index)
+
+
+def output_columns(out: TaskOutput) -> dict:
+    """The task's columns; a task that made one dict per tile: its values as they are."""
     if out.columns is not None:
-        columns = out.columns
-    else:   # a task that made one dict per tile: its values as they are
-        columns = {name: _values_column([r[name] for r in out.records]) for name, _ in out.fields}
-    return Records(out.fields, columns, grid=part.grid, index=part.index)
+        return out.columns
+    return {name: _values_column([r[name] for r in out.records]) for name, _ in out.fields}
 
 
 def _provider_if_loaded(encoder: Encoder) -> str:
@@ -668,14 +669,25 @@ def _raster_names(raster) -> list[str]:
     return [n for n in (getattr(raster, "path", None), getattr(raster, "name", None)) if isinstance(n, str) and n]
 
 
-def _cache_lookup(job, src, spec, bands, stretch, bundle, n_grid, warnings):
-    cache_dir = job.run.cache_dir
-    if cache_dir == "":
-        return None, None, None
+def job_cache(job: Job):
+    """The job's embedding cache (``RunOptions.cache_dir``; None when it is off)."""
+    if job.run.cache_dir == "":
+        return None
     from .cache import EmbeddingCache
 
-    cache = EmbeddingCache(cache_dir or _default_cache_dir())
-    key = cache.key(src, spec, bands, stretch, bundle.sha256 + ":" + job.run.precision)
+    return EmbeddingCache(job.run.cache_dir or _default_cache_dir())
+
+
+def cache_model_id(job: Job, bundle) -> str:
+    """The model part of a cache key: the bundle's weights and the precision of the graphs run."""
+    return bundle.sha256 + ":" + job.run.precision
+
+
+def _cache_lookup(job, src, spec, bands, stretch, bundle, n_grid, warnings):
+    cache = job_cache(job)
+    if cache is None:
+        return None, None, None
+    key = cache.key(src, spec, bands, stretch, cache_model_id(job, bundle))
     if key is None:
         warnings.append(f"The tile embeddings of {getattr(src, 'name', 'this raster')} are not cached: nothing "
                         "tells when its content changes (a web layer, or a URI without a modification "

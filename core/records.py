@@ -14,10 +14,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["Records", "Categorical", "Lazy", "softmax", "top_k", "class_columns", "label_columns",
-           "count_columns", "search_columns", "UNKNOWN"]
+from .tasks import UNKNOWN, softmax  # one definition of each, re-exported
 
-UNKNOWN = "unknown"
+__all__ = ["Records", "Categorical", "Lazy", "softmax", "class_probs", "top_k", "class_columns", "label_columns",
+           "count_columns", "search_columns", "similarity_columns", "UNKNOWN"]
 
 
 class Categorical:
@@ -157,13 +157,7 @@ class Records(Sequence):
 
 # ------------------------------------------------------------------------------------------ tasks
 
-def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    x = x - x.max(axis=axis, keepdims=True)
-    e = np.exp(x)
-    return e / e.sum(axis=axis, keepdims=True)
-
-
-def _class_probs(emb: np.ndarray, text: np.ndarray, logit_scale: float) -> np.ndarray:
+def class_probs(emb: np.ndarray, text: np.ndarray, logit_scale: float) -> np.ndarray:
     """softmax(logit_scale * emb @ text.T) with the same operations as ``softmax`` (so the same values), done
     in place on the fresh product: at a million tiles each temporary is a pass over memory saved."""
     x = emb @ text.T
@@ -227,18 +221,22 @@ def class_columns(probs: np.ndarray, labels: list[str], top_k_: int, threshold: 
 
 def label_columns(emb: np.ndarray, text: np.ndarray, labels: list[str], logit_scale: float, top_k_: int,
                   threshold: float | None, pnames: list[str]):
-    return class_columns(_class_probs(emb, text, logit_scale), labels, top_k_, threshold, pnames)
+    return class_columns(class_probs(emb, text, logit_scale), labels, top_k_, threshold, pnames)
 
 
 def count_columns(emb: np.ndarray, text: np.ndarray, logit_scale: float):
-    probs = _class_probs(emb, text, logit_scale)
+    probs = class_probs(emb, text, logit_scale)
     best = probs.argmax(axis=1)
     return ([("count", "int"), ("count_conf", "float")],
             {"count": best + 1, "count_conf": probs[np.arange(len(best)), best]})
 
 
 def search_columns(emb: np.ndarray, query: np.ndarray, top_k_: int | None, threshold: float | None):
-    sim = emb @ query
+    return similarity_columns(emb @ query, top_k_, threshold)
+
+
+def similarity_columns(sim: np.ndarray, top_k_: int | None, threshold: float | None):
+    """similarity, rank (1 = best) and selected (within ``top_k_`` and at least ``threshold``) per tile."""
     order = np.argsort(-sim, kind="stable")
     rank = np.empty(len(sim), dtype=np.int64)
     rank[order] = np.arange(1, len(sim) + 1)

@@ -422,9 +422,9 @@ class LabelTask(Task):
         return label_prompts(self.labels, self.templates)
 
     def outputs(self, part, text, bundle, fitted):
-        from .records import class_columns
+        from .records import class_columns, class_probs
 
-        probs = softmax(bundle.logit_scale * (part.embeddings @ text.T))
+        probs = class_probs(part.embeddings, text, bundle.logit_scale)
         pnames = slug_fields(self.labels)
         fields_, columns = class_columns(probs, self.labels, self.top_k, self.threshold, pnames)
         return TaskOutput(None, fields_, dict(zip(pnames, self.labels, strict=True)), dense=probs,
@@ -549,11 +549,12 @@ class SearchTask(Task):
         return [[self.query.strip()]]
 
     def outputs(self, part, text, bundle, fitted):
-        from .records import search_columns
+        from .records import similarity_columns
 
+        sim = part.embeddings @ text[0]
         # the legend and the summary say which similarity the selection took (the stand-out rule's is computed)
-        cut = effective_threshold(part.embeddings @ text[0], self.threshold, self.stand_out)
-        fields_, columns = search_columns(part.embeddings, text[0], self.top_k, cut)
+        cut = effective_threshold(sim, self.threshold, self.stand_out)
+        fields_, columns = similarity_columns(sim, self.top_k, cut)
         return TaskOutput(None, fields_, dense=columns["similarity"][:, None], dense_names=["similarity"],
                           columns=columns, metadata={"query": self.query, "top_k": self.top_k, "threshold": cut,
                                                      "stand_out": self.stand_out})
@@ -774,8 +775,6 @@ class ClassifyTask(Task):
         import numpy as np
 
         from .classify import suggest, uncertainty
-
-        head = fitted["head"]
         from .records import class_columns
 
         head = fitted["head"]

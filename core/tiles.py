@@ -42,8 +42,8 @@ from dataclasses import dataclass
 
 from .errors import RemoteClipError, gdal_return_codes
 
-__all__ = ["TileSpec", "BBox", "Polygons", "Tile", "TileGrid", "make_grid", "tile_size_px", "spec_params",
-           "EDGE_MODES", "MIN_TILE_PX", "MAX_OVERLAP", "srs_from", "window_polygon_wkt", "require_crs"]
+__all__ = ["TileSpec", "BBox", "Polygons", "Tile", "TileGrid", "make_grid", "grid_step", "tile_size_px",
+           "spec_params", "EDGE_MODES", "MIN_TILE_PX", "MAX_OVERLAP", "srs_from", "window_polygon_wkt", "require_crs"]
 
 MIN_TILE_PX = 8
 MAX_OVERLAP = 0.95   # the one ceiling (CLI, dock, Processing): a step of 5% of the tile, 400 times the tiles
@@ -423,8 +423,14 @@ def _check_spec(src, spec) -> tuple[int, int, int, int, str]:
         raise RemoteClipError(f"The tile size {what} is larger than the raster {src.name} ({src.width} x "
                               f"{src.height} px).", f"Use a tile size of at most {min(src.width, src.height)} px"
                               + (" (or fewer metres)." if (spec.unit or "px") == "m" else "."))
-    sx, sy = max(1, round(tw * (1 - overlap))), max(1, round(th * (1 - overlap)))
+    sx, sy = grid_step((tw, th), overlap)
     return tw, th, sx, sy, edge
+
+
+def grid_step(tile_px: tuple[int, int], overlap: float | None) -> tuple[int, int]:
+    """The grid's step in pixels (x, y) for tiles of ``tile_px`` overlapping by ``overlap``."""
+    overlap = float(overlap or 0.0)
+    return max(1, round(tile_px[0] * (1 - overlap))), max(1, round(tile_px[1] * (1 - overlap)))
 
 
 def make_grid(src, spec: TileSpec) -> TileGrid:

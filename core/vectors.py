@@ -584,8 +584,9 @@ def _columnar(records) -> bool:
     return callable(getattr(records, "chunks", None)) and getattr(records, "grid", None) is not None
 
 
-def _record_chunks(records, fields):
-    """(values {field: list}, geometries [OGR geometry]) of ``records``, _CHUNK at a time."""
+def _record_chunks(records, fields, geoms=None):
+    """(values {field: list}, geometries [OGR geometry]) of ``records``, _CHUNK at a time; records held as
+    dicts come with their parsed ``geoms`` (:func:`_wkt_geometries`)."""
     _, ogr, _ = _ogr()
     if _columnar(records):
         for start, _stop, values, wkbs in records.chunks(_CHUNK):
@@ -596,13 +597,19 @@ def _record_chunks(records, fields):
         return
     for start in range(0, len(records), _CHUNK):
         part = records[start:start + _CHUNK]
-        geoms = []
-        for i, r in enumerate(part):
-            g = ogr.CreateGeometryFromWkt(r["geometry"]) if r.get("geometry") else None
-            if g is None:
-                raise RemoteClipError(f"Record {start + i} has no valid WKT geometry.", "Give every record a polygon.")
-            geoms.append(g)
-        yield {f.name: [r.get(f.name) for r in part] for f in fields}, geoms
+        yield {f.name: [r.get(f.name) for r in part] for f in fields}, geoms[start:start + _CHUNK]
+
+
+def _wkt_geometries(records) -> list:
+    """The OGR geometries of records held as dicts (``"geometry"``: WKT), each parsed once."""
+    _, ogr, _ = _ogr()
+    geoms = []
+    for i, r in enumerate(records):
+        g = ogr.CreateGeometryFromWkt(r["geometry"]) if r.get("geometry") else None
+        if g is None:
+            raise RemoteClipError(f"Record {i} has no valid WKT geometry.", "Give every record a polygon.")
+        geoms.append(g)
+    return geoms
 
 
 def _column_values(records, name: str):
@@ -617,15 +624,8 @@ def _column_values(records, name: str):
 
 def _fill(ds, path, driver_name, layer_name, records, fields, written, srs, meta_json, layer_transaction=True):
     _, ogr, _ = _ogr()
-    if _columnar(records):
-        multi = False   # tile windows: one polygon each
-    else:
-        multi = False
-        for i, r in enumerate(records):
-            g = ogr.CreateGeometryFromWkt(r["geometry"]) if r.get("geometry") else None
-            if g is None:
-                raise RemoteClipError(f"Record {i} has no valid WKT geometry.", "Give every record a polygon.")
-            multi = multi or ogr.GT_Flatten(g.GetGeometryType()) != ogr.wkbPolygon
+    geoms = None if _columnar(records) else _wkt_geometries(records)   # tile windows: one polygon each
+    multi = geoms is not None and any(ogr.GT_Flatten(g.GetGeometryType()) != ogr.wkbPolygon for g in geoms)
     gtype = ogr.wkbMultiPolygon if multi else ogr.wkbPolygon
     opts = ["ENCODING=UTF-8"] if driver_name == "ESRI Shapefile" else ["FID=fid", "GEOMETRY_NAME=geom"]
     lyr = ds.CreateLayer(layer_name, srs, gtype, options=opts)
@@ -644,9 +644,9 @@ def _fill(ds, path, driver_name, layer_name, records, fields, written, srs, meta
     if layer_transaction and lyr.StartTransaction() != 0:
         _fail(f"Cannot write to {path}")
     setters, set_null = _field_setters(fields, ogr)
-    for values, geoms in _record_chunks(records, fields):
+    for values, chunk_geoms in _record_chunks(records, fields, geoms):
         plan = [(i, setter, conv, values[f.name]) for (i, setter, conv), f in zip(setters, fields, strict=True)]
-        for j, g in enumerate(geoms):
+        for j, g in enumerate(chunk_geoms):
             feat = ogr.Feature(defn)
             for i, setter, conv, col in plan:
                 v = col[j]

@@ -209,6 +209,23 @@ def test_resume_after_cancel(sheets, tmp_path, capsys):
     assert "rasters: 8 in the output" in text
 
 
+def test_a_users_file_at_the_resume_path_is_refused_and_kept(sheets, tmp_path):
+    """The record beside the output replaces only a record of ours: a user's file of that name stops the run
+    before any pixel is read, and is left as it was."""
+    from core.collection import resume_path
+    from core.errors import RemoteClipError
+    from core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
+
+    out = tmp_path / "mine.gpkg"
+    users = Path(resume_path(str(out), "labels"))
+    users.write_text('{"notes": "mine"}')
+    job = Job(raster=[str(p) for p in sheets[:2]], task=LabelTask(LABELS.split(",")),
+              run=RunOptions(model=str(DEMO), cache_dir=""), tiles=TileSpec(size=64), output=str(out))
+    with pytest.raises(RemoteClipError, match="not a file RemoteCLIP wrote"):
+        run_job(job)
+    assert users.read_text() == '{"notes": "mine"}' and not out.exists()
+
+
 def test_search_ranks_over_the_collection(sheets, tmp_path, capsys):
     out = tmp_path / "search.gpkg"
     rc, _, err = _run(capsys, "search", *sheets[:3], "--model", DEMO, "--query", "a swimming pool",
