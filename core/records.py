@@ -10,13 +10,15 @@ classes, values rounded by Python's ``round`` and formatted by Python when they 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .tasks import UNKNOWN, softmax  # one definition of each, re-exported
+from .tasks import UNKNOWN, class_scores, softmax  # one definition of each, re-exported
 
-__all__ = ["Records", "Categorical", "Lazy", "softmax", "class_probs", "top_k", "class_columns", "label_columns",
+__all__ = ["Records", "Categorical", "Lazy", "softmax", "class_scores", "class_probs", "top_k", "class_columns", "label_columns",
            "count_columns", "search_columns", "similarity_columns", "UNKNOWN"]
 
 
@@ -157,30 +159,85 @@ class Records(Sequence):
 
 # ------------------------------------------------------------------------------------------ tasks
 
-def class_probs(emb: np.ndarray, text: np.ndarray, logit_scale: float) -> np.ndarray:
-    """softmax(logit_scale * emb @ text.T) with the same operations as ``softmax`` (so the same values), done
-    in place on the fresh product: at a million tiles each temporary is a pass over memory saved."""
-    x = emb @ text.T
+BLOCK_ROWS = 16384   # rows of class scores worked on at once: a block's few MB stay in the CPU's cache
+
+
+def _by_blocks(n: int, fn: Callable[[int, int], None], block: int | None = None) -> None:
+    """``fn(start, stop)`` over row blocks, on as many threads as cores (up to 8): numpy's ufuncs, ``argmax``
+    and copies release the GIL, so the blocks of a million-tile relabel run side by side."""
+    block = block or BLOCK_ROWS
+    starts = range(0, n, block)
+    workers = min(len(starts), os.cpu_count() or 1, 8)
+    if workers <= 1:
+        for s in starts:
+            fn(s, min(s + block, n))
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        for _ in pool.map(lambda s: fn(s, min(s + block, n)), starts):
+            pass   # re-raises a block's error
+
+
+def class_probs(emb: np.ndarray, text: np.ndarray, logit_scale: float, block: int | None = None) -> np.ndarray:
+    """softmax(logit_scale * emb @ text.T) per tile, with the same operations as ``softmax`` (so the same
+    values), done in place on the fresh scores by row blocks: at a million tiles each temporary is a pass over
+    memory saved, and a block's passes run in cache."""
+    x = class_scores(emb, text)
     if x.dtype.kind != "f":
         x = x.astype(np.float64)
-    x *= x.dtype.type(logit_scale)
-    x -= x.max(axis=1, keepdims=True)
-    np.exp(x, out=x)
-    x /= x.sum(axis=1, keepdims=True)
+    scale = x.dtype.type(logit_scale)
+    xt = x.T   # (c, n): a block of tiles is a slice of columns; reductions over the classes run along rows
+
+    def softmax_block(a, b):
+        v = xt[:, a:b]
+        v *= scale
+        v -= v.max(axis=0, keepdims=True)
+        np.exp(v, out=v)
+        v /= v.sum(axis=0, keepdims=True)
+
+    _by_blocks(len(x), softmax_block, block)
     return x
 
 
-def top_k(probs: np.ndarray, k: int) -> np.ndarray:
+def top_k(probs: np.ndarray, k: int, block: int | None = None) -> np.ndarray:
     """(n, k) column indices of each row's k largest values, largest first, ties to the lower index: what
-    ``np.argsort(-probs, axis=1, kind="stable")[:, :k]`` gives, in k passes of argmax instead of a sort."""
-    work = np.array(probs, copy=True)
-    out = np.empty((len(work), k), dtype=np.int64)
-    rows = np.arange(len(work))
-    for j in range(k):
-        best = work.argmax(axis=1)   # first occurrence of the maximum: the stable order
-        out[:, j] = best
-        work[rows, best] = -np.inf
+    ``np.argsort(-probs, axis=1, kind="stable")[:, :k]`` gives, in k passes of argmax instead of a sort,
+    by row blocks."""
+    n = len(probs)
+    out = np.empty((n, k), dtype=np.int64)
+
+    def block_top(a, b):
+        work = np.array(probs[a:b], order="C", copy=True)
+        rows = np.arange(b - a)
+        for j in range(k):
+            best = work.argmax(axis=1)   # first occurrence of the maximum: the stable order
+            out[a:b, j] = best
+            work[rows, best] = -np.inf
+
+    _by_blocks(n, block_top, block)
     return out
+
+
+def _order_codes(order: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's top-label list as a code into the distinct lists, and one row of ``order`` per list; the
+    lists sorted as ``np.unique(order, axis=0)`` sorts them. A table of every possible list when that is small
+    (no sort of a million keys), else ``np.unique``."""
+    n, k = order.shape
+    if c ** k <= 1 << 24:
+        key = np.zeros(n, dtype=np.int64)
+        for j in range(k):
+            key *= c
+            key += order[:, j]
+        seen = np.zeros(c ** k, dtype=bool)
+        seen[key] = True
+        uniq = np.flatnonzero(seen)
+        code_of = np.cumsum(seen) - 1
+        lists = np.empty((len(uniq), k), dtype=np.int64)
+        rest = uniq.copy()
+        for j in reversed(range(k)):
+            rest, lists[:, j] = np.divmod(rest, c)
+        return code_of[key], lists
+    lists, inverse = np.unique(order, axis=0, return_inverse=True)
+    return inverse.reshape(-1), lists
 
 
 def class_columns(probs: np.ndarray, labels: list[str], top_k_: int, threshold: float | None,
@@ -197,15 +254,9 @@ def class_columns(probs: np.ndarray, labels: list[str], top_k_: int, threshold: 
         label_codes[best.astype(np.float64) < float(threshold)] = c
     columns = {"label": Categorical(label_codes, [*labels, UNKNOWN]), "score": best}
     # top-label lists: the distinct orders among the tiles, one text each
-    if c ** k < 2 ** 62:
-        key = np.zeros(n, dtype=np.int64)
-        for j in range(k):
-            key = key * c + order[:, j]
-        uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-    else:
-        uniq, first, inverse = np.unique(order, axis=0, return_index=True, return_inverse=True)
-    texts = ["|".join(labels[j] for j in order[i]) for i in first.tolist()]
-    columns["top_labels"] = Categorical(inverse.reshape(-1), texts)
+    codes, lists = _order_codes(order, c)
+    texts = ["|".join(labels[j] for j in row) for row in lists.tolist()]
+    columns["top_labels"] = Categorical(codes, texts)
     top_probs = np.take_along_axis(probs, order, axis=1)
 
     def scores(start, stop):
@@ -226,7 +277,7 @@ def label_columns(emb: np.ndarray, text: np.ndarray, labels: list[str], logit_sc
 
 def count_columns(emb: np.ndarray, text: np.ndarray, logit_scale: float):
     probs = class_probs(emb, text, logit_scale)
-    best = probs.argmax(axis=1)
+    best = top_k(probs, 1)[:, 0]
     return ([("count", "int"), ("count_conf", "float")],
             {"count": best + 1, "count_conf": probs[np.arange(len(best)), best]})
 

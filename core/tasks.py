@@ -260,6 +260,14 @@ def softmax(x, axis: int = -1):
     return e / e.sum(axis=axis, keepdims=True)
 
 
+def class_scores(emb, text):
+    """(n, c) cosine scores ``emb @ text.T``, computed as ``(text @ emb.T).T``: one BLAS call on all its
+    threads (faster than the other orientation at a million tiles), a class's scores contiguous (the column
+    written for it). Every path from embeddings to class scores goes through here, so all give the same
+    float32 values bit for bit."""
+    return (text @ emb.T).T
+
+
 def slug_fields(names: list[str], prefix: str = "p_", width: int = 10) -> list[str]:
     """Shapefile-safe unique field names (<= width chars) for class names."""
     from .vectors import shapefile_names
@@ -292,12 +300,12 @@ def class_records(probs, labels: list[str], top_k: int, threshold: float | None)
 
 
 def label_records(emb, text, labels: list[str], logit_scale: float, top_k: int, threshold: float | None):
-    probs = softmax(logit_scale * (emb @ text.T))
+    probs = softmax(logit_scale * class_scores(emb, text))
     return class_records(probs, labels, top_k, threshold)
 
 
 def count_records(emb, text, logit_scale: float):
-    probs = softmax(logit_scale * (emb @ text.T))
+    probs = softmax(logit_scale * class_scores(emb, text))
     best = probs.argmax(axis=1)
     recs = [{"count": int(b) + 1, "count_conf": round(float(probs[i, b]), 6)} for i, b in enumerate(best)]
     return recs, [("count", "int"), ("count_conf", "float")]

@@ -8,6 +8,7 @@ import pytest
 
 from core.jobs import count_records, label_records, search_records, slug_fields, softmax
 from core.records import Records, count_columns, label_columns, search_columns, top_k
+from core.tasks import class_scores
 from core.tiles import TileSpec, make_grid
 
 
@@ -30,12 +31,16 @@ def _rows(records):
     return [dict(r) for r in records]
 
 
+@pytest.mark.parametrize("block", [None, 37])   # one block; 14 blocks (the last short) on threads
 @pytest.mark.parametrize("top, threshold", [(3, None), (6, "median"), (1, "median"), (9, None)])
-def test_labels_equal_the_per_tile_records(case, top, threshold):
+def test_labels_equal_the_per_tile_records(case, top, threshold, block, monkeypatch):
+    import core.records
+
+    monkeypatch.setattr(core.records, "BLOCK_ROWS", block or core.records.BLOCK_ROWS)
     emb, text = case
     labels = ["water", "forest", "buildings", "road", "forest again", "bare soil"]
     if threshold == "median":   # exactly one tile's best probability: that tile keeps its label (>=)
-        best = softmax(30.0 * (emb @ text.T)).max(axis=1)
+        best = softmax(30.0 * class_scores(emb, text)).max(axis=1)
         threshold = float(np.sort(best)[len(best) // 2])
     want, want_fields, want_map = label_records(emb, text, labels, 30.0, top, threshold)
     fields, cols = label_columns(emb, text, labels, 30.0, top, threshold, slug_fields(labels))
@@ -54,7 +59,38 @@ def test_top_k_is_the_stable_sort(case):
         np.testing.assert_array_equal(top_k(probs, k), np.argsort(-probs, axis=1, kind="stable")[:, :k])
 
 
-def test_counts_and_search_equal_the_per_tile_records(case):
+def test_blocks_give_the_values_of_one_block(case):
+    """Row blocks on threads: every row's probabilities and top classes land in that row, the last short
+    block included (an off-by-one at a block's edge, or two threads writing one block, would show here)."""
+    from core.records import class_probs
+
+    emb, text = case
+    whole = class_probs(emb, text, 30.0, block=len(emb))
+    np.testing.assert_array_equal(whole, softmax(30.0 * class_scores(emb, text)))
+    for block in (1, 7, 64, 499):
+        np.testing.assert_array_equal(class_probs(emb, text, 30.0, block=block), whole)
+        np.testing.assert_array_equal(top_k(whole, 4, block=block), top_k(whole, 4, block=len(emb)))
+
+
+@pytest.mark.parametrize("c, k", [(6, 3), (6, 6), (300, 3)])   # a table of every list; np.unique (300**3)
+def test_top_label_lists_are_coded_as_np_unique_codes_them(c, k):
+    from core.records import _order_codes
+
+    rng = np.random.default_rng(c + k)
+    order = np.stack([rng.permutation(c)[:k] for _ in range(400)])
+    order[100:150] = order[3]   # repeated lists share a code
+    codes, lists = _order_codes(order, c)
+    want_lists, want_codes = np.unique(order, axis=0, return_inverse=True)
+    np.testing.assert_array_equal(lists, want_lists)
+    np.testing.assert_array_equal(codes, want_codes.reshape(-1))
+    np.testing.assert_array_equal(lists[codes], order)
+
+
+@pytest.mark.parametrize("block", [None, 5])
+def test_counts_and_search_equal_the_per_tile_records(case, block, monkeypatch):
+    import core.records
+
+    monkeypatch.setattr(core.records, "BLOCK_ROWS", block or core.records.BLOCK_ROWS)
     emb, text = case
     want, want_fields = count_records(emb, text, 50.0)
     fields, cols = count_columns(emb, text, 50.0)
