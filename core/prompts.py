@@ -66,6 +66,21 @@ def plural(noun: str) -> str:
     return f"{head} {last}".strip() if head else last
 
 
+def object_nouns(name: str | None) -> tuple[str, str]:
+    """(singular, plural) of an object name typed either way ("building" or "buildings"; "bus", "city",
+    "cities"); "object(s)" without one. Analysts type the plural as often as the singular, and a count prompt
+    built on "buildings" as the singular would read "one buildings" and "three buildingses"."""
+    name = " ".join((name or "").split())
+    if not name:
+        return "object", "objects"
+    low = name.lower()
+    if low.endswith("ies") and len(low) > 4:
+        return name[:-3] + "y", name
+    if low.endswith("s") and not low.endswith(("ss", "us", "is")):
+        return name[:-1], name
+    return name, plural(name)
+
+
 def count_word(n: int) -> str:
     return NUMBER_WORDS[n] if 0 <= n < len(NUMBER_WORDS) else str(n)
 
@@ -74,7 +89,7 @@ def count_captions(obj: str, max_count: int = 10, templates: list[str] | None = 
     """Captions for counts 1..max_count: a list (one entry per count) of prompts (one per template).
 
     Template placeholders: ``{count}`` (a number word), ``{object}`` (singular for 1,
-    plural otherwise), ``{is}`` (is/are). ``obj`` is the singular name ("car").
+    plural otherwise), ``{is}`` (is/are). ``obj`` is the object's name, singular ("car") or plural ("cars").
     """
     obj = (obj or "").strip()
     if not obj:
@@ -87,9 +102,9 @@ def count_captions(obj: str, max_count: int = 10, templates: list[str] | None = 
             raise RemoteClipError(f"Count template {t!r} has no {{count}} placeholder.",
                                   "Write templates like 'There {is} {count} {object} in the image.'")
     out = []
-    many = plural(obj)
+    one, many = object_nouns(obj)
     for n in range(1, max_count + 1):
-        out.append([t.replace("{count}", count_word(n)).replace("{object}", obj if n == 1 else many)
+        out.append([t.replace("{count}", count_word(n)).replace("{object}", one if n == 1 else many)
                     .replace("{is}", "is" if n == 1 else "are") for t in templates])
     return out
 

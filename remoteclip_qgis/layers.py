@@ -46,6 +46,7 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QColor
 
 from .core.errors import RemoteClipError
+from .core.prompts import object_nouns
 from .core.tasks import TASKS
 
 KINDS = tuple(TASKS)
@@ -328,21 +329,6 @@ def label_renderer(layer: QgsVectorLayer, classes: list[str], highlight: str | N
 
 def _ramp_color(a: str, b: str, t: float) -> QColor:
     return QgsGradientColorRamp(QColor(a), QColor(b)).color(min(max(t, 0.0), 1.0))
-
-
-def object_nouns(name: str | None) -> tuple[str, str]:
-    """(singular, plural) of the counted object as typed ("building" or "buildings"); "object(s)" without one."""
-    from .core.prompts import plural
-
-    name = " ".join((name or "").split())
-    if not name:
-        return "object", "objects"
-    low = name.lower()
-    if low.endswith("ies") and len(low) > 4:
-        return name[:-3] + "y", name
-    if low.endswith("s") and not low.endswith(("ss", "us", "is")):
-        return name[:-1], name
-    return name, plural(name)
 
 
 def count_label(value: int, object_name: str | None, max_count: int | None) -> str:
