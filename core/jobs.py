@@ -272,14 +272,17 @@ class _Reader(threading.Thread):
                 self._opened.append(src)
         return src
 
-    def _load(self, window):
-        """One tile preprocessed, or None when all its pixels are nodata."""
+    def _load(self, window_slot) -> bool:
+        """One tile preprocessed into its slot of the batch (no array of its own to allocate and copy);
+        False when all its pixels are nodata."""
         from .raster import read_rgb
 
+        window, slot = window_slot
         rgb, valid = read_rgb(self._source(), self.bands, tuple(window), self.stretch)
         if valid is not None and not valid.any():
-            return None
-        return preprocess(rgb, self.image_cfg, valid)
+            return False
+        preprocess(rgb, self.image_cfg, valid, slot)
+        return True
 
     def run(self):
         pool = None
@@ -294,14 +297,14 @@ class _Reader(threading.Thread):
                     return
                 stop = min(len(self.grid), start + self.batch_size)
                 windows = self.grid.windows(np.arange(start, stop)).tolist()
-                tiles = pool.map(self._load, windows) if pool is not None else map(self._load, windows)
                 x = np.empty((stop - start, 3, h, w), np.float32)
-                kept = []
-                for idx, arr in zip(range(start, stop), tiles, strict=True):
-                    if arr is not None:   # all-nodata tiles are dropped
-                        x[len(kept)] = arr
-                        kept.append(idx)
-                if not self._put(("batch", stop - start, kept, x[:len(kept)])):
+                jobs = zip(windows, x, strict=True)
+                loaded = list(pool.map(self._load, jobs) if pool is not None else map(self._load, jobs))
+                slots = [i for i, ok in enumerate(loaded) if ok]   # all-nodata tiles are dropped
+                if len(slots) < len(loaded):
+                    x = x[slots]
+                kept = [start + i for i in slots]
+                if not self._put(("batch", stop - start, kept, x)):
                     return
             self._put(("done", 0, None, None))
         except BaseException as e:  # handed to the main thread

@@ -15,6 +15,8 @@ arbitrary nodata value, the same fill open_clip pads with.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .errors import RemoteClipError
@@ -110,19 +112,42 @@ def resize_crop(rgb: np.ndarray, image_cfg: dict, valid: np.ndarray | None = Non
                           "Use shortest, longest or squash in manifest.json's image section.")
 
 
-def normalize(img_hwc_uint8: np.ndarray, image_cfg: dict) -> np.ndarray:
-    """uint8 HWC -> float32 CHW in [0, 1], minus mean, over std (ToTensor + Normalize)."""
-    x = np.asarray(img_hwc_uint8, dtype=np.float32) / np.float32(255.0)
-    mean = np.asarray(image_cfg["mean"], dtype=np.float32)
-    std = np.asarray(image_cfg["std"], dtype=np.float32)
-    x = (x - mean) / std
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+@functools.lru_cache(maxsize=8)
+def _channel_tables(mean: tuple, std: tuple) -> np.ndarray:
+    """(3, 256) float32: every uint8 value of each channel already normalised, by the very float32
+    operations of ToTensor + Normalize (so a table lookup gives the same bits as computing each pixel)."""
+    v = np.arange(256, dtype=np.float32) / np.float32(255.0)
+    m = np.asarray(mean, dtype=np.float32)[:, None]
+    s = np.asarray(std, dtype=np.float32)[:, None]
+    return (v[None, :] - m) / s
 
 
-def preprocess(rgb_uint8_hwc: np.ndarray, image_cfg: dict, valid: np.ndarray | None = None) -> np.ndarray:
-    """One tile (HxWx3 uint8) -> the model's input (3, H, W) float32."""
+def normalize(img_hwc_uint8: np.ndarray, image_cfg: dict, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 HWC -> float32 CHW in [0, 1], minus mean, over std (ToTensor + Normalize), by table lookup: a
+    pixel has 256 possible values per channel, and the reader thread must keep up with an int8 encoder on
+    the same cores. ``out``: a (3, H, W) float32 array to fill (a slot of the batch)."""
+    img = np.asarray(img_hwc_uint8)
+    if img.dtype != np.uint8:   # not pixels as read: compute them
+        x = np.asarray(img, dtype=np.float32) / np.float32(255.0)
+        x = (x - np.asarray(image_cfg["mean"], np.float32)) / np.asarray(image_cfg["std"], np.float32)
+        res = np.ascontiguousarray(x.transpose(2, 0, 1))
+        if out is None:
+            return res
+        out[...] = res
+        return out
+    tables = _channel_tables(tuple(float(v) for v in image_cfg["mean"]), tuple(float(v) for v in image_cfg["std"]))
+    if out is None:
+        out = np.empty((3, *img.shape[:2]), dtype=np.float32)
+    for c in range(3):
+        np.take(tables[c], img[:, :, c], out=out[c])
+    return out
+
+
+def preprocess(rgb_uint8_hwc: np.ndarray, image_cfg: dict, valid: np.ndarray | None = None,
+               out: np.ndarray | None = None) -> np.ndarray:
+    """One tile (HxWx3 uint8) -> the model's input (3, H, W) float32 (written into ``out`` if given)."""
     img = resize_crop(rgb_uint8_hwc, image_cfg, valid)
-    return normalize(np.asarray(img), image_cfg)
+    return normalize(np.asarray(img), image_cfg, out)
 
 
 def preprocess_batch(images, image_cfg: dict, valids=None) -> np.ndarray:
@@ -130,7 +155,7 @@ def preprocess_batch(images, image_cfg: dict, valids=None) -> np.ndarray:
     out_h, out_w = _size(image_cfg)
     out = np.empty((len(images), 3, out_h, out_w), dtype=np.float32)
     for i, rgb in enumerate(images):
-        out[i] = preprocess(rgb, image_cfg, None if valids is None else valids[i])
+        preprocess(rgb, image_cfg, None if valids is None else valids[i], out[i])
     return out
 
 

@@ -105,6 +105,22 @@ def test_nodata_tiles_are_dropped(data_dir, tiny_bundle):
     want = {(i, j) for i, r in enumerate(rows) for j, c in enumerate(cols) if mask[r:r + 64, c:c + 64].any()}
     assert {(r["row"], r["col"]) for r in res.records} == want
     assert 0 < len(want) < len(rows) * len(cols) == 13 * 12
+    # each kept tile's embedding is that tile's, though dropped tiles left gaps in the reader's batches
+    from core.inference import Encoder
+    from core.preprocess import preprocess
+    from core.raster import Stretch, default_bands, open_raster, read_rgb
+
+    emb = run_job(_job(raster, tiny_bundle, task=EmbedTask(), tiles=TileSpec(size=64)))
+    src = open_raster(raster)
+    bands = default_bands(src)
+    stretch = Stretch.from_source(src, bands)
+    enc = Encoder(tiny_bundle, batch_size=32)
+    for i in (0, len(emb.records) // 2, len(emb.records) - 1):
+        r = emb.records[i]
+        rgb, valid = read_rgb(src, bands, (cols[r["col"]], rows[r["row"]], 64, 64), stretch)
+        alone = enc.encode_images(preprocess(rgb, enc.bundle.image, valid)[None])[0]
+        np.testing.assert_allclose(emb.embeddings[i], alone, atol=1e-5)
+    src.close()
 
 
 def test_count_and_search(mosaic, tiny_bundle, tmp_path):
@@ -236,6 +252,13 @@ def test_count_captions_follow_remotecount():
     assert len(caps) == 10 and caps[0] == ["There is one car in the image."]
     assert caps[1] == ["There are two cars in the image."] and caps[9] == ["There are ten cars in the image."]
     assert plural("tennis court") == "tennis courts" and plural("bus") == "buses" and plural("ferry") == "ferries"
+    # the name typed in the plural gives the same prompts, not "one cars" and "two carses"
+    assert count_captions("cars", 10) == caps
+    assert count_captions("storage tanks", 3)[:2] == [["There is one storage tank in the image."],
+                                                      ["There are two storage tanks in the image."]]
+    assert count_captions("cities", 2) == count_captions("city", 2) == [["There is one city in the image."],
+                                                                       ["There are two cities in the image."]]
+    assert count_captions("bus", 2)[1] == ["There are two buses in the image."]   # a singular ending in s
     with pytest.raises(RemoteClipError, match="count"):
         count_captions("car", 3, ["a photo of {object}"])
 

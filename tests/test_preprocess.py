@@ -77,3 +77,26 @@ def test_bad_config_and_input():
     with pytest.raises(ValueError, match="uint8"):
         preprocess(rgb.astype(np.float32), _cfg())
     assert output_size(_cfg((224, 320))) == (224, 320)
+
+
+@pytest.mark.parametrize("mean, std", [(MEAN, STD), ([0.5, 0.25, 0.0], [0.5, 0.125, 1.0 / 3.0])])
+def test_normalize_by_table_is_the_arithmetic_bit_for_bit(mean, std):
+    """The lookup table holds every uint8 value of each channel normalised by the float32 operations of
+    ToTensor + Normalize: a table built in float64, or with the channels swapped, would differ here."""
+    from core.preprocess import normalize
+
+    cfg = {"mean": mean, "std": std}
+    every = np.stack(np.meshgrid(np.arange(256), np.arange(256), indexing="ij"), -1)[:, :, :1].repeat(3, 2)
+    every = np.ascontiguousarray(every.astype(np.uint8))
+    every[:, :, 1] = every[:, :, 1][::-1]            # each channel sees every value, in different places
+    every[:, :, 2] = every[:, :, 2].T
+    x = every.astype(np.float32) / np.float32(255.0)
+    want = np.ascontiguousarray(((x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).transpose(2, 0, 1))
+    got = normalize(every, cfg)
+    assert got.dtype == np.float32 and got.shape == (3, 256, 256)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    slot = np.full((3, 256, 256), np.nan, np.float32)
+    assert normalize(every, cfg, slot) is slot
+    np.testing.assert_array_equal(slot, want)
+    # values that are not uint8 pixels are computed, not looked up
+    np.testing.assert_array_equal(normalize(every.astype(np.float64), cfg), want)
