@@ -12,7 +12,7 @@ help:
 	@echo "make test-all    the same plus slow tests (ViT-L-14 export, large rasters): what CI runs"
 	@echo "make label       the main job: label the Kampala orthomosaic's tiles with the demo model"
 	@echo "make package     dist/remoteclip_qgis-<version>.zip for QGIS's Install from ZIP"
-	@echo "make bench       benchmarks (bench/bench_*.py), results in bench-results/"
+	@echo "make bench       benchmarks (bench/bench_*.py), results in bench-results/, then all targets in one table"
 	@echo "make screenshot  screenshots: label, count and search results, the dock at 300 px (xvfb)"
 
 setup:
@@ -41,7 +41,9 @@ label: setup
 
 bench:
 	@mkdir -p bench-results
-	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@start=$$(date +%s); for b in bench/bench_*.py; do echo "== $$b"; s=$$(date +%s); \
+	  $(PY) $$b || exit 1; echo "== $$b: $$(( $$(date +%s) - s )) s"; done; \
+	  $(PY) bench/summary.py --seconds $$(( $$(date +%s) - start ))
 
 screenshot:
 	xvfb-run -a -s "-screen 0 1600x1600x24" $(PY) scripts/screenshot.py docs/screenshot.png

@@ -6,8 +6,10 @@ REPEATS timed runs, interleaved (core fp32, core int8, reference, pipelined refe
 reported; both sides on the CPU (core device="cpu"), onnxruntime and torch with the same thread count
 (recorded). The pipelined reference reads and transforms tiles in a torch DataLoader worker while the model
 encodes, as core's reader thread does, so the speed-up is not only pipelining; the ratios are taken against
-the faster of the two references. The bare encoder (onnxruntime on 32 preprocessed real tiles, nothing
-else) gives the ceiling the pipeline is measured against.
+the faster of the two references. The bare encoders (onnxruntime encoding the same prompts and as
+many preprocessed real tiles, nothing else), timed in every round, give the ceiling the pipeline is
+measured against: the whole run against the encoders doing its work alone, and the tile phase against
+the image encoder alone.
 
 Rasters: the real Kampala orthomosaic and a 20,000 x 20,000 pixel VRT that tiles it (the large run is limited
 to a fixed block of tiles by a bbox so it ends in minutes). Peak memory: one subprocess per raster size runs
@@ -115,18 +117,25 @@ def time_reference(raster, tiles, model, pp, batch_size=BATCH, workers=0):
     return time.perf_counter() - t0, labels
 
 
-def bare_encoder(bundle, precision: str, pixels) -> dict:
-    """onnxruntime alone on preprocessed tiles (batches of BATCH): the ceiling of the pipeline."""
+def bare_encoders(bundle, precision: str):
+    """The encoders alone, warm, with core's threads: what a run of n tiles would take if reading,
+    preprocessing and writing cost nothing. Timed inside each round, beside the sides it bounds."""
     from core.inference import Encoder
+    from core.prompts import label_prompts
 
     enc = Encoder(bundle, device="cpu", precision=precision, batch_size=BATCH, threads=THREADS)
-    enc.encode_images(pixels)
-    rates = []
-    for _ in range(REPEATS):
+    prompts = [p for group in label_prompts(LABELS) for p in group]   # what core's label run encodes
+
+    def run(pixels, n: int) -> dict:
         t0 = time.perf_counter()
-        enc.encode_images(pixels)
-        rates.append(len(pixels) / (time.perf_counter() - t0))
-    return _stats(rates)
+        enc.encode_texts(prompts)
+        t1 = time.perf_counter()
+        for i in range(0, n, len(pixels)):
+            enc.encode_images(pixels[:min(len(pixels), n - i)])
+        t2 = time.perf_counter()
+        return {"text_s": t1 - t0, "images_s": t2 - t1}
+
+    return run
 
 
 def bare_torch(model, pixels) -> dict:
@@ -214,10 +223,13 @@ def agreement(core_res, ref_labels) -> float:
 
 
 SIDES = ("core_fp32", "core_int8", "reference", "reference_pipelined")
+BARE = ("bare_fp32", "bare_int8")
 
 
-def run_case(raster, tiles, bundle, model, pp) -> dict:
-    """One untimed run of each side, then REPEATS timed rounds in turn; tiles/s per side."""
+def run_case(raster, tiles, bundle, model, pp, pixels) -> dict:
+    """One untimed run of each side, then REPEATS timed rounds in turn; tiles/s per side. Each round also
+    times the bare encoders on the same number of tiles (and the same prompts), so a core side and the
+    ceiling it is compared with are measured minutes apart at most, not at two moments of a changing load."""
     runs = {
         "core_fp32": lambda: time_core(raster, tiles, bundle, "fp32"),
         "core_int8": lambda: time_core(raster, tiles, bundle, "int8"),
@@ -225,7 +237,12 @@ def run_case(raster, tiles, bundle, model, pp) -> dict:
         "reference_pipelined": lambda: time_reference(raster, tiles, model, pp, workers=1),
     }
     first = {side: fn()[1] for side, fn in runs.items()}   # warm-up, and the results compared below
+    n = first["core_fp32"].n_tiles
+    bare = {f"bare_{p}": bare_encoders(bundle, p) for p in ("fp32", "int8")}
+    for fn in bare.values():
+        fn(pixels, len(pixels))   # sessions made, first run's allocations done
     secs = {side: [] for side in SIDES}
+    bare_runs = {side: [] for side in BARE}
     phases = {side: [] for side in ("core_fp32", "core_int8")}
     for _ in range(REPEATS):
         for side in SIDES:
@@ -233,13 +250,27 @@ def run_case(raster, tiles, bundle, model, pp) -> dict:
             secs[side].append(t)
             if side in phases:
                 phases[side].append(res.timings)
-    n = first["core_fp32"].n_tiles
+        for side in BARE:
+            bare_runs[side].append(bare[side](pixels, n))
     out = {"tiles": n, "provider": first["core_fp32"].provider}
     for side in SIDES:
         out[side] = {"tiles_per_s": _stats([n / t for t in secs[side]]), "seconds": [round(t, 2) for t in secs[side]]}
     for side, ts in phases.items():
         out[side]["phases_s"] = {k: round(statistics.median(t[k] for t in ts), 2) for k in ts[0]}
-        out[side]["tiles_phase_per_s"] = round(n / out[side]["phases_s"]["tiles"], 2)
+        out[side]["tiles_phase_per_s"] = round(n / statistics.median(t["tiles"] for t in ts), 2)
+    for side, rs in bare_runs.items():
+        out[side] = {"tiles_per_s": _stats([n / (r["text_s"] + r["images_s"]) for r in rs]),
+                     "images_per_s": _stats([n / r["images_s"] for r in rs]),
+                     "text_s": round(statistics.median(r["text_s"] for r in rs), 3)}
+        core = out["core_" + side.split("_")[1]]
+        # the target: the whole run against the encoders doing the same work (text and images) alone
+        core["share_of_bare_encoder"] = round(core["tiles_per_s"]["median"] / out[side]["tiles_per_s"]["median"], 3)
+        # reading and preprocessing hidden behind encoding: the tile phase against the image encoder alone
+        core["tiles_phase_share_of_bare_encoder"] = round(
+            core["tiles_phase_per_s"] / out[side]["images_per_s"]["median"], 3)
+        # stricter, for information: the whole run (text included) against the image encoder alone
+        core["share_of_bare_image_encoder"] = round(
+            core["tiles_per_s"]["median"] / out[side]["images_per_s"]["median"], 3)
     ref_best = max(out["reference"]["tiles_per_s"]["median"], out["reference_pipelined"]["tiles_per_s"]["median"])
     out["reference_best_tiles_per_s"] = ref_best
     for p in ("fp32", "int8"):
@@ -288,9 +319,7 @@ def main() -> int:
                      "repeats": REPEATS, "batch_size": BATCH, "runs": {}}
     pixels = real_pixels(bundle)
     release_sessions()
-    results["bare_encoder_tiles_per_s"] = {"fp32": bare_encoder(bundle, "fp32", pixels),
-                                           "int8": bare_encoder(bundle, "int8", pixels),
-                                           "torch_fp32": bare_torch(model, pixels)}
+    results["bare_torch_tiles_per_s"] = bare_torch(model, pixels)
     with tempfile.TemporaryDirectory() as tmp:
         vrt = big_vrt(Path(tmp) / "kampala_20000.vrt")
         cases = {
@@ -298,15 +327,11 @@ def main() -> int:
             "vrt_20000x20000_bbox": (vrt, TileSpec(size=224, extent=center_bbox(vrt, *LARGE_TILES))),
         }
         for name, (raster, tiles) in cases.items():
-            r = run_case(raster, tiles, bundle, model, pp)
-            for p in ("fp32", "int8"):
-                bare = results["bare_encoder_tiles_per_s"][p]["median"]
-                r[f"core_{p}"]["share_of_bare_encoder"] = round(r[f"core_{p}"]["tiles_per_s"]["median"] / bare, 3)
-                r[f"core_{p}"]["tiles_phase_share_of_bare_encoder"] = round(r[f"core_{p}"]["tiles_phase_per_s"] / bare, 3)
+            r = run_case(raster, tiles, bundle, model, pp, pixels)
             results["runs"][name] = r
             print(f"{name}: {r['tiles']} tiles; tiles/s median [min..max]: " + ", ".join(
                 f"{side} {r[side]['tiles_per_s']['median']} [{r[side]['tiles_per_s']['min']}.."
-                f"{r[side]['tiles_per_s']['max']}]" for side in SIDES), flush=True)
+                f"{r[side]['tiles_per_s']['max']}]" for side in SIDES + BARE), flush=True)
         cache_s, res = time_relabel_from_cache(MOSAIC, TileSpec(size=224), bundle, Path(tmp) / "cache")
         results["relabel_from_cache"] = {"tiles": res.n_tiles, "seconds": round(cache_s, 3),
                                          "tiles_per_s": round(res.n_tiles / cache_s, 1)}
@@ -337,10 +362,10 @@ def targets(results: dict) -> list[dict]:
                      "got": r["speedup_fp32"], "met": r["speedup_fp32"] >= TARGETS["speedup_fp32"]})
         for p in ("fp32", "int8"):
             got = r[f"core_{p}"]["share_of_bare_encoder"]
-            rows.append({"target": f"{name}: {p} end-to-end / bare encoder", "want": f">= {TARGETS['bare_share']:.0%}",
-                         "got": got, "met": got >= TARGETS["bare_share"]})
+            rows.append({"target": f"{name}: {p} end-to-end / bare encoders (text+images)",
+                         "want": f">= {TARGETS['bare_share']:.0%}", "got": got, "met": got >= TARGETS["bare_share"]})
             got = r[f"core_{p}"]["tiles_phase_share_of_bare_encoder"]
-            rows.append({"target": f"{name}: {p} tile phase (read+encode) / bare encoder",
+            rows.append({"target": f"{name}: {p} tile phase (read+encode) / bare image encoder",
                          "want": f">= {TARGETS['bare_share']:.0%}", "got": got, "met": got >= TARGETS["bare_share"]})
     m = results["peak_memory"]["peak_ratio_large_over_small"]
     rows.append({"target": "peak RSS 20000x20000 / 3072x2048", "want": f"<= x{TARGETS['peak_ratio']}", "got": m,
@@ -354,21 +379,22 @@ def print_report(results: dict) -> None:
     print(f"CPU: {mach['cpus']} cores, {mach['threads']} threads for onnxruntime and torch; load average "
           f"{mach['load_avg_1min_start']} -> {mach['load_avg_1min_end']}; {results['repeats']} repeats, median "
           "[min..max]")
-    bare = results["bare_encoder_tiles_per_s"]
-    print(f"bare encoder tiles/s: onnxruntime fp32 {bare['fp32']['median']}, int8 {bare['int8']['median']}, "
-          f"torch fp32 {bare['torch_fp32']['median']}")
+    print(f"bare torch fp32 image encoder: {results['bare_torch_tiles_per_s']['median']} tiles/s (32 tiles); "
+          "bare onnxruntime encoders: the bare_* rows, timed in each round on the run's tile count")
     print(f"{'run':26} {'side':20} {'tiles/s':>8} {'min..max':>14} {'tile phase':>10} {'text s':>7} {'x ref':>6}")
     for name, r in results["runs"].items():
-        for side in SIDES:
+        for side in SIDES + BARE:
             t = r[side]["tiles_per_s"]
-            phase = r[side].get("tiles_phase_per_s", "")
-            text = r[side].get("phases_s", {}).get("text", "")
+            phase = r[side].get("tiles_phase_per_s", r[side].get("images_per_s", {}).get("median", ""))
+            text = r[side].get("phases_s", {}).get("text", r[side].get("text_s", ""))
             ratio = r.get(f"speedup_{side.split('_')[1]}", "") if side.startswith("core") else ""
             print(f"{name[:26]:26} {side:20} {t['median']:>8} {str(t['min']) + '..' + str(t['max']):>14} "
                   f"{phase:>10} {text:>7} {ratio:>6}")
         print(f"{'':26} agreement with the reference: fp32 {r['top1_agreement_fp32_vs_reference']}, int8 "
               f"{r['top1_agreement_int8_vs_reference']}, pipelined vs serial reference "
               f"{r['top1_agreement_pipelined_vs_serial_reference']}")
+        print(f"{'':26} share of the bare image encoder alone, text phase included: fp32 "
+              f"{r['core_fp32']['share_of_bare_image_encoder']:.0%}, int8 {r['core_int8']['share_of_bare_image_encoder']:.0%}")
     c = results["relabel_from_cache"]
     print(f"relabel from cache: {c['tiles']} tiles in {c['seconds']} s")
     m = results["peak_memory"]
