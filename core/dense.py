@@ -119,10 +119,10 @@ def write_dense(path, tiles, values, names: list[str], tile_px, step_px, transfo
             ds.SetMetadataItem("REMOTECLIP", json.dumps(metadata, ensure_ascii=False, default=str))
         ds.FlushCache()
         ds = None
-        if overwrite:   # statistics of the replaced file would describe other values
+        _publish(tmp, path, overwrite)
+        if overwrite:   # statistics of the replaced file would describe other values; kept if it stayed
             with contextlib.suppress(OSError):
                 os.unlink(path + ".aux.xml")
-        _publish(tmp, path, overwrite)
     except BaseException:
         for p in (tmp, tmp + ".aux.xml"):
             with contextlib.suppress(OSError):

@@ -348,3 +348,31 @@ def test_samples_and_dense_maps_give_our_errors_with_gdal_exceptions_on(exceptio
     ds = gdal.Open(out)
     assert ds.GetRasterBand(1).ReadAsArray().ravel().tolist() == [0, 1, 2, 3, 4, 5]
     ds = None
+
+
+def test_replacing_a_dense_map_drops_its_statistics_only_once_the_new_map_is_in_place(tmp_path, monkeypatch):
+    """The old map's .aux.xml describes its values: gone with it when the new map replaces it, kept with it
+    when the replacement fails (the old map stays, and so must what describes it)."""
+    import core.vectors
+    from core.dense import write_dense
+
+    tiles, transform = _tiles()
+    path = tmp_path / "d.tif"
+    write_dense(str(path), tiles, np.arange(6.0), ["v"], (10, 10), (10, 10), transform, "EPSG:32636")
+    aux = tmp_path / "d.tif.aux.xml"
+    aux.write_text("<PAMDataset>old statistics</PAMDataset>")
+    old = path.read_bytes()
+
+    def refuse(tmp, dest):
+        raise RemoteClipError(f"Cannot replace {dest}: locked.", "Close it.")
+
+    monkeypatch.setattr(core.vectors, "_replace", refuse)
+    with pytest.raises(RemoteClipError, match="locked"):
+        write_dense(str(path), tiles, np.arange(6.0)[::-1], ["v"], (10, 10), (10, 10), transform, "EPSG:32636",
+                    overwrite=True)
+    assert path.read_bytes() == old and aux.read_text() == "<PAMDataset>old statistics</PAMDataset>"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.tif", "d.tif.aux.xml"]   # no temp left
+    monkeypatch.undo()
+    write_dense(str(path), tiles, np.arange(6.0)[::-1], ["v"], (10, 10), (10, 10), transform, "EPSG:32636",
+                overwrite=True)
+    assert not aux.exists() and path.read_bytes() != old
