@@ -65,7 +65,7 @@ from .vectors import check_output
 
 __all__ = ["Job", "Plan", "plan_job", "RunOptions", "LabelTask", "CountTask", "SearchTask", "EmbedTask",
            "ClassifyTask", "Task", "run_job", "JobResult", "TileSpec", "BBox", "Polygons", "UNKNOWN",
-           "output_layer_name", "encode_raster", "write_outputs"]
+           "output_layer_name", "encode_raster", "write_outputs", "duration_text"]
 
 log = logging.getLogger(__name__)
 
@@ -371,11 +371,12 @@ class Plan:
         if self.rasters > 1:
             text += f" in {self.rasters:,} rasters"
         if self.seconds is not None:
-            text += f", {_duration(self.seconds)} at the {self.rate:.1f} tiles/s measured here before"
+            text += f", {duration_text(self.seconds)} at the {self.rate:.1f} tiles/s measured here before"
         return text
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """'under 1 s', 'about 40 s', 'about 12 min', 'about 2.5 h': an estimate, said as one."""
     if seconds < 1:
         return "under 1 s"
     if seconds < 90:

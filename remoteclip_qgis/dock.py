@@ -197,6 +197,8 @@ class RemoteClipDock(QgsDockWidget):
         self._plan_generation = 0
         self._demo_run = False
         self.plan = None
+        self._missing: list[str] = []
+        self._command_pending = False
         self._build()
         self._restore()
         self.refresh_dependencies()
@@ -641,26 +643,45 @@ class RemoteClipDock(QgsDockWidget):
 
     def refresh_dependencies(self) -> list[str]:
         missing = deps.missing_modules()
+        self._missing = missing
         if missing:
-            plan_text, problem = "", ""
-            try:
-                plan_text = deps.make_plan(missing).manual_command()
-            except FileNotFoundError as e:   # no python found: the banner still says what is missing
-                problem = str(e)
-            folder = deps.deps_dir()
-            self.banner_label.setText(
-                f"<b>Missing Python packages: {', '.join(missing)}.</b> RemoteCLIP needs them to run models. "
-                "Install them into a folder of your QGIS profile (QGIS's own numpy is kept)"
-                + (", or run this in a terminal:" if plan_text else f". {_html(problem)}"))
-            self.banner_label.setToolTip(str(folder))
-            self.manual_edit.setText(plan_text)
-            self.manual_edit.setCursorPosition(0)
-            self.manual_edit.setVisible(bool(plan_text))
-            self.copy_command_button.setVisible(bool(plan_text))
+            self._fill_banner(missing, with_command=False)
+            # the terminal command needs QGIS's interpreter found (a Python started) and nvidia-smi asked:
+            # worked out when the panel shows, not while QGIS starts with the panel closed
+            self._command_pending = True
+            if self.isVisible():
+                self._fill_install_command()
         self.banner.setVisible(bool(missing))
         self.run_button.setEnabled(not missing and self.task is None)
         self.run_button.setToolTip("Install the missing packages first" if missing else "")
         return missing
+
+    def _fill_banner(self, missing: list[str], with_command: bool, problem: str = "") -> None:
+        self.banner_label.setText(
+            f"<b>Missing Python packages: {', '.join(missing)}.</b> RemoteCLIP needs them to run models. "
+            "Install them into a folder of your QGIS profile (QGIS's own numpy is kept)"
+            + (", or run this in a terminal:" if with_command else f". {_html(problem)}" if problem else "."))
+        self.banner_label.setToolTip(str(deps.deps_dir()))
+        self.manual_edit.setVisible(with_command)
+        self.copy_command_button.setVisible(with_command)
+
+    def _fill_install_command(self) -> None:
+        self._command_pending = False
+        if not self._missing:
+            return
+        plan_text, problem = "", ""
+        try:
+            plan_text = deps.make_plan(self._missing).manual_command()
+        except FileNotFoundError as e:   # no python found: the banner still says what is missing
+            problem = str(e)
+        self.manual_edit.setText(plan_text)
+        self.manual_edit.setCursorPosition(0)
+        self._fill_banner(self._missing, bool(plan_text), problem)
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        super().showEvent(event)
+        if self._command_pending:
+            self._fill_install_command()
 
     def install_dependencies(self) -> None:
         if self.install_task is not None:
@@ -745,11 +766,11 @@ class RemoteClipDock(QgsDockWidget):
         if plan is None:
             self.plan_label.setText(f"<span style='color:#8a6d00'>Plan: {_html(problem)}</span>")
             return
-        from .core.jobs import MAX_TILES
+        from .core.jobs import MAX_TILES, duration_text
 
         text = f"Plan: {plan.n_tiles:,} tiles of {plan.tile_px[0]} × {plan.tile_px[1]} px"
         if plan.seconds is not None:
-            text += f", about {format_duration(plan.seconds)} ({plan.rate:.1f} tiles/s measured here)"
+            text += f", {duration_text(plan.seconds)} ({plan.rate:.1f} tiles/s measured here)"
         else:
             text += " (the time is known after a first run of this model here)"
         if plan.n_tiles > MAX_TILES:
@@ -1114,11 +1135,18 @@ def export_layer(layer: QgsVectorLayer, path: str, format_name: str = "GeoPackag
     path, layer_name = export_target(layer, path, format_name)
     driver, _ = EXPORT_FORMATS[format_name]
     if driver == "ESRI Shapefile":
-        from .core.vectors import read_sidecar, sidecar_path
+        from .core.vectors import output_exists, read_sidecar, sidecar_path
 
         side = sidecar_path(path)
         if os.path.lexists(side) and not read_sidecar(path):
             raise RemoteClipError(f"{side} exists and was not written by RemoteCLIP.",
+                                  "Move that file away or export to another name.")
+        # a .qml beside a Shapefile being replaced goes with it (the replacement was confirmed); one beside
+        # no Shapefile of this name is somebody's style file
+        qml = os.path.splitext(path)[0] + ".qml"
+        if os.path.lexists(qml) and output_exists(path) is None:
+            raise RemoteClipError(f"{qml} exists and belongs to no Shapefile of that name: exporting would "
+                                  "replace it with this layer's style.",
                                   "Move that file away or export to another name.")
     options = QgsVectorFileWriter.SaveVectorOptions()
     options.driverName = driver
@@ -1209,14 +1237,6 @@ def run_title(task_title: str, tiles) -> str:
 
 def _html(text: str) -> str:
     return html.escape(text, quote=False)
-
-
-def format_duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def help_url() -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import sys
 import time
@@ -646,6 +647,17 @@ def test_export_a_result_to_shapefile_and_geopackage(dock, data_dir, tmp_path):
 
     with pytest.raises(RemoteClipError, match="does not exist"):
         export_layer(layer, str(tmp_path / "nope" / "x.shp"), "ESRI Shapefile")
+    # somebody's style file of the name, beside no Shapefile: refused, kept byte for byte, nothing written
+    (tmp_path / "export" / "mine.qml").write_text("<qgis>my style</qgis>")
+    with pytest.raises(RemoteClipError, match="mine.qml exists"):
+        export_layer(layer, str(tmp_path / "export" / "mine.shp"), "ESRI Shapefile")
+    assert (tmp_path / "export" / "mine.qml").read_text() == "<qgis>my style</qgis>"
+    assert sorted(p.name for p in (tmp_path / "export").iterdir() if p.name.startswith("mine")) == ["mine.qml"]
+    # the .qml of a Shapefile replaced (asked first, in the dock) goes with it
+    before = (tmp_path / "export" / "labels.qml").read_text()
+    (tmp_path / "export" / "labels.qml").write_text("<qgis>stale</qgis>")
+    export_layer(layer, str(shp), "ESRI Shapefile")
+    assert (tmp_path / "export" / "labels.qml").read_text() == before
 
 
 def test_the_raster_choice_follows_the_active_layer(rc, qgis_new_project, data_dir, monkeypatch, tiny_bundle):
@@ -948,7 +960,9 @@ def test_the_plan_follows_tiles_and_extent_after_a_pause_and_off_the_gui_thread(
     assert dock.last_layer is not None, dock.status.text()
     dock.update_plan()
     _wait_for(lambda: "measured here" in dock.plan_label.text(), "the timed plan")
-    assert "96 tiles of 128 × 128 px, about" in dock.plan_label.text()
+    # core's wording of the estimate ("under 1 s" for the tiny model, never "about 0 s")
+    assert re.search(r"96 tiles of 128 × 128 px, (about \d|under 1 s)", dock.plan_label.text())
+    assert "about 0 s" not in dock.plan_label.text()
 
 
 def test_help_opens_the_documentation(dock):

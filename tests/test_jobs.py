@@ -245,6 +245,14 @@ def test_bad_bundle_and_output(mosaic, tiny_bundle, tmp_path):
         run_job(_job(mosaic, tiny_bundle, output=str(tmp_path / "x.csv")))
 
 
+def test_durations_are_said_as_estimates():
+    from core.jobs import duration_text
+
+    assert [duration_text(s) for s in (0.0, 0.49, 0.6, 1.0, 44.6, 89, 90, 720, 5399, 5400, 9000)] == [
+        "under 1 s", "under 1 s", "under 1 s", "about 1 s", "about 45 s", "about 89 s", "about 2 min",
+        "about 12 min", "about 90 min", "about 1.5 h", "about 2.5 h"]
+
+
 def test_count_captions_follow_remotecount():
     from core.prompts import count_captions, plural
 

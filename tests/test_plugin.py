@@ -151,11 +151,20 @@ _NO_ORT = textwrap.dedent("""
     qgis.utils.plugin_paths[:] = [plugins]
     sys.path.insert(0, plugins)
     qgis.utils.updateAvailablePlugins()
+    import remoteclip_qgis.deps as deps
+    plans, make_plan = [], deps.make_plan
+    deps.make_plan = lambda *a, **k: plans.append(1) or make_plan(*a, **k)
     out = {"loaded": qgis.utils.loadPlugin("remoteclip_qgis"), "started": qgis.utils.startPlugin("remoteclip_qgis")}
     plugin = qgis.utils.plugins["remoteclip_qgis"]
     dock = plugin.dock
+    out["plans_at_start"] = len(plans)   # no Python started, no nvidia-smi asked while QGIS starts
     out["missing"] = plugin.missing
     out["bar"] = [item.text() for item in iface.bar.items()]
+    out["command_before_shown"] = dock.manual_edit.text()
+    iface.mainWindow().show()
+    dock.setUserVisible(True)   # the analyst opens the panel
+    app.processEvents()
+    out["plans_when_shown"] = len(plans)
     out["banner_shown"] = dock.banner.isVisibleTo(dock)
     out["banner"] = dock.banner_label.text() + " | " + dock.manual_edit.text()
     out["run_enabled"] = dock.run_button.isEnabled()
@@ -180,6 +189,7 @@ def test_plugin_starts_without_onnxruntime_and_says_how_to_get_it(built_plugin, 
     out = json.loads(lines[-1][len("RESULT "):])
     assert out["loaded"] and out["started"] and out["unloaded"]
     assert out["missing"] == ["onnxruntime"]
+    assert out["plans_at_start"] == 0 and out["command_before_shown"] == "" and out["plans_when_shown"] == 1
     assert any("onnxruntime" in t and "Install" in t for t in out["bar"]), out["bar"]
     assert out["banner_shown"] and "onnxruntime" in out["banner"] and "pip" in out["banner"]
     assert "numpy==" in out["banner"], "the manual command must keep QGIS's numpy"
@@ -342,6 +352,9 @@ def test_in_real_qgis_with_another_python3_first_on_path_the_installer_uses_qgis
         from remoteclip_qgis import deps
         plan = deps.make_plan(["ftfy"], target=__import__("pathlib").Path({str(target)!r}))
         ok, summary = deps.run_plan(plan, log=lambda line: None)
+        plugin.dock.setUserVisible(True)   # the banner's command is worked out when the panel opens
+        from qgis.PyQt.QtWidgets import QApplication
+        QApplication.processEvents()
         report(executable=sys.executable, python=plan.python, manual=plan.manual_command(), ok=ok, summary=summary,
                banner=plugin.dock.banner_label.text() + plugin.dock.manual_edit.text())
     """, env={"PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"})
