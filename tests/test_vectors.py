@@ -206,3 +206,31 @@ def test_dissolve_keeps_separate_groups_apart():
     assert got == [("a", 1, 0.5), ("a", 1, 0.9), ("a", 2, pytest.approx(0.3)), ("b", 1, 0.7)]
     two = next(r for r in out if r["n_tiles"] == 2)
     assert ogr.CreateGeometryFromWkt(two["geometry"]).GetArea() == pytest.approx(200)
+
+
+@pytest.mark.parametrize("ext", [".gpkg", ".shp"])
+def test_a_layer_with_one_multipart_outline_is_multipolygon_throughout(tmp_path, ext):
+    """An outline in two parts (a dissolved group, a sample polygon) makes the whole layer MultiPolygon, each
+    feature written as one: a Polygon layer holding a MultiPolygon is refused by strict readers (and
+    GeoPackage validators), and a layer of tile squares alone stays plain Polygon."""
+    sq = "(({0} {1}, {2} {1}, {2} {3}, {0} {3}, {0} {1}))"
+    fields = [Field("label", "str")]
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32636)
+    crs = srs.ExportToWkt()
+    two = [{"label": "a", "geometry": "MULTIPOLYGON (" + sq.format(0, 0, 10, 10) + ", " + sq.format(20, 0, 30, 10) + ")"},
+           {"label": "b", "geometry": "POLYGON " + sq.format(40, 0, 50, 10)}]
+    out = tmp_path / ("multi" + ext)
+    write_vector(out, two, fields, crs)
+    ds, lyr, _, feats = _layer(out)
+    assert [_geom(w).GetArea() for _, w in feats] == [200.0, 100.0]
+    assert ogr.GT_Flatten(_geom(feats[0][1]).GetGeometryType()) == ogr.wkbMultiPolygon   # both parts kept
+    if ext == ".gpkg":   # a Shapefile has one polygon type for both; a GeoPackage layer declares which
+        assert ogr.GT_Flatten(lyr.GetGeomType()) == ogr.wkbMultiPolygon
+        assert ogr.GT_Flatten(_geom(feats[1][1]).GetGeometryType()) == ogr.wkbMultiPolygon
+        plain = tmp_path / "plain.gpkg"
+        write_vector(plain, two[1:], fields, crs)
+        ds2, lyr2, _, _ = _layer(plain)
+        assert ogr.GT_Flatten(lyr2.GetGeomType()) == ogr.wkbPolygon
+        del ds2
+    del ds
