@@ -385,8 +385,11 @@ def _entry_problem(kept, emb, n_grid, embed_dim) -> str | None:
     return None
 
 
-def _atomic_write(path: str, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=os.path.basename(path)[-5:])
+def _atomic_write(path: str, write, prefix: str = ".tmp-", suffix: str | None = None) -> None:
+    """Write ``path`` through a temporary file beside it. ``prefix``/``suffix``: the temporary's name, e.g. one a
+    later run recognises (with the writer's process id) and removes when a kill left it behind."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=prefix,
+                               suffix=os.path.basename(path)[-5:] if suffix is None else suffix)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

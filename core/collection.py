@@ -232,8 +232,13 @@ def _fingerprint(job, bundle) -> str:
 class _Record:
     """The small record beside the output: which rasters are done (their embeddings are in the cache)."""
 
-    def __init__(self, path: str | None, fingerprint: str):
+    def __init__(self, path: str | None, fingerprint: str, output: str | None = None):
         self.path, self.fingerprint = path, fingerprint
+        # its temporary is named as the output's own (the stem, this process's id): a run killed while writing
+        # the record leaves one that the next run's output check recognises and removes
+        from .vectors import _temp_prefix
+
+        self.temp_prefix = _temp_prefix(os.path.splitext(os.path.basename(output))[0]) if output else ".tmp-"
         self.done: dict[str, str] = {}
         self.resumed = 0
         if path and os.path.isfile(path):
@@ -263,7 +268,7 @@ class _Record:
         data = {"format": RESUME_FORMAT, "job": self.fingerprint, "done": self.done,
                 "note": "RemoteCLIP's record of a run over many rasters; removed when the output is written."}
         try:
-            _atomic_write(self.path, lambda f: f.write(json.dumps(data, indent=1).encode()))
+            _atomic_write(self.path, lambda f: f.write(json.dumps(data, indent=1).encode()), self.temp_prefix, "")
         except OSError as e:
             log.warning("could not write the resume record %s: %s", self.path, e)
 
@@ -528,7 +533,7 @@ def run_collection(job, progress=None, is_cancelled=None, on_plan=None):
     text = _ensemble(encoder, prompts, warnings) if prompts else None
     cache = job_cache(job)
     record = _Record(resume_path(paths["vector"], output_layer_name(job)) if paths["vector"] else None,
-                     _fingerprint(job, bundle))
+                     _fingerprint(job, bundle), paths["vector"])
     t_enc = time.perf_counter()
     if job.dask:
         from .distributed import encode_on_cluster

@@ -209,6 +209,53 @@ def test_resume_after_cancel(sheets, tmp_path, capsys):
     assert "rasters: 8 in the output" in text
 
 
+_KILLED_WRITING_THE_RECORD = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+from core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
+
+fsync = os.fsync
+
+def fsync_then_die(fd):
+    # killed while the resume record's temporary is half written (the cache's own writes go through)
+    if ".resumed.tmp-" in os.readlink(f"/proc/self/fd/{fd}"):
+        os._exit(9)
+    fsync(fd)
+
+os.fsync = fsync_then_die
+rasters, model, cache, out = sys.argv[2].split(os.pathsep), sys.argv[3], sys.argv[4], sys.argv[5]
+run_job(Job(raster=rasters, task=LabelTask(["buildings", "grass", "water"]), run=RunOptions(model=model, cache_dir=cache),
+            tiles=TileSpec(size=64), output=out))
+"""
+
+
+def test_a_run_killed_while_writing_its_resume_record_leaves_a_temporary_the_next_run_removes(sheets, tmp_path):
+    """Killed mid-write, the record's temporary stays beside the output (nothing can catch a kill): it is
+    named as the output's temporaries are (stem, process id), so the next run of that output removes it,
+    and nothing else of the folder."""
+    import re
+    import subprocess
+    import sys
+
+    from core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
+    from core.vectors import _temp_pattern
+
+    out, cache = tmp_path / "resumed.gpkg", tmp_path / "cache"
+    (tmp_path / ".resumed.tmp-notes.txt").write_text("somebody's")   # not a name of ours: kept
+    rasters = [str(p) for p in sheets[:2]]
+    done = subprocess.run([sys.executable, "-c", _KILLED_WRITING_THE_RECORD, str(ROOT), os.pathsep.join(rasters),
+                           str(DEMO), str(cache), str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 9, done.stderr[-2000:]
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".resumed.tmp-"))
+    ours = [n for n in left if re.fullmatch(_temp_pattern("resumed"), n)]
+    assert len(ours) == 1 and len(left) == 2, left
+    assert not out.exists()
+    res = run_job(Job(raster=rasters, task=LabelTask(LABELS.split(",")), run=RunOptions(model=str(DEMO), cache_dir=str(cache)),
+                      tiles=TileSpec(size=64), output=str(out)))
+    assert out.is_file() and res.n_tiles == 96
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [".resumed.tmp-notes.txt"]
+
+
 def test_a_users_file_at_the_resume_path_is_refused_and_kept(sheets, tmp_path):
     """The record beside the output replaces only a record of ours: a user's file of that name stops the run
     before any pixel is read, and is left as it was."""
