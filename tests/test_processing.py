@@ -468,7 +468,7 @@ def test_a_missing_model_names_the_model_and_the_fix(plugin, rgb_byte, tmp_path)
 def test_the_output_is_styled_when_loaded_into_the_project(plugin, rgb_byte, tiny_bundle, tmp_path, qgis_iface,
                                                            monkeypatch):
     import processing
-    from qgis.core import QgsLayerTreeModel
+    from qgis.core import QgsLayerTreeModel, QgsSettings
     from qgis.gui import QgsLayerTreeView
 
     project = QgsProject.instance()
@@ -477,20 +477,40 @@ def test_the_output_is_styled_when_loaded_into_the_project(plugin, rgb_byte, tin
     view = QgsLayerTreeView()
     view.setModel(QgsLayerTreeModel(project.layerTreeRoot(), view))
     monkeypatch.setattr(qgis_iface, "layerTreeView", lambda: view)
-    before = set(project.mapLayers())
-    out = tmp_path / "styled.gpkg"
-    params = base_params(rgb_byte, tiny_bundle, out, LABELS=LABELS, TILE_SIZE=128)
-    processing.runAndLoadResults("remoteclip:labeltiles", params, feedback=QgsProcessingFeedback())
-    added = [project.mapLayer(i) for i in set(project.mapLayers()) - before]
+    before_all = set(project.mapLayers())
+    settings, key = QgsSettings(), "Processing/Configuration/PREFER_FILENAME_AS_LAYER_NAME"
+    was = settings.value(key)
+    # as the dock names its layers (QGIS names a raster given as a path by its file name up to the first dot)
+    title = f"{Path(rgb_byte).name.split('.')[0]} · labels · buildings, trees, … · 128 px"
+
+    def load(out, prefer_filename: bool):
+        settings.setValue(key, prefer_filename)
+        before = set(project.mapLayers())
+        params = base_params(rgb_byte, tiny_bundle, out, LABELS=LABELS, TILE_SIZE=128)
+        processing.runAndLoadResults("remoteclip:labeltiles", params, feedback=QgsProcessingFeedback())
+        return [project.mapLayer(i) for i in set(project.mapLayers()) - before]
+
     try:
+        out = tmp_path / "styled.gpkg"
+        added = load(out, False)
         assert len(added) == 1
         layer = added[0]
         assert Path(layer.source().split("|")[0]) == out
         renderer = layer.renderer()
         assert isinstance(renderer, QgsCategorizedSymbolRenderer) and renderer.classAttribute() == "label"
         assert {c.value() for c in renderer.categories()} >= {f["label"] for f in layer.getFeatures()}
-    finally:
+        assert layer.name() == title
         project.removeMapLayers([la.id() for la in added])
+        # a temporary output's file name (labeltiles.gpkg in QGIS's temporary folder) means nothing: the title,
+        # even where "Prefer output filename for layer names" is on
+        added = load("TEMPORARY_OUTPUT", True)
+        assert [la.name() for la in added] == [title]
+    finally:
+        project.removeMapLayers([i for i in project.mapLayers() if i not in before_all])
+        if was is None:
+            settings.remove(key)
+        else:
+            settings.setValue(key, was)
 
 
 # ------------------------------------------------------------------------ reading through QGIS itself

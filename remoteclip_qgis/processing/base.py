@@ -454,6 +454,9 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
                              batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
                              cache_dir=None if use_cache else "")
             self._dest, path, layer_name, self._convert = self._destination(parameters, context)
+            # what the dock names its layers: raster, task, classes (or object, query), tile size
+            unit = "px" if tiles.unit == "px" else "m"
+            self._title = f"{task.layer_title(layer.name())} · {tiles.size:g} {unit}"
             self._final = path
             if self._convert:   # core checks what it writes; the converted file's folder is checked here
                 from ..core.vectors import check_folder_writable, check_not_input
@@ -555,12 +558,24 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
             if not dest or not context.willLoadLayerOnCompletion(dest):
                 continue
             details = context.layerToLoadOnCompletionDetails(dest)
+            # the layer's name says what it holds; a file the analyst named keeps QGIS's rule (its file name
+            # where "Prefer output filename for layer names" is on), a temporary output's file name means nothing
+            details.name = self._title if dest == self._dest else f"{self._title} · heat map"
+            if _in_folder(dest.split("|")[0], QgsProcessingUtils.tempFolder()):   # a temporary output
+                details.forceName = True
             _KEEP_ALIVE.append(processor)
             del _KEEP_ALIVE[:-16]
             details.setPostProcessor(processor)
 
 
 # ------------------------------------------------------------------------------------------ helpers
+
+def _in_folder(path: str, folder: str) -> bool:
+    try:
+        return os.path.commonpath([os.path.realpath(path), os.path.realpath(folder)]) == os.path.realpath(folder)
+    except ValueError:   # another drive
+        return False
+
 
 def _progress(feedback, fraction, message):
     feedback.setProgress(100.0 * max(0.0, min(1.0, fraction)))
