@@ -465,13 +465,13 @@ class CountTask(Task):
     algorithm_title: ClassVar[str] = "Count objects"
     output_title: ClassVar[str] = "Object counts"
     help: ClassVar[str] = (
-        "Estimates per tile how many of an object (singular, e.g. 'car') it shows, from 1 to the largest count, "
+        "Estimates per tile how many of an object (e.g. 'car' or 'cars') it shows, from 1 to the largest count, "
         "by matching one caption per count ('There are two cars in the image.', RemoteCLIP's RemoteCount). "
         "Templates replace that caption: use {count}, {object} and {is} (separated by new lines or |). The "
         "output has one polygon per tile with count and count_conf (the probability of that count).")
     params: ClassVar[tuple[Param, ...]] = (
-        Param("object_name", "text", "Object to count (singular)", key="OBJECT", flag="--object", form_default="car",
-              help="singular object name, e.g. car"),
+        Param("object_name", "text", "Object to count", key="OBJECT", flag="--object", form_default="car",
+              help="the object, singular or plural, e.g. car"),
         Param("max_count", "int", "Largest count", default=10, lo=1, hi=100),
         Param("templates", "templates", "Count captions ({count}, {object}, {is})", optional=True, advanced=True,
               help="count templates with {count}, {object} and {is}; separated by new lines or '|'"),
