@@ -123,6 +123,7 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
     BATCH_SIZE = "BATCH_SIZE"
     DEVICE = "DEVICE"
     PRECISION = "PRECISION"
+    DASK = "DASK"
     USE_CACHE = "USE_CACHE"
     DISSOLVE = "DISSOLVE"
     OUTPUT = "OUTPUT"
@@ -219,6 +220,9 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
                 minValue=1, maxValue=4096),
             QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), options=DEVICES, defaultValue=0),
             QgsProcessingParameterEnum(self.PRECISION, self.tr("Precision"), options=PRECISIONS, defaultValue=0),
+            QgsProcessingParameterString(
+                self.DASK, self.tr("Dask scheduler (tcp://host:8786, or local:N for N worker processes here; "
+                                   "empty: this process)"), optional=True),
         ]
         if self.can_skip_cache:
             advanced.append(QgsProcessingParameterBoolean(
@@ -464,6 +468,12 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
                 check_not_input(path, [raster] if isinstance(raster, str) else [raster.path, raster.name])
                 check_folder_writable(os.path.dirname(os.path.abspath(path)))
             dissolve = self.can_dissolve and self.parameterAsBool(parameters, self.DISSOLVE, context)
+            dask = (self.parameterAsString(parameters, self.DASK, context) or "").strip() or None
+            if dask and not isinstance(raster, str):
+                raise RemoteClipError(f"The layer {layer.name()} is read through QGIS ({layer.providerType()} "
+                                      "provider); Dask workers read raster files themselves.",
+                                      "Leave the Dask scheduler empty, or save the layer as a GeoTIFF first "
+                                      "(Export > Save As) and run on that file.")
             self._dense = None
             if self.task_cls.dense and parameters.get(self.RASTER_OUTPUT) not in (None, ""):
                 self._dense = self.parameterAsOutputLayer(parameters, self.RASTER_OUTPUT, context) or None
@@ -484,7 +494,7 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
         # overwritten (core still keeps a GeoPackage's other layers). Processing runs are deliberate (batch,
         # models, qgis_process): no tile limit; the plan is reported.
         self._job = Job(raster=raster, task=task, run=run, tiles=tiles, output=write, layer_name=layer_name,
-                        dissolve=dissolve, overwrite=True, max_tiles=None, raster_output=self._dense)
+                        dissolve=dissolve, overwrite=True, max_tiles=None, raster_output=self._dense, dask=dask)
         if not isinstance(raster, str):
             feedback.pushInfo(f"Reading {layer.name()} through QGIS ({layer.providerType()} provider) at "
                               f"{raster.width} x {raster.height} pixels.")
