@@ -7,7 +7,6 @@ loads it, so everything handed to plugin code comes from the vendored core too.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -821,22 +820,3 @@ def test_labeltiles_runs_inside_a_processing_model(plugin, rgb_byte, tiny_bundle
                          run=RunOptions(model=str(tiny_bundle), cache_dir="")))
     assert {(f["row"], f["col"]): f["label"] for f in layer.getFeatures()} == {
         (r["row"], r["col"]): r["label"] for r in direct.records}
-
-
-def test_a_dask_scheduler_gives_the_one_process_output(plugin, rgb_byte, tiny_bundle, tmp_path):
-    """DASK (advanced): the same job on a local cluster of one worker process writes what one process
-    writes; a layer QGIS reads through its provider (here: resampled) is refused with the way out."""
-    require(importlib.util.find_spec("distributed") is not None,
-            "dask distributed is not installed (pip install -r requirements/distributed.txt)")
-
-    def labels(out, **extra):
-        run("labeltiles", base_params(rgb_byte, tiny_bundle, out, LABELS=LABELS, TILE_SIZE=128, **extra))
-        return sorted((f["row"], f["col"], f["label"], round(f["score"], 5)) for f in open_output(out).getFeatures())
-
-    alone = labels(tmp_path / "alone.gpkg")
-    assert len(alone) > 10
-    assert labels(tmp_path / "dask.gpkg", DASK="local:1") == alone
-    with pytest.raises(QgsProcessingException, match="read through QGIS") as err:
-        run("labeltiles", base_params(rgb_byte, tiny_bundle, tmp_path / "no.gpkg", LABELS=LABELS, DASK="local:1",
-                                      PIXEL_SIZE=60.0))
-    assert "GeoTIFF" in str(err.value) and not (tmp_path / "no.gpkg").exists()

@@ -1,0 +1,31 @@
+"""The Processing algorithms on a Dask cluster (the advanced DASK parameter). Apart from test_processing.py
+because the QGIS 3.40/3.44 legs (scripts/test.sh) run that file on QGIS's own Python, which does not carry
+the optional Dask group (requirements/distributed.txt); the host leg runs this one."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+from conftest import require
+from qgis.core import QgsProcessingException
+from test_processing import LABELS, base_params, open_output, plugin, rgb_byte, run  # noqa: F401 (fixtures)
+
+
+def test_a_dask_scheduler_gives_the_one_process_output(plugin, rgb_byte, tiny_bundle, tmp_path):  # noqa: F811
+    """DASK (advanced): the same job on a local cluster of one worker process writes what one process
+    writes; a layer QGIS reads through its provider (here: resampled) is refused with the way out."""
+    require(importlib.util.find_spec("distributed") is not None,
+            "dask distributed is not installed (pip install -r requirements/distributed.txt)")
+
+    def labels(out, **extra):
+        run("labeltiles", base_params(rgb_byte, tiny_bundle, out, LABELS=LABELS, TILE_SIZE=128, **extra))
+        return sorted((f["row"], f["col"], f["label"], round(f["score"], 5)) for f in open_output(out).getFeatures())
+
+    alone = labels(tmp_path / "alone.gpkg")
+    assert len(alone) > 10
+    assert labels(tmp_path / "dask.gpkg", DASK="local:1") == alone
+    with pytest.raises(QgsProcessingException, match="read through QGIS") as err:
+        run("labeltiles", base_params(rgb_byte, tiny_bundle, tmp_path / "no.gpkg", LABELS=LABELS, DASK="local:1",
+                                      PIXEL_SIZE=60.0))
+    assert "GeoTIFF" in str(err.value) and not (tmp_path / "no.gpkg").exists()
