@@ -329,11 +329,7 @@ class RemoteClipDock(QgsDockWidget):
 
     def _deps_banner(self, body) -> QWidget:
         """Missing packages: what, where they go, the Install button and the command to run by hand."""
-        self.banner = QFrame(body)
-        self.banner.setObjectName("deps_banner")
-        self.banner.setStyleSheet("#deps_banner { background: #fff4ce; border: 1px solid #e0b000; "
-                                  "border-radius: 3px; }")
-        b = QVBoxLayout(self.banner)
+        self.banner, b = _banner_frame(body, "deps_banner", "#fff4ce", "#e0b000")
         self.banner_label = WrapLabel("", self.banner)
         self.banner_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         # a command line has no spaces to wrap at: a read-only line (scrolls, selects, copies) holds it
@@ -358,11 +354,7 @@ class RemoteClipDock(QgsDockWidget):
 
     def _demo_banner(self, body) -> QWidget:
         """While the demo model is chosen: say plainly that its results are not credible, and offer Get."""
-        self.demo_banner = QFrame(body)
-        self.demo_banner.setObjectName("demo_banner")
-        self.demo_banner.setStyleSheet("#demo_banner { background: #e8f1fb; border: 1px solid #4e79a7; "
-                                       "border-radius: 3px; }")
-        b = QVBoxLayout(self.demo_banner)
+        self.demo_banner, b = _banner_frame(body, "demo_banner", "#e8f1fb", "#4e79a7")
         self.demo_label = WrapLabel("<b>Demo model</b>: for trying the plugin only. Its results look like a map "
                                     "but are not credible: get RemoteCLIP for real work.", self.demo_banner)
         self.demo_label.setToolTip(f"{REAL_MODEL}: 605 MB, downloaded and converted here, no PyTorch needed")
@@ -1233,6 +1225,14 @@ def run_title(task_title: str, tiles) -> str:
     time, so that two runs of one afternoon read apart in the Layers panel."""
     unit = "px" if tiles.unit == "px" else "m"
     return f"{task_title} · {tiles.size:g} {unit} · {time.strftime('%H:%M')}"
+
+
+def _banner_frame(parent, name: str, background: str, border: str) -> tuple[QFrame, QVBoxLayout]:
+    """A coloured, framed box (object name ``name``) for a message across the dock, and its layout."""
+    frame = QFrame(parent)
+    frame.setObjectName(name)
+    frame.setStyleSheet(f"#{name} {{ background: {background}; border: 1px solid {border}; border-radius: 3px; }}")
+    return frame, QVBoxLayout(frame)
 
 
 def _html(text: str) -> str:
