@@ -8,7 +8,7 @@ import importlib.util
 
 import pytest
 from conftest import require
-from qgis.core import QgsProcessingException
+from qgis.core import QgsProcessingException, QgsProcessingFeedback
 from test_processing import LABELS, base_params, open_output, plugin, rgb_byte, run  # noqa: F401 (fixtures)
 
 
@@ -18,13 +18,25 @@ def test_a_dask_scheduler_gives_the_one_process_output(plugin, rgb_byte, tiny_bu
     require(importlib.util.find_spec("distributed") is not None,
             "dask distributed is not installed (pip install -r requirements/distributed.txt)")
 
-    def labels(out, **extra):
-        run("labeltiles", base_params(rgb_byte, tiny_bundle, out, LABELS=LABELS, TILE_SIZE=128, **extra))
-        return sorted((f["row"], f["col"], f["label"], round(f["score"], 5)) for f in open_output(out).getFeatures())
+    class Said(QgsProcessingFeedback):
+        def __init__(self):
+            super().__init__()
+            self.texts = []
 
-    alone = labels(tmp_path / "alone.gpkg")
-    assert len(alone) > 10
-    assert labels(tmp_path / "dask.gpkg", DASK="local:1") == alone
+        def setProgressText(self, text):  # noqa: N802 (QGIS's name)
+            self.texts.append(text)
+            super().setProgressText(text)
+
+    def labels(out, **extra):
+        said = Said()
+        run("labeltiles", base_params(rgb_byte, tiny_bundle, out, LABELS=LABELS, TILE_SIZE=128, **extra), said)
+        on_cluster = any("on the cluster" in t for t in said.texts)
+        return sorted((f["row"], f["col"], f["label"], round(f["score"], 5))
+                      for f in open_output(out).getFeatures()), on_cluster
+
+    alone, clustered = labels(tmp_path / "alone.gpkg")
+    assert len(alone) > 10 and not clustered
+    assert labels(tmp_path / "dask.gpkg", DASK="local:1") == (alone, True)   # encoded by the worker, same output
     with pytest.raises(QgsProcessingException, match="read through QGIS") as err:
         run("labeltiles", base_params(rgb_byte, tiny_bundle, tmp_path / "no.gpkg", LABELS=LABELS, DASK="local:1",
                                       PIXEL_SIZE=60.0))
