@@ -86,7 +86,7 @@ def _polygons(path: str):
     wkts = [f.GetGeometryRef().ExportToWkt() for f in layer if f.GetGeometryRef() is not None]
     if not wkts:
         raise RemoteClipError(f"--polygons {path} holds no geometries.", "Give a file with polygons.")
-    return Polygons(wkts, srs.ExportToWkt() if srs is not None else None)
+    return Polygons(wkts, srs.ExportToWkt() if srs is not None else None, f"{path}|layername={layer.GetName()}")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -238,10 +238,15 @@ def _job(args):
                      batch_size=args.batch_size, cache_dir=cache_dir)
     tiles = TileSpec(size=args.tile_size, unit=args.tile_unit, overlap=args.overlap, extent=extent, bands=bands)
     raster = _rasters(args.raster)
+    # the files read into the task and the raster list: no output may be one of them
+    inputs = [(getattr(args, prm.name + "_file"), prm.cli_flag + "-file") for prm in type(task).params
+              if prm.kind in ("names", "templates") and getattr(args, prm.name + "_file", None)]
+    inputs += [(item, "list of rasters") for item in args.raster
+               if item.lower().endswith((".txt", ".lst")) and os.path.isfile(item)]
     return Job(raster=raster, task=task, run=run, tiles=tiles, output=args.output, layer_name=args.layer,
                dissolve=args.dissolve, overwrite=args.overwrite, max_tiles=None if args.yes else MAX_TILES,
                raster_output=getattr(args, "raster_output", None), out_crs=args.out_crs, strict=args.strict,
-               dask=args.dask)
+               dask=args.dask, inputs=inputs)
 
 
 def _rasters(items: list[str]):

@@ -61,7 +61,7 @@ from .tasks import (  # noqa: F401 (the task classes and record functions are pa
     softmax,
 )
 from .tiles import BBox, Polygons, TileSpec, grid_step, make_grid, require_crs
-from .vectors import check_output
+from .vectors import check_not_input, check_output
 
 __all__ = ["Job", "Plan", "plan_job", "RunOptions", "LabelTask", "CountTask", "SearchTask", "EmbedTask",
            "ClassifyTask", "Task", "run_job", "JobResult", "TileSpec", "BBox", "Polygons", "UNKNOWN",
@@ -119,6 +119,8 @@ class Job:
     out_crs: str | None = None     # several rasters: the output CRS (EPSG:n or WKT; default the first raster's)
     strict: bool = False           # several rasters: stop at an unreadable one instead of skipping it
     dask: str | None = None        # a Dask scheduler address, or "local:N" (core.distributed)
+    inputs: list = field(default_factory=list)   # other files the inputs were read from (a --labels-file):
+    #                                              paths, or (path, what) pairs; no output may be one of them
 
     def __post_init__(self):
         self.max_tiles = checks.optional(checks.whole, self.max_tiles, "max_tiles", 1)
@@ -151,6 +153,9 @@ class Job:
                                   "Give TileSpec(...) or leave it out for the default.")
         if self.output is not None and not isinstance(self.output, str | os.PathLike):
             raise RemoteClipError(f"The output {self.output!r} is not a path.", "Give a .gpkg or .shp path.")
+        if not isinstance(self.inputs, list | tuple):
+            raise RemoteClipError(f"inputs {self.inputs!r} is not a list.",
+                                  "Give the files the job's inputs were read from as a list of paths.")
         if self.raster_output is not None:
             if not isinstance(self.raster_output, str | os.PathLike):
                 raise RemoteClipError(f"The raster output {self.raster_output!r} is not a path.",
@@ -515,7 +520,7 @@ def check_outputs(job: Job) -> dict:
     from .dense import check_raster_output
     from .outputs import check_distinct, check_file_output, check_report_path, report_path
 
-    inputs = _raster_names(job.raster)
+    inputs = job_inputs(job)
     out = {"vector": None, "raster": None, "report": None, "head": None}
     if job.output is not None:
         out["vector"] = check_output(checks.path_text(job.output, "output"), output_layer_name(job),
@@ -527,6 +532,7 @@ def check_outputs(job: Job) -> dict:
     if job.task.reports:
         out["report"] = report_path(out["vector"], output_layer_name(job), out["raster"])
         if out["report"]:
+            check_not_input(out["report"], inputs)
             check_report_path(out["report"])
     named = [(p, w) for w, p in (("output", out["vector"]), ("raster output", out["raster"]),
                                  ("classifier file", out["head"]), ("report", out["report"])) if p]
@@ -595,7 +601,7 @@ def write_outputs(job: Job, part: RasterPart, out: TaskOutput, bundle, provider:
     records = part_records(part, out)
     fields_ = [("row", "int"), ("col", "int"), *out.fields]
     layer_name = output_layer_name(job)
-    inputs = _raster_names(job.raster)
+    inputs = job_inputs(job)
     report = dict(out.report) if out.report else None
     if report is not None:
         report.update(raster=part.name, output=paths["vector"], layer=layer_name if paths["vector"] else None,
@@ -662,6 +668,30 @@ def _provider_if_loaded(encoder: Encoder) -> str:
 def output_layer_name(job: Job) -> str:
     """The layer the job writes: ``job.layer_name``, else the task's (``Task.layer_name``)."""
     return job.layer_name or job.task.layer_name()
+
+
+def job_inputs(job: Job) -> list:
+    """Every file ``job`` reads, as :func:`core.vectors.check_not_input` takes them: the rasters (paths),
+    then (spec, what) pairs: the task's files (samples, a saved classifier), the extent polygons' file and
+    ``job.inputs`` (a labels or templates file, a list of rasters)."""
+    out: list = list(_raster_names(job.raster))
+    out += [(p, w) for p, w in job.task.files_in() if p]
+    origin = getattr(job.tiles.extent, "origin", "")
+    if origin:
+        out.append((origin, "extent polygons"))
+    model = job.run.model
+    model = model if isinstance(model, str | os.PathLike) else getattr(model, "source", None)
+    if model is not None and os.path.isdir(model):
+        # a bundle's files (manifest, graphs, tokenizer), not outputs someone wrote into its folder
+        out += [(os.path.join(model, n), "model bundle's file") for n in sorted(os.listdir(model))
+                if not n.lower().endswith((".gpkg", ".shp", ".shx", ".dbf", ".prj", ".cpg", ".tif", ".tiff"))]
+    elif model is not None:
+        out.append((os.fspath(model), "model bundle"))
+    for item in job.inputs or ():
+        spec, what = item if isinstance(item, tuple) else (item, "input file")
+        if spec:
+            out.append((os.fspath(spec), what))
+    return out
 
 
 def _raster_names(raster) -> list[str]:

@@ -32,6 +32,7 @@ class Samples:
     crs: str | int | None = None
     ids: list = field(default_factory=list)   # feature ids, for messages (default: 1, 2, ...)
     source: str = ""                          # the layer or file they came from, for messages
+    origin: str = ""                          # the file read (``FILE|layername=NAME``): no output may be it
 
     def __post_init__(self):
         from .prompts import check_text
@@ -130,7 +131,8 @@ def read_samples(path, class_field: str, layer: str | None = None) -> Samples:
         ids.append(f.GetFID())
     if not wkts:
         raise RemoteClipError(f"The samples {path} hold no geometries.", "Draw points or polygons with a class.")
-    return Samples(wkts, classes, srs.ExportToWkt() if srs is not None else None, ids, os.path.basename(path))
+    return Samples(wkts, classes, srs.ExportToWkt() if srs is not None else None, ids, os.path.basename(path),
+                   f"{path}|layername={lyr.GetName()}")
 
 
 @dataclass

@@ -228,6 +228,10 @@ class Task:
         """(path, what) of the files this task writes besides the job's outputs (checked before the run)."""
         return []
 
+    def files_in(self) -> list[tuple[str, str]]:
+        """(path, what) of the files this task reads (no output may be one of them)."""
+        return []
+
     def describe(self, result) -> list[str]:
         """Lines summing up a result (the command line prints them)."""
         return []
@@ -818,6 +822,11 @@ class ClassifyTask(Task):
 
     def files_out(self):
         return [(self.head_out, "classifier")] if self.head_out else []
+
+    def files_in(self):
+        out = [(self.head, "saved classifier")] if self.head else []
+        origin = getattr(self.samples, "origin", "")
+        return out + ([(origin, "samples")] if origin else [])
 
     def describe(self, result):
         lines = _label_summary(result.records)

@@ -65,6 +65,7 @@ class BBox:
 class Polygons:
     wkts: list[str]
     crs: str | int | None = None   # as BBox.crs
+    origin: str = ""               # the file read (``FILE|layername=NAME``): no output may be it
 
 
 @dataclass

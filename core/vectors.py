@@ -17,8 +17,10 @@ job reads a pixel; ``write_vector`` makes them again):
 * An existing output (a Shapefile, or a GeoPackage layer of that name) is only
   replaced with ``overwrite=True``. Names of GeoPackage system tables
   (``gpkg_*``, ``rtree_*``, ``sqlite_*``) are refused.
-* The output must not be the input raster (``inputs``), whatever the spelling
-  (relative, symlink, hard link, ``GPKG:file:table``, ``/vsizip/file.zip/...``).
+* The output must not be an input of the job (``inputs``: the raster, the samples, the extent polygons,
+  a labels file...), whatever the spelling (relative, symlink, hard link, ``GPKG:file:table``,
+  ``/vsizip/file.zip/...``); a Shapefile's parts count as one file. A vector input named with its layer
+  (``file.gpkg|layername=samples``) is that layer only: another layer of its GeoPackage may be written.
 * The folder must really take a new file (a temporary is created and removed),
   and an existing output must be writable.
 
@@ -55,11 +57,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import RemoteClipError, gdal_return_codes
+from .errors import OutputExists, OutputIsInput, RemoteClipError, gdal_return_codes
 
 __all__ = ["Field", "write_vector", "dissolve", "DRIVERS", "FIELD_TYPES", "shapefile_names", "check_output_path",
            "check_output", "output_exists", "input_files", "sidecar_path", "read_sidecar", "write_sidecar",
-           "remove_dead_temps", "same_file", "check_not_input",
+           "remove_dead_temps", "same_file", "check_not_input", "input_layer",
            "check_folder_writable", "SIDECAR_FORMAT"]
 
 DRIVERS = {".gpkg": "GPKG", ".shp": "ESRI Shapefile"}
@@ -138,7 +140,7 @@ def check_output(path, layer_name: str | None = None, overwrite: bool = False, i
     stem = os.path.splitext(os.path.basename(path))[0]
     if ext == ".gpkg":
         _check_layer_name(layer_name or stem)
-    check_not_input(path, inputs)
+    check_not_input(path, inputs, (layer_name or stem) if ext == ".gpkg" else None)
     check_folder_writable(folder, stem)
     remove_dead_temps(folder, _temp_pattern(stem))
     if ext == ".gpkg":
@@ -209,20 +211,46 @@ def same_file(a: str, b: str) -> bool:
         return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
 
 
-def check_not_input(path, inputs) -> None:
-    """Raise if writing ``path`` (any of a Shapefile's files) would write a file of ``inputs`` (paths, URIs)."""
-    path = os.fspath(path)
+def input_layer(spec) -> tuple[str, str | None]:
+    """(the spec without its layer, the layer) of an input named ``file|layername=NAME`` (QGIS's and
+    OGR's spelling of one layer of a vector file); (spec, None) for anything else."""
+    s = os.fspath(spec)
+    if "|" not in s:
+        return s, None
+    file, _, rest = s.partition("|")
+    m = re.search(r"(?:^|\|)layername=([^|]+)", rest)
+    return file, (m.group(1) if m else None)
+
+
+def _dataset_files(path: str) -> list[str]:
+    """The files writing (or reading) ``path`` touches: a Shapefile's parts (whichever part is named), else
+    the file itself."""
     base, ext = os.path.splitext(path)
-    if ext.lower() == ".shp":
-        targets = [base + p for p in _SHP_DATASET + _SHP_INDEX] + [sidecar_path(path)]
-    else:
-        targets = [path]
-    for spec in inputs or ():
-        for f in input_files(spec):
-            if any(same_file(t, f) for t in targets):
-                raise RemoteClipError(f"The output {path} is the input raster's file ({os.fspath(spec)}).",
-                                      "Write the result to another file: RemoteCLIP never writes into the "
-                                      "raster it reads.")
+    if ext.lower() in _SHP_DATASET + _SHP_INDEX:
+        return [base + p for p in _SHP_DATASET + _SHP_INDEX] + [base + SIDECAR]
+    return [path]
+
+
+def check_not_input(path, inputs, layer: str | None = None) -> None:
+    """Raise OutputIsInput if writing ``path`` (any of a Shapefile's files; ``layer`` of a GeoPackage, None
+    for the whole file) would write a file of ``inputs``.
+
+    ``inputs``: paths or GDAL URIs of rasters, or ``(spec, what)`` pairs naming what each is ("samples").
+    A spec ``file|layername=NAME`` is that layer only: writing another ``layer`` of the file is allowed."""
+    path = os.fspath(path)
+    targets = _dataset_files(path)
+    for item in inputs or ():
+        spec, what = item if isinstance(item, tuple) else (item, "input raster's file")
+        spec = os.fspath(spec)
+        file, in_layer = input_layer(spec)
+        for f in input_files(file):
+            if not any(same_file(t, g) for g in _dataset_files(f) for t in targets):
+                continue
+            if in_layer is not None and layer is not None and in_layer.lower() != layer.lower():
+                continue   # another layer of the same GeoPackage
+            raise OutputIsInput(f"The output {path} is the {what} ({spec}).",
+                                "Write the result to another file" + (" or layer" if layer else "")
+                                + ": RemoteCLIP never writes over what a job reads.", path=path)
 
 
 def _marked_read_only(path) -> bool:
@@ -301,6 +329,14 @@ def _check_shapefile(path: str, overwrite: bool) -> None:
         raise RemoteClipError(f"{side} exists and was not written by RemoteCLIP.",
                               "Move that file away or give the output another name.")
     parts = [base + p for p in _SHP_DATASET if os.path.lexists(base + p)]
+    if parts and not overwrite and not os.path.lexists(base + ".shp"):
+        # no .shp: not a Shapefile, only files of the user's under its parts' names
+        names = ", ".join(os.path.basename(p) for p in parts)
+        one = len(parts) == 1
+        raise OutputExists(f"{names} {'exists' if one else 'exist'} beside the output {path} (which does not "
+                           f"exist yet); writing it would replace {'that file' if one else 'those files'}.",
+                           f"Move {'it' if one else 'them'} away or choose another output name (-o); "
+                           "--overwrite replaces them.", path=path)
     if parts and not overwrite:
         raise RemoteClipError(f"The output {path} already exists.", _OVERWRITE_FIX + "-o.")
     for p in parts:

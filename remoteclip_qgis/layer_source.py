@@ -37,7 +37,7 @@ from .core.raster import nodata_valid
 from .core.tiles import BBox, Polygons
 
 __all__ = ["QgisRasterSource", "raster_for_layer", "extent_from_rectangle", "extent_from_features",
-           "layer_file_path", "is_xyz_layer", "crs_wkt"]
+           "layer_file_path", "is_xyz_layer", "crs_wkt", "vector_origin"]
 
 # Qgis.DataType -> numpy; ARGB32 (XYZ/WMS tiles) is unpacked to RGB by the source itself.
 _DTYPES = {
@@ -336,6 +336,20 @@ def extent_from_rectangle(rect: QgsRectangle, crs: QgsCoordinateReferenceSystem)
     return BBox(rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum(), crs_wkt(crs))
 
 
+def vector_origin(layer) -> str:
+    """The file a vector layer reads, as core names an input (``FILE|layername=NAME`` for one layer of a
+    GeoPackage), so that no output of a job replaces it; "" for a layer that is no file (memory, database)
+    or a Processing feature source."""
+    if not isinstance(layer, QgsVectorLayer) or layer.providerType() != "ogr":
+        return ""
+    parts = QgsProviderRegistry.instance().decodeUri("ogr", layer.source())
+    path = parts.get("path") or ""
+    if not path:
+        return ""
+    name = parts.get("layerName")
+    return f"{path}|layername={name}" if name else path
+
+
 def extent_from_features(layer: QgsVectorLayer, selected_only: bool = True) -> Polygons:
     """The (selected) polygons of ``layer`` as core's Polygons in the layer CRS."""
     if layer is None or not layer.isValid():
@@ -354,7 +368,7 @@ def extent_from_features(layer: QgsVectorLayer, selected_only: bool = True) -> P
     if not wkts:
         raise RemoteClipError(f"Layer {layer.name()!r} has no polygon geometries to use.",
                               "Choose features with geometries.")
-    return Polygons(wkts, crs_wkt(layer.crs()))
+    return Polygons(wkts, crs_wkt(layer.crs()), vector_origin(layer))
 
 
 def samples_from_layer(source, class_field: str, selected_only: bool = False, crs=None):
@@ -398,4 +412,4 @@ def samples_from_layer(source, class_field: str, selected_only: bool = False, cr
                               "Draw points or polygons with a class.")
     if crs is None:
         crs = source.crs() if hasattr(source, "crs") else source.sourceCrs()
-    return Samples(wkts, classes, crs_wkt(crs) or None, ids, name)
+    return Samples(wkts, classes, crs_wkt(crs) or None, ids, name, vector_origin(source))

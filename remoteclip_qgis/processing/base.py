@@ -312,7 +312,7 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
 
     def make_task(self, parameters, context):
         """The core task from the parameters, parsed by the task class (errors name the parameters)."""
-        from ..layer_source import samples_from_layer
+        from ..layer_source import samples_from_layer, vector_origin
 
         raw = {}
         for prm in self.task_cls.params:
@@ -338,6 +338,8 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
                 field = next((self.parameterAsString(parameters, f.processing_key, context)
                               for f in self.task_cls.params if f.kind == "field" and f.parent == prm.name), "")
                 raw[prm.name] = None if source is None else samples_from_layer(source, field)
+                if source is not None:   # the file behind the source: no output may replace it
+                    raw[prm.name].origin = vector_origin(self.parameterAsVectorLayer(parameters, key, context))
             elif prm.kind == "file":
                 raw[prm.name] = self.parameterAsFile(parameters, key, context) or None
             elif prm.kind == "file_out":
@@ -393,7 +395,10 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
         if not wkts:
             raise RemoteClipError("The mask has no polygons" + (" inside the extent." if rect else "."),
                                   "Choose a mask layer with polygons over the raster (or no mask).")
-        return Polygons(wkts, crs_wkt(lcrs))
+        from ..layer_source import vector_origin
+
+        return Polygons(wkts, crs_wkt(lcrs), vector_origin(self.parameterAsVectorLayer(parameters, self.MASK,
+                                                                                      context)))
 
     def _destination(self, parameters, context) -> tuple[str, str, str | None, str | None]:
         """(destination as QGIS knows it, file core writes, layer name, OGR driver to convert to or None)."""
@@ -462,10 +467,13 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
             unit = "px" if tiles.unit == "px" else "m"
             self._title = f"{task.layer_title(layer.name())} · {tiles.size:g} {unit}"
             self._final = path
-            if self._convert:   # core checks what it writes; the converted file's folder is checked here
+            inputs = []
+            if self._convert:   # core checks what it writes; the converted file is checked here, by core's rule
+                from ..core.jobs import job_inputs
                 from ..core.vectors import check_folder_writable, check_not_input
 
-                check_not_input(path, [raster] if isinstance(raster, str) else [raster.path, raster.name])
+                inputs = job_inputs(Job(raster=raster, task=task, run=run, tiles=tiles))
+                check_not_input(path, inputs)
                 check_folder_writable(os.path.dirname(os.path.abspath(path)))
             dissolve = self.can_dissolve and self.parameterAsBool(parameters, self.DISSOLVE, context)
             dask = (self.parameterAsString(parameters, self.DASK, context) or "").strip() or None
@@ -480,7 +488,9 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
             if self._convert and self.task_cls.reports:
                 from ..core.outputs import check_report_path, report_path
 
-                check_report_path(report_path(path, layer_name or os.path.splitext(os.path.basename(path))[0]))
+                report = report_path(path, layer_name or os.path.splitext(os.path.basename(path))[0])
+                check_not_input(report, inputs)
+                check_report_path(report)
         except RemoteClipError as e:
             # QGIS turns an exception here into a bare "There were errors executing the algorithm" for
             # processing.run(); raised from processAlgorithm the message reaches every caller
