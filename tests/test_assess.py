@@ -202,8 +202,9 @@ def test_assess_bad_inputs(tile_map, tmp_path):
     assert main(["sample", str(tile_map), "--per-class", "3", "-o", str(tile_map), "--out-layer", "labels",
                  "--overwrite"]) == 2
     with pytest.raises(RemoteClipError):
-        from core.assess_cli import run_sample
         import argparse
+
+        from core.assess_cli import run_sample
         run_sample(argparse.Namespace(map=str(tile_map), map_field="label", layer=None, per_class=3, total=None,
                                       allocation="proportional", seed=0, reference_field="reference",
                                       output=str(tile_map), out_layer="labels", overwrite=True))
