@@ -152,6 +152,9 @@ def _parser() -> argparse.ArgumentParser:
     from .models import add_parser as add_models_parser
 
     add_models_parser(sub)
+    from .assess_cli import add_parsers as add_assess_parsers
+
+    add_assess_parsers(sub)
     return ap
 
 
@@ -348,6 +351,10 @@ def main(argv=None) -> int:
             from .models import run as run_models
 
             return run_models(args, _Bar)
+        if args.command in ("sample", "assess"):
+            from . import assess_cli
+
+            return (assess_cli.run_sample if args.command == "sample" else assess_cli.run_assess)(args)
         job = _job(args)
         from .jobs import run_job
 

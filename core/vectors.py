@@ -1,6 +1,6 @@
 """Safe GeoPackage / Shapefile writing through GDAL's OGR (present in every QGIS).
 
-``write_vector(path, records, fields, crs_wkt, ...)`` writes one polygon per
+``write_vector(path, records, fields, crs_wkt, ...)`` writes one polygon (or point) per
 record (``record["geometry"]`` is WKT in ``crs_wkt``) with the given fields
 (types ``str``, ``int``, ``float``).
 
@@ -661,8 +661,10 @@ def _column_values(records, name: str):
 def _fill(ds, path, driver_name, layer_name, records, fields, written, srs, meta_json, layer_transaction=True):
     _, ogr, _ = _ogr()
     geoms = None if _columnar(records) else _wkt_geometries(records)   # tile windows: one polygon each
-    multi = geoms is not None and any(ogr.GT_Flatten(g.GetGeometryType()) != ogr.wkbPolygon for g in geoms)
-    gtype = ogr.wkbMultiPolygon if multi else ogr.wkbPolygon
+    kinds = {ogr.wkbPolygon} if geoms is None else {ogr.GT_Flatten(g.GetGeometryType()) for g in geoms}
+    points = kinds == {ogr.wkbPoint}   # a reference sample (core.assess_cli)
+    multi = not points and kinds != {ogr.wkbPolygon}
+    gtype = ogr.wkbPoint if points else ogr.wkbMultiPolygon if multi else ogr.wkbPolygon
     opts = ["ENCODING=UTF-8"] if driver_name == "ESRI Shapefile" else ["FID=fid", "GEOMETRY_NAME=geom"]
     lyr = ds.CreateLayer(layer_name, srs, gtype, options=opts)
     if lyr is None:
