@@ -44,6 +44,7 @@ class MapStrata:
     map_crs_wkt: str | None    # the map layer's CRS
     path: str
     field: str
+    layer: str = ""            # the map's layer in its file
 
     @property
     def cell_area(self) -> float:
@@ -188,7 +189,7 @@ def read_map(path, field: str = "label", layer: str | None = None, max_cells: in
                                "Check its geometries (QGIS: Vector > Geometry Tools > Check Validity).", path=path)
     codes = band.ReadAsArray().astype(np.int32)
     return MapStrata(classes, codes, bounds[0], bounds[3], cell, ea.ExportToWkt(), map_srs.ExportToWkt(), path,
-                     field)
+                     field, lyr.GetName())
 
 
 def allocate(areas: np.ndarray, per_class: int | None = None, total: int | None = None,

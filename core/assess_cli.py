@@ -47,8 +47,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing report files")
 
 
-def _inputs(*paths):
-    return [os.path.abspath(p) for p in paths if p]
+def _layer_input(path: str, layer: str, what: str) -> tuple[str, str]:
+    """An input layer as core.vectors.check_not_input takes it: in a GeoPackage only that layer is the input."""
+    if layer and path.lower().endswith(".gpkg"):
+        return f"{path}|layername={layer}", what
+    return path, what
 
 
 def run_sample(args) -> int:
@@ -69,7 +72,7 @@ def run_sample(args) -> int:
                        metadata={"task": "reference-sample", "map": os.path.abspath(strata.path),
                                  "map_field": strata.field, "seed": args.seed, "reference_field": ref,
                                  "classes": strata.classes},
-                       overwrite=args.overwrite, inputs=_inputs(args.map))
+                       overwrite=args.overwrite, inputs=[_layer_input(strata.path, strata.layer, "map")])
     per = ", ".join(f"{c} {k}" for c, k in zip(strata.classes, n.tolist(), strict=True))
     print(f"{len(points)} points ({per}) written to {out}\n"
           f"next: open it in QGIS, type each point's true class into '{ref}', then\n"
@@ -94,7 +97,7 @@ def csv_text(report: dict) -> str:
 def run_assess(args) -> int:
     from .outputs import check_distinct, check_file_output, write_text_file
 
-    inputs = _inputs(args.map, args.reference)
+    inputs = [(os.path.abspath(args.map), "map"), (os.path.abspath(args.reference), "reference points")]
     outs = []
     if args.output:
         outs.append((check_file_output(args.output, "report", args.overwrite, inputs, example="report.json"),

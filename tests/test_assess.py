@@ -176,8 +176,6 @@ def test_assess_from_labelled_points(tile_map, tmp_path, capsys):
 
 
 def test_assess_bad_inputs(tile_map, tmp_path):
-    from core.errors import RemoteClipError
-
     ref = tmp_path / "ref.gpkg"
     from core.cli import main
 
@@ -198,13 +196,17 @@ def test_assess_bad_inputs(tile_map, tmp_path):
     _label(ref, lambda x: "water" if x < X0 + 20 else "a" if x < X0 + 100 else "b")
     report = assess.assess(tile_map, ref)
     assert report["error_matrix"]["classes"][:2] == ["a", "b"]
-    # the sample never replaces the map
-    assert main(["sample", str(tile_map), "--per-class", "3", "-o", str(tile_map), "--out-layer", "labels",
-                 "--overwrite"]) == 2
-    with pytest.raises(RemoteClipError):
-        import argparse
+    # the sample never replaces the map's layer, with or without --overwrite; a new layer beside it is fine
+    import argparse
 
-        from core.assess_cli import run_sample
-        run_sample(argparse.Namespace(map=str(tile_map), map_field="label", layer=None, per_class=3, total=None,
-                                      allocation="proportional", seed=0, reference_field="reference",
-                                      output=str(tile_map), out_layer="labels", overwrite=True))
+    from core.assess_cli import run_sample
+    from core.errors import OutputIsInput
+
+    args = dict(map=str(tile_map), map_field="label", layer=None, per_class=3, total=None, allocation="proportional",
+                seed=0, reference_field="reference", output=str(tile_map), out_layer="labels", overwrite=True)
+    with pytest.raises(OutputIsInput) as e:
+        run_sample(argparse.Namespace(**args))
+    assert e.value.path == str(tile_map)
+    assert assess.read_map(tile_map).areas().sum() == pytest.approx(62_500, rel=3e-3)
+    assert run_sample(argparse.Namespace(**{**args, "out_layer": "reference_sample"})) == 0
+    assert len(_points(tile_map, "reference_sample")[0]) == 6

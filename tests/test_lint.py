@@ -130,6 +130,7 @@ ANALYZER_ACCEPTED_AT = {
     # the command lines print; the plugin never calls them
     ("PRINT_STATEMENT", "core/cli.py"),
     ("PRINT_STATEMENT", "core/convert/__main__.py"),
+    ("PRINT_STATEMENT", "core/assess_cli.py"),
     # deprecated for QGIS 4 (which reads qgisMaximumVersion=4.99), still read by the Qt6 builds of QGIS 3.x
     ("METADATA_SUPPORTS_QT6", "metadata.txt"),
 }
