@@ -138,8 +138,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--strict", action="store_true", help="stop at an unreadable raster (default: skip it and "
                    "name it in the summary)")
     m.add_argument("--dask", metavar="ADDRESS", help="run on a Dask cluster: its scheduler address "
-                   "(tcp://HOST:8786), or local:N for N worker processes on this machine (needs "
-                   "requirements/distributed.txt)")
+                   "(tls://HOST:8786 with Dask's TLS configuration; tcp:// only on a trusted private network), "
+                   "or local:N for N worker processes on this machine (needs requirements/distributed.txt)")
 
     from .tasks import TASKS
 
@@ -356,6 +356,12 @@ def main(argv=None) -> int:
 
             return (assess_cli.run_sample if args.command == "sample" else assess_cli.run_assess)(args)
         job = _job(args)
+        if job.dask:   # before anything is sent, even with -q
+            from .distributed import plain_tcp_warning
+
+            warning = plain_tcp_warning(job.dask)
+            if warning:
+                print(f"remoteclip: warning: {warning}", file=sys.stderr)
         from .jobs import run_job
 
         bar = _Bar(args.quiet)

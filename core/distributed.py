@@ -26,13 +26,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import Cancelled, RemoteClipError
+from .errors import Cancelled, InvalidInput, RemoteClipError, SourceUnreadable
 
 log = logging.getLogger(__name__)
 
 BLOCK_TILES = 4096   # a raster with more tiles is cut into blocks of about this many (whole batches)
 
-__all__ = ["connect", "encode_on_cluster", "encode_piece", "Piece", "BLOCK_TILES"]
+__all__ = ["connect", "encode_on_cluster", "encode_piece", "plain_tcp_warning", "Piece", "BLOCK_TILES"]
+
+PLAIN_SCHEMES = ("tcp", "ws", "ucx")   # Dask's comms without encryption or authentication
+TLS_SCHEMES = ("tls", "wss")
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,51 @@ def _import():
     return distributed
 
 
+def _scheme_host(address: str) -> tuple[str, str]:
+    """(scheme, host) of a Dask address; no scheme is Dask's default, tcp."""
+    from urllib.parse import urlsplit
+
+    address = address.strip()
+    scheme, sep, _ = address.partition("://")
+    if not sep:
+        scheme, address = "tcp", "tcp://" + address
+    try:
+        host = urlsplit(address).hostname or ""
+    except ValueError:   # a malformed address: Dask names it when it connects
+        host = ""
+    return scheme.lower(), host.lower()
+
+
+def plain_tcp_warning(address: str | None) -> str | None:
+    """The warning to give before sending work to ``address``, or None.
+
+    A Dask scheduler runs whatever any client that reaches its port submits, and plain tcp:// carries the job
+    (tiles' embeddings, paths) unencrypted: an address off this machine (not loopback, ``localhost`` or this
+    host's own name) over a plain comm gets a warning. ``local:N``, ``inproc://`` and ``tls://`` (Dask's
+    certificates, mutual TLS) get none."""
+    if not address or address.strip() == "local" or address.strip().startswith("local:"):
+        return None
+    scheme, host = _scheme_host(address)
+    if scheme not in PLAIN_SCHEMES or _on_this_machine(host):
+        return None
+    return (f"{address.strip()} is a plain {scheme}:// address: the Dask scheduler there runs whatever any client "
+            "that reaches its port sends, and the job crosses the network unencrypted. Use it only on a trusted "
+            "private network; elsewhere give the cluster certificates and a tls:// address (docs/distributed.md).")
+
+
+def _on_this_machine(host: str) -> bool:
+    import ipaddress
+    import socket
+
+    if host in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:   # a name: this host's own
+        return host in {socket.gethostname().lower(), socket.getfqdn().lower()}
+    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback
+
+
 def connect(address: str):
     """(client, cluster): a LocalCluster of N worker processes on loopback for ``local:N``, else a client of
     the scheduler at ``address`` (cluster None)."""
@@ -79,12 +127,29 @@ def connect(address: str):
         cluster = distributed.LocalCluster(n_workers=int(n), threads_per_worker=2, processes=True,
                                            host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR)
         return distributed.Client(cluster), cluster
-    try:
+    tls = _scheme_host(address)[0] in TLS_SCHEMES
+    if tls:
+        import dask
+
+        security = distributed.Security()   # Dask's configuration: distributed.comm.tls.*
+        if not (security.tls_ca_file and security.tls_client_cert) \
+                and not dask.config.get("distributed.client.security-loader", None):
+            raise InvalidInput(f"--dask {address}: a TLS address, but Dask has no client certificate configured.",
+                               "Set distributed.comm.tls.ca-file, .client.cert and .client.key in Dask's "
+                               "configuration (e.g. DASK_DISTRIBUTED__COMM__TLS__CA_FILE=ca.pem, "
+                               "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT=node.pem, "
+                               "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY=node.key; docs/distributed.md).",
+                               param="--dask")
+    try:   # Client reads Dask's configured security (distributed.comm.tls.*, require-encryption) itself
         return distributed.Client(address, timeout="20s"), None
-    except (OSError, TimeoutError, ValueError) as e:
-        raise RemoteClipError(f"Cannot reach the Dask scheduler at {address} ({e}).",
-                              "Start one (`dask scheduler`, then `dask worker ADDRESS` on each machine) and give "
-                              "its address, e.g. tcp://10.0.0.5:8786, or use --dask local:N.") from None
+    except Exception as e:   # refused, timed out, a TLS handshake refused, or not a Dask scheduler at all
+        fix = ("Start one (`dask scheduler`, then `dask worker ADDRESS` on each machine) and give its address, "
+               "e.g. tls://10.0.0.5:8786 (tcp:// on a trusted private network only), or use --dask local:N.")
+        if tls:
+            fix = ("Check that the scheduler listens on tls:// and that the certificates in Dask's "
+                   "distributed.comm.tls.* configuration are signed by the cluster's CA (docs/distributed.md).")
+        raise SourceUnreadable(f"Cannot reach the Dask scheduler at {address} ({type(e).__name__}: {e}).",
+                               fix) from None
 
 
 # ------------------------------------------------------------------------------------------- worker

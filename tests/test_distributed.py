@@ -188,3 +188,93 @@ def test_bad_local_cluster_is_one_line(sheets, tmp_path, capsys, address, words)
                       "--dask", address, "-o", tmp_path / "x.gpkg")
     assert rc == 2 and words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.gpkg").exists()
+
+
+@pytest.mark.parametrize("address, warned", [
+    ("tcp://127.0.0.1:8786", False), ("tcp://localhost:8786", False), ("tcp://[::1]:8786", False),
+    ("tcp://10.1.2.3:8786", True), ("10.1.2.3:8786", True),              # no scheme: Dask's tcp
+    ("ws://10.1.2.3:8786", True), ("tcp://localbox.example.org:8786", True),   # not local:N
+    ("tls://10.1.2.3:8786", False), ("local:2", False), ("local", False), ("", False)])
+def test_a_plain_address_off_this_machine_gets_a_warning(address, warned):
+    from core.distributed import plain_tcp_warning
+
+    warning = plain_tcp_warning(address)
+    assert (warning is not None) == warned
+    if warned:
+        assert address in warning and "tls://" in warning
+
+
+def test_this_hosts_own_name_gets_no_warning():
+    import socket
+
+    from core.distributed import plain_tcp_warning
+
+    assert plain_tcp_warning(f"tcp://{socket.gethostname()}:8786") is None
+
+
+def test_the_cli_warns_before_it_sends_anything(tmp_path, capsys):
+    """The warning comes first, even with -q: here the raster is missing, so nothing reaches the address."""
+    rc, _, err = _run(capsys, "label", tmp_path / "missing.tif", "--model", DEMO, "--labels", LABELS, "-q",
+                      "--dask", "tcp://10.1.2.3:8786", "-o", tmp_path / "x.gpkg")
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 2
+    assert lines[0].startswith("remoteclip: warning: tcp://10.1.2.3:8786 is a plain tcp:// address")
+    assert lines[1].startswith("remoteclip: error:")
+
+
+def make_certificates(folder: Path) -> dict:
+    """docs/distributed.md's recipe: a CA, and one key and certificate signed by it for the whole cluster."""
+    import shutil
+
+    require(shutil.which("openssl") is not None, "the openssl command is not installed")
+    folder.mkdir()
+
+    def ssl(*args):
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=remoteclip-dask-ca",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "-keyout", "ca.key", "-out", "ca.pem")
+    (folder / "node.ext").write_text("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+                                     "extendedKeyUsage=serverAuth,clientAuth\n")
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=remoteclip-dask", "-keyout", "node.key",
+        "-out", "node.csr")
+    ssl("x509", "-req", "-in", "node.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+        "-extfile", "node.ext", "-out", "node.pem")
+    return {k: str(folder / f) for k, f in (("ca", "ca.pem"), ("cert", "node.pem"), ("key", "node.key"))}
+
+
+def test_a_tls_cluster_runs_the_job_with_dasks_configured_certificates(sheets, tmp_path, capsys):
+    """A scheduler and a worker on tls:// with the cluster's certificates: the client connects through Dask's
+    own configuration (distributed.comm.tls.*) and the worker encodes the tiles (no warning: it is TLS).
+    Without a client certificate configured, the address is refused with the way out."""
+    require(distributed is not None, "dask distributed is not installed")
+    import logging
+
+    import dask
+
+    from core.distributed import connect
+    from core.errors import InvalidInput
+
+    c = make_certificates(tmp_path / "certs")
+    security = distributed.Security(tls_ca_file=c["ca"], require_encryption=True,
+                                    **{f"tls_{r}_{k}": c[k] for r in ("scheduler", "worker", "client")
+                                       for k in ("cert", "key")})
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  protocol="tls://", security=security, dashboard_address=None,
+                                  silence_logs=logging.ERROR) as lc, distributed.Client(lc) as client:
+        address = lc.scheduler_address
+        assert address.startswith("tls://127.0.0.1:")
+        with pytest.raises(InvalidInput) as err:
+            connect(address)
+        assert err.value.param == "--dask"
+        one = tmp_path / "one.gpkg"
+        _label(capsys, sheets[6:], one)
+        with dask.config.set({"distributed.comm.tls.ca-file": c["ca"], "distributed.comm.tls.client.cert": c["cert"],
+                              "distributed.comm.tls.client.key": c["key"]}):
+            rc, _, err = _run(capsys, "label", *sheets[6:], "--model", DEMO, "--labels", LABELS, "--tile-size", 64,
+                              "-o", tmp_path / "tls.gpkg", "-q", "--no-cache", "--dask", address)
+        assert rc == 0 and "warning" not in err, err
+        assert features(tmp_path / "tls.gpkg") == features(one)
+        loads = client.run(lambda: __import__("core.distributed", fromlist=["_LOADS"])._LOADS)
+        assert list(loads.values()) == [1]   # the worker encoded the tiles

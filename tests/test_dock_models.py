@@ -72,6 +72,7 @@ def test_the_picker_lists_catalogue_models_with_size_and_state_and_marks_the_dem
     assert items["remoteclip-demo"] == "remoteclip-demo · demo"
     dock.model_widget.setFilePath(str(DEMO_BUNDLE))
     assert dock.demo_banner.isVisibleTo(dock) and "not credible" in dock.demo_label.text()
+    assert "30.5 %" in dock.demo_label.text() and "69" not in dock.demo_label.text()   # its honest figure
     assert dock.model_row.combo.itemData(0, Qt.ItemDataRole.ToolTipRole) == DEMO_NOTE   # the demo entry
     assert dock.model_row.combo.currentText() == "remoteclip-demo · demo"
     assert not dock.model_row.get_button.isEnabled()           # nothing to get for a local bundle

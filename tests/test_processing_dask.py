@@ -27,10 +27,15 @@ def test_a_dask_scheduler_gives_the_one_process_output(plugin, rgb_byte, tiny_bu
             self.texts.append(text)
             super().setProgressText(text)
 
+        def pushWarning(self, text):  # noqa: N802 (QGIS's name)
+            self.texts.append(text)
+            super().pushWarning(text)
+
     def labels(out, **extra):
         said = Said()
         run("labeltiles", base_params(rgb_byte, tiny_bundle, out, LABELS=LABELS, TILE_SIZE=128, **extra), said)
         on_cluster = any("on the cluster" in t for t in said.texts)
+        assert not any("plain tcp://" in t for t in said.texts)   # local:N and no cluster: no warning
         return sorted((f["row"], f["col"], f["label"], round(f["score"], 5))
                       for f in open_output(out).getFeatures()), on_cluster
 
@@ -41,3 +46,40 @@ def test_a_dask_scheduler_gives_the_one_process_output(plugin, rgb_byte, tiny_bu
         run("labeltiles", base_params(rgb_byte, tiny_bundle, tmp_path / "no.gpkg", LABELS=LABELS, DASK="local:1",
                                       PIXEL_SIZE=60.0))
     assert "GeoTIFF" in str(err.value) and not (tmp_path / "no.gpkg").exists()
+
+
+def test_a_plain_tcp_scheduler_off_this_machine_is_warned_about(plugin, rgb_byte, tiny_bundle, tmp_path):  # noqa: F811
+    """A scheduler at a network address over plain tcp://: the algorithm warns (feedback.pushWarning) that the
+    cluster runs whatever reaches its port and the job travels unencrypted, then runs; local:N is not warned
+    about (test above)."""
+    require(importlib.util.find_spec("distributed") is not None,
+            "dask distributed is not installed (pip install -r requirements/distributed.txt)")
+    import logging
+    import socket
+
+    import distributed
+    import psutil
+
+    ips = [a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+           if a.family == socket.AF_INET and not a.address.startswith("127.")]
+    if not ips:
+        pytest.skip("this machine has no network address to start a scheduler on")
+
+    class Warned(QgsProcessingFeedback):
+        def __init__(self):
+            super().__init__()
+            self.warnings = []
+
+        def pushWarning(self, text):  # noqa: N802 (QGIS's name)
+            self.warnings.append(text)
+            super().pushWarning(text)
+
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host=ips[0],
+                                  dashboard_address=None, silence_logs=logging.ERROR) as lc:
+        said = Warned()
+        out = tmp_path / "remote.gpkg"
+        run("labeltiles", base_params(rgb_byte, tiny_bundle, out, LABELS=LABELS, TILE_SIZE=128,
+                                      DASK=lc.scheduler_address), said)
+    warned = [w for w in said.warnings if "plain tcp://" in w]
+    assert len(warned) == 1 and lc.scheduler_address in warned[0] and "tls://" in warned[0]
+    assert open_output(out).featureCount() > 10

@@ -221,8 +221,8 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
             QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), options=DEVICES, defaultValue=0),
             QgsProcessingParameterEnum(self.PRECISION, self.tr("Precision"), options=PRECISIONS, defaultValue=0),
             QgsProcessingParameterString(
-                self.DASK, self.tr("Dask scheduler (tcp://host:8786, or local:N for N worker processes here; "
-                                   "empty: this process)"), optional=True),
+                self.DASK, self.tr("Dask scheduler (tls://host:8786; tcp:// only on a trusted private "
+                                   "network; local:N for N worker processes here; empty: this process)"), optional=True),
         ]
         if self.can_skip_cache:
             advanced.append(QgsProcessingParameterBoolean(
@@ -505,6 +505,12 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
         # models, qgis_process): no tile limit; the plan is reported.
         self._job = Job(raster=raster, task=task, run=run, tiles=tiles, output=write, layer_name=layer_name,
                         dissolve=dissolve, overwrite=True, max_tiles=None, raster_output=self._dense, dask=dask)
+        if dask:   # a plain tcp:// scheduler off this machine: said before anything is sent
+            from ..core.distributed import plain_tcp_warning
+
+            warning = plain_tcp_warning(dask)
+            if warning:
+                (getattr(feedback, "pushWarning", None) or feedback.pushInfo)(warning)   # QGIS 3.22: pushInfo
         if not isinstance(raster, str):
             feedback.pushInfo(f"Reading {layer.name()} through QGIS ({layer.providerType()} provider) at "
                               f"{raster.width} x {raster.height} pixels.")
