@@ -337,3 +337,25 @@ def test_a_collection_without_dask_never_imports_it(sheets, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_coded_text_columns_are_recoded_into_one_table(sheets, landsat, tiny_bundle):
+    """The per-raster coded text columns (top_labels, a code into the raster's own table of lists; top_scores,
+    made on read) joined into one collection: each raster's values are those of a run on it alone. The tables
+    of the rasters differ (checked), so codes kept as they were would read another raster's lists."""
+    from core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
+    from core.records import Categorical
+
+    rasters = [str(sheets[0]), str(sheets[5]), str(landsat)]
+    task = LabelTask(["buildings", "grass", "water", "road", "trees"], top_k=3)
+    run = RunOptions(model=str(tiny_bundle), cache_dir="")
+    tiles = TileSpec(size=64)
+    both = run_job(Job(raster=rasters, task=task, run=run, tiles=tiles))
+    alone = {r: run_job(Job(raster=r, task=task, run=run, tiles=tiles)) for r in rasters}
+    keys = ("row", "col", "label", "top_labels", "top_scores")
+    tables = [list(dict.fromkeys(a.records.column("top_labels"))) for a in alone.values()]
+    assert isinstance(alone[rasters[0]].records.columns["top_labels"], Categorical)
+    assert len({tuple(sorted(t)) for t in tables}) == len(tables)   # every raster has its own table
+    for r in rasters:
+        mine = [tuple(rec[k] for k in keys) for rec in both.records if rec["source"] == r]
+        assert mine == [tuple(rec[k] for k in keys) for rec in alone[r].records]
