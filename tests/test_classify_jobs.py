@@ -436,3 +436,20 @@ def test_an_empty_or_unreadable_samples_file_says_so(tmp_path):
     with pytest.raises(InvalidInput) as err:
         read_samples(junk, "class")
     assert err.value.path == str(junk) and "not a vector file" in err.value.problem
+
+
+def test_a_deeply_nested_head_file_is_refused_as_not_a_classifier(kampala, tiny_bundle, tmp_path, capsys):
+    """--head with 100000 nested lists: json's RecursionError became a traceback; now InvalidInput with the
+    path, one line on the command line."""
+    from core.classify import Head
+    from core.errors import InvalidInput
+
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(InvalidInput) as err:
+        Head.read(path)
+    assert err.value.path == str(path) and "not a RemoteCLIP classifier" in err.value.problem
+    rc, _, err_text = _run(capsys, "classify", kampala["raster"], "--head", path, "--model", tiny_bundle,
+                           "--tile-size", 256, "--no-cache", "-q")
+    lines = [ln for ln in err_text.splitlines() if "error:" in ln]
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in err_text and "Fix:" in lines[0]
