@@ -359,3 +359,39 @@ def test_coded_text_columns_are_recoded_into_one_table(sheets, landsat, tiny_bun
     for r in rasters:
         mine = [tuple(rec[k] for k in keys) for rec in both.records if rec["source"] == r]
         assert mine == [tuple(rec[k] for k in keys) for rec in alone[r].records]
+
+
+def test_a_file_name_that_is_not_utf8_in_a_glob_is_skipped_and_named(sheets, tiny_bundle, tmp_path):
+    """One raster of a glob whose name holds bytes that are not UTF-8 (GDAL cannot open it): skipped like any
+    unreadable raster and named in the summary and the layer's metadata (it stopped the whole run); --strict
+    stops at it. Run as a user runs it: a process with the bytes in its argument and a real stdout."""
+    import shutil
+    import subprocess
+    import sys
+
+    from osgeo import ogr
+
+    folder = tmp_path / "sheets"
+    folder.mkdir()
+    for name in (b"a.tif", b"sc\xe8ne.tif", b"c.tif"):
+        shutil.copy(sheets[0], os.fsdecode(bytes(folder) + b"/" + name))
+    out = tmp_path / "out.gpkg"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+
+    def run(*extra):
+        proc = subprocess.run([sys.executable, "-m", "core", "label", str(folder / "*.tif"), "--labels", LABELS,
+                               "--model", str(tiny_bundle), "--tile-size", "64", "--no-cache", "-q", *extra],
+                              capture_output=True, env=env)
+        return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+
+    rc, stdout, err = run("-o", str(out))
+    assert rc == 0, err
+    assert "rasters: 2 in the output, 1 skipped" in stdout
+    assert f"skipped: {folder}/sc\ufffdne.tif: " in stdout and "not UTF-8" in stdout
+    ds = ogr.Open(str(out))
+    meta = json.loads(ds.GetLayer(0).GetMetadataItem("REMOTECLIP"))
+    assert [s["raster"] for s in meta["skipped"]] == [f"{folder}/sc\ufffdne.tif"]
+    assert {f["source"] for f in features(out)} == {str(folder / "a.tif"), str(folder / "c.tif")}
+    rc, _, err = run("--strict")
+    lines = [ln for ln in err.splitlines() if "error:" in ln]
+    assert rc == 2 and len(lines) == 1 and "--strict" in lines[0] and "Traceback" not in err
