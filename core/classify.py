@@ -36,7 +36,7 @@ import os
 
 import numpy as np
 
-from .errors import RemoteClipError
+from .errors import InvalidInput, RemoteClipError, SourceUnreadable
 
 HEAD_FORMAT = "remoteclip-classifier-head"
 HEAD_VERSION = 1
@@ -290,9 +290,13 @@ class Head:
         try:
             with open(path, encoding="utf-8") as f:
                 d = json.load(f)
-        except (OSError, ValueError, UnicodeDecodeError) as e:
-            raise RemoteClipError(f"{path} is not a RemoteCLIP classifier ({e}).",
-                                  "Give a file written by classify --head-out.") from None
+        except OSError as e:
+            raise SourceUnreadable(f"The classifier file {path} cannot be read ({e.strerror or e}).",
+                                   "Check that it is readable (its permissions, the disk).", path=path) from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:   # RecursionError: lists nested deeply
+            why = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+            raise InvalidInput(f"{path} is not a RemoteCLIP classifier ({why}).",
+                               "Give a file written by classify --head-out.", path=path) from None
         if not isinstance(d, dict) or d.get("format") != HEAD_FORMAT:
             raise RemoteClipError(f"{path} is not a RemoteCLIP classifier (no format {HEAD_FORMAT!r}).",
                                   "Give a file written by classify --head-out.")
@@ -311,7 +315,7 @@ class Head:
                 ok = ok and head.train_x.ndim == 2 and head.train_x.shape[1] == dim \
                     and len(head.train_y) == len(head.train_x)
             ok = ok and all(math.isfinite(v) for v in (head.alpha, head.logit_scale))
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError):
             ok = False
         if not ok:
             raise RemoteClipError(f"The classifier {path} is damaged (its arrays do not fit together).",

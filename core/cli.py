@@ -321,7 +321,7 @@ def _summary(res, job) -> str:
 
 
 def _join_negative_values(argv: list[str]) -> list[str]:
-    """``--bbox -11858000,...`` as ``--bbox=-11858000,...``: argparse takes a value that starts with '-'
+    """``--bbox -11858000,...`` as ``--bbox=-11858000,...`` (and ``--bands -1,2,3``, refused then as bands): argparse takes a value that starts with '-'
     and is not a plain number for an option."""
     out: list[str] = []
     it = iter(argv)
@@ -339,7 +339,7 @@ def _join_negative_values(argv: list[str]) -> list[str]:
     return out
 
 
-_NEGATIVE_OK = ("--bbox",)
+_NEGATIVE_OK = ("--bbox", "--bands")   # --bands -1,2,3: refused as bands, not as a missing value
 
 
 def main(argv=None) -> int:

@@ -180,7 +180,20 @@ def _plan_one(job, index: int, path: str) -> RasterPlan | str:
             src.close()
 
 
+def _shown(path: str) -> str:
+    """A raster's name as text that can be printed and written (bytes that are not UTF-8 as U+FFFD)."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        try:
+            return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        except UnicodeEncodeError:   # a surrogate that is no escaped byte
+            return path.encode("utf-8", "replace").decode("utf-8")
+
+
 def _skip(job, state: _State, path: str, why: str) -> None:
+    path = _shown(path)
     if job.strict:
         raise RemoteClipError(f"Raster {path} was not processed: {why}",
                               "Fix or remove it, or leave out --strict to skip unreadable rasters.")

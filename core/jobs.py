@@ -125,7 +125,8 @@ class Job:
     def __post_init__(self):
         self.max_tiles = checks.optional(checks.whole, self.max_tiles, "max_tiles", 1)
         if isinstance(self.raster, list | tuple):
-            self.raster = [checks.path_text(r, "raster") for r in self.raster]
+            # each raster's name is checked when it is planned: one that GDAL cannot open is skipped (--strict: stops)
+            self.raster = [os.fsdecode(r) if isinstance(r, bytes) else os.fspath(r) for r in self.raster]
             if not self.raster:
                 raise RemoteClipError("No raster was given.", "Give one or more raster files.")
             for r in self.raster:

@@ -12,7 +12,7 @@ import json
 import unicodedata
 from pathlib import Path
 
-from .errors import RemoteClipError
+from .errors import InvalidInput, RemoteClipError
 
 BOM = "\ufeff"
 LIST_SEPARATOR = "|"   # joins the labels of top_labels: no label may contain it
@@ -121,6 +121,10 @@ def check_text(text, what: str) -> str:
     if not isinstance(text, str):
         raise RemoteClipError(f"The {what} {text!r} is not text.", f"Give the {what} as a string.")
     text = text.replace(BOM, "").strip()
+    if any(unicodedata.category(c) == "Cs" for c in text):   # bytes that were not UTF-8, kept as surrogates
+        shown = "".join("\ufffd" if unicodedata.category(c) == "Cs" else c for c in text)
+        raise InvalidInput(f"The {what} {shown!r} holds bytes that are not UTF-8 text.",
+                           "Type it again, or save the file it came from as UTF-8.", param=what)
     bad = next((c for c in text if unicodedata.category(c) == "Cc"), None)
     if bad is not None:
         raise RemoteClipError(f"The {what} {text!r} contains the control character {bad!r}.",

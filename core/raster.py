@@ -39,7 +39,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from . import checks
-from .errors import RemoteClipError
+from .errors import InvalidInput, RemoteClipError
 
 __all__ = ["RasterSource", "RasterioSource", "open_raster", "default_bands", "check_bands", "Stretch",
            "read_rgb", "is_gdal_uri", "palette_of", "parse_bands", "nodata_valid", "STRETCH_PERCENTILES", "STRETCH_SAMPLE_PX"]
@@ -247,10 +247,15 @@ def parse_bands(text: str, what: str = "Bands") -> list[int] | None:
     if not text:
         return None
     try:
-        return [int(b) for b in re.split(r"[,\s]+", text) if b]
+        bands = [int(b) for b in re.split(r"[,\s]+", text) if b]
     except ValueError:
         raise RemoteClipError(f"{what} {text!r} are not band numbers.",
                               "Write 1-based band numbers, e.g. 3,2,1 (or one band, used as grey).") from None
+    low = next((b for b in bands if b < 1), None)
+    if low is not None:
+        raise InvalidInput(f"{what} {text!r} holds band {low}: bands are numbered from 1.",
+                           "Write positive band numbers, 1 for the first band, e.g. 3,2,1.", param=what)
+    return bands
 
 
 def check_bands(src, bands) -> list[int]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import RemoteClipError, gdal_return_codes
+from .errors import InvalidInput, RemoteClipError, SourceUnreadable, gdal_return_codes
 
 __all__ = ["Samples", "SampleTiles", "read_samples", "class_text", "match_tiles"]
 
@@ -106,11 +106,15 @@ def read_samples(path, class_field: str, layer: str | None = None) -> Samples:
         except RuntimeError:   # GDAL's exceptions on (QGIS 3.40+ Processing turns them on)
             ds = None
     if ds is None:
-        raise RemoteClipError(f"{path} is not a vector file OGR can open.",
-                              "Give a GeoPackage, Shapefile or GeoJSON with points or polygons.")
+        _check_readable(path)
+        raise InvalidInput(f"{path} is not a vector file OGR can open.",
+                           "Give a GeoPackage, Shapefile or GeoJSON with points or polygons.", path=path)
     lyr = ds.GetLayerByName(layer) if layer else ds.GetLayer(0)
     if lyr is None:
         raise RemoteClipError(f"{path} has no layer {layer!r}.", "Check the layer name.")
+    if lyr.GetFeatureCount() == 0:
+        raise InvalidInput(f"The samples file {path} has no features.", "Draw sample points or polygons with their "
+                           "class in it, or give the file that holds them (--samples).", path=path)
     defn = lyr.GetLayerDefn()
     names = [defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())]
     if class_field not in names:
@@ -127,12 +131,43 @@ def read_samples(path, class_field: str, layer: str | None = None) -> Samples:
         if g is None or g.IsEmpty():
             continue
         wkts.append(g.ExportToWkt())
-        classes.append(f.GetField(class_field))
+        classes.append(_decoded(f.GetField(class_field)))
         ids.append(f.GetFID())
     if not wkts:
         raise RemoteClipError(f"The samples {path} hold no geometries.", "Draw points or polygons with a class.")
     return Samples(wkts, classes, srs.ExportToWkt() if srs is not None else None, ids, os.path.basename(path),
                    f"{path}|layername={lyr.GetName()}")
+
+
+def _check_readable(path: str) -> None:
+    """A file OGR could not open: SourceUnreadable when its bytes cannot be read (permissions, I/O error),
+    so that is not reported as a file of the wrong format."""
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        raise SourceUnreadable(f"The samples file {path} cannot be read ({e.strerror or e}).",
+                               "Check that it is readable (its permissions, the disk), or copy it somewhere "
+                               "readable.", path=path) from None
+
+
+def _decoded(value):
+    """A text value read from a file that does not say its encoding (a Shapefile without .cpg): GDAL hands
+    bytes that are not UTF-8 over as surrogates, which nothing can write. They are read as Windows-1252 (the
+    usual encoding of such .dbf files; Latin-1 where that has no character)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        raw = value.encode("utf-8", "surrogateescape")
+    try:
+        return raw.decode("cp1252")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
 
 
 @dataclass

@@ -584,7 +584,19 @@ class SearchTask(Task):
         best = sorted(recs, key=lambda r: r["rank"])[:3]
         return ["best tiles (row,col similarity): " + ", ".join(
             f"({r['row']},{r['col']} {r['similarity']:.3f})" for r in best)
-            + f"; selected {sum(r['selected'] for r in recs)}"]
+            + f"; selected {sum(r['selected'] for r in recs)}" + self._cut_text([r["similarity"] for r in recs])]
+
+    def _cut_text(self, sims) -> str:
+        """The similarity the selection took, and whether the stand-out rule made it (as the legend says)."""
+        import numpy as np
+
+        sims = np.asarray(sims, dtype=np.float64)
+        cut = effective_threshold(sims, self.threshold, self.stand_out)
+        if cut is None:
+            return ""
+        rule = stand_out_threshold(sims, self.stand_out)
+        why = f": mean + {self.stand_out:g} sd" if rule is not None and rule >= cut else ""
+        return f" (similarity >= {cut:.3f}{why})"
 
 
 @register

@@ -337,3 +337,61 @@ def test_a_collection_without_dask_never_imports_it(sheets, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_coded_text_columns_are_recoded_into_one_table(sheets, landsat, tiny_bundle):
+    """The per-raster coded text columns (top_labels, a code into the raster's own table of lists; top_scores,
+    made on read) joined into one collection: each raster's values are those of a run on it alone. The tables
+    of the rasters differ (checked), so codes kept as they were would read another raster's lists."""
+    from core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
+    from core.records import Categorical
+
+    rasters = [str(sheets[0]), str(sheets[5]), str(landsat)]
+    task = LabelTask(["buildings", "grass", "water", "road", "trees"], top_k=3)
+    run = RunOptions(model=str(tiny_bundle), cache_dir="")
+    tiles = TileSpec(size=64)
+    both = run_job(Job(raster=rasters, task=task, run=run, tiles=tiles))
+    alone = {r: run_job(Job(raster=r, task=task, run=run, tiles=tiles)) for r in rasters}
+    keys = ("row", "col", "label", "top_labels", "top_scores")
+    tables = [list(dict.fromkeys(a.records.column("top_labels"))) for a in alone.values()]
+    assert isinstance(alone[rasters[0]].records.columns["top_labels"], Categorical)
+    assert len({tuple(sorted(t)) for t in tables}) == len(tables)   # every raster has its own table
+    for r in rasters:
+        mine = [tuple(rec[k] for k in keys) for rec in both.records if rec["source"] == r]
+        assert mine == [tuple(rec[k] for k in keys) for rec in alone[r].records]
+
+
+def test_a_file_name_that_is_not_utf8_in_a_glob_is_skipped_and_named(sheets, tiny_bundle, tmp_path):
+    """One raster of a glob whose name holds bytes that are not UTF-8 (GDAL cannot open it): skipped like any
+    unreadable raster and named in the summary and the layer's metadata (it stopped the whole run); --strict
+    stops at it. Run as a user runs it: a process with the bytes in its argument and a real stdout."""
+    import shutil
+    import subprocess
+    import sys
+
+    from osgeo import ogr
+
+    folder = tmp_path / "sheets"
+    folder.mkdir()
+    for name in (b"a.tif", b"sc\xe8ne.tif", b"c.tif"):
+        shutil.copy(sheets[0], os.fsdecode(bytes(folder) + b"/" + name))
+    out = tmp_path / "out.gpkg"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+
+    def run(*extra):
+        proc = subprocess.run([sys.executable, "-m", "core", "label", str(folder / "*.tif"), "--labels", LABELS,
+                               "--model", str(tiny_bundle), "--tile-size", "64", "--no-cache", "-q", *extra],
+                              capture_output=True, env=env)
+        return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+
+    rc, stdout, err = run("-o", str(out))
+    assert rc == 0, err
+    assert "rasters: 2 in the output, 1 skipped" in stdout
+    assert f"skipped: {folder}/sc\ufffdne.tif: " in stdout and "not UTF-8" in stdout
+    ds = ogr.Open(str(out))
+    meta = json.loads(ds.GetLayer(0).GetMetadataItem("REMOTECLIP"))
+    assert [s["raster"] for s in meta["skipped"]] == [f"{folder}/sc\ufffdne.tif"]
+    assert {f["source"] for f in features(out)} == {str(folder / "a.tif"), str(folder / "c.tif")}
+    rc, _, err = run("--strict")
+    lines = [ln for ln in err.splitlines() if "error:" in ln]
+    assert rc == 2 and len(lines) == 1 and "--strict" in lines[0] and "Traceback" not in err

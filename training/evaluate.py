@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import RemoteClipError
+from core.errors import InvalidInput, RemoteClipError, SourceUnreadable
 from training import metrics
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
@@ -89,7 +89,7 @@ def load_split(folder, split_file, split: str) -> tuple[list[str], list[str], np
     """(classes, absolute image paths, labels) for one split ("train"/"test") or all images (no split file)."""
     classes, paths, labels = list_folder(folder)
     if split_file:
-        s = json.loads(Path(split_file).read_text())
+        s = read_split(split_file)
         if split not in s:
             raise RemoteClipError(f"Split file {split_file} has no {split!r} list.", "Write it with make_split.")
         keep = set(s[split])
@@ -102,6 +102,27 @@ def load_split(folder, split_file, split: str) -> tuple[list[str], list[str], np
     return classes, [str(Path(folder) / p) for p in paths], labels
 
 
+def read_split(split_file) -> dict:
+    """A split file written by make_split (``{"train": [...], "test": [...]}``); anything else is refused."""
+    try:
+        text = Path(split_file).read_text(encoding="utf-8")
+    except OSError as e:
+        raise SourceUnreadable(f"Split file {split_file} cannot be read ({e.strerror or e}).",
+                               "Check the path (--split-file).", path=split_file) from None
+    except UnicodeDecodeError:
+        text = None
+    try:
+        s = json.loads(text) if text is not None else None
+    except (ValueError, RecursionError):
+        s = None
+    if not isinstance(s, dict) or not all(isinstance(v, list) and all(isinstance(p, str) for p in v)
+                                          for k, v in s.items() if k in ("train", "test")):
+        raise InvalidInput(f"Split file {split_file} is not a split (JSON {{\"train\": [...], \"test\": [...]}} of "
+                           "image paths).", "Write one with --make-split FILE --zeroshot FOLDER.", path=split_file,
+                           param="--split-file")
+    return s
+
+
 def open_rgb(path):
     """The image at ``path`` as an RGB PIL image; a missing or unreadable file is a RemoteClipError."""
     from PIL import Image, UnidentifiedImageError
@@ -111,6 +132,10 @@ def open_rgb(path):
             return im.convert("RGB")
     except FileNotFoundError:
         raise RemoteClipError(f"Image not found: {path}.", "Check the dataset folder or table.") from None
+    except Image.DecompressionBombError as e:   # PIL's guard: more than twice Image.MAX_IMAGE_PIXELS
+        raise InvalidInput(f"Image {path} is too large to be a benchmark image ({e}).",
+                           "Remove it from the dataset, or scale it down (a benchmark scene is a few hundred "
+                           "pixels a side).", path=path) from None
     except (UnidentifiedImageError, OSError) as e:
         raise RemoteClipError(f"Image {path} cannot be read ({e}).",
                               "Remove or replace the damaged file; images must be JPEG, PNG or TIFF.") from None
