@@ -296,3 +296,46 @@ def test_a_vrts_source_its_aux_xml_and_its_mask_are_part_of_the_key(scene, data_
         ds = None
     _edit_keeping_times(msk, clear_a_corner)
     assert _raster_key(scene, cache) != before
+
+
+# ------------------------------------------------------------------------------------- damage
+
+def test_rows_moved_inside_an_entry_are_a_miss(tmp_path):
+    cache = EmbeddingCache(tmp_path / "cache", max_bytes=None)
+    kept, emb = np.arange(0, 40, 2), _unit(20, seed=3)
+    cache.save(_key(1), kept, emb)
+    got = cache.load(_key(1), n_grid=40, embed_dim=64)
+    assert got is not None and np.array_equal(got[1], emb)
+    npz = tmp_path / "cache" / f"{_key(1)}.npz"
+    with np.load(npz) as z:
+        check = z["check"]
+    # the rows of two tiles swapped, everything else as written (still sorted indices, unit vectors)
+    swapped = emb.copy()
+    swapped[[4, 5]] = emb[[5, 4]]
+    np.savez(npz, kept=kept, emb=swapped, check=check)
+    assert cache.load(_key(1), n_grid=40, embed_dim=64) is None
+
+
+def test_temporaries_of_killed_writers_go_when_the_cache_opens(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    day_ago = time.time() - 2 * 24 * 3600
+    gone = [folder / f".tmp-{dead}-k3y_9abc{_key(5)[-5:]}", folder / f".tmp-{dead}-abcd1234.json",
+            folder / ".tmp-a1b2c3d4x.npz"]                      # an earlier version's, two days old
+    stay = [folder / f".tmp-{os.getppid()}-abcd1234.npz",      # a writer that still runs
+            folder / ".tmp-e5f6g7h8x.npz",                      # an earlier version's, just written
+            folder / "notes.tmp-1-abcd1234.txt"]                # not a temporary of the cache
+    for p in gone + stay:
+        p.write_bytes(b"half an entry")
+    os.utime(gone[2], (day_ago, day_ago))
+    EmbeddingCache(folder)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in stay)
+    os.utime(stay[1], (day_ago, day_ago))
+    EmbeddingCache(folder).prune(10 ** 9)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in (stay[0], stay[2]))
