@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 
 from .errors import RemoteClipError
 
@@ -106,14 +105,17 @@ def check_distinct(paths: list[tuple[str, str]]) -> None:
 
 
 def write_text_file(path: str, text: str, overwrite: bool = True) -> str:
-    """Write ``text`` to ``path`` through a temporary beside it (renamed into place when complete)."""
-    from .vectors import _publish, _temp_prefix
+    """Write ``text`` to ``path`` through a temporary beside it, renamed into place only when every write, the
+    flush to disk and the close succeeded (else :class:`WriteFailed`, the old file kept)."""
+    from .vectors import _new_temp, _publish, _temp_prefix, _write_synced, write_failed
 
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(os.path.splitext(os.path.basename(path))[0]))
+    tmp = _new_temp(folder, _temp_prefix(os.path.splitext(os.path.basename(path))[0]))
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        try:
+            _write_synced(tmp, text)
+        except OSError as e:
+            raise write_failed(path, e) from None
         _publish(tmp, path, overwrite)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -51,13 +51,14 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import sqlite3
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import OutputExists, OutputIsInput, RemoteClipError, gdal_return_codes
+from .errors import OutputExists, OutputIsInput, RemoteClipError, WriteFailed, gdal_return_codes
 
 __all__ = ["Field", "write_vector", "dissolve", "DRIVERS", "FIELD_TYPES", "shapefile_names", "check_output_path",
            "check_output", "output_exists", "input_files", "sidecar_path", "read_sidecar", "write_sidecar",
@@ -90,10 +91,52 @@ def _ogr():
     return gdal, ogr, osr
 
 
-def _fail(what: str, fix: str = "Check the output folder is writable and has free space."):
+def _fail(what: str, fix: str = "Check the output folder is writable and has free space.", path=None):
     gdal, _, _ = _ogr()
     msg = gdal.GetLastErrorMsg()
-    raise RemoteClipError(f"{what}{': ' + msg if msg else ''}.", fix)
+    raise WriteFailed(f"{what}{': ' + msg if msg else ''}.", fix, path=path)
+
+
+def write_failed(path, reason) -> WriteFailed:
+    """The error of a write of ``path`` that failed (``reason``: an OSError or GDAL's message); the file that
+    was there before is kept."""
+    if isinstance(reason, OSError):
+        reason = reason.strerror or str(reason)
+    return WriteFailed(f"Writing {path} failed: {reason}; the file that was there (if any) is kept.",
+                       "Free space on its disk (or check it is writable) and run again.", path=path)
+
+
+@contextlib.contextmanager
+def gdal_errors():
+    """Inside, GDAL's failures (CE_Failure, CE_Fatal) are collected, not printed: yields their messages. GDAL
+    before 3.7 reports a failed write while closing or flushing a dataset in no return value, only here."""
+    gdal, _, _ = _ogr()
+    messages: list[str] = []
+
+    def handler(cls, _no, msg):
+        if cls >= gdal.CE_Failure:
+            messages.append(str(msg))
+
+    gdal.PushErrorHandler(handler)
+    try:
+        yield messages
+    finally:
+        gdal.PopErrorHandler()
+
+
+def _new_temp(folder: str, prefix: str, suffix: str = "") -> str:
+    """A new empty file in ``folder`` named ``prefix`` + 8 characters of [a-z0-9_] + ``suffix`` (like mkstemp),
+    created with the permissions of any new file (0666 less the umask), not mkstemp's 0600: the output the
+    temporary becomes gets the same permissions as a vector output."""
+    for _ in range(100):
+        name = os.path.join(folder, prefix + secrets.token_hex(4) + suffix)
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return name
+    raise FileExistsError(f"no free temporary name in {folder}")
 
 
 def shapefile_names(names: list[str], width: int = 10) -> list[str]:
@@ -436,16 +479,26 @@ def write_sidecar(path, meta: dict) -> str:
         raise RemoteClipError(f"{side} exists and was not written by RemoteCLIP.",
                               "Move that file away or give the output another name.")
     folder = os.path.dirname(os.path.abspath(side))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(Path(path).stem))
+    tmp = _new_temp(folder, _temp_prefix(Path(path).stem))
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(_sidecar_text(meta))
-        os.replace(tmp, side)
+        try:
+            _write_synced(tmp, _sidecar_text(meta))
+        except OSError as e:
+            raise write_failed(side, e) from None
+        _replace(tmp, side)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     return side
+
+
+def _write_synced(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` and make sure it reached the disk (every write, flush and close checked)."""
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _sidecar_text(meta: dict) -> str:
@@ -474,6 +527,10 @@ def write_vector(path, records, fields, crs_wkt: str, layer_name: str | None = N
     gdal.PushErrorHandler("CPLQuietErrorHandler")
     try:
         return _write_vector(path, records, fields, crs_wkt, layer_name, dissolve_by, metadata, overwrite, inputs)
+    except WriteFailed as e:
+        if e.path is None:
+            e.path = os.fspath(path)
+        raise
     finally:
         gdal.PopErrorHandler()
 
@@ -514,7 +571,10 @@ def _write_vector(path, records, fields, crs_wkt, layer_name, dissolve_by, metad
             try:
                 _fill(ds, tmp, "GPKG", layer_name, *content)
             finally:
-                ds = None  # closes the file
+                with gdal_errors() as closing:
+                    ds = None  # closes the file
+            if closing:
+                raise write_failed(path, closing[0])
             _publish(tmp, path, overwrite)
         except BaseException:
             for p in (tmp, tmp + "-journal", tmp + "-wal", tmp + "-shm"):
@@ -530,9 +590,14 @@ def _write_vector(path, records, fields, crs_wkt, layer_name, dissolve_by, metad
         try:
             _fill(ds, shp, "ESRI Shapefile", stem, *content)
         finally:
-            ds = None
-        with open(sidecar_path(shp), "w", encoding="utf-8") as fh:
-            fh.write(_sidecar_text(json.loads(meta_json)))
+            with gdal_errors() as closing:
+                ds = None  # writes the headers of .shp, .shx, .dbf
+        if closing:
+            raise write_failed(path, closing[0])
+        try:
+            _write_synced(sidecar_path(shp), _sidecar_text(json.loads(meta_json)))
+        except OSError as e:
+            raise write_failed(path, e) from None
         new = {n[len(stem):].lower(): n for n in os.listdir(tmpdir)}   # ".shp", ".dbf", ..., ".remoteclip.json"
         base = os.path.join(folder, stem)
         for part in _SHP_DATASET + _SHP_INDEX:  # an old spatial index would describe the old features
@@ -567,9 +632,9 @@ def _replace(tmp: str, path: str) -> None:
     try:
         os.replace(tmp, path)
     except OSError as e:
-        raise RemoteClipError(f"Cannot replace {path}: {e.strerror or e}.",
-                              "Close it in other programs (in QGIS remove its layer) or choose another name.") \
-            from None
+        raise WriteFailed(f"Cannot replace {path}: {e.strerror or e}.",
+                          "Close it in other programs (in QGIS remove its layer) or choose another name.",
+                          path=path) from None
 
 
 def _create(path, driver_name):
