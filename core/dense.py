@@ -23,7 +23,7 @@ import tempfile
 
 import numpy as np
 
-from .errors import RemoteClipError, gdal_return_codes
+from .errors import InvalidInput, WriteFailed, gdal_return_codes
 
 __all__ = ["RASTER_EXTENSIONS", "check_raster_output", "dense_grid", "write_dense"]
 
@@ -41,7 +41,7 @@ def check_raster_output(path, overwrite: bool = False, inputs=()) -> str:
 
     path = path_text(path, "raster output")
     if os.path.splitext(path)[1].lower() not in RASTER_EXTENSIONS:
-        raise RemoteClipError(f"The raster output {path} is not a GeoTIFF.", "Name it .tif.")
+        raise InvalidInput(f"The raster output {path} is not a GeoTIFF.", "Name it .tif.", path=path, param="raster_output")
     return check_file_output(path, "raster output", overwrite, inputs, temp_pattern=_temp_pattern,
                              example="map.tif", other="another --raster-output")
 
@@ -105,8 +105,8 @@ def write_dense(path, tiles, values, names: list[str], tile_px, step_px, transfo
         except RuntimeError:
             ds = None
         if ds is None:
-            raise RemoteClipError(f"Cannot write {path}: {gdal.GetLastErrorMsg() or 'GDAL refused'}.",
-                                  "Check the folder is writable and has free space.")
+            raise WriteFailed(f"Cannot write {path}: {gdal.GetLastErrorMsg() or 'GDAL refused'}.",
+                                  "Check the folder is writable and has free space.", path=path)
         ds.SetGeoTransform(gt)
         if crs_wkt:
             ds.SetProjection(crs_wkt)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import Cancelled, RemoteClipError
+from .errors import Cancelled, InvalidInput, MissingDependency, ModelError, RemoteClipError, SourceUnreadable
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def _import():
     try:
         import distributed
     except ImportError:
-        raise RemoteClipError("--dask needs Dask distributed, which is not installed.",
+        raise MissingDependency("--dask needs Dask distributed, which is not installed.",
                               "Install it: pip install -r requirements/distributed.txt (or scripts/setup.sh "
                               "distributed).") from None
     return distributed
@@ -73,8 +73,8 @@ def connect(address: str):
     if address.startswith("local:") or address == "local":
         n = address.partition(":")[2] or str(os.cpu_count() or 1)
         if not n.isdigit() or not 1 <= int(n) <= 256:
-            raise RemoteClipError(f"--dask {address}: the number of local workers is not a whole number 1..256.",
-                                  "Write --dask local:2 for two worker processes.")
+            raise InvalidInput(f"--dask {address}: the number of local workers is not a whole number 1..256.",
+                                  "Write --dask local:2 for two worker processes.", param="dask")
         # two task threads a worker: one raster is read while another is encoded (the sessions are shared)
         cluster = distributed.LocalCluster(n_workers=int(n), threads_per_worker=2, processes=True,
                                            host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR)
@@ -82,9 +82,9 @@ def connect(address: str):
     try:
         return distributed.Client(address, timeout="20s"), None
     except (OSError, TimeoutError, ValueError) as e:
-        raise RemoteClipError(f"Cannot reach the Dask scheduler at {address} ({e}).",
+        raise SourceUnreadable(f"Cannot reach the Dask scheduler at {address} ({e}).",
                               "Start one (`dask scheduler`, then `dask worker ADDRESS` on each machine) and give "
-                              "its address, e.g. tcp://10.0.0.5:8786, or use --dask local:N.") from None
+                              "its address, e.g. tcp://10.0.0.5:8786, or use --dask local:N.", param="dask") from None
 
 
 # ------------------------------------------------------------------------------------------- worker
@@ -105,7 +105,7 @@ def _worker_encoder(piece: Piece):
     if enc is None:
         bundle = load_bundle(piece.model)
         if bundle.sha256 != piece.model_sha256:
-            raise RemoteClipError(f"The bundle {piece.model} on this worker is not the client's (another sha256).",
+            raise ModelError(f"The bundle {piece.model} on this worker is not the client's (another sha256).",
                                   "Give every worker the same bundle (a shared folder or the same .rclip.zip).")
         enc = Encoder(bundle, device=piece.device, precision=piece.precision, batch_size=piece.batch_size,
                       threads=threads)
@@ -128,8 +128,8 @@ def encode_piece(piece: Piece):
         try:
             grid = make_grid(src, piece.spec)
             if len(grid) != piece.n_grid:
-                raise RemoteClipError(f"The worker sees {len(grid)} tiles in {piece.path}, the client "
-                                      f"{piece.n_grid}.", "Give the workers the same raster (a shared path).")
+                raise SourceUnreadable(f"The worker sees {len(grid)} tiles in {piece.path}, the client "
+                                      f"{piece.n_grid}.", "Give the workers the same raster (a shared path).", path=piece.path)
             kept, emb = _encode_tiles(encoder, src, list(piece.bands), piece.stretch,
                                       sub_grid(grid, piece.start, piece.stop), None, None, piece.batch_size,
                                       piece.readers)
@@ -235,7 +235,7 @@ def encode_on_cluster(job, plans, bundle, batch, cache, progress, is_cancelled, 
                 pending.discard(f)
                 if f.status == "error":
                     exc = f.exception()
-                    raise RemoteClipError(f"The cluster could not encode {owner.get(f.key, 'a raster')}: "
+                    raise (type(exc) if isinstance(exc, RemoteClipError) else SourceUnreadable)(f"The cluster could not encode {owner.get(f.key, 'a raster')}: "
                                           f"{type(exc).__name__}: {exc}",
                                           "Check the workers' logs and memory (a worker killed again and again "
                                           "on one raster), or run without --dask.")

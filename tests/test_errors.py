@@ -6,7 +6,6 @@ import pytest
 
 from core import errors
 
-
 KINDS = {
     errors.InvalidInput: ValueError,
     errors.SourceUnreadable: OSError,
@@ -37,3 +36,70 @@ def test_fields_survive_pickling(kind):
 def test_invalid_input_names_the_parameter():
     err = pickle.loads(pickle.dumps(errors.InvalidInput("bands must be positive.", param="bands")))
     assert err.param == "bands" and err.fix is None and str(err) == "bands must be positive."
+
+
+# ------------------------------------------------------------------------------ every raise is a kind
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+RAISING = ("core", "remoteclip_qgis", "training")
+
+
+def _sources():
+    for top in RAISING:
+        yield from sorted((ROOT / top).rglob("*.py"))
+
+
+def _raises_of_root(path) -> list[int]:
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Raise) and isinstance(n.exc, ast.Call)
+            and isinstance(n.exc.func, ast.Name) and n.exc.func.id == "RemoteClipError"]
+
+
+def test_the_root_class_is_never_raised_itself():
+    """Callers tell problems apart by kind: every raise in core, the plugin and training names one."""
+    offenders = [f"{p.relative_to(ROOT)}:{ln}" for p in _sources() for ln in _raises_of_root(p)]
+    assert offenders == []
+
+
+def test_the_raise_scan_sees_a_raise_of_the_root(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text('def f():\n    raise RemoteClipError("x.", "y.")\n\n\nraise InvalidInput("x.")\n',
+                      encoding="utf-8")
+    assert _raises_of_root(sample) == [2]
+
+
+def _swallowing_handlers(path) -> list[int]:
+    """Lines of ``except RemoteClipError:`` handlers (or ``suppress(RemoteClipError)``) that neither use the
+    error nor raise: an error taken as "not found"."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    out = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.ExceptHandler) and n.type is not None:
+            names = {x.id for x in ast.walk(n.type) if isinstance(x, ast.Name)}
+            if "RemoteClipError" in names and n.name is None \
+                    and not any(isinstance(x, ast.Raise) for b in n.body for x in ast.walk(b)):
+                out.append(n.lineno)
+        elif isinstance(n, ast.Call) and getattr(n.func, "attr", getattr(n.func, "id", None)) == "suppress" \
+                and any(isinstance(a, ast.Name) and a.id == "RemoteClipError" for a in n.args):
+            out.append(n.lineno)
+    return out
+
+
+def test_no_error_is_taken_as_a_lookup_miss():
+    """A lookup that may find nothing has a form that returns None (catalog.lookup,
+    architectures.find_architecture); a user's error is never swallowed as "not there"."""
+    offenders = [f"{p.relative_to(ROOT)}:{ln}" for p in _sources() if p.parts[-2] != "tests"
+                 for ln in _swallowing_handlers(p)]
+    assert offenders == []
+
+
+def test_the_handler_scan_sees_a_swallowed_error(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("try:\n    f()\nexcept RemoteClipError:\n    x = None\n"
+                      "try:\n    f()\nexcept RemoteClipError:\n    raise\n"
+                      "with contextlib.suppress(RemoteClipError):\n    f()\n", encoding="utf-8")
+    assert _swallowing_handlers(sample) == [3, 9]
