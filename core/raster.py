@@ -39,7 +39,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from . import checks
-from .errors import InvalidInput, RemoteClipError, SourceUnreadable
+from .errors import InvalidInput, SourceUnreadable
 
 __all__ = ["RasterSource", "RasterioSource", "open_raster", "default_bands", "check_bands", "Stretch",
            "read_rgb", "is_gdal_uri", "palette_of", "parse_bands", "nodata_valid", "STRETCH_PERCENTILES", "STRETCH_SAMPLE_PX"]
@@ -172,7 +172,7 @@ class RasterioSource:
         return f"RasterioSource({self.name!r}, {self.width}x{self.height}x{self.count} {self.dtype})"
 
 
-def _not_georeferenced(path: str, ds) -> RemoteClipError:
+def _not_georeferenced(path: str, ds) -> InvalidInput:
     """Tiles need a geotransform: without one, pixel coordinates would be written as map coordinates.
     Ground control points and RPCs are a recipe for warping, which is gdalwarp's job, not ours."""
     gcps, gcp_crs = ds.gcps
@@ -180,16 +180,16 @@ def _not_georeferenced(path: str, ds) -> RemoteClipError:
         what = f"{len(gcps)} ground control points" if gcps else "RPC coefficients"
         target = _utm_for(gcps, gcp_crs) if gcps else "EPSG:XXXX"
         rpc = " -rpc" if not gcps else ""
-        return RemoteClipError(
+        return InvalidInput(
             f"Raster {path} is georeferenced only by {what}, not by a geotransform, so its tiles cannot be "
             "placed on the map as they are.",
             f"Warp it first, e.g. `gdalwarp{rpc} -t_srs {target} -r bilinear {path} warped.tif` (a projected CRS "
-            "such as the local UTM zone), then use warped.tif.")
-    return RemoteClipError(
+            "such as the local UTM zone), then use warped.tif.", path=path)
+    return InvalidInput(
         f"Raster {path} has no geotransform: its pixels have no place on the map"
         + (" (it has a CRS, but no pixel size or origin)." if ds.crs else "."),
         "Georeference it first (QGIS: Raster > Georeferencer), or use the original GeoTIFF with its "
-        "georeferencing.")
+        "georeferencing.", path=path)
 
 
 def _utm_for(gcps, crs) -> str:

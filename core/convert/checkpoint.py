@@ -294,7 +294,7 @@ def _read_torch_legacy(path: Path, source: str):
 
 def _read_safetensors(path: Path, source: str) -> dict:
     mm = _map(path)
-    bad = RemoteClipError(f"{source} is not a valid safetensors file.", _FIX_FORMAT)
+    bad = ModelError(f"{source} is not a valid safetensors file.", _FIX_FORMAT, path=source)
     if len(mm) < 8:
         raise bad
     n = struct.unpack("<Q", mm[:8])[0]
