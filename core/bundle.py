@@ -19,7 +19,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .errors import RemoteClipError
+from .errors import ModelError, OutputExists, WriteFailed
 
 FORMAT = "remoteclip-onnx-bundle"
 FORMAT_VERSION = 1
@@ -160,10 +160,10 @@ class Bundle:
         graphs = self.config.graphs
         if precision not in graphs:
             flag = "--int8" if precision == "int8" else "--fp16"
-            raise RemoteClipError(
+            raise ModelError(
                 f"Model bundle {self.source} has no {precision} graphs (it has: {', '.join(self.precisions)}).",
                 f"Choose precision {self.precisions[0]}, or add them: `remoteclip models convert ... {flag}` "
-                f"(or `python -m training.export ... {flag}`).",
+                f"(or `python -m training.export ... {flag}`).", path=self.source,
             )
         return self.path / graphs[precision][kind]
 
@@ -201,7 +201,7 @@ def load_bundle(path) -> Bundle:
             return path
         path = path.source
     if path is None or str(path).strip() == "":
-        raise RemoteClipError("No model bundle was given.", _EXPORT_HINT)
+        raise ModelError("No model bundle was given.", _EXPORT_HINT)
     src = Path(bundle_path(path)).expanduser()
     if not src.exists():
         from .catalog import resolve_model
@@ -209,12 +209,12 @@ def load_bundle(path) -> Bundle:
         # a bare name: a model pulled into the models folder (an error names the pull command if it is not)
         src = Path(resolve_model(str(path)))
     if not src.exists():
-        raise RemoteClipError(f"Model bundle not found: {src}.", _EXPORT_HINT)
+        raise ModelError(f"Model bundle not found: {src}.", _EXPORT_HINT, path=src)
     if src.is_file():
         if not zipfile.is_zipfile(src):
-            raise RemoteClipError(
+            raise ModelError(
                 f"{src} is neither a bundle folder nor a zip archive.",
-                "Pass the bundle folder (with manifest.json) or its .rclip.zip archive. " + _EXPORT_HINT,
+                "Pass the bundle folder (with manifest.json) or its .rclip.zip archive. " + _EXPORT_HINT, path=src,
             )
         folder = _extract_zip(src)
     else:
@@ -227,37 +227,37 @@ def load_bundle(path) -> Bundle:
 def _read_manifest(folder: Path, src: Path) -> dict:
     mpath = folder / MANIFEST
     if not mpath.is_file():
-        raise RemoteClipError(f"{src} is not a model bundle: it has no {MANIFEST}.", _EXPORT_HINT)
+        raise ModelError(f"{src} is not a model bundle: it has no {MANIFEST}.", _EXPORT_HINT, path=src)
     try:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
-        raise RemoteClipError(f"The manifest of model bundle {src} is not valid JSON ({e}).",
-                              "Re-export the bundle; the file was probably damaged.") from e
+        raise ModelError(f"The manifest of model bundle {src} is not valid JSON ({e}).",
+                              "Re-export the bundle; the file was probably damaged.", path=src) from e
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise RemoteClipError(f"{mpath} is not a RemoteCLIP bundle manifest (format is not {FORMAT!r}).",
-                              _EXPORT_HINT)
+        raise ModelError(f"{mpath} is not a RemoteCLIP bundle manifest (format is not {FORMAT!r}).",
+                              _EXPORT_HINT, path=mpath)
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
-        raise RemoteClipError(
+        raise ModelError(
             f"Model bundle {src} has format_version {version!r}; this version reads {FORMAT_VERSION}.",
-            "Update the plugin, or re-export the bundle with the matching training tools.",
+            "Update the plugin, or re-export the bundle with the matching training tools.", path=src,
         )
     for key in ("image", "text", "graphs"):
         if key in manifest and not isinstance(manifest[key], dict):
-            raise RemoteClipError(f"The manifest of model bundle {src} has an invalid {key}: "
+            raise ModelError(f"The manifest of model bundle {src} has an invalid {key}: "
                                   f"{str(manifest[key])[:80]!r} (an object).", "Re-export the bundle, or correct "
-                                  "manifest.json.")
+                                  "manifest.json.", path=src)
     missing = [k for k in _REQUIRED_KEYS if k not in manifest]
     missing += [f"image.{k}" for k in _REQUIRED_IMAGE if k not in manifest.get("image", {})]
     missing += [f"text.{k}" for k in _REQUIRED_TEXT if k not in manifest.get("text", {})]
     if missing:
-        raise RemoteClipError(f"The manifest of model bundle {src} lacks {', '.join(missing)}.",
-                              "Re-export the bundle with `python -m training.export`.")
+        raise ModelError(f"The manifest of model bundle {src} lacks {', '.join(missing)}.",
+                              "Re-export the bundle with `python -m training.export`.", path=src)
     graphs = manifest["graphs"]
     if not isinstance(graphs, dict) or "fp32" not in graphs or any(
             not isinstance(graphs[p], dict) or set(graphs[p]) < set(KINDS) for p in graphs):
-        raise RemoteClipError(f"The manifest of model bundle {src} does not list fp32 image and text graphs.",
-                              "Re-export the bundle with `python -m training.export`.")
+        raise ModelError(f"The manifest of model bundle {src} does not list fp32 image and text graphs.",
+                              "Re-export the bundle with `python -m training.export`.", path=src)
     check_manifest(manifest, src)
     return manifest
 
@@ -278,8 +278,8 @@ def check_manifest(m: dict, src) -> None:
     """Every field core uses, checked before any tile is read; the error names the field."""
 
     def bad(field: str, value, want: str):
-        raise RemoteClipError(f"The manifest of model bundle {src} has an invalid {field}: {repr(value)[:80]} "
-                              f"({want}).", "Re-export the bundle, or correct manifest.json.")
+        raise ModelError(f"The manifest of model bundle {src} has an invalid {field}: {repr(value)[:80]} "
+                              f"({want}).", "Re-export the bundle, or correct manifest.json.", path=src)
 
     def whole(field, value, lo, hi):
         if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) \
@@ -406,12 +406,12 @@ def _check_files(folder: Path, manifest: dict, src: Path) -> None:
     root = folder.resolve()
     for f in needed:   # a symlink inside the bundle must not lead out of it either
         if (folder / f).exists() and not (folder / f).resolve().is_relative_to(root):
-            raise RemoteClipError(f"Model bundle {src} names {f}, which leads outside the bundle folder.",
-                                  "Keep every graph and vocabulary file inside the bundle folder.")
+            raise ModelError(f"Model bundle {src} names {f}, which leads outside the bundle folder.",
+                                  "Keep every graph and vocabulary file inside the bundle folder.", path=src)
     missing = [f for f in needed if not (folder / f).is_file()]
     if missing:
-        raise RemoteClipError(f"Model bundle {src} is incomplete: missing {', '.join(missing)}.",
-                              "Copy the whole bundle folder, or re-export it with `python -m training.export`.")
+        raise ModelError(f"Model bundle {src} is incomplete: missing {', '.join(missing)}.",
+                              "Copy the whole bundle folder, or re-export it with `python -m training.export`.", path=src)
 
 
 def _extract_zip(zpath: Path) -> Path:
@@ -429,8 +429,8 @@ def _extract_zip(zpath: Path) -> Path:
             names = zf.namelist()
             for n in names:
                 if n.startswith("/") or ".." in Path(n).parts:
-                    raise RemoteClipError(f"Archive {zpath} contains an unsafe path {n!r}.",
-                                          "Use an archive written by `python -m training.export --zip`.")
+                    raise ModelError(f"Archive {zpath} contains an unsafe path {n!r}.",
+                                          "Use an archive written by `python -m training.export --zip`.", path=zpath)
             zf.extractall(tmp)
         inner = tmp
         # archives may hold the bundle folder itself rather than its content
@@ -439,14 +439,14 @@ def _extract_zip(zpath: Path) -> Path:
             if len(subdirs) == 1:
                 inner = subdirs[0]
         if not (inner / MANIFEST).is_file():
-            raise RemoteClipError(f"Archive {zpath} holds no {MANIFEST}: it is not a model bundle.", _EXPORT_HINT)
+            raise ModelError(f"Archive {zpath} holds no {MANIFEST}: it is not a model bundle.", _EXPORT_HINT, path=zpath)
         try:
             os.replace(inner, dest)
         except OSError:
             if not (dest / MANIFEST).is_file():  # someone else won the race, otherwise re-raise
                 raise
     except zipfile.BadZipFile as e:
-        raise RemoteClipError(f"Archive {zpath} is damaged ({e}).", "Download or export the bundle again.") from e
+        raise ModelError(f"Archive {zpath} is damaged ({e}).", "Download or export the bundle again.", path=zpath) from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
@@ -514,14 +514,14 @@ def check_destination(out_dir, overwrite: bool = True) -> Path:
     """The resolved ``out_dir`` if a bundle may be written there (see staging_dir), else RemoteClipError."""
     out_dir = Path(out_dir).expanduser().resolve()
     if out_dir.exists() and not out_dir.is_dir():
-        raise RemoteClipError(f"Output {out_dir} exists and is not a folder.", "Choose a new folder name for the bundle.")
+        raise OutputExists(f"Output {out_dir} exists and is not a folder.", "Choose a new folder name for the bundle.", path=out_dir)
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not (out_dir / MANIFEST).is_file():
-            raise RemoteClipError(f"Output folder {out_dir} is not empty and is not a bundle; refusing to overwrite it.",
-                                  "Choose an empty or new folder for the bundle.")
+            raise OutputExists(f"Output folder {out_dir} is not empty and is not a bundle; refusing to overwrite it.",
+                                  "Choose an empty or new folder for the bundle.", path=out_dir)
         if not overwrite:
-            raise RemoteClipError(f"A model bundle already exists at {out_dir}.",
-                                  "Choose another folder, or ask to overwrite it (--overwrite).")
+            raise OutputExists(f"A model bundle already exists at {out_dir}.",
+                                  "Choose another folder, or ask to overwrite it (--overwrite).", path=out_dir)
     return out_dir
 
 
@@ -538,8 +538,8 @@ def staging_dir(out_dir, overwrite: bool = True) -> Path:
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a bundle folder is shared like any other
         return tmp
     except OSError as e:
-        raise RemoteClipError(f"Cannot write the bundle to {out_dir} ({e.strerror or e}).",
-                              "Choose a folder you can write to for the bundle.") from e
+        raise WriteFailed(f"Cannot write the bundle to {out_dir} ({e.strerror or e}).",
+                              "Choose a folder you can write to for the bundle.", path=out_dir) from e
 
 
 def publish_dir(tmp, out_dir, overwrite: bool = True) -> Path:

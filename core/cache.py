@@ -84,14 +84,14 @@ def parse_size(text: str | int | float | None) -> int | None:
             return None
         m = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*([A-Z]*)", t)
         if m is None or m.group(2) not in _UNITS:
-            from .errors import RemoteClipError
+            from .errors import InvalidInput
 
-            raise RemoteClipError(f"{text!r} is not a size.", "Give a size such as 500M, 2G or 'none' (no limit).")
+            raise InvalidInput(f"{text!r} is not a size.", "Give a size such as 500M, 2G or 'none' (no limit).")
         value, unit = float(m.group(1)), m.group(2)
     if value < 0:
-        from .errors import RemoteClipError
+        from .errors import InvalidInput
 
-        raise RemoteClipError(f"The size {text!r} is negative.", "Give a size such as 500M or 2G.")
+        raise InvalidInput(f"The size {text!r} is negative.", "Give a size such as 500M or 2G.")
     return int(value * _UNITS[unit])
 
 

@@ -17,7 +17,15 @@ import os
 import sys
 
 from .bundle import PRECISIONS
-from .errors import Cancelled, RemoteClipError, gdal_return_codes
+from .errors import (
+    Cancelled,
+    InvalidInput,
+    MissingDependency,
+    ModelError,
+    RemoteClipError,
+    SourceUnreadable,
+    gdal_return_codes,
+)
 
 MAX_TILES = 50_000   # core.jobs.MAX_TILES (not imported here: `remoteclip --help` stays light)
 
@@ -28,7 +36,7 @@ def _default_model() -> str:
     model = default_bundle()
     if model:
         return model
-    raise RemoteClipError(
+    raise ModelError(
         "No model bundle given and the demo bundle models/remoteclip-demo is not there.",
         "Pass --model BUNDLE (a folder with manifest.json or a .rclip.zip), set REMOTECLIP_MODEL, or make one: "
         "`python -m training.export --arch ViT-B-32 --checkpoint RemoteCLIP-ViT-B-32.pt --out models/NAME`.")
@@ -37,7 +45,7 @@ def _default_model() -> str:
 def _floats(text: str, what: str, n: tuple[int, ...]) -> list[str]:
     parts = [p.strip() for p in text.split(",")]
     if len(parts) not in n:
-        raise RemoteClipError(f"{what} {text!r} has {len(parts)} values.",
+        raise InvalidInput(f"{what} {text!r} has {len(parts)} values.",
                               f"Write {what} as xmin,ymin,xmax,ymax[,EPSG].")
     return parts
 
@@ -49,15 +57,15 @@ def _bbox(text: str):
     try:
         xmin, ymin, xmax, ymax = (float(p) for p in parts[:4])
     except ValueError:
-        raise RemoteClipError(f"--bbox {text!r} has a value that is not a number.",
-                              "Write --bbox xmin,ymin,xmax,ymax[,EPSG], e.g. 32.58,0.33,32.59,0.34,4326.") from None
+        raise InvalidInput(f"--bbox {text!r} has a value that is not a number.",
+                              "Write --bbox xmin,ymin,xmax,ymax[,EPSG], e.g. 32.58,0.33,32.59,0.34,4326.", param="bbox") from None
     crs = None
     if len(parts) == 5:
         c = parts[4].upper().removeprefix("EPSG:")
         crs = f"EPSG:{c}" if c.isdigit() else parts[4]
     if xmin >= xmax or ymin >= ymax:
-        raise RemoteClipError(f"--bbox {text!r} is empty (xmin >= xmax or ymin >= ymax).",
-                              "Write --bbox xmin,ymin,xmax,ymax with xmin < xmax and ymin < ymax.")
+        raise InvalidInput(f"--bbox {text!r} is empty (xmin >= xmax or ymin >= ymax).",
+                              "Write --bbox xmin,ymin,xmax,ymax with xmin < xmax and ymin < ymax.", param="bbox")
     return BBox(xmin, ymin, xmax, ymax, crs)
 
 
@@ -69,23 +77,24 @@ def _polygons(path: str):
     try:
         from osgeo import ogr
     except ImportError:
-        raise RemoteClipError("GDAL's Python bindings (osgeo) are needed for --polygons.",
+        raise MissingDependency("GDAL's Python bindings (osgeo) are needed for --polygons.",
                               "Install python3-gdal, or use --bbox.") from None
     from .checks import path_text
     from .raster import is_gdal_uri
 
     path = path_text(path, "--polygons file")
     if not is_gdal_uri(path) and not os.path.exists(path):
-        raise RemoteClipError(f"--polygons {path}: file not found.", "Check the path.")
+        raise SourceUnreadable(f"--polygons {path}: file not found.", "Check the path.", path=path)
     ds = ogr.Open(path)
     if ds is None:
-        raise RemoteClipError(f"--polygons {path}: not a vector file OGR can open.",
-                              "Give a GeoPackage, Shapefile or GeoJSON with polygons.")
+        raise SourceUnreadable(f"--polygons {path}: not a vector file OGR can open.",
+                              "Give a GeoPackage, Shapefile or GeoJSON with polygons.", path=path)
     layer = ds.GetLayer(0)
     srs = layer.GetSpatialRef()
     wkts = [f.GetGeometryRef().ExportToWkt() for f in layer if f.GetGeometryRef() is not None]
     if not wkts:
-        raise RemoteClipError(f"--polygons {path} holds no geometries.", "Give a file with polygons.")
+        raise InvalidInput(f"--polygons {path} holds no geometries.", "Give a file with polygons.", path=path,
+                           param="polygons")
     return Polygons(wkts, srs.ExportToWkt() if srs is not None else None, f"{path}|layername={layer.GetName()}")
 
 
@@ -199,7 +208,7 @@ def _task(args):
         if prm.kind in ("names", "templates"):
             path = getattr(args, prm.name + "_file", None)
             if value is not None and path is not None:
-                raise RemoteClipError(f"Both {prm.cli_flag} and {prm.cli_flag}-file were given.", "Use one of them.")
+                raise InvalidInput(f"Both {prm.cli_flag} and {prm.cli_flag}-file were given.", "Use one of them.")
             if path is not None:
                 names = prm.kind == "names"
                 value = prompts.read_lines(path, "class names" if names else "templates",
@@ -224,18 +233,18 @@ def _job(args):
 
     task = _task(args)
     if args.bbox and args.polygons:
-        raise RemoteClipError("Both --bbox and --polygons were given.", "Use one of them.")
+        raise InvalidInput("Both --bbox and --polygons were given.", "Use one of them.")
     extent = _bbox(args.bbox) if args.bbox else _polygons(args.polygons) if args.polygons else None
     from .raster import parse_bands
 
     bands = parse_bands(args.bands, "--bands") if args.bands else None
     if args.tile_size <= 0:
-        raise RemoteClipError(f"--tile-size {args.tile_size:g} is not positive.", "Use e.g. --tile-size 224.")
+        raise InvalidInput(f"--tile-size {args.tile_size:g} is not positive.", "Use e.g. --tile-size 224.", param="tile_size")
     if not 0 <= args.overlap <= MAX_OVERLAP:
-        raise RemoteClipError(f"--overlap {args.overlap:g} is outside 0..{MAX_OVERLAP:g}.",
-                              "Use e.g. --overlap 0.25.")
+        raise InvalidInput(f"--overlap {args.overlap:g} is outside 0..{MAX_OVERLAP:g}.",
+                              "Use e.g. --overlap 0.25.", param="overlap")
     if args.batch_size is not None and args.batch_size < 1:
-        raise RemoteClipError(f"--batch-size {args.batch_size} is below 1.", "Use e.g. --batch-size 32.")
+        raise InvalidInput(f"--batch-size {args.batch_size} is below 1.", "Use e.g. --batch-size 32.", param="batch_size")
     cache_dir = "" if args.no_cache else args.cache_dir
     run = RunOptions(model=args.model or _default_model(), device=args.device, precision=args.precision,
                      batch_size=args.batch_size, cache_dir=cache_dir)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .errors import Cancelled, RemoteClipError
+from .errors import Cancelled, InvalidInput, OutputExists, RemoteClipError, SourceUnreadable
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +68,14 @@ def expand_rasters(items) -> list[str]:
             found = sorted(os.path.join(item, n) for n in os.listdir(item)
                            if n.lower().endswith(RASTER_EXTENSIONS) and os.path.isfile(os.path.join(item, n)))
             if not found:
-                raise RemoteClipError(f"The folder {item} holds no raster file ({', '.join(RASTER_EXTENSIONS)}).",
-                                      "Give a folder with rasters, a glob such as 'sheets/*.tif', or the files.")
+                raise InvalidInput(f"The folder {item} holds no raster file ({', '.join(RASTER_EXTENSIONS)}).",
+                                      "Give a folder with rasters, a glob such as 'sheets/*.tif', or the files.", path=item)
             out += found
         elif _has_magic(item) and not os.path.exists(item):
             found = sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))
             if not found:
-                raise RemoteClipError(f"No file matches {item!r}.", "Check the pattern (quote it so the shell "
-                                      "does not expand it, e.g. 'sheets/*.tif').")
+                raise SourceUnreadable(f"No file matches {item!r}.", "Check the pattern (quote it so the shell "
+                                      "does not expand it, e.g. 'sheets/*.tif').", path=item)
             out += found
         elif item.lower().endswith((".txt", ".lst")) and os.path.isfile(item):
             out += _list_file(item)
@@ -88,7 +88,7 @@ def expand_rasters(items) -> list[str]:
             seen.add(k)
             unique.append(k)
     if not unique:
-        raise RemoteClipError("No raster was given.", "Give raster files, a glob, a folder or a list of paths.")
+        raise InvalidInput("No raster was given.", "Give raster files, a glob, a folder or a list of paths.", param="raster")
     return unique
 
 
@@ -97,8 +97,8 @@ def _list_file(path: str) -> list[str]:
         with open(path, encoding="utf-8-sig") as f:
             lines = [ln.strip() for ln in f]
     except (OSError, UnicodeDecodeError) as e:
-        raise RemoteClipError(f"The list of rasters {path} cannot be read ({e}).",
-                              "Give a UTF-8 text file with one raster path or URL a line.") from None
+        raise SourceUnreadable(f"The list of rasters {path} cannot be read ({e}).",
+                              "Give a UTF-8 text file with one raster path or URL a line.", path=path) from None
     base = os.path.dirname(os.path.abspath(path))
     from .raster import is_gdal_uri
 
@@ -113,7 +113,7 @@ def _list_file(path: str) -> list[str]:
         else:
             out.append(os.path.join(base, ln))
     if not out:
-        raise RemoteClipError(f"The list of rasters {path} holds no path.", "Write one raster path a line.")
+        raise InvalidInput(f"The list of rasters {path} holds no path.", "Write one raster path a line.", path=path)
     return out
 
 
@@ -153,14 +153,20 @@ class _State:
 
 
 def _plan_one(job, index: int, path: str) -> RasterPlan | str:
-    """The raster's plan, or why it cannot be read (a one-line reason)."""
+    """The raster's plan, or why it cannot be read (a one-line reason).
+
+    Only a raster that cannot be opened or read (SourceUnreadable, or GDAL's own error on a damaged header)
+    gives a reason: plan_collection skips it (``Job.strict``: stops). An InvalidInput is raised, whether it
+    is a parameter alone (a band list of two bands) or a parameter that does not fit this raster (a band it
+    lacks, no CRS, smaller than a tile); plan_collection tells them apart over the whole collection. Any
+    other kind (a missing package) propagates."""
     from .jobs import _open
     from .raster import check_bands, default_bands
     from .tiles import grid_step, make_grid, require_crs
 
     try:
         src, owned = _open(path)
-    except RemoteClipError as e:
+    except SourceUnreadable as e:
         return str(e)
     try:
         require_crs(src)
@@ -171,8 +177,10 @@ def _plan_one(job, index: int, path: str) -> RasterPlan | str:
             return "no tile in the extent"
         return RasterPlan(index, path, grid, bands, src.crs_wkt, tuple(src.transform), grid.tile_px,
                           grid_step(grid.tile_px, spec.overlap))
-    except RemoteClipError as e:
+    except SourceUnreadable as e:
         return str(e)
+    except RemoteClipError:
+        raise
     except Exception as e:   # a damaged header: GDAL/rasterio raise their own types
         return f"{type(e).__name__}: {e}"
     finally:
@@ -192,23 +200,35 @@ def _shown(path: str) -> str:
             return path.encode("utf-8", "replace").decode("utf-8")
 
 
-def _skip(job, state: _State, path: str, why: str) -> None:
+def _skip(job, state: _State, path: str, why: str, kind: type[RemoteClipError] = SourceUnreadable) -> None:
     path = _shown(path)
     if job.strict:
-        raise RemoteClipError(f"Raster {path} was not processed: {why}",
-                              "Fix or remove it, or leave out --strict to skip unreadable rasters.")
+        raise kind(f"Raster {path} was not processed: {why}",
+                              "Fix or remove it, or leave out --strict to skip unreadable rasters.", path=path)
     log.info("skipping %s: %s", path, why)
     state.skipped.append((path, why))
 
 
 def plan_collection(job, progress=None) -> tuple[list[RasterPlan], _State]:
+    """Every raster's plan, and the rasters skipped with why.
+
+    A raster that cannot be read is skipped (``Job.strict``: the run stops). A raster that does not fit the
+    job's parameters (an InvalidInput: a band it lacks, no CRS, smaller than a tile) is skipped only when
+    another raster of the collection fits them: then the misfit is that raster's data (a mixed collection).
+    When no raster fits, the parameters are what is wrong, and the first raster's error propagates with its
+    kind and ``param`` (a band list beyond every raster's bands is a bad --bands, not N rasters to skip)."""
     rasters = job.raster if isinstance(job.raster, list) else [job.raster]
     state = _State()
     plans = []
+    misfits: list[tuple[str, InvalidInput]] = []
     for i, path in enumerate(rasters):
         if progress is not None and len(rasters) > 20 and i % 20 == 0:
             progress(0.0, f"planning {i}/{len(rasters)} rasters")
-        p = _plan_one(job, i, path)
+        try:
+            p = _plan_one(job, i, path)
+        except InvalidInput as e:
+            misfits.append((path, e))
+            continue
         if isinstance(p, str):
             if p == "no tile in the extent":
                 state.skipped.append((path, p))   # not an error: --strict does not stop for it
@@ -216,9 +236,13 @@ def plan_collection(job, progress=None) -> tuple[list[RasterPlan], _State]:
                 _skip(job, state, path, p)
         else:
             plans.append(p)
+    if misfits and not plans:
+        raise misfits[0][1]
+    for path, e in misfits:
+        _skip(job, state, path, str(e), InvalidInput)
     if not plans:
         why = "; ".join(f"{os.path.basename(p)}: {w}" for p, w in state.skipped[:3])
-        raise RemoteClipError(f"None of the {len(rasters)} rasters can be processed ({why}).",
+        raise (InvalidInput if all(w == "no tile in the extent" for _, w in state.skipped) else SourceUnreadable)(f"None of the {len(rasters)} rasters can be processed ({why}).",
                               "Check the paths (gdalinfo), the extent and the bands.")
     return plans, state
 
@@ -261,13 +285,13 @@ class _Record:
             except (OSError, ValueError, UnicodeDecodeError):
                 data = None
             if not isinstance(data, dict) or data.get("format") != RESUME_FORMAT:   # the user's: never replaced
-                raise RemoteClipError(f"{path} exists and is not a file RemoteCLIP wrote.",
-                                      "Move it away or give the output another name.")
+                raise OutputExists(f"{path} exists and is not a file RemoteCLIP wrote.",
+                                      "Move it away or give the output another name.", path=path)
             if data.get("job") == fingerprint and isinstance(data.get("done"), dict):
                 self.done = {str(k): str(v) for k, v in data["done"].items()}
         elif path and os.path.lexists(path):
-            raise RemoteClipError(f"{path} exists and is not a file RemoteCLIP wrote.",
-                                  "Move it away or give the output another name.")
+            raise OutputExists(f"{path} exists and is not a file RemoteCLIP wrote.",
+                                  "Move it away or give the output another name.", path=path)
 
     def was_done(self, plan: RasterPlan) -> bool:
         return plan.cache_key is not None and self.done.get(plan.path) == plan.cache_key
@@ -471,8 +495,8 @@ def reproject_wkb(wkbs: list[bytes], src_wkt: str, dst_wkt: str, tile_size: floa
         g = ogr.CreateGeometryFromWkb(wkb)
         g.Segmentize(tile_size / _DENSIFY)
         if g.Transform(ct) != 0:
-            raise RemoteClipError("A tile cannot be put in the output CRS.",
-                                  "Choose an output CRS that covers every raster (--out-crs).")
+            raise InvalidInput("A tile cannot be put in the output CRS.",
+                                  "Choose an output CRS that covers every raster (--out-crs).", param="out_crs")
         out.append(bytes(g.ExportToWkb(ogr.wkbNDR)))
     return out
 
@@ -519,8 +543,8 @@ def run_collection(job, progress=None, is_cancelled=None, on_plan=None):
     if not isinstance(job.raster, list):
         job = replace(job, raster=[job.raster])
     if job.raster_output is not None and len(job.raster) > 1:
-        raise RemoteClipError("--raster-output makes one GeoTIFF on one raster's grid; several rasters were given.",
-                              "Leave out --raster-output, or run each raster on its own (or mosaic them in a VRT).")
+        raise InvalidInput("--raster-output makes one GeoTIFF on one raster's grid; several rasters were given.",
+                              "Leave out --raster-output, or run each raster on its own (or mosaic them in a VRT).", param="raster_output")
     paths = check_outputs(job)
     bundle = load_bundle(job.run.model)
     warnings: list[str] = []
@@ -533,13 +557,13 @@ def run_collection(job, progress=None, is_cancelled=None, on_plan=None):
     if on_plan is not None:
         on_plan(plan)
     if job.max_tiles is not None and total > job.max_tiles:
-        raise RemoteClipError(f"The plan is {plan.describe()}, above the {job.max_tiles:,} tiles a run may have "
+        raise InvalidInput(f"The plan is {plan.describe()}, above the {job.max_tiles:,} tiles a run may have "
                               "unless confirmed.", "Confirm it (--yes on the command line), or plan fewer tiles: "
-                              "larger tiles, less overlap, an extent, or fewer rasters.")
+                              "larger tiles, less overlap, an extent, or fewer rasters.", param="max_tiles")
     out_wkt = _out_crs(job, plans[0])
     if job.raster_output is not None and not _same_crs(plans[0].crs_wkt, out_wkt):
-        raise RemoteClipError("--raster-output is written in the raster's CRS; --out-crs asks for another.",
-                              "Leave out --out-crs, or reproject the GeoTIFF afterwards (gdalwarp).")
+        raise InvalidInput("--raster-output is written in the raster's CRS; --out-crs asks for another.",
+                              "Leave out --out-crs, or reproject the GeoTIFF afterwards (gdalwarp).", param="out_crs")
     encoder = Encoder(bundle, device=job.run.device, precision=job.run.precision, batch_size=job.run.batch_size,
                       threads=job.run.threads)
     prompts = task.prompts(prepared)
@@ -576,7 +600,7 @@ def run_collection(job, progress=None, is_cancelled=None, on_plan=None):
         ground.append(_tile_ground_size(p))
     if not parts:
         why = "; ".join(f"{os.path.basename(p)}: {w}" for p, w in state.skipped[:3])
-        raise RemoteClipError(f"No raster gave a tile ({why}).", "Check the rasters (gdalinfo), the extent and "
+        raise InvalidInput(f"No raster gave a tile ({why}).", "Check the rasters (gdalinfo), the extent and "
                               "the bands.")
     fitted = task.fit(parts, text, bundle, prepared, warnings)
     whole = None   # every tile of the collection in the output CRS: one grid, the embeddings concatenated once

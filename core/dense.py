@@ -22,7 +22,7 @@ import re
 
 import numpy as np
 
-from .errors import RemoteClipError, gdal_return_codes
+from .errors import InvalidInput, gdal_return_codes
 
 __all__ = ["RASTER_EXTENSIONS", "check_raster_output", "dense_grid", "write_dense"]
 
@@ -40,7 +40,7 @@ def check_raster_output(path, overwrite: bool = False, inputs=()) -> str:
 
     path = path_text(path, "raster output")
     if os.path.splitext(path)[1].lower() not in RASTER_EXTENSIONS:
-        raise RemoteClipError(f"The raster output {path} is not a GeoTIFF.", "Name it .tif.")
+        raise InvalidInput(f"The raster output {path} is not a GeoTIFF.", "Name it .tif.", path=path, param="raster_output")
     return check_file_output(path, "raster output", overwrite, inputs, temp_pattern=_temp_pattern,
                              example="map.tif", other="another --raster-output")
 

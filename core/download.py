@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import Cancelled, RemoteClipError
+from .errors import Cancelled, DownloadFailed, SourceUnreadable, VerificationFailed
 
 CHUNK = 1 << 20
 _SHA = re.compile(r'^(?:W/)?"?([0-9a-fA-F]{64})"?$')
@@ -72,7 +72,7 @@ def urllib_transport(url: str, start: int, headers: dict, timeout: float = 60.0)
         return Response(e.code, hdrs, iter(()))
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        raise RemoteClipError(f"Cannot reach {url} ({reason}).",
+        raise DownloadFailed(f"Cannot reach {url} ({reason}).",
                               "Check the internet connection and proxy settings (http_proxy/https_proxy), "
                               "or download the file elsewhere and pass it with --url FILE.") from e
     hdrs = {}
@@ -211,24 +211,24 @@ def download(url: str, dest, *, sha256: str | None = None, size: int | None = No
                 part.unlink()
                 attempt += 1
                 if attempt > retries:
-                    raise RemoteClipError(f"{url}: the server refuses to resume the download.",
+                    raise DownloadFailed(f"{url}: the server refuses to resume the download.",
                                           "Try again later, or download the file elsewhere and pass it with --url FILE.")
                 continue
             if resp.status not in (200, 206):
-                raise RemoteClipError(f"Download of {url} failed: the server answered HTTP {resp.status}.",
+                raise DownloadFailed(f"Download of {url} failed: the server answered HTTP {resp.status}.",
                                       _status_fix(resp.status))
             expected_sha = expected_sha or sha256_of_headers(resp.headers)
             total = _total_size(resp.status, resp.headers, start)
             if expected_size is not None and total is not None and total != expected_size:
                 what = "truncated" if total < expected_size else "larger than expected"
-                raise RemoteClipError(
+                raise VerificationFailed(
                     f"{url} is {what}: the server offers {total} bytes, the catalogue says {expected_size}.",
                     "Use the publisher's URL, or a mirror holding the same file.")
             expected_size = expected_size or total
             if resp.status == 206:
                 m = re.match(r"bytes\s+(\d+)-", resp.headers.get("content-range", ""))
                 if not m or int(m.group(1)) != start:
-                    raise RemoteClipError(f"{url}: the server resumed at the wrong offset "
+                    raise DownloadFailed(f"{url}: the server resumed at the wrong offset "
                                           f"({resp.headers.get('content-range')!r} for {start}).",
                                           "Delete the .part file and download again.")
                 mode, done = "ab", start
@@ -260,26 +260,26 @@ def download(url: str, dest, *, sha256: str | None = None, size: int | None = No
         attempt += 1
         reason = str(interrupted) if interrupted else "the connection closed early"
         if attempt > retries:
-            raise RemoteClipError(
+            raise DownloadFailed(
                 f"Download of {dest.name} was interrupted at {_mib(done)}"
                 + (f" of {_mib(expected_size)}" if expected_size else "") + f" ({reason}).",
-                f"Run the same command again: it resumes from {_mib(done)} ({part}).")
+                f"Run the same command again: it resumes from {_mib(done)} ({part}).", path=dest)
         time.sleep(retry_wait * attempt)
 
     got = part.stat().st_size
     if expected_size is not None and got != expected_size:
         part.unlink()
-        raise RemoteClipError(f"Downloaded {dest.name} is corrupt: {got} bytes instead of {expected_size}; "
-                              "it was removed.", "Download it again.")
+        raise VerificationFailed(f"Downloaded {dest.name} is corrupt: {got} bytes instead of {expected_size}; "
+                              "it was removed.", "Download it again.", path=dest)
     if progress is not None:
         progress(1.0, f"checking {dest.name}")
     digest = file_sha256(part, is_cancelled=is_cancelled)
     if expected_sha and digest != expected_sha:
         part.unlink()
-        raise RemoteClipError(
+        raise VerificationFailed(
             f"Downloaded {dest.name} is corrupt: its sha256 is {digest}, expected {expected_sha}; it was removed.",
             "Download it again; if this repeats, the server or mirror holds a different file than the catalogue "
-            "names.")
+            "names.", path=dest)
     if record is not None:
         info = dict(record, url=url, size=got, sha256=digest, sha256_verified=bool(expected_sha),
                     downloaded=time.strftime("%Y-%m-%dT%H:%M:%S"))
@@ -296,16 +296,16 @@ def verify_file(path, *, sha256: str | None = None, size: int | None = None, pro
     The file is the user's: it is never removed, only named."""
     path = Path(path)
     if not path.is_file():
-        raise RemoteClipError(f"Checkpoint not found: {path}.", "Give the path of the downloaded .pt file.")
+        raise SourceUnreadable(f"Checkpoint not found: {path}.", "Give the path of the downloaded .pt file.", path=path)
     got = path.stat().st_size
     if size is not None and got != size:
         what = "truncated" if got < size else "not the catalogue's file (larger)"
-        raise RemoteClipError(f"{path} is {what}: {got} bytes, the catalogue says {size}.",
-                              "Copy the whole file again from the publisher's URL.")
+        raise VerificationFailed(f"{path} is {what}: {got} bytes, the catalogue says {size}.",
+                              "Copy the whole file again from the publisher's URL.", path=path)
     digest = file_sha256(path, progress=progress, is_cancelled=is_cancelled, total=got)
     if sha256 and digest != sha256.lower():
-        raise RemoteClipError(f"{path} is corrupt or a different file: its sha256 is {digest}, "
-                              f"the catalogue says {sha256}.", "Copy the file again from the publisher's URL.")
+        raise VerificationFailed(f"{path} is corrupt or a different file: its sha256 is {digest}, "
+                              f"the catalogue says {sha256}.", "Copy the file again from the publisher's URL.", path=path)
     return digest
 
 

@@ -19,7 +19,16 @@ from pathlib import Path
 
 from . import catalog as cat
 from .download import download, local_path, sidecar, verify_file
-from .errors import Cancelled, RemoteClipError
+from .errors import (
+    Cancelled,
+    InvalidInput,
+    MissingDependency,
+    ModelError,
+    OutputExists,
+    OutputRefused,
+    RemoteClipError,
+    SourceUnreadable,
+)
 
 DOWNLOAD_SHARE = 0.75     # of the progress bar, when a pull downloads (conversion takes the rest)
 
@@ -35,7 +44,7 @@ def _converter():
         from .convert import convert_checkpoint
     except ImportError as e:
         missing = getattr(e, "name", None) or str(e)
-        raise RemoteClipError(f"Converting checkpoints needs the Python package {missing!r}, which is missing.",
+        raise MissingDependency(f"Converting checkpoints needs the Python package {missing!r}, which is missing.",
                               "Install it (`pip install onnx`; in QGIS the panel offers to install it).") from e
     return convert_checkpoint
 
@@ -43,7 +52,7 @@ def _converter():
 def _entry(name: str, catalog: dict) -> cat.Entry:
     entry = cat.lookup(name, catalog)
     if entry is None:
-        raise RemoteClipError(f"No model called {name!r} in the catalogue.",
+        raise ModelError(f"No model called {name!r} in the catalogue.",
                               "Choose one of: " + ", ".join(catalog) + " (`remoteclip models list`).")
     return entry
 
@@ -58,9 +67,9 @@ def pull(name: str, folder=None, url: str | None = None, *, fp16: bool = False, 
     entry = _entry(name, cat.load_catalog(folder))
     out = folder / entry.name
     if out.exists():
-        raise RemoteClipError(f"{entry.name} is already pulled: {out}.",
+        raise OutputExists(f"{entry.name} is already pulled: {out}.",
                               f"Use it with --model {entry.name}; to pull it again, run "
-                              f"`remoteclip models remove {entry.name}` first.")
+                              f"`remoteclip models remove {entry.name}` first.", path=out)
     url = url or entry.urls[0]
     local = local_path(url)
     if local is not None:
@@ -107,9 +116,9 @@ def _extract_checkpoint(archive: Path, dest_dir: Path, entry: cat.Entry) -> Path
                        and m.filename.lower().endswith((".pt", ".pth", ".bin", ".ckpt"))]
             if len(members) != 1:
                 listed = ", ".join(m.filename for m in members) or "none"
-                raise RemoteClipError(f"{archive.name} holds {len(members)} checkpoint files ({listed}), not one.",
+                raise ModelError(f"{archive.name} holds {len(members)} checkpoint files ({listed}), not one.",
                                       "Unzip it and run `remoteclip models convert FILE --out DIR` on the one "
-                                      "you want.")
+                                      "you want.", path=archive)
             target = dest_dir / f"{entry.name}--{Path(members[0].filename).name}"
             tmp = target.with_name(target.name + ".part")
             with zf.open(members[0]) as src, open(tmp, "wb") as dst:
@@ -117,8 +126,8 @@ def _extract_checkpoint(archive: Path, dest_dir: Path, entry: cat.Entry) -> Path
             os.replace(tmp, target)
             return target
     except zipfile.BadZipFile as e:
-        raise RemoteClipError(f"{archive} is not a zip archive ({e}).",
-                              "Download it again; the catalogue says it is a zip.") from e
+        raise ModelError(f"{archive} is not a zip archive ({e}).",
+                              "Download it again; the catalogue says it is a zip.", path=archive) from e
 
 
 def convert(checkpoint, out, *, arch: str = "auto", activation: str = "quick_gelu", fp16: bool = False,
@@ -126,7 +135,7 @@ def convert(checkpoint, out, *, arch: str = "auto", activation: str = "quick_gel
     """Convert a checkpoint file the user already has (``remoteclip models convert``)."""
     path = Path(checkpoint).expanduser()
     if not path.is_file():
-        raise RemoteClipError(f"Checkpoint not found: {path}.", "Give the path of an OpenCLIP .pt/.bin file.")
+        raise SourceUnreadable(f"Checkpoint not found: {path}.", "Give the path of an OpenCLIP .pt/.bin file.", path=path)
     source = {"tool": cat.TOOL + " convert", "checkpoint": path.name, "origin": str(path.resolve())}
     return Path(_converter()(path, Path(out).expanduser(), arch=arch, activation=activation, fp16=fp16, int8=int8,
                              name=name, source=source, progress=progress, is_cancelled=is_cancelled))
@@ -137,16 +146,14 @@ def remove(name: str, folder=None) -> list[Path]:
     Anything else (a bundle someone exported or copied there) is refused."""
     folder = Path(folder) if folder is not None else cat.models_dir()
     if not name or name != Path(name).name or name in (".", ".."):
-        raise RemoteClipError(f"{name!r} is not a model name.", "Give a name from `remoteclip models list`.")
+        raise InvalidInput(f"{name!r} is not a model name.", "Give a name from `remoteclip models list`.", param="name")
     removed = []
     bundles = [p for p, _m in cat.local_bundles(folder) if p.name.lower() == name.lower()]
     for p in bundles:
         if not cat.made_by_us(cat.read_manifest(p)):
-            raise RemoteClipError(f"{p} was not made by `remoteclip models` (its manifest has no "
-                                  f"source.tool mark), so it is left alone.", "Delete it yourself if you mean to.")
-    entry = None
-    with contextlib.suppress(RemoteClipError):
-        entry = cat.lookup(name, cat.load_catalog(folder))
+            raise OutputRefused(f"{p} was not made by `remoteclip models` (its manifest has no "
+                                  f"source.tool mark), so it is left alone.", "Delete it yourself if you mean to.", path=p)
+    entry = cat.lookup(name, cat.load_catalog(folder))
     downloads = []
     if entry is not None:
         dl = cat.download_path(entry, folder)
@@ -157,10 +164,10 @@ def remove(name: str, folder=None) -> list[Path]:
     if not bundles and not downloads:
         other = (folder / name)
         if other.exists():
-            raise RemoteClipError(f"{other} is not a bundle made by `remoteclip models`, so it is left alone.",
-                                  "Delete it yourself if you mean to.")
-        raise RemoteClipError(f"Nothing to remove for {name!r} in {folder}.",
-                              "See `remoteclip models list` for what is there.")
+            raise OutputRefused(f"{other} is not a bundle made by `remoteclip models`, so it is left alone.",
+                                  "Delete it yourself if you mean to.", path=other)
+        raise ModelError(f"Nothing to remove for {name!r} in {folder}.",
+                              "See `remoteclip models list` for what is there.", path=folder)
     for p in bundles:
         shutil.rmtree(p)
         removed.append(p)

@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 
-from .errors import RemoteClipError
+from .errors import OutputExists, OutputRefused
 
 __all__ = ["REPORT_SUFFIX", "report_path", "check_report_path", "check_file_output", "write_text_file",
            "write_report", "check_distinct", "read_report"]
@@ -55,8 +55,8 @@ def check_report_path(path: str) -> str:
     from .vectors import _temp_pattern, remove_dead_temps
 
     if os.path.lexists(path) and not _ours(path):
-        raise RemoteClipError(f"{path} exists and was not written by RemoteCLIP.",
-                              "Move that file away or give the output another name.")
+        raise OutputExists(f"{path} exists and was not written by RemoteCLIP.",
+                              "Move that file away or give the output another name.", path=path)
     remove_dead_temps(os.path.dirname(os.path.abspath(path)),
                       _temp_pattern(os.path.splitext(os.path.basename(path))[0]))
     return path
@@ -79,17 +79,17 @@ def check_file_output(path, what: str, overwrite: bool = False, inputs=(), temp_
     path = path_text(path, what)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise RemoteClipError(f"The folder of the {what} {folder} does not exist.", "Create it or choose another.")
+        raise OutputRefused(f"The folder of the {what} {folder} does not exist.", "Create it or choose another.", path=folder)
     if os.path.isdir(path):
-        raise RemoteClipError(f"The {what} {path} is a folder.", f"Give a file name, e.g. {example}.")
+        raise OutputRefused(f"The {what} {path} is a folder.", f"Give a file name, e.g. {example}.", path=path)
     check_not_input(path, inputs)
     stem = os.path.splitext(os.path.basename(path))[0]
     check_folder_writable(folder, stem)
     remove_dead_temps(folder, (temp_pattern or _temp_pattern)(stem))
     if os.path.lexists(path):
         if not overwrite:
-            raise RemoteClipError(f"The {what} {path} already exists.", "Replace it with --overwrite "
-                                  f"(Job(overwrite=True) in Python), or choose {other}.")
+            raise OutputExists(f"The {what} {path} already exists.", "Replace it with --overwrite "
+                                  f"(Job(overwrite=True) in Python), or choose {other}.", path=path)
         _check_writable_file(path)
     return path
 
@@ -101,7 +101,7 @@ def check_distinct(paths: list[tuple[str, str]]) -> None:
     for i, (a, wa) in enumerate(paths):
         for b, wb in paths[i + 1:]:
             if same_file(a, b):
-                raise RemoteClipError(f"The {wa} and the {wb} are the same file ({a}).", "Give them different names.")
+                raise OutputRefused(f"The {wa} and the {wb} are the same file ({a}).", "Give them different names.", path=a)
 
 
 def write_text_file(path: str, text: str, overwrite: bool = True) -> str:

@@ -58,7 +58,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import OutputExists, OutputIsInput, RemoteClipError, WriteFailed, gdal_return_codes
+from .errors import (
+    InvalidInput,
+    MissingDependency,
+    OutputExists,
+    OutputIsInput,
+    OutputRefused,
+    WriteFailed,
+    gdal_return_codes,
+)
 
 __all__ = ["Field", "write_vector", "dissolve", "DRIVERS", "FIELD_TYPES", "shapefile_names", "check_output_path",
            "check_output", "output_exists", "input_files", "sidecar_path", "read_sidecar", "write_sidecar",
@@ -86,7 +94,7 @@ def _ogr():
     try:
         from osgeo import gdal, ogr, osr
     except ImportError:
-        raise RemoteClipError("GDAL's Python bindings (osgeo) are needed to write vector files.",
+        raise MissingDependency("GDAL's Python bindings (osgeo) are needed to write vector files.",
                               "Install python3-gdal (QGIS always has them).") from None
     return gdal, ogr, osr
 
@@ -158,16 +166,16 @@ def check_output_path(path) -> tuple[str, str, str]:
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
     if ext not in DRIVERS:
-        raise RemoteClipError(f"Output {path} is neither a GeoPackage nor a Shapefile.",
-                              "Name the output .gpkg or .shp.")
+        raise InvalidInput(f"Output {path} is neither a GeoPackage nor a Shapefile.",
+                              "Name the output .gpkg or .shp.", path=path, param="output")
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.exists(folder) and not os.path.isdir(folder):
-        raise RemoteClipError(f"The output folder {folder} is a file, not a folder.",
-                              "Give an output path in an existing folder.")
+        raise OutputRefused(f"The output folder {folder} is a file, not a folder.",
+                              "Give an output path in an existing folder.", path=folder)
     if not os.path.isdir(folder):
-        raise RemoteClipError(f"The output folder {folder} does not exist.", "Create it or choose another.")
+        raise OutputRefused(f"The output folder {folder} does not exist.", "Create it or choose another.", path=folder)
     if os.path.isdir(path):
-        raise RemoteClipError(f"Output {path} is a folder.", "Give a file name ending in .gpkg or .shp.")
+        raise OutputRefused(f"Output {path} is a folder.", "Give a file name ending in .gpkg or .shp.", path=path)
     return path, ext, folder
 
 
@@ -193,7 +201,20 @@ def check_output(path, layer_name: str | None = None, overwrite: bool = False, i
     return path
 
 
-def output_exists(path, layer_name: str | None = None) -> str | None:
+class Replaced(str):
+    """What an output would replace, in words; ``layer`` is True when it is one layer of a GeoPackage (the
+    file's other layers are kept)."""
+
+    layer = False
+
+
+def _replaced_layer(text: str) -> Replaced:
+    r = Replaced(text)
+    r.layer = True
+    return r
+
+
+def output_exists(path, layer_name: str | None = None) -> Replaced | None:
     """What writing to ``path`` (layer ``layer_name`` of a GeoPackage) would replace, in words, or None."""
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
@@ -201,19 +222,19 @@ def output_exists(path, layer_name: str | None = None) -> str | None:
         if not os.path.isfile(path):
             return None
         if os.path.getsize(path) == 0:
-            return f"the empty file {path}"
+            return Replaced(f"the empty file {path}")
         hit = (_gpkg_tables(path) or {}).get((layer_name or Path(path).stem).lower())
-        return f"the layer {hit[0]!r} of {path}" if hit else None
+        return _replaced_layer(f"the layer {hit[0]!r} of {path}") if hit else None
     base = os.path.splitext(path)[0]
     parts = [base + p for p in _SHP_DATASET if os.path.lexists(base + p)]
-    return f"the Shapefile {path}" if parts else None
+    return Replaced(f"the Shapefile {path}") if parts else None
 
 
 def _check_layer_name(name: str) -> None:
     if name.lower().startswith(_GPKG_RESERVED):
-        raise RemoteClipError(f"The layer name {name!r} is reserved for the GeoPackage's own tables "
+        raise InvalidInput(f"The layer name {name!r} is reserved for the GeoPackage's own tables "
                               "(gpkg_*, rtree_*, sqlite_*).",
-                              "Choose another layer name (--layer), e.g. labels.")
+                              "Choose another layer name (--layer), e.g. labels.", param="layer_name")
 
 
 def input_files(spec) -> list[str]:
@@ -308,13 +329,13 @@ def _marked_read_only(path) -> bool:
 def check_folder_writable(folder, stem: str = "remoteclip") -> None:
     """Raise unless a new file can really be created in ``folder`` (and its permissions allow one)."""
     if _marked_read_only(folder):
-        raise RemoteClipError(f"The output folder {folder} is read-only.", "Choose a folder you can write to.")
+        raise WriteFailed(f"The output folder {folder} is read-only.", "Choose a folder you can write to.", path=folder)
     # os.access says yes to root and knows nothing of read-only mounts or /proc: really create a file
     try:
         fd, probe = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(stem))
     except OSError as e:
-        raise RemoteClipError(f"Cannot create a file in the output folder {folder}: {e.strerror or e}.",
-                              "Choose a folder you can write to.") from None
+        raise WriteFailed(f"Cannot create a file in the output folder {folder}: {e.strerror or e}.",
+                              "Choose a folder you can write to.", path=folder) from None
     os.close(fd)
     with contextlib.suppress(OSError):
         os.unlink(probe)
@@ -322,7 +343,7 @@ def check_folder_writable(folder, stem: str = "remoteclip") -> None:
 
 def _check_writable_file(path: str) -> None:
     if not os.access(path, os.W_OK) or _marked_read_only(path):
-        raise RemoteClipError(f"The output {path} is read-only.", "Make it writable or choose another name.")
+        raise WriteFailed(f"The output {path} is read-only.", "Make it writable or choose another name.", path=path)
 
 
 def _check_gpkg(path: str, layer: str, overwrite: bool) -> None:
@@ -331,21 +352,21 @@ def _check_gpkg(path: str, layer: str, overwrite: bool) -> None:
     _check_writable_file(path)
     if os.path.getsize(path) == 0:
         if not overwrite:
-            raise RemoteClipError(f"The output {path} already exists (an empty file).", _OVERWRITE_FIX + "-o.")
+            raise OutputExists(f"The output {path} already exists (an empty file).", _OVERWRITE_FIX + "-o.", path=path)
         return
     tables = _gpkg_tables(path)
     if tables is None:
-        raise RemoteClipError(f"The output {path} exists and is not a GeoPackage.",
-                              "Choose another output name (RemoteCLIP adds layers to GeoPackages only).")
+        raise OutputExists(f"The output {path} exists and is not a GeoPackage.",
+                              "Choose another output name (RemoteCLIP adds layers to GeoPackages only).", path=path)
     hit = tables.get(layer.lower())
     if hit is None:
         return
     name, kind = hit
     if kind not in ("features", "attributes"):
-        raise RemoteClipError(f"The output {path} already has a {kind} table named {name!r}.",
-                              "Choose another layer name (--layer).")
+        raise OutputExists(f"The output {path} already has a {kind} table named {name!r}.",
+                              "Choose another layer name (--layer).", path=path)
     if not overwrite:
-        raise RemoteClipError(f"The output {path} already has a layer {name!r}.", _OVERWRITE_FIX + "--layer or -o.")
+        raise OutputExists(f"The output {path} already has a layer {name!r}.", _OVERWRITE_FIX + "--layer or -o.", path=path)
 
 
 def _gpkg_tables(path: str) -> dict[str, tuple[str, str]] | None:
@@ -369,8 +390,8 @@ def _check_shapefile(path: str, overwrite: bool) -> None:
     base = os.path.splitext(path)[0]
     side = sidecar_path(path)
     if os.path.lexists(side) and not _is_our_sidecar(side):
-        raise RemoteClipError(f"{side} exists and was not written by RemoteCLIP.",
-                              "Move that file away or give the output another name.")
+        raise OutputExists(f"{side} exists and was not written by RemoteCLIP.",
+                              "Move that file away or give the output another name.", path=side)
     parts = [base + p for p in _SHP_DATASET if os.path.lexists(base + p)]
     if parts and not overwrite and not os.path.lexists(base + ".shp"):
         # no .shp: not a Shapefile, only files of the user's under its parts' names
@@ -381,7 +402,7 @@ def _check_shapefile(path: str, overwrite: bool) -> None:
                            f"Move {'it' if one else 'them'} away or choose another output name (-o); "
                            "--overwrite replaces them.", path=path)
     if parts and not overwrite:
-        raise RemoteClipError(f"The output {path} already exists.", _OVERWRITE_FIX + "-o.")
+        raise OutputExists(f"The output {path} already exists.", _OVERWRITE_FIX + "-o.", path=path)
     for p in parts:
         _check_writable_file(p)
 
@@ -476,8 +497,8 @@ def write_sidecar(path, meta: dict) -> str:
     same name that RemoteCLIP did not write."""
     side = sidecar_path(path)
     if os.path.lexists(side) and not _is_our_sidecar(side):
-        raise RemoteClipError(f"{side} exists and was not written by RemoteCLIP.",
-                              "Move that file away or give the output another name.")
+        raise OutputExists(f"{side} exists and was not written by RemoteCLIP.",
+                              "Move that file away or give the output another name.", path=side)
     folder = os.path.dirname(os.path.abspath(side))
     tmp = _new_temp(folder, _temp_prefix(Path(path).stem))
     try:
@@ -510,7 +531,7 @@ def _sidecar_text(meta: dict) -> str:
 def _check(path, records, fields, dissolve_by):
     names = [f.name for f in fields]
     if len({n.lower() for n in names}) != len(names):
-        raise RemoteClipError(f"Field names repeat: {names}.", "Give each field once.")
+        raise InvalidInput(f"Field names repeat: {names}.", "Give each field once.")
     for f in fields:
         if f.type not in FIELD_TYPES:
             raise ValueError(f"field {f.name!r} has type {f.type!r}, not one of {FIELD_TYPES}")
@@ -550,7 +571,7 @@ def _write_vector(path, records, fields, crs_wkt, layer_name, dissolve_by, metad
     if crs_wkt:
         srs = osr.SpatialReference()
         if srs.ImportFromWkt(crs_wkt) != 0:
-            raise RemoteClipError("The output CRS is not valid WKT.", "Pass the raster's CRS as WKT.")
+            raise InvalidInput("The output CRS is not valid WKT.", "Pass the raster's CRS as WKT.")
         srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
     names = [f.name for f in fields]
     written = shapefile_names(names) if ext == ".shp" else names
@@ -618,11 +639,11 @@ def _publish(tmp: str, path: str, overwrite: bool) -> None:
     try:
         os.link(tmp, path)   # fails, atomically, if path exists
     except FileExistsError:
-        raise RemoteClipError(f"The output {path} appeared while the job ran.", _OVERWRITE_FIX + "-o.") from None
+        raise OutputExists(f"The output {path} appeared while the job ran.", _OVERWRITE_FIX + "-o.", path=path) from None
     except OSError:   # no hard links on this file system
         if os.path.lexists(path):
-            raise RemoteClipError(f"The output {path} appeared while the job ran.",
-                                  _OVERWRITE_FIX + "-o.") from None
+            raise OutputExists(f"The output {path} appeared while the job ran.",
+                                  _OVERWRITE_FIX + "-o.", path=path) from None
         _replace(tmp, path)
         return
     os.unlink(tmp)
@@ -641,7 +662,7 @@ def _create(path, driver_name):
     gdal, ogr, _ = _ogr()
     drv = ogr.GetDriverByName(driver_name)
     if drv is None:
-        raise RemoteClipError(f"This GDAL has no {driver_name} driver.", "Write a GeoPackage (.gpkg) instead.")
+        raise InvalidInput(f"This GDAL has no {driver_name} driver.", "Write a GeoPackage (.gpkg) instead.", param="output")
     gdal.ErrorReset()
     ds = drv.CreateDataSource(path)
     if ds is None:
@@ -662,8 +683,8 @@ def _write_into_gpkg(path, layer_name, content, overwrite) -> None:
         try:
             old = [i for i in range(ds.GetLayerCount()) if ds.GetLayer(i).GetName().lower() == layer_name.lower()]
             if old and not overwrite:
-                raise RemoteClipError(f"The output {path} already has a layer {layer_name!r}.",
-                                      _OVERWRITE_FIX + "--layer or -o.")
+                raise OutputExists(f"The output {path} already has a layer {layer_name!r}.",
+                                      _OVERWRITE_FIX + "--layer or -o.", path=path)
             if old and ds.DeleteLayer(old[0]) != 0:
                 _fail(f"Cannot replace the layer {layer_name} in {path}")
             _fill(ds, path, "GPKG", layer_name, *content, layer_transaction=False)
@@ -693,7 +714,7 @@ def _record_chunks(records, fields, geoms=None):
         for start, _stop, values, wkbs in records.chunks(_CHUNK):
             geoms = [ogr.CreateGeometryFromWkb(w) for w in wkbs]
             if any(g is None for g in geoms):
-                raise RemoteClipError(f"A tile polygon near record {start} is not valid.", "Report this as a bug.")
+                raise InvalidInput(f"A tile polygon near record {start} is not valid.", "Report this as a bug.")
             yield values, geoms
         return
     for start in range(0, len(records), _CHUNK):
@@ -708,7 +729,7 @@ def _wkt_geometries(records) -> list:
     for i, r in enumerate(records):
         g = ogr.CreateGeometryFromWkt(r["geometry"]) if r.get("geometry") else None
         if g is None:
-            raise RemoteClipError(f"Record {i} has no valid WKT geometry.", "Give every record a polygon.")
+            raise InvalidInput(f"Record {i} has no valid WKT geometry.", "Give every record a polygon.")
         geoms.append(g)
     return geoms
 
@@ -817,7 +838,7 @@ def dissolve(records: list[dict], fields: list[Field], by: str) -> tuple[list[di
                 multi.AddGeometry(part)
         union = multi.UnionCascaded()
         if union is None:
-            raise RemoteClipError(f"The tiles labelled {value!r} could not be merged.", "Write without dissolve.")
+            raise InvalidInput(f"The tiles labelled {value!r} could not be merged.", "Write without dissolve.")
         parts = _polygons(union, ogr)
         envs = [p.GetEnvelope() for p in parts]
         members: list[list[dict]] = [[] for _ in parts]

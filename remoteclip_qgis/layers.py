@@ -45,7 +45,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QColor
 
-from .core.errors import RemoteClipError
+from .core.errors import InvalidInput, SourceUnreadable, WriteFailed
 from .core.prompts import object_nouns
 from .core.tasks import TASKS
 
@@ -129,21 +129,21 @@ def add_result_layer(result_or_path, kind: str, name: str | None = None, group_n
         if field_map is None:
             field_map = dict(getattr(result_or_path, "field_map", None) or {})
         if not path:
-            raise RemoteClipError("The job wrote no file, so there is nothing to add to the map.",
+            raise InvalidInput("The job wrote no file, so there is nothing to add to the map.",
                                   "Give the job an output (.gpkg or .shp).")
     if not os.path.isfile(path):
-        raise RemoteClipError(f"The result file {path} does not exist.", "Run the job again.")
+        raise SourceUnreadable(f"The result file {path} does not exist.", "Run the job again.", path=path)
     if field_map is None:
         field_map = read_field_map(path, layer_name)
 
     layer = QgsVectorLayer(layer_uri(path, layer_name), name or layer_name or os.path.basename(path), "ogr")
     if not layer.isValid():
-        raise RemoteClipError(f"QGIS cannot open the result {path} (layer {layer_name}).",
-                              "Open it with Layer > Add Layer > Add Vector Layer to see GDAL's message.")
+        raise SourceUnreadable(f"QGIS cannot open the result {path} (layer {layer_name}).",
+                              "Open it with Layer > Add Layer > Add Vector Layer to see GDAL's message.", path=path)
     style_layer(layer, kind, field_map, show_labels=show_labels)
     if project.addMapLayer(layer, False) is None:
-        raise RemoteClipError(f"QGIS refused to add the result layer {layer.name()!r} to the project.",
-                              f"Add {path} by hand (Layer > Add Layer > Add Vector Layer).")
+        raise WriteFailed(f"QGIS refused to add the result layer {layer.name()!r} to the project.",
+                              f"Add {path} by hand (Layer > Add Layer > Add Vector Layer).", path=path)
     root = project.layerTreeRoot()
     group = root.findGroup(group_name) or root.insertGroup(0, group_name)
     group.insertLayer(0, layer)
@@ -465,8 +465,8 @@ def add_dense_layer(path: str, kind: str, name: str, group_name: str = GROUP, pr
     project = project or QgsProject.instance()
     layer = QgsRasterLayer(path, name, "gdal")
     if not layer.isValid():
-        raise RemoteClipError(f"QGIS cannot open the heat map {path}.", "Open it with Layer > Add Raster Layer "
-                                                                        "to see GDAL's message.")
+        raise SourceUnreadable(f"QGIS cannot open the heat map {path}.", "Open it with Layer > Add Raster Layer "
+                                                                        "to see GDAL's message.", path=path)
     from osgeo import gdal
 
     ds = gdal.Open(path)
@@ -476,8 +476,8 @@ def add_dense_layer(path: str, kind: str, name: str, group_name: str = GROUP, pr
         layer.setName(f"{name} ({desc})")
     style_dense_layer(layer, kind, band)
     if project.addMapLayer(layer, False) is None:
-        raise RemoteClipError(f"QGIS refused to add the heat map {layer.name()!r} to the project.",
-                              f"Add {path} by hand (Layer > Add Layer > Add Raster Layer).")
+        raise WriteFailed(f"QGIS refused to add the heat map {layer.name()!r} to the project.",
+                              f"Add {path} by hand (Layer > Add Layer > Add Raster Layer).", path=path)
     root = project.layerTreeRoot()
     group = root.findGroup(group_name) or root.insertGroup(0, group_name)
     group.insertLayer(min(1, len(group.children())), layer)
@@ -538,13 +538,13 @@ def add_suggestions_layer(result, title: str = "", group_name: str = GROUP, proj
                          float(r["uncertainty"])])
         feats.append(f)
     if not provider.addFeatures(feats)[0]:
-        raise RemoteClipError("QGIS could not hold the suggested tiles in a temporary layer.",
+        raise WriteFailed("QGIS could not hold the suggested tiles in a temporary layer.",
                               "Read them from the result layer: the field suggest ranks them.")
     layer.updateExtents()
     layer.setRenderer(QgsSingleSymbolRenderer(_fill("#000000", alpha=0, stroke=SUGGEST_COLOR, stroke_width=0.8)))
     _set_labels(layer, '"suggest"', True)
     if project.addMapLayer(layer, False) is None:
-        raise RemoteClipError("QGIS refused to add the layer of tiles to label next.",
+        raise WriteFailed("QGIS refused to add the layer of tiles to label next.",
                               "Read them from the result layer: the field suggest ranks them.")
     root = project.layerTreeRoot()
     group = root.findGroup(group_name) or root.insertGroup(0, group_name)

@@ -23,7 +23,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from .core.errors import RemoteClipError
+from .core.errors import InvalidInput, RemoteClipError
 from .core.prompts import COUNT_TEMPLATES, DEFAULT_TEMPLATES, PRESETS, split_names
 from .widgets import WrapLabel, compact, set_value
 
@@ -214,7 +214,7 @@ class TaskForm(QWidget):
             problem = self._missing(prm)
             if problem:
                 self.show_error(problem, prm.name)
-                raise RemoteClipError(problem, None)
+                raise InvalidInput(problem, None, param=prm.name)
         try:
             return self.task_cls.from_inputs(self.raw(), spell=lambda prm: f"“{prm.label}”")
         except RemoteClipError as e:

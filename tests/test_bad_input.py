@@ -391,5 +391,5 @@ def test_a_band_below_1_is_refused_as_the_band_list_it_is():
     for text, low in (("-1,2,3", -1), ("3,0,1", 0)):
         with pytest.raises(InvalidInput) as err:
             parse_bands(text, "--bands")
-        assert err.value.param == "--bands" and f"band {low}" in err.value.problem and err.value.fix
+        assert err.value.param == "bands" and f"band {low}" in err.value.problem and err.value.fix
     assert cli._join_negative_values(["--bands", "-1,2,3"]) == ["--bands=-1,2,3"]

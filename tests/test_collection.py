@@ -395,3 +395,45 @@ def test_a_file_name_that_is_not_utf8_in_a_glob_is_skipped_and_named(sheets, tin
     rc, _, err = run("--strict")
     lines = [ln for ln in err.splitlines() if "error:" in ln]
     assert rc == 2 and len(lines) == 1 and "--strict" in lines[0] and "Traceback" not in err
+
+
+def _grey(src: Path, dst: Path) -> Path:
+    """The raster's first band alone: a one-band sheet in a collection of RGB ones."""
+    import rasterio
+
+    with rasterio.open(src) as s:
+        prof = {**s.profile, "count": 1}
+        prof.pop("photometric", None)
+        with rasterio.open(dst, "w", **prof) as d:
+            d.write(s.read(1), 1)
+    return dst
+
+
+def _plan(rasters, bands, strict=False):
+    from core.collection import plan_collection
+    from core.jobs import Job, LabelTask, RunOptions, TileSpec
+
+    return plan_collection(Job(raster=[str(p) for p in rasters], task=LabelTask(LABELS.split(",")),
+                               run=RunOptions(model=str(DEMO)), tiles=TileSpec(size=64, bands=bands),
+                               strict=strict))
+
+
+def test_a_raster_the_bands_do_not_fit_is_skipped_but_bands_no_raster_has_are_an_error(sheets, tmp_path):
+    from core.errors import InvalidInput, SourceUnreadable
+
+    grey = _grey(sheets[1], tmp_path / "grey.tif")
+    gone = tmp_path / "gone.tif"
+    # a mixed collection: band 3 is the grey sheet's data problem, the RGB sheets fit
+    plans, state = _plan([sheets[0], grey, gone, sheets[2]], [3, 2, 1])
+    assert [p.path for p in plans] == [str(sheets[0]), str(sheets[2])]
+    assert [p for p, _ in state.skipped] == [str(gone), str(grey)]
+    with pytest.raises(InvalidInput) as err:
+        _plan([sheets[0], grey], [3, 2, 1], strict=True)
+    assert err.value.path == str(grey)
+    # a band no raster has is a bad --bands: its own error, not "none of the rasters can be processed"
+    with pytest.raises(InvalidInput) as err:
+        _plan([sheets[0], gone, sheets[2]], [9, 2, 1])
+    assert err.value.param == "bands"
+    # only unreadable rasters: the collection cannot be read
+    with pytest.raises(SourceUnreadable):
+        _plan([gone, tmp_path / "gone2.tif"], [3, 2, 1])

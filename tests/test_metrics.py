@@ -181,7 +181,7 @@ def test_evaluate_refuses_a_decompression_bomb_and_a_garbage_split_file(tmp_path
         split.write_bytes(text if isinstance(text, bytes) else text.encode())
         with pytest.raises(InvalidInput) as err:
             evaluate.load_split(folder, split, "test")
-        assert err.value.path == str(split) and err.value.param == "--split-file"
+        assert err.value.path == str(split) and err.value.param == "split_file"
     assert evaluate.main(["--bundle", str(tiny_bundle), "--zeroshot", str(folder), "--split-file",
                           str(tmp_path / "garbage.json")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()

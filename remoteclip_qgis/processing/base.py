@@ -48,7 +48,7 @@ from qgis.PyQt.QtCore import QCoreApplication
 
 from ..core.bundle import PRECISIONS as _PRECISIONS
 from ..core.bundle import bundle_path, default_bundle
-from ..core.errors import Cancelled, RemoteClipError
+from ..core.errors import Cancelled, InvalidInput, ModelError, OutputRefused, RemoteClipError, WriteFailed
 from ..core.tasks import TASKS
 from ..core.tiles import MAX_OVERLAP
 from ..layer_source import crs_wkt, extent_from_rectangle, raster_for_layer
@@ -385,7 +385,7 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
                 continue
             if mask.sourceCrs().isValid() and lcrs.isValid() and mask.sourceCrs() != lcrs \
                     and g.transform(ct) != QgsGeometry.OperationResult.Success:
-                raise RemoteClipError("A mask polygon cannot be transformed to the raster's CRS.",
+                raise InvalidInput("A mask polygon cannot be transformed to the raster's CRS.",
                                       "Check the mask layer's CRS.")
             if clip is not None:
                 g = g.intersection(clip)
@@ -393,7 +393,7 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
                     continue
             wkts.append(g.asWkt())
         if not wkts:
-            raise RemoteClipError("The mask has no polygons" + (" inside the extent." if rect else "."),
+            raise InvalidInput("The mask has no polygons" + (" inside the extent." if rect else "."),
                                   "Choose a mask layer with polygons over the raster (or no mask).")
         from ..layer_source import vector_origin
 
@@ -408,7 +408,7 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
         if not dest or dest == QgsProcessing.TEMPORARY_OUTPUT:
             dest = os.path.join(QgsProcessingUtils.tempFolder(), f"{self.name()}.gpkg")
         if dest.startswith(("memory:", "postgres:", "postgis:", "spatialite:", "mssql:", "oracle:")):
-            raise RemoteClipError(f"RemoteCLIP writes files, not {dest.split(':')[0]} layers.",
+            raise OutputRefused(f"RemoteCLIP writes files, not {dest.split(':')[0]} layers.",
                                   "Save the output to a .gpkg or .shp file (or a temporary layer).")
         path, layer_name = ogr_destination(dest)
         ext = os.path.splitext(path)[1].lower()
@@ -418,8 +418,8 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
 
         driver = _EXTENSION_DRIVERS.get(ext)
         if driver is None or ogr.GetDriverByName(driver) is None:
-            raise RemoteClipError(f"The output {path} has a format RemoteCLIP cannot write ({ext or 'no extension'}).",
-                                  "Name the output .gpkg or .shp (or another OGR vector format such as .geojson).")
+            raise OutputRefused(f"The output {path} has a format RemoteCLIP cannot write ({ext or 'no extension'}).",
+                                  "Name the output .gpkg or .shp (or another OGR vector format such as .geojson).", path=path)
         return dest, path, layer_name, driver
 
     # -------------------------------------------------------------------------------- the run
@@ -441,11 +441,11 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
         try:
             layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
             if layer is None:
-                raise RemoteClipError("No raster layer was given (INPUT).",
-                                      "Choose a raster layer or give a raster file path.")
+                raise InvalidInput("No raster layer was given (INPUT).",
+                                      "Choose a raster layer or give a raster file path.", param="INPUT")
             model = bundle_path(self.parameterAsFile(parameters, self.MODEL, context) or default_bundle() or "")
             if not model:
-                raise RemoteClipError("No model bundle was given (MODEL) and the plugin has no demo model.",
+                raise ModelError("No model bundle was given (MODEL) and the plugin has no demo model.",
                                       "Choose a bundle folder or .rclip.zip, or set REMOTECLIP_MODEL.")
             task = self.make_task(parameters, context)
             extent = self._extent_and_mask(parameters, context, layer)
@@ -478,10 +478,10 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
             dissolve = self.can_dissolve and self.parameterAsBool(parameters, self.DISSOLVE, context)
             dask = (self.parameterAsString(parameters, self.DASK, context) or "").strip() or None
             if dask and not isinstance(raster, str):
-                raise RemoteClipError(f"The layer {layer.name()} is read through QGIS ({layer.providerType()} "
+                raise InvalidInput(f"The layer {layer.name()} is read through QGIS ({layer.providerType()} "
                                       "provider); Dask workers read raster files themselves.",
                                       "Leave the Dask scheduler empty, or save the layer as a GeoTIFF first "
-                                      "(Export > Save As) and run on that file.")
+                                      "(Export > Save As) and run on that file.", param="DASK")
             self._dense = None
             if self.task_cls.dense and parameters.get(self.RASTER_OUTPUT) not in (None, ""):
                 self._dense = self.parameterAsOutputLayer(parameters, self.RASTER_OUTPUT, context) or None
@@ -686,7 +686,7 @@ def _convert(src: str, dest: str, driver: str, layer_name: str | None) -> None:
 
     folder = os.path.dirname(os.path.abspath(dest))
     if not os.path.isdir(folder):
-        raise RemoteClipError(f"The output folder {folder} does not exist.", "Create it or choose another.")
+        raise OutputRefused(f"The output folder {folder} does not exist.", "Create it or choose another.", path=folder)
     remove_dead_temps(folder, _STAGE_PATTERN)   # left by a run that was killed while converting
     stage = tempfile.mkdtemp(prefix=f".remoteclip_{os.getpid()}_", dir=folder)
     try:
@@ -695,13 +695,13 @@ def _convert(src: str, dest: str, driver: str, layer_name: str | None) -> None:
         opts = gdal.VectorTranslateOptions(format=driver, layerName=layer_name,
                                            layerCreationOptions=_LAYER_OPTIONS.get(driver))
         if gdal.VectorTranslate(staged, src, options=opts) is None:
-            raise RemoteClipError(f"Converting the result to {driver} failed.", "Save it as .gpkg or .shp.")
+            raise WriteFailed(f"Converting the result to {driver} failed.", "Save it as .gpkg or .shp.")
         stem = os.path.splitext(os.path.basename(dest))[0]
         for name in os.listdir(stage):   # multi-file formats (.tab + .dat + ...) move together
             if name.startswith(stem):
                 os.replace(os.path.join(stage, name), os.path.join(folder, name))
     except RuntimeError as e:
-        raise RemoteClipError(f"Converting the result to {driver} failed: {e}.", "Save it as .gpkg or .shp.") \
+        raise WriteFailed(f"Converting the result to {driver} failed: {e}.", "Save it as .gpkg or .shp.") \
             from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
