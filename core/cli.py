@@ -15,6 +15,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 
 from .bundle import PRECISIONS
 from .errors import (
@@ -167,30 +170,70 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+@dataclass(frozen=True)
+class _Option:
+    """How the command line offers one kind of task input (``_OPTIONS[param.kind]``): ``add(parser, param)``
+    adds its option(s); a typed list (``what``) can also come from FLAG-file, read by core.prompts.read_lines
+    with the list's rule (``split``, a function of core.prompts)."""
+    add: Callable
+    what: str = ""
+    split: str = ""
+
+
+def _default(prm) -> str:
+    return f" (default {prm.default})" if prm.default is not None else ""
+
+
+def _list_option(p, prm) -> None:
+    p.add_argument(prm.cli_flag, dest=prm.name, help=prm.help)
+    p.add_argument(prm.cli_flag + "-file", dest=prm.name + "_file", metavar="FILE",
+                   help=f"{_OPTIONS[prm.kind].what} from a UTF-8 file (the same separators, '#' comments) or a JSON "
+                        "list")
+
+
+def _preset_option(p, prm) -> None:
+    p.add_argument(prm.cli_flag, dest=prm.name, help=f"{prm.help}: " + ", ".join(prm.choices))
+
+
+def _text_option(p, prm) -> None:
+    p.add_argument(prm.cli_flag, dest=prm.name, required=not prm.optional, help=prm.help)
+
+
+def _number_option(p, prm, type_) -> None:
+    lim = f" ({'' if prm.lo is None else f'{prm.lo:g}'}..{'' if prm.hi is None else f'{prm.hi:g}'})"
+    p.add_argument(prm.cli_flag, dest=prm.name, type=type_, default=prm.default,
+                   help=(prm.help or prm.label.lower()) + lim + _default(prm))
+
+
+def _choice_option(p, prm) -> None:
+    p.add_argument(prm.cli_flag, dest=prm.name, choices=prm.choices, default=prm.default,
+                   help=prm.help + _default(prm))
+
+
+def _value_option(p, prm, metavar) -> None:
+    p.add_argument(prm.cli_flag, dest=prm.name, metavar=metavar, help=prm.help)
+
+
+# one adapter per core.tasks.Param kind
+_OPTIONS: dict[str, _Option] = {
+    "names": _Option(_list_option, "class names", "split_names"),
+    "preset": _Option(_preset_option),
+    "templates": _Option(_list_option, "templates", "split_templates"),
+    "text": _Option(_text_option),
+    "int": _Option(partial(_number_option, type_=int)),
+    "float": _Option(partial(_number_option, type_=float)),
+    "choice": _Option(_choice_option),
+    "samples": _Option(partial(_value_option, metavar="FILE")),
+    "field": _Option(partial(_value_option, metavar="NAME")),
+    "file": _Option(partial(_value_option, metavar="FILE")),
+    "file_out": _Option(partial(_value_option, metavar="FILE")),
+}
+
+
 def _task_options(p, cls) -> None:
-    """Options for a task's declared inputs (core.tasks.Param)."""
+    """Options for a task's declared inputs (core.tasks.Param), each by its kind's adapter (_OPTIONS)."""
     for prm in cls.params:
-        flag, dest = prm.cli_flag, prm.name
-        default = f" (default {prm.default})" if prm.default is not None else ""
-        if prm.kind in ("names", "templates"):
-            p.add_argument(flag, dest=dest, help=prm.help)
-            what = "class names" if prm.kind == "names" else "templates"
-            p.add_argument(flag + "-file", dest=dest + "_file", metavar="FILE",
-                           help=f"{what} from a UTF-8 file (the same separators, '#' comments) or a JSON list")
-        elif prm.kind == "preset":
-            p.add_argument(flag, dest=dest, help=f"{prm.help}: " + ", ".join(prm.choices))
-        elif prm.kind == "text":
-            p.add_argument(flag, dest=dest, required=not prm.optional, help=prm.help)
-        elif prm.kind in ("int", "float"):
-            lim = f" ({'' if prm.lo is None else f'{prm.lo:g}'}..{'' if prm.hi is None else f'{prm.hi:g}'})"
-            p.add_argument(flag, dest=dest, type=int if prm.kind == "int" else float, default=prm.default,
-                           help=(prm.help or prm.label.lower()) + lim + default)
-        elif prm.kind == "choice":
-            p.add_argument(flag, dest=dest, choices=prm.choices, default=prm.default, help=prm.help + default)
-        elif prm.kind in ("samples", "file", "file_out"):
-            p.add_argument(flag, dest=dest, metavar="FILE", help=prm.help)
-        elif prm.kind == "field":
-            p.add_argument(flag, dest=dest, metavar="NAME", help=prm.help)
+        _OPTIONS[prm.kind].add(p, prm)
     if cls.dense:
         p.add_argument("--raster-output", metavar="FILE.tif", help="also write a GeoTIFF at tile resolution (one "
                        "band per value, overlapping tiles averaged: a heat map)")
@@ -205,14 +248,13 @@ def _task(args):
     raw = {}
     for prm in cls.params:
         value = getattr(args, prm.name, None)
-        if prm.kind in ("names", "templates"):
+        opt = _OPTIONS[prm.kind]
+        if opt.what:
             path = getattr(args, prm.name + "_file", None)
             if value is not None and path is not None:
                 raise InvalidInput(f"Both {prm.cli_flag} and {prm.cli_flag}-file were given.", "Use one of them.")
             if path is not None:
-                names = prm.kind == "names"
-                value = prompts.read_lines(path, "class names" if names else "templates",
-                                           prompts.split_names if names else prompts.split_templates)
+                value = prompts.read_lines(path, opt.what, getattr(prompts, opt.split))
         raw[prm.name] = value
     return cls.from_inputs(raw, spell=_spell(args))
 
@@ -220,7 +262,7 @@ def _task(args):
 def _spell(args):
     """How the command line names an input in errors: the option that was used."""
     def spell(prm):
-        if prm.kind in ("names", "templates") and getattr(args, prm.name + "_file", None) is not None:
+        if _OPTIONS[prm.kind].what and getattr(args, prm.name + "_file", None) is not None:
             return prm.cli_flag + "-file"
         return prm.cli_flag
 

@@ -4,8 +4,8 @@ A task class owns everything about its task that the front-ends used to repeat: 
 ``title``, its inputs (``params``: name, kind, limits, default and help, which the command line's
 options, the dock's tab and the Processing algorithm are built from), the parsing and checking of raw
 inputs (:meth:`Task.from_inputs`, then the dataclass's ``__post_init__``), its prompts, how tile
-embeddings become output records, its dissolve field, its default layer name, its style hints and its
-summary. ``TASKS`` (the registry) lists them in the order front-ends show them; :func:`task_class`
+embeddings become output records, its dissolve field, its default layer name and result layer title,
+its style hints, its default templates, its cache rule and its summary. ``TASKS`` (the registry) lists them in the order front-ends show them; :func:`task_class`
 finds one by kind.
 
 Tasks are plain data (picklable: strings, numbers, lists and :class:`core.samples.Samples`), so a job
@@ -31,6 +31,8 @@ from typing import Any, ClassVar
 from . import checks
 from .errors import InvalidInput
 from .prompts import (
+    COUNT_TEMPLATES,
+    DEFAULT_TEMPLATES,
     PRESETS,
     check_labels,
     check_templates,
@@ -181,6 +183,8 @@ class Task:
     dense: ClassVar[bool] = False              # can write a dense GeoTIFF (--raster-output)
     reports: ClassVar[bool] = False            # makes a report (TaskOutput.report), saved beside the output
     output_title: ClassVar[str] = "Tiles"
+    can_skip_cache: ClassVar[bool] = True      # front-ends offer to leave the embedding cache out
+    default_templates: ClassVar[tuple[str, ...]] = tuple(DEFAULT_TEMPLATES)   # what a templates input starts with
 
     # --------------------------------------------------------------------------------- inputs
 
@@ -223,6 +227,17 @@ class Task:
     def layer_title(self, raster_name: str) -> str:
         """The name of the result layer in QGIS's layer tree."""
         return f"{raster_name} · {self.layer_name()}"
+
+    def result_title(self, raster_name: str, tiles) -> str:
+        """The result layer's name in QGIS: :meth:`layer_title` and the tile size of ``tiles`` (a TileSpec),
+        'kampala · count car · 224 px'."""
+        unit = "px" if tiles.unit == "px" else "m"
+        return f"{self.layer_title(raster_name)} · {tiles.size:g} {unit}"
+
+    @staticmethod
+    def dense_title(result_title: str) -> str:
+        """The heat map's layer name beside the result layer named ``result_title``."""
+        return f"{result_title} · heat map"
 
     def files_out(self) -> list[tuple[str, str]]:
         """(path, what) of the files this task writes besides the job's outputs (checked before the run)."""
@@ -481,6 +496,7 @@ class CountTask(Task):
               help="count templates with {count}, {object} and {is}; separated by new lines or '|'"),
     )
     style: ClassVar[Style] = Style("counts", "count", '"count"', True)
+    default_templates: ClassVar[tuple[str, ...]] = tuple(COUNT_TEMPLATES)
     dissolve_field: ClassVar[str | None] = "count"
 
     def __post_init__(self):
@@ -608,6 +624,7 @@ class EmbedTask(Task):
     algorithm: ClassVar[str] = "computeembeddings"
     algorithm_title: ClassVar[str] = "Compute embeddings"
     group: ClassVar[str] = "Embeddings"
+    can_skip_cache: ClassVar[bool] = False   # the cache is its point
     help: ClassVar[str] = (
         "Runs the image encoder over every tile and stores the embeddings in the cache, so that labelling, "
         "counting, searching and classifying the same raster with the same tiles and model read no pixels "

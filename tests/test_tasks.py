@@ -103,6 +103,22 @@ def test_the_overlap_ceiling_is_one_for_everyone():
         TileSpec(overlap=0.96)
 
 
+
+def test_what_front_ends_used_to_decide_per_task_is_the_task_s_data():
+    """Default templates, the cache rule and the result layers' names are read from the task class, not worked
+    out again by the dock, Processing or the command line."""
+    from core.tasks import EmbedTask
+
+    assert CountTask.default_templates == tuple(prompts.COUNT_TEMPLATES)
+    assert LabelTask.default_templates == ClassifyTask.default_templates == tuple(prompts.DEFAULT_TEMPLATES)
+    assert [k for k, cls in TASKS.items() if not cls.can_skip_cache] == ["embed"] and not EmbedTask.can_skip_cache
+    # the result layer: the task's title and the tile size, whole sizes whole and metres named
+    count = CountTask("car").result_title("kampala", TileSpec(size=22.5, unit="m"))
+    assert count == "kampala · count car · 22.5 m"
+    assert LabelTask(["a", "b", "c"]).result_title("r", TileSpec(size=224)) == "r · labels · a, b, … · 224 px"
+    assert CountTask.dense_title(count) == "kampala · count car · 22.5 m · heat map"
+
+
 # --------------------------------------------------------------------------------- a new task
 
 @dataclass
