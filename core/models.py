@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import catalog as cat
 from .download import download, local_path, sidecar, verify_file
-from .errors import Cancelled, RemoteClipError
+from .errors import Cancelled, InvalidInput, RemoteClipError
 
 DOWNLOAD_SHARE = 0.75     # of the progress bar, when a pull downloads (conversion takes the rest)
 
@@ -56,7 +56,7 @@ def pull(name: str, folder=None, url: str | None = None, *, fp16: bool = False, 
     it must hold the same file (size and sha256 are checked when the catalogue knows them)."""
     folder = Path(folder) if folder is not None else cat.models_dir()
     entry = _entry(name, cat.load_catalog(folder))
-    out = folder / entry.name
+    out = cat.confined(folder / entry.name, folder)
     if out.exists():
         raise RemoteClipError(f"{entry.name} is already pulled: {out}.",
                               f"Use it with --model {entry.name}; to pull it again, run "
@@ -71,6 +71,9 @@ def pull(name: str, folder=None, url: str | None = None, *, fp16: bool = False, 
         checkpoint, ours, share = local, False, 0.2
     else:
         checkpoint, ours, share = cat.download_path(entry, folder), True, DOWNLOAD_SHARE
+        for p in (checkpoint, checkpoint.with_name(checkpoint.name + ".part"), sidecar(checkpoint),
+                  sidecar(checkpoint).with_suffix(".tmp")):
+            cat.confined(p, folder)   # before a byte is written (a linked downloads/ or .part included)
         if checkpoint.is_file() and sidecar(checkpoint).is_file():
             digest = json.loads(sidecar(checkpoint).read_text(encoding="utf-8")).get("sha256")   # verified then
             share = 0.0
@@ -82,7 +85,7 @@ def pull(name: str, folder=None, url: str | None = None, *, fp16: bool = False, 
     extracted = None
     try:
         if entry.archive == "zip":
-            extracted = _extract_checkpoint(checkpoint, folder / cat.DOWNLOADS, entry)
+            extracted = _extract_checkpoint(checkpoint, folder / cat.DOWNLOADS, entry, folder)
         source = {"tool": cat.TOOL + " pull", "catalog": entry.name, "checkpoint": entry.file, "sha256": digest,
                   "origin": url, "licence": entry.licence}
         bundle = _converter()(extracted or checkpoint, out, arch=entry.architecture, activation=entry.activation,
@@ -99,7 +102,7 @@ def pull(name: str, folder=None, url: str | None = None, *, fp16: bool = False, 
     return Path(bundle)
 
 
-def _extract_checkpoint(archive: Path, dest_dir: Path, entry: cat.Entry) -> Path:
+def _extract_checkpoint(archive: Path, dest_dir: Path, entry: cat.Entry, folder: Path) -> Path:
     """The one checkpoint file inside a zip archive (SkyCLIP publishes zips), extracted beside it."""
     try:
         with zipfile.ZipFile(archive) as zf:
@@ -112,6 +115,8 @@ def _extract_checkpoint(archive: Path, dest_dir: Path, entry: cat.Entry) -> Path
                                       "you want.")
             target = dest_dir / f"{entry.name}--{Path(members[0].filename).name}"
             tmp = target.with_name(target.name + ".part")
+            for p in (target, tmp):
+                cat.confined(p, folder)
             with zf.open(members[0]) as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
             os.replace(tmp, target)
@@ -136,8 +141,9 @@ def remove(name: str, folder=None) -> list[Path]:
     """Remove the bundle and downloads this tool made for ``name``; returns what was removed.
     Anything else (a bundle someone exported or copied there) is refused."""
     folder = Path(folder) if folder is not None else cat.models_dir()
-    if not name or name != Path(name).name or name in (".", ".."):
-        raise RemoteClipError(f"{name!r} is not a model name.", "Give a name from `remoteclip models list`.")
+    if not cat.is_plain_name(name):
+        raise InvalidInput(f"{name!r} is not a model name.", "Give a name from `remoteclip models list`.",
+                           param="name")
     removed = []
     bundles = [p for p, _m in cat.local_bundles(folder) if p.name.lower() == name.lower()]
     for p in bundles:
@@ -154,6 +160,8 @@ def remove(name: str, folder=None) -> list[Path]:
         downloads = [p for p in (dl.with_name(dl.name + ".part"),) if p.is_file()]
         if marked:
             downloads += [p for p in (dl, sidecar(dl)) if p.is_file()]
+    for p in bundles + downloads:
+        cat.confined(p, folder)   # a linked bundle or downloads/ is not followed out of the models folder
     if not bundles and not downloads:
         other = (folder / name)
         if other.exists():

@@ -14,7 +14,7 @@ from loopback import FileServer
 
 from core import catalog as cat
 from core.cli import main
-from core.errors import Cancelled, RemoteClipError
+from core.errors import Cancelled, ModelError, OutputRefused, RemoteClipError
 
 
 def _run(capsys, *argv):
@@ -197,3 +197,65 @@ def test_vit_b_32_end_to_end(models, tmp_path, mosaic, capsys):
                         "--tile-size", 224, "--no-cache", "-q")
     assert rc == 0, err
     assert "35 tiles" in out
+
+
+# ------------------------------------------------------------------------- the models folder is a fence
+
+def _tree(root: Path) -> dict:
+    """Every path under ``root`` with its bytes (files) or None (folders), symlinks not followed."""
+    return {p: (p.read_bytes() if p.is_file() and not p.is_symlink() else None) for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("hostile", [
+    {"file": "../../../../victim.txt"},
+    {"file": "../victim.txt"},
+    {"name": "../../escape"},
+    {"file": "/absolute-victim.txt"},
+    {"urls": ["https://mirror.example/..%2F..%2F..%2Fvictim.txt"]},      # the file name taken from the URL
+])
+def test_a_hostile_catalogue_is_refused_when_read_and_writes_nothing(models, tmp_path, capsys, hostile):
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"the user's file")
+    user_catalog(models, {**entry(), **hostile})
+    before = _tree(tmp_path)
+    with pytest.raises(ModelError) as err:
+        cat.load_catalog(models)
+    assert err.value.path == str(models / "catalog.json")
+    field = "name" if "name" in hostile else "file"
+    assert f"has {field} " in err.value.problem
+    with FileServer({"tiny.pt": b"not a checkpoint " * 1000, "victim.txt": b"downloaded bytes"}) as srv:
+        for name in (hostile.get("name", "Tiny-RS"), "Tiny-RS"):
+            rc, _, err_text = _run(capsys, "models", "pull", name, "--url", srv.url("victim.txt"), "-q")
+            assert rc == 2 and "not a plain file name" in err_text and err_text.count("\n") == 1
+        assert srv.requests == []
+    assert victim.read_bytes() == b"the user's file"
+    assert _tree(tmp_path) == before
+
+
+def test_pull_writes_nothing_through_a_link_out_of_the_models_folder(models, tmp_path):
+    from core.models import pull
+
+    user_catalog(models, entry())
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (models / "downloads").symlink_to(outside, target_is_directory=True)
+    with FileServer({"tiny.pt": b"x" * 5000}) as srv:
+        with pytest.raises(OutputRefused) as err:
+            pull("Tiny-RS", url=srv.url("tiny.pt"))
+        assert err.value.path == str(models / "downloads" / "Tiny-RS--tiny.pt")
+        assert list(outside.iterdir()) == [] and srv.requests == []
+        # a .part linked to a file elsewhere is not appended to either
+        (models / "downloads").unlink()
+        (models / "downloads").mkdir()
+        victim = tmp_path / "victim.txt"
+        victim.write_bytes(b"keep")
+        (models / "downloads" / "Tiny-RS--tiny.pt.part").symlink_to(victim)
+        with pytest.raises(OutputRefused):
+            pull("Tiny-RS", url=srv.url("tiny.pt"))
+        assert victim.read_bytes() == b"keep" and srv.requests == []
+        # the bundle folder itself: a dangling link named like the model
+        (models / "downloads" / "Tiny-RS--tiny.pt.part").unlink()
+        (models / "Tiny-RS").symlink_to(tmp_path / "new-bundle", target_is_directory=True)
+        with pytest.raises(OutputRefused):
+            pull("Tiny-RS", url=srv.url("tiny.pt"))
+        assert not (tmp_path / "new-bundle").exists() and srv.requests == []
