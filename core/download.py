@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import Cancelled, RemoteClipError
+from .errors import Cancelled, RemoteClipError, VerificationFailed
 
 CHUNK = 1 << 20
 _SHA = re.compile(r'^(?:W/)?"?([0-9a-fA-F]{64})"?$')
@@ -67,7 +67,10 @@ def urllib_transport(url: str, start: int, headers: dict, timeout: float = 60.0)
     try:
         resp = opener.open(req, timeout=timeout)
     except urllib.error.HTTPError as e:
-        hdrs = {k.lower(): v for k, v in e.headers.items()} if e.headers else {}
+        hdrs = {}
+        for h in seen:   # a 416 after Hugging Face's redirect: its X-Linked-Etag still names the sha256
+            hdrs.update({k: v for k, v in h.items() if k.startswith("x-linked-")})
+        hdrs.update({k.lower(): v for k, v in e.headers.items()} if e.headers else {})
         e.close()
         return Response(e.code, hdrs, iter(()))
     except (urllib.error.URLError, OSError) as e:
@@ -207,6 +210,7 @@ def download(url: str, dest, *, sha256: str | None = None, size: int | None = No
                 m = re.match(r"bytes\s+\*/(\d+)", resp.headers.get("content-range", ""))
                 if m and int(m.group(1)) == start:
                     expected_size = expected_size or start
+                    expected_sha = expected_sha or sha256_of_headers(resp.headers)   # checked below
                     break
                 part.unlink()
                 attempt += 1
@@ -269,17 +273,17 @@ def download(url: str, dest, *, sha256: str | None = None, size: int | None = No
     got = part.stat().st_size
     if expected_size is not None and got != expected_size:
         part.unlink()
-        raise RemoteClipError(f"Downloaded {dest.name} is corrupt: {got} bytes instead of {expected_size}; "
-                              "it was removed.", "Download it again.")
+        raise VerificationFailed(f"Downloaded {dest.name} is corrupt: {got} bytes instead of {expected_size}; "
+                                 "it was removed.", "Download it again.", path=dest)
     if progress is not None:
         progress(1.0, f"checking {dest.name}")
     digest = file_sha256(part, is_cancelled=is_cancelled)
     if expected_sha and digest != expected_sha:
         part.unlink()
-        raise RemoteClipError(
+        raise VerificationFailed(
             f"Downloaded {dest.name} is corrupt: its sha256 is {digest}, expected {expected_sha}; it was removed.",
             "Download it again; if this repeats, the server or mirror holds a different file than the catalogue "
-            "names.")
+            "names.", path=dest)
     if record is not None:
         info = dict(record, url=url, size=got, sha256=digest, sha256_verified=bool(expected_sha),
                     downloaded=time.strftime("%Y-%m-%dT%H:%M:%S"))
