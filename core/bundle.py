@@ -19,7 +19,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .errors import RemoteClipError
+from .errors import ModelError, RemoteClipError
 
 FORMAT = "remoteclip-onnx-bundle"
 FORMAT_VERSION = 1
@@ -276,8 +276,8 @@ def check_manifest(m: dict, src) -> None:
     """Every field core uses, checked before any tile is read; the error names the field."""
 
     def bad(field: str, value, want: str):
-        raise RemoteClipError(f"The manifest of model bundle {src} has an invalid {field}: {repr(value)[:80]} "
-                              f"({want}).", "Re-export the bundle, or correct manifest.json.")
+        raise ModelError(f"The manifest of model bundle {src} has an invalid {field}: {repr(value)[:80]} "
+                         f"({want}).", "Re-export the bundle, or correct manifest.json.", path=Path(src) / MANIFEST)
 
     def whole(field, value, lo, hi):
         if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) \
@@ -324,7 +324,12 @@ def check_manifest(m: dict, src) -> None:
     text = m["text"]
     if not isinstance(text, dict):
         bad("text", text, "an object")
-    whole("text.context_length", text["context_length"], 2, MAX_CONTEXT)
+    context = whole("text.context_length", text["context_length"], 2, MAX_CONTEXT)
+    text_cfg = m.get("model_config", {}).get("text_cfg") if isinstance(m.get("model_config"), dict) else None
+    trained = text_cfg.get("context_length") if isinstance(text_cfg, dict) else None
+    if isinstance(trained, int) and not isinstance(trained, bool) and trained != context:
+        # the graph's position embedding has the model's length: any other length cuts or breaks prompts
+        bad("text.context_length", context, f"the model's context length, {trained} (model_config.text_cfg)")
     vocab = whole("text.vocab_size", text.get("vocab_size", 49408), 2, 10_000_000)
     for key in ("sot_token_id", "eot_token_id", "pad_token_id"):
         if key in text:
@@ -358,6 +363,38 @@ def check_manifest(m: dict, src) -> None:
                 for key in ("image_cos_min", "text_cos_min", "top1_agree"):
                     if key in agree:
                         real(f"quantization.int8.agreement_vs_fp32.{key}", agree[key], -1.0, 1.0)
+
+
+# what each graph takes: the input's element types and rank
+_GRAPH_INPUTS = {"image": (("tensor(float)", "tensor(float16)"), 4, "pixel_values, float (N, 3, H, W)"),
+                 "text": (("tensor(int64)", "tensor(int32)"), 2, "input_ids, int64 (N, tokens)")}
+
+
+def check_graph_inputs(bundle: Bundle, kind: str, precision: str, sess) -> None:
+    """The graph loaded in ``sess`` takes what a ``kind`` graph of this bundle takes (one input of the right
+    type and rank, the manifest's image size or context length where the graph fixes it); else ModelError.
+    Catches swapped graphs and a manifest that disagrees with its graphs before a tile is run."""
+    types, rank, want = _GRAPH_INPUTS[kind]
+    inputs = sess.get_inputs()
+    rel = bundle.config.graphs[precision][kind]
+    got = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs) or "nothing"
+
+    def refuse(problem: str):
+        raise ModelError(f"Model bundle {bundle.source}: the {precision} {kind} graph {rel} {problem}.",
+                         "Check manifest.json's graphs (image and text swapped?) and text.context_length / "
+                         "image.size, or re-export the bundle.", path=bundle.path / rel)
+
+    if len(inputs) != 1 or inputs[0].type not in types or len(inputs[0].shape) != rank:
+        refuse(f"takes {got}, not what a {kind} graph takes ({want}): the graphs' inputs do not match")
+    shape = inputs[0].shape
+    if kind == "image":
+        fixed = [(d, w) for d, w in zip(shape[1:], (3, *bundle.config.image.size), strict=True) if isinstance(d, int)]
+        if any(d != w for d, w in fixed):
+            refuse(f"takes images {shape[1:]}, the manifest says 3 x {bundle.config.image.size[0]} x "
+                   f"{bundle.config.image.size[1]} (image.size)")
+    elif isinstance(shape[1], int) and shape[1] != bundle.config.text.context_length:
+        refuse(f"takes {shape[1]} tokens, the manifest says {bundle.config.text.context_length} "
+               "(text.context_length)")
 
 
 def parse_manifest(m: dict, src) -> Manifest:
