@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import Cancelled, RemoteClipError, VerificationFailed
+from .errors import Cancelled, RemoteClipError, SourceUnreadable, VerificationFailed
 
 CHUNK = 1 << 20
 _SHA = re.compile(r'^(?:W/)?"?([0-9a-fA-F]{64})"?$')
@@ -299,6 +299,9 @@ def verify_file(path, *, sha256: str | None = None, size: int | None = None, pro
     """Check a local checkpoint (an air-gapped copy) against the catalogue; returns its sha256.
     The file is the user's: it is never removed, only named."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise SourceUnreadable(f"{path} is not a regular file (it leads to {path.resolve()}), so it is not a "
+                               "checkpoint.", "Give the path of the downloaded .pt file.", path=path)
     if not path.is_file():
         raise RemoteClipError(f"Checkpoint not found: {path}.", "Give the path of the downloaded .pt file.")
     got = path.stat().st_size

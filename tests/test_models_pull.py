@@ -4,8 +4,11 @@ converted by core.convert (no torch) and used by `remoteclip label` on a real ra
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,7 @@ from loopback import FileServer
 
 from core import catalog as cat
 from core.cli import main
-from core.errors import Cancelled, ModelError, OutputRefused, RemoteClipError
+from core.errors import Cancelled, ModelError, OutputRefused, RemoteClipError, SourceUnreadable, WriteFailed
 
 
 def _run(capsys, *argv):
@@ -174,6 +177,83 @@ def test_convert_a_checkpoint_the_user_has(models, tiny_ckpt, tmp_path, capsys):
     assert manifest["architecture"] == "tiny-test" and manifest["source"]["tool"] == "remoteclip models convert"
     rc, _, err = _run(capsys, "models", "convert", tiny_ckpt, "--out", out_dir, "-q")
     assert rc == 2 and err.count("\n") == 1      # an existing bundle is never replaced
+
+
+def test_convert_replaces_a_bundle_only_with_overwrite(models, tiny_ckpt, tmp_path, capsys):
+    out_dir = tmp_path / "mine"
+    assert _run(capsys, "models", "convert", tiny_ckpt, "--out", out_dir, "-q")[0] == 0
+    stamp = (out_dir / "manifest.json").stat().st_mtime_ns
+    rc, _, err = _run(capsys, "models", "convert", tiny_ckpt, "--out", out_dir, "-q")
+    assert rc == 2 and "--overwrite" in err and (out_dir / "manifest.json").stat().st_mtime_ns == stamp
+    rc, _, err = _run(capsys, "models", "convert", tiny_ckpt, "--out", out_dir, "--name", "again", "--overwrite", "-q")
+    assert rc == 0, err
+    assert json.loads((out_dir / "manifest.json").read_text())["name"] == "again"
+
+
+def test_a_checkpoint_that_is_not_a_regular_file_is_named_so(models, tmp_path, capsys):
+    from core.convert.checkpoint import read_checkpoint
+    from core.models import convert
+
+    last = tmp_path / "checkpoint_last.pt"
+    last.symlink_to("/dev/zero")
+    folder = tmp_path / "a-folder.pt"
+    folder.mkdir()
+    for path in (last, folder):
+        for call in (lambda p: convert(p, tmp_path / "out"), read_checkpoint):
+            with pytest.raises(SourceUnreadable) as err:
+                call(path)
+            assert err.value.path == str(path) and "not a regular file" in err.value.problem
+        rc, _, err_text = _run(capsys, "models", "convert", path, "--out", tmp_path / "out", "-q")
+        assert rc == 2 and "not a regular file" in err_text and err_text.count("\n") == 1
+    user_catalog(models, entry())
+    with pytest.raises(SourceUnreadable):
+        from core.models import pull
+
+        pull("Tiny-RS", url=str(last))
+    assert not (tmp_path / "out").exists() and not (models / "Tiny-RS").exists()
+
+
+@contextlib.contextmanager
+def _without_write_access():
+    """Permissions bind only a user that is not root: as root (CI containers), act as nobody meanwhile."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.setegid(65534)
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+def test_a_read_only_models_folder_is_one_clear_error(tmp_path, capsys, monkeypatch):
+    import tempfile
+
+    from core.models import pull
+
+    folder = Path(tempfile.mkdtemp(prefix="ro-models-"))   # in /tmp itself: tmp_path lies in a folder only root may enter
+    try:
+        user_catalog(folder, entry(), entry("Tiny-B"))
+        marked = folder / "Tiny-RS"
+        marked.mkdir()
+        (marked / "manifest.json").write_text(json.dumps({"format": "remoteclip-onnx-bundle", "source": {
+            "tool": "remoteclip models pull"}}))
+        folder.chmod(0o555)
+        monkeypatch.setenv("REMOTECLIP_MODELS", str(folder))
+        with FileServer({"tiny.pt": b"x" * 5000}) as srv:
+            with _without_write_access(), pytest.raises(WriteFailed) as err:
+                pull("Tiny-B", url=srv.url("tiny.pt"))
+            assert srv.requests == []
+        assert err.value.path == str(folder) and "models folder" in err.value.problem
+        with _without_write_access():
+            rc, _, err_text = _run(capsys, "models", "remove", "Tiny-RS")
+        assert rc == 2 and "Cannot remove" in err_text and err_text.count("\n") == 1
+        assert (marked / "manifest.json").is_file()
+    finally:
+        folder.chmod(0o755)
+        shutil.rmtree(folder)
 
 
 def test_pull_refuses_a_model_that_is_already_there(models, tiny_ckpt):

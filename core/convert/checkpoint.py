@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import RemoteClipError
+from ..errors import RemoteClipError, SourceUnreadable
 
 # PyTorch storage class name -> (numpy dtype of the raw bytes (little-endian), element size)
 STORAGE_TYPES = {
@@ -350,6 +350,9 @@ def read_checkpoint(path):
     (torch formats), or a dict of float32 / integer arrays (safetensors)."""
     path = Path(path).expanduser()
     source = str(path)
+    if path.exists() and not path.is_file():
+        raise SourceUnreadable(f"{source} is not a regular file (it leads to {path.resolve()}), so it is not a "
+                               "checkpoint.", "Give the path of the checkpoint file itself.", path=path)
     if not path.is_file():
         raise RemoteClipError(f"Checkpoint {source} not found.", "Check the path of the checkpoint file.")
     if path.stat().st_size < 16:
