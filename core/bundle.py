@@ -222,8 +222,18 @@ def load_bundle(path) -> Bundle:
     return Bundle(folder, manifest, source=src, config=parse_manifest(manifest, src))
 
 
+def _outside(folder: Path, rel: str, src: Path) -> None:
+    """ModelError when the bundle's file ``rel`` leads out of the bundle folder (a symlink elsewhere)."""
+    if (folder / rel).exists() and not (folder / rel).resolve().is_relative_to(folder.resolve()):
+        raise ModelError(f"Model bundle {src} names {rel}, which leads outside the bundle folder "
+                         f"(to {(folder / rel).resolve()}).",
+                         "Keep the manifest, every graph and vocabulary file inside the bundle folder.",
+                         path=folder / rel)
+
+
 def _read_manifest(folder: Path, src: Path) -> dict:
     mpath = folder / MANIFEST
+    _outside(folder, MANIFEST, src)   # a manifest linked from another bundle, as a linked graph
     if not mpath.is_file():
         raise RemoteClipError(f"{src} is not a model bundle: it has no {MANIFEST}.", _EXPORT_HINT)
     try:
@@ -438,11 +448,8 @@ def inside(field: str, rel, bad) -> None:
 def _check_files(folder: Path, manifest: dict, src: Path) -> None:
     needed = [manifest["text"]["vocab_file"]]
     needed += [manifest["graphs"][p][k] for p in manifest["graphs"] for k in KINDS]
-    root = folder.resolve()
     for f in needed:   # a symlink inside the bundle must not lead out of it either
-        if (folder / f).exists() and not (folder / f).resolve().is_relative_to(root):
-            raise RemoteClipError(f"Model bundle {src} names {f}, which leads outside the bundle folder.",
-                                  "Keep every graph and vocabulary file inside the bundle folder.")
+        _outside(folder, f, src)
     missing = [f for f in needed if not (folder / f).is_file()]
     if missing:
         raise RemoteClipError(f"Model bundle {src} is incomplete: missing {', '.join(missing)}.",

@@ -189,3 +189,20 @@ def test_a_manifest_that_disagrees_with_its_graphs_is_refused(tiny_bundle, tmp_p
     with pytest.raises(ModelError) as err:
         enc.encode_images(np.zeros((1, 3, 96, 96), np.float32))
     assert "image.size" in err.value.problem
+
+
+def test_a_manifest_linked_from_another_bundle_is_refused_as_a_linked_graph_is(tiny_bundle, tmp_path):
+    other = _edited(tiny_bundle, tmp_path / "other", lambda m: m.update(name="other"))
+    for linked in ("manifest.json", "image_fp32.onnx"):
+        d = tmp_path / f"linked-{linked}"
+        shutil.copytree(tiny_bundle, d)
+        (d / linked).unlink()
+        (d / linked).symlink_to(other / linked)
+        with pytest.raises(ModelError) as err:
+            load_bundle(d)
+        assert err.value.path == str(d / linked) and "leads outside the bundle folder" in err.value.problem
+    inside = tmp_path / "inside"          # a link that stays inside the bundle is still fine
+    shutil.copytree(tiny_bundle, inside)
+    (inside / "manifest.json").rename(inside / "manifest-v1.json")
+    (inside / "manifest.json").symlink_to("manifest-v1.json")
+    assert load_bundle(inside).name == "tiny-test"
