@@ -95,6 +95,25 @@ DEMO_NOTE = ("the demo model is a toy for trying the tools (69 % zero-shot top-1
              "in the dock's model row")
 
 
+# int8 graphs are offered as a faster stand-in for fp32 when they give its label nearly always
+# (docs/performance.md: top-1 agreement of at least 99 %)
+INT8_USABLE_TOP1 = 0.99
+
+
+def precision_warnings(bundle: Bundle, precision: str) -> list[str]:
+    """What a job at ``precision`` should say about the graphs it runs: int8 graphs whose recorded top-1
+    agreement with fp32 is below INT8_USABLE_TOP1."""
+    if precision != "int8":
+        return []
+    agree = (((bundle.manifest.get("quantization") or {}).get("int8") or {}).get("agreement_vs_fp32") or {})
+    top1 = agree.get("top1_agree")
+    if top1 is None or top1 >= INT8_USABLE_TOP1:
+        return []
+    return [f"The int8 graphs of {bundle.name} agree with fp32 on only {top1:.0%} of the best labels (measured on "
+            f"{agree.get('images', 'its check images')}; {INT8_USABLE_TOP1:.0%} is considered usable): use "
+            "precision fp32 for results you rely on, or remake the int8 graphs."]
+
+
 def default_bundle() -> str | None:
     """REMOTECLIP_MODEL when set, else the demo bundle (folder or .rclip.zip) when present, else None."""
     env = os.environ.get("REMOTECLIP_MODEL")

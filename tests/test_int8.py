@@ -197,3 +197,30 @@ def test_the_recorded_agreement_is_int8_measured_against_fp32(tiny_bundle, tmp_p
     top1 = ((img32 @ txt32.T).argmax(1) == (img8 @ txt8.T).argmax(1)).mean()
     assert agree["top1_agree"] == pytest.approx(top1, abs=1e-4)
     assert agree["n_images"] == 16 and agree["n_texts"] == len(CHECK_PROMPTS)
+
+
+def test_int8_graphs_that_disagree_with_fp32_are_used_with_a_warning(int8_bundle, data_dir, tmp_path, capsys):
+    from core.bundle import INT8_USABLE_TOP1
+    from core.cli import main
+
+    z20 = str(data_dir / "orthomosaic" / "kampala_oam_z20_mosaic_1536x1024.tif")
+    recorded = load_bundle(int8_bundle).manifest["quantization"]["int8"]["agreement_vs_fp32"]["top1_agree"]
+    assert recorded >= INT8_USABLE_TOP1
+    poor = tmp_path / "poor-int8"
+    shutil.copytree(int8_bundle, poor)
+    m = json.loads((poor / "manifest.json").read_text())
+    m["quantization"]["int8"]["agreement_vs_fp32"]["top1_agree"] = 0.1
+    (poor / "manifest.json").write_text(json.dumps(m))
+
+    def warned(model, precision, raster=z20):
+        run = RunOptions(model=str(model), device="cpu", precision=precision, cache_dir="")
+        res = run_job(Job(raster=raster, task=LabelTask(["trees", "road"]), run=run, tiles=TileSpec(size=512)))
+        return [w for w in res.warnings if "int8 graphs" in w]
+
+    assert warned(int8_bundle, "int8") == [] and warned(poor, "fp32") == []
+    (w,) = warned(poor, "int8")
+    assert "only 10%" in w and "fp32" in w
+    assert len(warned(poor, "int8", [z20, z20.replace("z20_mosaic_1536x1024", "z21_mosaic_3072x2048")])) == 1
+    assert main(["label", z20, "--labels", "trees,road", "--model", str(poor), "--precision", "int8",
+                 "--tile-size", "512", "--no-cache", "-q"]) == 0
+    assert "warning: The int8 graphs of" in capsys.readouterr().out
