@@ -97,6 +97,25 @@ DEMO_NOTE = (f"the demo model is a toy for trying the tools ({DEMO_FIGURE}); for
              "`remoteclip models pull RemoteCLIP-ViT-B-32`, or Get in the dock's model row")
 
 
+# int8 graphs are offered as a faster stand-in for fp32 when they give its label nearly always
+# (docs/performance.md: top-1 agreement of at least 99 %)
+INT8_USABLE_TOP1 = 0.99
+
+
+def precision_warnings(bundle: Bundle, precision: str) -> list[str]:
+    """What a job at ``precision`` should say about the graphs it runs: int8 graphs whose recorded top-1
+    agreement with fp32 is below INT8_USABLE_TOP1."""
+    if precision != "int8":
+        return []
+    agree = (((bundle.manifest.get("quantization") or {}).get("int8") or {}).get("agreement_vs_fp32") or {})
+    top1 = agree.get("top1_agree")
+    if top1 is None or top1 >= INT8_USABLE_TOP1:
+        return []
+    return [f"The int8 graphs of {bundle.name} agree with fp32 on only {top1:.0%} of the best labels (measured on "
+            f"{agree.get('images', 'its check images')}; {INT8_USABLE_TOP1:.0%} is considered usable): use "
+            "precision fp32 for results you rely on, or remake the int8 graphs."]
+
+
 def default_bundle() -> str | None:
     """REMOTECLIP_MODEL when set, else the demo bundle (folder or .rclip.zip) when present, else None."""
     env = os.environ.get("REMOTECLIP_MODEL")
@@ -224,8 +243,18 @@ def load_bundle(path) -> Bundle:
     return Bundle(folder, manifest, source=src, config=parse_manifest(manifest, src))
 
 
+def _outside(folder: Path, rel: str, src: Path) -> None:
+    """ModelError when the bundle's file ``rel`` leads out of the bundle folder (a symlink elsewhere)."""
+    if (folder / rel).exists() and not (folder / rel).resolve().is_relative_to(folder.resolve()):
+        raise ModelError(f"Model bundle {src} names {rel}, which leads outside the bundle folder "
+                         f"(to {(folder / rel).resolve()}).",
+                         "Keep the manifest, every graph and vocabulary file inside the bundle folder.",
+                         path=folder / rel)
+
+
 def _read_manifest(folder: Path, src: Path) -> dict:
     mpath = folder / MANIFEST
+    _outside(folder, MANIFEST, src)   # a manifest linked from another bundle, as a linked graph
     if not mpath.is_file():
         raise ModelError(f"{src} is not a model bundle: it has no {MANIFEST}.", _EXPORT_HINT, path=src)
     try:
@@ -279,7 +308,7 @@ def check_manifest(m: dict, src) -> None:
 
     def bad(field: str, value, want: str):
         raise ModelError(f"The manifest of model bundle {src} has an invalid {field}: {repr(value)[:80]} "
-                              f"({want}).", "Re-export the bundle, or correct manifest.json.", path=src)
+                         f"({want}).", "Re-export the bundle, or correct manifest.json.", path=Path(src) / MANIFEST)
 
     def whole(field, value, lo, hi):
         if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) \
@@ -326,7 +355,12 @@ def check_manifest(m: dict, src) -> None:
     text = m["text"]
     if not isinstance(text, dict):
         bad("text", text, "an object")
-    whole("text.context_length", text["context_length"], 2, MAX_CONTEXT)
+    context = whole("text.context_length", text["context_length"], 2, MAX_CONTEXT)
+    text_cfg = m.get("model_config", {}).get("text_cfg") if isinstance(m.get("model_config"), dict) else None
+    trained = text_cfg.get("context_length") if isinstance(text_cfg, dict) else None
+    if isinstance(trained, int) and not isinstance(trained, bool) and trained != context:
+        # the graph's position embedding has the model's length: any other length cuts or breaks prompts
+        bad("text.context_length", context, f"the model's context length, {trained} (model_config.text_cfg)")
     vocab = whole("text.vocab_size", text.get("vocab_size", 49408), 2, 10_000_000)
     for key in ("sot_token_id", "eot_token_id", "pad_token_id"):
         if key in text:
@@ -360,6 +394,38 @@ def check_manifest(m: dict, src) -> None:
                 for key in ("image_cos_min", "text_cos_min", "top1_agree"):
                     if key in agree:
                         real(f"quantization.int8.agreement_vs_fp32.{key}", agree[key], -1.0, 1.0)
+
+
+# what each graph takes: the input's element types and rank
+_GRAPH_INPUTS = {"image": (("tensor(float)", "tensor(float16)"), 4, "pixel_values, float (N, 3, H, W)"),
+                 "text": (("tensor(int64)", "tensor(int32)"), 2, "input_ids, int64 (N, tokens)")}
+
+
+def check_graph_inputs(bundle: Bundle, kind: str, precision: str, sess) -> None:
+    """The graph loaded in ``sess`` takes what a ``kind`` graph of this bundle takes (one input of the right
+    type and rank, the manifest's image size or context length where the graph fixes it); else ModelError.
+    Catches swapped graphs and a manifest that disagrees with its graphs before a tile is run."""
+    types, rank, want = _GRAPH_INPUTS[kind]
+    inputs = sess.get_inputs()
+    rel = bundle.config.graphs[precision][kind]
+    got = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs) or "nothing"
+
+    def refuse(problem: str):
+        raise ModelError(f"Model bundle {bundle.source}: the {precision} {kind} graph {rel} {problem}.",
+                         "Check manifest.json's graphs (image and text swapped?) and text.context_length / "
+                         "image.size, or re-export the bundle.", path=bundle.path / rel)
+
+    if len(inputs) != 1 or inputs[0].type not in types or len(inputs[0].shape) != rank:
+        refuse(f"takes {got}, not what a {kind} graph takes ({want}): the graphs' inputs do not match")
+    shape = inputs[0].shape
+    if kind == "image":
+        fixed = [(d, w) for d, w in zip(shape[1:], (3, *bundle.config.image.size), strict=True) if isinstance(d, int)]
+        if any(d != w for d, w in fixed):
+            refuse(f"takes images {shape[1:]}, the manifest says 3 x {bundle.config.image.size[0]} x "
+                   f"{bundle.config.image.size[1]} (image.size)")
+    elif isinstance(shape[1], int) and shape[1] != bundle.config.text.context_length:
+        refuse(f"takes {shape[1]} tokens, the manifest says {bundle.config.text.context_length} "
+               "(text.context_length)")
 
 
 def parse_manifest(m: dict, src) -> Manifest:
@@ -403,11 +469,8 @@ def inside(field: str, rel, bad) -> None:
 def _check_files(folder: Path, manifest: dict, src: Path) -> None:
     needed = [manifest["text"]["vocab_file"]]
     needed += [manifest["graphs"][p][k] for p in manifest["graphs"] for k in KINDS]
-    root = folder.resolve()
     for f in needed:   # a symlink inside the bundle must not lead out of it either
-        if (folder / f).exists() and not (folder / f).resolve().is_relative_to(root):
-            raise ModelError(f"Model bundle {src} names {f}, which leads outside the bundle folder.",
-                                  "Keep every graph and vocabulary file inside the bundle folder.", path=src)
+        _outside(folder, f, src)
     missing = [f for f in needed if not (folder / f).is_file()]
     if missing:
         raise ModelError(f"Model bundle {src} is incomplete: missing {', '.join(missing)}.",

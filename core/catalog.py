@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ModelError
+from .errors import ModelError, OutputRefused
 
 CATALOG_FILE = Path(__file__).resolve().parent / "data" / "catalog.json"
 CATALOG_FORMAT = "remoteclip-model-catalog"
@@ -87,12 +87,38 @@ class Entry:
             raise ModelError(f"Model catalogue {origin}: {d['name']} has a malformed sha256 {sha!r}.",
                                   "Give 64 hexadecimal digits, or null when unknown.")
         urls = d["urls"] if isinstance(d["urls"], list) else [d["urls"]]
+        file = d.get("file") or url_file_name(urls[0])
+        for key, value in (("name", d["name"]), ("file", file)):
+            # both become file names in the models folder: a catalogue must not make pull write elsewhere
+            if not is_plain_name(value):
+                raise ModelError(f"Model catalogue {origin}: entry {str(d['name'])[:60]!r} has {key} "
+                                 f"{str(value)[:80]!r}, which is not a plain file name.",
+                                 f"Give {key} as a single name without '/', '\\', ':' or '..'.",
+                                 path=CATALOG_FILE if origin == "built-in" else origin)
         return cls(name=d["name"], architecture=d["architecture"], activation=d["activation"],
-                   file=d.get("file") or url_file_name(urls[0]), urls=urls, size=d.get("size"),
+                   file=file, urls=urls, size=d.get("size"),
                    sha256=sha.lower() if sha else None, licence=d.get("licence", ""),
                    description=d.get("description", ""), family=d.get("family", ""), archive=d.get("archive"),
                    size_approx=d.get("size_approx"), recommended=bool(d.get("recommended")),
                    verified=d.get("verified") or {"status": "unverified"}, origin=origin)
+
+
+def is_plain_name(value) -> bool:
+    """A single path component: no separator, no drive, not '.' or '..', not empty."""
+    return (isinstance(value, str) and value.strip() != "" and value not in (".", "..")
+            and not any(c in value for c in "/\\:\0"))
+
+
+def confined(path: str | os.PathLike, folder: str | os.PathLike) -> Path:
+    """``path`` if it lies inside the models folder ``folder`` once resolved (symlinks followed), else
+    OutputRefused: nothing pull or remove writes or deletes may be outside the models folder."""
+    root = Path(folder).resolve()
+    real = Path(path).resolve()
+    if real == root or not real.is_relative_to(root):
+        raise OutputRefused(f"{path} leads outside the models folder {root} (to {real}); refusing to write "
+                            "or remove it.", "Remove the link, or point REMOTECLIP_MODELS (--dir) at the "
+                            "folder itself.", path=path)
+    return Path(path)
 
 
 def url_file_name(url: str) -> str:

@@ -519,7 +519,7 @@ def crs_name(wkt: str) -> str:
 
 def run_collection(job, progress=None, is_cancelled=None, on_plan=None):
     """``run_job`` for a job whose ``raster`` is a list (or that runs on Dask); see the module docstring."""
-    from .bundle import load_bundle
+    from .bundle import load_bundle, precision_warnings
     from .inference import Encoder
     from .jobs import (
         JobResult,
@@ -547,7 +547,7 @@ def run_collection(job, progress=None, is_cancelled=None, on_plan=None):
                               "Leave out --raster-output, or run each raster on its own (or mosaic them in a VRT).", param="raster_output")
     paths = check_outputs(job)
     bundle = load_bundle(job.run.model)
-    warnings: list[str] = []
+    warnings: list[str] = precision_warnings(bundle, job.run.precision)
     _progress(progress, 0.0, "planning")
     task = job.task
     prepared = task.prepare(bundle, warnings)

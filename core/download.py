@@ -31,6 +31,7 @@ from pathlib import Path
 from .errors import Cancelled, DownloadFailed, SourceUnreadable, VerificationFailed
 
 CHUNK = 1 << 20
+READ_TIMEOUT = 30.0     # seconds without a byte before a download is called stalled
 _SHA = re.compile(r'^(?:W/)?"?([0-9a-fA-F]{64})"?$')
 USER_AGENT = "remoteclip-qgis/0.1 (model download)"
 
@@ -67,7 +68,10 @@ def urllib_transport(url: str, start: int, headers: dict, timeout: float = 60.0)
     try:
         resp = opener.open(req, timeout=timeout)
     except urllib.error.HTTPError as e:
-        hdrs = {k.lower(): v for k, v in e.headers.items()} if e.headers else {}
+        hdrs = {}
+        for h in seen:   # a 416 after Hugging Face's redirect: its X-Linked-Etag still names the sha256
+            hdrs.update({k: v for k, v in h.items() if k.startswith("x-linked-")})
+        hdrs.update({k.lower(): v for k, v in e.headers.items()} if e.headers else {})
         e.close()
         return Response(e.code, hdrs, iter(()))
     except (urllib.error.URLError, OSError) as e:
@@ -177,18 +181,23 @@ def sidecar(path: Path) -> Path:
 
 def download(url: str, dest, *, sha256: str | None = None, size: int | None = None,
              transport: Transport | None = None, progress=None, is_cancelled=None, retries: int = 3,
-             retry_wait: float = 1.0, record: dict | None = None) -> Path:
+             retry_wait: float = 1.0, record: dict | None = None, read_timeout: float = READ_TIMEOUT) -> Path:
     """Download ``url`` to ``dest`` (resuming ``dest.part``), verify size and sha256, rename into place.
 
     ``progress(fraction, message)``; ``is_cancelled()`` is checked per chunk: a cancel raises Cancelled
     and keeps ``dest.part`` for the next call to resume. A dropped connection is resumed up to
-    ``retries`` times. ``record`` (a dict) is written beside the file as ``dest.json`` with the URL,
-    size and sha256. Returns ``dest``.
+    ``retries`` times; a server that sends nothing for ``read_timeout`` seconds (urllib transport) ends
+    the download with DownloadFailed at once, the part kept. ``record`` (a dict) is written beside the file
+    as ``dest.json`` with the URL, size and sha256. Returns ``dest``.
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    transport = transport or (file_transport if local_path(url) is not None else urllib_transport)
+    if transport is None and local_path(url) is not None:
+        transport = file_transport
+    elif transport is None:
+        def transport(u, start, headers):
+            return urllib_transport(u, start, headers, timeout=read_timeout)
     expected_sha = sha256.lower() if sha256 else None
     expected_size = size
     attempt = 0
@@ -207,6 +216,7 @@ def download(url: str, dest, *, sha256: str | None = None, size: int | None = No
                 m = re.match(r"bytes\s+\*/(\d+)", resp.headers.get("content-range", ""))
                 if m and int(m.group(1)) == start:
                     expected_size = expected_size or start
+                    expected_sha = expected_sha or sha256_of_headers(resp.headers)   # checked below
                     break
                 part.unlink()
                 attempt += 1
@@ -214,6 +224,11 @@ def download(url: str, dest, *, sha256: str | None = None, size: int | None = No
                     raise DownloadFailed(f"{url}: the server refuses to resume the download.",
                                           "Try again later, or download the file elsewhere and pass it with --url FILE.")
                 continue
+            if 300 <= resp.status < 400:   # urllib follows redirects: one left over is a loop (or too many)
+                raise DownloadFailed(f"Download of {url} failed: the server redirects in a loop (HTTP "
+                                     f"{resp.status}, {resp.headers.get('location', 'no Location')!r}).",
+                                     "Check the mirror or the URL (--url, the catalogue's urls); the server "
+                                     "is misconfigured, trying again will not help.")
             if resp.status not in (200, 206):
                 raise DownloadFailed(f"Download of {url} failed: the server answered HTTP {resp.status}.",
                                       _status_fix(resp.status))
@@ -247,14 +262,22 @@ def download(url: str, dest, *, sha256: str | None = None, size: int | None = No
                             frac = done / expected_size if expected_size else 0.0
                             progress(min(frac, 1.0), f"downloading {dest.name}: {_mib(done)}"
                                      + (f" of {_mib(expected_size)}" if expected_size else ""))
+                except TimeoutError as e:
+                    interrupted = stalled = e   # the server stopped sending: no point waiting again
                 except (OSError, EOFError, ValueError, http.client.HTTPException) as e:
-                    interrupted = e     # connection dropped: resume below
+                    interrupted, stalled = e, None     # connection dropped: resume below
                 else:
-                    interrupted = None
+                    interrupted = stalled = None
                 f.flush()
                 os.fsync(f.fileno())
         finally:
             resp.close()
+        if stalled is not None:
+            raise DownloadFailed(
+                f"Download of {dest.name} stalled: no data for {read_timeout:g} s from {url} (at {_mib(done)}"
+                + (f" of {_mib(expected_size)}" if expected_size else "") + ").",
+                f"Check the connection (or proxy) and run the same command again: it resumes from {_mib(done)} "
+                f"({part}).", path=part)
         if interrupted is None and (expected_size is None or done >= expected_size):
             break
         attempt += 1
@@ -295,6 +318,9 @@ def verify_file(path, *, sha256: str | None = None, size: int | None = None, pro
     """Check a local checkpoint (an air-gapped copy) against the catalogue; returns its sha256.
     The file is the user's: it is never removed, only named."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise SourceUnreadable(f"{path} is not a regular file (it leads to {path.resolve()}), so it is not a "
+                               "checkpoint.", "Give the path of the downloaded .pt file.", path=path)
     if not path.is_file():
         raise SourceUnreadable(f"Checkpoint not found: {path}.", "Give the path of the downloaded .pt file.", path=path)
     got = path.stat().st_size

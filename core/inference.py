@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .bundle import load_bundle
+from .bundle import check_graph_inputs, load_bundle
 from .errors import InvalidInput, MissingDependency, ModelError
 from .tokenizer import Tokenizer
 
@@ -278,8 +278,9 @@ class Encoder:
 
     def session(self, kind: str):
         if kind not in self._sessions:
-            self._sessions[kind] = cached_session(self.bundle.graph_path(kind, self.precision), self.providers,
-                                                  self.threads)
+            sess = cached_session(self.bundle.graph_path(kind, self.precision), self.providers, self.threads)
+            check_graph_inputs(self.bundle, kind, self.precision, sess)   # swapped graphs, a wrong size
+            self._sessions[kind] = sess
         return self._sessions[kind]
 
     @property

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import checks
-from .bundle import load_bundle
+from .bundle import load_bundle, precision_warnings
 from .errors import Cancelled, InvalidInput
 from .inference import AUTO_BATCH_CPU, Encoder
 from .preprocess import output_size, preprocess
@@ -476,7 +476,7 @@ def run_job(job: Job, progress=None, is_cancelled=None, on_plan=None) -> JobResu
     try:
         require_crs(src)
         bundle = load_bundle(job.run.model)
-        warnings: list[str] = []
+        warnings: list[str] = precision_warnings(bundle, job.run.precision)
         _progress(progress, 0.0, "preparing")
         task = job.task
         prepared = task.prepare(bundle, warnings)

@@ -350,6 +350,9 @@ def read_checkpoint(path):
     (torch formats), or a dict of float32 / integer arrays (safetensors)."""
     path = Path(path).expanduser()
     source = str(path)
+    if path.exists() and not path.is_file():
+        raise SourceUnreadable(f"{source} is not a regular file (it leads to {path.resolve()}), so it is not a "
+                               "checkpoint.", "Give the path of the checkpoint file itself.", path=path)
     if not path.is_file():
         raise SourceUnreadable(f"Checkpoint {source} not found.", "Check the path of the checkpoint file.", path=source)
     if path.stat().st_size < 16:
