@@ -23,7 +23,8 @@ from core.tasks import TASKS, Param, Task, TaskOutput, register, task_class
 def test_every_task_declares_what_the_front_ends_need():
     assert list(TASKS) == ["label", "count", "search", "embed", "classify"]
     sub = next(a for a in _parser()._actions if a.dest == "command")
-    assert list(sub.choices) == [*TASKS, "models"]    # one sub-command per task, in the registry's order
+    # one sub-command per task, in the registry's order, then the tools that are no tile task
+    assert list(sub.choices) == [*TASKS, "models", "sample", "assess"]
     for kind, cls in TASKS.items():
         assert cls.kind == kind and cls.title and cls.summary and cls.help and cls.algorithm
         assert task_class(kind) is cls
