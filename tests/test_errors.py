@@ -6,7 +6,6 @@ import pytest
 
 from core import errors
 
-
 KINDS = {
     errors.InvalidInput: ValueError,
     errors.SourceUnreadable: OSError,
