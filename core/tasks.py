@@ -251,6 +251,17 @@ class Task:
         """Lines summing up a result (the command line prints them)."""
         return []
 
+    # ------------------------------------------------------------------------------ front-ends
+
+    # input (a param's name, or "map_labels": the style's check box) -> the name the dock gives its widget
+    widget_names: ClassVar[dict[str, str]] = {}
+    # inputs the dock remembers across sessions -> their text before anything was remembered
+    remembered: ClassVar[dict[str, str]] = {}
+
+    def value_text(self, value) -> str:
+        """A value of the result's dissolve field as the result summary names it (a class, "3 cars")."""
+        return str(value)
+
 
 TASKS: dict[str, type[Task]] = {}
 
@@ -469,6 +480,11 @@ class LabelTask(Task):
     def describe(self, result):
         return _label_summary(result.records)
 
+    widget_names: ClassVar[dict[str, str]] = {
+        "preset": "preset_combo", "labels": "labels_edit", "templates": "templates_edit", "top_k": "label_topk",
+        "threshold": "label_threshold", "map_labels": "label_map_labels"}
+    remembered: ClassVar[dict[str, str]] = {"labels": "\n".join(PRESETS["land-cover"])}
+
 
 @register
 @dataclass
@@ -527,6 +543,21 @@ class CountTask(Task):
 
     def describe(self, result):
         return [f"total {self.object_name} count: {sum(r['count'] for r in result.records)}"]
+
+    widget_names: ClassVar[dict[str, str]] = {"object_name": "count_object", "max_count": "count_max"}
+
+    def value_text(self, value) -> str:
+        return self.count_text(int(value), self.object_name, self.max_count)
+
+    @staticmethod
+    def count_text(value: int, object_name: str | None, max_count: int | None) -> str:
+        """'1 building', '3 buildings', and at the largest count the model can tell, '10 or more buildings'."""
+        from .prompts import object_nouns
+
+        one, many = object_nouns(object_name)
+        if max_count is not None and value >= int(max_count):
+            return f"{value} or more {many}"
+        return f"{value} {one if value == 1 else many}"
 
 
 @register
@@ -613,6 +644,12 @@ class SearchTask(Task):
         rule = stand_out_threshold(sims, self.stand_out)
         why = f": mean + {self.stand_out:g} sd" if rule is not None and rule >= cut else ""
         return f" (similarity >= {cut:.3f}{why})"
+
+    widget_names: ClassVar[dict[str, str]] = {"query": "search_query", "top_k": "search_topk",
+                                              "threshold": "search_threshold", "map_labels": "search_map_labels"}
+
+    def value_text(self, value) -> str:
+        return "selected" if value else "not selected"
 
 
 @register

@@ -332,11 +332,11 @@ def _ramp_color(a: str, b: str, t: float) -> QColor:
 
 
 def count_label(value: int, object_name: str | None, max_count: int | None) -> str:
-    """'1 building', '3 buildings', and at the largest count the model can tell, '10 or more buildings'."""
-    one, many = object_nouns(object_name)
-    if max_count is not None and value >= int(max_count):
-        return f"{value} or more {many}"
-    return f"{value} {one if value == 1 else many}"
+    """'1 building', '3 buildings', and at the largest count the model can tell, '10 or more buildings'
+    (the count task's own words: its result summary says the same)."""
+    from .core.tasks import CountTask
+
+    return CountTask.count_text(value, object_name, max_count)
 
 
 COUNT_CATEGORIES = 8   # more distinct counts than this are grouped into ranges

@@ -71,7 +71,7 @@ class TaskForm(QWidget):
             form.addRow(self.map_labels)
         if advanced is not None:
             form.addRow(self.advanced_box)
-        self.report = QLabel(self)
+        self.report = QLabel(self)   # a run's report (results_view.show_report fills it)
         self.report.setObjectName("report_label")
         self.report.setWordWrap(True)
         self.report.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -141,14 +141,6 @@ class TaskForm(QWidget):
 
     def show_labels(self) -> bool | None:
         return None if self.map_labels is None else self.map_labels.isChecked()
-
-    def show_report(self, report: dict | None) -> None:
-        """A classify report (cross-validated accuracy, per-class precision/recall, confusion) in the tab."""
-        if not report:
-            self.report.setVisible(False)
-            return
-        self.report.setText(report_html(report))
-        self.report.setVisible(True)
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -378,18 +370,6 @@ INPUTS: dict[str, _Input] = {
     "file": _File(save=False),
     "file_out": _File(save=True),
 }
-
-
-def report_html(report: dict) -> str:
-    import html
-
-    from .core.tasks import report_lines
-
-    lines = report_lines(report)
-    head, table = lines[0], lines[1:]
-    return (f"<b>{html.escape(head)}</b>" + ("<pre style='font-size:small'>" + html.escape("\n".join(table))
-                                            + "</pre>" if table else ""))
-
 
 ERROR_STYLE = "color: #b00020;"
 

@@ -363,11 +363,9 @@ def test_labelling_the_suggested_tiles_improves_the_classified_mosaic(data_dir, 
 def _latin1_shapefile(path, points, classes, raster_crs):
     """A Shapefile whose .dbf holds the classes as Latin-1 bytes and says no encoding (no .cpg, no LDID):
     what older GIS software wrote."""
-    from osgeo import ogr
+    from osgeo import gdal, ogr
 
     from core.tiles import srs_from
-
-    from osgeo import gdal
 
     # QGIS, once started in this process, sets SHAPE_ENCODING to "" (no recoding), which the layer's own
     # ENCODING option does not override: say Latin-1 here too

@@ -422,7 +422,7 @@ def test_a_bug_inside_the_task_leaves_its_traceback_in_the_log_panel(dock, tiny_
     task = RemoteClipTask(Job(raster=Broken(), task=EmbedTask(), tiles=TileSpec(size=128),
                               run=RunOptions(model=str(tiny_bundle), cache_dir="")))
     failed = []
-    task.failed.connect(lambda error, details: (failed.append((error, details)), dock._failed(error, details)))
+    task.failed.connect(lambda error, details: (failed.append((error, details)), dock.runner._failed(error, details)))
     try:
         QgsApplication.taskManager().addTask(task)
         _wait_for(lambda: failed, "the failure")

@@ -260,3 +260,23 @@ def test_counting_has_captions_for_exactly_one_to_max_count_and_reaches_max_coun
     out = task.outputs(part, text, bundle, None)
     assert list(out.columns["count"]) == list(range(1, max_count + 1))
     assert out.metadata["max_count"] == max_count
+
+
+def test_a_task_names_its_result_values_and_its_dock_widgets():
+    """What the dock used to know about each task (issue 21): the summary's words for a value and the names of
+    the widgets come from the task classes."""
+    count = CountTask(object_name="storage tank", max_count=5)
+    assert [count.value_text(v) for v in (1, 3, 5, 7)] == [
+        "1 storage tank", "3 storage tanks", "5 or more storage tanks", "7 or more storage tanks"]
+    assert CountTask(object_name="buildings").value_text(1) == "1 building"   # typed as a plural
+    assert [SearchTask(query="a pool").value_text(v) for v in (1, 0)] == ["selected", "not selected"]
+    assert LabelTask(labels=["trees", "water"]).value_text("water") == "water"
+    seen = {}
+    for kind, cls in TASKS.items():
+        names = {p.name for p in cls.params}
+        for name, attr in cls.widget_names.items():
+            # an input of the task (or its style's map-labels box), under a name no other task's widget has
+            assert name in names or (name == "map_labels" and cls.style.map_labels_text), (kind, name)
+            assert seen.setdefault(attr, kind) == kind, f"{attr} named by {seen[attr]} and {kind}"
+        assert set(cls.remembered) <= names, kind
+    assert LabelTask.remembered["labels"].split("\n") == prompts.PRESETS["land-cover"]

@@ -1,0 +1,94 @@
+"""How the dock shows a finished run: the Last result box (per class its tiles and ground area, core.summary,
+each value named by its task: ``Task.value_text``) and a classify report (cross-validated accuracy, per-class
+precision and recall, confusion) in the task's tab."""
+
+from __future__ import annotations
+
+import html
+
+from qgis.gui import QgsCollapsibleGroupBox
+from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtGui import QColor, QIcon, QPixmap
+from qgis.PyQt.QtWidgets import QHeaderView, QTreeWidget, QTreeWidgetItem, QVBoxLayout
+
+from .core.tasks import TASKS as TASK_CLASSES
+from .widgets import WrapLabel
+
+HEADINGS = {"categories": "Class", "counts": "Count", "graduated": "Selection"}   # by the task's renderer
+SHOWN_ROWS = 10   # the table is as tall as its rows up to this many
+
+
+class ResultBox(QgsCollapsibleGroupBox):
+    """The last run's summary: per class its tiles and ground area (core.summary); hidden until a run has
+    rows to show."""
+
+    def __init__(self, parent):
+        super().__init__("Last result", parent)
+        self.setObjectName("result_group")
+        v = QVBoxLayout(self)
+        self.title = WrapLabel("", self)
+        self.table = QTreeWidget(self)
+        self.table.setObjectName("result_table")
+        self.table.setRootIsDecorated(False)
+        self.table.setColumnCount(3)
+        self.table.setHeaderLabels(["", "Tiles", "Area"])
+        self.table.setSelectionMode(QTreeWidget.SelectionMode.NoSelection)
+        header = self.table.header()
+        header.setStretchLastSection(False)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
+        v.addWidget(self.title)
+        v.addWidget(self.table)
+        self.setVisible(False)
+
+    def show_summary(self, kind: str, rows: list, task=None) -> None:
+        """Fill the table: class (count, selection) | tiles | area, the most tiles first. ``task`` (the run's
+        core task) names each value; without it a value reads as it is."""
+        from .core.summary import format_area
+        from .layers import class_color
+
+        self.table.clear()
+        renderer = TASK_CLASSES[kind].style.renderer if kind in TASK_CLASSES else ""
+        self.table.setHeaderLabels([HEADINGS.get(renderer, ""), "Tiles", "Area"])
+        for row in rows:
+            text = task.value_text(row.value) if task is not None else str(row.value)
+            item = QTreeWidgetItem([text, f"{row.n_tiles:,}", format_area(row.area_m2)])
+            item.setToolTip(0, text)
+            item.setTextAlignment(1, int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter))
+            item.setTextAlignment(2, int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter))
+            if renderer == "categories":
+                swatch = QPixmap(12, 12)
+                swatch.fill(QColor(class_color(text)))
+                item.setIcon(0, QIcon(swatch))
+            self.table.addTopLevelItem(item)
+        # as tall as its rows (up to SHOWN_ROWS): no scroll bar inside the dock's own
+        shown = min(len(rows), SHOWN_ROWS)
+        height = self.table.header().sizeHint().height() + 2 * self.table.frameWidth()
+        if rows:
+            height += shown * self.table.sizeHintForRow(0)
+        self.table.setFixedHeight(height)
+        self.setVisible(bool(rows))
+
+    def top(self, n: int = 3) -> str:
+        """The first ``n`` rows as 'value tiles, …' (for the message bar)."""
+        return ", ".join(f"{self.table.topLevelItem(i).text(0)} {self.table.topLevelItem(i).text(1)}"
+                         for i in range(min(self.table.topLevelItemCount(), n)))
+
+
+def report_html(report: dict) -> str:
+    from .core.tasks import report_lines
+
+    lines = report_lines(report)
+    head, table = lines[0], lines[1:]
+    return (f"<b>{html.escape(head)}</b>" + ("<pre style='font-size:small'>" + html.escape("\n".join(table))
+                                            + "</pre>" if table else ""))
+
+
+def show_report(label, report: dict | None) -> None:
+    """A classify report in ``label`` (a task tab's report line); hidden when the run made none."""
+    if not report:
+        label.setVisible(False)
+        return
+    label.setText(report_html(report))
+    label.setVisible(True)
