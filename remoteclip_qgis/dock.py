@@ -1,7 +1,7 @@
 """The RemoteCLIP dock: pick a raster and a model, describe the task, run it in the background,
 get a styled layer; export result layers to Shapefile or GeoPackage.
 
-The dock only turns widget values into a ``core.jobs.Job`` (``build_job``);
+The dock only turns widget values into a ``core.pipeline.Job`` (``build_job``);
 everything else is core's (``run_job``) or the shared result styling
 (``layers.add_result_layer``), so the dock does exactly what the command line
 and the Processing algorithms do.
@@ -738,9 +738,9 @@ class RemoteClipDock(QgsDockWidget):
             self.schedule_plan()
 
     def update_plan(self) -> None:
-        """The plan of what Run would do (core.jobs.plan_job: tiles and time, no pixel read, no model run),
+        """The plan of what Run would do (core.pipeline.plan_job: tiles and time, no pixel read, no model run),
         worked out in a worker thread and shown above Run; input problems are shown there too."""
-        from .core.jobs import EmbedTask, Job
+        from .core.pipeline import EmbedTask, Job
 
         self._plan_generation += 1
         generation = self._plan_generation
@@ -760,7 +760,7 @@ class RemoteClipDock(QgsDockWidget):
         if plan is None:
             self.plan_label.setText(f"<span style='color:#8a6d00'>Plan: {_html(problem)}</span>")
             return
-        from .core.jobs import MAX_TILES, duration_text
+        from .core.pipeline import MAX_TILES, duration_text
 
         text = f"Plan: {plan.n_tiles:,} tiles of {plan.tile_px[0]} × {plan.tile_px[1]} px"
         if plan.seconds is not None:
@@ -811,7 +811,7 @@ class RemoteClipDock(QgsDockWidget):
 
     def _inputs(self):
         """(layer, raster, TileSpec, RunOptions): what the dock's jobs and its plan share."""
-        from .core.jobs import RunOptions, TileSpec
+        from .core.pipeline import RunOptions, TileSpec
         from .layer_source import raster_for_layer
 
         layer = self.layer_combo.currentLayer()
@@ -834,7 +834,7 @@ class RemoteClipDock(QgsDockWidget):
 
     def build_job(self):
         """The core Job the widgets describe, its style kind and the name of the layer to add."""
-        from .core.jobs import Job
+        from .core.pipeline import Job
 
         layer, raster, tiles, run = self._inputs()
         kind = self.current_kind()
@@ -907,7 +907,7 @@ class RemoteClipDock(QgsDockWidget):
 
     def _confirm_plan(self, job) -> bool:
         """A plan above core's tile limit runs only when the user says so (the command line's --yes)."""
-        from .core.jobs import plan_job
+        from .core.pipeline import plan_job
 
         try:
             plan = plan_job(job)
@@ -929,7 +929,7 @@ class RemoteClipDock(QgsDockWidget):
     def _may_write(self, job) -> bool:
         """Refuse an output a project layer shows; ask before replacing one (then ``job.overwrite``): the vector
         output, the heat map and a saved classifier."""
-        from .core.jobs import output_layer_name
+        from .core.pipeline import output_layer_name
         from .core.vectors import output_exists
 
         layer_name = output_layer_name(job)
@@ -1266,10 +1266,10 @@ class _PlanRun(QRunnable):
 class _PlanRelay(QObject):
     """Works a plan out in a worker thread and hands it to the dock's thread (a queued signal)."""
 
-    planned = pyqtSignal(int, object, str)   # generation, core.jobs.Plan or None, the problem
+    planned = pyqtSignal(int, object, str)   # generation, core.pipeline.Plan or None, the problem
 
     def work(self, generation: int, job) -> None:
-        from .core.jobs import plan_job
+        from .core.pipeline import plan_job
 
         try:
             plan, problem = plan_job(job), ""

@@ -14,7 +14,7 @@ from conftest import CountingSource
 
 from core.cli import main
 from core.errors import RemoteClipError
-from core.jobs import ClassifyTask, EmbedTask, Job, LabelTask, RunOptions, SearchTask, TileSpec, run_job
+from core.pipeline import ClassifyTask, EmbedTask, Job, LabelTask, RunOptions, SearchTask, TileSpec, run_job
 from core.samples import Samples, read_samples
 
 Z20 = "orthomosaic/kampala_oam_z20_mosaic_1536x1024.tif"

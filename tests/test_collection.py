@@ -177,9 +177,9 @@ def test_unreadable_rasters_skipped_named_or_strict(sheets, tmp_path, capsys):
 def test_resume_after_cancel(sheets, tmp_path, capsys):
     """A run cancelled after three rasters leaves no output and a record; the rerun encodes only the
     other rasters, says what it resumed, writes what an uninterrupted run writes and removes the record."""
-    from core.collection import resume_path
     from core.errors import Cancelled
-    from core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
+    from core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
+    from core.pipeline.resume import resume_path
 
     cache = tmp_path / "cache"
     out = tmp_path / "resumed.gpkg"
@@ -212,7 +212,7 @@ def test_resume_after_cancel(sheets, tmp_path, capsys):
 _KILLED_WRITING_THE_RECORD = """
 import os, sys
 sys.path.insert(0, sys.argv[1])
-from core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
+from core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
 
 fsync = os.fsync
 
@@ -237,7 +237,7 @@ def test_a_run_killed_while_writing_its_resume_record_leaves_a_temporary_the_nex
     import subprocess
     import sys
 
-    from core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
+    from core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
     from core.vectors import _temp_pattern
 
     out, cache = tmp_path / "resumed.gpkg", tmp_path / "cache"
@@ -259,9 +259,9 @@ def test_a_run_killed_while_writing_its_resume_record_leaves_a_temporary_the_nex
 def test_a_users_file_at_the_resume_path_is_refused_and_kept(sheets, tmp_path):
     """The record beside the output replaces only a record of ours: a user's file of that name stops the run
     before any pixel is read, and is left as it was."""
-    from core.collection import resume_path
     from core.errors import RemoteClipError
-    from core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
+    from core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
+    from core.pipeline.resume import resume_path
 
     out = tmp_path / "mine.gpkg"
     users = Path(resume_path(str(out), "labels"))
@@ -288,7 +288,7 @@ def test_search_ranks_over_the_collection(sheets, tmp_path, capsys):
 
 def test_plan_covers_the_collection(sheets, tmp_path, capsys):
     from core.errors import RemoteClipError
-    from core.jobs import Job, LabelTask, RunOptions, TileSpec, plan_job, run_job
+    from core.pipeline import Job, LabelTask, RunOptions, TileSpec, plan_job, run_job
 
     job = Job(raster=[str(p) for p in sheets[:4]], task=LabelTask(LABELS.split(",")),
               run=RunOptions(model=str(DEMO), cache_dir=""), tiles=TileSpec(size=64), max_tiles=150)
@@ -306,7 +306,7 @@ def test_plan_covers_the_collection(sheets, tmp_path, capsys):
 
 def test_next_raster_is_read_while_this_one_encodes(sheets, tmp_path):
     """Reading overlaps across rasters: while a raster's tiles are encoded, the next raster's reader runs."""
-    from core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
+    from core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
 
     def alive():
         return sum(t.name == "remoteclip-reader" and t.is_alive() for t in threading.enumerate())

@@ -20,7 +20,7 @@ from osgeo import gdal, ogr
 
 from core.cli import main
 from core.errors import RemoteClipError
-from core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
+from core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
 from core.vectors import Field, check_output, input_files, output_exists, write_vector
 
 ROOT = Path(__file__).resolve().parents[1]
