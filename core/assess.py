@@ -100,7 +100,7 @@ def _field(lyr, name: str, path: str, what: str, option: str) -> str:
     if match:
         return match[0]
     raise InvalidInput(f"The {what} {path} has no field {name!r} (fields: {', '.join(names) or 'none'}).",
-                       f"Name the field that holds the class ({option}).", path=path, param=option.lstrip("-"))
+                       f"Name the field that holds the class ({option}).", path=path, param=option.lstrip("-").replace("-", "_"))
 
 
 def _laea(srs_from_wkt, lon: float, lat: float):
@@ -199,11 +199,11 @@ def allocate(areas: np.ndarray, per_class: int | None = None, total: int | None 
     k = len(areas)
     if (per_class is None) == (total is None):
         raise InvalidInput("Give either points per class or a total number of points.",
-                           "Use --per-class N or --total N.", param="per-class")
+                           "Use --per-class N or --total N.", param="per_class")
     if per_class is not None:
         if per_class < 1:
             raise InvalidInput(f"--per-class {per_class} is not a positive number.", "Give 1 or more (50 is common).",
-                               param="per-class")
+                               param="per_class")
         return np.full(k, int(per_class), dtype=np.int64)
     if total < k:
         raise InvalidInput(f"--total {total} is fewer than the {k} classes of the map.",
@@ -235,7 +235,7 @@ def sample_points(strata: MapStrata, n_per_class: np.ndarray, seed: int = 0) -> 
         want = int(n_per_class[c])
         if want > len(cells):
             raise InvalidInput(f"The class {name!r} covers {len(cells)} cells of {strata.cell:.3g} m, too few for "
-                               f"{want} points.", f"Ask for at most {len(cells)} points of it.", param="per-class")
+                               f"{want} points.", f"Ask for at most {len(cells)} points of it.", param="per_class")
         pick = np.sort(rng.choice(cells, size=want, replace=False))
         u = rng.random((want, 2))
         xs.append(strata.x0 + (pick % cols + u[:, 0]) * strata.cell)
@@ -366,7 +366,7 @@ def read_reference(path, field: str, strata: MapStrata, layer: str | None = None
     if not refs:
         raise InvalidInput(f"The reference field {field!r} of {path} is empty on every point.",
                            "Label the points: type each one's class, as seen in the imagery, into that field.",
-                           path=path, param="reference-field")
+                           path=path, param="reference_field")
     codes = strata.class_at(np.array(xs), np.array(ys))
     keep = codes >= 0
     left["outside_map"] = int((~keep).sum())

@@ -63,7 +63,7 @@ def run_sample(args) -> int:
     ref = args.reference_field.strip()
     if not ref or ref.lower() in SAMPLE_FIELDS:
         raise InvalidInput(f"--reference-field {args.reference_field!r} is empty or one of the sample's own fields.",
-                           "Give another name, e.g. reference.", param="reference-field")
+                           "Give another name, e.g. reference.", param="reference_field")
     records = [{"geometry": f"POINT ({x!r} {y!r})", "sample_id": i, "map_class": name, ref: None}
                for i, (x, y, name) in enumerate(points, start=1)]
     fields = [Field("sample_id", "int"), Field("map_class", "str"), Field(ref, "str")]

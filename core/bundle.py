@@ -19,7 +19,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .errors import RemoteClipError
+from .errors import ModelError, OutputExists, WriteFailed
 
 FORMAT = "remoteclip-onnx-bundle"
 FORMAT_VERSION = 1
@@ -97,6 +97,25 @@ DEMO_NOTE = (f"the demo model is a toy for trying the tools ({DEMO_FIGURE}); for
              "`remoteclip models pull RemoteCLIP-ViT-B-32`, or Get in the dock's model row")
 
 
+# int8 graphs are offered as a faster stand-in for fp32 when they give its label nearly always
+# (docs/performance.md: top-1 agreement of at least 99 %)
+INT8_USABLE_TOP1 = 0.99
+
+
+def precision_warnings(bundle: Bundle, precision: str) -> list[str]:
+    """What a job at ``precision`` should say about the graphs it runs: int8 graphs whose recorded top-1
+    agreement with fp32 is below INT8_USABLE_TOP1."""
+    if precision != "int8":
+        return []
+    agree = (((bundle.manifest.get("quantization") or {}).get("int8") or {}).get("agreement_vs_fp32") or {})
+    top1 = agree.get("top1_agree")
+    if top1 is None or top1 >= INT8_USABLE_TOP1:
+        return []
+    return [f"The int8 graphs of {bundle.name} agree with fp32 on only {top1:.0%} of the best labels (measured on "
+            f"{agree.get('images', 'its check images')}; {INT8_USABLE_TOP1:.0%} is considered usable): use "
+            "precision fp32 for results you rely on, or remake the int8 graphs."]
+
+
 def default_bundle() -> str | None:
     """REMOTECLIP_MODEL when set, else the demo bundle (folder or .rclip.zip) when present, else None."""
     env = os.environ.get("REMOTECLIP_MODEL")
@@ -160,10 +179,10 @@ class Bundle:
         graphs = self.config.graphs
         if precision not in graphs:
             flag = "--int8" if precision == "int8" else "--fp16"
-            raise RemoteClipError(
+            raise ModelError(
                 f"Model bundle {self.source} has no {precision} graphs (it has: {', '.join(self.precisions)}).",
                 f"Choose precision {self.precisions[0]}, or add them: `remoteclip models convert ... {flag}` "
-                f"(or `python -m training.export ... {flag}`).",
+                f"(or `python -m training.export ... {flag}`).", path=self.source,
             )
         return self.path / graphs[precision][kind]
 
@@ -201,7 +220,7 @@ def load_bundle(path) -> Bundle:
             return path
         path = path.source
     if path is None or str(path).strip() == "":
-        raise RemoteClipError("No model bundle was given.", _EXPORT_HINT)
+        raise ModelError("No model bundle was given.", _EXPORT_HINT)
     src = Path(bundle_path(path)).expanduser()
     if not src.exists():
         from .catalog import resolve_model
@@ -209,12 +228,12 @@ def load_bundle(path) -> Bundle:
         # a bare name: a model pulled into the models folder (an error names the pull command if it is not)
         src = Path(resolve_model(str(path)))
     if not src.exists():
-        raise RemoteClipError(f"Model bundle not found: {src}.", _EXPORT_HINT)
+        raise ModelError(f"Model bundle not found: {src}.", _EXPORT_HINT, path=src)
     if src.is_file():
         if not zipfile.is_zipfile(src):
-            raise RemoteClipError(
+            raise ModelError(
                 f"{src} is neither a bundle folder nor a zip archive.",
-                "Pass the bundle folder (with manifest.json) or its .rclip.zip archive. " + _EXPORT_HINT,
+                "Pass the bundle folder (with manifest.json) or its .rclip.zip archive. " + _EXPORT_HINT, path=src,
             )
         folder = _extract_zip(src)
     else:
@@ -224,40 +243,50 @@ def load_bundle(path) -> Bundle:
     return Bundle(folder, manifest, source=src, config=parse_manifest(manifest, src))
 
 
+def _outside(folder: Path, rel: str, src: Path) -> None:
+    """ModelError when the bundle's file ``rel`` leads out of the bundle folder (a symlink elsewhere)."""
+    if (folder / rel).exists() and not (folder / rel).resolve().is_relative_to(folder.resolve()):
+        raise ModelError(f"Model bundle {src} names {rel}, which leads outside the bundle folder "
+                         f"(to {(folder / rel).resolve()}).",
+                         "Keep the manifest, every graph and vocabulary file inside the bundle folder.",
+                         path=folder / rel)
+
+
 def _read_manifest(folder: Path, src: Path) -> dict:
     mpath = folder / MANIFEST
+    _outside(folder, MANIFEST, src)   # a manifest linked from another bundle, as a linked graph
     if not mpath.is_file():
-        raise RemoteClipError(f"{src} is not a model bundle: it has no {MANIFEST}.", _EXPORT_HINT)
+        raise ModelError(f"{src} is not a model bundle: it has no {MANIFEST}.", _EXPORT_HINT, path=src)
     try:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
-        raise RemoteClipError(f"The manifest of model bundle {src} is not valid JSON ({e}).",
-                              "Re-export the bundle; the file was probably damaged.") from e
+        raise ModelError(f"The manifest of model bundle {src} is not valid JSON ({e}).",
+                              "Re-export the bundle; the file was probably damaged.", path=src) from e
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise RemoteClipError(f"{mpath} is not a RemoteCLIP bundle manifest (format is not {FORMAT!r}).",
-                              _EXPORT_HINT)
+        raise ModelError(f"{mpath} is not a RemoteCLIP bundle manifest (format is not {FORMAT!r}).",
+                              _EXPORT_HINT, path=mpath)
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
-        raise RemoteClipError(
+        raise ModelError(
             f"Model bundle {src} has format_version {version!r}; this version reads {FORMAT_VERSION}.",
-            "Update the plugin, or re-export the bundle with the matching training tools.",
+            "Update the plugin, or re-export the bundle with the matching training tools.", path=src,
         )
     for key in ("image", "text", "graphs"):
         if key in manifest and not isinstance(manifest[key], dict):
-            raise RemoteClipError(f"The manifest of model bundle {src} has an invalid {key}: "
+            raise ModelError(f"The manifest of model bundle {src} has an invalid {key}: "
                                   f"{str(manifest[key])[:80]!r} (an object).", "Re-export the bundle, or correct "
-                                  "manifest.json.")
+                                  "manifest.json.", path=src)
     missing = [k for k in _REQUIRED_KEYS if k not in manifest]
     missing += [f"image.{k}" for k in _REQUIRED_IMAGE if k not in manifest.get("image", {})]
     missing += [f"text.{k}" for k in _REQUIRED_TEXT if k not in manifest.get("text", {})]
     if missing:
-        raise RemoteClipError(f"The manifest of model bundle {src} lacks {', '.join(missing)}.",
-                              "Re-export the bundle with `python -m training.export`.")
+        raise ModelError(f"The manifest of model bundle {src} lacks {', '.join(missing)}.",
+                              "Re-export the bundle with `python -m training.export`.", path=src)
     graphs = manifest["graphs"]
     if not isinstance(graphs, dict) or "fp32" not in graphs or any(
             not isinstance(graphs[p], dict) or set(graphs[p]) < set(KINDS) for p in graphs):
-        raise RemoteClipError(f"The manifest of model bundle {src} does not list fp32 image and text graphs.",
-                              "Re-export the bundle with `python -m training.export`.")
+        raise ModelError(f"The manifest of model bundle {src} does not list fp32 image and text graphs.",
+                              "Re-export the bundle with `python -m training.export`.", path=src)
     check_manifest(manifest, src)
     return manifest
 
@@ -278,8 +307,8 @@ def check_manifest(m: dict, src) -> None:
     """Every field core uses, checked before any tile is read; the error names the field."""
 
     def bad(field: str, value, want: str):
-        raise RemoteClipError(f"The manifest of model bundle {src} has an invalid {field}: {repr(value)[:80]} "
-                              f"({want}).", "Re-export the bundle, or correct manifest.json.")
+        raise ModelError(f"The manifest of model bundle {src} has an invalid {field}: {repr(value)[:80]} "
+                         f"({want}).", "Re-export the bundle, or correct manifest.json.", path=Path(src) / MANIFEST)
 
     def whole(field, value, lo, hi):
         if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) \
@@ -326,7 +355,12 @@ def check_manifest(m: dict, src) -> None:
     text = m["text"]
     if not isinstance(text, dict):
         bad("text", text, "an object")
-    whole("text.context_length", text["context_length"], 2, MAX_CONTEXT)
+    context = whole("text.context_length", text["context_length"], 2, MAX_CONTEXT)
+    text_cfg = m.get("model_config", {}).get("text_cfg") if isinstance(m.get("model_config"), dict) else None
+    trained = text_cfg.get("context_length") if isinstance(text_cfg, dict) else None
+    if isinstance(trained, int) and not isinstance(trained, bool) and trained != context:
+        # the graph's position embedding has the model's length: any other length cuts or breaks prompts
+        bad("text.context_length", context, f"the model's context length, {trained} (model_config.text_cfg)")
     vocab = whole("text.vocab_size", text.get("vocab_size", 49408), 2, 10_000_000)
     for key in ("sot_token_id", "eot_token_id", "pad_token_id"):
         if key in text:
@@ -360,6 +394,38 @@ def check_manifest(m: dict, src) -> None:
                 for key in ("image_cos_min", "text_cos_min", "top1_agree"):
                     if key in agree:
                         real(f"quantization.int8.agreement_vs_fp32.{key}", agree[key], -1.0, 1.0)
+
+
+# what each graph takes: the input's element types and rank
+_GRAPH_INPUTS = {"image": (("tensor(float)", "tensor(float16)"), 4, "pixel_values, float (N, 3, H, W)"),
+                 "text": (("tensor(int64)", "tensor(int32)"), 2, "input_ids, int64 (N, tokens)")}
+
+
+def check_graph_inputs(bundle: Bundle, kind: str, precision: str, sess) -> None:
+    """The graph loaded in ``sess`` takes what a ``kind`` graph of this bundle takes (one input of the right
+    type and rank, the manifest's image size or context length where the graph fixes it); else ModelError.
+    Catches swapped graphs and a manifest that disagrees with its graphs before a tile is run."""
+    types, rank, want = _GRAPH_INPUTS[kind]
+    inputs = sess.get_inputs()
+    rel = bundle.config.graphs[precision][kind]
+    got = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs) or "nothing"
+
+    def refuse(problem: str):
+        raise ModelError(f"Model bundle {bundle.source}: the {precision} {kind} graph {rel} {problem}.",
+                         "Check manifest.json's graphs (image and text swapped?) and text.context_length / "
+                         "image.size, or re-export the bundle.", path=bundle.path / rel)
+
+    if len(inputs) != 1 or inputs[0].type not in types or len(inputs[0].shape) != rank:
+        refuse(f"takes {got}, not what a {kind} graph takes ({want}): the graphs' inputs do not match")
+    shape = inputs[0].shape
+    if kind == "image":
+        fixed = [(d, w) for d, w in zip(shape[1:], (3, *bundle.config.image.size), strict=True) if isinstance(d, int)]
+        if any(d != w for d, w in fixed):
+            refuse(f"takes images {shape[1:]}, the manifest says 3 x {bundle.config.image.size[0]} x "
+                   f"{bundle.config.image.size[1]} (image.size)")
+    elif isinstance(shape[1], int) and shape[1] != bundle.config.text.context_length:
+        refuse(f"takes {shape[1]} tokens, the manifest says {bundle.config.text.context_length} "
+               "(text.context_length)")
 
 
 def parse_manifest(m: dict, src) -> Manifest:
@@ -403,15 +469,12 @@ def inside(field: str, rel, bad) -> None:
 def _check_files(folder: Path, manifest: dict, src: Path) -> None:
     needed = [manifest["text"]["vocab_file"]]
     needed += [manifest["graphs"][p][k] for p in manifest["graphs"] for k in KINDS]
-    root = folder.resolve()
     for f in needed:   # a symlink inside the bundle must not lead out of it either
-        if (folder / f).exists() and not (folder / f).resolve().is_relative_to(root):
-            raise RemoteClipError(f"Model bundle {src} names {f}, which leads outside the bundle folder.",
-                                  "Keep every graph and vocabulary file inside the bundle folder.")
+        _outside(folder, f, src)
     missing = [f for f in needed if not (folder / f).is_file()]
     if missing:
-        raise RemoteClipError(f"Model bundle {src} is incomplete: missing {', '.join(missing)}.",
-                              "Copy the whole bundle folder, or re-export it with `python -m training.export`.")
+        raise ModelError(f"Model bundle {src} is incomplete: missing {', '.join(missing)}.",
+                              "Copy the whole bundle folder, or re-export it with `python -m training.export`.", path=src)
 
 
 def _extract_zip(zpath: Path) -> Path:
@@ -429,8 +492,8 @@ def _extract_zip(zpath: Path) -> Path:
             names = zf.namelist()
             for n in names:
                 if n.startswith("/") or ".." in Path(n).parts:
-                    raise RemoteClipError(f"Archive {zpath} contains an unsafe path {n!r}.",
-                                          "Use an archive written by `python -m training.export --zip`.")
+                    raise ModelError(f"Archive {zpath} contains an unsafe path {n!r}.",
+                                          "Use an archive written by `python -m training.export --zip`.", path=zpath)
             zf.extractall(tmp)
         inner = tmp
         # archives may hold the bundle folder itself rather than its content
@@ -439,14 +502,14 @@ def _extract_zip(zpath: Path) -> Path:
             if len(subdirs) == 1:
                 inner = subdirs[0]
         if not (inner / MANIFEST).is_file():
-            raise RemoteClipError(f"Archive {zpath} holds no {MANIFEST}: it is not a model bundle.", _EXPORT_HINT)
+            raise ModelError(f"Archive {zpath} holds no {MANIFEST}: it is not a model bundle.", _EXPORT_HINT, path=zpath)
         try:
             os.replace(inner, dest)
         except OSError:
             if not (dest / MANIFEST).is_file():  # someone else won the race, otherwise re-raise
                 raise
     except zipfile.BadZipFile as e:
-        raise RemoteClipError(f"Archive {zpath} is damaged ({e}).", "Download or export the bundle again.") from e
+        raise ModelError(f"Archive {zpath} is damaged ({e}).", "Download or export the bundle again.", path=zpath) from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
@@ -514,14 +577,14 @@ def check_destination(out_dir, overwrite: bool = True) -> Path:
     """The resolved ``out_dir`` if a bundle may be written there (see staging_dir), else RemoteClipError."""
     out_dir = Path(out_dir).expanduser().resolve()
     if out_dir.exists() and not out_dir.is_dir():
-        raise RemoteClipError(f"Output {out_dir} exists and is not a folder.", "Choose a new folder name for the bundle.")
+        raise OutputExists(f"Output {out_dir} exists and is not a folder.", "Choose a new folder name for the bundle.", path=out_dir)
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not (out_dir / MANIFEST).is_file():
-            raise RemoteClipError(f"Output folder {out_dir} is not empty and is not a bundle; refusing to overwrite it.",
-                                  "Choose an empty or new folder for the bundle.")
+            raise OutputExists(f"Output folder {out_dir} is not empty and is not a bundle; refusing to overwrite it.",
+                                  "Choose an empty or new folder for the bundle.", path=out_dir)
         if not overwrite:
-            raise RemoteClipError(f"A model bundle already exists at {out_dir}.",
-                                  "Choose another folder, or ask to overwrite it (--overwrite).")
+            raise OutputExists(f"A model bundle already exists at {out_dir}.",
+                                  "Choose another folder, or ask to overwrite it (--overwrite).", path=out_dir)
     return out_dir
 
 
@@ -538,8 +601,8 @@ def staging_dir(out_dir, overwrite: bool = True) -> Path:
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a bundle folder is shared like any other
         return tmp
     except OSError as e:
-        raise RemoteClipError(f"Cannot write the bundle to {out_dir} ({e.strerror or e}).",
-                              "Choose a folder you can write to for the bundle.") from e
+        raise WriteFailed(f"Cannot write the bundle to {out_dir} ({e.strerror or e}).",
+                              "Choose a folder you can write to for the bundle.", path=out_dir) from e
 
 
 def publish_dir(tmp, out_dir, overwrite: bool = True) -> Path:

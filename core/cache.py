@@ -2,26 +2,30 @@
 
 Key: the SHA-256 of a JSON identity made of
 
-* the raster: for a file its absolute path, size in bytes and modification
-  time (so an edited file is a new entry), for other sources their ``name``;
-  plus width, height, band count, transform and CRS;
+* the raster: every file GDAL reads for it (the file itself, a VRT's sources,
+  ``.aux.xml``, ``.msk``), each by absolute path, size in bytes, modification
+  time, change time and inode (so an edited file is a new entry, even one whose
+  modification time was set back); for other sources their ``name``; plus
+  width, height, band count, transform and CRS;
 * the grid: tile size, unit, overlap, edge mode and extent (``tiles.spec_params``);
 * the bands and the stretch (``Stretch.key()``);
 * the model: the bundle's sha256 and the precision;
 * this format's version.
 
-Format (format_version 1): one entry per key in ``cache_dir``:
+Format (format_version 2): one entry per key in ``cache_dir``:
 
 * ``<key>.npz``: ``kept`` (int64, indices into the grid of the tiles that were
-  not all nodata) and ``emb`` (float32 (len(kept), D), unit vectors);
+  not all nodata), ``emb`` (float32 (len(kept), D), unit vectors) and ``check``
+  (the SHA-256 of both in order: rows moved inside the file are a miss);
 * ``<key>.json``: the identity above in plain words (raster, grid, bands,
   stretch, model), the number of tiles and the embedding size, the date.
 
 Both files are written to a temporary name in the cache folder and renamed
 into place (``os.replace``), the sidecar first: an ``.npz`` is only ever seen
-complete. A damaged or unreadable entry counts as a miss. A VRT is keyed by the
-VRT file itself, so editing one of its source files without touching the VRT is
-not noticed.
+complete. A damaged or unreadable entry counts as a miss. An entry that cannot
+be written (a full disk) is a warning, never a failed run, and leaves nothing
+behind; temporaries of writers killed mid-write (``.tmp-PID-*``, the process
+gone) are removed when the cache is opened or pruned.
 
 Size: the folder (default ``~/.cache/remoteclip/embeddings``, or
 ``$REMOTECLIP_CACHE``) holds at most ``max_bytes`` of entries (default 2 GiB,
@@ -53,7 +57,7 @@ __all__ = ["EmbeddingCache", "FORMAT_VERSION", "raster_identity", "default_cache
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DEFAULT_MAX_BYTES = 2 * 1024 ** 3
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 _UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "KIB": 1024, "M": 1024 ** 2, "MB": 1024 ** 2, "MIB": 1024 ** 2,
@@ -80,14 +84,14 @@ def parse_size(text: str | int | float | None) -> int | None:
             return None
         m = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*([A-Z]*)", t)
         if m is None or m.group(2) not in _UNITS:
-            from .errors import RemoteClipError
+            from .errors import InvalidInput
 
-            raise RemoteClipError(f"{text!r} is not a size.", "Give a size such as 500M, 2G or 'none' (no limit).")
+            raise InvalidInput(f"{text!r} is not a size.", "Give a size such as 500M, 2G or 'none' (no limit).")
         value, unit = float(m.group(1)), m.group(2)
     if value < 0:
-        from .errors import RemoteClipError
+        from .errors import InvalidInput
 
-        raise RemoteClipError(f"The size {text!r} is negative.", "Give a size such as 500M or 2G.")
+        raise InvalidInput(f"The size {text!r} is negative.", "Give a size such as 500M or 2G.")
     return int(value * _UNITS[unit])
 
 
@@ -160,19 +164,24 @@ def file_stamp(name: str) -> list | None:
     """[name, size, mtime or validators] of one file the raster is read from, or None when its content
     cannot be checked for changes."""
     if os.path.isfile(name):
-        st = os.stat(name)
-        return [os.path.abspath(name), st.st_size, st.st_mtime_ns]
+        return [os.path.abspath(name), *_stat_stamp(os.stat(name))]
     low = name.lower()
     if low.startswith(_ARCHIVES):
         archive = _archive_of(name)
         if archive is None:
             return None
-        st = os.stat(archive)
-        return [name, os.path.abspath(archive), st.st_size, st.st_mtime_ns]
+        return [name, os.path.abspath(archive), *_stat_stamp(os.stat(archive))]
     if low.startswith(_REMOTE) or low.startswith(("http://", "https://")):
         validators = _remote_validators(name)
         return None if validators is None else [name, validators]
     return None
+
+
+def _stat_stamp(st) -> list[int]:
+    """Size, modification time, and what tells an edit whose modification time was set back (``touch -r``,
+    tools that keep times): the change time (set by the system on every write or ``utime``, never by hand)
+    and the file's identity (device, inode: a file replaced by another). One stat, as cheap as before."""
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino]
 
 
 def _archive_of(name: str) -> str | None:
@@ -225,6 +234,24 @@ class EmbeddingCache:
         self.dir = os.fspath(cache_dir) if cache_dir else default_cache_dir()
         self.max_bytes = default_max_bytes() if max_bytes == "default" else parse_size(max_bytes)
         self._identities: dict[str, dict] = {}
+        self.remove_dead_temps()
+
+    def remove_dead_temps(self) -> list[str]:
+        """Remove the temporaries that writers killed mid-write left in the folder: those whose process (the
+        id in the name) is gone, and those of unnamed writers (earlier versions) older than a day. A live
+        writer's temporary stays. Returns the removed paths."""
+        from .vectors import remove_dead_temps
+
+        removed = remove_dead_temps(self.dir, _TEMP_PID.pattern)
+        with contextlib.suppress(OSError):
+            for name in os.listdir(self.dir):
+                path = os.path.join(self.dir, name)
+                if _TEMP_OLD.fullmatch(name) and not _TEMP_PID.fullmatch(name) and os.path.isfile(path) \
+                        and time.time() - os.lstat(path).st_mtime > _OLD_TEMP_AGE:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                        removed.append(path)
+        return removed
 
     def key(self, src, spec, bands, stretch, model_id: str) -> str | None:
         """The entry's key, or None when the raster cannot be cached (see raster_identity)."""
@@ -257,10 +284,13 @@ class EmbeddingCache:
             with np.load(npz, allow_pickle=False) as z:
                 kept = np.asarray(z["kept"])
                 emb = np.asarray(z["emb"])
+                check = np.asarray(z["check"]) if "check" in z.files else None
         except Exception as e:  # a damaged file is a miss, recomputed and rewritten
             log.warning("embedding cache entry %s is unreadable (%s); recomputing", npz, e)
             return None
         why = _entry_problem(kept, emb, n_grid, embed_dim)
+        if why is None and (check is None or check.tobytes() != _rows_digest(kept, emb)):
+            why = "its rows do not match their checksum (moved, changed or missing)"
         if why:
             log.warning("embedding cache entry %s is not usable (%s); recomputing", npz, why)
             return None
@@ -277,12 +307,16 @@ class EmbeddingCache:
                                                                                      FORMAT_VERSION}),
                 "key": key, "n_tiles": int(len(kept)), "embed_dim": int(emb.shape[1]) if emb.ndim == 2 else 0,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        check = np.frombuffer(_rows_digest(kept, emb), dtype=np.uint8)
         try:
             os.makedirs(self.dir, exist_ok=True)
             _atomic_write(sidecar, lambda f: f.write(json.dumps(meta, indent=1).encode()))
-            _atomic_write(npz, lambda f: np.savez(f, kept=kept, emb=emb))
-        except OSError as e:
-            log.warning("could not write the embedding cache entry %s: %s", npz, e)
+            _atomic_write(npz, lambda f: _write_npz(f, kept=kept, emb=emb, check=check))
+        except OSError as e:   # a full disk: the run goes on without the entry, none of it is left
+            with contextlib.suppress(OSError):
+                self._remove(key)
+            log.warning("could not write the embedding cache entry %s (the run is not affected): %s", npz,
+                        e.strerror or e)
             return
         if self.max_bytes is not None:
             self.prune(self.max_bytes, keep=(key,))
@@ -323,7 +357,9 @@ class EmbeddingCache:
 
     def prune(self, max_bytes: int | None = None, keep=()) -> list[str]:
         """Remove the entries used longest ago until the folder holds at most ``max_bytes`` (default: this
-        cache's limit; None: no limit) of entries, never those in ``keep``. Returns the removed keys."""
+        cache's limit; None: no limit) of entries, never those in ``keep``, and the temporaries of killed
+        writers. Returns the removed keys."""
+        self.remove_dead_temps()
         limit = self.max_bytes if max_bytes is None else max_bytes
         if limit is None:
             return []
@@ -385,9 +421,41 @@ def _entry_problem(kept, emb, n_grid, embed_dim) -> str | None:
     return None
 
 
-def _atomic_write(path: str, write, prefix: str = ".tmp-", suffix: str | None = None) -> None:
+def _rows_digest(kept, emb) -> bytes:
+    """SHA-256 of an entry's rows in their order: rows moved, dropped or changed inside the file show."""
+    h = hashlib.sha256(np.ascontiguousarray(kept, dtype="<i8").tobytes())
+    h.update(np.ascontiguousarray(emb, dtype="<f4").tobytes())
+    return h.digest()
+
+
+def _write_npz(f, **arrays) -> None:
+    """``np.savez(f, **arrays)``, the archive closed on a failed write too: np.savez leaves it open, and its
+    finaliser then writes into the closed file and prints a traceback ("seek of closed file")."""
+    import zipfile
+
+    zf = zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True)
+    try:
+        for name, value in arrays.items():
+            with zf.open(name + ".npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            zf.close()   # fails again on a full disk, but lets go of the file
+        raise
+    zf.close()
+
+
+_TEMP_PID = re.compile(r"\.tmp-(\d+)-[a-z0-9_]{8}.*")   # _atomic_write's temporaries, with the writer's pid
+_TEMP_OLD = re.compile(r"\.tmp-[a-z0-9_]{8}.*")          # an earlier version's, without it
+_OLD_TEMP_AGE = 24 * 3600
+
+
+def _atomic_write(path: str, write, prefix: str | None = None, suffix: str | None = None) -> None:
     """Write ``path`` through a temporary file beside it. ``prefix``/``suffix``: the temporary's name, e.g. one a
-    later run recognises (with the writer's process id) and removes when a kill left it behind."""
+    later run recognises (with the writer's process id) and removes when a kill left it behind; by default
+    ``.tmp-PID-`` (the cache's own, see EmbeddingCache.remove_dead_temps)."""
+    if prefix is None:
+        prefix = f".tmp-{os.getpid()}-"
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=prefix,
                                suffix=os.path.basename(path)[-5:] if suffix is None else suffix)
     try:

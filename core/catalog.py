@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import RemoteClipError
+from .errors import ModelError, OutputRefused
 
 CATALOG_FILE = Path(__file__).resolve().parent / "data" / "catalog.json"
 CATALOG_FORMAT = "remoteclip-model-catalog"
@@ -77,22 +77,48 @@ class Entry:
     def from_dict(cls, d: dict, origin: str) -> Entry:
         missing = [k for k in ("name", "architecture", "activation", "urls") if not d.get(k)]
         if missing:
-            raise RemoteClipError(f"Model catalogue {origin}: an entry lacks {', '.join(missing)} ({d!r:.80}).",
+            raise ModelError(f"Model catalogue {origin}: an entry lacks {', '.join(missing)} ({d!r:.80}).",
                                   "Give every entry a name, architecture, activation and urls.")
         if d["activation"] not in ("quick_gelu", "gelu"):
-            raise RemoteClipError(f"Model catalogue {origin}: {d['name']} has activation {d['activation']!r}.",
+            raise ModelError(f"Model catalogue {origin}: {d['name']} has activation {d['activation']!r}.",
                                   "Use quick_gelu or gelu.")
         sha = d.get("sha256")
         if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha.lower())):
-            raise RemoteClipError(f"Model catalogue {origin}: {d['name']} has a malformed sha256 {sha!r}.",
+            raise ModelError(f"Model catalogue {origin}: {d['name']} has a malformed sha256 {sha!r}.",
                                   "Give 64 hexadecimal digits, or null when unknown.")
         urls = d["urls"] if isinstance(d["urls"], list) else [d["urls"]]
+        file = d.get("file") or url_file_name(urls[0])
+        for key, value in (("name", d["name"]), ("file", file)):
+            # both become file names in the models folder: a catalogue must not make pull write elsewhere
+            if not is_plain_name(value):
+                raise ModelError(f"Model catalogue {origin}: entry {str(d['name'])[:60]!r} has {key} "
+                                 f"{str(value)[:80]!r}, which is not a plain file name.",
+                                 f"Give {key} as a single name without '/', '\\', ':' or '..'.",
+                                 path=CATALOG_FILE if origin == "built-in" else origin)
         return cls(name=d["name"], architecture=d["architecture"], activation=d["activation"],
-                   file=d.get("file") or url_file_name(urls[0]), urls=urls, size=d.get("size"),
+                   file=file, urls=urls, size=d.get("size"),
                    sha256=sha.lower() if sha else None, licence=d.get("licence", ""),
                    description=d.get("description", ""), family=d.get("family", ""), archive=d.get("archive"),
                    size_approx=d.get("size_approx"), recommended=bool(d.get("recommended")),
                    verified=d.get("verified") or {"status": "unverified"}, origin=origin)
+
+
+def is_plain_name(value) -> bool:
+    """A single path component: no separator, no drive, not '.' or '..', not empty."""
+    return (isinstance(value, str) and value.strip() != "" and value not in (".", "..")
+            and not any(c in value for c in "/\\:\0"))
+
+
+def confined(path: str | os.PathLike, folder: str | os.PathLike) -> Path:
+    """``path`` if it lies inside the models folder ``folder`` once resolved (symlinks followed), else
+    OutputRefused: nothing pull or remove writes or deletes may be outside the models folder."""
+    root = Path(folder).resolve()
+    real = Path(path).resolve()
+    if real == root or not real.is_relative_to(root):
+        raise OutputRefused(f"{path} leads outside the models folder {root} (to {real}); refusing to write "
+                            "or remove it.", "Remove the link, or point REMOTECLIP_MODELS (--dir) at the "
+                            "folder itself.", path=path)
+    return Path(path)
 
 
 def url_file_name(url: str) -> str:
@@ -105,11 +131,11 @@ def _read_catalog(path: Path) -> list[dict]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise RemoteClipError(f"Model catalogue {path} cannot be read ({e}).",
-                              "Fix or delete the file (see docs/bundles.md for the format).") from e
+        raise ModelError(f"Model catalogue {path} cannot be read ({e}).",
+                              "Fix or delete the file (see docs/bundles.md for the format).", path=path) from e
     if not isinstance(data, dict) or data.get("format") != CATALOG_FORMAT or not isinstance(data.get("models"), list):
-        raise RemoteClipError(f"{path} is not a model catalogue (format {CATALOG_FORMAT!r} with a models list).",
-                              "Fix or delete the file (see docs/bundles.md for the format).")
+        raise ModelError(f"{path} is not a model catalogue (format {CATALOG_FORMAT!r} with a models list).",
+                              "Fix or delete the file (see docs/bundles.md for the format).", path=path)
     return data["models"]
 
 
@@ -241,12 +267,9 @@ def resolve_model(value: str, folder: str | os.PathLike | None = None) -> str:
     for p, _m in local_bundles(root):
         if p.name.lower() == value.lower():
             return str(p)
-    try:
-        entry = lookup(value, load_catalog(root))
-    except RemoteClipError:
-        entry = None
+    entry = lookup(value, load_catalog(root))   # a broken catalogue is its own error, not "no such model"
     if entry is not None:
-        raise RemoteClipError(f"Model {entry.name} is not pulled yet (looked in {root}).",
+        raise ModelError(f"Model {entry.name} is not pulled yet (looked in {root}).",
                               f"Run `remoteclip models pull {entry.name}` (or Get in the QGIS panel), "
                               "then use it by name.")
     return value

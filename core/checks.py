@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from numbers import Real
 
-from .errors import RemoteClipError
+from .errors import InvalidInput
 
 MAX_TILES = 50_000   # the tiles a run may have unless confirmed (--yes): about an hour of ViT-B-32 on a laptop CPU
 
@@ -29,12 +29,12 @@ def number(value, what: str, lo: float | None = None, hi: float | None = None, *
             raise TypeError
         x = float(value)
     except (TypeError, ValueError):
-        raise RemoteClipError(f"{what} {value!r} is not a number.", f"Give a number{eg}.") from None
+        raise InvalidInput(f"{what} {value!r} is not a number.", f"Give a number{eg}.") from None
     if not math.isfinite(x):
-        raise RemoteClipError(f"{what} {value!r} is not a finite number.", f"Give a number{eg}.")
+        raise InvalidInput(f"{what} {value!r} is not a finite number.", f"Give a number{eg}.")
     if (lo is not None and x < lo) or (hi is not None and (x > hi or (hi_open and x >= hi))):
         rng = _range_text(lo, hi) + (" (excluded)" if hi_open else "")
-        raise RemoteClipError(f"{what} {value!r} is out of range.", f"Use a value {rng}{eg}.")
+        raise InvalidInput(f"{what} {value!r} is out of range.", f"Use a value {rng}{eg}.")
     return x
 
 
@@ -43,13 +43,13 @@ def whole(value, what: str, lo: int | None = None, hi: int | None = None, exampl
     eg = f" ({example})" if example else ""
     try:
         x = number(value, what)
-    except RemoteClipError:
-        raise RemoteClipError(f"{what} {value!r} is not a whole number.", f"Give a whole number{eg}.") from None
+    except InvalidInput:
+        raise InvalidInput(f"{what} {value!r} is not a whole number.", f"Give a whole number{eg}.") from None
     if x != int(x):
-        raise RemoteClipError(f"{what} {value!r} is not a whole number.", f"Give a whole number{eg}.")
+        raise InvalidInput(f"{what} {value!r} is not a whole number.", f"Give a whole number{eg}.")
     n = int(x)
     if (lo is not None and n < lo) or (hi is not None and n > hi):
-        raise RemoteClipError(f"{what} {value!r} is out of range.", f"Use a whole number {_range_text(lo, hi)}{eg}.")
+        raise InvalidInput(f"{what} {value!r} is out of range.", f"Use a whole number {_range_text(lo, hi)}{eg}.")
     return n
 
 
@@ -61,7 +61,7 @@ def optional(fn, value, *args, **kwargs):
 def choice(value, what: str, options) -> str:
     text = str(value).strip().lower() if isinstance(value, str) else value
     if text not in options:
-        raise RemoteClipError(f"Unknown {what} {value!r}.", "Use " + ", ".join(map(str, options)) + ".")
+        raise InvalidInput(f"Unknown {what} {value!r}.", "Use " + ", ".join(map(str, options)) + ".")
     return text
 
 
@@ -77,6 +77,6 @@ def path_text(path, what: str = "file") -> str:
         path.encode("utf-8")
     except UnicodeEncodeError:
         shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        raise RemoteClipError(f"The {what} name {shown!r} contains bytes that are not UTF-8 text, which GDAL "
-                              "cannot open.", "Rename it (or its folder) with plain UTF-8 characters.") from None
+        raise InvalidInput(f"The {what} name {shown!r} contains bytes that are not UTF-8 text, which GDAL "
+                              "cannot open.", "Rename it (or its folder) with plain UTF-8 characters.", path=path) from None
     return path

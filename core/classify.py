@@ -36,7 +36,7 @@ import os
 
 import numpy as np
 
-from .errors import RemoteClipError
+from .errors import InvalidInput, ModelError, SourceUnreadable
 
 HEAD_FORMAT = "remoteclip-classifier-head"
 HEAD_VERSION = 1
@@ -285,20 +285,24 @@ class Head:
         """A head file written by :meth:`to_json`; anything else is refused with a one-line error."""
         path = os.fspath(path)
         if not os.path.isfile(path):
-            raise RemoteClipError(f"Classifier file not found: {path}.", "Check the path (--head), or train one "
-                                  "with --samples and --head-out.")
+            raise SourceUnreadable(f"Classifier file not found: {path}.", "Check the path (--head), or train one "
+                                  "with --samples and --head-out.", path=path)
         try:
             with open(path, encoding="utf-8") as f:
                 d = json.load(f)
-        except (OSError, ValueError, UnicodeDecodeError) as e:
-            raise RemoteClipError(f"{path} is not a RemoteCLIP classifier ({e}).",
-                                  "Give a file written by classify --head-out.") from None
+        except OSError as e:
+            raise SourceUnreadable(f"The classifier file {path} cannot be read ({e.strerror or e}).",
+                                   "Check that it is readable (its permissions, the disk).", path=path) from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:   # RecursionError: lists nested deeply
+            why = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+            raise InvalidInput(f"{path} is not a RemoteCLIP classifier ({why}).",
+                               "Give a file written by classify --head-out.", path=path) from None
         if not isinstance(d, dict) or d.get("format") != HEAD_FORMAT:
-            raise RemoteClipError(f"{path} is not a RemoteCLIP classifier (no format {HEAD_FORMAT!r}).",
-                                  "Give a file written by classify --head-out.")
+            raise InvalidInput(f"{path} is not a RemoteCLIP classifier (no format {HEAD_FORMAT!r}).",
+                                  "Give a file written by classify --head-out.", path=path)
         if d.get("version") != HEAD_VERSION:
-            raise RemoteClipError(f"{path} is a classifier of format version {d.get('version')!r}; this version "
-                                  f"reads {HEAD_VERSION}.", "Train it again with this version (--samples).")
+            raise InvalidInput(f"{path} is a classifier of format version {d.get('version')!r}; this version "
+                                  f"reads {HEAD_VERSION}.", "Train it again with this version (--samples).", path=path)
         try:
             head = cls(d["classes"], d["text"], d["logit_scale"], d["alpha"], d.get("method", "logistic"),
                        d.get("weights"), d.get("bias"), d.get("train_x"), d.get("train_y"), d.get("k", 5),
@@ -311,11 +315,11 @@ class Head:
                 ok = ok and head.train_x.ndim == 2 and head.train_x.shape[1] == dim \
                     and len(head.train_y) == len(head.train_x)
             ok = ok and all(math.isfinite(v) for v in (head.alpha, head.logit_scale))
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError):
             ok = False
         if not ok:
-            raise RemoteClipError(f"The classifier {path} is damaged (its arrays do not fit together).",
-                                  "Train it again with --samples and --head-out.")
+            raise InvalidInput(f"The classifier {path} is damaged (its arrays do not fit together).",
+                                  "Train it again with --samples and --head-out.", path=path)
         head.path = path
         return head
 
@@ -324,12 +328,12 @@ class Head:
         want = self.model.get("sha256")
         dim = self.model.get("embed_dim")
         if want != bundle.sha256 or (dim is not None and int(dim) != bundle.embed_dim):
-            raise RemoteClipError(
+            raise ModelError(
                 f"The classifier{' ' + path if path else ''} was trained with the model "
                 f"{self.model.get('name')!r} (sha256 {str(want)[:12]}…, {dim}-d), not with {bundle.name!r} "
                 f"(sha256 {bundle.sha256[:12]}…, {bundle.embed_dim}-d).",
                 "Run with the model it was trained with (--model), or train a new one on this model "
-                "(--samples).")
+                "(--samples).", path=path)
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -339,7 +343,7 @@ def train(x: np.ndarray, y: np.ndarray, groups: np.ndarray, classes: list[str], 
           model: dict | None = None, templates=None) -> tuple[Head, dict, list[str]]:
     """Fit the classifier on sample tiles ``x`` (classes ``y``, sample ``groups``): (head, report, warnings)."""
     if method not in METHODS:
-        raise RemoteClipError(f"Unknown classifier {method!r}.", "Use logistic or knn.")
+        raise InvalidInput(f"Unknown classifier {method!r}.", "Use logistic or knn.", param="method")
     x = normalize(x)
     y = np.asarray(y, dtype=np.int64)
     c = len(classes)

@@ -15,10 +15,21 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 
 from .bundle import PRECISIONS
 from .checks import MAX_TILES
-from .errors import Cancelled, RemoteClipError, gdal_return_codes
+from .errors import (
+    Cancelled,
+    InvalidInput,
+    MissingDependency,
+    ModelError,
+    RemoteClipError,
+    SourceUnreadable,
+    gdal_return_codes,
+)
 
 
 def _default_model() -> str:
@@ -27,7 +38,7 @@ def _default_model() -> str:
     model = default_bundle()
     if model:
         return model
-    raise RemoteClipError(
+    raise ModelError(
         "No model bundle given and the demo bundle models/remoteclip-demo is not there.",
         "Pass --model BUNDLE (a folder with manifest.json or a .rclip.zip), set REMOTECLIP_MODEL, or make one: "
         "`python -m training.export --arch ViT-B-32 --checkpoint RemoteCLIP-ViT-B-32.pt --out models/NAME`.")
@@ -36,7 +47,7 @@ def _default_model() -> str:
 def _floats(text: str, what: str, n: tuple[int, ...]) -> list[str]:
     parts = [p.strip() for p in text.split(",")]
     if len(parts) not in n:
-        raise RemoteClipError(f"{what} {text!r} has {len(parts)} values.",
+        raise InvalidInput(f"{what} {text!r} has {len(parts)} values.",
                               f"Write {what} as xmin,ymin,xmax,ymax[,EPSG].")
     return parts
 
@@ -48,15 +59,15 @@ def _bbox(text: str):
     try:
         xmin, ymin, xmax, ymax = (float(p) for p in parts[:4])
     except ValueError:
-        raise RemoteClipError(f"--bbox {text!r} has a value that is not a number.",
-                              "Write --bbox xmin,ymin,xmax,ymax[,EPSG], e.g. 32.58,0.33,32.59,0.34,4326.") from None
+        raise InvalidInput(f"--bbox {text!r} has a value that is not a number.",
+                              "Write --bbox xmin,ymin,xmax,ymax[,EPSG], e.g. 32.58,0.33,32.59,0.34,4326.", param="bbox") from None
     crs = None
     if len(parts) == 5:
         c = parts[4].upper().removeprefix("EPSG:")
         crs = f"EPSG:{c}" if c.isdigit() else parts[4]
     if xmin >= xmax or ymin >= ymax:
-        raise RemoteClipError(f"--bbox {text!r} is empty (xmin >= xmax or ymin >= ymax).",
-                              "Write --bbox xmin,ymin,xmax,ymax with xmin < xmax and ymin < ymax.")
+        raise InvalidInput(f"--bbox {text!r} is empty (xmin >= xmax or ymin >= ymax).",
+                              "Write --bbox xmin,ymin,xmax,ymax with xmin < xmax and ymin < ymax.", param="bbox")
     return BBox(xmin, ymin, xmax, ymax, crs)
 
 
@@ -68,23 +79,24 @@ def _polygons(path: str):
     try:
         from osgeo import ogr
     except ImportError:
-        raise RemoteClipError("GDAL's Python bindings (osgeo) are needed for --polygons.",
+        raise MissingDependency("GDAL's Python bindings (osgeo) are needed for --polygons.",
                               "Install python3-gdal, or use --bbox.") from None
     from .checks import path_text
     from .raster import is_gdal_uri
 
     path = path_text(path, "--polygons file")
     if not is_gdal_uri(path) and not os.path.exists(path):
-        raise RemoteClipError(f"--polygons {path}: file not found.", "Check the path.")
+        raise SourceUnreadable(f"--polygons {path}: file not found.", "Check the path.", path=path)
     ds = ogr.Open(path)
     if ds is None:
-        raise RemoteClipError(f"--polygons {path}: not a vector file OGR can open.",
-                              "Give a GeoPackage, Shapefile or GeoJSON with polygons.")
+        raise SourceUnreadable(f"--polygons {path}: not a vector file OGR can open.",
+                              "Give a GeoPackage, Shapefile or GeoJSON with polygons.", path=path)
     layer = ds.GetLayer(0)
     srs = layer.GetSpatialRef()
     wkts = [f.GetGeometryRef().ExportToWkt() for f in layer if f.GetGeometryRef() is not None]
     if not wkts:
-        raise RemoteClipError(f"--polygons {path} holds no geometries.", "Give a file with polygons.")
+        raise InvalidInput(f"--polygons {path} holds no geometries.", "Give a file with polygons.", path=path,
+                           param="polygons")
     return Polygons(wkts, srs.ExportToWkt() if srs is not None else None, f"{path}|layername={layer.GetName()}")
 
 
@@ -157,30 +169,70 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+@dataclass(frozen=True)
+class _Option:
+    """How the command line offers one kind of task input (``_OPTIONS[param.kind]``): ``add(parser, param)``
+    adds its option(s); a typed list (``what``) can also come from FLAG-file, read by core.prompts.read_lines
+    with the list's rule (``split``, a function of core.prompts)."""
+    add: Callable
+    what: str = ""
+    split: str = ""
+
+
+def _default(prm) -> str:
+    return f" (default {prm.default})" if prm.default is not None else ""
+
+
+def _list_option(p, prm) -> None:
+    p.add_argument(prm.cli_flag, dest=prm.name, help=prm.help)
+    p.add_argument(prm.cli_flag + "-file", dest=prm.name + "_file", metavar="FILE",
+                   help=f"{_OPTIONS[prm.kind].what} from a UTF-8 file (the same separators, '#' comments) or a JSON "
+                        "list")
+
+
+def _preset_option(p, prm) -> None:
+    p.add_argument(prm.cli_flag, dest=prm.name, help=f"{prm.help}: " + ", ".join(prm.choices))
+
+
+def _text_option(p, prm) -> None:
+    p.add_argument(prm.cli_flag, dest=prm.name, required=not prm.optional, help=prm.help)
+
+
+def _number_option(p, prm, type_) -> None:
+    lim = f" ({'' if prm.lo is None else f'{prm.lo:g}'}..{'' if prm.hi is None else f'{prm.hi:g}'})"
+    p.add_argument(prm.cli_flag, dest=prm.name, type=type_, default=prm.default,
+                   help=(prm.help or prm.label.lower()) + lim + _default(prm))
+
+
+def _choice_option(p, prm) -> None:
+    p.add_argument(prm.cli_flag, dest=prm.name, choices=prm.choices, default=prm.default,
+                   help=prm.help + _default(prm))
+
+
+def _value_option(p, prm, metavar) -> None:
+    p.add_argument(prm.cli_flag, dest=prm.name, metavar=metavar, help=prm.help)
+
+
+# one adapter per core.tasks.Param kind
+_OPTIONS: dict[str, _Option] = {
+    "names": _Option(_list_option, "class names", "split_names"),
+    "preset": _Option(_preset_option),
+    "templates": _Option(_list_option, "templates", "split_templates"),
+    "text": _Option(_text_option),
+    "int": _Option(partial(_number_option, type_=int)),
+    "float": _Option(partial(_number_option, type_=float)),
+    "choice": _Option(_choice_option),
+    "samples": _Option(partial(_value_option, metavar="FILE")),
+    "field": _Option(partial(_value_option, metavar="NAME")),
+    "file": _Option(partial(_value_option, metavar="FILE")),
+    "file_out": _Option(partial(_value_option, metavar="FILE")),
+}
+
+
 def _task_options(p, cls) -> None:
-    """Options for a task's declared inputs (core.tasks.Param)."""
+    """Options for a task's declared inputs (core.tasks.Param), each by its kind's adapter (_OPTIONS)."""
     for prm in cls.params:
-        flag, dest = prm.cli_flag, prm.name
-        default = f" (default {prm.default})" if prm.default is not None else ""
-        if prm.kind in ("names", "templates"):
-            p.add_argument(flag, dest=dest, help=prm.help)
-            what = "class names" if prm.kind == "names" else "templates"
-            p.add_argument(flag + "-file", dest=dest + "_file", metavar="FILE",
-                           help=f"{what} from a UTF-8 file (the same separators, '#' comments) or a JSON list")
-        elif prm.kind == "preset":
-            p.add_argument(flag, dest=dest, help=f"{prm.help}: " + ", ".join(prm.choices))
-        elif prm.kind == "text":
-            p.add_argument(flag, dest=dest, required=not prm.optional, help=prm.help)
-        elif prm.kind in ("int", "float"):
-            lim = f" ({'' if prm.lo is None else f'{prm.lo:g}'}..{'' if prm.hi is None else f'{prm.hi:g}'})"
-            p.add_argument(flag, dest=dest, type=int if prm.kind == "int" else float, default=prm.default,
-                           help=(prm.help or prm.label.lower()) + lim + default)
-        elif prm.kind == "choice":
-            p.add_argument(flag, dest=dest, choices=prm.choices, default=prm.default, help=prm.help + default)
-        elif prm.kind in ("samples", "file", "file_out"):
-            p.add_argument(flag, dest=dest, metavar="FILE", help=prm.help)
-        elif prm.kind == "field":
-            p.add_argument(flag, dest=dest, metavar="NAME", help=prm.help)
+        _OPTIONS[prm.kind].add(p, prm)
     if cls.dense:
         p.add_argument("--raster-output", metavar="FILE.tif", help="also write a GeoTIFF at tile resolution (one "
                        "band per value, overlapping tiles averaged: a heat map)")
@@ -195,14 +247,13 @@ def _task(args):
     raw = {}
     for prm in cls.params:
         value = getattr(args, prm.name, None)
-        if prm.kind in ("names", "templates"):
+        opt = _OPTIONS[prm.kind]
+        if opt.what:
             path = getattr(args, prm.name + "_file", None)
             if value is not None and path is not None:
-                raise RemoteClipError(f"Both {prm.cli_flag} and {prm.cli_flag}-file were given.", "Use one of them.")
+                raise InvalidInput(f"Both {prm.cli_flag} and {prm.cli_flag}-file were given.", "Use one of them.")
             if path is not None:
-                names = prm.kind == "names"
-                value = prompts.read_lines(path, "class names" if names else "templates",
-                                           prompts.split_names if names else prompts.split_templates)
+                value = prompts.read_lines(path, opt.what, getattr(prompts, opt.split))
         raw[prm.name] = value
     return cls.from_inputs(raw, spell=_spell(args))
 
@@ -210,7 +261,7 @@ def _task(args):
 def _spell(args):
     """How the command line names an input in errors: the option that was used."""
     def spell(prm):
-        if prm.kind in ("names", "templates") and getattr(args, prm.name + "_file", None) is not None:
+        if _OPTIONS[prm.kind].what and getattr(args, prm.name + "_file", None) is not None:
             return prm.cli_flag + "-file"
         return prm.cli_flag
 
@@ -223,18 +274,18 @@ def _job(args):
 
     task = _task(args)
     if args.bbox and args.polygons:
-        raise RemoteClipError("Both --bbox and --polygons were given.", "Use one of them.")
+        raise InvalidInput("Both --bbox and --polygons were given.", "Use one of them.")
     extent = _bbox(args.bbox) if args.bbox else _polygons(args.polygons) if args.polygons else None
     from .raster import parse_bands
 
     bands = parse_bands(args.bands, "--bands") if args.bands else None
     if args.tile_size <= 0:
-        raise RemoteClipError(f"--tile-size {args.tile_size:g} is not positive.", "Use e.g. --tile-size 224.")
+        raise InvalidInput(f"--tile-size {args.tile_size:g} is not positive.", "Use e.g. --tile-size 224.", param="tile_size")
     if not 0 <= args.overlap <= MAX_OVERLAP:
-        raise RemoteClipError(f"--overlap {args.overlap:g} is outside 0..{MAX_OVERLAP:g}.",
-                              "Use e.g. --overlap 0.25.")
+        raise InvalidInput(f"--overlap {args.overlap:g} is outside 0..{MAX_OVERLAP:g}.",
+                              "Use e.g. --overlap 0.25.", param="overlap")
     if args.batch_size is not None and args.batch_size < 1:
-        raise RemoteClipError(f"--batch-size {args.batch_size} is below 1.", "Use e.g. --batch-size 32.")
+        raise InvalidInput(f"--batch-size {args.batch_size} is below 1.", "Use e.g. --batch-size 32.", param="batch_size")
     cache_dir = "" if args.no_cache else args.cache_dir
     run = RunOptions(model=args.model or _default_model(), device=args.device, precision=args.precision,
                      batch_size=args.batch_size, cache_dir=cache_dir)
@@ -320,7 +371,7 @@ def _summary(res, job) -> str:
 
 
 def _join_negative_values(argv: list[str]) -> list[str]:
-    """``--bbox -11858000,...`` as ``--bbox=-11858000,...``: argparse takes a value that starts with '-'
+    """``--bbox -11858000,...`` as ``--bbox=-11858000,...`` (and ``--bands -1,2,3``, refused then as bands): argparse takes a value that starts with '-'
     and is not a plain number for an option."""
     out: list[str] = []
     it = iter(argv)
@@ -338,7 +389,7 @@ def _join_negative_values(argv: list[str]) -> list[str]:
     return out
 
 
-_NEGATIVE_OK = ("--bbox",)
+_NEGATIVE_OK = ("--bbox", "--bands")   # --bands -1,2,3: refused as bands, not as a missing value
 
 
 def main(argv=None) -> int:

@@ -19,11 +19,10 @@ import json
 import math
 import os
 import re
-import tempfile
 
 import numpy as np
 
-from .errors import RemoteClipError, gdal_return_codes
+from .errors import InvalidInput, gdal_return_codes
 
 __all__ = ["RASTER_EXTENSIONS", "check_raster_output", "dense_grid", "write_dense"]
 
@@ -41,7 +40,7 @@ def check_raster_output(path, overwrite: bool = False, inputs=()) -> str:
 
     path = path_text(path, "raster output")
     if os.path.splitext(path)[1].lower() not in RASTER_EXTENSIONS:
-        raise RemoteClipError(f"The raster output {path} is not a GeoTIFF.", "Name it .tif.")
+        raise InvalidInput(f"The raster output {path} is not a GeoTIFF.", "Name it .tif.", path=path, param="raster_output")
     return check_file_output(path, "raster output", overwrite, inputs, temp_pattern=_temp_pattern,
                              example="map.tif", other="another --raster-output")
 
@@ -82,43 +81,64 @@ def dense_values(tiles, values, tile_px, step_px, transform):
     return out.astype(np.float32), gt
 
 
+def _written_back(tmp: str, data) -> bool:
+    """Whether the closed file, on disk and read back (a few kB), holds ``data`` (else GDAL failed silently)."""
+    from osgeo import gdal
+
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    ds = gdal.Open(tmp)
+    ok = ds is not None and (ds.RasterCount, ds.RasterYSize, ds.RasterXSize) == data.shape
+    if ok:
+        back = np.stack([ds.GetRasterBand(i + 1).ReadAsArray() for i in range(ds.RasterCount)])
+        ok = np.array_equal(back, data, equal_nan=True)
+    ds = None
+    return ok
+
+
 @gdal_return_codes()
 def write_dense(path, tiles, values, names: list[str], tile_px, step_px, transform, crs_wkt: str,
                 overwrite: bool = False, inputs=(), metadata: dict | None = None) -> str:
     """Write the dense map of ``values`` (one row per tile, one column per band) to the GeoTIFF ``path``."""
     from osgeo import gdal
 
-    from .vectors import _publish, _temp_prefix
+    from .vectors import _new_temp, _publish, _temp_prefix, gdal_errors, write_failed
 
     path = check_raster_output(path, overwrite, inputs)
     data, gt = dense_values(tiles, values, tile_px, step_px, transform)
     folder = os.path.dirname(os.path.abspath(path))
     stem = os.path.splitext(os.path.basename(path))[0]
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(stem), suffix=".tif")
-    os.close(fd)
-    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    tmp = _new_temp(folder, _temp_prefix(stem), ".tif")
     try:
-        try:
-            ds = gdal.GetDriverByName("GTiff").Create(
-                tmp, int(data.shape[2]), int(data.shape[1]), int(data.shape[0]), gdal.GDT_Float32,
-                options=["COMPRESS=DEFLATE", "PREDICTOR=3", "TILED=YES"])
-        except RuntimeError:
-            ds = None
-        if ds is None:
-            raise RemoteClipError(f"Cannot write {path}: {gdal.GetLastErrorMsg() or 'GDAL refused'}.",
-                                  "Check the folder is writable and has free space.")
-        ds.SetGeoTransform(gt)
-        if crs_wkt:
-            ds.SetProjection(crs_wkt)
-        for i, name in enumerate(names):
-            band = ds.GetRasterBand(i + 1)
-            band.SetNoDataValue(float("nan"))
-            band.SetDescription(str(name))
-            band.WriteArray(data[i])
-        if metadata:
-            ds.SetMetadataItem("REMOTECLIP", json.dumps(metadata, ensure_ascii=False, default=str))
-        ds.FlushCache()
-        ds = None
+        # every GDAL failure counts: before 3.7 a failed write (a full disk) shows in no return value
+        with gdal_errors() as failures:
+            try:
+                ds = gdal.GetDriverByName("GTiff").Create(
+                    tmp, int(data.shape[2]), int(data.shape[1]), int(data.shape[0]), gdal.GDT_Float32,
+                    options=["COMPRESS=DEFLATE", "PREDICTOR=3", "TILED=YES"])
+            except RuntimeError:
+                ds = None
+            if ds is None:
+                raise write_failed(path, failures[0] if failures else "GDAL refused to create it")
+            ds.SetGeoTransform(gt)
+            if crs_wkt:
+                ds.SetProjection(crs_wkt)
+            for i, name in enumerate(names):
+                band = ds.GetRasterBand(i + 1)
+                band.SetNoDataValue(float("nan"))
+                band.SetDescription(str(name))
+                band.WriteArray(data[i])
+            if metadata:
+                ds.SetMetadataItem("REMOTECLIP", json.dumps(metadata, ensure_ascii=False, default=str))
+            ds.FlushCache()
+            ds = None   # closes the file: the last writes happen here
+            if not failures and not _written_back(tmp, data):
+                failures.append("the file read back is not what was written")
+        if failures:
+            raise write_failed(path, failures[0])
         _publish(tmp, path, overwrite)
         if overwrite:   # statistics of the replaced file would describe other values; kept if it stayed
             with contextlib.suppress(OSError):
@@ -128,6 +148,4 @@ def write_dense(path, tiles, values, names: list[str], tile_px, step_px, transfo
             with contextlib.suppress(OSError):
                 os.unlink(p)
         raise
-    finally:
-        gdal.PopErrorHandler()
     return path

@@ -28,9 +28,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import Cancelled, RemoteClipError
+from .errors import Cancelled, DownloadFailed, SourceUnreadable, VerificationFailed
 
 CHUNK = 1 << 20
+READ_TIMEOUT = 30.0     # seconds without a byte before a download is called stalled
 _SHA = re.compile(r'^(?:W/)?"?([0-9a-fA-F]{64})"?$')
 USER_AGENT = "remoteclip-qgis/0.1 (model download)"
 
@@ -67,12 +68,15 @@ def urllib_transport(url: str, start: int, headers: dict, timeout: float = 60.0)
     try:
         resp = opener.open(req, timeout=timeout)
     except urllib.error.HTTPError as e:
-        hdrs = {k.lower(): v for k, v in e.headers.items()} if e.headers else {}
+        hdrs = {}
+        for h in seen:   # a 416 after Hugging Face's redirect: its X-Linked-Etag still names the sha256
+            hdrs.update({k: v for k, v in h.items() if k.startswith("x-linked-")})
+        hdrs.update({k.lower(): v for k, v in e.headers.items()} if e.headers else {})
         e.close()
         return Response(e.code, hdrs, iter(()))
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        raise RemoteClipError(f"Cannot reach {url} ({reason}).",
+        raise DownloadFailed(f"Cannot reach {url} ({reason}).",
                               "Check the internet connection and proxy settings (http_proxy/https_proxy), "
                               "or download the file elsewhere and pass it with --url FILE.") from e
     hdrs = {}
@@ -177,18 +181,23 @@ def sidecar(path: Path) -> Path:
 
 def download(url: str, dest, *, sha256: str | None = None, size: int | None = None,
              transport: Transport | None = None, progress=None, is_cancelled=None, retries: int = 3,
-             retry_wait: float = 1.0, record: dict | None = None) -> Path:
+             retry_wait: float = 1.0, record: dict | None = None, read_timeout: float = READ_TIMEOUT) -> Path:
     """Download ``url`` to ``dest`` (resuming ``dest.part``), verify size and sha256, rename into place.
 
     ``progress(fraction, message)``; ``is_cancelled()`` is checked per chunk: a cancel raises Cancelled
     and keeps ``dest.part`` for the next call to resume. A dropped connection is resumed up to
-    ``retries`` times. ``record`` (a dict) is written beside the file as ``dest.json`` with the URL,
-    size and sha256. Returns ``dest``.
+    ``retries`` times; a server that sends nothing for ``read_timeout`` seconds (urllib transport) ends
+    the download with DownloadFailed at once, the part kept. ``record`` (a dict) is written beside the file
+    as ``dest.json`` with the URL, size and sha256. Returns ``dest``.
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    transport = transport or (file_transport if local_path(url) is not None else urllib_transport)
+    if transport is None and local_path(url) is not None:
+        transport = file_transport
+    elif transport is None:
+        def transport(u, start, headers):
+            return urllib_transport(u, start, headers, timeout=read_timeout)
     expected_sha = sha256.lower() if sha256 else None
     expected_size = size
     attempt = 0
@@ -207,28 +216,34 @@ def download(url: str, dest, *, sha256: str | None = None, size: int | None = No
                 m = re.match(r"bytes\s+\*/(\d+)", resp.headers.get("content-range", ""))
                 if m and int(m.group(1)) == start:
                     expected_size = expected_size or start
+                    expected_sha = expected_sha or sha256_of_headers(resp.headers)   # checked below
                     break
                 part.unlink()
                 attempt += 1
                 if attempt > retries:
-                    raise RemoteClipError(f"{url}: the server refuses to resume the download.",
+                    raise DownloadFailed(f"{url}: the server refuses to resume the download.",
                                           "Try again later, or download the file elsewhere and pass it with --url FILE.")
                 continue
+            if 300 <= resp.status < 400:   # urllib follows redirects: one left over is a loop (or too many)
+                raise DownloadFailed(f"Download of {url} failed: the server redirects in a loop (HTTP "
+                                     f"{resp.status}, {resp.headers.get('location', 'no Location')!r}).",
+                                     "Check the mirror or the URL (--url, the catalogue's urls); the server "
+                                     "is misconfigured, trying again will not help.")
             if resp.status not in (200, 206):
-                raise RemoteClipError(f"Download of {url} failed: the server answered HTTP {resp.status}.",
+                raise DownloadFailed(f"Download of {url} failed: the server answered HTTP {resp.status}.",
                                       _status_fix(resp.status))
             expected_sha = expected_sha or sha256_of_headers(resp.headers)
             total = _total_size(resp.status, resp.headers, start)
             if expected_size is not None and total is not None and total != expected_size:
                 what = "truncated" if total < expected_size else "larger than expected"
-                raise RemoteClipError(
+                raise VerificationFailed(
                     f"{url} is {what}: the server offers {total} bytes, the catalogue says {expected_size}.",
                     "Use the publisher's URL, or a mirror holding the same file.")
             expected_size = expected_size or total
             if resp.status == 206:
                 m = re.match(r"bytes\s+(\d+)-", resp.headers.get("content-range", ""))
                 if not m or int(m.group(1)) != start:
-                    raise RemoteClipError(f"{url}: the server resumed at the wrong offset "
+                    raise DownloadFailed(f"{url}: the server resumed at the wrong offset "
                                           f"({resp.headers.get('content-range')!r} for {start}).",
                                           "Delete the .part file and download again.")
                 mode, done = "ab", start
@@ -247,39 +262,47 @@ def download(url: str, dest, *, sha256: str | None = None, size: int | None = No
                             frac = done / expected_size if expected_size else 0.0
                             progress(min(frac, 1.0), f"downloading {dest.name}: {_mib(done)}"
                                      + (f" of {_mib(expected_size)}" if expected_size else ""))
+                except TimeoutError as e:
+                    interrupted = stalled = e   # the server stopped sending: no point waiting again
                 except (OSError, EOFError, ValueError, http.client.HTTPException) as e:
-                    interrupted = e     # connection dropped: resume below
+                    interrupted, stalled = e, None     # connection dropped: resume below
                 else:
-                    interrupted = None
+                    interrupted = stalled = None
                 f.flush()
                 os.fsync(f.fileno())
         finally:
             resp.close()
+        if stalled is not None:
+            raise DownloadFailed(
+                f"Download of {dest.name} stalled: no data for {read_timeout:g} s from {url} (at {_mib(done)}"
+                + (f" of {_mib(expected_size)}" if expected_size else "") + ").",
+                f"Check the connection (or proxy) and run the same command again: it resumes from {_mib(done)} "
+                f"({part}).", path=part)
         if interrupted is None and (expected_size is None or done >= expected_size):
             break
         attempt += 1
         reason = str(interrupted) if interrupted else "the connection closed early"
         if attempt > retries:
-            raise RemoteClipError(
+            raise DownloadFailed(
                 f"Download of {dest.name} was interrupted at {_mib(done)}"
                 + (f" of {_mib(expected_size)}" if expected_size else "") + f" ({reason}).",
-                f"Run the same command again: it resumes from {_mib(done)} ({part}).")
+                f"Run the same command again: it resumes from {_mib(done)} ({part}).", path=dest)
         time.sleep(retry_wait * attempt)
 
     got = part.stat().st_size
     if expected_size is not None and got != expected_size:
         part.unlink()
-        raise RemoteClipError(f"Downloaded {dest.name} is corrupt: {got} bytes instead of {expected_size}; "
-                              "it was removed.", "Download it again.")
+        raise VerificationFailed(f"Downloaded {dest.name} is corrupt: {got} bytes instead of {expected_size}; "
+                              "it was removed.", "Download it again.", path=dest)
     if progress is not None:
         progress(1.0, f"checking {dest.name}")
     digest = file_sha256(part, is_cancelled=is_cancelled)
     if expected_sha and digest != expected_sha:
         part.unlink()
-        raise RemoteClipError(
+        raise VerificationFailed(
             f"Downloaded {dest.name} is corrupt: its sha256 is {digest}, expected {expected_sha}; it was removed.",
             "Download it again; if this repeats, the server or mirror holds a different file than the catalogue "
-            "names.")
+            "names.", path=dest)
     if record is not None:
         info = dict(record, url=url, size=got, sha256=digest, sha256_verified=bool(expected_sha),
                     downloaded=time.strftime("%Y-%m-%dT%H:%M:%S"))
@@ -295,17 +318,20 @@ def verify_file(path, *, sha256: str | None = None, size: int | None = None, pro
     """Check a local checkpoint (an air-gapped copy) against the catalogue; returns its sha256.
     The file is the user's: it is never removed, only named."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise SourceUnreadable(f"{path} is not a regular file (it leads to {path.resolve()}), so it is not a "
+                               "checkpoint.", "Give the path of the downloaded .pt file.", path=path)
     if not path.is_file():
-        raise RemoteClipError(f"Checkpoint not found: {path}.", "Give the path of the downloaded .pt file.")
+        raise SourceUnreadable(f"Checkpoint not found: {path}.", "Give the path of the downloaded .pt file.", path=path)
     got = path.stat().st_size
     if size is not None and got != size:
         what = "truncated" if got < size else "not the catalogue's file (larger)"
-        raise RemoteClipError(f"{path} is {what}: {got} bytes, the catalogue says {size}.",
-                              "Copy the whole file again from the publisher's URL.")
+        raise VerificationFailed(f"{path} is {what}: {got} bytes, the catalogue says {size}.",
+                              "Copy the whole file again from the publisher's URL.", path=path)
     digest = file_sha256(path, progress=progress, is_cancelled=is_cancelled, total=got)
     if sha256 and digest != sha256.lower():
-        raise RemoteClipError(f"{path} is corrupt or a different file: its sha256 is {digest}, "
-                              f"the catalogue says {sha256}.", "Copy the file again from the publisher's URL.")
+        raise VerificationFailed(f"{path} is corrupt or a different file: its sha256 is {digest}, "
+                              f"the catalogue says {sha256}.", "Copy the file again from the publisher's URL.", path=path)
     return digest
 
 

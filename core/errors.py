@@ -14,7 +14,9 @@ exception it means (as rasterio's errors are), so ``except ValueError`` or ``exc
 - ``DownloadFailed`` (``OSError``): a download did not complete; ``VerificationFailed`` when the bytes came but
   are not the ones the catalogue names.
 
-Every kind carries ``problem``, ``fix`` and ``path`` (the file concerned, or None).
+Every kind carries ``problem``, ``fix`` and ``path`` (the file concerned, or None). ``InvalidInput.param``
+names the option to blame as the Job and the command line know it, without dashes and with ``_`` for ``-``
+(``bands``, ``split_file``), so a front-end can show the error under that field.
 """
 
 import contextlib

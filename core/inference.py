@@ -28,8 +28,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .bundle import load_bundle
-from .errors import RemoteClipError
+from .bundle import check_graph_inputs, load_bundle
+from .errors import InvalidInput, MissingDependency, ModelError
 from .tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def _ort():
     try:
         import onnxruntime as ort
     except ImportError as e:
-        raise RemoteClipError(f"onnxruntime is not installed ({e}).",
+        raise MissingDependency(f"onnxruntime is not installed ({e}).",
                               "Install it: `pip install onnxruntime` (or onnxruntime-gpu for NVIDIA GPUs); "
                               "in QGIS use the plugin's 'Install dependencies' button.") from None
     return ort
@@ -64,13 +64,13 @@ def choose_providers(device: str = "auto") -> list[str]:
     """onnxruntime providers for ``device`` (auto: CUDA when this onnxruntime has it, else CPU)."""
     device = (device or "auto").lower()
     if device not in DEVICES:
-        raise RemoteClipError(f"Unknown device {device!r}.", "Use auto, cpu or cuda.")
+        raise InvalidInput(f"Unknown device {device!r}.", "Use auto, cpu or cuda.", param="device")
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if cuda_available():
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if device == "cuda":
-        raise RemoteClipError(
+        raise MissingDependency(
             "Device cuda was asked for, but this onnxruntime has no CUDA support "
             f"(providers: {', '.join(available_providers())}).",
             "Install onnxruntime-gpu (`pip uninstall onnxruntime && pip install onnxruntime-gpu`) with a "
@@ -100,9 +100,9 @@ def run_batched(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch_siz
         except Exception as e:  # onnxruntime raises its own Fail/RuntimeException types
             if not is_oom(e) or bs == 1:
                 if is_oom(e):
-                    raise RemoteClipError(
+                    raise InvalidInput(
                         "The device ran out of memory even with batch size 1.",
-                        "Use --device cpu, a smaller model, or --precision fp16.") from e
+                        "Use --device cpu, a smaller model, or --precision fp16.", param="batch_size") from e
                 raise
             bs = max(1, bs // 2)
             log.warning("out of memory; retrying with batch size %d", bs)
@@ -165,9 +165,9 @@ def _new_session(path, providers: list[str], threads: int | None):
     try:
         return ort.InferenceSession(os.fspath(path), sess_options=opts, providers=provider_options(providers))
     except Exception as e:
-        raise RemoteClipError(f"onnxruntime could not load {path} ({str(e).splitlines()[0]}).",
+        raise ModelError(f"onnxruntime could not load {path} ({str(e).splitlines()[0]}).",
                               "Re-export the bundle with `python -m training.export`, or update "
-                              "onnxruntime.") from e
+                              "onnxruntime.", path=path) from e
 
 
 def cached_session(path, providers: list[str], threads: int | None = None):
@@ -256,10 +256,10 @@ class Encoder:
 
         self.bundle = load_bundle(bundle)
         if precision not in PRECISIONS:
-            raise RemoteClipError(f"Unknown precision {precision!r}.", f"Use {', '.join(PRECISIONS)}.")
+            raise InvalidInput(f"Unknown precision {precision!r}.", f"Use {', '.join(PRECISIONS)}.", param="precision")
         self.bundle.graph_path("image", precision)  # raises when the bundle lacks it
         if batch_size is not None and int(batch_size) < 1:
-            raise RemoteClipError(f"Batch size must be at least 1, not {batch_size}.", "Use e.g. --batch-size 32.")
+            raise InvalidInput(f"Batch size must be at least 1, not {batch_size}.", "Use e.g. --batch-size 32.", param="batch_size")
         self.device = device
         self.precision = precision
         self.auto_batch = batch_size is None
@@ -278,8 +278,9 @@ class Encoder:
 
     def session(self, kind: str):
         if kind not in self._sessions:
-            self._sessions[kind] = cached_session(self.bundle.graph_path(kind, self.precision), self.providers,
-                                                  self.threads)
+            sess = cached_session(self.bundle.graph_path(kind, self.precision), self.providers, self.threads)
+            check_graph_inputs(self.bundle, kind, self.precision, sess)   # swapped graphs, a wrong size
+            self._sessions[kind] = sess
         return self._sessions[kind]
 
     @property

@@ -14,12 +14,23 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
 from . import catalog as cat
 from .download import download, local_path, sidecar, verify_file
-from .errors import Cancelled, RemoteClipError
+from .errors import (
+    Cancelled,
+    InvalidInput,
+    MissingDependency,
+    ModelError,
+    OutputExists,
+    OutputRefused,
+    RemoteClipError,
+    SourceUnreadable,
+    WriteFailed,
+)
 
 DOWNLOAD_SHARE = 0.75     # of the progress bar, when a pull downloads (conversion takes the rest)
 
@@ -35,7 +46,7 @@ def _converter():
         from .convert import convert_checkpoint
     except ImportError as e:
         missing = getattr(e, "name", None) or str(e)
-        raise RemoteClipError(f"Converting checkpoints needs the Python package {missing!r}, which is missing.",
+        raise MissingDependency(f"Converting checkpoints needs the Python package {missing!r}, which is missing.",
                               "Install it (`pip install onnx`; in QGIS the panel offers to install it).") from e
     return convert_checkpoint
 
@@ -43,7 +54,7 @@ def _converter():
 def _entry(name: str, catalog: dict) -> cat.Entry:
     entry = cat.lookup(name, catalog)
     if entry is None:
-        raise RemoteClipError(f"No model called {name!r} in the catalogue.",
+        raise ModelError(f"No model called {name!r} in the catalogue.",
                               "Choose one of: " + ", ".join(catalog) + " (`remoteclip models list`).")
     return entry
 
@@ -56,11 +67,12 @@ def pull(name: str, folder=None, url: str | None = None, *, fp16: bool = False, 
     it must hold the same file (size and sha256 are checked when the catalogue knows them)."""
     folder = Path(folder) if folder is not None else cat.models_dir()
     entry = _entry(name, cat.load_catalog(folder))
-    out = folder / entry.name
+    out = cat.confined(folder / entry.name, folder)
     if out.exists():
-        raise RemoteClipError(f"{entry.name} is already pulled: {out}.",
+        raise OutputExists(f"{entry.name} is already pulled: {out}.",
                               f"Use it with --model {entry.name}; to pull it again, run "
-                              f"`remoteclip models remove {entry.name}` first.")
+                              f"`remoteclip models remove {entry.name}` first.", path=out)
+    _check_writable(folder, folder)   # one clear error now, not a traceback after the download
     url = url or entry.urls[0]
     local = local_path(url)
     if local is not None:
@@ -71,10 +83,14 @@ def pull(name: str, folder=None, url: str | None = None, *, fp16: bool = False, 
         checkpoint, ours, share = local, False, 0.2
     else:
         checkpoint, ours, share = cat.download_path(entry, folder), True, DOWNLOAD_SHARE
+        for p in (checkpoint, checkpoint.with_name(checkpoint.name + ".part"), sidecar(checkpoint),
+                  sidecar(checkpoint).with_suffix(".tmp")):
+            cat.confined(p, folder)   # before a byte is written (a linked downloads/ or .part included)
         if checkpoint.is_file() and sidecar(checkpoint).is_file():
             digest = json.loads(sidecar(checkpoint).read_text(encoding="utf-8")).get("sha256")   # verified then
             share = 0.0
         else:
+            _check_writable(checkpoint.parent, folder)
             download(url, checkpoint, sha256=entry.sha256, size=entry.size, transport=transport,
                      progress=_scaled(progress, 0.0, share), is_cancelled=is_cancelled,
                      record={"tool": cat.TOOL, "name": entry.name})
@@ -82,7 +98,7 @@ def pull(name: str, folder=None, url: str | None = None, *, fp16: bool = False, 
     extracted = None
     try:
         if entry.archive == "zip":
-            extracted = _extract_checkpoint(checkpoint, folder / cat.DOWNLOADS, entry)
+            extracted = _extract_checkpoint(checkpoint, folder / cat.DOWNLOADS, entry, folder)
         source = {"tool": cat.TOOL + " pull", "catalog": entry.name, "checkpoint": entry.file, "sha256": digest,
                   "origin": url, "licence": entry.licence}
         bundle = _converter()(extracted or checkpoint, out, arch=entry.architecture, activation=entry.activation,
@@ -99,7 +115,21 @@ def pull(name: str, folder=None, url: str | None = None, *, fp16: bool = False, 
     return Path(bundle)
 
 
-def _extract_checkpoint(archive: Path, dest_dir: Path, entry: cat.Entry) -> Path:
+def _check_writable(where: Path, folder: Path) -> None:
+    """WriteFailed naming the models folder when nothing can be written in ``where`` (the folder or its
+    downloads/: read-only, no permission)."""
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise WriteFailed(f"Cannot write to the models folder {where} ({e.strerror or e}).",
+                          "Make it writable, or choose another models folder (--dir, or REMOTECLIP_MODELS; in QGIS "
+                          "the panel's models folder setting).", path=folder) from e
+
+
+def _extract_checkpoint(archive: Path, dest_dir: Path, entry: cat.Entry, folder: Path) -> Path:
     """The one checkpoint file inside a zip archive (SkyCLIP publishes zips), extracted beside it."""
     try:
         with zipfile.ZipFile(archive) as zf:
@@ -107,46 +137,54 @@ def _extract_checkpoint(archive: Path, dest_dir: Path, entry: cat.Entry) -> Path
                        and m.filename.lower().endswith((".pt", ".pth", ".bin", ".ckpt"))]
             if len(members) != 1:
                 listed = ", ".join(m.filename for m in members) or "none"
-                raise RemoteClipError(f"{archive.name} holds {len(members)} checkpoint files ({listed}), not one.",
+                raise ModelError(f"{archive.name} holds {len(members)} checkpoint files ({listed}), not one.",
                                       "Unzip it and run `remoteclip models convert FILE --out DIR` on the one "
-                                      "you want.")
+                                      "you want.", path=archive)
             target = dest_dir / f"{entry.name}--{Path(members[0].filename).name}"
             tmp = target.with_name(target.name + ".part")
+            for p in (target, tmp):
+                cat.confined(p, folder)
             with zf.open(members[0]) as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
             os.replace(tmp, target)
             return target
     except zipfile.BadZipFile as e:
-        raise RemoteClipError(f"{archive} is not a zip archive ({e}).",
-                              "Download it again; the catalogue says it is a zip.") from e
+        raise ModelError(f"{archive} is not a zip archive ({e}).",
+                              "Download it again; the catalogue says it is a zip.", path=archive) from e
 
 
 def convert(checkpoint, out, *, arch: str = "auto", activation: str = "quick_gelu", fp16: bool = False,
-            int8: bool = False, name: str | None = None, progress=None, is_cancelled=None) -> Path:
-    """Convert a checkpoint file the user already has (``remoteclip models convert``)."""
+            int8: bool = False, name: str | None = None, overwrite: bool = False, progress=None,
+            is_cancelled=None) -> Path:
+    """Convert a checkpoint file the user already has (``remoteclip models convert``); an existing bundle at
+    ``out`` is replaced only with ``overwrite``."""
     path = Path(checkpoint).expanduser()
+    if path.exists() and not path.is_file():
+        raise SourceUnreadable(f"{path} is not a regular file (it leads to {path.resolve()}), so it is not a "
+                               "checkpoint.", "Give the path of an OpenCLIP .pt/.bin file.", path=path)
     if not path.is_file():
-        raise RemoteClipError(f"Checkpoint not found: {path}.", "Give the path of an OpenCLIP .pt/.bin file.")
+        raise SourceUnreadable(f"Checkpoint not found: {path}.", "Give the path of an OpenCLIP .pt/.bin file.",
+                               path=path)
     source = {"tool": cat.TOOL + " convert", "checkpoint": path.name, "origin": str(path.resolve())}
     return Path(_converter()(path, Path(out).expanduser(), arch=arch, activation=activation, fp16=fp16, int8=int8,
-                             name=name, source=source, progress=progress, is_cancelled=is_cancelled))
+                             name=name, source=source, overwrite=overwrite, progress=progress,
+                             is_cancelled=is_cancelled))
 
 
 def remove(name: str, folder=None) -> list[Path]:
     """Remove the bundle and downloads this tool made for ``name``; returns what was removed.
     Anything else (a bundle someone exported or copied there) is refused."""
     folder = Path(folder) if folder is not None else cat.models_dir()
-    if not name or name != Path(name).name or name in (".", ".."):
-        raise RemoteClipError(f"{name!r} is not a model name.", "Give a name from `remoteclip models list`.")
+    if not cat.is_plain_name(name):
+        raise InvalidInput(f"{name!r} is not a model name.", "Give a name from `remoteclip models list`.",
+                           param="name")
     removed = []
     bundles = [p for p, _m in cat.local_bundles(folder) if p.name.lower() == name.lower()]
     for p in bundles:
         if not cat.made_by_us(cat.read_manifest(p)):
-            raise RemoteClipError(f"{p} was not made by `remoteclip models` (its manifest has no "
-                                  f"source.tool mark), so it is left alone.", "Delete it yourself if you mean to.")
-    entry = None
-    with contextlib.suppress(RemoteClipError):
-        entry = cat.lookup(name, cat.load_catalog(folder))
+            raise OutputRefused(f"{p} was not made by `remoteclip models` (its manifest has no "
+                                  f"source.tool mark), so it is left alone.", "Delete it yourself if you mean to.", path=p)
+    entry = cat.lookup(name, cat.load_catalog(folder))
     downloads = []
     if entry is not None:
         dl = cat.download_path(entry, folder)
@@ -154,19 +192,26 @@ def remove(name: str, folder=None) -> list[Path]:
         downloads = [p for p in (dl.with_name(dl.name + ".part"),) if p.is_file()]
         if marked:
             downloads += [p for p in (dl, sidecar(dl)) if p.is_file()]
+    for p in bundles + downloads:
+        cat.confined(p, folder)   # a linked bundle or downloads/ is not followed out of the models folder
     if not bundles and not downloads:
         other = (folder / name)
         if other.exists():
-            raise RemoteClipError(f"{other} is not a bundle made by `remoteclip models`, so it is left alone.",
-                                  "Delete it yourself if you mean to.")
-        raise RemoteClipError(f"Nothing to remove for {name!r} in {folder}.",
-                              "See `remoteclip models list` for what is there.")
-    for p in bundles:
-        shutil.rmtree(p)
-        removed.append(p)
-    for p in downloads:
-        p.unlink()
-        removed.append(p)
+            raise OutputRefused(f"{other} is not a bundle made by `remoteclip models`, so it is left alone.",
+                                "Delete it yourself if you mean to.", path=other)
+        raise ModelError(f"Nothing to remove for {name!r} in {folder}.",
+                         "See `remoteclip models list` for what is there.", path=folder)
+    try:
+        for p in bundles:
+            shutil.rmtree(p)
+            removed.append(p)
+        for p in downloads:
+            p.unlink()
+            removed.append(p)
+    except OSError as e:
+        raise WriteFailed(f"Cannot remove {getattr(e, 'filename', None) or folder} ({e.strerror or e})"
+                          + (f"; removed so far: {', '.join(map(str, removed))}." if removed else "."),
+                          "Make the models folder writable, or remove it yourself.", path=folder) from e
     return removed
 
 
@@ -193,13 +238,14 @@ def add_parser(sub) -> None:
     q = msub.add_parser("convert", help="convert an OpenCLIP checkpoint you have into a bundle")
     q.add_argument("checkpoint", help="OpenCLIP state dict (.pt/.bin), e.g. RemoteCLIP-ViT-B-32.pt")
     q.add_argument("--arch", default="auto", help="architecture (default auto: detected from the weights)")
-    q.add_argument("--out", required=True, help="bundle folder to write (must not exist)")
+    q.add_argument("--out", required=True, help="bundle folder to write (must not exist, or give --overwrite)")
     q.add_argument("--activation", choices=("quick_gelu", "gelu"), default="quick_gelu",
                    help="MLP activation (default quick_gelu, as RemoteCLIP; see docs/bundles.md)")
     q.add_argument("--fp16", action="store_true", help="also write fp16 graphs (for GPUs)")
     q.add_argument("--int8", action="store_true", help="also write int8 graphs (CPUs: about twice as fast; "
                    "their agreement with fp32 is measured and stored in the manifest)")
     q.add_argument("--name", help="bundle name (default: the --out folder name)")
+    q.add_argument("--overwrite", action="store_true", help="replace a bundle already at --out")
     q.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     q = msub.add_parser("remove", help="remove a pulled model (only what this tool made)")
     q.add_argument("name")
@@ -266,7 +312,7 @@ def run(args, bar_factory) -> int:
             print(f"pulled {args.name}: {out}\nuse it: remoteclip label RASTER --model {out.name} ...")
         else:
             out = convert(args.checkpoint, args.out, arch=args.arch, activation=args.activation, fp16=args.fp16,
-                          int8=args.int8, name=args.name, progress=bar)
+                          int8=args.int8, name=args.name, overwrite=args.overwrite, progress=bar)
             bar.close()
             print(f"bundle written: {out}\nuse it: remoteclip label RASTER --model {out} ...")
         return 0

@@ -11,9 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 
-from .errors import RemoteClipError
+from .errors import OutputExists, OutputRefused
 
 __all__ = ["REPORT_SUFFIX", "report_path", "check_report_path", "check_file_output", "write_text_file",
            "write_report", "check_distinct", "read_report"]
@@ -56,8 +55,8 @@ def check_report_path(path: str) -> str:
     from .vectors import _temp_pattern, remove_dead_temps
 
     if os.path.lexists(path) and not _ours(path):
-        raise RemoteClipError(f"{path} exists and was not written by RemoteCLIP.",
-                              "Move that file away or give the output another name.")
+        raise OutputExists(f"{path} exists and was not written by RemoteCLIP.",
+                              "Move that file away or give the output another name.", path=path)
     remove_dead_temps(os.path.dirname(os.path.abspath(path)),
                       _temp_pattern(os.path.splitext(os.path.basename(path))[0]))
     return path
@@ -80,17 +79,17 @@ def check_file_output(path, what: str, overwrite: bool = False, inputs=(), temp_
     path = path_text(path, what)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise RemoteClipError(f"The folder of the {what} {folder} does not exist.", "Create it or choose another.")
+        raise OutputRefused(f"The folder of the {what} {folder} does not exist.", "Create it or choose another.", path=folder)
     if os.path.isdir(path):
-        raise RemoteClipError(f"The {what} {path} is a folder.", f"Give a file name, e.g. {example}.")
+        raise OutputRefused(f"The {what} {path} is a folder.", f"Give a file name, e.g. {example}.", path=path)
     check_not_input(path, inputs)
     stem = os.path.splitext(os.path.basename(path))[0]
     check_folder_writable(folder, stem)
     remove_dead_temps(folder, (temp_pattern or _temp_pattern)(stem))
     if os.path.lexists(path):
         if not overwrite:
-            raise RemoteClipError(f"The {what} {path} already exists.", "Replace it with --overwrite "
-                                  f"(Job(overwrite=True) in Python), or choose {other}.")
+            raise OutputExists(f"The {what} {path} already exists.", "Replace it with --overwrite "
+                                  f"(Job(overwrite=True) in Python), or choose {other}.", path=path)
         _check_writable_file(path)
     return path
 
@@ -102,18 +101,21 @@ def check_distinct(paths: list[tuple[str, str]]) -> None:
     for i, (a, wa) in enumerate(paths):
         for b, wb in paths[i + 1:]:
             if same_file(a, b):
-                raise RemoteClipError(f"The {wa} and the {wb} are the same file ({a}).", "Give them different names.")
+                raise OutputRefused(f"The {wa} and the {wb} are the same file ({a}).", "Give them different names.", path=a)
 
 
 def write_text_file(path: str, text: str, overwrite: bool = True) -> str:
-    """Write ``text`` to ``path`` through a temporary beside it (renamed into place when complete)."""
-    from .vectors import _publish, _temp_prefix
+    """Write ``text`` to ``path`` through a temporary beside it, renamed into place only when every write, the
+    flush to disk and the close succeeded (else :class:`WriteFailed`, the old file kept)."""
+    from .vectors import _new_temp, _publish, _temp_prefix, _write_synced, write_failed
 
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(os.path.splitext(os.path.basename(path))[0]))
+    tmp = _new_temp(folder, _temp_prefix(os.path.splitext(os.path.basename(path))[0]))
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        try:
+            _write_synced(tmp, text)
+        except OSError as e:
+            raise write_failed(path, e) from None
         _publish(tmp, path, overwrite)
     except BaseException:
         with contextlib.suppress(OSError):

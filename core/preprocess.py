@@ -19,7 +19,7 @@ import functools
 
 import numpy as np
 
-from .errors import RemoteClipError
+from .errors import ModelError
 
 _RESAMPLE = {"bicubic": 3, "bilinear": 2, "nearest": 0, "lanczos": 1, "box": 4, "hamming": 5}  # PIL codes
 
@@ -35,7 +35,7 @@ def _size(image_cfg: dict) -> tuple[int, int]:
 def _resample(image_cfg: dict) -> int:
     name = str(image_cfg.get("interpolation", "bicubic")).lower()
     if name not in _RESAMPLE:
-        raise RemoteClipError(f"Unknown interpolation {name!r} in the bundle manifest.",
+        raise ModelError(f"Unknown interpolation {name!r} in the bundle manifest.",
                               f"Use one of {', '.join(sorted(_RESAMPLE))} in manifest.json's image section.")
     return _RESAMPLE[name]
 
@@ -108,7 +108,7 @@ def resize_crop(rgb: np.ndarray, image_cfg: dict, valid: np.ndarray | None = Non
         if (w, h) != (out_w, out_h):
             img = img.resize((out_w, out_h), resample)
         return img
-    raise RemoteClipError(f"Unknown resize_mode {mode!r} in the bundle manifest.",
+    raise ModelError(f"Unknown resize_mode {mode!r} in the bundle manifest.",
                           "Use shortest, longest or squash in manifest.json's image section.")
 
 

@@ -12,7 +12,7 @@ import json
 import unicodedata
 from pathlib import Path
 
-from .errors import RemoteClipError
+from .errors import InvalidInput, SourceUnreadable
 
 BOM = "\ufeff"
 LIST_SEPARATOR = "|"   # joins the labels of top_labels: no label may contain it
@@ -93,13 +93,13 @@ def count_captions(obj: str, max_count: int = 10, templates: list[str] | None = 
     """
     obj = (obj or "").strip()
     if not obj:
-        raise RemoteClipError("The object to count is empty.", "Give an object name, e.g. --object car.")
+        raise InvalidInput("The object to count is empty.", "Give an object name, e.g. --object car.", param="object")
     if max_count < 1:
-        raise RemoteClipError(f"max_count must be at least 1, not {max_count}.", "Use e.g. --max-count 10.")
+        raise InvalidInput(f"max_count must be at least 1, not {max_count}.", "Use e.g. --max-count 10.", param="max_count")
     templates = list(templates or COUNT_TEMPLATES)
     for t in templates:
         if "{count}" not in t:
-            raise RemoteClipError(f"Count template {t!r} has no {{count}} placeholder.",
+            raise InvalidInput(f"Count template {t!r} has no {{count}} placeholder.",
                                   "Write templates like 'There {is} {count} {object} in the image.'")
     out = []
     one, many = object_nouns(obj)
@@ -119,11 +119,15 @@ def check_text(text, what: str) -> str:
     """A name or prompt typed or read by a user: stripped, with byte-order marks removed; control
     characters (tabs, NUL, escape codes) are refused, since they come from a wrongly read file."""
     if not isinstance(text, str):
-        raise RemoteClipError(f"The {what} {text!r} is not text.", f"Give the {what} as a string.")
+        raise InvalidInput(f"The {what} {text!r} is not text.", f"Give the {what} as a string.")
     text = text.replace(BOM, "").strip()
+    if any(unicodedata.category(c) == "Cs" for c in text):   # bytes that were not UTF-8, kept as surrogates
+        shown = "".join("\ufffd" if unicodedata.category(c) == "Cs" else c for c in text)
+        raise InvalidInput(f"The {what} {shown!r} holds bytes that are not UTF-8 text.",
+                           "Type it again, or save the file it came from as UTF-8.")
     bad = next((c for c in text if unicodedata.category(c) == "Cc"), None)
     if bad is not None:
-        raise RemoteClipError(f"The {what} {text!r} contains the control character {bad!r}.",
+        raise InvalidInput(f"The {what} {text!r} contains the control character {bad!r}.",
                               "Remove it (a tab or a binary byte usually means the file was not plain text).")
     return text
 
@@ -133,34 +137,34 @@ def check_labels(labels) -> list[str]:
     letter), an empty list, empty names, control characters, names containing the list separator
     ``|`` of ``top_labels``, and duplicates (case-insensitive)."""
     if isinstance(labels, str | bytes):
-        raise RemoteClipError(f"The labels {labels!r} are a single string, not a list of class names.",
+        raise InvalidInput(f"The labels {labels!r} are a single string, not a list of class names.",
                               "Give a list, e.g. ['buildings', 'trees'] (on the command line: "
-                              "--labels buildings,trees).")
+                              "--labels buildings,trees).", param="labels")
     if labels is None:
         labels = []
     try:
         names = [check_text(x, "label") for x in labels]
     except TypeError:
-        raise RemoteClipError(f"The labels {labels!r} are not a list of class names.",
-                              "Give a list, e.g. ['buildings', 'trees'].") from None
+        raise InvalidInput(f"The labels {labels!r} are not a list of class names.",
+                              "Give a list, e.g. ['buildings', 'trees'].", param="labels") from None
     if not names or not any(names):
-        raise RemoteClipError("The label list is empty.",
+        raise InvalidInput("The label list is empty.",
                               "Give at least two class names, e.g. --labels 'buildings,trees,water', "
-                              "or a --preset (" + ", ".join(PRESETS) + ").")
+                              "or a --preset (" + ", ".join(PRESETS) + ").", param="labels")
     if any(not n for n in names):
-        raise RemoteClipError(f"The label list {labels!r} contains an empty name.",
-                              "Remove the empty entry (look for ',,' or a trailing comma).")
+        raise InvalidInput(f"The label list {labels!r} contains an empty name.",
+                              "Remove the empty entry (look for ',,' or a trailing comma).", param="labels")
     for n in names:
         if LIST_SEPARATOR in n:
-            raise RemoteClipError(f"The label {n!r} contains '{LIST_SEPARATOR}', which separates the labels "
+            raise InvalidInput(f"The label {n!r} contains '{LIST_SEPARATOR}', which separates the labels "
                                   "of the top_labels field.", f"Write the class without '{LIST_SEPARATOR}', e.g. "
-                                  f"{n.replace(LIST_SEPARATOR, ' or ')!r}.")
+                                  f"{n.replace(LIST_SEPARATOR, ' or ')!r}.", param="labels")
     seen: dict[str, str] = {}
     for n in names:
         key = n.lower()
         if key in seen:
-            raise RemoteClipError(f"The label {n!r} appears more than once in the label list.",
-                                  "Give each class once.")
+            raise InvalidInput(f"The label {n!r} appears more than once in the label list.",
+                                  "Give each class once.", param="labels")
         seen[key] = n
     return names
 
@@ -170,19 +174,19 @@ def check_templates(templates, what: str = "templates") -> list[str] | None:
     if templates is None:
         return None
     if isinstance(templates, str | bytes):
-        raise RemoteClipError(f"The {what} {templates!r} are a single string, not a list.",
+        raise InvalidInput(f"The {what} {templates!r} are a single string, not a list.",
                               "Give a list of templates, e.g. ['a satellite photo of {}.'].")
     out = [check_text(t, "template") for t in templates]
     out = [t for t in out if t]
     if not out:
-        raise RemoteClipError(f"The {what} list is empty.", "Give at least one template, or none for the "
+        raise InvalidInput(f"The {what} list is empty.", "Give at least one template, or none for the "
                               "defaults.")
     return out
 
 
 def preset(name: str) -> list[str]:
     if name not in PRESETS:
-        raise RemoteClipError(f"Unknown preset {name!r}.", "Choose one of: " + ", ".join(PRESETS) + ".")
+        raise InvalidInput(f"Unknown preset {name!r}.", "Choose one of: " + ", ".join(PRESETS) + ".", param="preset")
     return list(PRESETS[name])
 
 
@@ -193,31 +197,31 @@ def read_lines(path, what: str = "lines", split=None) -> list[str]:
     non-UTF-8 file, and a file with nothing in it, are refused."""
     p = Path(path)
     if not p.exists():
-        raise RemoteClipError(f"File not found: {p}.", "Check the path.")
+        raise SourceUnreadable(f"File not found: {p}.", "Check the path.", path=p)
     if not p.is_file():
-        raise RemoteClipError(f"{p} is a folder, not a text file.", f"Give a text file with {what}, one per line.")
+        raise SourceUnreadable(f"{p} is a folder, not a text file.", f"Give a text file with {what}, one per line.", path=p)
     raw = p.read_bytes()
     if b"\0" in raw:
-        raise RemoteClipError(f"{p} is a binary file, not text.", f"Give a UTF-8 text file with {what}, one per "
-                              "line.")
+        raise InvalidInput(f"{p} is a binary file, not text.", f"Give a UTF-8 text file with {what}, one per "
+                              "line.", path=p)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise RemoteClipError(f"{p} is not UTF-8 text (byte 0x{raw[e.start]:02x} at position {e.start}).",
-                              "Save it as UTF-8 (in a text editor: Save As, encoding UTF-8).") from None
+        raise InvalidInput(f"{p} is not UTF-8 text (byte 0x{raw[e.start]:02x} at position {e.start}).",
+                              "Save it as UTF-8 (in a text editor: Save As, encoding UTF-8).", path=p) from None
     if p.suffix.lower() == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise RemoteClipError(f"{p} is not valid JSON ({e}).", "Write a JSON list of strings.") from None
+            raise InvalidInput(f"{p} is not valid JSON ({e}).", "Write a JSON list of strings.", path=p) from None
         if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
-            raise RemoteClipError(f"{p} must hold a JSON list of strings.", 'Write e.g. ["water", "trees"].')
+            raise InvalidInput(f"{p} must hold a JSON list of strings.", 'Write e.g. ["water", "trees"].', path=p)
         lines = [x.strip() for x in data if x.strip()]
     else:
         lines = (split or split_lines)(text)
     if not lines:
-        raise RemoteClipError(f"{p} holds no {what} (it is empty, or only blank and '#' comment lines).",
-                              f"Write {what}, one per line.")
+        raise InvalidInput(f"{p} holds no {what} (it is empty, or only blank and '#' comment lines).",
+                              f"Write {what}, one per line.", path=p)
     return lines
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import RemoteClipError
+from .errors import InvalidInput, MissingDependency
 
 __all__ = ["add_int8", "quantize_bundle", "quantize_graph", "METHODS", "DYNAMIC_OPS", "agreement"]
 
@@ -46,7 +46,7 @@ def _tools():
         import onnx
         from onnxruntime import quantization
     except ImportError as e:
-        raise RemoteClipError(f"Making int8 graphs needs onnx and onnxruntime's quantisation tools ({e}).",
+        raise MissingDependency(f"Making int8 graphs needs onnx and onnxruntime's quantisation tools ({e}).",
                               "Install them (pip install onnx onnxruntime; the plugin offers to) and try again.") \
             from None
     return onnx, quantization
@@ -97,7 +97,7 @@ def quantize_graph(src, dst, method: str = "dynamic", calibration: np.ndarray | 
 def _quantize_graph(src, dst, method, calibration) -> dict:
     onnx, q = _tools()
     if method not in METHODS:
-        raise RemoteClipError(f"Unknown int8 method {method!r}.", f"Use one of {', '.join(METHODS)}.")
+        raise InvalidInput(f"Unknown int8 method {method!r}.", f"Use one of {', '.join(METHODS)}.", param="method")
     src, dst = Path(src), Path(dst)
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=dst.parent) as tmp:
         plain = _without_value_info(onnx, src, Path(tmp))
@@ -108,7 +108,7 @@ def _quantize_graph(src, dst, method, calibration) -> dict:
                     "activations": "uint8, quantised per batch at run time",
                     "tool": f"onnxruntime.quantization {_ort_version()}"}
         if calibration is None or not len(calibration):
-            raise RemoteClipError("Static int8 quantisation needs calibration images.",
+            raise InvalidInput("Static int8 quantisation needs calibration images.",
                                   "Give real tiles to calibrate on, or use the dynamic method.")
         name = onnx.load(str(plain), load_external_data=False).graph.input[0].name
         with contextlib.redirect_stdout(io.StringIO()):   # the calibrator prints its progress
@@ -173,7 +173,7 @@ def add_int8(folder, graphs: dict, *, images: np.ndarray | None = None, images_n
     report = progress or (lambda fraction, message: None)
     folder = Path(folder)
     if text not in TEXT_METHODS:
-        raise RemoteClipError(f"Unknown int8 text method {text!r}.", f"Use one of {', '.join(TEXT_METHODS)}.")
+        raise InvalidInput(f"Unknown int8 text method {text!r}.", f"Use one of {', '.join(TEXT_METHODS)}.", param="text_method")
     names = {"image": "image_int8.onnx", "text": "text_int8.onnx" if text == "dynamic" else graphs["fp32"]["text"]}
     report(0.0, f"Quantising the image graph to int8 ({method})")
     how_image = quantize_graph(folder / graphs["fp32"]["image"], folder / names["image"], method, calibration)

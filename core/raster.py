@@ -39,7 +39,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from . import checks
-from .errors import RemoteClipError
+from .errors import InvalidInput, SourceUnreadable
 
 __all__ = ["RasterSource", "RasterioSource", "open_raster", "default_bands", "check_bands", "Stretch",
            "read_rgb", "is_gdal_uri", "palette_of", "parse_bands", "nodata_valid", "STRETCH_PERCENTILES", "STRETCH_SAMPLE_PX"]
@@ -92,18 +92,18 @@ class RasterioSource:
 
         path = checks.path_text(path, "raster")
         if not is_gdal_uri(path) and not os.path.exists(path):
-            raise RemoteClipError(f"Raster not found: {path}.", "Check the path.")
+            raise SourceUnreadable(f"Raster not found: {path}.", "Check the path.", path=path)
         if os.path.isdir(path):
-            raise RemoteClipError(f"Raster {path} is a folder, not a raster file.",
-                                  "Give a GeoTIFF, VRT, JPEG2000 or another file GDAL reads.")
+            raise SourceUnreadable(f"Raster {path} is a folder, not a raster file.",
+                                  "Give a GeoTIFF, VRT, JPEG2000 or another file GDAL reads.", path=path)
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", NotGeoreferencedWarning)
                 self._ds = rasterio.open(path)
         except RasterioIOError as e:
-            raise RemoteClipError(f"Raster {path} cannot be read: {_why(e)}.",
+            raise SourceUnreadable(f"Raster {path} cannot be read: {_why(e)}.",
                                   "Give a GeoTIFF, VRT, JPEG2000, PNG or another file GDAL reads "
-                                  "(check it with `gdalinfo`).") from None
+                                  "(check it with `gdalinfo`).", path=path) from None
         ds = self._ds
         if any(issubclass(w.category, NotGeoreferencedWarning) for w in caught) or (
                 ds.transform.is_identity and (ds.gcps[0] or ds.rpcs)):
@@ -137,7 +137,7 @@ class RasterioSource:
             data = self._ds.read(uniq, window=win, out_shape=shape, resampling=Resampling.nearest)
             valid = self._valid(uniq, data, win, shape)
         except RasterioError as e:
-            raise RemoteClipError(f"Reading {self.name} failed at pixel window {window}: {_why(e)}.",
+            raise SourceUnreadable(f"Reading {self.name} failed at pixel window {window}: {_why(e)}.",
                                   "The file may be damaged or incomplete; check it with `gdalinfo -checksum`.") \
                 from None
         if uniq != bands:
@@ -172,7 +172,7 @@ class RasterioSource:
         return f"RasterioSource({self.name!r}, {self.width}x{self.height}x{self.count} {self.dtype})"
 
 
-def _not_georeferenced(path: str, ds) -> RemoteClipError:
+def _not_georeferenced(path: str, ds) -> InvalidInput:
     """Tiles need a geotransform: without one, pixel coordinates would be written as map coordinates.
     Ground control points and RPCs are a recipe for warping, which is gdalwarp's job, not ours."""
     gcps, gcp_crs = ds.gcps
@@ -180,16 +180,16 @@ def _not_georeferenced(path: str, ds) -> RemoteClipError:
         what = f"{len(gcps)} ground control points" if gcps else "RPC coefficients"
         target = _utm_for(gcps, gcp_crs) if gcps else "EPSG:XXXX"
         rpc = " -rpc" if not gcps else ""
-        return RemoteClipError(
+        return InvalidInput(
             f"Raster {path} is georeferenced only by {what}, not by a geotransform, so its tiles cannot be "
             "placed on the map as they are.",
             f"Warp it first, e.g. `gdalwarp{rpc} -t_srs {target} -r bilinear {path} warped.tif` (a projected CRS "
-            "such as the local UTM zone), then use warped.tif.")
-    return RemoteClipError(
+            "such as the local UTM zone), then use warped.tif.", path=path)
+    return InvalidInput(
         f"Raster {path} has no geotransform: its pixels have no place on the map"
         + (" (it has a CRS, but no pixel size or origin)." if ds.crs else "."),
         "Georeference it first (QGIS: Raster > Georeferencer), or use the original GeoTIFF with its "
-        "georeferencing.")
+        "georeferencing.", path=path)
 
 
 def _utm_for(gcps, crs) -> str:
@@ -247,10 +247,15 @@ def parse_bands(text: str, what: str = "Bands") -> list[int] | None:
     if not text:
         return None
     try:
-        return [int(b) for b in re.split(r"[,\s]+", text) if b]
+        bands = [int(b) for b in re.split(r"[,\s]+", text) if b]
     except ValueError:
-        raise RemoteClipError(f"{what} {text!r} are not band numbers.",
-                              "Write 1-based band numbers, e.g. 3,2,1 (or one band, used as grey).") from None
+        raise InvalidInput(f"{what} {text!r} are not band numbers.",
+                           "Write 1-based band numbers, e.g. 3,2,1 (or one band, used as grey).", param="bands") from None
+    low = next((b for b in bands if b < 1), None)
+    if low is not None:
+        raise InvalidInput(f"{what} {text!r} holds band {low}: bands are numbered from 1.",
+                           "Write positive band numbers, 1 for the first band, e.g. 3,2,1.", param="bands")
+    return bands
 
 
 def check_bands(src, bands) -> list[int]:
@@ -258,17 +263,17 @@ def check_bands(src, bands) -> list[int]:
     try:
         bands = [int(b) for b in bands]
     except (TypeError, ValueError):
-        raise RemoteClipError(f"Bands {bands!r} are not band numbers.", "Give 1-based band numbers, e.g. 3,2,1.") \
+        raise InvalidInput(f"Bands {bands!r} are not band numbers.", "Give 1-based band numbers, e.g. 3,2,1.", param="bands") \
             from None
     if len(bands) == 1:
         bands = bands * 3
     if len(bands) != 3:
-        raise RemoteClipError(f"{len(bands)} bands were given ({bands}); the model sees three (RGB).",
-                              "Give three band numbers, e.g. --bands 4,3,2 (or one, used as grey).")
+        raise InvalidInput(f"{len(bands)} bands were given ({bands}); the model sees three (RGB).",
+                              "Give three band numbers, e.g. --bands 4,3,2 (or one, used as grey).", param="bands")
     bad = [b for b in bands if not 1 <= b <= src.count]
     if bad:
-        raise RemoteClipError(f"Band {bad[0]} does not exist: {src.name} has {src.count} band(s).",
-                              f"Use band numbers from 1 to {src.count}.")
+        raise InvalidInput(f"Band {bad[0]} does not exist: {src.name} has {src.count} band(s).",
+                              f"Use band numbers from 1 to {src.count}.", param="bands")
     return bands
 
 

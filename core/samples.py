@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import RemoteClipError, gdal_return_codes
+from .errors import InvalidInput, SourceUnreadable, gdal_return_codes
 
 __all__ = ["Samples", "SampleTiles", "read_samples", "class_text", "match_tiles"]
 
@@ -38,21 +38,21 @@ class Samples:
         from .prompts import check_text
 
         if isinstance(self.wkts, str) or isinstance(self.classes, str):
-            raise RemoteClipError("Samples need a list of geometries and a list of classes.",
+            raise InvalidInput("Samples need a list of geometries and a list of classes.",
                                   "Give Samples(wkts=[...], classes=[...]).")
         self.wkts = list(self.wkts)
         self.classes = [class_text(c) for c in self.classes]
         self.ids = list(self.ids) if self.ids else list(range(1, len(self.wkts) + 1))
         where = f" of {self.source}" if self.source else ""
         if len(self.wkts) != len(self.classes) or len(self.ids) != len(self.wkts):
-            raise RemoteClipError(f"The samples{where} have {len(self.wkts)} geometries and {len(self.classes)} "
+            raise InvalidInput(f"The samples{where} have {len(self.wkts)} geometries and {len(self.classes)} "
                                   "classes.", "Give one class per geometry.")
         if not self.wkts:
-            raise RemoteClipError(f"The samples{where} are empty.", "Draw at least one point or polygon per class "
+            raise InvalidInput(f"The samples{where} are empty.", "Draw at least one point or polygon per class "
                                   "(or, with 'selected only', select them).")
         for fid, c in zip(self.ids, self.classes, strict=True):
             if not check_text(c, "sample class"):
-                raise RemoteClipError(f"Sample feature {fid}{where} has no class (its class field is empty or "
+                raise InvalidInput(f"Sample feature {fid}{where} has no class (its class field is empty or "
                                       "NULL).", "Fill in the class of every sample, or leave that sample out.")
 
     def class_names(self) -> list[str]:
@@ -63,12 +63,12 @@ class Samples:
         lower: dict[str, str] = {}
         for n in names:
             if n.casefold() in lower:
-                raise RemoteClipError(f"The sample classes {lower[n.casefold()]!r} and {n!r} differ only in case.",
+                raise InvalidInput(f"The sample classes {lower[n.casefold()]!r} and {n!r} differ only in case.",
                                       "Write each class the same way in every sample.")
             lower[n.casefold()] = n
         names = check_labels(names)
         if len(names) < 2:
-            raise RemoteClipError(f"All samples are of one class ({names[0]!r}); a classifier needs two or more.",
+            raise InvalidInput(f"All samples are of one class ({names[0]!r}); a classifier needs two or more.",
                                   "Draw samples of at least two classes.")
         return names
 
@@ -94,10 +94,10 @@ def read_samples(path, class_field: str, layer: str | None = None) -> Samples:
 
     path = path_text(path, "samples file")
     if not os.path.exists(path):
-        raise RemoteClipError(f"Samples file not found: {path}.", "Check the path (--samples).")
+        raise SourceUnreadable(f"Samples file not found: {path}.", "Check the path (--samples).", path=path)
     if not class_field:
-        raise RemoteClipError("No class field was given for the samples.",
-                              "Name the attribute that holds each sample's class (--class-field).")
+        raise InvalidInput("No class field was given for the samples.",
+                              "Name the attribute that holds each sample's class (--class-field).", param="class_field")
     from osgeo import ogr
 
     with gdal_quiet():
@@ -106,19 +106,23 @@ def read_samples(path, class_field: str, layer: str | None = None) -> Samples:
         except RuntimeError:   # GDAL's exceptions on (QGIS 3.40+ Processing turns them on)
             ds = None
     if ds is None:
-        raise RemoteClipError(f"{path} is not a vector file OGR can open.",
-                              "Give a GeoPackage, Shapefile or GeoJSON with points or polygons.")
+        _check_readable(path)
+        raise InvalidInput(f"{path} is not a vector file OGR can open.",
+                           "Give a GeoPackage, Shapefile or GeoJSON with points or polygons.", path=path)
     lyr = ds.GetLayerByName(layer) if layer else ds.GetLayer(0)
     if lyr is None:
-        raise RemoteClipError(f"{path} has no layer {layer!r}.", "Check the layer name.")
+        raise InvalidInput(f"{path} has no layer {layer!r}.", "Check the layer name.", path=path, param="layer")
+    if lyr.GetFeatureCount() == 0:
+        raise InvalidInput(f"The samples file {path} has no features.", "Draw sample points or polygons with their "
+                           "class in it, or give the file that holds them (--samples).", path=path)
     defn = lyr.GetLayerDefn()
     names = [defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())]
     if class_field not in names:
         match = [n for n in names if n.lower() == class_field.lower()]
         if not match:
-            raise RemoteClipError(f"The samples {path} have no field {class_field!r} (fields: "
+            raise InvalidInput(f"The samples {path} have no field {class_field!r} (fields: "
                                   f"{', '.join(names) or 'none'}).", "Give the field that holds the class "
-                                  "(--class-field).")
+                                  "(--class-field).", path=path, param="class_field")
         class_field = match[0]
     srs = lyr.GetSpatialRef()
     wkts, classes, ids = [], [], []
@@ -127,12 +131,44 @@ def read_samples(path, class_field: str, layer: str | None = None) -> Samples:
         if g is None or g.IsEmpty():
             continue
         wkts.append(g.ExportToWkt())
-        classes.append(f.GetField(class_field))
+        classes.append(_decoded(f.GetField(class_field)))
         ids.append(f.GetFID())
     if not wkts:
-        raise RemoteClipError(f"The samples {path} hold no geometries.", "Draw points or polygons with a class.")
+        raise InvalidInput(f"The samples {path} hold no geometries.", "Draw points or polygons with a class.",
+                           path=path)
     return Samples(wkts, classes, srs.ExportToWkt() if srs is not None else None, ids, os.path.basename(path),
                    f"{path}|layername={lyr.GetName()}")
+
+
+def _check_readable(path: str) -> None:
+    """A file OGR could not open: SourceUnreadable when its bytes cannot be read (permissions, I/O error),
+    so that is not reported as a file of the wrong format."""
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        raise SourceUnreadable(f"The samples file {path} cannot be read ({e.strerror or e}).",
+                               "Check that it is readable (its permissions, the disk), or copy it somewhere "
+                               "readable.", path=path) from None
+
+
+def _decoded(value):
+    """A text value read from a file that does not say its encoding (a Shapefile without .cpg): GDAL hands
+    bytes that are not UTF-8 over as surrogates, which nothing can write. They are read as Windows-1252 (the
+    usual encoding of such .dbf files; Latin-1 where that has no character)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        raw = value.encode("utf-8", "surrogateescape")
+    try:
+        return raw.decode("cp1252")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
 
 
 @dataclass
@@ -174,27 +210,27 @@ def match_tiles(samples: Samples, tiles, crs_wkt: str, classes: list[str] | None
         for s, (wkt, cls, fid) in enumerate(zip(samples.wkts, samples.classes, samples.ids, strict=True)):
             g = ogr.CreateGeometryFromWkt(wkt) if isinstance(wkt, str) else None
             if g is None:
-                raise RemoteClipError(f"Sample feature {fid} has no valid geometry.", "Fix or delete it.")
+                raise InvalidInput(f"Sample feature {fid} has no valid geometry.", "Fix or delete it.")
             kind = ogr.GT_Flatten(g.GetGeometryType())
             if kind in (ogr.wkbPoint, ogr.wkbMultiPoint):
                 area = False
             elif kind in (ogr.wkbPolygon, ogr.wkbMultiPolygon):
                 area = True
             else:
-                raise RemoteClipError(f"Sample feature {fid} is a {ogr.GeometryTypeToName(kind).lower()}; samples "
+                raise InvalidInput(f"Sample feature {fid} is a {ogr.GeometryTypeToName(kind).lower()}; samples "
                                       "are points or polygons.", "Use a point or polygon layer for the samples.")
             try:
                 moved = ct is None or g.Transform(ct) == 0
             except RuntimeError:
                 moved = False
             if not moved:
-                raise RemoteClipError(f"Sample feature {fid} cannot be transformed to the raster's CRS.",
+                raise InvalidInput(f"Sample feature {fid} cannot be transformed to the raster's CRS.",
                                       "Check the samples' CRS.")
             if area and not g.IsValid():
                 g = g.MakeValid() or g
             x0, x1, y0, y1 = g.GetEnvelope()
             if not all(math.isfinite(v) for v in (x0, x1, y0, y1)):
-                raise RemoteClipError(f"Sample feature {fid} lies outside the area of the raster's CRS.",
+                raise InvalidInput(f"Sample feature {fid} lies outside the area of the raster's CRS.",
                                       "Check the samples' CRS.")
             cand = ((env[:, 0] <= x1) & (env[:, 1] >= x0) & (env[:, 2] <= y1) & (env[:, 3] >= y0)).nonzero()[0]
             n = 0

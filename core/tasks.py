@@ -4,8 +4,8 @@ A task class owns everything about its task that the front-ends used to repeat: 
 ``title``, its inputs (``params``: name, kind, limits, default and help, which the command line's
 options, the dock's tab and the Processing algorithm are built from), the parsing and checking of raw
 inputs (:meth:`Task.from_inputs`, then the dataclass's ``__post_init__``), its prompts, how tile
-embeddings become output records, its dissolve field, its default layer name, its style hints and its
-summary. ``TASKS`` (the registry) lists them in the order front-ends show them; :func:`task_class`
+embeddings become output records, its dissolve field, its default layer name and result layer title,
+its style hints, its default templates, its cache rule and its summary. ``TASKS`` (the registry) lists them in the order front-ends show them; :func:`task_class`
 finds one by kind.
 
 Tasks are plain data (picklable: strings, numbers, lists and :class:`core.samples.Samples`), so a job
@@ -29,8 +29,10 @@ from functools import cached_property
 from typing import Any, ClassVar
 
 from . import checks
-from .errors import RemoteClipError
+from .errors import InvalidInput
 from .prompts import (
+    COUNT_TEMPLATES,
+    DEFAULT_TEMPLATES,
     PRESETS,
     check_labels,
     check_templates,
@@ -182,6 +184,8 @@ class Task:
     reports: ClassVar[bool] = False            # makes a report (TaskOutput.report), saved beside the output
     whole_job: ClassVar[bool] = False          # outputs over every tile of the job at once (ranks), not per raster
     output_title: ClassVar[str] = "Tiles"
+    can_skip_cache: ClassVar[bool] = True      # front-ends offer to leave the embedding cache out
+    default_templates: ClassVar[tuple[str, ...]] = tuple(DEFAULT_TEMPLATES)   # what a templates input starts with
 
     # --------------------------------------------------------------------------------- inputs
 
@@ -225,6 +229,17 @@ class Task:
         """The name of the result layer in QGIS's layer tree."""
         return f"{raster_name} · {self.layer_name()}"
 
+    def result_title(self, raster_name: str, tiles) -> str:
+        """The result layer's name in QGIS: :meth:`layer_title` and the tile size of ``tiles`` (a TileSpec),
+        'kampala · count car · 224 px'."""
+        unit = "px" if tiles.unit == "px" else "m"
+        return f"{self.layer_title(raster_name)} · {tiles.size:g} {unit}"
+
+    @staticmethod
+    def dense_title(result_title: str) -> str:
+        """The heat map's layer name beside the result layer named ``result_title``."""
+        return f"{result_title} · heat map"
+
     def files_out(self) -> list[tuple[str, str]]:
         """(path, what) of the files this task writes besides the job's outputs (checked before the run)."""
         return []
@@ -251,7 +266,7 @@ def register(cls: type[Task]) -> type[Task]:
 
 def task_class(kind: str) -> type[Task]:
     if kind not in TASKS:
-        raise RemoteClipError(f"Unknown task {kind!r}.", "Use one of " + ", ".join(TASKS) + ".")
+        raise InvalidInput(f"Unknown task {kind!r}.", "Use one of " + ", ".join(TASKS) + ".", param="kind")
     return TASKS[kind]
 
 
@@ -335,8 +350,8 @@ class LabelTask(Task):
     def __post_init__(self):
         self.labels = check_labels(self.labels)
         if len(self.labels) < 2:
-            raise RemoteClipError(f"Only one label was given ({self.labels[0]!r}); softmax over one class "
-                                  "always says 100%.", "Give at least two class names.")
+            raise InvalidInput(f"Only one label was given ({self.labels[0]!r}); softmax over one class "
+                                  "always says 100%.", "Give at least two class names.", param="labels")
         self.templates = check_templates(self.templates)
         self.top_k = checks.whole(self.top_k, "top_k", 1, 100, example="e.g. 3")
         self.threshold = checks.optional(checks.number, self.threshold, "The label threshold (a probability)",
@@ -350,14 +365,14 @@ class LabelTask(Task):
         if isinstance(preset, str) and not preset.strip():
             preset = None
         if labels is not None and preset is not None:
-            raise RemoteClipError(f"Both {spell(names)} and {spell(choose)} were given.", "Use one of them.")
+            raise InvalidInput(f"Both {spell(names)} and {spell(choose)} were given.", "Use one of them.")
         if preset is not None:
             if preset not in PRESETS:
-                raise RemoteClipError(f"Unknown preset {preset!r}.", "Choose one of: " + ", ".join(PRESETS) + ".")
+                raise InvalidInput(f"Unknown preset {preset!r}.", "Choose one of: " + ", ".join(PRESETS) + ".", param="preset")
             labels = list(PRESETS[preset])
         elif labels is None:
-            raise RemoteClipError("No classes given.", f"Give class names ({spell(names)}, e.g. 'buildings, "
-                                  f"trees, water') or a preset ({spell(choose)}: " + ", ".join(PRESETS) + ").")
+            raise InvalidInput("No classes given.", f"Give class names ({spell(names)}, e.g. 'buildings, "
+                                  f"trees, water') or a preset ({spell(choose)}: " + ", ".join(PRESETS) + ").", param="labels")
         return super().from_inputs({**raw, "labels": labels}, spell)
 
     def prompts(self, prepared):
@@ -411,12 +426,13 @@ class CountTask(Task):
               help="count templates with {count}, {object} and {is}; separated by new lines or '|'"),
     )
     style: ClassVar[Style] = Style("counts", "count", '"count"', True)
+    default_templates: ClassVar[tuple[str, ...]] = tuple(COUNT_TEMPLATES)
     dissolve_field: ClassVar[str | None] = "count"
 
     def __post_init__(self):
         self.object_name = check_text(self.object_name if self.object_name is not None else "", "object name")
         if not self.object_name:
-            raise RemoteClipError("The object to count is empty.", "Give an object name, e.g. --object car.")
+            raise InvalidInput("The object to count is empty.", "Give an object name, e.g. --object car.", param="object")
         self.max_count = checks.whole(self.max_count, "max_count", 1, 100, "default 10")
         self.templates = check_templates(self.templates, "count templates")
         if self.templates:
@@ -481,7 +497,7 @@ class SearchTask(Task):
     def __post_init__(self):
         self.query = check_text(self.query if self.query is not None else "", "search query")
         if not self.query:
-            raise RemoteClipError("The search query is empty.", "Give a query, e.g. --query 'a swimming pool'.")
+            raise InvalidInput("The search query is empty.", "Give a query, e.g. --query 'a swimming pool'.", param="query")
         self.top_k = checks.optional(checks.whole, self.top_k, "top_k", 1, example="e.g. 20")
         self.threshold = checks.optional(checks.number, self.threshold, "The similarity threshold (a cosine)",
                                          -1.0, 1.0, example="e.g. 0.25")
@@ -515,7 +531,19 @@ class SearchTask(Task):
         best = sorted(recs, key=lambda r: r["rank"])[:3]
         return ["best tiles (row,col similarity): " + ", ".join(
             f"({r['row']},{r['col']} {r['similarity']:.3f})" for r in best)
-            + f"; selected {sum(r['selected'] for r in recs)}"]
+            + f"; selected {sum(r['selected'] for r in recs)}" + self._cut_text([r["similarity"] for r in recs])]
+
+    def _cut_text(self, sims) -> str:
+        """The similarity the selection took, and whether the stand-out rule made it (as the legend says)."""
+        import numpy as np
+
+        sims = np.asarray(sims, dtype=np.float64)
+        cut = effective_threshold(sims, self.threshold, self.stand_out)
+        if cut is None:
+            return ""
+        rule = stand_out_threshold(sims, self.stand_out)
+        why = f": mean + {self.stand_out:g} sd" if rule is not None and rule >= cut else ""
+        return f" (similarity >= {cut:.3f}{why})"
 
 
 @register
@@ -527,6 +555,7 @@ class EmbedTask(Task):
     algorithm: ClassVar[str] = "computeembeddings"
     algorithm_title: ClassVar[str] = "Compute embeddings"
     group: ClassVar[str] = "Embeddings"
+    can_skip_cache: ClassVar[bool] = False   # the cache is its point
     help: ClassVar[str] = (
         "Runs the image encoder over every tile and stores the embeddings in the cache, so that labelling, "
         "counting, searching and classifying the same raster with the same tiles and model read no pixels "
@@ -598,24 +627,24 @@ class ClassifyTask(Task):
         from .samples import Samples
 
         if self.samples is not None and not isinstance(self.samples, Samples):
-            raise RemoteClipError(f"The samples are a {type(self.samples).__name__}, not core.samples.Samples.",
-                                  "Read them with core.samples.read_samples(path, class_field).")
+            raise InvalidInput(f"The samples are a {type(self.samples).__name__}, not core.samples.Samples.",
+                                  "Read them with core.samples.read_samples(path, class_field).", param="samples")
         for name in ("head", "head_out"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str | os.PathLike):
-                raise RemoteClipError(f"The classifier file {value!r} is not a path.", "Give a .json path.")
+                raise InvalidInput(f"The classifier file {value!r} is not a path.", "Give a .json path.", param="head")
             if value is not None:
                 setattr(self, name, checks.path_text(value, "classifier file"))
         if self.samples is None and self.head is None:
-            raise RemoteClipError("No samples and no saved classifier were given.",
+            raise InvalidInput("No samples and no saved classifier were given.",
                                   "Give sample points or polygons with their class field (--samples FILE "
                                   "--class-field NAME), or a saved classifier (--head FILE).")
         if self.samples is not None and self.head is not None:
-            raise RemoteClipError("Both samples and a saved classifier were given.",
+            raise InvalidInput("Both samples and a saved classifier were given.",
                                   "Give samples to train a classifier, or a saved one to apply, not both.")
         if self.head is not None and self.head_out is not None:
-            raise RemoteClipError("A saved classifier (--head) is applied, so there is nothing new to save "
-                                  "(--head-out).", "Leave out --head-out, or train with --samples.")
+            raise InvalidInput("A saved classifier (--head) is applied, so there is nothing new to save "
+                                  "(--head-out).", "Leave out --head-out, or train with --samples.", param="head_out")
         self.suggest = checks.whole(self.suggest or 0, "suggest", 0, 10_000, "the number of tiles, e.g. 20")
         self.method = checks.choice(self.method or "logistic", "classifier", METHODS)
         self.k = checks.whole(self.k, "k", 1, 100, "e.g. 5")
@@ -631,8 +660,8 @@ class ClassifyTask(Task):
         samples, class_field = raw.get("samples"), raw.get("class_field")
         if isinstance(samples, str | os.PathLike) and str(samples).strip():
             if not class_field:
-                raise RemoteClipError(f"No class field was given for the samples ({spell(cls.param('class_field'))}).",
-                                      "Name the attribute that holds each sample's class.")
+                raise InvalidInput(f"No class field was given for the samples ({spell(cls.param('class_field'))}).",
+                                      "Name the attribute that holds each sample's class.", param="class_field")
             from .samples import read_samples
 
             samples = read_samples(samples, class_field)
@@ -695,7 +724,7 @@ class ClassifyTask(Task):
                             "the extent) and taught nothing.")
         empty = [c for c in classes if tiles_per_class[c] == 0]
         if empty:
-            raise RemoteClipError(f"The class{'es' if len(empty) > 1 else ''} {', '.join(map(repr, empty))} "
+            raise InvalidInput(f"The class{'es' if len(empty) > 1 else ''} {', '.join(map(repr, empty))} "
                                   f"{'have' if len(empty) > 1 else 'has'} no sample tile (its samples are outside "
                                   "the raster or the extent, or every tile they claim is also claimed by another "
                                   "class).", "Draw at least one sample of every class over the raster.")

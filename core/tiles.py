@@ -40,7 +40,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .errors import RemoteClipError, gdal_return_codes
+from .errors import InvalidInput, gdal_return_codes
 
 __all__ = ["TileSpec", "BBox", "Polygons", "Tile", "TileGrid", "make_grid", "grid_step", "tile_size_px",
            "spec_params", "EDGE_MODES", "MIN_TILE_PX", "MAX_OVERLAP", "srs_from", "crs_name", "same_crs", "window_polygon_wkt", "require_crs"]
@@ -83,22 +83,22 @@ class TileSpec:
         self.unit = checks.choice(self.unit or "px", "tile unit", TILE_UNITS)
         self.size = checks.number(self.size, "Tile size", 0.0, example="e.g. 224 px or 50 m")
         if self.size == 0:
-            raise RemoteClipError("Tile size 0 is not positive.", "Use e.g. 224 (px) or 50 (m).")
+            raise InvalidInput("Tile size 0 is not positive.", "Use e.g. 224 (px) or 50 (m).", param="size")
         if self.unit == "px":
             if self.size != int(self.size):
-                raise RemoteClipError(f"Tile size {self.size:g} px is not a whole number of pixels.",
-                                      "Use whole pixels, e.g. 224, or the unit m for metres.")
+                raise InvalidInput(f"Tile size {self.size:g} px is not a whole number of pixels.",
+                                      "Use whole pixels, e.g. 224, or the unit m for metres.", param="size")
             self.size = int(self.size)
         self.overlap = checks.number(self.overlap or 0.0, "Overlap", 0.0, MAX_OVERLAP,
                                      example="a fraction of the tile edge, e.g. 0.25")
         self.edge = checks.choice(self.edge or "shift", "edge mode", EDGE_MODES)
         if self.bands is not None:
             if isinstance(self.bands, str | bytes) or not hasattr(self.bands, "__iter__"):
-                raise RemoteClipError(f"Bands {self.bands!r} are not a list of band numbers.",
-                                      "Give a list such as [3, 2, 1] (or None for the default bands).")
+                raise InvalidInput(f"Bands {self.bands!r} are not a list of band numbers.",
+                                      "Give a list such as [3, 2, 1] (or None for the default bands).", param="bands")
             self.bands = [checks.whole(b, "Band", 1, example="1-based band numbers") for b in self.bands] or None
         if self.extent is not None and not isinstance(self.extent, BBox | Polygons):
-            raise RemoteClipError(f"Unknown extent {type(self.extent).__name__}.", "Use BBox(...) or Polygons(...).")
+            raise InvalidInput(f"Unknown extent {type(self.extent).__name__}.", "Use BBox(...) or Polygons(...).", param="extent")
 
 
 class Tile:
@@ -278,7 +278,7 @@ def srs_from(crs, what: str = "CRS"):
     if text.isdigit():
         text = f"EPSG:{text}"
     if not text or srs.SetFromUserInput(text) != 0:
-        raise RemoteClipError(f"The {what} {str(crs)[:80]!r} is not a coordinate reference system GDAL knows.",
+        raise InvalidInput(f"The {what} {str(crs)[:80]!r} is not a coordinate reference system GDAL knows.",
                               "Give it as EPSG:XXXX or WKT.")
     srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
     return srs
@@ -314,7 +314,7 @@ def _srs_from_quiet(crs, what):
 def require_crs(src) -> None:
     """Tiles are placed on a map: a raster without a CRS is refused with the fix."""
     if not getattr(src, "crs_wkt", ""):
-        raise RemoteClipError(f"Raster {src.name} has no coordinate reference system.",
+        raise InvalidInput(f"Raster {src.name} has no coordinate reference system.",
                               "Assign one first (QGIS: Raster > Projections > Assign Projection; GDAL: "
                               "gdal_edit.py -a_srs EPSG:XXXX FILE), so tiles can be placed on a map.")
 
@@ -336,22 +336,22 @@ def tile_size_px(src, spec: TileSpec) -> tuple[int, int]:
     unit = (spec.unit or "px").lower()
     size = float(spec.size)
     if not size > 0 or math.isinf(size):
-        raise RemoteClipError(f"Tile size {spec.size!r} is not positive.", "Use e.g. --tile-size 224.")
+        raise InvalidInput(f"Tile size {spec.size!r} is not positive.", "Use e.g. --tile-size 224.", param="size")
     if unit == "px":
         if size != int(size):
-            raise RemoteClipError(f"Tile size {size:g} px is not a whole number of pixels.",
-                                  "Use whole pixels, e.g. --tile-size 224, or --tile-unit m for metres.")
+            raise InvalidInput(f"Tile size {size:g} px is not a whole number of pixels.",
+                                  "Use whole pixels, e.g. --tile-size 224, or --tile-unit m for metres.", param="size")
         tw = th = int(size)
     elif unit == "m":
         mx, my = _quiet(_metres_per_pixel, src)
         tw, th = max(1, round(size / mx)), max(1, round(size / my))
     else:
-        raise RemoteClipError(f"Unknown tile unit {spec.unit!r}.", "Use px (pixels) or m (metres).")
+        raise InvalidInput(f"Unknown tile unit {spec.unit!r}.", "Use px (pixels) or m (metres).", param="unit")
     if min(tw, th) < MIN_TILE_PX:
         got = f"{size:g} m ({min(tw, th)} px on this raster)" if unit == "m" else f"{size:g} px"
-        raise RemoteClipError(f"The tile size {got} is below the {MIN_TILE_PX} px minimum: the model would see "
+        raise InvalidInput(f"The tile size {got} is below the {MIN_TILE_PX} px minimum: the model would see "
                               "a few blurred pixels.", f"Use tiles of at least {MIN_TILE_PX} px (224 px is what "
-                              "CLIP models see).")
+                              "CLIP models see).", param="size")
     return tw, th
 
 
@@ -366,7 +366,7 @@ def _metres_per_pixel(src) -> tuple[float, float]:
             px, py = _pixel_size(src.transform)
             m = srs.GetLinearUnits() or 1.0
             return px * m, py * m
-        raise RemoteClipError(f"The CRS of {src.name} is neither projected nor geographic.",
+        raise InvalidInput(f"The CRS of {src.name} is neither projected nor geographic.",
                               "Use --tile-unit px, or reproject the raster.")
     geo = srs.CloneGeogCS()
     geo.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
@@ -383,7 +383,7 @@ def _metres_per_pixel(src) -> tuple[float, float]:
     except RuntimeError:
         p0 = None
     if p0 is None or not all(math.isfinite(v) for v in (*p0, *px1, *py1)) or not -90 <= p0[1] <= 90:
-        raise RemoteClipError(f"The centre of {src.name} has no place on the globe in its CRS, so metres "
+        raise InvalidInput(f"The centre of {src.name} has no place on the globe in its CRS, so metres "
                               "cannot be measured.", "Use --tile-unit px, or check the georeferencing.")
     # local radii of curvature of the CRS's ellipsoid: enough for a one-pixel step
     semi = geo.GetSemiMajor()
@@ -421,21 +421,21 @@ def _offsets(length: int, tile: int, step: int, edge: str):
 def _check_spec(src, spec) -> tuple[int, int, int, int, str]:
     edge = (spec.edge or "shift").lower()
     if edge not in EDGE_MODES:
-        raise RemoteClipError(f"Unknown edge mode {spec.edge!r}.", "Use shift (default), pad or drop.")
+        raise InvalidInput(f"Unknown edge mode {spec.edge!r}.", "Use shift (default), pad or drop.", param="edge")
     overlap = float(spec.overlap or 0.0)
     if not 0.0 <= overlap <= MAX_OVERLAP:
-        raise RemoteClipError(f"Overlap {overlap:g} is outside 0..{MAX_OVERLAP:g}.",
-                              "Use a fraction of the tile, e.g. 0.25.")
+        raise InvalidInput(f"Overlap {overlap:g} is outside 0..{MAX_OVERLAP:g}.",
+                              "Use a fraction of the tile, e.g. 0.25.", param="overlap")
     if min(src.width, src.height) < MIN_TILE_PX:
-        raise RemoteClipError(f"The raster {src.name} is only {src.width} x {src.height} px: too small to tile "
+        raise InvalidInput(f"The raster {src.name} is only {src.width} x {src.height} px: too small to tile "
                               f"(tiles are at least {MIN_TILE_PX} x {MIN_TILE_PX} px).",
                               f"Use a raster of at least {MIN_TILE_PX} px on each side.")
     tw, th = tile_size_px(src, spec)
     if tw > src.width or th > src.height:
         what = f"{spec.size:g} m ({tw} x {th} px)" if (spec.unit or "px") == "m" else f"{tw} px"
-        raise RemoteClipError(f"The tile size {what} is larger than the raster {src.name} ({src.width} x "
+        raise InvalidInput(f"The tile size {what} is larger than the raster {src.name} ({src.width} x "
                               f"{src.height} px).", f"Use a tile size of at most {min(src.width, src.height)} px"
-                              + (" (or fewer metres)." if (spec.unit or "px") == "m" else "."))
+                              + (" (or fewer metres)." if (spec.unit or "px") == "m" else "."), param="size")
     sx, sy = grid_step((tw, th), overlap)
     return tw, th, sx, sy, edge
 
@@ -489,7 +489,7 @@ def _to_pixels(transform):
     a, b, c, d, e, f = transform[:6]
     det = a * e - b * d
     if det == 0:
-        raise RemoteClipError("The raster's geotransform cannot be inverted.", "Check its georeferencing.")
+        raise InvalidInput("The raster's geotransform cannot be inverted.", "Check its georeferencing.")
 
     def inv(x, y):
         x, y = x - c, y - f
@@ -508,8 +508,8 @@ def _extent_pixels(src, ext):
     if isinstance(ext, BBox):
         vals = [float(v) for v in (ext.xmin, ext.ymin, ext.xmax, ext.ymax)]
         if not all(math.isfinite(v) for v in vals) or vals[0] >= vals[2] or vals[1] >= vals[3]:
-            raise RemoteClipError(f"The bounding box {vals} is empty or not finite.",
-                                  "Give xmin < xmax and ymin < ymax.")
+            raise InvalidInput(f"The bounding box {vals} is empty or not finite.",
+                                  "Give xmin < xmax and ymin < ymax.", param="extent")
         xmin, ymin, xmax, ymax = vals
         ring = ogr.Geometry(ogr.wkbLinearRing)
         for x, y in ((xmin, ymin), (xmin, ymax), (xmax, ymax), (xmax, ymin), (xmin, ymin)):
@@ -522,13 +522,13 @@ def _extent_pixels(src, ext):
     elif isinstance(ext, Polygons):
         wkts = [ext.wkts] if isinstance(ext.wkts, str) else list(ext.wkts or [])
         if not wkts:
-            raise RemoteClipError("The polygon extent holds no polygons.", "Give at least one polygon.")
+            raise InvalidInput("The polygon extent holds no polygons.", "Give at least one polygon.", param="extent")
         geom = ogr.Geometry(ogr.wkbMultiPolygon)
         for w in wkts:
             g = ogr.CreateGeometryFromWkt(w) if isinstance(w, str) else None
             if g is None or g.IsEmpty():
-                raise RemoteClipError(f"Extent polygon {str(w)[:60]!r} is not a valid WKT geometry.",
-                                      "Give polygons as WKT, e.g. 'POLYGON ((0 0, 1 0, 1 1, 0 0))'.")
+                raise InvalidInput(f"Extent polygon {str(w)[:60]!r} is not a valid WKT geometry.",
+                                      "Give polygons as WKT, e.g. 'POLYGON ((0 0, 1 0, 1 1, 0 0))'.", param="extent")
             kind = ogr.GT_Flatten(g.GetGeometryType())
             if kind == ogr.wkbPolygon:
                 geom.AddGeometry(g.Clone())
@@ -536,12 +536,12 @@ def _extent_pixels(src, ext):
                 for i in range(g.GetGeometryCount()):
                     geom.AddGeometry(g.GetGeometryRef(i).Clone())
             else:
-                raise RemoteClipError(f"Extent geometry {w[:60]!r} is not a polygon.",
-                                      "Give polygons or multipolygons.")
+                raise InvalidInput(f"Extent geometry {w[:60]!r} is not a polygon.",
+                                      "Give polygons or multipolygons.", param="extent")
         geom.FlattenTo2D()
         keep = True
     else:
-        raise RemoteClipError(f"Unknown extent {type(ext).__name__}.", "Use BBox(...) or Polygons(...).")
+        raise InvalidInput(f"Unknown extent {type(ext).__name__}.", "Use BBox(...) or Polygons(...).", param="extent")
     if ext.crs is not None:
         esrs = _srs_from_quiet(ext.crs, "extent's CRS")
         if not esrs.IsSame(rsrs):
@@ -552,8 +552,8 @@ def _extent_pixels(src, ext):
                 env = geom.GetEnvelope()
                 geom.Segmentize(max(env[1] - env[0], env[3] - env[2]) / _DENSIFY)
             if geom.Transform(ct) != 0 or not _finite(geom):
-                raise RemoteClipError("The extent cannot be transformed into the raster's CRS (it is outside "
-                                      "the area where that CRS is defined).", "Give an extent over the raster.")
+                raise InvalidInput("The extent cannot be transformed into the raster's CRS (it is outside "
+                                      "the area where that CRS is defined).", "Give an extent over the raster.", param="extent")
     if keep is not None:
         keep = _PolygonIndex(geom)
     inv = _to_pixels(src.transform)

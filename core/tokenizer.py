@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import RemoteClipError
+from .errors import InvalidInput, ModelError, RemoteClipError
 
 # open_clip reads exactly these merges out of bpe_simple_vocab_16e6.txt.gz
 _N_MERGES = 49152 - 256 - 2
@@ -74,12 +74,12 @@ class Tokenizer:
             with gzip.open(vocab_file) as f:
                 lines = f.read().decode("utf-8").split("\n")
         except (OSError, EOFError, UnicodeDecodeError) as e:
-            raise RemoteClipError(f"Cannot read the tokenizer vocabulary {vocab_file} ({e}).",
-                                  "Re-export the model bundle; its bpe_simple_vocab_16e6.txt.gz is damaged.") from e
+            raise ModelError(f"Cannot read the tokenizer vocabulary {vocab_file} ({e}).",
+                                  "Re-export the model bundle; its bpe_simple_vocab_16e6.txt.gz is damaged.", path=vocab_file) from e
         merges = [tuple(m.split()) for m in lines[1:_N_MERGES + 1]]
         if len(merges) != _N_MERGES or any(len(m) != 2 for m in merges):
-            raise RemoteClipError(f"{vocab_file} is not the CLIP BPE merges file ({len(merges)} merges).",
-                                  "Re-export the model bundle with `python -m training.export`.")
+            raise ModelError(f"{vocab_file} is not the CLIP BPE merges file ({len(merges)} merges).",
+                                  "Re-export the model bundle with `python -m training.export`.", path=vocab_file)
         self.byte_encoder = _bytes_to_unicode()
         alphabet = list(self.byte_encoder.values())
         vocab = alphabet + [c + "</w>" for c in alphabet] + ["".join(m) for m in merges] + list(_SPECIAL)
@@ -106,7 +106,7 @@ class Tokenizer:
         bundle = load_bundle(bundle)
         t = bundle.text
         if t.get("tokenizer", "clip-bpe") != "clip-bpe":
-            raise RemoteClipError(f"Bundle {bundle.name} uses tokenizer {t.get('tokenizer')!r}; "
+            raise ModelError(f"Bundle {bundle.name} uses tokenizer {t.get('tokenizer')!r}; "
                                   "this version only reads 'clip-bpe'.", "Use a CLIP-BPE bundle or update the plugin.")
         return cls(bundle.vocab_path, context_length=t["context_length"], sot_token_id=t.get("sot_token_id"),
                    eot_token_id=t.get("eot_token_id"), pad_token_id=t.get("pad_token_id", 0),
@@ -168,7 +168,7 @@ class Tokenizer:
         truncated = []
         for i, text in enumerate(texts):
             if not isinstance(text, str):
-                raise RemoteClipError(f"Text #{i} is a {type(text).__name__}, not a string.",
+                raise InvalidInput(f"Text #{i} is a {type(text).__name__}, not a string.",
                                       "Pass prompts as strings.")
             ids = [self.sot_token_id, *self.encode(text), self.eot_token_id]
             cut = len(ids) > n

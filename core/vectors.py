@@ -51,13 +51,22 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import sqlite3
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import OutputExists, OutputIsInput, RemoteClipError, gdal_return_codes
+from .errors import (
+    InvalidInput,
+    MissingDependency,
+    OutputExists,
+    OutputIsInput,
+    OutputRefused,
+    WriteFailed,
+    gdal_return_codes,
+)
 
 __all__ = ["Field", "write_vector", "dissolve", "DRIVERS", "FIELD_TYPES", "shapefile_names", "check_output_path",
            "check_output", "output_exists", "input_files", "sidecar_path", "read_sidecar", "write_sidecar",
@@ -85,15 +94,57 @@ def _ogr():
     try:
         from osgeo import gdal, ogr, osr
     except ImportError:
-        raise RemoteClipError("GDAL's Python bindings (osgeo) are needed to write vector files.",
+        raise MissingDependency("GDAL's Python bindings (osgeo) are needed to write vector files.",
                               "Install python3-gdal (QGIS always has them).") from None
     return gdal, ogr, osr
 
 
-def _fail(what: str, fix: str = "Check the output folder is writable and has free space."):
+def _fail(what: str, fix: str = "Check the output folder is writable and has free space.", path=None):
     gdal, _, _ = _ogr()
     msg = gdal.GetLastErrorMsg()
-    raise RemoteClipError(f"{what}{': ' + msg if msg else ''}.", fix)
+    raise WriteFailed(f"{what}{': ' + msg if msg else ''}.", fix, path=path)
+
+
+def write_failed(path, reason) -> WriteFailed:
+    """The error of a write of ``path`` that failed (``reason``: an OSError or GDAL's message); the file that
+    was there before is kept."""
+    if isinstance(reason, OSError):
+        reason = reason.strerror or str(reason)
+    return WriteFailed(f"Writing {path} failed: {reason}; the file that was there (if any) is kept.",
+                       "Free space on its disk (or check it is writable) and run again.", path=path)
+
+
+@contextlib.contextmanager
+def gdal_errors():
+    """Inside, GDAL's failures (CE_Failure, CE_Fatal) are collected, not printed: yields their messages. GDAL
+    before 3.7 reports a failed write while closing or flushing a dataset in no return value, only here."""
+    gdal, _, _ = _ogr()
+    messages: list[str] = []
+
+    def handler(cls, _no, msg):
+        if cls >= gdal.CE_Failure:
+            messages.append(str(msg))
+
+    gdal.PushErrorHandler(handler)
+    try:
+        yield messages
+    finally:
+        gdal.PopErrorHandler()
+
+
+def _new_temp(folder: str, prefix: str, suffix: str = "") -> str:
+    """A new empty file in ``folder`` named ``prefix`` + 8 characters of [a-z0-9_] + ``suffix`` (like mkstemp),
+    created with the permissions of any new file (0666 less the umask), not mkstemp's 0600: the output the
+    temporary becomes gets the same permissions as a vector output."""
+    for _ in range(100):
+        name = os.path.join(folder, prefix + secrets.token_hex(4) + suffix)
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return name
+    raise FileExistsError(f"no free temporary name in {folder}")
 
 
 def shapefile_names(names: list[str], width: int = 10) -> list[str]:
@@ -115,16 +166,16 @@ def check_output_path(path) -> tuple[str, str, str]:
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
     if ext not in DRIVERS:
-        raise RemoteClipError(f"Output {path} is neither a GeoPackage nor a Shapefile.",
-                              "Name the output .gpkg or .shp.")
+        raise InvalidInput(f"Output {path} is neither a GeoPackage nor a Shapefile.",
+                              "Name the output .gpkg or .shp.", path=path, param="output")
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.exists(folder) and not os.path.isdir(folder):
-        raise RemoteClipError(f"The output folder {folder} is a file, not a folder.",
-                              "Give an output path in an existing folder.")
+        raise OutputRefused(f"The output folder {folder} is a file, not a folder.",
+                              "Give an output path in an existing folder.", path=folder)
     if not os.path.isdir(folder):
-        raise RemoteClipError(f"The output folder {folder} does not exist.", "Create it or choose another.")
+        raise OutputRefused(f"The output folder {folder} does not exist.", "Create it or choose another.", path=folder)
     if os.path.isdir(path):
-        raise RemoteClipError(f"Output {path} is a folder.", "Give a file name ending in .gpkg or .shp.")
+        raise OutputRefused(f"Output {path} is a folder.", "Give a file name ending in .gpkg or .shp.", path=path)
     return path, ext, folder
 
 
@@ -150,7 +201,20 @@ def check_output(path, layer_name: str | None = None, overwrite: bool = False, i
     return path
 
 
-def output_exists(path, layer_name: str | None = None) -> str | None:
+class Replaced(str):
+    """What an output would replace, in words; ``layer`` is True when it is one layer of a GeoPackage (the
+    file's other layers are kept)."""
+
+    layer = False
+
+
+def _replaced_layer(text: str) -> Replaced:
+    r = Replaced(text)
+    r.layer = True
+    return r
+
+
+def output_exists(path, layer_name: str | None = None) -> Replaced | None:
     """What writing to ``path`` (layer ``layer_name`` of a GeoPackage) would replace, in words, or None."""
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
@@ -158,19 +222,19 @@ def output_exists(path, layer_name: str | None = None) -> str | None:
         if not os.path.isfile(path):
             return None
         if os.path.getsize(path) == 0:
-            return f"the empty file {path}"
+            return Replaced(f"the empty file {path}")
         hit = (_gpkg_tables(path) or {}).get((layer_name or Path(path).stem).lower())
-        return f"the layer {hit[0]!r} of {path}" if hit else None
+        return _replaced_layer(f"the layer {hit[0]!r} of {path}") if hit else None
     base = os.path.splitext(path)[0]
     parts = [base + p for p in _SHP_DATASET if os.path.lexists(base + p)]
-    return f"the Shapefile {path}" if parts else None
+    return Replaced(f"the Shapefile {path}") if parts else None
 
 
 def _check_layer_name(name: str) -> None:
     if name.lower().startswith(_GPKG_RESERVED):
-        raise RemoteClipError(f"The layer name {name!r} is reserved for the GeoPackage's own tables "
+        raise InvalidInput(f"The layer name {name!r} is reserved for the GeoPackage's own tables "
                               "(gpkg_*, rtree_*, sqlite_*).",
-                              "Choose another layer name (--layer), e.g. labels.")
+                              "Choose another layer name (--layer), e.g. labels.", param="layer_name")
 
 
 def input_files(spec) -> list[str]:
@@ -265,13 +329,13 @@ def _marked_read_only(path) -> bool:
 def check_folder_writable(folder, stem: str = "remoteclip") -> None:
     """Raise unless a new file can really be created in ``folder`` (and its permissions allow one)."""
     if _marked_read_only(folder):
-        raise RemoteClipError(f"The output folder {folder} is read-only.", "Choose a folder you can write to.")
+        raise WriteFailed(f"The output folder {folder} is read-only.", "Choose a folder you can write to.", path=folder)
     # os.access says yes to root and knows nothing of read-only mounts or /proc: really create a file
     try:
         fd, probe = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(stem))
     except OSError as e:
-        raise RemoteClipError(f"Cannot create a file in the output folder {folder}: {e.strerror or e}.",
-                              "Choose a folder you can write to.") from None
+        raise WriteFailed(f"Cannot create a file in the output folder {folder}: {e.strerror or e}.",
+                              "Choose a folder you can write to.", path=folder) from None
     os.close(fd)
     with contextlib.suppress(OSError):
         os.unlink(probe)
@@ -279,7 +343,7 @@ def check_folder_writable(folder, stem: str = "remoteclip") -> None:
 
 def _check_writable_file(path: str) -> None:
     if not os.access(path, os.W_OK) or _marked_read_only(path):
-        raise RemoteClipError(f"The output {path} is read-only.", "Make it writable or choose another name.")
+        raise WriteFailed(f"The output {path} is read-only.", "Make it writable or choose another name.", path=path)
 
 
 def _check_gpkg(path: str, layer: str, overwrite: bool) -> None:
@@ -288,21 +352,21 @@ def _check_gpkg(path: str, layer: str, overwrite: bool) -> None:
     _check_writable_file(path)
     if os.path.getsize(path) == 0:
         if not overwrite:
-            raise RemoteClipError(f"The output {path} already exists (an empty file).", _OVERWRITE_FIX + "-o.")
+            raise OutputExists(f"The output {path} already exists (an empty file).", _OVERWRITE_FIX + "-o.", path=path)
         return
     tables = _gpkg_tables(path)
     if tables is None:
-        raise RemoteClipError(f"The output {path} exists and is not a GeoPackage.",
-                              "Choose another output name (RemoteCLIP adds layers to GeoPackages only).")
+        raise OutputExists(f"The output {path} exists and is not a GeoPackage.",
+                              "Choose another output name (RemoteCLIP adds layers to GeoPackages only).", path=path)
     hit = tables.get(layer.lower())
     if hit is None:
         return
     name, kind = hit
     if kind not in ("features", "attributes"):
-        raise RemoteClipError(f"The output {path} already has a {kind} table named {name!r}.",
-                              "Choose another layer name (--layer).")
+        raise OutputExists(f"The output {path} already has a {kind} table named {name!r}.",
+                              "Choose another layer name (--layer).", path=path)
     if not overwrite:
-        raise RemoteClipError(f"The output {path} already has a layer {name!r}.", _OVERWRITE_FIX + "--layer or -o.")
+        raise OutputExists(f"The output {path} already has a layer {name!r}.", _OVERWRITE_FIX + "--layer or -o.", path=path)
 
 
 def _gpkg_tables(path: str) -> dict[str, tuple[str, str]] | None:
@@ -326,8 +390,8 @@ def _check_shapefile(path: str, overwrite: bool) -> None:
     base = os.path.splitext(path)[0]
     side = sidecar_path(path)
     if os.path.lexists(side) and not _is_our_sidecar(side):
-        raise RemoteClipError(f"{side} exists and was not written by RemoteCLIP.",
-                              "Move that file away or give the output another name.")
+        raise OutputExists(f"{side} exists and was not written by RemoteCLIP.",
+                              "Move that file away or give the output another name.", path=side)
     parts = [base + p for p in _SHP_DATASET if os.path.lexists(base + p)]
     if parts and not overwrite and not os.path.lexists(base + ".shp"):
         # no .shp: not a Shapefile, only files of the user's under its parts' names
@@ -338,7 +402,7 @@ def _check_shapefile(path: str, overwrite: bool) -> None:
                            f"Move {'it' if one else 'them'} away or choose another output name (-o); "
                            "--overwrite replaces them.", path=path)
     if parts and not overwrite:
-        raise RemoteClipError(f"The output {path} already exists.", _OVERWRITE_FIX + "-o.")
+        raise OutputExists(f"The output {path} already exists.", _OVERWRITE_FIX + "-o.", path=path)
     for p in parts:
         _check_writable_file(p)
 
@@ -433,19 +497,29 @@ def write_sidecar(path, meta: dict) -> str:
     same name that RemoteCLIP did not write."""
     side = sidecar_path(path)
     if os.path.lexists(side) and not _is_our_sidecar(side):
-        raise RemoteClipError(f"{side} exists and was not written by RemoteCLIP.",
-                              "Move that file away or give the output another name.")
+        raise OutputExists(f"{side} exists and was not written by RemoteCLIP.",
+                              "Move that file away or give the output another name.", path=side)
     folder = os.path.dirname(os.path.abspath(side))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(Path(path).stem))
+    tmp = _new_temp(folder, _temp_prefix(Path(path).stem))
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(_sidecar_text(meta))
-        os.replace(tmp, side)
+        try:
+            _write_synced(tmp, _sidecar_text(meta))
+        except OSError as e:
+            raise write_failed(side, e) from None
+        _replace(tmp, side)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     return side
+
+
+def _write_synced(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` and make sure it reached the disk (every write, flush and close checked)."""
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _sidecar_text(meta: dict) -> str:
@@ -457,7 +531,7 @@ def _sidecar_text(meta: dict) -> str:
 def _check(path, records, fields, dissolve_by):
     names = [f.name for f in fields]
     if len({n.lower() for n in names}) != len(names):
-        raise RemoteClipError(f"Field names repeat: {names}.", "Give each field once.")
+        raise InvalidInput(f"Field names repeat: {names}.", "Give each field once.")
     for f in fields:
         if f.type not in FIELD_TYPES:
             raise ValueError(f"field {f.name!r} has type {f.type!r}, not one of {FIELD_TYPES}")
@@ -474,6 +548,10 @@ def write_vector(path, records, fields, crs_wkt: str, layer_name: str | None = N
     gdal.PushErrorHandler("CPLQuietErrorHandler")
     try:
         return _write_vector(path, records, fields, crs_wkt, layer_name, dissolve_by, metadata, overwrite, inputs)
+    except WriteFailed as e:
+        if e.path is None:
+            e.path = os.fspath(path)
+        raise
     finally:
         gdal.PopErrorHandler()
 
@@ -493,7 +571,7 @@ def _write_vector(path, records, fields, crs_wkt, layer_name, dissolve_by, metad
     if crs_wkt:
         srs = osr.SpatialReference()
         if srs.ImportFromWkt(crs_wkt) != 0:
-            raise RemoteClipError("The output CRS is not valid WKT.", "Pass the raster's CRS as WKT.")
+            raise InvalidInput("The output CRS is not valid WKT.", "Pass the raster's CRS as WKT.")
         srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
     names = [f.name for f in fields]
     written = shapefile_names(names) if ext == ".shp" else names
@@ -514,7 +592,10 @@ def _write_vector(path, records, fields, crs_wkt, layer_name, dissolve_by, metad
             try:
                 _fill(ds, tmp, "GPKG", layer_name, *content)
             finally:
-                ds = None  # closes the file
+                with gdal_errors() as closing:
+                    ds = None  # closes the file
+            if closing:
+                raise write_failed(path, closing[0])
             _publish(tmp, path, overwrite)
         except BaseException:
             for p in (tmp, tmp + "-journal", tmp + "-wal", tmp + "-shm"):
@@ -530,9 +611,14 @@ def _write_vector(path, records, fields, crs_wkt, layer_name, dissolve_by, metad
         try:
             _fill(ds, shp, "ESRI Shapefile", stem, *content)
         finally:
-            ds = None
-        with open(sidecar_path(shp), "w", encoding="utf-8") as fh:
-            fh.write(_sidecar_text(json.loads(meta_json)))
+            with gdal_errors() as closing:
+                ds = None  # writes the headers of .shp, .shx, .dbf
+        if closing:
+            raise write_failed(path, closing[0])
+        try:
+            _write_synced(sidecar_path(shp), _sidecar_text(json.loads(meta_json)))
+        except OSError as e:
+            raise write_failed(path, e) from None
         new = {n[len(stem):].lower(): n for n in os.listdir(tmpdir)}   # ".shp", ".dbf", ..., ".remoteclip.json"
         base = os.path.join(folder, stem)
         for part in _SHP_DATASET + _SHP_INDEX:  # an old spatial index would describe the old features
@@ -553,11 +639,11 @@ def _publish(tmp: str, path: str, overwrite: bool) -> None:
     try:
         os.link(tmp, path)   # fails, atomically, if path exists
     except FileExistsError:
-        raise RemoteClipError(f"The output {path} appeared while the job ran.", _OVERWRITE_FIX + "-o.") from None
+        raise OutputExists(f"The output {path} appeared while the job ran.", _OVERWRITE_FIX + "-o.", path=path) from None
     except OSError:   # no hard links on this file system
         if os.path.lexists(path):
-            raise RemoteClipError(f"The output {path} appeared while the job ran.",
-                                  _OVERWRITE_FIX + "-o.") from None
+            raise OutputExists(f"The output {path} appeared while the job ran.",
+                                  _OVERWRITE_FIX + "-o.", path=path) from None
         _replace(tmp, path)
         return
     os.unlink(tmp)
@@ -567,16 +653,16 @@ def _replace(tmp: str, path: str) -> None:
     try:
         os.replace(tmp, path)
     except OSError as e:
-        raise RemoteClipError(f"Cannot replace {path}: {e.strerror or e}.",
-                              "Close it in other programs (in QGIS remove its layer) or choose another name.") \
-            from None
+        raise WriteFailed(f"Cannot replace {path}: {e.strerror or e}.",
+                          "Close it in other programs (in QGIS remove its layer) or choose another name.",
+                          path=path) from None
 
 
 def _create(path, driver_name):
     gdal, ogr, _ = _ogr()
     drv = ogr.GetDriverByName(driver_name)
     if drv is None:
-        raise RemoteClipError(f"This GDAL has no {driver_name} driver.", "Write a GeoPackage (.gpkg) instead.")
+        raise InvalidInput(f"This GDAL has no {driver_name} driver.", "Write a GeoPackage (.gpkg) instead.", param="output")
     gdal.ErrorReset()
     ds = drv.CreateDataSource(path)
     if ds is None:
@@ -597,8 +683,8 @@ def _write_into_gpkg(path, layer_name, content, overwrite) -> None:
         try:
             old = [i for i in range(ds.GetLayerCount()) if ds.GetLayer(i).GetName().lower() == layer_name.lower()]
             if old and not overwrite:
-                raise RemoteClipError(f"The output {path} already has a layer {layer_name!r}.",
-                                      _OVERWRITE_FIX + "--layer or -o.")
+                raise OutputExists(f"The output {path} already has a layer {layer_name!r}.",
+                                      _OVERWRITE_FIX + "--layer or -o.", path=path)
             if old and ds.DeleteLayer(old[0]) != 0:
                 _fail(f"Cannot replace the layer {layer_name} in {path}")
             _fill(ds, path, "GPKG", layer_name, *content, layer_transaction=False)
@@ -628,7 +714,7 @@ def _record_chunks(records, fields, geoms=None):
         for start, _stop, values, wkbs in records.chunks(_CHUNK):
             geoms = [ogr.CreateGeometryFromWkb(w) for w in wkbs]
             if any(g is None for g in geoms):
-                raise RemoteClipError(f"A tile polygon near record {start} is not valid.", "Report this as a bug.")
+                raise InvalidInput(f"A tile polygon near record {start} is not valid.", "Report this as a bug.")
             yield values, geoms
         return
     for start in range(0, len(records), _CHUNK):
@@ -643,7 +729,7 @@ def _wkt_geometries(records) -> list:
     for i, r in enumerate(records):
         g = ogr.CreateGeometryFromWkt(r["geometry"]) if r.get("geometry") else None
         if g is None:
-            raise RemoteClipError(f"Record {i} has no valid WKT geometry.", "Give every record a polygon.")
+            raise InvalidInput(f"Record {i} has no valid WKT geometry.", "Give every record a polygon.")
         geoms.append(g)
     return geoms
 
@@ -752,7 +838,7 @@ def dissolve(records: list[dict], fields: list[Field], by: str) -> tuple[list[di
                 multi.AddGeometry(part)
         union = multi.UnionCascaded()
         if union is None:
-            raise RemoteClipError(f"The tiles labelled {value!r} could not be merged.", "Write without dissolve.")
+            raise InvalidInput(f"The tiles labelled {value!r} could not be merged.", "Write without dissolve.")
         parts = _polygons(union, ogr)
         envs = [p.GetEnvelope() for p in parts]
         members: list[list[dict]] = [[] for _ in parts]

@@ -72,7 +72,7 @@ from qgis.PyQt.QtXml import QDomDocument
 
 from . import deps
 from .core.bundle import DEMO_BUNDLE, DEMO_FIGURE, PRECISIONS, bundle_path, default_bundle
-from .core.errors import RemoteClipError
+from .core.errors import InvalidInput, ModelError, OutputExists, OutputRefused, RemoteClipError, WriteFailed
 from .core.prompts import PRESETS
 from .core.raster import parse_bands
 from .core.tasks import TASKS as TASK_CLASSES
@@ -794,7 +794,7 @@ class RemoteClipDock(QgsDockWidget):
         if mode == EXTENT_FEATURES:
             poly = self.polygon_combo.currentLayer()
             if poly is None:
-                raise RemoteClipError("No polygon layer is chosen for the extent.",
+                raise InvalidInput("No polygon layer is chosen for the extent.",
                                       "Pick a polygon layer under Tiles > Polygons, or use the whole layer.")
             return extent_from_features(poly, self.selected_only.isChecked())
         return None
@@ -816,11 +816,11 @@ class RemoteClipDock(QgsDockWidget):
 
         layer = self.layer_combo.currentLayer()
         if not isinstance(layer, QgsRasterLayer) or not layer.isValid():
-            raise RemoteClipError("No raster layer is chosen.", "Add a raster to the project and pick it in "
+            raise InvalidInput("No raster layer is chosen.", "Add a raster to the project and pick it in "
                                   "the RemoteCLIP panel.")
         model = self.model_path()
         if not model:
-            raise RemoteClipError("No model bundle is chosen.",
+            raise ModelError("No model bundle is chosen.",
                                   "Choose a bundle folder (with manifest.json) or a bundle .zip under Model.")
         extent = self._extent(layer)
         raster = raster_for_layer(layer, pixel_size=self._pixel_size(layer), extent=extent)
@@ -939,23 +939,24 @@ class RemoteClipDock(QgsDockWidget):
         for path, lname in files:
             shown = layers_showing(path, lname)
             if shown:
-                raise RemoteClipError(
+                raise OutputRefused(
                     f"The output {path} is shown in this project by the layer “{shown[0].name()}”.",
-                    "Remove that layer from the Layers panel first, or choose another output file.")
+                    "Remove that layer from the Layers panel first, or choose another output file.", path=path)
             what = output_exists(path, lname) if lname else (f"the file {path}" if os.path.lexists(path) else None)
             if what is not None:
                 replaced.append(what)
         if not replaced:
             return True
         what = " and ".join(replaced)
-        if not self.confirm_replace(what):
+        if not self.confirm_replace(what, any(getattr(r, "layer", False) for r in replaced)):
             self.status.setText(f"Not run: {_html(what)} was kept. Choose another output file or replace it.")
             return False
         job.overwrite = True
         return True
 
-    def confirm_replace(self, what: str) -> bool:
-        kept = " Its other layers are kept." if what.startswith("the layer ") else ""
+    def confirm_replace(self, what: str, layer: bool = False) -> bool:
+        """Ask before replacing ``what``; ``layer``: it is a layer of a GeoPackage whose other layers stay."""
+        kept = " Its other layers are kept." if layer else ""
         answer = QMessageBox.question(self, "RemoteCLIP", f"Replace {what}?{kept}",
                                       QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
                                       QMessageBox.StandardButton.No)
@@ -1076,12 +1077,12 @@ class RemoteClipDock(QgsDockWidget):
             target, layer_name = export_target(layer, path, self.export_format.currentText())
             shown = layers_showing(target, layer_name)
             if shown:
-                raise RemoteClipError(f"{target} is shown in this project by the layer “{shown[0].name()}”.",
-                                      "Remove that layer from the Layers panel first, or export to another file.")
+                raise OutputRefused(f"{target} is shown in this project by the layer “{shown[0].name()}”.",
+                                      "Remove that layer from the Layers panel first, or export to another file.", path=target)
             from .core.vectors import output_exists
 
             what = output_exists(target, layer_name)
-            if what is not None and not self.confirm_replace(what):
+            if what is not None and not self.confirm_replace(what, what.layer):
                 self.status.setText(f"Not exported: {_html(what)} was kept.")
                 return
             out = export_layer(layer, path, self.export_format.currentText())
@@ -1109,17 +1110,17 @@ class RemoteClipDock(QgsDockWidget):
 def export_target(layer: QgsVectorLayer, path: str, format_name: str = "GeoPackage") -> tuple[str, str]:
     """(file, layer name) ``export_layer`` writes, or the error that says why it cannot."""
     if not isinstance(layer, QgsVectorLayer) or not layer.isValid():
-        raise RemoteClipError("No vector layer is chosen to export.", "Pick a result layer under Export.")
+        raise InvalidInput("No vector layer is chosen to export.", "Pick a result layer under Export.")
     if not path:
-        raise RemoteClipError("No export file is given.", "Choose where to save the layer under Export > File.")
+        raise InvalidInput("No export file is given.", "Choose where to save the layer under Export > File.")
     if format_name not in EXPORT_FORMATS:
-        raise RemoteClipError(f"Unknown export format {format_name!r}.", "Choose GeoPackage or ESRI Shapefile.")
+        raise InvalidInput(f"Unknown export format {format_name!r}.", "Choose GeoPackage or ESRI Shapefile.")
     _, ext = EXPORT_FORMATS[format_name]
     if os.path.splitext(path)[1].lower() != ext:
         path = os.path.splitext(path)[0] + ext
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise RemoteClipError(f"The folder {folder} does not exist.", "Choose an existing folder.")
+        raise OutputRefused(f"The folder {folder} does not exist.", "Choose an existing folder.", path=folder)
     return path, slug(layer.name()).lower()
 
 
@@ -1133,15 +1134,15 @@ def export_layer(layer: QgsVectorLayer, path: str, format_name: str = "GeoPackag
 
         side = sidecar_path(path)
         if os.path.lexists(side) and not read_sidecar(path):
-            raise RemoteClipError(f"{side} exists and was not written by RemoteCLIP.",
-                                  "Move that file away or export to another name.")
+            raise OutputExists(f"{side} exists and was not written by RemoteCLIP.",
+                                  "Move that file away or export to another name.", path=side)
         # a .qml beside a Shapefile being replaced goes with it (the replacement was confirmed); one beside
         # no Shapefile of this name is somebody's style file
         qml = os.path.splitext(path)[0] + ".qml"
         if os.path.lexists(qml) and output_exists(path) is None:
-            raise RemoteClipError(f"{qml} exists and belongs to no Shapefile of that name: exporting would "
+            raise OutputExists(f"{qml} exists and belongs to no Shapefile of that name: exporting would "
                                   "replace it with this layer's style.",
-                                  "Move that file away or export to another name.")
+                                  "Move that file away or export to another name.", path=qml)
     options = QgsVectorFileWriter.SaveVectorOptions()
     options.driverName = driver
     options.fileEncoding = "UTF-8"
@@ -1158,8 +1159,8 @@ def export_layer(layer: QgsVectorLayer, path: str, format_name: str = "GeoPackag
     err, message, new_file, _new_layer = QgsVectorFileWriter.writeAsVectorFormatV3(
         layer, path, QgsProject.instance().transformContext(), options)
     if err != QgsVectorFileWriter.WriterError.NoError:
-        raise RemoteClipError(f"Writing {path} failed: {message}", "Check the folder is writable and the file "
-                              "is not open in another program.")
+        raise WriteFailed(f"Writing {path} failed: {message}", "Check the folder is writable and the file "
+                              "is not open in another program.", path=path)
     out = new_file or path
     if driver != "ESRI Shapefile":
         # in the GeoPackage itself: a .qml beside it would be a file nobody asked for, applied to every layer

@@ -32,7 +32,7 @@ from qgis.core import (
     QgsWkbTypes,
 )
 
-from .core.errors import RemoteClipError
+from .core.errors import InvalidInput, SourceUnreadable
 from .core.raster import nodata_valid
 from .core.tiles import BBox, Polygons
 
@@ -116,7 +116,7 @@ def _extent_rect(extent, crs: QgsCoordinateReferenceSystem) -> QgsRectangle:
         rect = QgsRectangle(extent.xmin, extent.ymin, extent.xmax, extent.ymax)
         src_crs = extent.crs
     else:
-        raise RemoteClipError(f"Extent {extent!r} is neither a BBox nor Polygons.",
+        raise InvalidInput(f"Extent {extent!r} is neither a BBox nor Polygons.",
                               "Pass core.tiles.BBox or core.tiles.Polygons.")
     qcrs = _qgs_crs(src_crs) if src_crs else crs
     if qcrs.isValid() and crs.isValid() and qcrs != crs:
@@ -153,11 +153,11 @@ class QgisRasterSource:
 
     def __init__(self, layer: QgsRasterLayer, pixel_size: float | None = None, extent=None):
         if not layer or not layer.isValid():
-            raise RemoteClipError("The raster layer is not valid (its source cannot be read).",
+            raise SourceUnreadable("The raster layer is not valid (its source cannot be read).",
                                   "Check the layer's source in QGIS (Layer Properties > Information).")
         provider = layer.dataProvider()
         if provider is None:
-            raise RemoteClipError(f"Layer {layer.name()!r} has no data provider.", "Reload the layer.")
+            raise SourceUnreadable(f"Layer {layer.name()!r} has no data provider.", "Reload the layer.")
         self._provider: QgsRasterDataProvider = provider.clone()
         self._lock = threading.Lock()
         self.name = layer.source()
@@ -174,7 +174,7 @@ class QgisRasterSource:
         elif self.xyz:
             px = py = _xyz_pixel_size(layer)
         else:
-            raise RemoteClipError(f"Layer {layer.name()!r} ({layer.providerType()}) has no native pixel size.",
+            raise InvalidInput(f"Layer {layer.name()!r} ({layer.providerType()}) has no native pixel size.",
                                   "Give a pixel size in layer units (Processing: PIXEL_SIZE; the dock uses "
                                   "the map's current resolution).")
 
@@ -183,14 +183,14 @@ class QgisRasterSource:
             # them; the extent then only selects tiles (TileSpec.extent)
             area = full
         elif extent is None:
-            raise RemoteClipError(
+            raise InvalidInput(
                 f"Layer {layer.name()!r} is a web or tiled layer that covers the whole world.",
                 "Choose an extent: draw or type a bounding box (Processing: EXTENT) or select "
                 "polygons (MASK), so only that area is read.")
         else:
             area = _extent_rect(extent, layer.crs()).intersect(full)
             if area.isEmpty():
-                raise RemoteClipError(f"The extent does not overlap layer {layer.name()!r}.",
+                raise InvalidInput(f"The extent does not overlap layer {layer.name()!r}.",
                                       "Choose an extent inside the layer.")
 
         # snap to the pixel grid anchored at the layer's top-left corner
@@ -201,7 +201,7 @@ class QgisRasterSource:
         r1 = math.ceil((oy - area.yMinimum()) / py - 1e-6)
         self.width, self.height = max(c1 - c0, 1), max(r1 - r0, 1)
         if self.width * self.height > _MAX_PIXELS:
-            raise RemoteClipError(
+            raise InvalidInput(
                 f"Reading layer {layer.name()!r} at {px:g} units per pixel gives a {self.width} x {self.height} "
                 "pixel raster.", "Choose a smaller extent or a larger pixel size.")
         self.transform = (px, 0.0, ox + c0 * px, 0.0, -py, oy - r0 * py)
@@ -224,7 +224,7 @@ class QgisRasterSource:
             self.nodata = self._nodatavals[0]
             self._argb = False
         else:
-            raise RemoteClipError(f"Layer {layer.name()!r} has an unsupported data type ({dt}).",
+            raise InvalidInput(f"Layer {layer.name()!r} has an unsupported data type ({dt}).",
                                   "Convert it to an integer or float raster (Raster > Conversion > Translate).")
 
     # -------------------------------------------------------------------------------- RasterSource
@@ -244,8 +244,8 @@ class QgisRasterSource:
         with self._lock:
             for i, b in enumerate(bands):
                 if not 1 <= b <= self.count:
-                    raise RemoteClipError(f"Band {b} does not exist: {self.name} has {self.count} band(s).",
-                                          f"Use band numbers from 1 to {self.count}.")
+                    raise InvalidInput(f"Band {b} does not exist: {self.name} has {self.count} band(s).",
+                                          f"Use band numbers from 1 to {self.count}.", param="bands")
                 data[i] = self._block_array(self._provider.block(int(b), rect, ow, oh), self.dtype, oh, ow)
             alpha = self.colorinterp.index("alpha") + 1 if "alpha" in self.colorinterp else None
             if alpha is not None:  # an alpha band is the one mask for every band (as GDAL's per-dataset mask)
@@ -269,19 +269,19 @@ class QgisRasterSource:
                 rgb = np.where(part, np.clip(rgb * scale + 0.5, 0, 255), rgb).astype(np.uint8)
         for b in bands:
             if not 1 <= b <= 3:
-                raise RemoteClipError(f"Band {b} does not exist; a web tile layer has 3 (RGB).",
-                                      "Use bands 1,2,3 or leave bands empty.")
+                raise InvalidInput(f"Band {b} does not exist; a web tile layer has 3 (RGB).",
+                                      "Use bands 1,2,3 or leave bands empty.", param="bands")
         return rgb[[b - 1 for b in bands]], a > 0
 
     @staticmethod
     def _block_array(block, dtype: str, h: int, w: int) -> np.ndarray:
         if block is None or not block.isValid():
-            raise RemoteClipError("The layer's data provider returned no pixels for a tile.",
+            raise SourceUnreadable("The layer's data provider returned no pixels for a tile.",
                                   "Check that the layer draws in QGIS (network, credentials) and try again.")
         buf = bytes(block.data())
         arr = np.frombuffer(buf, dtype=dtype)
         if arr.size != h * w:
-            raise RemoteClipError(f"The data provider returned {arr.size} pixels instead of {h * w}.",
+            raise SourceUnreadable(f"The data provider returned {arr.size} pixels instead of {h * w}.",
                                   "Try another pixel size or save the layer as a GeoTIFF first.")
         return arr.reshape(h, w)
 
@@ -314,7 +314,7 @@ def raster_for_layer(layer: QgsRasterLayer, pixel_size: float | None = None, ext
     reads a file through QGIS anyway (tests, or to honour the layer's provider).
     """
     if layer is None or not layer.isValid():
-        raise RemoteClipError("No valid raster layer was given.", "Choose a raster layer that draws in QGIS.")
+        raise InvalidInput("No valid raster layer was given.", "Choose a raster layer that draws in QGIS.")
     path = layer_file_path(layer)
     if path and not force_provider and not (pixel_size and pixel_size > 0) and _has_rasterio():
         return path
@@ -332,7 +332,7 @@ def _has_rasterio() -> bool:
 def extent_from_rectangle(rect: QgsRectangle, crs: QgsCoordinateReferenceSystem) -> BBox:
     """A drawn or typed rectangle as core's BBox (CRS as WKT)."""
     if rect is None or rect.isNull() or rect.isEmpty():
-        raise RemoteClipError("The extent is empty.", "Draw or type a rectangle with a width and a height.")
+        raise InvalidInput("The extent is empty.", "Draw or type a rectangle with a width and a height.")
     return BBox(rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum(), crs_wkt(crs))
 
 
@@ -353,20 +353,20 @@ def vector_origin(layer) -> str:
 def extent_from_features(layer: QgsVectorLayer, selected_only: bool = True) -> Polygons:
     """The (selected) polygons of ``layer`` as core's Polygons in the layer CRS."""
     if layer is None or not layer.isValid():
-        raise RemoteClipError("The polygon layer is not valid.", "Choose a polygon layer that draws in QGIS.")
+        raise InvalidInput("The polygon layer is not valid.", "Choose a polygon layer that draws in QGIS.")
     if layer.geometryType() != QgsWkbTypes.GeometryType.PolygonGeometry:
-        raise RemoteClipError(f"Layer {layer.name()!r} has no polygons.",
+        raise InvalidInput(f"Layer {layer.name()!r} has no polygons.",
                               "Choose a polygon layer to limit the tiles to.")
     if selected_only:
         if layer.selectedFeatureCount() == 0:
-            raise RemoteClipError(f"No features are selected in layer {layer.name()!r}.",
+            raise InvalidInput(f"No features are selected in layer {layer.name()!r}.",
                                   "Select the polygons to analyse (or use all features).")
         features = layer.getSelectedFeatures()
     else:
         features = layer.getFeatures(QgsFeatureRequest().setNoAttributes())
     wkts = [f.geometry().asWkt() for f in features if f.hasGeometry() and not f.geometry().isEmpty()]
     if not wkts:
-        raise RemoteClipError(f"Layer {layer.name()!r} has no polygon geometries to use.",
+        raise InvalidInput(f"Layer {layer.name()!r} has no polygon geometries to use.",
                               "Choose features with geometries.")
     return Polygons(wkts, crs_wkt(layer.crs()), vector_origin(layer))
 
@@ -378,23 +378,23 @@ def samples_from_layer(source, class_field: str, selected_only: bool = False, cr
     from .core.samples import Samples
 
     if source is None or (isinstance(source, QgsVectorLayer) and not source.isValid()):
-        raise RemoteClipError("No samples layer is chosen.", "Pick a point or polygon layer with the samples.")
+        raise InvalidInput("No samples layer is chosen.", "Pick a point or polygon layer with the samples.")
     name = source.name() if hasattr(source, "name") else source.sourceName()
     kind = QgsWkbTypes.geometryType(source.wkbType())
     if kind not in (QgsWkbTypes.GeometryType.PointGeometry, QgsWkbTypes.GeometryType.PolygonGeometry):
-        raise RemoteClipError(f"The samples layer {name!r} has neither points nor polygons.",
+        raise InvalidInput(f"The samples layer {name!r} has neither points nor polygons.",
                               "Choose a point or polygon layer with the samples.")
     if not class_field:
-        raise RemoteClipError("No class field is chosen for the samples.",
+        raise InvalidInput("No class field is chosen for the samples.",
                               f"Pick the attribute of {name!r} that holds each sample's class.")
     idx = source.fields().indexOf(class_field)
     if idx < 0:
-        raise RemoteClipError(f"The samples layer {name!r} has no field {class_field!r}.",
+        raise InvalidInput(f"The samples layer {name!r} has no field {class_field!r}.",
                               "Pick the attribute that holds each sample's class.")
     request = QgsFeatureRequest().setSubsetOfAttributes([idx])
     if selected_only:
         if source.selectedFeatureCount() == 0:
-            raise RemoteClipError(f"No samples are selected in {name!r}.",
+            raise InvalidInput(f"No samples are selected in {name!r}.",
                                   "Select the samples to use, or untick 'selected features only'.")
         features = source.getSelectedFeatures(request)
     else:
@@ -408,7 +408,7 @@ def samples_from_layer(source, class_field: str, selected_only: bool = False, cr
         classes.append(None if value is None or (hasattr(value, "isNull") and value.isNull()) else value)
         ids.append(f.id())
     if not wkts:
-        raise RemoteClipError(f"The samples layer {name!r} has no geometries to learn from.",
+        raise InvalidInput(f"The samples layer {name!r} has no geometries to learn from.",
                               "Draw points or polygons with a class.")
     if crs is None:
         crs = source.crs() if hasattr(source, "crs") else source.sourceCrs()

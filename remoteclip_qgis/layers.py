@@ -2,7 +2,7 @@
 
 Each task's ``style`` (core.tasks.Style) says how its layer looks; the renderers:
 
-* ``categories`` (label, classify): by ``label``, one colour per class name (the same name always gets
+* ``categories`` (label, classify): by the style's ``field`` (``label``), one colour per class name (the same name always gets
   the same colour, whatever the other classes, the run or the project; ``unknown`` is grey), legend
   entries with tile counts, optional map labels; classify's sample tiles drawn with a thick red outline;
 * ``counts`` (count): the count on a sequential ramp, legend entries that name the object ("3 buildings",
@@ -45,7 +45,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QColor
 
-from .core.errors import RemoteClipError
+from .core.errors import InvalidInput, SourceUnreadable, WriteFailed
 from .core.prompts import object_nouns
 from .core.tasks import TASKS
 
@@ -115,8 +115,8 @@ def add_result_layer(result_or_path, kind: str, name: str | None = None, group_n
                      project: QgsProject | None = None, field_map: dict[str, str] | None = None,
                      show_labels: bool | None = None) -> QgsVectorLayer:
     """Load a job's output (a core JobResult or a .gpkg/.shp path) as a styled layer on top of ``group_name``."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    if kind not in TASKS:   # the registry now: a task registered after this import is styled too
+        raise ValueError(f"kind must be one of {tuple(TASKS)}, not {kind!r}")
     project = project or QgsProject.instance()
     layer_name = None
     if isinstance(result_or_path, str | os.PathLike):
@@ -129,21 +129,21 @@ def add_result_layer(result_or_path, kind: str, name: str | None = None, group_n
         if field_map is None:
             field_map = dict(getattr(result_or_path, "field_map", None) or {})
         if not path:
-            raise RemoteClipError("The job wrote no file, so there is nothing to add to the map.",
+            raise InvalidInput("The job wrote no file, so there is nothing to add to the map.",
                                   "Give the job an output (.gpkg or .shp).")
     if not os.path.isfile(path):
-        raise RemoteClipError(f"The result file {path} does not exist.", "Run the job again.")
+        raise SourceUnreadable(f"The result file {path} does not exist.", "Run the job again.", path=path)
     if field_map is None:
         field_map = read_field_map(path, layer_name)
 
     layer = QgsVectorLayer(layer_uri(path, layer_name), name or layer_name or os.path.basename(path), "ogr")
     if not layer.isValid():
-        raise RemoteClipError(f"QGIS cannot open the result {path} (layer {layer_name}).",
-                              "Open it with Layer > Add Layer > Add Vector Layer to see GDAL's message.")
+        raise SourceUnreadable(f"QGIS cannot open the result {path} (layer {layer_name}).",
+                              "Open it with Layer > Add Layer > Add Vector Layer to see GDAL's message.", path=path)
     style_layer(layer, kind, field_map, show_labels=show_labels)
     if project.addMapLayer(layer, False) is None:
-        raise RemoteClipError(f"QGIS refused to add the result layer {layer.name()!r} to the project.",
-                              f"Add {path} by hand (Layer > Add Layer > Add Vector Layer).")
+        raise WriteFailed(f"QGIS refused to add the result layer {layer.name()!r} to the project.",
+                              f"Add {path} by hand (Layer > Add Layer > Add Vector Layer).", path=path)
     root = project.layerTreeRoot()
     group = root.findGroup(group_name) or root.insertGroup(0, group_name)
     group.insertLayer(0, layer)
@@ -155,8 +155,8 @@ def add_result_layer(result_or_path, kind: str, name: str | None = None, group_n
 def style_layer(layer: QgsVectorLayer, kind: str, field_map: dict[str, str] | None = None,
                 show_labels: bool | None = None) -> None:
     """Give ``layer`` the renderer (and labels) its task's style asks for; see the module docstring."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    if kind not in TASKS:   # the registry now: a task registered after this import is styled too
+        raise ValueError(f"kind must be one of {tuple(TASKS)}, not {kind!r}")
     style = TASKS[kind].style
     field_map = field_map or {}
     names = set(layer.fields().names())
@@ -167,7 +167,7 @@ def style_layer(layer: QgsVectorLayer, kind: str, field_map: dict[str, str] | No
     meta = read_metadata(*source_of(layer)) if layer.providerType() == "ogr" else {}
     shown = style.map_labels_default if show_labels is None else bool(show_labels)
     if style.field in names and style.renderer == "categories":
-        layer.setRenderer(label_renderer(layer, list(field_map.values()), _highlight(style, names)))
+        layer.setRenderer(label_renderer(layer, style.field, list(field_map.values()), _highlight(style, names)))
     elif style.field in names and style.renderer == "counts":
         layer.setRenderer(count_renderer(layer, meta.get("object"), meta.get("max_count")))
     elif style.field in names and style.renderer == "graduated":
@@ -310,11 +310,11 @@ def _tiles(n: int) -> str:
     return f"{n} tile{'s' if n != 1 else ''}"
 
 
-def label_renderer(layer: QgsVectorLayer, classes: list[str], highlight: str | None = None
+def label_renderer(layer: QgsVectorLayer, field: str, classes: list[str], highlight: str | None = None
                    ) -> QgsCategorizedSymbolRenderer:
-    """One category per class present, in label-list order, legend 'class (n tiles)'; tiles where
-    ``highlight`` holds (classify's samples) get a thick red outline."""
-    present = _counts(layer, "label")
+    """One category per class present in ``field`` (the task's ``Style.field``), in label-list order, legend
+    'class (n tiles)'; tiles where ``highlight`` holds (classify's samples) get a thick red outline."""
+    present = _counts(layer, field)
     order = [c for c in classes if c in present]
     order += sorted(str(v) for v in present if v not in order and v != UNKNOWN)
     if UNKNOWN in present:
@@ -324,7 +324,7 @@ def label_renderer(layer: QgsVectorLayer, classes: list[str], highlight: str | N
         symbol = _fill(class_color(c))
         _outline(symbol, highlight)
         cats.append(QgsRendererCategory(c, symbol, f"{c} ({_tiles(present.get(c, 0))})"))
-    return QgsCategorizedSymbolRenderer("label", cats)
+    return QgsCategorizedSymbolRenderer(field, cats)
 
 
 def _ramp_color(a: str, b: str, t: float) -> QColor:
@@ -465,8 +465,8 @@ def add_dense_layer(path: str, kind: str, name: str, group_name: str = GROUP, pr
     project = project or QgsProject.instance()
     layer = QgsRasterLayer(path, name, "gdal")
     if not layer.isValid():
-        raise RemoteClipError(f"QGIS cannot open the heat map {path}.", "Open it with Layer > Add Raster Layer "
-                                                                        "to see GDAL's message.")
+        raise SourceUnreadable(f"QGIS cannot open the heat map {path}.", "Open it with Layer > Add Raster Layer "
+                                                                        "to see GDAL's message.", path=path)
     from osgeo import gdal
 
     ds = gdal.Open(path)
@@ -476,8 +476,8 @@ def add_dense_layer(path: str, kind: str, name: str, group_name: str = GROUP, pr
         layer.setName(f"{name} ({desc})")
     style_dense_layer(layer, kind, band)
     if project.addMapLayer(layer, False) is None:
-        raise RemoteClipError(f"QGIS refused to add the heat map {layer.name()!r} to the project.",
-                              f"Add {path} by hand (Layer > Add Layer > Add Raster Layer).")
+        raise WriteFailed(f"QGIS refused to add the heat map {layer.name()!r} to the project.",
+                              f"Add {path} by hand (Layer > Add Layer > Add Raster Layer).", path=path)
     root = project.layerTreeRoot()
     group = root.findGroup(group_name) or root.insertGroup(0, group_name)
     group.insertLayer(min(1, len(group.children())), layer)
@@ -538,13 +538,13 @@ def add_suggestions_layer(result, title: str = "", group_name: str = GROUP, proj
                          float(r["uncertainty"])])
         feats.append(f)
     if not provider.addFeatures(feats)[0]:
-        raise RemoteClipError("QGIS could not hold the suggested tiles in a temporary layer.",
+        raise WriteFailed("QGIS could not hold the suggested tiles in a temporary layer.",
                               "Read them from the result layer: the field suggest ranks them.")
     layer.updateExtents()
     layer.setRenderer(QgsSingleSymbolRenderer(_fill("#000000", alpha=0, stroke=SUGGEST_COLOR, stroke_width=0.8)))
     _set_labels(layer, '"suggest"', True)
     if project.addMapLayer(layer, False) is None:
-        raise RemoteClipError("QGIS refused to add the layer of tiles to label next.",
+        raise WriteFailed("QGIS refused to add the layer of tiles to label next.",
                               "Read them from the result layer: the field suggest ranks them.")
     root = project.layerTreeRoot()
     group = root.findGroup(group_name) or root.insertGroup(0, group_name)

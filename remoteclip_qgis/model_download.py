@@ -46,7 +46,7 @@ def _headers(reply) -> dict[str, str]:
 def qgis_transport(url: str, start: int, headers: dict, timeout: float = 60.0):
     """core.download transport through QGIS's network access manager (this thread's instance)."""
     from .core.download import USER_AGENT, Response
-    from .core.errors import RemoteClipError
+    from .core.errors import DownloadFailed
 
     authcfg = QgsSettings().value("RemoteCLIP/model_authcfg", "", type=str)
     linked: dict[str, str] = {}
@@ -65,14 +65,14 @@ def qgis_transport(url: str, start: int, headers: dict, timeout: float = 60.0):
             waited += 0.2
             if waited > timeout:
                 reply.abort()
-                raise RemoteClipError(f"No answer from {url} in {timeout:.0f} s.",
+                raise DownloadFailed(f"No answer from {url} in {timeout:.0f} s.",
                                       "Check the network and QGIS's proxy settings (Settings > Options > Network).")
         status = reply.attribute(QNetworkRequest.Attribute.HttpStatusCodeAttribute)
         hdrs = _headers(reply)
         if status is None:
             message = reply.errorString()
             reply.deleteLater()
-            raise RemoteClipError(f"Cannot reach {url} ({message}).",
+            raise DownloadFailed(f"Cannot reach {url} ({message}).",
                                   "Check the network and QGIS's proxy settings (Settings > Options > Network), "
                                   "or download the file elsewhere and give it with `remoteclip models pull NAME --url FILE`.")
         if status in REDIRECTS and "location" in hdrs:
@@ -84,7 +84,7 @@ def qgis_transport(url: str, start: int, headers: dict, timeout: float = 60.0):
         for k, v in linked.items():
             hdrs.setdefault(k, v)
         return Response(int(status), hdrs, _chunks(reply, timeout), lambda r=reply: (r.abort(), r.deleteLater()))
-    raise RemoteClipError(f"{url}: too many redirects.", "Check the URL.")
+    raise DownloadFailed(f"{url}: too many redirects.", "Check the URL.")
 
 
 def _chunks(reply, timeout: float):

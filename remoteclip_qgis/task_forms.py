@@ -1,9 +1,11 @@
 """The dock's task tabs, built from the task registry (core.tasks.TASKS): one form per task, one widget per
 declared input (core.tasks.Param), so a new task in core gets its tab without dock code of its own.
 
-``TaskForm.raw()`` hands the widgets' values to ``Task.from_inputs`` as typed (the task parses and checks
-them, with the same rules as the command line and Processing); the only conversion done here is QGIS's:
-a samples layer (and its selection) becomes core's ``Samples``.
+Each ``Param.kind`` has its widget adapter in one table (``INPUTS``), as QGIS Processing's gui/wrappers.py
+picks a wrapper by parameter type: it adds the input's widget to the form, reads its value and says what is
+missing. ``TaskForm.raw()`` hands the widgets' values to ``Task.from_inputs`` as typed (the task parses and
+checks them, with the same rules as the command line and Processing); the only conversion done here is
+QGIS's: a samples layer (and its selection) becomes core's ``Samples``.
 """
 
 from __future__ import annotations
@@ -23,16 +25,12 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from .core.errors import RemoteClipError
-from .core.prompts import COUNT_TEMPLATES, DEFAULT_TEMPLATES, PRESETS, split_names
+from .core.errors import InvalidInput, RemoteClipError
+from .core.prompts import PRESETS, split_names
 from .widgets import WrapLabel, compact, set_value
 
 BIG = 1_000_000   # the top of a spin box whose input has no upper limit
 CUSTOM = "Custom"
-
-
-def default_templates(task_cls) -> str:
-    return "\n".join(COUNT_TEMPLATES if task_cls.kind == "count" else DEFAULT_TEMPLATES)
 
 
 class TaskForm(QWidget):
@@ -57,11 +55,9 @@ class TaskForm(QWidget):
             self.advanced_box.setCollapsed(True)
             advanced = QFormLayout(self.advanced_box)
         for prm in task_cls.params:
-            if prm.kind == "preset":
-                continue   # drawn with the names input it fills
             target = advanced if prm.advanced else form
-            self._add(prm, target)
-            if prm.name in self.widgets and prm.kind in ("names", "text"):
+            INPUTS[prm.kind].add(self, prm, target)
+            if prm.name in self.widgets and INPUTS[prm.kind].inline_error:
                 self.errors[prm.name] = label = _error_label(self)
                 target.addRow(label)
                 _on_edit(self.widgets[prm.name], lambda _=None, n=prm.name: self.clear_error(n))
@@ -83,100 +79,6 @@ class TaskForm(QWidget):
         form.addRow(self.report)
 
     # ---------------------------------------------------------------------------------------- widgets
-
-    def _add(self, prm, form: QFormLayout) -> None:
-        w = None
-        if prm.kind == "names":
-            presets = [p for p in self.task_cls.params if p.kind == "preset" and p.fills == prm.name]
-            if presets:
-                combo = QComboBox(self)
-                compact(combo)
-                combo.addItem(CUSTOM)
-                combo.addItems(list(presets[0].choices))
-                combo.activated.connect(lambda i, c=combo, n=prm.name: self._apply_preset(c, n))
-                self._preset_of = (combo, prm.name)
-                combo.setToolTip(presets[0].help)
-                form.addRow("Preset", combo)
-                self.widgets[presets[0].name] = combo
-            w = QPlainTextEdit(self)
-            w.setPlaceholderText("one class per line (or separated by commas), e.g.\nbuildings\ntrees\nwater")
-            w.setMaximumHeight(110)
-            if presets:
-                w.textChanged.connect(self._show_preset)
-        elif prm.kind == "templates":
-            # a group box title never wraps: the short name, the whole label in the tooltip
-            box = QgsCollapsibleGroupBox(" ".join(prm.label.split(" (")[0].split()[:2]), self)
-            box.setToolTip(prm.label)
-            box.setCollapsed(True)
-            inner = QFormLayout(box)
-            w = QPlainTextEdit(box)
-            w.setPlainText(default_templates(self.task_cls))
-            w.setMaximumHeight(100)
-            w.setToolTip("one template per line (or separated by |)")
-            inner.addRow(w)
-            form.addRow(box)
-            self.widgets[prm.name] = w
-            return
-        elif prm.kind == "text":
-            w = QLineEdit(self)
-            if prm.start_value is not None:
-                w.setText(str(prm.start_value))
-            w.setPlaceholderText(prm.help)
-        elif prm.kind == "int":
-            w = QSpinBox(self)
-            lo = int(prm.lo) if prm.lo is not None else 0
-            w.setRange(lo - 1 if prm.optional else lo, int(prm.hi) if prm.hi is not None else BIG)
-        elif prm.kind == "float":
-            w = QDoubleSpinBox(self)
-            w.setDecimals(3 if prm.lo is not None and prm.lo < 0 else 2)
-            w.setRange(prm.lo if prm.lo is not None else -1e9, prm.hi if prm.hi is not None else 1e9)
-            w.setSingleStep(0.05 if prm.lo is not None and prm.lo >= 0 else 0.01)
-        elif prm.kind == "choice":
-            w = QComboBox(self)
-            compact(w)
-            w.addItems([str(c) for c in prm.choices])
-            w.setCurrentText(str(prm.default))
-        elif prm.kind == "samples":
-            w = QgsMapLayerComboBox(self)
-            compact(w)
-            w.setFilters(QgsMapLayerProxyModel.Filter.PointLayer | QgsMapLayerProxyModel.Filter.PolygonLayer)
-            w.setAllowEmptyLayer(True)
-            w.setToolTip("The analyst's samples: points or polygons, any CRS, with a class field")
-            sel = QCheckBox("selected only", self)
-            sel.setToolTip("Use the selected features of the layer only")
-            self.selected_only[prm.name] = sel
-            self.widgets[prm.name] = w
-            # one under the other: side by side they are wider than a 300 px dock
-            form.addRow(prm.label.split(" (")[0], w)
-            form.addRow("", sel)
-            return
-        elif prm.kind == "field":
-            w = QgsFieldComboBox(self)
-            compact(w)
-            w.setFilters(QgsFieldProxyModel.Filter.AllTypes)
-            parent = self.widgets.get(prm.parent)
-            if parent is not None:
-                parent.layerChanged.connect(w.setLayer)
-                w.setLayer(parent.currentLayer())
-        elif prm.kind in ("file", "file_out"):
-            w = QgsFileWidget(self)
-            w.setStorageMode(QgsFileWidget.StorageMode.GetFile if prm.kind == "file"
-                             else QgsFileWidget.StorageMode.SaveFile)
-            if prm.kind == "file_out":
-                w.setConfirmOverwrite(False)   # Run asks, and only when something would be replaced
-            if prm.file_filter:
-                w.setFilter(prm.file_filter)
-        if w is None:
-            return
-        if prm.kind in ("int", "float"):
-            if prm.optional:   # the bottom of the range reads "none"
-                w.setSpecialValueText(prm.none_text or "none")
-            start = prm.start_value
-            set_value(w, (int if prm.kind == "int" else float)(start) if start is not None else w.minimum())
-        if prm.help and prm.kind not in ("text",):
-            w.setToolTip(prm.help)
-        self.widgets[prm.name] = w
-        form.addRow(prm.label, w)
 
     def _apply_preset(self, combo, names: str) -> None:
         name = combo.currentText()
@@ -214,7 +116,7 @@ class TaskForm(QWidget):
             problem = self._missing(prm)
             if problem:
                 self.show_error(problem, prm.name)
-                raise RemoteClipError(problem, None)
+                raise InvalidInput(problem, None, param=prm.name)
         try:
             return self.task_cls.from_inputs(self.raw(), spell=lambda prm: f"“{prm.label}”")
         except RemoteClipError as e:
@@ -224,53 +126,17 @@ class TaskForm(QWidget):
     def _missing(self, prm) -> str:
         """What is wrong with one input as typed ('' when nothing)."""
         w = self.widgets.get(prm.name)
-        if w is None or prm.optional and prm.kind != "names":
-            return ""
-        if prm.kind == "names":
-            if any(p.kind == "preset" and p.fills == prm.name for p in self.task_cls.params) or not prm.optional:
-                names = [n for n in split_names(w.toPlainText()) if n]
-                if not names:
-                    return "Type the class names, one per line (or pick a preset above)."
-                if len(names) == 1:
-                    return (f"Only one class ({names[0]}): every tile would be 100 % {names[0]}. Type at least "
-                            "two class names.")
-            return ""
-        if prm.kind == "text" and not w.text().strip():
-            example = f" ({prm.help})" if prm.help else ""
-            what = prm.label.split(" (")[0]
-            return f"Type the {what[0].lower() + what[1:]}{example}."
-        return ""
+        return "" if w is None else INPUTS[prm.kind].missing(self, prm, w)
 
     # ----------------------------------------------------------------------------------------- values
 
     def raw(self) -> dict:
         """The widgets' values as ``Task.from_inputs`` takes them."""
-        from .layer_source import samples_from_layer
-
         out = {}
-        fields_of = {p.parent: p.name for p in self.task_cls.params if p.kind == "field"}
         for prm in self.task_cls.params:
             w = self.widgets.get(prm.name)
-            if w is None or prm.kind in ("preset", "field"):
-                continue   # a preset fills the names box; a field goes with its samples
-            if prm.kind in ("names", "templates"):
-                out[prm.name] = w.toPlainText()
-            elif prm.kind == "text":
-                out[prm.name] = w.text().strip()
-            elif prm.kind in ("int", "float"):
-                value = w.value()
-                out[prm.name] = None if prm.optional and value <= w.minimum() else value
-            elif prm.kind == "choice":
-                out[prm.name] = w.currentText()
-            elif prm.kind == "samples":
-                layer = w.currentLayer()
-                if layer is None:
-                    out[prm.name] = None
-                    continue
-                field = self.widgets[fields_of[prm.name]].currentField() if prm.name in fields_of else ""
-                out[prm.name] = samples_from_layer(layer, field, self.selected_only[prm.name].isChecked())
-            elif prm.kind in ("file", "file_out"):
-                out[prm.name] = w.filePath().strip() or None
+            if w is not None and INPUTS[prm.kind].reads:   # a preset fills the names box; a field goes with its samples
+                out[prm.name] = INPUTS[prm.kind].value(self, prm, w)
         return out
 
     def show_labels(self) -> bool | None:
@@ -283,6 +149,235 @@ class TaskForm(QWidget):
             return
         self.report.setText(report_html(report))
         self.report.setVisible(True)
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+class _Input:
+    """How a task's tab shows one kind of input (``INPUTS[param.kind]``): ``add`` makes its widget and puts it
+    on ``layout`` (in ``form.widgets[param.name]``), ``value`` reads it as ``Task.from_inputs`` takes it,
+    ``missing`` says what is wrong with it as typed ('' when nothing)."""
+    inline_error = False   # an error line under the input (what is missing)
+    reads = True           # False: another input's widget carries its value
+
+    def add(self, form: TaskForm, prm, layout: QFormLayout) -> None:
+        raise NotImplementedError
+
+    def value(self, form: TaskForm, prm, w):
+        raise NotImplementedError
+
+    def missing(self, form: TaskForm, prm, w) -> str:
+        return ""
+
+
+def _row(form: TaskForm, prm, w, layout: QFormLayout, tooltip: bool = True) -> None:
+    """``w`` as the input's widget, on a row of its own with the input's label (its help as tooltip)."""
+    if prm.help and tooltip:
+        w.setToolTip(prm.help)
+    form.widgets[prm.name] = w
+    layout.addRow(prm.label, w)
+
+
+class _Names(_Input):
+    """Class names: a text box, with the preset combo of the ``preset`` input that fills it above."""
+    inline_error = True
+
+    def add(self, form, prm, layout):
+        presets = [p for p in form.task_cls.params if p.kind == "preset" and p.fills == prm.name]
+        if presets:
+            combo = QComboBox(form)
+            compact(combo)
+            combo.addItem(CUSTOM)
+            combo.addItems(list(presets[0].choices))
+            combo.activated.connect(lambda i, c=combo, n=prm.name: form._apply_preset(c, n))
+            form._preset_of = (combo, prm.name)
+            combo.setToolTip(presets[0].help)
+            layout.addRow("Preset", combo)
+            form.widgets[presets[0].name] = combo
+        w = QPlainTextEdit(form)
+        w.setPlaceholderText("one class per line (or separated by commas), e.g.\nbuildings\ntrees\nwater")
+        w.setMaximumHeight(110)
+        if presets:
+            w.textChanged.connect(form._show_preset)
+        _row(form, prm, w, layout)
+
+    def value(self, form, prm, w):
+        return w.toPlainText()
+
+    def missing(self, form, prm, w):
+        if any(p.kind == "preset" and p.fills == prm.name for p in form.task_cls.params) or not prm.optional:
+            names = [n for n in split_names(w.toPlainText()) if n]
+            if not names:
+                return "Type the class names, one per line (or pick a preset above)."
+            if len(names) == 1:
+                return (f"Only one class ({names[0]}): every tile would be 100 % {names[0]}. Type at least "
+                        "two class names.")
+        return ""
+
+
+class _Preset(_Input):
+    """Drawn (and read) with the names input it fills (_Names)."""
+    reads = False
+
+    def add(self, form, prm, layout):
+        pass
+
+
+class _Templates(_Input):
+    """A collapsed box holding the task's default templates (``Task.default_templates``)."""
+
+    def add(self, form, prm, layout):
+        # a group box title never wraps: the short name, the whole label in the tooltip
+        box = QgsCollapsibleGroupBox(" ".join(prm.label.split(" (")[0].split()[:2]), form)
+        box.setToolTip(prm.label)
+        box.setCollapsed(True)
+        inner = QFormLayout(box)
+        w = QPlainTextEdit(box)
+        w.setPlainText("\n".join(form.task_cls.default_templates))
+        w.setMaximumHeight(100)
+        w.setToolTip("one template per line (or separated by |)")
+        inner.addRow(w)
+        layout.addRow(box)
+        form.widgets[prm.name] = w
+
+    def value(self, form, prm, w):
+        return w.toPlainText()
+
+
+class _Text(_Input):
+    inline_error = True
+
+    def add(self, form, prm, layout):
+        w = QLineEdit(form)
+        if prm.start_value is not None:
+            w.setText(str(prm.start_value))
+        w.setPlaceholderText(prm.help)
+        _row(form, prm, w, layout, tooltip=False)
+
+    def value(self, form, prm, w):
+        return w.text().strip()
+
+    def missing(self, form, prm, w):
+        if prm.optional or w.text().strip():
+            return ""
+        example = f" ({prm.help})" if prm.help else ""
+        what = prm.label.split(" (")[0]
+        return f"Type the {what[0].lower() + what[1:]}{example}."
+
+
+class _Number(_Input):
+    """A spin box with the task's limits; an optional number's bottom reads "none" (``none_text``)."""
+
+    def __init__(self, integer: bool):
+        self.integer = integer
+
+    def add(self, form, prm, layout):
+        if self.integer:
+            w = QSpinBox(form)
+            lo = int(prm.lo) if prm.lo is not None else 0
+            w.setRange(lo - 1 if prm.optional else lo, int(prm.hi) if prm.hi is not None else BIG)
+        else:
+            w = QDoubleSpinBox(form)
+            w.setDecimals(3 if prm.lo is not None and prm.lo < 0 else 2)
+            w.setRange(prm.lo if prm.lo is not None else -1e9, prm.hi if prm.hi is not None else 1e9)
+            w.setSingleStep(0.05 if prm.lo is not None and prm.lo >= 0 else 0.01)
+        if prm.optional:   # the bottom of the range reads "none"
+            w.setSpecialValueText(prm.none_text or "none")
+        start = prm.start_value
+        set_value(w, (int if self.integer else float)(start) if start is not None else w.minimum())
+        _row(form, prm, w, layout)
+
+    def value(self, form, prm, w):
+        value = w.value()
+        return None if prm.optional and value <= w.minimum() else value
+
+
+class _Choice(_Input):
+    def add(self, form, prm, layout):
+        w = QComboBox(form)
+        compact(w)
+        w.addItems([str(c) for c in prm.choices])
+        w.setCurrentText(str(prm.default))
+        _row(form, prm, w, layout)
+
+    def value(self, form, prm, w):
+        return w.currentText()
+
+
+class _Samples(_Input):
+    """A layer picker of points or polygons and its "selected only" box, read with the class field that
+    names it as parent."""
+
+    def add(self, form, prm, layout):
+        w = QgsMapLayerComboBox(form)
+        compact(w)
+        w.setFilters(QgsMapLayerProxyModel.Filter.PointLayer | QgsMapLayerProxyModel.Filter.PolygonLayer)
+        w.setAllowEmptyLayer(True)
+        w.setToolTip("The analyst's samples: points or polygons, any CRS, with a class field")
+        sel = QCheckBox("selected only", form)
+        sel.setToolTip("Use the selected features of the layer only")
+        form.selected_only[prm.name] = sel
+        form.widgets[prm.name] = w
+        # one under the other: side by side they are wider than a 300 px dock
+        layout.addRow(prm.label.split(" (")[0], w)
+        layout.addRow("", sel)
+
+    def value(self, form, prm, w):
+        from .layer_source import samples_from_layer
+
+        layer = w.currentLayer()
+        if layer is None:
+            return None
+        field = next((form.widgets[p.name].currentField() for p in form.task_cls.params
+                      if p.kind == "field" and p.parent == prm.name and p.name in form.widgets), "")
+        return samples_from_layer(layer, field, form.selected_only[prm.name].isChecked())
+
+
+class _Field(_Input):
+    """A field of the samples input ``prm.parent``, following its layer; read with those samples."""
+    reads = False
+
+    def add(self, form, prm, layout):
+        w = QgsFieldComboBox(form)
+        compact(w)
+        w.setFilters(QgsFieldProxyModel.Filter.AllTypes)
+        parent = form.widgets.get(prm.parent)
+        if parent is not None:
+            parent.layerChanged.connect(w.setLayer)
+            w.setLayer(parent.currentLayer())
+        _row(form, prm, w, layout)
+
+
+class _File(_Input):
+    def __init__(self, save: bool):
+        self.save = save
+
+    def add(self, form, prm, layout):
+        w = QgsFileWidget(form)
+        w.setStorageMode(QgsFileWidget.StorageMode.SaveFile if self.save else QgsFileWidget.StorageMode.GetFile)
+        if self.save:
+            w.setConfirmOverwrite(False)   # Run asks, and only when something would be replaced
+        if prm.file_filter:
+            w.setFilter(prm.file_filter)
+        _row(form, prm, w, layout)
+
+    def value(self, form, prm, w):
+        return w.filePath().strip() or None
+
+
+INPUTS: dict[str, _Input] = {
+    "names": _Names(),
+    "preset": _Preset(),
+    "templates": _Templates(),
+    "text": _Text(),
+    "int": _Number(integer=True),
+    "float": _Number(integer=False),
+    "choice": _Choice(),
+    "samples": _Samples(),
+    "field": _Field(),
+    "file": _File(save=False),
+    "file_out": _File(save=True),
+}
 
 
 def report_html(report: dict) -> str:

@@ -27,6 +27,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         srv: FileServer = self.server.owner
         path = urllib.parse.urlsplit(self.path).path
         srv.requests.append({"path": path, "range": self.headers.get("Range"), "headers": dict(self.headers)})
+        if path.startswith("/loop/"):          # a mirror misconfigured into a redirect loop
+            self.send_response(302)
+            self.send_header("Location", path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if path.startswith("/resolve/"):
             name = path[len("/resolve/"):]
             if name not in srv.files:
@@ -95,7 +101,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class FileServer:
-    """``files``: name -> path or bytes, served at /files/NAME and /resolve/NAME (-> 302 /cdn/NAME)."""
+    """``files``: name -> path or bytes, served at /files/NAME and /resolve/NAME (-> 302 /cdn/NAME);
+    /loop/NAME redirects to itself. ``latency`` seconds pass after each chunk sent."""
 
     def __init__(self, files: dict, latency: float = 0.0, chunk: int = 64 * 1024, etag: bool = True,
                  ranges: bool = True):

@@ -182,16 +182,16 @@ def test_assess_bad_inputs(tile_map, tmp_path):
     assert main(["sample", str(tile_map), "--per-class", "3", "-o", str(ref)]) == 0
     with pytest.raises(InvalidInput) as e:                 # nobody labelled anything yet
         assess.assess(tile_map, ref)
-    assert e.value.param == "reference-field"
+    assert e.value.param == "reference_field"
     with pytest.raises(InvalidInput) as e:
         assess.assess(tile_map, ref, reference_field="truth")
-    assert e.value.param == "reference-field"
+    assert e.value.param == "reference_field"
     with pytest.raises(InvalidInput) as e:
         assess.read_map(tile_map, "class")
-    assert e.value.param == "map-field"
+    assert e.value.param == "map_field"
     with pytest.raises(InvalidInput) as e:                 # 25 m cells: "a" has 40, fewer than asked
         assess.sample_points(assess.read_map(tile_map, max_cells=100), np.array([41, 10]))
-    assert e.value.param == "per-class"
+    assert e.value.param == "per_class"
     # a class only in the reference is listed and kept
     _label(ref, lambda x: "water" if x < X0 + 20 else "a" if x < X0 + 100 else "b")
     report = assess.assess(tile_map, ref)

@@ -186,7 +186,9 @@ CASES = [
      ["cannot be read"]),
     (R, "vector file", ["label", "{d}/existing.gpkg", *LABELS], 2, ["cannot be read"]),
     (R, "band 4 of 3", ["label", "{scene}", *LABELS, "--bands", "4,3,2"], 2, ["Band 4 does not exist", "1 to 3"]),
-    (R, "band 0", ["label", "{scene}", *LABELS, "--bands", "0"], 2, ["Band"]),
+    (R, "band 0", ["label", "{scene}", *LABELS, "--bands", "0"], 2, ["band 0", "numbered from 1"]),
+    (R, "negative band", ["label", "{scene}", *LABELS, "--bands", "-1,2,3"], 2,
+     ["--bands '-1,2,3' holds band -1", "numbered from 1", "positive band numbers"]),
     (R, "bands not numbers", ["label", "{scene}", *LABELS, "--bands", "r,g,b"], 2, ["are not band numbers"]),
     (R, "two bands", ["label", "{scene}", *LABELS, "--bands", "1,2"], 2, ["2 bands were given", "three"]),
     # --- parameters
@@ -379,3 +381,15 @@ def test_a_damaged_cache_entry_is_recomputed_not_fatal(sandbox, capsys, tmp_path
     assert "from the cache" not in second
     assert first.splitlines()[1] == second.splitlines()[1]   # the same labels
     assert cli.main(args) == 0 and "from the cache" in capsys.readouterr().out
+
+
+def test_a_band_below_1_is_refused_as_the_band_list_it_is():
+    """--bands -1,2,3 reaches the band check (not argparse's 'expected one argument'), typed, naming the option."""
+    from core.errors import InvalidInput
+    from core.raster import parse_bands
+
+    for text, low in (("-1,2,3", -1), ("3,0,1", 0)):
+        with pytest.raises(InvalidInput) as err:
+            parse_bands(text, "--bands")
+        assert err.value.param == "bands" and f"band {low}" in err.value.problem and err.value.fix
+    assert cli._join_negative_values(["--bands", "-1,2,3"]) == ["--bands=-1,2,3"]

@@ -6,12 +6,13 @@ import json
 import shutil
 import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from core.bundle import load_bundle
-from core.errors import RemoteClipError
+from core.errors import ModelError, RemoteClipError
 
 
 def test_load_tiny_bundle(tiny_bundle):
@@ -132,3 +133,76 @@ def test_core_bundle_and_tokenizer_import_no_torch():
     code = ("import sys; import core.bundle, core.tokenizer; "
             "assert 'torch' not in sys.modules and 'onnxruntime' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _edited(src, dst, edit):
+    shutil.copytree(src, dst)
+    m = json.loads((dst / "manifest.json").read_text())
+    edit(m)
+    (dst / "manifest.json").write_text(json.dumps(m))
+    return dst
+
+
+def test_swapped_graphs_are_one_model_error_before_a_run(tiny_bundle, tmp_path):
+    from core.inference import Encoder
+
+    def swap(m):
+        g = m["graphs"]["fp16"]
+        g["image"], g["text"] = g["text"], g["image"]
+
+    d = _edited(tiny_bundle, tmp_path / "swapped", swap)
+    enc = Encoder(d, device="cpu", precision="fp16")
+    with pytest.raises(ModelError) as err:
+        enc.encode_texts(["a river"])
+    assert err.value.path == str(d / "image_fp16.onnx") and "inputs do not match" in err.value.problem
+    with pytest.raises(ModelError) as err:
+        enc.encode_images(np.zeros((1, 3, 64, 64), np.float32))
+    assert err.value.path == str(d / "text_fp16.onnx")
+    enc = Encoder(d, device="cpu", precision="fp32")      # the fp32 graphs are as they were
+    assert enc.encode_texts(["a river"]).shape == (1, 32)
+
+
+def test_a_manifest_that_disagrees_with_its_graphs_is_refused(tiny_bundle, tmp_path):
+    from core.inference import Encoder
+
+    def ctx5(m):
+        m["text"]["context_length"] = 5
+
+    with pytest.raises(ModelError) as err:          # the model's own config says 77
+        load_bundle(_edited(tiny_bundle, tmp_path / "ctx5", ctx5))
+    assert "text.context_length" in err.value.problem and err.value.path == str(tmp_path / "ctx5" / "manifest.json")
+
+    def ctx5_no_config(m):
+        ctx5(m)
+        del m["model_config"]
+
+    demo = Path(__file__).resolve().parents[1] / "models" / "remoteclip-demo"   # its text graph fixes 77 tokens
+    enc = Encoder(_edited(demo, tmp_path / "demo5", ctx5_no_config), device="cpu")
+    with pytest.raises(ModelError) as err:
+        enc.encode_texts(["a river"])
+    assert "takes 77 tokens" in err.value.problem and err.value.path == str(tmp_path / "demo5" / "text_fp32.onnx")
+
+    def size96(m):
+        m["image"]["size"] = [96, 96]
+
+    enc = Encoder(_edited(tiny_bundle, tmp_path / "s96", size96), device="cpu")
+    with pytest.raises(ModelError) as err:
+        enc.encode_images(np.zeros((1, 3, 96, 96), np.float32))
+    assert "image.size" in err.value.problem
+
+
+def test_a_manifest_linked_from_another_bundle_is_refused_as_a_linked_graph_is(tiny_bundle, tmp_path):
+    other = _edited(tiny_bundle, tmp_path / "other", lambda m: m.update(name="other"))
+    for linked in ("manifest.json", "image_fp32.onnx"):
+        d = tmp_path / f"linked-{linked}"
+        shutil.copytree(tiny_bundle, d)
+        (d / linked).unlink()
+        (d / linked).symlink_to(other / linked)
+        with pytest.raises(ModelError) as err:
+            load_bundle(d)
+        assert err.value.path == str(d / linked) and "leads outside the bundle folder" in err.value.problem
+    inside = tmp_path / "inside"          # a link that stays inside the bundle is still fine
+    shutil.copytree(tiny_bundle, inside)
+    (inside / "manifest.json").rename(inside / "manifest-v1.json")
+    (inside / "manifest.json").symlink_to("manifest-v1.json")
+    assert load_bundle(inside).name == "tiny-test"

@@ -1,9 +1,11 @@
 """The embedding cache key: what makes a second run reuse a raster's tile embeddings, and what must not.
 
 Through run_job on a real GeoTIFF (a crop of the Kampala mosaic): the same inputs hit; an edited raster at the
-same path (other pixels, with the same size or the same modification time) and another model (another bundle,
+same path (other pixels, with the same size or the same modification time, or both: an edit in place whose
+time was set back) and another model (another bundle,
 another precision) miss and run the image encoder again. On the key itself: bands, stretch and every part of
-the grid (size, unit, overlap, edge, extent) change it.
+the grid (size, unit, overlap, edge, extent) change it, and so does an edit of any file GDAL reads for the
+raster (a VRT's source, the .aux.xml, the .msk).
 """
 
 from __future__ import annotations
@@ -217,3 +219,123 @@ def test_sizes_are_read_as_people_write_them():
             parse_size(bad)
     os.environ.pop("REMOTECLIP_CACHE_MAX", None)
     assert default_max_bytes() == DEFAULT_MAX_BYTES == 2 * 1024 ** 3
+
+
+def test_an_edit_in_place_whose_modification_time_is_set_back_misses(scene, tiny_bundle, data_dir, tmp_path):
+    cache = tmp_path / "cache"
+    first = _embed(scene, tiny_bundle, cache)
+    st = scene.stat()
+    _rewrite(scene, data_dir, 512)   # other pixels in place: same size, same inode
+    os.utime(scene, ns=(st.st_atime_ns, st.st_mtime_ns))   # as touch -r or a tool that keeps times
+    assert (scene.stat().st_size, scene.stat().st_mtime_ns, scene.stat().st_ino) == \
+        (st.st_size, st.st_mtime_ns, st.st_ino)
+    edited = _embed(scene, tiny_bundle, cache)
+    assert not _hit(edited)
+    assert not np.allclose(edited.embeddings, first.embeddings)
+    assert _hit(_embed(scene, tiny_bundle, cache))
+
+
+# ------------------------------------------------------------- every file GDAL reads for the raster
+
+def _raster_key(raster, cache) -> str:
+    with open_raster(raster) as src:
+        return cache.key(src, TileSpec(size=128), [1, 2, 3], Stretch(), "sha:fp32")
+
+
+def _edit_keeping_times(path: Path, edit) -> None:
+    """``edit(path)``, its modification time set back as it was."""
+    st = path.stat()
+    edit(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _replace_bytes(old: bytes, new: bytes):
+    def edit(path: Path):
+        data = path.read_bytes()
+        assert len(old) == len(new) and data.count(old) == 1
+        with open(path, "r+b") as f:   # in place, as an editor saving over the file
+            f.write(data.replace(old, new))
+    return edit
+
+
+def test_a_vrts_source_its_aux_xml_and_its_mask_are_part_of_the_key(scene, data_dir, tmp_path):
+    cache = EmbeddingCache(tmp_path / "cache")
+    # a VRT over the scene: editing the source (the VRT untouched) is another key
+    vrt = tmp_path / "scene.vrt"
+    gdal.BuildVRT(str(vrt), [str(scene)])
+    before = _raster_key(vrt, cache)
+    assert _raster_key(vrt, cache) == before
+    _edit_keeping_times(scene, lambda p: _rewrite(p, data_dir, 512))
+    assert _raster_key(vrt, cache) != before
+
+    # a nodata value set in the .aux.xml (the GeoTIFF untouched): an edit of it is another key
+    aux = Path(str(scene) + ".aux.xml")
+    aux.write_text('<PAMDataset><PAMRasterBand band="1"><NoDataValue>10</NoDataValue></PAMRasterBand></PAMDataset>')
+    assert gdal.Open(str(scene)).GetRasterBand(1).GetNoDataValue() == 10
+    before = _raster_key(scene, cache)
+    _edit_keeping_times(aux, _replace_bytes(b"<NoDataValue>10<", b"<NoDataValue>20<"))
+    assert gdal.Open(str(scene)).GetRasterBand(1).GetNoDataValue() == 20
+    assert _raster_key(scene, cache) != before
+
+    # an external mask (.msk): an edit of it is another key
+    gdal.SetConfigOption("GDAL_TIFF_INTERNAL_MASK", "NO")
+    try:
+        ds = gdal.Open(str(scene), gdal.GA_Update)
+        ds.CreateMaskBand(gdal.GMF_PER_DATASET)
+        ds.GetRasterBand(1).GetMaskBand().Fill(255)
+        ds = None
+    finally:
+        gdal.SetConfigOption("GDAL_TIFF_INTERNAL_MASK", None)
+    msk = Path(str(scene) + ".msk")
+    assert msk.is_file()
+    before = _raster_key(scene, cache)
+
+    def clear_a_corner(p):
+        ds = gdal.Open(str(p), gdal.GA_Update)
+        ds.GetRasterBand(1).WriteArray(np.zeros((16, 16), np.uint8))
+        ds = None
+    _edit_keeping_times(msk, clear_a_corner)
+    assert _raster_key(scene, cache) != before
+
+
+# ------------------------------------------------------------------------------------- damage
+
+def test_rows_moved_inside_an_entry_are_a_miss(tmp_path):
+    cache = EmbeddingCache(tmp_path / "cache", max_bytes=None)
+    kept, emb = np.arange(0, 40, 2), _unit(20, seed=3)
+    cache.save(_key(1), kept, emb)
+    got = cache.load(_key(1), n_grid=40, embed_dim=64)
+    assert got is not None and np.array_equal(got[1], emb)
+    npz = tmp_path / "cache" / f"{_key(1)}.npz"
+    with np.load(npz) as z:
+        check = z["check"]
+    # the rows of two tiles swapped, everything else as written (still sorted indices, unit vectors)
+    swapped = emb.copy()
+    swapped[[4, 5]] = emb[[5, 4]]
+    np.savez(npz, kept=kept, emb=swapped, check=check)
+    assert cache.load(_key(1), n_grid=40, embed_dim=64) is None
+
+
+def test_temporaries_of_killed_writers_go_when_the_cache_opens(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    day_ago = time.time() - 2 * 24 * 3600
+    gone = [folder / f".tmp-{dead}-k3y_9abc{_key(5)[-5:]}", folder / f".tmp-{dead}-abcd1234.json",
+            folder / ".tmp-a1b2c3d4x.npz"]                      # an earlier version's, two days old
+    stay = [folder / f".tmp-{os.getppid()}-abcd1234.npz",      # a writer that still runs
+            folder / ".tmp-e5f6g7h8x.npz",                      # an earlier version's, just written
+            folder / "notes.tmp-1-abcd1234.txt"]                # not a temporary of the cache
+    for p in gone + stay:
+        p.write_bytes(b"half an entry")
+    os.utime(gone[2], (day_ago, day_ago))
+    EmbeddingCache(folder)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in stay)
+    os.utime(stay[1], (day_ago, day_ago))
+    EmbeddingCache(folder).prune(10 ** 9)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in (stay[0], stay[2]))

@@ -1,4 +1,4 @@
-"""classify through core.jobs and the command line on real rasters: samples in another CRS, the report beside
+"""classify through core.pipeline and the command line on real rasters: samples in another CRS, the report beside
 the output, a saved classifier reused and refused, suggestions, the dense GeoTIFF, the cache (a classify after
 an embed reads no pixels), the output safety rules, and active learning on the Kampala mosaic with the demo
 model (labelling the suggested tiles makes the classified mosaic better)."""
@@ -358,3 +358,98 @@ def test_labelling_the_suggested_tiles_improves_the_classified_mosaic(data_dir, 
             cv_rises.append(cv[-1] - cv[0])
     assert min(rises) > 0.01 and np.mean(rises) > 0.1, rises
     assert len(cv_rises) >= 2 and min(cv_rises) > 0.05, cv_rises
+
+
+def _latin1_shapefile(path, points, classes, raster_crs):
+    """A Shapefile whose .dbf holds the classes as Latin-1 bytes and says no encoding (no .cpg, no LDID):
+    what older GIS software wrote."""
+    from osgeo import ogr
+
+    from core.tiles import srs_from
+
+    ds = ogr.GetDriverByName("ESRI Shapefile").CreateDataSource(str(path))
+    srs = srs_from(raster_crs)
+    lyr = ds.CreateLayer("samples", srs, ogr.wkbPoint, options=["ENCODING=ISO-8859-1"])
+    lyr.CreateField(ogr.FieldDefn("cls", ogr.OFTString))
+    for (x, y), cls in zip(points, classes, strict=True):
+        f = ogr.Feature(lyr.GetLayerDefn())
+        f.SetField("cls", cls)
+        f.SetGeometry(ogr.CreateGeometryFromWkt(f"POINT ({x!r} {y!r})"))
+        lyr.CreateFeature(f)
+    ds = None
+    path.with_suffix(".cpg").unlink(missing_ok=True)
+    dbf = bytearray(path.with_suffix(".dbf").read_bytes())
+    dbf[29] = 0   # no language driver id: nothing says the encoding
+    path.with_suffix(".dbf").write_bytes(bytes(dbf))
+    assert "café".encode("latin-1") in dbf
+    return path
+
+
+def test_a_latin1_shapefile_without_cpg_classifies_with_its_class_names(kampala, tiny_bundle, tmp_path, capsys):
+    """Class values that are Latin-1 bytes (GDAL hands them over as surrogates, which no file can hold): read
+    as the names they are, and the run writes them (it stopped with a TypeError in SetMetadataItem)."""
+    classes = ["café"] * 4 + ["forêt"] * 4
+    shp = _latin1_shapefile(tmp_path / "samples.shp", kampala["points"], classes, kampala["crs"])
+    assert read_samples(shp, "cls").class_names() == ["café", "forêt"]
+    out = tmp_path / "classes.gpkg"
+    rc, _, err = _run(capsys, "classify", kampala["raster"], "--samples", shp, "--class-field", "cls",
+                      "--model", tiny_bundle, "--tile-size", 256, "--no-cache", "-q", "-o", out)
+    assert rc == 0, err
+    _, feats = _features(out)
+    assert {f["label"] for f in feats} <= {"café", "forêt"} and feats
+
+
+def test_class_names_with_bytes_that_are_not_utf8_are_refused_typed():
+    """Surrogates reach a class name another way (the library, a UI): refused, typed, before any pixel."""
+    from core.errors import InvalidInput
+
+    with pytest.raises(InvalidInput) as err:
+        Samples(["POINT (1 2)", "POINT (3 4)"], ["caf\udce9", "for\udceat"])
+    assert err.value.param == "sample class" and "\ufffd" in err.value.problem
+
+
+def test_an_empty_or_unreadable_samples_file_says_so(tmp_path):
+    """A samples file with no feature says it has none (not that it lacks the class field); one whose bytes
+    cannot be read is SourceUnreadable, not 'not a vector file'; a readable file of another format is
+    InvalidInput."""
+    from osgeo import ogr, osr
+
+    from core.errors import InvalidInput, SourceUnreadable
+
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(4326)
+    for name in ("empty.geojson", "empty.gpkg"):
+        path = tmp_path / name
+        ds = ogr.GetDriverByName("GeoJSON" if name.endswith("json") else "GPKG").CreateDataSource(str(path))
+        lyr = ds.CreateLayer("s", srs, ogr.wkbPoint)
+        lyr.CreateField(ogr.FieldDefn("class", ogr.OFTString))
+        ds = None
+        with pytest.raises(InvalidInput) as err:
+            read_samples(path, "class")
+        assert "has no features" in err.value.problem and err.value.path == str(path)
+    # /proc/self/mem: a file that is there and whose bytes cannot be read (even by root)
+    with pytest.raises(SourceUnreadable) as err:
+        read_samples("/proc/self/mem", "class")
+    assert err.value.path == "/proc/self/mem" and "cannot be read" in err.value.problem
+    junk = tmp_path / "notes.gpkg"
+    junk.write_text("not a vector file")
+    with pytest.raises(InvalidInput) as err:
+        read_samples(junk, "class")
+    assert err.value.path == str(junk) and "not a vector file" in err.value.problem
+
+
+def test_a_deeply_nested_head_file_is_refused_as_not_a_classifier(kampala, tiny_bundle, tmp_path, capsys):
+    """--head with 100000 nested lists: json's RecursionError became a traceback; now InvalidInput with the
+    path, one line on the command line."""
+    from core.classify import Head
+    from core.errors import InvalidInput
+
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(InvalidInput) as err:
+        Head.read(path)
+    assert err.value.path == str(path) and "not a RemoteCLIP classifier" in err.value.problem
+    rc, _, err_text = _run(capsys, "classify", kampala["raster"], "--head", path, "--model", tiny_bundle,
+                           "--tile-size", 256, "--no-cache", "-q")
+    lines = [ln for ln in err_text.splitlines() if "error:" in ln]
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in err_text and "Fix:" in lines[0]

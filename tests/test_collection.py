@@ -1,4 +1,4 @@
-"""Many rasters, one job (core.collection): one layer with a source field, one output CRS, skipped and
+"""Many rasters, one job (core.pipeline): one layer with a source field, one output CRS, skipped and
 resumed rasters, the plan over the collection. Real GeoTIFFs (sheets cut from the Kampala mosaic, the
 Landsat scene in UTM), the demo bundle on onnxruntime."""
 
@@ -337,3 +337,103 @@ def test_a_collection_without_dask_never_imports_it(sheets, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_coded_text_columns_are_recoded_into_one_table(sheets, landsat, tiny_bundle):
+    """The per-raster coded text columns (top_labels, a code into the raster's own table of lists; top_scores,
+    made on read) joined into one collection: each raster's values are those of a run on it alone. The tables
+    of the rasters differ (checked), so codes kept as they were would read another raster's lists."""
+    from core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
+    from core.records import Categorical
+
+    rasters = [str(sheets[0]), str(sheets[5]), str(landsat)]
+    task = LabelTask(["buildings", "grass", "water", "road", "trees"], top_k=3)
+    run = RunOptions(model=str(tiny_bundle), cache_dir="")
+    tiles = TileSpec(size=64)
+    both = run_job(Job(raster=rasters, task=task, run=run, tiles=tiles))
+    alone = {r: run_job(Job(raster=r, task=task, run=run, tiles=tiles)) for r in rasters}
+    keys = ("row", "col", "label", "top_labels", "top_scores")
+    tables = [list(dict.fromkeys(a.records.column("top_labels"))) for a in alone.values()]
+    assert isinstance(alone[rasters[0]].records.columns["top_labels"], Categorical)
+    assert len({tuple(sorted(t)) for t in tables}) == len(tables)   # every raster has its own table
+    for r in rasters:
+        mine = [tuple(rec[k] for k in keys) for rec in both.records if rec["source"] == r]
+        assert mine == [tuple(rec[k] for k in keys) for rec in alone[r].records]
+
+
+def test_a_file_name_that_is_not_utf8_in_a_glob_is_skipped_and_named(sheets, tiny_bundle, tmp_path):
+    """One raster of a glob whose name holds bytes that are not UTF-8 (GDAL cannot open it): skipped like any
+    unreadable raster and named in the summary and the layer's metadata (it stopped the whole run); --strict
+    stops at it. Run as a user runs it: a process with the bytes in its argument and a real stdout."""
+    import shutil
+    import subprocess
+    import sys
+
+    from osgeo import ogr
+
+    folder = tmp_path / "sheets"
+    folder.mkdir()
+    for name in (b"a.tif", b"sc\xe8ne.tif", b"c.tif"):
+        shutil.copy(sheets[0], os.fsdecode(bytes(folder) + b"/" + name))
+    out = tmp_path / "out.gpkg"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+
+    def run(*extra):
+        proc = subprocess.run([sys.executable, "-m", "core", "label", str(folder / "*.tif"), "--labels", LABELS,
+                               "--model", str(tiny_bundle), "--tile-size", "64", "--no-cache", "-q", *extra],
+                              capture_output=True, env=env)
+        return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+
+    rc, stdout, err = run("-o", str(out))
+    assert rc == 0, err
+    assert "rasters: 2 in the output, 1 skipped" in stdout
+    assert f"skipped: {folder}/sc\ufffdne.tif: " in stdout and "not UTF-8" in stdout
+    ds = ogr.Open(str(out))
+    meta = json.loads(ds.GetLayer(0).GetMetadataItem("REMOTECLIP"))
+    assert [s["raster"] for s in meta["skipped"]] == [f"{folder}/sc\ufffdne.tif"]
+    assert {f["source"] for f in features(out)} == {str(folder / "a.tif"), str(folder / "c.tif")}
+    rc, _, err = run("--strict")
+    lines = [ln for ln in err.splitlines() if "error:" in ln]
+    assert rc == 2 and len(lines) == 1 and "--strict" in lines[0] and "Traceback" not in err
+
+
+def _grey(src: Path, dst: Path) -> Path:
+    """The raster's first band alone: a one-band sheet in a collection of RGB ones."""
+    import rasterio
+
+    with rasterio.open(src) as s:
+        prof = {**s.profile, "count": 1}
+        prof.pop("photometric", None)
+        with rasterio.open(dst, "w", **prof) as d:
+            d.write(s.read(1), 1)
+    return dst
+
+
+def _plan(rasters, bands, strict=False):
+    from core.pipeline import Job, LabelTask, RunOptions, TileSpec
+    from core.pipeline.plan import plan_rasters
+
+    return plan_rasters(Job(raster=[str(p) for p in rasters], task=LabelTask(LABELS.split(",")),
+                               run=RunOptions(model=str(DEMO)), tiles=TileSpec(size=64, bands=bands),
+                               strict=strict))
+
+
+def test_a_raster_the_bands_do_not_fit_is_skipped_but_bands_no_raster_has_are_an_error(sheets, tmp_path):
+    from core.errors import InvalidInput, SourceUnreadable
+
+    grey = _grey(sheets[1], tmp_path / "grey.tif")
+    gone = tmp_path / "gone.tif"
+    # a mixed collection: band 3 is the grey sheet's data problem, the RGB sheets fit
+    plans, state = _plan([sheets[0], grey, gone, sheets[2]], [3, 2, 1])
+    assert [p.path for p in plans] == [str(sheets[0]), str(sheets[2])]
+    assert [p for p, _ in state.skipped] == [str(gone), str(grey)]
+    with pytest.raises(InvalidInput) as err:
+        _plan([sheets[0], grey], [3, 2, 1], strict=True)
+    assert err.value.path == str(grey)
+    # a band no raster has is a bad --bands: its own error, not "none of the rasters can be processed"
+    with pytest.raises(InvalidInput) as err:
+        _plan([sheets[0], gone, sheets[2]], [9, 2, 1])
+    assert err.value.param == "bands"
+    # only unreadable rasters: the collection cannot be read
+    with pytest.raises(SourceUnreadable):
+        _plan([gone, tmp_path / "gone2.tif"], [3, 2, 1])

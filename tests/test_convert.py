@@ -453,6 +453,19 @@ def test_unknown_architectures_name_the_shapes_found():
         detect_architecture({"fc.weight": np.zeros((2, 2))})
 
 
+def test_finding_an_architecture_returns_none_where_detecting_it_raises():
+    """The lookup check_state_dict guesses with: None for a checkpoint of no known architecture (or no CLIP
+    at all), not an error taken as "not found"; detect_architecture is the same lookup, raising."""
+    from core.convert.architectures import find_architecture
+    from core.errors import ModelError
+
+    assert find_architecture(_shapes_only("ViT-B-16")) == "ViT-B-16"
+    for sd in (_shapes_only("RN101"), {"fc.weight": np.zeros((2, 2))}):
+        assert find_architecture(sd) is None
+        with pytest.raises(ModelError):
+            detect_architecture(sd)
+
+
 def test_wrong_or_modified_architecture_is_refused_with_keys(tmp_path):
     from core.convert.architectures import resolve
 

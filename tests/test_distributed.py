@@ -1,4 +1,4 @@
-"""A collection job on Dask (core.distributed): a LocalCluster of 2 worker processes on loopback gives the
+"""A collection job on Dask (core.pipeline.distributed): a LocalCluster of 2 worker processes on loopback gives the
 single process's output feature for feature (whole rasters and blocks of one), a worker killed mid-job
 still gives the complete output, a COG over HTTP runs on the cluster, and a cancel cancels the futures.
 Real GeoTIFFs, the demo bundle on onnxruntime in every worker."""
@@ -267,7 +267,7 @@ def test_a_tls_cluster_runs_the_job_with_dasks_configured_certificates(sheets, t
         assert address.startswith("tls://127.0.0.1:")
         with pytest.raises(InvalidInput) as err:
             connect(address)
-        assert err.value.param == "--dask"
+        assert err.value.param == "dask"
         one = tmp_path / "one.gpkg"
         _label(capsys, sheets[6:], one)
         with dask.config.set({"distributed.comm.tls.ca-file": c["ca"], "distributed.comm.tls.client.cert": c["cert"],

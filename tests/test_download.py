@@ -10,7 +10,7 @@ import pytest
 from loopback import FileServer, Proxy
 
 from core.download import download, sha256_of_headers, urllib_transport, verify_file
-from core.errors import Cancelled, RemoteClipError
+from core.errors import Cancelled, DownloadFailed, RemoteClipError, VerificationFailed
 
 PAYLOAD = os.urandom(1_000_003)          # not a multiple of the chunk size
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -160,3 +160,57 @@ def test_local_copies_are_checked_in_place_and_never_removed(tmp_path):
     assert f.read_bytes() == PAYLOAD
     out = download(f.as_uri(), tmp_path / "dl" / "copy.pt", sha256=SHA)   # file:// through the downloader
     assert out.read_bytes() == PAYLOAD
+
+
+# ------------------------------------------------------------------- a .part is verified before the rename
+
+def _wrong_bytes() -> bytes:
+    return PAYLOAD[:-7] + b"garbage"         # the right size, not the right file
+
+
+def test_a_complete_part_with_wrong_bytes_is_refused_and_removed(server, tmp_path):
+    (tmp_path / "ckpt.pt.part").write_bytes(_wrong_bytes())
+    with pytest.raises(VerificationFailed) as err:
+        download(server.url("ckpt.pt"), tmp_path / "ckpt.pt", sha256=SHA, size=len(PAYLOAD), record={"tool": "t"})
+    assert err.value.path == str(tmp_path / "ckpt.pt")
+    assert server.requests == [] and list(tmp_path.iterdir()) == []
+
+
+def test_a_complete_part_is_checked_against_the_servers_sha256_too(server, tmp_path):
+    # no sha256 from the caller: the server's 416 ("you have it all") comes after Hugging Face's redirect,
+    # whose X-Linked-Etag still names the file's sha256
+    (tmp_path / "ckpt.pt.part").write_bytes(_wrong_bytes())
+    with pytest.raises(VerificationFailed):
+        download(server.url("ckpt.pt", "resolve"), tmp_path / "ckpt.pt", record={"tool": "t"})
+    assert server.range_starts() == [len(PAYLOAD), len(PAYLOAD)]      # the redirect, then the store's 416
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_resumed_part_whose_start_is_wrong_is_refused_and_removed(server, tmp_path):
+    (tmp_path / "ckpt.pt.part").write_bytes(_wrong_bytes()[:-500_000] + b"x")   # a prefix that is not one
+    with pytest.raises(VerificationFailed):
+        download(server.url("ckpt.pt"), tmp_path / "ckpt.pt", size=len(PAYLOAD))
+    assert server.range_starts() == [len(PAYLOAD) - 500_000 + 1]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_redirect_loop_is_named_as_one(server, tmp_path):
+    with pytest.raises(DownloadFailed) as err:
+        download(server.url("ckpt.pt", "loop"), tmp_path / "ckpt.pt", retry_wait=0)
+    assert "redirects in a loop" in err.value.problem and "mirror" in err.value.fix
+    assert "try again later" not in str(err.value).lower()
+    assert not (tmp_path / "ckpt.pt").exists()
+
+
+def test_a_stalled_download_stops_after_the_read_timeout_and_keeps_the_part(server, tmp_path):
+    import time
+
+    server.latency = 3.0          # one 50 kB chunk, then nothing for 3 s
+    t0 = time.perf_counter()
+    with pytest.raises(DownloadFailed) as err:
+        download(server.url("ckpt.pt"), tmp_path / "ckpt.pt", read_timeout=0.4, retry_wait=0)
+    took = time.perf_counter() - t0
+    assert took < 2.0, took                          # not retried: a stall is not a dropped connection
+    assert "no data for 0.4 s" in err.value.problem and err.value.path == str(tmp_path / "ckpt.pt.part")
+    assert (tmp_path / "ckpt.pt.part").read_bytes() == PAYLOAD[:50_000]
+    assert len(server.requests) == 1 and not (tmp_path / "ckpt.pt").exists()

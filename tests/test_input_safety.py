@@ -22,7 +22,7 @@ from gdal_file_server import FileServer
 from osgeo import gdal, osr
 
 from core.cache import EmbeddingCache
-from core.errors import RemoteClipError
+from core.errors import InvalidInput, ModelError
 from core.pipeline import CountTask, Job, LabelTask, RunOptions, SearchTask, TileSpec, plan_job, run_job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,8 +83,9 @@ def _write_rgb(path, width=300, height=300, gt=(500000.0, 1.0, 0.0, 100000.0, 0.
 def test_a_raster_with_a_crs_but_no_geotransform_is_refused(tmp_path, tiny_bundle):
     # before: labelled in pixel coordinates tagged as EPSG:4326, upside down
     path = _write_rgb(tmp_path / "nogt.tif", gt=None, epsg=4326)
-    with pytest.raises(RemoteClipError, match="has no geotransform: its pixels have no place on the map"):
+    with pytest.raises(InvalidInput, match="has no geotransform") as e:
         run_job(_job(path, tiny_bundle, tiles=TileSpec(size=64)))
+    assert e.value.path == str(path)
     err = _one_error_line(_cli("label", path, "--labels", "a,b", "--model", tiny_bundle, "--no-cache"))
     assert "Georeferencer" in err and "gdal_edit" not in err
 
@@ -256,40 +257,43 @@ def test_an_empty_templates_file_is_refused_not_replaced_by_the_defaults(tmp_pat
 
 
 def test_top_labels_cannot_be_ambiguous():
-    with pytest.raises(RemoteClipError, match="contains '\\|'"):
+    with pytest.raises(InvalidInput) as e:
         LabelTask(["road|street", "water"])
+    assert e.value.param == "labels"
 
 
 # ----------------------------------------------------------------------------- library dataclasses
 
-@pytest.mark.parametrize("make,match", [
-    (lambda: LabelTask("cat"), "single string, not a list"),            # before: classes c, a, t
-    (lambda: LabelTask(["water"]), "Only one label"),
-    (lambda: LabelTask(["a", "b"], top_k=0), "top_k 0 is out of range"),
-    (lambda: LabelTask(["a", "b"], threshold=1.5), "threshold"),
-    (lambda: LabelTask(["a", "b"], templates="a photo of {}"), "single string"),
-    (lambda: LabelTask(["a", "b"], templates=[]), "templates list is empty"),
-    (lambda: SearchTask("pools", top_k="abc"), "top_k 'abc' is not a whole number"),
-    (lambda: SearchTask("pools", top_k=2.5), "not a whole number"),
-    (lambda: SearchTask("  "), "query is empty"),
-    (lambda: SearchTask("pools", threshold=float("nan")), "not a finite number"),
-    (lambda: CountTask("car", max_count=True), "max_count True"),
-    (lambda: CountTask("car", max_count=101), "out of range"),
-    (lambda: CountTask("car", templates=["no count here"]), "{count}"),
-    (lambda: RunOptions("m", batch_size=0), "Batch size 0"),
-    (lambda: RunOptions("m", device="tpu"), "Unknown device"),
-    (lambda: RunOptions("m", precision="int4"), "Unknown precision"),
-    (lambda: TileSpec(size=224.5), "not a whole number of pixels"),
-    (lambda: TileSpec(size="big"), "not a number"),
-    (lambda: TileSpec(bands="3,2,1"), "not a list of band numbers"),
-    (lambda: Job(raster=None, task=LabelTask(["a", "b"]), run=RunOptions("m")), "No raster was given"),
-    (lambda: Job(raster="x.tif", task="label", run=RunOptions("m")), "Unknown task str"),
-    (lambda: Job(raster="x.tif", task=LabelTask(["a", "b"]), run={"model": "m"}), "not RunOptions"),
-    (lambda: Job(raster="x.tif", task=LabelTask(["a", "b"]), run=RunOptions("m"), max_tiles=0), "max_tiles"),
+@pytest.mark.parametrize("make,match,param", [
+    (lambda: LabelTask("cat"), "single string, not a list", "labels"),            # before: classes c, a, t
+    (lambda: LabelTask(["water"]), "Only one label", "labels"),
+    (lambda: LabelTask(["a", "b"], top_k=0), "top_k 0 is out of range", None),
+    (lambda: LabelTask(["a", "b"], threshold=1.5), "threshold", None),
+    (lambda: LabelTask(["a", "b"], templates="a photo of {}"), "single string", None),
+    (lambda: LabelTask(["a", "b"], templates=[]), "templates list is empty", None),
+    (lambda: SearchTask("pools", top_k="abc"), "top_k 'abc' is not a whole number", None),
+    (lambda: SearchTask("pools", top_k=2.5), "not a whole number", None),
+    (lambda: SearchTask("  "), "query is empty", "query"),
+    (lambda: SearchTask("pools", threshold=float("nan")), "not a finite number", None),
+    (lambda: CountTask("car", max_count=True), "max_count True", None),
+    (lambda: CountTask("car", max_count=101), "out of range", None),
+    (lambda: CountTask("car", templates=["no count here"]), "{count}", None),
+    (lambda: RunOptions("m", batch_size=0), "Batch size 0", None),
+    (lambda: RunOptions("m", device="tpu"), "Unknown device", None),
+    (lambda: RunOptions("m", precision="int4"), "Unknown precision", None),
+    (lambda: TileSpec(size=224.5), "not a whole number of pixels", "size"),
+    (lambda: TileSpec(size="big"), "not a number", None),
+    (lambda: TileSpec(bands="3,2,1"), "not a list of band numbers", "bands"),
+    (lambda: Job(raster=None, task=LabelTask(["a", "b"]), run=RunOptions("m")), "No raster was given", "raster"),
+    (lambda: Job(raster="x.tif", task="label", run=RunOptions("m")), "Unknown task str", "task"),
+    (lambda: Job(raster="x.tif", task=LabelTask(["a", "b"]), run={"model": "m"}), "not RunOptions", "run"),
+    (lambda: Job(raster="x.tif", task=LabelTask(["a", "b"]), run=RunOptions("m"), max_tiles=0), "max_tiles", None),
 ])
-def test_the_librarys_dataclasses_are_checked_when_made(make, match):
-    with pytest.raises(RemoteClipError, match=re.escape(match) if "{" in match else match):
+def test_the_librarys_dataclasses_are_checked_when_made(make, match, param):
+    """A bad value is an InvalidInput naming its parameter (where one is named; else the words say which)."""
+    with pytest.raises(InvalidInput, match=None if param else re.escape(match) if "{" in match else match) as e:
         make()
+    assert e.value.param == param
 
 
 def test_values_typed_into_a_ui_are_read_as_numbers():
@@ -301,7 +305,7 @@ def test_values_typed_into_a_ui_are_read_as_numbers():
 def test_a_field_changed_after_construction_is_checked_again_by_run_job(tiny_bundle, rgb_byte):
     job = _job(rgb_byte, tiny_bundle)
     job.task.top_k = "many"
-    with pytest.raises(RemoteClipError, match="top_k 'many'"):
+    with pytest.raises(InvalidInput, match="top_k 'many'"):
         run_job(job)
 
 
@@ -347,8 +351,9 @@ def test_a_symlink_in_a_bundle_may_not_lead_outside_it(tmp_path, tiny_bundle, rg
     elsewhere = tmp_path / "elsewhere.onnx"
     shutil.move(out / "image_fp32.onnx", elsewhere)
     (out / "image_fp32.onnx").symlink_to(elsewhere)
-    with pytest.raises(RemoteClipError, match="leads outside the bundle folder"):
+    with pytest.raises(ModelError, match="leads outside the bundle folder") as e:
         run_job(_job(rgb_byte, out))
+    assert e.value.path == str(out)
 
 
 def test_a_malformed_manifest_is_one_line(tmp_path, tiny_bundle, rgb_byte):
@@ -380,8 +385,9 @@ def test_resume_never_runs_code_from_a_crafted_checkpoint(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "checkpoint_last.pt"
     torch.save({"model": {}, "epoch": 0, "step": 0, "x": _Payload(marker)}, path)
-    with pytest.raises(RemoteClipError, match="holds objects a training checkpoint never has"):
+    with pytest.raises(ModelError) as e:
         load_resume_state(path)
+    assert e.value.path == str(path)
     assert not marker.exists()
     # what the tool itself writes still loads
     torch.save({"model": {"w": torch.ones(2)}, "epoch": 1, "step": 7, "rng": {"python": (3, (1, 2), None)}},
@@ -407,8 +413,9 @@ def test_the_tile_limit_is_the_jobs_and_yes_lifts_it(tiny_bundle, rgb_byte, tmp_
     # 7 x 6 tiles are planned; the 2 in the nodata corners of the scene are dropped after reading
     job = _job(rgb_byte, tiny_bundle, tiles=TileSpec(size=128), max_tiles=41)
     assert plan_job(job).n_tiles == 42
-    with pytest.raises(RemoteClipError, match="42 tiles of 128 x 128 px, above the 41 tiles"):
+    with pytest.raises(InvalidInput, match="42 tiles of 128 x 128 px") as e:
         run_job(job)
+    assert e.value.param == "max_tiles"
     job.max_tiles = 42
     assert run_job(job).n_tiles == 40
     args = cli._parser().parse_args(["label", rgb_byte, "--labels", "a,b", "--yes"])

@@ -163,3 +163,64 @@ def test_training_export_int8_measures_on_real_images(tmp_path, data_dir):
     agree = load_bundle(out).manifest["quantization"]["int8"]["agreement_vs_fp32"]
     assert agree["images"] == "RSSCN7 x140 (real)" and agree["n_images"] == 140 and agree["n_texts"] == 14
     assert agree["top1_agree"] >= 0.9
+
+
+def test_the_recorded_agreement_is_int8_measured_against_fp32(tiny_bundle, tmp_path):
+    """The manifest's agreement is what the int8 graphs give against the fp32 ones, recomputed here from the
+    written graphs on the same inputs (a slip measuring fp32 against itself records a perfect 1.0)."""
+    import onnxruntime as ort
+
+    from core.convert import CHECK_PROMPTS, check_images
+    from core.quantize import quantize_bundle
+    from core.tokenizer import Tokenizer
+
+    b = load_bundle(quantize_bundle(tiny_bundle, tmp_path / "both-int8", text="dynamic"))
+    agree = b.manifest["quantization"]["int8"]["agreement_vs_fp32"]
+    pixels = check_images(b.config.image.size[0], 16)
+    ids = np.asarray(Tokenizer.from_bundle(b)(CHECK_PROMPTS), np.int64)
+
+    def run(kind, precision, name, x):
+        sess = ort.InferenceSession(str(b.graph_path(kind, precision)), providers=["CPUExecutionProvider"])
+        return sess.run(None, {name: x})[0].astype(np.float64)
+
+    def cos(a, c):
+        return (a * c).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(c, axis=1)
+
+    img32, img8 = (run("image", p, "pixel_values", pixels) for p in ("fp32", "int8"))
+    txt32, txt8 = (run("text", p, "input_ids", ids) for p in ("fp32", "int8"))
+    assert b.graph_path("text", "int8") != b.graph_path("text", "fp32")
+    image_cos, text_cos = cos(img32, img8), cos(txt32, txt8)
+    assert image_cos.min() < 0.99999 and text_cos.min() < 0.99999      # int8 is not fp32 here
+    assert agree["image_cos_min"] == pytest.approx(image_cos.min(), abs=2e-6)
+    assert agree["image_cos_mean"] == pytest.approx(image_cos.mean(), abs=2e-6)
+    assert agree["text_cos_min"] == pytest.approx(text_cos.min(), abs=2e-6)
+    top1 = ((img32 @ txt32.T).argmax(1) == (img8 @ txt8.T).argmax(1)).mean()
+    assert agree["top1_agree"] == pytest.approx(top1, abs=1e-4)
+    assert agree["n_images"] == 16 and agree["n_texts"] == len(CHECK_PROMPTS)
+
+
+def test_int8_graphs_that_disagree_with_fp32_are_used_with_a_warning(int8_bundle, data_dir, tmp_path, capsys):
+    from core.bundle import INT8_USABLE_TOP1
+    from core.cli import main
+
+    z20 = str(data_dir / "orthomosaic" / "kampala_oam_z20_mosaic_1536x1024.tif")
+    recorded = load_bundle(int8_bundle).manifest["quantization"]["int8"]["agreement_vs_fp32"]["top1_agree"]
+    assert recorded >= INT8_USABLE_TOP1
+    poor = tmp_path / "poor-int8"
+    shutil.copytree(int8_bundle, poor)
+    m = json.loads((poor / "manifest.json").read_text())
+    m["quantization"]["int8"]["agreement_vs_fp32"]["top1_agree"] = 0.1
+    (poor / "manifest.json").write_text(json.dumps(m))
+
+    def warned(model, precision, raster=z20):
+        run = RunOptions(model=str(model), device="cpu", precision=precision, cache_dir="")
+        res = run_job(Job(raster=raster, task=LabelTask(["trees", "road"]), run=run, tiles=TileSpec(size=512)))
+        return [w for w in res.warnings if "int8 graphs" in w]
+
+    assert warned(int8_bundle, "int8") == [] and warned(poor, "fp32") == []
+    (w,) = warned(poor, "int8")
+    assert "only 10%" in w and "fp32" in w
+    assert len(warned(poor, "int8", [z20, z20.replace("z20_mosaic_1536x1024", "z21_mosaic_3072x2048")])) == 1
+    assert main(["label", z20, "--labels", "trees,road", "--model", str(poor), "--precision", "int8",
+                 "--tile-size", "512", "--no-cache", "-q"]) == 0
+    assert "warning: The int8 graphs of" in capsys.readouterr().out

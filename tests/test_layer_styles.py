@@ -62,6 +62,32 @@ def test_a_dissolved_label_layer_counts_tiles_from_n_tiles(rc, qgis_new_project,
     assert _legend(plain) == ["buildings (32 tiles)", "grass (2 tiles)"]
 
 
+def test_class_layers_are_drawn_by_the_field_their_task_s_style_names(rc, qgis_new_project, mosaic, tmp_path):
+    """A task whose classes are in another field than ``label`` (Style.field) gets its categories and legend
+    from that field; the ``label`` field beside it is not read."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from remoteclip_qgis.core.tasks import TASKS, Style, Task, register
+    from remoteclip_qgis.layers import add_result_layer
+
+    @dataclass
+    class ZoneTask(Task):
+        kind: ClassVar[str] = "zone"
+        style: ClassVar[Style] = Style("categories", "zone")
+
+    values = {(0, c): {"zone": "harbour" if c < 3 else "market", "label": "water"} for c in range(5)}
+    records, crs = _grid_records(mosaic, 128, values)
+    uri = _write(tmp_path, "zones", records, [("row", "int"), ("col", "int"), ("zone", "str"), ("label", "str")], crs)
+    register(ZoneTask)
+    try:
+        layer = add_result_layer(uri, "zone", "zones")
+    finally:
+        del TASKS["zone"]
+    assert layer.renderer().classAttribute() == "zone"
+    assert _legend(layer) == ["harbour (3 tiles)", "market (2 tiles)"]
+
+
 def test_count_legends_name_the_object_and_the_cap(rc, qgis_new_project, mosaic, tmp_path):
     from remoteclip_qgis.layers import add_result_layer
 

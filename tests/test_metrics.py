@@ -145,3 +145,44 @@ def test_counting_accuracy_by_hand():
     r = metrics.counting_accuracy([1, 3, 5, 10], [1, 2, 7, 10])
     # exact: 1 and 10 -> 2/4; within 1: 1, 3 vs 2, 10 -> 3/4; MAE (0 + 1 + 2 + 0) / 4
     assert r == {"accuracy": 0.5, "within_1": 0.75, "mae": 0.75, "n": 4}
+
+
+# ------------------------------------------------------------------------------- evaluate: bad input
+
+def test_evaluate_refuses_a_decompression_bomb_and_a_garbage_split_file(tmp_path, tiny_bundle, data_dir, capsys):
+    """A 400-megapixel PNG in the dataset (PIL's DecompressionBombError) and a --split-file that is not JSON
+    (JSONDecodeError) or not a split: typed errors naming the file, one line from main, exit 2."""
+    import shutil
+
+    from PIL import Image
+
+    from core.errors import InvalidInput
+    from training import evaluate
+
+    big = tmp_path / "big.png"
+    Image.new("1", (20_000, 20_000)).save(big)   # 400 Mpx, a few kB of zeros
+    with pytest.raises(InvalidInput) as err:
+        evaluate.open_rgb(big)
+    assert err.value.path == str(big) and "too large" in err.value.problem
+    folder = tmp_path / "scenes"
+    for cls in ("grass", "forest"):
+        (folder / cls).mkdir(parents=True)
+        for i, src in enumerate(sorted((data_dir / "scenes" / "rsscn7" / "aGrass").glob("*.jpg"))[:2]):
+            shutil.copy(src, folder / cls / f"{i}.jpg")
+    shutil.copy(big, folder / "forest" / "2.png")
+    capsys.readouterr()
+    assert evaluate.main(["--bundle", str(tiny_bundle), "--zeroshot", str(folder)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "too large" in lines[0] and "Fix:" in lines[0]
+    (folder / "forest" / "2.png").unlink()
+    for name, text in (("garbage.json", "{not json"), ("list.json", "[1, 2]"), ("numbers.json", '{"test": [1]}'),
+                       ("latin1.json", b"\xe9\xe9")):
+        split = tmp_path / name
+        split.write_bytes(text if isinstance(text, bytes) else text.encode())
+        with pytest.raises(InvalidInput) as err:
+            evaluate.load_split(folder, split, "test")
+        assert err.value.path == str(split) and err.value.param == "split_file"
+    assert evaluate.main(["--bundle", str(tiny_bundle), "--zeroshot", str(folder), "--split-file",
+                          str(tmp_path / "garbage.json")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "is not a split" in lines[0] and "--make-split" in lines[0]

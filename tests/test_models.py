@@ -11,7 +11,8 @@ import pytest
 
 from core import catalog as cat
 from core.cli import main
-from core.errors import RemoteClipError
+from core.errors import OutputRefused, RemoteClipError
+from core.models import remove as cat_remove
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -179,3 +180,51 @@ def test_model_by_name_runs_a_pulled_model_and_names_the_pull_command_otherwise(
     assert "4 tiles" in out
     rc, _, err = _run(capsys, "label", mosaic, "--model", "no-such-model", "--labels", "a,b", "-q")
     assert rc == 2 and "Model bundle not found: no-such-model" in err
+
+
+# ------------------------------------------------------------------------- the models folder is a fence
+
+def test_confined_follows_links_and_refuses_what_leads_outside(models, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (models / "downloads").mkdir()
+    assert cat.confined(models / "downloads" / "a.pt", models) == models / "downloads" / "a.pt"
+    assert cat.confined(models / "not-yet" / "b.pt", models) == models / "not-yet" / "b.pt"
+    (models / "linked").symlink_to(outside, target_is_directory=True)
+    for path in (models / "linked" / "a.pt", models / "linked", models / "downloads" / ".." / ".." / "x",
+                 models, models / "downloads" / ".."):
+        with pytest.raises(OutputRefused) as err:
+            cat.confined(path, models)
+        assert err.value.path == str(path)
+    # the models folder may itself be a link: what matters is where it leads
+    alias = tmp_path / "alias"
+    alias.symlink_to(models, target_is_directory=True)
+    assert cat.confined(alias / "downloads" / "a.pt", alias) == alias / "downloads" / "a.pt"
+
+
+def test_plain_names_are_single_components():
+    for ok in ("RemoteCLIP-ViT-B-32", "RS5M_ViT-B-32.pt", "a..b", ".hidden"):
+        assert cat.is_plain_name(ok), ok
+    for bad in ("", " ", ".", "..", "../x", "a/b", "a\\b", "C:x", "/abs", "a\0b", None, 3):
+        assert not cat.is_plain_name(bad), bad
+
+
+def test_remove_deletes_nothing_through_a_link_out_of_the_models_folder(models, tiny_bundle, tmp_path, capsys):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    entry = cat.load_catalog(models)["RemoteCLIP-RN50"]
+    dl = outside / cat.download_path(entry, models).name
+    dl.write_bytes(b"someone's checkpoint")
+    (outside / (dl.name + ".json")).write_text(json.dumps({"tool": cat.TOOL}))
+    (models / "downloads").symlink_to(outside, target_is_directory=True)
+    before = sorted(outside.iterdir())
+    with pytest.raises(OutputRefused):
+        cat_remove("RemoteCLIP-RN50", models)
+    assert sorted(outside.iterdir()) == before and dl.read_bytes() == b"someone's checkpoint"
+    # a bundle folder that is a link to a bundle elsewhere, marked as ours
+    theirs = _copy_bundle(tiny_bundle, tmp_path / "their-bundle", mark=True)
+    (models / "downloads").unlink()
+    (models / "RemoteCLIP-ViT-B-32").symlink_to(theirs, target_is_directory=True)
+    rc, _, err = _run(capsys, "models", "remove", "RemoteCLIP-ViT-B-32")
+    assert rc == 2 and "leads outside the models folder" in err and err.count("\n") == 1
+    assert (theirs / "manifest.json").is_file()

@@ -4,8 +4,11 @@ converted by core.convert (no torch) and used by `remoteclip label` on a real ra
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,7 @@ from loopback import FileServer
 
 from core import catalog as cat
 from core.cli import main
-from core.errors import Cancelled, RemoteClipError
+from core.errors import Cancelled, ModelError, OutputRefused, RemoteClipError, SourceUnreadable, WriteFailed
 
 
 def _run(capsys, *argv):
@@ -176,6 +179,83 @@ def test_convert_a_checkpoint_the_user_has(models, tiny_ckpt, tmp_path, capsys):
     assert rc == 2 and err.count("\n") == 1      # an existing bundle is never replaced
 
 
+def test_convert_replaces_a_bundle_only_with_overwrite(models, tiny_ckpt, tmp_path, capsys):
+    out_dir = tmp_path / "mine"
+    assert _run(capsys, "models", "convert", tiny_ckpt, "--out", out_dir, "-q")[0] == 0
+    stamp = (out_dir / "manifest.json").stat().st_mtime_ns
+    rc, _, err = _run(capsys, "models", "convert", tiny_ckpt, "--out", out_dir, "-q")
+    assert rc == 2 and "--overwrite" in err and (out_dir / "manifest.json").stat().st_mtime_ns == stamp
+    rc, _, err = _run(capsys, "models", "convert", tiny_ckpt, "--out", out_dir, "--name", "again", "--overwrite", "-q")
+    assert rc == 0, err
+    assert json.loads((out_dir / "manifest.json").read_text())["name"] == "again"
+
+
+def test_a_checkpoint_that_is_not_a_regular_file_is_named_so(models, tmp_path, capsys):
+    from core.convert.checkpoint import read_checkpoint
+    from core.models import convert
+
+    last = tmp_path / "checkpoint_last.pt"
+    last.symlink_to("/dev/zero")
+    folder = tmp_path / "a-folder.pt"
+    folder.mkdir()
+    for path in (last, folder):
+        for call in (lambda p: convert(p, tmp_path / "out"), read_checkpoint):
+            with pytest.raises(SourceUnreadable) as err:
+                call(path)
+            assert err.value.path == str(path) and "not a regular file" in err.value.problem
+        rc, _, err_text = _run(capsys, "models", "convert", path, "--out", tmp_path / "out", "-q")
+        assert rc == 2 and "not a regular file" in err_text and err_text.count("\n") == 1
+    user_catalog(models, entry())
+    with pytest.raises(SourceUnreadable):
+        from core.models import pull
+
+        pull("Tiny-RS", url=str(last))
+    assert not (tmp_path / "out").exists() and not (models / "Tiny-RS").exists()
+
+
+@contextlib.contextmanager
+def _without_write_access():
+    """Permissions bind only a user that is not root: as root (CI containers), act as nobody meanwhile."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.setegid(65534)
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+def test_a_read_only_models_folder_is_one_clear_error(tmp_path, capsys, monkeypatch):
+    import tempfile
+
+    from core.models import pull
+
+    folder = Path(tempfile.mkdtemp(prefix="ro-models-"))   # in /tmp itself: tmp_path lies in a folder only root may enter
+    try:
+        user_catalog(folder, entry(), entry("Tiny-B"))
+        marked = folder / "Tiny-RS"
+        marked.mkdir()
+        (marked / "manifest.json").write_text(json.dumps({"format": "remoteclip-onnx-bundle", "source": {
+            "tool": "remoteclip models pull"}}))
+        folder.chmod(0o555)
+        monkeypatch.setenv("REMOTECLIP_MODELS", str(folder))
+        with FileServer({"tiny.pt": b"x" * 5000}) as srv:
+            with _without_write_access(), pytest.raises(WriteFailed) as err:
+                pull("Tiny-B", url=srv.url("tiny.pt"))
+            assert srv.requests == []
+        assert err.value.path == str(folder) and "models folder" in err.value.problem
+        with _without_write_access():
+            rc, _, err_text = _run(capsys, "models", "remove", "Tiny-RS")
+        assert rc == 2 and "Cannot remove" in err_text and err_text.count("\n") == 1
+        assert (marked / "manifest.json").is_file()
+    finally:
+        folder.chmod(0o755)
+        shutil.rmtree(folder)
+
+
 def test_pull_refuses_a_model_that_is_already_there(models, tiny_ckpt):
     from core.models import pull
 
@@ -197,3 +277,65 @@ def test_vit_b_32_end_to_end(models, tmp_path, mosaic, capsys):
                         "--tile-size", 224, "--no-cache", "-q")
     assert rc == 0, err
     assert "35 tiles" in out
+
+
+# ------------------------------------------------------------------------- the models folder is a fence
+
+def _tree(root: Path) -> dict:
+    """Every path under ``root`` with its bytes (files) or None (folders), symlinks not followed."""
+    return {p: (p.read_bytes() if p.is_file() and not p.is_symlink() else None) for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("hostile", [
+    {"file": "../../../../victim.txt"},
+    {"file": "../victim.txt"},
+    {"name": "../../escape"},
+    {"file": "/absolute-victim.txt"},
+    {"urls": ["https://mirror.example/..%2F..%2F..%2Fvictim.txt"]},      # the file name taken from the URL
+])
+def test_a_hostile_catalogue_is_refused_when_read_and_writes_nothing(models, tmp_path, capsys, hostile):
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"the user's file")
+    user_catalog(models, {**entry(), **hostile})
+    before = _tree(tmp_path)
+    with pytest.raises(ModelError) as err:
+        cat.load_catalog(models)
+    assert err.value.path == str(models / "catalog.json")
+    field = "name" if "name" in hostile else "file"
+    assert f"has {field} " in err.value.problem
+    with FileServer({"tiny.pt": b"not a checkpoint " * 1000, "victim.txt": b"downloaded bytes"}) as srv:
+        for name in (hostile.get("name", "Tiny-RS"), "Tiny-RS"):
+            rc, _, err_text = _run(capsys, "models", "pull", name, "--url", srv.url("victim.txt"), "-q")
+            assert rc == 2 and "not a plain file name" in err_text and err_text.count("\n") == 1
+        assert srv.requests == []
+    assert victim.read_bytes() == b"the user's file"
+    assert _tree(tmp_path) == before
+
+
+def test_pull_writes_nothing_through_a_link_out_of_the_models_folder(models, tmp_path):
+    from core.models import pull
+
+    user_catalog(models, entry())
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (models / "downloads").symlink_to(outside, target_is_directory=True)
+    with FileServer({"tiny.pt": b"x" * 5000}) as srv:
+        with pytest.raises(OutputRefused) as err:
+            pull("Tiny-RS", url=srv.url("tiny.pt"))
+        assert err.value.path == str(models / "downloads" / "Tiny-RS--tiny.pt")
+        assert list(outside.iterdir()) == [] and srv.requests == []
+        # a .part linked to a file elsewhere is not appended to either
+        (models / "downloads").unlink()
+        (models / "downloads").mkdir()
+        victim = tmp_path / "victim.txt"
+        victim.write_bytes(b"keep")
+        (models / "downloads" / "Tiny-RS--tiny.pt.part").symlink_to(victim)
+        with pytest.raises(OutputRefused):
+            pull("Tiny-RS", url=srv.url("tiny.pt"))
+        assert victim.read_bytes() == b"keep" and srv.requests == []
+        # the bundle folder itself: a dangling link named like the model
+        (models / "downloads" / "Tiny-RS--tiny.pt.part").unlink()
+        (models / "Tiny-RS").symlink_to(tmp_path / "new-bundle", target_is_directory=True)
+        with pytest.raises(OutputRefused):
+            pull("Tiny-RS", url=srv.url("tiny.pt"))
+        assert not (tmp_path / "new-bundle").exists() and srv.requests == []

@@ -1,4 +1,4 @@
-"""Outputs never destroy an analyst's files (core.vectors, core.jobs, the command line).
+"""Outputs never destroy an analyst's files (core.vectors, core.pipeline, the command line).
 
 A GeoPackage keeps its other layers; the input raster is never the output, whatever its spelling; the
 user's own files beside a Shapefile are left alone; an existing output needs --overwrite; a killed or
@@ -391,3 +391,20 @@ def test_a_read_only_output_file_is_not_replaced(mosaic, tiny_bundle, tmp_path, 
     rc, _, err = cli(capsys, *args)
     assert rc == 2 and "done.dbf is read-only" in one_line_error(err)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files
+
+
+def test_heads_heat_maps_and_reports_get_the_umasks_permissions_like_vectors(mosaic, tiny_bundle, tmp_path,
+                                                                            capsys):
+    from core.outputs import write_report, write_text_file
+
+    old = os.umask(0o027)   # not the usual 022: the mode must come from the umask, not be fixed
+    try:
+        rc, _, err = cli(capsys, "search", mosaic, "--model", tiny_bundle, "--query", "a road", "--tile-size", 512,
+                         "--no-cache", "-q", "-o", tmp_path / "out.gpkg", "--raster-output", tmp_path / "heat.tif")
+        assert rc == 0, err
+        write_text_file(str(tmp_path / "head.json"), "{}")
+        write_report(str(tmp_path / "out.remoteclip-report.json"), {"format": "remoteclip-classify-report"})
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {"out.gpkg": 0o640, "heat.tif": 0o640, "head.json": 0o640, "out.remoteclip-report.json": 0o640}

@@ -2,7 +2,7 @@
 the samples, the extent polygons, the saved classifier, a labels or templates file, a list of rasters, the
 model, each against the vector output (a Shapefile's parts are one file; in a GeoPackage the rule is per
 layer), --head-out, --raster-output and the report beside the output. Refused with OutputIsInput (path: the
-output) before a byte is written; the command line, core.jobs and Processing go through one check.
+output) before a byte is written; the command line, core.pipeline and Processing go through one check.
 
 Also: a Shapefile output where only the user's .cpg/.prj exist says which files are in the way (item 2).
 """

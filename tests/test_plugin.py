@@ -471,3 +471,74 @@ def test_failed_install_reports_the_command_to_run_by_hand(rc, tmp_path):
     ok, summary = deps.run_plan(plan, log=lines.append)
     assert not ok and "could not start" in summary
     assert plan.manual_command().startswith(str(tmp_path / "no-python") + " -m pip install")
+
+
+# ------------------------------------------------------------------------------------ the task registry
+
+def test_every_parameter_kind_has_an_adapter_in_each_front_end(rc):
+    """The command line, the dock's forms and Processing each map a core.tasks.Param kind to its adapter in one
+    table; a kind declared in core.tasks without an adapter in each of them fails here."""
+    from remoteclip_qgis.core.cli import _OPTIONS
+    from remoteclip_qgis.core.tasks import PARAM_KINDS, TASKS
+    from remoteclip_qgis.processing.parameters import PARAMETERS
+    from remoteclip_qgis.task_forms import INPUTS
+
+    assert {p.kind for cls in TASKS.values() for p in cls.params} <= set(PARAM_KINDS)
+    for name, table in (("core.cli._OPTIONS", _OPTIONS), ("task_forms.INPUTS", INPUTS),
+                        ("processing.parameters.PARAMETERS", PARAMETERS)):
+        assert set(table) == set(PARAM_KINDS), (name, sorted(set(PARAM_KINDS) ^ set(table)))
+
+
+def test_a_task_form_starts_with_the_task_s_own_templates(rc):
+    """The templates box holds what the task class declares (``default_templates``), whatever its kind."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from remoteclip_qgis.core.prompts import COUNT_TEMPLATES, DEFAULT_TEMPLATES
+    from remoteclip_qgis.core.tasks import CountTask, LabelTask, Param, Task
+    from remoteclip_qgis.task_forms import TaskForm
+
+    @dataclass
+    class CaptionTask(Task):
+        templates: list | None = None
+
+        kind: ClassVar[str] = "caption"
+        default_templates: ClassVar[tuple] = ("an aerial photo of {}.", "{} seen from above.")
+        params: ClassVar[tuple] = (Param("templates", "templates", "Templates", optional=True),)
+
+    forms = [TaskForm(cls) for cls in (CaptionTask, CountTask, LabelTask)]
+    try:
+        assert [f.widgets["templates"].toPlainText() for f in forms] == [
+            "an aerial photo of {}.\n{} seen from above.", "\n".join(COUNT_TEMPLATES), "\n".join(DEFAULT_TEMPLATES)]
+    finally:
+        for f in forms:
+            f.deleteLater()
+
+
+def test_a_task_form_reads_each_input_by_its_kind(rc):
+    """What the forms hand to Task.from_inputs, set away from the defaults: a file path trimmed, a number, a
+    choice, no layer as None, a field read only with its samples, an optional number at its bottom as None."""
+    from remoteclip_qgis.core.errors import RemoteClipError
+    from remoteclip_qgis.core.prompts import DEFAULT_TEMPLATES
+    from remoteclip_qgis.core.tasks import ClassifyTask, SearchTask
+    from remoteclip_qgis.task_forms import TaskForm
+
+    classify, search = TaskForm(ClassifyTask), TaskForm(SearchTask)
+    try:
+        classify.widgets["head"].setFilePath("  /maps/head.json ")
+        classify.widgets["suggest"].setValue(7)
+        classify.widgets["method"].setCurrentText("knn")
+        assert classify.raw() == {"samples": None, "head": "/maps/head.json", "head_out": None, "suggest": 7,
+                                  "method": "knn", "k": 5, "templates": "\n".join(DEFAULT_TEMPLATES)}
+        search.widgets["query"].setText(" a pool ")
+        search.widgets["top_k"].setValue(search.widgets["top_k"].minimum())   # reads "all"
+        search.widgets["threshold"].setValue(0.25)
+        assert search.raw() == {"query": "a pool", "top_k": None, "threshold": 0.25, "stand_out": 1.0}
+        assert search.task().top_k is None and search.task().threshold == 0.25
+        search.widgets["query"].setText("  ")
+        with pytest.raises(RemoteClipError) as err:
+            search.task()
+        assert search.errors["query"].text() == err.value.problem   # shown under the query
+    finally:
+        classify.deleteLater()
+        search.deleteLater()

@@ -167,6 +167,67 @@ def test_provider_has_an_algorithm_per_task_with_designer_friendly_parameters(pl
     assert "USE_CACHE" not in embed and "DISSOLVE" not in embed   # it always caches and keeps every tile
 
 
+def test_the_algorithms_are_made_from_the_task_registry(plugin, rgb_byte, tiny_bundle, tmp_path):
+    """Ids, names and groups as before, one class per task (createInstance makes another of it); a task added to
+    the registry gets its algorithm (parameters, cache rule, run) with no plugin code, and loses it when removed."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from remoteclip_qgis.core.pipeline import Job, RunOptions, TileSpec, run_job
+    from remoteclip_qgis.core.tasks import TASKS, Param, Task, TaskOutput, register
+
+    registry = QgsApplication.processingRegistry()
+    expected = {"labeltiles": ("Label tiles", "Zero-shot analysis", "analysis"),
+                "countobjects": ("Count objects", "Zero-shot analysis", "analysis"),
+                "textsearch": ("Text search", "Zero-shot analysis", "analysis"),
+                "classifyfromsamples": ("Classify from samples", "Few-shot analysis", "fewshotanalysis"),
+                "computeembeddings": ("Compute embeddings", "Embeddings", "embeddings")}
+    for name, (title, group, group_id) in expected.items():
+        alg = registry.algorithmById(f"remoteclip:{name}")
+        assert (alg.displayName(), alg.group(), alg.groupId()) == (title, group, group_id)
+        assert type(alg).__name__ == title.title().replace(" ", "") + "Algorithm"
+        assert type(alg.createInstance()) is type(alg)
+
+    @dataclass
+    class BrightestTask(Task):
+        scale: float = 1.0
+
+        kind: ClassVar[str] = "brightest"
+        title: ClassVar[str] = "Brightest"
+        summary: ClassVar[str] = "a test task"
+        help: ClassVar[str] = "A test task."
+        algorithm: ClassVar[str] = "brightesttiles"
+        algorithm_title: ClassVar[str] = "Brightest tiles"
+        group: ClassVar[str] = "Test tasks"
+        can_skip_cache: ClassVar[bool] = False
+        params: ClassVar[tuple] = (Param("scale", "float", "Scale", default=1.0, lo=0.0, hi=10.0),)
+
+        def outputs(self, part, text, bundle, fitted):
+            return TaskOutput([{"value": float(x)} for x in part.embeddings[:, 0] * self.scale], [("value", "float")])
+
+    provider = registry.providerById("remoteclip")
+    register(BrightestTask)
+    try:
+        provider.refreshAlgorithms()
+        alg = registry.algorithmById("remoteclip:brightesttiles")
+        assert (alg.displayName(), alg.group()) == ("Brightest tiles", "Test tasks")
+        params = {p.name() for p in alg.parameterDefinitions()}
+        assert "SCALE" in params and "USE_CACHE" not in params and "DISSOLVE" not in params
+        out = tmp_path / "b.gpkg"
+        params = base_params(rgb_byte, tiny_bundle, out, SCALE=2.5, TILE_SIZE=359)
+        del params["USE_CACHE"]   # the task always caches
+        res = run("brightesttiles", params)
+        same = run_job(Job(raster=rgb_byte, task=BrightestTask(scale=2.5), tiles=TileSpec(size=359),
+                           run=RunOptions(model=str(tiny_bundle), cache_dir="")))
+        assert res["N_TILES"] == len(same.records) > 0
+        assert sorted(f["value"] for f in open_output(out).getFeatures()) == pytest.approx(
+            sorted(r["value"] for r in same.records), abs=1e-5)
+    finally:
+        del TASKS["brightest"]
+        provider.refreshAlgorithms()
+    assert registry.algorithmById("remoteclip:brightesttiles") is None
+
+
 # ----------------------------------------------------------------------------------- the algorithms
 
 def test_labeltiles_on_the_kampala_mosaic_with_tiles_in_metres(plugin, mosaic, tiny_bundle, tmp_path):

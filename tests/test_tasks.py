@@ -103,6 +103,22 @@ def test_the_overlap_ceiling_is_one_for_everyone():
         TileSpec(overlap=0.96)
 
 
+
+def test_what_front_ends_used_to_decide_per_task_is_the_task_s_data():
+    """Default templates, the cache rule and the result layers' names are read from the task class, not worked
+    out again by the dock, Processing or the command line."""
+    from core.tasks import EmbedTask
+
+    assert CountTask.default_templates == tuple(prompts.COUNT_TEMPLATES)
+    assert LabelTask.default_templates == ClassifyTask.default_templates == tuple(prompts.DEFAULT_TEMPLATES)
+    assert [k for k, cls in TASKS.items() if not cls.can_skip_cache] == ["embed"] and not EmbedTask.can_skip_cache
+    # the result layer: the task's title and the tile size, whole sizes whole and metres named
+    count = CountTask("car").result_title("kampala", TileSpec(size=22.5, unit="m"))
+    assert count == "kampala · count car · 22.5 m"
+    assert LabelTask(["a", "b", "c"]).result_title("r", TileSpec(size=224)) == "r · labels · a, b, … · 224 px"
+    assert CountTask.dense_title(count) == "kampala · count car · 22.5 m · heat map"
+
+
 # --------------------------------------------------------------------------------- a new task
 
 @dataclass
@@ -174,3 +190,74 @@ def test_search_selects_the_best_tiles_that_stand_out_and_reports_the_similarity
     assert out.metadata["threshold"] == pytest.approx(cut) and out.metadata["stand_out"] == 1.0
     with pytest.raises(RemoteClipError, match="stand_out"):
         SearchTask("pools", stand_out=-1)
+
+
+@pytest.mark.parametrize("n, want", [(2.0, [10]), (0.5, [7, 8, 9, 10])])
+def test_stand_out_takes_its_number_of_standard_deviations(n, want):
+    """--stand-out N other than 1: the cut is mean + N sd (not 1 sd) and selects what that cut keeps; the
+    stored cut (the legend's) and the summary line say it. At N = 1 the same similarities select two tiles."""
+    from core.tasks import RasterPart, effective_threshold, search_records
+
+    sims = np.array([-0.31, -0.30, -0.29, -0.28, -0.27, -0.26, -0.25, -0.12, -0.10, -0.05, 0.12])
+    emb = np.stack([sims, np.sqrt(1 - sims ** 2)], axis=1)
+    query = np.array([1.0, 0.0])
+    cut = float(sims.mean() + n * sims.std())
+    assert [i for i, s in enumerate(sims) if s >= sims.mean() + sims.std()] == [9, 10]   # N = 1: another set
+    assert effective_threshold(sims, None, n) == pytest.approx(cut)
+    recs, _ = search_records(emb, query, top_k=None, threshold=None, stand_out=n)
+    assert [i for i, r in enumerate(recs) if r["selected"]] == want
+    part = RasterPart("r", "", (1, 0, 0, 0, -1, 0), None, np.arange(len(sims)), emb, (1, 1), (1, 1))
+    out = SearchTask("a swimming pool", stand_out=n).outputs(part, query[None, :], None, None)
+    assert out.metadata["threshold"] == pytest.approx(cut) and out.metadata["stand_out"] == n
+    assert list(np.flatnonzero(out.columns["selected"])) == want
+    # the summary line names the cut and the rule that made it
+    task = SearchTask("a swimming pool", stand_out=n)
+    assert task._cut_text(sims) == f" (similarity >= {cut:.3f}: mean + {n:g} sd)"
+    # a stricter threshold wins, and then the rule is not named
+    assert SearchTask("a swimming pool", threshold=0.11, stand_out=n)._cut_text(sims) == " (similarity >= 0.110)"
+
+
+def test_the_command_line_stand_out_cut_is_mean_plus_n_sd_of_the_rasters_tiles(data_dir, tiny_bundle, tmp_path,
+                                                                                capsys):
+    """`remoteclip search --stand-out 2` on a real raster: the tiles written as selected are those at or above
+    their mean + 2 sd, the stored cut is that similarity and the summary prints it."""
+    from osgeo import ogr
+
+    raster = str(data_dir / "geotiff" / "rasterio_RGB.byte.tif")
+    out = tmp_path / "s.gpkg"
+    assert main(["search", raster, "--query", "a swimming pool", "--stand-out", "2", "--model", str(tiny_bundle),
+                 "--tile-size", "64", "--no-cache", "-q", "-o", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    ds = ogr.Open(str(out))
+    lyr = ds.GetLayer(0)
+    rows = [(f.GetField("similarity"), f.GetField("selected")) for f in lyr]
+    meta = json.loads(lyr.GetMetadataItem("REMOTECLIP"))
+    sims = np.array([s for s, _ in rows])
+    cut = sims.mean() + 2 * sims.std()
+    assert meta["stand_out"] == 2 and meta["threshold"] == pytest.approx(cut, abs=1e-5)
+    assert [sel for s, sel in rows if abs(s - cut) > 1e-5] == [int(s >= cut) for s in sims if abs(s - cut) > 1e-5]
+    n1 = int((sims >= sims.mean() + sims.std()).sum())
+    assert 0 < sum(sel for _, sel in rows) < n1   # 2 sd selects fewer than 1 sd would
+    assert f"(similarity >= {meta['threshold']:.3f}: mean + 2 sd)" in stdout
+
+
+@pytest.mark.parametrize("max_count", [1, 7])
+def test_counting_has_captions_for_exactly_one_to_max_count_and_reaches_max_count(max_count):
+    """One caption group per count 1..max_count, and a tile that matches the last caption gets max_count (an
+    off-by-one would cap the counts one lower while the legend says max_count)."""
+    from core.tasks import RasterPart
+
+    task = CountTask("car", max_count=max_count)
+    groups = task.prompts(None)
+    assert len(groups) == max_count
+    assert groups[0][0] == prompts.count_captions("car", 1)[0][0] and "one car" in groups[0][0]
+    if max_count == 7:
+        assert "seven cars" in groups[-1][0]
+    # tiles whose embedding is a caption's: tile j is counted j + 1, the last max_count
+    text = np.eye(max_count + 1, dtype=np.float32)[:max_count]
+    emb = np.eye(max_count + 1, dtype=np.float32)[:max_count]
+    part = RasterPart("r", "", (1, 0, 0, 0, -1, 0), None, np.arange(max_count), emb, (1, 1), (1, 1))
+    bundle = type("B", (), {"logit_scale": 100.0})()
+    out = task.outputs(part, text, bundle, None)
+    assert list(out.columns["count"]) == list(range(1, max_count + 1))
+    assert out.metadata["max_count"] == max_count

@@ -234,3 +234,21 @@ def test_a_layer_with_one_multipart_outline_is_multipolygon_throughout(tmp_path,
         assert ogr.GT_Flatten(lyr2.GetGeomType()) == ogr.wkbPolygon
         del ds2
     del ds
+
+
+def test_what_an_output_replaces_says_whether_it_is_one_layer_of_a_geopackage(tmp_path):
+    """The dock says "its other layers are kept" from this field, not from the words."""
+    from osgeo import osr
+
+    from core.vectors import output_exists, write_vector
+
+    crs = osr.SpatialReference()
+    crs.ImportFromEPSG(4326)
+    recs = [{"geometry": "POLYGON ((0 0, 1 0, 1 1, 0 1, 0 0))"}]
+    gpkg, shp, empty = tmp_path / "a.gpkg", tmp_path / "b.shp", tmp_path / "c.gpkg"
+    write_vector(str(gpkg), recs, [], crs.ExportToWkt(), layer_name="labels")
+    write_vector(str(shp), recs, [], crs.ExportToWkt())
+    empty.write_bytes(b"")
+    assert output_exists(gpkg, "labels").layer is True
+    assert output_exists(gpkg, "other") is None
+    assert output_exists(shp).layer is False and output_exists(empty, "labels").layer is False

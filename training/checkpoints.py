@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from core.errors import RemoteClipError
+from core.errors import DownloadFailed, InvalidInput, ModelError, SourceUnreadable
 
 # training/configs/*.json: architectures of our own (tiny-test for unit tests, small-vit for the demo model)
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -39,14 +39,14 @@ def remoteclip_filename(arch: str) -> str:
 def download_remoteclip(arch: str, cache_dir: str | None = None) -> Path:
     """Fetch ``RemoteCLIP-{arch}.pt`` from Hugging Face (needs network)."""
     if arch not in REMOTECLIP_ARCHS:
-        raise RemoteClipError(f"RemoteCLIP publishes no {arch} checkpoint (it has {', '.join(REMOTECLIP_ARCHS)}).",
-                              "Pick one of those with --arch, or pass your own file with --checkpoint.")
+        raise InvalidInput(f"RemoteCLIP publishes no {arch} checkpoint (it has {', '.join(REMOTECLIP_ARCHS)}).",
+                              "Pick one of those with --arch, or pass your own file with --checkpoint.", param="arch")
     try:
         from huggingface_hub import hf_hub_download
 
         return Path(hf_hub_download(REMOTECLIP_REPO, remoteclip_filename(arch), cache_dir=cache_dir))
     except Exception as e:  # offline, proxy, hub down, missing package: all end the same way for the user
-        raise RemoteClipError(
+        raise DownloadFailed(
             f"Could not download {remoteclip_filename(arch)} from Hugging Face ({REMOTECLIP_REPO}): "
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
             f"Download it on a machine with internet (https://huggingface.co/{REMOTECLIP_REPO}) and pass the "
@@ -68,21 +68,21 @@ def read_state_dict(path) -> dict:
 
     path = Path(path)
     if not path.is_file():
-        raise RemoteClipError(f"Checkpoint {path} not found.", "Check the path given to --checkpoint.")
+        raise SourceUnreadable(f"Checkpoint {path} not found.", "Check the path given to --checkpoint.", path=path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise RemoteClipError(
+        raise ModelError(
             f"Checkpoint {path} cannot be read as a PyTorch file ({type(e).__name__}: {str(e).splitlines()[0][:200]}).",
-            "The file is damaged or not a PyTorch checkpoint: download it again and compare its sha256.",
+            "The file is damaged or not a PyTorch checkpoint: download it again and compare its sha256.", path=path,
         ) from e
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     elif isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "epoch" in obj:
         obj = obj["model"]
     if not isinstance(obj, dict) or not obj or not all(hasattr(v, "shape") for v in obj.values()):
-        raise RemoteClipError(f"Checkpoint {path} holds no model state dict ({type(obj).__name__}).",
-                              "Pass an open_clip state dict or training checkpoint (with a 'state_dict' key).")
+        raise ModelError(f"Checkpoint {path} holds no model state dict ({type(obj).__name__}).",
+                              "Pass an open_clip state dict or training checkpoint (with a 'state_dict' key).", path=path)
     # DataParallel / DistributedDataParallel training runs save every key under "module."
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
@@ -116,8 +116,8 @@ def _model_cfg(arch: str) -> dict:
     register_local_configs()
     cfg = open_clip.get_model_config(arch)
     if cfg is None:
-        raise RemoteClipError(f"Unknown architecture {arch!r}.",
-                              f"Use one of open_clip's models, e.g. {', '.join(REMOTECLIP_ARCHS)}.")
+        raise InvalidInput(f"Unknown architecture {arch!r}.",
+                              f"Use one of open_clip's models, e.g. {', '.join(REMOTECLIP_ARCHS)}.", param="arch")
     return cfg
 
 
@@ -178,7 +178,7 @@ def check_keys(state_dict: dict, arch: str, model) -> None:
     else:
         fix = (f"It fits none of {', '.join(CANDIDATE_ARCHS[:8])}...; check that it is an OpenCLIP-format "
                "CLIP checkpoint.")
-    raise RemoteClipError(f"The checkpoint does not fit {arch}: " + "; ".join(parts) + ".", fix)
+    raise ModelError(f"The checkpoint does not fit {arch}: " + "; ".join(parts) + ".", fix)
 
 
 def build_model(arch: str, state_dict: dict | None = None, activation: str = DEFAULT_ACTIVATION,
@@ -189,7 +189,7 @@ def build_model(arch: str, state_dict: dict | None = None, activation: str = DEF
     import open_clip
 
     if activation not in ACTIVATIONS:
-        raise RemoteClipError(f"Unknown activation {activation!r}.", f"Use one of {', '.join(ACTIVATIONS)}.")
+        raise InvalidInput(f"Unknown activation {activation!r}.", f"Use one of {', '.join(ACTIVATIONS)}.", param="activation")
     cfg = _model_cfg(arch)
     quick = activation == "quick_gelu"
     try:
@@ -197,7 +197,7 @@ def build_model(arch: str, state_dict: dict | None = None, activation: str = DEF
         model = open_clip.create_model(arch, pretrained=pretrained, device="cpu", quick_gelu=quick)
     except RuntimeError as e:
         if pretrained:
-            raise RemoteClipError(f"open_clip could not load pretrained weights {arch}/{pretrained}: {e}",
+            raise ModelError(f"open_clip could not load pretrained weights {arch}/{pretrained}: {e}",
                                   "Check the tag with open_clip.list_pretrained(), or pass --checkpoint FILE "
                                   "(open_clip downloads need internet).") from e
         raise
@@ -216,7 +216,7 @@ def resolve_checkpoint(arch: str, checkpoint: str | None, cache_dir: str | None 
     if checkpoint:
         p = Path(checkpoint).expanduser()
         if not p.is_file():
-            raise RemoteClipError(f"Checkpoint {p} not found.", "Check the path given to --checkpoint.")
+            raise SourceUnreadable(f"Checkpoint {p} not found.", "Check the path given to --checkpoint.", path=p)
         return p, f"file://{p.name}"
     return download_remoteclip(arch, cache_dir), f"hf://{REMOTECLIP_REPO}"
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import RemoteClipError
+from core.errors import InvalidInput, MissingDependency, RemoteClipError, SourceUnreadable
 from core.prompts import count_word, read_lines
 from core.prompts import plural as regular_plural
 from training.evaluate import IMAGE_EXTS, RS_TEMPLATES
@@ -210,7 +210,7 @@ def boxes_in_window(boxes, window: tuple[int, int, int, int]) -> list[Box]:
 def tile_windows(width: int, height: int, size: int, overlap: float = 0.0) -> list[tuple[int, int, int, int]]:
     """Square windows covering the image; the last row/column is shifted inside (no padding)."""
     if size < 1 or not 0 <= overlap < 1:
-        raise RemoteClipError(f"Tile size {size} / overlap {overlap} is not usable.",
+        raise InvalidInput(f"Tile size {size} / overlap {overlap} is not usable.",
                               "Use --tile of at least 1 pixel and --overlap in [0, 1).")
     step = max(1, round(size * (1 - overlap)))
 
@@ -233,7 +233,7 @@ def label_components(binary: np.ndarray, connectivity: int = 8) -> tuple[np.ndar
     """
     binary = np.asarray(binary, dtype=bool)
     if connectivity not in (4, 8):
-        raise RemoteClipError(f"Connectivity {connectivity} is not 4 or 8.", "Use --connectivity 4 or 8.")
+        raise InvalidInput(f"Connectivity {connectivity} is not 4 or 8.", "Use --connectivity 4 or 8.")
     try:
         from scipy import ndimage
     except ImportError:
@@ -293,7 +293,7 @@ def mask_to_boxes(mask: np.ndarray, classes: dict[int, str], min_area: int = 1,
     background or ignore); components smaller than ``min_area`` pixels are dropped as speckle."""
     mask = np.asarray(mask)
     if mask.ndim != 2:
-        raise RemoteClipError(f"A mask must be one band of class values, this one has shape {mask.shape}.",
+        raise InvalidInput(f"A mask must be one band of class values, this one has shape {mask.shape}.",
                               "Convert colour masks to class-index masks (one value per class).")
     boxes = []
     for value, name in sorted(classes.items()):
@@ -334,8 +334,8 @@ def read_mask(path) -> np.ndarray:
         if arr.shape[2] >= 3 and np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2]):
             arr = arr[..., 0]
         else:
-            raise RemoteClipError(f"Mask {path} is a colour image.",
-                                  "Give class-index masks: one band whose values are class ids (--classes).")
+            raise InvalidInput(f"Mask {path} is a colour image.",
+                                  "Give class-index masks: one band whose values are class ids (--classes).", path=path)
     return arr
 
 
@@ -349,11 +349,11 @@ def parse_classes(spec: str) -> dict[int, str]:
             continue
         value, sep, name = part.partition("=")
         if not sep or not name.strip() or not value.strip().lstrip("-").isdigit():
-            raise RemoteClipError(f"Class entry {part!r} is not VALUE=NAME.",
+            raise InvalidInput(f"Class entry {part!r} is not VALUE=NAME.",
                                   "Write e.g. --classes 1=building,2=road (255=building for 0/255 masks).")
         out[int(value)] = name.strip()
     if not out:
-        raise RemoteClipError("No classes given.", "Write e.g. --classes 1=building,2=road.")
+        raise InvalidInput("No classes given.", "Write e.g. --classes 1=building,2=road.")
     return out
 
 
@@ -386,7 +386,7 @@ def _pair_images(label_files, images: Path, what: str) -> list[tuple[Path, Path]
         img = find_image(images, lab.stem)
         (pairs.append((lab, img)) if img else missing.append(lab.stem))
     if missing:
-        raise RemoteClipError(f"{len(missing)} {what} files have no image of the same name in {images}, "
+        raise InvalidInput(f"{len(missing)} {what} files have no image of the same name in {images}, "
                               f"e.g. {missing[0]}.", "Point --images at the folder that holds the images.")
     return pairs
 
@@ -394,10 +394,10 @@ def _pair_images(label_files, images: Path, what: str) -> list[tuple[Path, Path]
 def _label_files(folder, ext: str, what: str) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
-        raise RemoteClipError(f"{what} folder {folder} not found.", "Check the path given to --labels/--masks.")
+        raise SourceUnreadable(f"{what} folder {folder} not found.", "Check the path given to --labels/--masks.", path=folder)
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in ext.split("|"))
     if not files:
-        raise RemoteClipError(f"No {what} files ({ext}) in {folder}.", "Check the path given to --labels/--masks.")
+        raise InvalidInput(f"No {what} files ({ext}) in {folder}.", "Check the path given to --labels/--masks.", path=folder)
     return files
 
 
@@ -410,13 +410,13 @@ def read_dota_labels(path, skip_difficult: bool = False) -> list[Box]:
         if not parts or parts[0].endswith(":") or ":" in parts[0]:
             continue
         if len(parts) < 9:
-            raise RemoteClipError(f"{path}, line {no}: {line!r} is not 'x1 y1 ... x4 y4 class [difficult]'.",
-                                  "Give DOTA-format label files (labelTxt).")
+            raise InvalidInput(f"{path}, line {no}: {line!r} is not 'x1 y1 ... x4 y4 class [difficult]'.",
+                                  "Give DOTA-format label files (labelTxt).", path=path)
         try:
             xy = np.asarray(parts[:8], dtype=float).reshape(4, 2)
         except ValueError:
-            raise RemoteClipError(f"{path}, line {no}: coordinates {parts[:8]} are not numbers.",
-                                  "Give DOTA-format label files (labelTxt).") from None
+            raise InvalidInput(f"{path}, line {no}: coordinates {parts[:8]} are not numbers.",
+                                  "Give DOTA-format label files (labelTxt).", path=path) from None
         if skip_difficult and len(parts) > 9 and parts[9] == "1":
             continue
         boxes.append(Box(parts[8], *xy.min(0), *xy.max(0)))
@@ -439,16 +439,16 @@ def read_coco(annotations, images=None, include_crowd: bool = False) -> list[Ann
         imgs = {i["id"]: i for i in data["images"]}
         anns = data.get("annotations", [])
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise RemoteClipError(f"Cannot read COCO annotations {path}: {e!r}.",
-                              "Give a COCO JSON with images, annotations and categories.") from None
+        raise SourceUnreadable(f"Cannot read COCO annotations {path}: {e!r}.",
+                              "Give a COCO JSON with images, annotations and categories.", path=path) from None
     root = Path(images) if images else path.parent
     boxes: dict = {k: [] for k in imgs}
     for a in anns:
         if a.get("iscrowd") and not include_crowd:
             continue
         if a["image_id"] not in imgs or a["category_id"] not in cats:
-            raise RemoteClipError(f"{path}: annotation {a.get('id')} points at an unknown image or category.",
-                                  "Fix the annotation file.")
+            raise InvalidInput(f"{path}: annotation {a.get('id')} points at an unknown image or category.",
+                                  "Fix the annotation file.", path=path)
         x, y, w, h = (float(v) for v in a["bbox"])
         boxes[a["image_id"]].append(Box(cats[a["category_id"]], x, y, x + w, y + h))
     out, missing = [], []
@@ -460,8 +460,8 @@ def read_coco(annotations, images=None, include_crowd: bool = False) -> list[Ann
         size = (int(info["width"]), int(info["height"])) if "width" in info and "height" in info else image_size(p)
         out.append(Annotated(str(p), boxes[k], size))
     if missing:
-        raise RemoteClipError(f"{len(missing)} images of {path} are not in {root}, e.g. {missing[0]}.",
-                              "Point --images at the folder that holds the file_name paths.")
+        raise InvalidInput(f"{len(missing)} images of {path} are not in {root}, e.g. {missing[0]}.",
+                              "Point --images at the folder that holds the file_name paths.", path=path)
     return out
 
 
@@ -475,13 +475,13 @@ def read_names(spec) -> list[str]:
             try:
                 import yaml
             except ImportError:
-                raise RemoteClipError("Reading a YAML names file needs PyYAML.",
+                raise MissingDependency("Reading a YAML names file needs PyYAML.",
                                       "Pass --names as a text file with one class per line.") from None
             names = (yaml.safe_load(text) or {}).get("names")
             if isinstance(names, dict):
                 names = [names[k] for k in sorted(names, key=int)]
             if not isinstance(names, list):
-                raise RemoteClipError(f"{p} has no 'names:' list.", "Add names: [class0, class1, ...].")
+                raise InvalidInput(f"{p} has no 'names:' list.", "Add names: [class0, class1, ...].", path=p)
             return [str(n) for n in names]
         return [ln.strip() for ln in text.splitlines() if ln.strip()]
     return [n.strip() for n in str(spec).split(",") if n.strip()]
@@ -498,11 +498,11 @@ def read_yolo_labels(path, names: list[str], size: tuple[int, int]) -> list[Box]
         try:
             cls, vals = int(parts[0]), [float(v) for v in parts[1:]]
         except ValueError:
-            raise RemoteClipError(f"{path}, line {no}: {line!r} is not 'class cx cy w h'.",
-                                  "Give YOLO label files (normalised coordinates).") from None
+            raise InvalidInput(f"{path}, line {no}: {line!r} is not 'class cx cy w h'.",
+                                  "Give YOLO label files (normalised coordinates).", path=path) from None
         if not 0 <= cls < len(names):
-            raise RemoteClipError(f"{path}, line {no}: class {cls} is not among the {len(names)} names.",
-                                  "Pass the names list the labels were made with (--names).")
+            raise InvalidInput(f"{path}, line {no}: class {cls} is not among the {len(names)} names.",
+                                  "Pass the names list the labels were made with (--names).", path=path)
         if len(vals) in (4, 5):  # a fifth value is a confidence in prediction files
             cx, cy, bw, bh = vals[:4]
             boxes.append(Box(names[cls], (cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h))
@@ -510,15 +510,15 @@ def read_yolo_labels(path, names: list[str], size: tuple[int, int]) -> list[Box]
             xy = np.asarray(vals).reshape(4, 2) * (w, h)
             boxes.append(Box(names[cls], *xy.min(0), *xy.max(0)))
         else:
-            raise RemoteClipError(f"{path}, line {no}: {len(vals)} numbers after the class, not 4 or 8.",
-                                  "Give YOLO label files (cx cy w h, or x1 y1 ... x4 y4 for oriented boxes).")
+            raise InvalidInput(f"{path}, line {no}: {len(vals)} numbers after the class, not 4 or 8.",
+                                  "Give YOLO label files (cx cy w h, or x1 y1 ... x4 y4 for oriented boxes).", path=path)
     return boxes
 
 
 def read_yolo(labels, images, names) -> list[Annotated]:
     names = read_names(names) if not isinstance(names, list) else names
     if not names:
-        raise RemoteClipError("No YOLO class names.", "Pass --names data.yaml, a names file or 'car,truck'.")
+        raise InvalidInput("No YOLO class names.", "Pass --names data.yaml, a names file or 'car,truck'.")
     out = []
     for lab, img in _pair_images(_label_files(labels, ".txt", "YOLO label"), Path(images), "label"):
         size = image_size(img)
@@ -539,11 +539,11 @@ def read_masks(masks, images, classes: dict[int, str], min_area: int = 1, connec
         mask = read_mask(m)
         size = image_size(img)
         if (mask.shape[1], mask.shape[0]) != size:
-            raise RemoteClipError(f"Mask {m} is {mask.shape[1]}x{mask.shape[0]} but its image {img} is "
-                                  f"{size[0]}x{size[1]}.", "Masks must have the same pixel grid as their images.")
+            raise InvalidInput(f"Mask {m} is {mask.shape[1]}x{mask.shape[0]} but its image {img} is "
+                                  f"{size[0]}x{size[1]}.", "Masks must have the same pixel grid as their images.", path=m)
         out.append(Annotated(str(img), mask_to_boxes(mask, classes, min_area, connectivity), size))
     if missing:
-        raise RemoteClipError(f"{len(missing)} masks have no image of the same name in {images}, e.g. {missing[0]}.",
+        raise InvalidInput(f"{len(missing)} masks have no image of the same name in {images}, e.g. {missing[0]}.",
                               "Point --images at the image folder (and set --mask-suffix if masks are named "
                               "e.g. tile_mask.png).")
     return out
@@ -567,7 +567,7 @@ def box_rows(items: list[Annotated], source: str, n: int = 5, seed: int = 0, ren
         from PIL import Image
 
         if tile_dir is None:
-            raise RemoteClipError("Tiling needs a folder for the tiles.", "Pass tile_dir / --tile-dir.")
+            raise InvalidInput("Tiling needs a folder for the tiles.", "Pass tile_dir / --tile-dir.")
         Path(tile_dir).mkdir(parents=True, exist_ok=True)
         with Image.open(it.image) as im:
             im = im.convert("RGB")
@@ -614,9 +614,9 @@ def karpathy_rows(json_path, images=None, source: str | None = None) -> tuple[li
         data = json.loads(path.read_text(encoding="utf-8"))
         entries = data["images"]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise RemoteClipError(f"Cannot read caption JSON {path}: {e!r}.",
+        raise SourceUnreadable(f"Cannot read caption JSON {path}: {e!r}.",
                               'Give a Karpathy-style JSON: {"images": [{"filename", "sentences": [{"raw"}], '
-                              '"split"}]}.') from None
+                              '"split"}]}.', path=path) from None
     root = Path(images) if images else path.parent
     source = source or str(data.get("dataset") or path.stem).lower()
     rows, missing, splits = [], [], Counter()
@@ -633,8 +633,8 @@ def karpathy_rows(json_path, images=None, source: str | None = None) -> tuple[li
             if raw:
                 rows.append({"image": str(p), "caption": raw, "source": source, "split": split})
     if missing:
-        raise RemoteClipError(f"{len(missing)} images of {path} are not under {root}, e.g. {missing[0]}.",
-                              "Point --images at the dataset's image folder.")
+        raise InvalidInput(f"{len(missing)} images of {path} are not under {root}, e.g. {missing[0]}.",
+                              "Point --images at the dataset's image folder.", path=path)
     return rows, {"images": len(entries), "splits": dict(splits)}
 
 
@@ -643,7 +643,7 @@ def write_table(rows: list[dict], out) -> Path:
     move as a whole), others absolute ones (the CSV can move on its own)."""
     out = Path(out)
     if not rows:
-        raise RemoteClipError(f"No captions to write to {out}.", "Check that the input has annotated images.")
+        raise InvalidInput(f"No captions to write to {out}.", "Check that the input has annotated images.", path=out)
     out.parent.mkdir(parents=True, exist_ok=True)
     base = out.parent.resolve()
     tmp = out.with_name(out.name + ".tmp")
@@ -679,7 +679,7 @@ def _rename(specs) -> dict:
     for s in specs or []:
         a, sep, b = s.partition("=")
         if not sep or not a.strip() or not b.strip():
-            raise RemoteClipError(f"--rename {s!r} is not LABEL=NAME.", "Write e.g. --rename small-vehicle=car.")
+            raise InvalidInput(f"--rename {s!r} is not LABEL=NAME.", "Write e.g. --rename small-vehicle=car.")
         out[object_name(a)] = b.strip()
     return out
 

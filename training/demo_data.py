@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import RemoteClipError
+from core.errors import InvalidInput
 from training.data_scaling import (
     Box,
     box_captions,
@@ -56,8 +56,8 @@ def scene_disjoint_split(folder, n_test: int = 6) -> dict:
         members = sorted(paths[j] for j in np.flatnonzero(labels == i))
         k = min(int(n_test), len(members) - 1)
         if k < 1:
-            raise RemoteClipError(f"Class {classes[i]} of {folder} has {len(members)} image: too few to split.",
-                                  "Give every class at least two images.")
+            raise InvalidInput(f"Class {classes[i]} of {folder} has {len(members)} image: too few to split.",
+                                  "Give every class at least two images.", path=folder)
         train += members[:len(members) - k]
         test += members[len(members) - k:]
     return {"rule": f"blocks: per class, the last {n_test} images by file name are test, the rest train "

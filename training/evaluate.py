@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import RemoteClipError
+from core.errors import InvalidInput, RemoteClipError, SourceUnreadable
 from training import metrics
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
@@ -56,7 +56,7 @@ def list_folder(folder) -> tuple[list[str], list[str], np.ndarray]:
     """(class folder names, image paths relative to folder, labels) of a folder dataset, sorted."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise RemoteClipError(f"Dataset folder {folder} not found.", "Give a folder with one subfolder per class.")
+        raise SourceUnreadable(f"Dataset folder {folder} not found.", "Give a folder with one subfolder per class.", path=folder)
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
     paths, labels = [], []
     for i, c in enumerate(classes):
@@ -65,8 +65,8 @@ def list_folder(folder) -> tuple[list[str], list[str], np.ndarray]:
                 paths.append(f"{c}/{p.name}")
                 labels.append(i)
     if not paths:
-        raise RemoteClipError(f"No images found in class subfolders of {folder}.",
-                              f"Put images ({', '.join(IMAGE_EXTS)}) in one subfolder per class.")
+        raise InvalidInput(f"No images found in class subfolders of {folder}.",
+                              f"Put images ({', '.join(IMAGE_EXTS)}) in one subfolder per class.", path=folder)
     return classes, paths, np.asarray(labels)
 
 
@@ -89,17 +89,38 @@ def load_split(folder, split_file, split: str) -> tuple[list[str], list[str], np
     """(classes, absolute image paths, labels) for one split ("train"/"test") or all images (no split file)."""
     classes, paths, labels = list_folder(folder)
     if split_file:
-        s = json.loads(Path(split_file).read_text())
+        s = read_split(split_file)
         if split not in s:
-            raise RemoteClipError(f"Split file {split_file} has no {split!r} list.", "Write it with make_split.")
+            raise InvalidInput(f"Split file {split_file} has no {split!r} list.", "Write it with make_split.", path=split_file)
         keep = set(s[split])
         unknown = keep - set(paths)
         if unknown:
-            raise RemoteClipError(f"{len(unknown)} images of split file {split_file} are not in {folder}, "
-                                  f"e.g. {sorted(unknown)[0]}.", "Use the split file made for this folder.")
+            raise InvalidInput(f"{len(unknown)} images of split file {split_file} are not in {folder}, "
+                                  f"e.g. {sorted(unknown)[0]}.", "Use the split file made for this folder.", path=split_file)
         sel = [i for i, p in enumerate(paths) if p in keep]
         paths, labels = [paths[i] for i in sel], labels[sel]
     return classes, [str(Path(folder) / p) for p in paths], labels
+
+
+def read_split(split_file) -> dict:
+    """A split file written by make_split (``{"train": [...], "test": [...]}``); anything else is refused."""
+    try:
+        text = Path(split_file).read_text(encoding="utf-8")
+    except OSError as e:
+        raise SourceUnreadable(f"Split file {split_file} cannot be read ({e.strerror or e}).",
+                               "Check the path (--split-file).", path=split_file) from None
+    except UnicodeDecodeError:
+        text = None
+    try:
+        s = json.loads(text) if text is not None else None
+    except (ValueError, RecursionError):
+        s = None
+    if not isinstance(s, dict) or not all(isinstance(v, list) and all(isinstance(p, str) for p in v)
+                                          for k, v in s.items() if k in ("train", "test")):
+        raise InvalidInput(f"Split file {split_file} is not a split (JSON {{\"train\": [...], \"test\": [...]}} of "
+                           "image paths).", "Write one with --make-split FILE --zeroshot FOLDER.", path=split_file,
+                           param="split_file")
+    return s
 
 
 def open_rgb(path):
@@ -110,10 +131,14 @@ def open_rgb(path):
         with Image.open(path) as im:
             return im.convert("RGB")
     except FileNotFoundError:
-        raise RemoteClipError(f"Image not found: {path}.", "Check the dataset folder or table.") from None
+        raise SourceUnreadable(f"Image not found: {path}.", "Check the dataset folder or table.", path=path) from None
+    except Image.DecompressionBombError as e:   # PIL's guard: more than twice Image.MAX_IMAGE_PIXELS
+        raise InvalidInput(f"Image {path} is too large to be a benchmark image ({e}).",
+                           "Remove it from the dataset, or scale it down (a benchmark scene is a few hundred "
+                           "pixels a side).", path=path) from None
     except (UnidentifiedImageError, OSError) as e:
-        raise RemoteClipError(f"Image {path} cannot be read ({e}).",
-                              "Remove or replace the damaged file; images must be JPEG, PNG or TIFF.") from None
+        raise SourceUnreadable(f"Image {path} cannot be read ({e}).",
+                              "Remove or replace the damaged file; images must be JPEG, PNG or TIFF.", path=path) from None
 
 
 def read_rgb(path) -> np.ndarray:
@@ -236,10 +261,10 @@ def retrieval(model, karpathy_json, split: str = "test") -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise RemoteClipError(f"Cannot read retrieval file {path}: {e}.", "Give a Karpathy-style JSON file.") from e
+        raise SourceUnreadable(f"Cannot read retrieval file {path}: {e}.", "Give a Karpathy-style JSON file.", path=path) from e
     entries = [e for e in data.get("images", []) if e.get("split", split) == split]
     if not entries:
-        raise RemoteClipError(f"{path} has no images with split {split!r}.", "Check its 'split' fields.")
+        raise InvalidInput(f"{path} has no images with split {split!r}.", "Check its 'split' fields.", path=path)
     paths, texts, t2i = [], [], []
     for i, e in enumerate(entries):
         p = Path(e.get("filepath", "")) / e["filename"]
@@ -260,8 +285,8 @@ def counting(model, counts_csv, max_count: int = 10) -> dict:
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     if not rows or not {"image", "object", "count"} <= set(rows[0]):
-        raise RemoteClipError(f"Counting table {path} needs columns image,object,count.",
-                              "Write one row per image with its object name and true count (1..10).")
+        raise InvalidInput(f"Counting table {path} needs columns image,object,count.",
+                              "Write one row per image with its object name and true count (1..10).", path=path)
     imgs = model.encode_images([str(Path(r["image"]) if Path(r["image"]).is_absolute() else path.parent / r["image"])
                                 for r in rows])
     preds = []
@@ -284,7 +309,7 @@ def run(model, args) -> dict:
         results["zeroshot"] = zeroshot(model, args.zeroshot, args.split_file, "test")
         needs_split = args.linear_probe or args.knn or args.few_shot
         if needs_split and not args.split_file:
-            raise RemoteClipError("Linear probe, k-NN and few-shot need a train/test split.",
+            raise InvalidInput("Linear probe, k-NN and few-shot need a train/test split.",
                                   "Pass --split-file (write one with --make-split).")
         if needs_split:
             f = folder_features(model, args.zeroshot, args.split_file)
@@ -388,23 +413,23 @@ def main(argv=None) -> int:
     try:
         if args.make_split:
             if not args.zeroshot:
-                raise RemoteClipError("--make-split needs --zeroshot FOLDER.", "Name the folder dataset to split.")
+                raise InvalidInput("--make-split needs --zeroshot FOLDER.", "Name the folder dataset to split.")
             s = make_split(args.zeroshot, args.test_per_class, args.seed)
             Path(args.make_split).write_text(json.dumps(s, indent=1) + "\n")
             print(f"{len(s['train'])} train / {len(s['test'])} test images -> {args.make_split}")
             return 0
         if not (args.zeroshot or args.retrieval or args.counting):
-            raise RemoteClipError("No evaluation was asked for.",
+            raise InvalidInput("No evaluation was asked for.",
                                   "Pass --zeroshot FOLDER, --retrieval FILE or --counting CSV.")
         if args.checkpoint:
             if not args.arch:
-                raise RemoteClipError("--checkpoint needs --arch.", "Add e.g. --arch ViT-B-32.")
+                raise InvalidInput("--checkpoint needs --arch.", "Add e.g. --arch ViT-B-32.")
             model = TorchModel.from_checkpoint(args.checkpoint, args.arch, args.activation,
                                                "cuda" if args.device == "cuda" else "cpu")
         elif args.bundle:
             model = BundleModel(args.bundle, args.precision, args.device)
         else:
-            raise RemoteClipError("No model given.", "Pass --checkpoint FILE --arch ARCH or --bundle DIR.")
+            raise InvalidInput("No model given.", "Pass --checkpoint FILE --arch ARCH or --bundle DIR.")
         results = run(model, args)
         print(markdown(results))
         if args.out:

@@ -29,7 +29,7 @@ from core.bundle import (
     write_manifest,
     write_zip,
 )
-from core.errors import RemoteClipError
+from core.errors import InvalidInput, ModelError, RemoteClipError, SourceUnreadable
 from training import checkpoints
 from training.checkpoints import TINY_CONFIG
 
@@ -72,7 +72,7 @@ def text_tower(model):
 
     if not hasattr(model, "token_embedding"):
         # CustomTextCLIP towers (HF text models) are out of scope for RemoteCLIP bundles
-        raise RemoteClipError(f"{type(model).__name__} has no built-in CLIP text transformer; only open_clip "
+        raise ModelError(f"{type(model).__name__} has no built-in CLIP text transformer; only open_clip "
                               "CLIP models (RemoteCLIP, GeoRSCLIP, SkyCLIP, OpenAI/LAION CLIP) can be exported.",
                               "Use a CLIP architecture such as RN50, ViT-B-32 or ViT-L-14.")
 
@@ -245,8 +245,8 @@ def _check_batch_dynamic(path: Path, input_name: str, make_input, embed_dim: int
     for n in (1, 3):
         out = sess.run(None, {input_name: make_input(n)})[0]
         if out.shape != (n, embed_dim):
-            raise RemoteClipError(f"Exported graph {path.name} returns shape {out.shape} for batch {n}, "
-                                  f"expected ({n}, {embed_dim}).", "Report this as an exporter bug.")
+            raise ModelError(f"Exported graph {path.name} returns shape {out.shape} for batch {n}, "
+                                  f"expected ({n}, {embed_dim}).", "Report this as an exporter bug.", path=path)
 
 
 def export_bundle(model, preprocess_cfg: dict, out_dir, *, architecture: str, model_config: dict,
@@ -269,7 +269,7 @@ def export_bundle(model, preprocess_cfg: dict, out_dir, *, architecture: str, mo
         raise ValueError(f"activation must be 'quick_gelu' or 'gelu', not {activation!r}")
     if opset < DEFAULT_OPSET:
         # below 17 there is no LayerNormalization op and unflatten/attention export is fragile
-        raise RemoteClipError(f"ONNX opset {opset} is too old for bundles.", f"Use --opset {DEFAULT_OPSET} or later.")
+        raise InvalidInput(f"ONNX opset {opset} is too old for bundles.", f"Use --opset {DEFAULT_OPSET} or later.", param="opset")
     out_dir = Path(out_dir)
     name = name or out_dir.name
     model = model.to("cpu").float().eval()  # graphs are traced on CPU; onnxruntime picks the device later
@@ -364,7 +364,7 @@ def int8_check_inputs(image_cfg: dict, context_length: int, data_dir=None):
     ids = Tokenizer(VOCAB_FILE, context_length=context_length)(texts)
     try:
         pairs = rsscn7_images(data_dir, per_class=1000)
-    except RemoteClipError:
+    except SourceUnreadable:   # no shared data folder: measured without it
         return None, None, ids
     from PIL import Image
 
@@ -434,7 +434,7 @@ def main(argv=None) -> int:
 
     try:
         if args.exporter == "torchscript" and args.fp16:
-            raise RemoteClipError("fp16 conversion is only supported for graphs from the dynamo exporter.",
+            raise InvalidInput("fp16 conversion is only supported for graphs from the dynamo exporter.",
                                   "Drop --exporter torchscript or --fp16.")
         t0 = time.perf_counter()
         model, pp, cfg, source = checkpoints.load_checkpoint_model(args.arch, args.checkpoint, args.activation,

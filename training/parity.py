@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from core.errors import RemoteClipError
+from core.errors import ModelError, SourceUnreadable
 
 THRESHOLDS = {"fp32": 0.99999, "fp16": 0.999}
 # RSSCN7 folder -> class name used in prompts
@@ -40,14 +40,14 @@ def rsscn7_images(data_dir=None, per_class: int = 2) -> list[tuple[Path, str]]:
     """(image path, class name) pairs, the first ``per_class`` images of each RSSCN7 class."""
     root = Path(data_dir or default_data_dir()) / "scenes" / "rsscn7"
     if not root.is_dir():
-        raise RemoteClipError(f"Real test images not found at {root}.",
-                              "Set REMOTECLIP_DATA to the shared data folder (it holds scenes/rsscn7).")
+        raise SourceUnreadable(f"Real test images not found at {root}.",
+                              "Set REMOTECLIP_DATA to the shared data folder (it holds scenes/rsscn7).", path=root)
     out = []
     for folder, name in RSSCN7_CLASSES.items():
         files = sorted((root / folder).glob("*.jpg"))[:per_class]
         out += [(f, name) for f in files]
     if not out:
-        raise RemoteClipError(f"No RSSCN7 images under {root}.", "Check the shared data folder.")
+        raise SourceUnreadable(f"No RSSCN7 images under {root}.", "Check the shared data folder.", path=root)
     return out
 
 
@@ -91,7 +91,7 @@ def verify_bundle(bundle_dir, model, preprocess_cfg: dict, arch: str | None = No
     ids_ref = ref_tok(texts)
     ids = Tokenizer.from_bundle(bundle)(texts)
     if not np.array_equal(ids, ids_ref.numpy()):
-        raise RemoteClipError("The bundle's tokenizer gives other ids than open_clip's.",
+        raise ModelError("The bundle's tokenizer gives other ids than open_clip's.",
                               "Report this as a bug: core.tokenizer must match open_clip exactly.")
     with torch.no_grad():
         img_ref = F.normalize(model.encode_image(pixels), dim=-1).numpy()

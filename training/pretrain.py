@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from core.errors import RemoteClipError
+from core.errors import InvalidInput, ModelError, RemoteClipError, SourceUnreadable
 from training.checkpoints import eval_transform
 
 # --- data ---------------------------------------------------------------------------------------------
@@ -44,13 +44,13 @@ def read_captions(path, splits: tuple[str, ...] | None = None) -> list[tuple[str
     """(absolute image path, caption) pairs from a caption table; ``splits`` filters on the split column."""
     path = Path(path)
     if not path.is_file():
-        raise RemoteClipError(f"Caption table {path} not found.", "Check the path given to --train/--val.")
+        raise SourceUnreadable(f"Caption table {path} not found.", "Check the path given to --train/--val.", path=path)
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         cols = reader.fieldnames or []
         if "image" not in cols or "caption" not in cols:
-            raise RemoteClipError(f"Caption table {path} has columns {cols}, not image and caption.",
-                                  "Write a CSV with a header line 'image,caption[,source][,split]'.")
+            raise InvalidInput(f"Caption table {path} has columns {cols}, not image and caption.",
+                                  "Write a CSV with a header line 'image,caption[,source][,split]'.", path=path)
         rows = []
         for r in reader:
             if splits is not None and "split" in cols and (r.get("split") or "").strip() not in splits:
@@ -58,12 +58,12 @@ def read_captions(path, splits: tuple[str, ...] | None = None) -> list[tuple[str
             img = Path(r["image"])
             rows.append((str(img if img.is_absolute() else (path.parent / img).resolve()), r["caption"]))
     if not rows:
-        raise RemoteClipError(f"Caption table {path} has no rows" + (f" with split in {splits}" if splits else "")
-                              + ".", "Check the table and its split column.")
+        raise InvalidInput(f"Caption table {path} has no rows" + (f" with split in {splits}" if splits else "")
+                              + ".", "Check the table and its split column.", path=path)
     missing = [p for p, _ in rows if not os.path.isfile(p)]
     if missing:
-        raise RemoteClipError(f"{len(missing)} images of {path} do not exist, e.g. {missing[0]}.",
-                              "Image paths are relative to the CSV's folder unless absolute; fix the table.")
+        raise InvalidInput(f"{len(missing)} images of {path} do not exist, e.g. {missing[0]}.",
+                              "Image paths are relative to the CSV's folder unless absolute; fix the table.", path=path)
     return rows
 
 
@@ -170,9 +170,9 @@ def load_resume_state(path: Path, device="cpu") -> dict:
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise RemoteClipError(f"{path} holds objects a training checkpoint never has, so it was not loaded "
+        raise ModelError(f"{path} holds objects a training checkpoint never has, so it was not loaded "
                               f"({str(e).splitlines()[0]}).", "Resume only from checkpoints this tool wrote; "
-                              "start a new run without --resume, or into another --out folder.") from None
+                              "start a new run without --resume, or into another --out folder.", path=path) from None
 
 
 def contrastive_val_loss(model, loader, loss_fn, device) -> float:
@@ -214,9 +214,9 @@ def train(args) -> dict:
     checkpoints.register_local_configs()
     if args.remoteclip:  # every rank asks; huggingface_hub's cache lock makes the others wait for one download
         if args.config not in checkpoints.REMOTECLIP_ARCHS:
-            raise RemoteClipError(f"RemoteCLIP publishes no {args.config} checkpoint.",
+            raise InvalidInput(f"RemoteCLIP publishes no {args.config} checkpoint.",
                                   f"Use --config {' / '.join(checkpoints.REMOTECLIP_ARCHS)} with --remoteclip, "
-                                  "or pass a file with --checkpoint.")
+                                  "or pass a file with --checkpoint.", param="config")
         args.checkpoint = str(checkpoints.download_remoteclip(args.config))
     model, pp, cfg = build(args.config, args.checkpoint, args.pretrained, args.activation, args.seed)
     model.to(device)
@@ -243,7 +243,7 @@ def train(args) -> dict:
         loader = DataLoader(ds, batch_size=args.batch_size, shuffle=True, drop_last=True, generator=gen,
                             num_workers=args.workers)
     if len(loader) == 0:
-        raise RemoteClipError(f"{len(ds)} training pairs make no full batch of {args.batch_size}"
+        raise InvalidInput(f"{len(ds)} training pairs make no full batch of {args.batch_size}"
                               + (f" on each of {world} processes" if world > 1 else "") + ".",
                               "Lower --batch-size or add captions.")
     steps_per_epoch = max(1, len(loader) // args.accum_steps)
@@ -268,8 +268,8 @@ def train(args) -> dict:
     ckpt_path = out / "checkpoint_last.pt"
     if args.resume:
         if not ckpt_path.is_file():
-            raise RemoteClipError(f"--resume given but {ckpt_path} does not exist.",
-                                  "Drop --resume to start a new run, or point --out at the run to continue.")
+            raise SourceUnreadable(f"--resume given but {ckpt_path} does not exist.",
+                                  "Drop --resume to start a new run, or point --out at the run to continue.", path=ckpt_path)
         ck = load_resume_state(ckpt_path, device)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])

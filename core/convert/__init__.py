@@ -31,7 +31,7 @@ from ..bundle import (
     staging_dir,
     write_manifest,
 )
-from ..errors import Cancelled, RemoteClipError
+from ..errors import Cancelled, InvalidInput, MissingDependency, ModelError
 from .architectures import detect_architecture, known_architectures, preprocess_config, resolve
 from .checkpoint import load_state_dict
 from .probe import CHECK_IMAGES, CHECK_PROMPTS, check_images  # noqa: F401 (what the self-check feeds)
@@ -57,7 +57,7 @@ def require_onnx():
     try:
         import onnx
     except ImportError as e:
-        raise RemoteClipError("Converting a checkpoint needs the onnx package, which is not installed.",
+        raise MissingDependency("Converting a checkpoint needs the onnx package, which is not installed.",
                               "Install it (pip install onnx==1.23.2; the plugin offers to) and try again.") from e
     return onnx
 
@@ -115,7 +115,7 @@ def convert_checkpoint(checkpoint, out_dir, *, arch: str = "auto", activation: s
     from . import graphs as G
 
     if activation not in ACTIVATIONS:
-        raise RemoteClipError(f"Unknown activation {activation!r}.", f"Use one of {', '.join(ACTIVATIONS)}.")
+        raise InvalidInput(f"Unknown activation {activation!r}.", f"Use one of {', '.join(ACTIVATIONS)}.", param="activation")
     report = progress or (lambda fraction, message: None)
     t_start = time.perf_counter()
 
@@ -228,7 +228,7 @@ def _check_graphs(folder: Path, graphs: dict, expected: dict, stage) -> dict:
                           THRESHOLDS[precision])
         parity[precision] = row
         if not row["passed"]:
-            raise RemoteClipError(
+            raise ModelError(
                 f"The converted {precision} graphs disagree with the reference forward pass (image cos min "
                 f"{row['image_cos_min']:.6f}, text cos min {row['text_cos_min']:.6f}, top-1 agreement "
                 f"{row['top1_agree']:.0%}; needed {THRESHOLDS[precision]}); no bundle was written.",

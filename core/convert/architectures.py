@@ -15,7 +15,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from ..errors import RemoteClipError
+from ..errors import InvalidInput, ModelError
 
 DATA_FILE = Path(__file__).resolve().parents[1] / "data" / "clip_architectures.json"
 # plain numbers some state dicts carry besides the weights (OpenAI's, and open_clip's BatchNorm counters)
@@ -35,8 +35,8 @@ def model_config(arch: str) -> dict:
     """open_clip's model config of a known architecture (a copy)."""
     archs = _table()["architectures"]
     if arch not in archs:
-        raise RemoteClipError(f"Unknown architecture {arch!r}.",
-                              f"Use auto, or one of {', '.join(known_architectures())}.")
+        raise InvalidInput(f"Unknown architecture {arch!r}.",
+                              f"Use auto, or one of {', '.join(known_architectures())}.", param="arch")
     return copy.deepcopy(archs[arch])
 
 
@@ -57,9 +57,8 @@ def _shape(sd: dict, key: str) -> tuple[int, ...] | None:
     return tuple(v.shape) if v is not None else None
 
 
-def derive_config(sd: dict) -> dict:
-    """open_clip model config from shapes, without heads (no shape tells them). Raises when the keys of a
-    CLIP tower are missing."""
+def _missing_keys(sd: dict) -> list[str]:
+    """The keys of a CLIP tower the state dict lacks (empty for a CLIP state dict)."""
     need = ["token_embedding.weight", "positional_embedding", "ln_final.weight", "text_projection"]
     if "visual.class_embedding" in sd:
         need += ["visual.conv1.weight", "visual.positional_embedding"]
@@ -67,16 +66,22 @@ def derive_config(sd: dict) -> dict:
         need += ["visual.layer1.0.conv1.weight"]
     else:
         need += ["visual.class_embedding (ViT) or visual.attnpool.positional_embedding (ModifiedResNet)"]
-    missing = [k for k in need if k not in sd]
+    return [k for k in need if k not in sd]
+
+
+def derive_config(sd: dict) -> dict:
+    """open_clip model config from shapes, without heads (no shape tells them). Raises when the keys of a
+    CLIP tower are missing."""
+    missing = _missing_keys(sd)
     if missing:
-        raise RemoteClipError(f"This is not an OpenCLIP CLIP state dict: it lacks {', '.join(missing)} "
+        raise ModelError(f"This is not an OpenCLIP CLIP state dict: it lacks {', '.join(missing)} "
                               f"({len(sd)} keys, e.g. {', '.join(sorted(sd)[:4])}).",
                               "Pass a CLIP checkpoint in OpenCLIP format (RemoteCLIP, GeoRSCLIP, SkyCLIP, "
                               "open_clip).")
     try:
         return _derive(sd)
     except (ValueError, TypeError, IndexError) as e:
-        raise RemoteClipError(f"The checkpoint's tensors do not have CLIP's shapes ({e}).",
+        raise ModelError(f"The checkpoint's tensors do not have CLIP's shapes ({e}).",
                               "Pass a CLIP checkpoint in OpenCLIP format.") from e
 
 
@@ -123,15 +128,27 @@ def _describe(cfg: dict) -> str:
             f"{t['vocab_size']}; embeddings {cfg['embed_dim']}{extra}")
 
 
+def find_architecture(state_dict: dict) -> str | None:
+    """Name of the known architecture whose shapes the state dict has ("ViT-B-32", "RN50", ...), else None
+    (also when it is no CLIP state dict at all)."""
+    if _missing_keys(state_dict):
+        return None
+    try:
+        derived = _derive(state_dict)
+    except (ValueError, TypeError, IndexError):   # tensors without CLIP's shapes
+        return None
+    return next((arch for arch, cfg in _table()["architectures"].items() if _without_heads(cfg) == derived), None)
+
+
 def detect_architecture(state_dict: dict) -> str:
     """Name of the known architecture whose shapes the state dict has ("ViT-B-32", "RN50", ...).
 
-    Raises RemoteClipError listing the shapes found when none fits."""
-    derived = derive_config(state_dict)
-    for arch, cfg in _table()["architectures"].items():
-        if _without_heads(cfg) == derived:
-            return arch
-    raise RemoteClipError(
+    Raises ModelError saying what is missing, or listing the shapes found, when none fits."""
+    arch = find_architecture(state_dict)
+    if arch is not None:
+        return arch
+    derived = derive_config(state_dict)   # raises its own error when it is no CLIP state dict
+    raise ModelError(
         f"The checkpoint's shapes fit none of the known CLIP architectures: {_describe(derived)}.",
         f"Known: {', '.join(known_architectures())}. Other architectures need the torch exporter "
         "(python -m training.export --arch NAME --checkpoint FILE).")
@@ -232,22 +249,19 @@ def key_mismatches(expected: dict, got: dict) -> list[str]:
 
 
 def check_state_dict(state_dict: dict, arch: str) -> None:
-    """Raise RemoteClipError naming missing, unexpected and mis-shaped keys when the state dict is not arch."""
+    """Raise ModelError naming missing, unexpected and mis-shaped keys when the state dict is not arch."""
     exp = expected_shapes(model_config(arch))
     got = {k: tuple(v.shape) for k, v in state_dict.items() if not IGNORED_KEYS.search(k)}
     parts = key_mismatches(exp, got)
     if not parts:
         return
-    try:
-        guess = detect_architecture(state_dict)
-    except RemoteClipError:
-        guess = None
+    guess = find_architecture(state_dict)
     if guess and guess != arch:
         fix = f"This checkpoint looks like {guess}: convert it with architecture {guess} (or auto)."
     else:
         fix = ("The checkpoint is a modified CLIP (e.g. extra layers or LayerScale) that the torch-free "
                "converter does not build; export it with python -m training.export instead.")
-    raise RemoteClipError(f"The checkpoint does not fit {arch}: " + "; ".join(parts) + ".", fix)
+    raise ModelError(f"The checkpoint does not fit {arch}: " + "; ".join(parts) + ".", fix)
 
 
 def resolve(state_dict: dict, arch: str = "auto") -> tuple[str, dict]:

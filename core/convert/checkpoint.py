@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import RemoteClipError
+from ..errors import ModelError, RemoteClipError, SourceUnreadable
 
 # PyTorch storage class name -> (numpy dtype of the raw bytes (little-endian), element size)
 STORAGE_TYPES = {
@@ -164,11 +164,11 @@ class StateDictUnpickler(pickle.Unpickler):
         # protocol 2 pickles spell some modules the Python 2 way (__builtin__): name the real one
         module, name = _compat_pickle.NAME_MAPPING.get(
             (module, name), (_compat_pickle.IMPORT_MAPPING.get(module, module), name))
-        raise RemoteClipError(
+        raise ModelError(
             f"Checkpoint {self._source} refused: loading it would call {module}.{name}, which a model state "
             "dict never needs (a checkpoint can run code when it is unpickled; nothing was run).",
             "Use the original checkpoint from its publisher (e.g. Hugging Face chendelong/RemoteCLIP), or "
-            "re-save only the weights: torch.save(model.state_dict(), path) or a .safetensors file.")
+            "re-save only the weights: torch.save(model.state_dict(), path) or a .safetensors file.", path=self._source)
 
     def persistent_load(self, pid):
         if self._storages is None:
@@ -183,7 +183,7 @@ def _storage_from_pid(pid, cache: dict, legacy: bool) -> Storage:
         raise pickle.UnpicklingError(f"unsupported persistent id {kind!r}")
     storage_type, key, _location, numel = pid[1:5]
     if legacy and pid[5] is not None:
-        raise RemoteClipError("This legacy-format checkpoint stores tensor views of shared storages "
+        raise ModelError("This legacy-format checkpoint stores tensor views of shared storages "
                               "(written by PyTorch before 1.0); that layout is not read here.",
                               "Re-save the state dict with a current PyTorch (torch.save) or as .safetensors.")
     if not isinstance(storage_type, _StorageType) or not isinstance(key, str) or not _is_int(numel) or numel < 0:
@@ -203,8 +203,8 @@ def _unpickle(file, source: str, storages=None):
     except RemoteClipError:
         raise
     except Exception as e:  # any malformed pickle or record ends the same way for the user
-        raise RemoteClipError(f"Checkpoint {source} is damaged or not a PyTorch state dict "
-                              f"({type(e).__name__}: {str(e)[:200]}).", _FIX_FORMAT) from e
+        raise ModelError(f"Checkpoint {source} is damaged or not a PyTorch state dict "
+                              f"({type(e).__name__}: {str(e)[:200]}).", _FIX_FORMAT, path=source) from e
 
 
 # --- file formats -----------------------------------------------------------------------------------------
@@ -218,13 +218,13 @@ def _zip_member_offset(mm, info: zipfile.ZipInfo, source: str) -> int:
     """Where a stored (uncompressed) member's bytes start: after its local header."""
     head = mm[info.header_offset:info.header_offset + 30]
     if len(head) != 30 or head[:4] != b"PK\x03\x04":
-        raise RemoteClipError(f"Checkpoint {source} is damaged (bad zip entry {info.filename}).",
-                              "Download the file again and compare its sha256.")
+        raise ModelError(f"Checkpoint {source} is damaged (bad zip entry {info.filename}).",
+                              "Download the file again and compare its sha256.", path=source)
     name_len, extra_len = struct.unpack("<HH", head[26:30])
     start = info.header_offset + 30 + name_len + extra_len
     if start + info.file_size > len(mm):
-        raise RemoteClipError(f"Checkpoint {source} is truncated ({info.filename} ends past the file).",
-                              "Download the file again and compare its sha256.")
+        raise ModelError(f"Checkpoint {source} is truncated ({info.filename} ends past the file).",
+                              "Download the file again and compare its sha256.", path=source)
     return start
 
 
@@ -233,17 +233,17 @@ def _read_torch_zip(path: Path, source: str):
         infos = {i.filename: i for i in zf.infolist()}
         pkls = [n for n in infos if n.endswith("/data.pkl") and n.count("/") == 1]
         if any(n.endswith("/constants.pkl") or "/code/" in n for n in infos):
-            raise RemoteClipError(
+            raise ModelError(
                 f"Checkpoint {source} is a TorchScript model (like OpenAI's original CLIP files), not a state dict.",
                 "Load it with PyTorch and save its weights: torch.save(model.state_dict(), path); RemoteCLIP's "
-                "own files (chendelong/RemoteCLIP) are state dicts already.")
+                "own files (chendelong/RemoteCLIP) are state dicts already.", path=source)
         if len(pkls) != 1:
-            raise RemoteClipError(f"{source} is a zip archive but not a PyTorch checkpoint (no data.pkl).",
-                                  _FIX_FORMAT)
+            raise ModelError(f"{source} is a zip archive but not a PyTorch checkpoint (no data.pkl).",
+                                  _FIX_FORMAT, path=source)
         prefix = pkls[0][: -len("data.pkl")]
         order = zf.read(prefix + "byteorder").decode().strip() if prefix + "byteorder" in infos else "little"
         if order not in ("little", "big"):
-            raise RemoteClipError(f"Checkpoint {source} declares byte order {order!r}.", _FIX_FORMAT)
+            raise ModelError(f"Checkpoint {source} declares byte order {order!r}.", _FIX_FORMAT, path=source)
         cache: dict = {}
         with zf.open(pkls[0]) as f:
             obj = _unpickle(f, source, lambda pid: _storage_from_pid(pid, cache, legacy=False))
@@ -253,8 +253,8 @@ def _read_torch_zip(path: Path, source: str):
         info = infos.get(f"{prefix}data/{key}")
         dtype = _raw_dtype(st.code, big_endian=order == "big")
         if info is None or info.file_size < st.numel * dtype.itemsize:
-            raise RemoteClipError(f"Checkpoint {source} is damaged: storage {key} is missing or short.",
-                                  "Download the file again and compare its sha256.")
+            raise ModelError(f"Checkpoint {source} is damaged: storage {key} is missing or short.",
+                                  "Download the file again and compare its sha256.", path=source)
         if info.compress_type == zipfile.ZIP_STORED:  # what torch.save writes: view the bytes in place
             mm = mm or _map(path)
             st.array = np.frombuffer(mm, dtype, st.numel, _zip_member_offset(mm, info, source))
@@ -275,8 +275,8 @@ def _read_torch_legacy(path: Path, source: str):
         keys = _unpickle(f, source)
         offset = f.tell()
     if not isinstance(keys, list) or set(keys) != set(cache):
-        raise RemoteClipError(f"Checkpoint {source} is damaged (its storage list does not match its tensors).",
-                              "Download the file again and compare its sha256.")
+        raise ModelError(f"Checkpoint {source} is damaged (its storage list does not match its tensors).",
+                              "Download the file again and compare its sha256.", path=source)
     mm = _map(path)
     for key in keys:
         st = cache[key]
@@ -285,8 +285,8 @@ def _read_torch_legacy(path: Path, source: str):
         n = struct.unpack(">q" if big else "<q", head)[0] if len(head) == 8 else -1
         end = offset + 8 + n * dtype.itemsize
         if n != st.numel or end > len(mm):
-            raise RemoteClipError(f"Checkpoint {source} is truncated or damaged (storage {key}).",
-                                  "Download the file again and compare its sha256.")
+            raise ModelError(f"Checkpoint {source} is truncated or damaged (storage {key}).",
+                                  "Download the file again and compare its sha256.", path=source)
         st.array = np.frombuffer(mm, dtype, n, offset + 8)
         offset = end
     return obj
@@ -294,7 +294,7 @@ def _read_torch_legacy(path: Path, source: str):
 
 def _read_safetensors(path: Path, source: str) -> dict:
     mm = _map(path)
-    bad = RemoteClipError(f"{source} is not a valid safetensors file.", _FIX_FORMAT)
+    bad = ModelError(f"{source} is not a valid safetensors file.", _FIX_FORMAT, path=source)
     if len(mm) < 8:
         raise bad
     n = struct.unpack("<Q", mm[:8])[0]
@@ -317,15 +317,15 @@ def _read_safetensors(path: Path, source: str) -> dict:
             begin, end = (int(v) for v in entry["data_offsets"])
         except KeyError as e:
             kind = entry.get("dtype") if isinstance(entry, dict) else None
-            raise RemoteClipError(f"{source}: tensor {name} has an unsupported type {kind!r}.",
-                                  "Save the weights as float32, float16 or bfloat16.") from e
+            raise ModelError(f"{source}: tensor {name} has an unsupported type {kind!r}.",
+                                  "Save the weights as float32, float16 or bfloat16.", path=source) from e
         except (TypeError, ValueError) as e:
             raise bad from e
         dtype = _raw_dtype(code)
         count = int(np.prod(shape, dtype=np.int64))
         if min(shape, default=0) < 0 or begin < 0 or end - begin != count * dtype.itemsize or base + end > len(mm):
-            raise RemoteClipError(f"{source}: tensor {name} does not fit its declared place in the file.",
-                                  "Download the file again; it is damaged or truncated.")
+            raise ModelError(f"{source}: tensor {name} does not fit its declared place in the file.",
+                                  "Download the file again; it is damaged or truncated.", path=source)
         out[name] = to_numpy(np.frombuffer(mm, dtype, count, base + begin).reshape(shape), code)
     return out
 
@@ -350,10 +350,13 @@ def read_checkpoint(path):
     (torch formats), or a dict of float32 / integer arrays (safetensors)."""
     path = Path(path).expanduser()
     source = str(path)
+    if path.exists() and not path.is_file():
+        raise SourceUnreadable(f"{source} is not a regular file (it leads to {path.resolve()}), so it is not a "
+                               "checkpoint.", "Give the path of the checkpoint file itself.", path=path)
     if not path.is_file():
-        raise RemoteClipError(f"Checkpoint {source} not found.", "Check the path of the checkpoint file.")
+        raise SourceUnreadable(f"Checkpoint {source} not found.", "Check the path of the checkpoint file.", path=source)
     if path.stat().st_size < 16:
-        raise RemoteClipError(f"{source} is too small to be a checkpoint.", _FIX_FORMAT)
+        raise ModelError(f"{source} is too small to be a checkpoint.", _FIX_FORMAT, path=source)
     kind = _sniff(path)
     try:
         if kind == "torch-zip":
@@ -363,20 +366,20 @@ def read_checkpoint(path):
         if kind == "safetensors":
             return _read_safetensors(path, source)
     except zipfile.BadZipFile as e:
-        raise RemoteClipError(f"Checkpoint {source} is a damaged zip archive ({e}).",
-                              "Download the file again and compare its sha256.") from e
+        raise ModelError(f"Checkpoint {source} is a damaged zip archive ({e}).",
+                              "Download the file again and compare its sha256.", path=source) from e
     except OSError as e:
-        raise RemoteClipError(f"Cannot read checkpoint {source} ({e.strerror or e}).",
-                              "Check that the file is readable.") from e
+        raise SourceUnreadable(f"Cannot read checkpoint {source} ({e.strerror or e}).",
+                              "Check that the file is readable.", path=source) from e
     if kind == "pickle":
-        raise RemoteClipError(f"{source} is a plain pickle, not a PyTorch checkpoint; it was not loaded "
-                              "(unpickling can run code).", _FIX_FORMAT)
+        raise ModelError(f"{source} is a plain pickle, not a PyTorch checkpoint; it was not loaded "
+                              "(unpickling can run code).", _FIX_FORMAT, path=source)
     import tarfile
 
     if tarfile.is_tarfile(path):
-        raise RemoteClipError(f"{source} is a tar archive (PyTorch's format before 0.4), not read here.",
-                              "Re-save the state dict with a current PyTorch, or as .safetensors.")
-    raise RemoteClipError(f"{source} is not a PyTorch or safetensors checkpoint.", _FIX_FORMAT)
+        raise ModelError(f"{source} is a tar archive (PyTorch's format before 0.4), not read here.",
+                              "Re-save the state dict with a current PyTorch, or as .safetensors.", path=source)
+    raise ModelError(f"{source} is not a PyTorch or safetensors checkpoint.", _FIX_FORMAT, path=source)
 
 
 def _pick_state_dict(obj, source: str) -> dict:
@@ -385,13 +388,13 @@ def _pick_state_dict(obj, source: str) -> dict:
     elif isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "epoch" in obj:
         obj = obj["model"]  # training.pretrain's checkpoint_last.pt
     if not isinstance(obj, dict) or not obj:
-        raise RemoteClipError(f"Checkpoint {source} holds no model state dict ({type(obj).__name__}).", _FIX_FORMAT)
+        raise ModelError(f"Checkpoint {source} holds no model state dict ({type(obj).__name__}).", _FIX_FORMAT, path=source)
     # OpenAI's own state dicts carry a few plain numbers besides the tensors; open_clip drops them too
     weights = {k: v for k, v in obj.items() if not (k in _NOT_WEIGHTS and _is_int(v))}
     odd = [k for k, v in weights.items() if not isinstance(k, str) or not isinstance(v, TensorRef | np.ndarray)]
     if odd:
-        raise RemoteClipError(f"Checkpoint {source} holds no model state dict: {odd[0]!r} is not a tensor.",
-                              _FIX_FORMAT)
+        raise ModelError(f"Checkpoint {source} holds no model state dict: {odd[0]!r} is not a tensor.",
+                              _FIX_FORMAT, path=source)
     # DataParallel / DistributedDataParallel training runs save every key under "module."
     if all(k.startswith("module.") for k in weights):
         weights = {k[len("module."):]: v for k, v in weights.items()}

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import Cancelled, InvalidInput, RemoteClipError, SourceUnreadable
+from ..errors import Cancelled, InvalidInput, MissingDependency, ModelError, RemoteClipError, SourceUnreadable
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def _import():
     try:
         import distributed
     except ImportError:
-        raise RemoteClipError("--dask needs Dask distributed, which is not installed.",
+        raise MissingDependency("--dask needs Dask distributed, which is not installed.",
                               "Install it: pip install -r requirements/distributed.txt (or scripts/setup.sh "
                               "distributed).") from None
     return distributed
@@ -121,8 +121,8 @@ def connect(address: str):
     if address.startswith("local:") or address == "local":
         n = address.partition(":")[2] or str(os.cpu_count() or 1)
         if not n.isdigit() or not 1 <= int(n) <= 256:
-            raise RemoteClipError(f"--dask {address}: the number of local workers is not a whole number 1..256.",
-                                  "Write --dask local:2 for two worker processes.")
+            raise InvalidInput(f"--dask {address}: the number of local workers is not a whole number 1..256.",
+                                  "Write --dask local:2 for two worker processes.", param="dask")
         # two task threads a worker: one raster is read while another is encoded (the sessions are shared)
         cluster = distributed.LocalCluster(n_workers=int(n), threads_per_worker=2, processes=True,
                                            host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR)
@@ -139,7 +139,7 @@ def connect(address: str):
                                "configuration (e.g. DASK_DISTRIBUTED__COMM__TLS__CA_FILE=ca.pem, "
                                "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT=node.pem, "
                                "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY=node.key; docs/distributed.md).",
-                               param="--dask")
+                               param="dask")
     try:   # Client reads Dask's configured security (distributed.comm.tls.*, require-encryption) itself
         return distributed.Client(address, timeout="20s"), None
     except Exception as e:   # refused, timed out, a TLS handshake refused, or not a Dask scheduler at all
@@ -170,7 +170,7 @@ def _worker_encoder(piece: Piece):
     if enc is None:
         bundle = load_bundle(piece.model)
         if bundle.sha256 != piece.model_sha256:
-            raise RemoteClipError(f"The bundle {piece.model} on this worker is not the client's (another sha256).",
+            raise ModelError(f"The bundle {piece.model} on this worker is not the client's (another sha256).",
                                   "Give every worker the same bundle (a shared folder or the same .rclip.zip).")
         enc = Encoder(bundle, device=piece.device, precision=piece.precision, batch_size=piece.batch_size,
                       threads=threads)
@@ -193,8 +193,8 @@ def encode_piece(piece: Piece):
         try:
             grid = make_grid(src, piece.spec)
             if len(grid) != piece.n_grid:
-                raise RemoteClipError(f"The worker sees {len(grid)} tiles in {piece.path}, the client "
-                                      f"{piece.n_grid}.", "Give the workers the same raster (a shared path).")
+                raise SourceUnreadable(f"The worker sees {len(grid)} tiles in {piece.path}, the client "
+                                      f"{piece.n_grid}.", "Give the workers the same raster (a shared path).", path=piece.path)
             kept, emb = encode_tiles(encoder, src, list(piece.bands), piece.stretch,
                                      sub_grid(grid, piece.start, piece.stop), None, None, piece.batch_size,
                                      piece.readers)
@@ -300,7 +300,7 @@ def encode_on_cluster(job, plans, bundle, batch, cache, progress, is_cancelled, 
                 pending.discard(f)
                 if f.status == "error":
                     exc = f.exception()
-                    raise RemoteClipError(f"The cluster could not encode {owner.get(f.key, 'a raster')}: "
+                    raise (type(exc) if isinstance(exc, RemoteClipError) else SourceUnreadable)(f"The cluster could not encode {owner.get(f.key, 'a raster')}: "
                                           f"{type(exc).__name__}: {exc}",
                                           "Check the workers' logs and memory (a worker killed again and again "
                                           "on one raster), or run without --dask.")

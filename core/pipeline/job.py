@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 
 from .. import checks
-from ..errors import RemoteClipError
+from ..errors import InvalidInput
 from ..tasks import TASKS, Task
 from ..tiles import TileSpec
 
@@ -31,16 +31,16 @@ class RunOptions:
 
         if self.model is not None and not isinstance(self.model, str | os.PathLike) \
                 and type(self.model).__name__ != "Bundle":
-            raise RemoteClipError(f"The model {self.model!r} is not a bundle path.",
-                                  "Give the bundle folder or .rclip.zip as a path.")
+            raise InvalidInput(f"The model {self.model!r} is not a bundle path.",
+                                  "Give the bundle folder or .rclip.zip as a path.", param="model")
         self.device = checks.choice(self.device, "device", DEVICES)
         self.precision = checks.choice(self.precision, "precision", PRECISIONS)
         self.batch_size = checks.optional(checks.whole, self.batch_size, "Batch size", 1, MAX_BATCH, "e.g. 32")
         self.threads = checks.optional(checks.whole, self.threads, "threads", 1, 1024, "e.g. 4")
         self.readers = checks.optional(checks.whole, self.readers, "readers", 1, 64, "e.g. 4")
         if self.cache_dir is not None and not isinstance(self.cache_dir, str | os.PathLike):
-            raise RemoteClipError(f"The cache folder {self.cache_dir!r} is not a path.",
-                                  "Give a folder path, \"\" for no cache, or None for the default.")
+            raise InvalidInput(f"The cache folder {self.cache_dir!r} is not a path.",
+                                  "Give a folder path, \"\" for no cache, or None for the default.", param="cache_dir")
 
 
 @dataclass
@@ -64,45 +64,47 @@ class Job:
     def __post_init__(self):
         self.max_tiles = checks.optional(checks.whole, self.max_tiles, "max_tiles", 1)
         if isinstance(self.raster, list | tuple):
-            self.raster = [checks.path_text(r, "raster") for r in self.raster]
+            # each raster's name is checked when it is planned: one that GDAL cannot open is skipped (--strict: stops)
+            self.raster = [os.fsdecode(r) if isinstance(r, bytes) else os.fspath(r) for r in self.raster]
             if not self.raster:
-                raise RemoteClipError("No raster was given.", "Give one or more raster files.")
+                raise InvalidInput("No raster was given.", "Give one or more raster files.", param="raster")
             for r in self.raster:
                 if not r.strip():
-                    raise RemoteClipError("An empty raster path was given.", "Give raster files (GeoTIFF, VRT, ...).")
+                    raise InvalidInput("An empty raster path was given.", "Give raster files (GeoTIFF, VRT, ...).", param="raster")
         if self.raster is None or (isinstance(self.raster, str) and not self.raster.strip()):
-            raise RemoteClipError("No raster was given.", "Give a raster file (GeoTIFF, VRT, ...) or layer.")
+            raise InvalidInput("No raster was given.", "Give a raster file (GeoTIFF, VRT, ...) or layer.", param="raster")
         if self.out_crs is not None and not isinstance(self.out_crs, str):
-            raise RemoteClipError(f"The output CRS {self.out_crs!r} is not text.", "Give e.g. EPSG:3857.")
+            raise InvalidInput(f"The output CRS {self.out_crs!r} is not text.", "Give e.g. EPSG:3857.", param="out_crs")
         if self.dask is not None and (not isinstance(self.dask, str) or not self.dask.strip()):
-            raise RemoteClipError(f"The Dask scheduler {self.dask!r} is not an address.",
-                                  "Give tcp://HOST:8786, or local:N for N worker processes on this machine.")
+            raise InvalidInput(f"The Dask scheduler {self.dask!r} is not an address.",
+                                  "Give tcp://HOST:8786, or local:N for N worker processes on this machine.", param="dask")
         if not isinstance(self.raster, str | os.PathLike | list) and not callable(getattr(self.raster, "read", None)):
-            raise RemoteClipError(f"The raster {self.raster!r} is neither a path nor a raster source.",
-                                  "Give a raster file path or a core.raster.RasterSource.")
+            raise InvalidInput(f"The raster {self.raster!r} is neither a path nor a raster source.",
+                                  "Give a raster file path or a core.raster.RasterSource.", param="raster")
         if not isinstance(self.task, Task):
-            raise RemoteClipError(f"Unknown task {type(self.task).__name__}.",
+            raise InvalidInput(f"Unknown task {type(self.task).__name__}.",
                                   "Use one of core.tasks' tasks: " + ", ".join(c.__name__ for c in TASKS.values())
-                                  + ".")
+                                  + ".", param="task")
         if not isinstance(self.run, RunOptions):
-            raise RemoteClipError(f"run is a {type(self.run).__name__}, not RunOptions.",
-                                  "Give RunOptions(model=...).")
+            raise InvalidInput(f"run is a {type(self.run).__name__}, not RunOptions.",
+                                  "Give RunOptions(model=...).", param="run")
         if not isinstance(self.tiles, TileSpec):
-            raise RemoteClipError(f"tiles is a {type(self.tiles).__name__}, not a TileSpec.",
-                                  "Give TileSpec(...) or leave it out for the default.")
+            raise InvalidInput(f"tiles is a {type(self.tiles).__name__}, not a TileSpec.",
+                                  "Give TileSpec(...) or leave it out for the default.", param="tiles")
         if self.output is not None and not isinstance(self.output, str | os.PathLike):
-            raise RemoteClipError(f"The output {self.output!r} is not a path.", "Give a .gpkg or .shp path.")
+            raise InvalidInput(f"The output {self.output!r} is not a path.", "Give a .gpkg or .shp path.",
+                               param="output")
         if not isinstance(self.inputs, list | tuple):
-            raise RemoteClipError(f"inputs {self.inputs!r} is not a list.",
-                                  "Give the files the job's inputs were read from as a list of paths.")
+            raise InvalidInput(f"inputs {self.inputs!r} is not a list.",
+                               "Give the files the job's inputs were read from as a list of paths.", param="inputs")
         if self.raster_output is not None:
             if not isinstance(self.raster_output, str | os.PathLike):
-                raise RemoteClipError(f"The raster output {self.raster_output!r} is not a path.",
-                                      "Give a .tif path.")
+                raise InvalidInput(f"The raster output {self.raster_output!r} is not a path.",
+                                      "Give a .tif path.", param="raster_output")
             if not self.task.dense:
-                raise RemoteClipError(f"The {self.task.kind} task has no dense map to write (--raster-output).",
+                raise InvalidInput(f"The {self.task.kind} task has no dense map to write (--raster-output).",
                                       "Leave it out; " + ", ".join(k for k, c in TASKS.items() if c.dense)
-                                      + " write one.")
+                                      + " write one.", param="raster_output")
 
     @property
     def many(self) -> bool:

@@ -8,7 +8,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from ..errors import RemoteClipError
+from ..errors import InvalidInput, RemoteClipError, SourceUnreadable
 from ..tiles import grid_step, make_grid, require_crs
 from .job import Job, Plan, check_job
 from .sources import open_source
@@ -70,38 +70,65 @@ def plan_raster(job: Job, index: int, raster, keep_open: bool = False) -> Raster
             src.close()
 
 
-def skip(job: Job, state: Skipped, path: str, why: str) -> None:
+def shown(path) -> str:
+    """A raster's name as text that can be printed and written (bytes that are not UTF-8 as U+FFFD)."""
+    path = str(path)
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        try:
+            return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        except UnicodeEncodeError:   # a surrogate that is no escaped byte
+            return path.encode("utf-8", "replace").decode("utf-8")
+
+
+def skip(job: Job, state: Skipped, path: str, why: str, kind: type[RemoteClipError] = SourceUnreadable) -> None:
     """A collection's raster left out (``Job.strict``: the run stops instead)."""
+    path = shown(path)
     if job.strict:
-        raise RemoteClipError(f"Raster {path} was not processed: {why}",
-                              "Fix or remove it, or leave out --strict to skip unreadable rasters.")
+        raise kind(f"Raster {path} was not processed: {why}",
+                   "Fix or remove it, or leave out --strict to skip unreadable rasters.", path=path)
     log.info("skipping %s: %s", path, why)
     state.skipped.append((path, why))
 
 
 def plan_rasters(job: Job, progress=None) -> tuple[list[RasterPlan], Skipped]:
-    """The plans of the job's rasters. One raster (not ``Job.many``): its errors raised as they are, no tile in
-    the extent an error, its source kept open. A collection: an unreadable raster skipped and named (``strict``:
-    the run stops), one without a tile in the extent skipped; none left is an error."""
+    """The plans of the job's rasters.
+
+    One raster (not ``Job.many``): its errors raised as they are, no tile in the extent an error, its source
+    kept open. A collection: a raster that cannot be opened or read (SourceUnreadable, or GDAL's own error on
+    a damaged header) is skipped and named (``Job.strict``: the run stops); one without a tile in the extent
+    is skipped. A raster that does not fit the job's parameters (an InvalidInput: a band it lacks, no CRS,
+    smaller than a tile) is skipped only when another raster of the collection fits them: then the misfit is
+    that raster's data (a mixed collection). When no raster fits, the parameters are what is wrong, and the
+    first raster's error propagates with its kind and ``param``. Any other kind (a missing package)
+    propagates."""
     state = Skipped()
     if not job.many:
         plan = plan_raster(job, 0, job.raster, keep_open=True)
         plan.name = str(getattr(plan.src, "name", ""))
         if not len(plan.grid):
             plan.close()
-            raise RemoteClipError("No tiles: the extent does not overlap the raster.",
-                                  "Choose an extent (bbox or polygons) inside the raster.")
+            raise InvalidInput("No tiles: the extent does not overlap the raster.",
+                               "Choose an extent (bbox or polygons) inside the raster.", param="extent")
         return [plan], state
     rasters = job.rasters()
     plans = []
+    misfits: list[tuple[str, InvalidInput]] = []
     for i, path in enumerate(rasters):
         if progress is not None and len(rasters) > 20 and i % 20 == 0:
             progress(0.0, f"planning {i}/{len(rasters)} rasters")
         try:
             p = plan_raster(job, i, path)
-        except RemoteClipError as e:
+        except SourceUnreadable as e:
             skip(job, state, path, str(e))
             continue
+        except InvalidInput as e:
+            misfits.append((path, e))
+            continue
+        except RemoteClipError:
+            raise
         except Exception as e:   # a damaged header: GDAL/rasterio raise their own types
             skip(job, state, path, f"{type(e).__name__}: {e}")
             continue
@@ -109,10 +136,15 @@ def plan_rasters(job: Job, progress=None) -> tuple[list[RasterPlan], Skipped]:
             state.skipped.append((path, NO_TILE))   # not an error: --strict does not stop for it
             continue
         plans.append(p)
+    if misfits and not plans:
+        raise misfits[0][1]
+    for path, e in misfits:
+        skip(job, state, path, str(e), InvalidInput)
     if not plans:
         why = "; ".join(f"{os.path.basename(p)}: {w}" for p, w in state.skipped[:3])
-        raise RemoteClipError(f"None of the {len(rasters)} rasters can be processed ({why}).",
-                              "Check the paths (gdalinfo), the extent and the bands.")
+        kind = InvalidInput if all(w == NO_TILE for _, w in state.skipped) else SourceUnreadable
+        raise kind(f"None of the {len(rasters)} rasters can be processed ({why}).",
+                   "Check the paths (gdalinfo), the extent and the bands.")
     return plans, state
 
 
@@ -120,9 +152,9 @@ def check_tile_limit(job: Job, plan: Plan) -> None:
     """The one tile limit (``Job.max_tiles``, the command line's --yes): a larger plan is refused."""
     if job.max_tiles is not None and plan.n_tiles > job.max_tiles:
         fewer = ", an extent, or fewer rasters." if plan.rasters > 1 or job.many else ", or an extent."
-        raise RemoteClipError(f"The plan is {plan.describe()}, above the {job.max_tiles:,} tiles a run may have "
-                              "unless confirmed.", "Confirm it (--yes on the command line), or plan fewer tiles: "
-                              "larger tiles, less overlap" + fewer)
+        raise InvalidInput(f"The plan is {plan.describe()}, above the {job.max_tiles:,} tiles a run may have "
+                           "unless confirmed.", "Confirm it (--yes on the command line), or plan fewer tiles: "
+                           "larger tiles, less overlap" + fewer, param="max_tiles")
 
 
 def plan_job(job: Job) -> Plan:

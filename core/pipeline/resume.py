@@ -11,7 +11,7 @@ import json
 import logging
 import os
 
-from ..errors import RemoteClipError
+from ..errors import OutputExists
 from .job import Job
 from .plan import RasterPlan
 
@@ -57,13 +57,13 @@ class ResumeRecord:
             except (OSError, ValueError, UnicodeDecodeError):
                 data = None
             if not isinstance(data, dict) or data.get("format") != RESUME_FORMAT:   # the user's: never replaced
-                raise RemoteClipError(f"{path} exists and is not a file RemoteCLIP wrote.",
-                                      "Move it away or give the output another name.")
+                raise OutputExists(f"{path} exists and is not a file RemoteCLIP wrote.",
+                                   "Move it away or give the output another name.", path=path)
             if data.get("job") == fingerprint and isinstance(data.get("done"), dict):
                 self.done = {str(k): str(v) for k, v in data["done"].items()}
         elif path and os.path.lexists(path):
-            raise RemoteClipError(f"{path} exists and is not a file RemoteCLIP wrote.",
-                                  "Move it away or give the output another name.")
+            raise OutputExists(f"{path} exists and is not a file RemoteCLIP wrote.",
+                               "Move it away or give the output another name.", path=path)
 
     def was_done(self, plan: RasterPlan) -> bool:
         return plan.cache_key is not None and self.done.get(plan.path) == plan.cache_key

@@ -28,8 +28,8 @@ import time
 
 import numpy as np
 
-from ..bundle import load_bundle
-from ..errors import Cancelled, RemoteClipError
+from ..bundle import load_bundle, precision_warnings
+from ..errors import Cancelled, InvalidInput
 from ..inference import Encoder
 from ..tasks import RasterPart
 from ..tiles import crs_name, same_crs
@@ -55,8 +55,9 @@ def run_job(job: Job, progress=None, is_cancelled=None, on_plan=None) -> JobResu
     t0 = time.perf_counter()
     check_job(job)
     if job.raster_output is not None and len(job.rasters()) > 1:
-        raise RemoteClipError("--raster-output makes one GeoTIFF on one raster's grid; several rasters were given.",
-                              "Leave out --raster-output, or run each raster on its own (or mosaic them in a VRT).")
+        raise InvalidInput("--raster-output makes one GeoTIFF on one raster's grid; several rasters were given.",
+                           "Leave out --raster-output, or run each raster on its own (or mosaic them in a VRT).",
+                           param="raster_output")
     paths = check_outputs(job)   # before any pixel is read or the model loads
     progress_to(progress, 0.0, "planning" if job.many else "preparing")
     plans, state = plan_rasters(job, progress)   # opening reads no pixels: fails before the model loads
@@ -69,7 +70,7 @@ def run_job(job: Job, progress=None, is_cancelled=None, on_plan=None) -> JobResu
 
 def _run(job: Job, plans, state, paths, t0, progress, is_cancelled, on_plan) -> JobResult:
     bundle = load_bundle(job.run.model)
-    warnings: list[str] = []
+    warnings: list[str] = precision_warnings(bundle, job.run.precision)
     task = job.task
     prepared = task.prepare(bundle, warnings)
     total = sum(len(p.grid) for p in plans)
@@ -79,8 +80,8 @@ def _run(job: Job, plans, state, paths, t0, progress, is_cancelled, on_plan) -> 
     check_tile_limit(job, plan)
     out_wkt = out_crs_wkt(job, plans[0].crs_wkt)
     if job.raster_output is not None and job.out_crs and not same_crs(plans[0].crs_wkt, out_wkt):
-        raise RemoteClipError("--raster-output is written in the raster's CRS; --out-crs asks for another.",
-                              "Leave out --out-crs, or reproject the GeoTIFF afterwards (gdalwarp).")
+        raise InvalidInput("--raster-output is written in the raster's CRS; --out-crs asks for another.",
+                           "Leave out --out-crs, or reproject the GeoTIFF afterwards (gdalwarp).", param="out_crs")
     encoder = Encoder(bundle, device=job.run.device, precision=job.run.precision, batch_size=job.run.batch_size,
                       threads=job.run.threads)
     timings = {"prepare": time.perf_counter() - t0}
@@ -120,8 +121,8 @@ def _run(job: Job, plans, state, paths, t0, progress, is_cancelled, on_plan) -> 
         ground.append(tile_ground_size(p))
     if not parts:
         why = "; ".join(f"{os.path.basename(p)}: {w}" for p, w in state.skipped[:3])
-        raise RemoteClipError(f"No raster gave a tile ({why}).", "Check the rasters (gdalinfo), the extent and "
-                              "the bands.")
+        raise InvalidInput(f"No raster gave a tile ({why}).", "Check the rasters (gdalinfo), the extent and "
+                           "the bands.")
     encoded = sum(part.images_encoded for part in parts)
     fitted = task.fit(parts, text, bundle, prepared, warnings)
     if job.many:
@@ -177,9 +178,9 @@ def gather(job: Job, plans, pieces, cache, record, state, progress, is_cancelled
             cache.save(p.cache_key, enc.kept, enc.emb)
         if not len(enc.kept):
             if not job.many:
-                raise RemoteClipError(f"Every tile of {p.name or 'the raster'} is nodata ({len(p.grid)} tiles "
-                                      "read, none with a valid pixel).", "Check the raster's nodata value and "
-                                      "mask (gdalinfo) and the bands; choose an extent with image data.")
+                raise InvalidInput(f"Every tile of {p.name or 'the raster'} is nodata ({len(p.grid)} tiles "
+                                   "read, none with a valid pixel).", "Check the raster's nodata value and "
+                                   "mask (gdalinfo) and the bands; choose an extent with image data.")
             state.skipped.append((p.path, "every tile is nodata"))
             continue
         if enc.cache_hit and record.was_done(p):

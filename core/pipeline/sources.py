@@ -6,7 +6,7 @@ from __future__ import annotations
 import glob
 import os
 
-from ..errors import RemoteClipError
+from ..errors import InvalidInput, SourceUnreadable
 
 RASTER_EXTENSIONS = (".tif", ".tiff", ".vrt", ".jp2", ".img", ".ecw", ".sid", ".png", ".jpg", ".jpeg")
 
@@ -42,14 +42,14 @@ def expand_rasters(items) -> list[str]:
             found = sorted(os.path.join(item, n) for n in os.listdir(item)
                            if n.lower().endswith(RASTER_EXTENSIONS) and os.path.isfile(os.path.join(item, n)))
             if not found:
-                raise RemoteClipError(f"The folder {item} holds no raster file ({', '.join(RASTER_EXTENSIONS)}).",
-                                      "Give a folder with rasters, a glob such as 'sheets/*.tif', or the files.")
+                raise InvalidInput(f"The folder {item} holds no raster file ({', '.join(RASTER_EXTENSIONS)}).",
+                                      "Give a folder with rasters, a glob such as 'sheets/*.tif', or the files.", path=item)
             out += found
         elif has_magic(item) and not os.path.exists(item):
             found = sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))
             if not found:
-                raise RemoteClipError(f"No file matches {item!r}.", "Check the pattern (quote it so the shell "
-                                      "does not expand it, e.g. 'sheets/*.tif').")
+                raise SourceUnreadable(f"No file matches {item!r}.", "Check the pattern (quote it so the shell "
+                                      "does not expand it, e.g. 'sheets/*.tif').", path=item)
             out += found
         elif item.lower().endswith((".txt", ".lst")) and os.path.isfile(item):
             out += _list_file(item)
@@ -62,7 +62,7 @@ def expand_rasters(items) -> list[str]:
             seen.add(k)
             unique.append(k)
     if not unique:
-        raise RemoteClipError("No raster was given.", "Give raster files, a glob, a folder or a list of paths.")
+        raise InvalidInput("No raster was given.", "Give raster files, a glob, a folder or a list of paths.", param="raster")
     return unique
 
 
@@ -71,8 +71,8 @@ def _list_file(path: str) -> list[str]:
         with open(path, encoding="utf-8-sig") as f:
             lines = [ln.strip() for ln in f]
     except (OSError, UnicodeDecodeError) as e:
-        raise RemoteClipError(f"The list of rasters {path} cannot be read ({e}).",
-                              "Give a UTF-8 text file with one raster path or URL a line.") from None
+        raise SourceUnreadable(f"The list of rasters {path} cannot be read ({e}).",
+                              "Give a UTF-8 text file with one raster path or URL a line.", path=path) from None
     base = os.path.dirname(os.path.abspath(path))
     from ..raster import is_gdal_uri
 
@@ -87,5 +87,5 @@ def _list_file(path: str) -> list[str]:
         else:
             out.append(os.path.join(base, ln))
     if not out:
-        raise RemoteClipError(f"The list of rasters {path} holds no path.", "Write one raster path a line.")
+        raise InvalidInput(f"The list of rasters {path} holds no path.", "Write one raster path a line.", path=path)
     return out

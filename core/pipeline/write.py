@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from .. import checks
-from ..errors import RemoteClipError
+from ..errors import InvalidInput
 from ..records import Categorical, Lazy, Records, python_values
 from ..tasks import RasterPart, TaskOutput
 from ..vectors import check_not_input, check_output
@@ -250,8 +250,8 @@ def reproject_wkb(wkbs: list[bytes], src_wkt: str, dst_wkt: str, tile_size: floa
         g = ogr.CreateGeometryFromWkb(wkb)
         g.Segmentize(tile_size / _DENSIFY)
         if g.Transform(ct) != 0:
-            raise RemoteClipError("A tile cannot be put in the output CRS.",
-                                  "Choose an output CRS that covers every raster (--out-crs).")
+            raise InvalidInput("A tile cannot be put in the output CRS.",
+                               "Choose an output CRS that covers every raster (--out-crs).", param="out_crs")
         out.append(bytes(g.ExportToWkb(ogr.wkbNDR)))
     return out
 

@@ -1,6 +1,7 @@
 """What the RemoteCLIP algorithms share: raster, model, tiles, run options and the output; and their task
 parameters, declared once in core (core.tasks: each task's ``params``) and turned into Processing
-parameters here, so an algorithm class only names its task (``task_kind``).
+parameters by processing/parameters.py. The algorithms themselves are made from the task registry
+(provider.algorithm_class: one subclass per task of core.tasks.TASKS, which only names its ``task_kind``).
 
 ``prepareAlgorithm`` (QGIS calls it in the main thread) turns the parameters
 into a core ``Job``: layers are read there, and a web or database raster gets
@@ -34,9 +35,7 @@ from qgis.core import (
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSource,
-    QgsProcessingParameterField,
     QgsProcessingParameterFile,
-    QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
@@ -48,10 +47,11 @@ from qgis.PyQt.QtCore import QCoreApplication
 
 from ..core.bundle import PRECISIONS as _PRECISIONS
 from ..core.bundle import bundle_path, default_bundle
-from ..core.errors import Cancelled, RemoteClipError
+from ..core.errors import Cancelled, InvalidInput, ModelError, OutputRefused, RemoteClipError, WriteFailed
 from ..core.tasks import TASKS
 from ..core.tiles import MAX_OVERLAP
 from ..layer_source import crs_wkt, extent_from_rectangle, raster_for_layer
+from .parameters import adapter, decimals, param_help
 
 UNITS = ["px", "m"]
 DEVICES = ["auto", "cpu", "cuda"]
@@ -108,8 +108,9 @@ class StyleDense(QgsProcessingLayerPostProcessorInterface):
 
 
 class RemoteClipAlgorithm(QgsProcessingAlgorithm):
-    """Base class; a subclass names its task (``task_kind``, a key of core.tasks.TASKS): the name, help,
-    group, task parameters and the task itself come from the task class."""
+    """Base class; a subclass (provider.algorithm_class) names its task (``task_kind``, a key of
+    core.tasks.TASKS): the name, help, group, task parameters, cache rule and the task itself come from the
+    task class."""
 
     INPUT = "INPUT"
     MODEL = "MODEL"
@@ -135,11 +136,14 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
     REPORT = "REPORT"
 
     task_kind = "embed"     # the task (core.tasks.TASKS)
-    can_skip_cache = True   # USE_CACHE is offered (computeembeddings always caches)
 
     @property
     def task_cls(self):
         return TASKS[self.task_kind]
+
+    @property
+    def can_skip_cache(self) -> bool:   # USE_CACHE is offered (computeembeddings always caches)
+        return self.task_cls.can_skip_cache
 
     @property
     def kind(self) -> str:   # result style (layers.KINDS)
@@ -194,13 +198,13 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
             fileFilter=self.tr("RemoteCLIP bundles (manifest.json *.rclip.zip *.zip);;All files (*)"),
             defaultValue=default_bundle(), optional=default_bundle() is not None))
         self.init_task_parameters()
-        self.add(_decimals(QgsProcessingParameterNumber(
+        self.add(decimals(QgsProcessingParameterNumber(
             self.TILE_SIZE, self.tr("Tile size"), QgsProcessingParameterNumber.Type.Double, defaultValue=224,
             minValue=0.01), 1))
         self.add(QgsProcessingParameterEnum(
             self.TILE_UNIT, self.tr("Tile size unit"), options=[self.tr("pixels"), self.tr("metres")],
             defaultValue=0))
-        self.add(_decimals(QgsProcessingParameterNumber(
+        self.add(decimals(QgsProcessingParameterNumber(
             self.OVERLAP, self.tr("Overlap (fraction of the tile edge shared with the neighbour)"),
             QgsProcessingParameterNumber.Type.Double, defaultValue=0.0, minValue=0.0, maxValue=MAX_OVERLAP), 2))
         self.add(QgsProcessingParameterExtent(
@@ -261,104 +265,20 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
     def init_task_parameters(self):
         """The task's declared inputs (core.tasks.Param) as Processing parameters."""
         for prm in self.task_cls.params:
-            p = self._parameter(prm)
+            p = adapter(prm).make(self, prm)
             if prm.advanced:
                 p.setFlags(p.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
             self.add(p)
 
-    def _parameter(self, prm):
-        key, label = prm.processing_key, self.tr(prm.label)
-        number = QgsProcessingParameterNumber
-        if prm.kind == "names":
-            return QgsProcessingParameterString(key, self.tr(prm.label + " (separated by commas or new lines)"),
-                                                multiLine=True, optional=True)
-        if prm.kind == "preset":
-            # a default preset: the algorithm runs with its default values; class names typed win over it
-            default = prm.choices.index(DEFAULT_PRESET) + 1 if DEFAULT_PRESET in prm.choices else 0
-            return QgsProcessingParameterEnum(key, self.tr(prm.label + " (used when no class names are given)"),
-                                              options=[self.tr("(none)"), *prm.choices], defaultValue=default)
-        if prm.kind == "templates":
-            return QgsProcessingParameterString(key, self.tr(prm.label + "; separated by new lines or |"),
-                                                multiLine=True, optional=True)
-        if prm.kind == "text":
-            return QgsProcessingParameterString(key, label, optional=prm.optional)
-        if prm.kind in ("int", "float"):
-            kwargs = {"optional": prm.optional}
-            if prm.start_value is not None:   # the dialog starts where the dock does (search: top 20, standing out)
-                kwargs["defaultValue"] = prm.start_value
-            if prm.lo is not None:
-                kwargs["minValue"] = prm.lo
-            if prm.hi is not None:
-                kwargs["maxValue"] = prm.hi
-            p = number(key, label, number.Type.Integer if prm.kind == "int" else number.Type.Double, **kwargs)
-            return p if prm.kind == "int" else _decimals(p, 3)
-        if prm.kind == "choice":
-            return QgsProcessingParameterEnum(key, label, options=list(prm.choices),
-                                              defaultValue=list(prm.choices).index(prm.default))
-        if prm.kind == "samples":
-            return QgsProcessingParameterFeatureSource(
-                key, label, [QgsProcessing.SourceType.TypeVectorPoint, QgsProcessing.SourceType.TypeVectorPolygon],
-                optional=prm.optional)
-        if prm.kind == "field":
-            parent = self.task_cls.param(prm.parent).processing_key
-            return QgsProcessingParameterField(key, label, parentLayerParameterName=parent, optional=prm.optional)
-        if prm.kind == "file":
-            return QgsProcessingParameterFile(key, label, behavior=QgsProcessingParameterFile.Behavior.File,
-                                              fileFilter=prm.file_filter or "All files (*)", optional=prm.optional)
-        if prm.kind == "file_out":
-            return QgsProcessingParameterFileDestination(key, label, fileFilter=prm.file_filter or "All files (*)",
-                                                         optional=prm.optional, createByDefault=False)
-        raise ValueError(f"no Processing parameter for {prm.kind!r}")
-
     def make_task(self, parameters, context):
         """The core task from the parameters, parsed by the task class (errors name the parameters)."""
-        from ..layer_source import samples_from_layer, vector_origin
-
-        raw = {}
-        for prm in self.task_cls.params:
-            key = prm.processing_key
-            if prm.kind in ("names", "templates", "text"):
-                value = self.parameterAsString(parameters, key, context)
-                raw[prm.name] = None if prm.kind != "text" and not value.strip() else value.strip()
-            elif prm.kind == "preset":
-                i = self.parameterAsEnum(parameters, key, context)
-                raw[prm.name] = prm.choices[i - 1] if i else None
-            elif prm.kind in ("int", "float"):
-                if prm.optional:
-                    raw[prm.name] = self.optional_number(parameters, key, context, integer=prm.kind == "int")
-                elif prm.kind == "int":
-                    raw[prm.name] = self.parameterAsInt(parameters, key, context)
-                else:
-                    raw[prm.name] = self.parameterAsDouble(parameters, key, context)
-            elif prm.kind == "choice":
-                raw[prm.name] = prm.choices[self.parameterAsEnum(parameters, key, context)]
-            elif prm.kind == "samples":
-                source = self.parameterAsSource(parameters, key, context) \
-                    if parameters.get(key) not in (None, "") else None
-                field = next((self.parameterAsString(parameters, f.processing_key, context)
-                              for f in self.task_cls.params if f.kind == "field" and f.parent == prm.name), "")
-                raw[prm.name] = None if source is None else samples_from_layer(source, field)
-                if source is not None:   # the file behind the source: no output may replace it
-                    raw[prm.name].origin = vector_origin(self.parameterAsVectorLayer(parameters, key, context))
-            elif prm.kind == "file":
-                raw[prm.name] = self.parameterAsFile(parameters, key, context) or None
-            elif prm.kind == "file_out":
-                raw[prm.name] = self.parameterAsFileOutput(parameters, key, context) or None
+        raw = {prm.name: adapter(prm).read(self, prm, parameters, context) for prm in self.task_cls.params}
         for prm in self.task_cls.params:
             if prm.kind == "preset" and raw.get(prm.fills) is not None:
                 raw[prm.name] = None   # the class names typed win over the (default) preset
         return self.task_cls.from_inputs(raw, spell=lambda p: p.processing_key)
 
     # -------------------------------------------------------------------------------- helpers
-
-    def optional_number(self, parameters, name, context, integer=False):
-        """None when an optional number is not set (parameterAsDouble would say 0)."""
-        value = parameters.get(name)
-        if value is None or (isinstance(value, str) and not value.strip()):
-            return None
-        if integer:
-            return self.parameterAsInt(parameters, name, context)
-        return self.parameterAsDouble(parameters, name, context)
 
     def _extent_and_mask(self, parameters, context, layer):
         """TileSpec extent in the layer's CRS: mask polygons (clipped to EXTENT), EXTENT, or None."""
@@ -385,7 +305,7 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
                 continue
             if mask.sourceCrs().isValid() and lcrs.isValid() and mask.sourceCrs() != lcrs \
                     and g.transform(ct) != QgsGeometry.OperationResult.Success:
-                raise RemoteClipError("A mask polygon cannot be transformed to the raster's CRS.",
+                raise InvalidInput("A mask polygon cannot be transformed to the raster's CRS.",
                                       "Check the mask layer's CRS.")
             if clip is not None:
                 g = g.intersection(clip)
@@ -393,7 +313,7 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
                     continue
             wkts.append(g.asWkt())
         if not wkts:
-            raise RemoteClipError("The mask has no polygons" + (" inside the extent." if rect else "."),
+            raise InvalidInput("The mask has no polygons" + (" inside the extent." if rect else "."),
                                   "Choose a mask layer with polygons over the raster (or no mask).")
         from ..layer_source import vector_origin
 
@@ -408,7 +328,7 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
         if not dest or dest == QgsProcessing.TEMPORARY_OUTPUT:
             dest = os.path.join(QgsProcessingUtils.tempFolder(), f"{self.name()}.gpkg")
         if dest.startswith(("memory:", "postgres:", "postgis:", "spatialite:", "mssql:", "oracle:")):
-            raise RemoteClipError(f"RemoteCLIP writes files, not {dest.split(':')[0]} layers.",
+            raise OutputRefused(f"RemoteCLIP writes files, not {dest.split(':')[0]} layers.",
                                   "Save the output to a .gpkg or .shp file (or a temporary layer).")
         path, layer_name = ogr_destination(dest)
         ext = os.path.splitext(path)[1].lower()
@@ -418,8 +338,8 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
 
         driver = _EXTENSION_DRIVERS.get(ext)
         if driver is None or ogr.GetDriverByName(driver) is None:
-            raise RemoteClipError(f"The output {path} has a format RemoteCLIP cannot write ({ext or 'no extension'}).",
-                                  "Name the output .gpkg or .shp (or another OGR vector format such as .geojson).")
+            raise OutputRefused(f"The output {path} has a format RemoteCLIP cannot write ({ext or 'no extension'}).",
+                                  "Name the output .gpkg or .shp (or another OGR vector format such as .geojson).", path=path)
         return dest, path, layer_name, driver
 
     # -------------------------------------------------------------------------------- the run
@@ -441,11 +361,11 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
         try:
             layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
             if layer is None:
-                raise RemoteClipError("No raster layer was given (INPUT).",
-                                      "Choose a raster layer or give a raster file path.")
+                raise InvalidInput("No raster layer was given (INPUT).",
+                                      "Choose a raster layer or give a raster file path.", param="INPUT")
             model = bundle_path(self.parameterAsFile(parameters, self.MODEL, context) or default_bundle() or "")
             if not model:
-                raise RemoteClipError("No model bundle was given (MODEL) and the plugin has no demo model.",
+                raise ModelError("No model bundle was given (MODEL) and the plugin has no demo model.",
                                       "Choose a bundle folder or .rclip.zip, or set REMOTECLIP_MODEL.")
             task = self.make_task(parameters, context)
             extent = self._extent_and_mask(parameters, context, layer)
@@ -464,8 +384,7 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
                              cache_dir=None if use_cache else "")
             self._dest, path, layer_name, self._convert = self._destination(parameters, context)
             # what the dock names its layers: raster, task, classes (or object, query), tile size
-            unit = "px" if tiles.unit == "px" else "m"
-            self._title = f"{task.layer_title(layer.name())} · {tiles.size:g} {unit}"
+            self._title = task.result_title(layer.name(), tiles)
             self._final = path
             inputs = []
             if self._convert:   # core checks what it writes; the converted file is checked here, by core's rule
@@ -478,10 +397,10 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
             dissolve = self.can_dissolve and self.parameterAsBool(parameters, self.DISSOLVE, context)
             dask = (self.parameterAsString(parameters, self.DASK, context) or "").strip() or None
             if dask and not isinstance(raster, str):
-                raise RemoteClipError(f"The layer {layer.name()} is read through QGIS ({layer.providerType()} "
+                raise InvalidInput(f"The layer {layer.name()} is read through QGIS ({layer.providerType()} "
                                       "provider); Dask workers read raster files themselves.",
                                       "Leave the Dask scheduler empty, or save the layer as a GeoTIFF first "
-                                      "(Export > Save As) and run on that file.")
+                                      "(Export > Save As) and run on that file.", param="DASK")
             self._dense = None
             if self.task_cls.dense and parameters.get(self.RASTER_OUTPUT) not in (None, ""):
                 self._dense = self.parameterAsOutputLayer(parameters, self.RASTER_OUTPUT, context) or None
@@ -566,8 +485,7 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
         if self.task_cls.dense:
             out[self.RASTER_OUTPUT] = result.raster_output
         for prm in self.task_cls.params:
-            if prm.kind == "file_out":
-                out[prm.processing_key] = getattr(job.task, prm.name, None)
+            out.update(adapter(prm).outputs(prm, job.task))
         if self.task_cls.reports:
             from ..core.tasks import report_lines
 
@@ -586,7 +504,7 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
             details = context.layerToLoadOnCompletionDetails(dest)
             # the layer's name says what it holds; a file the analyst named keeps QGIS's rule (its file name
             # where "Prefer output filename for layer names" is on), a temporary output's file name means nothing
-            details.name = self._title if dest == self._dest else f"{self._title} · heat map"
+            details.name = self._title if dest == self._dest else self.task_cls.dense_title(self._title)
             if _in_folder(dest.split("|")[0], QgsProcessingUtils.tempFolder()):   # a temporary output
                 details.forceName = True
             _KEEP_ALIVE.append(processor)
@@ -620,13 +538,6 @@ def _add_plugin_deps():
         add_deps_to_path()
 
 
-def _decimals(param, n: int):
-    """The dialog shows ``n`` decimals ("224.0", not "224.000000")."""
-    param.setMetadata({"widget_wrapper": {"decimals": n}})
-    return param
-
-
-DEFAULT_PRESET = "land-cover"
 COMMON_HELP = (
     ("Raster layer", "the image to tile: a GeoTIFF or any raster QGIS opens (XYZ and WMS layers need an extent)"),
     ("Model bundle", "a RemoteCLIP model: its folder, its manifest.json or a .rclip.zip; empty: the demo model "
@@ -651,23 +562,6 @@ DENSE_HELP = "optional GeoTIFF at tile resolution: per-class probabilities or th
              "averaged"
 
 
-def param_help(prm) -> str:
-    """What a task input means, with its limits and default."""
-    text = prm.help or prm.label
-    limits = []
-    if prm.kind in ("int", "float") and (prm.lo is not None or prm.hi is not None):
-        lo = "" if prm.lo is None else f"{prm.lo:g}"
-        hi = "" if prm.hi is None else f"{prm.hi:g}"
-        limits.append(f"from {lo} to {hi}" if lo and hi else f"at least {lo}" if lo else f"at most {hi}")
-    if prm.optional and prm.kind in ("int", "float"):
-        limits.append(f"empty: {prm.none_text or 'none'}")
-    elif prm.default is not None and prm.kind not in ("preset",):
-        limits.append(f"default {prm.default}")
-    if prm.kind == "preset":
-        limits.append(f"default {DEFAULT_PRESET}; class names typed win over it; one of " + ", ".join(prm.choices))
-    return text + (f" ({'; '.join(limits)})" if limits else "")
-
-
 _EXTENSION_DRIVERS = {".geojson": "GeoJSON", ".json": "GeoJSON", ".fgb": "FlatGeobuf", ".gml": "GML",
                       ".kml": "KML", ".sqlite": "SQLite", ".csv": "CSV", ".tab": "MapInfo File",
                       ".mif": "MapInfo File", ".gmt": "OGR_GMT", ".dxf": "DXF"}   # spreadsheets would drop the tiles
@@ -686,7 +580,7 @@ def _convert(src: str, dest: str, driver: str, layer_name: str | None) -> None:
 
     folder = os.path.dirname(os.path.abspath(dest))
     if not os.path.isdir(folder):
-        raise RemoteClipError(f"The output folder {folder} does not exist.", "Create it or choose another.")
+        raise OutputRefused(f"The output folder {folder} does not exist.", "Create it or choose another.", path=folder)
     remove_dead_temps(folder, _STAGE_PATTERN)   # left by a run that was killed while converting
     stage = tempfile.mkdtemp(prefix=f".remoteclip_{os.getpid()}_", dir=folder)
     try:
@@ -695,13 +589,13 @@ def _convert(src: str, dest: str, driver: str, layer_name: str | None) -> None:
         opts = gdal.VectorTranslateOptions(format=driver, layerName=layer_name,
                                            layerCreationOptions=_LAYER_OPTIONS.get(driver))
         if gdal.VectorTranslate(staged, src, options=opts) is None:
-            raise RemoteClipError(f"Converting the result to {driver} failed.", "Save it as .gpkg or .shp.")
+            raise WriteFailed(f"Converting the result to {driver} failed.", "Save it as .gpkg or .shp.")
         stem = os.path.splitext(os.path.basename(dest))[0]
         for name in os.listdir(stage):   # multi-file formats (.tab + .dat + ...) move together
             if name.startswith(stem):
                 os.replace(os.path.join(stage, name), os.path.join(folder, name))
     except RuntimeError as e:
-        raise RemoteClipError(f"Converting the result to {driver} failed: {e}.", "Save it as .gpkg or .shp.") \
+        raise WriteFailed(f"Converting the result to {driver} failed: {e}.", "Save it as .gpkg or .shp.") \
             from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)

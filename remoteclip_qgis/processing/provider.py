@@ -1,29 +1,42 @@
-"""The "remoteclip" Processing provider."""
+"""The "remoteclip" Processing provider, its algorithms made from the task registry (core.tasks.TASKS)."""
 
 from __future__ import annotations
 
 import os
+import re
 
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
-from .classify_samples import ClassifyFromSamplesAlgorithm
-from .compute_embeddings import ComputeEmbeddingsAlgorithm
-from .count_objects import CountObjectsAlgorithm
-from .label_tiles import LabelTilesAlgorithm
-from .text_search import TextSearchAlgorithm
+from ..core.tasks import TASKS
+from .base import RemoteClipAlgorithm
 
 ICON = os.path.join(os.path.dirname(os.path.dirname(__file__)), "resources", "icon.svg")
+_CLASSES: dict[type, type] = {}
+
+
+def algorithm_class(task_cls) -> type[RemoteClipAlgorithm]:
+    """The Processing algorithm of a registered task (core.tasks.TASKS): a RemoteClipAlgorithm subclass that
+    names it ('Label tiles' -> LabelTilesAlgorithm), made once per task class, so that ``createInstance``
+    makes another of the same class."""
+    cls = _CLASSES.get(task_cls)
+    if cls is None:
+        words = re.split(r"\W+", task_cls.algorithm_title or task_cls.kind)
+        cls = _CLASSES[task_cls] = type(
+            "".join(w[:1].upper() + w[1:] for w in words) + "Algorithm", (RemoteClipAlgorithm,),
+            {"task_kind": task_cls.kind, "__module__": __name__,
+             "__doc__": f"remoteclip:{task_cls.algorithm}: {task_cls.summary} ({task_cls.__name__})."})
+    return cls
 
 
 class RemoteClipProvider(QgsProcessingProvider):
-    """Algorithms ``remoteclip:labeltiles``, ``countobjects``, ``textsearch``, ``classifyfromsamples`` and
-    ``computeembeddings``: one per task of core.tasks.TASKS."""
+    """One algorithm per task of the registry (core.tasks.TASKS, in its order), made by
+    :func:`algorithm_class`: ``remoteclip:labeltiles``, ``countobjects``, ``textsearch``,
+    ``classifyfromsamples`` and ``computeembeddings``, and any task registered before the provider loads."""
 
     def loadAlgorithms(self):
-        for alg in (LabelTilesAlgorithm(), CountObjectsAlgorithm(), TextSearchAlgorithm(),
-                    ClassifyFromSamplesAlgorithm(), ComputeEmbeddingsAlgorithm()):
-            self.addAlgorithm(alg)
+        for task_cls in TASKS.values():
+            self.addAlgorithm(algorithm_class(task_cls)())
 
     def id(self):
         return "remoteclip"
