@@ -196,7 +196,9 @@ def test_search_selects_the_best_tiles_that_stand_out_and_reports_the_similarity
 def test_stand_out_takes_its_number_of_standard_deviations(n, want):
     """--stand-out N other than 1: the cut is mean + N sd (not 1 sd) and selects what that cut keeps; the
     stored cut (the legend's) and the summary line say it. At N = 1 the same similarities select two tiles."""
-    from core.tasks import RasterPart, effective_threshold, search_records
+    from record_loops import search_records
+
+    from core.tasks import RasterPart, effective_threshold
 
     sims = np.array([-0.31, -0.30, -0.29, -0.28, -0.27, -0.26, -0.25, -0.12, -0.10, -0.05, 0.12])
     emb = np.stack([sims, np.sqrt(1 - sims ** 2)], axis=1)
