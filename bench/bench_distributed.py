@@ -42,7 +42,7 @@ def sheets(folder: Path) -> list[Path]:
 
 
 def run(rasters, bundle, tile_px: int, dask: str | None, threads: int | None = None):
-    from core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
+    from core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
 
     job = Job(raster=[str(r) for r in rasters], task=LabelTask(LABELS), tiles=TileSpec(size=tile_px),
               run=RunOptions(model=str(bundle), cache_dir="", threads=threads), dask=dask)
@@ -60,9 +60,9 @@ def _vm_hwm_mb() -> float:
 
 
 def result_bytes_per_tile(res, rasters) -> float:
-    """What the workers sent back for this job: one pickled core.collection.Encoded per raster (the indices
+    """What the workers sent back for this job: one pickled core.pipeline.encode.Encoded per raster (the indices
     and embeddings of its kept tiles), divided by the tiles."""
-    from core.collection import Encoded
+    from core.pipeline.encode import Encoded
 
     total = 0
     start = 0

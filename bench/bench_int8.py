@@ -120,7 +120,7 @@ def spearman(a, b) -> float:
 
 def run_tasks(bundle, precision: str, raster: Path, tile: int, cache: Path) -> dict:
     """Label, search (per query) and count results by (row, col) for one precision."""
-    from core.jobs import CountTask, Job, LabelTask, RunOptions, SearchTask, TileSpec, run_job
+    from core.pipeline import CountTask, Job, LabelTask, RunOptions, SearchTask, TileSpec, run_job
     from core.prompts import PRESETS
 
     run = RunOptions(model=str(bundle), device="cpu", precision=precision, cache_dir=str(cache))

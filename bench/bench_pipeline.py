@@ -98,7 +98,7 @@ BATCH = 32
 
 
 def time_core(raster, tiles, bundle, precision: str, batch_size=BATCH):
-    from core.jobs import Job, LabelTask, RunOptions, run_job
+    from core.pipeline import Job, LabelTask, RunOptions, run_job
 
     job = Job(raster=str(raster), task=LabelTask(LABELS), tiles=tiles,
               run=RunOptions(model=str(bundle), device="cpu", precision=precision, batch_size=batch_size,
@@ -181,7 +181,7 @@ def real_pixels(bundle, n: int = BATCH):
 
 
 def time_relabel_from_cache(raster, tiles, bundle, cache_dir):
-    from core.jobs import Job, LabelTask, RunOptions, run_job
+    from core.pipeline import Job, LabelTask, RunOptions, run_job
 
     run = RunOptions(model=str(bundle), cache_dir=str(cache_dir))
     run_job(Job(raster=str(raster), task=LabelTask(LABELS), tiles=tiles, run=run))
@@ -194,7 +194,7 @@ def time_relabel_from_cache(raster, tiles, bundle, cache_dir):
 _PEAK_CHILD = r"""
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
-from core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
+from core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
 t0 = time.perf_counter()
 res = run_job(Job(raster=sys.argv[2], task=LabelTask(["buildings", "trees", "road", "water"]),
                   tiles=TileSpec(size=float(sys.argv[4])),

@@ -7,7 +7,7 @@ embeddings put into the embedding cache), each measurement in its own process fo
 * plan: ``plan_job`` on a 708,400 x 708,400 px VRT with 224 px tiles (10,004,569 tiles): seconds and the
   peak memory it adds to the process (targets < 10 s, < 1 GB);
 * labels: 1,000,000 tiles x 20 classes, 512-d embeddings: core.records.label_columns (the pipeline's path)
-  against the per-tile core.jobs.label_records it replaced, same inputs, same run (target < 1 s);
+  against the per-tile label_records it replaced (tests/record_loops.py), same inputs, same run (target < 1 s);
 * relabel: run_job on a 224,000 x 224,000 px VRT (1,000,000 tiles of 224 px) whose embeddings are in the
   cache, 20 classes, written to a GeoPackage: seconds per phase (target for the writing < 60 s);
 * writing: write_vector of 100,000 records as columns against the same records as dicts (the former path).
@@ -62,9 +62,11 @@ sys.path.insert(0, sys.argv[1])
 def mem(key):
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(key)) / 1024
 import numpy as np
-from core.jobs import Job, LabelTask, RunOptions, TileSpec, plan_job, run_job
+from core.pipeline import Job, LabelTask, RunOptions, TileSpec, plan_job, run_job
 from core.records import label_columns
-from core.jobs import label_records, slug_fields
+from core.tasks import slug_fields
+sys.path.insert(0, sys.argv[1] + '/tests')
+from record_loops import label_records
 from core.vectors import write_vector
 """
 

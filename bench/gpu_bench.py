@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     import torch
 
     from core.inference import Encoder, cuda_available, gpu_memory, release_sessions
-    from core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
+    from core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
     from training.reference_pipeline import random_bundle, random_model
 
     if args.device == "cuda":

@@ -9,6 +9,8 @@ from numbers import Real
 
 from .errors import InvalidInput
 
+MAX_TILES = 50_000   # the tiles a run may have unless confirmed (--yes): about an hour of ViT-B-32 on a laptop CPU
+
 
 def _range_text(lo, hi) -> str:
     if lo is not None and hi is not None:

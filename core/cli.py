@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from .bundle import PRECISIONS
+from .checks import MAX_TILES
 from .errors import (
     Cancelled,
     InvalidInput,
@@ -29,8 +30,6 @@ from .errors import (
     SourceUnreadable,
     gdal_return_codes,
 )
-
-MAX_TILES = 50_000   # core.jobs.MAX_TILES (not imported here: `remoteclip --help` stays light)
 
 
 def _default_model() -> str:
@@ -270,7 +269,7 @@ def _spell(args):
 
 
 def _job(args):
-    from .jobs import Job, RunOptions, TileSpec
+    from .pipeline import Job, RunOptions, TileSpec
     from .tiles import MAX_OVERLAP
 
     task = _task(args)
@@ -305,13 +304,13 @@ def _job(args):
 
 def _rasters(items: list[str]):
     """One plain raster stays a path (the output as before: no source field); several, or a glob, a folder or
-    a list file, become a list (core.collection)."""
-    from .collection import _has_magic, expand_rasters
+    a list file, become a list (a collection: core.pipeline)."""
+    from .pipeline.sources import expand_rasters, has_magic
 
     if len(items) == 1:
         one = items[0]
         if not (os.path.isdir(one) or one.lower().endswith((".txt", ".lst"))
-                or (_has_magic(one) and not os.path.exists(one))):
+                or (has_magic(one) and not os.path.exists(one))):
             return one
     return expand_rasters(items)
 
@@ -356,7 +355,7 @@ def _summary(res, job) -> str:
                      + (f", {len(res.skipped)} skipped" if res.skipped else ""))
         for path, why in res.skipped:
             lines.append(f"skipped: {path}: {why}")
-        from .collection import crs_name
+        from .tiles import crs_name
 
         lines.append(f"output CRS: {crs_name(res.crs_wkt)}")
     from .bundle import DEMO_NAME, DEMO_NOTE
@@ -408,12 +407,12 @@ def main(argv=None) -> int:
             return (assess_cli.run_sample if args.command == "sample" else assess_cli.run_assess)(args)
         job = _job(args)
         if job.dask:   # before anything is sent, even with -q
-            from .distributed import plain_tcp_warning
+            from .pipeline.distributed import plain_tcp_warning
 
             warning = plain_tcp_warning(job.dask)
             if warning:
                 print(f"remoteclip: warning: {warning}", file=sys.stderr)
-        from .jobs import run_job
+        from .pipeline import run_job
 
         bar = _Bar(args.quiet)
 

@@ -182,7 +182,7 @@ def add_int8(folder, graphs: dict, *, images: np.ndarray | None = None, images_n
         how_text = quantize_graph(folder / graphs["fp32"]["text"], folder / names["text"], "dynamic")
     else:
         how_text = {"method": "fp32", "note": "the fp32 text graph: it runs once per job"}
-    from .convert import CHECK_PROMPTS, check_images
+    from .convert.probe import CHECK_PROMPTS, check_images
 
     if images is None:
         if image_size is None:

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .tasks import UNKNOWN, class_scores, softmax  # one definition of each, re-exported
+from .scores import UNKNOWN, class_scores, softmax  # one definition of each, re-exported
 
 __all__ = ["Records", "Categorical", "Lazy", "softmax", "class_scores", "class_probs", "top_k", "class_columns", "label_columns",
            "count_columns", "search_columns", "similarity_columns", "UNKNOWN"]
@@ -49,7 +49,7 @@ class Lazy:
         return self.fn(start, stop)
 
 
-def _python_values(col, start: int, stop: int, kind: str) -> list:
+def python_values(col, start: int, stop: int, kind: str) -> list:
     if isinstance(col, Categorical | Lazy):
         return col.values_of(start, stop)
     part = col[start:stop]
@@ -90,7 +90,7 @@ class Records(Sequence):
         if rc is not None:
             out["row"], out["col"] = rc[0][start:stop].tolist(), rc[1][start:stop].tolist()
         for name, kind in self.fields:
-            out[name] = _python_values(self.columns[name], start, stop, kind)
+            out[name] = python_values(self.columns[name], start, stop, kind)
         return out
 
     def column(self, name: str, start: int = 0, stop: int | None = None) -> list:
@@ -99,7 +99,7 @@ class Records(Sequence):
         if name in ("row", "col") and name not in self.columns and self.grid is not None:
             return self._grid_rows_cols()[0 if name == "row" else 1][start:stop].tolist()
         kind = dict(self.fields)[name]
-        return _python_values(self.columns[name], start, stop, kind)
+        return python_values(self.columns[name], start, stop, kind)
 
     def numeric(self, name: str):
         """The numpy array behind a numeric field (or row, col), else None."""

@@ -11,7 +11,7 @@ finds one by kind.
 Tasks are plain data (picklable: strings, numbers, lists and :class:`core.samples.Samples`), so a job
 can be sent to another process. The work is split so that per-raster work (reading, encoding:
 :class:`RasterPart`) is separate from fitting (:meth:`Task.fit`, across all parts) and from the
-records of each part (:meth:`Task.outputs`); core.jobs writes the outputs.
+records of each part (:meth:`Task.outputs`); core.pipeline writes the outputs.
 
 One rule for typed lists, everywhere (command line, dock, Processing, files): class names are
 separated by new lines and commas (:func:`core.prompts.split_names`), prompt templates by new lines
@@ -42,12 +42,12 @@ from .prompts import (
     split_names,
     split_templates,
 )
+from .scores import UNKNOWN, class_scores, softmax  # noqa: F401 (re-exported: one definition of each)
 
 __all__ = ["Param", "Style", "TaskOutput", "RasterPart", "Task", "LabelTask", "CountTask", "SearchTask",
            "EmbedTask", "ClassifyTask", "TASKS", "task_class", "register", "UNKNOWN", "softmax", "slug_fields",
-           "label_records", "count_records", "search_records"]
+           "class_scores"]
 
-UNKNOWN = "unknown"
 PARAM_KINDS = ("names", "preset", "templates", "text", "int", "float", "choice", "samples", "field", "file",
                "file_out")
 
@@ -182,6 +182,7 @@ class Task:
     dissolve_field: ClassVar[str | None] = None
     dense: ClassVar[bool] = False              # can write a dense GeoTIFF (--raster-output)
     reports: ClassVar[bool] = False            # makes a report (TaskOutput.report), saved beside the output
+    whole_job: ClassVar[bool] = False          # outputs over every tile of the job at once (ranks), not per raster
     output_title: ClassVar[str] = "Tiles"
     can_skip_cache: ClassVar[bool] = True      # front-ends offer to leave the embedding cache out
     default_templates: ClassVar[tuple[str, ...]] = tuple(DEFAULT_TEMPLATES)   # what a templates input starts with
@@ -282,63 +283,12 @@ def task_class(kind: str) -> type[Task]:
 
 # ------------------------------------------------------------------------------------------ records
 
-def softmax(x, axis: int = -1):
-    import numpy as np
-
-    x = x - x.max(axis=axis, keepdims=True)
-    e = np.exp(x)
-    return e / e.sum(axis=axis, keepdims=True)
-
-
-def class_scores(emb, text):
-    """(n, c) cosine scores ``emb @ text.T``, computed as ``(text @ emb.T).T``: one BLAS call on all its
-    threads (faster than the other orientation at a million tiles), a class's scores contiguous (the column
-    written for it). Every path from embeddings to class scores goes through here, so all give the same
-    float32 values bit for bit."""
-    return (text @ emb.T).T
-
-
 def slug_fields(names: list[str], prefix: str = "p_", width: int = 10) -> list[str]:
     """Shapefile-safe unique field names (<= width chars) for class names."""
     from .vectors import shapefile_names
 
     slugs = [prefix + (re.sub(r"[^a-z0-9]+", "_", n.lower()).strip("_") or "class") for n in names]
     return shapefile_names(slugs, width)
-
-
-def class_records(probs, labels: list[str], top_k: int, threshold: float | None):
-    """label, score, top_labels, top_scores and p_<class> per tile from class probabilities."""
-    import numpy as np
-
-    k = min(int(top_k), len(labels))
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    pnames = slug_fields(labels)
-    recs = []
-    for i in range(len(probs)):
-        top = order[i]
-        best = float(probs[i, top[0]])
-        label = labels[top[0]] if threshold is None or best >= float(threshold) else UNKNOWN
-        r = {"label": label, "score": round(best, 6),
-             "top_labels": "|".join(labels[j] for j in top),
-             "top_scores": "|".join(f"{probs[i, j]:.4f}" for j in top)}
-        for f, j in zip(pnames, range(len(labels)), strict=True):
-            r[f] = round(float(probs[i, j]), 6)
-        recs.append(r)
-    fields_ = [("label", "str"), ("score", "float"), ("top_labels", "str"), ("top_scores", "str")]
-    fields_ += [(f, "float") for f in pnames]
-    return recs, fields_, dict(zip(pnames, labels, strict=True))
-
-
-def label_records(emb, text, labels: list[str], logit_scale: float, top_k: int, threshold: float | None):
-    probs = softmax(logit_scale * class_scores(emb, text))
-    return class_records(probs, labels, top_k, threshold)
-
-
-def count_records(emb, text, logit_scale: float):
-    probs = softmax(logit_scale * class_scores(emb, text))
-    best = probs.argmax(axis=1)
-    recs = [{"count": int(b) + 1, "count_conf": round(float(probs[i, b]), 6)} for i, b in enumerate(best)]
-    return recs, [("count", "int"), ("count_conf", "float")]
 
 
 def stand_out_threshold(sim, stand_out: float | None) -> float | None:
@@ -350,26 +300,6 @@ def stand_out_threshold(sim, stand_out: float | None) -> float | None:
     if stand_out is None or len(sim) == 0:
         return None
     return float(np.mean(sim) + float(stand_out) * np.std(sim))
-
-
-def search_records(emb, query, top_k: int | None, threshold: float | None, stand_out: float | None = None):
-    """similarity, rank and selected per tile; selected: among the ``top_k`` best, at least ``threshold`` and
-    standing out (:func:`stand_out_threshold`)."""
-    import numpy as np
-
-    sim = emb @ query
-    order = np.argsort(-sim, kind="stable")
-    rank = np.empty(len(sim), dtype=np.int64)
-    rank[order] = np.arange(1, len(sim) + 1)
-    sel = np.ones(len(sim), dtype=bool)
-    if top_k is not None:
-        sel &= rank <= int(top_k)
-    cut = effective_threshold(sim, threshold, stand_out)
-    if cut is not None:
-        sel &= sim >= cut
-    recs = [{"similarity": round(float(s), 6), "rank": int(r), "selected": int(x)}
-            for s, r, x in zip(sim, rank, sel, strict=True)]
-    return recs, [("similarity", "float"), ("rank", "int"), ("selected", "int")]
 
 
 def effective_threshold(sim, threshold: float | None, stand_out: float | None) -> float | None:
@@ -593,6 +523,7 @@ class SearchTask(Task):
                                    "Show ranks on the map", highlight='"selected" = 1')
     dissolve_field: ClassVar[str | None] = "selected"
     dense: ClassVar[bool] = True
+    whole_job: ClassVar[bool] = True           # ranks and the top K over the whole collection
 
     def __post_init__(self):
         self.query = check_text(self.query if self.query is not None else "", "search query")

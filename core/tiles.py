@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from .errors import InvalidInput, gdal_return_codes
 
 __all__ = ["TileSpec", "BBox", "Polygons", "Tile", "TileGrid", "make_grid", "grid_step", "tile_size_px",
-           "spec_params", "EDGE_MODES", "MIN_TILE_PX", "MAX_OVERLAP", "srs_from", "window_polygon_wkt", "require_crs"]
+           "spec_params", "EDGE_MODES", "MIN_TILE_PX", "MAX_OVERLAP", "srs_from", "crs_name", "same_crs", "window_polygon_wkt", "require_crs"]
 
 MIN_TILE_PX = 8
 MAX_OVERLAP = 0.95   # the one ceiling (CLI, dock, Processing): a step of 5% of the tile, 400 times the tiles
@@ -282,6 +282,18 @@ def srs_from(crs, what: str = "CRS"):
                               "Give it as EPSG:XXXX or WKT.")
     srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
     return srs
+
+
+def crs_name(wkt: str) -> str:
+    """A CRS as people name it: EPSG:n when it has an authority code, else its name."""
+    srs = srs_from(wkt, "output CRS")
+    srs.AutoIdentifyEPSG()
+    auth, code = srs.GetAuthorityName(None), srs.GetAuthorityCode(None)
+    return f"{auth}:{code}" if auth and code else (srs.GetName() or "custom CRS")
+
+
+def same_crs(a: str, b: str) -> bool:
+    return bool(srs_from(a, "raster's CRS").IsSame(srs_from(b, "output CRS")))
 
 
 def _quiet(fn, *args):

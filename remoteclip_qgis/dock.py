@@ -2,7 +2,7 @@
 get a styled layer; export result layers to Shapefile or GeoPackage.
 
 The dock lays the widgets out and collects them into a run: ``build_job`` turns their values into a
-``core.jobs.Job``, ``run`` hands it to the run controller (``run_controller``: confirms, runs the QgsTask,
+``core.pipeline.Job``, ``run`` hands it to the run controller (``run_controller``: confirms, runs the QgsTask,
 turns the result into layers) and shows what the controller says. Everything else is core's (``run_job``)
 or the shared result styling (``layers.add_result_layer``), so the dock does exactly what the command line
 and the Processing algorithms do. Its other parts: ``dock_settings`` (what it remembers), ``dock_banners``
@@ -214,9 +214,9 @@ class RemoteClipDock(DockLayout):
             self.schedule_plan()
 
     def update_plan(self) -> None:
-        """The plan of what Run would do (core.jobs.plan_job: tiles and time, no pixel read, no model run),
+        """The plan of what Run would do (core.pipeline.plan_job: tiles and time, no pixel read, no model run),
         worked out in a worker thread and shown above Run; input problems are shown there too."""
-        from .core.jobs import EmbedTask, Job
+        from .core.pipeline import EmbedTask, Job
 
         self._plan_generation += 1
         generation = self._plan_generation
@@ -272,7 +272,7 @@ class RemoteClipDock(DockLayout):
 
     def _inputs(self):
         """(layer, raster, TileSpec, RunOptions): what the dock's jobs and its plan share."""
-        from .core.jobs import RunOptions, TileSpec
+        from .core.pipeline import RunOptions, TileSpec
         from .layer_source import raster_for_layer
 
         layer = self.layer_combo.currentLayer()
@@ -295,7 +295,7 @@ class RemoteClipDock(DockLayout):
 
     def build_job(self):
         """The core Job the widgets describe, its style kind and the name of the layer to add."""
-        from .core.jobs import Job
+        from .core.pipeline import Job
 
         layer, raster, tiles, run = self._inputs()
         kind = self.current_kind()

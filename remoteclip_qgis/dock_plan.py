@@ -1,4 +1,4 @@
-"""The plan line above Run: what Run would do (core.jobs.plan_job: tiles and time, no pixel read, no model
+"""The plan line above Run: what Run would do (core.pipeline.plan_job: tiles and time, no pixel read, no model
 run), worked out in a worker thread and handed back to the dock's thread."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from .core.errors import RemoteClipError
 
 
 def plan_html(plan) -> str:
-    """The plan line for a core.jobs.Plan: tiles, and the time once this model has run here."""
-    from .core.jobs import MAX_TILES, duration_text
+    """The plan line for a core.pipeline.Plan: tiles, and the time once this model has run here."""
+    from .core.pipeline import MAX_TILES, duration_text
 
     text = f"Plan: {plan.n_tiles:,} tiles of {plan.tile_px[0]} × {plan.tile_px[1]} px"
     if plan.seconds is not None:
@@ -37,10 +37,10 @@ class PlanRun(QRunnable):
 class PlanRelay(QObject):
     """Works a plan out in a worker thread and hands it to the dock's thread (a queued signal)."""
 
-    planned = pyqtSignal(int, object, str)   # generation, core.jobs.Plan or None, the problem
+    planned = pyqtSignal(int, object, str)   # generation, core.pipeline.Plan or None, the problem
 
     def work(self, generation: int, job) -> None:
-        from .core.jobs import plan_job
+        from .core.pipeline import plan_job
 
         try:
             plan, problem = plan_job(job), ""

@@ -32,7 +32,7 @@ def _html(text: str) -> str:
 @dataclass
 class RunRequest:
     """One run as the dock collected it."""
-    job: Any                        # core.jobs.Job
+    job: Any                        # core.pipeline.Job
     kind: str                       # the task's kind (the result's style)
     name: str                       # the result layer's name
     # the task tab's "show labels on the map", read when the result is added (None: the style's default)
@@ -45,7 +45,7 @@ class RunRequest:
 class RunOutcome:
     """A finished run's result and the layers made of it."""
     request: RunRequest
-    result: Any                     # core.jobs.JobResult
+    result: Any                     # core.pipeline.JobResult
     rows: list                      # core.summary.SummaryRow per value of the task's dissolve field
     task: Any                       # the job's core task (names the summary's values)
     layer: Any                      # the result's QgsVectorLayer
@@ -106,7 +106,7 @@ class RunController(QObject):
 
     def _confirm_plan(self, job) -> bool:
         """A plan above core's tile limit runs only when the user says so (the command line's --yes)."""
-        from .core.jobs import plan_job
+        from .core.pipeline import plan_job
 
         try:
             plan = plan_job(job)
@@ -128,7 +128,7 @@ class RunController(QObject):
     def _may_write(self, job) -> bool:
         """Refuse an output a project layer shows; ask before replacing one (then ``job.overwrite``): the vector
         output, the heat map and a saved classifier."""
-        from .core.jobs import output_layer_name
+        from .core.pipeline import output_layer_name
         from .core.vectors import output_exists
 
         layer_name = output_layer_name(job)

@@ -1,7 +1,7 @@
 """A RemoteCLIP job as a QgsTask: QGIS stays responsive, the task manager shows progress.
 
 ``run()`` works in a worker thread and touches no layer or widget: it runs
-``core.jobs.run_job`` with the task's own progress and cancel flag (core checks
+``core.pipeline.run_job`` with the task's own progress and cancel flag (core checks
 it once per batch, so Cancel stops within one batch and leaves no file).
 ``finished()`` runs back on the main thread and emits ``succeeded``,
 ``failed`` or ``cancelled`` for the dock to add the layer or report the error.
@@ -24,7 +24,7 @@ LOG_TAG = "RemoteCLIP"
 
 
 class RemoteClipTask(QgsTask):
-    succeeded = pyqtSignal(object)        # core.jobs.JobResult
+    succeeded = pyqtSignal(object)        # core.pipeline.JobResult
     failed = pyqtSignal(str, str)         # message for the user, the traceback of a bug ("" for bad input)
     cancelled = pyqtSignal()
     statusChanged = pyqtSignal(str)       # core's progress messages ("96/240 tiles")
@@ -44,7 +44,7 @@ class RemoteClipTask(QgsTask):
 
     def run(self) -> bool:
         from .core.errors import Cancelled, RemoteClipError
-        from .core.jobs import run_job
+        from .core.pipeline import run_job
 
         try:
             self.result = run_job(self.job, progress=self._progress, is_cancelled=self.isCanceled)

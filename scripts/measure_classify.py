@@ -16,7 +16,7 @@ tiles from another part, never interleaved):
   name, evaluation on the last 6 (the demo model's held-out test images).
 
 For each model, each number of samples per class (points at random places inside randomly chosen
-tiles of the sample part) and each seed, ``remoteclip classify`` (through core.jobs.run_job) is
+tiles of the sample part) and each seed, ``remoteclip classify`` (through core.pipeline.run_job) is
 compared with ``remoteclip label`` with the same class names: balanced accuracy (mean per-class
 recall) on the evaluation tiles, mean and standard deviation over the seeds.
 """
@@ -36,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.jobs import ClassifyTask, Job, LabelTask, RunOptions, TileSpec, run_job  # noqa: E402
+from core.pipeline import ClassifyTask, Job, LabelTask, RunOptions, TileSpec, run_job  # noqa: E402
 from core.raster import open_raster  # noqa: E402
 from core.samples import Samples  # noqa: E402
 from core.tiles import make_grid  # noqa: E402

@@ -346,9 +346,9 @@ def test_bad_input(sandbox, capsys, kind, name, argv, status, words):
 # -------------------------------------------------------------------------------------------- faults
 
 def test_ctrl_c_mid_run_leaves_no_output(sandbox, capsys, monkeypatch, tmp_path):
-    from core import jobs
+    from core.inference import Encoder
 
-    real = jobs.Encoder.encode_images
+    real = Encoder.encode_images
     calls = []
 
     def interrupted(self, x):
@@ -357,7 +357,7 @@ def test_ctrl_c_mid_run_leaves_no_output(sandbox, capsys, monkeypatch, tmp_path)
             raise KeyboardInterrupt
         return real(self, x)
 
-    monkeypatch.setattr(jobs.Encoder, "encode_images", interrupted)
+    monkeypatch.setattr(Encoder, "encode_images", interrupted)
     out = tmp_path / "labels.gpkg"
     before = _tree(sandbox["d"])
     rc = cli.main(["label", sandbox["scene"], *LABELS, "--model", sandbox["bundle"], "--tile-size", 64,

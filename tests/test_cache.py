@@ -18,7 +18,7 @@ import pytest
 from osgeo import gdal
 
 from core.cache import EmbeddingCache
-from core.jobs import EmbedTask, Job, RunOptions, TileSpec, run_job
+from core.pipeline import EmbedTask, Job, RunOptions, TileSpec, run_job
 from core.raster import Stretch, open_raster
 from core.tiles import BBox, Polygons
 

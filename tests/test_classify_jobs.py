@@ -1,4 +1,4 @@
-"""classify through core.jobs and the command line on real rasters: samples in another CRS, the report beside
+"""classify through core.pipeline and the command line on real rasters: samples in another CRS, the report beside
 the output, a saved classifier reused and refused, suggestions, the dense GeoTIFF, the cache (a classify after
 an embed reads no pixels), the output safety rules, and active learning on the Kampala mosaic with the demo
 model (labelling the suggested tiles makes the classified mosaic better)."""
@@ -14,7 +14,7 @@ from conftest import CountingSource
 
 from core.cli import main
 from core.errors import RemoteClipError
-from core.jobs import ClassifyTask, EmbedTask, Job, LabelTask, RunOptions, SearchTask, TileSpec, run_job
+from core.pipeline import ClassifyTask, EmbedTask, Job, LabelTask, RunOptions, SearchTask, TileSpec, run_job
 from core.samples import Samples, read_samples
 
 Z20 = "orthomosaic/kampala_oam_z20_mosaic_1536x1024.tif"

@@ -37,7 +37,7 @@ def _features(path) -> list[dict]:
 
 
 def _core(raster, bundle, task, **tiles):
-    from core.jobs import Job, RunOptions, TileSpec, run_job
+    from core.pipeline import Job, RunOptions, TileSpec, run_job
 
     return run_job(Job(raster=str(raster), task=task, tiles=TileSpec(**tiles),
                        run=RunOptions(model=str(bundle), cache_dir="")))
@@ -47,7 +47,7 @@ def test_label_count_search_embed(mosaic, tiny_bundle, tmp_path, capsys):
     """Each command writes what run_job computes for the same options (labels, top-k, object, tile size)."""
     from collections import Counter
 
-    from core.jobs import CountTask, LabelTask, SearchTask
+    from core.pipeline import CountTask, LabelTask, SearchTask
 
     cache = tmp_path / "cache"
     out = tmp_path / "labels.gpkg"
@@ -83,7 +83,7 @@ def test_label_count_search_embed(mosaic, tiny_bundle, tmp_path, capsys):
 def test_preset_templates_and_long_prompt_warning(mosaic, tiny_bundle, tmp_path, capsys):
     """--templates-file replaces the default templates (its comment line is not one): the probabilities equal
     run_job's with exactly those two templates, and differ from the defaults'."""
-    from core.jobs import LabelTask
+    from core.pipeline import LabelTask
     from core.prompts import preset
 
     tf = tmp_path / "templates.txt"

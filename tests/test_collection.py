@@ -1,4 +1,4 @@
-"""Many rasters, one job (core.collection): one layer with a source field, one output CRS, skipped and
+"""Many rasters, one job (core.pipeline): one layer with a source field, one output CRS, skipped and
 resumed rasters, the plan over the collection. Real GeoTIFFs (sheets cut from the Kampala mosaic, the
 Landsat scene in UTM), the demo bundle on onnxruntime."""
 
@@ -177,9 +177,9 @@ def test_unreadable_rasters_skipped_named_or_strict(sheets, tmp_path, capsys):
 def test_resume_after_cancel(sheets, tmp_path, capsys):
     """A run cancelled after three rasters leaves no output and a record; the rerun encodes only the
     other rasters, says what it resumed, writes what an uninterrupted run writes and removes the record."""
-    from core.collection import resume_path
     from core.errors import Cancelled
-    from core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
+    from core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
+    from core.pipeline.resume import resume_path
 
     cache = tmp_path / "cache"
     out = tmp_path / "resumed.gpkg"
@@ -212,7 +212,7 @@ def test_resume_after_cancel(sheets, tmp_path, capsys):
 _KILLED_WRITING_THE_RECORD = """
 import os, sys
 sys.path.insert(0, sys.argv[1])
-from core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
+from core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
 
 fsync = os.fsync
 
@@ -237,7 +237,7 @@ def test_a_run_killed_while_writing_its_resume_record_leaves_a_temporary_the_nex
     import subprocess
     import sys
 
-    from core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
+    from core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
     from core.vectors import _temp_pattern
 
     out, cache = tmp_path / "resumed.gpkg", tmp_path / "cache"
@@ -259,9 +259,9 @@ def test_a_run_killed_while_writing_its_resume_record_leaves_a_temporary_the_nex
 def test_a_users_file_at_the_resume_path_is_refused_and_kept(sheets, tmp_path):
     """The record beside the output replaces only a record of ours: a user's file of that name stops the run
     before any pixel is read, and is left as it was."""
-    from core.collection import resume_path
     from core.errors import RemoteClipError
-    from core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
+    from core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
+    from core.pipeline.resume import resume_path
 
     out = tmp_path / "mine.gpkg"
     users = Path(resume_path(str(out), "labels"))
@@ -288,7 +288,7 @@ def test_search_ranks_over_the_collection(sheets, tmp_path, capsys):
 
 def test_plan_covers_the_collection(sheets, tmp_path, capsys):
     from core.errors import RemoteClipError
-    from core.jobs import Job, LabelTask, RunOptions, TileSpec, plan_job, run_job
+    from core.pipeline import Job, LabelTask, RunOptions, TileSpec, plan_job, run_job
 
     job = Job(raster=[str(p) for p in sheets[:4]], task=LabelTask(LABELS.split(",")),
               run=RunOptions(model=str(DEMO), cache_dir=""), tiles=TileSpec(size=64), max_tiles=150)
@@ -306,7 +306,7 @@ def test_plan_covers_the_collection(sheets, tmp_path, capsys):
 
 def test_next_raster_is_read_while_this_one_encodes(sheets, tmp_path):
     """Reading overlaps across rasters: while a raster's tiles are encoded, the next raster's reader runs."""
-    from core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
+    from core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
 
     def alive():
         return sum(t.name == "remoteclip-reader" and t.is_alive() for t in threading.enumerate())
@@ -343,7 +343,7 @@ def test_coded_text_columns_are_recoded_into_one_table(sheets, landsat, tiny_bun
     """The per-raster coded text columns (top_labels, a code into the raster's own table of lists; top_scores,
     made on read) joined into one collection: each raster's values are those of a run on it alone. The tables
     of the rasters differ (checked), so codes kept as they were would read another raster's lists."""
-    from core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
+    from core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
     from core.records import Categorical
 
     rasters = [str(sheets[0]), str(sheets[5]), str(landsat)]
@@ -410,10 +410,10 @@ def _grey(src: Path, dst: Path) -> Path:
 
 
 def _plan(rasters, bands, strict=False):
-    from core.collection import plan_collection
-    from core.jobs import Job, LabelTask, RunOptions, TileSpec
+    from core.pipeline import Job, LabelTask, RunOptions, TileSpec
+    from core.pipeline.plan import plan_rasters
 
-    return plan_collection(Job(raster=[str(p) for p in rasters], task=LabelTask(LABELS.split(",")),
+    return plan_rasters(Job(raster=[str(p) for p in rasters], task=LabelTask(LABELS.split(",")),
                                run=RunOptions(model=str(DEMO)), tiles=TileSpec(size=64, bands=bands),
                                strict=strict))
 

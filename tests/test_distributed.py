@@ -1,4 +1,4 @@
-"""A collection job on Dask (core.distributed): a LocalCluster of 2 worker processes on loopback gives the
+"""A collection job on Dask (core.pipeline.distributed): a LocalCluster of 2 worker processes on loopback gives the
 single process's output feature for feature (whole rasters and blocks of one), a worker killed mid-job
 still gives the complete output, a COG over HTTP runs on the cluster, and a cancel cancels the futures.
 Real GeoTIFFs, the demo bundle on onnxruntime in every worker."""
@@ -66,7 +66,7 @@ def test_local_cluster_gives_the_single_process_output(sheets, data_dir, tmp_pat
 def test_blocks_of_one_raster_and_the_bundle_loaded_once(cluster, sheets, data_dir, tmp_path, capsys, monkeypatch):
     """A raster above BLOCK_TILES is cut into blocks of whole batches, spread over the workers and put back in
     order: the same output as one process. Each worker loads the bundle once, whatever its number of tasks."""
-    import core.distributed as cd
+    import core.pipeline.distributed as cd
 
     client, address = cluster
     mosaic = data_dir / "orthomosaic" / "kampala_oam_z20_mosaic_1536x1024.tif"
@@ -87,10 +87,10 @@ def test_blocks_of_one_raster_and_the_bundle_loaded_once(cluster, sheets, data_d
     assert blocks == [(a, min(a + 32, 384)) for a in range(0, 384, 32)]
     assert features(one) == features(two)
     _label(capsys, [sheets[2], sheets[3]], tmp_path / "three.gpkg", "--batch-size", 16, "--dask", address)
-    loads = client.run(lambda: __import__("core.distributed", fromlist=["_LOADS"])._LOADS)
+    loads = client.run(lambda: __import__("core.pipeline.distributed", fromlist=["_LOADS"])._LOADS)
     assert sorted(loads.values()) == [1, 1]          # 16 tasks, 2 workers, one load each
     # two workers on one machine share its cores: onnxruntime threads = cores / 2 each
-    threads = client.run(lambda: __import__("core.distributed", fromlist=["_THREADS"])._THREADS)
+    threads = client.run(lambda: __import__("core.pipeline.distributed", fromlist=["_THREADS"])._THREADS)
     assert list(threads.values()) == [max(1, (os.cpu_count() or 1) // 2)] * 2
 
 
@@ -126,7 +126,7 @@ def test_cog_over_http_on_the_cluster(cluster, sheets, tmp_path, capsys):
 
 def test_cancel_cancels_the_futures(cluster, sheets, tmp_path):
     from core.errors import Cancelled
-    from core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
+    from core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
 
     client, address = cluster
     calls = []
@@ -154,7 +154,7 @@ def _gone(pid: int) -> bool:
 def test_worker_killed_mid_job_gives_the_complete_output(cluster, sheets, tmp_path, capsys):
     """SIGKILL to a worker while it encodes: its nanny starts a new one, the scheduler runs its tasks again, and
     the output is complete and identical to the single process's."""
-    from core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
+    from core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
 
     client, address = cluster
     one = tmp_path / "one.gpkg"
@@ -196,7 +196,7 @@ def test_bad_local_cluster_is_one_line(sheets, tmp_path, capsys, address, words)
     ("ws://10.1.2.3:8786", True), ("tcp://localbox.example.org:8786", True),   # not local:N
     ("tls://10.1.2.3:8786", False), ("local:2", False), ("local", False), ("", False)])
 def test_a_plain_address_off_this_machine_gets_a_warning(address, warned):
-    from core.distributed import plain_tcp_warning
+    from core.pipeline.distributed import plain_tcp_warning
 
     warning = plain_tcp_warning(address)
     assert (warning is not None) == warned
@@ -207,7 +207,7 @@ def test_a_plain_address_off_this_machine_gets_a_warning(address, warned):
 def test_this_hosts_own_name_gets_no_warning():
     import socket
 
-    from core.distributed import plain_tcp_warning
+    from core.pipeline.distributed import plain_tcp_warning
 
     assert plain_tcp_warning(f"tcp://{socket.gethostname()}:8786") is None
 
@@ -253,8 +253,8 @@ def test_a_tls_cluster_runs_the_job_with_dasks_configured_certificates(sheets, t
 
     import dask
 
-    from core.distributed import connect
     from core.errors import InvalidInput
+    from core.pipeline.distributed import connect
 
     c = make_certificates(tmp_path / "certs")
     security = distributed.Security(tls_ca_file=c["ca"], require_encryption=True,
@@ -276,5 +276,5 @@ def test_a_tls_cluster_runs_the_job_with_dasks_configured_certificates(sheets, t
                               "-o", tmp_path / "tls.gpkg", "-q", "--no-cache", "--dask", address)
         assert rc == 0 and "warning" not in err, err
         assert features(tmp_path / "tls.gpkg") == features(one)
-        loads = client.run(lambda: __import__("core.distributed", fromlist=["_LOADS"])._LOADS)
+        loads = client.run(lambda: __import__("core.pipeline.distributed", fromlist=["_LOADS"])._LOADS)
         assert list(loads.values()) == [1]   # the worker encoded the tiles

@@ -188,7 +188,7 @@ def test_count_run_on_a_utm_geotiff_with_tiles_in_metres(dock, data_dir, tmp_pat
     grid = math.ceil(ext.width() / 20000) * math.ceil(ext.height() / 20000)
     assert result.n_tiles < grid, "the all-nodata corner tiles of this scene are dropped"
     # the dock's job is core's: the same tiles and counts straight through run_job
-    from remoteclip_qgis.core.jobs import CountTask, Job, RunOptions, TileSpec, run_job
+    from remoteclip_qgis.core.pipeline import CountTask, Job, RunOptions, TileSpec, run_job
 
     direct = run_job(Job(raster=str(data_dir / UTM), task=CountTask("ship", 5), tiles=TileSpec(20000, "m"),
                          run=RunOptions(model=str(tiny_bundle), cache_dir="")))
@@ -398,7 +398,7 @@ def test_a_bug_inside_the_task_leaves_its_traceback_in_the_log_panel(dock, tiny_
     """Not the user's input but the program: a raster source whose read raises (a plausible bug in a source)."""
     from qgis.core import Qgis, QgsApplication
 
-    from remoteclip_qgis.core.jobs import EmbedTask, Job, RunOptions, TileSpec
+    from remoteclip_qgis.core.pipeline import EmbedTask, Job, RunOptions, TileSpec
     from remoteclip_qgis.task import RemoteClipTask
 
     class Broken:
@@ -440,7 +440,7 @@ def test_a_bug_inside_the_task_leaves_its_traceback_in_the_log_panel(dock, tiny_
 def test_widgets_become_the_core_job(dock, data_dir, qgis_iface, tiny_bundle, polygon_layer):
     from qgis.core import QgsProject, QgsRectangle
 
-    from remoteclip_qgis.core.jobs import BBox, CountTask, LabelTask, Polygons, SearchTask
+    from remoteclip_qgis.core.pipeline import BBox, CountTask, LabelTask, Polygons, SearchTask
 
     raster = _raster(data_dir, KAMPALA, "kampala")
     dock.layer_combo.setLayer(raster)
@@ -524,7 +524,7 @@ def test_a_web_layer_is_read_over_the_map_view_at_the_map_resolution(dock, qgis_
     (Only the Job is built: no tile is fetched, so no network is needed.)"""
     from qgis.core import QgsCoordinateReferenceSystem, QgsProject, QgsRasterLayer, QgsRectangle
 
-    from remoteclip_qgis.core.jobs import BBox
+    from remoteclip_qgis.core.pipeline import BBox
     from remoteclip_qgis.layer_source import QgisRasterSource
 
     xyz = QgsRasterLayer("type=xyz&url=https://tile.openstreetmap.org/{z}/{x}/{y}.png&zmin=0&zmax=19",
@@ -893,7 +893,7 @@ def test_export_into_a_geopackage_keeps_its_layers_and_asks_before_replacing(rc,
 
 
 def test_a_shapefile_result_reads_its_own_sidecar_and_never_the_users_json(rc, data_dir, tiny_bundle, tmp_path):
-    from remoteclip_qgis.core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
+    from remoteclip_qgis.core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
     from remoteclip_qgis.layers import add_result_layer, read_field_map
 
     mine = b'{"type": "FeatureCollection", "fields": {"p_trees": "not a class map"}, "features": []}'
@@ -925,7 +925,7 @@ def _wait_for(predicate, what: str, limit: float = 60) -> None:
 
 
 def test_the_plan_follows_tiles_and_extent_after_a_pause_and_off_the_gui_thread(dock, data_dir, tiny_bundle):
-    from remoteclip_qgis.core.jobs import EmbedTask, Job, RunOptions, TileSpec, plan_job
+    from remoteclip_qgis.core.pipeline import EmbedTask, Job, RunOptions, TileSpec, plan_job
 
     raster = _raster(data_dir, KAMPALA, "kampala")
     dock.layer_combo.setLayer(raster)

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "setrlimit") and sys.platform ==
 _LIMITED = r"""
 import json, resource, signal, sys
 sys.path.insert(0, sys.argv[1])
-import core.cli, core.jobs, core.errors   # loaded before the limit
+import core.cli, core.pipeline, core.errors   # loaded before the limit
 limit = int(sys.argv[2])
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
@@ -46,14 +46,14 @@ if sys.argv[3] == "-c":
         report(e)
         sys.exit(2)
     sys.exit(0)
-run_job = core.jobs.run_job
+run_job = core.pipeline.run_job
 def observed(*a, **kw):
     try:
         return run_job(*a, **kw)
     except Exception as e:
         report(e)
         raise
-core.jobs.run_job = observed
+core.pipeline.run_job = observed
 sys.exit(core.cli.main(sys.argv[3:]))
 """
 

@@ -23,7 +23,7 @@ from osgeo import gdal, osr
 
 from core.cache import EmbeddingCache
 from core.errors import InvalidInput, ModelError
-from core.jobs import CountTask, Job, LabelTask, RunOptions, SearchTask, TileSpec, plan_job, run_job
+from core.pipeline import CountTask, Job, LabelTask, RunOptions, SearchTask, TileSpec, plan_job, run_job
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ from conftest import ROOT
 
 from core.bundle import load_bundle
 from core.errors import RemoteClipError
-from core.jobs import CountTask, Job, LabelTask, RunOptions, SearchTask, TileSpec, run_job
+from core.pipeline import CountTask, Job, LabelTask, RunOptions, SearchTask, TileSpec, run_job
 from core.prompts import PRESETS
 
 DEMO = ROOT / "models" / "remoteclip-demo"

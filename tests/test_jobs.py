@@ -1,4 +1,4 @@
-"""core.jobs.run_job end to end on the real rasters of ../shared/data with the tiny bundle."""
+"""core.pipeline.run_job end to end on the real rasters of ../shared/data with the tiny bundle."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import pytest
 from conftest import CountingSource, edge_groups
 
 from core.errors import Cancelled, RemoteClipError
-from core.jobs import (
-    UNKNOWN,
+from core.pipeline import (
     BBox,
     CountTask,
     EmbedTask,
@@ -22,6 +21,7 @@ from core.jobs import (
     TileSpec,
     run_job,
 )
+from core.records import UNKNOWN
 
 LABELS = ["buildings", "trees", "road", "bare soil"]
 
@@ -246,7 +246,7 @@ def test_bad_bundle_and_output(mosaic, tiny_bundle, tmp_path):
 
 
 def test_durations_are_said_as_estimates():
-    from core.jobs import duration_text
+    from core.pipeline import duration_text
 
     assert [duration_text(s) for s in (0.0, 0.49, 0.6, 1.0, 44.6, 89, 90, 720, 5399, 5400, 9000)] == [
         "under 1 s", "under 1 s", "under 1 s", "about 1 s", "about 45 s", "about 89 s", "about 2 min",
@@ -273,13 +273,14 @@ def test_count_captions_follow_remotecount():
 
 def test_template_ensemble_is_clip_benchmarks(tiny_bundle):
     from core.inference import Encoder
-    from core.jobs import _ensemble, slug_fields
+    from core.pipeline.encode import ensemble
     from core.prompts import DEFAULT_TEMPLATES, label_prompts
+    from core.tasks import slug_fields
 
     enc = Encoder(tiny_bundle, device="cpu")
     groups = label_prompts(["harbor", "forest"])
     assert groups[0][0] == DEFAULT_TEMPLATES[0].format("harbor")
-    got = _ensemble(enc, groups, [])
+    got = ensemble(enc, groups, [])
     for g, row in zip(groups, got, strict=True):
         e = enc.encode_texts(g)
         e /= np.linalg.norm(e, axis=1, keepdims=True)
@@ -424,7 +425,7 @@ def label_records(emb, text, labels, logit_scale, top_k, threshold):
 
 
 def count_records(emb, text, logit_scale):
-    from core.jobs import CountTask
+    from core.pipeline import CountTask
 
     recs, fields, _ = _task_records(CountTask(object_name="cars", max_count=text.shape[0]), emb, text,
                                     logit_scale)
@@ -476,7 +477,7 @@ def test_count_is_the_best_matching_caption_plus_one_and_its_probability():
 def test_several_readers_give_the_tiles_one_reader_gives(data_dir, tiny_bundle):
     """Beside a GPU the tiles are read by several threads, each on its own handle of the file: same tiles
     kept (the all-nodata corners of the Landsat scene dropped), same order, same embeddings."""
-    from core.jobs import reader_count
+    from core.pipeline.encode import reader_count
 
     rgb = str(data_dir / "geotiff" / "rasterio_RGB.byte.tif")
     spec = TileSpec(size=64, edge="pad")

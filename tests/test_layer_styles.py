@@ -117,7 +117,7 @@ def test_count_legends_name_the_object_and_the_cap(rc, qgis_new_project, mosaic,
 
 
 def test_a_count_run_stores_what_its_legend_needs(rc, qgis_new_project, mosaic, tiny_bundle, tmp_path):
-    from remoteclip_qgis.core.jobs import CountTask, Job, RunOptions, TileSpec, run_job
+    from remoteclip_qgis.core.pipeline import CountTask, Job, RunOptions, TileSpec, run_job
     from remoteclip_qgis.layers import add_result_layer
 
     res = run_job(Job(raster=str(mosaic), task=CountTask("ship", max_count=3), tiles=TileSpec(size=512),

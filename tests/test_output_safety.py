@@ -1,4 +1,4 @@
-"""Outputs never destroy an analyst's files (core.vectors, core.jobs, the command line).
+"""Outputs never destroy an analyst's files (core.vectors, core.pipeline, the command line).
 
 A GeoPackage keeps its other layers; the input raster is never the output, whatever its spelling; the
 user's own files beside a Shapefile are left alone; an existing output needs --overwrite; a killed or
@@ -20,7 +20,7 @@ from osgeo import gdal, ogr
 
 from core.cli import main
 from core.errors import RemoteClipError
-from core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
+from core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
 from core.vectors import Field, check_output, input_files, output_exists, write_vector
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,7 +2,7 @@
 the samples, the extent polygons, the saved classifier, a labels or templates file, a list of rasters, the
 model, each against the vector output (a Shapefile's parts are one file; in a GeoPackage the rule is per
 layer), --head-out, --raster-output and the report beside the output. Refused with OutputIsInput (path: the
-output) before a byte is written; the command line, core.jobs and Processing go through one check.
+output) before a byte is written; the command line, core.pipeline and Processing go through one check.
 
 Also: a Shapefile output where only the user's .cpg/.prj exist says which files are in the way (item 2).
 """
@@ -18,7 +18,7 @@ from osgeo import gdal, ogr, osr
 
 from core.cli import _job, _join_negative_values, _parser, main
 from core.errors import OutputExists, OutputIsInput
-from core.jobs import run_job
+from core.pipeline import run_job
 from core.vectors import Field, check_not_input, check_output, write_vector
 
 Z20 = "orthomosaic/kampala_oam_z20_mosaic_1536x1024.tif"
@@ -315,8 +315,8 @@ def test_the_docks_layers_carry_their_files_to_the_same_check(plugin, raster, ti
     from qgis.core import QgsVectorLayer
 
     from remoteclip_qgis.core import errors as vendored
-    from remoteclip_qgis.core.jobs import ClassifyTask, Job, RunOptions, TileSpec
-    from remoteclip_qgis.core.jobs import run_job as plugin_run_job
+    from remoteclip_qgis.core.pipeline import ClassifyTask, Job, RunOptions, TileSpec
+    from remoteclip_qgis.core.pipeline import run_job as plugin_run_job
     from remoteclip_qgis.layer_source import extent_from_features, samples_from_layer
 
     gp = write_points(tmp_path / "samp.gpkg", raster, "GPKG", "classes")

@@ -38,7 +38,7 @@ def _metadata(text: str) -> configparser.SectionProxy:
 def test_zip_has_one_top_folder_with_plugin_core_and_resources(plugin_zip):
     names = zipfile.ZipFile(plugin_zip).namelist()
     assert {n.split("/")[0] for n in names} == {PLUGIN}
-    for needed in ("__init__.py", "metadata.txt", "core/__init__.py", "core/jobs.py", "core/bundle.py", "LICENSE"):
+    for needed in ("__init__.py", "metadata.txt", "core/__init__.py", "core/pipeline/run.py", "core/bundle.py", "LICENSE"):
         assert f"{PLUGIN}/{needed}" in names, needed
     meta = _metadata(zipfile.ZipFile(plugin_zip).read(f"{PLUGIN}/metadata.txt").decode())
     assert f"{PLUGIN}/{meta['icon']}" in names, "the icon named in metadata.txt is not in the zip"
@@ -142,7 +142,7 @@ _LABEL_WITH_DEFAULT_MODEL = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
 from remoteclip_qgis.core.bundle import default_bundle
-from remoteclip_qgis.core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
+from remoteclip_qgis.core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
 from remoteclip_qgis.core.prompts import preset
 model = default_bundle()
 res = run_job(Job(raster=sys.argv[2], task=LabelTask(preset("land-cover")), tiles=TileSpec(size=256),

@@ -173,7 +173,7 @@ def test_the_algorithms_are_made_from_the_task_registry(plugin, rgb_byte, tiny_b
     from dataclasses import dataclass
     from typing import ClassVar
 
-    from remoteclip_qgis.core.jobs import Job, RunOptions, TileSpec, run_job
+    from remoteclip_qgis.core.pipeline import Job, RunOptions, TileSpec, run_job
     from remoteclip_qgis.core.tasks import TASKS, Param, Task, TaskOutput, register
 
     registry = QgsApplication.processingRegistry()
@@ -284,7 +284,7 @@ def test_labeltiles_with_int8_graphs(plugin, mosaic, int8_bundle, tmp_path):
     res = run("labeltiles", base_params(mosaic, int8_bundle, out, LABELS=LABELS, TILE_SIZE=256, PRECISION=2))
     layer = open_output(out)
     assert res["PROVIDER"] == "CPUExecutionProvider" and layer.featureCount() == res["N_TILES"] == 24
-    from remoteclip_qgis.core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
+    from remoteclip_qgis.core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
 
     direct = run_job(Job(raster=mosaic, task=LabelTask(["buildings", "trees", "road", "bare soil"]),
                          tiles=TileSpec(size=256),
@@ -308,7 +308,7 @@ def test_countobjects_on_a_utm_raster_with_nodata(plugin, rgb_byte, tiny_bundle,
     assert all(1 <= f["count"] <= 5 and 0 < f["count_conf"] <= 1 for f in layer.getFeatures())
 
     # the same job straight through core gives the same tiles
-    from remoteclip_qgis.core.jobs import CountTask, Job, RunOptions, TileSpec, run_job
+    from remoteclip_qgis.core.pipeline import CountTask, Job, RunOptions, TileSpec, run_job
 
     direct = run_job(Job(raster=rgb_byte, task=CountTask("car", 5), tiles=TileSpec(size=64),
                          run=RunOptions(model=str(tiny_bundle), cache_dir="")))
@@ -333,7 +333,7 @@ def test_textsearch_with_an_extent_in_another_crs(plugin, rgb_byte, tiny_bundle,
     n = layer.featureCount()
     assert n == res["N_TILES"] and 5 < n < len(grid_of(rgb_byte, size=48))
     # the same extent handed to core directly keeps the same tiles
-    from remoteclip_qgis.core.jobs import BBox, Job, RunOptions, SearchTask, TileSpec, run_job
+    from remoteclip_qgis.core.pipeline import BBox, Job, RunOptions, SearchTask, TileSpec, run_job
 
     direct = run_job(Job(raster=rgb_byte, task=SearchTask("a river"), run=RunOptions(model=str(tiny_bundle),
                          cache_dir=""), tiles=TileSpec(size=48, extent=BBox(geo.xMinimum(), geo.yMinimum(),
@@ -633,7 +633,7 @@ def test_a_palette_layer_read_through_qgis_gives_the_colours_core_reads_from_the
 
 
 def test_run_job_on_the_qgis_source_gives_the_tiles_of_the_file(plugin, rgb_byte, tiny_bundle):
-    from remoteclip_qgis.core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
+    from remoteclip_qgis.core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
     from remoteclip_qgis.layer_source import raster_for_layer
 
     def job(raster):
@@ -875,7 +875,7 @@ def test_labeltiles_runs_inside_a_processing_model(plugin, rgb_byte, tiny_bundle
     assert res[names[0]] == str(out)
     assert layer.crs().authid() == "EPSG:32618"
     # the model's child ran the job core runs for those parameters
-    from remoteclip_qgis.core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
+    from remoteclip_qgis.core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
 
     direct = run_job(Job(raster=rgb_byte, task=LabelTask(["water", "forest", "fields"]), tiles=TileSpec(size=128),
                          run=RunOptions(model=str(tiny_bundle), cache_dir="")))

@@ -1,14 +1,15 @@
-"""core.records: per-tile results as columns give exactly what the per-tile functions gave (core.jobs'
+"""core.records: per-tile results as columns give exactly what the per-tile functions gave (tests/record_loops.py:
 label_records, count_records, search_records), and are written as the same features."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from record_loops import count_records, label_records, search_records
 
-from core.jobs import count_records, label_records, search_records, slug_fields, softmax
 from core.records import Records, count_columns, label_columns, search_columns, top_k
-from core.tasks import class_scores
+from core.scores import class_scores, softmax
+from core.tasks import slug_fields
 from core.tiles import TileSpec, make_grid
 
 
@@ -120,10 +121,10 @@ def test_records_carry_their_tiles(data_dir, case):
 
 def test_float32_values_round_as_python_rounds():
     """The columns round float32 values with numpy; Python's round(v, 6) gives the very same doubles."""
-    from core.records import _python_values
+    from core.records import python_values
 
     rng = np.random.default_rng(0)
     v = np.concatenate([rng.random(200_000, dtype=np.float32), rng.standard_normal(100_000).astype(np.float32),
                         (rng.integers(0, 10**6, 100_000) / 1e6 + 5e-7).astype(np.float32),   # near half-way
                         np.array([0, 1, 5e-7, 1.5e-6, 2.5e-6, 0.9999995, -0.5e-6], np.float32)])
-    assert _python_values(v, 0, len(v), "float") == [round(x, 6) for x in v.tolist()]
+    assert python_values(v, 0, len(v), "float") == [round(x, 6) for x in v.tolist()]

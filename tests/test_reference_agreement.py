@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
+from core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
 from training.reference_pipeline import random_bundle, random_model, reference_embeddings, reference_labels
 
 LABELS = ["buildings", "trees", "road", "bare soil", "water", "grass"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from osgeo import ogr, osr
 
-from core.jobs import Job, LabelTask, RunOptions, TileSpec, run_job
+from core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
 from core.raster import open_raster
 from core.summary import format_area, summarize, summary_field
 from core.tiles import make_grid

@@ -15,7 +15,7 @@ import pytest
 from core import prompts
 from core.cli import _parser, main
 from core.errors import RemoteClipError
-from core.jobs import ClassifyTask, CountTask, Job, LabelTask, RunOptions, SearchTask, TileSpec, run_job
+from core.pipeline import ClassifyTask, CountTask, Job, LabelTask, RunOptions, SearchTask, TileSpec, run_job
 from core.samples import Samples
 from core.tasks import TASKS, Param, Task, TaskOutput, register, task_class
 
@@ -169,7 +169,9 @@ def test_a_new_task_runs_through_run_job_and_the_command_line(data_dir, tiny_bun
 def test_search_selects_the_best_tiles_that_stand_out_and_reports_the_similarity_it_took():
     """Every similarity negative (a query the raster does not hold): a fixed 'top 20' would still select 20;
     the stand-out rule selects only tiles at least mean + 1 sd, the top-k caps them, a higher threshold wins."""
-    from core.tasks import RasterPart, effective_threshold, search_records
+    from record_loops import search_records
+
+    from core.tasks import RasterPart, effective_threshold
 
     sims = np.array([-0.31, -0.30, -0.29, -0.28, -0.27, -0.26, -0.25, -0.12, -0.10, -0.05])
     emb = np.stack([sims, np.sqrt(1 - sims ** 2)], axis=1)   # unit vectors whose cosine with the query is sims
@@ -195,7 +197,9 @@ def test_search_selects_the_best_tiles_that_stand_out_and_reports_the_similarity
 def test_stand_out_takes_its_number_of_standard_deviations(n, want):
     """--stand-out N other than 1: the cut is mean + N sd (not 1 sd) and selects what that cut keeps; the
     stored cut (the legend's) and the summary line say it. At N = 1 the same similarities select two tiles."""
-    from core.tasks import RasterPart, effective_threshold, search_records
+    from record_loops import search_records
+
+    from core.tasks import RasterPart, effective_threshold
 
     sims = np.array([-0.31, -0.30, -0.29, -0.28, -0.27, -0.26, -0.25, -0.12, -0.10, -0.05, 0.12])
     emb = np.stack([sims, np.sqrt(1 - sims ** 2)], axis=1)

@@ -34,17 +34,13 @@ from ..bundle import (
 from ..errors import Cancelled, InvalidInput, MissingDependency, ModelError
 from .architectures import detect_architecture, known_architectures, preprocess_config, resolve
 from .checkpoint import load_state_dict
+from .probe import CHECK_IMAGES, CHECK_PROMPTS, check_images  # noqa: F401 (what the self-check feeds)
 
 __all__ = ["convert_checkpoint", "detect_architecture", "known_architectures", "load_state_dict", "require_onnx",
            "ACTIVATIONS", "THRESHOLDS"]
 
 ACTIVATIONS = ("quick_gelu", "gelu")
 THRESHOLDS = {"fp32": 0.99999, "fp16": 0.999}  # the same bars as training.parity
-# what the self-check feeds both sides: prompts through the bundle's own tokenizer, seeded images
-CHECK_PROMPTS = ["a satellite photo of a river.", "a satellite photo of a forest.",
-                 "a satellite photo of a parking lot.", "a satellite photo of residential area.",
-                 "an aerial image of farmland with a road", "12 ships in a harbor", ""]
-CHECK_IMAGES = 4
 
 
 def _sha256_file(path) -> str:
@@ -64,20 +60,6 @@ def require_onnx():
         raise MissingDependency("Converting a checkpoint needs the onnx package, which is not installed.",
                               "Install it (pip install onnx==1.23.2; the plugin offers to) and try again.") from e
     return onnx
-
-
-def check_images(size: int, n: int = CHECK_IMAGES) -> np.ndarray:
-    """Seeded (n, 3, size, size) float32 inputs in the range of normalised photos: smooth colour fields
-    with edges and noise, so that every layer sees structure, not only white noise."""
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    out = []
-    for i in range(n):
-        f = 2 + 3 * i
-        base = np.stack([np.sin(f * xx + c) * np.cos(f * yy - c) for c in (0.0, 1.0, 2.0)])
-        base = base + 0.8 * (((xx * (i + 2)).astype(int) + (yy * (i + 3)).astype(int)) % 2)
-        out.append(base + 0.3 * rng.standard_normal((3, size, size)))
-    return np.stack(out).astype(np.float32)
 
 
 def _cos_rows(a, b) -> np.ndarray:

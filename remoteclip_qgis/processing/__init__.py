@@ -2,7 +2,7 @@
 compute embeddings (one algorithm per task of core.tasks.TASKS).
 
 Every algorithm builds a core ``Job`` from its parameters and runs
-``core.jobs.run_job``, as the dock and the ``remoteclip`` command line do.
+``core.pipeline.run_job``, as the dock and the ``remoteclip`` command line do.
 """
 
 from .provider import RemoteClipProvider

@@ -6,7 +6,7 @@ parameters by processing/parameters.py. The algorithms themselves are made from 
 ``prepareAlgorithm`` (QGIS calls it in the main thread) turns the parameters
 into a core ``Job``: layers are read there, and a web or database raster gets
 a QgisRasterSource whose provider is cloned there. ``processAlgorithm`` (a
-background thread in the GUI) runs ``core.jobs.run_job`` with the feedback as
+background thread in the GUI) runs ``core.pipeline.run_job`` with the feedback as
 progress and cancel callbacks. A cancelled run raises and leaves no output.
 """
 
@@ -355,7 +355,7 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
         return self.parameterAsInts(parameters, self.BANDS, context) or None
 
     def prepareAlgorithm(self, parameters, context, feedback):
-        from ..core.jobs import Job, RunOptions, TileSpec
+        from ..core.pipeline import Job, RunOptions, TileSpec
 
         self._error = None
         try:
@@ -388,7 +388,7 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
             self._final = path
             inputs = []
             if self._convert:   # core checks what it writes; the converted file is checked here, by core's rule
-                from ..core.jobs import job_inputs
+                from ..core.pipeline import job_inputs
                 from ..core.vectors import check_folder_writable, check_not_input
 
                 inputs = job_inputs(Job(raster=raster, task=task, run=run, tiles=tiles))
@@ -425,7 +425,7 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
         self._job = Job(raster=raster, task=task, run=run, tiles=tiles, output=write, layer_name=layer_name,
                         dissolve=dissolve, overwrite=True, max_tiles=None, raster_output=self._dense, dask=dask)
         if dask:   # a plain tcp:// scheduler off this machine: said before anything is sent
-            from ..core.distributed import plain_tcp_warning
+            from ..core.pipeline.distributed import plain_tcp_warning
 
             warning = plain_tcp_warning(dask)
             if warning:
@@ -436,7 +436,7 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
         return True
 
     def processAlgorithm(self, parameters, context, feedback):
-        from ..core.jobs import run_job
+        from ..core.pipeline import run_job
 
         if self._error:
             raise QgsProcessingException(self._error)

@@ -11,7 +11,7 @@ the QGIS plugin never does.
   (:func:`_worker_encoder`; the onnxruntime session is never pickled). Only (kept indices, embeddings) go
   back: 8 + 4 x D bytes a tile, no pixels.
 * The client plans, checks the cache (rasters done before are not sent again), gathers, saves the cache,
-  computes the task's results and writes once, atomically (core.collection).
+  computes the task's results and writes once, atomically (core.pipeline.run).
 * Ctrl+C or a cancel cancels the futures. A worker that dies is replaced by its nanny and its tasks are
   run again by the scheduler; a task that kills workers again and again (``distributed.scheduler.
   allowed-failures``) stops the job with the raster named.
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import Cancelled, InvalidInput, MissingDependency, ModelError, RemoteClipError, SourceUnreadable
+from ..errors import Cancelled, InvalidInput, MissingDependency, ModelError, RemoteClipError, SourceUnreadable
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +161,8 @@ _LOADS = 0   # bundles loaded by this process (a worker loads one once, whatever
 
 def _worker_encoder(piece: Piece):
     """The encoder of this worker process for the piece's model, loaded on first use and kept."""
-    from .bundle import load_bundle
-    from .inference import Encoder
+    from ..bundle import load_bundle
+    from ..inference import Encoder
 
     threads = piece.threads or _THREADS
     key = (piece.model, piece.device, piece.precision, piece.batch_size, threads)
@@ -181,23 +181,23 @@ def _worker_encoder(piece: Piece):
 
 
 def encode_piece(piece: Piece):
-    """Run on a worker: the embeddings of tiles ``start:stop`` of the raster's grid, as core.collection.Encoded.
+    """Run on a worker: the embeddings of tiles ``start:stop`` of the raster's grid, as core.pipeline.encode.Encoded.
     A raster that cannot be read comes back with its reason (the client skips it or stops, --strict)."""
-    from .collection import Encoded
-    from .jobs import _encode_tiles, _open
-    from .tiles import make_grid
+    from ..tiles import make_grid
+    from .encode import Encoded, encode_tiles
+    from .sources import open_source
 
     try:
         encoder = _worker_encoder(piece)
-        src, _ = _open(piece.path)
+        src, _ = open_source(piece.path)
         try:
             grid = make_grid(src, piece.spec)
             if len(grid) != piece.n_grid:
                 raise SourceUnreadable(f"The worker sees {len(grid)} tiles in {piece.path}, the client "
                                       f"{piece.n_grid}.", "Give the workers the same raster (a shared path).", path=piece.path)
-            kept, emb = _encode_tiles(encoder, src, list(piece.bands), piece.stretch,
-                                      sub_grid(grid, piece.start, piece.stop), None, None, piece.batch_size,
-                                      piece.readers)
+            kept, emb = encode_tiles(encoder, src, list(piece.bands), piece.stretch,
+                                     sub_grid(grid, piece.start, piece.stop), None, None, piece.batch_size,
+                                     piece.readers)
         finally:
             src.close()
     except RemoteClipError as e:
@@ -209,7 +209,7 @@ def encode_piece(piece: Piece):
 
 def sub_grid(grid, start: int, stop: int):
     """Tiles ``start:stop`` of a core.tiles.TileGrid as a TileGrid (the same rows, columns and windows)."""
-    from .tiles import TileGrid
+    from ..tiles import TileGrid
 
     if start == 0 and stop == len(grid):
         return grid
@@ -250,8 +250,8 @@ def _blocks(n: int, batch_size: int) -> list[tuple[int, int]]:
 
 
 def encode_on_cluster(job, plans, bundle, batch, cache, progress, is_cancelled, total):
-    """Yield each raster's core.collection.Encoded, computed on the cluster (or read from the cache)."""
-    from .collection import Encoded, prepare_plan
+    """Yield each raster's core.pipeline.encode.Encoded, computed on the cluster (or read from the cache)."""
+    from .encode import Encoded, prepare_plan
 
     distributed = _import()
     client, cluster = connect(job.dask)

@@ -1,0 +1,136 @@
+"""No import cycles among the project's modules (core/, remoteclip_qgis/, training/): every import counts, those
+inside functions too (a function-level import hides a loop, it does not remove it). ``remoteclip_qgis.core.X``
+is ``core.X`` (the plugin's zip carries core inside); ``from . import sub`` is an edge to the submodule, not to
+the package."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("core", "remoteclip_qgis", "training")
+
+
+def _module_name(root: Path, path: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _resolve(current: str, is_package: bool, level: int, name: str | None) -> str:
+    if not level:
+        return name or ""
+    base = current.split(".") if is_package else current.split(".")[:-1]
+    base = base[: len(base) - (level - 1)]
+    return ".".join(base + ([name] if name else []))
+
+
+def import_graph(root: Path, packages=PACKAGES) -> dict[str, set[str]]:
+    """Module -> the project's modules it imports (anywhere in the file)."""
+    modules = {_module_name(root, p): p for pkg in packages if (root / pkg).is_dir()
+               for p in (root / pkg).rglob("*.py")}
+    edges: dict[str, set[str]] = {m: set() for m in modules}
+    for m, path in modules.items():
+        is_package = path.name == "__init__.py"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = _resolve(m, is_package, node.level, node.module)
+                subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in modules]
+                targets = subs + ([base] if len(subs) < len(node.names) else [])
+            else:
+                continue
+            for t in targets:
+                if t == "remoteclip_qgis.core" or t.startswith("remoteclip_qgis.core."):
+                    t = t[len("remoteclip_qgis."):]   # the plugin's zip carries core inside
+                while t and t not in modules:          # the longest project module that t names
+                    t = t.rpartition(".")[0]
+                if t and t != m:
+                    edges[m].add(t)
+    return edges
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    counter = 0
+    for start in sorted(edges):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(edges[start])))]
+        index[start] = low[start] = counter
+        counter += 1
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            v, it = work[-1]
+            w = next(it, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = counter
+                    counter += 1
+                    stack.append(w)
+                    on_stack.add(w)
+                    work.append((w, iter(sorted(edges[w]))))
+                elif w in on_stack:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                comp = []
+                while True:
+                    w = stack.pop()
+                    on_stack.discard(w)
+                    comp.append(w)
+                    if w == v:
+                        break
+                if len(comp) > 1:
+                    found.append(sorted(comp))
+    return found
+
+
+def test_no_import_cycles():
+    edges = import_graph(ROOT)
+    assert {"core.pipeline.run", "core.tasks", "remoteclip_qgis.dock", "training.export"} <= set(edges)
+    loops = cycles(edges)
+    assert not loops, "import cycles (each: the modules that import one another):\n" + "\n".join(
+        f"  {c}: " + "; ".join(f"{m} -> {sorted(edges[m] & set(c))}" for m in c) for c in loops)
+
+
+def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        p = tmp_path / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    return tmp_path
+
+
+def test_a_loop_through_a_function_level_import_is_found(tmp_path):
+    # core.a imports core.b inside a function, core.b imports core.a at the top: one cycle
+    root = _tree(tmp_path, {"core/__init__.py": "", "core/a.py": "def f():\n    from .b import g\n",
+                            "core/b.py": "from core.a import f\n", "core/c.py": "from . import a\n"})
+    assert cycles(import_graph(root)) == [["core.a", "core.b"]]
+    # a chain of three through the plugin's vendored core (remoteclip_qgis.core.X is core.X)
+    root = _tree(tmp_path / "t2", {"core/__init__.py": "", "core/x.py": "import remoteclip_qgis.dock\n",
+                                   "remoteclip_qgis/__init__.py": "",
+                                   "remoteclip_qgis/dock.py": "def f():\n    from .core.y import z\n",
+                                   "core/y.py": "from .x import *\n"})
+    assert cycles(import_graph(root)) == [["core.x", "core.y", "remoteclip_qgis.dock"]]
+
+
+def test_from_dot_import_sub_is_an_edge_to_the_submodule_not_the_package(tmp_path):
+    # core/__init__ imports core.a; core.a's `from . import b` is an edge to core.b, not back to core: no cycle
+    root = _tree(tmp_path, {"core/__init__.py": "from .a import f\n", "core/a.py": "from . import b\ndef f(): pass\n",
+                            "core/b.py": "X = 1\n"})
+    edges = import_graph(root)
+    assert edges["core.a"] == {"core.b"} and edges["core"] == {"core.a"}
+    assert cycles(edges) == []
