@@ -13,9 +13,14 @@ Their log-probabilities are mixed, ``log p = (1 - alpha) log p_zero_shot + alpha
 k-fold cross-validation on the samples: the pair with the best balanced accuracy (mean per-class
 recall) of the held-out predictions. The samples must earn their say: when the class names alone
 (``alpha`` 0) tie for the best, they are kept; other ties go to the lower log-loss, then to the
-smaller ``alpha``, then to the stronger L2. Folds are stratified and **grouped by sample**: the tiles of one
-drawn polygon or point (and of samples that share a tile) are never split between training and
-evaluation. When some class has a single sample, folds fall back to single tiles (an optimistic
+smaller ``alpha``, then to the stronger L2. Folds are **spatial** when the tiles' places are known:
+samples drawn close together look alike, so folds that split neighbours measure memory, not skill. Sample
+tiles closer than ``d`` tile widths (single linkage, whatever their class) and the tiles of one drawn
+polygon or point are never split between training and evaluation; ``d`` is the largest distance up to
+:data:`SPATIAL_WIDTHS` that leaves every class in two or more groups. When even neighbouring tiles
+cannot be kept apart that way, folds are stratified and **grouped by sample** (said in a warning): the
+tiles of one sample (and of samples that share a tile) are never split. When some class has a single
+sample, folds fall back to single tiles (an optimistic
 estimate, said in a warning); when some class has a single sample tile, nothing can be validated and
 the classifier is the zero-shot head alone (``alpha`` 0), so it is never worse than the class names
 without evidence.
@@ -46,6 +51,7 @@ ALPHAS = tuple(round(a / 10, 1) for a in range(11))
 L2S = (1e-4, 1e-3, 1e-2)
 DEFAULT_L2 = 1e-3
 MAX_FOLDS = 5
+SPATIAL_WIDTHS = 3.0     # spatial folds keep together sample tiles closer than this (tile widths), at most
 FEW_SAMPLES = 5          # a class with fewer sample tiles gets a warning
 
 
@@ -212,20 +218,164 @@ def make_folds(y: np.ndarray, groups: np.ndarray, n_folds: int = MAX_FOLDS,
     tile. Each class's groups are shuffled (seeded) and dealt round-robin, so every fold holds every class."""
     y = np.asarray(y)
     for by, g in (("sample", np.asarray(groups)), ("tile", np.arange(len(y)))):
-        per_class = [np.unique(g[y == c]) for c in np.unique(y)]
-        k = min(int(n_folds), min(len(u) for u in per_class))
-        if k < 2:
-            continue
-        rng = np.random.default_rng(seed)
-        fold_of_group: dict = {}
-        start = 0
-        for u in per_class:
-            order = rng.permutation(len(u))
-            for i, gi in enumerate(order):
-                fold_of_group[u[gi]] = (start + i) % k
-            start += len(u)
-        return np.array([fold_of_group[v] for v in g], dtype=np.int64), by
+        k = min(int(n_folds), int(_groups_per_class(y, g).min()))
+        if k >= 2:
+            return _deal(y, g, k, seed), by
     return None, None
+
+
+def _deal(y: np.ndarray, g: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Folds of groups of one class each: each class's groups shuffled (seeded) and dealt round-robin."""
+    rng = np.random.default_rng(seed)
+    fold_of_group: dict = {}
+    start = 0
+    for u in (np.unique(g[y == c]) for c in np.unique(y)):
+        order = rng.permutation(len(u))
+        for i, gi in enumerate(order):
+            fold_of_group[u[gi]] = (start + i) % k
+        start += len(u)
+    return np.array([fold_of_group[v] for v in g], dtype=np.int64)
+
+
+def spatial_links(places: np.ndarray, groups: np.ndarray, max_widths: float) -> tuple[np.ndarray, np.ndarray]:
+    """The single-linkage tree of the sample tiles: (edges (m, 2), their lengths (m,)), ascending, such that
+    the tiles closer than ``d`` (<= ``max_widths``) are joined exactly by the edges shorter than ``d``.
+    ``places`` is (n, 3): part, x, y in tile widths (tiles of different parts are never joined); tiles of
+    one ``group`` (sample) are joined by edges of length 0."""
+    places = np.asarray(places, dtype=np.float64)
+    groups = np.asarray(groups)
+    n = len(places)
+    cand: list[tuple[float, int, int]] = []
+    first: dict = {}
+    for i, g in enumerate(groups.tolist()):
+        if g in first:
+            cand.append((0.0, first[g], i))
+        else:
+            first[g] = i
+    cells: dict[tuple, list[int]] = {}
+    for i, (p, x, yv) in enumerate(places.tolist()):
+        cells.setdefault((p, math.floor(x / max_widths), math.floor(yv / max_widths)), []).append(i)
+    for (p, cx, cy), members in cells.items():
+        a = np.asarray(members)
+        for dx, dy in ((0, 0), (1, -1), (1, 0), (1, 1), (0, 1)):   # each pair of neighbouring cells once
+            other = cells.get((p, cx + dx, cy + dy))
+            if other is None:
+                continue
+            b = np.asarray(other)
+            dist = np.hypot(places[a, 1][:, None] - places[b, 1][None, :], places[a, 2][:, None] - places[b, 2][None, :])
+            ia, ib = np.nonzero(dist <= max_widths)
+            for u, v in zip(ia.tolist(), ib.tolist(), strict=True):
+                if (dx, dy) == (0, 0) and u >= v:
+                    continue
+                cand.append((float(dist[u, v]), int(a[u]), int(b[v])))
+    cand.sort()
+    parent = list(range(n))
+    edges, lengths = [], []
+    for length, i, j in cand:
+        ri, rj = _root(parent, i), _root(parent, j)
+        if ri != rj:
+            parent[ri] = rj
+            edges.append((i, j))
+            lengths.append(length)
+    return np.asarray(edges, dtype=np.int64).reshape(-1, 2), np.asarray(lengths, dtype=np.float64)
+
+
+def _root(parent: list, a: int) -> int:
+    while parent[a] != a:
+        parent[a] = parent[parent[a]]
+        a = parent[a]
+    return a
+
+
+def _components(groups: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """The groups joined by ``edges``, each named by the smallest of its ``groups`` labels (so a grouping
+    that joins nothing more than the samples keeps their labels)."""
+    parent = list(range(len(groups)))
+    for i, j in edges.tolist():
+        ri, rj = _root(parent, i), _root(parent, j)
+        if ri != rj:
+            parent[ri] = rj
+    roots = np.asarray([_root(parent, i) for i in range(len(groups))], dtype=np.int64)
+    name: dict = {}
+    for r, g in zip(roots.tolist(), np.asarray(groups).tolist(), strict=True):
+        name[r] = min(name.get(r, g), g)
+    return np.asarray([name[r] for r in roots.tolist()])
+
+
+def _groups_per_class(y: np.ndarray, g: np.ndarray) -> np.ndarray:
+    return np.asarray([len(np.unique(g[y == c])) for c in np.unique(y)])
+
+
+def group_folds(y: np.ndarray, g: np.ndarray, k: int, seed: int = 0) -> np.ndarray | None:
+    """Folds that keep each group whole, a group holding tiles of several classes: groups (shuffled, seeded,
+    then the largest first) go one by one to the fold that keeps each class's share of the folds most even
+    (ties: the fold with fewer tiles, then the lower fold). None unless every class lies in two or more folds
+    (so that every fold's training holds every class) and no fold is empty. Groups of one class each are
+    dealt as :func:`make_folds` deals samples."""
+    y = np.asarray(y)
+    if all(len(np.unique(y[g == v])) == 1 for v in np.unique(g)):
+        return _deal(y, g, k, seed)
+    u, inv = np.unique(g, return_inverse=True)
+    classes = np.unique(y)
+    counts = np.zeros((len(u), len(classes)))
+    np.add.at(counts, (inv, np.searchsorted(classes, y)), 1.0)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(u))
+    order = order[np.argsort(-counts[order].sum(axis=1), kind="stable")]
+    totals = counts.sum(axis=0)
+    per_fold = np.zeros((k, len(classes)))
+    fold_of = np.zeros(len(u), dtype=np.int64)
+    for gi in order.tolist():
+        best = None
+        for f in range(k):
+            trial = per_fold.copy()
+            trial[f] += counts[gi]
+            key = (round(float(np.std(trial / totals, axis=0).sum()), 12), float(per_fold[f].sum()), f)
+            if best is None or key < best:
+                best = key
+        fold_of[gi] = best[2]
+        per_fold[best[2]] += counts[gi]
+    if (per_fold.sum(axis=1) == 0).any() or ((per_fold > 0).sum(axis=0) < 2).any():
+        return None
+    return fold_of[inv]
+
+
+def spatial_folds(y: np.ndarray, groups: np.ndarray, places: np.ndarray, n_folds: int = MAX_FOLDS, seed: int = 0,
+                  max_widths: float = SPATIAL_WIDTHS) -> tuple[np.ndarray | None, float | None, list[str]]:
+    """Folds that never put two sample tiles closer than ``d`` tile widths on opposite sides: (fold of each
+    tile, d, []). The tiles are grouped by single linkage (tiles closer than d, and the tiles of one sample,
+    in one group, whatever their class); d is the largest distance up to ``max_widths`` that leaves every
+    class in two or more groups (and the folds hold every class in their training): ``max_widths``, or the
+    length of a link of the tree just above it (pairs exactly d apart may be split). A distance of one tile
+    width or less would split neighbouring tiles, so none is used: when no distance works, (None, the
+    smallest distance tried, the classes whose sample tiles all lie within it of each other)."""
+    y = np.asarray(y)
+    groups = np.asarray(groups)
+    edges, lengths = spatial_links(places, groups, max_widths)
+    # candidate distances, largest first: the cap, then every link length in (1, cap) (joins change only there)
+    cands = sorted({float(max_widths)} | {float(v) for v in lengths if 1.0 + 1e-6 < v < max_widths}, reverse=True)
+    cands = [d for d in cands if d > 1.0 + 1e-6]
+
+    def grouping(d):
+        return _components(groups, edges[lengths < d])
+
+    # every class in >= 2 groups is monotone in d: the largest d that keeps it, by bisection
+    lo, hi = 0, len(cands)           # cands[lo:] ... find the first index whose grouping keeps 2 groups per class
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _groups_per_class(y, grouping(cands[mid])).min() >= 2:
+            hi = mid
+        else:
+            lo = mid + 1
+    for d in cands[lo:lo + 10]:
+        g = grouping(d)
+        k = min(int(n_folds), int(_groups_per_class(y, g).min()))
+        fold = group_folds(y, g, k, seed)
+        if fold is not None:
+            return fold, d, []
+    d = cands[-1]
+    g = grouping(d)
+    return None, d, [int(c) for c in np.unique(y) if len(np.unique(g[y == c])) < 2]
 
 
 # --------------------------------------------------------------------------------------------- head
@@ -340,8 +490,11 @@ class Head:
 
 def train(x: np.ndarray, y: np.ndarray, groups: np.ndarray, classes: list[str], text: np.ndarray,
           logit_scale: float, method: str = "logistic", k: int = 5, n_folds: int = MAX_FOLDS, seed: int = 0,
-          model: dict | None = None, templates=None) -> tuple[Head, dict, list[str]]:
-    """Fit the classifier on sample tiles ``x`` (classes ``y``, sample ``groups``): (head, report, warnings)."""
+          model: dict | None = None, templates=None, places: np.ndarray | None = None,
+          tile_m: float | None = None) -> tuple[Head, dict, list[str]]:
+    """Fit the classifier on sample tiles ``x`` (classes ``y``, sample ``groups``): (head, report, warnings).
+    With ``places`` (n, 3: part, x, y in tile widths; ``tile_m`` metres per tile width, None: unknown) the
+    folds are spatial (:func:`spatial_folds`), else, or when no spatial grouping holds, by sample."""
     if method not in METHODS:
         raise InvalidInput(f"Unknown classifier {method!r}.", "Use logistic or knn.", param="method")
     x = normalize(x)
@@ -349,7 +502,18 @@ def train(x: np.ndarray, y: np.ndarray, groups: np.ndarray, classes: list[str], 
     c = len(classes)
     warnings: list[str] = []
     zs = zero_shot_log_proba(x, text, logit_scale)
-    fold, by = make_folds(y, groups, n_folds, seed)
+    fold, by, distance = None, None, None
+    if places is not None and SPATIAL_WIDTHS:
+        fold, distance, crowded = spatial_folds(y, groups, places, n_folds, seed, SPATIAL_WIDTHS)
+        by = "space" if fold is not None else None
+    if fold is None:
+        fold, by = make_folds(y, groups, n_folds, seed)
+        if by == "sample" and places is not None and SPATIAL_WIDTHS:
+            names = ", ".join(repr(classes[i]) for i in crowded) or "some class"
+            warnings.append(f"The sample tiles of {names} all lie within {distance:.3g} tile widths of each other, "
+                            "so the folds keep only each sample whole and neighbouring tiles fall on both sides: "
+                            "the cross-validated accuracy is optimistic. Draw every class's samples in two or "
+                            "more places further apart.")
     grid = L2S if method == "logistic" else (None,)
 
     def head_logp(tr, te, l2):
@@ -387,7 +551,9 @@ def train(x: np.ndarray, y: np.ndarray, groups: np.ndarray, classes: list[str], 
         _, alpha, l2, pred = best
         zs_pred = zs.argmax(axis=1)
         alone = mix(zs, oof[l2], 1.0).argmax(axis=1)
-        cv = {"folds": k_folds, "grouped_by": by, **evaluation(y, pred, classes),
+        apart = None if by != "space" else {"tile_widths": round(distance, 3),
+                                             "m": None if tile_m is None else round(distance * tile_m, 2)}
+        cv = {"folds": k_folds, "grouped_by": by, "group_distance": apart, **evaluation(y, pred, classes),
               "zero_shot": evaluation(y, zs_pred, classes)["balanced_accuracy"],
               "zero_shot_accuracy": evaluation(y, zs_pred, classes)["accuracy"],
               "samples_alone": evaluation(y, alone, classes)["balanced_accuracy"]}

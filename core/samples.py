@@ -183,6 +183,8 @@ class SampleTiles:
     tiles_per_class: dict = field(default_factory=dict)
     samples_per_class: dict = field(default_factory=dict)
     outside: int = 0          # samples that claimed no tile (outside the raster or the extent)
+    places: np.ndarray | None = None   # (n, 2) the sample tiles' centres in tile widths (spatial folds)
+    tile_m: float | None = None        # metres per tile width (None: a CRS not in linear units)
 
 
 @gdal_return_codes()
@@ -264,8 +266,34 @@ def match_tiles(samples: Samples, tiles, crs_wkt: str, classes: list[str] | None
     samples_per_class = {c: 0 for c in classes}
     for cls, n in zip(samples.classes, per_sample_tiles, strict=True):
         samples_per_class[cls] += 1 if n else 0
+    places, tile_m = _tile_places([tiles[i].polygon_wkt for i in keep], crs_wkt)
     return SampleTiles(index, y, group, list(classes), conflicts, tiles_per_class, samples_per_class,
-                       outside=sum(1 for n in per_sample_tiles if n == 0))
+                       outside=sum(1 for n in per_sample_tiles if n == 0), places=places, tile_m=tile_m)
+
+
+def _tile_places(wkts: list[str], crs_wkt: str) -> tuple[np.ndarray, float | None]:
+    """Tile centres in tile widths (the median length of a tile's first edge) and metres per tile width
+    (None when the CRS is not known). In a geographic CRS, longitudes are scaled by the cosine of the
+    latitude and a degree of latitude is taken as 111,195 m (a sphere), so distances are on the ground."""
+    corners = np.array([[[float(v) for v in pt.split()] for pt in w[w.index("((") + 2:w.rindex("))")].split(",")[:4]]
+                        for w in wkts], dtype=np.float64).reshape(-1, 4, 2)
+    if not len(corners):
+        return np.zeros((0, 2)), None
+    unit_m = None
+    if crs_wkt:
+        from .tiles import srs_from
+
+        with gdal_quiet(), contextlib.suppress(ValueError, RuntimeError):
+            srs = srs_from(crs_wkt, "raster's CRS")
+            if srs.IsGeographic():
+                corners[..., 0] *= math.cos(math.radians(float(np.clip(np.mean(corners[..., 1]), -89.0, 89.0))))
+                unit_m = 6371008.8 * math.pi / 180.0
+            elif srs.IsProjected():
+                unit_m = float(srs.GetLinearUnits())
+    width = float(np.median(np.hypot(*(corners[:, 1] - corners[:, 0]).T)))
+    if not width > 0:
+        return np.zeros((len(corners), 2)), None
+    return corners.mean(axis=1) / width, None if unit_m is None else width * unit_m
 
 
 @contextlib.contextmanager

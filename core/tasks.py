@@ -734,7 +734,7 @@ class ClassifyTask(Task):
                       "method": head.method, "alpha": head.alpha, "applied": self.head, "model": head.model}
             return {"head": head, "sample_tiles": {}, "report": report}
         classes = prepared["classes"]
-        xs, ys, gs = [], [], []
+        xs, ys, gs, places, tile_m = [], [], [], [], set()
         kept: dict[str, np.ndarray] = {}
         conflicts = 0
         tiles_per_class = dict.fromkeys(classes, 0)
@@ -746,6 +746,8 @@ class ClassifyTask(Task):
             xs.append(part.embeddings[m.index])
             ys.append(m.y)
             gs.append(m.group + offset)   # groups of another raster are other samples' tiles
+            places.append(np.column_stack([np.full(len(m.index), len(places)), m.places]))   # part, x, y
+            tile_m.add(m.tile_m)
             offset += len(self.samples.wkts)
             kept[part.name] = m.index
             conflicts += m.conflicts
@@ -773,7 +775,8 @@ class ClassifyTask(Task):
         y = np.concatenate(ys)
         model = {"name": bundle.name, "sha256": bundle.sha256, "embed_dim": bundle.embed_dim}
         head, report, notes = train(x, y, np.concatenate(gs), classes, text, bundle.logit_scale, self.method,
-                                    self.k, self.folds, self.seed, model=model, templates=self.templates)
+                                    self.k, self.folds, self.seed, model=model, templates=self.templates,
+                                    places=np.concatenate(places), tile_m=tile_m.pop() if len(tile_m) == 1 else None)
         warnings.extend(notes)
         report["samples"] = {"tiles": tiles_per_class, "samples": samples_per_class, "conflicts": conflicts,
                              "outside": outside}
@@ -855,6 +858,10 @@ def _report_lines(report: dict) -> list[str]:
     if not cv:
         return [f"cross-validation: not possible (a class has a single sample tile); classifier: {mix}"]
     by = "by sample" if cv.get("grouped_by") == "sample" else "by tile (optimistic)"
+    if cv.get("grouped_by") == "space":
+        apart = cv.get("group_distance") or {}
+        metres = f" ({apart['m']:.3g} m)" if apart.get("m") is not None else ""
+        by = f"by place: sample tiles closer than {apart.get('tile_widths', 0):.3g} tile widths{metres} kept together"
     lines = [f"cross-validated accuracy {cv['accuracy']:.1%}, balanced {cv['balanced_accuracy']:.1%} "
              f"({cv['folds']} folds {by}); class names alone {cv['zero_shot']:.1%} balanced; classifier: {mix}"]
     classes = list(report.get("classes") or cv["per_class"])

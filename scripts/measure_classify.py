@@ -1,6 +1,7 @@
 """Zero-shot labels vs few-shot classify on the real rasters of ../shared/data (docs/classify.md's table).
 
     python scripts/measure_classify.py --model models/remoteclip-demo [--model OTHER] [--seeds 5] [--out FILE.json]
+        [--cases kampala-z21,rsscn7] [--shots 5,10] [--folds spatial|sample|both]
 
 Cases (each raster's tiles get a ground truth; samples come from one part of the raster, the evaluation
 tiles from another part, never interleaved):
@@ -18,7 +19,10 @@ tiles from another part, never interleaved):
 For each model, each number of samples per class (points at random places inside randomly chosen
 tiles of the sample part) and each seed, ``remoteclip classify`` (through core.pipeline.run_job) is
 compared with ``remoteclip label`` with the same class names: balanced accuracy (mean per-class
-recall) on the evaluation tiles, mean and standard deviation over the seeds.
+recall) on the evaluation tiles, mean and standard deviation over the seeds, beside the cross-validated
+balanced accuracy the report gave. ``--folds`` picks the cross-validation: ``spatial`` (the default: what
+classify does), ``sample`` (folds grouped by sample alone, as before spatial folds: each run again with
+core.classify.SPATIAL_WIDTHS = 0) or ``both`` (``sample`` rows get the model name + " (by sample)").
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from core import classify  # noqa: E402
 from core.pipeline import ClassifyTask, Job, LabelTask, RunOptions, TileSpec, run_job  # noqa: E402
 from core.raster import open_raster  # noqa: E402
 from core.samples import Samples  # noqa: E402
@@ -168,6 +173,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default="kampala-z21,kampala-z20,spacenet,rsscn7")
     ap.add_argument("--out", help="write the results as JSON here")
     ap.add_argument("--cache-dir", help="embedding cache to use (default: a new temporary folder)")
+    ap.add_argument("--shots", default=",".join(map(str, SHOTS)), help="samples per class, e.g. 5,10")
+    ap.add_argument("--folds", choices=("spatial", "sample", "both"), default="spatial")
     args = ap.parse_args(argv)
     d = data_dir()
     work = Path(tempfile.mkdtemp(prefix="measure_classify_"))
@@ -181,6 +188,9 @@ def main(argv=None) -> int:
                                           str(d / "geotiff/solaris_geotiff_labels.geojson"), 32),
         "rsscn7": lambda: rsscn7_case(d / "scenes/rsscn7", work),
     }
+    shots_list = [int(v) for v in args.shots.split(",")]
+    groupings = {"spatial": [("spatial", classify.SPATIAL_WIDTHS)], "sample": [("sample", 0.0)],
+                 "both": [("spatial", classify.SPATIAL_WIDTHS), ("sample", 0.0)]}[args.folds]
     results = []
     for cname in args.cases.split(","):
         case = makers[cname]()
@@ -189,31 +199,42 @@ def main(argv=None) -> int:
         src.close()
         n_eval = int(case["eval"].sum())
         per_class = [int((case["pool"] & (case["truth"] == k)).sum()) for k in range(len(case["classes"]))]
-        for model in args.model:
+        for model, (grouping, widths) in ((m, g) for m in args.model for g in groupings):
             t0 = time.perf_counter()
+            classify.SPATIAL_WIDTHS = widths
             zs_pred, _ = run(case, model, cache, LabelTask(case["classes"]))
-            row = {"case": cname, "model": Path(model).name, "eval_tiles": n_eval, "pool_per_class": per_class,
-                   "zero_shot": score(case, zs_pred), "classify": {}}
-            for shots in SHOTS:
-                accs, alphas, cvs = [], [], []
+            name = Path(model).name + (" (by sample)" if args.folds == "both" and grouping == "sample" else "")
+            row = {"case": cname, "model": name, "folds": grouping, "eval_tiles": n_eval,
+                   "pool_per_class": per_class, "zero_shot": score(case, zs_pred), "classify": {}}
+            for shots in shots_list:
+                accs, alphas, cvs, by = [], [], [], []
                 for seed in range(args.seeds):
                     task = ClassifyTask(samples=samples_for(case, shots, seed, crs), seed=seed)
                     pred, res = run(case, model, cache, task)
                     accs.append(score(case, pred))
                     alphas.append(res.report["alpha"])
-                    cvs.append((res.report.get("cv") or {}).get("balanced_accuracy"))
+                    cv = res.report.get("cv") or {}
+                    cvs.append(cv.get("balanced_accuracy"))
+                    by.append([cv.get("grouped_by"), cv.get("folds"), (cv.get("group_distance") or {}).get("m")])
+                known = [v for v in cvs if v is not None]
                 row["classify"][shots] = {"mean": float(np.mean(accs)), "sd": float(np.std(accs)), "runs": accs,
-                                          "alpha": alphas, "cv_balanced": cvs}
+                                          "alpha": alphas, "cv_balanced": cvs, "grouping": by,
+                                          "cv_mean": float(np.mean(known)) if known else None}
             row["seconds"] = round(time.perf_counter() - t0, 1)
             results.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "classify"}), flush=True)
             for shots, v in row["classify"].items():
-                print(f"  {shots:>2} per class: {v['mean']:.3f} ± {v['sd']:.3f}  alpha {v['alpha']}", flush=True)
+                print(f"  {shots:>2} per class: {v['mean']:.3f} ± {v['sd']:.3f}  alpha {v['alpha']}  "
+                      f"cv {v['cv_balanced']}  folds {v['grouping']}", flush=True)
+    classify.SPATIAL_WIDTHS = groupings[0][1]
     print()
-    print("| raster | model | eval tiles | zero-shot | " + " | ".join(f"classify, {s} per class" for s in SHOTS) + " |")
-    print("|---|---|---|---|" + "---|" * len(SHOTS))
+    print("| raster | model | eval tiles | zero-shot | "
+          + " | ".join(f"classify, {s} per class | CV, {s} per class" for s in shots_list) + " |")
+    print("|---|---|---|---|" + "---|---|" * len(shots_list))
     for r in results:
-        cells = " | ".join(f"{r['classify'][s]['mean']:.1%} ± {r['classify'][s]['sd']:.1%}" for s in SHOTS)
+        cells = " | ".join(f"{r['classify'][s]['mean']:.1%} ± {r['classify'][s]['sd']:.1%} | "
+                           + ("-" if r["classify"][s]["cv_mean"] is None else f"{r['classify'][s]['cv_mean']:.0%}")
+                           for s in shots_list)
         print(f"| {r['case']} | {r['model']} | {r['eval_tiles']} | {r['zero_shot']:.1%} | {cells} |")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1) + "\n")

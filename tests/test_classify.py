@@ -173,6 +173,95 @@ def test_folds_fall_back_to_tiles_then_to_nothing():
     assert classify.make_folds(np.array([0, 1, 1]), np.array([0, 1, 2]), 5, 0) == (None, None)
 
 
+def _neighbour_world(rng):
+    """Two classes, each drawn in two places 20 tile widths apart, five adjacent tiles a place. The tiles of
+    one place look alike (a signature of the place, nothing of the class) and the class names say nothing:
+    what a sample teaches about its neighbours is memory, not skill."""
+    x, y, places = [], [], []
+    for k, (cls, (px, py)) in enumerate([(0, (0, 0)), (0, (20, 0)), (1, (0, 20)), (1, (20, 20))]):
+        x.append(cluster(axes(k)[0], 5, 0.01, rng))
+        y += [cls] * 5
+        places += [(0, px + i, py) for i in range(5)]
+    text = axes(D - 2, D - 1)
+    return np.concatenate(x), np.asarray(y), np.asarray(places, dtype=np.float64), text
+
+
+def test_spatial_folds_never_split_neighbours_and_see_through_memory():
+    x, y, places, text = _neighbour_world(np.random.default_rng(8))
+    groups = np.arange(len(y))
+    _, by_sample, _ = classify.train(x, y, groups, ["a", "b"], text, 30.0)
+    _, spatial, warnings = classify.train(x, y, groups, ["a", "b"], text, 30.0, places=places, tile_m=10.0)
+    assert by_sample["cv"]["grouped_by"] == "sample" and by_sample["cv"]["balanced_accuracy"] >= 0.9
+    assert spatial["cv"]["grouped_by"] == "space"
+    assert spatial["cv"]["balanced_accuracy"] <= by_sample["cv"]["balanced_accuracy"] - 0.25
+    assert spatial["cv"]["group_distance"] == {"tile_widths": 3.0, "m": 30.0} and not warnings
+    fold, d, crowded = classify.spatial_folds(y, groups, places, 5, 0)
+    assert d == classify.SPATIAL_WIDTHS == 3.0 and not crowded and fold.max() + 1 == 2
+    near = np.hypot(*(places[:, None, 1:] - places[None, :, 1:]).transpose(2, 0, 1)) < d
+    assert (fold[:, None] == fold[None, :])[near].all()          # no two tiles closer than d on both sides
+    for f in range(2):
+        assert set(y[fold != f]) == {0, 1}                       # every fold's training holds every class
+
+
+def test_neighbours_of_two_classes_share_a_fold():
+    """A building tile beside an open-ground tile teaches about it too: single linkage joins whatever the
+    class, and the folds of such mixed groups still hold every class in every fold's training."""
+    y = np.array([0, 1, 0, 1, 0, 1, 0])
+    places = np.array([[0, 0, 0], [0, 1, 0], [0, 10, 0], [0, 11, 0], [0, 20, 0], [0, 20, 1], [0, 30, 0]], float)
+    fold, d, _ = classify.spatial_folds(y, np.arange(7), places, 5, seed=3)
+    assert d == 3.0 and fold.max() + 1 == 3                     # class 1 lies in three places
+    assert fold[0] == fold[1] and fold[2] == fold[3] and fold[4] == fold[5]
+    for f in range(3):
+        assert set(y[fold != f]) == {0, 1}
+
+
+def test_the_spatial_distance_joins_tiles_closer_than_it_never_those_exactly_at_it():
+    """The distance is capped (here at 2.5 tile widths): two tiles of a class exactly 2.5 apart stay apart, so
+    the cap holds; just under it they would join, leaving the class one group, so the distance drops to
+    theirs. With a third tile of the class far away, the two just under the cap are joined (one fold)."""
+    y, groups = np.array([0, 0, 1, 1]), np.arange(4)
+    for gap, want in ((2.5, 2.5), (2.5 - 1e-6, 2.5 - 1e-6)):
+        places = np.array([[0, 0, 0], [0, gap, 0], [0, 0, 50], [0, 50, 50]], dtype=np.float64)
+        fold, d, _ = classify.spatial_folds(y, groups, places, 5, 0, max_widths=2.5)
+        assert d == pytest.approx(want, abs=1e-12) and fold[0] != fold[1]
+    y3, g3 = np.array([0, 0, 0, 1, 1]), np.arange(5)
+    places = np.array([[0, 0, 0], [0, 2.5 - 1e-6, 0], [0, 40, 0], [0, 0, 50], [0, 50, 50]], dtype=np.float64)
+    fold, d, _ = classify.spatial_folds(y3, g3, places, 5, 0, max_widths=2.5)
+    assert d == 2.5 and fold[0] == fold[1] != fold[2]
+    # tiles of different parts (rasters) are never joined, however close their places
+    places[1, 0] = 1
+    fold, d, _ = classify.spatial_folds(y, groups, places[[0, 1, 3, 4]], 5, 0, max_widths=2.5)
+    assert d == 2.5 and fold[0] != fold[1]
+
+
+def test_a_class_in_one_place_falls_back_to_folds_by_sample_and_says_so():
+    rng = np.random.default_rng(9)
+    x, y, text = _two_class_world(rng, text_right=False, n_per_class=3)
+    places = np.array([[0, 0, 0], [0, 1, 0], [0, 2, 0], [0, 0, 30], [0, 30, 30], [0, 60, 30]], dtype=np.float64)
+    fold, d, crowded = classify.spatial_folds(y, np.arange(6), places, 5, 0)
+    assert fold is None and crowded == [0]
+    _, report, warnings = classify.train(x, y, np.arange(6), ["a", "b"], text, 30.0, places=places, tile_m=5.0)
+    assert report["cv"]["grouped_by"] == "sample" and report["cv"]["group_distance"] is None
+    assert report["cv"]["folds"] == 3
+    assert any("'a'" in w and "'b'" not in w and "optimistic" in w for w in warnings)
+    from core.tasks import report_lines
+
+    assert "(3 folds by sample)" in report_lines(report)[0]
+
+
+def test_the_report_names_the_spatial_grouping_and_its_distance():
+    x, y, places, text = _neighbour_world(np.random.default_rng(10))
+    _, report, _ = classify.train(x, y, np.arange(len(y)), ["a", "b"], text, 30.0, places=places, tile_m=12.5)
+    assert report["cv"]["group_distance"] == {"tile_widths": 3.0, "m": 37.5}
+    from core.tasks import report_lines
+
+    assert "(2 folds by place: sample tiles closer than 3 tile widths (37.5 m) kept together)" in \
+        report_lines(report)[0]
+    _, report, _ = classify.train(x, y, np.arange(len(y)), ["a", "b"], text, 30.0, places=places)
+    assert report["cv"]["group_distance"] == {"tile_widths": 3.0, "m": None}
+    assert "closer than 3 tile widths kept together)" in report_lines(report)[0]
+
+
 # ---------------------------------------------------------------------------------------- uncertainty
 
 def test_uncertainty_is_one_minus_the_margin():
@@ -240,6 +329,20 @@ def test_samples_in_another_crs_are_transformed():
     lon, lat, _ = osr.CoordinateTransformation(utm, geo).TransformPoint(1025.0, 1985.0)
     m = match_tiles(Samples([f"POINT ({lon!r} {lat!r})"], ["b"], "EPSG:4326"), tiles, utm.ExportToWkt(), ["a", "b"])
     assert [(tiles[i].row, tiles[i].col) for i in m.index] == [(1, 2)]
+
+
+def test_sample_tiles_know_their_places_in_tile_widths_and_metres():
+    tiles, _ = _tiles(size=10)                       # 10 m tiles of a UTM grid (10 px of 1 m)
+    s = Samples(["POINT (1005 1995)", "POINT (1025 1985)"], ["a", "b"], None)
+    m = match_tiles(s, tiles, "EPSG:32636")
+    assert m.tile_m == pytest.approx(10.0)
+    assert np.allclose(m.places, [[100.5, 199.5], [102.5, 198.5]])   # centres / 10 m
+    geo = [Tile(0, c, (c, 0, 1, 1), _poly(30 + c * 0.001, 60.0, 30.001 + c * 0.001, 60.001)) for c in range(2)]
+    m = match_tiles(Samples(["POINT (30.0005 60.0005)", "POINT (30.0015 60.0005)"], ["a", "b"], None), geo,
+                    "EPSG:4326")
+    # at 60 degrees north a degree of longitude is half a degree of latitude on the ground
+    assert m.tile_m == pytest.approx(0.0005 * 6371008.8 * np.pi / 180, rel=1e-3)
+    assert np.hypot(*(m.places[1] - m.places[0])) == pytest.approx(1.0, rel=1e-3)
 
 
 def test_sample_classes_are_checked():
