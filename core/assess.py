@@ -25,7 +25,7 @@ from .errors import InvalidInput, SourceUnreadable, gdal_return_codes
 
 __all__ = ["MapStrata", "read_map", "sample_points", "estimate", "assess", "read_reference",
            "REPORT_FORMAT", "Z95", "Sample", "write_sample", "report_rows", "report_notes", "csv_text",
-           "check_report_outputs", "write_report_files"]
+           "check_report_outputs", "write_report_files", "report_beside", "is_report"]
 
 REPORT_FORMAT = "remoteclip-accuracy-report"
 Z95 = 1.96
@@ -479,6 +479,25 @@ def check_report_outputs(report_json, csv_path, inputs, overwrite: bool = False)
     if csv_path:
         outs.append((check_file_output(csv_path, "CSV table", overwrite, inputs, example="table.csv"), "CSV table"))
     check_distinct(outs)
+
+
+def report_beside(reference_path, layer: str | None = None) -> str:
+    """Where a report of these reference points goes by default: ``STEM.LAYER.accuracy.json`` beside a
+    GeoPackage's layer, ``STEM.accuracy.json`` beside another file."""
+    stem, ext = os.path.splitext(os.fspath(reference_path))
+    return f"{stem}.{layer}.accuracy.json" if layer and ext.lower() == ".gpkg" else f"{stem}.accuracy.json"
+
+
+def is_report(path) -> bool:
+    """``path`` is an accuracy report written by :func:`write_report_files` (one that may be replaced)."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("format") == REPORT_FORMAT
 
 
 def write_report_files(report: dict, report_json=None, csv_path=None) -> None:
