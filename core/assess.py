@@ -24,12 +24,15 @@ import numpy as np
 from .errors import InvalidInput, SourceUnreadable, gdal_return_codes
 
 __all__ = ["MapStrata", "read_map", "sample_points", "estimate", "assess", "read_reference",
-           "REPORT_FORMAT", "Z95"]
+           "REPORT_FORMAT", "Z95", "Sample", "write_sample", "report_rows", "report_notes", "csv_text",
+           "check_report_outputs", "write_report_files", "report_beside", "is_report"]
 
 REPORT_FORMAT = "remoteclip-accuracy-report"
 Z95 = 1.96
 _MAX_CELLS = 4_000_000
 _NONE = -1
+SAMPLE_FIELDS = ("sample_id", "map_class")   # the sample's own fields, beside the reference field
+SAMPLE_LAYER = "reference_sample"            # its layer in a GeoPackage, unless named
 
 
 @dataclass
@@ -406,25 +409,151 @@ def assess(map_path, reference_path, reference_field: str = "reference", map_fie
     return report
 
 
-def report_table(report: dict) -> str:
-    """The report as the plain table printed by ``remoteclip assess``."""
-    def pm(v, scale=1.0, fmt="{:.3f}"):
-        if v["estimate"] is None:
-            return "n/a"
-        text = fmt.format(v["estimate"] * scale)
-        return text + (" +/- " + fmt.format(v["ci95"] * scale) if v["ci95"] is not None else " (no CI)")
+def _pm(v, scale=1.0, fmt="{:.3f}"):
+    if v["estimate"] is None:
+        return "n/a"
+    text = fmt.format(v["estimate"] * scale)
+    return text + (" +/- " + fmt.format(v["ci95"] * scale) if v["ci95"] is not None else " (no CI)")
 
-    oa = report["overall_accuracy"]
-    lines = [f"overall accuracy: {pm(oa)} (95 % CI), {report['n']['used']} reference points",
-             f"{'class':<24} {'map area ha':>12} {'adjusted area ha':>22} {'users acc':>16} {'producers acc':>16}"]
-    for name, c in report["classes"].items():
-        lines.append(f"{name[:24]:<24} {c['map_area'] / 1e4:>12.2f} {pm(c['area'], 1e-4, '{:.2f}'):>22} "
-                     f"{pm(c['users_accuracy']):>16} {pm(c['producers_accuracy']):>16}")
+
+REPORT_COLUMNS = ("class", "map area ha", "adjusted area ha", "users acc", "producers acc")
+
+
+def overall_text(report: dict) -> str:
+    """'overall accuracy: 0.947 +/- 0.018 (95 % CI), 640 reference points'."""
+    return f"overall accuracy: {_pm(report['overall_accuracy'])} (95 % CI), {report['n']['used']} reference points"
+
+
+def report_rows(report: dict) -> list[tuple[str, str, str, str, str]]:
+    """Per class the texts of REPORT_COLUMNS: map area and error-adjusted area in ha, user's and producer's
+    accuracy, each estimate +/- its 95 % half-width ("n/a" where there is none, "(no CI)" without variance)."""
+    return [(name, f"{c['map_area'] / 1e4:.2f}", _pm(c["area"], 1e-4, "{:.2f}"), _pm(c["users_accuracy"]),
+             _pm(c["producers_accuracy"])) for name, c in report["classes"].items()]
+
+
+def report_notes(report: dict) -> list[str]:
+    """What the table leaves out: points left out, classes without a CI, reference-only classes."""
+    notes = []
     left = {k: v for k, v in report["n"]["left_out"].items() if v}
     if left:
-        lines.append("left out: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in left.items()))
+        notes.append("left out: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in left.items()))
     if report["no_variance"]:
-        lines.append("no confidence interval: fewer than 2 points in " + ", ".join(report["no_variance"]))
+        notes.append("no confidence interval: fewer than 2 points in " + ", ".join(report["no_variance"]))
     if report["reference_only_classes"]:
-        lines.append("reference classes not in the map: " + ", ".join(report["reference_only_classes"]))
-    return "\n".join(lines)
+        notes.append("reference classes not in the map: " + ", ".join(report["reference_only_classes"]))
+    return notes
+
+
+def report_table(report: dict) -> str:
+    """The report as the plain table printed by ``remoteclip assess``."""
+    lines = [overall_text(report),
+             f"{'class':<24} {'map area ha':>12} {'adjusted area ha':>22} {'users acc':>16} {'producers acc':>16}"]
+    for name, map_area, area, ua, pa in report_rows(report):
+        lines.append(f"{name[:24]:<24} {map_area:>12} {area:>22} {ua:>16} {pa:>16}")
+    return "\n".join(lines + report_notes(report))
+
+
+def csv_text(report: dict) -> str:
+    """The per-class table as CSV (areas in m², accuracies as fractions, each with its 95 % half-width)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["class", "map_area_m2", "area_m2", "area_ci95_m2", "users_accuracy", "users_ci95",
+                "producers_accuracy", "producers_ci95"])
+    for name, c in report["classes"].items():
+        w.writerow([name, c["map_area"], c["area"]["estimate"], c["area"]["ci95"], c["users_accuracy"]["estimate"],
+                    c["users_accuracy"]["ci95"], c["producers_accuracy"]["estimate"], c["producers_accuracy"]["ci95"]])
+    return buf.getvalue()
+
+
+def check_report_outputs(report_json, csv_path, inputs, overwrite: bool = False) -> None:
+    """Before anything is read: the report and the CSV (either may be None) can be written, are neither an
+    input (``inputs``: (spec, what) pairs, ``file|layername=NAME`` for a GeoPackage layer) nor one file."""
+    from .outputs import check_distinct, check_file_output
+
+    outs = []
+    if report_json:
+        outs.append((check_file_output(report_json, "report", overwrite, inputs, example="report.json"), "report"))
+    if csv_path:
+        outs.append((check_file_output(csv_path, "CSV table", overwrite, inputs, example="table.csv"), "CSV table"))
+    check_distinct(outs)
+
+
+def report_beside(reference_path, layer: str | None = None) -> str:
+    """Where a report of these reference points goes by default: ``STEM.LAYER.accuracy.json`` beside a
+    GeoPackage's layer, ``STEM.accuracy.json`` beside another file."""
+    stem, ext = os.path.splitext(os.fspath(reference_path))
+    return f"{stem}.{layer}.accuracy.json" if layer and ext.lower() == ".gpkg" else f"{stem}.accuracy.json"
+
+
+def is_report(path) -> bool:
+    """``path`` is an accuracy report written by :func:`write_report_files` (one that may be replaced)."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("format") == REPORT_FORMAT
+
+
+def write_report_files(report: dict, report_json=None, csv_path=None) -> None:
+    """The report as JSON and its table as CSV (checked first by :func:`check_report_outputs`)."""
+    import json
+
+    from .outputs import write_text_file
+
+    if report_json:
+        write_text_file(report_json, json.dumps(report, indent=1, ensure_ascii=False) + "\n", True)
+    if csv_path:
+        write_text_file(csv_path, csv_text(report), True)
+
+
+@dataclass
+class Sample:
+    """What :func:`write_sample` wrote."""
+    output: str
+    layer: str | None          # its layer in a GeoPackage
+    strata: MapStrata
+    per_class: list[int]       # points in each of ``strata.classes``
+    reference_field: str
+    seed: int
+
+    @property
+    def n_points(self) -> int:
+        return sum(self.per_class)
+
+
+def write_sample(map_path, output, map_field: str = "label", layer: str | None = None, per_class: int | None = None,
+                 total: int | None = None, allocation: str = "proportional", seed: int = 0,
+                 reference_field: str = "reference", out_layer: str | None = None, overwrite: bool = False,
+                 inputs=()) -> Sample:
+    """A stratified random sample of the map (:func:`allocate`, :func:`sample_points`) written to ``output``
+    (.gpkg, layer ``out_layer`` or SAMPLE_LAYER; .shp) in the map's CRS, with ``sample_id``, ``map_class``
+    and the empty ``reference_field`` the analyst fills. It never replaces the map's layer, nor ``inputs``
+    ((spec, what) pairs: the layer the map was copied from)."""
+    from .vectors import Field, write_vector
+
+    ref = str(reference_field or "").strip()
+    if not ref or ref.lower() in SAMPLE_FIELDS:
+        raise InvalidInput(f"The reference field {reference_field!r} is empty or one of the sample's own fields "
+                           f"({', '.join(SAMPLE_FIELDS)}).", "Give another name, e.g. reference.",
+                           param="reference_field")
+    strata = read_map(map_path, map_field, layer)
+    n = allocate(strata.areas(), per_class, total, allocation)
+    points = sample_points(strata, n, seed)
+    records = [{"geometry": f"POINT ({x!r} {y!r})", "sample_id": i, "map_class": name, ref: None}
+               for i, (x, y, name) in enumerate(points, start=1)]
+    fields = [Field("sample_id", "int"), Field("map_class", "str"), Field(ref, "str")]
+    out_layer = out_layer or (SAMPLE_LAYER if str(output).lower().endswith(".gpkg") else None)
+    map_input = f"{strata.path}|layername={strata.layer}" if strata.layer and strata.path.lower().endswith(".gpkg") \
+        else strata.path
+    out = write_vector(output, records, fields, strata.map_crs_wkt, layer_name=out_layer,
+                       metadata={"task": "reference-sample", "map": os.path.abspath(strata.path),
+                                 "map_field": strata.field, "seed": seed, "reference_field": ref,
+                                 "classes": strata.classes},
+                       overwrite=overwrite, inputs=[(map_input, "map"), *inputs])
+    return Sample(out, out_layer, strata, n.tolist(), ref, seed)

@@ -3,13 +3,9 @@ areas from the labelled points), on core.assess. Errors are raised for cli.main 
 
 from __future__ import annotations
 
-import json
 import os
 
 from . import assess
-from .errors import InvalidInput
-
-SAMPLE_FIELDS = ("sample_id", "map_class")
 
 
 def add_parsers(sub) -> None:
@@ -55,64 +51,26 @@ def _layer_input(path: str, layer: str, what: str) -> tuple[str, str]:
 
 
 def run_sample(args) -> int:
-    from .vectors import Field, write_vector
-
-    strata = assess.read_map(args.map, args.map_field, args.layer)
-    n = assess.allocate(strata.areas(), args.per_class, args.total, args.allocation)
-    points = assess.sample_points(strata, n, args.seed)
-    ref = args.reference_field.strip()
-    if not ref or ref.lower() in SAMPLE_FIELDS:
-        raise InvalidInput(f"--reference-field {args.reference_field!r} is empty or one of the sample's own fields.",
-                           "Give another name, e.g. reference.", param="reference_field")
-    records = [{"geometry": f"POINT ({x!r} {y!r})", "sample_id": i, "map_class": name, ref: None}
-               for i, (x, y, name) in enumerate(points, start=1)]
-    fields = [Field("sample_id", "int"), Field("map_class", "str"), Field(ref, "str")]
-    layer = args.out_layer or ("reference_sample" if args.output.lower().endswith(".gpkg") else None)
-    out = write_vector(args.output, records, fields, strata.map_crs_wkt, layer_name=layer,
-                       metadata={"task": "reference-sample", "map": os.path.abspath(strata.path),
-                                 "map_field": strata.field, "seed": args.seed, "reference_field": ref,
-                                 "classes": strata.classes},
-                       overwrite=args.overwrite, inputs=[_layer_input(strata.path, strata.layer, "map")])
-    per = ", ".join(f"{c} {k}" for c, k in zip(strata.classes, n.tolist(), strict=True))
-    print(f"{len(points)} points ({per}) written to {out}\n"
-          f"next: open it in QGIS, type each point's true class into '{ref}', then\n"
-          f"  remoteclip assess {args.map} --reference {out} --reference-field {ref} --map-field {strata.field}")
+    s = assess.write_sample(args.map, args.output, args.map_field, args.layer, args.per_class, args.total,
+                            args.allocation, args.seed, args.reference_field, args.out_layer, args.overwrite)
+    per = ", ".join(f"{c} {k}" for c, k in zip(s.strata.classes, s.per_class, strict=True))
+    print(f"{s.n_points} points ({per}) written to {s.output}\n"
+          f"next: open it in QGIS, type each point's true class into '{s.reference_field}', then\n"
+          f"  remoteclip assess {args.map} --reference {s.output} --reference-field {s.reference_field} "
+          f"--map-field {s.strata.field}")
     return 0
 
 
-def csv_text(report: dict) -> str:
-    import csv
-    import io
-
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["class", "map_area_m2", "area_m2", "area_ci95_m2", "users_accuracy", "users_ci95",
-                "producers_accuracy", "producers_ci95"])
-    for name, c in report["classes"].items():
-        w.writerow([name, c["map_area"], c["area"]["estimate"], c["area"]["ci95"], c["users_accuracy"]["estimate"],
-                    c["users_accuracy"]["ci95"], c["producers_accuracy"]["estimate"], c["producers_accuracy"]["ci95"]])
-    return buf.getvalue()
-
-
 def run_assess(args) -> int:
-    from .outputs import check_distinct, check_file_output, write_text_file
-
-    inputs = [(os.path.abspath(args.map), "map"), (os.path.abspath(args.reference), "reference points")]
-    outs = []
-    if args.output:
-        outs.append((check_file_output(args.output, "report", args.overwrite, inputs, example="report.json"),
-                     "report"))
-    if args.csv:
-        outs.append((check_file_output(args.csv, "CSV table", args.overwrite, inputs, example="table.csv"),
-                     "CSV table"))
-    check_distinct(outs)
+    inputs = [_layer_input(os.path.abspath(args.map), args.layer, "map"),
+              _layer_input(os.path.abspath(args.reference), args.reference_layer, "reference points")]
+    assess.check_report_outputs(args.output, args.csv, inputs, args.overwrite)
     report = assess.assess(args.map, args.reference, args.reference_field, args.map_field, args.layer,
                            args.reference_layer)
     print(assess.report_table(report))
+    assess.write_report_files(report, args.output, args.csv)
     if args.output:
-        write_text_file(args.output, json.dumps(report, indent=1, ensure_ascii=False) + "\n", True)
         print(f"report: {args.output}")
     if args.csv:
-        write_text_file(args.csv, csv_text(report), True)
         print(f"table: {args.csv}")
     return 0

@@ -107,6 +107,8 @@ class RemoteClipDock(DockLayout):
             "RemoteCLIP", text, Qgis.MessageLevel(level), 10))
         self.export_box.status.connect(self.status_text)
         self.export_box.problem.connect(self._report_error)
+        self.assess_box.status.connect(self.status_text)
+        self.assess_box.problem.connect(self._report_error)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.help_button.clicked.connect(self.open_help)
@@ -379,6 +381,7 @@ class RemoteClipDock(DockLayout):
         if form is not None:
             show_report(form.report, result.report)
         self.export_layer_combo.setLayer(layer)
+        self.assess_box.set_map(layer)
         cache = " · from cache" if result.cache_hit else ""
         self.provider_label.setText("ran on: " + result.provider
                                     + (" · tile embeddings from cache" if result.cache_hit else ""))

@@ -28,6 +28,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from .assess_view import AssessBox
 from .core.bundle import PRECISIONS
 from .core.tasks import TASKS as TASK_CLASSES
 from .core.tiles import MAX_OVERLAP
@@ -120,6 +121,8 @@ class DockLayout(QgsDockWidget):
         self.export_layer_combo, self.export_format = self.export_box.layer_combo, self.export_box.format_combo
         self.export_widget, self.export_button = self.export_box.file_widget, self.export_box.button
         col.addWidget(self.export_box)
+        self.assess_box = AssessBox(body)   # accuracy and areas of a result (assess_view)
+        col.addWidget(self.assess_box)
         col.addStretch(1)
         scroll.setWidget(body)
 

@@ -37,7 +37,7 @@ from .core.raster import nodata_valid
 from .core.tiles import BBox, Polygons
 
 __all__ = ["QgisRasterSource", "raster_for_layer", "extent_from_rectangle", "extent_from_features",
-           "layer_file_path", "is_xyz_layer", "crs_wkt", "vector_origin"]
+           "layer_file_path", "is_xyz_layer", "crs_wkt", "vector_origin", "vector_file"]
 
 # Qgis.DataType -> numpy; ARGB32 (XYZ/WMS tiles) is unpacked to RGB by the source itself.
 _DTYPES = {
@@ -413,3 +413,31 @@ def samples_from_layer(source, class_field: str, selected_only: bool = False, cr
     if crs is None:
         crs = source.crs() if hasattr(source, "crs") else source.sourceCrs()
     return Samples(wkts, classes, crs_wkt(crs) or None, ids, name, vector_origin(source))
+
+
+def vector_file(layer, folder: str, what: str) -> tuple[str, str | None, list]:
+    """(file, layer name, inputs) for core to read a vector layer: the layer's own file when it is a plain
+    OGR file layer with no filter and no unsaved edits, else a GeoPackage of its features (edits included)
+    written into ``folder``. ``inputs``: the (spec, what) pairs no output may replace (the layer's file)."""
+    from qgis.core import QgsVectorFileWriter
+
+    from .core.errors import WriteFailed
+
+    if not isinstance(layer, QgsVectorLayer) or not layer.isValid():
+        raise InvalidInput(f"No valid {what} layer is chosen.", f"Pick the {what} layer (one that draws in QGIS).")
+    origin = vector_origin(layer)
+    inputs = [(origin, what)] if origin else []
+    path, _, name = origin.partition("|layername=")
+    if origin and os.path.isfile(path) and not layer.subsetString() and not layer.isModified():
+        return path, name or None, inputs
+    options = QgsVectorFileWriter.SaveVectorOptions()
+    options.driverName = "GPKG"
+    options.fileEncoding = "UTF-8"
+    options.layerName = "layer"
+    copy = os.path.join(folder, what.replace(" ", "_") + ".gpkg")   # a fresh folder per run
+    err, message, new_file, _ = QgsVectorFileWriter.writeAsVectorFormatV3(
+        layer, copy, QgsProject.instance().transformContext(), options)
+    if err != QgsVectorFileWriter.WriterError.NoError:
+        raise WriteFailed(f"The {what} layer {layer.name()!r} could not be copied to {copy}: {message}",
+                          "Save the layer to a GeoPackage (Export > Save Features As) and use that.", path=copy)
+    return new_file or copy, "layer", inputs

@@ -107,6 +107,10 @@ def test_label_run_on_the_kampala_mosaic_then_search_reuses_the_cache(dock, data
     dock.tile_unit.setCurrentIndex(dock.tile_unit.findData("px"))
     out = tmp_path / "labels.gpkg"
     dock.output_widget.setFilePath(str(out))
+    from qgis.core import QgsProject, QgsVectorLayer
+
+    other_map = QgsVectorLayer("Polygon?crs=EPSG:32636&field=label:string", "other map", "memory")
+    QgsProject.instance().addMapLayer(other_map)   # the Accuracy box's map until the run's result comes
 
     _run(dock)
     result, layer = dock.last_result, dock.last_layer
@@ -130,6 +134,8 @@ def test_label_run_on_the_kampala_mosaic_then_search_reuses_the_cache(dock, data
     assert {r[0] for r in rows} == labels and sum(int(r[1]) for r in rows) == result.n_tiles
     assert [int(r[1]) for r in rows] == sorted((int(r[1]) for r in rows), reverse=True)
     assert all(r[2].endswith(("m²", "ha")) for r in rows)
+    # the result is the map the Accuracy and areas box checks (tests/test_assess_qgis.py)
+    assert dock.assess_box.map_combo.currentLayer() is layer and dock.assess_box.map_field.currentField() == "label"
     # legend entries name the class and how many tiles it has
     for cat in renderer.categories():
         n = sum(1 for f in layer.getFeatures() if f["label"] == cat.value())

@@ -9,6 +9,7 @@ from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from ..core.tasks import TASKS
+from .assessment import TOOLS
 from .base import RemoteClipAlgorithm
 
 ICON = os.path.join(os.path.dirname(os.path.dirname(__file__)), "resources", "icon.svg")
@@ -32,11 +33,14 @@ def algorithm_class(task_cls) -> type[RemoteClipAlgorithm]:
 class RemoteClipProvider(QgsProcessingProvider):
     """One algorithm per task of the registry (core.tasks.TASKS, in its order), made by
     :func:`algorithm_class`: ``remoteclip:labeltiles``, ``countobjects``, ``textsearch``,
-    ``classifyfromsamples`` and ``computeembeddings``, and any task registered before the provider loads."""
+    ``classifyfromsamples`` and ``computeembeddings``, and any task registered before the provider loads; then
+    the tools that run no model (assessment.TOOLS: ``referencesample``, ``assessaccuracy``)."""
 
     def loadAlgorithms(self):
         for task_cls in TASKS.values():
             self.addAlgorithm(algorithm_class(task_cls)())
+        for tool_cls in TOOLS:
+            self.addAlgorithm(tool_cls())
 
     def id(self):
         return "remoteclip"
