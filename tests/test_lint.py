@@ -114,7 +114,7 @@ CORE_MAX_LINES = 700
 # over the limit today and being split in its own change: listed so that a new long file is not; an entry
 # that is no longer over fails below, so the list only shrinks
 PLUGIN_LONG_FOR_NOW = {"remoteclip_qgis/processing/base.py"}
-CORE_LONG_TODAY = {"core/tasks.py", "core/vectors.py"}
+CORE_LONG_TODAY = {"core/vectors.py"}
 
 
 def _longer_than(folder: str, limit: int) -> dict[str, int]:
