@@ -97,11 +97,19 @@ def test_tasks_and_jobs_are_plain_data():
 
 
 def test_the_overlap_ceiling_is_one_for_everyone():
-    from core.tiles import MAX_OVERLAP
+    """One rule (core.tiles.check_overlap) for TileSpec and the command line: the ceiling itself is taken,
+    just above it is refused as the overlap input, spelled as the front-end shows it."""
+    from core.errors import InvalidInput
+    from core.tiles import MAX_OVERLAP, check_overlap
 
     assert TileSpec(overlap=MAX_OVERLAP).overlap == MAX_OVERLAP
-    with pytest.raises(RemoteClipError, match="Overlap 0.96 is out of range"):
-        TileSpec(overlap=0.96)
+    assert check_overlap(MAX_OVERLAP, "--overlap") == MAX_OVERLAP
+    with pytest.raises(InvalidInput) as spec:
+        TileSpec(overlap=MAX_OVERLAP + 0.01)
+    with pytest.raises(InvalidInput) as cli:
+        check_overlap(MAX_OVERLAP + 0.01, "--overlap")
+    assert spec.value.param == cli.value.param == "overlap"
+    assert spec.value.problem.startswith("Overlap ") and cli.value.problem.startswith("--overlap ")
 
 
 

@@ -533,8 +533,8 @@ COMMON_HELP = (
                      "shipped with the plugin, for trying it only"),
     ("Tile size", "the edge of a square tile, in the unit below; each tile gets one result"),
     ("Tile size unit", "pixels of the raster, or metres on the ground (the raster's CRS may be in degrees)"),
-    ("Overlap", "the fraction of a tile's edge shared with its neighbour (0 to 0.95); more overlap, more tiles "
-                "and a smoother heat map"),
+    ("Overlap", f"the fraction of a tile's edge shared with its neighbour (0 to {MAX_OVERLAP:g}); more overlap, "
+                "more tiles and a smoother heat map"),
     ("Extent", "only tiles inside it; needed for XYZ and WMS layers, which cover the world"),
     ("Mask polygons", "only tiles touching these polygons"),
     ("Bands", "three band numbers read as red, green, blue (e.g. 3,2,1), or one read as grey; default: the "
