@@ -292,3 +292,19 @@ def test_a_task_names_its_result_values_and_its_dock_widgets():
             assert seen.setdefault(attr, kind) == kind, f"{attr} named by {seen[attr]} and {kind}"
         assert set(cls.remembered) <= names, kind
     assert LabelTask.remembered["labels"].split("\n") == prompts.PRESETS["land-cover"]
+
+
+def test_one_slug_rule_and_one_tile_size_suffix():
+    """core.checks.slug is the one slug rule (p_ fields, count layer names, the dock's file names) and
+    core.tasks.tile_size_text the one tile-size suffix of result titles (the dock's run titles too)."""
+    from core.checks import slug
+    from core.tasks import slug_fields, tile_size_text
+
+    assert slug("  Café—Bar 2 ") == "caf_bar_2"
+    assert slug("***", "class") == "class"
+    assert slug("Kampala West", "raster", lower=False, width=7) == "Kampala"
+    assert slug_fields(["Café—Bar", "!!"]) == ["p_caf_bar", "p_class"]
+    assert CountTask("Café—Bar").layer_name() == "count_caf_bar"
+    tiles = TileSpec(size=50, unit="m")
+    assert tile_size_text(tiles) == "50 m"
+    assert CountTask("car").result_title("kampala", tiles) == "kampala · count car · 50 m"

@@ -37,6 +37,7 @@ from .base import (  # noqa: F401 (re-exported)
     register,
     slug_fields,
     task_class,
+    tile_size_text,
 )
 
 # the registry's order is the order of these imports (front-ends show the tasks in it)

@@ -4,12 +4,12 @@ raster's share of a job (:class:`RasterPart`), what a task makes of it (:class:`
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Any, ClassVar
 
+from ..checks import slug
 from ..errors import InvalidInput
 from ..prompts import DEFAULT_TEMPLATES, split_names, split_templates
 
@@ -197,8 +197,7 @@ class Task:
     def result_title(self, raster_name: str, tiles) -> str:
         """The result layer's name in QGIS: :meth:`layer_title` and the tile size of ``tiles`` (a TileSpec),
         'kampala · count car · 224 px'."""
-        unit = "px" if tiles.unit == "px" else "m"
-        return f"{self.layer_title(raster_name)} · {tiles.size:g} {unit}"
+        return f"{self.layer_title(raster_name)} · {tile_size_text(tiles)}"
 
     @staticmethod
     def dense_title(result_title: str) -> str:
@@ -229,6 +228,12 @@ class Task:
         return str(value)
 
 
+def tile_size_text(tiles) -> str:
+    """The tile size of ``tiles`` (a TileSpec) as result titles show it: '224 px', '50 m'."""
+    unit = "px" if tiles.unit == "px" else "m"
+    return f"{tiles.size:g} {unit}"
+
+
 TASKS: dict[str, type[Task]] = {}
 
 
@@ -252,7 +257,7 @@ def slug_fields(names: list[str], prefix: str = "p_", width: int = 10) -> list[s
     """Shapefile-safe unique field names (<= width chars) for class names."""
     from ..vectors import shapefile_names
 
-    slugs = [prefix + (re.sub(r"[^a-z0-9]+", "_", n.lower()).strip("_") or "class") for n in names]
+    slugs = [prefix + slug(n, "class") for n in names]
     return shapefile_names(slugs, width)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -62,7 +61,7 @@ class CountTask(Task):
                           metadata={"object": self.object_name, "max_count": self.max_count})
 
     def layer_name(self):
-        return f"count_{re.sub(r'[^a-z0-9]+', '_', self.object_name.lower()).strip('_')}"
+        return f"count_{checks.slug(self.object_name)}"
 
     def layer_title(self, raster_name):
         return f"{raster_name} · count {self.object_name}"
