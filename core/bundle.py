@@ -19,6 +19,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from .digest import hash_file
 from .errors import ModelError, OutputExists, WriteFailed
 
 FORMAT = "remoteclip-onnx-bundle"
@@ -202,9 +203,7 @@ class Bundle:
                 h = hashlib.sha256()
                 for rel in files:
                     h.update(rel.encode() + b"\0")
-                    with open(self.path / rel, "rb") as f:
-                        for chunk in iter(lambda: f.read(1 << 20), b""):
-                            h.update(chunk)
+                    hash_file(h, self.path / rel)
                 _DIGESTS[key] = h.hexdigest()
             self._sha256 = _DIGESTS[key]
         return self._sha256

@@ -5,6 +5,7 @@ booleans are not numbers here (``True`` as a top-k is a bug upstream, not a requ
 from __future__ import annotations
 
 import math
+import re
 from numbers import Real
 
 from .errors import InvalidInput
@@ -80,3 +81,11 @@ def path_text(path, what: str = "file") -> str:
         raise InvalidInput(f"The {what} name {shown!r} contains bytes that are not UTF-8 text, which GDAL "
                               "cannot open.", "Rename it (or its folder) with plain UTF-8 characters.", path=path) from None
     return path
+
+
+def slug(text: str, default: str = "", lower: bool = True, width: int | None = None) -> str:
+    """The one slug rule (field names, layer names, file names): runs of anything but ASCII letters and digits
+    become one '_', none at either end; lower case unless ``lower`` is False; at most ``width`` characters;
+    ``default`` when nothing is left."""
+    s = re.sub(r"[^A-Za-z0-9]+", "_", text.lower() if lower else text).strip("_")
+    return (s[:width] if width is not None else s) or default

@@ -270,7 +270,7 @@ def _spell(args):
 
 def _job(args):
     from .pipeline import Job, RunOptions, TileSpec
-    from .tiles import MAX_OVERLAP
+    from .tiles import check_overlap
 
     task = _task(args)
     if args.bbox and args.polygons:
@@ -281,9 +281,7 @@ def _job(args):
     bands = parse_bands(args.bands, "--bands") if args.bands else None
     if args.tile_size <= 0:
         raise InvalidInput(f"--tile-size {args.tile_size:g} is not positive.", "Use e.g. --tile-size 224.", param="tile_size")
-    if not 0 <= args.overlap <= MAX_OVERLAP:
-        raise InvalidInput(f"--overlap {args.overlap:g} is outside 0..{MAX_OVERLAP:g}.",
-                              "Use e.g. --overlap 0.25.", param="overlap")
+    check_overlap(args.overlap, "--overlap")
     if args.batch_size is not None and args.batch_size < 1:
         raise InvalidInput(f"--batch-size {args.batch_size} is below 1.", "Use e.g. --batch-size 32.", param="batch_size")
     cache_dir = "" if args.no_cache else args.cache_dir

@@ -18,7 +18,6 @@ object's sha256, sent on the redirect to the file store), else an ETag that is a
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.client
 import json
 import os
@@ -28,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .digest import file_sha256
 from .errors import Cancelled, DownloadFailed, SourceUnreadable, VerificationFailed
 
 CHUNK = 1 << 20
@@ -154,19 +154,6 @@ def _total_size(status: int, headers: dict, start: int) -> int | None:
     if length.isdigit():
         return int(length) + (start if status == 206 else 0)
     return None
-
-
-def file_sha256(path: Path, progress=None, is_cancelled=None, done: int = 0, total: int | None = None) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            h.update(chunk)
-            done += len(chunk)
-            if is_cancelled is not None and is_cancelled():
-                raise Cancelled()
-            if progress is not None and total:
-                progress(done / total, f"checking {path.name}")
-    return h.hexdigest()
 
 
 def _mib(n: int) -> str:

@@ -52,7 +52,7 @@ def read_report(path) -> dict:
 
 def check_report_path(path: str) -> str:
     """A report may replace only a report of ours."""
-    from .vectors import _temp_pattern, remove_dead_temps
+    from .vector_checks import _temp_pattern, remove_dead_temps
 
     if os.path.lexists(path) and not _ours(path):
         raise OutputExists(f"{path} exists and was not written by RemoteCLIP.",
@@ -68,7 +68,7 @@ def check_file_output(path, what: str, overwrite: bool = False, inputs=(), temp_
     not an input, and an existing one is replaced only with ``overwrite``. ``temp_pattern(stem)`` matches the
     temporary files a killed run of this writer left (removed here)."""
     from .checks import path_text
-    from .vectors import (
+    from .vector_checks import (
         _check_writable_file,
         _temp_pattern,
         check_folder_writable,

@@ -43,11 +43,24 @@ from dataclasses import dataclass
 from .errors import InvalidInput, gdal_return_codes
 
 __all__ = ["TileSpec", "BBox", "Polygons", "Tile", "TileGrid", "make_grid", "grid_step", "tile_size_px",
-           "spec_params", "EDGE_MODES", "MIN_TILE_PX", "MAX_OVERLAP", "srs_from", "crs_name", "same_crs", "window_polygon_wkt", "require_crs"]
+           "spec_params", "EDGE_MODES", "MIN_TILE_PX", "MAX_OVERLAP", "check_overlap", "srs_from", "crs_name", "same_crs", "window_polygon_wkt", "require_crs"]
 
 MIN_TILE_PX = 8
 MAX_OVERLAP = 0.95   # the one ceiling (CLI, dock, Processing): a step of 5% of the tile, 400 times the tiles
 EDGE_MODES = ("shift", "pad", "drop")
+
+
+def check_overlap(value, spell: str = "Overlap") -> float:
+    """The one overlap rule (TileSpec, the grid, the command line; the dock and Processing offer the same
+    range): a fraction of the tile's edge from 0 to :data:`MAX_OVERLAP`. ``spell`` names the input as the
+    front-end shows it (``--overlap``)."""
+    from . import checks
+
+    x = checks.number(value or 0.0, spell, example="a fraction of the tile edge, e.g. 0.25")
+    if not 0.0 <= x <= MAX_OVERLAP:
+        raise InvalidInput(f"{spell} {x:g} is outside 0..{MAX_OVERLAP:g}.",
+                           "Use a fraction of the tile's edge, e.g. 0.25.", param="overlap")
+    return x
 TILE_UNITS = ("px", "m")
 _DENSIFY = 32  # points per bbox edge when reprojecting it (edges curve in the target CRS)
 
@@ -89,8 +102,7 @@ class TileSpec:
                 raise InvalidInput(f"Tile size {self.size:g} px is not a whole number of pixels.",
                                       "Use whole pixels, e.g. 224, or the unit m for metres.", param="size")
             self.size = int(self.size)
-        self.overlap = checks.number(self.overlap or 0.0, "Overlap", 0.0, MAX_OVERLAP,
-                                     example="a fraction of the tile edge, e.g. 0.25")
+        self.overlap = check_overlap(self.overlap)
         self.edge = checks.choice(self.edge or "shift", "edge mode", EDGE_MODES)
         if self.bands is not None:
             if isinstance(self.bands, str | bytes) or not hasattr(self.bands, "__iter__"):
@@ -422,10 +434,7 @@ def _check_spec(src, spec) -> tuple[int, int, int, int, str]:
     edge = (spec.edge or "shift").lower()
     if edge not in EDGE_MODES:
         raise InvalidInput(f"Unknown edge mode {spec.edge!r}.", "Use shift (default), pad or drop.", param="edge")
-    overlap = float(spec.overlap or 0.0)
-    if not 0.0 <= overlap <= MAX_OVERLAP:
-        raise InvalidInput(f"Overlap {overlap:g} is outside 0..{MAX_OVERLAP:g}.",
-                              "Use a fraction of the tile, e.g. 0.25.", param="overlap")
+    overlap = check_overlap(spec.overlap)
     if min(src.width, src.height) < MIN_TILE_PX:
         raise InvalidInput(f"The raster {src.name} is only {src.width} x {src.height} px: too small to tile "
                               f"(tiles are at least {MIN_TILE_PX} x {MIN_TILE_PX} px).",

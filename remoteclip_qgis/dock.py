@@ -35,6 +35,7 @@ from .core.bundle import DEMO_BUNDLE, bundle_path
 from .core.errors import InvalidInput, ModelError, RemoteClipError
 from .core.raster import parse_bands
 from .core.tasks import TASKS as TASK_CLASSES
+from .core.tasks import tile_size_text
 from .dock_export import (  # noqa: F401 (imported from here by tests and scripts)
     DBF_TEXT_WIDTH,
     EXPORT_FORMATS,
@@ -442,8 +443,7 @@ class RemoteClipDock(DockLayout):
 def run_title(task_title: str, tiles) -> str:
     """The name of a run's layer: the task's title (task, classes, object or query), the tile size and the
     time, so that two runs of one afternoon read apart in the Layers panel."""
-    unit = "px" if tiles.unit == "px" else "m"
-    return f"{task_title} · {tiles.size:g} {unit} · {time.strftime('%H:%M')}"
+    return f"{task_title} · {tile_size_text(tiles)} · {time.strftime('%H:%M')}"
 
 
 def _html(text: str) -> str:

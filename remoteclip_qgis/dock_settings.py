@@ -5,7 +5,6 @@ and where a run without an output file saves its GeoPackage."""
 from __future__ import annotations
 
 import os
-import re
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from qgis.core import QgsProject, QgsSettings
 from qgis.PyQt.QtCore import QStandardPaths
 
 from .core.bundle import default_bundle
+from .core.checks import slug as core_slug
 from .widgets import set_value
 
 SETTINGS = "RemoteCLIP/"
@@ -52,7 +52,8 @@ def results_folder(project: QgsProject | None = None) -> Path:
 
 
 def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:40] or "raster"
+    """A raster's name in a file name: core's slug rule, case kept, 40 characters at most."""
+    return core_slug(text, "raster", lower=False, width=40)
 
 
 def default_output(raster_name: str, kind: str, project: QgsProject | None = None) -> str:

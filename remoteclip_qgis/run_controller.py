@@ -20,6 +20,7 @@ from qgis.PyQt.QtCore import QObject, pyqtSignal
 from qgis.PyQt.QtWidgets import QMessageBox
 
 from .core.errors import OutputRefused, RemoteClipError
+from .core.tasks import Task
 from .dock_export import confirm_replace, layers_showing
 
 LOG_TAG = "RemoteCLIP"
@@ -190,7 +191,7 @@ class RunController(QObject):
         try:   # the result is written and shown; these extras must not turn it into a failure
             if result.raster_output:
                 self.last_dense_layer = add_dense_layer(result.raster_output, request.kind,
-                                                        request.name + " · heat map")
+                                                        Task.dense_title(request.name))
             self.last_suggestions = add_suggestions_layer(result, request.name) if any(
                 r.get("suggest") for r in result.records) else None
         except Exception as e:   # noqa: BLE001 (reported, and the run's layer stays)

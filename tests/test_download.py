@@ -214,3 +214,27 @@ def test_a_stalled_download_stops_after_the_read_timeout_and_keeps_the_part(serv
     assert "no data for 0.4 s" in err.value.problem and err.value.path == str(tmp_path / "ckpt.pt.part")
     assert (tmp_path / "ckpt.pt.part").read_bytes() == PAYLOAD[:50_000]
     assert len(server.requests) == 1 and not (tmp_path / "ckpt.pt").exists()
+
+
+def test_one_sha256_of_a_file_reads_its_last_block(tmp_path):
+    """core.digest is the one file digest (downloads, conversions, bundles, training): a file one byte longer
+    than two blocks hashes as a whole, progress reaches the end on that last byte, and the other places
+    (core.download, core.convert, training.checkpoints; core.bundle feeds hash_file) take this one."""
+    import training.checkpoints
+    from core import convert
+    from core import download as dl
+    from core.digest import CHUNK, file_sha256, hash_file
+
+    data = os.urandom(2 * CHUNK + 1)
+    path = tmp_path / "ckpt.bin"
+    path.write_bytes(data)
+    seen = []
+    assert file_sha256(path, progress=lambda f, _m: seen.append(f), total=len(data)) == \
+        hashlib.sha256(data).hexdigest()
+    assert seen[-1] == 1.0 and len(seen) == 3
+    h = hashlib.sha256()
+    assert hash_file(h, path, done=5) == len(data) + 5
+    assert dl.file_sha256 is file_sha256 and training.checkpoints.sha256_file is file_sha256
+    assert convert.file_sha256 is file_sha256
+    with pytest.raises(Cancelled):
+        file_sha256(path, is_cancelled=lambda: True)

@@ -97,11 +97,19 @@ def test_tasks_and_jobs_are_plain_data():
 
 
 def test_the_overlap_ceiling_is_one_for_everyone():
-    from core.tiles import MAX_OVERLAP
+    """One rule (core.tiles.check_overlap) for TileSpec and the command line: the ceiling itself is taken,
+    just above it is refused as the overlap input, spelled as the front-end shows it."""
+    from core.errors import InvalidInput
+    from core.tiles import MAX_OVERLAP, check_overlap
 
     assert TileSpec(overlap=MAX_OVERLAP).overlap == MAX_OVERLAP
-    with pytest.raises(RemoteClipError, match="Overlap 0.96 is out of range"):
-        TileSpec(overlap=0.96)
+    assert check_overlap(MAX_OVERLAP, "--overlap") == MAX_OVERLAP
+    with pytest.raises(InvalidInput) as spec:
+        TileSpec(overlap=MAX_OVERLAP + 0.01)
+    with pytest.raises(InvalidInput) as cli:
+        check_overlap(MAX_OVERLAP + 0.01, "--overlap")
+    assert spec.value.param == cli.value.param == "overlap"
+    assert spec.value.problem.startswith("Overlap ") and cli.value.problem.startswith("--overlap ")
 
 
 
@@ -284,3 +292,19 @@ def test_a_task_names_its_result_values_and_its_dock_widgets():
             assert seen.setdefault(attr, kind) == kind, f"{attr} named by {seen[attr]} and {kind}"
         assert set(cls.remembered) <= names, kind
     assert LabelTask.remembered["labels"].split("\n") == prompts.PRESETS["land-cover"]
+
+
+def test_one_slug_rule_and_one_tile_size_suffix():
+    """core.checks.slug is the one slug rule (p_ fields, count layer names, the dock's file names) and
+    core.tasks.tile_size_text the one tile-size suffix of result titles (the dock's run titles too)."""
+    from core.checks import slug
+    from core.tasks import slug_fields, tile_size_text
+
+    assert slug("  Café—Bar 2 ") == "caf_bar_2"
+    assert slug("***", "class") == "class"
+    assert slug("Kampala West", "raster", lower=False, width=7) == "Kampala"
+    assert slug_fields(["Café—Bar", "!!"]) == ["p_caf_bar", "p_class"]
+    assert CountTask("Café—Bar").layer_name() == "count_caf_bar"
+    tiles = TileSpec(size=50, unit="m")
+    assert tile_size_text(tiles) == "50 m"
+    assert CountTask("car").result_title("kampala", tiles) == "kampala · count car · 50 m"

@@ -15,9 +15,9 @@ We default to QuickGELU and record the choice in the bundle (docs/bundles.md exp
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
+from core.digest import file_sha256 as sha256_file
 from core.errors import DownloadFailed, InvalidInput, ModelError, SourceUnreadable
 
 # training/configs/*.json: architectures of our own (tiny-test for unit tests, small-vit for the demo model)
@@ -52,14 +52,6 @@ def download_remoteclip(arch: str, cache_dir: str | None = None) -> Path:
             f"Download it on a machine with internet (https://huggingface.co/{REMOTECLIP_REPO}) and pass the "
             f"local file with --checkpoint PATH.",
         ) from e
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_state_dict(path) -> dict:

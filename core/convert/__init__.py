@@ -13,7 +13,6 @@ format and through the manifest code that training.export uses (core.bundle).
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from ..bundle import (
     staging_dir,
     write_manifest,
 )
+from ..digest import file_sha256
 from ..errors import Cancelled, InvalidInput, MissingDependency, ModelError
 from .architectures import detect_architecture, known_architectures, preprocess_config, resolve
 from .checkpoint import load_state_dict
@@ -41,14 +41,6 @@ __all__ = ["convert_checkpoint", "detect_architecture", "known_architectures", "
 
 ACTIVATIONS = ("quick_gelu", "gelu")
 THRESHOLDS = {"fp32": 0.99999, "fp16": 0.999}  # the same bars as training.parity
-
-
-def _sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def require_onnx():
@@ -136,7 +128,7 @@ def convert_checkpoint(checkpoint, out_dir, *, arch: str = "auto", activation: s
     src.update(source or {})
     if not src.get("sha256"):
         stage(0.07, "Hashing the checkpoint")
-        src["sha256"] = _sha256_file(checkpoint)
+        src["sha256"] = file_sha256(checkpoint)
 
     precisions = ("fp32", "fp16") if fp16 else ("fp32",)
     tmp = staging_dir(out_dir, overwrite)

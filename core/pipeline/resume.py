@@ -45,7 +45,7 @@ class ResumeRecord:
         self.path, self.fingerprint = path, fingerprint
         # its temporary is named as the output's own (the stem, this process's id): a run killed while writing
         # the record leaves one that the next run's output check recognises and removes
-        from ..vectors import _temp_prefix
+        from ..vector_checks import _temp_prefix
 
         self.temp_prefix = _temp_prefix(os.path.splitext(os.path.basename(output))[0]) if output else ".tmp-"
         self.done: dict[str, str] = {}

@@ -47,28 +47,17 @@ from qgis.PyQt.QtCore import QCoreApplication
 
 from ..core.bundle import PRECISIONS as _PRECISIONS
 from ..core.bundle import bundle_path, default_bundle
-from ..core.errors import Cancelled, InvalidInput, ModelError, OutputRefused, RemoteClipError, WriteFailed
+from ..core.errors import Cancelled, InvalidInput, ModelError, OutputRefused, RemoteClipError
 from ..core.tasks import TASKS
 from ..core.tiles import MAX_OVERLAP
 from ..layer_source import crs_wkt, extent_from_rectangle, raster_for_layer
+from .destination import EXTENSION_DRIVERS, convert_output, ogr_destination
 from .parameters import adapter, decimals, param_help
 
 UNITS = ["px", "m"]
 DEVICES = ["auto", "cpu", "cuda"]
 PRECISIONS = list(_PRECISIONS)   # fp32, fp16, int8: the enum's indices stay those of earlier versions
 _KEEP_ALIVE: list = []   # post-processors QGIS calls after the run; Python must keep them referenced
-
-
-def ogr_destination(dest: str) -> tuple[str, str | None]:
-    """(file path, layer name) of a destination; "ogr:dbname='x.gpkg' table="t" (geom)" included."""
-    if dest.startswith("ogr:"):
-        m = re.search(r"dbname='([^']*)'", dest) or re.search(r"dbname=(\S+)", dest)
-        t = re.search(r'table="([^"]*)"', dest) or re.search(r"table=(\S+)", dest)
-        if m:
-            return m.group(1), (t.group(1) if t else None)
-    path, _, rest = dest.partition("|")
-    name = re.search(r"layername=([^|]+)", rest)
-    return path, (name.group(1) if name else None)
 
 
 class StyleOutput(QgsProcessingLayerPostProcessorInterface):
@@ -336,7 +325,7 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
             return dest, path, layer_name, None
         from osgeo import ogr
 
-        driver = _EXTENSION_DRIVERS.get(ext)
+        driver = EXTENSION_DRIVERS.get(ext)
         if driver is None or ogr.GetDriverByName(driver) is None:
             raise OutputRefused(f"The output {path} has a format RemoteCLIP cannot write ({ext or 'no extension'}).",
                                   "Name the output .gpkg or .shp (or another OGR vector format such as .geojson).", path=path)
@@ -449,7 +438,7 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
             if feedback.isCanceled():
                 raise Cancelled("cancelled")
             if self._convert:
-                _convert(job.output, self._final, self._convert, result.layer_name)
+                convert_output(job.output, self._final, self._convert, result.layer_name)
                 if result.report is not None:   # beside the converted file, not the staging GeoPackage
                     from ..core.outputs import check_report_path, report_path, write_report
 
@@ -544,8 +533,8 @@ COMMON_HELP = (
                      "shipped with the plugin, for trying it only"),
     ("Tile size", "the edge of a square tile, in the unit below; each tile gets one result"),
     ("Tile size unit", "pixels of the raster, or metres on the ground (the raster's CRS may be in degrees)"),
-    ("Overlap", "the fraction of a tile's edge shared with its neighbour (0 to 0.95); more overlap, more tiles "
-                "and a smoother heat map"),
+    ("Overlap", f"the fraction of a tile's edge shared with its neighbour (0 to {MAX_OVERLAP:g}); more overlap, "
+                "more tiles and a smoother heat map"),
     ("Extent", "only tiles inside it; needed for XYZ and WMS layers, which cover the world"),
     ("Mask polygons", "only tiles touching these polygons"),
     ("Bands", "three band numbers read as red, green, blue (e.g. 3,2,1), or one read as grey; default: the "
@@ -560,42 +549,3 @@ COMMON_HELP = (
 )
 DENSE_HELP = "optional GeoTIFF at tile resolution: per-class probabilities or the similarity; overlapping tiles " \
              "averaged"
-
-
-_EXTENSION_DRIVERS = {".geojson": "GeoJSON", ".json": "GeoJSON", ".fgb": "FlatGeobuf", ".gml": "GML",
-                      ".kml": "KML", ".sqlite": "SQLite", ".csv": "CSV", ".tab": "MapInfo File",
-                      ".mif": "MapInfo File", ".gmt": "OGR_GMT", ".dxf": "DXF"}   # spreadsheets would drop the tiles
-# layer options of a converted output: a CSV keeps the tile polygons as WKT (its default drops the geometry)
-_LAYER_OPTIONS = {"CSV": ["GEOMETRY=AS_WKT"]}
-
-
-_STAGE_PATTERN = r"\.remoteclip_(\d+)_[a-z0-9_]{8}"   # staging folders: .remoteclip_PID_ + mkdtemp's 8 characters
-
-
-def _convert(src: str, dest: str, driver: str, layer_name: str | None) -> None:
-    """GeoPackage ``src`` -> ``dest`` in ``driver``'s format, written beside it and renamed when complete."""
-    from osgeo import gdal
-
-    from ..core.vectors import remove_dead_temps
-
-    folder = os.path.dirname(os.path.abspath(dest))
-    if not os.path.isdir(folder):
-        raise OutputRefused(f"The output folder {folder} does not exist.", "Create it or choose another.", path=folder)
-    remove_dead_temps(folder, _STAGE_PATTERN)   # left by a run that was killed while converting
-    stage = tempfile.mkdtemp(prefix=f".remoteclip_{os.getpid()}_", dir=folder)
-    try:
-        staged = os.path.join(stage, os.path.basename(dest))
-        gdal.UseExceptions()
-        opts = gdal.VectorTranslateOptions(format=driver, layerName=layer_name,
-                                           layerCreationOptions=_LAYER_OPTIONS.get(driver))
-        if gdal.VectorTranslate(staged, src, options=opts) is None:
-            raise WriteFailed(f"Converting the result to {driver} failed.", "Save it as .gpkg or .shp.")
-        stem = os.path.splitext(os.path.basename(dest))[0]
-        for name in os.listdir(stage):   # multi-file formats (.tab + .dat + ...) move together
-            if name.startswith(stem):
-                os.replace(os.path.join(stage, name), os.path.join(folder, name))
-    except RuntimeError as e:
-        raise WriteFailed(f"Converting the result to {driver} failed: {e}.", "Save it as .gpkg or .shp.") \
-            from None
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
