@@ -58,6 +58,7 @@ from .dock_settings import (  # noqa: F401 (imported from here by tests and scri
     save_setting,
     slug,
 )
+from .layers import legend_colors
 from .model_picker import is_demo
 from .results_view import show_report
 from .run_controller import RunController, RunRequest
@@ -391,7 +392,7 @@ class RemoteClipDock(DockLayout):
         self.show_results_folder()
         for w in result.warnings:
             self.iface.messageBar().pushMessage("RemoteCLIP", w, Qgis.MessageLevel.Warning, 10)
-        self.show_summary(request.kind, outcome.rows, outcome.task)
+        self.show_summary(request.kind, outcome.rows, outcome.task, legend_colors(layer))
         self.result_title.setText(f"{_html(request.name)}: {result.n_tiles:,} tiles")
         top = self.result_box.top()
         self.iface.messageBar().pushMessage("RemoteCLIP", f"{request.name}: {result.n_tiles} tiles{cache}"

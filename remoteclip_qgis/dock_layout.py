@@ -293,9 +293,9 @@ class DockLayout(QgsDockWidget):
         self._kind_changed()
         return box
 
-    def show_summary(self, kind: str, rows: list, task=None) -> None:
+    def show_summary(self, kind: str, rows: list, task=None, colors: dict | None = None) -> None:
         """Fill the Last result table (results_view.ResultBox.show_summary)."""
-        self.result_box.show_summary(kind, rows, task)
+        self.result_box.show_summary(kind, rows, task, colors)
 
     def _kind_changed(self, _index=None) -> None:
         self.raster_output_widget.setEnabled(TASK_CLASSES[self.current_kind()].dense)

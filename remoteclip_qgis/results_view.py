@@ -42,11 +42,16 @@ class ResultBox(QgsCollapsibleGroupBox):
         v.addWidget(self.table)
         self.setVisible(False)
 
-    def show_summary(self, kind: str, rows: list, task=None) -> None:
+    def show_summary(self, kind: str, rows: list, task=None, colors: dict | None = None) -> None:
         """Fill the table: class (count, selection) | tiles | area, the most tiles first. ``task`` (the run's
-        core task) names each value; without it a value reads as it is."""
+        core task) names each value; without it a value reads as it is. ``colors`` (class -> colour, the
+        layer's: layers.legend_colors) gives each class its swatch; without it the classes shown are coloured
+        as one list (layers.class_colors)."""
         from .core.summary import format_area
-        from .layers import class_color
+        from .layers import class_colors
+
+        if colors is None:
+            colors = class_colors([task.value_text(r.value) if task is not None else str(r.value) for r in rows])
 
         self.table.clear()
         renderer = TASK_CLASSES[kind].style.renderer if kind in TASK_CLASSES else ""
@@ -59,7 +64,7 @@ class ResultBox(QgsCollapsibleGroupBox):
             item.setTextAlignment(2, int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter))
             if renderer == "categories":
                 swatch = QPixmap(12, 12)
-                swatch.fill(QColor(class_color(text)))
+                swatch.fill(QColor(colors.get(text, colors.get(str(row.value), "#000000"))))
                 item.setIcon(0, QIcon(swatch))
             self.table.addTopLevelItem(item)
         # as tall as its rows (up to SHOWN_ROWS): no scroll bar inside the dock's own

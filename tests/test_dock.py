@@ -710,14 +710,14 @@ def test_default_model_is_the_remembered_one_else_the_demo_shipped_in_the_plugin
 
 
 def test_class_colours_are_expected_distinct_and_stable(rc):
-    from remoteclip_qgis.layers import UNKNOWN_COLOR, class_colors
+    from remoteclip_qgis.layers import MIN_DELTA_E, UNKNOWN_COLOR, class_colors, delta_e
 
     colors = class_colors(["water", "trees", "dense residential area", "sparse residential area", "road"])
-    assert colors["water"] == "#3a7dc9" and colors["trees"] == "#2e7d32" and colors["road"] == "#8d8d8d"
-    assert colors["dense residential area"] != colors["sparse residential area"]
+    assert colors["water"] == "#3a7dc9" and colors["trees"] == "#2e7d32" and colors["road"] == "#5f5f5f"
+    assert delta_e(colors["dense residential area"], colors["sparse residential area"]) >= MIN_DELTA_E
     assert len({colors[c] for c in colors}) == len(colors), "two classes share a colour"
     assert colors["unknown"] == UNKNOWN_COLOR
-    assert class_colors(["water", "trees"]) == {k: colors[k] for k in ("water", "trees", "unknown")}
+    assert class_colors(["road", "dense residential area", "trees", "sparse residential area", "water"]) == colors
 
 
 def test_a_run_without_an_output_file_saves_a_geopackage_next_to_the_project(dock, data_dir, tmp_path,
