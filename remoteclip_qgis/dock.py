@@ -76,6 +76,19 @@ def is_web_layer(layer: QgsRasterLayer) -> bool:
                                          and provider.xSize() > 0)
 
 
+DEVICES = {"CPUExecutionProvider": "CPU", "CUDAExecutionProvider": "GPU (CUDA)",
+           "TensorrtExecutionProvider": "GPU (TensorRT)", "DmlExecutionProvider": "GPU (DirectML)",
+           "CoreMLExecutionProvider": "Apple (Core ML)", "ROCMExecutionProvider": "GPU (ROCm)",
+           "OpenVINOExecutionProvider": "OpenVINO"}
+
+
+def device_text(provider: str | None) -> str:
+    """What ran a job, in an analyst's words: CPU, GPU (CUDA), … (onnxruntime's provider names are its own)."""
+    if not provider:
+        return "–"
+    return DEVICES.get(provider, provider.removesuffix("ExecutionProvider"))
+
+
 class RemoteClipDock(DockLayout):
     """The panel. Uses ``qgis.utils.iface``: mapCanvas(), messageBar() and, if present, currentLayerChanged."""
 
@@ -378,12 +391,12 @@ class RemoteClipDock(DockLayout):
         request, result, layer = outcome.request, outcome.result, outcome.layer
         form = self.forms.get(request.kind)
         if form is not None:
-            show_report(form.report, result.report)
+            show_report(form.report, result.report, form.report_table)
         self.export_layer_combo.setLayer(layer)
         cache = " · from cache" if result.cache_hit else ""
-        self.provider_label.setText("ran on: " + result.provider
+        self.provider_label.setText("ran on: " + device_text(result.provider)
                                     + (" · tile embeddings from cache" if result.cache_hit else ""))
-        summary = f"{result.n_tiles} tiles in {result.seconds:.1f} s on {result.provider}{cache}"
+        summary = f"{result.n_tiles} tiles in {result.seconds:.1f} s on {device_text(result.provider)}{cache}"
         cv = (result.report or {}).get("cv")
         if cv:
             summary += f" · cross-validated accuracy {cv['accuracy']:.0%}"

@@ -93,7 +93,7 @@ class DockLayout(QgsDockWidget):
         form.addRow("Device", self.device_combo)
         self.provider_label = WrapLabel("ran on: not run yet", body)
         self.provider_label.setObjectName("provider_label")
-        self.provider_label.setToolTip("The onnxruntime execution provider that really ran the last job")
+        self.provider_label.setToolTip("What really ran the last job: CPU or GPU")
         form.addRow("", self.provider_label)
 
         # the task: a combo and its page (a tab bar of the tasks is wider than the dock); a page per

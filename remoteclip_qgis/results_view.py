@@ -8,8 +8,15 @@ import html
 
 from qgis.gui import QgsCollapsibleGroupBox
 from qgis.PyQt.QtCore import Qt
-from qgis.PyQt.QtGui import QColor, QIcon, QPixmap
-from qgis.PyQt.QtWidgets import QHeaderView, QTreeWidget, QTreeWidgetItem, QVBoxLayout
+from qgis.PyQt.QtGui import QColor, QFontDatabase, QIcon, QPixmap
+from qgis.PyQt.QtWidgets import (
+    QHeaderView,
+    QPlainTextEdit,
+    QSizePolicy,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+)
 
 from .core.tasks import TASKS as TASK_CLASSES
 from .widgets import WrapLabel
@@ -82,18 +89,42 @@ class ResultBox(QgsCollapsibleGroupBox):
 
 
 def report_html(report: dict) -> str:
+    """The report's first line (what the figures are), for the report label; the table goes to ``report_table``."""
     from .core.tasks import report_lines
 
-    lines = report_lines(report)
-    head, table = lines[0], lines[1:]
-    return (f"<b>{html.escape(head)}</b>" + ("<pre style='font-size:small'>" + html.escape("\n".join(table))
-                                            + "</pre>" if table else ""))
+    return f"<b>{html.escape(report_lines(report)[0])}</b>"
 
 
-def show_report(label, report: dict | None) -> None:
-    """A classify report in ``label`` (a task tab's report line); hidden when the run made none."""
-    if not report:
-        label.setVisible(False)
+def report_table(parent) -> QPlainTextEdit:
+    """The box for a report's per-class table: read-only, fixed-width font, lines kept whole; a table wider
+    than the dock scrolls sideways inside it (the dock itself never gets wider than its view)."""
+    box = QPlainTextEdit(parent)
+    box.setObjectName("report_table")
+    box.setReadOnly(True)
+    box.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
+    box.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+    box.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    box.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+    box.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)   # no minimum width from its text
+    box.setVisible(False)
+    return box
+
+
+def show_report(label, report: dict | None, table=None) -> None:
+    """A classify report in ``label`` (a task tab's report line) and its per-class table in ``table``
+    (``report_table``); hidden when the run made none."""
+    from .core.tasks import report_lines
+
+    lines = report_lines(report) if report else []
+    label.setVisible(bool(lines))
+    if table is not None:
+        table.setVisible(len(lines) > 1)
+    if not lines:
         return
     label.setText(report_html(report))
-    label.setVisible(True)
+    if table is not None and len(lines) > 1:
+        table.setPlainText("\n".join(lines[1:]))
+        rows = len(lines) - 1
+        bar = table.horizontalScrollBar().sizeHint().height()
+        table.setFixedHeight(rows * table.fontMetrics().lineSpacing() + 2 * table.frameWidth()
+                             + 2 * int(table.document().documentMargin()) + bar + 4)
