@@ -114,6 +114,8 @@ class RemoteClipDock(DockLayout):
     def _wire(self) -> None:
         """The widgets (dock_layout) to what they do."""
         self.deps_banner.changed.connect(self._deps_changed)
+        self._form_error_kind = None
+        self.tabs.currentChanged.connect(self._clear_form_status)
         self.deps_banner.problem.connect(self._report_error)
         self.demo_banner.problem.connect(self._report_error)
         self.model_widget.fileChanged.connect(self._model_changed)
@@ -344,7 +346,10 @@ class RemoteClipDock(DockLayout):
         try:
             form.task()
         except RemoteClipError as e:
-            # shown under the field (task_forms): the panel says where, no message bar for a typo
+            # shown under the field (task_forms): the panel says where, no message bar for a typo; the last
+            # run's full progress bar would read as if this one had run
+            set_value(self.progress, 0)
+            self._form_error_kind = form.task_cls.kind
             self.status.setText(f"<span style='color:#b00020'>Check the {_html(form.task_cls.title)} settings: "
                                 f"{_html(e.problem)}</span>")
             self.status.setToolTip("")
@@ -352,6 +357,7 @@ class RemoteClipDock(DockLayout):
                 if label.isVisibleTo(self):
                     self.scroll.ensureWidgetVisible(label)
             return None
+        self._form_error_kind = None
         try:
             job, kind, name = self.build_job()
         except RemoteClipError as e:
@@ -424,8 +430,17 @@ class RemoteClipDock(DockLayout):
         self.provider_label.setText("ran on: – (the last run was cancelled)")
         self.status.setText("Cancelled; nothing was written.")
 
+    def _clear_form_status(self, _index=None) -> None:
+        """Another task chosen: the status line's complaint about the last one's settings goes."""
+        if getattr(self, "_form_error_kind", None) not in (None, self.current_kind()):
+            self._form_error_kind = None
+            self.status.setText("")
+            self.status.setToolTip("")
+
     def _report_error(self, problem: str, fix: str | None) -> None:
         text = problem + (f" Fix: {fix}" if fix else "")
+        if self.task is None:   # a new error, not this run's: the last run's progress is not shown with it
+            set_value(self.progress, 0)
         self.status.setText(f"<span style='color:#b00020'>{_html(text)}</span>")
         QgsMessageLog.logMessage(text, LOG_TAG, Qgis.MessageLevel.Warning)
         self.iface.messageBar().pushMessage("RemoteCLIP", text, Qgis.MessageLevel.Warning, 10)

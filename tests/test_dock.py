@@ -1011,3 +1011,21 @@ def test_a_run_with_the_demo_model_says_it_is_a_demo(dock, data_dir, tmp_path, q
     assert len(notes) == 1 and notes[0].level() == Qgis.Info, [i.text() for i in bar.items()]
     assert [b.text() for b in notes[0].findChildren(QPushButton)] == ["Get RemoteCLIP-ViT-B-32"]
     bar.clearWidgets()
+
+
+def test_a_new_input_error_shows_no_stale_progress_or_status(dock, data_dir, tmp_path):
+    """After a finished run (progress 100 %) an input error resets the bar; a task's settings error leaves the
+    status line when another task is chosen."""
+    raster = _raster(data_dir, KAMPALA, "kampala")
+    dock.layer_combo.setLayer(raster)
+    dock.set_kind("embed")
+    dock.tile_size.setValue(512)
+    dock.output_widget.setFilePath(str(tmp_path / "e.gpkg"))
+    _run(dock)
+    assert dock.progress.value() == 100, dock.status.text()
+    dock.set_kind("search")
+    dock.forms["search"].widgets["query"].setText("")
+    assert dock.run() is None
+    assert "Search settings" in dock.status.text() and dock.progress.value() == 0
+    dock.set_kind("label")
+    assert "settings" not in dock.status.text()
