@@ -2,7 +2,9 @@
 resolution, for a smooth heat map in QGIS.
 
 The map's cells are the tile grid's steps: a cell is ``step_x x step_y`` raster pixels (the tile size
-times ``1 - overlap``), anchored at the raster's top-left pixel like the grid. A cell's value is the
+times ``1 - overlap``), anchored at the raster's top-left pixel like the grid; the map never reaches past
+the raster (a padded or shifted last tile would take it there): where the raster ends inside a cell, that
+axis's cells shrink evenly so the map's extent is the raster's. A cell's value is the
 mean over the tiles that cover its centre; cells no tile covers are nodata (NaN). Without overlap a
 cell is a tile; with overlap each cell averages the tiles that share it, so the map is smoother than
 the tiles. One float32 band per value (its description is the class name, or ``similarity``).
@@ -24,7 +26,7 @@ import numpy as np
 
 from .errors import InvalidInput, gdal_return_codes
 
-__all__ = ["RASTER_EXTENSIONS", "check_raster_output", "dense_grid", "write_dense"]
+__all__ = ["RASTER_EXTENSIONS", "check_raster_output", "dense_grid", "raster_size", "write_dense"]
 
 RASTER_EXTENSIONS = (".tif", ".tiff")
 
@@ -45,32 +47,69 @@ def check_raster_output(path, overwrite: bool = False, inputs=()) -> str:
                              example="map.tif", other="another --raster-output")
 
 
-def dense_grid(tiles, tile_px, step_px, transform):
-    """(cell slices per tile, (height, width) in cells, GDAL geotransform of the map)."""
-    sx, sy = max(1, int(step_px[0])), max(1, int(step_px[1]))
+def raster_size(raster) -> tuple[int, int] | None:
+    """(width, height) in pixels of ``raster``: a RasterSource (or anything with ``width`` and ``height``),
+    a (width, height) pair, a path GDAL opens, or a list holding one of these; None when unknown."""
+    if isinstance(raster, list | tuple) and len(raster) == 2 and all(isinstance(v, int | np.integer) for v in raster):
+        return int(raster[0]), int(raster[1])
+    if isinstance(raster, list | tuple):
+        return raster_size(raster[0]) if len(raster) == 1 else None
+    if hasattr(raster, "width") and hasattr(raster, "height"):
+        return int(raster.width), int(raster.height)
+    if isinstance(raster, str | os.PathLike):
+        from osgeo import gdal
+
+        from .vectors import gdal_errors
+
+        with gdal_errors():
+            try:
+                ds = gdal.Open(os.fspath(raster))
+            except RuntimeError:
+                ds = None
+        if ds is not None:
+            return int(ds.RasterXSize), int(ds.RasterYSize)
+    return None
+
+
+def _axis(starts, sizes, step: int, length: int | None):
+    """One axis of the map: (origin px, cell size px, cells, first cell, end cell per tile). Cells are
+    ``step`` pixels, anchored on the grid; where the raster ends inside the last cell (a padded or shifted
+    last tile) the cells of that axis shrink evenly so that the map ends where the raster does."""
+    lo = min(math.ceil(s / step - 0.5) for s in starts) * step
+    hi = max(max(math.ceil((s + w) / step - 0.5), math.ceil(s / step - 0.5) + 1) for s, w in zip(starts, sizes, strict=True)) * step
+    if length is not None:
+        lo, hi = max(lo, 0), min(hi, int(length))
+    n = max(1, math.ceil((hi - lo) / step))
+    cell = (hi - lo) / n if hi > lo else float(step)
     spans = []
-    for t in tiles:
-        c0, r0, w, h = t.window
-        ca, cb = math.ceil(c0 / sx - 0.5), math.ceil((c0 + w) / sx - 0.5)
-        ra, rb = math.ceil(r0 / sy - 0.5), math.ceil((r0 + h) / sy - 0.5)
-        spans.append((ra, max(rb, ra + 1), ca, max(cb, ca + 1)))
-    rmin = min(s[0] for s in spans)
-    cmin = min(s[2] for s in spans)
-    rmax = max(s[1] for s in spans)
-    cmax = max(s[3] for s in spans)
+    for s, w in zip(starts, sizes, strict=True):
+        a = min(max(math.ceil((s - lo) / cell - 0.5), 0), n - 1)
+        b = min(max(math.ceil((s + w - lo) / cell - 0.5), a + 1), n)
+        spans.append((a, b))
+    return lo, cell, n, spans
+
+
+def dense_grid(tiles, tile_px, step_px, transform, size=None):
+    """(cell slices per tile, (height, width) in cells, GDAL geotransform of the map). ``size`` (the
+    raster's (width, height) in pixels) clips the map to the raster: tiles past its edge (padded, or the
+    grid's last cells) never make it reach over ground the raster does not cover."""
+    sx, sy = max(1, int(step_px[0])), max(1, int(step_px[1]))
+    windows = [t.window for t in tiles]
+    width, height = (None, None) if size is None else size
+    x0, cw, nx, cols = _axis([w[0] for w in windows], [w[2] for w in windows], sx, width)
+    y0, ch, ny, rows = _axis([w[1] for w in windows], [w[3] for w in windows], sy, height)
     a, b, c, d, e, f = transform[:6]
-    x0, y0 = cmin * sx, rmin * sy
-    gt = (a * x0 + b * y0 + c, a * sx, b * sy, d * x0 + e * y0 + f, d * sx, e * sy)
-    slices = [(ra - rmin, rb - rmin, ca - cmin, cb - cmin) for ra, rb, ca, cb in spans]
-    return slices, (rmax - rmin, cmax - cmin), gt
+    gt = (a * x0 + b * y0 + c, a * cw, b * ch, d * x0 + e * y0 + f, d * cw, e * ch)
+    slices = [(ra, rb, ca, cb) for (ra, rb), (ca, cb) in zip(rows, cols, strict=True)]
+    return slices, (ny, nx), gt
 
 
-def dense_values(tiles, values, tile_px, step_px, transform):
+def dense_values(tiles, values, tile_px, step_px, transform, size=None):
     """(bands, height, width) float32 mean per cell (NaN where no tile covers it), and the geotransform."""
     values = np.asarray(values, dtype=np.float64)
     if values.ndim == 1:
         values = values[:, None]
-    slices, (h, w), gt = dense_grid(tiles, tile_px, step_px, transform)
+    slices, (h, w), gt = dense_grid(tiles, tile_px, step_px, transform, size)
     total = np.zeros((values.shape[1], h, w))
     count = np.zeros((h, w))
     for (ra, rb, ca, cb), v in zip(slices, values, strict=True):
@@ -101,14 +140,15 @@ def _written_back(tmp: str, data) -> bool:
 
 @gdal_return_codes()
 def write_dense(path, tiles, values, names: list[str], tile_px, step_px, transform, crs_wkt: str,
-                overwrite: bool = False, inputs=(), metadata: dict | None = None) -> str:
-    """Write the dense map of ``values`` (one row per tile, one column per band) to the GeoTIFF ``path``."""
+                overwrite: bool = False, inputs=(), metadata: dict | None = None, raster=None) -> str:
+    """Write the dense map of ``values`` (one row per tile, one column per band) to the GeoTIFF ``path``;
+    ``raster`` (the tiles' raster: see :func:`raster_size`) clips the map to its extent."""
     from osgeo import gdal
 
     from .vectors import _new_temp, _publish, _temp_prefix, gdal_errors, write_failed
 
     path = check_raster_output(path, overwrite, inputs)
-    data, gt = dense_values(tiles, values, tile_px, step_px, transform)
+    data, gt = dense_values(tiles, values, tile_px, step_px, transform, raster_size(raster))
     folder = os.path.dirname(os.path.abspath(path))
     stem = os.path.splitext(os.path.basename(path))[0]
     tmp = _new_temp(folder, _temp_prefix(stem), ".tif")

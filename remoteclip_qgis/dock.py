@@ -59,6 +59,7 @@ from .dock_settings import (  # noqa: F401 (imported from here by tests and scri
     save_setting,
     slug,
 )
+from .layers import legend_colors
 from .model_picker import is_demo
 from .results_view import show_report
 from .run_controller import RunController, RunRequest
@@ -74,6 +75,19 @@ def is_web_layer(layer: QgsRasterLayer) -> bool:
     provider = layer.dataProvider()
     return provider is not None and not (provider.capabilities() & QgsRasterDataProvider.Capability.Size
                                          and provider.xSize() > 0)
+
+
+DEVICES = {"CPUExecutionProvider": "CPU", "CUDAExecutionProvider": "GPU (CUDA)",
+           "TensorrtExecutionProvider": "GPU (TensorRT)", "DmlExecutionProvider": "GPU (DirectML)",
+           "CoreMLExecutionProvider": "Apple (Core ML)", "ROCMExecutionProvider": "GPU (ROCm)",
+           "OpenVINOExecutionProvider": "OpenVINO"}
+
+
+def device_text(provider: str | None) -> str:
+    """What ran a job, in an analyst's words: CPU, GPU (CUDA), … (onnxruntime's provider names are its own)."""
+    if not provider:
+        return "–"
+    return DEVICES.get(provider, provider.removesuffix("ExecutionProvider"))
 
 
 class RemoteClipDock(DockLayout):
@@ -101,6 +115,8 @@ class RemoteClipDock(DockLayout):
     def _wire(self) -> None:
         """The widgets (dock_layout) to what they do."""
         self.deps_banner.changed.connect(self._deps_changed)
+        self._form_error_kind = None
+        self.tabs.currentChanged.connect(self._clear_form_status)
         self.deps_banner.problem.connect(self._report_error)
         self.demo_banner.problem.connect(self._report_error)
         self.model_widget.fileChanged.connect(self._model_changed)
@@ -333,7 +349,10 @@ class RemoteClipDock(DockLayout):
         try:
             form.task()
         except RemoteClipError as e:
-            # shown under the field (task_forms): the panel says where, no message bar for a typo
+            # shown under the field (task_forms): the panel says where, no message bar for a typo; the last
+            # run's full progress bar would read as if this one had run
+            set_value(self.progress, 0)
+            self._form_error_kind = form.task_cls.kind
             self.status.setText(f"<span style='color:#b00020'>Check the {_html(form.task_cls.title)} settings: "
                                 f"{_html(e.problem)}</span>")
             self.status.setToolTip("")
@@ -341,6 +360,7 @@ class RemoteClipDock(DockLayout):
                 if label.isVisibleTo(self):
                     self.scroll.ensureWidgetVisible(label)
             return None
+        self._form_error_kind = None
         try:
             job, kind, name = self.build_job()
         except RemoteClipError as e:
@@ -380,13 +400,13 @@ class RemoteClipDock(DockLayout):
         request, result, layer = outcome.request, outcome.result, outcome.layer
         form = self.forms.get(request.kind)
         if form is not None:
-            show_report(form.report, result.report)
+            show_report(form.report, result.report, form.report_table)
         self.export_layer_combo.setLayer(layer)
         self.assess_box.set_map(layer)
         cache = " · from cache" if result.cache_hit else ""
-        self.provider_label.setText("ran on: " + result.provider
+        self.provider_label.setText("ran on: " + device_text(result.provider)
                                     + (" · tile embeddings from cache" if result.cache_hit else ""))
-        summary = f"{result.n_tiles} tiles in {result.seconds:.1f} s on {result.provider}{cache}"
+        summary = f"{result.n_tiles} tiles in {result.seconds:.1f} s on {device_text(result.provider)}{cache}"
         cv = (result.report or {}).get("cv")
         if cv:
             summary += f" · cross-validated accuracy {cv['accuracy']:.0%}"
@@ -395,7 +415,7 @@ class RemoteClipDock(DockLayout):
         self.show_results_folder()
         for w in result.warnings:
             self.iface.messageBar().pushMessage("RemoteCLIP", w, Qgis.MessageLevel.Warning, 10)
-        self.show_summary(request.kind, outcome.rows, outcome.task)
+        self.show_summary(request.kind, outcome.rows, outcome.task, legend_colors(layer))
         self.result_title.setText(f"{_html(request.name)}: {result.n_tiles:,} tiles")
         top = self.result_box.top()
         self.iface.messageBar().pushMessage("RemoteCLIP", f"{request.name}: {result.n_tiles} tiles{cache}"
@@ -414,8 +434,17 @@ class RemoteClipDock(DockLayout):
         self.provider_label.setText("ran on: – (the last run was cancelled)")
         self.status.setText("Cancelled; nothing was written.")
 
+    def _clear_form_status(self, _index=None) -> None:
+        """Another task chosen: the status line's complaint about the last one's settings goes."""
+        if getattr(self, "_form_error_kind", None) not in (None, self.current_kind()):
+            self._form_error_kind = None
+            self.status.setText("")
+            self.status.setToolTip("")
+
     def _report_error(self, problem: str, fix: str | None) -> None:
         text = problem + (f" Fix: {fix}" if fix else "")
+        if self.task is None:   # a new error, not this run's: the last run's progress is not shown with it
+            set_value(self.progress, 0)
         self.status.setText(f"<span style='color:#b00020'>{_html(text)}</span>")
         QgsMessageLog.logMessage(text, LOG_TAG, Qgis.MessageLevel.Warning)
         self.iface.messageBar().pushMessage("RemoteCLIP", text, Qgis.MessageLevel.Warning, 10)

@@ -94,7 +94,7 @@ class DockLayout(QgsDockWidget):
         form.addRow("Device", self.device_combo)
         self.provider_label = WrapLabel("ran on: not run yet", body)
         self.provider_label.setObjectName("provider_label")
-        self.provider_label.setToolTip("The onnxruntime execution provider that really ran the last job")
+        self.provider_label.setToolTip("What really ran the last job: CPU or GPU")
         form.addRow("", self.provider_label)
 
         # the task: a combo and its page (a tab bar of the tasks is wider than the dock); a page per
@@ -296,9 +296,9 @@ class DockLayout(QgsDockWidget):
         self._kind_changed()
         return box
 
-    def show_summary(self, kind: str, rows: list, task=None) -> None:
+    def show_summary(self, kind: str, rows: list, task=None, colors: dict | None = None) -> None:
         """Fill the Last result table (results_view.ResultBox.show_summary)."""
-        self.result_box.show_summary(kind, rows, task)
+        self.result_box.show_summary(kind, rows, task, colors)
 
     def _kind_changed(self, _index=None) -> None:
         self.raster_output_widget.setEnabled(TASK_CLASSES[self.current_kind()].dense)

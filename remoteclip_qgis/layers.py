@@ -2,8 +2,9 @@
 
 Each task's ``style`` (core.tasks.Style) says how its layer looks; the renderers:
 
-* ``categories`` (label, classify): by the style's ``field`` (``label``), one colour per class name (the same name always gets
-  the same colour, whatever the other classes, the run or the project; ``unknown`` is grey), legend
+* ``categories`` (label, classify): by the style's ``field`` (``label``), one colour per class (``class_colors``:
+  the same list gets the same colours in every run and project, every two classes distinct as drawn, common
+  names in the hue family a reader expects; ``unknown`` is light grey), legend
   entries with tile counts, optional map labels; classify's sample tiles drawn with a thick red outline;
 * ``counts`` (count): the count on a sequential ramp, legend entries that name the object ("3 buildings",
   "10 or more buildings" at the largest count), the count written on each tile;
@@ -48,18 +49,22 @@ from qgis.PyQt.QtGui import QColor
 from .core.errors import InvalidInput, SourceUnreadable, WriteFailed
 from .core.prompts import object_nouns
 from .core.tasks import TASKS
+from .palette import (  # noqa: F401 (the class colours, imported from here by the dock and tests)
+    LAYER_OPACITY,
+    MIN_DELTA_E,
+    NAMED_COLORS,
+    PALETTE,
+    UNKNOWN,
+    UNKNOWN_COLOR,
+    class_color,
+    class_colors,
+    delta_e,
+    drawn_lab,
+)
 
 KINDS = tuple(TASKS)
 GROUP = "RemoteCLIP"
-UNKNOWN = "unknown"
-
-# Qualitative palette (Tableau 10 + 10 lighter tones): distinct on imagery, colour-blind tolerable.
-PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7",
-           "#9c755f", "#bab0ac", "#a0cbe8", "#ffbe7d", "#8cd17d", "#ff9d9a", "#86bcb6", "#f1ce63",
-           "#d4a6c8", "#fabfd2", "#d7b5a6", "#79706e"]
-UNKNOWN_COLOR = "#9e9e9e"
 FILL_ALPHA = 255            # fills are opaque; the layer as a whole is drawn at LAYER_OPACITY
-LAYER_OPACITY = 0.5         # tiles sit on imagery: the picture must stay readable underneath
 HIGHLIGHT = "#d7191c"       # the outline of selected search tiles
 COUNT_RAMP = ("#fff5eb", "#7f2704")      # oranges, light to dark
 SEARCH_RAMP = ("#f7fcb9", "#004529")     # yellow-green, low to high similarity
@@ -218,71 +223,12 @@ def _fill(color: str, alpha: int = FILL_ALPHA, stroke: str = "#ffffff", stroke_w
         "outline_width": str(stroke_width), "outline_width_unit": "MM"})
 
 
-# Colours a map reader expects for common class names (first matching keyword wins).
-NAMED_COLORS = [
-    (("water", "river", "lake", "sea", "ocean", "pond", "reservoir"), "#3a7dc9"),
-    (("tree", "forest", "wood", "orchard", "jungle"), "#2e7d32"),
-    (("grass", "meadow", "pasture", "park", "lawn"), "#9ccc65"),
-    (("farm", "crop", "field", "agricult", "paddy"), "#e6c229"),
-    (("building", "residential", "house", "roof", "industr", "commercial", "urban"), "#e15759"),
-    (("road", "street", "highway", "parking", "runway", "railway"), "#8d8d8d"),
-    (("bare", "soil", "sand", "desert", "construction", "quarry"), "#b5835a"),
-    (("beach",), "#f1ce63"),
-    (("harbor", "harbour", "port"), "#76b7b2"),
-    (("greenhouse",), "#d4a6c8"),
-]
-
-
-def _name_hash(name: str) -> int:
-    import hashlib
-
-    return int.from_bytes(hashlib.sha256(" ".join(name.lower().split()).encode("utf-8")).digest()[:8], "big")
-
-
-def _family(name: str) -> tuple[tuple[str, ...], str] | None:
-    """The NAMED_COLORS family of a class name: the longest keyword that starts one of its words
-    ("parking lot" is a road's "parking", not a park's)."""
-    import re
-
-    words = re.findall(r"[a-z]+", name.lower())
-    best = None
-    for keys, color in NAMED_COLORS:
-        for k in keys:
-            if any(w.startswith(k) for w in words) and (best is None or len(k) > len(best[0])):
-                best = (k, keys, color)
-    return (best[1], best[2]) if best else None
-
-
-def class_color(name: str) -> str:
-    """The colour of the class ``name``: a function of the name alone (case and spacing aside), so a class
-    looks the same in every run and project whatever the other classes. Common names get the colour a map
-    reader expects (water blue, trees green, buildings red, ...): the family's own name exactly, the others
-    a shade of it of their own; other names a hue of their own; ``unknown`` is grey."""
-    low = " ".join(name.lower().split())
-    if low == UNKNOWN:
-        return UNKNOWN_COLOR
-    h = _name_hash(low)
-    family = _family(low)
-    if family is not None:
-        keys, base = family
-        if low.rstrip("s") == keys[0] or low == keys[0]:
-            return base   # "water", "tree(s)", "building(s)", "road(s)": the family's colour
-        c = QColor(base)
-        hue = (max(c.hsvHueF(), 0.0) + ((h % 13) - 6) * 0.01) % 1.0
-        sat = min(max(c.hsvSaturationF() + (((h // 13) % 3) - 1) * 0.12, 0.0), 1.0)
-        val = min(max(c.valueF() + (((h // 39) % 5) - 2) * 0.07, 0.3), 0.95)
-        return QColor.fromHsvF(hue, sat, val).name()
-    hue = (h % 360) / 360.0
-    sat = 0.45 + ((h // 360) % 4) * 0.1
-    val = 0.7 + ((h // 1440) % 3) * 0.1
-    return QColor.fromHsvF(hue, sat, val).name()
-
-
-def class_colors(classes: list[str]) -> dict[str, str]:
-    """``class_color`` of each class, and ``unknown``'s grey."""
-    out = {c: class_color(c) for c in classes}
-    out[UNKNOWN] = UNKNOWN_COLOR
-    return out
+def legend_colors(layer) -> dict[str, str]:
+    """Class -> fill colour of a layer drawn by categories (what its legend shows); empty for other renderers."""
+    renderer = layer.renderer() if layer is not None else None
+    if not isinstance(renderer, QgsCategorizedSymbolRenderer):
+        return {}
+    return {str(cat.value()): cat.symbol().color().name() for cat in renderer.categories()}
 
 
 def _unique(layer: QgsVectorLayer, field: str) -> list:
@@ -319,9 +265,10 @@ def label_renderer(layer: QgsVectorLayer, field: str, classes: list[str], highli
     order += sorted(str(v) for v in present if v not in order and v != UNKNOWN)
     if UNKNOWN in present:
         order.append(UNKNOWN)
+    colors = class_colors([*classes, *order])
     cats = []
     for c in order:
-        symbol = _fill(class_color(c))
+        symbol = _fill(colors[c])
         _outline(symbol, highlight)
         cats.append(QgsRendererCategory(c, symbol, f"{c} ({_tiles(present.get(c, 0))})"))
     return QgsCategorizedSymbolRenderer(field, cats)

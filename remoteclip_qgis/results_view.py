@@ -8,8 +8,15 @@ import html
 
 from qgis.gui import QgsCollapsibleGroupBox
 from qgis.PyQt.QtCore import Qt
-from qgis.PyQt.QtGui import QColor, QIcon, QPixmap
-from qgis.PyQt.QtWidgets import QHeaderView, QTreeWidget, QTreeWidgetItem, QVBoxLayout
+from qgis.PyQt.QtGui import QColor, QFontDatabase, QIcon, QPixmap
+from qgis.PyQt.QtWidgets import (
+    QHeaderView,
+    QPlainTextEdit,
+    QSizePolicy,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+)
 
 from .core.tasks import TASKS as TASK_CLASSES
 from .widgets import WrapLabel
@@ -42,11 +49,16 @@ class ResultBox(QgsCollapsibleGroupBox):
         v.addWidget(self.table)
         self.setVisible(False)
 
-    def show_summary(self, kind: str, rows: list, task=None) -> None:
+    def show_summary(self, kind: str, rows: list, task=None, colors: dict | None = None) -> None:
         """Fill the table: class (count, selection) | tiles | area, the most tiles first. ``task`` (the run's
-        core task) names each value; without it a value reads as it is."""
+        core task) names each value; without it a value reads as it is. ``colors`` (class -> colour, the
+        layer's: layers.legend_colors) gives each class its swatch; without it the classes shown are coloured
+        as one list (layers.class_colors)."""
         from .core.summary import format_area
-        from .layers import class_color
+        from .layers import class_colors
+
+        if colors is None:
+            colors = class_colors([task.value_text(r.value) if task is not None else str(r.value) for r in rows])
 
         self.table.clear()
         renderer = TASK_CLASSES[kind].style.renderer if kind in TASK_CLASSES else ""
@@ -59,7 +71,7 @@ class ResultBox(QgsCollapsibleGroupBox):
             item.setTextAlignment(2, int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter))
             if renderer == "categories":
                 swatch = QPixmap(12, 12)
-                swatch.fill(QColor(class_color(text)))
+                swatch.fill(QColor(colors.get(text, colors.get(str(row.value), "#000000"))))
                 item.setIcon(0, QIcon(swatch))
             self.table.addTopLevelItem(item)
         # as tall as its rows (up to SHOWN_ROWS): no scroll bar inside the dock's own
@@ -77,18 +89,42 @@ class ResultBox(QgsCollapsibleGroupBox):
 
 
 def report_html(report: dict) -> str:
+    """The report's first line (what the figures are), for the report label; the table goes to ``report_table``."""
     from .core.tasks import report_lines
 
-    lines = report_lines(report)
-    head, table = lines[0], lines[1:]
-    return (f"<b>{html.escape(head)}</b>" + ("<pre style='font-size:small'>" + html.escape("\n".join(table))
-                                            + "</pre>" if table else ""))
+    return f"<b>{html.escape(report_lines(report)[0])}</b>"
 
 
-def show_report(label, report: dict | None) -> None:
-    """A classify report in ``label`` (a task tab's report line); hidden when the run made none."""
-    if not report:
-        label.setVisible(False)
+def report_table(parent) -> QPlainTextEdit:
+    """The box for a report's per-class table: read-only, fixed-width font, lines kept whole; a table wider
+    than the dock scrolls sideways inside it (the dock itself never gets wider than its view)."""
+    box = QPlainTextEdit(parent)
+    box.setObjectName("report_table")
+    box.setReadOnly(True)
+    box.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
+    box.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+    box.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    box.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+    box.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)   # no minimum width from its text
+    box.setVisible(False)
+    return box
+
+
+def show_report(label, report: dict | None, table=None) -> None:
+    """A classify report in ``label`` (a task tab's report line) and its per-class table in ``table``
+    (``report_table``); hidden when the run made none."""
+    from .core.tasks import report_lines
+
+    lines = report_lines(report) if report else []
+    label.setVisible(bool(lines))
+    if table is not None:
+        table.setVisible(len(lines) > 1)
+    if not lines:
         return
     label.setText(report_html(report))
-    label.setVisible(True)
+    if table is not None and len(lines) > 1:
+        table.setPlainText("\n".join(lines[1:]))
+        rows = len(lines) - 1
+        bar = table.horizontalScrollBar().sizeHint().height()
+        table.setFixedHeight(rows * table.fontMetrics().lineSpacing() + 2 * table.frameWidth()
+                             + 2 * int(table.document().documentMargin()) + bar + 4)

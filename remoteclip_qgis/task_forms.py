@@ -27,6 +27,7 @@ from qgis.PyQt.QtWidgets import (
 
 from .core.errors import InvalidInput, RemoteClipError
 from .core.prompts import PRESETS, split_names
+from .results_view import report_table
 from .widgets import WrapLabel, compact, set_value
 
 BIG = 1_000_000   # the top of a spin box whose input has no upper limit
@@ -71,12 +72,13 @@ class TaskForm(QWidget):
             form.addRow(self.map_labels)
         if advanced is not None:
             form.addRow(self.advanced_box)
-        self.report = QLabel(self)   # a run's report (results_view.show_report fills it)
+        self.report = WrapLabel("", self)   # a run's report (results_view.show_report fills it)
         self.report.setObjectName("report_label")
-        self.report.setWordWrap(True)
         self.report.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.report.setVisible(False)
         form.addRow(self.report)
+        self.report_table = report_table(self)   # its per-class table: scrolls sideways inside its own box
+        form.addRow(self.report_table)
 
     # ---------------------------------------------------------------------------------------- widgets
 

@@ -300,3 +300,11 @@ class WrapLabel(QLabel):
         hint = super().minimumSizeHint()
         hint.setWidth(min(hint.width(), self.fontMetrics().horizontalAdvance("x" * 12)))
         return hint
+
+    def resizeEvent(self, event):  # noqa: N802 (Qt's name)
+        # a QFormLayout row asks a wrapped label's height at another width than it then gives it (a message
+        # under a field, a report line lost its last line): at its real width it asks for what it needs
+        super().resizeEvent(event)
+        need = self.heightForWidth(self.width())
+        if need > 0 and need != self.minimumHeight():
+            self.setMinimumHeight(need)

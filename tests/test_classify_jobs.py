@@ -321,6 +321,39 @@ def test_search_heat_map_averages_overlapping_tiles(kampala, tiny_bundle, tmp_pa
                     raster_output=str(tmp_path / "e.png")))
 
 
+
+@pytest.mark.parametrize("edge", ["pad", "shift"])
+def test_heat_maps_end_where_the_raster_ends(kampala, tiny_bundle, tmp_path, edge):
+    """224 px tiles on the 1536 x 1024 mosaic: 6.9 x 4.6 tiles. The partial last column and row of tiles (padded
+    past the raster, or shifted inside it) are clipped: no heat map of any task reaches over unseen ground."""
+    from osgeo import gdal
+
+    raster = gdal.Open(kampala["raster"])
+    gt, width, height = raster.GetGeoTransform(), raster.RasterXSize, raster.RasterYSize
+    raster = None
+    want = (gt[0], gt[3], gt[0] + gt[1] * width, gt[3] + gt[5] * height)
+    samples = Samples([f"POINT ({x!r} {y!r})" for x, y in kampala["points"]], kampala["classes"], kampala["crs"])
+    run = RunOptions(model=str(tiny_bundle), cache_dir=str(tmp_path / "cache"))
+    for task in (SearchTask("a tin roof"), LabelTask(["water", "roofs"]), ClassifyTask(samples=samples)):
+        out = tmp_path / f"{task.kind}-{edge}.tif"
+        res = run_job(Job(raster=kampala["raster"], task=task, tiles=TileSpec(size=224, edge=edge), run=run,
+                          raster_output=str(out)))
+        ds = gdal.Open(res.raster_output)
+        g, w, h = ds.GetGeoTransform(), ds.RasterXSize, ds.RasterYSize
+        data = ds.GetRasterBand(1).ReadAsArray()
+        ds = None
+        assert (w, h) == (7, 5), task.kind   # cells of about the tile's size, no fewer
+        got = (g[0], g[3], g[0] + g[1] * w, g[3] + g[5] * h)
+        assert got == pytest.approx(want, abs=1e-6), task.kind
+        assert not np.isnan(data).any(), task.kind   # every cell of the raster was seen
+        # the last column's cells hold the last column's tiles (shift: the tile moved inside, pad: the padded one)
+        last = max(r["col"] for r in res.records)
+        if task.kind == "search":
+            sim = {(r["row"], r["col"]): r["similarity"] for r in res.records}
+            assert data[0, 6] == pytest.approx(sim[(0, last)], abs=1e-5)
+            assert data[0, 5] == pytest.approx(sim[(0, last - 1)], abs=1e-5)
+
+
 # ---------------------------------------------------------------------------------- active learning
 
 def test_labelling_the_suggested_tiles_improves_the_classified_mosaic(data_dir, tmp_path):

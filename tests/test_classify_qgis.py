@@ -116,7 +116,8 @@ def test_the_classify_tab_from_sample_layer_to_classified_mosaic(dock, kampala, 
     assert layer.renderer().type() == "categorizedSymbol"
     # the report in the tab and in the status line
     assert form.report.isVisibleTo(form) and "cross-validated accuracy" in form.report.text()
-    assert "confusion" in form.report.text() and "cross-validated accuracy" in dock.status.text()
+    assert "confusion" in form.report_table.toPlainText() and "cross-validated accuracy" in dock.status.text()
+    assert form.report_table.isVisibleTo(form)
     assert (tmp_path / "classes.classes.remoteclip-report.json").is_file()
     # the tiles to label next: a temporary layer, most uncertain first
     nxt = dock.last_suggestions

@@ -118,7 +118,7 @@ def test_label_run_on_the_kampala_mosaic_then_search_reuses_the_cache(dock, data
     assert result.n_tiles == math.ceil(1536 / 256) * math.ceil(1024 / 256)   # no nodata: every tile
     _check_result_layer(layer, raster, out, result.n_tiles)
     assert not result.cache_hit and "from cache" not in dock.status.text()
-    assert dock.provider_label.text() == "ran on: CPUExecutionProvider"
+    assert dock.provider_label.text() == "ran on: CPU"   # not onnxruntime's CPUExecutionProvider
     assert f"{result.n_tiles} tiles" in dock.status.text()
     assert dock.progress.value() == 100
 
@@ -716,14 +716,14 @@ def test_default_model_is_the_remembered_one_else_the_demo_shipped_in_the_plugin
 
 
 def test_class_colours_are_expected_distinct_and_stable(rc):
-    from remoteclip_qgis.layers import UNKNOWN_COLOR, class_colors
+    from remoteclip_qgis.layers import MIN_DELTA_E, UNKNOWN_COLOR, class_colors, delta_e
 
     colors = class_colors(["water", "trees", "dense residential area", "sparse residential area", "road"])
-    assert colors["water"] == "#3a7dc9" and colors["trees"] == "#2e7d32" and colors["road"] == "#8d8d8d"
-    assert colors["dense residential area"] != colors["sparse residential area"]
+    assert colors["water"] == "#3a7dc9" and colors["trees"] == "#2e7d32" and colors["road"] == "#5f5f5f"
+    assert delta_e(colors["dense residential area"], colors["sparse residential area"]) >= MIN_DELTA_E
     assert len({colors[c] for c in colors}) == len(colors), "two classes share a colour"
     assert colors["unknown"] == UNKNOWN_COLOR
-    assert class_colors(["water", "trees"]) == {k: colors[k] for k in ("water", "trees", "unknown")}
+    assert class_colors(["road", "dense residential area", "trees", "sparse residential area", "water"]) == colors
 
 
 def test_a_run_without_an_output_file_saves_a_geopackage_next_to_the_project(dock, data_dir, tmp_path,
@@ -1017,3 +1017,21 @@ def test_a_run_with_the_demo_model_says_it_is_a_demo(dock, data_dir, tmp_path, q
     assert len(notes) == 1 and notes[0].level() == Qgis.Info, [i.text() for i in bar.items()]
     assert [b.text() for b in notes[0].findChildren(QPushButton)] == ["Get RemoteCLIP-ViT-B-32"]
     bar.clearWidgets()
+
+
+def test_a_new_input_error_shows_no_stale_progress_or_status(dock, data_dir, tmp_path):
+    """After a finished run (progress 100 %) an input error resets the bar; a task's settings error leaves the
+    status line when another task is chosen."""
+    raster = _raster(data_dir, KAMPALA, "kampala")
+    dock.layer_combo.setLayer(raster)
+    dock.set_kind("embed")
+    dock.tile_size.setValue(512)
+    dock.output_widget.setFilePath(str(tmp_path / "e.gpkg"))
+    _run(dock)
+    assert dock.progress.value() == 100, dock.status.text()
+    dock.set_kind("search")
+    dock.forms["search"].widgets["query"].setText("")
+    assert dock.run() is None
+    assert "Search settings" in dock.status.text() and dock.progress.value() == 0
+    dock.set_kind("label")
+    assert "settings" not in dock.status.text()

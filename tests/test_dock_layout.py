@@ -211,3 +211,61 @@ def test_a_short_task_page_leaves_no_gap_under_it(narrow_dock):
         heights[dock.tabs.tabText(i)] = (dock.tabs.stack.height(), need)
     assert all(shown <= need + 4 for shown, need in heights.values()), heights
     assert heights["Search"][0] < heights["Classify"][0], heights
+
+
+def test_nothing_is_cut_off_after_each_tasks_run(narrow_dock, tiny_bundle, data_dir, tmp_path, monkeypatch):
+    """After a run the dock shows more: the Last result table, the status line, and for classify the report, whose
+    per-class table was 422 px wide and widened the page past the 286 px view. Each task run for real at 300 px."""
+    import time
+
+    from layout_check import clipped
+    from qgis.core import QgsProject, QgsRasterLayer
+    from qgis.PyQt.QtCore import QCoreApplication
+    from test_classify_jobs import kampala_samples
+    from test_classify_qgis import samples_layer
+
+    from remoteclip_qgis import deps
+
+    monkeypatch.setattr(deps, "missing_modules", lambda: [])
+    monkeypatch.setenv("REMOTECLIP_CACHE", str(tmp_path / "cache"))
+    dock = narrow_dock
+    kampala = kampala_samples(data_dir, seed=1)
+    raster = QgsRasterLayer(kampala["raster"], "kampala")
+    samples = samples_layer(kampala)
+    # long class names: the report's table is as wide as its longest name
+    for f in samples.getFeatures():
+        samples.dataProvider().changeAttributeValues({f.id(): {0: f["kind"] + " with a long descriptive name"}})
+    QgsProject.instance().addMapLayers([raster, samples])
+    dock.model_widget.setFilePath(str(tiny_bundle))
+    dock.layer_combo.setLayer(raster)
+    dock.tile_size.setValue(256)
+    problems = []
+    for kind in ("label", "count", "search", "classify", "embed"):
+        dock.set_kind(kind)
+        form = dock.forms[kind]
+        if kind == "search":
+            form.widgets["query"].setText("a swimming pool")
+        if kind == "count":
+            form.widgets["object_name"].setText("buildings")
+        if kind == "classify":
+            form.widgets["samples"].setLayer(samples)
+            form.widgets["class_field"].setField("kind")
+            dock.tile_size.setValue(128)
+        dock.output_widget.setFilePath(str(tmp_path / f"{kind}.gpkg"))
+        assert dock.run() is not None, dock.status.text()
+        deadline = time.monotonic() + 300
+        while dock.task is not None:
+            assert time.monotonic() < deadline
+            QCoreApplication.processEvents()
+            time.sleep(0.01)
+        _settle()
+        assert dock.status.text().startswith("Done"), dock.status.text()
+        if kind == "classify":   # the report and its table show, the table as wide as its longest class
+            table = form.report_table
+            assert table.isVisible() and "long descriptive name" in table.toPlainText()
+            widest = max(table.fontMetrics().horizontalAdvance(line) for line in table.toPlainText().split("\n"))
+            assert widest > dock.scroll.viewport().width() and table.horizontalScrollBar().maximum() > 0
+        problems += [f"{kind}: {p}" for p in clipped(dock.widget(), dock.scroll.viewport())]
+        page = dock.scroll.widget()
+        assert page.width() <= dock.scroll.viewport().width(), (kind, page.width(), dock.scroll.viewport().width())
+    assert problems == [], "\n".join(problems)

@@ -148,22 +148,64 @@ def test_the_search_legend_explains_the_red_outline(rc, qgis_new_project, mosaic
 
 # ------------------------------------------------------------------------------------------ colours
 
-def test_a_class_has_one_colour_whatever_the_run(rc):
-    from remoteclip_qgis.layers import UNKNOWN_COLOR, class_color, class_colors
+TYPED_LISTS = [
+    ["water", "trees", "dense residential area", "sparse residential area", "road", "bare soil", "grass"],
+    ["resident", "grass", "trees", "road"],                       # classify samples typed by an analyst
+    ["buildings", "swimming pool", "tennis court", "trees", "road", "parking lot", "bare soil", "water", "grass",
+     "farmland", "shadow", "cars"],                               # twelve classes
+    ["river", "lake", "sea", "pond", "reservoir"],                 # one family only
+]
 
-    one = class_colors(["parking lot", "buildings", "trees"])
-    two = class_colors(["trees", "swimming pool", "parking lot"])
-    assert one["parking lot"] == two["parking lot"] and one["trees"] == two["trees"]
-    assert class_color("Parking  Lot") == class_color("parking lot")
-    # the same in every process (no per-run hash seed): pinned values; a parking lot is grey like roads, not a
-    # park's green
-    assert (class_color("parking lot"), class_color("swimming pool")) == ("#b1b1b1", "#e57eca")
-    assert class_color("water") == "#3a7dc9" and class_color("trees") == "#2e7d32"
-    assert len({class_color(c) for c in ("water", "river", "lake", "sea")}) == 4, "one blue for four classes"
-    assert class_colors(["x"])["unknown"] == UNKNOWN_COLOR
-    land = ["water", "trees", "dense residential area", "sparse residential area", "road", "bare soil", "grass"]
-    colors = class_colors(land)
-    assert len({colors[c] for c in land}) == len(land), "two classes of a legend share a colour"
+
+def _all_lists():
+    from core.prompts import PRESETS
+
+    return [*PRESETS.values(), *TYPED_LISTS]
+
+
+def test_every_two_classes_of_a_layer_look_different_as_drawn(rc):
+    """Pairwise CIE76 delta-E of the fills as drawn (LAYER_OPACITY over white), unknown's grey included, over every
+    preset and typed lists: the urban preset had three near-identical reds and two classes of one colour."""
+    import itertools
+
+    from remoteclip_qgis.layers import LAYER_OPACITY, MIN_DELTA_E, class_colors, delta_e
+
+    assert MIN_DELTA_E >= 20 and LAYER_OPACITY == 0.5
+    for classes in _all_lists():
+        colors = class_colors(classes)
+        for a, b in itertools.combinations(colors, 2):
+            assert delta_e(colors[a], colors[b]) >= MIN_DELTA_E, (classes, a, colors[a], b, colors[b])
+    # the measure itself: the same colour is 0, black and white as drawn at 50 % are far apart, and the urban
+    # preset's old reds (#bd5549, #f2414e, #cf7469) were well under the rule
+    assert delta_e("#cf7469", "#cf7469") == 0
+    assert delta_e("#000000", "#ffffff") > 40
+    assert max(delta_e(a, b) for a, b in itertools.combinations(["#bd5549", "#f2414e", "#cf7469"], 2)) < MIN_DELTA_E
+
+
+def test_common_names_keep_their_colour_family_and_a_list_its_colours(rc):
+    from remoteclip_qgis.layers import UNKNOWN, UNKNOWN_COLOR, class_color, class_colors
+
+    land = class_colors(["buildings", "road", "trees", "water", "bare soil"])
+    assert (land["water"], land["trees"], land["buildings"], land["road"]) == ("#3a7dc9", "#2e7d32", "#e15759",
+                                                                                "#5f5f5f")
+    assert land[UNKNOWN] == UNKNOWN_COLOR
+    # the same list (whatever its order, case or spacing) gets the same colours: pinned, so no per-process seed
+    urban = class_colors(["dense residential area", "industrial area", "road", "park"])
+    typed = class_colors(["Park", "road", "industrial  area", "dense residential area"])
+    assert (typed["Park"], typed["industrial  area"]) == (urban["park"], urban["industrial area"])
+    again = class_colors(["park", "road", "industrial area", "dense residential area"])
+    assert again == urban
+    assert class_colors(["Parking  Lot"])["Parking  Lot"] == class_color("parking lot")
+    # a family's other names take a tone of its hue: the residential classes stay red-ish, the water classes blue
+    from qgis.PyQt.QtGui import QColor
+
+    def hue(c):
+        return QColor(c).hslHue()
+
+    assert hue(urban["dense residential area"]) in range(0, 20) or hue(urban["dense residential area"]) > 330
+    waters = class_colors(["river", "lake", "sea"])
+    assert all(180 <= hue(waters[c]) <= 260 for c in ("river", "lake", "sea")), waters
+    assert len({waters[c] for c in ("river", "lake", "sea")}) == 3
 
 
 # ------------------------------------------------------------------------------------------ drawing

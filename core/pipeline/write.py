@@ -83,7 +83,8 @@ def write_outputs(job: Job, part: RasterPart, out: TaskOutput, bundle, provider:
 
         written["raster"] = write_dense(paths["raster"], part.tiles, out.dense, out.dense_names, part.tile_px,
                                         part.step_px, part.transform, part.crs_wkt, job.overwrite, inputs,
-                                        {"task": task.kind, "model": bundle.name, "bands": out.dense_names})
+                                        {"task": task.kind, "model": bundle.name, "bands": out.dense_names},
+                                        raster=job.raster)
     if paths["head"] and out.head is not None:
         from ..outputs import write_text_file
 
