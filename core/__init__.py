@@ -6,3 +6,5 @@ Never imports qgis or torch. Inside the QGIS plugin this package is vendored as
 """
 
 __version__ = "0.1.0"
+
+from . import change  # noqa: E402,F401  (registers the change task in core.tasks.TASKS)
