@@ -39,7 +39,7 @@ from qgis.core import (
 
 pytestmark = pytest.mark.qgis
 
-ALGS = ("labeltiles", "countobjects", "textsearch", "classifyfromsamples", "computeembeddings")
+ALGS = ("labeltiles", "countobjects", "textsearch", "classifyfromsamples", "computeembeddings", "changebetweendates")
 LABELS = "buildings, trees\nroad, bare soil"
 
 
