@@ -6,3 +6,4 @@ Never imports qgis or torch. Inside the QGIS plugin this package is vendored as
 """
 
 __version__ = "0.1.0"
+

@@ -267,6 +267,16 @@ class EmbeddingCache:
         self._identities[key] = ident
         return key
 
+    def key_for(self, ident: dict) -> str | None:
+        """The key of an identity made by the caller (a raster read in another raster's grid:
+        core.pipeline.dates), with this format's version; None when ``ident`` holds a None (not cacheable)."""
+        if any(v is None for v in ident.values()):
+            return None
+        ident = {"format_version": FORMAT_VERSION, **ident}
+        key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+        self._identities[key] = ident
+        return key
+
     def _paths(self, key: str) -> tuple[str, str]:
         if not key or any(c not in "0123456789abcdef" for c in key):
             raise ValueError(f"not a cache key: {key!r}")

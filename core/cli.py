@@ -213,6 +213,14 @@ def _value_option(p, prm, metavar) -> None:
     p.add_argument(prm.cli_flag, dest=prm.name, metavar=metavar, help=prm.help)
 
 
+def _raster_option(p, prm) -> None:
+    p.add_argument(prm.name, metavar=prm.name.upper(), help=prm.help)   # after the job's raster: BEFORE AFTER
+
+
+def _flag_option(p, prm) -> None:
+    p.add_argument(prm.cli_flag, dest=prm.name, action="store_true", help=prm.help)
+
+
 # one adapter per core.tasks.Param kind
 _OPTIONS: dict[str, _Option] = {
     "names": _Option(_list_option, "class names", "split_names"),
@@ -226,6 +234,8 @@ _OPTIONS: dict[str, _Option] = {
     "field": _Option(partial(_value_option, metavar="NAME")),
     "file": _Option(partial(_value_option, metavar="FILE")),
     "file_out": _Option(partial(_value_option, metavar="FILE")),
+    "raster": _Option(_raster_option),
+    "flag": _Option(_flag_option),
 }
 
 

@@ -359,6 +359,43 @@ class _File(_Input):
         return w.filePath().strip() or None
 
 
+class _Raster(_Input):
+    """A second raster (core.change's AFTER): a raster layer picker, read as the layer's source (a file GDAL
+    opens)."""
+    inline_error = True
+
+    def add(self, form, prm, layout):
+        w = QgsMapLayerComboBox(form)
+        compact(w)
+        w.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
+        w.setAllowEmptyLayer(True)
+        w.setCurrentIndex(-1)
+        _row(form, prm, w, layout)
+        w.layerChanged.connect(lambda _=None, n=prm.name: form.clear_error(n))
+
+    def value(self, form, prm, w):
+        layer = w.currentLayer()
+        return None if layer is None else layer.source()
+
+    def missing(self, form, prm, w):
+        return "" if prm.optional or w.currentLayer() is not None else f"Choose the {prm.label.split(' (')[0]} layer."
+
+
+class _Flag(_Input):
+    """On or off: a check box."""
+
+    def add(self, form, prm, layout):
+        w = QCheckBox(prm.label, form)
+        w.setChecked(bool(prm.start_value))
+        if prm.help:
+            w.setToolTip(prm.help)
+        form.widgets[prm.name] = w
+        layout.addRow(w)
+
+    def value(self, form, prm, w):
+        return w.isChecked()
+
+
 INPUTS: dict[str, _Input] = {
     "names": _Names(),
     "preset": _Preset(),
@@ -371,6 +408,8 @@ INPUTS: dict[str, _Input] = {
     "field": _Field(),
     "file": _File(save=False),
     "file_out": _File(save=True),
+    "raster": _Raster(),
+    "flag": _Flag(),
 }
 
 ERROR_STYLE = "color: #b00020;"

@@ -39,7 +39,7 @@ from qgis.core import (
 
 pytestmark = pytest.mark.qgis
 
-ALGS = ("labeltiles", "countobjects", "textsearch", "classifyfromsamples", "computeembeddings")
+ALGS = ("labeltiles", "countobjects", "textsearch", "classifyfromsamples", "computeembeddings", "changebetweendates")
 TOOLS = ("referencesample", "assessaccuracy")   # no model: tests/test_assess_qgis.py
 LABELS = "buildings, trees\nroad, bare soil"
 

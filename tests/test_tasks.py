@@ -21,7 +21,7 @@ from core.tasks import TASKS, Param, Task, TaskOutput, register, task_class
 
 
 def test_every_task_declares_what_the_front_ends_need():
-    assert list(TASKS) == ["label", "count", "search", "embed", "classify"]
+    assert list(TASKS) == ["label", "count", "search", "embed", "classify", "change"]
     sub = next(a for a in _parser()._actions if a.dest == "command")
     # one sub-command per task, in the registry's order, then the tools that are no tile task
     assert list(sub.choices) == [*TASKS, "models", "sample", "assess"]

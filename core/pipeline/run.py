@@ -33,6 +33,7 @@ from ..errors import Cancelled, InvalidInput
 from ..inference import Encoder
 from ..tasks import RasterPart
 from ..tiles import crs_name, same_crs
+from .dates import encode_after, plan_after
 from .distributed import encode_on_cluster
 from .encode import ensemble, job_cache, local_pieces, provider_if_loaded
 from .job import Job, JobResult, Plan, check_job, output_layer_name
@@ -61,14 +62,18 @@ def run_job(job: Job, progress=None, is_cancelled=None, on_plan=None) -> JobResu
     paths = check_outputs(job)   # before any pixel is read or the model loads
     progress_to(progress, 0.0, "planning" if job.many else "preparing")
     plans, state = plan_rasters(job, progress)   # opening reads no pixels: fails before the model loads
+    after = None
     try:
-        return _run(job, plans, state, paths, t0, progress, is_cancelled, on_plan)
+        after = plan_after(job, plans)   # a task of two dates (core.change): AFTER on BEFORE's grid
+        return _run(job, plans, state, paths, t0, progress, is_cancelled, on_plan, after)
     finally:
         for p in plans:
             p.close()
+        if after is not None:
+            after.close()
 
 
-def _run(job: Job, plans, state, paths, t0, progress, is_cancelled, on_plan) -> JobResult:
+def _run(job: Job, plans, state, paths, t0, progress, is_cancelled, on_plan, after=None) -> JobResult:
     bundle = load_bundle(job.run.model)
     warnings: list[str] = precision_warnings(bundle, job.run.precision)
     task = job.task
@@ -123,6 +128,9 @@ def _run(job: Job, plans, state, paths, t0, progress, is_cancelled, on_plan) -> 
         why = "; ".join(f"{os.path.basename(p)}: {w}" for p, w in state.skipped[:3])
         raise InvalidInput(f"No raster gave a tile ({why}).", "Check the rasters (gdalinfo), the extent and "
                            "the bands.")
+    if after is not None:   # one raster (plan_after refuses a collection): AFTER's tiles in its grid
+        parts = [encode_after(job, after, plans[0], parts[0], bundle, encoder, encoder.plan_batch(), cache,
+                              progress, is_cancelled, warnings)]
     encoded = sum(part.images_encoded for part in parts)
     fitted = task.fit(parts, text, bundle, prepared, warnings)
     if job.many:

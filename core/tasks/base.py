@@ -14,7 +14,7 @@ from ..errors import InvalidInput
 from ..prompts import DEFAULT_TEMPLATES, split_names, split_templates
 
 PARAM_KINDS = ("names", "preset", "templates", "text", "int", "float", "choice", "samples", "field", "file",
-               "file_out")
+               "file_out", "raster", "flag")
 
 
 # ------------------------------------------------------------------------------------- declarations
@@ -27,7 +27,8 @@ class Param:
     :data:`core.prompts.PRESETS` that fills the ``names`` input ``fills``), ``templates``
     (:func:`split_templates`), ``text``, ``int``, ``float``, ``choice``, ``samples`` (points or polygons
     with a class), ``field`` (the class field of the ``samples`` input ``parent``), ``file`` (read),
-    ``file_out`` (written). ``lo``/``hi`` are the one set of limits; ``optional`` numbers may be unset
+    ``file_out`` (written), ``raster`` (a second raster read beside the job's: core.change), ``flag`` (on or
+    off). ``lo``/``hi`` are the one set of limits; ``optional`` numbers may be unset
     (None), shown as ``none_text`` in a form. ``form_default`` is what a form starts with when it
     differs from the task's default (the dock's search selects 20 tiles; the library selects all)."""
     name: str
@@ -71,8 +72,10 @@ class Param:
             return None if value is None else split_names(value)
         if self.kind == "templates":
             return split_templates(value) or None
+        if self.kind == "flag":
+            return bool(value) if value is not None else bool(self.default)
         if isinstance(value, str) and not value.strip() and self.kind in ("int", "float", "file", "file_out",
-                                                                            "choice", "preset", "field"):
+                                                                            "choice", "preset", "field", "raster"):
             return None if self.kind != "choice" else self.default
         if value is None:
             return self.default if self.kind in ("int", "float", "choice") and not self.optional else None
@@ -109,6 +112,7 @@ class RasterPart:
     step_px: tuple[int, int]         # grid step in pixels (tile * (1 - overlap))
     cache_hit: bool = False
     images_encoded: int = 0
+    dates: dict = field(default_factory=dict)   # a task of two dates: the other date's embeddings (core.change)
 
     @cached_property
     def tiles(self) -> list:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from qgis.core import (
     QgsProcessing,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterField,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
 )
 
@@ -168,6 +170,26 @@ class _FileOut(Adapter):
         return {prm.processing_key: getattr(task, prm.name, None)}
 
 
+class _Raster(Adapter):
+    """A second raster (core.change's AFTER): a raster layer or file, read as its source (a file GDAL opens)."""
+
+    def make(self, alg, prm):
+        return QgsProcessingParameterRasterLayer(prm.processing_key, alg.tr(prm.label), optional=prm.optional)
+
+    def read(self, alg, prm, parameters, context):
+        layer = alg.parameterAsRasterLayer(parameters, prm.processing_key, context)
+        return None if layer is None else layer.source()
+
+
+class _Flag(Adapter):
+    def make(self, alg, prm):
+        return QgsProcessingParameterBoolean(prm.processing_key, alg.tr(prm.label), defaultValue=bool(prm.default),
+                                             optional=True)
+
+    def read(self, alg, prm, parameters, context):
+        return alg.parameterAsBoolean(parameters, prm.processing_key, context)
+
+
 PARAMETERS: dict[str, Adapter] = {
     "names": _List(" (separated by commas or new lines)"),
     "preset": _Preset(),
@@ -180,6 +202,8 @@ PARAMETERS: dict[str, Adapter] = {
     "field": _Field(),
     "file": _File(),
     "file_out": _FileOut(),
+    "raster": _Raster(),
+    "flag": _Flag(),
 }
 
 
