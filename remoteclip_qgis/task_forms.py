@@ -360,7 +360,7 @@ class _File(_Input):
 
 
 class _Raster(_Input):
-    """A second raster (core.change's AFTER): a raster layer picker, read as the layer's source (a file GDAL
+    """A second raster (core.tasks.change's AFTER): a raster layer picker, read as the layer's source (a file GDAL
     opens)."""
     inline_error = True
 

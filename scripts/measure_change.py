@@ -57,7 +57,7 @@ def light(a):
 
 
 def matched(before, after):
-    from core.change import match_luts
+    from core.tasks.change import match_luts
 
     luts = match_luts(np.moveaxis(before, -1, 0), np.moveaxis(after, -1, 0), np.ones(before.shape[:2], bool))
     return np.stack([np.asarray(luts[i], np.uint8)[after[..., i]] for i in range(3)], -1)
@@ -66,8 +66,8 @@ def matched(before, after):
 def main(argv=None) -> int:
     from PIL import Image
 
-    from core.change import ChangeTask
     from core.pipeline import Job, RunOptions, TileSpec, run_job
+    from core.tasks.change import ChangeTask
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=os.environ.get("REMOTECLIP_DATA", "/work/shared/data"))

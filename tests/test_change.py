@@ -1,4 +1,4 @@
-"""The change task (core.change, core.pipeline.dates): two dates of the same place compared tile by tile, on
+"""The change task (core.tasks.change, core.pipeline.dates): two dates of the same place compared tile by tile, on
 real LEVIR-CD pairs made into GeoTIFFs with a made-up UTM geotransform (written to tmp_path), AFTER warped to
 another CRS and resolution for the alignment."""
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.change import ChangeTask
 from core.errors import InvalidInput, ModelError, OutputIsInput
 from core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
+from core.tasks.change import ChangeTask
 
 LEVIR = "change/levir-cd"
 PAIR = "test_2_0000_0000.png"
@@ -265,7 +265,7 @@ def test_histogram_matching_takes_out_a_change_of_light(data_dir, tiny_bundle, t
 
 
 def test_match_luts_map_a_darkened_band_back():
-    from core.change import match_luts
+    from core.tasks.change import match_luts
 
     rng = np.random.default_rng(0)
     b = rng.integers(0, 256, (1, 64, 64)).astype(np.uint8)

@@ -83,8 +83,8 @@ def test_processing_gives_the_command_lines_layer(plugin, pair, tiny_bundle, tmp
 
 
 def test_the_dock_form_reads_the_after_layer_and_the_flag(plugin, pair, tiny_bundle, tmp_path):
-    from remoteclip_qgis.core.change import ChangeTask
     from remoteclip_qgis.core.pipeline import Job, RunOptions, TileSpec, run_job
+    from remoteclip_qgis.core.tasks.change import ChangeTask
     from remoteclip_qgis.task_forms import TaskForm
 
     before, after = pair

@@ -1,10 +1,10 @@
-"""A task of two dates (core.change): the second raster (AFTER) planned beside the job's raster (BEFORE) and
+"""A task of two dates (core.tasks.change): the second raster (AFTER) planned beside the job's raster (BEFORE) and
 its tiles encoded in BEFORE's grid, on the one run path.
 
 :func:`plan_after` (before the model loads, no pixel of BEFORE read): AFTER opened, its CRS checked against
 BEFORE's (a transformation must exist), the overlap checked, its bands chosen (the task's ``after_bands``, else
 its RGB bands), and, when it is not already on BEFORE's grid, a warped VRT of it on that grid made in a
-temporary folder (core.change.warp_vrt). :func:`encode_after` (once BEFORE's tiles are encoded): AFTER's tiles
+temporary folder (core.tasks.change.warp_vrt). :func:`encode_after` (once BEFORE's tiles are encoded): AFTER's tiles
 at BEFORE's kept tiles read and encoded (or taken from the cache), the part kept to the tiles both dates
 cover with data, AFTER's embeddings handed to the task in ``RasterPart.dates["after"]``.
 
@@ -58,8 +58,8 @@ def plan_after(job: Job, plans) -> AfterPlan | None:
     if job.many:
         raise InvalidInput("The change task compares two rasters: one BEFORE and one AFTER (no collection, Dask "
                            "or --out-crs).", "Give one BEFORE raster and one AFTER raster.", param="raster")
-    from ..change import footprint_overlap, same_grid, warp_vrt
     from ..raster import check_bands, default_bands, open_raster
+    from ..tasks.change import footprint_overlap, same_grid, warp_vrt
     from ..tiles import require_crs
 
     before = plans[0].src
@@ -101,8 +101,8 @@ class _Subgrid:
 def _stretch(job: Job, after: AfterPlan, before_src, before_bands, before_stretch):
     """AFTER's stretch (its own, from a decimated read of it in BEFORE's grid), with the histogram matching to
     BEFORE's when the task asks for it."""
-    from ..change import MatchedStretch, match_luts
     from ..raster import Stretch
+    from ..tasks.change import MatchedStretch, match_luts
 
     stretch = Stretch.from_source(after.src, after.bands)
     if not job.task.match_histograms:

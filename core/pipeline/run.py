@@ -64,7 +64,7 @@ def run_job(job: Job, progress=None, is_cancelled=None, on_plan=None) -> JobResu
     plans, state = plan_rasters(job, progress)   # opening reads no pixels: fails before the model loads
     after = None
     try:
-        after = plan_after(job, plans)   # a task of two dates (core.change): AFTER on BEFORE's grid
+        after = plan_after(job, plans)   # a task of two dates (core.tasks.change): AFTER on BEFORE's grid
         return _run(job, plans, state, paths, t0, progress, is_cancelled, on_plan, after)
     finally:
         for p in plans:

@@ -47,7 +47,7 @@ from .count import CountTask
 from .search import SearchTask, effective_threshold, stand_out_threshold  # noqa: F401 (re-exported)
 from .embed import EmbedTask
 from .classify import ClassifyTask, report_lines  # noqa: F401 (re-exported)
-from ..change import ChangeTask  # noqa: E402,F401 (two dates; its helpers serve core.pipeline.dates too)
+from .change import ChangeTask  # noqa: F401 (two dates; its helpers serve core.pipeline.dates too)
 # isort: on
 
 __all__ = ["Param", "Style", "TaskOutput", "RasterPart", "Task", "LabelTask", "CountTask", "SearchTask",

@@ -27,7 +27,7 @@ class Param:
     :data:`core.prompts.PRESETS` that fills the ``names`` input ``fills``), ``templates``
     (:func:`split_templates`), ``text``, ``int``, ``float``, ``choice``, ``samples`` (points or polygons
     with a class), ``field`` (the class field of the ``samples`` input ``parent``), ``file`` (read),
-    ``file_out`` (written), ``raster`` (a second raster read beside the job's: core.change), ``flag`` (on or
+    ``file_out`` (written), ``raster`` (a second raster read beside the job's: core.tasks.change), ``flag`` (on or
     off). ``lo``/``hi`` are the one set of limits; ``optional`` numbers may be unset
     (None), shown as ``none_text`` in a form. ``form_default`` is what a form starts with when it
     differs from the task's default (the dock's search selects 20 tiles; the library selects all)."""
@@ -112,7 +112,7 @@ class RasterPart:
     step_px: tuple[int, int]         # grid step in pixels (tile * (1 - overlap))
     cache_hit: bool = False
     images_encoded: int = 0
-    dates: dict = field(default_factory=dict)   # a task of two dates: the other date's embeddings (core.change)
+    dates: dict = field(default_factory=dict)   # a task of two dates: the other date's embeddings (core.tasks.change)
 
     @cached_property
     def tiles(self) -> list:

@@ -171,7 +171,7 @@ class _FileOut(Adapter):
 
 
 class _Raster(Adapter):
-    """A second raster (core.change's AFTER): a raster layer or file, read as its source (a file GDAL opens)."""
+    """A second raster (core.tasks.change's AFTER): a raster layer or file, read as its source (a file GDAL opens)."""
 
     def make(self, alg, prm):
         return QgsProcessingParameterRasterLayer(prm.processing_key, alg.tr(prm.label), optional=prm.optional)

@@ -31,10 +31,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from . import checks
-from .errors import InvalidInput
-from .prompts import PRESETS, check_labels, check_templates, label_prompts
-from .tasks.base import (
+from .. import checks
+from ..errors import InvalidInput
+from ..prompts import PRESETS, check_labels, check_templates, label_prompts
+from .base import (
     NAMES_HELP,
     TEMPLATES_HELP,
     Param,
@@ -44,7 +44,7 @@ from .tasks.base import (
     register,
     slug_fields,
 )
-from .tasks.search import effective_threshold
+from .search import effective_threshold
 
 RESAMPLING = ("bilinear", "nearest", "cubic")
 DEFAULT_PRESET = "land-cover"
@@ -115,7 +115,7 @@ class ChangeTask(Task):
     reports: ClassVar[bool] = True
 
     def __post_init__(self):
-        from .raster import parse_bands
+        from ..raster import parse_bands
 
         if self.after is None or not isinstance(self.after, str | os.PathLike) or not str(self.after).strip():
             raise InvalidInput("No AFTER raster was given.", "Give the later raster of the same place "
@@ -175,7 +175,7 @@ class ChangeTask(Task):
     def prepare(self, bundle, warnings):
         if self.head is None:
             return {"classes": list(self.labels)}
-        from .classify import Head
+        from ..classify import Head
 
         head = Head.read(self.head)
         head.check_model(bundle, self.head)
@@ -188,7 +188,7 @@ class ChangeTask(Task):
         return {**prepared, "text": text}
 
     def outputs(self, part, text, bundle, fitted):
-        from .records import Categorical, class_columns, class_probs, similarity_columns
+        from ..records import Categorical, class_columns, class_probs, similarity_columns
 
         after = part.dates.get("after")
         if after is None:
@@ -286,8 +286,8 @@ def tile_areas(part) -> np.ndarray:
     raster (core.assess's measure)."""
     from osgeo import ogr, osr
 
-    from .assess import _laea, _transform
-    from .tiles import srs_from
+    from ..assess import _laea, _transform
+    from ..tiles import srs_from
 
     src = srs_from(part.crs_wkt, "raster's CRS")
     wkbs = part.grid.polygon_wkb(part.index)
@@ -370,7 +370,7 @@ def report_text(report: dict | None) -> list[str]:
 
 def same_grid(a, b) -> bool:
     """Two open sources on the same pixel grid: CRS, geotransform and size."""
-    from .tiles import same_crs
+    from ..tiles import same_crs
 
     return (a.width, a.height) == (b.width, b.height) and \
         np.allclose(tuple(a.transform)[:6], tuple(b.transform)[:6], rtol=0, atol=1e-9) and \
@@ -381,7 +381,7 @@ def footprint_overlap(before, after, after_path: str) -> None:
     """Refuse an AFTER that does not overlap BEFORE, or whose CRS cannot be transformed to BEFORE's."""
     from osgeo import ogr, osr
 
-    from .tiles import srs_from
+    from ..tiles import srs_from
 
     def box(src):
         a, b, c, d, e, f = tuple(src.transform)[:6]
