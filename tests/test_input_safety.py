@@ -351,9 +351,9 @@ def test_a_symlink_in_a_bundle_may_not_lead_outside_it(tmp_path, tiny_bundle, rg
     elsewhere = tmp_path / "elsewhere.onnx"
     shutil.move(out / "image_fp32.onnx", elsewhere)
     (out / "image_fp32.onnx").symlink_to(elsewhere)
-    with pytest.raises(ModelError, match="leads outside the bundle folder") as e:
+    with pytest.raises(ModelError) as e:
         run_job(_job(rgb_byte, out))
-    assert e.value.path == str(out)
+    assert e.value.path == str(out / "image_fp32.onnx")   # the link that leads out, named
 
 
 def test_a_malformed_manifest_is_one_line(tmp_path, tiny_bundle, rgb_byte):
