@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from tile_maps import X0, Y0, write_tile_map
 
 from core import assess
 from core.errors import InvalidInput
@@ -76,23 +77,11 @@ def test_allocation():
 # ------------------------------------------------------------------ a constructed map: 4 x 4 tiles of 100 m
 # at overlap 0.5 (step 50 m) in UTM 36N; columns 0-1 are "a", 2-3 "b"
 
-X0, Y0 = 450_000.0, 40_000.0
 
 
 @pytest.fixture()
 def tile_map(tmp_path):
-    from core.tiles import srs_from
-    from core.vectors import Field, write_vector
-
-    records = []
-    for r in range(4):
-        for c in range(4):
-            x, y = X0 + 50 * c, Y0 - 50 * r
-            records.append({"geometry": f"POLYGON (({x} {y}, {x + 100} {y}, {x + 100} {y - 100}, {x} {y - 100}, "
-                                        f"{x} {y}))", "label": "a" if c < 2 else "b"})
-    path = tmp_path / "map.gpkg"
-    write_vector(path, records, [Field("label", "str")], srs_from("EPSG:32636").ExportToWkt(), layer_name="labels")
-    return path
+    return write_tile_map(tmp_path / "map.gpkg")
 
 
 def _points(path, layer=None):

@@ -20,12 +20,12 @@ from qgis.core import (
     QgsProject,
     QgsVectorLayer,
 )
+from tile_maps import X0, write_tile_map
 
 from core import assess
 
 pytestmark = pytest.mark.qgis
 
-X0, Y0 = 450_000.0, 40_000.0
 
 
 @pytest.fixture(scope="module")
@@ -42,19 +42,7 @@ def plugin(rc, qgis_processing):
 
 @pytest.fixture()
 def tile_map(tmp_path):
-    """4 x 4 tiles of 100 m at a 50 m step in UTM 36N, layer "labels": columns 0-1 "a", 2-3 "b"."""
-    from core.tiles import srs_from
-    from core.vectors import Field, write_vector
-
-    records = []
-    for r in range(4):
-        for c in range(4):
-            x, y = X0 + 50 * c, Y0 - 50 * r
-            records.append({"geometry": f"POLYGON (({x} {y}, {x + 100} {y}, {x + 100} {y - 100}, {x} {y - 100}, "
-                                        f"{x} {y}))", "label": "a" if c < 2 else "b"})
-    path = tmp_path / "map.gpkg"
-    write_vector(path, records, [Field("label", "str")], srs_from("EPSG:32636").ExportToWkt(), layer_name="labels")
-    return path
+    return write_tile_map(tmp_path / "map.gpkg")
 
 
 def truth(x: float) -> str:

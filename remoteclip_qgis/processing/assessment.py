@@ -18,7 +18,6 @@ import tempfile
 
 from qgis.core import (
     QgsProcessing,
-    QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
@@ -34,11 +33,12 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QCoreApplication
 
 from ..core.errors import InvalidInput, OutputRefused, RemoteClipError
+from .base import Declaring
 
 ALLOCATIONS = ["proportional", "equal"]
 
 
-class AssessmentAlgorithm(QgsProcessingAlgorithm):
+class AssessmentAlgorithm(Declaring):
     """What the accuracy tools share: name, group, help, the map inputs, and the prepare/process split."""
 
     MAP = "MAP"
@@ -77,14 +77,6 @@ class AssessmentAlgorithm(QgsProcessingAlgorithm):
         items = "".join(f"<li><b>{html.escape(self.tr(k), False)}</b>: {html.escape(self.tr(v), False)}</li>"
                         for k, v in self.field_help)
         return f"<p>{html.escape(self.tr(self.help), False)}</p><ul>{items}</ul>"
-
-    def add(self, param):
-        if not self.addParameter(param):
-            raise QgsProcessingException(f"Parameter {param.name()} could not be added (a duplicate name?).")
-
-    def add_output(self, output):
-        if not self.addOutput(output):
-            raise QgsProcessingException(f"Output {output.name()} could not be added (a duplicate name?).")
 
     def add_map_parameters(self):
         self.add(QgsProcessingParameterVectorLayer(

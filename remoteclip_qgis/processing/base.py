@@ -96,7 +96,20 @@ class StyleDense(QgsProcessingLayerPostProcessorInterface):
             feedback.pushWarning(f"RemoteCLIP could not style {layer.name()}: {e}")
 
 
-class RemoteClipAlgorithm(QgsProcessingAlgorithm):
+class Declaring(QgsProcessingAlgorithm):
+    """An algorithm whose parameters and outputs are declared through ``add``/``add_output``: a refused one (a
+    duplicate name) stops the declaration instead of vanishing."""
+
+    def add(self, param):
+        if not self.addParameter(param):
+            raise QgsProcessingException(f"Parameter {param.name()} could not be added (a duplicate name?).")
+
+    def add_output(self, output):
+        if not self.addOutput(output):
+            raise QgsProcessingException(f"Output {output.name()} could not be added (a duplicate name?).")
+
+
+class RemoteClipAlgorithm(Declaring):
     """Base class; a subclass (provider.algorithm_class) names its task (``task_kind``, a key of
     core.tasks.TASKS): the name, help, group, task parameters, cache rule and the task itself come from the
     task class."""
@@ -242,14 +255,6 @@ class RemoteClipAlgorithm(QgsProcessingAlgorithm):
         if self.task_cls.reports:
             self.add_output(QgsProcessingOutputNumber(self.ACCURACY, self.tr("Cross-validated accuracy")))
             self.add_output(QgsProcessingOutputString(self.REPORT, self.tr("Classification report (JSON file)")))
-
-    def add(self, param):
-        if not self.addParameter(param):
-            raise QgsProcessingException(f"Parameter {param.name()} could not be added (a duplicate name?).")
-
-    def add_output(self, output):
-        if not self.addOutput(output):
-            raise QgsProcessingException(f"Output {output.name()} could not be added (a duplicate name?).")
 
     def init_task_parameters(self):
         """The task's declared inputs (core.tasks.Param) as Processing parameters."""
