@@ -199,3 +199,20 @@ def test_assess_bad_inputs(tile_map, tmp_path):
     assert assess.read_map(tile_map).areas().sum() == pytest.approx(62_500, rel=3e-3)
     assert run_sample(argparse.Namespace(**{**args, "out_layer": "reference_sample"})) == 0
     assert len(_points(tile_map, "reference_sample")[0]) == 6
+
+
+def test_reference_points_in_another_crs_are_transformed(tile_map, tmp_path):
+    """The same labelled points saved in EPSG:4326 give the same error matrix as in the map's UTM."""
+    from osgeo import gdal
+
+    from core.cli import main
+
+    ref = tmp_path / "ref.gpkg"
+    assert main(["sample", str(tile_map), "--per-class", "15", "--seed", "4", "-o", str(ref)]) == 0
+    _label(ref, lambda x: "a" if x < X0 + 80 else "b")
+    wgs = tmp_path / "ref_4326.gpkg"
+    assert gdal.VectorTranslate(str(wgs), str(ref), dstSRS="EPSG:4326", reproject=True) is not None
+    assert _points(wgs)[1] == "4326"
+    utm, lonlat = assess.assess(tile_map, ref), assess.assess(tile_map, wgs)
+    assert lonlat["error_matrix"]["counts"] == utm["error_matrix"]["counts"]
+    assert lonlat["n"]["used"] == 30 and lonlat["n"]["left_out"]["outside_map"] == 0
