@@ -13,7 +13,7 @@ help:
 	@echo "make label       the main job: label the Kampala orthomosaic's tiles with the demo model"
 	@echo "make package     dist/remoteclip_qgis-<version>.zip for QGIS's Install from ZIP"
 	@echo "make bench       benchmarks (bench/bench_*.py), results in bench-results/, then all targets in one table"
-	@echo "make screenshot  screenshots: label, count and search results, the dock at 300 px (xvfb)"
+	@echo "make screenshot  screenshots: label, count, search, urban, classify; the accuracy workflow; the dock (xvfb)"
 
 setup:
 	scripts/setup.sh
