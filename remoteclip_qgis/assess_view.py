@@ -210,6 +210,7 @@ def make_sample_layer(map_layer, map_field: str, per_class: int, seed: int = 0):
     idx = layer.fields().indexOf(sample.reference_field)
     classes = [{c: c} for c in sample.strata.classes]   # QGIS's value map: {description: value} items
     layer.setEditorWidgetSetup(idx, QgsEditorWidgetSetup("ValueMap", {"map": classes}))
+    layer.renderer().setSymbol(sample_symbol())   # QGIS's random colour may vanish on the map's own colours
     if QgsProject.instance().addMapLayer(layer) is None or not layer.startEditing():
         raise InvalidInput(f"The sample {sample.output} was written but QGIS could not open it for editing.",
                            "Add it with Layer > Add Layer and toggle editing.", path=sample.output)
@@ -278,10 +279,27 @@ class ReportDialog(QDialog):
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close, self)
         buttons.rejected.connect(self.close_report)
         v.addWidget(buttons)
-        self.resize(760, 120 + 30 * min(len(rows), 12))
+        self.table.setMinimumHeight(table_height(self.table, 12))
+        self.resize(max(760, self.sizeHint().width()), self.sizeHint().height())
 
     def close_report(self) -> None:
         self.close()
 
     def cell(self, row: int, column: int) -> str:
         return self.table.item(row, column).text()
+
+
+def table_height(table, most_rows: int) -> int:
+    """The height that shows the header and up to ``most_rows`` rows of ``table`` whole (more rows scroll)."""
+    table.resizeRowsToContents()
+    rows = sum(table.rowHeight(r) for r in range(min(table.rowCount(), most_rows)))
+    scroll = table.horizontalScrollBar().sizeHint().height()   # room for a sideways scroll bar, should one show
+    return table.horizontalHeader().sizeHint().height() + rows + 2 * table.frameWidth() + scroll
+
+
+def sample_symbol():
+    """Reference points that show on any map: white dots with a black ring."""
+    from qgis.core import QgsMarkerSymbol
+
+    return QgsMarkerSymbol.createSimple({"name": "circle", "color": "255,255,255,255", "outline_color": "0,0,0,255",
+                                         "outline_width": "0.4", "size": "3"})

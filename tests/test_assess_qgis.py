@@ -20,6 +20,7 @@ from qgis.core import (
     QgsProject,
     QgsVectorLayer,
 )
+from qgis.PyQt.QtCore import QCoreApplication
 from tile_maps import X0, write_tile_map
 
 from core import assess
@@ -288,6 +289,9 @@ def test_the_dock_makes_a_sample_layer_to_label_with_the_points_of_the_cli(dock,
     assert points(out, "reference_sample") == points(*cli_sample(tile_map, tmp_path / "cli.gpkg", 6, 4))
     # a second sample never replaces the first, which may hold labels
     assert box.make_sample().source().split("|")[0] == str(tmp_path / "map_reference_2.gpkg")
+    # drawn so they show on any map's colours: white with a black ring, not QGIS's random colour
+    symbol = layer.renderer().symbol()
+    assert symbol.color().name() == "#ffffff" and symbol.symbolLayer(0).strokeColor().name() == "#000000"
 
 
 def test_the_dock_assesses_the_labelled_points_and_shows_the_report(dock, tile_map, tmp_path):
@@ -312,6 +316,10 @@ def test_the_dock_assesses_the_labelled_points_and_shows_the_report(dock, tile_m
     assert without_sources(json.loads(saved.read_text())) == without_sources(want)
     dialog = box.dialog
     assert dialog.isVisible() and dialog.table.rowCount() == 2
+    # every row shows whole in the dialog as it opens (its first height cut the last row)
+    QCoreApplication.processEvents()
+    shown = dialog.table.viewport().height()
+    assert shown >= sum(dialog.table.rowHeight(r) for r in range(dialog.table.rowCount()))
     for r, row in enumerate(assess.report_rows(want)):
         assert [dialog.cell(r, c) for c in range(5)] == [t.replace("+/-", "±") for t in row]
     assert dialog.overall.text() == assess.overall_text(want).replace("+/-", "±")
