@@ -15,7 +15,8 @@ import os
 from .errors import OutputExists, OutputRefused
 
 __all__ = ["REPORT_SUFFIX", "report_path", "check_report_path", "check_file_output", "write_text_file",
-           "write_report", "check_distinct", "read_report"]
+           "write_report", "check_distinct", "read_report", "Staged", "stage_text_file", "stage_report",
+           "publish_all"]
 
 REPORT_SUFFIX = ".remoteclip-report.json"
 REPORT_FORMAT = "remoteclip-classify-report"
@@ -104,26 +105,92 @@ def check_distinct(paths: list[tuple[str, str]]) -> None:
                 raise OutputRefused(f"The {wa} and the {wb} are the same file ({a}).", "Give them different names.", path=a)
 
 
-def write_text_file(path: str, text: str, overwrite: bool = True) -> str:
-    """Write ``text`` to ``path`` through a temporary beside it, renamed into place only when every write, the
-    flush to disk and the close succeeded (else :class:`WriteFailed`, the old file kept)."""
+class Staged:
+    """An output written completely to its temporary and checked, not yet in place (the two-phase form of the
+    writers: ``stage_*`` -> :meth:`publish` or :meth:`discard`). ``publish`` renames the temporary into place
+    (a rename needs no space); ``writes``: publishing still writes (a layer into an existing GeoPackage, in
+    one SQLite transaction of that file), so :func:`publish_all` does it first. ``discard`` removes the
+    temporary and leaves the old file as it was; both are done at most once."""
+
+    def __init__(self, path, publish, discard=None, writes: bool = False):
+        self.path, self.writes = path, writes
+        self._publish, self._discard = publish, discard
+        self.done = False
+
+    def publish(self):
+        if not self.done:
+            self._publish()
+            self.done = True
+        return self.path
+
+    def discard(self) -> None:
+        if not self.done:
+            self.done = True
+            if self._discard is not None:
+                self._discard()
+
+    def commit(self):
+        """Publish, or on any failure discard: the one-phase writers (``write_*``)."""
+        try:
+            return self.publish()
+        except BaseException:
+            self.discard()
+            raise
+
+
+def publish_all(staged: list[Staged]) -> None:
+    """Put every staged output in place: first those whose publishing still writes (an existing GeoPackage's
+    transaction, which may fail and then changes nothing), then the renames. A failure before the renames
+    discards every temporary, so the old files all stay; what remains: a crash (or an output that appeared
+    meanwhile, without overwrite) between two renames leaves the outputs published so far."""
+    try:
+        for s in sorted(staged, key=lambda s: not s.writes):
+            s.publish()
+    except BaseException:
+        discard_all(staged)
+        raise
+
+
+def discard_all(staged: list[Staged]) -> None:
+    for s in staged:
+        with contextlib.suppress(OSError):
+            s.discard()
+
+
+def stage_text_file(path: str, text: str, overwrite: bool = True) -> Staged:
+    """``text`` written to a temporary beside ``path``, every write, the flush to disk and the close checked
+    (else :class:`WriteFailed`, nothing left); :meth:`Staged.publish` renames it into place."""
     from .vectors import _new_temp, _publish, _temp_prefix, _write_synced, write_failed
 
     folder = os.path.dirname(os.path.abspath(path))
     tmp = _new_temp(folder, _temp_prefix(os.path.splitext(os.path.basename(path))[0]))
+
+    def discard():
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
     try:
         try:
             _write_synced(tmp, text)
         except OSError as e:
             raise write_failed(path, e) from None
-        _publish(tmp, path, overwrite)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        discard()
         raise
-    return path
+    return Staged(path, lambda: _publish(tmp, path, overwrite), discard)
+
+
+def write_text_file(path: str, text: str, overwrite: bool = True) -> str:
+    """Write ``text`` to ``path`` through a temporary beside it, renamed into place only when every write, the
+    flush to disk and the close succeeded (else :class:`WriteFailed`, the old file kept)."""
+    return stage_text_file(path, text, overwrite).commit()
+
+
+def stage_report(path: str, report: dict) -> Staged:
+    """A classify report as JSON for ``path`` (checked before the run by ``check_report_path``), staged."""
+    return stage_text_file(path, json.dumps(report, indent=1, ensure_ascii=False, default=str) + "\n", True)
 
 
 def write_report(path: str, report: dict) -> str:
     """A classify report as JSON at ``path`` (checked before the run by ``check_report_path``)."""
-    return write_text_file(path, json.dumps(report, indent=1, ensure_ascii=False, default=str) + "\n", True)
+    return stage_report(path, report).commit()
