@@ -149,11 +149,11 @@ def write_dense(path, tiles, values, names: list[str], tile_px, step_px, transfo
 @gdal_return_codes()
 def stage_dense(path, tiles, values, names: list[str], tile_px, step_px, transform, crs_wkt: str,
                 overwrite: bool = False, inputs=(), metadata: dict | None = None, raster=None):
-    """:func:`write_dense` up to a complete, checked temporary (a :class:`core.outputs.Staged`: publish
+    """:func:`write_dense` up to a complete, checked temporary (a :class:`core.staged.Staged`: publish
     renames it into place, discard removes it)."""
     from osgeo import gdal
 
-    from .outputs import Staged
+    from .staged import Staged
     from .vectors import _new_temp, _publish, _temp_prefix, gdal_errors, write_failed
 
     path = check_raster_output(path, overwrite, inputs)

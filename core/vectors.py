@@ -229,7 +229,7 @@ def write_vector(path, records, fields, crs_wkt: str, layer_name: str | None = N
 
 def stage_vector(path, records, fields, crs_wkt: str, layer_name: str | None = None, dissolve_by: str | None = None,
                  metadata: dict | None = None, overwrite: bool = False, inputs=()):
-    """:func:`write_vector` up to complete, checked temporaries (a :class:`core.outputs.Staged`: publish
+    """:func:`write_vector` up to complete, checked temporaries (a :class:`core.staged.Staged`: publish
     renames them into place, discard removes them). A layer of a GeoPackage that exists is written when
     published, inside one SQLite transaction of that file (``Staged.writes``: it may still fail, changing
     nothing)."""
@@ -255,7 +255,7 @@ def _quiet_gdal(path):
 
 
 def _stage_vector(path, records, fields, crs_wkt, layer_name, dissolve_by, metadata, overwrite, inputs):
-    from .outputs import Staged
+    from .staged import Staged
 
     gdal, ogr, osr = _ogr()
     fields = [f if isinstance(f, Field) else Field(*f) for f in fields]

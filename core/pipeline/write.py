@@ -65,7 +65,7 @@ def write_outputs(job: Job, part: RasterPart, out: TaskOutput, bundle, provider:
                   warnings: list[str], t0: float, progress=None, is_cancelled=None) -> JobResult:
     """The records of ``part`` with their tiles, written where ``paths`` (:func:`check_outputs`) says, as one
     set: each output is written to its temporary and checked first, then all are published
-    (:func:`core.outputs.publish_all`); a failure or a cancel before that removes every temporary and leaves
+    (:func:`core.staged.publish_all`); a failure or a cancel before that removes every temporary and leaves
     every old file as it was."""
     task = job.task
     records = part_records(part, out)
@@ -113,11 +113,11 @@ def write_outputs(job: Job, part: RasterPart, out: TaskOutput, bundle, provider:
             written["report"] = staged[-1].path
         _stop_if_cancelled(is_cancelled)
     except BaseException:
-        from ..outputs import discard_all
+        from ..staged import discard_all
 
         discard_all(staged)
         raise
-    from ..outputs import publish_all
+    from ..staged import publish_all
 
     publish_all(staged)
     progress_to(progress, 1.0, f"{len(records)} tiles done")
