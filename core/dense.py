@@ -26,7 +26,7 @@ import numpy as np
 
 from .errors import InvalidInput, gdal_return_codes
 
-__all__ = ["RASTER_EXTENSIONS", "check_raster_output", "dense_grid", "raster_size", "write_dense"]
+__all__ = ["RASTER_EXTENSIONS", "check_raster_output", "dense_grid", "raster_size", "write_dense", "stage_dense"]
 
 RASTER_EXTENSIONS = (".tif", ".tiff")
 
@@ -138,13 +138,22 @@ def _written_back(tmp: str, data) -> bool:
     return ok
 
 
-@gdal_return_codes()
 def write_dense(path, tiles, values, names: list[str], tile_px, step_px, transform, crs_wkt: str,
                 overwrite: bool = False, inputs=(), metadata: dict | None = None, raster=None) -> str:
     """Write the dense map of ``values`` (one row per tile, one column per band) to the GeoTIFF ``path``;
     ``raster`` (the tiles' raster: see :func:`raster_size`) clips the map to its extent."""
+    return stage_dense(path, tiles, values, names, tile_px, step_px, transform, crs_wkt, overwrite, inputs,
+                       metadata, raster).commit()
+
+
+@gdal_return_codes()
+def stage_dense(path, tiles, values, names: list[str], tile_px, step_px, transform, crs_wkt: str,
+                overwrite: bool = False, inputs=(), metadata: dict | None = None, raster=None):
+    """:func:`write_dense` up to a complete, checked temporary (a :class:`core.staged.Staged`: publish
+    renames it into place, discard removes it)."""
     from osgeo import gdal
 
+    from .staged import Staged
     from .vectors import _new_temp, _publish, _temp_prefix, gdal_errors, write_failed
 
     path = check_raster_output(path, overwrite, inputs)
@@ -152,6 +161,20 @@ def write_dense(path, tiles, values, names: list[str], tile_px, step_px, transfo
     folder = os.path.dirname(os.path.abspath(path))
     stem = os.path.splitext(os.path.basename(path))[0]
     tmp = _new_temp(folder, _temp_prefix(stem), ".tif")
+
+    def discard():
+        for p in (tmp, tmp + ".aux.xml"):
+            with contextlib.suppress(OSError):
+                os.unlink(p)
+
+    def publish():
+        _publish(tmp, path, overwrite)
+        if overwrite:   # statistics of the replaced file would describe other values; kept if it stayed
+            with contextlib.suppress(OSError):
+                os.unlink(path + ".aux.xml")
+        with contextlib.suppress(OSError):
+            os.unlink(tmp + ".aux.xml")
+
     try:
         # every GDAL failure counts: before 3.7 a failed write (a full disk) shows in no return value
         with gdal_errors() as failures:
@@ -179,13 +202,7 @@ def write_dense(path, tiles, values, names: list[str], tile_px, step_px, transfo
                 failures.append("the file read back is not what was written")
         if failures:
             raise write_failed(path, failures[0])
-        _publish(tmp, path, overwrite)
-        if overwrite:   # statistics of the replaced file would describe other values; kept if it stayed
-            with contextlib.suppress(OSError):
-                os.unlink(path + ".aux.xml")
     except BaseException:
-        for p in (tmp, tmp + ".aux.xml"):
-            with contextlib.suppress(OSError):
-                os.unlink(p)
+        discard()
         raise
-    return path
+    return Staged(path, publish, discard)

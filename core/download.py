@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .digest import file_sha256
-from .errors import Cancelled, DownloadFailed, SourceUnreadable, VerificationFailed
+from .errors import Cancelled, DownloadFailed, SourceUnreadable, VerificationFailed, WriteFailed
 
 CHUNK = 1 << 20
 READ_TIMEOUT = 30.0     # seconds without a byte before a download is called stalled
@@ -173,9 +173,11 @@ def download(url: str, dest, *, sha256: str | None = None, size: int | None = No
 
     ``progress(fraction, message)``; ``is_cancelled()`` is checked per chunk: a cancel raises Cancelled
     and keeps ``dest.part`` for the next call to resume. A dropped connection is resumed up to
-    ``retries`` times; a server that sends nothing for ``read_timeout`` seconds (urllib transport) ends
-    the download with DownloadFailed at once, the part kept. ``record`` (a dict) is written beside the file
-    as ``dest.json`` with the URL, size and sha256. Returns ``dest``.
+    ``retries`` times; a server that sends nothing for ``read_timeout`` seconds (urllib transport; a
+    transport raises TimeoutError) ends the download with DownloadFailed at once, the part kept; a write
+    that fails (a full disk) is a WriteFailed at once (``path``: the part, kept for the next call).
+    ``record`` (a dict) is written beside the file as ``dest.json`` with the URL, size and sha256.
+    Returns ``dest``.
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
@@ -236,27 +238,31 @@ def download(url: str, dest, *, sha256: str | None = None, size: int | None = No
                 mode, done = "ab", start
             else:
                 mode, done = "wb", 0    # a full answer (no Range support, or the file changed): start over
-            with open(part, mode) as f:
+            # unbuffered: each write is checked as it happens and the part holds exactly the bytes counted
+            with open(part, mode, buffering=0) as f:
                 try:
                     for chunk in resp.chunks:
                         if is_cancelled is not None and is_cancelled():
                             raise Cancelled()
                         if not chunk:
                             continue
-                        f.write(chunk)
-                        done += len(chunk)
+                        done = _write_all(f, chunk, part, done, expected_size)
                         if progress is not None:
                             frac = done / expected_size if expected_size else 0.0
                             progress(min(frac, 1.0), f"downloading {dest.name}: {_mib(done)}"
                                      + (f" of {_mib(expected_size)}" if expected_size else ""))
+                except WriteFailed:
+                    raise   # the disk, not the connection: retrying would fail the same way
                 except TimeoutError as e:
                     interrupted = stalled = e   # the server stopped sending: no point waiting again
                 except (OSError, EOFError, ValueError, http.client.HTTPException) as e:
                     interrupted, stalled = e, None     # connection dropped: resume below
                 else:
                     interrupted = stalled = None
-                f.flush()
-                os.fsync(f.fileno())
+                try:
+                    os.fsync(f.fileno())
+                except OSError as e:
+                    raise _write_failed(part, e, done, expected_size) from None
         finally:
             resp.close()
         if stalled is not None:
@@ -320,6 +326,29 @@ def verify_file(path, *, sha256: str | None = None, size: int | None = None, pro
         raise VerificationFailed(f"{path} is corrupt or a different file: its sha256 is {digest}, "
                               f"the catalogue says {sha256}.", "Copy the file again from the publisher's URL.", path=path)
     return digest
+
+
+def _write_all(f, chunk: bytes, part: Path, done: int, expected_size: int | None) -> int:
+    """Write ``chunk`` to the unbuffered ``f`` (a short write continued); a failed write (a full disk) is a
+    WriteFailed at once. Returns the bytes in the part."""
+    view = memoryview(chunk)
+    while view:
+        try:
+            n = f.write(view)
+        except OSError as e:
+            raise _write_failed(part, e, done, expected_size) from None
+        if not n:
+            raise _write_failed(part, OSError("nothing was written"), done, expected_size)
+        done += n
+        view = view[n:]
+    return done
+
+
+def _write_failed(part: Path, e: OSError, done: int, expected_size: int | None) -> WriteFailed:
+    need = f" (the whole file is {_mib(expected_size)})" if expected_size else ""
+    return WriteFailed(f"Writing the download {part} failed at {_mib(done)}: {e.strerror or e}.",
+                       f"Free space on its disk{need} and run the same command again: it resumes from "
+                       f"{_mib(done)}.", path=part)
 
 
 def _status_fix(status: int) -> str:

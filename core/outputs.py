@@ -11,11 +11,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from typing import TYPE_CHECKING
 
 from .errors import OutputExists, OutputRefused
 
+if TYPE_CHECKING:
+    from .staged import Staged
+
 __all__ = ["REPORT_SUFFIX", "report_path", "check_report_path", "check_file_output", "write_text_file",
-           "write_report", "check_distinct", "read_report"]
+           "write_report", "check_distinct", "read_report", "stage_text_file", "stage_report"]
 
 REPORT_SUFFIX = ".remoteclip-report.json"
 REPORT_FORMAT = "remoteclip-classify-report"
@@ -104,26 +108,41 @@ def check_distinct(paths: list[tuple[str, str]]) -> None:
                 raise OutputRefused(f"The {wa} and the {wb} are the same file ({a}).", "Give them different names.", path=a)
 
 
-def write_text_file(path: str, text: str, overwrite: bool = True) -> str:
-    """Write ``text`` to ``path`` through a temporary beside it, renamed into place only when every write, the
-    flush to disk and the close succeeded (else :class:`WriteFailed`, the old file kept)."""
+def stage_text_file(path: str, text: str, overwrite: bool = True) -> Staged:
+    """``text`` written to a temporary beside ``path``, every write, the flush to disk and the close checked
+    (else :class:`WriteFailed`, nothing left); :meth:`Staged.publish` renames it into place."""
+    from .staged import Staged
     from .vectors import _new_temp, _publish, _temp_prefix, _write_synced, write_failed
 
     folder = os.path.dirname(os.path.abspath(path))
     tmp = _new_temp(folder, _temp_prefix(os.path.splitext(os.path.basename(path))[0]))
+
+    def discard():
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
     try:
         try:
             _write_synced(tmp, text)
         except OSError as e:
             raise write_failed(path, e) from None
-        _publish(tmp, path, overwrite)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        discard()
         raise
-    return path
+    return Staged(path, lambda: _publish(tmp, path, overwrite), discard)
+
+
+def write_text_file(path: str, text: str, overwrite: bool = True) -> str:
+    """Write ``text`` to ``path`` through a temporary beside it, renamed into place only when every write, the
+    flush to disk and the close succeeded (else :class:`WriteFailed`, the old file kept)."""
+    return stage_text_file(path, text, overwrite).commit()
+
+
+def stage_report(path: str, report: dict) -> Staged:
+    """A classify report as JSON for ``path`` (checked before the run by ``check_report_path``), staged."""
+    return stage_text_file(path, json.dumps(report, indent=1, ensure_ascii=False, default=str) + "\n", True)
 
 
 def write_report(path: str, report: dict) -> str:
     """A classify report as JSON at ``path`` (checked before the run by ``check_report_path``)."""
-    return write_text_file(path, json.dumps(report, indent=1, ensure_ascii=False, default=str) + "\n", True)
+    return stage_report(path, report).commit()

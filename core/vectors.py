@@ -87,7 +87,7 @@ from .vector_checks import (  # the output checks, re-exported (one module for t
     sidecar_path,
 )
 
-__all__ = ["Field", "write_vector", "dissolve", "DRIVERS", "FIELD_TYPES", "shapefile_names", "check_output_path",
+__all__ = ["Field", "write_vector", "stage_vector", "dissolve", "DRIVERS", "FIELD_TYPES", "shapefile_names", "check_output_path",
            "check_output", "output_exists", "input_files", "sidecar_path", "read_sidecar", "write_sidecar",
            "remove_dead_temps", "same_file", "check_not_input", "input_layer",
            "check_folder_writable", "SIDECAR_FORMAT"]
@@ -220,24 +220,43 @@ def _check(path, records, fields, dissolve_by):
         raise ValueError(f"dissolve_by {dissolve_by!r} is not one of the fields {names}")
 
 
-@gdal_return_codes()
 def write_vector(path, records, fields, crs_wkt: str, layer_name: str | None = None, dissolve_by: str | None = None,
                  metadata: dict | None = None, overwrite: bool = False, inputs=()) -> str:
     """Write ``records`` as polygons to ``path`` (.gpkg or .shp) safely; see the module docstring."""
+    return stage_vector(path, records, fields, crs_wkt, layer_name, dissolve_by, metadata, overwrite,
+                        inputs).commit()
+
+
+def stage_vector(path, records, fields, crs_wkt: str, layer_name: str | None = None, dissolve_by: str | None = None,
+                 metadata: dict | None = None, overwrite: bool = False, inputs=()):
+    """:func:`write_vector` up to complete, checked temporaries (a :class:`core.staged.Staged`: publish
+    renames them into place, discard removes them). A layer of a GeoPackage that exists is written when
+    published, inside one SQLite transaction of that file (``Staged.writes``: it may still fail, changing
+    nothing)."""
+    with _quiet_gdal(path):
+        return _stage_vector(path, records, fields, crs_wkt, layer_name, dissolve_by, metadata, overwrite, inputs)
+
+
+@contextlib.contextmanager
+def _quiet_gdal(path):
+    """GDAL's messages stay off stderr; a failure is raised as a RemoteClipError quoting the message (a
+    WriteFailed without a path gets ``path``)."""
     gdal, _, _ = _ogr()
-    # GDAL's messages stay off stderr; a failure is raised as a RemoteClipError quoting the message
-    gdal.PushErrorHandler("CPLQuietErrorHandler")
-    try:
-        return _write_vector(path, records, fields, crs_wkt, layer_name, dissolve_by, metadata, overwrite, inputs)
-    except WriteFailed as e:
-        if e.path is None:
-            e.path = os.fspath(path)
-        raise
-    finally:
-        gdal.PopErrorHandler()
+    with gdal_return_codes():
+        gdal.PushErrorHandler("CPLQuietErrorHandler")
+        try:
+            yield
+        except WriteFailed as e:
+            if e.path is None:
+                e.path = os.fspath(path)
+            raise
+        finally:
+            gdal.PopErrorHandler()
 
 
-def _write_vector(path, records, fields, crs_wkt, layer_name, dissolve_by, metadata, overwrite, inputs) -> str:
+def _stage_vector(path, records, fields, crs_wkt, layer_name, dissolve_by, metadata, overwrite, inputs):
+    from .staged import Staged
+
     gdal, ogr, osr = _ogr()
     fields = [f if isinstance(f, Field) else Field(*f) for f in fields]
     _check(path, records, fields, dissolve_by)
@@ -262,12 +281,21 @@ def _write_vector(path, records, fields, crs_wkt, layer_name, dissolve_by, metad
     content = (records, fields, written, srs, meta_json)
 
     if ext == ".gpkg" and os.path.isfile(path) and os.path.getsize(path) > 0:
-        _write_into_gpkg(path, layer_name, content, overwrite)
-        return path
+        def write_into():
+            with _quiet_gdal(path):
+                _write_into_gpkg(path, layer_name, content, overwrite)
+
+        return Staged(path, write_into, writes=True)
     if ext == ".gpkg":
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(stem), suffix=".gpkg")
         os.close(fd)
         os.unlink(tmp)  # OGR creates the file itself
+
+        def discard():
+            for p in (tmp, tmp + "-journal", tmp + "-wal", tmp + "-shm"):
+                with contextlib.suppress(OSError):
+                    os.unlink(p)
+
         try:
             ds = _create(tmp, "GPKG")
             try:
@@ -277,15 +305,16 @@ def _write_vector(path, records, fields, crs_wkt, layer_name, dissolve_by, metad
                     ds = None  # closes the file
             if closing:
                 raise write_failed(path, closing[0])
-            _publish(tmp, path, overwrite)
         except BaseException:
-            for p in (tmp, tmp + "-journal", tmp + "-wal", tmp + "-shm"):
-                with contextlib.suppress(OSError):
-                    os.unlink(p)
+            discard()
             raise
-        return path
+        return Staged(path, lambda: _publish(tmp, path, overwrite), discard)
 
     tmpdir = tempfile.mkdtemp(dir=folder, prefix=_temp_prefix(stem))
+
+    def discard():
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
     try:
         shp = os.path.join(tmpdir, stem + ".shp")
         ds = _create(shp, "ESRI Shapefile")
@@ -300,16 +329,23 @@ def _write_vector(path, records, fields, crs_wkt, layer_name, dissolve_by, metad
             _write_synced(sidecar_path(shp), _sidecar_text(json.loads(meta_json)))
         except OSError as e:
             raise write_failed(path, e) from None
+    except BaseException:
+        discard()
+        raise
+
+    def publish():
         new = {n[len(stem):].lower(): n for n in os.listdir(tmpdir)}   # ".shp", ".dbf", ..., ".remoteclip.json"
         base = os.path.join(folder, stem)
-        for part in _SHP_DATASET + _SHP_INDEX:  # an old spatial index would describe the old features
-            if part not in new and os.path.lexists(base + part):
-                os.unlink(base + part)
-        for part in sorted(new, key=lambda p: p == ".shp"):
-            _replace(os.path.join(tmpdir, new[part]), base + part)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-    return path
+        try:
+            for part in _SHP_DATASET + _SHP_INDEX:  # an old spatial index would describe the old features
+                if part not in new and os.path.lexists(base + part):
+                    os.unlink(base + part)
+            for part in sorted(new, key=lambda p: p == ".shp"):
+                _replace(os.path.join(tmpdir, new[part]), base + part)
+        finally:
+            discard()
+
+    return Staged(path, publish, discard)
 
 
 def _publish(tmp: str, path: str, overwrite: bool) -> None:

@@ -43,10 +43,17 @@ def _headers(reply) -> dict[str, str]:
     return {bytes(k).decode("latin-1").lower(): bytes(v).decode("latin-1") for k, v in reply.rawHeaderPairs()}
 
 
-def qgis_transport(url: str, start: int, headers: dict, timeout: float = 60.0):
-    """core.download transport through QGIS's network access manager (this thread's instance)."""
+def qgis_transport(url: str, start: int, headers: dict, timeout: float | None = None):
+    """core.download transport through QGIS's network access manager (this thread's instance), on core's
+    rules: ``timeout`` (default core.download.READ_TIMEOUT) seconds without an answer or without a byte is
+    a stall (a TimeoutError in the body: core stops with "no data for N s", it does not retry), the
+    redirects' X-Linked-* headers (the sha256) reach core whatever the final answer (a 416 included)."""
+    from .core import download as core_download
     from .core.download import USER_AGENT, Response
     from .core.errors import DownloadFailed
+
+    if timeout is None:
+        timeout = core_download.READ_TIMEOUT
 
     authcfg = QgsSettings().value("RemoteCLIP/model_authcfg", "", type=str)
     linked: dict[str, str] = {}
@@ -59,13 +66,12 @@ def qgis_transport(url: str, start: int, headers: dict, timeout: float = 60.0):
         if authcfg:
             QgsApplication.authManager().updateNetworkRequest(req, authcfg)
         reply = QgsNetworkAccessManager.instance().get(req)
-        waited = 0.0
+        asked = time.monotonic()
         while reply.attribute(QNetworkRequest.Attribute.HttpStatusCodeAttribute) is None and not reply.isFinished():
             _spin(reply)
-            waited += 0.2
-            if waited > timeout:
+            if time.monotonic() - asked > timeout:
                 reply.abort()
-                raise DownloadFailed(f"No answer from {url} in {timeout:.0f} s.",
+                raise DownloadFailed(f"No answer from {url} in {timeout:g} s.",
                                       "Check the network and QGIS's proxy settings (Settings > Options > Network).")
         status = reply.attribute(QNetworkRequest.Attribute.HttpStatusCodeAttribute)
         hdrs = _headers(reply)
@@ -88,21 +94,20 @@ def qgis_transport(url: str, start: int, headers: dict, timeout: float = 60.0):
 
 
 def _chunks(reply, timeout: float):
-    idle = 0.0
+    last = time.monotonic()   # of the last byte
     while True:
         n = reply.bytesAvailable()
         if n > 0:
-            idle = 0.0
             yield bytes(reply.read(min(n, CHUNK)))
+            last = time.monotonic()
             continue
         if reply.isFinished():
             if reply.error() != QNetworkReply.NetworkError.NoError:
                 raise OSError(reply.errorString())   # a dropped connection: core resumes it
             return
         _spin(reply)
-        idle += 0.2
-        if idle > timeout:
-            raise OSError(f"no data for {timeout:.0f} s")
+        if time.monotonic() - last > timeout:   # a stall, not a dropped connection: core does not retry it
+            raise TimeoutError(f"no data for {timeout:g} s")
         yield b""   # nothing yet: the downloader checks for cancel
 
 

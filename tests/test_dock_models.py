@@ -209,3 +209,54 @@ def test_the_demo_model_says_so_and_its_button_gets_remoteclip(dock, models, tin
     assert dock.demo_banner.isVisibleTo(dock)
     dock.demo_get_button.click()   # it is here now: chosen, nothing downloaded
     assert dock.model_row.task is None and dock.model_path() == str(models / "RemoteCLIP-ViT-B-32")
+
+
+# ------------------------------------------------------------- QGIS's transport on core.download's rules
+
+_PAYLOAD = bytes(range(256)) * 1171 + b"end"      # 299 779 bytes: not a multiple of the server's chunk
+
+
+@pytest.fixture
+def loopback_only(monkeypatch):
+    for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(k, raising=False)
+
+
+def test_a_stall_through_qgis_stops_after_cores_read_timeout_and_keeps_the_part(rc, loopback_only,
+                                                                                 monkeypatch, tmp_path):
+    """QGIS's transport waits core.download.READ_TIMEOUT for data (not its own 60 s) and reports a stall as
+    one (core's "no data for N s", the part kept), not as a dropped connection core would retry."""
+    from remoteclip_qgis.core import download as core_download
+    from remoteclip_qgis.core.errors import DownloadFailed
+    from remoteclip_qgis.model_download import qgis_transport
+
+    monkeypatch.setattr(core_download, "READ_TIMEOUT", 0.4)
+    part = tmp_path / "ckpt.pt.part"
+    with FileServer({"ckpt.pt": _PAYLOAD}, chunk=50_000, latency=3.0) as srv:   # one chunk, then 3 s of nothing
+        t0 = time.perf_counter()
+        with pytest.raises(DownloadFailed) as err:
+            core_download.download(srv.url("ckpt.pt"), tmp_path / "ckpt.pt", transport=qgis_transport,
+                                   read_timeout=0.4, retry_wait=0)
+        took = time.perf_counter() - t0
+        requests = len(srv.requests)
+    assert took < 2.5, took
+    assert requests == 1                                  # not retried
+    assert "no data for 0.4 s" in err.value.problem and err.value.path == str(part)
+    assert part.read_bytes() == _PAYLOAD[:50_000] and not (tmp_path / "ckpt.pt").exists()
+
+
+def test_a_complete_part_through_qgis_is_checked_against_the_sha256_of_the_redirect(rc, loopback_only, tmp_path):
+    """The 416 ("you have it all") comes after Hugging Face's redirect: QGIS's transport hands core the
+    redirect's X-Linked-Etag with it, so a complete .part of the wrong bytes is refused and removed."""
+    from remoteclip_qgis.core.download import download
+    from remoteclip_qgis.core.errors import VerificationFailed
+    from remoteclip_qgis.model_download import qgis_transport
+
+    (tmp_path / "ckpt.pt.part").write_bytes(_PAYLOAD[:-3] + b"END")   # the right size, not the right file
+    with FileServer({"ckpt.pt": _PAYLOAD}) as srv:
+        with pytest.raises(VerificationFailed) as err:
+            download(srv.url("ckpt.pt", "resolve"), tmp_path / "ckpt.pt", transport=qgis_transport,
+                     record={"tool": "t"})
+        starts = srv.range_starts()
+    assert starts == [len(_PAYLOAD), len(_PAYLOAD)]       # the redirect, then the store's 416
+    assert err.value.path == str(tmp_path / "ckpt.pt") and list(tmp_path.iterdir()) == []

@@ -238,3 +238,18 @@ def test_one_sha256_of_a_file_reads_its_last_block(tmp_path):
     assert convert.file_sha256 is file_sha256
     with pytest.raises(Cancelled):
         file_sha256(path, is_cancelled=lambda: True)
+
+
+def test_a_full_disk_is_a_write_failure_at_once_not_a_dropped_connection(server, tmp_path):
+    """Writing the .part fails (files limited to 200 000 bytes in a subprocess: RLIMIT_FSIZE, as in
+    tests/test_full_disk.py): one WriteFailed naming the part, no retry, the bytes written kept to resume."""
+    pytest.importorskip("resource")
+    from test_full_disk import limited
+
+    code = "from core.download import download\ndownload(args[0], args[1], retry_wait=0)"
+    rc, _, err_text, err = limited(200_000, "-c", code, server.url("ckpt.pt"), tmp_path / "ckpt.pt")
+    assert rc == 2 and err is not None, err_text
+    assert err["kind"] == "WriteFailed" and err["path"] == str(tmp_path / "ckpt.pt.part"), err
+    assert len(server.requests) == 1                          # not retried as a dropped connection
+    assert (tmp_path / "ckpt.pt.part").read_bytes() == PAYLOAD[:200_000]
+    assert not (tmp_path / "ckpt.pt").exists()

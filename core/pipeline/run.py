@@ -153,7 +153,8 @@ def _run(job: Job, plans, state, paths, t0, progress, is_cancelled, on_plan, aft
     _stop_if_cancelled(is_cancelled)
     provider = encoder.provider if encoded and not job.dask else (
         "dask" if job.dask else provider_if_loaded(encoder))
-    res = write_outputs(job, whole, out, bundle, provider, paths, warnings + state.warnings, t0, progress)
+    res = write_outputs(job, whole, out, bundle, provider, paths, warnings + state.warnings, t0, progress,
+                        is_cancelled)
     timings["results"] = time.perf_counter() - t
     record.remove()
     res.timings = timings

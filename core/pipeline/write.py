@@ -1,6 +1,6 @@
 """Writing: every output checked before the run (:func:`check_outputs`), the task's results as records over the
-tiles (a collection's tiles as one grid in the output CRS, polygons reprojected exactly) and one atomic write
-of each output (:func:`write_outputs`)."""
+tiles (a collection's tiles as one grid in the output CRS, polygons reprojected exactly) and the outputs
+written as one set: all complete as temporaries before any is published (:func:`write_outputs`)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,13 @@ from ..vectors import check_not_input, check_output
 from .job import Job, JobResult, job_inputs, output_layer_name
 
 _DENSIFY = 8   # points per tile edge when the output CRS differs: tiles stay exact under curved transforms
+
+
+def _stop_if_cancelled(is_cancelled) -> None:
+    if is_cancelled is not None and is_cancelled():
+        from ..errors import Cancelled
+
+        raise Cancelled("cancelled")
 
 
 def progress_to(progress, fraction: float, message: str) -> None:
@@ -55,8 +62,11 @@ def check_outputs(job: Job) -> dict:
 
 
 def write_outputs(job: Job, part: RasterPart, out: TaskOutput, bundle, provider: str, paths: dict,
-                  warnings: list[str], t0: float, progress=None) -> JobResult:
-    """The records of ``part`` with their tiles, written where ``paths`` (:func:`check_outputs`) says."""
+                  warnings: list[str], t0: float, progress=None, is_cancelled=None) -> JobResult:
+    """The records of ``part`` with their tiles, written where ``paths`` (:func:`check_outputs`) says, as one
+    set: each output is written to its temporary and checked first, then all are published
+    (:func:`core.staged.publish_all`); a failure or a cancel before that removes every temporary and leaves
+    every old file as it was."""
     task = job.task
     records = part_records(part, out)
     fields_ = [("row", "int"), ("col", "int"), *out.fields]
@@ -67,32 +77,49 @@ def write_outputs(job: Job, part: RasterPart, out: TaskOutput, bundle, provider:
         report.update(raster=part.name, output=paths["vector"], layer=layer_name if paths["vector"] else None,
                       raster_output=paths["raster"], head_output=paths["head"])
     written = {}
-    if paths["vector"]:
-        progress_to(progress, 0.97, f"writing {job.output}")
-        from ..vectors import Field, write_vector
+    staged = []   # every output complete and checked as a temporary before any is published
+    try:
+        if paths["vector"]:
+            progress_to(progress, 0.97, f"writing {job.output}")
+            from ..vectors import Field, stage_vector
 
-        metadata = {"task": type(task).__name__, "kind": task.kind, "model": bundle.name, "raster": part.name,
-                    "fields": out.field_map, "provider": provider, **out.metadata}
-        dissolve_by = task.dissolve_field if job.dissolve else None
-        write_vector(job.output, records, [Field(n, t) for n, t in fields_], part.crs_wkt, layer_name=layer_name,
-                     dissolve_by=dissolve_by, metadata=metadata, overwrite=job.overwrite, inputs=inputs)
-        written["vector"] = job.output
-    if paths["raster"]:
-        progress_to(progress, 0.98, f"writing {job.raster_output}")
-        from ..dense import write_dense
+            metadata = {"task": type(task).__name__, "kind": task.kind, "model": bundle.name, "raster": part.name,
+                        "fields": out.field_map, "provider": provider, **out.metadata}
+            dissolve_by = task.dissolve_field if job.dissolve else None
+            staged.append(stage_vector(job.output, records, [Field(n, t) for n, t in fields_], part.crs_wkt,
+                                       layer_name=layer_name, dissolve_by=dissolve_by, metadata=metadata,
+                                       overwrite=job.overwrite, inputs=inputs))
+            written["vector"] = job.output
+        _stop_if_cancelled(is_cancelled)
+        if paths["raster"]:
+            progress_to(progress, 0.98, f"writing {job.raster_output}")
+            from ..dense import stage_dense
 
-        written["raster"] = write_dense(paths["raster"], part.tiles, out.dense, out.dense_names, part.tile_px,
-                                        part.step_px, part.transform, part.crs_wkt, job.overwrite, inputs,
-                                        {"task": task.kind, "model": bundle.name, "bands": out.dense_names},
-                                        raster=job.raster)
-    if paths["head"] and out.head is not None:
-        from ..outputs import write_text_file
+            staged.append(stage_dense(paths["raster"], part.tiles, out.dense, out.dense_names, part.tile_px,
+                                      part.step_px, part.transform, part.crs_wkt, job.overwrite, inputs,
+                                      {"task": task.kind, "model": bundle.name, "bands": out.dense_names},
+                                      raster=job.raster))
+            written["raster"] = staged[-1].path
+        _stop_if_cancelled(is_cancelled)
+        if paths["head"] and out.head is not None:
+            from ..outputs import stage_text_file
 
-        written["head"] = write_text_file(paths["head"], out.head.to_json(), job.overwrite)
-    if paths["report"] and report is not None:
-        from ..outputs import write_report
+            staged.append(stage_text_file(paths["head"], out.head.to_json(), job.overwrite))
+            written["head"] = staged[-1].path
+        if paths["report"] and report is not None:
+            from ..outputs import stage_report
 
-        written["report"] = write_report(paths["report"], report)
+            staged.append(stage_report(paths["report"], report))
+            written["report"] = staged[-1].path
+        _stop_if_cancelled(is_cancelled)
+    except BaseException:
+        from ..staged import discard_all
+
+        discard_all(staged)
+        raise
+    from ..staged import publish_all
+
+    publish_all(staged)
     progress_to(progress, 1.0, f"{len(records)} tiles done")
     return JobResult(output=written.get("vector"), layer_name=layer_name, crs_wkt=part.crs_wkt, records=records,
                      fields=[n for n, _ in fields_], provider=provider, n_tiles=len(records),
