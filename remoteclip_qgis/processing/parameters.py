@@ -16,6 +16,7 @@ from qgis.core import (
     QgsProcessingParameterField,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
+    QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
@@ -190,6 +191,43 @@ class _Flag(Adapter):
         return alg.parameterAsBoolean(parameters, prm.processing_key, context)
 
 
+class _Examples(Adapter):
+    """Example points or polygons (search by example): a feature source (QGIS's "selected features only"
+    applies), read as core.examples.Examples."""
+
+    def make(self, alg, prm):
+        return QgsProcessingParameterFeatureSource(
+            prm.processing_key, alg.tr(prm.label),
+            [QgsProcessing.SourceType.TypeVectorPoint, QgsProcessing.SourceType.TypeVectorPolygon],
+            optional=prm.optional)
+
+    def read(self, alg, prm, parameters, context):
+        from ..layer_source import examples_from_layer, vector_origin
+
+        key = prm.processing_key
+        if parameters.get(key) in (None, ""):
+            return None
+        source = alg.parameterAsSource(parameters, key, context)
+        if source is None:
+            return None
+        examples = examples_from_layer(source, param=prm.name)
+        examples.origin = vector_origin(alg.parameterAsVectorLayer(parameters, key, context))
+        return examples
+
+
+class _Images(Adapter):
+    """Image files (search by example): a list of files."""
+
+    def make(self, alg, prm):
+        return QgsProcessingParameterMultipleLayers(prm.processing_key, alg.tr(prm.label),
+                                                    QgsProcessing.SourceType.TypeFile, optional=prm.optional)
+
+    def read(self, alg, prm, parameters, context):
+        if parameters.get(prm.processing_key) in (None, "", []):
+            return None
+        return list(alg.parameterAsFileList(parameters, prm.processing_key, context)) or None
+
+
 PARAMETERS: dict[str, Adapter] = {
     "names": _List(" (separated by commas or new lines)"),
     "preset": _Preset(),
@@ -204,6 +242,8 @@ PARAMETERS: dict[str, Adapter] = {
     "file_out": _FileOut(),
     "raster": _Raster(),
     "flag": _Flag(),
+    "examples": _Examples(),
+    "images": _Images(),
 }
 
 
