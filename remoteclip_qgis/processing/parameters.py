@@ -16,7 +16,6 @@ from qgis.core import (
     QgsProcessingParameterField,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
-    QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
@@ -216,16 +215,17 @@ class _Examples(Adapter):
 
 
 class _Images(Adapter):
-    """Image files (search by example): a list of files."""
+    """Image files (search by example): one image file here (a parameter type every Processing model takes;
+    the dock and the command line take several)."""
 
     def make(self, alg, prm):
-        return QgsProcessingParameterMultipleLayers(prm.processing_key, alg.tr(prm.label),
-                                                    QgsProcessing.SourceType.TypeFile, optional=prm.optional)
+        return QgsProcessingParameterFile(prm.processing_key, alg.tr(prm.label.replace("files", "file")),
+                                          behavior=QgsProcessingParameterFile.Behavior.File,
+                                          fileFilter=prm.file_filter or "All files (*)", optional=prm.optional)
 
     def read(self, alg, prm, parameters, context):
-        if parameters.get(prm.processing_key) in (None, "", []):
-            return None
-        return list(alg.parameterAsFileList(parameters, prm.processing_key, context)) or None
+        path = alg.parameterAsFile(parameters, prm.processing_key, context)
+        return [path] if path else None
 
 
 PARAMETERS: dict[str, Adapter] = {
