@@ -87,7 +87,7 @@ class SearchTask(Task):
     title: ClassVar[str] = "Search"
     summary: ClassVar[str] = "similarity of every tile to a text query or to example tiles and images"
     algorithm: ClassVar[str] = "textsearch"
-    algorithm_title: ClassVar[str] = "Search (text or examples)"
+    algorithm_title: ClassVar[str] = "Search by text or example"
     output_title: ClassVar[str] = "Search results"
     help: ClassVar[str] = (
         "Scores every tile by the cosine similarity of its image embedding to a query: a text (e.g. 'a swimming "
