@@ -35,6 +35,7 @@ def plugin(rc, qgis_processing):
 def test_the_command_line_the_dock_and_processing_rank_the_same_tiles(plugin, data_dir, tiny_bundle, tmp_path):
     import processing
     import rasterio
+
     from remoteclip_qgis.core.cli import main
     from remoteclip_qgis.core.pipeline import Job, RunOptions, TileSpec, run_job
     from remoteclip_qgis.core.tasks import SearchTask
