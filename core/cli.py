@@ -217,6 +217,10 @@ def _raster_option(p, prm) -> None:
     p.add_argument(prm.name, metavar=prm.name.upper(), help=prm.help)   # after the job's raster: BEFORE AFTER
 
 
+def _files_option(p, prm, metavar) -> None:
+    p.add_argument(prm.cli_flag, dest=prm.name, nargs="+", metavar=metavar, help=prm.help)
+
+
 def _flag_option(p, prm) -> None:
     p.add_argument(prm.cli_flag, dest=prm.name, action="store_true", help=prm.help)
 
@@ -236,6 +240,8 @@ _OPTIONS: dict[str, _Option] = {
     "file_out": _Option(partial(_value_option, metavar="FILE")),
     "raster": _Option(_raster_option),
     "flag": _Option(_flag_option),
+    "examples": _Option(partial(_files_option, metavar="EXAMPLES")),   # a vector file or image files
+    "images": _Option(partial(_files_option, metavar="IMAGE")),
 }
 
 

@@ -185,6 +185,7 @@ class SampleTiles:
     outside: int = 0          # samples that claimed no tile (outside the raster or the extent)
     places: np.ndarray | None = None   # (n, 2) the sample tiles' centres in tile widths (spatial folds)
     tile_m: float | None = None        # metres per tile width (None: a CRS not in linear units)
+    per_sample: list = field(default_factory=list)   # tiles each sample claimed (in the order of the samples)
 
 
 @gdal_return_codes()
@@ -268,7 +269,8 @@ def match_tiles(samples: Samples, tiles, crs_wkt: str, classes: list[str] | None
         samples_per_class[cls] += 1 if n else 0
     places, tile_m = _tile_places([tiles[i].polygon_wkt for i in keep], crs_wkt)
     return SampleTiles(index, y, group, list(classes), conflicts, tiles_per_class, samples_per_class,
-                       outside=sum(1 for n in per_sample_tiles if n == 0), places=places, tile_m=tile_m)
+                       outside=sum(1 for n in per_sample_tiles if n == 0), places=places, tile_m=tile_m,
+                       per_sample=per_sample_tiles)
 
 
 def _tile_places(wkts: list[str], crs_wkt: str) -> tuple[np.ndarray, float | None]:

@@ -37,7 +37,7 @@ from .core.raster import nodata_valid
 from .core.tiles import BBox, Polygons
 
 __all__ = ["QgisRasterSource", "raster_for_layer", "extent_from_rectangle", "extent_from_features",
-           "layer_file_path", "is_xyz_layer", "crs_wkt", "vector_origin", "vector_file"]
+           "layer_file_path", "is_xyz_layer", "crs_wkt", "vector_origin", "vector_file", "examples_from_layer"]
 
 # Qgis.DataType -> numpy; ARGB32 (XYZ/WMS tiles) is unpacked to RGB by the source itself.
 _DTYPES = {
@@ -413,6 +413,37 @@ def samples_from_layer(source, class_field: str, selected_only: bool = False, cr
     if crs is None:
         crs = source.crs() if hasattr(source, "crs") else source.sourceCrs()
     return Samples(wkts, classes, crs_wkt(crs) or None, ids, name, vector_origin(source))
+
+
+def examples_from_layer(source, selected_only: bool = False, crs=None, param: str = "like"):
+    """Search-by-example examples as core's Examples: the points or polygons of a vector layer (or a Processing
+    feature source; ``selected_only`` for a layer's selection), in the layer's CRS."""
+    from .core.examples import Examples
+
+    if source is None or (isinstance(source, QgsVectorLayer) and not source.isValid()):
+        raise InvalidInput("No examples layer is chosen.", "Pick a point or polygon layer with the examples.",
+                           param=param)
+    name = source.name() if hasattr(source, "name") else source.sourceName()
+    kind = QgsWkbTypes.geometryType(source.wkbType())
+    if kind not in (QgsWkbTypes.GeometryType.PointGeometry, QgsWkbTypes.GeometryType.PolygonGeometry):
+        raise InvalidInput(f"The examples layer {name!r} has neither points nor polygons.",
+                           "Choose a point or polygon layer with the examples.", param=param)
+    request = QgsFeatureRequest().setNoAttributes()
+    if selected_only:
+        if source.selectedFeatureCount() == 0:
+            raise InvalidInput(f"No examples are selected in {name!r}.",
+                               "Select the examples to use, or untick 'selected only'.", param=param)
+        features = source.getSelectedFeatures(request)
+    else:
+        features = source.getFeatures(request)
+    wkts, ids = [], []
+    for f in features:
+        if f.hasGeometry() and not f.geometry().isEmpty():
+            wkts.append(f.geometry().asWkt())
+            ids.append(f.id())
+    if crs is None:
+        crs = source.crs() if hasattr(source, "crs") else source.sourceCrs()
+    return Examples(wkts, crs_wkt(crs) or None, ids, name, vector_origin(source), param)
 
 
 def vector_file(layer, folder: str, what: str) -> tuple[str, str | None, list]:

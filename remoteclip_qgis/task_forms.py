@@ -122,7 +122,9 @@ class TaskForm(QWidget):
         try:
             return self.task_cls.from_inputs(self.raw(), spell=lambda prm: f"“{prm.label}”")
         except RemoteClipError as e:
-            self.show_error(e.problem + (f" {e.fix}" if e.fix else ""))
+            # under the input it names (an optional query left empty with no examples), else above the inputs
+            where = getattr(e, "param", None)
+            self.show_error(e.problem + (f" {e.fix}" if e.fix else ""), where if where in self.errors else None)
             raise
 
     def _missing(self, prm) -> str:
@@ -396,6 +398,47 @@ class _Flag(_Input):
         return w.isChecked()
 
 
+class _Examples(_Input):
+    """Example points or polygons (search by example): a layer picker and its "selected only" box."""
+
+    def add(self, form, prm, layout):
+        w = QgsMapLayerComboBox(form)
+        compact(w)
+        w.setFilters(QgsMapLayerProxyModel.Filter.PointLayer | QgsMapLayerProxyModel.Filter.PolygonLayer)
+        w.setAllowEmptyLayer(True)
+        w.setCurrentIndex(0)   # the empty entry: examples are optional
+        w.setToolTip(prm.help)
+        sel = QCheckBox("selected only", form)
+        sel.setToolTip("Use the selected features of the layer only")
+        form.selected_only[prm.name] = sel
+        form.widgets[prm.name] = w
+        layout.addRow(prm.label.split(" (")[0], w)
+        layout.addRow("", sel)
+
+    def value(self, form, prm, w):
+        from .layer_source import examples_from_layer
+
+        layer = w.currentLayer()
+        if layer is None:
+            return None
+        return examples_from_layer(layer, form.selected_only[prm.name].isChecked(), param=prm.name)
+
+
+class _Images(_Input):
+    """Image files (search by example): a file picker of several files."""
+
+    def add(self, form, prm, layout):
+        w = QgsFileWidget(form)
+        w.setStorageMode(QgsFileWidget.StorageMode.GetMultipleFiles)
+        if prm.file_filter:
+            w.setFilter(prm.file_filter)
+        _row(form, prm, w, layout)
+
+    def value(self, form, prm, w):
+        text = w.filePath().strip()
+        return [p for p in QgsFileWidget.splitFilePaths(text) if p.strip()] or None if text else None
+
+
 INPUTS: dict[str, _Input] = {
     "names": _Names(),
     "preset": _Preset(),
@@ -410,6 +453,8 @@ INPUTS: dict[str, _Input] = {
     "file_out": _File(save=True),
     "raster": _Raster(),
     "flag": _Flag(),
+    "examples": _Examples(),
+    "images": _Images(),
 }
 
 ERROR_STYLE = "color: #b00020;"

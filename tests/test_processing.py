@@ -180,7 +180,7 @@ def test_the_algorithms_are_made_from_the_task_registry(plugin, rgb_byte, tiny_b
     registry = QgsApplication.processingRegistry()
     expected = {"labeltiles": ("Label tiles", "Zero-shot analysis", "analysis"),
                 "countobjects": ("Count objects", "Zero-shot analysis", "analysis"),
-                "textsearch": ("Text search", "Zero-shot analysis", "analysis"),
+                "textsearch": ("Search by text or example", "Zero-shot analysis", "analysis"),
                 "classifyfromsamples": ("Classify from samples", "Few-shot analysis", "fewshotanalysis"),
                 "computeembeddings": ("Compute embeddings", "Embeddings", "embeddings")}
     for name, (title, group, group_id) in expected.items():

@@ -93,6 +93,7 @@ def _run(job: Job, plans, state, paths, t0, progress, is_cancelled, on_plan, aft
     t = time.perf_counter()
     prompts = task.prompts(prepared)   # text first: a bad prompt fails before any pixel is read
     text = ensemble(encoder, prompts, warnings) if prompts else None
+    prepared = task.encode_inputs(encoder, prepared, warnings)   # e.g. search's example images: before any pixel
     timings["text"] = time.perf_counter() - t
     cache = job_cache(job)
     record = ResumeRecord(resume_path(paths["vector"], output_layer_name(job)) if paths["vector"] else None,

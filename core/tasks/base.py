@@ -14,7 +14,7 @@ from ..errors import InvalidInput
 from ..prompts import DEFAULT_TEMPLATES, split_names, split_templates
 
 PARAM_KINDS = ("names", "preset", "templates", "text", "int", "float", "choice", "samples", "field", "file",
-               "file_out", "raster", "flag")
+               "file_out", "raster", "flag", "examples", "images")
 
 
 # ------------------------------------------------------------------------------------- declarations
@@ -28,7 +28,8 @@ class Param:
     (:func:`split_templates`), ``text``, ``int``, ``float``, ``choice``, ``samples`` (points or polygons
     with a class), ``field`` (the class field of the ``samples`` input ``parent``), ``file`` (read),
     ``file_out`` (written), ``raster`` (a second raster read beside the job's: core.tasks.change), ``flag`` (on or
-    off). ``lo``/``hi`` are the one set of limits; ``optional`` numbers may be unset
+    off), ``examples`` (points or polygons without a class: core.examples.Examples; search by example),
+    ``images`` (image files: search by example). ``lo``/``hi`` are the one set of limits; ``optional`` numbers may be unset
     (None), shown as ``none_text`` in a form. ``form_default`` is what a form starts with when it
     differs from the task's default (the dock's search selects 20 tiles; the library selects all)."""
     name: str
@@ -180,6 +181,11 @@ class Task:
     def prompts(self, prepared) -> list[list[str]] | None:
         """Prompt groups (one text embedding per group: a template ensemble), or None for no text side."""
         return None
+
+    def encode_inputs(self, encoder, prepared, warnings: list[str]):
+        """Called after the text side, before any pixel of a raster is read: encode the task's own images
+        (search's example image files) with the job's encoder. Returns what :meth:`fit` gets as ``prepared``."""
+        return prepared
 
     def fit(self, parts: list[RasterPart], text, bundle, prepared, warnings: list[str]):
         """Learn from all parts before any records are made (classify); returns what :meth:`outputs` needs."""

@@ -190,6 +190,44 @@ class _Flag(Adapter):
         return alg.parameterAsBoolean(parameters, prm.processing_key, context)
 
 
+class _Examples(Adapter):
+    """Example points or polygons (search by example): a feature source (QGIS's "selected features only"
+    applies), read as core.examples.Examples."""
+
+    def make(self, alg, prm):
+        return QgsProcessingParameterFeatureSource(
+            prm.processing_key, alg.tr(prm.label),
+            [QgsProcessing.SourceType.TypeVectorPoint, QgsProcessing.SourceType.TypeVectorPolygon],
+            optional=prm.optional)
+
+    def read(self, alg, prm, parameters, context):
+        from ..layer_source import examples_from_layer, vector_origin
+
+        key = prm.processing_key
+        if parameters.get(key) in (None, ""):
+            return None
+        source = alg.parameterAsSource(parameters, key, context)
+        if source is None:
+            return None
+        examples = examples_from_layer(source, param=prm.name)
+        examples.origin = vector_origin(alg.parameterAsVectorLayer(parameters, key, context))
+        return examples
+
+
+class _Images(Adapter):
+    """Image files (search by example): one image file here (a parameter type every Processing model takes;
+    the dock and the command line take several)."""
+
+    def make(self, alg, prm):
+        return QgsProcessingParameterFile(prm.processing_key, alg.tr(prm.label.replace("files", "file")),
+                                          behavior=QgsProcessingParameterFile.Behavior.File,
+                                          fileFilter=prm.file_filter or "All files (*)", optional=prm.optional)
+
+    def read(self, alg, prm, parameters, context):
+        path = alg.parameterAsFile(parameters, prm.processing_key, context)
+        return [path] if path else None
+
+
 PARAMETERS: dict[str, Adapter] = {
     "names": _List(" (separated by commas or new lines)"),
     "preset": _Preset(),
@@ -204,6 +242,8 @@ PARAMETERS: dict[str, Adapter] = {
     "file_out": _FileOut(),
     "raster": _Raster(),
     "flag": _Flag(),
+    "examples": _Examples(),
+    "images": _Images(),
 }
 
 
