@@ -61,6 +61,7 @@ class ModelRow(QWidget):
         super().__init__(parent)
         self.task = None
         self.install_task = None
+        self._choosing = False
         col = QVBoxLayout(self)
         col.setContentsMargins(0, 0, 0, 0)
 
@@ -120,6 +121,7 @@ class ModelRow(QWidget):
 
     def refresh(self) -> None:
         """List the demo, the models folder's bundles and the catalogue (size and state of each)."""
+        keep = self.current_entry()   # a model still to Get stays chosen (the path field is empty for it)
         self.combo.blockSignals(True)
         self.combo.clear()
         if DEMO_BUNDLE.is_dir():
@@ -148,7 +150,12 @@ class ModelRow(QWidget):
                     tip += f"\ncatalogue entry {m.entry.verified.get('status', 'unverified')}: {m.entry.verified.get('what', '')}"
             self.combo.setItemData(self.combo.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
         self.combo.blockSignals(False)
-        self._select_path(self.file_widget.filePath())
+        path = self.file_widget.filePath()
+        if not path and keep is not None:
+            self.combo.setCurrentIndex(self._entry_index(keep))
+            self._update_get()
+            return
+        self._select_path(path)
 
     def _select_path(self, path: str) -> None:
         for i in range(self.combo.count()):
@@ -160,24 +167,34 @@ class ModelRow(QWidget):
             self.combo.setCurrentIndex(-1)
         self._update_get()
 
-    def select_entry(self, name: str) -> int:
-        """Make the catalogue entry ``name`` current (as if the user chose it); returns its index or -1."""
+    def _entry_index(self, name: str) -> int:
         for i in range(self.combo.count()):
             data = self.combo.itemData(i) or {}
             if data.get("entry", "").lower() == name.lower() or Path(data.get("path", "x")).name == name:
-                self.combo.setCurrentIndex(i)
-                self._chosen(i)
                 return i
         return -1
+
+    def select_entry(self, name: str) -> int:
+        """Make the catalogue entry ``name`` current (as if the user chose it); returns its index or -1."""
+        i = self._entry_index(name)
+        if i >= 0:
+            self.combo.setCurrentIndex(i)
+            self._chosen(i)
+        return i
 
     def current_entry(self) -> str | None:
         data = self.combo.currentData() or {}
         return data.get("entry")
 
     def _chosen(self, index: int) -> None:
+        """The list is the one source of truth for the model that runs: a model that is here puts its folder
+        in the path field; one still to Get empties it (Run then asks for Get, never runs the one before)."""
         data = self.combo.itemData(index) or {}
-        if "path" in data:
-            self.file_widget.setFilePath(data["path"])
+        self._choosing = True
+        try:
+            self.file_widget.setFilePath(data.get("path", ""))
+        finally:
+            self._choosing = False
         self._update_get()
         if "entry" in data:
             self.info.setText(f"<b>{html.escape(data['entry'])}</b> is not here yet: "
@@ -189,7 +206,8 @@ class ModelRow(QWidget):
         self.get_button.setEnabled(not busy and self.current_entry() is not None)
 
     def _path_changed(self, path: str) -> None:
-        self._select_path(path)
+        if not self._choosing:   # a path typed or browsed: the list follows it
+            self._select_path(path)
 
     def _choose_zip(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "RemoteCLIP model bundle (zip)", self.file_widget.filePath(),

@@ -209,3 +209,45 @@ def test_the_demo_model_says_so_and_its_button_gets_remoteclip(dock, models, tin
     assert dock.demo_banner.isVisibleTo(dock)
     dock.demo_get_button.click()   # it is here now: chosen, nothing downloaded
     assert dock.model_row.task is None and dock.model_path() == str(models / "RemoteCLIP-ViT-B-32")
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]   # closed again: a connection there is refused, as with no network
+
+
+def test_after_a_failed_get_the_list_the_path_and_run_agree_on_the_model(dock, models, tiny_bundle, data_dir):
+    """A converted model chosen, then a model still to Get, whose Get fails (nothing listens): the list, the
+    info line, the path field and Run all mean that model; Run refuses naming it, never runs the one before."""
+    import shutil
+
+    from qgis.core import QgsProject, QgsRasterLayer
+
+    from remoteclip_qgis.core.errors import ModelError
+
+    layer = QgsRasterLayer(str(data_dir / "geotiff" / "rasterio_RGB.byte.tif"), "rgb")
+    QgsProject.instance().addMapLayer(layer)
+    dock.layer_combo.setLayer(layer)
+
+    shutil.copytree(tiny_bundle, models / "Local-Tiny")
+    user_catalog(models, entry(name="RemoteCLIP-RN50", url=f"http://127.0.0.1:{_closed_port()}/RN50.pt"))
+    row = dock.model_row
+    row.refresh()
+    assert row.select_entry("Local-Tiny") >= 0
+    assert dock.model_path() == str(models / "Local-Tiny") and dock.bundle is not None
+    row.select_entry("RemoteCLIP-RN50")
+    assert dock.model_path() == ""                       # the list's choice is the model that runs
+    row.get_button.click()
+    _wait(row)
+    assert "127.0.0.1" in row.status.text()              # the failure is said
+    assert row.combo.currentText().startswith("RemoteCLIP-RN50 · ")
+    assert "RemoteCLIP-RN50" in dock.model_info.text()
+    assert dock.model_path() == "" and dock.bundle is None
+    with pytest.raises(ModelError) as err:
+        dock._inputs()   # noqa: SLF001 (what Run and the plan build their job from)
+    assert "RemoteCLIP-RN50" in err.value.problem
+    row.select_entry("Local-Tiny")                       # and back: the path follows the list again
+    assert dock.model_path() == str(models / "Local-Tiny")
