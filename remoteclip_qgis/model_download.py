@@ -133,13 +133,17 @@ class PullTask(QgsTask):
             self._last = now
             self.statusChanged.emit(message)
 
-    def run(self) -> bool:
-        from .core.errors import Cancelled, RemoteClipError
+    def _work(self):
         from .core.models import pull
 
+        return pull(self.name, self.folder, self.url, transport=self.transport, progress=self._progress,
+                    is_cancelled=self.isCanceled)
+
+    def run(self) -> bool:
+        from .core.errors import Cancelled, RemoteClipError
+
         try:
-            self.bundle = str(pull(self.name, self.folder, self.url, transport=self.transport,
-                                   progress=self._progress, is_cancelled=self.isCanceled))
+            self.bundle = str(self._work())
             return True
         except Cancelled:
             self.was_cancelled = True
@@ -159,3 +163,21 @@ class PullTask(QgsTask):
             error = self.error or "The download stopped without a result."
             QgsMessageLog.logMessage(f"Getting {self.name} failed: {error}\n{self.details}", LOG_TAG, Qgis.MessageLevel.Critical)
             self.failed.emit(error, self.details)
+
+
+class ConvertTask(PullTask):
+    """Convert a checkpoint file the analyst has (``core.models.convert``, no torch) into the bundle ``out``."""
+
+    def __init__(self, checkpoint, out, activation: str = "quick_gelu"):
+        from pathlib import Path
+
+        out = Path(out)
+        super().__init__(out.name, out.parent)
+        self.setDescription(f"RemoteCLIP: convert {Path(checkpoint).name}")
+        self.checkpoint, self.out, self.activation = Path(checkpoint), out, activation
+
+    def _work(self):
+        from .core.models import convert
+
+        return convert(self.checkpoint, self.out, activation=self.activation, name=self.out.name,
+                       progress=self._progress, is_cancelled=self.isCanceled)

@@ -86,6 +86,7 @@ class ModelRow(QWidget):
         menu_action(menu, "Refresh the list", self.refresh)
         menu_action(menu, "Choose the models folder…", self._choose_folder)
         menu_action(menu, "Choose a zipped bundle (.rclip.zip)…", self._choose_zip)
+        menu_action(menu, "Convert a checkpoint file…", self._choose_checkpoint)
         self.more_button.setMenu(menu)
         row.addWidget(self.combo, 1)
         row.addWidget(self.get_button)
@@ -228,6 +229,33 @@ class ModelRow(QWidget):
         name = self.current_entry()
         if name is None or self.task is not None or self.install_task is not None:
             return None
+        return self._with_converter(lambda: self._start(name))
+
+    def _choose_checkpoint(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "OpenCLIP checkpoint to convert", str(models_folder()),
+                                              "Checkpoints (*.pt *.pth *.bin *.ckpt);;All files (*)")
+        if path:
+            self.convert_file(path)
+
+    def convert_file(self, checkpoint: str):
+        """Convert a checkpoint file the analyst has into ``<models folder>/<its name>`` and select it (the
+        catalogue's activation when the file is a catalogue model's, by its file name)."""
+        if self.task is not None or self.install_task is not None:
+            return None
+        from .model_download import ConvertTask
+
+        path = Path(checkpoint)
+        activation = "quick_gelu"
+        with contextlib.suppress(RemoteClipError):
+            for entry in cat.load_catalog(models_folder()).values():
+                if entry.file == path.name:
+                    activation = entry.activation
+        out = models_folder() / path.stem
+        return self._with_converter(lambda: self._launch(ConvertTask(path, out, activation),
+                                                         f"Converting {path.name} into {out}…"))
+
+    def _with_converter(self, then):
+        """Run ``then`` (which starts a conversion) once onnx is here: installed first when missing."""
         missing = deps.missing_for_conversion()
         if missing:
             try:
@@ -237,20 +265,20 @@ class ModelRow(QWidget):
                           "Windows), then Get again.", error=True)
                 return None
             self.install_task = deps.InstallTask(plan)
-            self.install_task.done.connect(lambda ok, summary, manual: self._installed(ok, summary, manual, name))
+            self.install_task.done.connect(lambda ok, summary, manual: self._installed(ok, summary, manual, then))
             self._say(f"Installing {', '.join(plan.attempts[0][0])} (needed once to convert models)…")
             self._show_progress(True)
             self.progress.setRange(0, 0)
             self._update_get()
             QgsApplication.taskManager().addTask(self.install_task)
             return self.install_task
-        return self._start(name)
+        return then()
 
-    def _installed(self, ok: bool, summary: str, manual: str, name: str) -> None:
+    def _installed(self, ok: bool, summary: str, manual: str, then) -> None:
         self.install_task = None
         self.progress.setRange(0, 100)
         if ok and not deps.missing_for_conversion():
-            self._start(name)
+            then()
             return
         self._show_progress(False)
         self._update_get()
@@ -260,7 +288,10 @@ class ModelRow(QWidget):
         from .model_download import PullTask
 
         folder = models_folder()
-        self.task = PullTask(name, folder)
+        return self._launch(PullTask(name, folder), f"Getting {name} into {folder}…")
+
+    def _launch(self, task, text: str):
+        self.task = task
         self.task.progressChanged.connect(lambda p: self.progress.setValue(int(p)))  # noqa: QGS202
         self.task.statusChanged.connect(self._say)
         self.task.pulled.connect(self._pulled)
@@ -268,7 +299,7 @@ class ModelRow(QWidget):
         self.task.cancelledByUser.connect(self._cancelled)
         self._show_progress(True)
         self.progress.setValue(0)  # noqa: QGS202 (a Qt setter)
-        self._say(f"Getting {name} into {folder}…")
+        self._say(text)
         self._update_get()
         QgsApplication.taskManager().addTask(self.task)
         return self.task
@@ -300,7 +331,11 @@ class ModelRow(QWidget):
 
     def _cancelled(self) -> None:
         name = self.task.name
+        converting = getattr(self.task, "checkpoint", None) is not None
         self._done()
+        if converting:
+            self._say("Cancelled; no bundle was written.")
+            return
         self.select_entry(name)       # Get resumes it
         self._say("Cancelled. Get again resumes the download.")
 

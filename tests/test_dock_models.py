@@ -251,3 +251,42 @@ def test_after_a_failed_get_the_list_the_path_and_run_agree_on_the_model(dock, m
     assert "RemoteCLIP-RN50" in err.value.problem
     row.select_entry("Local-Tiny")                       # and back: the path follows the list again
     assert dock.model_path() == str(models / "Local-Tiny")
+
+
+def test_get_converts_a_checkpoint_already_in_downloads_without_the_network(dock, models, tiny_ckpt):
+    """The analyst's own copy in downloads/ (no download mark): listed as downloaded, Get converts it offline."""
+    import hashlib
+    import shutil
+
+    user_catalog(models, entry(url=f"http://127.0.0.1:{_closed_port()}/tiny.pt", size=tiny_ckpt.stat().st_size,
+                               sha256=hashlib.sha256(tiny_ckpt.read_bytes()).hexdigest()))
+    (models / "downloads").mkdir()
+    shutil.copyfile(tiny_ckpt, models / "downloads" / "tiny.pt")
+    row = dock.model_row
+    row.refresh()
+    assert _items(row)["Tiny-RS"] == "Tiny-RS · downloaded, Get converts it"
+    row.select_entry("Tiny-RS")
+    row.get_button.click()
+    _wait(row)
+    assert dock.model_path() == str(models / "Tiny-RS"), row.status.text()
+    assert (models / "downloads" / "tiny.pt").is_file()
+
+
+def test_convert_a_checkpoint_file_from_the_model_row(dock, models, tiny_ckpt, tmp_path):
+    """The row's "Convert a checkpoint file…": the torch-free converter writes <models folder>/<file name>, which
+    is then listed and selected; a second conversion to the same name is refused, the first bundle kept."""
+    import shutil
+
+    mine = tmp_path / "My-Model.pt"
+    shutil.copyfile(tiny_ckpt, mine)
+    row = dock.model_row
+    assert "Convert a checkpoint file…" in [a.text() for a in row.more_button.menu().actions()]
+    assert row.convert_file(str(mine)) is not None
+    _wait(row)
+    bundle = models / "My-Model"
+    assert dock.model_path() == str(bundle), row.status.text()
+    assert row.combo.currentText().startswith("My-Model · ") and dock.bundle is not None
+    assert json.loads((bundle / "manifest.json").read_text())["source"]["tool"] == "remoteclip models convert"
+    row.convert_file(str(mine))
+    _wait(row)
+    assert "My-Model" in row.status.text() and dock.model_path() == str(bundle)
