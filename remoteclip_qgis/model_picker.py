@@ -282,6 +282,11 @@ class ModelRow(QWidget):
             return
         self._show_progress(False)
         self._update_get()
+        if summary.startswith(deps.NO_NETWORK):
+            self._say(f"The network is down: installing the converter's package (needed once to convert models) "
+                      f"could not reach the package index. Connect to the internet, then Get again. Details: "
+                      f"{summary.removeprefix(deps.NO_NETWORK).strip()}", error=True)
+            return
         self._say(f"Installing the converter's packages failed ({summary}). Run by hand: {manual}", error=True)
 
     def _start(self, name: str):

@@ -290,3 +290,33 @@ def test_convert_a_checkpoint_file_from_the_model_row(dock, models, tiny_ckpt, t
     row.convert_file(str(mine))
     _wait(row)
     assert "My-Model" in row.status.text() and dock.model_path() == str(bundle)
+
+
+def test_the_first_get_offline_says_the_network_is_down(dock, models, monkeypatch, tmp_path):
+    """A fresh profile (onnx missing) and no network: Get's install of onnx runs the real pip against an index
+    nobody answers; the row says the network is down, not pip's "no matching distribution"/conflict; and pip's
+    pipe is closed (no ResourceWarning)."""
+    import gc
+    import warnings
+
+    from remoteclip_qgis import deps
+
+    monkeypatch.setattr(deps, "missing_for_conversion", lambda: ["onnx"])
+    monkeypatch.setattr(deps, "deps_dir", lambda settings_dir=None: tmp_path / "deps")
+    monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{_closed_port()}/simple")
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+    for k in ("https_proxy", "HTTPS_PROXY", "PIP_PROXY", "PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL"):
+        monkeypatch.delenv(k, raising=False)
+    row = dock.model_row
+    row.select_entry("RemoteCLIP-ViT-B-32")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert row.get() is not None and row.install_task is not None
+        _wait(row)
+        gc.collect()
+    text = row.status.text()
+    assert "network is down" in text and "127.0.0.1" in text, text
+    assert "ResolutionImpossible" not in text and "Run by hand" not in text
+    assert row.task is None and row.get_button.isEnabled()
+    assert not [w for w in seen if issubclass(w.category, ResourceWarning)], [str(w.message) for w in seen]
