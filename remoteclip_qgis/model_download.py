@@ -74,7 +74,8 @@ def qgis_transport(url: str, start: int, headers: dict, timeout: float = 60.0):
             reply.deleteLater()
             raise DownloadFailed(f"Cannot reach {url} ({message}).",
                                   "Check the network and QGIS's proxy settings (Settings > Options > Network), "
-                                  "or download the file elsewhere and give it with `remoteclip models pull NAME --url FILE`.")
+                                  "or copy the file from elsewhere into the models folder's downloads/ folder and "
+                                  "click Get again (or use … > Convert a checkpoint file…).")
         if status in REDIRECTS and "location" in hdrs:
             linked.update({k: v for k, v in hdrs.items() if k.startswith("x-linked-")})
             url = reply.url().resolved(QUrl(hdrs["location"])).toString()

@@ -360,6 +360,25 @@ def test_input_mistakes_are_shown_under_their_field_before_any_task(dock, data_d
     assert not (tmp_path / "x.gpkg").exists() and dock.last_layer is None
 
 
+def test_classify_says_how_its_inputs_combine_in_the_panels_words(dock, data_dir, tmp_path):
+    """Classify with neither samples nor a saved classifier, then with a saved one and a file to save to: the
+    form says so naming the panel's fields, no command-line options."""
+    dock.layer_combo.setLayer(_raster(data_dir, KAMPALA, "kampala"))
+    dock.set_kind("classify")
+    form = dock.forms["classify"]
+    assert dock.run() is None and dock.task is None
+    text = form.form_error.text()
+    assert "“Samples (points or polygons)”" in text and "“Apply a saved classifier instead”" in text, text
+    assert "--" not in text and "FILE" not in text
+    head = tmp_path / "head.json"
+    head.write_text("{}")
+    form.widgets["head"].setFilePath(str(head))
+    form.widgets["head_out"].setFilePath(str(tmp_path / "again.json"))
+    assert dock.run() is None
+    text = form.form_error.text()
+    assert "“Save the classifier to”" in text and "--" not in text, text
+
+
 def test_layer_names_say_what_tells_runs_apart(dock, data_dir, tmp_path):
     import re
 

@@ -242,7 +242,9 @@ def test_after_a_failed_get_the_list_the_path_and_run_agree_on_the_model(dock, m
     assert dock.model_path() == ""                       # the list's choice is the model that runs
     row.get_button.click()
     _wait(row)
-    assert "127.0.0.1" in row.status.text()              # the failure is said
+    assert "127.0.0.1" in row.status.text()              # the failure is said, in the dock's words
+    assert "remoteclip models" not in row.status.text() and "--url" not in row.status.text()
+    assert "Convert a checkpoint file" in row.status.text()
     assert row.combo.currentText().startswith("RemoteCLIP-RN50 · ")
     assert "RemoteCLIP-RN50" in dock.model_info.text()
     assert dock.model_path() == "" and dock.bundle is None
