@@ -181,6 +181,17 @@ def download_path(entry: Entry, folder: str | os.PathLike | None = None) -> Path
     return Path(folder if folder is not None else models_dir()) / DOWNLOADS / f"{entry.name}--{entry.file}"
 
 
+def present_checkpoint(entry: Entry, folder: str | os.PathLike | None = None) -> Path | None:
+    """A complete checkpoint of ``entry`` already in downloads/: the one a pull left (``download_path``), else
+    a file the analyst put there under the publisher's name (``downloads/<file>``). Whether it is the
+    catalogue's file is checked when it is used (``models.pull``)."""
+    dl = download_path(entry, folder)
+    for p in (dl, dl.with_name(entry.file)):
+        if p.is_file():
+            return p
+    return None
+
+
 def read_manifest(path: Path) -> dict | None:
     try:
         m = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
@@ -242,6 +253,7 @@ def list_models(folder: str | os.PathLike | None = None, catalog: dict[str, Entr
             continue
         dl = download_path(entry, folder)
         part = dl.with_name(dl.name + ".part")
+        dl = present_checkpoint(entry, folder) or dl
         if dl.is_file():
             rows.append(ModelState(entry.name, "downloaded", dl, dl.stat().st_size, entry,
                                    architecture=entry.architecture, description=entry.description))

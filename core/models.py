@@ -4,7 +4,9 @@
 ``pull(NAME)`` downloads the catalogue's checkpoint into ``<models folder>/downloads/`` (resumable,
 verified), converts it with ``core.convert`` (no torch) into the bundle ``<models folder>/NAME/`` and
 removes the checkpoint. A local file or ``file://`` URL given as ``url`` (an air-gapped copy) is
-checked against the catalogue and converted in place; it is never moved or removed.
+checked against the catalogue and converted in place; it is never moved or removed. So is a complete
+checkpoint already in ``downloads/`` without the download's mark (one the analyst copied there, under the
+publisher's file name or the download's): used when its sha256 is the catalogue's, no download.
 """
 
 from __future__ import annotations
@@ -86,9 +88,20 @@ def pull(name: str, folder=None, url: str | None = None, *, fp16: bool = False, 
         for p in (checkpoint, checkpoint.with_name(checkpoint.name + ".part"), sidecar(checkpoint),
                   sidecar(checkpoint).with_suffix(".tmp")):
             cat.confined(p, folder)   # before a byte is written (a linked downloads/ or .part included)
+        present = cat.present_checkpoint(entry, folder)
+        if present is not None:
+            cat.confined(present, folder)
         if checkpoint.is_file() and sidecar(checkpoint).is_file():
             digest = json.loads(sidecar(checkpoint).read_text(encoding="utf-8")).get("sha256")   # verified then
             share = 0.0
+        elif present is not None and entry.sha256:
+            # a complete file already here without our mark (the analyst copied it in): used when it is the
+            # catalogue's file, and left where it is afterwards (it is the analyst's, not ours to remove)
+            if progress is not None:
+                progress(0.0, f"checking {present.name}")
+            digest = verify_file(present, sha256=entry.sha256, size=entry.size,
+                                 progress=_scaled(progress, 0.0, 0.2), is_cancelled=is_cancelled)
+            checkpoint, ours, share, url = present, False, 0.2, str(present)
         else:
             _check_writable(checkpoint.parent, folder)
             download(url, checkpoint, sha256=entry.sha256, size=entry.size, transport=transport,

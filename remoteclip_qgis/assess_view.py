@@ -16,7 +16,6 @@ import tempfile
 
 from qgis.core import (
     QgsEditorWidgetSetup,
-    QgsMapLayerProxyModel,
     QgsProject,
     QgsVectorLayer,
     QgsWkbTypes,
@@ -39,7 +38,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from .core.errors import InvalidInput, RemoteClipError
-from .widgets import compact, set_value
+from .widgets import compact, layer_filters, set_value
 
 DEFAULT_PER_CLASS = 50
 HEADINGS = ("Class", "Map area ha", "Adjusted area ha ± CI", "User's accuracy ± CI", "Producer's accuracy ± CI")
@@ -58,7 +57,7 @@ class AssessBox(QgsCollapsibleGroupBox):
         self.setCollapsed(True)
         form = QFormLayout(self)
         self.map_combo = QgsMapLayerComboBox(self)
-        self.map_combo.setFilters(QgsMapLayerProxyModel.Filter.PolygonLayer)
+        self.map_combo.setFilters(layer_filters("PolygonLayer"))
         self.map_field = QgsFieldComboBox(self)
         self.per_class = QSpinBox(self)
         self.per_class.setRange(1, 100_000)
@@ -72,7 +71,7 @@ class AssessBox(QgsCollapsibleGroupBox):
         self.sample_button.setToolTip("Make a reference sample: random points in each class of the map, in a new "
                                       "layer beside it, for you to label")
         self.ref_combo = QgsMapLayerComboBox(self)
-        self.ref_combo.setFilters(QgsMapLayerProxyModel.Filter.PointLayer)
+        self.ref_combo.setFilters(layer_filters("PointLayer"))
         self.ref_field = QgsFieldComboBox(self)
         self.assess_button = QPushButton("Assess the map", self)
         self.assess_button.setToolTip("Assess with reference points: accuracy and error-adjusted areas from the "

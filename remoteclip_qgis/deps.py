@@ -346,8 +346,50 @@ def make_plan(missing: list[str] | None = None, target: Path | None = None) -> I
                        missing_modules() if missing is None else missing, nvidia_smi_output(), numpy_version())
 
 
+# pip's words when it could not reach the package index (its retries' warnings and final errors)
+NETWORK_SIGNS = ("NewConnectionError", "Failed to establish a new connection", "Temporary failure in name resolution",
+                 "Name or service not known", "nodename nor servname", "getaddrinfo failed", "Network is unreachable",
+                 "No route to host", "ConnectTimeoutError", "ProxyError", "Max retries exceeded",
+                 "connection broken by")
+# what pip says when it found no version at all: offline, or an index that has none (told apart by a connect)
+NOTHING_FOUND = ("(from versions: none)", "ResolutionImpossible", "No matching distribution found")
+NO_NETWORK = "no network:"
+
+
+def index_url(environ=os.environ) -> str:
+    return environ.get("PIP_INDEX_URL") or "https://pypi.org/simple"
+
+
+def index_reachable(url: str | None = None, timeout: float = 3.0, environ=os.environ) -> bool:
+    """A quick connect to the package index's host (True when a proxy is set: pip's way there is not ours)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if any(environ.get(k) for k in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY", "PIP_PROXY")):
+        return True
+    parts = urlsplit(url or index_url(environ))
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def network_trouble(lines: list[str], reachable=index_reachable) -> str | None:
+    """Why pip failed when it is the network: the line saying so (or the index that cannot be reached), else
+    None (a real conflict or another error)."""
+    for line in lines:
+        if any(sign in line for sign in NETWORK_SIGNS):
+            return line.strip()
+    if any(sign in line for line in lines for sign in NOTHING_FOUND) and not reachable():
+        return f"{index_url()} cannot be reached"
+    return None
+
+
 def run_plan(plan: InstallPlan, log=print, is_cancelled=lambda: False) -> tuple[bool, str]:
-    """Run the attempts in order, streaming pip's output to ``log``; (ok, summary)."""
+    """Run the attempts in order, streaming pip's output to ``log``; (ok, summary). A summary that starts with
+    ``NO_NETWORK`` means pip could not reach the package index (then no further attempt is made)."""
     plan.prepare()
     last = ""
     for reqs, cmd in plan.attempts:
@@ -360,15 +402,15 @@ def run_plan(plan: InstallPlan, log=print, is_cancelled=lambda: False) -> tuple[
             log(last)
             continue
         lines = []
-        for line in proc.stdout:
-            line = line.rstrip()
-            lines.append(line)
-            log(line)
-            if is_cancelled():
-                proc.kill()
-                proc.wait()
-                return False, "cancelled"
-        rc = proc.wait()
+        with proc:   # closes pip's output pipe and waits for it, whichever way this ends
+            for line in proc.stdout:
+                line = line.rstrip()
+                lines.append(line)
+                log(line)
+                if is_cancelled():
+                    proc.kill()
+                    return False, "cancelled"
+        rc = proc.returncode
         if rc == 0:
             removed = prune_numpy(plan.target)
             if removed:
@@ -376,6 +418,9 @@ def run_plan(plan: InstallPlan, log=print, is_cancelled=lambda: False) -> tuple[
             add_deps_to_path(plan.target)
             importlib.invalidate_caches()   # the folder may have been on sys.path, listed before the install
             return True, f"installed {', '.join(reqs)} into {plan.target}"
+        trouble = network_trouble(lines)
+        if trouble is not None:
+            return False, f"{NO_NETWORK} pip could not reach the package index {index_url()} ({trouble})"
         last = f"pip exited with code {rc}: " + " / ".join(lines[-3:])
         if any("No module named pip" in ln for ln in lines):
             last += (" (this Python has no pip: on Debian/Ubuntu run `sudo apt install python3-pip`, "

@@ -299,6 +299,10 @@ class RemoteClipDock(DockLayout):
             raise InvalidInput("No raster layer is chosen.", "Add a raster to the project and pick it in "
                                   "the RemoteCLIP panel.")
         model = self.model_path()
+        wanted = self.model_row.current_entry()
+        if not model and wanted is not None:
+            raise ModelError(f"The model {wanted} is not here yet.",
+                             "Click Get beside the model list to download it, or choose a model that is here.")
         if not model:
             raise ModelError("No model bundle is chosen.",
                                   "Choose a bundle folder (with manifest.json) or a bundle .zip under Model.")

@@ -181,9 +181,14 @@ class DemoBanner(QFrame):
         if self.model_row.current_entry() is not None:
             self.model_row.get()
 
+    said = False   # the message after a demo run: once per QGIS session (the banner stays in the panel)
+
     def message(self, bar) -> None:
-        """After a run with the demo model: say so on the message bar ``bar``, with the button that gets
-        RemoteCLIP."""
+        """After the session's first run with the demo model: say so on the message bar ``bar``, with the button
+        that gets RemoteCLIP."""
+        if DemoBanner.said:
+            return
+        DemoBanner.said = True
         text = DEMO_NOTE[0].upper() + DEMO_NOTE[1:] + "."
         try:
             item = bar.createMessage("RemoteCLIP", text)

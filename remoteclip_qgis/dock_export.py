@@ -11,7 +11,6 @@ import qgis.utils
 from qgis.core import (
     Qgis,
     QgsField,
-    QgsMapLayerProxyModel,
     QgsMessageLog,
     QgsProject,
     QgsProviderRegistry,
@@ -25,7 +24,7 @@ from qgis.PyQt.QtXml import QDomDocument
 
 from .core.errors import InvalidInput, OutputExists, OutputRefused, RemoteClipError, WriteFailed
 from .dock_settings import slug
-from .widgets import compact
+from .widgets import compact, layer_filters
 
 LOG_TAG = "RemoteCLIP"
 EXPORT_FORMATS = {"GeoPackage": ("GPKG", ".gpkg"), "ESRI Shapefile": ("ESRI Shapefile", ".shp")}
@@ -73,7 +72,7 @@ class ExportBox(QgsCollapsibleGroupBox):
         form = QFormLayout(self)
         self.layer_combo = QgsMapLayerComboBox(self)
         compact(self.layer_combo)
-        self.layer_combo.setFilters(QgsMapLayerProxyModel.Filter.VectorLayer)
+        self.layer_combo.setFilters(layer_filters("VectorLayer"))
         form.addRow("Layer", self.layer_combo)
         self.format_combo = QComboBox(self)
         compact(self.format_combo)

@@ -5,7 +5,7 @@ measures it)."""
 
 from __future__ import annotations
 
-from qgis.core import QgsApplication, QgsMapLayerProxyModel, QgsProject
+from qgis.core import QgsApplication, QgsProject
 from qgis.gui import QgsCollapsibleGroupBox, QgsDockWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt, QUrl
 from qgis.PyQt.QtGui import QDesktopServices
@@ -44,6 +44,7 @@ from .widgets import (
     WrapLabel,
     compact,
     fit_forms,
+    layer_filters,
     menu_action,
     set_value,
     wrap_check_boxes,
@@ -78,7 +79,7 @@ class DockLayout(QgsDockWidget):
         form = QFormLayout()
         self.layer_combo = QgsMapLayerComboBox(body)
         compact(self.layer_combo)
-        self.layer_combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
+        self.layer_combo.setFilters(layer_filters("RasterLayer"))
         self.layer_combo.setToolTip("The raster to tile (follows the active layer)")
         form.addRow("Raster", self.layer_combo)
         # the model row (model_picker.ModelRow): local bundles and catalogue models with Get
@@ -209,7 +210,7 @@ class DockLayout(QgsDockWidget):
         form.addRow("Extent", self.extent_combo)
         self.polygon_combo = QgsMapLayerComboBox(box)
         compact(self.polygon_combo)
-        self.polygon_combo.setFilters(QgsMapLayerProxyModel.Filter.PolygonLayer)
+        self.polygon_combo.setFilters(layer_filters("PolygonLayer"))
         form.addRow("Polygons", self.polygon_combo)
         self.selected_only = QCheckBox("Selected polygons only", box)
         self.selected_only.setChecked(True)

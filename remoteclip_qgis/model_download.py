@@ -80,7 +80,8 @@ def qgis_transport(url: str, start: int, headers: dict, timeout: float | None = 
             reply.deleteLater()
             raise DownloadFailed(f"Cannot reach {url} ({message}).",
                                   "Check the network and QGIS's proxy settings (Settings > Options > Network), "
-                                  "or download the file elsewhere and give it with `remoteclip models pull NAME --url FILE`.")
+                                  "or copy the file from elsewhere into the models folder's downloads/ folder and "
+                                  "click Get again (or use … > Convert a checkpoint file…).")
         if status in REDIRECTS and "location" in hdrs:
             linked.update({k: v for k, v in hdrs.items() if k.startswith("x-linked-")})
             url = reply.url().resolved(QUrl(hdrs["location"])).toString()
@@ -138,13 +139,17 @@ class PullTask(QgsTask):
             self._last = now
             self.statusChanged.emit(message)
 
-    def run(self) -> bool:
-        from .core.errors import Cancelled, RemoteClipError
+    def _work(self):
         from .core.models import pull
 
+        return pull(self.name, self.folder, self.url, transport=self.transport, progress=self._progress,
+                    is_cancelled=self.isCanceled)
+
+    def run(self) -> bool:
+        from .core.errors import Cancelled, RemoteClipError
+
         try:
-            self.bundle = str(pull(self.name, self.folder, self.url, transport=self.transport,
-                                   progress=self._progress, is_cancelled=self.isCanceled))
+            self.bundle = str(self._work())
             return True
         except Cancelled:
             self.was_cancelled = True
@@ -164,3 +169,21 @@ class PullTask(QgsTask):
             error = self.error or "The download stopped without a result."
             QgsMessageLog.logMessage(f"Getting {self.name} failed: {error}\n{self.details}", LOG_TAG, Qgis.MessageLevel.Critical)
             self.failed.emit(error, self.details)
+
+
+class ConvertTask(PullTask):
+    """Convert a checkpoint file the analyst has (``core.models.convert``, no torch) into the bundle ``out``."""
+
+    def __init__(self, checkpoint, out, activation: str = "quick_gelu"):
+        from pathlib import Path
+
+        out = Path(out)
+        super().__init__(out.name, out.parent)
+        self.setDescription(f"RemoteCLIP: convert {Path(checkpoint).name}")
+        self.checkpoint, self.out, self.activation = Path(checkpoint), out, activation
+
+    def _work(self):
+        from .core.models import convert
+
+        return convert(self.checkpoint, self.out, activation=self.activation, name=self.out.name,
+                       progress=self._progress, is_cancelled=self.isCanceled)

@@ -61,6 +61,7 @@ class ModelRow(QWidget):
         super().__init__(parent)
         self.task = None
         self.install_task = None
+        self._choosing = False
         col = QVBoxLayout(self)
         col.setContentsMargins(0, 0, 0, 0)
 
@@ -85,6 +86,7 @@ class ModelRow(QWidget):
         menu_action(menu, "Refresh the list", self.refresh)
         menu_action(menu, "Choose the models folder…", self._choose_folder)
         menu_action(menu, "Choose a zipped bundle (.rclip.zip)…", self._choose_zip)
+        menu_action(menu, "Convert a checkpoint file…", self._choose_checkpoint)
         self.more_button.setMenu(menu)
         row.addWidget(self.combo, 1)
         row.addWidget(self.get_button)
@@ -120,6 +122,7 @@ class ModelRow(QWidget):
 
     def refresh(self) -> None:
         """List the demo, the models folder's bundles and the catalogue (size and state of each)."""
+        keep = self.current_entry()   # a model still to Get stays chosen (the path field is empty for it)
         self.combo.blockSignals(True)
         self.combo.clear()
         if DEMO_BUNDLE.is_dir():
@@ -148,7 +151,12 @@ class ModelRow(QWidget):
                     tip += f"\ncatalogue entry {m.entry.verified.get('status', 'unverified')}: {m.entry.verified.get('what', '')}"
             self.combo.setItemData(self.combo.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
         self.combo.blockSignals(False)
-        self._select_path(self.file_widget.filePath())
+        path = self.file_widget.filePath()
+        if not path and keep is not None:
+            self.combo.setCurrentIndex(self._entry_index(keep))
+            self._update_get()
+            return
+        self._select_path(path)
 
     def _select_path(self, path: str) -> None:
         for i in range(self.combo.count()):
@@ -160,24 +168,34 @@ class ModelRow(QWidget):
             self.combo.setCurrentIndex(-1)
         self._update_get()
 
-    def select_entry(self, name: str) -> int:
-        """Make the catalogue entry ``name`` current (as if the user chose it); returns its index or -1."""
+    def _entry_index(self, name: str) -> int:
         for i in range(self.combo.count()):
             data = self.combo.itemData(i) or {}
             if data.get("entry", "").lower() == name.lower() or Path(data.get("path", "x")).name == name:
-                self.combo.setCurrentIndex(i)
-                self._chosen(i)
                 return i
         return -1
+
+    def select_entry(self, name: str) -> int:
+        """Make the catalogue entry ``name`` current (as if the user chose it); returns its index or -1."""
+        i = self._entry_index(name)
+        if i >= 0:
+            self.combo.setCurrentIndex(i)
+            self._chosen(i)
+        return i
 
     def current_entry(self) -> str | None:
         data = self.combo.currentData() or {}
         return data.get("entry")
 
     def _chosen(self, index: int) -> None:
+        """The list is the one source of truth for the model that runs: a model that is here puts its folder
+        in the path field; one still to Get empties it (Run then asks for Get, never runs the one before)."""
         data = self.combo.itemData(index) or {}
-        if "path" in data:
-            self.file_widget.setFilePath(data["path"])
+        self._choosing = True
+        try:
+            self.file_widget.setFilePath(data.get("path", ""))
+        finally:
+            self._choosing = False
         self._update_get()
         if "entry" in data:
             self.info.setText(f"<b>{html.escape(data['entry'])}</b> is not here yet: "
@@ -189,7 +207,8 @@ class ModelRow(QWidget):
         self.get_button.setEnabled(not busy and self.current_entry() is not None)
 
     def _path_changed(self, path: str) -> None:
-        self._select_path(path)
+        if not self._choosing:   # a path typed or browsed: the list follows it
+            self._select_path(path)
 
     def _choose_zip(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "RemoteCLIP model bundle (zip)", self.file_widget.filePath(),
@@ -210,6 +229,33 @@ class ModelRow(QWidget):
         name = self.current_entry()
         if name is None or self.task is not None or self.install_task is not None:
             return None
+        return self._with_converter(lambda: self._start(name))
+
+    def _choose_checkpoint(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "OpenCLIP checkpoint to convert", str(models_folder()),
+                                              "Checkpoints (*.pt *.pth *.bin *.ckpt);;All files (*)")
+        if path:
+            self.convert_file(path)
+
+    def convert_file(self, checkpoint: str):
+        """Convert a checkpoint file the analyst has into ``<models folder>/<its name>`` and select it (the
+        catalogue's activation when the file is a catalogue model's, by its file name)."""
+        if self.task is not None or self.install_task is not None:
+            return None
+        from .model_download import ConvertTask
+
+        path = Path(checkpoint)
+        activation = "quick_gelu"
+        with contextlib.suppress(RemoteClipError):
+            for entry in cat.load_catalog(models_folder()).values():
+                if entry.file == path.name:
+                    activation = entry.activation
+        out = models_folder() / path.stem
+        return self._with_converter(lambda: self._launch(ConvertTask(path, out, activation),
+                                                         f"Converting {path.name} into {out}…"))
+
+    def _with_converter(self, then):
+        """Run ``then`` (which starts a conversion) once onnx is here: installed first when missing."""
         missing = deps.missing_for_conversion()
         if missing:
             try:
@@ -219,30 +265,38 @@ class ModelRow(QWidget):
                           "Windows), then Get again.", error=True)
                 return None
             self.install_task = deps.InstallTask(plan)
-            self.install_task.done.connect(lambda ok, summary, manual: self._installed(ok, summary, manual, name))
+            self.install_task.done.connect(lambda ok, summary, manual: self._installed(ok, summary, manual, then))
             self._say(f"Installing {', '.join(plan.attempts[0][0])} (needed once to convert models)…")
             self._show_progress(True)
             self.progress.setRange(0, 0)
             self._update_get()
             QgsApplication.taskManager().addTask(self.install_task)
             return self.install_task
-        return self._start(name)
+        return then()
 
-    def _installed(self, ok: bool, summary: str, manual: str, name: str) -> None:
+    def _installed(self, ok: bool, summary: str, manual: str, then) -> None:
         self.install_task = None
         self.progress.setRange(0, 100)
         if ok and not deps.missing_for_conversion():
-            self._start(name)
+            then()
             return
         self._show_progress(False)
         self._update_get()
+        if summary.startswith(deps.NO_NETWORK):
+            self._say(f"The network is down: installing the converter's package (needed once to convert models) "
+                      f"could not reach the package index. Connect to the internet, then Get again. Details: "
+                      f"{summary.removeprefix(deps.NO_NETWORK).strip()}", error=True)
+            return
         self._say(f"Installing the converter's packages failed ({summary}). Run by hand: {manual}", error=True)
 
     def _start(self, name: str):
         from .model_download import PullTask
 
         folder = models_folder()
-        self.task = PullTask(name, folder)
+        return self._launch(PullTask(name, folder), f"Getting {name} into {folder}…")
+
+    def _launch(self, task, text: str):
+        self.task = task
         self.task.progressChanged.connect(lambda p: self.progress.setValue(int(p)))  # noqa: QGS202
         self.task.statusChanged.connect(self._say)
         self.task.pulled.connect(self._pulled)
@@ -250,7 +304,7 @@ class ModelRow(QWidget):
         self.task.cancelledByUser.connect(self._cancelled)
         self._show_progress(True)
         self.progress.setValue(0)  # noqa: QGS202 (a Qt setter)
-        self._say(f"Getting {name} into {folder}…")
+        self._say(text)
         self._update_get()
         QgsApplication.taskManager().addTask(self.task)
         return self.task
@@ -282,7 +336,11 @@ class ModelRow(QWidget):
 
     def _cancelled(self) -> None:
         name = self.task.name
+        converting = getattr(self.task, "checkpoint", None) is not None
         self._done()
+        if converting:
+            self._say("Cancelled; no bundle was written.")
+            return
         self.select_entry(name)       # Get resumes it
         self._say("Cancelled. Get again resumes the download.")
 

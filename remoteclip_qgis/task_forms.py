@@ -10,7 +10,7 @@ QGIS's: a samples layer (and its selection) becomes core's ``Samples``.
 
 from __future__ import annotations
 
-from qgis.core import QgsFieldProxyModel, QgsMapLayerProxyModel
+from qgis.core import QgsFieldProxyModel
 from qgis.gui import QgsCollapsibleGroupBox, QgsFieldComboBox, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import (
@@ -28,7 +28,7 @@ from qgis.PyQt.QtWidgets import (
 from .core.errors import InvalidInput, RemoteClipError
 from .core.prompts import PRESETS, split_names
 from .results_view import report_table
-from .widgets import WrapLabel, compact, set_value
+from .widgets import WrapLabel, compact, layer_filters, set_value
 
 BIG = 1_000_000   # the top of a spin box whose input has no upper limit
 CUSTOM = "Custom"
@@ -307,7 +307,7 @@ class _Samples(_Input):
     def add(self, form, prm, layout):
         w = QgsMapLayerComboBox(form)
         compact(w)
-        w.setFilters(QgsMapLayerProxyModel.Filter.PointLayer | QgsMapLayerProxyModel.Filter.PolygonLayer)
+        w.setFilters(layer_filters("PointLayer", "PolygonLayer"))
         w.setAllowEmptyLayer(True)
         w.setToolTip("The analyst's samples: points or polygons, any CRS, with a class field")
         sel = QCheckBox("selected only", form)
@@ -369,7 +369,7 @@ class _Raster(_Input):
     def add(self, form, prm, layout):
         w = QgsMapLayerComboBox(form)
         compact(w)
-        w.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
+        w.setFilters(layer_filters("RasterLayer"))
         w.setAllowEmptyLayer(True)
         w.setCurrentIndex(-1)
         _row(form, prm, w, layout)

@@ -308,3 +308,16 @@ class WrapLabel(QLabel):
         need = self.heightForWidth(self.width())
         if need > 0 and need != self.minimumHeight():
             self.setMinimumHeight(need)
+
+
+def layer_filters(*names: str):
+    """``QgsMapLayerComboBox.setFilters``' value for the layer kinds ``names`` ("RasterLayer", "PointLayer"…):
+    ``Qgis.LayerFilter`` where QGIS has it (3.34+: the ``QgsMapLayerProxyModel.Filter`` flags are deprecated
+    there, a DeprecationWarning at every use from 3.40), else ``QgsMapLayerProxyModel.Filter`` (3.22)."""
+    from qgis.core import Qgis, QgsMapLayerProxyModel
+
+    kinds = getattr(Qgis, "LayerFilter", None) or QgsMapLayerProxyModel.Filter
+    value = getattr(kinds, names[0])
+    for name in names[1:]:
+        value = value | getattr(kinds, name)
+    return value

@@ -360,6 +360,25 @@ def test_input_mistakes_are_shown_under_their_field_before_any_task(dock, data_d
     assert not (tmp_path / "x.gpkg").exists() and dock.last_layer is None
 
 
+def test_classify_says_how_its_inputs_combine_in_the_panels_words(dock, data_dir, tmp_path):
+    """Classify with neither samples nor a saved classifier, then with a saved one and a file to save to: the
+    form says so naming the panel's fields, no command-line options."""
+    dock.layer_combo.setLayer(_raster(data_dir, KAMPALA, "kampala"))
+    dock.set_kind("classify")
+    form = dock.forms["classify"]
+    assert dock.run() is None and dock.task is None
+    text = form.form_error.text()
+    assert "“Samples (points or polygons)”" in text and "“Apply a saved classifier instead”" in text, text
+    assert "--" not in text and "FILE" not in text
+    head = tmp_path / "head.json"
+    head.write_text("{}")
+    form.widgets["head"].setFilePath(str(head))
+    form.widgets["head_out"].setFilePath(str(tmp_path / "again.json"))
+    assert dock.run() is None
+    text = form.form_error.text()
+    assert "“Save the classifier to”" in text and "--" not in text, text
+
+
 def test_layer_names_say_what_tells_runs_apart(dock, data_dir, tmp_path):
     import re
 
@@ -996,10 +1015,14 @@ def test_help_opens_the_documentation(dock):
     assert help_url() == "https://github.com/remoteclip-qgis/remoteclip-qgis#in-qgis"
 
 
-def test_a_run_with_the_demo_model_says_it_is_a_demo(dock, data_dir, tmp_path, qgis_iface):
+def test_a_run_with_the_demo_model_says_it_is_a_demo(dock, data_dir, tmp_path, qgis_iface, monkeypatch):
+    """The message bar says it once per session (a second run adds no second note)."""
     from qgis.core import Qgis
 
     from remoteclip_qgis.core.bundle import DEMO_BUNDLE
+    from remoteclip_qgis.dock_banners import DemoBanner
+
+    monkeypatch.setattr(DemoBanner, "said", False, raising=False)   # a fresh QGIS session
 
     dock.model_widget.setFilePath(str(DEMO_BUNDLE))
     assert dock.demo_banner.isVisibleTo(dock)
@@ -1016,6 +1039,12 @@ def test_a_run_with_the_demo_model_says_it_is_a_demo(dock, data_dir, tmp_path, q
     notes = [item for item in bar.items() if "demo model: for trying the plugin" in item.text().lower()]
     assert len(notes) == 1 and notes[0].level() == Qgis.Info, [i.text() for i in bar.items()]
     assert [b.text() for b in notes[0].findChildren(QPushButton)] == ["Get RemoteCLIP-ViT-B-32"]
+    dock.output_widget.setFilePath(str(tmp_path / "demo-again.gpkg"))
+    _run(dock)
+    assert dock.last_layer is not None, dock.status.text()
+    notes = [item for item in bar.items() if "demo model: for trying the plugin" in item.text().lower()]
+    assert len(notes) == 1, [i.text() for i in bar.items()]
+    assert dock.demo_banner.isVisibleTo(dock)          # the panel still says it
     bar.clearWidgets()
 
 
@@ -1035,3 +1064,30 @@ def test_a_new_input_error_shows_no_stale_progress_or_status(dock, data_dir, tmp
     assert "Search settings" in dock.status.text() and dock.progress.value() == 0
     dock.set_kind("label")
     assert "settings" not in dock.status.text()
+
+
+def test_the_layer_lists_filter_without_deprecated_flags(rc, qgis_iface, qgis_new_project, data_dir, polygon_layer):
+    """The layer combos take the filter type this QGIS expects (Qgis.LayerFilter from 3.34, which warns on the
+    old QgsMapLayerProxyModel flags from 3.40; the flags on 3.22), and they still filter: the raster list holds
+    no polygon layer, the polygon list no raster."""
+    import warnings
+
+    from qgis.core import QgsProject
+
+    from remoteclip_qgis.dock import RemoteClipDock
+
+    raster = _raster(data_dir, KAMPALA, "kampala")
+    poly = polygon_layer(["POLYGON((0 0,1 0,1 1,0 0))"])
+    QgsProject.instance().addMapLayer(poly)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        d = RemoteClipDock()
+    try:
+        assert not [w for w in seen if "setFilters" in str(w.message)], [str(w.message) for w in seen]
+        listed = [d.layer_combo.layer(i) for i in range(d.layer_combo.count())]
+        assert raster in listed and poly not in listed
+        listed = [d.polygon_combo.layer(i) for i in range(d.polygon_combo.count())]
+        assert poly in listed and raster not in listed
+    finally:
+        d.unload()
+        d.deleteLater()

@@ -260,3 +260,114 @@ def test_a_complete_part_through_qgis_is_checked_against_the_sha256_of_the_redir
         starts = srv.range_starts()
     assert starts == [len(_PAYLOAD), len(_PAYLOAD)]       # the redirect, then the store's 416
     assert err.value.path == str(tmp_path / "ckpt.pt") and list(tmp_path.iterdir()) == []
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]   # closed again: a connection there is refused, as with no network
+
+
+def test_after_a_failed_get_the_list_the_path_and_run_agree_on_the_model(dock, models, tiny_bundle, data_dir):
+    """A converted model chosen, then a model still to Get, whose Get fails (nothing listens): the list, the
+    info line, the path field and Run all mean that model; Run refuses naming it, never runs the one before."""
+    import shutil
+
+    from qgis.core import QgsProject, QgsRasterLayer
+
+    from remoteclip_qgis.core.errors import ModelError
+
+    layer = QgsRasterLayer(str(data_dir / "geotiff" / "rasterio_RGB.byte.tif"), "rgb")
+    QgsProject.instance().addMapLayer(layer)
+    dock.layer_combo.setLayer(layer)
+
+    shutil.copytree(tiny_bundle, models / "Local-Tiny")
+    user_catalog(models, entry(name="RemoteCLIP-RN50", url=f"http://127.0.0.1:{_closed_port()}/RN50.pt"))
+    row = dock.model_row
+    row.refresh()
+    assert row.select_entry("Local-Tiny") >= 0
+    assert dock.model_path() == str(models / "Local-Tiny") and dock.bundle is not None
+    row.select_entry("RemoteCLIP-RN50")
+    assert dock.model_path() == ""                       # the list's choice is the model that runs
+    row.get_button.click()
+    _wait(row)
+    assert "127.0.0.1" in row.status.text()              # the failure is said, in the dock's words
+    assert "remoteclip models" not in row.status.text() and "--url" not in row.status.text()
+    assert "Convert a checkpoint file" in row.status.text()
+    assert row.combo.currentText().startswith("RemoteCLIP-RN50 · ")
+    assert "RemoteCLIP-RN50" in dock.model_info.text()
+    assert dock.model_path() == "" and dock.bundle is None
+    with pytest.raises(ModelError) as err:
+        dock._inputs()   # noqa: SLF001 (what Run and the plan build their job from)
+    assert "RemoteCLIP-RN50" in err.value.problem
+    row.select_entry("Local-Tiny")                       # and back: the path follows the list again
+    assert dock.model_path() == str(models / "Local-Tiny")
+
+
+def test_get_converts_a_checkpoint_already_in_downloads_without_the_network(dock, models, tiny_ckpt):
+    """The analyst's own copy in downloads/ (no download mark): listed as downloaded, Get converts it offline."""
+    import hashlib
+    import shutil
+
+    user_catalog(models, entry(url=f"http://127.0.0.1:{_closed_port()}/tiny.pt", size=tiny_ckpt.stat().st_size,
+                               sha256=hashlib.sha256(tiny_ckpt.read_bytes()).hexdigest()))
+    (models / "downloads").mkdir()
+    shutil.copyfile(tiny_ckpt, models / "downloads" / "tiny.pt")
+    row = dock.model_row
+    row.refresh()
+    assert _items(row)["Tiny-RS"] == "Tiny-RS · downloaded, Get converts it"
+    row.select_entry("Tiny-RS")
+    row.get_button.click()
+    _wait(row)
+    assert dock.model_path() == str(models / "Tiny-RS"), row.status.text()
+    assert (models / "downloads" / "tiny.pt").is_file()
+
+
+def test_convert_a_checkpoint_file_from_the_model_row(dock, models, tiny_ckpt, tmp_path):
+    """The row's "Convert a checkpoint file…": the torch-free converter writes <models folder>/<file name>, which
+    is then listed and selected; a second conversion to the same name is refused, the first bundle kept."""
+    import shutil
+
+    mine = tmp_path / "My-Model.pt"
+    shutil.copyfile(tiny_ckpt, mine)
+    row = dock.model_row
+    assert "Convert a checkpoint file…" in [a.text() for a in row.more_button.menu().actions()]
+    assert row.convert_file(str(mine)) is not None
+    _wait(row)
+    bundle = models / "My-Model"
+    assert dock.model_path() == str(bundle), row.status.text()
+    assert row.combo.currentText().startswith("My-Model · ") and dock.bundle is not None
+    assert json.loads((bundle / "manifest.json").read_text())["source"]["tool"] == "remoteclip models convert"
+    row.convert_file(str(mine))
+    _wait(row)
+    assert "My-Model" in row.status.text() and dock.model_path() == str(bundle)
+
+
+def test_the_first_get_offline_says_the_network_is_down(dock, models, monkeypatch, tmp_path):
+    """A fresh profile (onnx missing) and no network: Get's install of onnx runs the real pip against an index
+    nobody answers; the row says the network is down, not pip's "no matching distribution"/conflict; and pip's
+    pipe is closed (no ResourceWarning)."""
+    import gc
+    import warnings
+
+    from remoteclip_qgis import deps
+
+    monkeypatch.setattr(deps, "missing_for_conversion", lambda: ["onnx"])
+    monkeypatch.setattr(deps, "deps_dir", lambda settings_dir=None: tmp_path / "deps")
+    monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{_closed_port()}/simple")
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+    for k in ("https_proxy", "HTTPS_PROXY", "PIP_PROXY", "PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL"):
+        monkeypatch.delenv(k, raising=False)
+    row = dock.model_row
+    row.select_entry("RemoteCLIP-ViT-B-32")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert row.get() is not None and row.install_task is not None
+        _wait(row)
+        gc.collect()
+    text = row.status.text()
+    assert "network is down" in text and "127.0.0.1" in text, text
+    assert "ResolutionImpossible" not in text and "Run by hand" not in text
+    assert row.task is None and row.get_button.isEnabled()
+    assert not [w for w in seen if issubclass(w.category, ResourceWarning)], [str(w.message) for w in seen]

@@ -339,3 +339,40 @@ def test_pull_writes_nothing_through_a_link_out_of_the_models_folder(models, tmp
         with pytest.raises(OutputRefused):
             pull("Tiny-RS", url=srv.url("tiny.pt"))
         assert not (tmp_path / "new-bundle").exists() and srv.requests == []
+
+
+def _refused_url() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/tiny.pt"   # nothing listens: as with no network
+
+
+def test_a_checkpoint_already_in_downloads_is_converted_without_the_network(models, tiny_ckpt, tmp_path, capsys):
+    """A complete file the analyst put in downloads/ (the publisher's file name, no sidecar) is listed as
+    downloaded and pull converts it offline when its sha256 is the catalogue's; it stays (it is theirs). One
+    of the right size but another sha256 is refused naming it, nothing downloaded, the file left alone."""
+    from core.errors import VerificationFailed
+    from core.models import pull
+
+    user_catalog(models, entry(url=_refused_url(), sha256=hashlib.sha256(tiny_ckpt.read_bytes()).hexdigest(),
+                               size=tiny_ckpt.stat().st_size))
+    (models / "downloads").mkdir()
+    theirs = models / "downloads" / "tiny.pt"
+    shutil.copyfile(tiny_ckpt, theirs)
+    assert {m.name: m.state for m in cat.list_models(models)}["Tiny-RS"] == "downloaded"
+    rc, _, err = _run(capsys, "models", "pull", "Tiny-RS", "-q")
+    assert rc == 0, err
+    manifest = json.loads((models / "Tiny-RS" / "manifest.json").read_text())
+    assert manifest["source"]["sha256"] == hashlib.sha256(tiny_ckpt.read_bytes()).hexdigest()
+    assert manifest["source"]["origin"] == str(theirs)
+    assert theirs.read_bytes() == tiny_ckpt.read_bytes()       # kept: it is the analyst's
+    _run(capsys, "models", "remove", "Tiny-RS")
+    other = bytearray(tiny_ckpt.read_bytes())
+    other[-1] ^= 0xFF                                          # same size, another file
+    theirs.write_bytes(bytes(other))
+    with pytest.raises(VerificationFailed) as e:
+        pull("Tiny-RS", models)
+    assert e.value.path == str(theirs) and theirs.read_bytes() == bytes(other)
+    assert not (models / "Tiny-RS").exists() and sorted(p.name for p in (models / "downloads").iterdir()) == ["tiny.pt"]

@@ -83,14 +83,13 @@ class ClassifyTask(Task):
                 setattr(self, name, checks.path_text(value, "classifier file"))
         if self.samples is None and self.head is None:
             raise InvalidInput("No samples and no saved classifier were given.",
-                                  "Give sample points or polygons with their class field (--samples FILE "
-                                  "--class-field NAME), or a saved classifier (--head FILE).")
+                                  "Give sample points or polygons with their class field, or a saved classifier.")
         if self.samples is not None and self.head is not None:
             raise InvalidInput("Both samples and a saved classifier were given.",
                                   "Give samples to train a classifier, or a saved one to apply, not both.")
         if self.head is not None and self.head_out is not None:
-            raise InvalidInput("A saved classifier (--head) is applied, so there is nothing new to save "
-                                  "(--head-out).", "Leave out --head-out, or train with --samples.", param="head_out")
+            raise InvalidInput("A saved classifier is applied, so there is nothing new to save.",
+                                  "Leave out the file to save the classifier to, or train on samples.", param="head_out")
         self.suggest = checks.whole(self.suggest or 0, "suggest", 0, 10_000, "the number of tiles, e.g. 20")
         self.method = checks.choice(self.method or "logistic", "classifier", METHODS)
         self.k = checks.whole(self.k, "k", 1, 100, "e.g. 5")
@@ -113,6 +112,18 @@ class ClassifyTask(Task):
             samples = read_samples(samples, class_field)
         elif isinstance(samples, str):
             samples = None
+        # how the inputs combine, in the front-end's words (the dock's field names, the command line's options)
+        head, head_out = (raw.get(n) if str(raw.get(n) or "").strip() else None for n in ("head", "head_out"))
+        if samples is None and head is None:
+            raise InvalidInput("No samples and no saved classifier were given.",
+                               f"Give sample points or polygons ({spell(cls.param('samples'))}) with their class "
+                               f"field ({spell(cls.param('class_field'))}), or a saved classifier "
+                               f"({spell(cls.param('head'))}).")
+        if head is not None and head_out is not None:
+            raise InvalidInput(f"A saved classifier ({spell(cls.param('head'))}) is applied, so there is nothing "
+                               f"new to save ({spell(cls.param('head_out'))}).",
+                               f"Leave out {spell(cls.param('head_out'))}, or train on samples "
+                               f"({spell(cls.param('samples'))}).", param="head_out")
         return super().from_inputs({**raw, "samples": samples}, spell)
 
     # -------------------------------------------------------------------------------------- run
