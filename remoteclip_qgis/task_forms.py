@@ -404,7 +404,7 @@ class _Examples(_Input):
     def add(self, form, prm, layout):
         w = QgsMapLayerComboBox(form)
         compact(w)
-        w.setFilters(QgsMapLayerProxyModel.Filter.PointLayer | QgsMapLayerProxyModel.Filter.PolygonLayer)
+        w.setFilters(layer_filters("PointLayer", "PolygonLayer"))
         w.setAllowEmptyLayer(True)
         w.setCurrentIndex(0)   # the empty entry: examples are optional
         w.setToolTip(prm.help)
