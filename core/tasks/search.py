@@ -145,11 +145,7 @@ class SearchTask(Task):
         has_like = self.like is not None or bool(self.like_images)
         has_unlike = self.unlike is not None or bool(self.unlike_images)
         if not self.query and not has_like:
-            if has_unlike:
-                raise InvalidInput("Only examples to push away from (unlike) were given: nothing says what to find.",
-                                   "Add examples of what to find (--like) or a text query (--query).", param="like")
-            raise InvalidInput("The search query is empty.", "Give a query, e.g. --query 'a swimming pool', or "
-                               "examples (--like FILE).", param="query")
+            _nothing_to_find(has_unlike, lambda p: p.label)
         self.top_k = checks.optional(checks.whole, self.top_k, "top_k", 1, example="e.g. 20")
         self.threshold = checks.optional(checks.number, self.threshold, "The similarity threshold (a cosine)",
                                          -1.0, 1.0, example="e.g. 0.25")
@@ -167,6 +163,14 @@ class SearchTask(Task):
         from ..examples import is_image_file, read_examples
 
         spell = spell or (lambda p: p.label)
+
+        def given(name):
+            v = raw.get(name)
+            return bool(v.strip()) if isinstance(v, str) else bool(v)
+
+        if not given("query") and not given("like") and not given("like_images"):
+            # in the front-end's words (the dock's field names, the command line's options)
+            _nothing_to_find(given("unlike") or given("unlike_images"), spell, cls)
         raw = dict(raw)
         images = {"like": list(_paths(raw.get("like_images"))), "unlike": []}
         for name in ("like", "unlike"):
@@ -326,3 +330,14 @@ class SearchTask(Task):
 
     def value_text(self, value) -> str:
         return "selected" if value else "not selected"
+
+
+def _nothing_to_find(has_unlike: bool, spell, cls=None):
+    """Refuse a search with neither a query nor examples of what to find, naming the inputs by ``spell``."""
+    cls = cls or SearchTask
+    query, like = spell(cls.param("query")), spell(cls.param("like"))
+    if has_unlike:
+        raise InvalidInput("Only examples to push away from were given: nothing says what to find.",
+                           f"Add examples of what to find ({like}) or a text query ({query}).", param="like")
+    raise InvalidInput("The search query is empty.", f"Type a query ({query}), e.g. 'a swimming pool', or give "
+                       f"examples of what to find ({like}).", param="query")
