@@ -430,8 +430,9 @@ def test_the_plan_is_printed_with_a_rate_measured_here(tiny_bundle, rgb_byte, tm
                  "--cache-dir", cache)
     assert "plan: 156 tiles of 64 x 64 px\n" in first.stderr.replace("\r", "\n")
     rates = json.loads((cache / "rates.json").read_text())
-    (rate,) = rates.values()
-    assert rate > 0
+    (entry,) = rates.values()
+    rate = entry["rate"]
+    assert rate > 0 and entry["tiles"] == 156
     second = _cli("label", rgb_byte, "--labels", "a,b", "--model", tiny_bundle, "--tile-size", 64,
                   "--cache-dir", cache)
     took = "under 1 s" if 156 / rate < 1 else f"about {156 / rate:.0f} s"   # never "about 0 s"
@@ -490,3 +491,28 @@ def test_evaluate_without_a_task_or_with_a_damaged_image_fails(tmp_path, tiny_bu
             shutil.copy(src, folder / cls / f"{i}.jpg")
     (folder / "forest" / "1.jpg").write_bytes(b"not a jpeg")
     assert evaluate.main(["--bundle", str(tiny_bundle), "--zeroshot", str(folder)]) == 2
+
+
+def test_any_run_gives_a_first_rate_and_a_small_run_never_replaces_a_measured_one(tiny_bundle, rgb_byte, tmp_path):
+    """The time estimate after any first run (issue 25: a 35-tile run never gave one), from a rate that a later
+    run of fewer tiles than the one measured (and fewer than two batches) does not replace."""
+    from core.bundle import load_bundle
+    from core.pipeline import Job, LabelTask, RunOptions
+    from core.pipeline.plan import known_rate, record_rate
+
+    job = Job(raster=str(rgb_byte), task=LabelTask(["a", "b"]),
+              run=RunOptions(model=str(tiny_bundle), cache_dir=str(tmp_path / "cache"), batch_size=8))
+    bundle = load_bundle(job.run.model)
+    assert known_rate(job, bundle) is None
+    record_rate(job, bundle, "cpu", 3, 1.0)             # 3 tiles: a first estimate, better than none
+    assert known_rate(job, bundle) == 3.0
+    record_rate(job, bundle, "cpu", 40, 4.0)            # a larger run replaces it
+    assert known_rate(job, bundle) == 10.0
+    record_rate(job, bundle, "cpu", 15, 1.0)            # under 40 and under two batches (16): kept out
+    assert known_rate(job, bundle) == 10.0
+    record_rate(job, bundle, "cpu", 16, 1.0)            # two batches: the encoder dominates, it counts
+    assert known_rate(job, bundle) == 16.0
+    # a file of an earlier version (bare numbers) still gives its rate
+    path = tmp_path / "cache" / "rates.json"
+    path.write_text(json.dumps({k: 7.5 for k in json.loads(path.read_text())}))
+    assert known_rate(job, bundle) == 7.5

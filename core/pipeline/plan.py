@@ -188,33 +188,52 @@ def _rate_key(bundle, precision: str, device: str) -> str:
     return f"{bundle.name}|{bundle.architecture}|{precision}|{device}"
 
 
+def _read_rates(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        rates = json.load(f)
+    return rates if isinstance(rates, dict) else {}
+
+
+def _rate_entry(value) -> tuple[float, int] | None:
+    """(tiles per second, tiles it was measured on) of a stored rate; a bare number (files of earlier versions)
+    counts as measured on many tiles."""
+    if isinstance(value, int | float) and value > 0:
+        return float(value), 1 << 30
+    if isinstance(value, dict) and isinstance(value.get("rate"), int | float) and value["rate"] > 0:
+        return float(value["rate"]), int(value.get("tiles") or 0)
+    return None
+
+
 def known_rate(job: Job, bundle) -> float | None:
-    """Tiles per second of the last run of this model, precision and device (kept beside the cache)."""
+    """Tiles per second of this model, precision and device measured here (kept beside the cache)."""
     path = _rates_path(job)
     if path is None or not os.path.isfile(path):
         return None
     try:
-        with open(path, encoding="utf-8") as f:
-            rate = json.load(f).get(_rate_key(bundle, job.run.precision, job.run.device))
+        entry = _rate_entry(_read_rates(path).get(_rate_key(bundle, job.run.precision, job.run.device)))
     except (OSError, ValueError, AttributeError):
         return None
-    return float(rate) if isinstance(rate, int | float) and rate > 0 else None
+    return entry[0] if entry else None
 
 
 def record_rate(job: Job, bundle, provider: str, n_tiles: int, seconds: float) -> None:
+    """Keep the rate of this run: any run that encoded tiles gives a first estimate (a few tiles time the
+    start-up too, so theirs is slow); a run replaces an earlier measurement on as many tiles or more, or on
+    two batches or more (enough for the encoder to dominate)."""
     from ..inference import AUTO_BATCH_CPU
 
     path = _rates_path(job)
-    if path is None or n_tiles < 2 * (job.run.batch_size or AUTO_BATCH_CPU) or seconds <= 0:
-        return   # a few tiles time the start-up more than the encoder
+    if path is None or n_tiles < 1 or seconds <= 0:
+        return
     from ..cache import _atomic_write
 
     try:
-        rates = {}
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                rates = json.load(f)
-        rates[_rate_key(bundle, job.run.precision, job.run.device)] = round(n_tiles / seconds, 3)
+        rates = _read_rates(path) if os.path.isfile(path) else {}
+        key = _rate_key(bundle, job.run.precision, job.run.device)
+        old = _rate_entry(rates.get(key))
+        if old is not None and n_tiles < min(old[1], 2 * (job.run.batch_size or AUTO_BATCH_CPU)):
+            return   # a smaller run would replace a better measurement
+        rates[key] = {"rate": round(n_tiles / seconds, 3), "tiles": int(n_tiles)}
         os.makedirs(os.path.dirname(path), exist_ok=True)
         _atomic_write(path, lambda f: f.write(json.dumps(rates, indent=1, sort_keys=True).encode()))
     except (OSError, ValueError, AttributeError) as e:
