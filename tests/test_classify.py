@@ -479,3 +479,16 @@ def test_replacing_a_dense_map_drops_its_statistics_only_once_the_new_map_is_in_
     write_dense(str(path), tiles, np.arange(6.0)[::-1], ["v"], (10, 10), (10, 10), transform, "EPSG:32636",
                 overwrite=True)
     assert not aux.exists() and path.read_bytes() != old
+
+
+def test_the_report_counts_drawn_samples_and_their_tiles_apart():
+    """10 points where overlapping tiles meet claim 13 tiles: the table says both (it said "13 samples")."""
+    from core.tasks import report_lines
+
+    rng = np.random.default_rng(11)
+    x, y, text = _two_class_world(rng, text_right=False, n_per_class=7)
+    _, report, _ = classify.train(x, y, np.arange(len(y)), ["a", "b"], text, 30.0)
+    report["samples"] = {"samples": {"a": 5, "b": 5}, "tiles": {"a": 7, "b": 6}}
+    header, row_a = report_lines(report)[1:3]
+    assert header.split()[-2:] == ["samples", "tiles"]
+    assert row_a.split()[0] == "a" and row_a.split()[-2:] == ["5", str(report["cv"]["per_class"]["a"]["support"])]

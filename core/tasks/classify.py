@@ -286,12 +286,14 @@ def _report_lines(report: dict) -> list[str]:
              f"({cv['folds']} folds {by}); class names alone {cv['zero_shot']:.1%} balanced; classifier: {mix}"]
     classes = list(report.get("classes") or cv["per_class"])
     width = max(len(c) for c in classes)
-    lines.append(f"  {'class'.ljust(width)}  precision  recall  samples")
+    # points or polygons drawn, and the tiles they claim (a point where overlapping tiles meet claims several)
+    drawn = (report.get("samples") or {}).get("samples") or {}
+    lines.append(f"  {'class'.ljust(width)}  precision  recall  samples  tiles")
     for c in classes:
         pc = cv["per_class"][c]
         p = "-" if pc["precision"] is None else f"{pc['precision']:.0%}"
         r = "-" if pc["recall"] is None else f"{pc['recall']:.0%}"
-        lines.append(f"  {c.ljust(width)}  {p:>9}  {r:>6}  {pc['support']:>7}")
+        lines.append(f"  {c.ljust(width)}  {p:>9}  {r:>6}  {drawn.get(c, '-'):>7}  {pc['support']:>5}")
     lines.append("  confusion (rows: true, columns: predicted, in the order above):")
     for c, row in zip(classes, cv["confusion"], strict=True):
         lines.append(f"  {c.ljust(width)}  " + " ".join(f"{v:>5}" for v in row))
