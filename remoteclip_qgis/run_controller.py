@@ -72,6 +72,7 @@ class RunController(QObject):
         self.request: RunRequest | None = None
         self.last_result = None
         self.last_layer = None
+        self._style_file = None
         self.last_dense_layer = None
         self.last_suggestions = None
 
@@ -95,6 +96,9 @@ class RunController(QObject):
         if request.automatic_output:
             Path(job.output).parent.mkdir(parents=True, exist_ok=True)   # the default results folder
         self.request = request
+        # a run into a Shapefile gets its style beside it (as Export does), unless a .qml there is somebody's:
+        # one beside no Shapefile of that name before the run
+        self._style_file = style_beside(job.output)
         self.task = RemoteClipTask(job, f"RemoteCLIP {request.kind}: {request.name}")
         self.task.progressChanged.connect(lambda p: self.progress.emit(int(p)))
         self.task.statusChanged.connect(self.status.emit)
@@ -197,6 +201,8 @@ class RunController(QObject):
         except Exception as e:   # noqa: BLE001 (reported, and the run's layer stays)
             problem, fix = (e.problem, e.fix) if isinstance(e, RemoteClipError) else (f"{type(e).__name__}: {e}", None)
             self.problem.emit(problem, fix)
+        if self._style_file:
+            layer.saveNamedStyle(self._style_file)
         self.last_layer = layer
         self.succeeded.emit(RunOutcome(request, result, rows, task, layer))
 
@@ -215,3 +221,12 @@ class RunController(QObject):
     def _cancelled(self) -> None:
         self._end()
         self.cancelled.emit()
+
+
+def style_beside(output) -> str | None:
+    """The .qml a run into the Shapefile ``output`` writes after it (QGIS applies a same-named .qml when it opens
+    a Shapefile), or None: not a Shapefile, or a .qml there that belongs to no Shapefile of that name."""
+    if not output or os.path.splitext(os.fspath(output))[1].lower() != ".shp":
+        return None
+    qml = os.path.splitext(os.fspath(output))[0] + ".qml"
+    return qml if not os.path.lexists(qml) or os.path.lexists(output) else None

@@ -1091,3 +1091,24 @@ def test_the_layer_lists_filter_without_deprecated_flags(rc, qgis_iface, qgis_ne
     finally:
         d.unload()
         d.deleteLater()
+
+
+def test_a_run_saved_to_a_shapefile_gets_its_style_beside_it_but_never_over_a_users(dock, data_dir, tmp_path):
+    """As Export does: the run's .qml beside its Shapefile (QGIS applies it when the file is opened again); a .qml
+    that sat beside no Shapefile of that name is somebody's and stays."""
+    raster = _raster(data_dir, KAMPALA, "kampala")
+    dock.layer_combo.setLayer(raster)
+    dock.set_kind("label")
+    dock.labels_edit.setPlainText("buildings\ntrees")
+    dock.tile_unit.setCurrentIndex(dock.tile_unit.findData("px"))
+    dock.tile_size.setValue(512)
+    out = tmp_path / "labels.shp"
+    dock.output_widget.setFilePath(str(out))
+    _run(dock)
+    qml = tmp_path / "labels.qml"
+    assert out.is_file() and qml.is_file() and "categorizedSymbol" in qml.read_text()
+    mine = tmp_path / "mine.qml"
+    mine.write_text("<qgis>the analyst's own style</qgis>")
+    dock.output_widget.setFilePath(str(tmp_path / "mine.shp"))
+    _run(dock)
+    assert (tmp_path / "mine.shp").is_file() and mine.read_text() == "<qgis>the analyst's own style</qgis>"
