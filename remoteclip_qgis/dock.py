@@ -148,6 +148,9 @@ class RemoteClipDock(DockLayout):
         r.progress.connect(lambda p: set_value(self.progress, p))
         r.status.connect(self.status_text)
         r.problem.connect(self._report_error)
+        r.output_problem.connect(self._show_output_error)
+        r.started.connect(lambda _request: self._show_output_error(""))
+        self.output_widget.fileChanged.connect(lambda _path: self._show_output_error(""))
         r.finished.connect(self._finish)
         r.succeeded.connect(self._show_result)
         r.failed.connect(self._show_failed)
@@ -444,6 +447,11 @@ class RemoteClipDock(DockLayout):
             self._form_error_kind = None
             self.status.setText("")
             self.status.setToolTip("")
+
+    def _show_output_error(self, text: str) -> None:
+        """The output refused, said under the File field ('' hides it: a new file chosen, a run started)."""
+        self.output_error.setText(text)
+        self.output_error.setVisible(bool(text))
 
     def _report_error(self, problem: str, fix: str | None) -> None:
         text = problem + (f" Fix: {fix}" if fix else "")

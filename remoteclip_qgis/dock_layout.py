@@ -37,7 +37,7 @@ from .dock_export import ExportBox, save_file_widget
 from .dock_settings import results_folder, results_folder_setting, save_setting
 from .model_picker import ModelRow
 from .results_view import ResultBox
-from .task_forms import TaskForm
+from .task_forms import TaskForm, error_label
 from .widgets import (
     PathLabel,
     TaskPages,
@@ -271,6 +271,8 @@ class DockLayout(QgsDockWidget):
             "Where this run's result is saved. Empty: a new GeoPackage, named after the raster, the task and the "
             "time, in the results folder")
         form.addRow("File", self.output_widget)
+        self.output_error = error_label(box)   # the output refused: said here, not only in the status line
+        form.addRow(self.output_error)
         self.folder_label = PathLabel("", box)
         self.folder_label.setObjectName("results_folder")
         self.folder_button = QToolButton(box)

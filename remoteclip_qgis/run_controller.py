@@ -59,6 +59,7 @@ class RunController(QObject):
     progress = pyqtSignal(int)          # percent
     status = pyqtSignal(str)            # the status line (HTML)
     problem = pyqtSignal(str, object)   # a refused input or a failed step: the problem and its fix
+    output_problem = pyqtSignal(str)    # the run's output file refused: the text, for under the File field
     finished = pyqtSignal()             # the run ended, whichever way (before succeeded, failed, cancelled)
     succeeded = pyqtSignal(object)      # RunOutcome
     failed = pyqtSignal(str)            # the error
@@ -83,18 +84,20 @@ class RunController(QObject):
         if self.task is not None:
             return None
         job = request.job
+        if request.automatic_output:
+            Path(job.output).parent.mkdir(parents=True, exist_ok=True)   # the default results folder
         try:
             if not self._may_write(job):
                 return None
         except RemoteClipError as e:
             self.problem.emit(e.problem, e.fix)
+            if isinstance(e, OutputRefused) and about_output(e.path, job.output):
+                self.output_problem.emit(e.problem + (f" Fix: {e.fix}" if e.fix else ""))
             return None
         if not self._confirm_plan(job):
             return None
         from .task import RemoteClipTask
 
-        if request.automatic_output:
-            Path(job.output).parent.mkdir(parents=True, exist_ok=True)   # the default results folder
         self.request = request
         # a run into a Shapefile gets its style beside it (as Export does), unless a .qml there is somebody's:
         # one beside no Shapefile of that name before the run
@@ -150,12 +153,21 @@ class RunController(QObject):
             if what is not None:
                 replaced.append(what)
         if not replaced:
-            return True
+            return self._outputs_checked(job)
         what = " and ".join(replaced)
         if not confirm_replace(self.widget, what, any(getattr(r, "layer", False) for r in replaced)):
             self.status.emit(f"Not run: {_html(what)} was kept. Choose another output file or replace it.")
             return False
         job.overwrite = True
+        return self._outputs_checked(job)
+
+    @staticmethod
+    def _outputs_checked(job) -> bool:
+        """Core's own checks of every file the run writes (an input named as output, a user's sidecar files), so
+        a refusal comes now, beside the File field, not from the running task."""
+        from .core.pipeline.write import check_outputs
+
+        check_outputs(job)
         return True
 
     def cancel(self) -> None:
@@ -230,3 +242,12 @@ def style_beside(output) -> str | None:
         return None
     qml = os.path.splitext(os.fspath(output))[0] + ".qml"
     return qml if not os.path.lexists(qml) or os.path.lexists(output) else None
+
+
+def about_output(path, output) -> bool:
+    """Whether a refusal naming ``path`` is about the run's ``output`` file: the file, one of its sidecar files
+    (a Shapefile's .cpg, .prj ...) or its folder."""
+    if not path or not output:
+        return False
+    path, output = os.path.abspath(os.fspath(path)), os.path.abspath(os.fspath(output))
+    return path == os.path.dirname(output) or os.path.splitext(path)[0] == os.path.splitext(output)[0]

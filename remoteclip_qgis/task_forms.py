@@ -46,7 +46,7 @@ class TaskForm(QWidget):
         self.errors: dict[str, QLabel] = {}   # the inline message under each input
         form = QFormLayout(self)
         # what is wrong with the inputs as a whole (the task's own checks), above them
-        self.form_error = _error_label(self)
+        self.form_error = error_label(self)
         self.form_error.setObjectName("form_error")
         form.addRow(self.form_error)
         advanced = None
@@ -59,7 +59,7 @@ class TaskForm(QWidget):
             target = advanced if prm.advanced else form
             INPUTS[prm.kind].add(self, prm, target)
             if prm.name in self.widgets and INPUTS[prm.kind].inline_error:
-                self.errors[prm.name] = label = _error_label(self)
+                self.errors[prm.name] = label = error_label(self)
                 target.addRow(label)
                 _on_edit(self.widgets[prm.name], lambda _=None, n=prm.name: self.clear_error(n))
         if not task_cls.params:
@@ -460,7 +460,7 @@ INPUTS: dict[str, _Input] = {
 ERROR_STYLE = "color: #b00020;"
 
 
-def _error_label(parent) -> QLabel:
+def error_label(parent) -> QLabel:
     label = WrapLabel("", parent)
     label.setStyleSheet(ERROR_STYLE)
     label.setVisible(False)

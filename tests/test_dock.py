@@ -1112,3 +1112,20 @@ def test_a_run_saved_to_a_shapefile_gets_its_style_beside_it_but_never_over_a_us
     dock.output_widget.setFilePath(str(tmp_path / "mine.shp"))
     _run(dock)
     assert (tmp_path / "mine.shp").is_file() and mine.read_text() == "<qgis>the analyst's own style</qgis>"
+
+
+def test_a_refused_output_is_said_under_the_file_field(dock, data_dir, tmp_path):
+    """Output errors were in the status line only (issue 25 item 7): under the File field too, gone once
+    another file is chosen; core's own output checks refuse before the task starts."""
+    raster = _raster(data_dir, KAMPALA, "kampala")
+    dock.layer_combo.setLayer(raster)
+    dock.set_kind("label")
+    dock.labels_edit.setPlainText("buildings\ntrees")
+    dock.tile_unit.setCurrentIndex(dock.tile_unit.findData("px"))
+    dock.tile_size.setValue(512)
+    dock.output_widget.setFilePath(str(tmp_path / "no such folder" / "out.gpkg"))
+    assert dock.run() is None and dock.task is None
+    assert not dock.output_error.isHidden() and "no such folder" in dock.output_error.text()
+    assert not (tmp_path / "no such folder").exists()
+    dock.output_widget.setFilePath(str(tmp_path / "other.gpkg"))
+    assert dock.output_error.isHidden()
