@@ -246,10 +246,15 @@ class ModelRow(QWidget):
 
         path = Path(checkpoint)
         activation = "quick_gelu"
-        with contextlib.suppress(RemoteClipError):
-            for entry in cat.load_catalog(models_folder()).values():
-                if entry.file == path.name:
-                    activation = entry.activation
+        try:
+            entries = cat.load_catalog(models_folder()).values()
+        except RemoteClipError as e:   # a damaged catalogue: said, and the default activation used
+            self.message.emit(f"{e.problem} The checkpoint is converted with quick_gelu.",
+                              int(Qgis.MessageLevel.Warning))
+            entries = ()
+        for entry in entries:
+            if entry.file == path.name:
+                activation = entry.activation
         out = models_folder() / path.stem
         return self._with_converter(lambda: self._launch(ConvertTask(path, out, activation),
                                                          f"Converting {path.name} into {out}…"))

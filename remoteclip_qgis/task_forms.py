@@ -166,12 +166,19 @@ class _Input:
         return ""
 
 
-def _row(form: TaskForm, prm, w, layout: QFormLayout, tooltip: bool = True) -> None:
-    """``w`` as the input's widget, on a row of its own with the input's label (its help as tooltip)."""
+def _row(form: TaskForm, prm, w, layout: QFormLayout, tooltip: bool = True, below: bool = False) -> None:
+    """``w`` as the input's widget, on a row of its own with the input's label (its help as tooltip);
+    ``below``: the label on a line above and the widget the row's whole width."""
     if prm.help and tooltip:
         w.setToolTip(prm.help)
     form.widgets[prm.name] = w
-    layout.addRow(prm.label, w)
+    if below:
+        label = WrapLabel(prm.label, form)
+        label.setBuddy(w)
+        layout.addRow(label)
+        layout.addRow(w)
+    else:
+        layout.addRow(prm.label, w)
 
 
 class _Names(_Input):
@@ -355,7 +362,8 @@ class _File(_Input):
             w.setConfirmOverwrite(False)   # Run asks, and only when something would be replaced
         if prm.file_filter:
             w.setFilter(prm.file_filter)
-        _row(form, prm, w, layout)
+        # a path needs the width, and a short label beside it left its browse button too narrow (1.5x font)
+        _row(form, prm, w, layout, below=True)
 
     def value(self, form, prm, w):
         return w.filePath().strip() or None

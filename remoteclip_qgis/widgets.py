@@ -316,8 +316,12 @@ def layer_filters(*names: str):
     there, a DeprecationWarning at every use from 3.40), else ``QgsMapLayerProxyModel.Filter`` (3.22)."""
     from qgis.core import Qgis, QgsMapLayerProxyModel
 
-    kinds = getattr(Qgis, "LayerFilter", None) or QgsMapLayerProxyModel.Filter
-    value = getattr(kinds, names[0])
+    if hasattr(Qgis, "LayerFilter"):
+        kinds, flags = Qgis.LayerFilter, getattr(Qgis, "LayerFilters", None)
+    else:
+        kinds, flags = QgsMapLayerProxyModel.Filter, getattr(QgsMapLayerProxyModel, "Filters", None)
+    # the flags type, not a bare OR of members (which PyQt may turn into the deprecated overload's int)
+    value = flags(getattr(kinds, names[0])) if flags is not None else getattr(kinds, names[0])
     for name in names[1:]:
         value = value | getattr(kinds, name)
     return value
