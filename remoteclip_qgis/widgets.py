@@ -316,8 +316,9 @@ def layer_filters(*names: str):
     there, a DeprecationWarning at every use from 3.40), else ``QgsMapLayerProxyModel.Filter`` (3.22)."""
     from qgis.core import Qgis, QgsMapLayerProxyModel
 
-    if hasattr(Qgis, "LayerFilter"):
-        kinds, flags = Qgis.LayerFilter, getattr(Qgis, "LayerFilters", None)
+    kinds = getattr(Qgis, "LayerFilter", None)   # by name: 3.22 has none (tests/test_qgis_api.py reads names)
+    if kinds is not None:
+        flags = getattr(Qgis, "LayerFilters", None)
     else:
         kinds, flags = QgsMapLayerProxyModel.Filter, getattr(QgsMapLayerProxyModel, "Filters", None)
     # the flags type, not a bare OR of members (which PyQt may turn into the deprecated overload's int)
