@@ -311,12 +311,17 @@ class _Samples(_Input):
     """A layer picker of points or polygons and its "selected only" box, read with the class field that
     names it as parent."""
 
+    tooltip = "The analyst's samples: points or polygons, any CRS, with a class field"
+    empty_first = False   # start on the empty entry rather than a layer
+
     def add(self, form, prm, layout):
         w = QgsMapLayerComboBox(form)
         compact(w)
         w.setFilters(layer_filters("PointLayer", "PolygonLayer"))
         w.setAllowEmptyLayer(True)
-        w.setToolTip("The analyst's samples: points or polygons, any CRS, with a class field")
+        if self.empty_first:
+            w.setCurrentIndex(0)
+        w.setToolTip(self.tooltip or prm.help)
         sel = QCheckBox("selected only", form)
         sel.setToolTip("Use the selected features of the layer only")
         form.selected_only[prm.name] = sel
@@ -406,22 +411,10 @@ class _Flag(_Input):
         return w.isChecked()
 
 
-class _Examples(_Input):
-    """Example points or polygons (search by example): a layer picker and its "selected only" box."""
-
-    def add(self, form, prm, layout):
-        w = QgsMapLayerComboBox(form)
-        compact(w)
-        w.setFilters(layer_filters("PointLayer", "PolygonLayer"))
-        w.setAllowEmptyLayer(True)
-        w.setCurrentIndex(0)   # the empty entry: examples are optional
-        w.setToolTip(prm.help)
-        sel = QCheckBox("selected only", form)
-        sel.setToolTip("Use the selected features of the layer only")
-        form.selected_only[prm.name] = sel
-        form.widgets[prm.name] = w
-        layout.addRow(prm.label.split(" (")[0], w)
-        layout.addRow("", sel)
+class _Examples(_Samples):
+    """Example points or polygons (search by example): the samples' layer picker and "selected only" box."""
+    tooltip = ""   # the input's help
+    empty_first = True   # examples are optional: none until a layer is chosen
 
     def value(self, form, prm, w):
         from .layer_source import examples_from_layer

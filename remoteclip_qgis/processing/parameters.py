@@ -190,15 +190,9 @@ class _Flag(Adapter):
         return alg.parameterAsBoolean(parameters, prm.processing_key, context)
 
 
-class _Examples(Adapter):
-    """Example points or polygons (search by example): a feature source (QGIS's "selected features only"
-    applies), read as core.examples.Examples."""
-
-    def make(self, alg, prm):
-        return QgsProcessingParameterFeatureSource(
-            prm.processing_key, alg.tr(prm.label),
-            [QgsProcessing.SourceType.TypeVectorPoint, QgsProcessing.SourceType.TypeVectorPolygon],
-            optional=prm.optional)
+class _Examples(_Samples):
+    """Example points or polygons (search by example): the samples' feature source (QGIS's "selected features
+    only" applies), read as core.examples.Examples."""
 
     def read(self, alg, prm, parameters, context):
         from ..layer_source import examples_from_layer, vector_origin
