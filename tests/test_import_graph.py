@@ -156,3 +156,15 @@ def test_every_core_module_imports_first_on_its_own():
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == ""
     assert len(names) > 40
+
+
+def test_the_task_registry_loads_without_numpy():
+    """The plugin imports the task registry when QGIS starts (forms, Processing): numpy and GDAL load with the
+    first run, not then (core.tasks.change imported numpy at module level)."""
+    import subprocess
+    import sys
+
+    code = "import sys, core.tasks; print(sorted(m for m in ('numpy', 'osgeo') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

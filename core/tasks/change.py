@@ -27,9 +27,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import ClassVar
-
-import numpy as np
+from typing import TYPE_CHECKING, ClassVar
 
 from .. import checks
 from ..errors import InvalidInput
@@ -45,6 +43,9 @@ from .base import (
     slug_fields,
 )
 from .search import effective_threshold
+
+if TYPE_CHECKING:   # numpy loads with the first run, not with QGIS (the plugin imports the tasks)
+    import numpy as np
 
 RESAMPLING = ("bilinear", "nearest", "cubic")
 DEFAULT_PRESET = "land-cover"
@@ -188,6 +189,8 @@ class ChangeTask(Task):
         return {**prepared, "text": text}
 
     def outputs(self, part, text, bundle, fitted):
+        import numpy as np
+
         from ..records import Categorical, class_columns, class_probs, similarity_columns
 
         after = part.dates.get("after")
@@ -255,6 +258,8 @@ def owned_cells(part, max_cells: int = 4_000_000):
     """Each kept tile's share of the area, overlapping tiles counted once: every pixel (on a coarse grid of
     ``f`` x ``f`` pixel cells) belongs to the covering tile whose centre is nearest (Chebyshev distance; the
     first such tile on a tie). Returns (owned fraction of each tile's own area (n,), f)."""
+    import numpy as np
+
     wins = np.asarray(part.grid.windows(part.index), dtype=np.int64).reshape(-1, 4)
     if not len(wins):
         return np.zeros(0), 1
@@ -284,6 +289,7 @@ def owned_cells(part, max_cells: int = 4_000_000):
 def tile_areas(part) -> np.ndarray:
     """Each kept tile's area in square metres, in a Lambert azimuthal equal-area projection centred on the
     raster (core.assess's measure)."""
+    import numpy as np
     from osgeo import ogr, osr
 
     from ..assess import _laea, _transform
@@ -312,6 +318,8 @@ def tile_areas(part) -> np.ndarray:
 def change_report(part, classes, codes_b, codes_a, change, rank, selected, cut) -> dict:
     """The from/to table (tiles and equal-area m², overlaps counted once), the share of the area that changed
     class, and the most changed tiles."""
+    import numpy as np
+
     names = [*classes, "unknown"]
     k = len(names)
     share, _ = owned_cells(part)
@@ -370,6 +378,8 @@ def report_text(report: dict | None) -> list[str]:
 
 def same_grid(a, b) -> bool:
     """Two open sources on the same pixel grid: CRS, geotransform and size."""
+    import numpy as np
+
     from ..tiles import same_crs
 
     return (a.width, a.height) == (b.width, b.height) and \
@@ -449,6 +459,7 @@ class MatchedStretch:
         return json.dumps({"stretch": json.loads(self.base.key()), "match": [list(t) for t in self.luts]})
 
     def apply(self, data, valid=None):
+        import numpy as np
         out = self.base.apply(data, valid)
         for i in range(out.shape[0]):
             out[i] = np.asarray(self.luts[i % len(self.luts)], dtype=np.uint8)[out[i]]
@@ -460,6 +471,8 @@ class MatchedStretch:
 def match_luts(before_u8: np.ndarray, after_u8: np.ndarray, valid: np.ndarray) -> tuple[tuple[int, ...], ...]:
     """One 256-entry table per band mapping AFTER's 8-bit values to BEFORE's with the same cumulative share of
     the pixels both dates cover (classic histogram matching)."""
+    import numpy as np
+
     luts = []
     for b, a in zip(before_u8, after_u8, strict=True):
         vb, va = b[valid].ravel(), a[valid].ravel()
