@@ -24,7 +24,8 @@ t0=$(date +%s)
 # --- system packages -------------------------------------------------------
 # python3-pyqt6: Debian's PyQt6 beside QGIS's PyQt5, for the check that the plugin's Qt names exist in Qt6
 # (QGIS 4); tests/test_qt6.py runs it in /usr/bin/python3, never in the QGIS process.
-apt_packages=(qgis python3-qgis qgis-providers python3-gdal xvfb python3-venv xauth python3-pyqt6)
+# openssl: the command that makes the Dask TLS test's certificates (tests/test_distributed.py)
+apt_packages=(qgis python3-qgis qgis-providers python3-gdal xvfb python3-venv xauth python3-pyqt6 openssl)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
