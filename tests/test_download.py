@@ -243,7 +243,6 @@ def test_one_sha256_of_a_file_reads_its_last_block(tmp_path):
 def test_a_full_disk_is_a_write_failure_at_once_not_a_dropped_connection(server, tmp_path):
     """Writing the .part fails (files limited to 200 000 bytes in a subprocess: RLIMIT_FSIZE, as in
     tests/test_full_disk.py): one WriteFailed naming the part, no retry, the bytes written kept to resume."""
-    pytest.importorskip("resource")
     from test_full_disk import limited
 
     code = "from core.download import download\ndownload(args[0], args[1], retry_wait=0)"
