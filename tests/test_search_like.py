@@ -226,6 +226,11 @@ def test_unreadable_and_non_rgb_image_files_are_refused(mosaic, tiny_bundle, tmp
     with pytest.raises(InvalidInput) as err:
         run_job(_job(mosaic, tiny_bundle, SearchTask("x", like_images=[str(grey)]), tmp_path / "c"))
     assert err.value.path == str(grey) and err.value.param == "like_images"
+    # an unlike image file (--unlike-images, Processing's UNLIKE_IMAGES) is named as such
+    with pytest.raises(InvalidInput) as err:
+        run_job(_job(mosaic, tiny_bundle, SearchTask.from_inputs({"query": "x", "unlike_images": [str(grey)]}),
+                     tmp_path / "c"))
+    assert err.value.path == str(grey) and err.value.param == "unlike_images"
 
 
 def test_examples_whose_tiles_are_all_nodata_are_refused(mosaic, tiny_bundle, tmp_path):

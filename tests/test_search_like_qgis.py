@@ -248,3 +248,72 @@ def _xy_of(raster, px, py):
 
     with rasterio.open(raster) as ds:
         return ds.transform * (px, py)
+
+
+# ------------------------------------------------------------------------------ Processing: image files
+
+def _chips(raster, tmp_path, tiles):
+    """Tiles (row, col) of ``raster`` (256 px) cut out as PNG files."""
+    import numpy as np
+    import rasterio
+    from PIL import Image
+    from rasterio.windows import Window
+
+    out = []
+    with rasterio.open(raster) as ds:
+        for r, c in tiles:
+            pixels = ds.read([1, 2, 3], window=Window(c * SIZE, r * SIZE, SIZE, SIZE))
+            path = tmp_path / f"chip_{r}_{c}.png"
+            Image.fromarray(np.moveaxis(pixels, 0, -1)).save(path)
+            out.append(str(path))
+    return out
+
+
+def test_processing_takes_several_like_images_and_unlike_images_and_ranks_as_the_command_line(
+        plugin, built_plugin, data_dir, tiny_bundle, tmp_path):
+    """LIKE_IMAGES with two image files and UNLIKE_IMAGES with one (in processing.run and in qgis_process, the
+    parameter repeated) rank the tiles as --like-images/--unlike-images do; the unlike image changes the
+    ranking (it is read, not dropped)."""
+    import os
+    import shutil
+    import site
+    import subprocess
+
+    import processing
+
+    from remoteclip_qgis.core.cli import main
+
+    mosaic = str(data_dir / "orthomosaic" / "kampala_oam_z20_mosaic_1536x1024.tif")
+    like = _chips(mosaic, tmp_path, [(1, 4), (0, 0)])
+    (unlike,) = _chips(mosaic, tmp_path, [(3, 2)])
+    common = ["--model", str(tiny_bundle), "--tile-size", str(SIZE), "--no-cache", "-q"]
+    cli_out, alone_out = tmp_path / "cli.gpkg", tmp_path / "like_only.gpkg"
+    assert main(["search", mosaic, *common, "-o", str(cli_out), "--like-images", *like,
+                 "--unlike-images", unlike]) == 0
+    assert main(["search", mosaic, *common, "-o", str(alone_out), "--like-images", *like]) == 0
+    cli = _ranks(QgsVectorLayer(str(cli_out), "cli", "ogr"))
+    assert cli != _ranks(QgsVectorLayer(str(alone_out), "alone", "ogr"))
+
+    out = tmp_path / "proc.gpkg"
+    processing.run("remoteclip:textsearch", {
+        "INPUT": mosaic, "MODEL": str(tiny_bundle), "OUTPUT": str(out), "USE_CACHE": False, "TILE_SIZE": SIZE,
+        "LIKE_IMAGES": like, "UNLIKE_IMAGES": [unlike]}, feedback=QgsProcessingFeedback())
+    assert _ranks(QgsVectorLayer(str(out), "proc", "ogr")) == cli
+
+    exe = shutil.which("qgis_process.bin") or shutil.which("qgis_process")
+    if exe is None:
+        return   # the Processing API above is the plugin's path; qgis_process only where it is installed
+    profile = tmp_path / "config"
+    plugins = profile / "profiles" / "default" / "python" / "plugins"
+    plugins.mkdir(parents=True)
+    shutil.copytree(built_plugin / "remoteclip_qgis", plugins / "remoteclip_qgis")
+    env = dict(os.environ, QGIS_CUSTOM_CONFIG_PATH=str(profile), QT_QPA_PLATFORM="offscreen",
+               PYTHONPATH=os.pathsep.join([*site.getsitepackages(), os.environ.get("PYTHONPATH", "")]))
+    subprocess.run([exe, "plugins", "enable", "remoteclip_qgis"], env=env, capture_output=True, timeout=300)
+    dest = tmp_path / "qp.gpkg"
+    done = subprocess.run([exe, "run", "remoteclip:textsearch", "--", f"INPUT={mosaic}", f"MODEL={tiny_bundle}",
+                           f"TILE_SIZE={SIZE}", "USE_CACHE=false", *(f"LIKE_IMAGES={p}" for p in like),
+                           f"UNLIKE_IMAGES={unlike}", f"OUTPUT={dest}"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert _ranks(QgsVectorLayer(str(dest), "qp", "ogr")) == cli
