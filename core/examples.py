@@ -197,3 +197,54 @@ def encode_images(encoder, paths, param: str = "like_images") -> np.ndarray:
         rgb, valid = read_image(p, param)
         x.append(preprocess(rgb, cfg, valid))
     return encoder.encode_images(np.stack(x))
+
+
+# ------------------------------------------------------------------------- picking tiles on a map
+
+def raster_grid(raster, spec) -> tuple:
+    """The tile grid of ``raster`` (a path or a RasterSource) for ``spec`` (core.tiles.TileSpec) over the whole
+    raster, and the raster's CRS (WKT): the tiles a job with that tile size and overlap uses (an extent keeps
+    some of them, at the same places). No pixel is read."""
+    from .pipeline.sources import open_source
+    from .tiles import make_grid, require_crs
+
+    src, owned = open_source(raster)
+    try:
+        require_crs(src)
+        return make_grid(src, spec), src.crs_wkt
+    finally:
+        if owned:
+            src.close()
+
+
+def tile_at(grid, x: float, y: float) -> int | None:
+    """The position in ``grid`` of the tile a click at (x, y) (the raster's CRS) picks: of the tiles whose outline
+    holds the point, the one whose centre is nearest (tiles overlap); None off the grid."""
+    a, b, c, d, e, f = grid.transform[:6]
+    det = a * e - b * d
+    if det == 0 or not len(grid):
+        return None
+    px, py = ((x - c) * e - (y - f) * b) / det, ((y - f) * a - (x - c) * d) / det   # pixel column, row
+    win = grid.windows().astype(np.float64)
+    inside = (win[:, 0] <= px) & (px <= win[:, 0] + win[:, 2]) & (win[:, 1] <= py) & (py <= win[:, 1] + win[:, 3])
+    cand = np.flatnonzero(inside)
+    if not len(cand):
+        return None
+    dist = (win[cand, 0] + win[cand, 2] / 2 - px) ** 2 + (win[cand, 1] + win[cand, 3] / 2 - py) ** 2
+    return int(cand[np.argmin(dist)])
+
+
+def tile_centre_wkt(grid, i: int) -> str:
+    """The centre of tile ``i`` of ``grid`` as a WKT point in the raster's CRS: the example a picked tile is."""
+    col, row, w, h = (float(v) for v in grid.windows([i])[0])
+    a, b, c, d, e, f = grid.transform[:6]
+    px, py = col + w / 2, row + h / 2
+    return f"POINT ({a * px + b * py + c!r} {d * px + e * py + f!r})"
+
+
+def tiles_of(examples: Examples, grid, crs_wkt: str) -> np.ndarray:
+    """The positions in ``grid`` of the tiles ``examples`` pick, by the rule a search uses
+    (:func:`core.samples.match_tiles`: a point on a border or in an overlap picks every tile holding it)."""
+    from .samples import match_tiles
+
+    return np.asarray(match_tiles(examples.samples(), grid, crs_wkt, ["example"]).index, dtype=np.int64)

@@ -143,6 +143,7 @@ class RemoteClipDock(DockLayout):
         canvas = self.iface.mapCanvas() if self.iface is not None else None
         if canvas is not None and hasattr(canvas, "extentsChanged"):
             canvas.extentsChanged.connect(self._canvas_moved)
+        self._wire_picks(canvas)
         r = self.runner
         r.started.connect(self._started)
         r.progress.connect(lambda p: set_value(self.progress, p))
@@ -155,6 +156,38 @@ class RemoteClipDock(DockLayout):
         r.succeeded.connect(self._show_result)
         r.failed.connect(self._show_failed)
         r.cancelled.connect(self._show_cancelled)
+
+    def _wire_picks(self, canvas) -> None:
+        """The Search tab's "pick on the map" buttons (example_picker) on the map canvas: the picks are tiles of
+        the chosen raster's grid at the tile size and overlap set here, cleared when any of them changes."""
+        for form in self.forms.values():
+            picks = form.map_picks
+            if picks is None or canvas is None or not hasattr(canvas, "setMapTool"):
+                continue
+            picks.attach(canvas, self._pick_grid)
+            for signal in (self.layer_combo.layerChanged, self.tile_size.valueChanged,
+                           self.tile_unit.currentIndexChanged, self.overlap.valueChanged):
+                signal.connect(picks.reset)
+            picks.problem.connect(lambda text: self._report_error(text, None))
+
+    def _pick_grid(self):
+        """(core.tiles.TileGrid, CRS WKT, QgsCoordinateReferenceSystem): the chosen raster's tiles at the tile size
+        and overlap set here, as a job uses them (core.examples.raster_grid)."""
+        from .core.examples import raster_grid
+        from .core.pipeline import TileSpec
+        from .layer_source import raster_for_layer
+
+        layer = self.layer_combo.currentLayer()
+        if not isinstance(layer, QgsRasterLayer) or not layer.isValid():
+            raise InvalidInput("No raster layer is chosen to pick tiles on.",
+                               "Pick the raster in the RemoteCLIP panel first.")
+        if is_web_layer(layer):
+            raise InvalidInput("Tiles can be picked on a raster file only (a web layer's tiles follow the map).",
+                               "Give the examples as a point layer, or search a raster file.")
+        spec = TileSpec(size=self.tile_size.value(), unit=self.tile_unit.currentData(),
+                        overlap=self.overlap.value() / 100.0)
+        grid, wkt = raster_grid(raster_for_layer(layer), spec)
+        return grid, wkt, layer.crs()
 
     # the run controller's state, as the dock has always shown it
     task = property(lambda self: self.runner.task, doc="The running RemoteClipTask, else None.")
@@ -472,6 +505,9 @@ class RemoteClipDock(DockLayout):
         self._plan_generation += 1   # a plan still being worked out is dropped
         self.model_row.unload()
         self.runner.unload()
+        for form in self.forms.values():
+            if form.map_picks is not None:
+                form.map_picks.detach()
         if self.deps_banner.install_task is not None:
             with contextlib.suppress(RuntimeError):   # already deleted by the task manager
                 self.deps_banner.install_task.cancel()

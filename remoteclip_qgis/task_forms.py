@@ -43,6 +43,7 @@ class TaskForm(QWidget):
         self.widgets: dict = {}
         self.selected_only: dict = {}
         self.map_labels = None
+        self.map_picks = None   # search by example: the tiles picked on the map (example_picker.ExamplePicks)
         self.errors: dict[str, QLabel] = {}   # the inline message under each input
         form = QFormLayout(self)
         # what is wrong with the inputs as a whole (the task's own checks), above them
@@ -412,17 +413,31 @@ class _Flag(_Input):
 
 
 class _Examples(_Samples):
-    """Example points or polygons (search by example): the samples' layer picker and "selected only" box."""
+    """Example points or polygons (search by example): the samples' layer picker and "selected only" box; below
+    the last of them, the buttons that pick example tiles on the map (example_picker.ExamplePicks; the dock
+    attaches them to its canvas). The picks of an input, if any, are its value (a layer as well is refused)."""
     tooltip = ""   # the input's help
     empty_first = True   # examples are optional: none until a layer is chosen
 
+    def add(self, form, prm, layout):
+        super().add(form, prm, layout)
+        if prm.name == [p.name for p in form.task_cls.params if p.kind == "examples"][-1]:
+            from .example_picker import ExamplePicks
+
+            form.map_picks = ExamplePicks(form)
+            label = WrapLabel("Example tiles on the map (Shift+click: unlike)", form)
+            layout.addRow(label)
+            layout.addRow(form.map_picks)
+
     def value(self, form, prm, w):
+        from .example_picker import check_one_source
         from .layer_source import examples_from_layer
 
+        picked = form.map_picks.examples(prm.name) if form.map_picks is not None else None
         layer = w.currentLayer()
-        if layer is None:
-            return None
-        return examples_from_layer(layer, form.selected_only[prm.name].isChecked(), param=prm.name)
+        chosen = None if layer is None else examples_from_layer(layer, form.selected_only[prm.name].isChecked(),
+                                                                param=prm.name)
+        return check_one_source(picked, chosen, prm.name)
 
 
 class _Images(_Input):

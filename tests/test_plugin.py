@@ -533,8 +533,9 @@ def test_a_task_form_reads_each_input_by_its_kind(rc):
         search.widgets["query"].setText(" a pool ")
         search.widgets["top_k"].setValue(search.widgets["top_k"].minimum())   # reads "all"
         search.widgets["threshold"].setValue(0.25)
-        assert search.raw() == {"query": "a pool", "like": None, "unlike": None, "like_images": None, "top_k": None,
-                                "threshold": 0.25, "stand_out": 1.0, "text_weight": 1.0, "unlike_weight": 0.5}
+        assert search.raw() == {"query": "a pool", "like": None, "unlike": None, "like_images": None,
+                                "unlike_images": None, "top_k": None, "threshold": 0.25, "stand_out": 1.0,
+                                "text_weight": 1.0, "unlike_weight": 0.5}
         assert search.task().top_k is None and search.task().threshold == 0.25
         search.widgets["query"].setText("  ")
         with pytest.raises(RemoteClipError) as err:

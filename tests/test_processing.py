@@ -117,7 +117,7 @@ def test_provider_has_an_algorithm_per_task_with_designer_friendly_parameters(pl
     assert provider.name() == "RemoteCLIP"
     assert sorted(a.name() for a in provider.algorithms()) == sorted(ALGS + TOOLS)
     usable = {"raster", "file", "string", "enum", "number", "extent", "source", "band", "boolean",
-              "vectorDestination", "rasterDestination", "fileDestination", "field"}
+              "vectorDestination", "rasterDestination", "fileDestination", "field", "multilayer"}
     for name in ALGS:
         alg = registry.algorithmById(f"remoteclip:{name}")
         params = {p.name(): p for p in alg.parameterDefinitions()}

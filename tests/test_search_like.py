@@ -226,6 +226,11 @@ def test_unreadable_and_non_rgb_image_files_are_refused(mosaic, tiny_bundle, tmp
     with pytest.raises(InvalidInput) as err:
         run_job(_job(mosaic, tiny_bundle, SearchTask("x", like_images=[str(grey)]), tmp_path / "c"))
     assert err.value.path == str(grey) and err.value.param == "like_images"
+    # an unlike image file (--unlike-images, Processing's UNLIKE_IMAGES) is named as such
+    with pytest.raises(InvalidInput) as err:
+        run_job(_job(mosaic, tiny_bundle, SearchTask.from_inputs({"query": "x", "unlike_images": [str(grey)]}),
+                     tmp_path / "c"))
+    assert err.value.path == str(grey) and err.value.param == "unlike_images"
 
 
 def test_examples_whose_tiles_are_all_nodata_are_refused(mosaic, tiny_bundle, tmp_path):
@@ -243,3 +248,21 @@ def test_examples_whose_tiles_are_all_nodata_are_refused(mosaic, tiny_bundle, tm
     with pytest.raises(InvalidInput) as err:
         run_job(_job(holed, tiny_bundle, SearchTask.from_inputs({"like": ex}), tmp_path / "c"))
     assert err.value.param == "like" and err.value.path == ex and "nodata" in err.value.problem
+
+
+def test_a_click_picks_the_tile_with_the_nearest_centre_and_its_centre_picks_what_core_uses(mosaic):
+    """The dock's map tool (core.examples.tile_at) on a grid of 256 px tiles overlapping by 50 % (a 128 px step):
+    a click held by two tiles picks the one whose centre is nearer; off the raster, none; the tile's centre
+    (the example it becomes) picks, by the search's rule, that tile and the neighbours whose border it lies on."""
+    from core.examples import Examples, raster_grid, tile_at, tile_centre_wkt, tiles_of
+    from core.tiles import TileSpec
+
+    grid, wkt = raster_grid(mosaic, TileSpec(size=SIZE, overlap=0.5))
+    i = tile_at(grid, *_xy(mosaic, 200, 100))   # in columns 0 (centre 128) and 1 (centre 256), row 0 only
+    (r,), (c,) = grid.rows_cols([i])
+    assert (r, c) == (0, 1)
+    assert tile_at(grid, *_xy(mosaic, 1536 + 10, 100)) is None
+    centre = tile_centre_wkt(grid, i)
+    assert centre == "POINT ({!r} {!r})".format(*_xy(mosaic, 256, 128))
+    rows, cols = grid.rows_cols(tiles_of(Examples([centre], wkt), grid, wkt))
+    assert set(zip(rows.tolist(), cols.tolist(), strict=True)) == {(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)}

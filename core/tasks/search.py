@@ -107,6 +107,9 @@ class SearchTask(Task):
         Param("like_images", "images", "More like these image files", optional=True,
               file_filter="Images (*.png *.jpg *.jpeg *.tif *.tiff)",
               help="example image files (PNG, JPEG or GeoTIFF chips), encoded as tiles are"),
+        Param("unlike_images", "images", "Less like these image files", optional=True,
+              file_filter="Images (*.png *.jpg *.jpeg *.tif *.tiff)",
+              help="image files to push away from (PNG, JPEG or GeoTIFF chips), encoded as tiles are"),
         Param("top_k", "int", "Select the best K tiles", optional=True, lo=1, none_text="all", form_default=20,
               help="select the K best tiles"),
         Param("threshold", "float", "Select tiles with a similarity of at least", optional=True, lo=-1.0, hi=1.0,
@@ -172,7 +175,7 @@ class SearchTask(Task):
             # in the front-end's words (the dock's field names, the command line's options)
             _nothing_to_find(given("unlike") or given("unlike_images"), spell, cls)
         raw = dict(raw)
-        images = {"like": list(_paths(raw.get("like_images"))), "unlike": []}
+        images = {"like": list(_paths(raw.get("like_images"))), "unlike": list(_paths(raw.get("unlike_images")))}
         for name in ("like", "unlike"):
             value = raw.get(name)
             if value is None or not isinstance(value, str | os.PathLike | list | tuple):
@@ -199,7 +202,7 @@ class SearchTask(Task):
         from ..examples import encode_images
 
         return {"like_images": encode_images(encoder, self.like_images or [], "like_images"),
-                "unlike_images": encode_images(encoder, self.unlike_images or [], "unlike")}
+                "unlike_images": encode_images(encoder, self.unlike_images or [], "unlike_images")}
 
     def fit(self, parts, text, bundle, prepared, warnings):
         """The query vector (see :func:`query_vector`) and the example tiles of each part."""

@@ -16,6 +16,7 @@ from qgis.core import (
     QgsProcessingParameterField,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
+    QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
@@ -209,17 +210,17 @@ class _Examples(_Samples):
 
 
 class _Images(Adapter):
-    """Image files (search by example): one image file here (a parameter type every Processing model takes;
-    the dock and the command line take several)."""
+    """Image files (search by example): several files (a multiple-layers parameter of files, which the dialog,
+    models and qgis_process take as a list of paths)."""
 
     def make(self, alg, prm):
-        return QgsProcessingParameterFile(prm.processing_key, alg.tr(prm.label.replace("files", "file")),
-                                          behavior=QgsProcessingParameterFile.Behavior.File,
-                                          fileFilter=prm.file_filter or "All files (*)", optional=prm.optional)
+        return QgsProcessingParameterMultipleLayers(prm.processing_key, alg.tr(prm.label),
+                                                    QgsProcessing.SourceType.TypeFile, optional=prm.optional)
 
     def read(self, alg, prm, parameters, context):
-        path = alg.parameterAsFile(parameters, prm.processing_key, context)
-        return [path] if path else None
+        if parameters.get(prm.processing_key) in (None, "", []):
+            return None
+        return [p for p in alg.parameterAsFileList(parameters, prm.processing_key, context) if p.strip()] or None
 
 
 PARAMETERS: dict[str, Adapter] = {
