@@ -39,13 +39,18 @@ def test_init_gui_adds_actions_dock_and_provider_and_unload_removes_them(rc, qgi
     try:
         names = {a.objectName() for a in _ours(window)}
         assert {"remoteclip_dock_action", "remoteclip_diagnostics_action", "remoteclip_install_action"} <= names
-        docks = [d for d in window.findChildren(QDockWidget) if d.objectName() == "RemoteClipDock"]
-        assert docks == [plugin.dock]
         assert registry.providerById("remoteclip") is plugin.provider is not None
         assert plugin.provider.algorithms(), "the provider registered no algorithms"
 
-        # the toolbar action opens and closes the dock, and follows it when the dock's own X closes it
+        # the dock is built on the toolbar action's first click (not while QGIS starts), and shown
         window.show()
+        assert [d for d in window.findChildren(QDockWidget) if d.objectName() == "RemoteClipDock"] == []
+        assert not plugin.dock_action.isChecked()
+        plugin.dock_action.trigger()
+        docks = [d for d in window.findChildren(QDockWidget) if d.objectName() == "RemoteClipDock"]
+        assert docks == [plugin.dock] and plugin.dock.isVisible() and plugin.dock_action.isChecked()
+        # then the action closes and opens it, and follows it when the dock's own X closes it
+        plugin.dock_action.trigger()
         assert not plugin.dock.isVisible() and not plugin.dock_action.isChecked()
         plugin.dock_action.trigger()
         assert plugin.dock.isVisible()
