@@ -1015,6 +1015,20 @@ def test_help_opens_the_documentation(dock):
     assert help_url() == "https://github.com/remoteclip-qgis/remoteclip-qgis#in-qgis"
 
 
+def test_help_says_where_the_documentation_is_when_no_browser_opens(dock):
+    """Offscreen Qt has no browser: openUrl returns False (no https handler is set), as on a desktop without
+    one; the status line then names the address, selectable."""
+    from qgis.PyQt.QtCore import Qt
+
+    from remoteclip_qgis.dock import help_url
+
+    dock.status.setText("Ready.")
+    dock.help_button.click()
+    assert help_url() in dock.status.text() and "No web browser opened" in dock.status.text()
+    assert dock.status.textInteractionFlags() & Qt.TextInteractionFlag.TextSelectableByMouse
+    assert dock.open_help() is False
+
+
 def test_a_run_with_the_demo_model_says_it_is_a_demo(dock, data_dir, tmp_path, qgis_iface, monkeypatch):
     """The message bar says it once per session (a second run adds no second note)."""
     from qgis.core import Qgis
