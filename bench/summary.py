@@ -1,6 +1,6 @@
 """The targets of `make bench` in one table: every target row of the result files in bench-results/ (the
-pipeline's speed ratios, the scale figures) and the int8 rule (the CPU default only at >= 99 % top-1
-agreement with fp32), with the load the machine had and how long the whole run took.
+pipeline's speed ratios, the scale figures, the plugin's load time) and the int8 rule (the CPU default only
+at >= 99 % top-1 agreement with fp32), with the load the machine had and how long the whole run took.
 
     python bench/summary.py [--results bench-results] [--seconds N]
 
@@ -53,7 +53,8 @@ def int8_rows(int8: dict) -> list[dict]:
 def summary(results: Path) -> tuple[list[tuple[str, list[dict]]], list[str]]:
     """(bench name, target rows) per result file found, and the names of the files not found."""
     found, missing = [], []
-    for name, file in (("pipeline", "pipeline.json"), ("scale", "scale.json"), ("int8", "int8.json")):
+    for name, file in (("pipeline", "pipeline.json"), ("scale", "scale.json"), ("int8", "int8.json"),
+                       ("plugin load", "plugin_load.json")):
         data = _load(results / file)
         if data is None:
             missing.append(file)

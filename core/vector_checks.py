@@ -91,8 +91,14 @@ def output_exists(path, layer_name: str | None = None) -> Replaced | None:
         hit = (_gpkg_tables(path) or {}).get((layer_name or Path(path).stem).lower())
         return _replaced_layer(f"the layer {hit[0]!r} of {path}") if hit else None
     base = os.path.splitext(path)[0]
-    parts = [base + p for p in _SHP_DATASET if os.path.lexists(base + p)]
-    return Replaced(f"the Shapefile {path}") if parts else None
+    parts = [os.path.basename(base + p) for p in _SHP_DATASET if os.path.lexists(base + p)]
+    if not parts:
+        return None
+    if os.path.lexists(path):   # the files named: a Shapefile's parts are several
+        return Replaced(f"the Shapefile {path} ({', '.join(parts)})")
+    # only other parts (a user's out.cpg): not "the Shapefile out.shp", which does not exist
+    return Replaced(f"{' and '.join(parts)} in {os.path.dirname(os.path.abspath(path))} "
+                    f"({os.path.basename(path)} itself does not exist)")
 
 
 def _check_layer_name(name: str) -> None:

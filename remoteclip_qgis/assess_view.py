@@ -2,7 +2,8 @@
 
 "Make a sample" (a reference sample): points per class (default 50) inside each class of a result layer, written to a
 GeoPackage beside it (``MAP_reference.gpkg``), added to the project in editing mode, the reference field's
-editor a list of the map's classes. "Assess the map" (with the reference points): the labelled points (unsaved edits
+editor a list of the map's classes, to which "+" adds a class the map lacks (core.assess reports such
+reference-only classes). "Assess the map" (with the reference points): the labelled points (unsaved edits
 included) against the map: the report as a table (ReportDialog) and as JSON beside the points
 (core.assess.report_beside). Layers are read as the Processing tools read them (layer_source.vector_file).
 """
@@ -28,12 +29,15 @@ from qgis.PyQt.QtWidgets import (
     QDialog,
     QDialogButtonBox,
     QFormLayout,
+    QHBoxLayout,
     QHeaderView,
+    QInputDialog,
     QLabel,
     QPushButton,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
+    QToolButton,
     QVBoxLayout,
 )
 
@@ -73,6 +77,11 @@ class AssessBox(QgsCollapsibleGroupBox):
         self.ref_combo = QgsMapLayerComboBox(self)
         self.ref_combo.setFilters(layer_filters("PointLayer"))
         self.ref_field = QgsFieldComboBox(self)
+        self.add_class_button = QToolButton(self)
+        self.add_class_button.setText("+")
+        self.add_class_button.setObjectName("assess_add_class")
+        self.add_class_button.setToolTip("Add a class the map does not have to the classes the reference field "
+                                         "offers (the report lists it as a reference-only class)")
         self.assess_button = QPushButton("Assess the map", self)
         self.assess_button.setToolTip("Assess with reference points: accuracy and error-adjusted areas from the "
                                       "labelled points")
@@ -84,12 +93,16 @@ class AssessBox(QgsCollapsibleGroupBox):
         form.addRow("Seed", self.seed)
         form.addRow(self.sample_button)
         form.addRow("Points", self.ref_combo)
-        form.addRow("Reference field", self.ref_field)
+        ref_row = QHBoxLayout()
+        ref_row.addWidget(self.ref_field, 1)
+        ref_row.addWidget(self.add_class_button)
+        form.addRow("Reference field", ref_row)
         form.addRow(self.assess_button)
         self.map_combo.layerChanged.connect(self._map_changed)
         self.ref_combo.layerChanged.connect(self._ref_changed)
         self.sample_button.clicked.connect(self.make_sample)
         self.assess_button.clicked.connect(self.assess)
+        self.add_class_button.clicked.connect(self._ask_class)
         self._map_changed(self.map_combo.currentLayer())
         self._ref_changed(self.ref_combo.currentLayer())
         self.dialog = None
@@ -126,6 +139,25 @@ class AssessBox(QgsCollapsibleGroupBox):
         self.status.emit(f"{sample.n_points} reference points in {os.path.basename(sample.output)}: pick each "
                          f"one's class in '{sample.reference_field}' (the layer is in editing mode), then Assess.")
         return layer
+
+    def _ask_class(self) -> None:
+        name, ok = QInputDialog.getText(self, "Reference class", "A class the map does not have:")
+        if ok:
+            self.add_class(name)
+
+    def add_class(self, name: str) -> list[str] | None:
+        """Offer ``name`` in the points' reference field (its value map); the classes offered, None when
+        refused."""
+        try:
+            classes = add_reference_class(self.ref_combo.currentLayer(), self.ref_field.currentField(), name)
+        except RemoteClipError as e:
+            self.problem.emit(e.problem, e.fix)
+            return None
+        if classes:
+            self.status.emit(f"The reference field offers {len(classes)} classes, '{name.strip()}' among them.")
+        else:
+            self.status.emit("The reference field takes any text: type the class in the attribute table.")
+        return classes
 
     def assess(self) -> dict | None:
         """The report of the chosen points against the map, shown in a ReportDialog and saved beside the
@@ -214,6 +246,32 @@ def make_sample_layer(map_layer, map_field: str, per_class: int, seed: int = 0):
         raise InvalidInput(f"The sample {sample.output} was written but QGIS could not open it for editing.",
                            "Add it with Layer > Add Layer and toggle editing.", path=sample.output)
     return layer, sample
+
+
+def add_reference_class(layer, field: str, name: str) -> list[str]:
+    """Add ``name`` to the classes the reference field's value map offers (the analyst's label may be a class
+    the map lacks); returns the classes offered. A field edited as free text takes any class already."""
+    name = (name or "").strip()
+    if not isinstance(layer, QgsVectorLayer) or not field or layer.fields().indexOf(field) < 0:
+        raise InvalidInput("No reference points or reference field is chosen.",
+                           "Pick the points layer and its reference field in the Accuracy and areas box.")
+    if not name:
+        raise InvalidInput("The class name is empty.", "Type the name of the class to add.")
+    idx = layer.fields().indexOf(field)
+    setup = layer.editorWidgetSetup(idx)
+    if setup.type() != "ValueMap":
+        return []
+    config = dict(setup.config())
+    items = list(config.get("map") or [])
+    if isinstance(items, dict):   # the older form of QGIS's value map: {description: value}
+        items = [{k: v} for k, v in items.items()]
+    values = [str(v) for item in items for v in item.values()]
+    if name not in values:
+        items.append({name: name})
+        values.append(name)
+        config["map"] = items
+        layer.setEditorWidgetSetup(idx, QgsEditorWidgetSetup("ValueMap", config))
+    return values
 
 
 def assess_layers(map_layer, map_field: str, ref_layer, ref_field: str) -> tuple[dict, str]:

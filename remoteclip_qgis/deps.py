@@ -8,9 +8,11 @@ resolves with ``numpy==<QGIS's numpy>`` as a constraint, so QGIS's own numpy
 (built against its GDAL) is never replaced or shadowed; the numpy copy pip
 puts into the target for the resolution is removed afterwards.
 
-Versions come from one place, ``requirements/lock.txt`` (shipped inside the
-plugin by scripts/package.py): what is installed is pinned to it, and the
-rest of the lock is a pip constraint for the packages they pull in.
+Versions come from the pin set the running QGIS's test leg installs (``PIN_SETS``:
+``requirements/lock.txt`` on QGIS 3.22, ``requirements/constraints-qgis-<leg>.txt``
+on 3.40 and 3.44; shipped inside the plugin by scripts/package.py): what is
+installed is pinned to it, and the rest of the set is a pip constraint for the
+packages they pull in.
 
 pip runs on the interpreter QGIS itself runs on (``find_python``), never the
 first ``python3`` on PATH: inside QGIS ``sys.executable`` is QGIS's binary on
@@ -37,7 +39,7 @@ from pathlib import Path
 from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
-# import name -> pip project (onnxruntime may become onnxruntime-gpu); versions from lock.txt
+# import name -> pip project (onnxruntime may become onnxruntime-gpu); versions from PIN_SETS' file
 REQUIRED = {"onnxruntime": "onnxruntime", "ftfy": "ftfy", "regex": "regex"}
 # needed only to convert a checkpoint into a bundle (Get in the panel): installed when first needed
 CONVERSION = {"onnx": "onnx"}
@@ -91,10 +93,23 @@ def add_deps_to_path(folder: str | os.PathLike | None = None, path: list[str] | 
 
 # ------------------------------------------------------------------------------------------ pins
 
-def lock_file() -> Path | None:
-    """requirements/lock.txt: inside the packaged plugin, or the repository's in a development checkout."""
+# The pins installed are those the test leg of the running QGIS installs: the newest leg not newer than it
+# (Qgis.QGIS_VERSION_INT since which -> file in requirements/). QGIS 3.22 is the host leg (scripts/setup.sh:
+# lock.txt), 3.40 and 3.44 the matrix legs (scripts/qgis_matrix.sh: constraints-qgis-<leg>.txt).
+PIN_SETS = ((34400, "constraints-qgis-3.44.txt"), (34000, "constraints-qgis-3.40.txt"), (0, "lock.txt"))
+
+
+def pin_set(qgis_version: int | None = None) -> str:
+    """The file name under requirements/ of the pins for this QGIS (default: the running one)."""
+    version = Qgis.QGIS_VERSION_INT if qgis_version is None else qgis_version
+    return next(name for since, name in PIN_SETS if version >= since)
+
+
+def lock_file(qgis_version: int | None = None) -> Path | None:
+    """The pin set of this QGIS's test leg (:func:`pin_set`): inside the packaged plugin, or the repository's
+    in a development checkout."""
     for folder in (PLUGIN_DIR, PLUGIN_DIR.parent):
-        path = folder / "requirements" / "lock.txt"
+        path = folder / "requirements" / pin_set(qgis_version)
         if path.is_file():
             return path
     return None

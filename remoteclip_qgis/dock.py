@@ -255,7 +255,14 @@ class RemoteClipDock(DockLayout):
         self.demo_banner.get_real_model()
 
     def open_help(self) -> bool:
-        return QDesktopServices.openUrl(QUrl(help_url()))
+        """The documentation in the web browser; where none opens (no browser, a locked-down desktop), the
+        status line says where the help is, selectable to copy."""
+        url = help_url()
+        if QDesktopServices.openUrl(QUrl(url)):
+            return True
+        self.status.setText(f"No web browser opened. The help is at {_html(url)} (select it to copy it).")
+        QgsMessageLog.logMessage(f"No web browser opened for the help: {url}", LOG_TAG, Qgis.MessageLevel.Info)
+        return False
 
     # ------------------------------------------------------------------------------------ the plan
 

@@ -29,7 +29,7 @@ from qgis.PyQt.QtWidgets import (
 
 from . import deps
 from .core import catalog as cat
-from .core.bundle import DEMO_BUNDLE
+from .core.bundle import DEMO_BUNDLE, bundle_path
 from .core.errors import RemoteClipError
 from .widgets import WrapLabel, menu_action
 
@@ -41,6 +41,12 @@ DEMO_NOTE = "demo model: for trying the plugin; get RemoteCLIP for real work"
 def models_folder() -> Path:
     saved = QgsSettings().value(SETTING_DIR, "", type=str)
     return Path(saved) if saved else cat.models_dir()
+
+
+def _is_bundle(path) -> bool:
+    """A bundle folder (with manifest.json) or a bundle zip: what the path field may point at."""
+    p = Path(bundle_path(path)) if path else None
+    return p is not None and ((p / "manifest.json").is_file() or (p.suffix.lower() == ".zip" and p.is_file()))
 
 
 def _same(a: str, b: str) -> bool:
@@ -62,6 +68,7 @@ class ModelRow(QWidget):
         self.task = None
         self.install_task = None
         self._choosing = False
+        self._elsewhere: list[str] = []   # bundles chosen outside the models folder, listed after its own
         col = QVBoxLayout(self)
         col.setContentsMargins(0, 0, 0, 0)
 
@@ -150,6 +157,10 @@ class ModelRow(QWidget):
                 if m.entry.verified.get("status") != "verified":
                     tip += f"\ncatalogue entry {m.entry.verified.get('status', 'unverified')}: {m.entry.verified.get('what', '')}"
             self.combo.setItemData(self.combo.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
+        # a models folder that is itself a bundle, and bundles picked elsewhere: listed by their own path
+        for other in [str(models_folder()), *self._elsewhere]:
+            if _is_bundle(other) and self._path_index(other) < 0:
+                self._add_elsewhere(other)
         self.combo.blockSignals(False)
         path = self.file_widget.filePath()
         if not path and keep is not None:
@@ -158,14 +169,29 @@ class ModelRow(QWidget):
             return
         self._select_path(path)
 
-    def _select_path(self, path: str) -> None:
+    def _path_index(self, path: str) -> int:
         for i in range(self.combo.count()):
             data = self.combo.itemData(i) or {}
-            if _same(data.get("path", ""), path):
-                self.combo.setCurrentIndex(i)
-                break
-        else:
-            self.combo.setCurrentIndex(-1)
+            if _same(data.get("path", ""), bundle_path(path)):
+                return i
+        return -1
+
+    def _add_elsewhere(self, path: str) -> int:
+        """A bundle outside the models folder as an entry of its own (name · folder), at the list's end."""
+        path = bundle_path(path)
+        where = Path(path)
+        self.combo.addItem(f"{where.name} · {where.parent}", {"path": path})
+        self.combo.setItemData(self.combo.count() - 1, f"bundle outside the models folder: {path}",
+                               Qt.ItemDataRole.ToolTipRole)
+        return self.combo.count() - 1
+
+    def _select_path(self, path: str) -> None:
+        i = self._path_index(path)
+        if i < 0 and _is_bundle(path):   # a bundle elsewhere: listed, not an empty list
+            if bundle_path(path) not in self._elsewhere:
+                self._elsewhere.append(bundle_path(path))
+            i = self._add_elsewhere(path)
+        self.combo.setCurrentIndex(i)
         self._update_get()
 
     def _entry_index(self, name: str) -> int:

@@ -4,6 +4,7 @@ provider, the dependency check."""
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 
 import qgis.utils
@@ -31,7 +32,7 @@ class RemoteClipPlugin:
     def __init__(self):
         self.iface = qgis.utils.iface
         self.provider = None
-        self.dock = None
+        self._dock = None
         self.actions: list[QAction] = []
         self.dock_action = None
         deps.add_deps_to_path()
@@ -63,6 +64,9 @@ class RemoteClipPlugin:
         self.dock_action = QAction(icon, "RemoteCLIP", window)
         self.dock_action.setObjectName("remoteclip_dock_action")
         self.dock_action.setToolTip("RemoteCLIP: label, count and search raster tiles with a vision-language model")
+        # the dock (and what it imports) is built on the first click, not while QGIS starts
+        self.dock_action.setCheckable(True)
+        self.dock_action.toggled.connect(self._first_open)
         # the Plugins toolbar: a fresh profile shows it (QGIS hides the Raster toolbar by default)
         self.iface.addToolBarIcon(self.dock_action)
         self.iface.addPluginToRasterMenu(MENU, self.dock_action)
@@ -77,15 +81,26 @@ class RemoteClipPlugin:
         install.triggered.connect(self.install_dependencies)
         self.iface.addPluginToRasterMenu(MENU, install)
         self.actions = [self.dock_action, diag, install]
-
-        from .dock import RemoteClipDock
-
-        self.dock = RemoteClipDock(window)
-        self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
-        self.dock.hide()
-        # the action is checked while the dock is open, and opens/closes it (QGIS's own pattern)
-        self.dock.setToggleVisibilityAction(self.dock_action)
         self.check_dependencies()
+
+    @property
+    def dock(self):
+        """The dock, built on first use (the toolbar button's first click, Install dependencies…): QGIS
+        starts without importing it."""
+        if self._dock is None and self.dock_action is not None:
+            from .dock import RemoteClipDock
+
+            dock = RemoteClipDock(self.iface.mainWindow())
+            self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
+            dock.hide()
+            self._dock = dock
+            # the action is checked while the dock is open, and opens/closes it (QGIS's own pattern)
+            dock.setToggleVisibilityAction(self.dock_action)
+        return self._dock
+
+    def _first_open(self, checked: bool) -> None:
+        if checked and self._dock is None:
+            self.dock.setUserVisible(True)
 
     def check_dependencies(self) -> list[str]:
         """Say on the message bar what is missing and how to get it (the dock's banner says it already)."""
@@ -115,15 +130,15 @@ class RemoteClipPlugin:
     def show_diagnostics(self) -> None:
         from .diagnostics import DiagnosticsDialog, diagnostics_text
 
-        model = self.dock.model_path() if self.dock is not None else None
+        model = self._dock.model_path() if self._dock is not None else None
         DiagnosticsDialog(diagnostics_text(model), self.iface.mainWindow()).exec()
 
     # ------------------------------------------------------------------------------------ unload
 
     def unload(self) -> None:
-        from .core.inference import release_sessions
-
-        release_sessions()   # the model's memory goes with the plugin
+        inference = sys.modules.get(f"{__package__}.core.inference")   # not imported: no model loaded
+        if inference is not None:
+            inference.release_sessions()   # the model's memory goes with the plugin
         if self.provider is not None:
             if not QgsApplication.processingRegistry().removeProvider(self.provider):
                 QgsMessageLog.logMessage("The RemoteCLIP Processing provider was already gone.", LOG_TAG, Qgis.MessageLevel.Info)
@@ -140,9 +155,9 @@ class RemoteClipPlugin:
             with contextlib.suppress(RuntimeError, TypeError):   # the user may have closed it already
                 self.iface.messageBar().popWidget(self._message)
             self._message = None
-        if self.dock is not None:
-            self.dock.unload()
-            self.iface.removeDockWidget(self.dock)
-            self.dock.setParent(None)
-            self.dock.deleteLater()
-            self.dock = None
+        if self._dock is not None:
+            self._dock.unload()
+            self.iface.removeDockWidget(self._dock)
+            self._dock.setParent(None)
+            self._dock.deleteLater()
+            self._dock = None

@@ -31,7 +31,9 @@ CONTENT = {
     "metadata.txt": "metadata.txt",
     "LICENSE": "LICENSE",
     "models/remoteclip-demo": "models/remoteclip-demo",
-    "requirements/lock.txt": "requirements/lock.txt",   # the installer's pins (remoteclip_qgis.deps)
+    "requirements/lock.txt": "requirements/lock.txt",   # the installer's pins (remoteclip_qgis.deps.PIN_SETS)
+    "requirements/constraints-qgis-3.40.txt": "requirements/constraints-qgis-3.40.txt",
+    "requirements/constraints-qgis-3.44.txt": "requirements/constraints-qgis-3.44.txt",
 }
 OPTIONAL = {"LICENSE"}   # the demo model is not: the plugin's offline default, the README says the zip holds it
 

@@ -328,3 +328,51 @@ def test_the_dock_assesses_the_labelled_points_and_shows_the_report(dock, tile_m
     assert box.assess() is not None
     saved.write_text("{}")
     assert box.assess() is None and saved.read_text() == "{}"
+
+
+def test_the_sample_layer_takes_a_class_the_map_lacks_and_assess_reports_it(dock, tile_map, tmp_path):
+    """The analyst's label may be a class the map does not have: "+" beside the reference field (its dialog
+    answered) adds it to the field's value map, QGIS's own editor widget then offers it and sets it, and the
+    report lists it as a reference-only class (core.assess on the same file agrees)."""
+    from qgis.gui import QgsGui
+    from qgis.PyQt.QtCore import QTimer
+    from qgis.PyQt.QtWidgets import QApplication, QComboBox, QInputDialog
+
+    box = dock.assess_box
+    map_layer = QgsVectorLayer(f"{tile_map}|layername=labels", "labels", "ogr")
+    QgsProject.instance().addMapLayer(map_layer)
+    box.set_map(map_layer)
+    box.per_class.setValue(6)
+    layer = box.make_sample()
+    idx = layer.fields().indexOf("reference")
+
+    def answer():
+        dialog = QApplication.activeModalWidget()
+        if isinstance(dialog, QInputDialog):
+            dialog.setTextValue("  wetland ")
+            dialog.accept()
+        else:
+            QTimer.singleShot(20, answer)
+    QTimer.singleShot(20, answer)
+    box.add_class_button.click()
+    setup = layer.editorWidgetSetup(idx)
+    assert setup.type() == "ValueMap" and setup.config()["map"] == [{"a": "a"}, {"b": "b"}, {"wetland": "wetland"}]
+    assert box.add_class("wetland") == ["a", "b", "wetland"]   # once only
+    assert box.add_class(" ") is None and "empty" in dock.status.text()
+
+    # QGIS's attribute form widget for the field offers the new class and sets it
+    wrapper = QgsGui.editorWidgetRegistry().create(setup.type(), layer, idx, setup.config(), None, dock)
+    combo = wrapper.widget()
+    assert isinstance(combo, QComboBox) and combo.findText("wetland") >= 0
+    combo.setCurrentIndex(combo.findText("wetland"))
+    wet = [f.id() for f in layer.getFeatures()][:2]
+    for f in layer.getFeatures():
+        value = wrapper.value() if f.id() in wet else truth(f.geometry().asPoint().x())
+        assert layer.changeAttributeValue(f.id(), idx, value)
+    report = box.assess()
+    assert report is not None, dock.status.text()
+    assert report["reference_only_classes"] == ["wetland"]
+    assert layer.commitChanges()
+    want = assess.assess(tile_map, tmp_path / "map_reference.gpkg", "reference", "label", "labels", "reference_sample")
+    assert without_sources(report) == without_sources(want)
+    assert "reference classes not in the map: wetland" in box.dialog.notes.text()

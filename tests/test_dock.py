@@ -849,6 +849,35 @@ def test_replacing_an_output_asks_first_and_keeps_the_other_layers(dock, data_di
         == ["site.gpkg"]
 
 
+def test_replacing_a_shapefile_asks_naming_the_files_that_exist(dock, data_dir, tmp_path):
+    """Only the analyst's out.cpg exists: the question names it (not "the Shapefile out.shp", which does not
+    exist), and No keeps it; once the Shapefile exists, the question names its files."""
+    from qgis.core import QgsProject
+    from qgis.PyQt.QtWidgets import QMessageBox
+
+    raster = _raster(data_dir, KAMPALA, "kampala")
+    dock.layer_combo.setLayer(raster)
+    dock.set_kind("label")
+    dock.labels_edit.setPlainText("buildings\ntrees")
+    dock.tile_size.setValue(512)
+    out = tmp_path / "out.shp"
+    (tmp_path / "out.cpg").write_text("UTF-8")
+    dock.output_widget.setFilePath(str(out))
+    with Answer(QMessageBox.No) as answer:
+        assert dock.run() is None
+    assert answer.texts == [f"Replace out.cpg in {tmp_path} (out.shp itself does not exist)?"], answer.texts
+    assert (tmp_path / "out.cpg").read_text() == "UTF-8" and not out.exists()
+
+    with Answer(QMessageBox.Yes) as answer:
+        _run(dock)
+    assert dock.last_layer is not None, dock.status.text()
+    QgsProject.instance().removeMapLayer(dock.last_layer.id())
+    with Answer(QMessageBox.No) as answer:
+        assert dock.run() is None
+    (text,) = answer.texts
+    assert text.startswith(f"Replace the Shapefile {out} (out.shp, out.shx, out.dbf"), text
+
+
 def test_a_loaded_output_is_not_replaced_under_its_layer(dock, data_dir, user_gpkg, tmp_path, qgis_iface):
     from qgis.core import Qgis, QgsVectorLayer
     from qgis.PyQt.QtWidgets import QMessageBox
@@ -1013,6 +1042,20 @@ def test_help_opens_the_documentation(dock):
         QDesktopServices.unsetUrlHandler("https")
     assert browser.urls == [help_url()]
     assert help_url() == "https://github.com/remoteclip-qgis/remoteclip-qgis#in-qgis"
+
+
+def test_help_says_where_the_documentation_is_when_no_browser_opens(dock):
+    """Offscreen Qt has no browser: openUrl returns False (no https handler is set), as on a desktop without
+    one; the status line then names the address, selectable."""
+    from qgis.PyQt.QtCore import Qt
+
+    from remoteclip_qgis.dock import help_url
+
+    dock.status.setText("Ready.")
+    dock.help_button.click()
+    assert help_url() in dock.status.text() and "No web browser opened" in dock.status.text()
+    assert dock.status.textInteractionFlags() & Qt.TextInteractionFlag.TextSelectableByMouse
+    assert dock.open_help() is False
 
 
 def test_a_run_with_the_demo_model_says_it_is_a_demo(dock, data_dir, tmp_path, qgis_iface, monkeypatch):

@@ -371,3 +371,39 @@ def test_the_first_get_offline_says_the_network_is_down(dock, models, monkeypatc
     assert "ResolutionImpossible" not in text and "Run by hand" not in text
     assert row.task is None and row.get_button.isEnabled()
     assert not [w for w in seen if issubclass(w.category, ResourceWarning)], [str(w.message) for w in seen]
+
+
+def test_a_bundle_outside_the_models_folder_is_listed_chosen_and_run(dock, models, tiny_bundle, tmp_path, data_dir):
+    """The path field pointing at a bundle elsewhere: the list shows it (not an empty choice), keeps it over
+    Refresh, and choosing it again after another model makes it the model the job runs; a models folder set
+    to a bundle folder itself lists that bundle."""
+    import shutil
+
+    from qgis.core import QgsProject, QgsRasterLayer, QgsSettings
+
+    from remoteclip_qgis.core.bundle import DEMO_BUNDLE
+
+    layer = QgsRasterLayer(str(data_dir / "geotiff" / "rasterio_RGB.byte.tif"), "rgb")
+    QgsProject.instance().addMapLayer(layer)
+    dock.layer_combo.setLayer(layer)
+    elsewhere = tmp_path / "projects" / "My-Tiny"
+    shutil.copytree(tiny_bundle, elsewhere)
+    row = dock.model_row
+    dock.model_widget.setFilePath(str(elsewhere / "manifest.json"))   # as a file dialog may leave it
+    assert row.combo.currentText() == f"My-Tiny · {elsewhere.parent}"
+    mine = row.combo.currentIndex()
+    row.refresh()
+    assert row.combo.currentIndex() == mine and row.combo.currentText().startswith("My-Tiny · ")
+    demo = _items(row)["remoteclip-demo"]
+    row.combo.setCurrentIndex(row.combo.findText(demo))
+    row.combo.activated.emit(row.combo.currentIndex())     # the analyst picks the demo, then theirs again
+    assert dock.model_path() == str(DEMO_BUNDLE)
+    row.combo.setCurrentIndex(mine)
+    row.combo.activated.emit(mine)
+    assert dock.model_path() == str(elsewhere)
+    job, _kind, _title = dock.build_job()
+    assert str(getattr(job.run.model, "source", job.run.model)) == str(elsewhere)
+
+    QgsSettings().setValue("RemoteCLIP/models_dir", str(tiny_bundle))   # the folder setting: a bundle itself
+    row.refresh()
+    assert f"{tiny_bundle.name} · {tiny_bundle.parent}" in [row.combo.itemText(i) for i in range(row.combo.count())]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -39,13 +40,18 @@ def test_init_gui_adds_actions_dock_and_provider_and_unload_removes_them(rc, qgi
     try:
         names = {a.objectName() for a in _ours(window)}
         assert {"remoteclip_dock_action", "remoteclip_diagnostics_action", "remoteclip_install_action"} <= names
-        docks = [d for d in window.findChildren(QDockWidget) if d.objectName() == "RemoteClipDock"]
-        assert docks == [plugin.dock]
         assert registry.providerById("remoteclip") is plugin.provider is not None
         assert plugin.provider.algorithms(), "the provider registered no algorithms"
 
-        # the toolbar action opens and closes the dock, and follows it when the dock's own X closes it
+        # the dock is built on the toolbar action's first click (not while QGIS starts), and shown
         window.show()
+        assert [d for d in window.findChildren(QDockWidget) if d.objectName() == "RemoteClipDock"] == []
+        assert not plugin.dock_action.isChecked()
+        plugin.dock_action.trigger()
+        docks = [d for d in window.findChildren(QDockWidget) if d.objectName() == "RemoteClipDock"]
+        assert docks == [plugin.dock] and plugin.dock.isVisible() and plugin.dock_action.isChecked()
+        # then the action closes and opens it, and follows it when the dock's own X closes it
+        plugin.dock_action.trigger()
         assert not plugin.dock.isVisible() and not plugin.dock_action.isChecked()
         plugin.dock_action.trigger()
         assert plugin.dock.isVisible()
@@ -256,18 +262,76 @@ def test_install_plan_pins_the_lock_and_qgis_numpy_and_falls_back_to_cpu_onnxrun
 
 
 def test_pins_come_from_the_lock_file_shipped_in_the_plugin(rc, built_plugin):
-    """One source of versions: requirements/lock.txt, copied into the plugin by scripts/package.py."""
+    """One source of versions: this QGIS's pin set (requirements/lock.txt on 3.22), copied into the plugin by
+    scripts/package.py."""
     from remoteclip_qgis import deps
 
-    shipped = built_plugin / "remoteclip_qgis" / "requirements" / "lock.txt"
+    shipped = built_plugin / "remoteclip_qgis" / "requirements" / deps.pin_set()
     assert deps.lock_file() == shipped.resolve()
-    assert shipped.read_bytes() == (ROOT / "requirements" / "lock.txt").read_bytes()
+    assert shipped.read_bytes() == (ROOT / "requirements" / deps.pin_set()).read_bytes()
     pins = deps.read_pins()
     lock = {ln.split("==")[0].lower(): ln.split("==")[1] for ln in shipped.read_text().splitlines() if "==" in ln}
     for module in deps.PACKAGES:   # every package the installer may install has its pin
         assert deps.requirements("onnxruntime", [module]) == [f"{deps.PACKAGES[module]}=={lock[module]}"]
     assert deps.pinned("onnxruntime-gpu", pins) == f"onnxruntime-gpu=={lock['onnxruntime']}"
     assert deps.pinned("Typing.Extensions", pins) == f"Typing.Extensions=={lock['typing_extensions']}"
+
+
+def _leg_pins(files: list[str]) -> dict[str, str]:
+    """name -> version pinned by a leg's pip constraint files (the later file wins, as pip's -c order has
+    no say: these legs' files never pin one package twice with two versions)."""
+    pins = {}
+    for name in files:
+        for line in (ROOT / name).read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if "==" in line:
+                project, version = line.split("==", 1)
+                pins[re.sub(r"[-_.]+", "-", project.strip()).lower()] = version.strip()
+    return pins
+
+
+def _test_legs() -> dict[str, list[str]]:
+    """QGIS version -> the constraint files that leg's environment is installed with, read from the scripts
+    that make them: scripts/setup.sh (the host, QGIS 3.22) and scripts/qgis_matrix.sh (the other legs)."""
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    host = re.search(r"^constraints=(requirements/constraints-qgis-([\d.]+)\.txt)$", setup, re.M)
+    assert host and "-c requirements/lock.txt" in setup, "scripts/setup.sh no longer reads as expected"
+    legs = {host.group(2): ["requirements/lock.txt", host.group(1)]}
+    matrix = (ROOT / "scripts" / "qgis_matrix.sh").read_text()
+    pattern = re.search(r"^CONSTRAINTS=(requirements/constraints-qgis-)\$LEG(\.txt)$", matrix, re.M)
+    assert pattern, "scripts/qgis_matrix.sh no longer reads as expected"
+    for leg in re.findall(r"^\s+([\d.]+)\) SUITE=", matrix, re.M):
+        legs[leg] = [pattern.group(1) + leg + pattern.group(2)]
+    return legs
+
+
+def test_the_installer_pins_what_the_test_leg_of_the_running_qgis_installs(rc, tmp_path):
+    """Per QGIS leg (3.22 on the host, 3.40 and 3.44 in the matrix): the installer's requirements (the
+    packages it may install, onnxruntime among them) are the versions that leg's environment is installed
+    with, from the pin set shipped in the plugin; and on the QGIS running this test, the versions installed
+    here."""
+    from importlib.metadata import version
+
+    from qgis.core import Qgis
+
+    from remoteclip_qgis import deps
+
+    legs = _test_legs()
+    assert set(legs) >= {"3.22", "3.40", "3.44"}, legs
+    for leg, files in legs.items():
+        major, minor = (int(x) for x in leg.split("."))
+        for qgis_version in (major * 10000 + minor * 100, major * 10000 + minor * 100 + 99):   # any point release
+            pins = deps.read_pins(deps.lock_file(qgis_version))
+            assert str(deps.lock_file(qgis_version)).startswith(str(Path(rc.__file__).parent))   # shipped
+            got = deps.requirements("onnxruntime", list(deps.PACKAGES), pins)
+            want = _leg_pins(files)
+            assert got == [f"{deps.PACKAGES[m]}=={want[m]}" for m in deps.PACKAGES], (leg, got)
+    assert deps.requirements("onnxruntime", ["onnxruntime"], deps.read_pins(deps.lock_file(34000))) \
+        == ["onnxruntime==1.32.0"]   # the case of issue 25: 3.40 is tested with 1.32.0, not the lock's 1.31.1
+    # this QGIS: what the plan installs is what this test environment has
+    running = f"{Qgis.QGIS_VERSION_INT // 10000}.{Qgis.QGIS_VERSION_INT // 100 % 100}"
+    plan = deps.InstallPlan("python3", tmp_path / "deps", list(deps.PACKAGES), None, None, "linux")
+    assert plan.attempts[0][0] == [f"{deps.PACKAGES[m]}=={version(deps.PACKAGES[m])}" for m in deps.PACKAGES], running
 
 
 def test_find_python_takes_qgis_interpreter_by_each_platforms_conventions(rc):

@@ -50,7 +50,6 @@ from ..core.bundle import bundle_path, default_bundle
 from ..core.errors import Cancelled, InvalidInput, ModelError, OutputRefused, RemoteClipError
 from ..core.tasks import TASKS
 from ..core.tiles import MAX_OVERLAP
-from ..layer_source import crs_wkt, extent_from_rectangle, raster_for_layer
 from .destination import EXTENSION_DRIVERS, convert_output, ogr_destination
 from .parameters import adapter, decimals, param_help
 
@@ -289,6 +288,8 @@ class RemoteClipAlgorithm(Declaring):
         if mask is None:
             if rect is None:
                 return None
+            from ..layer_source import extent_from_rectangle  # numpy: imported when a run needs it
+
             return extent_from_rectangle(rect, lcrs)
         ct = QgsCoordinateTransform(mask.sourceCrs(), lcrs, context.transformContext())
         clip = QgsGeometry.fromRect(rect) if rect is not None else None
@@ -309,7 +310,7 @@ class RemoteClipAlgorithm(Declaring):
         if not wkts:
             raise InvalidInput("The mask has no polygons" + (" inside the extent." if rect else "."),
                                   "Choose a mask layer with polygons over the raster (or no mask).")
-        from ..layer_source import vector_origin
+        from ..layer_source import crs_wkt, vector_origin
 
         return Polygons(wkts, crs_wkt(lcrs), vector_origin(self.parameterAsVectorLayer(parameters, self.MASK,
                                                                                       context)))
@@ -350,6 +351,7 @@ class RemoteClipAlgorithm(Declaring):
 
     def prepareAlgorithm(self, parameters, context, feedback):
         from ..core.pipeline import Job, RunOptions, TileSpec
+        from ..layer_source import raster_for_layer
 
         self._error = None
         try:
