@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import qgis.utils
-from qgis.core import Qgis, QgsApplication, QgsMessageLog
-from qgis.PyQt.QtCore import Qt
+from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsSettings
+from qgis.PyQt.QtCore import Qt, QTimer
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QPushButton
 
@@ -18,6 +18,9 @@ from . import deps
 LOG_TAG = "RemoteCLIP"
 MENU = "&RemoteCLIP"
 PLUGIN_DIR = Path(__file__).resolve().parent
+# whether the analyst left the panel open: QGIS restores only docks that exist when it restores the window,
+# and ours is built on first use (the dock's other settings live in dock_settings, which QGIS need not load)
+DOCK_OPEN_SETTING = "RemoteCLIP/dock_open"
 
 
 def icon_path(name: str = "icon.svg") -> str:
@@ -67,6 +70,7 @@ class RemoteClipPlugin:
         # the dock (and what it imports) is built on the first click, not while QGIS starts
         self.dock_action.setCheckable(True)
         self.dock_action.toggled.connect(self._first_open)
+        self.dock_action.toggled.connect(self._remember_open)
         # the Plugins toolbar: a fresh profile shows it (QGIS hides the Raster toolbar by default)
         self.iface.addToolBarIcon(self.dock_action)
         self.iface.addPluginToRasterMenu(MENU, self.dock_action)
@@ -82,6 +86,9 @@ class RemoteClipPlugin:
         self.iface.addPluginToRasterMenu(MENU, install)
         self.actions = [self.dock_action, diag, install]
         self.check_dependencies()
+        if QgsSettings().value(DOCK_OPEN_SETTING, False, type=bool):
+            # after QGIS has started (or the plugin was reinstalled over itself): the panel as it was left
+            QTimer.singleShot(0, self._reopen)
 
     @property
     def dock(self):
@@ -100,6 +107,15 @@ class RemoteClipPlugin:
 
     def _first_open(self, checked: bool) -> None:
         if checked and self._dock is None:
+            self.dock.setUserVisible(True)
+
+    def _remember_open(self, checked: bool) -> None:
+        # a main window being hidden (QGIS closing) hides the dock too: that is not the analyst closing it
+        if self.iface.mainWindow().isVisible():
+            QgsSettings().setValue(DOCK_OPEN_SETTING, checked)  # noqa: QGS202 (returns nothing)
+
+    def _reopen(self) -> None:
+        if self.dock_action is not None and self._dock is None:   # not unloaded meanwhile, not opened by hand
             self.dock.setUserVisible(True)
 
     def check_dependencies(self) -> list[str]:
@@ -136,6 +152,8 @@ class RemoteClipPlugin:
     # ------------------------------------------------------------------------------------ unload
 
     def unload(self) -> None:
+        if self.dock_action is not None:   # taking the dock down below is not the analyst closing it
+            self.dock_action.toggled.disconnect(self._remember_open)
         inference = sys.modules.get(f"{__package__}.core.inference")   # not imported: no model loaded
         if inference is not None:
             inference.release_sessions()   # the model's memory goes with the plugin

@@ -4,6 +4,7 @@ a real pip install; diagnostics."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -65,6 +66,51 @@ def test_init_gui_adds_actions_dock_and_provider_and_unload_removes_them(rc, qgi
     assert len(_ours(window)) == before
     assert [d for d in window.findChildren(QDockWidget) if d.objectName() == "RemoteClipDock"] == []
     assert registry.providerById("remoteclip") is None
+
+
+def test_the_panel_reopens_as_the_analyst_left_it_after_a_reinstall_or_restart(rc, qgis_iface, qgis_new_project):
+    """The dock is built on first use, so QGIS's own window-state restore cannot reopen it: the plugin does,
+    when the analyst left it open; closing it by hand is remembered, QGIS's window closing is not."""
+    from qgis.core import QgsSettings
+    from qgis.PyQt.QtCore import QCoreApplication
+
+    key = importlib.import_module(f"{rc.__name__}.plugin").DOCK_OPEN_SETTING
+    window = qgis_iface.mainWindow()
+    settings = QgsSettings()
+
+    def start():
+        plugin = rc.classFactory(qgis_iface)
+        plugin.initGui()
+        QCoreApplication.processEvents()   # the reopening waits for the event loop, as QGIS's start does
+        return plugin
+
+    settings.remove(key)
+    window.show()
+    try:
+        first = start()
+        assert first._dock is None, "a fresh profile must not build the dock at start"
+        first.dock_action.trigger()
+        assert first.dock.isVisible()
+        first.unload()   # Reinstall from ZIP unloads the loaded plugin with its panel open
+
+        second = start()
+        assert second._dock is not None and second._dock.isVisible() and second.dock_action.isChecked()
+        window.hide()    # QGIS closing: its window goes, and the panel with it
+        second.unload()
+        window.show()
+
+        third = start()
+        assert third._dock is not None and third._dock.isVisible()
+        third.dock_action.trigger()   # the analyst closes the panel
+        assert not third._dock.isVisible()
+        third.unload()
+
+        fourth = start()
+        assert fourth._dock is None
+        fourth.unload()
+    finally:
+        window.hide()
+        settings.remove(key)
 
 
 def test_diagnostics_names_versions_providers_gpu_and_model(rc, tiny_bundle, qgis_iface):
