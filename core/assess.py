@@ -535,7 +535,7 @@ def write_sample(map_path, output, map_field: str = "label", layer: str | None =
     (.gpkg, layer ``out_layer`` or SAMPLE_LAYER; .shp) in the map's CRS, with ``sample_id``, ``map_class``
     and the empty ``reference_field`` the analyst fills. It never replaces the map's layer, nor ``inputs``
     ((spec, what) pairs: the layer the map was copied from)."""
-    from .vectors import Field, write_vector
+    from .geodata.vectors import Field, write_vector
 
     ref = str(reference_field or "").strip()
     if not ref or ref.lower() in SAMPLE_FIELDS:

@@ -56,7 +56,7 @@ def _equal_area(crs_wkt: str, sample_wkts: list[str]):
         return None
     from osgeo import ogr, osr
 
-    from .tiles import srs_from
+    from .geodata.tiles import srs_from
 
     try:
         src = srs_from(crs_wkt)

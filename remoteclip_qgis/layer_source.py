@@ -33,8 +33,8 @@ from qgis.core import (
 )
 
 from .core.errors import InvalidInput, SourceUnreadable
-from .core.raster import nodata_valid
-from .core.tiles import BBox, Polygons
+from .core.geodata.raster import nodata_valid
+from .core.geodata.tiles import BBox, Polygons
 
 __all__ = ["QgisRasterSource", "raster_for_layer", "extent_from_rectangle", "extent_from_features",
            "layer_file_path", "is_xyz_layer", "crs_wkt", "vector_origin", "vector_file", "examples_from_layer"]
@@ -117,7 +117,7 @@ def _extent_rect(extent, crs: QgsCoordinateReferenceSystem) -> QgsRectangle:
         src_crs = extent.crs
     else:
         raise InvalidInput(f"Extent {extent!r} is neither a BBox nor Polygons.",
-                              "Pass core.tiles.BBox or core.tiles.Polygons.")
+                              "Pass core.geodata.tiles.BBox or core.geodata.tiles.Polygons.")
     qcrs = _qgs_crs(src_crs) if src_crs else crs
     if qcrs.isValid() and crs.isValid() and qcrs != crs:
         rect = QgsCoordinateTransform(qcrs, crs, QgsProject.instance()).transformBoundingBox(rect)

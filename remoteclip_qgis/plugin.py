@@ -121,7 +121,7 @@ class RemoteClipPlugin:
     # ------------------------------------------------------------------------------------ unload
 
     def unload(self) -> None:
-        from .core.inference import release_sessions
+        from .core.runtime.inference import release_sessions
 
         release_sessions()   # the model's memory goes with the plugin
         if self.provider is not None:

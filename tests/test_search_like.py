@@ -127,8 +127,8 @@ def test_unlike_examples_push_the_query_away_by_their_weight(mosaic, tiny_bundle
     res = run_job(_job(mosaic, tiny_bundle, task, cache))
     at = _by_tile(res)
     emb = res.embeddings
-    from core.inference import Encoder
     from core.pipeline.encode import ensemble
+    from core.runtime.inference import Encoder
 
     text_vec = ensemble(Encoder(str(tiny_bundle)), [["a tin roof"]], [])[0].astype(np.float64)
     q = _unit(_unit(emb[at[(None, 0, 0)]]) + 0.3 * _unit(text_vec)

@@ -116,7 +116,7 @@ class ChangeTask(Task):
     reports: ClassVar[bool] = True
 
     def __post_init__(self):
-        from ..raster import parse_bands
+        from ..geodata.raster import parse_bands
 
         if self.after is None or not isinstance(self.after, str | os.PathLike) or not str(self.after).strip():
             raise InvalidInput("No AFTER raster was given.", "Give the later raster of the same place "
@@ -293,7 +293,7 @@ def tile_areas(part) -> np.ndarray:
     from osgeo import ogr, osr
 
     from ..assess import _laea, _transform
-    from ..tiles import srs_from
+    from ..geodata.tiles import srs_from
 
     src = srs_from(part.crs_wkt, "raster's CRS")
     wkbs = part.grid.polygon_wkb(part.index)
@@ -380,7 +380,7 @@ def same_grid(a, b) -> bool:
     """Two open sources on the same pixel grid: CRS, geotransform and size."""
     import numpy as np
 
-    from ..tiles import same_crs
+    from ..geodata.tiles import same_crs
 
     return (a.width, a.height) == (b.width, b.height) and \
         np.allclose(tuple(a.transform)[:6], tuple(b.transform)[:6], rtol=0, atol=1e-9) and \
@@ -391,7 +391,7 @@ def footprint_overlap(before, after, after_path: str) -> None:
     """Refuse an AFTER that does not overlap BEFORE, or whose CRS cannot be transformed to BEFORE's."""
     from osgeo import ogr, osr
 
-    from ..tiles import srs_from
+    from ..geodata.tiles import srs_from
 
     def box(src):
         a, b, c, d, e, f = tuple(src.transform)[:6]
@@ -448,7 +448,7 @@ def warp_vrt(after_path: str, before, folder: str, resampling: str) -> str:
 @dataclass(frozen=True)
 class MatchedStretch:
     """A stretch to 8 bits followed by a lookup table per band (histogram matching to another date)."""
-    base: object                       # core.raster.Stretch
+    base: object                       # core.geodata.raster.Stretch
     luts: tuple[tuple[int, ...], ...]  # one 256-entry table per band read
 
     @property

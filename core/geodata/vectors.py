@@ -45,7 +45,7 @@ probabilities, similarity, confidence), the mean over its tiles; other fields
 (row, col, rank, top labels) describe single tiles and are dropped.
 
 The checks (``check_output``, ``check_not_input``, the temporaries, reading the sidecar) live in
-:mod:`core.vector_checks` and are re-exported here.
+:mod:`core.geodata.vector_checks` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import (
+from ..errors import (
     InvalidInput,
     MissingDependency,
     OutputExists,
@@ -255,7 +255,7 @@ def _quiet_gdal(path):
 
 
 def _stage_vector(path, records, fields, crs_wkt, layer_name, dissolve_by, metadata, overwrite, inputs):
-    from .staged import Staged
+    from ..staged import Staged
 
     gdal, ogr, osr = _ogr()
     fields = [f if isinstance(f, Field) else Field(*f) for f in fields]

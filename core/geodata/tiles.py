@@ -40,7 +40,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .errors import InvalidInput, gdal_return_codes
+from ..errors import InvalidInput, gdal_return_codes
 
 __all__ = ["TileSpec", "BBox", "Polygons", "Tile", "TileGrid", "make_grid", "grid_step", "tile_size_px",
            "spec_params", "EDGE_MODES", "MIN_TILE_PX", "MAX_OVERLAP", "check_overlap", "srs_from", "crs_name", "same_crs", "window_polygon_wkt", "require_crs"]
@@ -54,7 +54,7 @@ def check_overlap(value, spell: str = "Overlap") -> float:
     """The one overlap rule (TileSpec, the grid, the command line; the dock and Processing offer the same
     range): a fraction of the tile's edge from 0 to :data:`MAX_OVERLAP`. ``spell`` names the input as the
     front-end shows it (``--overlap``)."""
-    from . import checks
+    from .. import checks
 
     x = checks.number(value or 0.0, spell, example="a fraction of the tile edge, e.g. 0.25")
     if not 0.0 <= x <= MAX_OVERLAP:
@@ -91,7 +91,7 @@ class TileSpec:
     edge: str = "shift"            # "shift", "pad" or "drop" (module docstring)
 
     def __post_init__(self):
-        from . import checks
+        from .. import checks
 
         self.unit = checks.choice(self.unit or "px", "tile unit", TILE_UNITS)
         self.size = checks.number(self.size, "Tile size", 0.0, example="e.g. 224 px or 50 m")
