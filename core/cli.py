@@ -369,7 +369,7 @@ def _summary(res, job) -> str:
                      + (f", {len(res.skipped)} skipped" if res.skipped else ""))
         for path, why in res.skipped:
             lines.append(f"skipped: {path}: {why}")
-        from .geodata.tiles import crs_name
+        from .geodata.crs import crs_name
 
         lines.append(f"output CRS: {crs_name(res.crs_wkt)}")
     from .runtime.bundle import DEMO_NAME, DEMO_NOTE

@@ -33,6 +33,7 @@ from qgis.core import (
 )
 
 from .core.errors import InvalidInput, SourceUnreadable
+from .core.geodata.crs import crs_text
 from .core.geodata.raster import nodata_valid
 from .core.geodata.tiles import BBox, Polygons
 
@@ -125,11 +126,10 @@ def _extent_rect(extent, crs: QgsCoordinateReferenceSystem) -> QgsRectangle:
 
 
 def _qgs_crs(value) -> QgsCoordinateReferenceSystem:
+    """A core extent's CRS (as core.geodata.crs.srs_from reads it: EPSG:n, n, WKT) as QGIS's."""
     if isinstance(value, QgsCoordinateReferenceSystem):
         return value
-    if isinstance(value, int):
-        return QgsCoordinateReferenceSystem(f"EPSG:{value}")
-    text = str(value).strip()
+    text = crs_text(value)
     if text.upper().startswith(("EPSG:", "ESRI:", "IGNF:", "OGC:")):
         return QgsCoordinateReferenceSystem(text)
     return QgsCoordinateReferenceSystem.fromWkt(text)

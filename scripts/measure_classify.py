@@ -58,7 +58,7 @@ def coverage(grid, outlines: str, crs_wkt: str) -> np.ndarray:
     """Fraction of each tile under the union of the outlines (reprojected to the raster's CRS)."""
     from osgeo import ogr, osr
 
-    from core.geodata.tiles import srs_from
+    from core.geodata.crs import srs_from
 
     ds = ogr.Open(outlines)
     lyr = ds.GetLayer(0)

@@ -38,7 +38,7 @@ def coverage(grid, outlines, crs_wkt):
     """Fraction of each tile under the building outlines (CRS84 -> the raster's CRS)."""
     from osgeo import ogr, osr
 
-    from core.geodata.tiles import srs_from
+    from core.geodata.crs import srs_from
 
     ds = ogr.Open(str(outlines))
     lyr = ds.GetLayer(0)
@@ -77,7 +77,7 @@ def write_samples(path, points, classes, raster_crs, epsg=32636, field="cls", la
     """Points (in the raster's CRS) with their classes, written to a GeoPackage in ``epsg``."""
     from osgeo import ogr, osr
 
-    from core.geodata.tiles import srs_from
+    from core.geodata.crs import srs_from
 
     dst = osr.SpatialReference()
     dst.ImportFromEPSG(epsg)
@@ -408,7 +408,7 @@ def _latin1_shapefile(path, points, classes, raster_crs):
     what older GIS software wrote."""
     from osgeo import gdal, ogr
 
-    from core.geodata.tiles import srs_from
+    from core.geodata.crs import srs_from
 
     # QGIS, once started in this process, sets SHAPE_ENCODING to "" (no recoding), which the layer's own
     # ENCODING option does not override: say Latin-1 here too

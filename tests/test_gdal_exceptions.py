@@ -11,8 +11,9 @@ from __future__ import annotations
 import pytest
 
 from core.errors import RemoteClipError, gdal_return_codes
+from core.geodata.crs import srs_from
 from core.geodata.raster import open_raster
-from core.geodata.tiles import BBox, Polygons, TileSpec, make_grid, srs_from
+from core.geodata.tiles import BBox, Polygons, TileSpec, make_grid
 from core.geodata.vectors import Field, write_vector
 
 

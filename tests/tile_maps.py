@@ -6,7 +6,7 @@ X0, Y0 = 450_000.0, 40_000.0
 
 
 def write_tile_map(path):
-    from core.geodata.tiles import srs_from
+    from core.geodata.crs import srs_from
     from core.geodata.vectors import Field, write_vector
 
     records = []

@@ -58,8 +58,8 @@ def plan_after(job: Job, plans) -> AfterPlan | None:
     if job.many:
         raise InvalidInput("The change task compares two rasters: one BEFORE and one AFTER (no collection, Dask "
                            "or --out-crs).", "Give one BEFORE raster and one AFTER raster.", param="raster")
+    from ..geodata.crs import require_crs
     from ..geodata.raster import check_bands, default_bands, open_raster
-    from ..geodata.tiles import require_crs
     from ..tasks.change import footprint_overlap, same_grid, warp_vrt
 
     before = plans[0].src

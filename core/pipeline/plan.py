@@ -9,7 +9,8 @@ import os
 from dataclasses import dataclass, field
 
 from ..errors import InvalidInput, RemoteClipError, SourceUnreadable
-from ..geodata.tiles import grid_step, make_grid, require_crs
+from ..geodata.crs import require_crs
+from ..geodata.tiles import grid_step, make_grid
 from .job import Job, Plan, check_job
 from .sources import open_source
 

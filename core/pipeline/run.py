@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from ..errors import Cancelled, InvalidInput
-from ..geodata.tiles import crs_name, same_crs
+from ..geodata.crs import crs_name, same_crs
 from ..runtime.bundle import load_bundle, precision_warnings
 from ..runtime.inference import Encoder
 from ..tasks import RasterPart

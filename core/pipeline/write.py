@@ -267,7 +267,7 @@ def reproject_wkb(wkbs: list[bytes], src_wkt: str, dst_wkt: str, tile_size: floa
     OGR, so a tile stays exact under a curved transform (UTM <-> degrees). The same CRS: unchanged."""
     from osgeo import ogr, osr
 
-    from ..geodata.tiles import srs_from
+    from ..geodata.crs import srs_from
 
     s, d = srs_from(src_wkt, "raster's CRS"), srs_from(dst_wkt, "output CRS")
     if s.IsSame(d):
@@ -293,6 +293,6 @@ def out_crs_wkt(job: Job, first_wkt: str) -> str:
     """The output CRS: ``Job.out_crs``, else the first raster's."""
     if not job.out_crs:
         return first_wkt
-    from ..geodata.tiles import srs_from
+    from ..geodata.crs import srs_from
 
     return srs_from(job.out_crs, "output CRS (--out-crs)").ExportToWkt()
