@@ -1,4 +1,4 @@
-"""Torch-free conversion (core.convert) against the torch exporter (training.export), same checkpoint, same run:
+"""Torch-free conversion (core.runtime.convert) against the torch exporter (training.export), same checkpoint, same run:
 conversion time and peak memory of each (a fresh process each, VmHWM), onnxruntime CPU throughput of the
 converted graphs over the exported ones (ratio converted/exported; the aim is within 10%), and the parity of
 the converted bundle against open_clip in torch on real images and prompts.
@@ -37,7 +37,7 @@ class _NoTorch:
         if name.split(".")[0] in ("torch", "open_clip", "torchvision"):
             raise ImportError(name + " is blocked")
 sys.meta_path.insert(0, _NoTorch())
-from core.convert import convert_checkpoint
+from core.runtime.convert import convert_checkpoint
 t0 = time.perf_counter()
 convert_checkpoint(sys.argv[1], sys.argv[2], fp16=True)
 seconds = time.perf_counter() - t0
@@ -88,8 +88,8 @@ def bench_arch(arch: str, work: Path, args) -> dict:
     import open_clip
     import torch
 
-    from core.bundle import load_bundle
-    from core.tokenizer import Tokenizer
+    from core.runtime.bundle import load_bundle
+    from core.runtime.tokenizer import Tokenizer
     from training import checkpoints
     from training.parity import verify_bundle
     from training.reference_pipeline import trained_looking
@@ -180,7 +180,7 @@ def main(argv=None) -> int:
 
     result = {
         "benchmark": "convert",
-        "what": "core.convert (torch blocked) vs training.export on the same random-weight checkpoint: wall time "
+        "what": "core.runtime.convert (torch blocked) vs training.export on the same random-weight checkpoint: wall time "
                 "and VmHWM of each in a fresh process (fp32+fp16 graphs; the converter's time includes its numpy "
                 "self-check), onnxruntime CPU throughput of the fp32 graphs (median of alternating rounds), parity "
                 "of the converted bundle vs open_clip (RSSCN7 images, real prompts) and its own self-check",

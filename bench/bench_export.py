@@ -41,7 +41,7 @@ def bench_arch(arch: str, work: Path, batch_size: int, repeats: int, threads: in
     import open_clip
     import torch
 
-    from core.bundle import load_bundle
+    from core.runtime.bundle import load_bundle
     from training import checkpoints
     from training.export import export_bundle
 

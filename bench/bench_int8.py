@@ -6,8 +6,8 @@
     python bench/bench_int8.py --int8-text     # also the text graph quantised (not what bundles use)
 
 Models: ViT-B-32 and RN50 with random weights that look trained (training.reference_pipeline.
-trained_looking; no pretrained weights exist on these machines), converted by core.convert, and the demo
-model (trained here on the real data). Each gets int8 graphs from core.quantize: dynamic image graph with
+trained_looking; no pretrained weights exist on these machines), converted by core.runtime.convert, and the demo
+model (trained here on the real data). Each gets int8 graphs from core.runtime.quantize: dynamic image graph with
 the fp32 text graph (what the bundles use); with --int8-text the same with the text graph quantised too, and
 with --static a QDQ image graph calibrated on 64 tiles of the Kampala z20 mosaic (a raster the agreement is
 not measured on). Both are options because each variant costs a full pass over the rasters (make bench runs
@@ -50,11 +50,11 @@ THREADS = 2
 
 
 def trained_looking_bundle(arch: str, work: Path) -> Path:
-    """Convert (core.convert, fp32) a trained-looking random checkpoint of ``arch``; reused between runs."""
+    """Convert (core.runtime.convert, fp32) a trained-looking random checkpoint of ``arch``; reused between runs."""
     import open_clip
     import torch
 
-    from core.convert import convert_checkpoint
+    from core.runtime.convert import convert_checkpoint
     from training.reference_pipeline import text_tokens_dynamic, trained_looking
 
     out = work / f"{arch}-trained-looking"
@@ -72,9 +72,9 @@ def real_tiles(rel: str, image_cfg: dict, tile: int, n: int):
     """(n, 3, H, W) preprocessed tiles of a real raster, read as the pipeline reads them."""
     import numpy as np
 
-    from core.preprocess import preprocess
-    from core.raster import Stretch, default_bands, open_raster, read_rgb
-    from core.tiles import TileSpec, make_grid
+    from core.geodata.raster import Stretch, default_bands, open_raster, read_rgb
+    from core.geodata.tiles import TileSpec, make_grid
+    from core.runtime.preprocess import preprocess
 
     src = open_raster(DATA / rel)
     try:
@@ -92,7 +92,7 @@ def real_tiles(rel: str, image_cfg: dict, tile: int, n: int):
 
 
 def encoder_rate(bundle, precision: str, pixels, repeats: int = 3) -> float:
-    from core.inference import Encoder
+    from core.runtime.inference import Encoder
 
     enc = Encoder(bundle, device="cpu", precision=precision, batch_size=len(pixels), threads=THREADS)
     enc.encode_images(pixels[:4])  # load, warm up
@@ -153,8 +153,8 @@ def agreement(ref: dict, got: dict) -> dict:
 
 
 def bench_model(name: str, bundle: Path, work: Path, static: bool, int8_text: bool = False) -> dict:
-    from core.bundle import load_bundle
-    from core.quantize import quantize_bundle
+    from core.runtime.bundle import load_bundle
+    from core.runtime.quantize import quantize_bundle
 
     b = load_bundle(bundle)
     size = b.image["size"][0]

@@ -79,7 +79,7 @@ def center_bbox(raster: Path, cols: int, rows: int, tile: int = 224):
     """A BBox covering cols x rows whole tiles in the middle of the raster (pixel-aligned)."""
     import rasterio
 
-    from core.tiles import BBox
+    from core.geodata.tiles import BBox
 
     with rasterio.open(raster) as ds:
         t = ds.transform
@@ -120,8 +120,8 @@ def time_reference(raster, tiles, model, pp, batch_size=BATCH, workers=0):
 def bare_encoders(bundle, precision: str):
     """The encoders alone, warm, with core's threads: what a run of n tiles would take if reading,
     preprocessing and writing cost nothing. Timed inside each round, beside the sides it bounds."""
-    from core.inference import Encoder
     from core.prompts import label_prompts
+    from core.runtime.inference import Encoder
 
     enc = Encoder(bundle, device="cpu", precision=precision, batch_size=BATCH, threads=THREADS)
     prompts = [p for group in label_prompts(LABELS) for p in group]   # what core's label run encodes
@@ -161,9 +161,9 @@ def real_pixels(bundle, n: int = BATCH):
     """n preprocessed tiles of the mosaic, read as the pipeline reads them."""
     import numpy as np
 
-    from core.bundle import load_bundle
-    from core.preprocess import preprocess
-    from core.raster import Stretch, default_bands, open_raster, read_rgb
+    from core.geodata.raster import Stretch, default_bands, open_raster, read_rgb
+    from core.runtime.bundle import load_bundle
+    from core.runtime.preprocess import preprocess
 
     b = load_bundle(bundle)
     src = open_raster(MOSAIC)
@@ -288,9 +288,9 @@ TARGETS = {"speedup_int8": 2.0, "speedup_fp32": 1.3, "bare_share": 0.85, "peak_r
 def main() -> int:
     import torch
 
-    from core.inference import release_sessions
-    from core.quantize import quantize_bundle
-    from core.tiles import TileSpec
+    from core.geodata.tiles import TileSpec
+    from core.runtime.inference import release_sessions
+    from core.runtime.quantize import quantize_bundle
     from training.reference_pipeline import random_bundle, random_model
 
     if not MOSAIC.is_file():

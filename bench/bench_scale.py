@@ -67,7 +67,7 @@ from core.records import label_columns
 from core.tasks import slug_fields
 sys.path.insert(0, sys.argv[1] + '/tests')
 from record_loops import label_records
-from core.vectors import write_vector
+from core.geodata.vectors import write_vector
 """
 
 _PLAN = _PRELUDE + r"""
@@ -116,7 +116,7 @@ print(json.dumps({"tiles": res.n_tiles, "cache_hit": res.cache_hit, "seconds": t
 
 _WRITE = _PRELUDE + r"""
 from core.records import Records, count_columns
-from core.tiles import make_grid
+from core.geodata.tiles import make_grid
 from types import SimpleNamespace
 n, folder = int(sys.argv[2]), sys.argv[3]
 side = int(np.ceil(np.sqrt(n)))
@@ -154,10 +154,10 @@ def seed_cache(raster: Path, bundle: Path, cache_dir: Path, n: int) -> None:
     """Put n unit-vector embeddings for the raster's 224 px grid into the embedding cache, as `embed` would."""
     import numpy as np
 
-    from core.bundle import load_bundle
     from core.cache import EmbeddingCache
-    from core.raster import Stretch, default_bands, open_raster
-    from core.tiles import TileSpec
+    from core.geodata.raster import Stretch, default_bands, open_raster
+    from core.geodata.tiles import TileSpec
+    from core.runtime.bundle import load_bundle
 
     b = load_bundle(bundle)
     src = open_raster(str(raster))

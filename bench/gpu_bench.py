@@ -60,8 +60,8 @@ def mosaic_vrt(path: Path, size: int) -> Path:
 def real_pixels(image_cfg: dict, n: int):
     import numpy as np
 
-    from core.preprocess import preprocess
-    from core.raster import Stretch, default_bands, open_raster, read_rgb
+    from core.geodata.raster import Stretch, default_bands, open_raster, read_rgb
+    from core.runtime.preprocess import preprocess
 
     src = open_raster(str(MOSAIC))
     bands = default_bands(src)
@@ -97,8 +97,8 @@ def main(argv=None) -> int:
     import onnxruntime as ort
     import torch
 
-    from core.inference import Encoder, cuda_available, gpu_memory, release_sessions
     from core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
+    from core.runtime.inference import Encoder, cuda_available, gpu_memory, release_sessions
     from training.reference_pipeline import random_bundle, random_model
 
     if args.device == "cuda":
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
                "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
                "gpu_memory_free_total": gpu_memory() if args.device == "cuda" else None,
                "bundle_export_s": round(export_s, 1), "tiles": args.tiles, "encoder": {}}
-    from core.bundle import load_bundle
+    from core.runtime.bundle import load_bundle
 
     pixels = real_pixels(load_bundle(bundle).image, args.tiles)
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InvalidInput, SourceUnreadable, gdal_return_codes
+from .geodata.crs import gis_order, laea, to_lonlat, transformation
 
 __all__ = ["MapStrata", "read_map", "sample_points", "estimate", "assess", "read_reference",
            "REPORT_FORMAT", "Z95", "Sample", "write_sample", "report_rows", "report_notes", "csv_text",
@@ -106,30 +107,10 @@ def _field(lyr, name: str, path: str, what: str, option: str) -> str:
                        f"Name the field that holds the class ({option}).", path=path, param=option.lstrip("-").replace("-", "_"))
 
 
-def _laea(srs_from_wkt, lon: float, lat: float):
-    from osgeo import osr
-
-    srs = osr.SpatialReference()
-    srs.ImportFromProj4(f"+proj=laea +lat_0={lat:.6f} +lon_0={lon:.6f} +x_0=0 +y_0=0 +datum=WGS84 +units=m "
-                        "+no_defs")
-    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    return srs
-
-
-def _transform(src, dst):
-    from osgeo import osr
-
-    tr = osr.CoordinateTransformation(src, dst)
-    if tr is None:
-        raise InvalidInput("No coordinate transformation between the layers' CRSs is defined.",
-                           "Reproject one layer to the other's CRS in QGIS first.")
-    return tr
-
-
 @gdal_return_codes()
 def read_map(path, field: str = "label", layer: str | None = None, max_cells: int = _MAX_CELLS) -> MapStrata:
     """The map layer at ``path`` as strata: its features rasterised by class in an equal-area projection."""
-    from osgeo import gdal, ogr, osr
+    from osgeo import gdal, ogr
 
     from .samples import class_text, gdal_quiet
 
@@ -139,8 +120,7 @@ def read_map(path, field: str = "label", layer: str | None = None, max_cells: in
     if map_srs is None:
         raise InvalidInput(f"The map {path} has no CRS, so its areas cannot be measured.",
                            "Set the layer's CRS (QGIS: Layer Properties > Source) and save it.", path=path)
-    map_srs = map_srs.Clone()
-    map_srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    map_srs = gis_order(map_srs.Clone())
     geoms, names = [], []
     for f in lyr:
         g = f.GetGeometryRef()
@@ -157,12 +137,8 @@ def read_map(path, field: str = "label", layer: str | None = None, max_cells: in
     classes = sorted(set(names), key=lambda c: (c.casefold(), c))
     code = {c: i for i, c in enumerate(classes)}
     xmin, xmax, ymin, ymax = lyr.GetExtent()
-    wgs = osr.SpatialReference()
-    wgs.ImportFromEPSG(4326)
-    wgs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    lon, lat, _ = _transform(map_srs, wgs).TransformPoint((xmin + xmax) / 2, (ymin + ymax) / 2)
-    ea = _laea(map_srs, lon, lat)
-    to_ea = _transform(map_srs, ea)
+    ea = laea(*to_lonlat(map_srs, (xmin + xmax) / 2, (ymin + ymax) / 2))
+    to_ea = transformation(map_srs, ea)
     mem = ogr.GetDriverByName("Memory").CreateDataSource("")
     out = mem.CreateLayer("map", ea, ogr.wkbMultiPolygon)
     out.CreateField(ogr.FieldDefn("code", ogr.OFTInteger))
@@ -245,13 +221,9 @@ def sample_points(strata: MapStrata, n_per_class: np.ndarray, seed: int = 0) -> 
         ys.append(strata.y0 - (pick // cols + u[:, 1]) * strata.cell)
         names += [name] * want
     x, y = np.concatenate(xs), np.concatenate(ys)
-    ea = osr.SpatialReference()
-    ea.ImportFromWkt(strata.srs_wkt)
-    ea.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    dst = osr.SpatialReference()
-    dst.ImportFromWkt(strata.map_crs_wkt)
-    dst.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    pts = _transform(ea, dst).TransformPoints(np.column_stack([x, y]).tolist())
+    ea = gis_order(osr.SpatialReference(strata.srs_wkt))
+    dst = gis_order(osr.SpatialReference(strata.map_crs_wkt))
+    pts = transformation(ea, dst).TransformPoints(np.column_stack([x, y]).tolist())
     return [(p[0], p[1], n) for p, n in zip(pts, names, strict=True)]
 
 
@@ -337,15 +309,9 @@ def read_reference(path, field: str, strata: MapStrata, layer: str | None = None
     ds, lyr, path = _open_layer(path, layer, "reference points")
     field = _field(lyr, field, path, "reference points", "--reference-field")
     srs = lyr.GetSpatialRef()
-    ea = osr.SpatialReference()
-    ea.ImportFromWkt(strata.srs_wkt)
-    ea.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    if srs is None:
-        srs = osr.SpatialReference()
-        srs.ImportFromWkt(strata.map_crs_wkt)
-    srs = srs.Clone()
-    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    to_ea = _transform(srs, ea)
+    ea = gis_order(osr.SpatialReference(strata.srs_wkt))
+    srs = gis_order(osr.SpatialReference(strata.map_crs_wkt) if srs is None else srs.Clone())
+    to_ea = transformation(srs, ea)
     xs, ys, refs = [], [], []
     left = {"no_reference": 0, "outside_map": 0, "not_a_point": 0}
     n_features = 0
@@ -535,7 +501,7 @@ def write_sample(map_path, output, map_field: str = "label", layer: str | None =
     (.gpkg, layer ``out_layer`` or SAMPLE_LAYER; .shp) in the map's CRS, with ``sample_id``, ``map_class``
     and the empty ``reference_field`` the analyst fills. It never replaces the map's layer, nor ``inputs``
     ((spec, what) pairs: the layer the map was copied from)."""
-    from .vectors import Field, write_vector
+    from .geodata.vectors import Field, write_vector
 
     ref = str(reference_field or "").strip()
     if not ref or ref.lower() in SAMPLE_FIELDS:

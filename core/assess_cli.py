@@ -44,7 +44,7 @@ def add_parsers(sub) -> None:
 
 
 def _layer_input(path: str, layer: str, what: str) -> tuple[str, str]:
-    """An input layer as core.vectors.check_not_input takes it: in a GeoPackage only that layer is the input."""
+    """An input layer as core.geodata.vectors.check_not_input takes it: in a GeoPackage only that layer is the input."""
     if layer and path.lower().endswith(".gpkg"):
         return f"{path}|layername={layer}", what
     return path, what

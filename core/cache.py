@@ -240,7 +240,7 @@ class EmbeddingCache:
         """Remove the temporaries that writers killed mid-write left in the folder: those whose process (the
         id in the name) is gone, and those of unnamed writers (earlier versions) older than a day. A live
         writer's temporary stays. Returns the removed paths."""
-        from .vectors import remove_dead_temps
+        from .geodata.vectors import remove_dead_temps
 
         removed = remove_dead_temps(self.dir, _TEMP_PID.pattern)
         with contextlib.suppress(OSError):
@@ -255,7 +255,7 @@ class EmbeddingCache:
 
     def key(self, src, spec, bands, stretch, model_id: str) -> str | None:
         """The entry's key, or None when the raster cannot be cached (see raster_identity)."""
-        from .tiles import spec_params
+        from .geodata.tiles import spec_params
 
         raster = raster_identity(src)
         if raster is None:

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-from .bundle import PRECISIONS
 from .checks import MAX_TILES
 from .errors import (
     Cancelled,
@@ -30,10 +29,11 @@ from .errors import (
     SourceUnreadable,
     gdal_return_codes,
 )
+from .runtime.bundle import PRECISIONS
 
 
 def _default_model() -> str:
-    from .bundle import default_bundle
+    from .runtime.bundle import default_bundle
 
     model = default_bundle()
     if model:
@@ -53,7 +53,7 @@ def _floats(text: str, what: str, n: tuple[int, ...]) -> list[str]:
 
 
 def _bbox(text: str):
-    from .tiles import BBox
+    from .geodata.tiles import BBox
 
     parts = _floats(text, "--bbox", (4, 5))
     try:
@@ -74,7 +74,7 @@ def _bbox(text: str):
 @gdal_return_codes()
 def _polygons(path: str):
     """Polygons (WKT + CRS) from any OGR-readable vector file."""
-    from .tiles import Polygons
+    from .geodata.tiles import Polygons
 
     try:
         from osgeo import ogr
@@ -82,7 +82,7 @@ def _polygons(path: str):
         raise MissingDependency("GDAL's Python bindings (osgeo) are needed for --polygons.",
                               "Install python3-gdal, or use --bbox.") from None
     from .checks import path_text
-    from .raster import is_gdal_uri
+    from .geodata.raster import is_gdal_uri
 
     path = path_text(path, "--polygons file")
     if not is_gdal_uri(path) and not os.path.exists(path):
@@ -108,7 +108,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .tiles import MAX_OVERLAP
+    from .geodata.tiles import MAX_OVERLAP
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("raster", nargs="+", help="GeoTIFF or any raster GDAL reads; several rasters make one "
@@ -160,7 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     for kind, cls in TASKS.items():
         p = sub.add_parser(kind, parents=[common], help=cls.summary, description=cls.help)
         _task_options(p, cls)
-    from .models import add_parser as add_models_parser
+    from .runtime.models import add_parser as add_models_parser
 
     add_models_parser(sub)
     from .assess_cli import add_parsers as add_assess_parsers
@@ -285,14 +285,14 @@ def _spell(args):
 
 
 def _job(args):
+    from .geodata.tiles import check_overlap
     from .pipeline import Job, RunOptions, TileSpec
-    from .tiles import check_overlap
 
     task = _task(args)
     if args.bbox and args.polygons:
         raise InvalidInput("Both --bbox and --polygons were given.", "Use one of them.")
     extent = _bbox(args.bbox) if args.bbox else _polygons(args.polygons) if args.polygons else None
-    from .raster import parse_bands
+    from .geodata.raster import parse_bands
 
     bands = parse_bands(args.bands, "--bands") if args.bands else None
     if args.tile_size <= 0:
@@ -369,10 +369,10 @@ def _summary(res, job) -> str:
                      + (f", {len(res.skipped)} skipped" if res.skipped else ""))
         for path, why in res.skipped:
             lines.append(f"skipped: {path}: {why}")
-        from .tiles import crs_name
+        from .geodata.crs import crs_name
 
         lines.append(f"output CRS: {crs_name(res.crs_wkt)}")
-    from .bundle import DEMO_NAME, DEMO_NOTE
+    from .runtime.bundle import DEMO_NAME, DEMO_NOTE
 
     if res.model == DEMO_NAME:
         lines.append(f"note: {DEMO_NOTE}")
@@ -412,7 +412,7 @@ def main(argv=None) -> int:
     bar = None
     try:
         if args.command == "models":
-            from .models import run as run_models
+            from .runtime.models import run as run_models
 
             return run_models(args, _Bar)
         if args.command in ("sample", "assess"):

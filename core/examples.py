@@ -7,8 +7,8 @@ the raster they fall on), so a search by example after ``embed`` reads no pixel.
 
 Example image files (PNG, JPEG or a GeoTIFF chip) are read whole (:func:`read_image`: the RGB bands by colour
 interpretation, a colour table expanded, other data types stretched from their 2nd to 98th percentile as a
-raster's tiles are, :data:`core.raster.STRETCH_PERCENTILES`), preprocessed as a tile is
-(:func:`core.preprocess.preprocess`) and encoded with the job's encoder.
+raster's tiles are, :data:`core.geodata.raster.STRETCH_PERCENTILES`), preprocessed as a tile is
+(:func:`core.runtime.preprocess.preprocess`) and encoded with the job's encoder.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def read_image(path, param: str = "like_images") -> tuple[np.ndarray, np.ndarray
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
     from .checks import path_text
-    from .raster import STRETCH_PERCENTILES, Stretch, default_bands
+    from .geodata.raster import STRETCH_PERCENTILES, Stretch, default_bands
 
     path = path_text(path, "example image")
     if not os.path.isfile(path):
@@ -187,7 +187,7 @@ def read_image(path, param: str = "like_images") -> tuple[np.ndarray, np.ndarray
 
 def encode_images(encoder, paths, param: str = "like_images") -> np.ndarray:
     """The image files' embeddings (n, D), unit vectors: each read whole and preprocessed as a tile is."""
-    from .preprocess import preprocess
+    from .runtime.preprocess import preprocess
 
     cfg = encoder.bundle.image
     if not paths:
@@ -202,13 +202,15 @@ def encode_images(encoder, paths, param: str = "like_images") -> np.ndarray:
 # ------------------------------------------------------------------------- picking tiles on a map
 
 def raster_grid(raster, spec) -> tuple:
-    """The tile grid of ``raster`` (a path or a RasterSource) for ``spec`` (core.tiles.TileSpec) over the whole
+    """The tile grid of ``raster`` (a path or a RasterSource) for ``spec`` (core.geodata.tiles.TileSpec) over the whole
     raster, and the raster's CRS (WKT): the tiles a job with that tile size and overlap uses (an extent keeps
     some of them, at the same places). No pixel is read."""
-    from .pipeline.sources import open_source
-    from .tiles import make_grid, require_crs
+    from .geodata.crs import require_crs
+    from .geodata.raster import open_raster
+    from .geodata.tiles import make_grid
 
-    src, owned = open_source(raster)
+    owned = isinstance(raster, str | os.PathLike)   # a path is opened (and closed) here, a source used as it is
+    src = open_raster(os.fspath(raster)) if owned else raster
     try:
         require_crs(src)
         return make_grid(src, spec), src.crs_wkt

@@ -56,7 +56,7 @@ def read_report(path) -> dict:
 
 def check_report_path(path: str) -> str:
     """A report may replace only a report of ours."""
-    from .vector_checks import _temp_pattern, remove_dead_temps
+    from .geodata.vector_checks import _temp_pattern, remove_dead_temps
 
     if os.path.lexists(path) and not _ours(path):
         raise OutputExists(f"{path} exists and was not written by RemoteCLIP.",
@@ -72,7 +72,7 @@ def check_file_output(path, what: str, overwrite: bool = False, inputs=(), temp_
     not an input, and an existing one is replaced only with ``overwrite``. ``temp_pattern(stem)`` matches the
     temporary files a killed run of this writer left (removed here)."""
     from .checks import path_text
-    from .vector_checks import (
+    from .geodata.vector_checks import (
         _check_writable_file,
         _temp_pattern,
         check_folder_writable,
@@ -100,7 +100,7 @@ def check_file_output(path, what: str, overwrite: bool = False, inputs=(), temp_
 
 def check_distinct(paths: list[tuple[str, str]]) -> None:
     """No two outputs of one job may be one file."""
-    from .vectors import same_file
+    from .geodata.vectors import same_file
 
     for i, (a, wa) in enumerate(paths):
         for b, wb in paths[i + 1:]:
@@ -111,8 +111,8 @@ def check_distinct(paths: list[tuple[str, str]]) -> None:
 def stage_text_file(path: str, text: str, overwrite: bool = True) -> Staged:
     """``text`` written to a temporary beside ``path``, every write, the flush to disk and the close checked
     (else :class:`WriteFailed`, nothing left); :meth:`Staged.publish` renames it into place."""
+    from .geodata.vectors import _new_temp, _publish, _temp_prefix, _write_synced, write_failed
     from .staged import Staged
-    from .vectors import _new_temp, _publish, _temp_prefix, _write_synced, write_failed
 
     folder = os.path.dirname(os.path.abspath(path))
     tmp = _new_temp(folder, _temp_prefix(os.path.splitext(os.path.basename(path))[0]))

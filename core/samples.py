@@ -193,7 +193,7 @@ def match_tiles(samples: Samples, tiles, crs_wkt: str, classes: list[str] | None
     """The sample tiles among ``tiles`` (Tile objects with ``polygon_wkt`` in ``crs_wkt``)."""
     from osgeo import ogr, osr
 
-    from .tiles import srs_from
+    from .geodata.crs import srs_from
 
     classes = classes or samples.class_names()
     cls_index = {c: i for i, c in enumerate(classes)}
@@ -283,7 +283,7 @@ def _tile_places(wkts: list[str], crs_wkt: str) -> tuple[np.ndarray, float | Non
         return np.zeros((0, 2)), None
     unit_m = None
     if crs_wkt:
-        from .tiles import srs_from
+        from .geodata.crs import srs_from
 
         with gdal_quiet(), contextlib.suppress(ValueError, RuntimeError):
             srs = srs_from(crs_wkt, "raster's CRS")

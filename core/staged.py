@@ -1,4 +1,4 @@
-"""The two-phase form of the output writers (core.vectors ``stage_vector``, core.dense ``stage_dense``,
+"""The two-phase form of the output writers (core.geodata.vectors ``stage_vector``, core.geodata.dense ``stage_dense``,
 core.outputs ``stage_text_file`` / ``stage_report``): each output written completely to its temporary and
 checked, then all published together (:func:`publish_all`), so a run's outputs are one set
 (core.pipeline.write ``write_outputs``)."""

@@ -54,30 +54,22 @@ def _equal_area(crs_wkt: str, sample_wkts: list[str]):
     """A transformation from the result's CRS to an equal-area projection centred on it, or None."""
     if not crs_wkt or not sample_wkts:
         return None
-    from osgeo import ogr, osr
+    from osgeo import ogr
 
-    from .tiles import srs_from
+    from .geodata.crs import equal_area_at, srs_from, transformation, wgs84
 
     try:
         src = srs_from(crs_wkt)
     except Exception:   # no usable CRS: tiles are counted, areas not
         return None
-    geo = osr.SpatialReference()
-    geo.SetWellKnownGeogCS("WGS84")
-    geo.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
     xs, ys = [], []
-    to_geo = osr.CoordinateTransformation(src, geo)
+    to_geo = transformation(src, wgs84())
     for wkt in sample_wkts:
         c = ogr.CreateGeometryFromWkt(wkt).Centroid()
         c.Transform(to_geo)
         xs.append(c.GetX())
         ys.append(c.GetY())
-    lon, lat = sum(xs) / len(xs), sum(ys) / len(ys)
-    laea = osr.SpatialReference()
-    laea.SetLAEA(lat, lon, 0.0, 0.0)
-    laea.SetWellKnownGeogCS("WGS84")
-    laea.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    return osr.CoordinateTransformation(src, laea)
+    return equal_area_at(src, sum(xs) / len(xs), sum(ys) / len(ys))
 
 
 def format_area(m2: float | None) -> str:

@@ -57,7 +57,7 @@ def _model_lines(model: str | None) -> list[str]:
     if not model:
         return ["model bundle: none chosen"]
     try:
-        from .core.bundle import load_bundle
+        from .core.runtime.bundle import load_bundle
 
         b = load_bundle(model)
     except Exception as e:

@@ -31,9 +31,9 @@ from qgis.PyQt.QtCore import QThreadPool, QTimer, QUrl, pyqtSignal
 from qgis.PyQt.QtGui import QDesktopServices
 
 from . import dock_settings
-from .core.bundle import DEMO_BUNDLE, bundle_path
 from .core.errors import InvalidInput, ModelError, RemoteClipError
-from .core.raster import parse_bands
+from .core.geodata.raster import parse_bands
+from .core.runtime.bundle import DEMO_BUNDLE, bundle_path
 from .core.tasks import TASKS as TASK_CLASSES
 from .core.tasks import tile_size_text
 from .dock_export import (  # noqa: F401 (imported from here by tests and scripts)
@@ -171,7 +171,7 @@ class RemoteClipDock(DockLayout):
             picks.problem.connect(lambda text: self._report_error(text, None))
 
     def _pick_grid(self):
-        """(core.tiles.TileGrid, CRS WKT, QgsCoordinateReferenceSystem): the chosen raster's tiles at the tile size
+        """(core.geodata.tiles.TileGrid, CRS WKT, QgsCoordinateReferenceSystem): the chosen raster's tiles at the tile size
         and overlap set here, as a job uses them (core.examples.raster_grid)."""
         from .core.examples import raster_grid
         from .core.pipeline import TileSpec
@@ -210,7 +210,7 @@ class RemoteClipDock(DockLayout):
             self.model_info.setText("<i>No model: choose a bundle folder or .zip.</i>")
             return
         try:
-            from .core.bundle import load_bundle
+            from .core.runtime.bundle import load_bundle
 
             b = load_bundle(path)
         except Exception as e:

@@ -19,7 +19,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from . import deps
-from .core.bundle import DEMO_FIGURE
+from .core.runtime.bundle import DEMO_FIGURE
 from .model_picker import DEMO_NOTE, is_demo
 from .widgets import WrapLabel
 

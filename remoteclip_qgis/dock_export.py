@@ -33,7 +33,7 @@ EXPORT_FORMATS = {"GeoPackage": ("GPKG", ".gpkg"), "ESRI Shapefile": ("ESRI Shap
 def layers_showing(path: str, layer_name: str | None = None, project: QgsProject | None = None) -> list:
     """The project's layers whose data is the file ``path`` (of a GeoPackage: its layer ``layer_name``),
     whatever the spelling of their source (relative, symlink, hard link)."""
-    from .core.vectors import same_file
+    from .core.geodata.vectors import same_file
 
     project = project or QgsProject.instance()
     gpkg = os.path.splitext(path)[1].lower() == ".gpkg"
@@ -51,7 +51,7 @@ def layers_showing(path: str, layer_name: str | None = None, project: QgsProject
 
 
 def confirm_replace(parent, what: str, layer: bool = False) -> bool:
-    """Ask before replacing ``what`` (core.vectors.output_exists's words: a file, or a GeoPackage's layer)."""
+    """Ask before replacing ``what`` (core.geodata.vectors.output_exists's words: a file, or a GeoPackage's layer)."""
     kept = " Its other layers are kept." if layer else ""   # a GeoPackage layer: the file's others stay
     answer = QMessageBox.question(parent, "RemoteCLIP", f"Replace {what}?{kept}",
                                   QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
@@ -94,7 +94,7 @@ class ExportBox(QgsCollapsibleGroupBox):
                 raise OutputRefused(f"{target} is shown in this project by the layer “{shown[0].name()}”.",
                                     "Remove that layer from the Layers panel first, or export to another file.",
                                     path=target)
-            from .core.vectors import output_exists
+            from .core.geodata.vectors import output_exists
 
             what = output_exists(target, layer_name)
             if what is not None and not confirm_replace(self, what, what.layer):
@@ -131,7 +131,7 @@ def export_layer(layer: QgsVectorLayer, path: str, format_name: str = "GeoPackag
     path, layer_name = export_target(layer, path, format_name)
     driver, _ = EXPORT_FORMATS[format_name]
     if driver == "ESRI Shapefile":
-        from .core.vectors import output_exists, read_sidecar, sidecar_path
+        from .core.geodata.vectors import output_exists, read_sidecar, sidecar_path
 
         side = sidecar_path(path)
         if os.path.lexists(side) and not read_sidecar(path):
@@ -182,7 +182,7 @@ def export_layer(layer: QgsVectorLayer, path: str, format_name: str = "GeoPackag
         return out
     # the style travels with the file: QGIS applies a same-named .qml when it opens a Shapefile
     layer.saveNamedStyle(os.path.splitext(out)[0] + ".qml")
-    from .core.vectors import write_sidecar
+    from .core.geodata.vectors import write_sidecar
     from .layers import read_metadata, source_of
 
     meta = read_metadata(*source_of(layer))

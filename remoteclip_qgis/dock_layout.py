@@ -29,9 +29,9 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from .assess_view import AssessBox
-from .core.bundle import PRECISIONS
+from .core.geodata.tiles import MAX_OVERLAP
+from .core.runtime.bundle import PRECISIONS
 from .core.tasks import TASKS as TASK_CLASSES
-from .core.tiles import MAX_OVERLAP
 from .dock_banners import DemoBanner, DependencyBanner
 from .dock_export import ExportBox, save_file_widget
 from .dock_settings import results_folder, results_folder_setting, save_setting

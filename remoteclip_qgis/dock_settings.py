@@ -11,8 +11,8 @@ from pathlib import Path
 from qgis.core import QgsProject, QgsSettings
 from qgis.PyQt.QtCore import QStandardPaths
 
-from .core.bundle import default_bundle
 from .core.checks import slug as core_slug
+from .core.runtime.bundle import default_bundle
 from .widgets import set_value
 
 SETTINGS = "RemoteCLIP/"

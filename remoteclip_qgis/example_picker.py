@@ -47,7 +47,7 @@ class TilePickTool(QgsMapTool):
 class ExamplePicks(QWidget):
     """The buttons (pick like, pick unlike, clear), the picks and their outlines on the canvas.
 
-    ``attach(canvas, grid_of)`` makes it work: ``grid_of()`` gives (core.tiles.TileGrid, the raster's CRS as WKT,
+    ``attach(canvas, grid_of)`` makes it work: ``grid_of()`` gives (core.geodata.tiles.TileGrid, the raster's CRS as WKT,
     its QgsCoordinateReferenceSystem) for the panel's raster and tile settings, or raises RemoteClipError."""
 
     changed = pyqtSignal()

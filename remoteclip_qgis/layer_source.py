@@ -33,8 +33,9 @@ from qgis.core import (
 )
 
 from .core.errors import InvalidInput, SourceUnreadable
-from .core.raster import nodata_valid
-from .core.tiles import BBox, Polygons
+from .core.geodata.crs import crs_text
+from .core.geodata.raster import nodata_valid
+from .core.geodata.tiles import BBox, Polygons
 
 __all__ = ["QgisRasterSource", "raster_for_layer", "extent_from_rectangle", "extent_from_features",
            "layer_file_path", "is_xyz_layer", "crs_wkt", "vector_origin", "vector_file", "examples_from_layer"]
@@ -117,7 +118,7 @@ def _extent_rect(extent, crs: QgsCoordinateReferenceSystem) -> QgsRectangle:
         src_crs = extent.crs
     else:
         raise InvalidInput(f"Extent {extent!r} is neither a BBox nor Polygons.",
-                              "Pass core.tiles.BBox or core.tiles.Polygons.")
+                              "Pass core.geodata.tiles.BBox or core.geodata.tiles.Polygons.")
     qcrs = _qgs_crs(src_crs) if src_crs else crs
     if qcrs.isValid() and crs.isValid() and qcrs != crs:
         rect = QgsCoordinateTransform(qcrs, crs, QgsProject.instance()).transformBoundingBox(rect)
@@ -125,11 +126,10 @@ def _extent_rect(extent, crs: QgsCoordinateReferenceSystem) -> QgsRectangle:
 
 
 def _qgs_crs(value) -> QgsCoordinateReferenceSystem:
+    """A core extent's CRS (as core.geodata.crs.srs_from reads it: EPSG:n, n, WKT) as QGIS's."""
     if isinstance(value, QgsCoordinateReferenceSystem):
         return value
-    if isinstance(value, int):
-        return QgsCoordinateReferenceSystem(f"EPSG:{value}")
-    text = str(value).strip()
+    text = crs_text(value)
     if text.upper().startswith(("EPSG:", "ESRI:", "IGNF:", "OGC:")):
         return QgsCoordinateReferenceSystem(text)
     return QgsCoordinateReferenceSystem.fromWkt(text)

@@ -84,7 +84,7 @@ def read_metadata(path: str, layer_name: str | None = None) -> dict:
     """The JSON core stored with a result: GeoPackage layer metadata item REMOTECLIP, or the Shapefile's
     NAME.remoteclip.json sidecar (a file of that name without core's marker is ignored)."""
     if os.path.splitext(path)[1].lower() != ".gpkg":
-        from .core.vectors import read_sidecar
+        from .core.geodata.vectors import read_sidecar
 
         return read_sidecar(path)
     from osgeo import ogr

@@ -1,13 +1,13 @@
 """Getting a catalogue model inside QGIS: core's downloader over QGIS's network stack, in a QgsTask.
 
-``qgis_transport`` is the transport ``core.download`` calls (url, start offset, headers -> status,
+``qgis_transport`` is the transport ``core.runtime.download`` calls (url, start offset, headers -> status,
 headers, chunks): the request goes through ``QgsNetworkAccessManager``, so the proxy, SSL and
 authentication settings of QGIS (Settings > Options > Network) apply; an authentication
 configuration id saved as ``RemoteCLIP/model_authcfg`` is added to each request. The body is
 streamed (a 1.7 GB checkpoint never sits in memory). Redirects are followed here rather than by Qt
 so that Hugging Face's ``X-Linked-Etag`` (the file's sha256, sent on the redirect) reaches core.
 
-``PullTask`` runs ``core.models.pull`` (download + conversion) in the background with progress and
+``PullTask`` runs ``core.runtime.models.pull`` (download + conversion) in the background with progress and
 cancel; a cancelled download keeps its ``.part`` and the next Get resumes it.
 """
 
@@ -44,13 +44,13 @@ def _headers(reply) -> dict[str, str]:
 
 
 def qgis_transport(url: str, start: int, headers: dict, timeout: float | None = None):
-    """core.download transport through QGIS's network access manager (this thread's instance), on core's
-    rules: ``timeout`` (default core.download.READ_TIMEOUT) seconds without an answer or without a byte is
+    """core.runtime.download transport through QGIS's network access manager (this thread's instance), on core's
+    rules: ``timeout`` (default core.runtime.download.READ_TIMEOUT) seconds without an answer or without a byte is
     a stall (a TimeoutError in the body: core stops with "no data for N s", it does not retry), the
     redirects' X-Linked-* headers (the sha256) reach core whatever the final answer (a 416 included)."""
-    from .core import download as core_download
-    from .core.download import USER_AGENT, Response
     from .core.errors import DownloadFailed
+    from .core.runtime import download as core_download
+    from .core.runtime.download import USER_AGENT, Response
 
     if timeout is None:
         timeout = core_download.READ_TIMEOUT
@@ -113,7 +113,7 @@ def _chunks(reply, timeout: float):
 
 
 class PullTask(QgsTask):
-    """Download and convert a catalogue model (``core.models.pull``) in the background."""
+    """Download and convert a catalogue model (``core.runtime.models.pull``) in the background."""
 
     pulled = pyqtSignal(str)            # bundle folder
     failed = pyqtSignal(str, str)       # message, details
@@ -140,7 +140,7 @@ class PullTask(QgsTask):
             self.statusChanged.emit(message)
 
     def _work(self):
-        from .core.models import pull
+        from .core.runtime.models import pull
 
         return pull(self.name, self.folder, self.url, transport=self.transport, progress=self._progress,
                     is_cancelled=self.isCanceled)
@@ -172,7 +172,7 @@ class PullTask(QgsTask):
 
 
 class ConvertTask(PullTask):
-    """Convert a checkpoint file the analyst has (``core.models.convert``, no torch) into the bundle ``out``."""
+    """Convert a checkpoint file the analyst has (``core.runtime.models.convert``, no torch) into the bundle ``out``."""
 
     def __init__(self, checkpoint, out, activation: str = "quick_gelu"):
         from pathlib import Path
@@ -183,7 +183,7 @@ class ConvertTask(PullTask):
         self.checkpoint, self.out, self.activation = Path(checkpoint), out, activation
 
     def _work(self):
-        from .core.models import convert
+        from .core.runtime.models import convert
 
         return convert(self.checkpoint, self.out, activation=self.activation, name=self.out.name,
                        progress=self._progress, is_cancelled=self.isCanceled)

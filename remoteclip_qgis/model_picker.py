@@ -1,8 +1,8 @@
 """The dock's model row: pick a local bundle or a catalogue model, and Get the latter (download and
 convert in the background, with progress and cancel), or point at any bundle folder or zip.
 
-The list comes from ``core.catalog.list_models`` (the same as ``remoteclip models list``); Get runs
-``core.models.pull`` through ``model_download.PullTask``. The models folder is the QGIS setting
+The list comes from ``core.runtime.catalog.list_models`` (the same as ``remoteclip models list``); Get runs
+``core.runtime.models.pull`` through ``model_download.PullTask``. The models folder is the QGIS setting
 ``RemoteCLIP/models_dir`` when set, else core's default (``REMOTECLIP_MODELS`` or the user data folder).
 """
 
@@ -28,9 +28,9 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from . import deps
-from .core import catalog as cat
-from .core.bundle import DEMO_BUNDLE, bundle_path
 from .core.errors import RemoteClipError
+from .core.runtime import catalog as cat
+from .core.runtime.bundle import DEMO_BUNDLE, bundle_path
 from .widgets import WrapLabel, menu_action
 
 LOG_TAG = "RemoteCLIP"

@@ -154,7 +154,7 @@ class RemoteClipPlugin:
     def unload(self) -> None:
         if self.dock_action is not None:   # taking the dock down below is not the analyst closing it
             self.dock_action.toggled.disconnect(self._remember_open)
-        inference = sys.modules.get(f"{__package__}.core.inference")   # not imported: no model loaded
+        inference = sys.modules.get(f"{__package__}.core.runtime.inference")   # not imported: no model loaded
         if inference is not None:
             inference.release_sessions()   # the model's memory goes with the plugin
         if self.provider is not None:

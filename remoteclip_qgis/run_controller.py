@@ -136,8 +136,8 @@ class RunController(QObject):
     def _may_write(self, job) -> bool:
         """Refuse an output a project layer shows; ask before replacing one (then ``job.overwrite``): the vector
         output, the heat map and a saved classifier."""
+        from .core.geodata.vectors import output_exists
         from .core.pipeline import output_layer_name
-        from .core.vectors import output_exists
 
         layer_name = output_layer_name(job)
         files = [(job.output, layer_name)] + [(p, None) for p in (job.raster_output, *[f for f, _ in

@@ -41,10 +41,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core import classify  # noqa: E402
+from core.geodata.raster import open_raster  # noqa: E402
+from core.geodata.tiles import make_grid  # noqa: E402
 from core.pipeline import ClassifyTask, Job, LabelTask, RunOptions, TileSpec, run_job  # noqa: E402
-from core.raster import open_raster  # noqa: E402
 from core.samples import Samples  # noqa: E402
-from core.tiles import make_grid  # noqa: E402
 
 BUILDINGS, GROUND = "buildings", "open ground"
 SHOTS = (1, 5, 10)
@@ -58,7 +58,7 @@ def coverage(grid, outlines: str, crs_wkt: str) -> np.ndarray:
     """Fraction of each tile under the union of the outlines (reprojected to the raster's CRS)."""
     from osgeo import ogr, osr
 
-    from core.tiles import srs_from
+    from core.geodata.crs import srs_from
 
     ds = ogr.Open(outlines)
     lyr = ds.GetLayer(0)

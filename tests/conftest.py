@@ -56,10 +56,10 @@ def free_layers_before_qgis_exits(qgis_app):
 
 
 class CountingSource:
-    """A real RasterSource over core.raster's reader that counts pixel reads (for cache tests)."""
+    """A real RasterSource over core.geodata.raster's reader that counts pixel reads (for cache tests)."""
 
     def __init__(self, path):
-        from core.raster import open_raster
+        from core.geodata.raster import open_raster
 
         self._src = open_raster(path)
         self.reads = 0
@@ -191,8 +191,8 @@ def tiny_bundle(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def int8_bundle(tmp_path_factory, tiny_bundle) -> Path:
-    """The tiny bundle with int8 graphs added (core.quantize.quantize_bundle), made once per session."""
-    from core.quantize import quantize_bundle
+    """The tiny bundle with int8 graphs added (core.runtime.quantize.quantize_bundle), made once per session."""
+    from core.runtime.quantize import quantize_bundle
 
     return quantize_bundle(tiny_bundle, tmp_path_factory.mktemp("bundles") / "tiny-int8")
 

@@ -346,7 +346,7 @@ def test_bad_input(sandbox, capsys, kind, name, argv, status, words):
 # -------------------------------------------------------------------------------------------- faults
 
 def test_ctrl_c_mid_run_leaves_no_output(sandbox, capsys, monkeypatch, tmp_path):
-    from core.inference import Encoder
+    from core.runtime.inference import Encoder
 
     real = Encoder.encode_images
     calls = []
@@ -386,7 +386,7 @@ def test_a_damaged_cache_entry_is_recomputed_not_fatal(sandbox, capsys, tmp_path
 def test_a_band_below_1_is_refused_as_the_band_list_it_is():
     """--bands -1,2,3 reaches the band check (not argparse's 'expected one argument'), typed, naming the option."""
     from core.errors import InvalidInput
-    from core.raster import parse_bands
+    from core.geodata.raster import parse_bands
 
     for text, low in (("-1,2,3", -1), ("3,0,1", 0)):
         with pytest.raises(InvalidInput) as err:

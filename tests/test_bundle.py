@@ -1,4 +1,4 @@
-"""core.bundle: load_bundle on the tiny exported bundle, zip archives, and broken bundles."""
+"""core.runtime.bundle: load_bundle on the tiny exported bundle, zip archives, and broken bundles."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.bundle import load_bundle
 from core.errors import ModelError, RemoteClipError
+from core.runtime.bundle import load_bundle
 
 
 def test_load_tiny_bundle(tiny_bundle):
@@ -130,7 +130,7 @@ def test_missing_precision(tiny_bundle, tmp_path):
 def test_core_bundle_and_tokenizer_import_no_torch():
     import subprocess
 
-    code = ("import sys; import core.bundle, core.tokenizer; "
+    code = ("import sys; import core.runtime.bundle, core.runtime.tokenizer; "
             "assert 'torch' not in sys.modules and 'onnxruntime' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -144,7 +144,7 @@ def _edited(src, dst, edit):
 
 
 def test_swapped_graphs_are_one_model_error_before_a_run(tiny_bundle, tmp_path):
-    from core.inference import Encoder
+    from core.runtime.inference import Encoder
 
     def swap(m):
         g = m["graphs"]["fp16"]
@@ -163,7 +163,7 @@ def test_swapped_graphs_are_one_model_error_before_a_run(tiny_bundle, tmp_path):
 
 
 def test_a_manifest_that_disagrees_with_its_graphs_is_refused(tiny_bundle, tmp_path):
-    from core.inference import Encoder
+    from core.runtime.inference import Encoder
 
     def ctx5(m):
         m["text"]["context_length"] = 5

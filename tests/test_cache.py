@@ -18,9 +18,9 @@ import pytest
 from osgeo import gdal
 
 from core.cache import EmbeddingCache
+from core.geodata.raster import Stretch, open_raster
+from core.geodata.tiles import BBox, Polygons
 from core.pipeline import EmbedTask, Job, RunOptions, TileSpec, run_job
-from core.raster import Stretch, open_raster
-from core.tiles import BBox, Polygons
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "models" / "remoteclip-demo"

@@ -67,10 +67,10 @@ def job(before, after, bundle, tmp_path, cache="", tiles=None, **task):
 
 
 def embeddings_on(raster, windows, bundle):
-    """Unit image embeddings of ``windows`` of ``raster``, read and encoded here (core.inference.Encoder)."""
-    from core.inference import Encoder
-    from core.preprocess import preprocess_batch
-    from core.raster import Stretch, default_bands, open_raster, read_rgb
+    """Unit image embeddings of ``windows`` of ``raster``, read and encoded here (core.runtime.inference.Encoder)."""
+    from core.geodata.raster import Stretch, default_bands, open_raster, read_rgb
+    from core.runtime.inference import Encoder
+    from core.runtime.preprocess import preprocess_batch
 
     enc = Encoder(str(bundle), device="cpu")
     with open_raster(raster) as src:

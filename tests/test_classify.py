@@ -11,8 +11,8 @@ import pytest
 
 from core import classify
 from core.errors import RemoteClipError
+from core.geodata.tiles import Tile, window_polygon_wkt
 from core.samples import Samples, match_tiles
-from core.tiles import Tile, window_polygon_wkt
 
 D = 16
 
@@ -397,7 +397,7 @@ def test_a_saved_head_round_trips_and_is_refused_with_another_model(tmp_path):
 # ---------------------------------------------------------------------------------------- dense map
 
 def test_dense_cells_average_the_tiles_that_cover_them():
-    from core.dense import dense_values
+    from core.geodata.dense import dense_values
 
     transform = (2.0, 0.0, 100.0, 0.0, -2.0, 500.0)
     # 20 px tiles, step 10 px (overlap 0.5): a row of three tiles
@@ -431,7 +431,7 @@ def exceptions_on():
 
 
 def test_samples_and_dense_maps_give_our_errors_with_gdal_exceptions_on(exceptions_on, tmp_path):
-    from core.dense import write_dense
+    from core.geodata.dense import write_dense
     from core.samples import read_samples
 
     junk = tmp_path / "junk.geojson"
@@ -456,8 +456,8 @@ def test_samples_and_dense_maps_give_our_errors_with_gdal_exceptions_on(exceptio
 def test_replacing_a_dense_map_drops_its_statistics_only_once_the_new_map_is_in_place(tmp_path, monkeypatch):
     """The old map's .aux.xml describes its values: gone with it when the new map replaces it, kept with it
     when the replacement fails (the old map stays, and so must what describes it)."""
-    import core.vectors
-    from core.dense import write_dense
+    import core.geodata.vectors
+    from core.geodata.dense import write_dense
 
     tiles, transform = _tiles()
     path = tmp_path / "d.tif"
@@ -469,7 +469,7 @@ def test_replacing_a_dense_map_drops_its_statistics_only_once_the_new_map_is_in_
     def refuse(tmp, dest):
         raise RemoteClipError(f"Cannot replace {dest}: locked.", "Close it.")
 
-    monkeypatch.setattr(core.vectors, "_replace", refuse)
+    monkeypatch.setattr(core.geodata.vectors, "_replace", refuse)
     with pytest.raises(RemoteClipError, match="locked"):
         write_dense(str(path), tiles, np.arange(6.0)[::-1], ["v"], (10, 10), (10, 10), transform, "EPSG:32636",
                     overwrite=True)

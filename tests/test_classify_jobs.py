@@ -24,8 +24,8 @@ NAMES = ["buildings", "open ground"]
 
 
 def _grid(raster, tile):
-    from core.raster import open_raster
-    from core.tiles import TileSpec, make_grid
+    from core.geodata.raster import open_raster
+    from core.geodata.tiles import TileSpec, make_grid
 
     src = open_raster(raster)
     try:
@@ -38,7 +38,7 @@ def coverage(grid, outlines, crs_wkt):
     """Fraction of each tile under the building outlines (CRS84 -> the raster's CRS)."""
     from osgeo import ogr, osr
 
-    from core.tiles import srs_from
+    from core.geodata.crs import srs_from
 
     ds = ogr.Open(str(outlines))
     lyr = ds.GetLayer(0)
@@ -77,7 +77,7 @@ def write_samples(path, points, classes, raster_crs, epsg=32636, field="cls", la
     """Points (in the raster's CRS) with their classes, written to a GeoPackage in ``epsg``."""
     from osgeo import ogr, osr
 
-    from core.tiles import srs_from
+    from core.geodata.crs import srs_from
 
     dst = osr.SpatialReference()
     dst.ImportFromEPSG(epsg)
@@ -370,7 +370,7 @@ def test_labelling_the_suggested_tiles_improves_the_classified_mosaic(data_dir, 
     could measure (balanced 50%: the class names alone were kept), the cross-validated accuracy rises too.
     (Elsewhere it need not: the suggested tiles are the hard ones, so they pull the cross-validated figure on
     the samples down while the mosaic gets better.)"""
-    from core.bundle import DEMO_BUNDLE
+    from core.runtime.bundle import DEMO_BUNDLE
 
     raster = str(data_dir / Z21)
     grid, transform, crs = _grid(raster, 128)
@@ -408,7 +408,7 @@ def _latin1_shapefile(path, points, classes, raster_crs):
     what older GIS software wrote."""
     from osgeo import gdal, ogr
 
-    from core.tiles import srs_from
+    from core.geodata.crs import srs_from
 
     # QGIS, once started in this process, sets SHAPE_ENCODING to "" (no recoding), which the layer's own
     # ENCODING option does not override: say Latin-1 here too

@@ -199,7 +199,7 @@ def test_no_shipped_text_passes_the_demo_models_69_percent_off_as_unseen_scenes(
     every demo run prints quotes what it scores on RSSCN7 images it never saw."""
     import re
 
-    from core.bundle import DEMO_NOTE
+    from core.runtime.bundle import DEMO_NOTE
 
     files = [ROOT / "README.md", ROOT / "models" / "README.md", ROOT / "metadata.txt",
              ROOT / "models" / "remoteclip-demo.rsscn7_split.json", *sorted((ROOT / "docs").glob("*.md")),

@@ -237,8 +237,8 @@ def test_a_run_killed_while_writing_its_resume_record_leaves_a_temporary_the_nex
     import subprocess
     import sys
 
+    from core.geodata.vector_checks import _temp_pattern
     from core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
-    from core.vector_checks import _temp_pattern
 
     out, cache = tmp_path / "resumed.gpkg", tmp_path / "cache"
     (tmp_path / ".resumed.tmp-notes.txt").write_text("somebody's")   # not a name of ours: kept

@@ -1,4 +1,4 @@
-"""core.convert: OpenCLIP checkpoints -> bundles without torch, checked against open_clip in torch.
+"""core.runtime.convert: OpenCLIP checkpoints -> bundles without torch, checked against open_clip in torch.
 
 The checkpoints are written here with torch (random weights, saved like RemoteCLIP's release files); every
 conversion that the parity tests use runs in a subprocess where importing torch or open_clip raises.
@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from conftest import ROOT, check_io_contract, require, save_random_checkpoint
 
-from core.bundle import load_bundle
 from core.errors import Cancelled, RemoteClipError
+from core.runtime.bundle import load_bundle
 
 try:
     import open_clip
@@ -29,8 +29,8 @@ try:
 except ImportError as e:  # outside CI a runtime-only set-up skips; in CI a missing torch fails
     require(False, f"training dependencies missing ({e}); run scripts/setup.sh (it installs torch and open_clip)")
 
-from core.convert import convert_checkpoint, detect_architecture, load_state_dict  # noqa: E402
-from core.convert.architectures import derive_config, known_architectures, model_config  # noqa: E402
+from core.runtime.convert import convert_checkpoint, detect_architecture, load_state_dict  # noqa: E402
+from core.runtime.convert.architectures import derive_config, known_architectures, model_config  # noqa: E402
 from training import checkpoints  # noqa: E402
 from training.parity import THRESHOLDS, verify_bundle  # noqa: E402
 
@@ -44,7 +44,7 @@ class _NoTorch:
 sys.meta_path.insert(0, _NoTorch())
 """
 RUN_CONVERTER = BLOCK_TORCH + """
-from core.convert.__main__ import main
+from core.runtime.convert.__main__ import main
 rc = main(sys.argv[1:])
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "open_clip", "torchvision"))
 assert not loaded, loaded
@@ -75,7 +75,7 @@ def assert_parity(results: dict, precisions=("fp32", "fp16")) -> None:
 
 @pytest.fixture(scope="session")
 def converted(tmp_path_factory, real_checkpoint):
-    """arch -> bundle converted (fp32 + fp16) by `python -m core.convert` with torch blocked, once per session."""
+    """arch -> bundle converted (fp32 + fp16) by `python -m core.runtime.convert` with torch blocked, once per session."""
     cache = {}
     folder = tmp_path_factory.mktemp("converted")
 
@@ -135,7 +135,7 @@ def _same_outputs_as_export(arch, converted, real_export, data_dir):
 
     tf = transform(exp.image)
     pixels = torch.stack([tf(Image.open(p).convert("RGB")) for p, _ in rsscn7_images(data_dir, 1)]).numpy()
-    from core.tokenizer import Tokenizer
+    from core.runtime.tokenizer import Tokenizer
 
     ids = Tokenizer.from_bundle(exp)(["a satellite photo of a river.", "Dense residential houses", "", "12 ships"])
     for precision, atol in (("fp32", 1e-5), ("fp16", 2e-3)):
@@ -432,7 +432,7 @@ def test_architecture_from_shapes_and_configs_match_open_clip(arch):
     assert detect_architecture(sd) == arch
     checkpoints.register_local_configs()
     reference = open_clip.get_model_config(arch)
-    assert model_config(arch) == reference  # core/data/clip_architectures.json, copied from open_clip's JSON
+    assert model_config(arch) == reference  # core/runtime/data/clip_architectures.json, copied from open_clip's JSON
     derived = derive_config(sd)  # everything but the heads, read off the shapes
     for tower, heads in (("vision_cfg", "head_width"), ("text_cfg", "heads")):
         assert derived[tower] == {k: v for k, v in reference[tower].items() if k != heads}
@@ -456,8 +456,8 @@ def test_unknown_architectures_name_the_shapes_found():
 def test_finding_an_architecture_returns_none_where_detecting_it_raises():
     """The lookup check_state_dict guesses with: None for a checkpoint of no known architecture (or no CLIP
     at all), not an error taken as "not found"; detect_architecture is the same lookup, raising."""
-    from core.convert.architectures import find_architecture
     from core.errors import ModelError
+    from core.runtime.convert.architectures import find_architecture
 
     assert find_architecture(_shapes_only("ViT-B-16")) == "ViT-B-16"
     for sd in (_shapes_only("RN101"), {"fc.weight": np.zeros((2, 2))}):
@@ -467,7 +467,7 @@ def test_finding_an_architecture_returns_none_where_detecting_it_raises():
 
 
 def test_wrong_or_modified_architecture_is_refused_with_keys(tmp_path):
-    from core.convert.architectures import resolve
+    from core.runtime.convert.architectures import resolve
 
     with pytest.raises(RemoteClipError) as ei:
         resolve(_shapes_only("RN50"), "ViT-B-32")
@@ -554,7 +554,7 @@ def test_cancel_stages_reach_the_end(tiny_ckpt, tmp_path):
 
 def test_self_check_refuses_a_wrong_graph(tiny_ckpt, tmp_path, monkeypatch):
     """A graph that differs from the reference (here: LayerNorm epsilon 0.1) is not written as a bundle."""
-    from core.convert import graphs
+    from core.runtime.convert import graphs
 
     monkeypatch.setattr(graphs, "LN_EPS", 0.1)
     with pytest.raises(RemoteClipError, match="disagree with the reference forward pass"):

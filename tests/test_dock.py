@@ -1062,7 +1062,7 @@ def test_a_run_with_the_demo_model_says_it_is_a_demo(dock, data_dir, tmp_path, q
     """The message bar says it once per session (a second run adds no second note)."""
     from qgis.core import Qgis
 
-    from remoteclip_qgis.core.bundle import DEMO_BUNDLE
+    from remoteclip_qgis.core.runtime.bundle import DEMO_BUNDLE
     from remoteclip_qgis.dock_banners import DemoBanner
 
     monkeypatch.setattr(DemoBanner, "said", False, raising=False)   # a fresh QGIS session

@@ -62,7 +62,7 @@ def _items(row) -> dict[str, str]:
 def test_the_picker_lists_catalogue_models_with_size_and_state_and_marks_the_demo(dock, rc):
     from qgis.PyQt.QtCore import Qt
 
-    from remoteclip_qgis.core.bundle import DEMO_BUNDLE
+    from remoteclip_qgis.core.runtime.bundle import DEMO_BUNDLE
     from remoteclip_qgis.model_picker import DEMO_NOTE
 
     items = _items(dock.model_row)
@@ -193,7 +193,7 @@ def test_the_demo_model_says_so_and_its_button_gets_remoteclip(dock, models, tin
     """The demo banner shows while the demo model is chosen; its button chooses RemoteCLIP-ViT-B-32 and Gets
     it (here from a loopback server, through a models-folder catalogue entry of that name), then the banner
     goes."""
-    from remoteclip_qgis.core.bundle import DEMO_BUNDLE
+    from remoteclip_qgis.core.runtime.bundle import DEMO_BUNDLE
 
     dock.model_widget.setFilePath(str(DEMO_BUNDLE))
     assert dock.demo_banner.isVisibleTo(dock) and "not credible" in dock.demo_label.text()
@@ -211,7 +211,7 @@ def test_the_demo_model_says_so_and_its_button_gets_remoteclip(dock, models, tin
     assert dock.model_row.task is None and dock.model_path() == str(models / "RemoteCLIP-ViT-B-32")
 
 
-# ------------------------------------------------------------- QGIS's transport on core.download's rules
+# ------------------------------------------------------------- QGIS's transport on core.runtime.download's rules
 
 _PAYLOAD = bytes(range(256)) * 1171 + b"end"      # 299 779 bytes: not a multiple of the server's chunk
 
@@ -224,10 +224,10 @@ def loopback_only(monkeypatch):
 
 def test_a_stall_through_qgis_stops_after_cores_read_timeout_and_keeps_the_part(rc, loopback_only,
                                                                                  monkeypatch, tmp_path):
-    """QGIS's transport waits core.download.READ_TIMEOUT for data (not its own 60 s) and reports a stall as
+    """QGIS's transport waits core.runtime.download.READ_TIMEOUT for data (not its own 60 s) and reports a stall as
     one (core's "no data for N s", the part kept), not as a dropped connection core would retry."""
-    from remoteclip_qgis.core import download as core_download
     from remoteclip_qgis.core.errors import DownloadFailed
+    from remoteclip_qgis.core.runtime import download as core_download
     from remoteclip_qgis.model_download import qgis_transport
 
     monkeypatch.setattr(core_download, "READ_TIMEOUT", 0.4)
@@ -248,8 +248,8 @@ def test_a_stall_through_qgis_stops_after_cores_read_timeout_and_keeps_the_part(
 def test_a_complete_part_through_qgis_is_checked_against_the_sha256_of_the_redirect(rc, loopback_only, tmp_path):
     """The 416 ("you have it all") comes after Hugging Face's redirect: QGIS's transport hands core the
     redirect's X-Linked-Etag with it, so a complete .part of the wrong bytes is refused and removed."""
-    from remoteclip_qgis.core.download import download
     from remoteclip_qgis.core.errors import VerificationFailed
+    from remoteclip_qgis.core.runtime.download import download
     from remoteclip_qgis.model_download import qgis_transport
 
     (tmp_path / "ckpt.pt.part").write_bytes(_PAYLOAD[:-3] + b"END")   # the right size, not the right file
@@ -381,7 +381,7 @@ def test_a_bundle_outside_the_models_folder_is_listed_chosen_and_run(dock, model
 
     from qgis.core import QgsProject, QgsRasterLayer, QgsSettings
 
-    from remoteclip_qgis.core.bundle import DEMO_BUNDLE
+    from remoteclip_qgis.core.runtime.bundle import DEMO_BUNDLE
 
     layer = QgsRasterLayer(str(data_dir / "geotiff" / "rasterio_RGB.byte.tif"), "rgb")
     QgsProject.instance().addMapLayer(layer)

@@ -1,4 +1,4 @@
-"""core.download against a loopback HTTP server (Range, redirects, ETag, drops) and a loopback proxy."""
+"""core.runtime.download against a loopback HTTP server (Range, redirects, ETag, drops) and a loopback proxy."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import os
 import pytest
 from loopback import FileServer, Proxy
 
-from core.download import download, sha256_of_headers, urllib_transport, verify_file
 from core.errors import Cancelled, DownloadFailed, RemoteClipError, VerificationFailed
+from core.runtime.download import download, sha256_of_headers, urllib_transport, verify_file
 
 PAYLOAD = os.urandom(1_000_003)          # not a multiple of the chunk size
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -217,13 +217,13 @@ def test_a_stalled_download_stops_after_the_read_timeout_and_keeps_the_part(serv
 
 
 def test_one_sha256_of_a_file_reads_its_last_block(tmp_path):
-    """core.digest is the one file digest (downloads, conversions, bundles, training): a file one byte longer
+    """core.runtime.digest is the one file digest (downloads, conversions, bundles, training): a file one byte longer
     than two blocks hashes as a whole, progress reaches the end on that last byte, and the other places
-    (core.download, core.convert, training.checkpoints; core.bundle feeds hash_file) take this one."""
+    (core.runtime.download, core.runtime.convert, training.checkpoints; core.runtime.bundle feeds hash_file) take this one."""
     import training.checkpoints
-    from core import convert
-    from core import download as dl
-    from core.digest import CHUNK, file_sha256, hash_file
+    from core.runtime import convert
+    from core.runtime import download as dl
+    from core.runtime.digest import CHUNK, file_sha256, hash_file
 
     data = os.urandom(2 * CHUNK + 1)
     path = tmp_path / "ckpt.bin"
@@ -245,7 +245,7 @@ def test_a_full_disk_is_a_write_failure_at_once_not_a_dropped_connection(server,
     tests/test_full_disk.py): one WriteFailed naming the part, no retry, the bytes written kept to resume."""
     from test_full_disk import limited
 
-    code = "from core.download import download\ndownload(args[0], args[1], retry_wait=0)"
+    code = "from core.runtime.download import download\ndownload(args[0], args[1], retry_wait=0)"
     rc, _, err_text, err = limited(200_000, "-c", code, server.url("ckpt.pt"), tmp_path / "ckpt.pt")
     assert rc == 2 and err is not None, err_text
     assert err["kind"] == "WriteFailed" and err["path"] == str(tmp_path / "ckpt.pt.part"), err

@@ -108,7 +108,7 @@ def test_the_handler_scan_sees_a_swallowed_error(tmp_path):
 def test_a_broken_model_catalogue_is_its_own_error_not_an_unknown_name(tmp_path):
     """--model NAME with a damaged catalog.json in the models folder: the catalogue's error (its path and
     the fix), not a silent "no such model" that later reads as "bundle not found"."""
-    from core.catalog import USER_CATALOG, resolve_model
+    from core.runtime.catalog import USER_CATALOG, resolve_model
 
     (tmp_path / USER_CATALOG).write_text("{not json", encoding="utf-8")
     with pytest.raises(errors.ModelError) as err:

@@ -15,8 +15,8 @@ import pytest
 from conftest import check_io_contract, require
 from conftest import save_random_checkpoint as _save_random
 
-from core.bundle import load_bundle
 from core.errors import RemoteClipError
+from core.runtime.bundle import load_bundle
 
 try:
     import open_clip

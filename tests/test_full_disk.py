@@ -120,7 +120,7 @@ def test_a_classifier_on_a_full_disk_fails_and_keeps_the_old_one(data_dir, tiny_
 _WRITERS = r"""
 import os, numpy as np
 from core.outputs import write_report, write_text_file
-from core.vectors import Field, write_vector
+from core.geodata.vectors import Field, write_vector
 kind, path = args
 n = int(os.environ["N_RECORDS"])
 recs = [{"n": i, "s": "x" * 40, "geometry": f"POLYGON (({i} 0, {i + 1} 0, {i + 1} 1, {i} 1, {i} 0))"}

@@ -11,9 +11,10 @@ from __future__ import annotations
 import pytest
 
 from core.errors import RemoteClipError, gdal_return_codes
-from core.raster import open_raster
-from core.tiles import BBox, Polygons, TileSpec, make_grid, srs_from
-from core.vectors import Field, write_vector
+from core.geodata.crs import srs_from
+from core.geodata.raster import open_raster
+from core.geodata.tiles import BBox, Polygons, TileSpec, make_grid
+from core.geodata.vectors import Field, write_vector
 
 
 def _modes() -> list[int]:

@@ -168,3 +168,59 @@ def test_the_task_registry_loads_without_numpy():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+# core's packages by concern, and the ones each may not reach (directly or through other modules, imports
+# inside functions too): geodata (rasters, tiles, CRS, vector output) and runtime (the model) are independent
+# layers under the tasks, and the tasks are under the run pipeline that runs them.
+LAYERS = {
+    "core.geodata": ("core.runtime", "core.tasks", "core.pipeline"),
+    "core.runtime": ("core.geodata", "core.tasks", "core.pipeline"),
+    "core.tasks": ("core.pipeline",),
+}
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def layer_violations(edges: dict[str, set[str]], layers=LAYERS) -> list[str]:
+    """'module -> ... -> forbidden' for each module of a package in ``layers`` that reaches a package it may
+    not import (the shortest chain found)."""
+    found = []
+    for package, banned in layers.items():
+        for start in sorted(m for m in edges if _within(m, package)):
+            trail = {start: None}
+            queue = [start]
+            while queue:
+                m = queue.pop(0)
+                if any(_within(m, b) for b in banned):
+                    chain = [m]
+                    while trail[chain[-1]] is not None:
+                        chain.append(trail[chain[-1]])
+                    found.append(" -> ".join(reversed(chain)))
+                    break
+                for t in sorted(edges.get(m, ())):
+                    if t not in trail:
+                        trail[t] = m
+                        queue.append(t)
+    return found
+
+
+def test_core_packages_import_one_way():
+    edges = import_graph(ROOT, ("core",))
+    assert {"core.geodata.tiles", "core.geodata.crs", "core.runtime.bundle", "core.runtime.convert"} <= set(edges)
+    assert layer_violations(edges) == []
+
+
+def test_a_layer_reached_through_a_top_level_module_inside_a_function_is_found(tmp_path):
+    # geodata.tiles -> (in a function) core.outputs -> runtime.bundle: geodata reaches the runtime
+    root = _tree(tmp_path, {"core/__init__.py": "", "core/geodata/__init__.py": "", "core/runtime/__init__.py": "",
+                            "core/geodata/tiles.py": "def f():\n    from ..outputs import g\n",
+                            "core/outputs.py": "from .runtime.bundle import X\n",
+                            "core/runtime/bundle.py": "X = 1\n", "core/tasks/__init__.py": "",
+                            "core/tasks/base.py": "from ..geodata import tiles\n"})
+    edges = import_graph(root)
+    assert layer_violations(edges) == ["core.geodata.tiles -> core.outputs -> core.runtime.bundle"]
+    # the tasks may use both layers
+    assert not [v for v in layer_violations(edges) if v.startswith("core.tasks")]

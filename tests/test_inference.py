@@ -1,4 +1,4 @@
-"""core.inference: real onnxruntime sessions on the tiny bundle (CPU here; CUDA where present)."""
+"""core.runtime.inference: real onnxruntime sessions on the tiny bundle (CPU here; CUDA where present)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from core.errors import RemoteClipError
-from core.inference import Encoder, choose_providers, cuda_available, is_oom, run_batched
-from core.preprocess import preprocess_batch
+from core.runtime.inference import Encoder, choose_providers, cuda_available, is_oom, run_batched
+from core.runtime.preprocess import preprocess_batch
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +111,8 @@ def test_sessions_are_reused_across_encoders_until_the_bundle_changes(tiny_bundl
     import os
     import shutil
 
-    from core.bundle import load_bundle
-    from core.inference import release_sessions
+    from core.runtime.bundle import load_bundle
+    from core.runtime.inference import release_sessions
 
     first = Encoder(tiny_bundle, device="cpu")
     again = Encoder(tiny_bundle, device="cpu", batch_size=2)
@@ -145,7 +145,7 @@ def test_io_binding_gives_the_plain_run(encoder, pixels):
 
 
 def test_batch_for_memory():
-    from core.inference import AUTO_BATCH_MAX, batch_for_memory
+    from core.runtime.inference import AUTO_BATCH_MAX, batch_for_memory
 
     mib = 1 << 20
     # 8 images took 800 MiB and 10 GiB are left: 100 MiB an image, 60% of 10.8 GiB -> 66, down to 64
@@ -157,7 +157,7 @@ def test_batch_for_memory():
 
 
 def test_auto_batch(encoder, pixels, monkeypatch):
-    from core import inference
+    from core.runtime import inference
 
     cpu = Encoder(encoder.bundle, device="cpu", batch_size=None)
     assert cpu.plan_batch() == inference.AUTO_BATCH_CPU and cpu.auto_batch   # a CPU keeps 32, measures nothing
@@ -174,8 +174,8 @@ def test_auto_batch(encoder, pixels, monkeypatch):
 
 def test_text_ids_are_cut_after_the_last_end_of_text_token(encoder):
     """Text graphs with a dynamic token axis run the prompts' own length, not 77 tokens: same embeddings."""
-    from core.bundle import DEMO_BUNDLE
-    from core.inference import trim_ids
+    from core.runtime.bundle import DEMO_BUNDLE
+    from core.runtime.inference import trim_ids
 
     prompts = ["a satellite photo of a river.", "dense residential houses with red roofs along narrow streets", ""]
     ids = encoder.tokenizer(prompts)

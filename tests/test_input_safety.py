@@ -496,9 +496,9 @@ def test_evaluate_without_a_task_or_with_a_damaged_image_fails(tmp_path, tiny_bu
 def test_any_run_gives_a_first_rate_and_a_small_run_never_replaces_a_measured_one(tiny_bundle, rgb_byte, tmp_path):
     """The time estimate after any first run (issue 25: a 35-tile run never gave one), from a rate that a later
     run of fewer tiles than the one measured (and fewer than two batches) does not replace."""
-    from core.bundle import load_bundle
     from core.pipeline import Job, LabelTask, RunOptions
     from core.pipeline.plan import known_rate, record_rate
+    from core.runtime.bundle import load_bundle
 
     job = Job(raster=str(rgb_byte), task=LabelTask(["a", "b"]),
               run=RunOptions(model=str(tiny_bundle), cache_dir=str(tmp_path / "cache"), batch_size=8))

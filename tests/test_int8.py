@@ -1,4 +1,4 @@
-"""int8 bundles: made by core.quantize (from a bundle, from a checkpoint without torch, by training.export),
+"""int8 bundles: made by core.runtime.quantize (from a bundle, from a checkpoint without torch, by training.export),
 recorded and checked in the manifest, chosen with --precision int8, and labelling real rasters as fp32 does."""
 
 from __future__ import annotations
@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from core.bundle import load_bundle
 from core.errors import RemoteClipError
 from core.pipeline import CountTask, Job, LabelTask, RunOptions, SearchTask, TileSpec, run_job
 from core.prompts import PRESETS
+from core.runtime.bundle import load_bundle
 
 DEMO = ROOT / "models" / "remoteclip-demo"
 
 
 def _tiles(path, image_cfg, size, n):
-    from core.preprocess import preprocess
-    from core.raster import Stretch, default_bands, open_raster, read_rgb
-    from core.tiles import make_grid
+    from core.geodata.raster import Stretch, default_bands, open_raster, read_rgb
+    from core.geodata.tiles import make_grid
+    from core.runtime.preprocess import preprocess
 
     src = open_raster(path)
     bands = default_bands(src)
@@ -35,7 +35,7 @@ def _tiles(path, image_cfg, size, n):
 @pytest.fixture(scope="module")
 def demo_int8(tmp_path_factory, data_dir):
     """The demo model (trained here on the real data) with int8 graphs, checked on real tiles."""
-    from core.quantize import quantize_bundle
+    from core.runtime.quantize import quantize_bundle
 
     z20 = data_dir / "orthomosaic" / "kampala_oam_z20_mosaic_1536x1024.tif"
     pixels = _tiles(z20, load_bundle(DEMO).image, 32, 48)
@@ -138,7 +138,7 @@ def test_precision_int8_on_the_command_line(demo_int8, data_dir, tmp_path, capsy
 
 
 def test_converter_makes_int8_graphs_without_torch(tmp_path):
-    """`python -m core.convert ... --int8` in a process where torch cannot be imported."""
+    """`python -m core.runtime.convert ... --int8` in a process where torch cannot be imported."""
     from conftest import save_random_checkpoint
     from test_convert import convert_without_torch
 
@@ -170,9 +170,9 @@ def test_the_recorded_agreement_is_int8_measured_against_fp32(tiny_bundle, tmp_p
     written graphs on the same inputs (a slip measuring fp32 against itself records a perfect 1.0)."""
     import onnxruntime as ort
 
-    from core.convert import CHECK_PROMPTS, check_images
-    from core.quantize import quantize_bundle
-    from core.tokenizer import Tokenizer
+    from core.runtime.convert import CHECK_PROMPTS, check_images
+    from core.runtime.quantize import quantize_bundle
+    from core.runtime.tokenizer import Tokenizer
 
     b = load_bundle(quantize_bundle(tiny_bundle, tmp_path / "both-int8", text="dynamic"))
     agree = b.manifest["quantization"]["int8"]["agreement_vs_fp32"]
@@ -200,8 +200,8 @@ def test_the_recorded_agreement_is_int8_measured_against_fp32(tiny_bundle, tmp_p
 
 
 def test_int8_graphs_that_disagree_with_fp32_are_used_with_a_warning(int8_bundle, data_dir, tmp_path, capsys):
-    from core.bundle import INT8_USABLE_TOP1
     from core.cli import main
+    from core.runtime.bundle import INT8_USABLE_TOP1
 
     z20 = str(data_dir / "orthomosaic" / "kampala_oam_z20_mosaic_1536x1024.tif")
     recorded = load_bundle(int8_bundle).manifest["quantization"]["int8"]["agreement_vs_fp32"]["top1_agree"]

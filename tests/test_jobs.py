@@ -106,9 +106,9 @@ def test_nodata_tiles_are_dropped(data_dir, tiny_bundle):
     assert {(r["row"], r["col"]) for r in res.records} == want
     assert 0 < len(want) < len(rows) * len(cols) == 13 * 12
     # each kept tile's embedding is that tile's, though dropped tiles left gaps in the reader's batches
-    from core.inference import Encoder
-    from core.preprocess import preprocess
-    from core.raster import Stretch, default_bands, open_raster, read_rgb
+    from core.geodata.raster import Stretch, default_bands, open_raster, read_rgb
+    from core.runtime.inference import Encoder
+    from core.runtime.preprocess import preprocess
 
     emb = run_job(_job(raster, tiny_bundle, task=EmbedTask(), tiles=TileSpec(size=64)))
     src = open_raster(raster)
@@ -170,7 +170,7 @@ def test_cache_reuse_reads_no_pixels_and_runs_no_image_encoder(mosaic, tiny_bund
 
 
 def test_bbox_extent_limits_tiles(mosaic, tiny_bundle):
-    from core.raster import open_raster
+    from core.geodata.raster import open_raster
 
     src = open_raster(mosaic)
     a, _, c, _, e, f = src.transform[:6]
@@ -272,9 +272,9 @@ def test_count_captions_follow_remotecount():
 
 
 def test_template_ensemble_is_clip_benchmarks(tiny_bundle):
-    from core.inference import Encoder
     from core.pipeline.encode import ensemble
     from core.prompts import DEFAULT_TEMPLATES, label_prompts
+    from core.runtime.inference import Encoder
     from core.tasks import slug_fields
 
     enc = Encoder(tiny_bundle, device="cpu")
@@ -329,7 +329,7 @@ def test_sixteen_bit_and_hillshade_rasters(data_dir, tiny_bundle):
     shade = str(data_dir / "geotiff" / "rasterio_shade.tif")
     res = run_job(_job(shade, tiny_bundle, tiles=TileSpec(size=128)))
     assert 0 < res.n_tiles < 64
-    from core.raster import open_raster
+    from core.geodata.raster import open_raster
 
     with open_raster(shade) as src:
         kept = {(r["row"], r["col"]) for r in res.records}
@@ -487,7 +487,7 @@ def test_several_readers_give_the_tiles_one_reader_gives(data_dir, tiny_bundle):
     assert [(r["row"], r["col"]) for r in runs[0].records] == [(r["row"], r["col"]) for r in runs[1].records]
     assert 0 < runs[0].n_tiles < 13 * 12
     np.testing.assert_array_equal(runs[0].embeddings, runs[1].embeddings)
-    from core.raster import open_raster
+    from core.geodata.raster import open_raster
 
     src = open_raster(rgb)
     assert reader_count(src, on_gpu=False) == 1 and reader_count(src, on_gpu=True) >= 1

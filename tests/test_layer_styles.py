@@ -12,8 +12,8 @@ KAMPALA = "orthomosaic/kampala_oam_z20_mosaic_1536x1024.tif"
 
 def _grid_records(src_path, size: int, values: dict[tuple[int, int], dict], edge: str = "shift") -> tuple:
     """Records for the tiles (row, col) -> fields of a real grid of the raster."""
-    from remoteclip_qgis.core.raster import open_raster
-    from remoteclip_qgis.core.tiles import TileSpec, make_grid
+    from remoteclip_qgis.core.geodata.raster import open_raster
+    from remoteclip_qgis.core.geodata.tiles import TileSpec, make_grid
 
     src = open_raster(str(src_path))
     try:
@@ -25,7 +25,7 @@ def _grid_records(src_path, size: int, values: dict[tuple[int, int], dict], edge
 
 
 def _write(tmp_path, name, records, fields, crs, dissolve_by=None, metadata=None) -> str:
-    from remoteclip_qgis.core.vectors import Field, write_vector
+    from remoteclip_qgis.core.geodata.vectors import Field, write_vector
 
     path = tmp_path / f"{name}.gpkg"
     write_vector(str(path), records, [Field(n, t) for n, t in fields], crs, layer_name=name,

@@ -145,10 +145,10 @@ ANALYZER_ACCEPTED_AT = {
     # argument lists without shell=True (nvidia-smi -L; pip into the plugin's folder), flagged by name
     ("UNSAFE_SUBPROCESS", "deps.py"),
     # nvidia-smi's memory query as an argument list, without shell=True
-    ("UNSAFE_SUBPROCESS", "core/inference.py"),
+    ("UNSAFE_SUBPROCESS", "core/runtime/inference.py"),
     # the command lines print; the plugin never calls them
     ("PRINT_STATEMENT", "core/cli.py"),
-    ("PRINT_STATEMENT", "core/convert/__main__.py"),
+    ("PRINT_STATEMENT", "core/runtime/convert/__main__.py"),
     ("PRINT_STATEMENT", "core/assess_cli.py"),
     # deprecated for QGIS 4 (which reads qgisMaximumVersion=4.99), still read by the Qt6 builds of QGIS 3.x
     ("METADATA_SUPPORTS_QT6", "metadata.txt"),

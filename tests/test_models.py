@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from core import catalog as cat
 from core.cli import main
 from core.errors import OutputRefused, RemoteClipError
-from core.models import remove as cat_remove
+from core.runtime import catalog as cat
+from core.runtime.models import remove as cat_remove
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,7 +99,7 @@ def test_a_user_catalogue_beside_the_models_adds_and_replaces_entries(models):
 
 
 def test_the_plugin_vendors_the_catalogue(built_plugin):
-    vendored = built_plugin / "remoteclip_qgis" / "core" / "data" / "catalog.json"
+    vendored = built_plugin / "remoteclip_qgis" / "core" / "runtime" / "data" / "catalog.json"
     assert vendored.read_bytes() == cat.CATALOG_FILE.read_bytes()
 
 

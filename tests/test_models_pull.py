@@ -1,6 +1,6 @@
 """`remoteclip models pull` end to end: random-weight checkpoints saved exactly like RemoteCLIP's files
 (``torch.save(model.state_dict())`` of an open_clip model) served by a loopback HTTP server, downloaded,
-converted by core.convert (no torch) and used by `remoteclip label` on a real raster."""
+converted by core.runtime.convert (no torch) and used by `remoteclip label` on a real raster."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import pytest
 from conftest import require
 from loopback import FileServer
 
-from core import catalog as cat
 from core.cli import main
 from core.errors import Cancelled, ModelError, OutputRefused, RemoteClipError, SourceUnreadable, WriteFailed
+from core.runtime import catalog as cat
 
 
 def _run(capsys, *argv):
@@ -104,7 +104,7 @@ def test_pull_from_a_mirror_then_label_a_real_raster(models, tiny_ckpt, mosaic, 
 
 
 def test_an_interrupted_pull_resumes_where_it_stopped(models, tiny_ckpt, capsys):
-    from core.models import pull
+    from core.runtime.models import pull
 
     user_catalog(models, entry())
     size = tiny_ckpt.stat().st_size
@@ -191,8 +191,8 @@ def test_convert_replaces_a_bundle_only_with_overwrite(models, tiny_ckpt, tmp_pa
 
 
 def test_a_checkpoint_that_is_not_a_regular_file_is_named_so(models, tmp_path, capsys):
-    from core.convert.checkpoint import read_checkpoint
-    from core.models import convert
+    from core.runtime.convert.checkpoint import read_checkpoint
+    from core.runtime.models import convert
 
     last = tmp_path / "checkpoint_last.pt"
     last.symlink_to("/dev/zero")
@@ -207,7 +207,7 @@ def test_a_checkpoint_that_is_not_a_regular_file_is_named_so(models, tmp_path, c
         assert rc == 2 and "not a regular file" in err_text and err_text.count("\n") == 1
     user_catalog(models, entry())
     with pytest.raises(SourceUnreadable):
-        from core.models import pull
+        from core.runtime.models import pull
 
         pull("Tiny-RS", url=str(last))
     assert not (tmp_path / "out").exists() and not (models / "Tiny-RS").exists()
@@ -231,7 +231,7 @@ def _without_write_access():
 def test_a_read_only_models_folder_is_one_clear_error(tmp_path, capsys, monkeypatch):
     import tempfile
 
-    from core.models import pull
+    from core.runtime.models import pull
 
     folder = Path(tempfile.mkdtemp(prefix="ro-models-"))   # in /tmp itself: tmp_path lies in a folder only root may enter
     try:
@@ -257,7 +257,7 @@ def test_a_read_only_models_folder_is_one_clear_error(tmp_path, capsys, monkeypa
 
 
 def test_pull_refuses_a_model_that_is_already_there(models, tiny_ckpt):
-    from core.models import pull
+    from core.runtime.models import pull
 
     user_catalog(models, entry())
     pull("Tiny-RS", url=str(tiny_ckpt))
@@ -313,7 +313,7 @@ def test_a_hostile_catalogue_is_refused_when_read_and_writes_nothing(models, tmp
 
 
 def test_pull_writes_nothing_through_a_link_out_of_the_models_folder(models, tmp_path):
-    from core.models import pull
+    from core.runtime.models import pull
 
     user_catalog(models, entry())
     outside = tmp_path / "elsewhere"
@@ -354,7 +354,7 @@ def test_a_checkpoint_already_in_downloads_is_converted_without_the_network(mode
     downloaded and pull converts it offline when its sha256 is the catalogue's; it stays (it is theirs). One
     of the right size but another sha256 is refused naming it, nothing downloaded, the file left alone."""
     from core.errors import VerificationFailed
-    from core.models import pull
+    from core.runtime.models import pull
 
     user_catalog(models, entry(url=_refused_url(), sha256=hashlib.sha256(tiny_ckpt.read_bytes()).hexdigest(),
                                size=tiny_ckpt.stat().st_size))

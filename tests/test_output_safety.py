@@ -1,4 +1,4 @@
-"""Outputs never destroy an analyst's files (core.vectors, core.pipeline, the command line).
+"""Outputs never destroy an analyst's files (core.geodata.vectors, core.pipeline, the command line).
 
 A GeoPackage keeps its other layers; the input raster is never the output, whatever its spelling; the
 user's own files beside a Shapefile are left alone; an existing output needs --overwrite; a killed or
@@ -20,8 +20,8 @@ from osgeo import gdal, ogr
 
 from core.cli import main
 from core.errors import RemoteClipError
+from core.geodata.vectors import Field, check_output, input_files, output_exists, write_vector
 from core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
-from core.vectors import Field, check_output, input_files, output_exists, write_vector
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = "buildings,trees,road"
@@ -146,8 +146,8 @@ def test_a_raster_table_of_that_name_is_not_replaced(user_gpkg, mosaic, tiny_bun
 # --------------------------------------------------------------------------- failed or killed writes
 
 def _tiles(mosaic):
-    from core.raster import open_raster
-    from core.tiles import make_grid
+    from core.geodata.raster import open_raster
+    from core.geodata.tiles import make_grid
 
     src = open_raster(mosaic)
     grid = make_grid(src, TileSpec(size=256))
@@ -174,8 +174,8 @@ def test_a_failed_write_leaves_the_old_geopackage(user_gpkg, mosaic):
 _KILLED_WRITER = r"""
 import os, signal, sys
 sys.path.insert(0, sys.argv[1])
-import core.vectors as v
-from core.vectors import Field, write_vector
+import core.geodata.vectors as v
+from core.geodata.vectors import Field, write_vector
 
 fill = v._fill
 def fill_then_die(*args, **kw):   # the features are written, the file not yet complete: the process dies

@@ -3,7 +3,7 @@ written to a temporary and checked before any of them is published, so a failed 
 complete set or nothing new, and with --overwrite every old file byte for byte (core.pipeline.write).
 
 The writers are made to fail in-process at their own checks: the heat map's read-back check
-(core.dense._written_back) and the synced write of the report (core.vectors._write_synced, an ENOSPC)."""
+(core.geodata.dense._written_back) and the synced write of the report (core.geodata.vectors._write_synced, an ENOSPC)."""
 
 from __future__ import annotations
 
@@ -39,22 +39,22 @@ def classify_job(kampala, bundle, cache, out, vector: str, overwrite: bool) -> J
 
 
 def fail_heat_map(monkeypatch):
-    import core.dense
+    import core.geodata.dense
 
-    monkeypatch.setattr(core.dense, "_written_back", lambda tmp, data: False)
+    monkeypatch.setattr(core.geodata.dense, "_written_back", lambda tmp, data: False)
 
 
 def fail_report(monkeypatch):
-    import core.vectors
+    import core.geodata.vectors
 
-    real = core.vectors._write_synced
+    real = core.geodata.vectors._write_synced
 
     def write(path, text):
         if "remoteclip-report" in path:
             raise OSError(errno.ENOSPC, "No space left on device")
         real(path, text)
 
-    monkeypatch.setattr(core.vectors, "_write_synced", write)
+    monkeypatch.setattr(core.geodata.vectors, "_write_synced", write)
 
 
 @pytest.mark.parametrize("vector", ["out.gpkg", "out.shp"])
@@ -103,7 +103,7 @@ def test_a_run_cancelled_while_writing_leaves_nothing(kampala, tiny_bundle, tmp_
 def test_an_existing_geopackage_is_written_before_any_rename(kampala, tiny_bundle, tmp_path, monkeypatch):
     """A layer of a GeoPackage that exists is written at publishing, in one transaction of that file: it may
     still fail, so it goes first, and then the heat map, the classifier and the report stay the old ones."""
-    import core.vectors
+    import core.geodata.vectors
 
     out, cache = tmp_path / "out", tmp_path / "cache"
     out.mkdir()
@@ -113,7 +113,7 @@ def test_an_existing_geopackage_is_written_before_any_rename(kampala, tiny_bundl
     def full(path, layer_name, content, overwrite):
         raise WriteFailed(f"Cannot write to {path}.", "Free space.", path=path)
 
-    monkeypatch.setattr(core.vectors, "_write_into_gpkg", full)
+    monkeypatch.setattr(core.geodata.vectors, "_write_into_gpkg", full)
     with pytest.raises(WriteFailed) as err:
         run_job(classify_job(kampala, tiny_bundle, cache, out, "out.gpkg", True))
     assert err.value.path == str(out / "out.gpkg")

@@ -18,8 +18,8 @@ from osgeo import gdal, ogr, osr
 
 from core.cli import _job, _join_negative_values, _parser, main
 from core.errors import OutputExists, OutputIsInput
+from core.geodata.vectors import Field, check_not_input, check_output, write_vector
 from core.pipeline import run_job
-from core.vectors import Field, check_not_input, check_output, write_vector
 
 Z20 = "orthomosaic/kampala_oam_z20_mosaic_1536x1024.tif"
 # tiles (row, col) of 256 px on the 1536 x 1024 mosaic, four per class, far apart

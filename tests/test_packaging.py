@@ -38,7 +38,7 @@ def _metadata(text: str) -> configparser.SectionProxy:
 def test_zip_has_one_top_folder_with_plugin_core_and_resources(plugin_zip):
     names = zipfile.ZipFile(plugin_zip).namelist()
     assert {n.split("/")[0] for n in names} == {PLUGIN}
-    for needed in ("__init__.py", "metadata.txt", "core/__init__.py", "core/pipeline/run.py", "core/bundle.py", "LICENSE"):
+    for needed in ("__init__.py", "metadata.txt", "core/__init__.py", "core/pipeline/run.py", "core/runtime/bundle.py", "LICENSE"):
         assert f"{PLUGIN}/{needed}" in names, needed
     meta = _metadata(zipfile.ZipFile(plugin_zip).read(f"{PLUGIN}/metadata.txt").decode())
     assert f"{PLUGIN}/{meta['icon']}" in names, "the icon named in metadata.txt is not in the zip"
@@ -141,7 +141,7 @@ def test_package_fails_without_the_demo_model(tmp_path):
 _LABEL_WITH_DEFAULT_MODEL = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from remoteclip_qgis.core.bundle import default_bundle
+from remoteclip_qgis.core.runtime.bundle import default_bundle
 from remoteclip_qgis.core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
 from remoteclip_qgis.core.prompts import preset
 model = default_bundle()

@@ -1,4 +1,4 @@
-"""core.preprocess against open_clip's own eval transform, on real images."""
+"""core.runtime.preprocess against open_clip's own eval transform, on real images."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from core.errors import RemoteClipError
-from core.preprocess import output_size, preprocess, preprocess_batch
+from core.runtime.preprocess import output_size, preprocess, preprocess_batch
 from training.reference_pipeline import transform
 
 MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -83,7 +83,7 @@ def test_bad_config_and_input():
 def test_normalize_by_table_is_the_arithmetic_bit_for_bit(mean, std):
     """The lookup table holds every uint8 value of each channel normalised by the float32 operations of
     ToTensor + Normalize: a table built in float64, or with the channels swapped, would differ here."""
-    from core.preprocess import normalize
+    from core.runtime.preprocess import normalize
 
     cfg = {"mean": mean, "std": std}
     every = np.stack(np.meshgrid(np.arange(256), np.arange(256), indexing="ij"), -1)[:, :, :1].repeat(3, 2)

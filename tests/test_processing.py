@@ -95,8 +95,8 @@ def open_output(path) -> QgsVectorLayer:
 
 def grid_of(raster, **spec):
     """(row, col) of every candidate tile core makes for ``raster`` (the plugin's vendored core)."""
-    from remoteclip_qgis.core.raster import open_raster
-    from remoteclip_qgis.core.tiles import TileSpec, make_grid
+    from remoteclip_qgis.core.geodata.raster import open_raster
+    from remoteclip_qgis.core.geodata.tiles import TileSpec, make_grid
 
     src = open_raster(raster) if isinstance(raster, str) else raster
     return {(t.row, t.col) for t in make_grid(src, TileSpec(**spec))}
@@ -265,7 +265,7 @@ class Warnings(QgsProcessingFeedback):
 
 
 def test_the_demo_model_says_it_is_a_toy_and_another_model_does_not(plugin, mosaic, tiny_bundle, tmp_path):
-    from remoteclip_qgis.core.bundle import DEMO_BUNDLE
+    from remoteclip_qgis.core.runtime.bundle import DEMO_BUNDLE
 
     notes = {}
     for name, model in (("demo", str(DEMO_BUNDLE)), ("tiny", str(tiny_bundle))):
@@ -578,7 +578,7 @@ def test_the_output_is_styled_when_loaded_into_the_project(plugin, rgb_byte, tin
 # ------------------------------------------------------------------------ reading through QGIS itself
 
 def test_a_geotiff_read_through_qgis_equals_rasterio(plugin, rgb_byte, data_dir):
-    from remoteclip_qgis.core.raster import open_raster
+    from remoteclip_qgis.core.geodata.raster import open_raster
     from remoteclip_qgis.layer_source import QgisRasterSource, raster_for_layer
 
     layer = QgsRasterLayer(rgb_byte, "rgb")
@@ -613,7 +613,7 @@ def test_a_geotiff_read_through_qgis_equals_rasterio(plugin, rgb_byte, data_dir)
 
 
 def test_a_palette_layer_read_through_qgis_gives_the_colours_core_reads_from_the_file(plugin, palette_tif):
-    from remoteclip_qgis.core.raster import Stretch, open_raster, read_rgb
+    from remoteclip_qgis.core.geodata.raster import Stretch, open_raster, read_rgb
     from remoteclip_qgis.layer_source import raster_for_layer
 
     path, table = palette_tif
@@ -674,7 +674,7 @@ def xyz_layer(xyz_uri):
 
 def test_an_xyz_layer_is_read_at_its_deepest_zoom_within_an_extent(plugin, xyz_layer, mosaic):
     from remoteclip_qgis.core.errors import RemoteClipError
-    from remoteclip_qgis.core.raster import open_raster
+    from remoteclip_qgis.core.geodata.raster import open_raster
     from remoteclip_qgis.layer_source import QgisRasterSource, extent_from_rectangle, raster_for_layer
 
     with pytest.raises(RemoteClipError, match="extent"):
@@ -743,7 +743,7 @@ def test_labeltiles_on_an_xyz_layer_needs_an_extent_and_then_tiles_it(plugin, xy
 
 def test_extent_from_rectangle_and_features(plugin, polygon_layer):
     from remoteclip_qgis.core.errors import RemoteClipError
-    from remoteclip_qgis.core.tiles import BBox, Polygons
+    from remoteclip_qgis.core.geodata.tiles import BBox, Polygons
     from remoteclip_qgis.layer_source import extent_from_features, extent_from_rectangle
 
     crs = QgsCoordinateReferenceSystem("EPSG:32618")

@@ -1,4 +1,4 @@
-"""core.raster on the real rasters: reading, validity masks, band choice, the stretch, formats, errors."""
+"""core.geodata.raster on the real rasters: reading, validity masks, band choice, the stretch, formats, errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import rasterio
 from osgeo import gdal
 
 from core.errors import RemoteClipError
-from core.raster import (
+from core.geodata.raster import (
     STRETCH_SAMPLE_PX,
     RasterSource,
     Stretch,
@@ -281,7 +281,7 @@ def test_errors(paths, tmp_path):
 def test_gdal_virtual_paths_open(paths, tmp_path):
     import zipfile
 
-    from core.raster import is_gdal_uri
+    from core.geodata.raster import is_gdal_uri
 
     assert is_gdal_uri("/vsizip/a.zip/b.tif") and is_gdal_uri("https://example.org/a.tif")
     assert is_gdal_uri("NETCDF:file.nc:var") and not is_gdal_uri("C:\\data\\a.tif")
@@ -318,7 +318,7 @@ def test_a_palette_band_is_read_through_its_colour_table(paths, palette_tif):
 
 
 def test_nodata_rule_every_band_nodata_nan_float32_and_out_of_range_values():
-    from core.raster import nodata_valid
+    from core.geodata.raster import nodata_valid
 
     two = np.array([[[0, 5], [0, 0]], [[0, 0], [7, 0]]], dtype=np.uint8)
     assert nodata_valid(two, [0, 0]).tolist() == [[False, True], [True, False]]   # nodata in every band

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from record_loops import count_records, label_records, search_records
 
+from core.geodata.tiles import TileSpec, make_grid
 from core.records import Records, count_columns, label_columns, search_columns, top_k
 from core.scores import class_scores, softmax
 from core.tasks import slug_fields
-from core.tiles import TileSpec, make_grid
 
 
 def _unit(rng, n, d):
@@ -103,7 +103,7 @@ def test_counts_and_search_equal_the_per_tile_records(case, block, monkeypatch):
 
 
 def test_records_carry_their_tiles(data_dir, case):
-    from core.raster import open_raster
+    from core.geodata.raster import open_raster
 
     src = open_raster(data_dir / "orthomosaic" / "kampala_oam_z20_mosaic_1536x1024.tif")
     grid = make_grid(src, TileSpec(size=64))

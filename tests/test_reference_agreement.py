@@ -68,7 +68,7 @@ def test_vit_b_32_agrees_on_real_rasters(data_dir, tmp_path_factory):
 def test_reference_imports_nothing_from_core(tiny_model):
     """The reference must be independent of core (grid, bands, stretch, prompts, preprocessing, inference),
     or agreement proves nothing; run in a fresh interpreter, importing it loads no core module but the error
-    classes (training's checkpoint reader raises core's errors) and the file checksum (core.digest: one sha256
+    classes (training's checkpoint reader raises core's errors) and the file checksum (core.runtime.digest: one sha256
     loop for the project; it touches no pixel)."""
     import inspect
     import re
@@ -82,7 +82,7 @@ def test_reference_imports_nothing_from_core(tiny_model):
     code = ("import sys, training.reference_pipeline as rp; rp.TEMPLATES; "
             "print(sorted(m for m in sys.modules if m == 'core' or m.startswith('core.')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() in ("[]", "['core', 'core.errors']", "['core', 'core.digest', 'core.errors']")
+    assert done.stdout.strip() in ("[]", "['core', 'core.errors']", "['core', 'core.errors', 'core.runtime', 'core.runtime.digest']")
     tf = rp.transform(tiny_model[1])
     assert type(tf).__module__.startswith("torchvision")
     assert np.isfinite(tiny_model[0].logit_scale.exp().item())

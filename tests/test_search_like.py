@@ -127,8 +127,8 @@ def test_unlike_examples_push_the_query_away_by_their_weight(mosaic, tiny_bundle
     res = run_job(_job(mosaic, tiny_bundle, task, cache))
     at = _by_tile(res)
     emb = res.embeddings
-    from core.inference import Encoder
     from core.pipeline.encode import ensemble
+    from core.runtime.inference import Encoder
 
     text_vec = ensemble(Encoder(str(tiny_bundle)), [["a tin roof"]], [])[0].astype(np.float64)
     q = _unit(_unit(emb[at[(None, 0, 0)]]) + 0.3 * _unit(text_vec)
@@ -255,7 +255,7 @@ def test_a_click_picks_the_tile_with_the_nearest_centre_and_its_centre_picks_wha
     a click held by two tiles picks the one whose centre is nearer; off the raster, none; the tile's centre
     (the example it becomes) picks, by the search's rule, that tile and the neighbours whose border it lies on."""
     from core.examples import Examples, raster_grid, tile_at, tile_centre_wkt, tiles_of
-    from core.tiles import TileSpec
+    from core.geodata.tiles import TileSpec
 
     grid, wkt = raster_grid(mosaic, TileSpec(size=SIZE, overlap=0.5))
     i = tile_at(grid, *_xy(mosaic, 200, 100))   # in columns 0 (centre 128) and 1 (centre 256), row 0 only

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from osgeo import ogr, osr
 
+from core.geodata.raster import open_raster
+from core.geodata.tiles import make_grid
 from core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
-from core.raster import open_raster
 from core.summary import format_area, summarize, summary_field
-from core.tiles import make_grid
 
 KAMPALA = "orthomosaic/kampala_oam_z20_mosaic_1536x1024.tif"
 UTM = "geotiff/rasterio_RGB.byte.tif"

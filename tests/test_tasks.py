@@ -97,10 +97,10 @@ def test_tasks_and_jobs_are_plain_data():
 
 
 def test_the_overlap_ceiling_is_one_for_everyone():
-    """One rule (core.tiles.check_overlap) for TileSpec and the command line: the ceiling itself is taken,
+    """One rule (core.geodata.tiles.check_overlap) for TileSpec and the command line: the ceiling itself is taken,
     just above it is refused as the overlap input, spelled as the front-end shows it."""
     from core.errors import InvalidInput
-    from core.tiles import MAX_OVERLAP, check_overlap
+    from core.geodata.tiles import MAX_OVERLAP, check_overlap
 
     assert TileSpec(overlap=MAX_OVERLAP).overlap == MAX_OVERLAP
     assert check_overlap(MAX_OVERLAP, "--overlap") == MAX_OVERLAP

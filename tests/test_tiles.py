@@ -1,4 +1,4 @@
-"""core.tiles on the real rasters: grids, edge modes, tile sizes in metres, extents in other CRSs."""
+"""core.geodata.tiles on the real rasters: grids, edge modes, tile sizes in metres, extents in other CRSs."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from osgeo import ogr, osr
 
 from core.errors import RemoteClipError
-from core.raster import open_raster
-from core.tiles import MIN_TILE_PX, BBox, Polygons, TileSpec, make_grid, spec_params, tile_size_px
+from core.geodata.raster import open_raster
+from core.geodata.tiles import MIN_TILE_PX, BBox, Polygons, TileSpec, make_grid, spec_params, tile_size_px
 
 
 @pytest.fixture(scope="module")
@@ -373,7 +373,7 @@ def test_grid_arrays_on_a_rotated_geotransform(tmp_path, rasters):
 def test_grid_is_a_sequence_of_tiles(pin_rasters, data_dir):
     import numpy as np
 
-    from core.tiles import Tile, TileGrid
+    from core.geodata.tiles import Tile, TileGrid
 
     src = pin_rasters["z21"]
     wkts, _ = _buildings(data_dir, "orthomosaic/kampala_buildings_z21_chips.geojson")

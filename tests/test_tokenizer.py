@@ -1,4 +1,4 @@
-"""core.tokenizer against open_clip.get_tokenizer: identical ids on 10,000+ varied strings."""
+"""core.runtime.tokenizer against open_clip.get_tokenizer: identical ids on 10,000+ varied strings."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import require
 
-from core.tokenizer import Tokenizer
+from core.runtime.tokenizer import Tokenizer
 
 ARCHS = ("RN50", "ViT-B-32", "ViT-L-14")
 
@@ -96,10 +96,10 @@ def test_special_cases(tok):
 def test_command_line(tiny_bundle, reference):
     texts = ["a river", "Héllo &amp; wörld", "", "x " * 90]
     stdin = "".join(json.dumps(t) + "\n" for t in texts)
-    r = subprocess.run([sys.executable, "-m", "core.tokenizer", "--model", str(tiny_bundle)], input=stdin,
+    r = subprocess.run([sys.executable, "-m", "core.runtime.tokenizer", "--model", str(tiny_bundle)], input=stdin,
                        capture_output=True, text=True, check=True)
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert rows == reference["ViT-B-32"](texts).tolist()
-    bad = subprocess.run([sys.executable, "-m", "core.tokenizer", "--model", str(tiny_bundle)], input="not json\n",
+    bad = subprocess.run([sys.executable, "-m", "core.runtime.tokenizer", "--model", str(tiny_bundle)], input="not json\n",
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "not JSON" in bad.stderr

@@ -1,4 +1,4 @@
-"""core.vectors: GeoPackage and Shapefile writing (OGR), atomic replacement, metadata, dissolve."""
+"""core.geodata.vectors: GeoPackage and Shapefile writing (OGR), atomic replacement, metadata, dissolve."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from osgeo import ogr, osr
 
 from core.errors import RemoteClipError
-from core.raster import open_raster
-from core.tiles import TileSpec, make_grid
-from core.vectors import Field, dissolve, shapefile_names, write_vector
+from core.geodata.raster import open_raster
+from core.geodata.tiles import TileSpec, make_grid
+from core.geodata.vectors import Field, dissolve, shapefile_names, write_vector
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +240,7 @@ def test_what_an_output_replaces_says_whether_it_is_one_layer_of_a_geopackage(tm
     """The dock says "its other layers are kept" from this field, not from the words."""
     from osgeo import osr
 
-    from core.vectors import output_exists, write_vector
+    from core.geodata.vectors import output_exists, write_vector
 
     crs = osr.SpatialReference()
     crs.ImportFromEPSG(4326)

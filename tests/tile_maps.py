@@ -6,8 +6,8 @@ X0, Y0 = 450_000.0, 40_000.0
 
 
 def write_tile_map(path):
-    from core.tiles import srs_from
-    from core.vectors import Field, write_vector
+    from core.geodata.crs import srs_from
+    from core.geodata.vectors import Field, write_vector
 
     records = []
     for r in range(4):

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.digest import file_sha256 as sha256_file
 from core.errors import DownloadFailed, InvalidInput, ModelError, SourceUnreadable
+from core.runtime.digest import file_sha256 as sha256_file
 
 # training/configs/*.json: architectures of our own (tiny-test for unit tests, small-vit for the demo model)
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -142,7 +142,7 @@ def guess_architecture(state_dict: dict) -> str | None:
 
 def check_keys(state_dict: dict, arch: str, model) -> None:
     """Raise RemoteClipError naming missing/unexpected/mis-shaped keys and the architecture that fits.
-    (core.convert.architectures.key_mismatches says the same of a checkpoint; it is not imported here because
+    (core.runtime.convert.architectures.key_mismatches says the same of a checkpoint; it is not imported here because
     the reference pipeline, which reads checkpoints through this module, must load nothing of core.)"""
     exp = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state_dict.items()}

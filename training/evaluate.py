@@ -197,10 +197,10 @@ class TorchModel:
 
 
 class BundleModel:
-    """A model bundle through core: core.preprocess + core.inference.Encoder (onnxruntime)."""
+    """A model bundle through core: core.runtime.preprocess + core.runtime.inference.Encoder (onnxruntime)."""
 
     def __init__(self, bundle, precision: str = "fp32", device: str = "auto", batch_size: int = 64):
-        from core.inference import Encoder
+        from core.runtime.inference import Encoder
 
         self.encoder = Encoder(bundle, device=device, precision=precision, batch_size=batch_size)
         self.image_cfg = self.encoder.bundle.image
@@ -208,7 +208,7 @@ class BundleModel:
         self.name = f"bundle {self.encoder.bundle.name} ({precision}, {self.encoder.provider})"
 
     def encode_images(self, paths) -> np.ndarray:
-        from core.preprocess import preprocess_batch
+        from core.runtime.preprocess import preprocess_batch
 
         out = []
         for i in range(0, len(paths), 64):

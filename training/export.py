@@ -19,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from core.bundle import (
+from core.errors import InvalidInput, ModelError, RemoteClipError, SourceUnreadable
+from core.runtime.bundle import (
     VOCAB_FILE,
     VOCAB_NAME,
     image_section,
@@ -29,7 +30,6 @@ from core.bundle import (
     write_manifest,
     write_zip,
 )
-from core.errors import InvalidInput, ModelError, RemoteClipError, SourceUnreadable
 from training import checkpoints
 from training.checkpoints import TINY_CONFIG
 
@@ -65,7 +65,7 @@ def text_tower(model):
     Re-states open_clip's CLIP.encode_text with the pooling ids cast to int32 (onnxruntime
     implements ArgMax for int32 but not int64), for any L up to the context length: attention is causal
     and the text is pooled at its end-of-text token, so ids cut after the batch's last end-of-text token
-    give the same embeddings (core.inference does that; 77 tokens run as before)."""
+    give the same embeddings (core.runtime.inference does that; 77 tokens run as before)."""
     torch = _torch()
     import torch.nn.functional as F
     from open_clip.transformer import text_global_pool
@@ -257,7 +257,7 @@ def export_bundle(model, preprocess_cfg: dict, out_dir, *, architecture: str, mo
 
     ``preprocess_cfg`` is open_clip's PreprocessCfg as a dict (``model.visual.preprocess_cfg``).
     Returns the bundle folder. With ``make_zip`` also writes ``out_dir.rclip.zip`` beside it. ``int8`` adds
-    int8 graphs (core.quantize), measured against fp32 on the real RSSCN7 images of ``data_dir`` (default
+    int8 graphs (core.runtime.quantize), measured against fp32 on the real RSSCN7 images of ``data_dir`` (default
     $REMOTECLIP_DATA) when they are there, else on synthetic images.
     """
     torch = _torch()
@@ -320,7 +320,7 @@ def export_bundle(model, preprocess_cfg: dict, out_dir, *, architecture: str, mo
             log(f"fp16 graphs converted in {time.perf_counter() - t0:.1f}s")
         quantization = None
         if int8:
-            from core.quantize import add_int8
+            from core.runtime.quantize import add_int8
 
             t0 = time.perf_counter()
             images, note, ids = int8_check_inputs(image_cfg, context_length, data_dir)
@@ -356,8 +356,8 @@ def int8_check_inputs(image_cfg: dict, context_length: int, data_dir=None):
     (preprocessed by core, as the plugin does) and the parity prompts; (None, None, ids) without the data."""
     import numpy as np
 
-    from core.preprocess import preprocess
-    from core.tokenizer import Tokenizer
+    from core.runtime.preprocess import preprocess
+    from core.runtime.tokenizer import Tokenizer
     from training.parity import EXTRA_PROMPTS, RSSCN7_CLASSES, TEMPLATE, rsscn7_images
 
     texts = [TEMPLATE.format(c) for c in dict.fromkeys(RSSCN7_CLASSES.values())] + EXTRA_PROMPTS

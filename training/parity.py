@@ -2,7 +2,7 @@
 
 Both sides get the same pixels (open_clip's own eval transform from the model's PreprocessCfg),
 so the table measures the graphs, not two resizing implementations. The text side checks the
-torch-free tokenizer too: the bundle is fed by core.tokenizer, open_clip by its own tokenizer.
+torch-free tokenizer too: the bundle is fed by core.runtime.tokenizer, open_clip by its own tokenizer.
 
 Thresholds: per-embedding cosine >= 0.99999 (fp32), >= 0.999 (fp16), and the same top-1 label
 for every image over the label set.
@@ -73,8 +73,8 @@ def verify_bundle(bundle_dir, model, preprocess_cfg: dict, arch: str | None = No
     from open_clip.transform import PreprocessCfg, image_transform_v2
     from PIL import Image
 
-    from core.bundle import load_bundle, write_manifest
-    from core.tokenizer import Tokenizer
+    from core.runtime.bundle import load_bundle, write_manifest
+    from core.runtime.tokenizer import Tokenizer
 
     bundle = load_bundle(bundle_dir)
     pairs = rsscn7_images(data_dir, per_class)
@@ -92,7 +92,7 @@ def verify_bundle(bundle_dir, model, preprocess_cfg: dict, arch: str | None = No
     ids = Tokenizer.from_bundle(bundle)(texts)
     if not np.array_equal(ids, ids_ref.numpy()):
         raise ModelError("The bundle's tokenizer gives other ids than open_clip's.",
-                              "Report this as a bug: core.tokenizer must match open_clip exactly.")
+                              "Report this as a bug: core.runtime.tokenizer must match open_clip exactly.")
     with torch.no_grad():
         img_ref = F.normalize(model.encode_image(pixels), dim=-1).numpy()
         txt_ref = F.normalize(model.encode_text(ids_ref), dim=-1).numpy()

@@ -280,7 +280,7 @@ def reference_embeddings(raster: str, model, preprocess_cfg: dict, tiles=None, b
                          bands=None, workers: int = 0):
     """Tile embeddings the open_clip way. Returns (tiles kept (not all nodata), (n, D) numpy float32).
 
-    ``tiles`` is anything with core.tiles.TileSpec's attributes (size, unit, overlap, extent, bands, edge).
+    ``tiles`` is anything with core.geodata.tiles.TileSpec's attributes (size, unit, overlap, extent, bands, edge).
     ``workers`` > 0 reads and transforms tiles in that many torch DataLoader worker processes while the model
     encodes (the pipelined reference); 0 reads the tiles' area once and crops it, serially."""
     import rasterio

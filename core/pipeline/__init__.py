@@ -15,6 +15,7 @@ This package imports nothing that imports it back; the front-ends (core.cli, the
 algorithms and dock, bench/) import what they need from here.
 """
 
+from ..geodata.tiles import BBox, Polygons, TileSpec
 from ..tasks import (
     TASKS,
     ClassifyTask,
@@ -26,7 +27,6 @@ from ..tasks import (
     Task,
     TaskOutput,
 )
-from ..tiles import BBox, Polygons, TileSpec
 from .job import MAX_TILES, Job, JobResult, Plan, RunOptions, duration_text, job_inputs, output_layer_name
 from .plan import plan_job
 from .run import run_job

@@ -58,9 +58,9 @@ def plan_after(job: Job, plans) -> AfterPlan | None:
     if job.many:
         raise InvalidInput("The change task compares two rasters: one BEFORE and one AFTER (no collection, Dask "
                            "or --out-crs).", "Give one BEFORE raster and one AFTER raster.", param="raster")
-    from ..raster import check_bands, default_bands, open_raster
+    from ..geodata.crs import require_crs
+    from ..geodata.raster import check_bands, default_bands, open_raster
     from ..tasks.change import footprint_overlap, same_grid, warp_vrt
-    from ..tiles import require_crs
 
     before = plans[0].src
     src = open_raster(after)
@@ -101,7 +101,7 @@ class _Subgrid:
 def _stretch(job: Job, after: AfterPlan, before_src, before_bands, before_stretch):
     """AFTER's stretch (its own, from a decimated read of it in BEFORE's grid), with the histogram matching to
     BEFORE's when the task asks for it."""
-    from ..raster import Stretch
+    from ..geodata.raster import Stretch
     from ..tasks.change import MatchedStretch, match_luts
 
     stretch = Stretch.from_source(after.src, after.bands)
@@ -120,12 +120,12 @@ def _stretch(job: Job, after: AfterPlan, before_src, before_bands, before_stretc
 
 def _cache_key(job: Job, cache, after: AfterPlan, plan, stretch, bundle, before_kept) -> str | None:
     from ..cache import raster_identity
-    from ..tiles import spec_params
+    from ..geodata.tiles import spec_params
     from .encode import cache_model_id
 
     if cache is None:
         return None
-    from ..raster import open_raster
+    from ..geodata.raster import open_raster
 
     with contextlib.closing(open_raster(after.path)) as original:
         after_id = raster_identity(original)

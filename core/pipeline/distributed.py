@@ -44,8 +44,8 @@ class Piece:
     index: int
     path: str
     bands: tuple[int, ...]
-    stretch: object              # core.raster.Stretch, computed once on the client
-    spec: object                 # core.tiles.TileSpec
+    stretch: object              # core.geodata.raster.Stretch, computed once on the client
+    spec: object                 # core.geodata.tiles.TileSpec
     n_grid: int                  # the client's tile count: the worker's grid must be the same
     start: int
     stop: int
@@ -161,8 +161,8 @@ _LOADS = 0   # bundles loaded by this process (a worker loads one once, whatever
 
 def _worker_encoder(piece: Piece):
     """The encoder of this worker process for the piece's model, loaded on first use and kept."""
-    from ..bundle import load_bundle
-    from ..inference import Encoder
+    from ..runtime.bundle import load_bundle
+    from ..runtime.inference import Encoder
 
     threads = piece.threads or _THREADS
     key = (piece.model, piece.device, piece.precision, piece.batch_size, threads)
@@ -183,7 +183,7 @@ def _worker_encoder(piece: Piece):
 def encode_piece(piece: Piece):
     """Run on a worker: the embeddings of tiles ``start:stop`` of the raster's grid, as core.pipeline.encode.Encoded.
     A raster that cannot be read comes back with its reason (the client skips it or stops, --strict)."""
-    from ..tiles import make_grid
+    from ..geodata.tiles import make_grid
     from .encode import Encoded, encode_tiles
     from .sources import open_source
 
@@ -208,8 +208,8 @@ def encode_piece(piece: Piece):
 
 
 def sub_grid(grid, start: int, stop: int):
-    """Tiles ``start:stop`` of a core.tiles.TileGrid as a TileGrid (the same rows, columns and windows)."""
-    from ..tiles import TileGrid
+    """Tiles ``start:stop`` of a core.geodata.tiles.TileGrid as a TileGrid (the same rows, columns and windows)."""
+    from ..geodata.tiles import TileGrid
 
     if start == 0 and stop == len(grid):
         return grid

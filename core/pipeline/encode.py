@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import Cancelled, RemoteClipError
-from ..preprocess import output_size, preprocess
+from ..runtime.preprocess import output_size, preprocess
 from .job import Job
 from .plan import RasterPlan, default_cache_dir
 from .sources import open_source
@@ -99,7 +99,7 @@ class Reader(threading.Thread):
             return self.src
         src = getattr(self._local, "src", None)
         if src is None:
-            from ..raster import open_raster
+            from ..geodata.raster import open_raster
 
             src = self._local.src = open_raster(self.src.path)
             with self._lock:
@@ -109,7 +109,7 @@ class Reader(threading.Thread):
     def _load(self, window_slot) -> bool:
         """One tile preprocessed into its slot of the batch (no array of its own to allocate and copy);
         False when all its pixels are nodata."""
-        from ..raster import read_rgb
+        from ..geodata.raster import read_rgb
 
         window, slot = window_slot
         rgb, valid = read_rgb(self._source(), self.bands, tuple(window), self.stretch)
@@ -204,7 +204,7 @@ def prepare_plan(job: Job, plan: RasterPlan, bundle, cache, warnings: list[str] 
     """The raster's stretch and cache key (reads a decimated view for a non-8-bit raster's stretch); returns
     the open source (the plan's own, or opened here: see :func:`release`) and the cached (kept, emb) or None.
     ``warnings``: told when the raster cannot be cached."""
-    from ..raster import Stretch
+    from ..geodata.raster import Stretch
 
     src = plan.src
     if src is None:

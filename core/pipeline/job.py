@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 from .. import checks
 from ..errors import InvalidInput
+from ..geodata.tiles import TileSpec
 from ..tasks import TASKS, Task
-from ..tiles import TileSpec
 
 MAX_BATCH = 4096
 MAX_TILES = checks.MAX_TILES   # a larger plan is refused unless confirmed (core.pipeline.plan.check_tile_limit)
@@ -26,8 +26,8 @@ class RunOptions:
     readers: int | None = None     # tile reader threads (None: 1 beside a CPU encoder, more beside a GPU)
 
     def __post_init__(self):
-        from ..bundle import PRECISIONS
-        from ..inference import DEVICES
+        from ..runtime.bundle import PRECISIONS
+        from ..runtime.inference import DEVICES
 
         if self.model is not None and not isinstance(self.model, str | os.PathLike) \
                 and type(self.model).__name__ != "Bundle":
@@ -80,7 +80,7 @@ class Job:
                                   "Give tcp://HOST:8786, or local:N for N worker processes on this machine.", param="dask")
         if not isinstance(self.raster, str | os.PathLike | list) and not callable(getattr(self.raster, "read", None)):
             raise InvalidInput(f"The raster {self.raster!r} is neither a path nor a raster source.",
-                                  "Give a raster file path or a core.raster.RasterSource.", param="raster")
+                                  "Give a raster file path or a core.geodata.raster.RasterSource.", param="raster")
         if not isinstance(self.task, Task):
             raise InvalidInput(f"Unknown task {type(self.task).__name__}.",
                                   "Use one of core.tasks' tasks: " + ", ".join(c.__name__ for c in TASKS.values())
@@ -137,7 +137,7 @@ class JobResult:
     report: dict | None = None                           # classify: cross-validation and the mix
     report_output: str | None = None                     # where the report was saved
     head_output: str | None = None                       # classify: where the trained classifier was saved
-    model: str = ""                                      # the bundle's name (core.bundle.DEMO_NAME: the demo)
+    model: str = ""                                      # the bundle's name (core.runtime.bundle.DEMO_NAME: the demo)
     timings: dict[str, float] = field(default_factory=dict)  # seconds: prepare, text, tiles (read + encode), results
     sources: list[str] = field(default_factory=list)     # several rasters: those in the output
     skipped: list[tuple[str, str]] = field(default_factory=list)   # several rasters: (raster, why) not in it
@@ -190,7 +190,7 @@ def output_layer_name(job: Job) -> str:
 
 
 def job_inputs(job: Job) -> list:
-    """Every file ``job`` reads, as :func:`core.vectors.check_not_input` takes them: the rasters (paths),
+    """Every file ``job`` reads, as :func:`core.geodata.vectors.check_not_input` takes them: the rasters (paths),
     then (spec, what) pairs: the task's files (samples, a saved classifier), the extent polygons' file and
     ``job.inputs`` (a labels or templates file, a list of rasters)."""
     out: list = list(_raster_names(job.raster))

@@ -9,7 +9,8 @@ import os
 from dataclasses import dataclass, field
 
 from ..errors import InvalidInput, RemoteClipError, SourceUnreadable
-from ..tiles import grid_step, make_grid, require_crs
+from ..geodata.crs import require_crs
+from ..geodata.tiles import grid_step, make_grid
 from .job import Job, Plan, check_job
 from .sources import open_source
 
@@ -23,13 +24,13 @@ class RasterPlan:
     """One raster of the job, planned on the client (no pixel read yet)."""
     index: int
     path: object                 # the raster as the job gives it: a path or URI, or a RasterSource
-    grid: object                 # core.tiles.TileGrid
+    grid: object                 # core.geodata.tiles.TileGrid
     bands: list[int]
     crs_wkt: str
     transform: tuple
     tile_px: tuple[int, int]
     step_px: tuple[int, int]
-    stretch: object = None       # core.raster.Stretch, set when the raster is prepared for encoding
+    stretch: object = None       # core.geodata.raster.Stretch, set when the raster is prepared for encoding
     cache_key: str | None = None
     name: str = ""               # what the output names it (a collection: the path; one raster: its source's name)
     src: object = None           # the open source, kept from planning to encoding (a single raster)
@@ -51,7 +52,7 @@ class Skipped:
 def plan_raster(job: Job, index: int, raster, keep_open: bool = False) -> RasterPlan:
     """The raster's plan (opened, its CRS and bands checked, the grid made; its grid may be empty); errors are
     raised as they are. ``keep_open``: the plan holds the open source for encoding."""
-    from ..raster import check_bands, default_bands
+    from ..geodata.raster import check_bands, default_bands
 
     src, owned = open_source(raster)
     try:
@@ -159,7 +160,7 @@ def check_tile_limit(job: Job, plan: Plan) -> None:
 
 def plan_job(job: Job) -> Plan:
     """The plan of ``job`` (tile count and estimated time) without loading the model or reading pixels."""
-    from ..bundle import load_bundle
+    from ..runtime.bundle import load_bundle
 
     check_job(job)
     if job.many:
@@ -220,7 +221,7 @@ def record_rate(job: Job, bundle, provider: str, n_tiles: int, seconds: float) -
     """Keep the rate of this run: any run that encoded tiles gives a first estimate (a few tiles time the
     start-up too, so theirs is slow); a run replaces an earlier measurement on as many tiles or more, or on
     two batches or more (enough for the encoder to dominate)."""
-    from ..inference import AUTO_BATCH_CPU
+    from ..runtime.inference import AUTO_BATCH_CPU
 
     path = _rates_path(job)
     if path is None or n_tiles < 1 or seconds <= 0:

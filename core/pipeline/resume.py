@@ -31,7 +31,7 @@ def resume_path(output: str, layer_name: str | None) -> str:
 
 
 def fingerprint(job: Job, bundle) -> str:
-    from ..tiles import spec_params
+    from ..geodata.tiles import spec_params
 
     ident = {"task": job.task.kind, "model": bundle.sha256, "precision": job.run.precision,
              "grid": spec_params(job.tiles), "rasters": [str(r) for r in job.rasters()]}
@@ -45,7 +45,7 @@ class ResumeRecord:
         self.path, self.fingerprint = path, fingerprint
         # its temporary is named as the output's own (the stem, this process's id): a run killed while writing
         # the record leaves one that the next run's output check recognises and removes
-        from ..vector_checks import _temp_prefix
+        from ..geodata.vector_checks import _temp_prefix
 
         self.temp_prefix = _temp_prefix(os.path.splitext(os.path.basename(output))[0]) if output else ".tmp-"
         self.done: dict[str, str] = {}

@@ -28,11 +28,11 @@ import time
 
 import numpy as np
 
-from ..bundle import load_bundle, precision_warnings
 from ..errors import Cancelled, InvalidInput
-from ..inference import Encoder
+from ..geodata.crs import crs_name, same_crs
+from ..runtime.bundle import load_bundle, precision_warnings
+from ..runtime.inference import Encoder
 from ..tasks import RasterPart
-from ..tiles import crs_name, same_crs
 from .dates import encode_after, plan_after
 from .distributed import encode_on_cluster
 from .encode import ensemble, job_cache, local_pieces, provider_if_loaded

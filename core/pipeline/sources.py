@@ -13,7 +13,7 @@ RASTER_EXTENSIONS = (".tif", ".tiff", ".vrt", ".jp2", ".img", ".ecw", ".sid", ".
 
 def open_source(raster):
     """(source, owned): a path or URI opened (owned: the caller closes it), a RasterSource as it is."""
-    from ..raster import open_raster
+    from ..geodata.raster import open_raster
 
     if isinstance(raster, str | os.PathLike):
         return open_raster(os.fspath(raster)), True
@@ -29,7 +29,7 @@ def expand_rasters(items) -> list[str]:
     """Raster paths from what a user typed: files, globs (``'sheets/*.tif'``), folders (their raster files,
     sorted), text files of paths (``.txt``/``.lst``, one a line, ``#`` comments, relative to the file) and
     URLs (``https://...`` read through GDAL's /vsicurl/). A VRT is one raster (a mosaic of its sources)."""
-    from ..raster import is_gdal_uri
+    from ..geodata.raster import is_gdal_uri
 
     out: list[str] = []
     for item in [items] if isinstance(items, str | os.PathLike) else items:
@@ -74,7 +74,7 @@ def _list_file(path: str) -> list[str]:
         raise SourceUnreadable(f"The list of rasters {path} cannot be read ({e}).",
                               "Give a UTF-8 text file with one raster path or URL a line.", path=path) from None
     base = os.path.dirname(os.path.abspath(path))
-    from ..raster import is_gdal_uri
+    from ..geodata.raster import is_gdal_uri
 
     out = []
     for ln in lines:

@@ -11,9 +11,9 @@ import numpy as np
 
 from .. import checks
 from ..errors import InvalidInput
+from ..geodata.vectors import check_not_input, check_output
 from ..records import Categorical, Lazy, Records, python_values
 from ..tasks import RasterPart, TaskOutput
-from ..vectors import check_not_input, check_output
 from .job import Job, JobResult, job_inputs, output_layer_name
 
 _DENSIFY = 8   # points per tile edge when the output CRS differs: tiles stay exact under curved transforms
@@ -32,9 +32,9 @@ def progress_to(progress, fraction: float, message: str) -> None:
 
 
 def check_outputs(job: Job) -> dict:
-    """Every file ``job`` writes, checked (core.vectors.check_output and alike): {"vector", "raster",
+    """Every file ``job`` writes, checked (core.geodata.vectors.check_output and alike): {"vector", "raster",
     "report", "head"} -> path or None."""
-    from ..dense import check_raster_output
+    from ..geodata.dense import check_raster_output
     from ..outputs import check_distinct, check_file_output, check_report_path, report_path
 
     inputs = job_inputs(job)
@@ -54,7 +54,7 @@ def check_outputs(job: Job) -> dict:
     named = [(p, w) for w, p in (("output", out["vector"]), ("raster output", out["raster"]),
                                  ("classifier file", out["head"]), ("report", out["report"])) if p]
     if out["vector"] and os.path.splitext(out["vector"])[1].lower() == ".shp":
-        from ..vectors import sidecar_path
+        from ..geodata.vectors import sidecar_path
 
         named.append((sidecar_path(out["vector"]), "output's sidecar"))
     check_distinct(named)
@@ -81,7 +81,7 @@ def write_outputs(job: Job, part: RasterPart, out: TaskOutput, bundle, provider:
     try:
         if paths["vector"]:
             progress_to(progress, 0.97, f"writing {job.output}")
-            from ..vectors import Field, stage_vector
+            from ..geodata.vectors import Field, stage_vector
 
             metadata = {"task": type(task).__name__, "kind": task.kind, "model": bundle.name, "raster": part.name,
                         "fields": out.field_map, "provider": provider, **out.metadata}
@@ -93,7 +93,7 @@ def write_outputs(job: Job, part: RasterPart, out: TaskOutput, bundle, provider:
         _stop_if_cancelled(is_cancelled)
         if paths["raster"]:
             progress_to(progress, 0.98, f"writing {job.raster_output}")
-            from ..dense import stage_dense
+            from ..geodata.dense import stage_dense
 
             staged.append(stage_dense(paths["raster"], part.tiles, out.dense, out.dense_names, part.tile_px,
                                       part.step_px, part.transform, part.crs_wkt, job.overwrite, inputs,
@@ -254,7 +254,7 @@ class CollectionGrid:
     def __getitem__(self, i):
         from osgeo import ogr
 
-        from ..tiles import Tile
+        from ..geodata.tiles import Tile
 
         (r,), (c,) = self.rows_cols([i])
         wkb = self.polygon_wkb([i])[0]
@@ -267,7 +267,7 @@ def reproject_wkb(wkbs: list[bytes], src_wkt: str, dst_wkt: str, tile_size: floa
     OGR, so a tile stays exact under a curved transform (UTM <-> degrees). The same CRS: unchanged."""
     from osgeo import ogr, osr
 
-    from ..tiles import srs_from
+    from ..geodata.crs import srs_from
 
     s, d = srs_from(src_wkt, "raster's CRS"), srs_from(dst_wkt, "output CRS")
     if s.IsSame(d):
@@ -293,6 +293,6 @@ def out_crs_wkt(job: Job, first_wkt: str) -> str:
     """The output CRS: ``Job.out_crs``, else the first raster's."""
     if not job.out_crs:
         return first_wkt
-    from ..tiles import srs_from
+    from ..geodata.crs import srs_from
 
     return srs_from(job.out_crs, "output CRS (--out-crs)").ExportToWkt()

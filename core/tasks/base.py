@@ -106,7 +106,7 @@ class RasterPart:
     name: str
     crs_wkt: str
     transform: tuple
-    grid: Any                        # core.tiles.TileGrid of the raster
+    grid: Any                        # core.geodata.tiles.TileGrid of the raster
     index: Any                       # (n,) int64 grid positions of the kept tiles, in the order of ``embeddings``
     embeddings: Any                  # (n, D) float32 unit vectors
     tile_px: tuple[int, int]         # (width, height) of a tile in pixels
@@ -117,7 +117,7 @@ class RasterPart:
 
     @cached_property
     def tiles(self) -> list:
-        """The kept tiles as core.tiles.Tile objects, made on first access (a grid may hold millions)."""
+        """The kept tiles as core.geodata.tiles.Tile objects, made on first access (a grid may hold millions)."""
         return [self.grid[int(i)] for i in self.index]
 
 
@@ -265,7 +265,7 @@ def task_class(kind: str) -> type[Task]:
 
 def slug_fields(names: list[str], prefix: str = "p_", width: int = 10) -> list[str]:
     """Shapefile-safe unique field names (<= width chars) for class names."""
-    from ..vectors import shapefile_names
+    from ..geodata.vectors import shapefile_names
 
     slugs = [prefix + slug(n, "class") for n in names]
     return shapefile_names(slugs, width)

@@ -116,7 +116,7 @@ class ChangeTask(Task):
     reports: ClassVar[bool] = True
 
     def __post_init__(self):
-        from ..raster import parse_bands
+        from ..geodata.raster import parse_bands
 
         if self.after is None or not isinstance(self.after, str | os.PathLike) or not str(self.after).strip():
             raise InvalidInput("No AFTER raster was given.", "Give the later raster of the same place "
@@ -288,24 +288,18 @@ def owned_cells(part, max_cells: int = 4_000_000):
 
 def tile_areas(part) -> np.ndarray:
     """Each kept tile's area in square metres, in a Lambert azimuthal equal-area projection centred on the
-    raster (core.assess's measure)."""
+    raster (core.assess's measure, core.geodata.crs.equal_area_at)."""
     import numpy as np
-    from osgeo import ogr, osr
+    from osgeo import ogr
 
-    from ..assess import _laea, _transform
-    from ..tiles import srs_from
+    from ..geodata.crs import equal_area_at, srs_from, to_lonlat
 
     src = srs_from(part.crs_wkt, "raster's CRS")
     wkbs = part.grid.polygon_wkb(part.index)
     if not wkbs:
         return np.zeros(0)
     env = ogr.CreateGeometryFromWkb(wkbs[len(wkbs) // 2]).Centroid()
-    geo = osr.SpatialReference()
-    geo.ImportFromEPSG(4326)
-    geo.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    src.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    lon, lat, _ = osr.CoordinateTransformation(src, geo).TransformPoint(env.GetX(), env.GetY())
-    ct = _transform(src, _laea(src, lon, lat))
+    ct = equal_area_at(src, *to_lonlat(src, env.GetX(), env.GetY()))
     out = np.empty(len(wkbs))
     for i, wkb in enumerate(wkbs):
         g = ogr.CreateGeometryFromWkb(wkb)
@@ -380,7 +374,7 @@ def same_grid(a, b) -> bool:
     """Two open sources on the same pixel grid: CRS, geotransform and size."""
     import numpy as np
 
-    from ..tiles import same_crs
+    from ..geodata.crs import same_crs
 
     return (a.width, a.height) == (b.width, b.height) and \
         np.allclose(tuple(a.transform)[:6], tuple(b.transform)[:6], rtol=0, atol=1e-9) and \
@@ -391,7 +385,7 @@ def footprint_overlap(before, after, after_path: str) -> None:
     """Refuse an AFTER that does not overlap BEFORE, or whose CRS cannot be transformed to BEFORE's."""
     from osgeo import ogr, osr
 
-    from ..tiles import srs_from
+    from ..geodata.crs import srs_from
 
     def box(src):
         a, b, c, d, e, f = tuple(src.transform)[:6]
@@ -405,8 +399,6 @@ def footprint_overlap(before, after, after_path: str) -> None:
         return g
 
     s, d = srs_from(after.crs_wkt, "after raster's CRS"), srs_from(before.crs_wkt, "raster's CRS")
-    for x in (s, d):
-        x.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
     g = box(after)
     if not s.IsSame(d):
         try:
@@ -448,7 +440,7 @@ def warp_vrt(after_path: str, before, folder: str, resampling: str) -> str:
 @dataclass(frozen=True)
 class MatchedStretch:
     """A stretch to 8 bits followed by a lookup table per band (histogram matching to another date)."""
-    base: object                       # core.raster.Stretch
+    base: object                       # core.geodata.raster.Stretch
     luts: tuple[tuple[int, ...], ...]  # one 256-entry table per band read
 
     @property

@@ -172,7 +172,7 @@ class ReferenceSampleAlgorithm(AssessmentAlgorithm):
         self.add_output(QgsProcessingOutputNumber(self.N_POINTS, self.tr("Number of points")))
 
     def prepare(self, parameters, context):
-        from ..core.vectors import DRIVERS
+        from ..core.geodata.vectors import DRIVERS
         from .base import ogr_destination
 
         map_path, map_layer, inputs, _ = self.read_layer(parameters, self.MAP, context, "map")

@@ -45,11 +45,11 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QCoreApplication
 
-from ..core.bundle import PRECISIONS as _PRECISIONS
-from ..core.bundle import bundle_path, default_bundle
 from ..core.errors import Cancelled, InvalidInput, ModelError, OutputRefused, RemoteClipError
+from ..core.geodata.tiles import MAX_OVERLAP
+from ..core.runtime.bundle import PRECISIONS as _PRECISIONS
+from ..core.runtime.bundle import bundle_path, default_bundle
 from ..core.tasks import TASKS
-from ..core.tiles import MAX_OVERLAP
 from .destination import EXTENSION_DRIVERS, convert_output, ogr_destination
 from .parameters import adapter, decimals, param_help
 
@@ -275,7 +275,7 @@ class RemoteClipAlgorithm(Declaring):
 
     def _extent_and_mask(self, parameters, context, layer):
         """TileSpec extent in the layer's CRS: mask polygons (clipped to EXTENT), EXTENT, or None."""
-        from ..core.tiles import Polygons
+        from ..core.geodata.tiles import Polygons
 
         lcrs = layer.crs()
         rect = None
@@ -317,7 +317,7 @@ class RemoteClipAlgorithm(Declaring):
 
     def _destination(self, parameters, context) -> tuple[str, str, str | None, str | None]:
         """(destination as QGIS knows it, file core writes, layer name, OGR driver to convert to or None)."""
-        from ..core.vectors import DRIVERS
+        from ..core.geodata.vectors import DRIVERS
 
         dest = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         if not dest or dest == QgsProcessing.TEMPORARY_OUTPUT:
@@ -342,7 +342,7 @@ class RemoteClipAlgorithm(Declaring):
     def _bands(self, parameters, context) -> list[int] | None:
         """The band numbers, also as users type them on the command line: QGIS reads a string only as
         "3;2;1" (and "3,2,1" as band 0); the dock's and the command line's rule reads commas and spaces too."""
-        from ..core.raster import parse_bands
+        from ..core.geodata.raster import parse_bands
 
         raw = parameters.get(self.BANDS)
         if isinstance(raw, str):
@@ -384,8 +384,8 @@ class RemoteClipAlgorithm(Declaring):
             self._final = path
             inputs = []
             if self._convert:   # core checks what it writes; the converted file is checked here, by core's rule
+                from ..core.geodata.vectors import check_folder_writable, check_not_input
                 from ..core.pipeline import job_inputs
-                from ..core.vectors import check_folder_writable, check_not_input
 
                 inputs = job_inputs(Job(raster=raster, task=task, run=run, tiles=tiles))
                 check_not_input(path, inputs)
@@ -471,7 +471,7 @@ class RemoteClipAlgorithm(Declaring):
                           + f" in {result.seconds:.1f} s.")
         for w in result.warnings:
             feedback.pushWarning(w)
-        from ..core.bundle import DEMO_NAME, DEMO_NOTE
+        from ..core.runtime.bundle import DEMO_NAME, DEMO_NOTE
 
         if result.model == DEMO_NAME:
             feedback.pushWarning(f"Note: {DEMO_NOTE}.")

@@ -38,7 +38,7 @@ def convert_output(src: str, dest: str, driver: str, layer_name: str | None) -> 
     """GeoPackage ``src`` -> ``dest`` in ``driver``'s format, written beside it and renamed when complete."""
     from osgeo import gdal
 
-    from ..core.vectors import remove_dead_temps
+    from ..core.geodata.vectors import remove_dead_temps
 
     folder = os.path.dirname(os.path.abspath(dest))
     if not os.path.isdir(folder):

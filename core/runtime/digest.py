@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from .errors import Cancelled
+from ..errors import Cancelled
 
 __all__ = ["CHUNK", "file_sha256", "hash_file"]
 

@@ -28,8 +28,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..errors import InvalidInput, MissingDependency, ModelError
 from .bundle import check_graph_inputs, load_bundle
-from .errors import InvalidInput, MissingDependency, ModelError
 from .tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ mean over the tiles that cover its centre; cells no tile covers are nodata (NaN)
 cell is a tile; with overlap each cell averages the tiles that share it, so the map is smoother than
 the tiles. One float32 band per value (its description is the class name, or ``similarity``).
 
-Written like the vector outputs (core.vectors): into a temporary beside the file (its name carries the
+Written like the vector outputs (core.geodata.vectors): into a temporary beside the file (its name carries the
 writer's pid; dead ones are removed) and renamed into place when complete; an existing file is
 replaced only with ``overwrite`` (its stale ``.aux.xml`` statistics go with it); never the input.
 """
@@ -24,7 +24,7 @@ import re
 
 import numpy as np
 
-from .errors import InvalidInput, gdal_return_codes
+from ..errors import InvalidInput, gdal_return_codes
 
 __all__ = ["RASTER_EXTENSIONS", "check_raster_output", "dense_grid", "raster_size", "write_dense", "stage_dense"]
 
@@ -37,8 +37,8 @@ def _temp_pattern(stem: str) -> str:
 
 def check_raster_output(path, overwrite: bool = False, inputs=()) -> str:
     """``path`` if a dense GeoTIFF can be written there without losing anything, else the error saying why."""
-    from .checks import path_text
-    from .outputs import check_file_output
+    from ..checks import path_text
+    from ..outputs import check_file_output
 
     path = path_text(path, "raster output")
     if os.path.splitext(path)[1].lower() not in RASTER_EXTENSIONS:
@@ -153,7 +153,7 @@ def stage_dense(path, tiles, values, names: list[str], tile_px, step_px, transfo
     renames it into place, discard removes it)."""
     from osgeo import gdal
 
-    from .staged import Staged
+    from ..staged import Staged
     from .vectors import _new_temp, _publish, _temp_prefix, gdal_errors, write_failed
 
     path = check_raster_output(path, overwrite, inputs)

@@ -352,7 +352,7 @@ def text_graph(sd: dict, cfg: dict, activation: str, fp16: bool = False) -> Grap
     b = Builder(g, sd, activation)
     # the token axis is dynamic (L <= context length): attention is causal and the text is pooled at its
     # end-of-text token, so ids cut after the last end-of-text token of a batch give the same embeddings
-    # for a fraction of the work (core.inference trims them); the full 77 tokens run as before
+    # for a fraction of the work (core.runtime.inference trims them); the full 77 tokens run as before
     ids = g.input("input_ids", onnx.TensorProto.INT64, ["batch", "tokens"])
     length = g.op("Slice", g.op("Shape", ids), g.ints([1]), g.ints([2]))   # [L]
     x = g.op("Gather", b.w("token_embedding.weight"), ids, axis=0)  # (N, L, width)
@@ -376,5 +376,5 @@ def write_graph(graph: Graph, path, version: str) -> Path:
     """Save and check the graph (onnx.checker on the file)."""
     path = Path(path)
     graph.check()
-    graph.save(path, "remoteclip-qgis core.convert", version)
+    graph.save(path, "remoteclip-qgis core.runtime.convert", version)
     return path

@@ -40,10 +40,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .errors import InvalidInput, gdal_return_codes
+from ..errors import InvalidInput, gdal_return_codes
+from .crs import gis_order, require_crs, srs_from
 
 __all__ = ["TileSpec", "BBox", "Polygons", "Tile", "TileGrid", "make_grid", "grid_step", "tile_size_px",
-           "spec_params", "EDGE_MODES", "MIN_TILE_PX", "MAX_OVERLAP", "check_overlap", "srs_from", "crs_name", "same_crs", "window_polygon_wkt", "require_crs"]
+           "spec_params", "EDGE_MODES", "MIN_TILE_PX", "MAX_OVERLAP", "check_overlap", "window_polygon_wkt"]
 
 MIN_TILE_PX = 8
 MAX_OVERLAP = 0.95   # the one ceiling (CLI, dock, Processing): a step of 5% of the tile, 400 times the tiles
@@ -54,7 +55,7 @@ def check_overlap(value, spell: str = "Overlap") -> float:
     """The one overlap rule (TileSpec, the grid, the command line; the dock and Processing offer the same
     range): a fraction of the tile's edge from 0 to :data:`MAX_OVERLAP`. ``spell`` names the input as the
     front-end shows it (``--overlap``)."""
-    from . import checks
+    from .. import checks
 
     x = checks.number(value or 0.0, spell, example="a fraction of the tile edge, e.g. 0.25")
     if not 0.0 <= x <= MAX_OVERLAP:
@@ -91,7 +92,7 @@ class TileSpec:
     edge: str = "shift"            # "shift", "pad" or "drop" (module docstring)
 
     def __post_init__(self):
-        from . import checks
+        from .. import checks
 
         self.unit = checks.choice(self.unit or "px", "tile unit", TILE_UNITS)
         self.size = checks.number(self.size, "Tile size", 0.0, example="e.g. 224 px or 50 m")
@@ -280,34 +281,6 @@ def _rings(transform, windows):
 
 # --------------------------------------------------------------------------------------------- CRS
 
-@gdal_return_codes()
-def srs_from(crs, what: str = "CRS"):
-    """osr.SpatialReference from WKT / "EPSG:n" / n, with x = easting/longitude axis order."""
-    from osgeo import osr
-
-    srs = osr.SpatialReference()
-    text = f"EPSG:{crs}" if isinstance(crs, int) else str(crs).strip()
-    if text.isdigit():
-        text = f"EPSG:{text}"
-    if not text or srs.SetFromUserInput(text) != 0:
-        raise InvalidInput(f"The {what} {str(crs)[:80]!r} is not a coordinate reference system GDAL knows.",
-                              "Give it as EPSG:XXXX or WKT.")
-    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    return srs
-
-
-def crs_name(wkt: str) -> str:
-    """A CRS as people name it: EPSG:n when it has an authority code, else its name."""
-    srs = srs_from(wkt, "output CRS")
-    srs.AutoIdentifyEPSG()
-    auth, code = srs.GetAuthorityName(None), srs.GetAuthorityCode(None)
-    return f"{auth}:{code}" if auth and code else (srs.GetName() or "custom CRS")
-
-
-def same_crs(a: str, b: str) -> bool:
-    return bool(srs_from(a, "raster's CRS").IsSame(srs_from(b, "output CRS")))
-
-
 def _quiet(fn, *args):
     """Call fn with GDAL's messages kept off stderr: failures become RemoteClipErrors instead."""
     from osgeo import gdal
@@ -321,14 +294,6 @@ def _quiet(fn, *args):
 
 def _srs_from_quiet(crs, what):
     return _quiet(srs_from, crs, what)
-
-
-def require_crs(src) -> None:
-    """Tiles are placed on a map: a raster without a CRS is refused with the fix."""
-    if not getattr(src, "crs_wkt", ""):
-        raise InvalidInput(f"Raster {src.name} has no coordinate reference system.",
-                              "Assign one first (QGIS: Raster > Projections > Assign Projection; GDAL: "
-                              "gdal_edit.py -a_srs EPSG:XXXX FILE), so tiles can be placed on a map.")
 
 
 def _raster_srs(src):
@@ -380,8 +345,7 @@ def _metres_per_pixel(src) -> tuple[float, float]:
             return px * m, py * m
         raise InvalidInput(f"The CRS of {src.name} is neither projected nor geographic.",
                               "Use --tile-unit px, or reproject the raster.")
-    geo = srs.CloneGeogCS()
-    geo.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    geo = gis_order(srs.CloneGeogCS())
     ct = osr.CoordinateTransformation(srs, geo)
     a, b, c, d, e, f = src.transform[:6]
 

@@ -1,4 +1,4 @@
-"""Known checkpoints (``core/data/catalog.json``), the models folder and what it holds.
+"""Known checkpoints (``core/runtime/data/catalog.json``), the models folder and what it holds.
 
 The catalogue is data: one JSON list of checkpoints with their architecture,
 activation, size, sha256, licence and URLs. An organisation can add its own
@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ModelError, OutputRefused
+from ..errors import ModelError, OutputRefused
 
 CATALOG_FILE = Path(__file__).resolve().parent / "data" / "catalog.json"
 CATALOG_FORMAT = "remoteclip-model-catalog"

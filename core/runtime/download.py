@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import Cancelled, DownloadFailed, SourceUnreadable, VerificationFailed, WriteFailed
 from .digest import file_sha256
-from .errors import Cancelled, DownloadFailed, SourceUnreadable, VerificationFailed, WriteFailed
 
 CHUNK = 1 << 20
 READ_TIMEOUT = 30.0     # seconds without a byte before a download is called stalled

@@ -1,6 +1,6 @@
 """int8 graphs for a bundle: onnxruntime's quantisation tools over the fp32 graphs.
 
-    from core.quantize import add_int8
+    from core.runtime.quantize import add_int8
     add_int8(bundle_folder, graphs, images=pixels, prompts=prompts)   # image_int8.onnx, text_int8.onnx
 
 Two methods, both with int8 weights quantised per output channel (``onnxruntime.quantization``):
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InvalidInput, MissingDependency
+from ..errors import InvalidInput, MissingDependency
 
 __all__ = ["add_int8", "quantize_bundle", "quantize_graph", "METHODS", "DYNAMIC_OPS", "agreement"]
 
@@ -164,9 +164,9 @@ def add_int8(folder, graphs: dict, *, images: np.ndarray | None = None, images_n
     """Make ``image_int8.onnx`` (and with ``text="dynamic"`` ``text_int8.onnx``) in ``folder`` from
     ``graphs["fp32"]`` and measure them.
 
-    ``images``: preprocessed (N, 3, H, W) inputs for the agreement check (else 16 of core.convert's seeded
+    ``images``: preprocessed (N, 3, H, W) inputs for the agreement check (else 16 of core.runtime.convert's seeded
     synthetic check images of ``image_size``); ``ids``: token ids for it (else ``tokenize`` of
-    core.convert's check prompts). ``method`` applies to the image graph. ``text="fp32"`` (the default) keeps
+    core.runtime.convert's check prompts). ``method`` applies to the image graph. ``text="fp32"`` (the default) keeps
     the fp32 text graph for the int8 precision: the text runs once per job, and quantising it moved the
     class ranking of whole rasters on the random-weight models (docs/bundles.md). Returns (the
     ``graphs["int8"]`` entry, the record for the manifest's ``quantization["int8"]``)."""

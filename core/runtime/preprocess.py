@@ -19,7 +19,7 @@ import functools
 
 import numpy as np
 
-from .errors import ModelError
+from ..errors import ModelError
 
 _RESAMPLE = {"bicubic": 3, "bilinear": 2, "nearest": 0, "lanczos": 1, "box": 4, "hamming": 5}  # PIL codes
 

@@ -1,14 +1,14 @@
 """OpenCLIP checkpoint (RemoteCLIP, GeoRSCLIP, SkyCLIP...) -> model bundle, with numpy and onnx only.
 
-    core.convert.convert_checkpoint("RemoteCLIP-ViT-B-32.pt", "models/RemoteCLIP-ViT-B-32", fp16=True)
+    core.runtime.convert.convert_checkpoint("RemoteCLIP-ViT-B-32.pt", "models/RemoteCLIP-ViT-B-32", fp16=True)
 
-    python -m core.convert RemoteCLIP-ViT-B-32.pt --out models/RemoteCLIP-ViT-B-32 --fp16
+    python -m core.runtime.convert RemoteCLIP-ViT-B-32.pt --out models/RemoteCLIP-ViT-B-32 --fp16
 
 Steps: read the checkpoint without PyTorch and without running pickle code (checkpoint.py); recognise
 the architecture from its shapes (architectures.py); build the image and text graphs from the weights
 (graphs.py); check them against a float64 numpy forward pass of the same weights (reference.py) on a
 few inputs and record the result as the manifest's parity table; write the bundle atomically, in the
-format and through the manifest code that training.export uses (core.bundle).
+format and through the manifest code that training.export uses (core.runtime.bundle).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...errors import Cancelled, InvalidInput, MissingDependency, ModelError
 from ..bundle import (
     VOCAB_FILE,
     VOCAB_NAME,
@@ -31,7 +32,6 @@ from ..bundle import (
     write_manifest,
 )
 from ..digest import file_sha256
-from ..errors import Cancelled, InvalidInput, MissingDependency, ModelError
 from .architectures import detect_architecture, known_architectures, preprocess_config, resolve
 from .checkpoint import load_state_dict
 from .probe import CHECK_IMAGES, CHECK_PROMPTS, check_images  # noqa: F401 (what the self-check feeds)
@@ -100,7 +100,7 @@ def convert_checkpoint(checkpoint, out_dir, *, arch: str = "auto", activation: s
     run with core.errors.Cancelled, leaving nothing. ``source`` is recorded as the manifest's "source"
     (origin URL, sha256...; the file's name and sha256 are filled in when missing). ``verify`` compares the
     graphs with a numpy forward pass of the checkpoint and refuses to write a bundle that disagrees.
-    ``int8`` adds int8 graphs (core.quantize: dynamic quantisation of the fp32 graphs) with their measured
+    ``int8`` adds int8 graphs (core.runtime.quantize: dynamic quantisation of the fp32 graphs) with their measured
     agreement with fp32 in the manifest's ``quantization``.
     """
     onnx = require_onnx()
@@ -193,7 +193,7 @@ def convert_checkpoint(checkpoint, out_dir, *, arch: str = "auto", activation: s
 
 
 def _version() -> str:
-    from .. import __version__
+    from ... import __version__
 
     return __version__
 
@@ -211,7 +211,7 @@ def reference_outputs(sd: dict, cfg: dict, activation: str, size: int) -> dict:
 
 def _check_graphs(folder: Path, graphs: dict, expected: dict, stage) -> dict:
     parity = {"method": "numpy-reference",
-              "reference": "float64 numpy forward pass of the checkpoint's weights (core.convert.reference)",
+              "reference": "float64 numpy forward pass of the checkpoint's weights (core.runtime.convert.reference)",
               "images": f"{len(expected['pixels'])} seeded synthetic images", "texts": CHECK_PROMPTS,
               "thresholds": THRESHOLDS}
     for precision, names in graphs.items():

@@ -2,7 +2,7 @@
 (:func:`check_output`: its format, its folder, GeoPackage layers and Shapefile parts that exist, the
 overwrite rule), the rule that no output is an input of its job (:func:`check_not_input`, whatever the
 spelling of either), the temporaries of dead writers, and reading the Shapefile metadata sidecar.
-:mod:`core.vectors` writes (and re-exports these names); see its docstring for the rules."""
+:mod:`core.geodata.vectors` writes (and re-exports these names); see its docstring for the rules."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import sqlite3
 import tempfile
 from pathlib import Path
 
-from .errors import InvalidInput, OutputExists, OutputIsInput, OutputRefused, WriteFailed
+from ..errors import InvalidInput, OutputExists, OutputIsInput, OutputRefused, WriteFailed
 
 DRIVERS = {".gpkg": "GPKG", ".shp": "ESRI Shapefile"}
 SIDECAR = ".remoteclip.json"

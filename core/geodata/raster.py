@@ -38,8 +38,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from . import checks
-from .errors import InvalidInput, SourceUnreadable
+from .. import checks
+from ..errors import InvalidInput, SourceUnreadable
 
 __all__ = ["RasterSource", "RasterioSource", "open_raster", "default_bands", "check_bands", "Stretch",
            "read_rgb", "is_gdal_uri", "palette_of", "parse_bands", "nodata_valid", "STRETCH_PERCENTILES", "STRETCH_SAMPLE_PX"]

@@ -1,4 +1,4 @@
-"""``python -m core.convert CHECKPOINT --out DIR [--arch auto] [--fp16] [--int8] [--name N]``: a thin entry for tests
+"""``python -m core.runtime.convert CHECKPOINT --out DIR [--arch auto] [--fp16] [--int8] [--name N]``: a thin entry for tests
 and scripts (the `remoteclip models convert` command calls the same convert_checkpoint)."""
 
 from __future__ import annotations
@@ -6,13 +6,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import Cancelled, RemoteClipError
+from ...errors import Cancelled, RemoteClipError
 from . import ACTIVATIONS, convert_checkpoint, known_architectures
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m core.convert",
+        prog="python -m core.runtime.convert",
         description="Convert an OpenCLIP-format checkpoint (RemoteCLIP, GeoRSCLIP, SkyCLIP) into a model bundle, "
                     "without PyTorch.")
     ap.add_argument("checkpoint", help=".pt / .bin (torch.save) or .safetensors file")

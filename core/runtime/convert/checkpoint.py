@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelError, RemoteClipError, SourceUnreadable
+from ...errors import ModelError, RemoteClipError, SourceUnreadable
 
 # PyTorch storage class name -> (numpy dtype of the raw bytes (little-endian), element size)
 STORAGE_TYPES = {

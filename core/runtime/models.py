@@ -2,7 +2,7 @@
 (``remoteclip models ...``) and the QGIS panel alike.
 
 ``pull(NAME)`` downloads the catalogue's checkpoint into ``<models folder>/downloads/`` (resumable,
-verified), converts it with ``core.convert`` (no torch) into the bundle ``<models folder>/NAME/`` and
+verified), converts it with ``core.runtime.convert`` (no torch) into the bundle ``<models folder>/NAME/`` and
 removes the checkpoint. A local file or ``file://`` URL given as ``url`` (an air-gapped copy) is
 checked against the catalogue and converted in place; it is never moved or removed. So is a complete
 checkpoint already in ``downloads/`` without the download's mark (one the analyst copied there, under the
@@ -20,9 +20,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from . import catalog as cat
-from .download import download, local_path, sidecar, verify_file
-from .errors import (
+from ..errors import (
     Cancelled,
     InvalidInput,
     MissingDependency,
@@ -33,6 +31,8 @@ from .errors import (
     SourceUnreadable,
     WriteFailed,
 )
+from . import catalog as cat
+from .download import download, local_path, sidecar, verify_file
 
 DOWNLOAD_SHARE = 0.75     # of the progress bar, when a pull downloads (conversion takes the rest)
 

@@ -11,7 +11,7 @@ against open_clip on 10,000+ strings in tests/test_tokenizer.py.
 
 Command line (one JSON string per line in, one JSON list of ids per line out)::
 
-    python -m core.tokenizer --model BUNDLE < texts.jsonl
+    python -m core.runtime.tokenizer --model BUNDLE < texts.jsonl
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InvalidInput, ModelError, RemoteClipError
+from ..errors import InvalidInput, ModelError, RemoteClipError
 
 # open_clip reads exactly these merges out of bpe_simple_vocab_16e6.txt.gz
 _N_MERGES = 49152 - 256 - 2
@@ -186,7 +186,7 @@ class Tokenizer:
 def main(argv=None) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m core.tokenizer",
+    ap = argparse.ArgumentParser(prog="python -m core.runtime.tokenizer",
                                  description="CLIP BPE token ids: one JSON string per line on stdin, "
                                              "one JSON list of ids per line on stdout.")
     ap.add_argument("--model", required=True, help="bundle folder or .zip")

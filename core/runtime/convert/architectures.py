@@ -1,7 +1,7 @@
 """Which CLIP a state dict is, from its shapes alone (as open_clip's build_model_from_openai_state_dict).
 
 ``derive_config`` reads widths, depths, patch and image size, context length, vocabulary and embedding
-size off the tensor shapes; ``detect_architecture`` finds the architecture of core/data/clip_architectures.json
+size off the tensor shapes; ``detect_architecture`` finds the architecture of core/runtime/data/clip_architectures.json
 with exactly those numbers (the table adds the attention heads, which no shape tells), and ``check_state_dict``
 then requires every key of that architecture, at its shape, and nothing else.
 """
@@ -15,7 +15,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from ..errors import InvalidInput, ModelError
+from ...errors import InvalidInput, ModelError
 
 DATA_FILE = Path(__file__).resolve().parents[1] / "data" / "clip_architectures.json"
 # plain numbers some state dicts carry besides the weights (OpenAI's, and open_clip's BatchNorm counters)

@@ -3,7 +3,7 @@ the CLIP BPE merges and ``manifest.json`` (format described in docs/ARCHITECTURE
 
 core runs only bundles. Two writers make them, through the helpers at the end of this module (one
 manifest, one atomic folder write): ``python -m training.export`` (torch, open_clip) and
-``core.convert`` (numpy and onnx only).
+``core.runtime.convert`` (numpy and onnx only).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from ..errors import ModelError, OutputExists, WriteFailed
 from .digest import hash_file
-from .errors import ModelError, OutputExists, WriteFailed
 
 FORMAT = "remoteclip-onnx-bundle"
 FORMAT_VERSION = 1
@@ -89,7 +89,7 @@ class Manifest:
 
 _DIGESTS: dict = {}
 # models/ beside core: the repository's, or the plugin's when core is vendored as remoteclip_qgis/core
-DEMO_BUNDLE = Path(__file__).resolve().parents[1] / "models" / "remoteclip-demo"
+DEMO_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "remoteclip-demo"
 DEMO_NAME = "remoteclip-demo-small"   # the demo model's manifest name, wherever its folder or zip lies
 # its measured figure (training.evaluate on the 2,660 RSSCN7 images outside ../shared/data, images 21-400 of
 # each class; models/README.md): the one to quote wherever the demo model is described

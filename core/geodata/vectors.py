@@ -45,7 +45,7 @@ probabilities, similarity, confidence), the mean over its tiles; other fields
 (row, col, rank, top labels) describe single tiles and are dropped.
 
 The checks (``check_output``, ``check_not_input``, the temporaries, reading the sidecar) live in
-:mod:`core.vector_checks` and are re-exported here.
+:mod:`core.geodata.vector_checks` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -59,13 +59,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import (
+from ..errors import (
     InvalidInput,
     MissingDependency,
     OutputExists,
     WriteFailed,
     gdal_return_codes,
 )
+from .crs import srs_from
 from .vector_checks import (  # the output checks, re-exported (one module for the writer's users)
     _OVERWRITE_FIX,
     _SHP_DATASET,
@@ -255,9 +256,9 @@ def _quiet_gdal(path):
 
 
 def _stage_vector(path, records, fields, crs_wkt, layer_name, dissolve_by, metadata, overwrite, inputs):
-    from .staged import Staged
+    from ..staged import Staged
 
-    gdal, ogr, osr = _ogr()
+    gdal, ogr, _ = _ogr()
     fields = [f if isinstance(f, Field) else Field(*f) for f in fields]
     _check(path, records, fields, dissolve_by)
     path = check_output(path, layer_name, overwrite, inputs)
@@ -267,12 +268,7 @@ def _stage_vector(path, records, fields, crs_wkt, layer_name, dissolve_by, metad
     layer_name = layer_name or stem
     if dissolve_by is not None:
         records, fields = dissolve(records, fields, dissolve_by)
-    srs = None
-    if crs_wkt:
-        srs = osr.SpatialReference()
-        if srs.ImportFromWkt(crs_wkt) != 0:
-            raise InvalidInput("The output CRS is not valid WKT.", "Pass the raster's CRS as WKT.")
-        srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    srs = srs_from(crs_wkt, "output CRS") if crs_wkt else None
     names = [f.name for f in fields]
     written = shapefile_names(names) if ext == ".shp" else names
     meta = dict(metadata or {})

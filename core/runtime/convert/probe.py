@@ -1,5 +1,5 @@
 """What a conversion's self-check and the int8 agreement check feed both sides: prompts (through the
-bundle's own tokenizer) and seeded images. A leaf module: core.convert and core.quantize both read it."""
+bundle's own tokenizer) and seeded images. A leaf module: core.runtime.convert and core.runtime.quantize both read it."""
 
 from __future__ import annotations
 
