@@ -108,7 +108,8 @@ class TileSpec:
             if isinstance(self.bands, str | bytes) or not hasattr(self.bands, "__iter__"):
                 raise InvalidInput(f"Bands {self.bands!r} are not a list of band numbers.",
                                       "Give a list such as [3, 2, 1] (or None for the default bands).", param="bands")
-            self.bands = [checks.whole(b, "Band", 1, example="1-based band numbers", param="bands") for b in self.bands] or None
+            self.bands = [checks.whole(b, "Band", 1, example="1-based band numbers", param="bands")
+                          for b in self.bands] or None
         if self.extent is not None and not isinstance(self.extent, BBox | Polygons):
             raise InvalidInput(f"Unknown extent {type(self.extent).__name__}.", "Use BBox(...) or Polygons(...).", param="extent")
 
