@@ -331,6 +331,10 @@ def test_masks_cli_on_real_mask(solaris_mask, tmp_path):
     with pytest.raises(InvalidInput) as err:
         ds.read_masks(bad, tif.parent, {1: "building"})
     assert err.value.path == str(bad / "solaris_sample_geotiff.png") and "5x5" in err.value.problem
+    (tmp_path / "no-images").mkdir()
+    with pytest.raises(InvalidInput) as err:   # masks beside no image of their name: --images is to blame
+        ds.read_masks(bad, tmp_path / "no-images", {1: "building"})
+    assert err.value.param == "images" and str(tmp_path / "no-images") in err.value.problem
 
 
 # --- classification folders and Karpathy JSON --------------------------------------------------------------

@@ -296,6 +296,45 @@ def test_the_librarys_dataclasses_are_checked_when_made(make, param):
     assert e.value.param == param and e.value.problem and e.value.fix
 
 
+def test_every_checked_option_names_its_param():
+    """The options checked by the shared number/choice checks name themselves too (a front-end shows the error
+    under that field): a value out of range or unknown, one per option."""
+    from core.pipeline import ClassifyTask
+    from core.samples import Samples
+    from core.tasks import ChangeTask
+
+    samples = Samples(["POINT (0 0)", "POINT (1 1)"], ["a", "b"])
+    cases = {
+        "threads": lambda: RunOptions("m", threads=0),
+        "readers": lambda: RunOptions("m", readers=0),
+        "text_weight": lambda: SearchTask("pools", text_weight=11),
+        "unlike_weight": lambda: SearchTask("pools", unlike_weight=-1),
+        "resampling": lambda: ChangeTask(after="b.tif", resampling="magic"),
+        "stand_out": lambda: ChangeTask(after="b.tif", stand_out=9),
+        "threshold": lambda: ChangeTask(after="b.tif", threshold=5),
+        "top_k": lambda: ChangeTask(after="b.tif", top_k=0),
+        "suggest": lambda: ClassifyTask(samples=samples, suggest=-1),
+        "method": lambda: ClassifyTask(samples=samples, method="forest"),
+        "k": lambda: ClassifyTask(samples=samples, method="knn", k=0),
+        "folds": lambda: ClassifyTask(samples=samples, folds=1),
+        "seed": lambda: ClassifyTask(samples=samples, seed=-1),
+        "unit": lambda: TileSpec(size=64, unit="km"),
+        "edge": lambda: TileSpec(size=64, edge="wrap"),
+        "overlap": lambda: TileSpec(size=64, overlap="lots"),
+        "bands": lambda: TileSpec(bands=[3, "red", 1]),
+    }
+    for param, make in cases.items():
+        with pytest.raises(InvalidInput) as e:
+            make()
+        assert e.value.param == param and e.value.problem and e.value.fix, param
+
+
+def test_an_output_crs_gdal_does_not_know_names_out_crs(tiny_bundle, rgb_byte):
+    with pytest.raises(InvalidInput) as e:
+        run_job(_job(rgb_byte, tiny_bundle, out_crs="EPSG:999999"))
+    assert e.value.param == "out_crs" and "'EPSG:999999'" in e.value.problem
+
+
 def test_values_typed_into_a_ui_are_read_as_numbers():
     assert SearchTask("pools", top_k="5", threshold="0.2").top_k == 5
     assert TileSpec(size=224.0).size == 224 and TileSpec(size="50", unit="M").unit == "m"

@@ -761,6 +761,11 @@ def test_extent_from_rectangle_and_features(plugin, polygon_layer):
     with pytest.raises(InvalidInput) as err:
         extent_from_rectangle(QgsRectangle(), crs)
     assert err.value.param == "extent" and err.value.fix
+    from remoteclip_qgis.layer_source import samples_from_layer
+
+    with pytest.raises(InvalidInput) as err:   # samples with no class field chosen
+        samples_from_layer(polygon_layer(["POLYGON((0 0, 1 0, 1 1, 0 0))"]), "")
+    assert err.value.param == "class_field" and err.value.fix
 
     layer = polygon_layer(["POLYGON((32.58 0.33, 32.59 0.33, 32.59 0.34, 32.58 0.33))",
                            "POLYGON((32.60 0.33, 32.61 0.33, 32.61 0.34, 32.60 0.33))"])
