@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import CountingSource, edge_groups
 
-from core.errors import Cancelled, InvalidInput, ModelError, RemoteClipError, SourceUnreadable
+from core.errors import Cancelled, InvalidInput, ModelError, SourceUnreadable
 from core.pipeline import (
     BBox,
     CountTask,
@@ -224,8 +224,9 @@ def test_bad_rasters(data_dir, tiny_bundle, tmp_path):
     assert err.value.path == str(tmp_path / "missing.tif")
     junk = tmp_path / "junk.tif"
     junk.write_bytes(b"this is not a GeoTIFF" * 10)
-    with pytest.raises(RemoteClipError):
+    with pytest.raises(SourceUnreadable) as err:
         run_job(_job(str(junk), tiny_bundle))
+    assert err.value.path == str(junk)
     # a real image without any georeferencing
     png = str(data_dir / "counting" / "dota" / "images" / "P1888.png")
     with pytest.raises(InvalidInput) as err:
@@ -241,8 +242,9 @@ def test_bad_bundle_and_output(mosaic, tiny_bundle, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_bundle, broken)
     (broken / "image_fp32.onnx").write_bytes(b"garbage")
-    with pytest.raises(RemoteClipError):
+    with pytest.raises(ModelError) as err:
         run_job(_job(mosaic, broken, tiles=TileSpec(size=512)))
+    assert err.value.path == str(broken / "image_fp32.onnx")   # the broken graph named
     with pytest.raises(ModelError) as err:
         run_job(_job(mosaic, tmp_path / "nope"))
     assert err.value.path == str(tmp_path / "nope")

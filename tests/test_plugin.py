@@ -519,7 +519,7 @@ def test_a_task_form_starts_with_the_task_s_own_templates(rc):
 def test_a_task_form_reads_each_input_by_its_kind(rc):
     """What the forms hand to Task.from_inputs, set away from the defaults: a file path trimmed, a number, a
     choice, no layer as None, a field read only with its samples, an optional number at its bottom as None."""
-    from remoteclip_qgis.core.errors import RemoteClipError
+    from remoteclip_qgis.core.errors import InvalidInput
     from remoteclip_qgis.core.prompts import DEFAULT_TEMPLATES
     from remoteclip_qgis.core.tasks import ClassifyTask, SearchTask
     from remoteclip_qgis.task_forms import TaskForm
@@ -538,8 +538,9 @@ def test_a_task_form_reads_each_input_by_its_kind(rc):
                                 "threshold": 0.25, "stand_out": 1.0, "text_weight": 1.0, "unlike_weight": 0.5}
         assert search.task().top_k is None and search.task().threshold == 0.25
         search.widgets["query"].setText("  ")
-        with pytest.raises(RemoteClipError) as err:
+        with pytest.raises(InvalidInput) as err:
             search.task()
+        assert err.value.param == "query"
         assert search.errors["query"].text().startswith(err.value.problem)   # shown under the query
     finally:
         classify.deleteLater()

@@ -8,7 +8,7 @@ import os
 import pytest
 from osgeo import ogr, osr
 
-from core.errors import InvalidInput, OutputRefused, RemoteClipError
+from core.errors import InvalidInput, OutputRefused
 from core.raster import open_raster
 from core.tiles import TileSpec, make_grid
 from core.vectors import Field, dissolve, shapefile_names, write_vector
@@ -133,8 +133,9 @@ def test_overwrite_is_atomic_and_failures_leave_the_old_file(landsat, tmp_path):
     ds = None
     assert (tmp_path / "s.qix").is_file()
     old = (tmp_path / "s.dbf").read_bytes()
-    with pytest.raises(RemoteClipError):
+    with pytest.raises(InvalidInput) as err:
         write_vector(shp, bad, fields, crs, overwrite=True)
+    assert "Record 5 " in err.value.problem
     assert (tmp_path / "s.dbf").read_bytes() == old and (tmp_path / "s.qix").is_file()
     write_vector(shp, recs[:4], fields, crs, overwrite=True)
     assert not (tmp_path / "s.qix").exists() and len(_layer(shp)[3]) == 4
