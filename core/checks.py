@@ -22,35 +22,38 @@ def _range_text(lo, hi) -> str:
 
 
 def number(value, what: str, lo: float | None = None, hi: float | None = None, *, hi_open: bool = False,
-           example: str = "") -> float:
-    """A finite float within [lo, hi] (or [lo, hi) with ``hi_open``)."""
+           example: str = "", param: str | None = None) -> float:
+    """A finite float within [lo, hi] (or [lo, hi) with ``hi_open``); ``param`` is the InvalidInput's."""
     eg = f" ({example})" if example else ""
     try:
         if isinstance(value, bool) or not isinstance(value, Real | str):
             raise TypeError
         x = float(value)
     except (TypeError, ValueError):
-        raise InvalidInput(f"{what} {value!r} is not a number.", f"Give a number{eg}.") from None
+        raise InvalidInput(f"{what} {value!r} is not a number.", f"Give a number{eg}.", param=param) from None
     if not math.isfinite(x):
-        raise InvalidInput(f"{what} {value!r} is not a finite number.", f"Give a number{eg}.")
+        raise InvalidInput(f"{what} {value!r} is not a finite number.", f"Give a number{eg}.", param=param)
     if (lo is not None and x < lo) or (hi is not None and (x > hi or (hi_open and x >= hi))):
         rng = _range_text(lo, hi) + (" (excluded)" if hi_open else "")
-        raise InvalidInput(f"{what} {value!r} is out of range.", f"Use a value {rng}{eg}.")
+        raise InvalidInput(f"{what} {value!r} is out of range.", f"Use a value {rng}{eg}.", param=param)
     return x
 
 
-def whole(value, what: str, lo: int | None = None, hi: int | None = None, example: str = "") -> int:
+def whole(value, what: str, lo: int | None = None, hi: int | None = None, example: str = "", *,
+          param: str | None = None) -> int:
     """A whole number within [lo, hi]; 3.0 and "3" are 3, 3.5 and "abc" are refused."""
     eg = f" ({example})" if example else ""
     try:
         x = number(value, what)
     except InvalidInput:
-        raise InvalidInput(f"{what} {value!r} is not a whole number.", f"Give a whole number{eg}.") from None
+        raise InvalidInput(f"{what} {value!r} is not a whole number.", f"Give a whole number{eg}.",
+                           param=param) from None
     if x != int(x):
-        raise InvalidInput(f"{what} {value!r} is not a whole number.", f"Give a whole number{eg}.")
+        raise InvalidInput(f"{what} {value!r} is not a whole number.", f"Give a whole number{eg}.", param=param)
     n = int(x)
     if (lo is not None and n < lo) or (hi is not None and n > hi):
-        raise InvalidInput(f"{what} {value!r} is out of range.", f"Use a whole number {_range_text(lo, hi)}{eg}.")
+        raise InvalidInput(f"{what} {value!r} is out of range.", f"Use a whole number {_range_text(lo, hi)}{eg}.",
+                           param=param)
     return n
 
 
@@ -59,10 +62,10 @@ def optional(fn, value, *args, **kwargs):
     return None if value is None else fn(value, *args, **kwargs)
 
 
-def choice(value, what: str, options) -> str:
+def choice(value, what: str, options, *, param: str | None = None) -> str:
     text = str(value).strip().lower() if isinstance(value, str) else value
     if text not in options:
-        raise InvalidInput(f"Unknown {what} {value!r}.", "Use " + ", ".join(map(str, options)) + ".")
+        raise InvalidInput(f"Unknown {what} {value!r}.", "Use " + ", ".join(map(str, options)) + ".", param=param)
     return text
 
 

@@ -100,7 +100,8 @@ def count_captions(obj: str, max_count: int = 10, templates: list[str] | None = 
     for t in templates:
         if "{count}" not in t:
             raise InvalidInput(f"Count template {t!r} has no {{count}} placeholder.",
-                                  "Write templates like 'There {is} {count} {object} in the image.'")
+                                  "Write templates like 'There {is} {count} {object} in the image.'",
+                           param="templates")
     out = []
     one, many = object_nouns(obj)
     for n in range(1, max_count + 1):
@@ -175,12 +176,12 @@ def check_templates(templates, what: str = "templates") -> list[str] | None:
         return None
     if isinstance(templates, str | bytes):
         raise InvalidInput(f"The {what} {templates!r} are a single string, not a list.",
-                              "Give a list of templates, e.g. ['a satellite photo of {}.'].")
+                              "Give a list of templates, e.g. ['a satellite photo of {}.'].", param="templates")
     out = [check_text(t, "template") for t in templates]
     out = [t for t in out if t]
     if not out:
         raise InvalidInput(f"The {what} list is empty.", "Give at least one template, or none for the "
-                              "defaults.")
+                              "defaults.", param="templates")
     return out
 
 

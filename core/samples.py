@@ -200,7 +200,7 @@ def match_tiles(samples: Samples, tiles, crs_wkt: str, classes: list[str] | None
     ct = None
     if samples.crs is not None and crs_wkt:
         with gdal_quiet():
-            ssrs = srs_from(samples.crs, "samples' CRS")
+            ssrs = srs_from(samples.crs, "samples' CRS", param="samples")
             rsrs = srs_from(crs_wkt, "raster's CRS")
             if not ssrs.IsSame(rsrs):
                 ct = osr.CoordinateTransformation(ssrs, rsrs)

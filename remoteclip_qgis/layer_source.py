@@ -186,7 +186,7 @@ class QgisRasterSource:
             raise InvalidInput(
                 f"Layer {layer.name()!r} is a web or tiled layer that covers the whole world.",
                 "Choose an extent: draw or type a bounding box (Processing: EXTENT) or select "
-                "polygons (MASK), so only that area is read.")
+                "polygons (MASK), so only that area is read.", param="extent")
         else:
             area = _extent_rect(extent, layer.crs()).intersect(full)
             if area.isEmpty():
@@ -332,7 +332,8 @@ def _has_rasterio() -> bool:
 def extent_from_rectangle(rect: QgsRectangle, crs: QgsCoordinateReferenceSystem) -> BBox:
     """A drawn or typed rectangle as core's BBox (CRS as WKT)."""
     if rect is None or rect.isNull() or rect.isEmpty():
-        raise InvalidInput("The extent is empty.", "Draw or type a rectangle with a width and a height.")
+        raise InvalidInput("The extent is empty.", "Draw or type a rectangle with a width and a height.",
+                           param="extent")
     return BBox(rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum(), crs_wkt(crs))
 
 
@@ -356,11 +357,11 @@ def extent_from_features(layer: QgsVectorLayer, selected_only: bool = True) -> P
         raise InvalidInput("The polygon layer is not valid.", "Choose a polygon layer that draws in QGIS.")
     if layer.geometryType() != QgsWkbTypes.GeometryType.PolygonGeometry:
         raise InvalidInput(f"Layer {layer.name()!r} has no polygons.",
-                              "Choose a polygon layer to limit the tiles to.")
+                              "Choose a polygon layer to limit the tiles to.", param="polygons")
     if selected_only:
         if layer.selectedFeatureCount() == 0:
             raise InvalidInput(f"No features are selected in layer {layer.name()!r}.",
-                                  "Select the polygons to analyse (or use all features).")
+                                  "Select the polygons to analyse (or use all features).", param="polygons")
         features = layer.getSelectedFeatures()
     else:
         features = layer.getFeatures(QgsFeatureRequest().setNoAttributes())
@@ -386,7 +387,7 @@ def samples_from_layer(source, class_field: str, selected_only: bool = False, cr
                               "Choose a point or polygon layer with the samples.")
     if not class_field:
         raise InvalidInput("No class field is chosen for the samples.",
-                              f"Pick the attribute of {name!r} that holds each sample's class.")
+                              f"Pick the attribute of {name!r} that holds each sample's class.", param="class_field")
     idx = source.fields().indexOf(class_field)
     if idx < 0:
         raise InvalidInput(f"The samples layer {name!r} has no field {class_field!r}.",

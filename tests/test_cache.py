@@ -209,14 +209,15 @@ def test_run_job_keeps_the_default_cache_to_remoteclip_cache_max(scene, tiny_bun
 
 def test_sizes_are_read_as_people_write_them():
     from core.cache import DEFAULT_MAX_BYTES, default_max_bytes, parse_size
-    from core.errors import RemoteClipError
+    from core.errors import InvalidInput
 
     assert parse_size("500M") == 500 * 1024 ** 2 and parse_size("2G") == parse_size("2 GB") == 2 * 1024 ** 3
     assert parse_size("1.5g") == int(1.5 * 1024 ** 3) and parse_size("4096") == 4096 and parse_size(0) == 0
     assert parse_size("none") is None and parse_size("unlimited") is None
     for bad in ("two gigs", "-1G", "5 parsecs"):
-        with pytest.raises(RemoteClipError):
+        with pytest.raises(InvalidInput) as err:
             parse_size(bad)
+        assert repr(bad) in err.value.problem and err.value.fix
     os.environ.pop("REMOTECLIP_CACHE_MAX", None)
     assert default_max_bytes() == DEFAULT_MAX_BYTES == 2 * 1024 ** 3
 

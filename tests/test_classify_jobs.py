@@ -13,7 +13,7 @@ import pytest
 from conftest import CountingSource
 
 from core.cli import main
-from core.errors import RemoteClipError
+from core.errors import InvalidInput
 from core.pipeline import ClassifyTask, EmbedTask, Job, LabelTask, RunOptions, SearchTask, TileSpec, run_job
 from core.samples import Samples, read_samples
 
@@ -319,12 +319,14 @@ def test_search_heat_map_averages_overlapping_tiles(kampala, tiny_bundle, tmp_pa
                       raster_output=str(tmp_path / "labels.tif")))
     ds = gdal.Open(res.raster_output)
     assert [ds.GetRasterBand(i + 1).GetDescription() for i in range(ds.RasterCount)] == ["water", "roofs", "trees"]
-    with pytest.raises(RemoteClipError, match="embed task has no dense map"):
+    with pytest.raises(InvalidInput) as err:
         Job(raster=kampala["raster"], task=EmbedTask(), run=RunOptions(model=str(tiny_bundle)),
             raster_output=str(tmp_path / "e.tif"))
-    with pytest.raises(RemoteClipError, match="is not a GeoTIFF"):
+    assert err.value.param == "raster_output" and err.value.path is None and "embed" in err.value.problem
+    with pytest.raises(InvalidInput) as err:
         run_job(Job(raster=kampala["raster"], task=SearchTask("x"), run=RunOptions(model=str(tiny_bundle)),
                     raster_output=str(tmp_path / "e.png")))
+    assert err.value.param == "raster_output" and err.value.path == str(tmp_path / "e.png")
 
 
 

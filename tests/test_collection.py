@@ -259,7 +259,7 @@ def test_a_run_killed_while_writing_its_resume_record_leaves_a_temporary_the_nex
 def test_a_users_file_at_the_resume_path_is_refused_and_kept(sheets, tmp_path):
     """The record beside the output replaces only a record of ours: a user's file of that name stops the run
     before any pixel is read, and is left as it was."""
-    from core.errors import RemoteClipError
+    from core.errors import OutputExists
     from core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
     from core.pipeline.resume import resume_path
 
@@ -268,8 +268,9 @@ def test_a_users_file_at_the_resume_path_is_refused_and_kept(sheets, tmp_path):
     users.write_text('{"notes": "mine"}')
     job = Job(raster=[str(p) for p in sheets[:2]], task=LabelTask(LABELS.split(",")),
               run=RunOptions(model=str(DEMO), cache_dir=""), tiles=TileSpec(size=64), output=str(out))
-    with pytest.raises(RemoteClipError, match="not a file RemoteCLIP wrote"):
+    with pytest.raises(OutputExists) as err:
         run_job(job)
+    assert err.value.path == str(users)
     assert users.read_text() == '{"notes": "mine"}' and not out.exists()
 
 
@@ -287,15 +288,17 @@ def test_search_ranks_over_the_collection(sheets, tmp_path, capsys):
 
 
 def test_plan_covers_the_collection(sheets, tmp_path, capsys):
-    from core.errors import RemoteClipError
+    from core.errors import InvalidInput
     from core.pipeline import Job, LabelTask, RunOptions, TileSpec, plan_job, run_job
 
     job = Job(raster=[str(p) for p in sheets[:4]], task=LabelTask(LABELS.split(",")),
               run=RunOptions(model=str(DEMO), cache_dir=""), tiles=TileSpec(size=64), max_tiles=150)
     plan = plan_job(job)
     assert plan.n_tiles == 4 * 48 and plan.rasters == 4 and "in 4 rasters" in plan.describe()
-    with pytest.raises(RemoteClipError, match="192 tiles of 64 x 64 px in 4 rasters.*--yes"):
+    with pytest.raises(InvalidInput) as err:
         run_job(job)
+    assert err.value.param == "max_tiles" and "192 tiles" in err.value.problem and "4 rasters" in err.value.problem
+    assert "--yes" in err.value.fix
     rc, _, err = _run(capsys, "label", *sheets[:2], "--model", DEMO, "--labels", LABELS, "--raster-output",
                       tmp_path / "heat.tif", "-o", tmp_path / "x.gpkg")
     assert rc == 2 and "--raster-output" in err and not (tmp_path / "heat.tif").exists()

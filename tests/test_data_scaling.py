@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.errors import RemoteClipError
+from core.errors import InvalidInput
 from training import data_scaling as ds
 from training.pretrain import read_captions
 
@@ -141,11 +141,13 @@ def test_dota_tiles_count_each_box_once(dota, tmp_path):
 def test_dota_bad_line_is_a_clear_error(tmp_path):
     (tmp_path / "labels").mkdir()
     (tmp_path / "labels" / "a.txt").write_text("imagesource:x\ngsd:0.3\n1 2 3 ship 0\n")
-    with pytest.raises(RemoteClipError, match=r"line 3.*x1 y1"):
+    with pytest.raises(InvalidInput) as err:
         ds.read_dota_labels(tmp_path / "labels" / "a.txt")
+    assert err.value.path == str(tmp_path / "labels" / "a.txt") and "'1 2 3 ship 0'" in err.value.problem
     _image(tmp_path / "other" / "b.png")
-    with pytest.raises(RemoteClipError, match="no image of the same name"):
+    with pytest.raises(InvalidInput) as err:
         ds.read_dota(tmp_path / "labels", tmp_path / "other")
+    assert err.value.param == "images" and str(tmp_path / "other") in err.value.problem
 
 
 # --- COCO / YOLO fixtures -----------------------------------------------------------------------------------
@@ -176,8 +178,9 @@ def test_coco_fixture(tmp_path):
     rows = _table(out)
     assert {r["image"] for r in rows} == {"imgs/a.png"}  # images without objects get no caption
     assert rows[0]["caption"] == "There are two storage tanks and an airplane in the image."
-    with pytest.raises(RemoteClipError, match="not in"):
+    with pytest.raises(InvalidInput) as err:
         ds.read_coco(ann, tmp_path)
+    assert err.value.param == "images" and err.value.path == str(ann)
 
 
 def test_yolo_fixture(tmp_path):
@@ -199,8 +202,9 @@ def test_yolo_fixture(tmp_path):
     rows = _table(out)
     assert [r["caption"] for r in rows][0] == "There are two swimming pools and a tennis court in the image."
     assert len(rows) == 2
-    with pytest.raises(RemoteClipError, match="class 1 is not among the 1 names"):
+    with pytest.raises(InvalidInput) as err:
         ds.read_yolo(tmp_path / "labels", tmp_path / "images", ["swimming pool"])
+    assert err.value.param == "names" and err.value.path == str(tmp_path / "labels" / "t1.txt")
 
 
 # --- masks ----------------------------------------------------------------------------------------------------
@@ -257,11 +261,13 @@ def test_mask_to_boxes_hand_made():
     for conn in (4, 8):
         for _ in range(5):
             _assert_labelled_as_flood_fill(rng.random((40, 37)) < 0.45, conn)
-    with pytest.raises(RemoteClipError, match="one band of class values"):
+    with pytest.raises(InvalidInput) as err:
         ds.mask_to_boxes(np.zeros((4, 4, 3)), classes)
+    assert "(4, 4, 3)" in err.value.problem and err.value.fix   # the mask's shape is shown
     assert ds.parse_classes("1=building, 2=road") == classes
-    with pytest.raises(RemoteClipError, match="VALUE=NAME"):
+    with pytest.raises(InvalidInput) as err:
         ds.parse_classes("building")
+    assert err.value.param == "classes" and "'building'" in err.value.problem
 
 
 @pytest.fixture(scope="module")
@@ -322,8 +328,13 @@ def test_masks_cli_on_real_mask(solaris_mask, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(bad / "solaris_sample_geotiff.png")
-    with pytest.raises(RemoteClipError, match="same pixel grid"):
+    with pytest.raises(InvalidInput) as err:
         ds.read_masks(bad, tif.parent, {1: "building"})
+    assert err.value.path == str(bad / "solaris_sample_geotiff.png") and "5x5" in err.value.problem
+    (tmp_path / "no-images").mkdir()
+    with pytest.raises(InvalidInput) as err:   # masks beside no image of their name: --images is to blame
+        ds.read_masks(bad, tmp_path / "no-images", {1: "building"})
+    assert err.value.param == "images" and str(tmp_path / "no-images") in err.value.problem
 
 
 # --- classification folders and Karpathy JSON --------------------------------------------------------------

@@ -531,17 +531,19 @@ def test_widgets_become_the_core_job(dock, data_dir, qgis_iface, tiny_bundle, po
     dock.extent_combo.setCurrentIndex(dock.extent_combo.findData("features"))
     dock.polygon_combo.setLayer(polys)
     dock.selected_only.setChecked(True)
-    from remoteclip_qgis.core.errors import RemoteClipError
+    from remoteclip_qgis.core.errors import InvalidInput
 
-    with pytest.raises(RemoteClipError, match="No features are selected"):
+    with pytest.raises(InvalidInput) as err:
         dock.build_job()
+    assert err.value.param == "polygons" and "'areas'" in err.value.problem
     polys.selectByIds([next(polys.getFeatures()).id()])
     ext = dock.build_job()[0].tiles.extent
     assert isinstance(ext, Polygons) and len(ext.wkts) == 1
 
     dock.bands_edit.setText("red")
-    with pytest.raises(RemoteClipError, match="not band numbers"):
+    with pytest.raises(InvalidInput) as err:
         dock.build_job()
+    assert err.value.param == "bands" and "'red'" in err.value.problem
 
 
 def test_a_web_layer_is_read_over_the_map_view_at_the_map_resolution(dock, qgis_iface):
@@ -668,14 +670,16 @@ def test_export_a_result_to_shapefile_and_geopackage(dock, data_dir, tmp_path):
     assert copy.isValid() and copy.featureCount() == layer.featureCount()
     assert copy.renderer().type() == "categorizedSymbol", "the style is stored in the GeoPackage"
     assert sorted(p.name for p in (tmp_path / "export").iterdir() if p.name.startswith("copy")) == ["copy.gpkg"]
-    from remoteclip_qgis.core.errors import RemoteClipError
+    from remoteclip_qgis.core.errors import OutputExists, OutputRefused
 
-    with pytest.raises(RemoteClipError, match="does not exist"):
+    with pytest.raises(OutputRefused) as err:
         export_layer(layer, str(tmp_path / "nope" / "x.shp"), "ESRI Shapefile")
+    assert err.value.path == str(tmp_path / "nope")
     # somebody's style file of the name, beside no Shapefile: refused, kept byte for byte, nothing written
     (tmp_path / "export" / "mine.qml").write_text("<qgis>my style</qgis>")
-    with pytest.raises(RemoteClipError, match="mine.qml exists"):
+    with pytest.raises(OutputExists) as err:
         export_layer(layer, str(tmp_path / "export" / "mine.shp"), "ESRI Shapefile")
+    assert err.value.path == str(tmp_path / "export" / "mine.qml")
     assert (tmp_path / "export" / "mine.qml").read_text() == "<qgis>my style</qgis>"
     assert sorted(p.name for p in (tmp_path / "export").iterdir() if p.name.startswith("mine")) == ["mine.qml"]
     # the .qml of a Shapefile replaced (asked first, in the dock) goes with it

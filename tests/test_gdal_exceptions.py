@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.errors import RemoteClipError, gdal_return_codes
+from core.errors import InvalidInput, gdal_return_codes
 from core.geodata.crs import srs_from
 from core.geodata.raster import open_raster
 from core.geodata.tiles import BBox, Polygons, TileSpec, make_grid
@@ -60,16 +60,19 @@ def test_the_caller_sees_raw_gdal_errors_without_the_guard(exceptions_on):
 
 
 def test_a_crs_gdal_does_not_know(exceptions_on, mosaic):
-    with pytest.raises(RemoteClipError, match="not a coordinate reference system GDAL knows"):
+    with pytest.raises(InvalidInput) as err:
         srs_from("EPSG:999999")
-    with pytest.raises(RemoteClipError, match="coordinate reference system"):
+    assert "'EPSG:999999'" in err.value.problem and err.value.fix
+    with pytest.raises(InvalidInput) as err:
         make_grid(mosaic, TileSpec(size=256, extent=BBox(0, 0, 1, 1, "EPSG:999999")))
+    assert err.value.param == "extent" and "'EPSG:999999'" in err.value.problem
     assert _modes() == [1, 1, 1]
 
 
 def test_polygons_that_are_not_valid_wkt(exceptions_on, mosaic):
-    with pytest.raises(RemoteClipError, match="not a valid WKT"):
+    with pytest.raises(InvalidInput) as err:
         make_grid(mosaic, TileSpec(size=256, extent=Polygons(["POLYGON ((1 2, 3"])))
+    assert err.value.param == "extent" and "'POLYGON ((1 2, 3'" in err.value.problem
     assert _modes() == [1, 1, 1]
 
 
@@ -86,8 +89,9 @@ def test_a_record_with_a_broken_geometry_leaves_the_old_file(exceptions_on, tmp_
     write_vector(out, good, fields, crs)
     before = out.read_bytes()
     bad = [*good, {"label": "b", "geometry": "POLYGON ((0 0, 1"}]
-    with pytest.raises(RemoteClipError, match="geometry"):
+    with pytest.raises(InvalidInput) as err:
         write_vector(out, bad, fields, crs, overwrite=True)
+    assert "Record 1 " in err.value.problem and err.value.fix   # the broken record (the second) is named
     assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["o.gpkg"]
     assert _modes() == [1, 1, 1]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.errors import RemoteClipError
+from core.errors import InvalidInput, MissingDependency, ModelError, RemoteClipError
 from core.runtime.inference import Encoder, choose_providers, cuda_available, is_oom, run_batched
 from core.runtime.preprocess import preprocess_batch
 
@@ -80,31 +80,38 @@ def test_other_errors_and_oom_at_one_are_not_retried():
     def broken(b):
         raise RuntimeError("Invalid input name")
 
-    with pytest.raises(RuntimeError, match="Invalid input"):
+    with pytest.raises(RuntimeError) as err:
         run_batched(broken, np.zeros((4, 1)), 4)
+    assert not isinstance(err.value, RemoteClipError) and str(err.value) == "Invalid input name"   # as raised
 
     def tiny_gpu(b):
         raise RuntimeError("Failed to allocate memory for requested buffer of size 123")
 
-    with pytest.raises(RemoteClipError, match="out of memory even with batch size 1"):
+    with pytest.raises(InvalidInput) as err:
         run_batched(tiny_gpu, np.zeros((4, 1)), 4)
+    assert err.value.param == "batch_size" and "1" in err.value.problem and err.value.fix
     assert is_oom(RuntimeError("CUDA error cudaErrorMemoryAllocation:out of memory"))
     assert not is_oom(RuntimeError("shape mismatch"))
 
 
 def test_bad_device_precision_batch_and_bundle(tiny_bundle, tmp_path):
-    with pytest.raises(RemoteClipError, match="Unknown device"):
+    with pytest.raises(InvalidInput) as err:
         choose_providers("tpu")
+    assert err.value.param == "device" and "'tpu'" in err.value.problem
     if not cuda_available():
-        with pytest.raises(RemoteClipError, match="onnxruntime-gpu"):
+        with pytest.raises(MissingDependency) as err:
             Encoder(tiny_bundle, device="cuda")
-    with pytest.raises(RemoteClipError, match="precision"):
+        assert "onnxruntime-gpu" in err.value.fix   # the package to install
+    with pytest.raises(InvalidInput) as err:
         Encoder(tiny_bundle, precision="int4")
-    with pytest.raises(RemoteClipError, match="Batch size"):
+    assert err.value.param == "precision" and "'int4'" in err.value.problem
+    with pytest.raises(InvalidInput) as err:
         Encoder(tiny_bundle, batch_size=0)
+    assert err.value.param == "batch_size" and "0" in err.value.problem
     (tmp_path / "manifest.json").write_text("{not json")
-    with pytest.raises(RemoteClipError):
+    with pytest.raises(ModelError) as err:
         Encoder(tmp_path)
+    assert err.value.path == str(tmp_path)
 
 
 def test_sessions_are_reused_across_encoders_until_the_bundle_changes(tiny_bundle, tmp_path, pixels):

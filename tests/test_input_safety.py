@@ -83,7 +83,7 @@ def _write_rgb(path, width=300, height=300, gt=(500000.0, 1.0, 0.0, 100000.0, 0.
 def test_a_raster_with_a_crs_but_no_geotransform_is_refused(tmp_path, tiny_bundle):
     # before: labelled in pixel coordinates tagged as EPSG:4326, upside down
     path = _write_rgb(tmp_path / "nogt.tif", gt=None, epsg=4326)
-    with pytest.raises(InvalidInput, match="has no geotransform") as e:
+    with pytest.raises(InvalidInput) as e:
         run_job(_job(path, tiny_bundle, tiles=TileSpec(size=64)))
     assert e.value.path == str(path)
     err = _one_error_line(_cli("label", path, "--labels", "a,b", "--model", tiny_bundle, "--no-cache"))
@@ -264,36 +264,75 @@ def test_top_labels_cannot_be_ambiguous():
 
 # ----------------------------------------------------------------------------- library dataclasses
 
-@pytest.mark.parametrize("make,match,param", [
-    (lambda: LabelTask("cat"), "single string, not a list", "labels"),            # before: classes c, a, t
-    (lambda: LabelTask(["water"]), "Only one label", "labels"),
-    (lambda: LabelTask(["a", "b"], top_k=0), "top_k 0 is out of range", None),
-    (lambda: LabelTask(["a", "b"], threshold=1.5), "threshold", None),
-    (lambda: LabelTask(["a", "b"], templates="a photo of {}"), "single string", None),
-    (lambda: LabelTask(["a", "b"], templates=[]), "templates list is empty", None),
-    (lambda: SearchTask("pools", top_k="abc"), "top_k 'abc' is not a whole number", None),
-    (lambda: SearchTask("pools", top_k=2.5), "not a whole number", None),
-    (lambda: SearchTask("  "), "query is empty", "query"),
-    (lambda: SearchTask("pools", threshold=float("nan")), "not a finite number", None),
-    (lambda: CountTask("car", max_count=True), "max_count True", None),
-    (lambda: CountTask("car", max_count=101), "out of range", None),
-    (lambda: CountTask("car", templates=["no count here"]), "{count}", None),
-    (lambda: RunOptions("m", batch_size=0), "Batch size 0", None),
-    (lambda: RunOptions("m", device="tpu"), "Unknown device", None),
-    (lambda: RunOptions("m", precision="int4"), "Unknown precision", None),
-    (lambda: TileSpec(size=224.5), "not a whole number of pixels", "size"),
-    (lambda: TileSpec(size="big"), "not a number", None),
-    (lambda: TileSpec(bands="3,2,1"), "not a list of band numbers", "bands"),
-    (lambda: Job(raster=None, task=LabelTask(["a", "b"]), run=RunOptions("m")), "No raster was given", "raster"),
-    (lambda: Job(raster="x.tif", task="label", run=RunOptions("m")), "Unknown task str", "task"),
-    (lambda: Job(raster="x.tif", task=LabelTask(["a", "b"]), run={"model": "m"}), "not RunOptions", "run"),
-    (lambda: Job(raster="x.tif", task=LabelTask(["a", "b"]), run=RunOptions("m"), max_tiles=0), "max_tiles", None),
+@pytest.mark.parametrize("make,param", [
+    (lambda: LabelTask("cat"), "labels"),            # before: classes c, a, t
+    (lambda: LabelTask(["water"]), "labels"),
+    (lambda: LabelTask(["a", "b"], top_k=0), "top_k"),
+    (lambda: LabelTask(["a", "b"], threshold=1.5), "threshold"),
+    (lambda: LabelTask(["a", "b"], templates="a photo of {}"), "templates"),
+    (lambda: LabelTask(["a", "b"], templates=[]), "templates"),
+    (lambda: SearchTask("pools", top_k="abc"), "top_k"),
+    (lambda: SearchTask("pools", top_k=2.5), "top_k"),
+    (lambda: SearchTask("  "), "query"),
+    (lambda: SearchTask("pools", threshold=float("nan")), "threshold"),
+    (lambda: CountTask("car", max_count=True), "max_count"),
+    (lambda: CountTask("car", max_count=101), "max_count"),
+    (lambda: CountTask("car", templates=["no count here"]), "templates"),
+    (lambda: RunOptions("m", batch_size=0), "batch_size"),
+    (lambda: RunOptions("m", device="tpu"), "device"),
+    (lambda: RunOptions("m", precision="int4"), "precision"),
+    (lambda: TileSpec(size=224.5), "size"),
+    (lambda: TileSpec(size="big"), "size"),
+    (lambda: TileSpec(bands="3,2,1"), "bands"),
+    (lambda: Job(raster=None, task=LabelTask(["a", "b"]), run=RunOptions("m")), "raster"),
+    (lambda: Job(raster="x.tif", task="label", run=RunOptions("m")), "task"),
+    (lambda: Job(raster="x.tif", task=LabelTask(["a", "b"]), run={"model": "m"}), "run"),
+    (lambda: Job(raster="x.tif", task=LabelTask(["a", "b"]), run=RunOptions("m"), max_tiles=0), "max_tiles"),
 ])
-def test_the_librarys_dataclasses_are_checked_when_made(make, match, param):
-    """A bad value is an InvalidInput naming its parameter (where one is named; else the words say which)."""
-    with pytest.raises(InvalidInput, match=None if param else re.escape(match) if "{" in match else match) as e:
+def test_the_librarys_dataclasses_are_checked_when_made(make, param):
+    """A bad value is an InvalidInput naming its parameter."""
+    with pytest.raises(InvalidInput) as e:
         make()
-    assert e.value.param == param
+    assert e.value.param == param and e.value.problem and e.value.fix
+
+
+def test_every_checked_option_names_its_param():
+    """The options checked by the shared number/choice checks name themselves too (a front-end shows the error
+    under that field): a value out of range or unknown, one per option."""
+    from core.pipeline import ClassifyTask
+    from core.samples import Samples
+    from core.tasks import ChangeTask
+
+    samples = Samples(["POINT (0 0)", "POINT (1 1)"], ["a", "b"])
+    cases = {
+        "threads": lambda: RunOptions("m", threads=0),
+        "readers": lambda: RunOptions("m", readers=0),
+        "text_weight": lambda: SearchTask("pools", text_weight=11),
+        "unlike_weight": lambda: SearchTask("pools", unlike_weight=-1),
+        "resampling": lambda: ChangeTask(after="b.tif", resampling="magic"),
+        "stand_out": lambda: ChangeTask(after="b.tif", stand_out=9),
+        "threshold": lambda: ChangeTask(after="b.tif", threshold=5),
+        "top_k": lambda: ChangeTask(after="b.tif", top_k=0),
+        "suggest": lambda: ClassifyTask(samples=samples, suggest=-1),
+        "method": lambda: ClassifyTask(samples=samples, method="forest"),
+        "k": lambda: ClassifyTask(samples=samples, method="knn", k=0),
+        "folds": lambda: ClassifyTask(samples=samples, folds=1),
+        "seed": lambda: ClassifyTask(samples=samples, seed=-1),
+        "unit": lambda: TileSpec(size=64, unit="km"),
+        "edge": lambda: TileSpec(size=64, edge="wrap"),
+        "overlap": lambda: TileSpec(size=64, overlap="lots"),
+        "bands": lambda: TileSpec(bands=[3, "red", 1]),
+    }
+    for param, make in cases.items():
+        with pytest.raises(InvalidInput) as e:
+            make()
+        assert e.value.param == param and e.value.problem and e.value.fix, param
+
+
+def test_an_output_crs_gdal_does_not_know_names_out_crs(tiny_bundle, rgb_byte):
+    with pytest.raises(InvalidInput) as e:
+        run_job(_job(rgb_byte, tiny_bundle, out_crs="EPSG:999999"))
+    assert e.value.param == "out_crs" and "'EPSG:999999'" in e.value.problem
 
 
 def test_values_typed_into_a_ui_are_read_as_numbers():
@@ -305,8 +344,9 @@ def test_values_typed_into_a_ui_are_read_as_numbers():
 def test_a_field_changed_after_construction_is_checked_again_by_run_job(tiny_bundle, rgb_byte):
     job = _job(rgb_byte, tiny_bundle)
     job.task.top_k = "many"
-    with pytest.raises(InvalidInput, match="top_k 'many'"):
+    with pytest.raises(InvalidInput) as e:
         run_job(job)
+    assert e.value.param == "top_k" and "'many'" in e.value.problem
 
 
 # -------------------------------------------------------------------------------------- manifests
@@ -413,9 +453,9 @@ def test_the_tile_limit_is_the_jobs_and_yes_lifts_it(tiny_bundle, rgb_byte, tmp_
     # 7 x 6 tiles are planned; the 2 in the nodata corners of the scene are dropped after reading
     job = _job(rgb_byte, tiny_bundle, tiles=TileSpec(size=128), max_tiles=41)
     assert plan_job(job).n_tiles == 42
-    with pytest.raises(InvalidInput, match="42 tiles of 128 x 128 px") as e:
+    with pytest.raises(InvalidInput) as e:
         run_job(job)
-    assert e.value.param == "max_tiles"
+    assert e.value.param == "max_tiles" and "42 tiles" in e.value.problem
     job.max_tiles = 42
     assert run_job(job).n_tiles == 40
     args = cli._parser().parse_args(["label", rgb_byte, "--labels", "a,b", "--yes"])

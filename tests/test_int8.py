@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from core.errors import RemoteClipError
+from core.errors import ModelError
 from core.pipeline import CountTask, Job, LabelTask, RunOptions, SearchTask, TileSpec, run_job
 from core.prompts import PRESETS
 from core.runtime.bundle import load_bundle
@@ -118,8 +118,10 @@ def test_manifest_checks_the_int8_record(demo_int8, tmp_path):
 
     for edit, words in ((no_graphs, "quantization.int8"), (bad_method, "quantization.int8.image.method"),
                         (bad_agreement, "top1_agree"), (unknown_precision, "int4")):
-        with pytest.raises(RemoteClipError, match=words.replace(".", r"\.")):
-            load_bundle(broken(edit))
+        bundle = broken(edit)
+        with pytest.raises(ModelError) as ei:
+            load_bundle(bundle)
+        assert ei.value.path == str(bundle / "manifest.json") and words in ei.value.problem   # the key
 
 
 def test_precision_int8_on_the_command_line(demo_int8, data_dir, tmp_path, capsys):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from core.cli import main
-from core.errors import OutputRefused, RemoteClipError
+from core.errors import ModelError, OutputRefused
 from core.runtime import catalog as cat
 from core.runtime.models import remove as cat_remove
 
@@ -94,8 +94,9 @@ def test_a_user_catalogue_beside_the_models_adds_and_replaces_entries(models):
     assert entries["RemoteCLIP-RN50"].urls == ["https://mirror.example/RemoteCLIP-RN50.pt"]
     assert cat.lookup("remoteclip-vit-b-32", entries).name == "RemoteCLIP-ViT-B-32"
     (models / "catalog.json").write_text('{"models": 3}')
-    with pytest.raises(RemoteClipError, match="is not a model catalogue"):
+    with pytest.raises(ModelError) as err:
         cat.load_catalog(models)
+    assert err.value.path == str(models / "catalog.json") and err.value.fix
 
 
 def test_the_plugin_vendors_the_catalogue(built_plugin):

@@ -16,7 +16,14 @@ from conftest import require
 from loopback import FileServer
 
 from core.cli import main
-from core.errors import Cancelled, ModelError, OutputRefused, RemoteClipError, SourceUnreadable, WriteFailed
+from core.errors import (
+    Cancelled,
+    ModelError,
+    OutputExists,
+    OutputRefused,
+    SourceUnreadable,
+    WriteFailed,
+)
 from core.runtime import catalog as cat
 
 
@@ -261,8 +268,9 @@ def test_pull_refuses_a_model_that_is_already_there(models, tiny_ckpt):
 
     user_catalog(models, entry())
     pull("Tiny-RS", url=str(tiny_ckpt))
-    with pytest.raises(RemoteClipError, match="already pulled.*models remove Tiny-RS"):
+    with pytest.raises(OutputExists) as err:
         pull("Tiny-RS", url=str(tiny_ckpt))
+    assert err.value.path == str(models / "Tiny-RS") and "models remove Tiny-RS" in err.value.fix
 
 
 @pytest.mark.slow

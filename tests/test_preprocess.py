@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.errors import RemoteClipError
+from core.errors import ModelError, RemoteClipError
 from core.runtime.preprocess import output_size, preprocess, preprocess_batch
 from training.reference_pipeline import transform
 
@@ -70,12 +70,15 @@ def test_batch_and_nodata_fill(real_crops):
 
 def test_bad_config_and_input():
     rgb = np.zeros((10, 10, 3), np.uint8)
-    with pytest.raises(RemoteClipError, match="resize_mode"):
+    with pytest.raises(ModelError) as err:
         preprocess(rgb, _cfg(mode="stretchy"))
-    with pytest.raises(RemoteClipError, match="interpolation"):
+    assert "'stretchy'" in err.value.problem and err.value.fix
+    with pytest.raises(ModelError) as err:
         preprocess(rgb, _cfg(interp="magic"))
-    with pytest.raises(ValueError, match="uint8"):
+    assert "'magic'" in err.value.problem and err.value.fix
+    with pytest.raises(ValueError) as err:   # a caller's bug, not a user's input: a plain ValueError
         preprocess(rgb.astype(np.float32), _cfg())
+    assert not isinstance(err.value, RemoteClipError) and "float32" in str(err.value)
     assert output_size(_cfg((224, 320))) == (224, 320)
 
 

@@ -109,10 +109,11 @@ def test_resume_without_checkpoint_is_a_clear_error(captions, tmp_path, capsys):
 def test_bad_caption_table_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("path,text\na.jpg,x\n")
-    from core.errors import RemoteClipError
+    from core.errors import InvalidInput
 
-    with pytest.raises(RemoteClipError, match="not image and caption"):
+    with pytest.raises(InvalidInput) as err:
         pretrain.read_captions(bad)
+    assert err.value.path == str(bad) and "['path', 'text']" in err.value.problem   # the columns it has
 
 
 def test_cosine_schedule():

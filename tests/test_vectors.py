@@ -8,7 +8,7 @@ import os
 import pytest
 from osgeo import ogr, osr
 
-from core.errors import RemoteClipError
+from core.errors import InvalidInput, OutputRefused
 from core.geodata.raster import open_raster
 from core.geodata.tiles import TileSpec, make_grid
 from core.geodata.vectors import Field, dissolve, shapefile_names, write_vector
@@ -119,8 +119,9 @@ def test_overwrite_is_atomic_and_failures_leave_the_old_file(landsat, tmp_path):
     write_vector(out, recs, fields, crs)
     before = out.read_bytes()
     bad = [*recs[:5], {"row": 0, "col": 0, "label": "x", "score": 1.0, "geometry": "POLYGON ((0 0, 1"}]
-    with pytest.raises(RemoteClipError, match="geometry"):
+    with pytest.raises(InvalidInput) as err:
         write_vector(out, bad, fields, crs, overwrite=True)
+    assert "Record 5 " in err.value.problem and err.value.fix   # the bad record (the sixth) is named
     assert out.read_bytes() == before and os.listdir(tmp_path) == ["o.gpkg"]
     write_vector(out, recs[:7], fields, crs, overwrite=True)
     assert len(_layer(out)[3]) == 7 and os.listdir(tmp_path) == ["o.gpkg"]
@@ -132,8 +133,9 @@ def test_overwrite_is_atomic_and_failures_leave_the_old_file(landsat, tmp_path):
     ds = None
     assert (tmp_path / "s.qix").is_file()
     old = (tmp_path / "s.dbf").read_bytes()
-    with pytest.raises(RemoteClipError):
+    with pytest.raises(InvalidInput) as err:
         write_vector(shp, bad, fields, crs, overwrite=True)
+    assert "Record 5 " in err.value.problem
     assert (tmp_path / "s.dbf").read_bytes() == old and (tmp_path / "s.qix").is_file()
     write_vector(shp, recs[:4], fields, crs, overwrite=True)
     assert not (tmp_path / "s.qix").exists() and len(_layer(shp)[3]) == 4
@@ -142,14 +144,18 @@ def test_overwrite_is_atomic_and_failures_leave_the_old_file(landsat, tmp_path):
 
 def test_bad_outputs(landsat, tmp_path):
     recs, fields, crs, _, _ = landsat
-    with pytest.raises(RemoteClipError, match="GeoPackage"):
+    with pytest.raises(InvalidInput) as err:
         write_vector(tmp_path / "x.csv", recs, fields, crs)
-    with pytest.raises(RemoteClipError, match="does not exist"):
+    assert err.value.param == "output" and err.value.path == str(tmp_path / "x.csv")
+    with pytest.raises(OutputRefused) as err:
         write_vector(tmp_path / "nope" / "x.gpkg", recs, fields, crs)
-    with pytest.raises(RemoteClipError, match="repeat"):
+    assert err.value.path == str(tmp_path / "nope")
+    with pytest.raises(InvalidInput) as err:
         write_vector(tmp_path / "x.gpkg", recs, [*fields, Field("Score", "float")], crs)
-    with pytest.raises(ValueError, match="type"):
+    assert "'Score'" in err.value.problem and err.value.fix
+    with pytest.raises(ValueError) as err:   # a caller's bug, not a user's input: a plain ValueError
         write_vector(tmp_path / "x.gpkg", recs, [Field("row", "integer")], crs)
+    assert "'integer'" in str(err.value)
     assert os.listdir(tmp_path) == []
 
 

@@ -350,7 +350,8 @@ def parse_classes(spec: str) -> dict[int, str]:
         value, sep, name = part.partition("=")
         if not sep or not name.strip() or not value.strip().lstrip("-").isdigit():
             raise InvalidInput(f"Class entry {part!r} is not VALUE=NAME.",
-                                  "Write e.g. --classes 1=building,2=road (255=building for 0/255 masks).")
+                                  "Write e.g. --classes 1=building,2=road (255=building for 0/255 masks).",
+                               param="classes")
         out[int(value)] = name.strip()
     if not out:
         raise InvalidInput("No classes given.", "Write e.g. --classes 1=building,2=road.")
@@ -387,7 +388,8 @@ def _pair_images(label_files, images: Path, what: str) -> list[tuple[Path, Path]
         (pairs.append((lab, img)) if img else missing.append(lab.stem))
     if missing:
         raise InvalidInput(f"{len(missing)} {what} files have no image of the same name in {images}, "
-                              f"e.g. {missing[0]}.", "Point --images at the folder that holds the images.")
+                              f"e.g. {missing[0]}.", "Point --images at the folder that holds the images.",
+                           param="images")
     return pairs
 
 
@@ -461,7 +463,8 @@ def read_coco(annotations, images=None, include_crowd: bool = False) -> list[Ann
         out.append(Annotated(str(p), boxes[k], size))
     if missing:
         raise InvalidInput(f"{len(missing)} images of {path} are not in {root}, e.g. {missing[0]}.",
-                              "Point --images at the folder that holds the file_name paths.", path=path)
+                              "Point --images at the folder that holds the file_name paths.", path=path,
+                           param="images")
     return out
 
 
@@ -502,7 +505,8 @@ def read_yolo_labels(path, names: list[str], size: tuple[int, int]) -> list[Box]
                                   "Give YOLO label files (normalised coordinates).", path=path) from None
         if not 0 <= cls < len(names):
             raise InvalidInput(f"{path}, line {no}: class {cls} is not among the {len(names)} names.",
-                                  "Pass the names list the labels were made with (--names).", path=path)
+                                  "Pass the names list the labels were made with (--names).", path=path,
+                               param="names")
         if len(vals) in (4, 5):  # a fifth value is a confidence in prediction files
             cx, cy, bw, bh = vals[:4]
             boxes.append(Box(names[cls], (cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h))
@@ -545,7 +549,7 @@ def read_masks(masks, images, classes: dict[int, str], min_area: int = 1, connec
     if missing:
         raise InvalidInput(f"{len(missing)} masks have no image of the same name in {images}, e.g. {missing[0]}.",
                               "Point --images at the image folder (and set --mask-suffix if masks are named "
-                              "e.g. tile_mask.png).")
+                              "e.g. tile_mask.png).", param="images")
     return out
 
 

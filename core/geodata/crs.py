@@ -34,15 +34,16 @@ def gis_order(srs):
 
 
 @gdal_return_codes()
-def srs_from(crs, what: str = "CRS"):
-    """osr.SpatialReference from WKT / "EPSG:n" / n, with x = easting/longitude axis order."""
+def srs_from(crs, what: str = "CRS", param: str | None = None):
+    """osr.SpatialReference from WKT / "EPSG:n" / n, with x = easting/longitude axis order; ``param`` names
+    the option the CRS came from in the InvalidInput a CRS GDAL does not know raises."""
     from osgeo import osr
 
     srs = osr.SpatialReference()
     text = crs_text(crs)
     if not text or srs.SetFromUserInput(text) != 0:
         raise InvalidInput(f"The {what} {str(crs)[:80]!r} is not a coordinate reference system GDAL knows.",
-                              "Give it as EPSG:XXXX or WKT.")
+                              "Give it as EPSG:XXXX or WKT.", param=param)
     return gis_order(srs)
 
 

@@ -138,8 +138,8 @@ class RasterioSource:
             valid = self._valid(uniq, data, win, shape)
         except RasterioError as e:
             raise SourceUnreadable(f"Reading {self.name} failed at pixel window {window}: {_why(e)}.",
-                                  "The file may be damaged or incomplete; check it with `gdalinfo -checksum`.") \
-                from None
+                                  "The file may be damaged or incomplete; check it with `gdalinfo -checksum`.",
+                                  path=self.path) from None
         if uniq != bands:
             data = data[[uniq.index(b) for b in bands]]
         return data, valid

@@ -57,7 +57,7 @@ def check_overlap(value, spell: str = "Overlap") -> float:
     front-end shows it (``--overlap``)."""
     from .. import checks
 
-    x = checks.number(value or 0.0, spell, example="a fraction of the tile edge, e.g. 0.25")
+    x = checks.number(value or 0.0, spell, example="a fraction of the tile edge, e.g. 0.25", param="overlap")
     if not 0.0 <= x <= MAX_OVERLAP:
         raise InvalidInput(f"{spell} {x:g} is outside 0..{MAX_OVERLAP:g}.",
                            "Use a fraction of the tile's edge, e.g. 0.25.", param="overlap")
@@ -94,8 +94,8 @@ class TileSpec:
     def __post_init__(self):
         from .. import checks
 
-        self.unit = checks.choice(self.unit or "px", "tile unit", TILE_UNITS)
-        self.size = checks.number(self.size, "Tile size", 0.0, example="e.g. 224 px or 50 m")
+        self.unit = checks.choice(self.unit or "px", "tile unit", TILE_UNITS, param="unit")
+        self.size = checks.number(self.size, "Tile size", 0.0, example="e.g. 224 px or 50 m", param="size")
         if self.size == 0:
             raise InvalidInput("Tile size 0 is not positive.", "Use e.g. 224 (px) or 50 (m).", param="size")
         if self.unit == "px":
@@ -104,12 +104,13 @@ class TileSpec:
                                       "Use whole pixels, e.g. 224, or the unit m for metres.", param="size")
             self.size = int(self.size)
         self.overlap = check_overlap(self.overlap)
-        self.edge = checks.choice(self.edge or "shift", "edge mode", EDGE_MODES)
+        self.edge = checks.choice(self.edge or "shift", "edge mode", EDGE_MODES, param="edge")
         if self.bands is not None:
             if isinstance(self.bands, str | bytes) or not hasattr(self.bands, "__iter__"):
                 raise InvalidInput(f"Bands {self.bands!r} are not a list of band numbers.",
                                       "Give a list such as [3, 2, 1] (or None for the default bands).", param="bands")
-            self.bands = [checks.whole(b, "Band", 1, example="1-based band numbers") for b in self.bands] or None
+            self.bands = [checks.whole(b, "Band", 1, example="1-based band numbers", param="bands")
+                          for b in self.bands] or None
         if self.extent is not None and not isinstance(self.extent, BBox | Polygons):
             raise InvalidInput(f"Unknown extent {type(self.extent).__name__}.", "Use BBox(...) or Polygons(...).", param="extent")
 
@@ -292,8 +293,8 @@ def _quiet(fn, *args):
         gdal.PopErrorHandler()
 
 
-def _srs_from_quiet(crs, what):
-    return _quiet(srs_from, crs, what)
+def _srs_from_quiet(crs, what, param=None):
+    return _quiet(srs_from, crs, what, param)
 
 
 def _raster_srs(src):
@@ -516,7 +517,7 @@ def _extent_pixels(src, ext):
     else:
         raise InvalidInput(f"Unknown extent {type(ext).__name__}.", "Use BBox(...) or Polygons(...).", param="extent")
     if ext.crs is not None:
-        esrs = _srs_from_quiet(ext.crs, "extent's CRS")
+        esrs = _srs_from_quiet(ext.crs, "extent's CRS", "extent")
         if not esrs.IsSame(rsrs):
             geom.AssignSpatialReference(esrs)
             ct = osr.CoordinateTransformation(esrs, rsrs)

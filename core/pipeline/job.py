@@ -33,11 +33,12 @@ class RunOptions:
                 and type(self.model).__name__ != "Bundle":
             raise InvalidInput(f"The model {self.model!r} is not a bundle path.",
                                   "Give the bundle folder or .rclip.zip as a path.", param="model")
-        self.device = checks.choice(self.device, "device", DEVICES)
-        self.precision = checks.choice(self.precision, "precision", PRECISIONS)
-        self.batch_size = checks.optional(checks.whole, self.batch_size, "Batch size", 1, MAX_BATCH, "e.g. 32")
-        self.threads = checks.optional(checks.whole, self.threads, "threads", 1, 1024, "e.g. 4")
-        self.readers = checks.optional(checks.whole, self.readers, "readers", 1, 64, "e.g. 4")
+        self.device = checks.choice(self.device, "device", DEVICES, param="device")
+        self.precision = checks.choice(self.precision, "precision", PRECISIONS, param="precision")
+        self.batch_size = checks.optional(checks.whole, self.batch_size, "Batch size", 1, MAX_BATCH, "e.g. 32",
+                                          param="batch_size")
+        self.threads = checks.optional(checks.whole, self.threads, "threads", 1, 1024, "e.g. 4", param="threads")
+        self.readers = checks.optional(checks.whole, self.readers, "readers", 1, 64, "e.g. 4", param="readers")
         if self.cache_dir is not None and not isinstance(self.cache_dir, str | os.PathLike):
             raise InvalidInput(f"The cache folder {self.cache_dir!r} is not a path.",
                                   "Give a folder path, \"\" for no cache, or None for the default.", param="cache_dir")
@@ -62,7 +63,7 @@ class Job:
     #                                              paths, or (path, what) pairs; no output may be one of them
 
     def __post_init__(self):
-        self.max_tiles = checks.optional(checks.whole, self.max_tiles, "max_tiles", 1)
+        self.max_tiles = checks.optional(checks.whole, self.max_tiles, "max_tiles", 1, param="max_tiles")
         if isinstance(self.raster, list | tuple):
             # each raster's name is checked when it is planned: one that GDAL cannot open is skipped (--strict: stops)
             self.raster = [os.fsdecode(r) if isinstance(r, bytes) else os.fspath(r) for r in self.raster]

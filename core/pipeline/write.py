@@ -295,4 +295,4 @@ def out_crs_wkt(job: Job, first_wkt: str) -> str:
         return first_wkt
     from ..geodata.crs import srs_from
 
-    return srs_from(job.out_crs, "output CRS (--out-crs)").ExportToWkt()
+    return srs_from(job.out_crs, "output CRS (--out-crs)", param="out_crs").ExportToWkt()

@@ -138,15 +138,16 @@ class ChangeTask(Task):
             raise InvalidInput(f"Only one label was given ({self.labels[0]!r}).", "Give at least two class names.",
                                param="labels")
         self.templates = check_templates(self.templates)
-        self.top_k = checks.optional(checks.whole, self.top_k, "top_k", 1, example="e.g. 20")
+        self.top_k = checks.optional(checks.whole, self.top_k, "top_k", 1, example="e.g. 20",
+                                     param="top_k")
         self.threshold = checks.optional(checks.number, self.threshold, "The change threshold (1 - cosine)",
-                                         0.0, 2.0, example="e.g. 0.1")
+                                         0.0, 2.0, example="e.g. 0.1", param="threshold")
         self.stand_out = checks.optional(checks.number, self.stand_out, "stand_out (standard deviations)", 0.0,
-                                         5.0, example="e.g. 1")
+                                         5.0, example="e.g. 1", param="stand_out")
         if isinstance(self.after_bands, str):
             self.after_bands = parse_bands(self.after_bands, "--after-bands") if self.after_bands.strip() else None
         self.match_histograms = bool(self.match_histograms)
-        self.resampling = checks.choice(self.resampling or "bilinear", "resampling", RESAMPLING)
+        self.resampling = checks.choice(self.resampling or "bilinear", "resampling", RESAMPLING, param="resampling")
 
     @classmethod
     def from_inputs(cls, raw, spell=None):

@@ -90,11 +90,12 @@ class ClassifyTask(Task):
         if self.head is not None and self.head_out is not None:
             raise InvalidInput("A saved classifier is applied, so there is nothing new to save.",
                                   "Leave out the file to save the classifier to, or train on samples.", param="head_out")
-        self.suggest = checks.whole(self.suggest or 0, "suggest", 0, 10_000, "the number of tiles, e.g. 20")
-        self.method = checks.choice(self.method or "logistic", "classifier", METHODS)
-        self.k = checks.whole(self.k, "k", 1, 100, "e.g. 5")
-        self.folds = checks.whole(self.folds, "folds", 2, 20, "e.g. 5")
-        self.seed = checks.whole(self.seed, "seed", 0)
+        self.suggest = checks.whole(self.suggest or 0, "suggest", 0, 10_000, "the number of tiles, e.g. 20",
+                                    param="suggest")
+        self.method = checks.choice(self.method or "logistic", "classifier", METHODS, param="method")
+        self.k = checks.whole(self.k, "k", 1, 100, "e.g. 5", param="k")
+        self.folds = checks.whole(self.folds, "folds", 2, 20, "e.g. 5", param="folds")
+        self.seed = checks.whole(self.seed, "seed", 0, param="seed")
         self.templates = check_templates(self.templates)
         if self.samples is not None:
             self.samples.class_names()   # at least two classes, named as labels must be

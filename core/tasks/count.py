@@ -44,7 +44,7 @@ class CountTask(Task):
         self.object_name = check_text(self.object_name if self.object_name is not None else "", "object name")
         if not self.object_name:
             raise InvalidInput("The object to count is empty.", "Give an object name, e.g. --object car.", param="object")
-        self.max_count = checks.whole(self.max_count, "max_count", 1, 100, "default 10")
+        self.max_count = checks.whole(self.max_count, "max_count", 1, 100, "default 10", param="max_count")
         self.templates = check_templates(self.templates, "count templates")
         if self.templates:
             count_captions(self.object_name, 1, self.templates)   # refuses templates without {count}

@@ -64,9 +64,9 @@ class LabelTask(Task):
             raise InvalidInput(f"Only one label was given ({self.labels[0]!r}); softmax over one class "
                                   "always says 100%.", "Give at least two class names.", param="labels")
         self.templates = check_templates(self.templates)
-        self.top_k = checks.whole(self.top_k, "top_k", 1, 100, example="e.g. 3")
+        self.top_k = checks.whole(self.top_k, "top_k", 1, 100, example="e.g. 3", param="top_k")
         self.threshold = checks.optional(checks.number, self.threshold, "The label threshold (a probability)",
-                                         0.0, 1.0, example="e.g. 0.4")
+                                         0.0, 1.0, example="e.g. 0.4", param="threshold")
 
     @classmethod
     def from_inputs(cls, raw, spell=None):
@@ -76,7 +76,8 @@ class LabelTask(Task):
         if isinstance(preset, str) and not preset.strip():
             preset = None
         if labels is not None and preset is not None:
-            raise InvalidInput(f"Both {spell(names)} and {spell(choose)} were given.", "Use one of them.")
+            raise InvalidInput(f"Both {spell(names)} and {spell(choose)} were given.", "Use one of them.",
+                               param="preset")
         if preset is not None:
             if preset not in PRESETS:
                 raise InvalidInput(f"Unknown preset {preset!r}.", "Choose one of: " + ", ".join(PRESETS) + ".", param="preset")

@@ -149,15 +149,17 @@ class SearchTask(Task):
         has_unlike = self.unlike is not None or bool(self.unlike_images)
         if not self.query and not has_like:
             _nothing_to_find(has_unlike, lambda p: p.label)
-        self.top_k = checks.optional(checks.whole, self.top_k, "top_k", 1, example="e.g. 20")
+        self.top_k = checks.optional(checks.whole, self.top_k, "top_k", 1, example="e.g. 20",
+                                     param="top_k")
         self.threshold = checks.optional(checks.number, self.threshold, "The similarity threshold (a cosine)",
-                                         -1.0, 1.0, example="e.g. 0.25")
+                                         -1.0, 1.0, example="e.g. 0.25", param="threshold")
         self.stand_out = checks.optional(checks.number, self.stand_out, "stand_out (standard deviations)", 0.0, 5.0,
-                                         example="e.g. 1")
+                                         example="e.g. 1", param="stand_out")
         self.text_weight = checks.number(TEXT_WEIGHT if self.text_weight is None else self.text_weight,
-                                         "text_weight", 0.0, 10.0, example="e.g. 1")
+                                         "text_weight", 0.0, 10.0, example="e.g. 1", param="text_weight")
         self.unlike_weight = checks.number(UNLIKE_WEIGHT if self.unlike_weight is None else self.unlike_weight,
-                                           "unlike_weight", 0.0, 10.0, example="e.g. 0.5")
+                                           "unlike_weight", 0.0, 10.0, example="e.g. 0.5",
+                                           param="unlike_weight")
 
     @classmethod
     def from_inputs(cls, raw, spell=None):
