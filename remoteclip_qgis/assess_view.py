@@ -148,11 +148,15 @@ class AssessBox(QgsCollapsibleGroupBox):
     def add_class(self, name: str) -> list[str] | None:
         """Offer ``name`` in the points' reference field (its value map); the classes offered, None when
         refused."""
+        field = self.ref_field.currentField()
         try:
-            classes = add_reference_class(self.ref_combo.currentLayer(), self.ref_field.currentField(), name)
+            classes = add_reference_class(self.ref_combo.currentLayer(), field, name)
         except RemoteClipError as e:
             self.problem.emit(e.problem, e.fix)
             return None
+        finally:
+            # QGIS 3.40's field combo resets to the first field when a field's editor widget changes
+            self.ref_field.setField(field)
         if classes:
             self.status.emit(f"The reference field offers {len(classes)} classes, '{name.strip()}' among them.")
         else:

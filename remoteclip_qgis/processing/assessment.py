@@ -126,7 +126,9 @@ class AssessmentAlgorithm(Declaring):
     def field(self, parameters, name: str, context) -> str:
         """A field parameter's value, else its default (the fields are optional only because QGIS 3.22 would
         not fill a left-out field with its default: ``label``, ``reference``)."""
-        fields = self.parameterAsFields(parameters, name, context)
+        # parameterAsStrings from QGIS 3.32, where parameterAsFields is deprecated; 3.22 has only the latter
+        read = getattr(self, "parameterAsStrings", None) or self.parameterAsFields
+        fields = read(parameters, name, context)
         return fields[0] if fields else self.parameterDefinition(name).defaultValue()
 
 
