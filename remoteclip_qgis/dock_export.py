@@ -175,7 +175,10 @@ def export_layer(layer: QgsVectorLayer, path: str, format_name: str = "GeoPackag
             for style_id, name in zip(ids[:related], names[:related], strict=True):
                 if name == layer_name:
                     ok, error = exported.deleteStyleFromDatabase(style_id)
-            error = exported.saveStyleToDatabase(layer_name, "RemoteCLIP result style", True, "")
+            if hasattr(exported, "saveStyleToDatabaseV2"):   # QGIS 3.42 on; the old call is deprecated there
+                _, error = exported.saveStyleToDatabaseV2(layer_name, "RemoteCLIP result style", True, "")
+            else:
+                error = exported.saveStyleToDatabase(layer_name, "RemoteCLIP result style", True, "")
         if error:   # the data is written; only its look is missing
             QgsMessageLog.logMessage(f"The style of {layer.name()} was not stored in {out}: {error}", LOG_TAG,
                                      Qgis.MessageLevel.Warning)

@@ -10,6 +10,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -665,7 +666,12 @@ def test_export_a_result_to_shapefile_and_geopackage(dock, data_dir, tmp_path):
     assert meta["fields"] == dock.last_result.field_map and "bare soil" in meta["fields"].values()
     assert meta["format"] == "remoteclip-vector-metadata"
 
-    gpkg = export_layer(layer, str(tmp_path / "export" / "copy.gpkg"), "GeoPackage")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gpkg = export_layer(layer, str(tmp_path / "export" / "copy.gpkg"), "GeoPackage")
+    # no call the running QGIS deprecates (saveStyleToDatabase from 3.42 on) in the Python warning log
+    assert [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)
+            and "remoteclip_qgis" in str(w.filename)] == []
     copy = QgsVectorLayer(gpkg, "copy", "ogr")
     assert copy.isValid() and copy.featureCount() == layer.featureCount()
     assert copy.renderer().type() == "categorizedSymbol", "the style is stored in the GeoPackage"
