@@ -27,7 +27,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 KINDS = ("image", "text")
 PRECISIONS = ("fp32", "fp16", "int8")
-INT8_METHODS = ("dynamic", "static")
+INT8_METHODS = ("dynamic", "static", "static-ends", "static-ends-linear")   # core.quantize.METHODS
 
 VOCAB_NAME = "bpe_simple_vocab_16e6.txt.gz"
 # open_clip's CLIP BPE merges (byte-identical copy), so that core can write bundles without open_clip
@@ -103,12 +103,45 @@ DEMO_NOTE = (f"the demo model is a toy for trying the tools ({DEMO_FIGURE}); for
 INT8_USABLE_TOP1 = 0.99
 
 
+PRECISION_CHOICES = ("auto",) + PRECISIONS   # what a run may ask for; "auto": choose_precision decides
+
+
+def _int8_agreement(bundle: Bundle) -> dict:
+    return (((bundle.manifest.get("quantization") or {}).get("int8") or {}).get("agreement_vs_fp32") or {})
+
+
+def choose_precision(bundle: Bundle, requested: str = "auto", device: str = "auto") -> tuple[str, str]:
+    """(the precision a job runs, why, in plain words). An explicit fp32, fp16 or int8 is kept. "auto": int8
+    on a CPU when the bundle has int8 graphs whose recorded top-1 agreement with fp32 is at least
+    INT8_USABLE_TOP1, else fp32; fp32 on a GPU. Raises MissingDependency for device cuda without CUDA."""
+    if requested != "auto":
+        return requested, "chosen in the run's settings"
+    from .inference import choose_providers
+
+    if choose_providers(device)[0] != "CPUExecutionProvider":
+        return "fp32", "auto: fp32 on a GPU (int8 graphs are for CPUs)"
+    if "int8" not in bundle.config.graphs:
+        return "fp32", "auto: no int8 graphs in this bundle"
+    top1 = _int8_agreement(bundle).get("top1_agree")
+    if top1 is None:
+        return "fp32", "auto: this bundle records no agreement of its int8 graphs with fp32"
+    if top1 < INT8_USABLE_TOP1:
+        return "fp32", (f"auto: int8 agrees only {_percent(top1)} with fp32 on this bundle "
+                        f"(needs {INT8_USABLE_TOP1:.0%})")
+    return "int8", f"auto: int8 agrees {_percent(top1)} with fp32 on this bundle"
+
+
+def _percent(x: float) -> str:
+    """A share as a percentage with the digits that matter at the 99 % bar (0.9899: "98.99 %", not "99.0 %")."""
+    return f"{math.floor(round(x * 10000, 6)) / 100:.2f} %"
+
+
 def precision_warnings(bundle: Bundle, precision: str) -> list[str]:
     """What a job at ``precision`` should say about the graphs it runs: int8 graphs whose recorded top-1
     agreement with fp32 is below INT8_USABLE_TOP1."""
     if precision != "int8":
         return []
-    agree = (((bundle.manifest.get("quantization") or {}).get("int8") or {}).get("agreement_vs_fp32") or {})
+    agree = _int8_agreement(bundle)
     top1 = agree.get("top1_agree")
     if top1 is None or top1 >= INT8_USABLE_TOP1:
         return []

@@ -35,10 +35,36 @@ from .errors import InvalidInput, MissingDependency
 
 __all__ = ["add_int8", "quantize_bundle", "quantize_graph", "METHODS", "DYNAMIC_OPS", "agreement"]
 
-METHODS = ("dynamic", "static")
+METHODS = ("dynamic", "static", "static-ends", "static-ends-linear")
 TEXT_METHODS = ("fp32", "dynamic")
 TEXT_DEFAULT = "fp32"
 DYNAMIC_OPS = ("MatMul", "Gemm")
+LINEAR_OPS = ("Conv", "MatMul", "Gemm")   # "static-ends-linear": only these are int8, the rest stays float32
+
+# The layers the "static-ends" methods leave in float32, per kind of image tower (the one declared place).
+# Chosen by the graph's structure, not by node names: the exporters name nodes differently (RN50's torch.onnx
+# graph "Conv_4", the dynamo exporter's "node_Conv_391"). "first_convs": the first N convolutions (ViT: the
+# patch embedding; ResNet: the three-convolution stem); "last_after": every quantisable node after the last
+# node of this type (ViT: the projection after ln_post; ResNet: the attention pool after the last convolution).
+SENSITIVE_ENDS = {
+    "vit": {"first_convs": 1, "last_after": "LayerNormalization"},
+    "resnet": {"first_convs": 3, "last_after": "Conv"},
+}
+
+
+def tower_kind(graph) -> str:
+    """"resnet" for a convolutional image tower (no LayerNormalization: RN50's attention pool has none),
+    else "vit"."""
+    return "vit" if any(n.op_type == "LayerNormalization" for n in graph.node) else "resnet"
+
+
+def sensitive_nodes(graph) -> list[str]:
+    """The names of the nodes the "static-ends" methods keep in float32 (SENSITIVE_ENDS)."""
+    ends = SENSITIVE_ENDS[tower_kind(graph)]
+    nodes = list(graph.node)
+    convs = [n.name for n in nodes if n.op_type == "Conv"]
+    last = max((i for i, n in enumerate(nodes) if n.op_type == ends["last_after"]), default=len(nodes))
+    return convs[:ends["first_convs"]] + [n.name for n in nodes[last + 1:] if n.op_type not in ("Identity",)]
 
 
 def _tools():
@@ -110,15 +136,24 @@ def _quantize_graph(src, dst, method, calibration) -> dict:
         if calibration is None or not len(calibration):
             raise InvalidInput("Static int8 quantisation needs calibration images.",
                                   "Give real tiles to calibrate on, or use the dynamic method.")
-        name = onnx.load(str(plain), load_external_data=False).graph.input[0].name
+        graph = onnx.load(str(plain), load_external_data=False).graph
+        name = graph.input[0].name
+        exclude = sensitive_nodes(graph) if method.startswith("static-ends") else []
+        ops = list(LINEAR_OPS) if method == "static-ends-linear" else None
         with contextlib.redirect_stdout(io.StringIO()):   # the calibrator prints its progress
             q.quantize_static(str(plain), str(dst), _Batches(name, np.asarray(calibration, np.float32)),
                               quant_format=q.QuantFormat.QDQ, per_channel=True,
                               activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
-                              calibrate_method=q.CalibrationMethod.Percentile)
-        return {"method": "static", "format": "QDQ", "weights": "int8, per output channel",
-                "activations": "uint8, ranges calibrated (percentile 99.999)",
-                "calibration_images": int(len(calibration)), "tool": f"onnxruntime.quantization {_ort_version()}"}
+                              calibrate_method=q.CalibrationMethod.Percentile, nodes_to_exclude=exclude,
+                              op_types_to_quantize=ops)
+        how = {"method": method, "format": "QDQ", "weights": "int8, per output channel",
+               "activations": "uint8, ranges calibrated (percentile 99.999)",
+               "calibration_images": int(len(calibration)), "tool": f"onnxruntime.quantization {_ort_version()}"}
+        if exclude:
+            how["float32_nodes"] = exclude   # the first and last layers (SENSITIVE_ENDS)
+        if ops:
+            how["ops"] = ops
+        return how
 
 
 def _ort_version() -> str:
