@@ -23,12 +23,14 @@ writes nothing.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 import time
 
 import numpy as np
 
-from ..bundle import load_bundle, precision_warnings
+from ..bundle import choose_precision, load_bundle, precision_warnings
 from ..errors import Cancelled, InvalidInput
 from ..inference import Encoder
 from ..tasks import RasterPart
@@ -75,6 +77,10 @@ def run_job(job: Job, progress=None, is_cancelled=None, on_plan=None) -> JobResu
 
 def _run(job: Job, plans, state, paths, t0, progress, is_cancelled, on_plan, after=None) -> JobResult:
     bundle = load_bundle(job.run.model)
+    precision, precision_reason = choose_precision(bundle, job.run.precision, job.run.device)
+    if precision != job.run.precision:   # "auto" resolved: the cache key, rates and resume record name the graphs run
+        job = copy.copy(job)
+        job.run = dataclasses.replace(job.run, precision=precision)
     warnings: list[str] = precision_warnings(bundle, job.run.precision)
     task = job.task
     prepared = task.prepare(bundle, warnings)
@@ -155,7 +161,7 @@ def _run(job: Job, plans, state, paths, t0, progress, is_cancelled, on_plan, aft
     provider = encoder.provider if encoded and not job.dask else (
         "dask" if job.dask else provider_if_loaded(encoder))
     res = write_outputs(job, whole, out, bundle, provider, paths, warnings + state.warnings, t0, progress,
-                        is_cancelled)
+                        is_cancelled, precision_reason)
     timings["results"] = time.perf_counter() - t
     record.remove()
     res.timings = timings
