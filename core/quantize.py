@@ -52,6 +52,20 @@ SENSITIVE_ENDS = {
 }
 
 
+# The image graph method the bundle writers use, per kind of image tower, where they have real tiles to
+# calibrate on (measured per architecture: docs/bundles.md, "int8 graphs (CPUs)"); without them: dynamic.
+WRITER_METHODS = {"vit": "dynamic", "resnet": "dynamic"}
+
+
+def writer_method(graph_path, calibration) -> str:
+    """The method for ``add_int8(method="auto")``: WRITER_METHODS by the tower's kind when there are
+    calibration tiles, else dynamic (it needs none)."""
+    if calibration is None or not len(calibration):
+        return "dynamic"
+    onnx, _ = _tools()
+    return WRITER_METHODS[tower_kind(onnx.load(os.fspath(graph_path), load_external_data=False).graph)]
+
+
 def tower_kind(graph) -> str:
     """"resnet" for a convolutional image tower (no LayerNormalization: RN50's attention pool has none),
     else "vit"."""
@@ -201,7 +215,8 @@ def add_int8(folder, graphs: dict, *, images: np.ndarray | None = None, images_n
 
     ``images``: preprocessed (N, 3, H, W) inputs for the agreement check (else 16 of core.convert's seeded
     synthetic check images of ``image_size``); ``ids``: token ids for it (else ``tokenize`` of
-    core.convert's check prompts). ``method`` applies to the image graph. ``text="fp32"`` (the default) keeps
+    core.convert's check prompts). ``method`` applies to the image graph ("auto": :func:`writer_method`, per
+    tower kind when ``calibration`` tiles are given). ``text="fp32"`` (the default) keeps
     the fp32 text graph for the int8 precision: the text runs once per job, and quantising it moved the
     class ranking of whole rasters on the random-weight models (docs/bundles.md). Returns (the
     ``graphs["int8"]`` entry, the record for the manifest's ``quantization["int8"]``)."""
@@ -210,6 +225,8 @@ def add_int8(folder, graphs: dict, *, images: np.ndarray | None = None, images_n
     if text not in TEXT_METHODS:
         raise InvalidInput(f"Unknown int8 text method {text!r}.", f"Use one of {', '.join(TEXT_METHODS)}.", param="text_method")
     names = {"image": "image_int8.onnx", "text": "text_int8.onnx" if text == "dynamic" else graphs["fp32"]["text"]}
+    if method == "auto":
+        method = writer_method(folder / graphs["fp32"]["image"], calibration)
     report(0.0, f"Quantising the image graph to int8 ({method})")
     how_image = quantize_graph(folder / graphs["fp32"]["image"], folder / names["image"], method, calibration)
     if text == "dynamic":
