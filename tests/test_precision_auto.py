@@ -10,20 +10,21 @@ import shutil
 
 import pytest
 
-from core.bundle import INT8_USABLE_TOP1, choose_precision, load_bundle
+from core.bundle import INT8_MIN_IMAGES, INT8_USABLE_TOP1, choose_precision, load_bundle
 from core.errors import MissingDependency
 from core.inference import cuda_available
 from core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
 
 
-def _with_top1(int8_bundle, folder, top1):
-    """A copy of the int8 bundle whose manifest records ``top1`` (None: no quantization record at all)."""
+def _with_top1(int8_bundle, folder, top1, n_images=2800):
+    """A copy of the int8 bundle whose manifest records ``top1`` measured on ``n_images`` (as training.export
+    measures on the RSSCN7 images; None: no quantization record at all)."""
     shutil.copytree(int8_bundle, folder)
     m = json.loads((folder / "manifest.json").read_text())
     if top1 is None:
         del m["quantization"]
     else:
-        m["quantization"]["int8"]["agreement_vs_fp32"]["top1_agree"] = top1
+        m["quantization"]["int8"]["agreement_vs_fp32"].update(top1_agree=top1, n_images=n_images)
     (folder / "manifest.json").write_text(json.dumps(m))
     return folder
 
@@ -39,6 +40,16 @@ def test_auto_on_a_cpu_takes_int8_from_the_bar_up(int8_bundle, tiny_bundle, tmp_
     assert choose_precision(load_bundle(tiny_bundle), "auto", "cpu") == ("fp32", "auto: no int8 graphs in this bundle")
     precision, why = choose_precision(unrecorded, "auto", "cpu")
     assert precision == "fp32" and "no agreement" in why
+    # an agreement measured on too few images (16 synthetic ones: models convert/pull --int8) is not trusted
+    assert INT8_MIN_IMAGES == 100
+    few = load_bundle(_with_top1(int8_bundle, tmp_path / "few", 1.0, n_images=99))
+    enough = load_bundle(_with_top1(int8_bundle, tmp_path / "enough", 1.0, n_images=100))
+    assert choose_precision(few, "auto", "cpu") == (
+        "fp32", "auto: the int8 agreement was measured on only 99 images (needs 100; --precision int8 runs them "
+                "anyway)")
+    assert choose_precision(enough, "auto", "cpu")[0] == "int8"
+    assert load_bundle(int8_bundle).manifest["quantization"]["int8"]["agreement_vs_fp32"]["n_images"] == 16
+    assert choose_precision(load_bundle(int8_bundle), "auto", "cpu")[0] == "fp32"
     # device auto on a machine without CUDA is a CPU
     if not cuda_available():
         assert choose_precision(at_bar, "auto", "auto")[0] == "int8"
@@ -71,8 +82,9 @@ def test_a_job_at_auto_records_what_ran_and_why(int8_bundle, data_dir, tmp_path)
         return run_job(Job(raster=z20, task=LabelTask(["trees", "road"]), run=run, tiles=TileSpec(size=512),
                            output=str(tmp_path / out)))
 
-    auto = job(int8_bundle, "auto", "auto.gpkg")
-    explicit = job(int8_bundle, "int8", "int8.gpkg")
+    usable = _with_top1(int8_bundle, tmp_path / "usable", 0.995)
+    auto = job(usable, "auto", "auto.gpkg")
+    explicit = job(usable, "int8", "int8.gpkg")
     short = job(below, "auto", "short.gpkg")
     assert (auto.precision, short.precision, explicit.precision) == ("int8", "fp32", "int8")
     assert auto.precision_reason.startswith("auto: int8 agrees ") and "only 98.50 %" in short.precision_reason
@@ -89,7 +101,8 @@ def test_the_command_line_defaults_to_auto_and_says_what_ran(int8_bundle, data_d
 
     z20 = str(data_dir / "orthomosaic" / "kampala_oam_z20_mosaic_1536x1024.tif")
     below = _with_top1(int8_bundle, tmp_path / "below", 0.9899)
-    for model, words in ((int8_bundle, "precision: int8 (auto: int8 agrees "),
+    usable = _with_top1(int8_bundle, tmp_path / "usable", 0.995)
+    for model, words in ((usable, "precision: int8 (auto: int8 agrees 99.50 % with fp32 on this bundle)"),
                          (below, "precision: fp32 (auto: int8 agrees only 98.99 %")):
         assert main(["label", z20, "--labels", "trees,road", "--model", str(model), "--device", "cpu",
                      "--tile-size", "512", "--no-cache", "-q"]) == 0
