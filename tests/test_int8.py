@@ -275,7 +275,8 @@ def test_sensitive_ends_of_a_convolutional_tower():
 
     names = ["stem1", "stem2", "stem3", "block1", "block2", "pool_q", "pool_softmax", "proj"]
     ops = ["Conv", "Conv", "Conv", "Conv", "Conv", "Gemm", "Softmax", "MatMul"]
-    nodes = [helper.make_node(op, [f"t{i}"], [f"t{i + 1}"], name=n) for i, (n, op) in enumerate(zip(names, ops))]
+    nodes = [helper.make_node(op, [f"t{i}"], [f"t{i + 1}"], name=n)
+             for i, (n, op) in enumerate(zip(names, ops, strict=True))]
     nodes.append(helper.make_node("Identity", ["t8"], ["out"], name="out"))
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("t0", TensorProto.FLOAT, None)],
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)])
