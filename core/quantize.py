@@ -11,8 +11,12 @@ Two methods, both with int8 weights quantised per output channel (``onnxruntime.
   float32: onnxruntime's ConvInteger is slower than its float convolution on CPUs.
 * ``static``: QDQ graphs whose activation ranges are calibrated on real tiles (``calibration``,
   percentile calibration). Every operator is quantised, which makes convolutional image towers (RN50)
-  much faster; on the ViT towers it agreed less with fp32 than ``dynamic`` did (docs/bundles.md,
-  bench/bench_int8.py), so it is offered for measurements, not chosen by default.
+  much faster, but it moved more labels than ``dynamic`` on every model measured (docs/bundles.md).
+* ``static-ends``: ``static`` with the sensitive first and last layers left in float32 (SENSITIVE_ENDS: the
+  patch embedding or ResNet stem, the projection or attention pool); ``static-ends-linear``: besides, only
+  convolutions and matrix products int8 (Softmax, LayerNormalization, Add, ... in float32). On RN50
+  ``static-ends`` agreed better than ``dynamic`` and ran about twice as fast; the bundle writers use it for
+  convolutional towers where they have real tiles to calibrate on (WRITER_METHODS, ``method="auto"``).
 
 ``add_int8`` measures what it made against the fp32 graphs on the inputs it is given (real tiles or
 images where the caller has them, otherwise seeded synthetic images) and returns that record, which
@@ -54,7 +58,7 @@ SENSITIVE_ENDS = {
 
 # The image graph method the bundle writers use, per kind of image tower, where they have real tiles to
 # calibrate on (measured per architecture: docs/bundles.md, "int8 graphs (CPUs)"); without them: dynamic.
-WRITER_METHODS = {"vit": "dynamic", "resnet": "dynamic"}
+WRITER_METHODS = {"vit": "dynamic", "resnet": "static-ends"}
 
 
 def writer_method(graph_path, calibration) -> str:

@@ -282,3 +282,24 @@ def test_sensitive_ends_of_a_convolutional_tower():
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)])
     assert tower_kind(graph) == "resnet"
     assert sensitive_nodes(graph) == ["stem1", "stem2", "stem3", "pool_q", "pool_softmax", "proj"]
+
+
+def test_writers_choose_the_method_per_tower_kind(tiny_bundle, tmp_path):
+    """add_int8(method="auto") (training.export --int8): WRITER_METHODS by the tower's kind where there are
+    calibration tiles; dynamic without them."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from core.quantize import WRITER_METHODS, writer_method
+
+    assert WRITER_METHODS == {"vit": "dynamic", "resnet": "static-ends"}   # measured: docs/bundles.md
+    calib = np.zeros((2, 3, 64, 64), np.float32)
+    vit = tiny_bundle / "image_fp32.onnx"
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="stem"), helper.make_node("Relu", ["y"], ["z"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None),
+                                           helper.make_tensor_value_info("w", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)])
+    resnet = tmp_path / "resnet.onnx"
+    onnx.save_model(helper.make_model(graph), str(resnet))
+    assert writer_method(vit, calib) == "dynamic" and writer_method(resnet, calib) == "static-ends"
+    assert writer_method(resnet, None) == writer_method(resnet, calib[:0]) == "dynamic"
