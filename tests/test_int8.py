@@ -303,3 +303,19 @@ def test_writers_choose_the_method_per_tower_kind(tiny_bundle, tmp_path):
     onnx.save_model(helper.make_model(graph), str(resnet))
     assert writer_method(vit, calib) == "dynamic" and writer_method(resnet, calib) == "static-ends"
     assert writer_method(resnet, None) == writer_method(resnet, calib[:0]) == "dynamic"
+    from core.quantize import quantize_bundle
+
+    made = load_bundle(quantize_bundle(tiny_bundle, tmp_path / "auto", method="auto", calibration=calib))
+    assert made.manifest["quantization"]["int8"]["image"]["method"] == WRITER_METHODS["vit"]
+
+
+def test_export_calibrates_on_real_tiles_of_another_raster(data_dir, tmp_path):
+    """training.export's calibration tiles (for static-ends graphs) are real Kampala z20 tiles, preprocessed
+    as the pipeline does, not the RSSCN7 images the agreement is measured on; none without the data."""
+    from training.export import INT8_CALIBRATION, int8_calibration
+
+    cfg = load_bundle(DEMO).image
+    tiles = int8_calibration(cfg, data_dir)
+    assert "kampala_oam_z20" in INT8_CALIBRATION and tiles.shape == (64, 3, 64, 64) and tiles.dtype == np.float32
+    assert np.unique(tiles.reshape(64, -1), axis=0).shape[0] == 64   # 64 different tiles, spread over the mosaic
+    assert int8_calibration(cfg, tmp_path) is None
