@@ -91,6 +91,12 @@ def test_a_job_at_auto_records_what_ran_and_why(int8_bundle, data_dir, tmp_path)
     # auto ran the int8 graphs themselves: the same embeddings as int8 asked for (from the same cache entry)
     assert explicit.cache_hit and (auto.embeddings == explicit.embeddings).all()
     assert not [w for w in short.warnings if "int8 graphs" in w]
+    # the plan before a run at auto knows the rate measured by the last one (kept under the graphs that ran)
+    from core.pipeline import plan_job
+
+    for model in (usable, below):
+        run = RunOptions(model=str(model), device="cpu", precision="auto", cache_dir=str(tmp_path / "cache"))
+        assert plan_job(Job(raster=z20, task=LabelTask(["trees", "road"]), run=run, tiles=TileSpec(size=512))).rate > 0
     ds = ogr.Open(str(tmp_path / "short.gpkg"))
     meta = json.loads(ds.GetLayer(0).GetMetadataItem("REMOTECLIP"))
     assert meta["precision"] == "fp32" and meta["precision_reason"] == short.precision_reason
