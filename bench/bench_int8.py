@@ -4,6 +4,7 @@
     python bench/bench_int8.py --models demo   # one of them
     python bench/bench_int8.py --static        # also static QDQ graphs calibrated on real tiles
     python bench/bench_int8.py --int8-text     # also the text graph quantised (not what bundles use)
+    python bench/bench_int8.py --methods dynamic static static-ends static-ends-linear   # image methods
 
 Models: ViT-B-32 and RN50 with random weights that look trained (training.reference_pipeline.
 trained_looking; no pretrained weights exist on these machines), converted by core.runtime.convert, and the demo
@@ -19,7 +20,8 @@ the default). Every job runs through core's run_job, fp32 and int8, on the same 
 * count: share of tiles with the same count (cars, 1..10).
 
 Speed: image-encoder tiles/s on 32 real tiles, 3 repeats, median, with the session's thread count
-recorded. Writes bench-results/int8.json and prints the table that docs/bundles.md carries.
+recorded; fp32 and every int8 variant are timed interleaved (fp32, variant 1, variant 2, ... per repeat), so a
+change of the machine's load falls on all of them alike. Writes bench-results/int8.json and prints the table that docs/bundles.md carries.
 """
 
 from __future__ import annotations
@@ -91,17 +93,21 @@ def real_tiles(rel: str, image_cfg: dict, tile: int, n: int):
         src.close()
 
 
-def encoder_rate(bundle, precision: str, pixels, repeats: int = 3) -> float:
+def encoder_rates(runs: dict, pixels, repeats: int = 3) -> dict:
+    """Tiles/s of each (bundle, precision) in ``runs`` (name -> pair), median of ``repeats``, interleaved."""
     from core.runtime.inference import Encoder
 
-    enc = Encoder(bundle, device="cpu", precision=precision, batch_size=len(pixels), threads=THREADS)
-    enc.encode_images(pixels[:4])  # load, warm up
-    rates = []
+    encs = {}
+    for name, (bundle, precision) in runs.items():
+        encs[name] = Encoder(bundle, device="cpu", precision=precision, batch_size=len(pixels), threads=THREADS)
+        encs[name].encode_images(pixels[:4])  # load, warm up
+    rates = {name: [] for name in runs}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        enc.encode_images(pixels)
-        rates.append(len(pixels) / (time.perf_counter() - t0))
-    return statistics.median(rates)
+        for name, enc in encs.items():
+            t0 = time.perf_counter()
+            enc.encode_images(pixels)
+            rates[name].append(len(pixels) / (time.perf_counter() - t0))
+    return {name: statistics.median(r) for name, r in rates.items()}
 
 
 def _ranks(x):
@@ -152,7 +158,8 @@ def agreement(ref: dict, got: dict) -> dict:
             "search_top10_overlap": round(statistics.mean(top10), 3), "count_agree": round(count, 4)}
 
 
-def bench_model(name: str, bundle: Path, work: Path, static: bool, int8_text: bool = False) -> dict:
+def bench_model(name: str, bundle: Path, work: Path, static: bool, int8_text: bool = False,
+                methods=("dynamic",), reuse: bool = False) -> dict:
     from core.runtime.bundle import load_bundle
     from core.runtime.quantize import quantize_bundle
 
@@ -160,16 +167,27 @@ def bench_model(name: str, bundle: Path, work: Path, static: bool, int8_text: bo
     size = b.image["size"][0]
     scale = 1 if size >= 224 else 4   # the demo model sees 64 px: tiles a quarter of the side
     calib = real_tiles(CALIBRATION, b.image, 160 // scale, 64)
-    variants = {"int8 dynamic": quantize_bundle(bundle, work / f"{name}-int8-dynamic", overwrite=True)}
+    variants = {}
+    if static and "static" not in methods:
+        methods = (*methods, "static")
+    for method in methods:
+        out = work / f"{name}-int8-{method}"
+        vname = "int8 dynamic" if method == "dynamic" else f"int8 {method} QDQ"
+        if reuse and (out / "manifest.json").is_file() and \
+                load_bundle(out).manifest["quantization"]["int8"]["image"]["method"] == method:
+            variants[vname] = out   # made by an earlier run of this bench (--reuse)
+        elif method == "dynamic":
+            variants[vname] = quantize_bundle(bundle, out, overwrite=True)
+        else:
+            variants[vname] = quantize_bundle(bundle, out, method=method, calibration=calib,
+                                              images_note="64 Kampala z20 tiles", overwrite=True)
     if int8_text:
         variants["int8 dynamic, int8 text"] = quantize_bundle(bundle, work / f"{name}-int8-dynamic-text",
                                                               text="dynamic", overwrite=True)
-    if static:
-        variants["int8 static QDQ"] = quantize_bundle(bundle, work / f"{name}-int8-static", method="static",
-                                                      calibration=calib, images_note="64 Kampala z20 tiles",
-                                                      overwrite=True)
     speed_pixels = real_tiles(RASTERS["kampala_z21"][0], b.image, RASTERS["kampala_z21"][1] // scale, 32)
-    fp32_rate = encoder_rate(bundle, "fp32", speed_pixels)
+    speed = encoder_rates({"fp32": (bundle, "fp32"), **{v: (vb, "int8") for v, vb in variants.items()}},
+                          speed_pixels)
+    fp32_rate = speed["fp32"]
     rows = {}
     per_raster_ref = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -177,7 +195,7 @@ def bench_model(name: str, bundle: Path, work: Path, static: bool, int8_text: bo
             per_raster_ref[rname] = run_tasks(bundle, "fp32", DATA / rel, tile // scale, Path(tmp) / "fp32")
         for vname, vbundle in variants.items():
             vb = load_bundle(vbundle)
-            rate = encoder_rate(vbundle, "int8", speed_pixels)
+            rate = speed[vname]
             per = {}
             for rname, (rel, tile) in RASTERS.items():
                 got = run_tasks(vbundle, "int8", DATA / rel, tile // scale, Path(tmp) / vname.replace(" ", "_"))
@@ -199,6 +217,8 @@ def main(argv=None) -> int:
     ap.add_argument("--models", nargs="+", default=["ViT-B-32", "RN50", "demo"])
     ap.add_argument("--static", action="store_true", help="also static QDQ graphs calibrated on real tiles")
     ap.add_argument("--int8-text", action="store_true", help="also the dynamic graphs with the text graph int8")
+    ap.add_argument("--reuse", action="store_true", help="reuse int8 bundles an earlier run made")
+    ap.add_argument("--methods", nargs="+", default=["dynamic"], help="image graph methods (core.runtime.quantize.METHODS)")
     args = ap.parse_args(argv)
     if not (DATA / CALIBRATION).is_file():
         print(f"bench_int8: real data not found at {DATA}; set REMOTECLIP_DATA", file=sys.stderr)
@@ -213,9 +233,11 @@ def main(argv=None) -> int:
     for name in args.models:
         t0 = time.perf_counter()
         bundle = ROOT / "models" / "remoteclip-demo" if name == "demo" else trained_looking_bundle(name, work)
-        r = bench_model(name, bundle, work, args.static, args.int8_text)
+        r = bench_model(name, bundle, work, args.static, args.int8_text, tuple(args.methods), args.reuse)
         r["seconds"] = round(time.perf_counter() - t0, 1)
         results["models"].append(r)
+        r["load_avg_1min_end"] = round(os.getloadavg()[0], 2)
+        (OUT / "int8.json").write_text(json.dumps(results, indent=2) + "\n")   # each model as it is done
         print(f"{name}: done in {r['seconds']} s", flush=True)
     results["machine"]["load_avg_1min_end"] = round(os.getloadavg()[0], 2)
     (OUT / "int8.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -29,7 +29,7 @@ from .errors import (
     SourceUnreadable,
     gdal_return_codes,
 )
-from .runtime.bundle import PRECISIONS
+from .runtime.bundle import INT8_USABLE_TOP1, PRECISION_CHOICES
 
 
 def _default_model() -> str:
@@ -132,9 +132,11 @@ def _parser() -> argparse.ArgumentParser:
                                    "interpretation, else the first three)")
     r = common.add_argument_group("run")
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    r.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="graphs to run: fp32, fp16 (GPUs) or int8 (CPUs, about twice as fast; the bundle needs "
-                        "them: models convert/pull --int8)")
+    r.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                   help="graphs to run: auto (default: int8 on a CPU when the bundle has int8 graphs that agree "
+                        f"with fp32 on at least {INT8_USABLE_TOP1:.0%} of the labels, as recorded in its manifest, "
+                        "else fp32), fp32, fp16 "
+                        "(GPUs) or int8 (CPUs, faster; the bundle needs them: models convert/pull --int8)")
     r.add_argument("--batch-size", type=int, default=None,
                    help="tiles per batch (default: 32 on a CPU; on a GPU what its free memory holds)")
     r.add_argument("--cache-dir", help="embedding cache folder (default ~/.cache/remoteclip/embeddings)")
@@ -359,6 +361,8 @@ class _Bar:
 def _summary(res, job) -> str:
     lines = [f"{res.n_tiles} tiles in {res.seconds:.1f} s on {res.provider}"
              + (" (embeddings from the cache)" if res.cache_hit else "")]
+    if res.precision:
+        lines.append(f"precision: {res.precision} ({res.precision_reason})")
     if res.records:
         lines += job.task.describe(res)
     for w in res.warnings:

@@ -30,7 +30,7 @@ from qgis.PyQt.QtWidgets import (
 
 from .assess_view import AssessBox
 from .core.geodata.tiles import MAX_OVERLAP
-from .core.runtime.bundle import PRECISIONS
+from .core.runtime.bundle import INT8_USABLE_TOP1, PRECISION_CHOICES
 from .core.tasks import TASKS as TASK_CLASSES
 from .dock_banners import DemoBanner, DependencyBanner
 from .dock_export import ExportBox, save_file_widget
@@ -254,9 +254,11 @@ class DockLayout(QgsDockWidget):
         form.addRow("Batch size", self.batch_size)
         self.precision_combo = QComboBox(box)
         compact(self.precision_combo)
-        self.precision_combo.addItems(list(PRECISIONS))   # then the chosen bundle's own (_model_changed)
-        self.precision_combo.setToolTip("fp32: exact; fp16: for GPUs; int8: CPUs, about twice as fast (bundles "
-                                        "converted with --int8; their agreement with fp32 is in the manifest)")
+        self.precision_combo.addItems(list(PRECISION_CHOICES))   # then auto and the bundle's own (_model_changed)
+        self.precision_combo.setToolTip(
+            "auto: int8 on a CPU when the model has int8 graphs that give fp32's label on at least "
+            f"{INT8_USABLE_TOP1:.0%} of the tiles (recorded in its manifest), else fp32; the result says which ran "
+            "and why. fp32: exact; fp16: for GPUs; int8: CPUs, faster (bundles converted with --int8)")
         form.addRow("Precision", self.precision_combo)
         self.use_cache = QCheckBox("Reuse cached tile embeddings", box)
         self.use_cache.setChecked(True)

@@ -119,7 +119,8 @@ def test_label_run_on_the_kampala_mosaic_then_search_reuses_the_cache(dock, data
     assert result.n_tiles == math.ceil(1536 / 256) * math.ceil(1024 / 256)   # no nodata: every tile
     _check_result_layer(layer, raster, out, result.n_tiles)
     assert not result.cache_hit and "from cache" not in dock.status.text()
-    assert dock.provider_label.text() == "ran on: CPU"   # not onnxruntime's CPUExecutionProvider
+    assert dock.provider_label.text() == "ran on: CPU · fp32 (auto: no int8 graphs in this bundle)"   # not CPUExecutionProvider
+    assert "on CPU, fp32" in dock.status.text()
     assert f"{result.n_tiles} tiles" in dock.status.text()
     assert dock.progress.value() == 100
 
@@ -601,15 +602,17 @@ def test_model_widget_shows_name_architecture_and_activation(dock, tiny_bundle, 
     assert dock.model_path() == str(tiny_bundle)
     text = dock.model_info.text()
     assert "tiny-test" in text and "quick_gelu" in text
-    assert [dock.precision_combo.itemText(i) for i in range(dock.precision_combo.count())] == ["fp32", "fp16"]
+    assert [dock.precision_combo.itemText(i) for i in range(dock.precision_combo.count())] == ["auto", "fp32",
+                                                                                              "fp16"]
+    assert dock.precision_combo.currentText() == "auto"
     dock.model_widget.setFilePath(str(tmp_path))
     assert "manifest.json" in dock.model_info.text()
 
 
 def test_precision_int8_is_offered_by_a_bundle_with_int8_graphs(dock, int8_bundle, data_dir):
     dock.model_widget.setFilePath(str(int8_bundle))
-    assert [dock.precision_combo.itemText(i) for i in range(dock.precision_combo.count())] == ["fp32", "fp16",
-                                                                                              "int8"]
+    assert [dock.precision_combo.itemText(i) for i in range(dock.precision_combo.count())] == ["auto", "fp32",
+                                                                                              "fp16", "int8"]
     dock.layer_combo.setLayer(_raster(data_dir, "orthomosaic/kampala_oam_z20_mosaic_1536x1024.tif", "kampala"))
     dock.set_kind("label")
     dock.labels_edit.setPlainText("water\nbuildings")
@@ -617,6 +620,42 @@ def test_precision_int8_is_offered_by_a_bundle_with_int8_graphs(dock, int8_bundl
     job, _, _ = dock.build_job()
     assert type(job.task).__name__ == "LabelTask" and job.run.precision == "int8"
     assert job.run.model is dock.bundle and str(job.run.model.source) == str(int8_bundle)
+
+
+def test_the_result_says_which_precision_auto_ran_and_why(dock, int8_bundle, data_dir, tmp_path):
+    """Precision auto (the default) on a CPU: int8 where the bundle's recorded agreement reaches the bar,
+    fp32 where it falls short; the dock names the precision that ran and the reason in plain words."""
+    import json
+    import shutil
+
+    def recorded(name, top1):   # as training.export records it: measured on the 2,800 RSSCN7 images
+        copy = tmp_path / name
+        shutil.copytree(int8_bundle, copy)
+        m = json.loads((copy / "manifest.json").read_text())
+        m["quantization"]["int8"]["agreement_vs_fp32"].update(top1_agree=top1, n_images=2800)
+        (copy / "manifest.json").write_text(json.dumps(m))
+        return copy
+
+    usable, short = recorded("usable-int8", 0.995), recorded("short-int8", 0.985)
+    dock.layer_combo.setLayer(_raster(data_dir, "orthomosaic/kampala_oam_z20_mosaic_1536x1024.tif", "kampala"))
+    dock.set_kind("label")
+    dock.labels_edit.setPlainText("water\nbuildings")
+    dock.tile_size.setValue(512)
+    shown = {}
+    for name, bundle in (("usable", usable), ("short", short)):
+        dock.model_widget.setFilePath(str(bundle))
+        assert dock.precision_combo.currentText() == "auto"
+        dock.output_widget.setFilePath(str(tmp_path / f"{name}.gpkg"))
+        _run(dock)
+        assert dock.last_result is not None, dock.status.text()
+        shown[name] = (dock.provider_label.text(), dock.status.text(), dock.last_result.precision)
+    label, status, ran = shown["usable"]
+    assert ran == "int8" and label == "ran on: CPU · int8 (auto: int8 agrees 99.50 % with fp32 on this bundle)"
+    assert "on CPU, int8" in status
+    label, status, ran = shown["short"]
+    assert ran == "fp32" and label == "ran on: CPU · fp32 (auto: int8 agrees only 98.50 % with fp32 on this " \
+                                      "bundle (needs 99%))"
+    assert "on CPU, fp32" in status
 
 
 # -------------------------------------------------------------------------------------------- export

@@ -226,3 +226,98 @@ def test_int8_graphs_that_disagree_with_fp32_are_used_with_a_warning(int8_bundle
     assert main(["label", z20, "--labels", "trees,road", "--model", str(poor), "--precision", "int8",
                  "--tile-size", "512", "--no-cache", "-q"]) == 0
     assert "warning: The int8 graphs of" in capsys.readouterr().out
+
+
+def _qdq_inputs(path):
+    """node name -> (op type, whether any of its inputs comes from a DequantizeLinear: quantised in QDQ)."""
+    import onnx
+
+    g = onnx.load(str(path)).graph
+    made_by = {o: n for n in g.node for o in n.output}
+    return {n.name: (n.op_type, any(made_by.get(i) is not None and made_by[i].op_type == "DequantizeLinear"
+                                     for i in n.input)) for n in g.node}
+
+
+def test_static_ends_keeps_the_first_and_last_layers_in_float32(tiny_bundle, data_dir, tmp_path):
+    """static-ends: QDQ everywhere but the patch embedding and the projection (SENSITIVE_ENDS, found by the
+    graph's structure); static-ends-linear: besides those, only convolutions and matrix products are int8."""
+    import onnx
+
+    from core.runtime.quantize import quantize_bundle, sensitive_nodes, tower_kind
+
+    z20 = data_dir / "orthomosaic" / "kampala_oam_z20_mosaic_1536x1024.tif"
+    calib = _tiles(z20, load_bundle(tiny_bundle).image, 64, 8)
+    fp32 = onnx.load(str(tiny_bundle / "image_fp32.onnx")).graph
+    assert tower_kind(fp32) == "vit"
+    first_conv = next(n.name for n in fp32.node if n.op_type == "Conv")
+    last_ln = max(i for i, n in enumerate(fp32.node) if n.op_type == "LayerNormalization")
+    projection = next(n.name for n in fp32.node[last_ln:] if n.op_type in ("MatMul", "Gemm"))
+    assert {first_conv, projection} <= set(sensitive_nodes(fp32))
+    made = {m: load_bundle(quantize_bundle(tiny_bundle, tmp_path / m, method=m, calibration=calib))
+            for m in ("static", "static-ends", "static-ends-linear")}
+    nodes = {m: _qdq_inputs(b.graph_path("image", "int8")) for m, b in made.items()}
+    assert nodes["static"][first_conv][1] and nodes["static"][projection][1]   # plain static: every layer int8
+    for m in ("static-ends", "static-ends-linear"):
+        rec = made[m].manifest["quantization"]["int8"]
+        assert rec["image"]["method"] == m and rec["image"]["float32_nodes"] == sensitive_nodes(fp32)
+        assert not nodes[m][first_conv][1] and not nodes[m][projection][1]
+        inner = [n for n, (op, q) in nodes[m].items() if op == "MatMul" and n != projection]
+        assert inner and all(nodes[m][n][1] for n in inner)   # the blocks between are int8
+    assert made["static-ends-linear"].manifest["quantization"]["int8"]["image"]["ops"] == ["Conv", "MatMul", "Gemm"]
+    qdq = {m: sum(op == "QuantizeLinear" for op, _ in nodes[m].values()) for m in nodes}
+    assert qdq["static-ends-linear"] < qdq["static-ends"] < qdq["static"]
+
+
+def test_sensitive_ends_of_a_convolutional_tower():
+    """A ResNet-like graph (no LayerNormalization): the three-convolution stem and everything after the last
+    convolution (the attention pool) stay float32."""
+    from onnx import TensorProto, helper
+
+    from core.runtime.quantize import sensitive_nodes, tower_kind
+
+    names = ["stem1", "stem2", "stem3", "block1", "block2", "pool_q", "pool_softmax", "proj"]
+    ops = ["Conv", "Conv", "Conv", "Conv", "Conv", "Gemm", "Softmax", "MatMul"]
+    nodes = [helper.make_node(op, [f"t{i}"], [f"t{i + 1}"], name=n)
+             for i, (n, op) in enumerate(zip(names, ops, strict=True))]
+    nodes.append(helper.make_node("Identity", ["t8"], ["out"], name="out"))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("t0", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)])
+    assert tower_kind(graph) == "resnet"
+    assert sensitive_nodes(graph) == ["stem1", "stem2", "stem3", "pool_q", "pool_softmax", "proj"]
+
+
+def test_writers_choose_the_method_per_tower_kind(tiny_bundle, tmp_path):
+    """add_int8(method="auto") (training.export --int8): WRITER_METHODS by the tower's kind where there are
+    calibration tiles; dynamic without them."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from core.runtime.quantize import WRITER_METHODS, writer_method
+
+    assert WRITER_METHODS == {"vit": "dynamic", "resnet": "static-ends"}   # measured: docs/bundles.md
+    calib = np.zeros((2, 3, 64, 64), np.float32)
+    vit = tiny_bundle / "image_fp32.onnx"
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="stem"), helper.make_node("Relu", ["y"], ["z"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None),
+                                           helper.make_tensor_value_info("w", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)])
+    resnet = tmp_path / "resnet.onnx"
+    onnx.save_model(helper.make_model(graph), str(resnet))
+    assert writer_method(vit, calib) == "dynamic" and writer_method(resnet, calib) == "static-ends"
+    assert writer_method(resnet, None) == writer_method(resnet, calib[:0]) == "dynamic"
+    from core.runtime.quantize import quantize_bundle
+
+    made = load_bundle(quantize_bundle(tiny_bundle, tmp_path / "auto", method="auto", calibration=calib))
+    assert made.manifest["quantization"]["int8"]["image"]["method"] == WRITER_METHODS["vit"]
+
+
+def test_export_calibrates_on_real_tiles_of_another_raster(data_dir, tmp_path):
+    """training.export's calibration tiles (for static-ends graphs) are real Kampala z20 tiles, preprocessed
+    as the pipeline does, not the RSSCN7 images the agreement is measured on; none without the data."""
+    from training.export import INT8_CALIBRATION, int8_calibration
+
+    cfg = load_bundle(DEMO).image
+    tiles = int8_calibration(cfg, data_dir)
+    assert "kampala_oam_z20" in INT8_CALIBRATION and tiles.shape == (64, 3, 64, 64) and tiles.dtype == np.float32
+    assert np.unique(tiles.reshape(64, -1), axis=0).shape[0] == 64   # 64 different tiles, spread over the mosaic
+    assert int8_calibration(cfg, tmp_path) is None

@@ -280,11 +280,17 @@ def test_the_demo_model_says_it_is_a_toy_and_another_model_does_not(plugin, mosa
 def test_labeltiles_with_int8_graphs(plugin, mosaic, int8_bundle, tmp_path):
     registry = QgsApplication.processingRegistry()
     param = registry.algorithmById("remoteclip:labeltiles").parameterDefinition("PRECISION")
-    assert param.options() == ["fp32", "fp16", "int8"]   # the indices of earlier versions are kept
+    assert param.options() == ["fp32", "fp16", "int8", "auto"]   # the indices of earlier versions are kept
+    assert param.defaultValue() == 3   # auto
     out = tmp_path / "labels_int8.gpkg"
     res = run("labeltiles", base_params(mosaic, int8_bundle, out, LABELS=LABELS, TILE_SIZE=256, PRECISION=2))
     layer = open_output(out)
     assert res["PROVIDER"] == "CPUExecutionProvider" and layer.featureCount() == res["N_TILES"] == 24
+    assert res["PRECISION_RAN"] == "int8 (chosen in the run's settings)"
+    # auto: the tiny bundle's int8 agreement was measured on 16 synthetic images only: fp32, and it says so
+    auto = run("labeltiles", base_params(mosaic, int8_bundle, tmp_path / "labels_auto.gpkg", LABELS=LABELS,
+                                         TILE_SIZE=256, PRECISION=3))
+    assert auto["PRECISION_RAN"].startswith("fp32 (auto: the int8 agreement was measured on only 16 images")
     from remoteclip_qgis.core.pipeline import Job, LabelTask, RunOptions, TileSpec, run_job
 
     direct = run_job(Job(raster=mosaic, task=LabelTask(["buildings", "trees", "road", "bare soil"]),

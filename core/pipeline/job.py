@@ -19,14 +19,14 @@ MAX_TILES = checks.MAX_TILES   # a larger plan is refused unless confirmed (core
 class RunOptions:
     model: str
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "fp32"      # or "auto": core.runtime.inference.choose_precision decides once the bundle is read
     batch_size: int | None = None  # None: auto (32 on a CPU; on a GPU what its free memory holds)
     cache_dir: str | None = None   # None: default cache folder; "" disables the cache
     threads: int | None = None     # CPU threads onnxruntime may use (None: one per core)
     readers: int | None = None     # tile reader threads (None: 1 beside a CPU encoder, more beside a GPU)
 
     def __post_init__(self):
-        from ..runtime.bundle import PRECISIONS
+        from ..runtime.bundle import PRECISION_CHOICES
         from ..runtime.inference import DEVICES
 
         if self.model is not None and not isinstance(self.model, str | os.PathLike) \
@@ -34,7 +34,7 @@ class RunOptions:
             raise InvalidInput(f"The model {self.model!r} is not a bundle path.",
                                   "Give the bundle folder or .rclip.zip as a path.", param="model")
         self.device = checks.choice(self.device, "device", DEVICES, param="device")
-        self.precision = checks.choice(self.precision, "precision", PRECISIONS, param="precision")
+        self.precision = checks.choice(self.precision, "precision", PRECISION_CHOICES, param="precision")
         self.batch_size = checks.optional(checks.whole, self.batch_size, "Batch size", 1, MAX_BATCH, "e.g. 32",
                                           param="batch_size")
         self.threads = checks.optional(checks.whole, self.threads, "threads", 1, 1024, "e.g. 4", param="threads")
@@ -139,6 +139,8 @@ class JobResult:
     report_output: str | None = None                     # where the report was saved
     head_output: str | None = None                       # classify: where the trained classifier was saved
     model: str = ""                                      # the bundle's name (core.runtime.bundle.DEMO_NAME: the demo)
+    precision: str = ""                                  # the graphs that ran: fp32, fp16 or int8
+    precision_reason: str = ""                           # why (core.runtime.inference.choose_precision), in plain words
     timings: dict[str, float] = field(default_factory=dict)  # seconds: prepare, text, tiles (read + encode), results
     sources: list[str] = field(default_factory=list)     # several rasters: those in the output
     skipped: list[tuple[str, str]] = field(default_factory=list)   # several rasters: (raster, why) not in it

@@ -210,8 +210,17 @@ def known_rate(job: Job, bundle) -> float | None:
     path = _rates_path(job)
     if path is None or not os.path.isfile(path):
         return None
+    precision = job.run.precision
+    if precision == "auto":   # the rate of the graphs auto will run (record_rate keeps it under those)
+        from ..errors import RemoteClipError
+        from ..runtime.inference import choose_precision
+
+        try:
+            precision = choose_precision(bundle, precision, job.run.device)[0]
+        except RemoteClipError:   # device cuda without CUDA: the run says so
+            return None
     try:
-        entry = _rate_entry(_read_rates(path).get(_rate_key(bundle, job.run.precision, job.run.device)))
+        entry = _rate_entry(_read_rates(path).get(_rate_key(bundle, precision, job.run.device)))
     except (OSError, ValueError, AttributeError):
         return None
     return entry[0] if entry else None

@@ -23,6 +23,8 @@ writes nothing.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 import time
 
@@ -31,7 +33,7 @@ import numpy as np
 from ..errors import Cancelled, InvalidInput
 from ..geodata.crs import crs_name, same_crs
 from ..runtime.bundle import load_bundle, precision_warnings
-from ..runtime.inference import Encoder
+from ..runtime.inference import Encoder, choose_precision
 from ..tasks import RasterPart
 from .dates import encode_after, plan_after
 from .distributed import encode_on_cluster
@@ -75,6 +77,10 @@ def run_job(job: Job, progress=None, is_cancelled=None, on_plan=None) -> JobResu
 
 def _run(job: Job, plans, state, paths, t0, progress, is_cancelled, on_plan, after=None) -> JobResult:
     bundle = load_bundle(job.run.model)
+    precision, precision_reason = choose_precision(bundle, job.run.precision, job.run.device)
+    if precision != job.run.precision:   # "auto" resolved: the cache key, rates and resume record name the graphs run
+        job = copy.copy(job)
+        job.run = dataclasses.replace(job.run, precision=precision)
     warnings: list[str] = precision_warnings(bundle, job.run.precision)
     task = job.task
     prepared = task.prepare(bundle, warnings)
@@ -155,7 +161,7 @@ def _run(job: Job, plans, state, paths, t0, progress, is_cancelled, on_plan, aft
     provider = encoder.provider if encoded and not job.dask else (
         "dask" if job.dask else provider_if_loaded(encoder))
     res = write_outputs(job, whole, out, bundle, provider, paths, warnings + state.warnings, t0, progress,
-                        is_cancelled)
+                        is_cancelled, precision_reason)
     timings["results"] = time.perf_counter() - t
     record.remove()
     res.timings = timings

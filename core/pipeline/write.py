@@ -62,7 +62,8 @@ def check_outputs(job: Job) -> dict:
 
 
 def write_outputs(job: Job, part: RasterPart, out: TaskOutput, bundle, provider: str, paths: dict,
-                  warnings: list[str], t0: float, progress=None, is_cancelled=None) -> JobResult:
+                  warnings: list[str], t0: float, progress=None, is_cancelled=None,
+                  precision_reason: str = "") -> JobResult:
     """The records of ``part`` with their tiles, written where ``paths`` (:func:`check_outputs`) says, as one
     set: each output is written to its temporary and checked first, then all are published
     (:func:`core.staged.publish_all`); a failure or a cancel before that removes every temporary and leaves
@@ -84,7 +85,8 @@ def write_outputs(job: Job, part: RasterPart, out: TaskOutput, bundle, provider:
             from ..geodata.vectors import Field, stage_vector
 
             metadata = {"task": type(task).__name__, "kind": task.kind, "model": bundle.name, "raster": part.name,
-                        "fields": out.field_map, "provider": provider, **out.metadata}
+                        "fields": out.field_map, "provider": provider, "precision": job.run.precision,
+                        "precision_reason": precision_reason, **out.metadata}
             dissolve_by = task.dissolve_field if job.dissolve else None
             staged.append(stage_vector(job.output, records, [Field(n, t) for n, t in fields_], part.crs_wkt,
                                        layer_name=layer_name, dissolve_by=dissolve_by, metadata=metadata,
@@ -126,7 +128,8 @@ def write_outputs(job: Job, part: RasterPart, out: TaskOutput, bundle, provider:
                      cache_hit=part.cache_hit, seconds=time.perf_counter() - t0, warnings=warnings,
                      field_map=out.field_map, embeddings=part.embeddings, images_encoded=part.images_encoded,
                      raster_output=written.get("raster"), report=report, report_output=written.get("report"),
-                     head_output=written.get("head"), model=bundle.name)
+                     head_output=written.get("head"), model=bundle.name, precision=job.run.precision,
+                     precision_reason=precision_reason)
 
 
 def _values_column(values: list) -> Lazy:

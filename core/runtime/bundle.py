@@ -27,7 +27,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 KINDS = ("image", "text")
 PRECISIONS = ("fp32", "fp16", "int8")
-INT8_METHODS = ("dynamic", "static")
+INT8_METHODS = ("dynamic", "static", "static-ends", "static-ends-linear")   # core.runtime.quantize.METHODS
 
 VOCAB_NAME = "bpe_simple_vocab_16e6.txt.gz"
 # open_clip's CLIP BPE merges (byte-identical copy), so that core can write bundles without open_clip
@@ -101,6 +101,16 @@ DEMO_NOTE = (f"the demo model is a toy for trying the tools ({DEMO_FIGURE}); for
 # int8 graphs are offered as a faster stand-in for fp32 when they give its label nearly always
 # (docs/performance.md: top-1 agreement of at least 99 %)
 INT8_USABLE_TOP1 = 0.99
+# precision auto trusts a recorded agreement measured on at least this many images: 16 seeded synthetic images
+# (what models convert/pull --int8 measure on) gave RN50 100 % where 588 real tiles gave 92.7 % (docs/bundles.md)
+INT8_MIN_IMAGES = 100
+
+
+PRECISION_CHOICES = ("auto",) + PRECISIONS   # what a run may ask for; "auto": choose_precision decides
+
+
+def int8_agreement(bundle: Bundle) -> dict:
+    return (((bundle.manifest.get("quantization") or {}).get("int8") or {}).get("agreement_vs_fp32") or {})
 
 
 def precision_warnings(bundle: Bundle, precision: str) -> list[str]:
@@ -108,7 +118,7 @@ def precision_warnings(bundle: Bundle, precision: str) -> list[str]:
     agreement with fp32 is below INT8_USABLE_TOP1."""
     if precision != "int8":
         return []
-    agree = (((bundle.manifest.get("quantization") or {}).get("int8") or {}).get("agreement_vs_fp32") or {})
+    agree = int8_agreement(bundle)
     top1 = agree.get("top1_agree")
     if top1 is None or top1 >= INT8_USABLE_TOP1:
         return []

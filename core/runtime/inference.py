@@ -21,6 +21,7 @@ CPU provider (``io_binding=True``), which is how it is tested without a GPU.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from collections import OrderedDict
@@ -29,7 +30,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..errors import InvalidInput, MissingDependency, ModelError
-from .bundle import check_graph_inputs, load_bundle
+from .bundle import INT8_MIN_IMAGES, INT8_USABLE_TOP1, Bundle, check_graph_inputs, int8_agreement, load_bundle
 from .tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -359,3 +360,31 @@ class Encoder:
     def encode_texts_with_info(self, texts: list[str]) -> tuple[np.ndarray, list[bool]]:
         ids, cut = self.tokenizer.encode_with_info(list(texts))
         return self.encode_ids(ids), cut
+
+
+def choose_precision(bundle: Bundle, requested: str = "auto", device: str = "auto") -> tuple[str, str]:
+    """(the precision a job runs, why, in plain words). An explicit fp32, fp16 or int8 is kept. "auto": int8
+    on a CPU when the bundle has int8 graphs whose recorded top-1 agreement with fp32 is at least
+    INT8_USABLE_TOP1, measured on at least INT8_MIN_IMAGES images, else fp32; fp32 on a GPU. Raises MissingDependency for device cuda without CUDA."""
+    if requested != "auto":
+        return requested, "chosen in the run's settings"
+    if choose_providers(device)[0] != "CPUExecutionProvider":
+        return "fp32", "auto: fp32 on a GPU (int8 graphs are for CPUs)"
+    if "int8" not in bundle.config.graphs:
+        return "fp32", "auto: no int8 graphs in this bundle"
+    agree = int8_agreement(bundle)
+    top1 = agree.get("top1_agree")
+    if top1 is None:
+        return "fp32", "auto: this bundle records no agreement of its int8 graphs with fp32"
+    if agree.get("n_images", 0) < INT8_MIN_IMAGES:
+        return "fp32", (f"auto: the int8 agreement was measured on only {agree.get('n_images', 0)} images "
+                        f"(needs {INT8_MIN_IMAGES}; --precision int8 runs them anyway)")
+    if top1 < INT8_USABLE_TOP1:
+        return "fp32", (f"auto: int8 agrees only {_percent(top1)} with fp32 on this bundle "
+                        f"(needs {INT8_USABLE_TOP1:.0%})")
+    return "int8", f"auto: int8 agrees {_percent(top1)} with fp32 on this bundle"
+
+
+def _percent(x: float) -> str:
+    """A share as a percentage with the digits that matter at the 99 % bar (0.9899: "98.99 %", not "99.0 %")."""
+    return f"{math.floor(round(x * 10000, 6)) / 100:.2f} %"

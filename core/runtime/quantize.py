@@ -11,8 +11,12 @@ Two methods, both with int8 weights quantised per output channel (``onnxruntime.
   float32: onnxruntime's ConvInteger is slower than its float convolution on CPUs.
 * ``static``: QDQ graphs whose activation ranges are calibrated on real tiles (``calibration``,
   percentile calibration). Every operator is quantised, which makes convolutional image towers (RN50)
-  much faster; on the ViT towers it agreed less with fp32 than ``dynamic`` did (docs/bundles.md,
-  bench/bench_int8.py), so it is offered for measurements, not chosen by default.
+  much faster, but it moved more labels than ``dynamic`` on every model measured (docs/bundles.md).
+* ``static-ends``: ``static`` with the sensitive first and last layers left in float32 (SENSITIVE_ENDS: the
+  patch embedding or ResNet stem, the projection or attention pool); ``static-ends-linear``: besides, only
+  convolutions and matrix products int8 (Softmax, LayerNormalization, Add, ... in float32). On RN50
+  ``static-ends`` agreed better than ``dynamic`` and ran about twice as fast; the bundle writers use it for
+  convolutional towers where they have real tiles to calibrate on (WRITER_METHODS, ``method="auto"``).
 
 ``add_int8`` measures what it made against the fp32 graphs on the inputs it is given (real tiles or
 images where the caller has them, otherwise seeded synthetic images) and returns that record, which
@@ -35,10 +39,50 @@ from ..errors import InvalidInput, MissingDependency
 
 __all__ = ["add_int8", "quantize_bundle", "quantize_graph", "METHODS", "DYNAMIC_OPS", "agreement"]
 
-METHODS = ("dynamic", "static")
+METHODS = ("dynamic", "static", "static-ends", "static-ends-linear")
 TEXT_METHODS = ("fp32", "dynamic")
 TEXT_DEFAULT = "fp32"
 DYNAMIC_OPS = ("MatMul", "Gemm")
+LINEAR_OPS = ("Conv", "MatMul", "Gemm")   # "static-ends-linear": only these are int8, the rest stays float32
+
+# The layers the "static-ends" methods leave in float32, per kind of image tower (the one declared place).
+# Chosen by the graph's structure, not by node names: the exporters name nodes differently (RN50's torch.onnx
+# graph "Conv_4", the dynamo exporter's "node_Conv_391"). "first_convs": the first N convolutions (ViT: the
+# patch embedding; ResNet: the three-convolution stem); "last_after": every quantisable node after the last
+# node of this type (ViT: the projection after ln_post; ResNet: the attention pool after the last convolution).
+SENSITIVE_ENDS = {
+    "vit": {"first_convs": 1, "last_after": "LayerNormalization"},
+    "resnet": {"first_convs": 3, "last_after": "Conv"},
+}
+
+
+# The image graph method the bundle writers use, per kind of image tower, where they have real tiles to
+# calibrate on (measured per architecture: docs/bundles.md, "int8 graphs (CPUs)"); without them: dynamic.
+WRITER_METHODS = {"vit": "dynamic", "resnet": "static-ends"}
+
+
+def writer_method(graph_path, calibration) -> str:
+    """The method for ``add_int8(method="auto")``: WRITER_METHODS by the tower's kind when there are
+    calibration tiles, else dynamic (it needs none)."""
+    if calibration is None or not len(calibration):
+        return "dynamic"
+    onnx, _ = _tools()
+    return WRITER_METHODS[tower_kind(onnx.load(os.fspath(graph_path), load_external_data=False).graph)]
+
+
+def tower_kind(graph) -> str:
+    """"resnet" for a convolutional image tower (no LayerNormalization: RN50's attention pool has none),
+    else "vit"."""
+    return "vit" if any(n.op_type == "LayerNormalization" for n in graph.node) else "resnet"
+
+
+def sensitive_nodes(graph) -> list[str]:
+    """The names of the nodes the "static-ends" methods keep in float32 (SENSITIVE_ENDS)."""
+    ends = SENSITIVE_ENDS[tower_kind(graph)]
+    nodes = list(graph.node)
+    convs = [n.name for n in nodes if n.op_type == "Conv"]
+    last = max((i for i, n in enumerate(nodes) if n.op_type == ends["last_after"]), default=len(nodes))
+    return convs[:ends["first_convs"]] + [n.name for n in nodes[last + 1:] if n.op_type not in ("Identity",)]
 
 
 def _tools():
@@ -78,10 +122,13 @@ class _Batches:
 
 class _NoPreprocessAdvice(logging.Filter):
     """The quantiser advises its shape pre-processing on the root logger at every call; the graphs here have
-    their stored shapes dropped and re-inferred instead (_without_value_info)."""
+    their stored shapes dropped and re-inferred instead (_without_value_info). Also its note on 1-D weights."""
 
     def filter(self, record):
-        return "pre-processing before quantization" not in record.getMessage()
+        message = record.getMessage()
+        # static QDQ: per-channel quantisation of a 1-D weight (LayerNormalization's scale) falls back to one
+        # scale per tensor, and says so once per weight
+        return "pre-processing before quantization" not in message and "is out-of-range for weight" not in message
 
 
 def quantize_graph(src, dst, method: str = "dynamic", calibration: np.ndarray | None = None) -> dict:
@@ -110,15 +157,24 @@ def _quantize_graph(src, dst, method, calibration) -> dict:
         if calibration is None or not len(calibration):
             raise InvalidInput("Static int8 quantisation needs calibration images.",
                                   "Give real tiles to calibrate on, or use the dynamic method.")
-        name = onnx.load(str(plain), load_external_data=False).graph.input[0].name
+        graph = onnx.load(str(plain), load_external_data=False).graph
+        name = graph.input[0].name
+        exclude = sensitive_nodes(graph) if method.startswith("static-ends") else []
+        ops = list(LINEAR_OPS) if method == "static-ends-linear" else None
         with contextlib.redirect_stdout(io.StringIO()):   # the calibrator prints its progress
             q.quantize_static(str(plain), str(dst), _Batches(name, np.asarray(calibration, np.float32)),
                               quant_format=q.QuantFormat.QDQ, per_channel=True,
                               activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
-                              calibrate_method=q.CalibrationMethod.Percentile)
-        return {"method": "static", "format": "QDQ", "weights": "int8, per output channel",
-                "activations": "uint8, ranges calibrated (percentile 99.999)",
-                "calibration_images": int(len(calibration)), "tool": f"onnxruntime.quantization {_ort_version()}"}
+                              calibrate_method=q.CalibrationMethod.Percentile, nodes_to_exclude=exclude,
+                              op_types_to_quantize=ops)
+        how = {"method": method, "format": "QDQ", "weights": "int8, per output channel",
+               "activations": "uint8, ranges calibrated (percentile 99.999)",
+               "calibration_images": int(len(calibration)), "tool": f"onnxruntime.quantization {_ort_version()}"}
+        if exclude:
+            how["float32_nodes"] = exclude   # the first and last layers (SENSITIVE_ENDS)
+        if ops:
+            how["ops"] = ops
+        return how
 
 
 def _ort_version() -> str:
@@ -166,7 +222,8 @@ def add_int8(folder, graphs: dict, *, images: np.ndarray | None = None, images_n
 
     ``images``: preprocessed (N, 3, H, W) inputs for the agreement check (else 16 of core.runtime.convert's seeded
     synthetic check images of ``image_size``); ``ids``: token ids for it (else ``tokenize`` of
-    core.runtime.convert's check prompts). ``method`` applies to the image graph. ``text="fp32"`` (the default) keeps
+    core.runtime.convert's check prompts). ``method`` applies to the image graph ("auto": :func:`writer_method`, per
+    tower kind when ``calibration`` tiles are given). ``text="fp32"`` (the default) keeps
     the fp32 text graph for the int8 precision: the text runs once per job, and quantising it moved the
     class ranking of whole rasters on the random-weight models (docs/bundles.md). Returns (the
     ``graphs["int8"]`` entry, the record for the manifest's ``quantization["int8"]``)."""
@@ -175,6 +232,8 @@ def add_int8(folder, graphs: dict, *, images: np.ndarray | None = None, images_n
     if text not in TEXT_METHODS:
         raise InvalidInput(f"Unknown int8 text method {text!r}.", f"Use one of {', '.join(TEXT_METHODS)}.", param="text_method")
     names = {"image": "image_int8.onnx", "text": "text_int8.onnx" if text == "dynamic" else graphs["fp32"]["text"]}
+    if method == "auto":
+        method = writer_method(folder / graphs["fp32"]["image"], calibration)
     report(0.0, f"Quantising the image graph to int8 ({method})")
     how_image = quantize_graph(folder / graphs["fp32"]["image"], folder / names["image"], method, calibration)
     if text == "dynamic":

@@ -55,7 +55,7 @@ from .parameters import adapter, decimals, param_help
 
 UNITS = ["px", "m"]
 DEVICES = ["auto", "cpu", "cuda"]
-PRECISIONS = list(_PRECISIONS)   # fp32, fp16, int8: the enum's indices stay those of earlier versions
+PRECISIONS = [*_PRECISIONS, "auto"]   # fp32, fp16, int8: the enum's indices stay those of earlier versions
 _KEEP_ALIVE: list = []   # post-processors QGIS calls after the run; Python must keep them referenced
 
 
@@ -131,6 +131,7 @@ class RemoteClipAlgorithm(Declaring):
     OUTPUT = "OUTPUT"
     RASTER_OUTPUT = "RASTER_OUTPUT"
     PROVIDER = "PROVIDER"
+    PRECISION_RAN = "PRECISION_RAN"
     N_TILES = "N_TILES"
     CACHE_HIT = "CACHE_HIT"
     ACCURACY = "ACCURACY"
@@ -224,7 +225,9 @@ class RemoteClipAlgorithm(Declaring):
                 self.BATCH_SIZE, self.tr("Batch size"), QgsProcessingParameterNumber.Type.Integer, defaultValue=32,
                 minValue=1, maxValue=4096),
             QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), options=DEVICES, defaultValue=0),
-            QgsProcessingParameterEnum(self.PRECISION, self.tr("Precision"), options=PRECISIONS, defaultValue=0),
+            QgsProcessingParameterEnum(self.PRECISION, self.tr("Precision (auto: int8 on a CPU where the model's int8 "
+                                                                "graphs agree with fp32, else fp32)"),
+                                       options=PRECISIONS, defaultValue=PRECISIONS.index("auto")),
             QgsProcessingParameterString(
                 self.DASK, self.tr("Dask scheduler (tls://host:8786; tcp:// only on a trusted private "
                                    "network; local:N for N worker processes here; empty: this process)"), optional=True),
@@ -249,6 +252,7 @@ class RemoteClipAlgorithm(Declaring):
             dense.setSupportsNonFileBasedOutput(False)
             self.add(dense)
         self.add_output(QgsProcessingOutputString(self.PROVIDER, self.tr("onnxruntime provider that ran")))
+        self.add_output(QgsProcessingOutputString(self.PRECISION_RAN, self.tr("Precision that ran, and why")))
         self.add_output(QgsProcessingOutputNumber(self.N_TILES, self.tr("Number of tiles")))
         self.add_output(QgsProcessingOutputBoolean(self.CACHE_HIT, self.tr("Embeddings came from the cache")))
         if self.task_cls.reports:
@@ -469,6 +473,7 @@ class RemoteClipAlgorithm(Declaring):
         feedback.pushInfo(f"{result.n_tiles} tiles on {result.provider}"
                           + (" (embeddings from the cache)" if result.cache_hit else "")
                           + f" in {result.seconds:.1f} s.")
+        feedback.pushInfo(f"Precision: {result.precision} ({result.precision_reason}).")
         for w in result.warnings:
             feedback.pushWarning(w)
         from ..core.runtime.bundle import DEMO_NAME, DEMO_NOTE
@@ -477,6 +482,7 @@ class RemoteClipAlgorithm(Declaring):
             feedback.pushWarning(f"Note: {DEMO_NOTE}.")
         self._style_on_load(context, result)
         out = {self.OUTPUT: self._dest, self.PROVIDER: result.provider, self.N_TILES: result.n_tiles,
+               self.PRECISION_RAN: f"{result.precision} ({result.precision_reason})",
                self.CACHE_HIT: bool(result.cache_hit)}
         if self.task_cls.dense:
             out[self.RASTER_OUTPUT] = result.raster_output
