@@ -7,6 +7,7 @@ results on the map with their legends, and the dock at QGIS's default 300 px wid
 
 writes docs/screenshot.png (the label result, the README's picture) and beside it
 screenshot_dock.png (the whole dock at 300 px, every group open), screenshot_search.png,
+screenshot_search_like.png (tiles picked on the map, the tiles most like them),
 screenshot_count.png, screenshot_urban.png (labelled with the "urban" preset),
 screenshot_classify.png (a Classify run from samples placed on the data's building outlines, its
 report in the dock) and, for docs/assessment.md, screenshot_sample.png (a reference sample of the
@@ -404,6 +405,21 @@ def main(argv: list[str] | None = None) -> int:
     dock.tile_size.setValue(128)
     _run(dock, "search")
     shoot(dock.last_layer, Path(f"{stem}_search.png"))
+
+    # find more like this: three building tiles picked on the map with the Pick like tool, no text
+    form = dock.forms["search"]
+    form.widgets["query"].setText("")
+    picks = form.map_picks
+    for outline in sorted(_outlines(), key=lambda g: -g.area()):
+        before = len(picks.picks)
+        picks.click(outline.centroid().asPoint(), "like")   # the canvas is in the mosaic's CRS
+        if len(picks.picks) < before:   # a second building on a picked tile un-picks it: pick it again
+            picks.click(outline.centroid().asPoint(), "like")
+        if len(picks.picks) == 3:
+            break
+    _run(dock, "search by example")
+    shoot(dock.last_layer, Path(f"{stem}_search_like.png"))
+    picks.clear()
 
     # the "urban" preset on the label tiles (their embeddings come from the cache)
     from remoteclip_qgis.core.prompts import PRESETS
