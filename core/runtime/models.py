@@ -62,11 +62,12 @@ def _entry(name: str, catalog: dict) -> cat.Entry:
 
 
 def pull(name: str, folder=None, url: str | None = None, *, fp16: bool = False, int8: bool = False, transport=None,
-         progress=None, is_cancelled=None, keep_checkpoint: bool = False) -> Path:
+         progress=None, is_cancelled=None, keep_checkpoint: bool = False, int8_check=None) -> Path:
     """Download and convert the catalogue's model ``name`` into ``<folder>/<name>``; returns the bundle.
 
     ``url``: a mirror (http/https), a local path or a ``file://`` URL instead of the catalogue's URL;
-    it must hold the same file (size and sha256 are checked when the catalogue knows them)."""
+    it must hold the same file (size and sha256 are checked when the catalogue knows them). ``int8_check``: a
+    raster of the analyst's to measure the int8 graphs on (implies ``int8``; core.runtime.quantize.raster_tiles)."""
     folder = Path(folder) if folder is not None else cat.models_dir()
     entry = _entry(name, cat.load_catalog(folder))
     out = cat.confined(folder / entry.name, folder)
@@ -115,7 +116,7 @@ def pull(name: str, folder=None, url: str | None = None, *, fp16: bool = False, 
         source = {"tool": cat.TOOL + " pull", "catalog": entry.name, "checkpoint": entry.file, "sha256": digest,
                   "origin": url, "licence": entry.licence}
         bundle = _converter()(extracted or checkpoint, out, arch=entry.architecture, activation=entry.activation,
-                              fp16=fp16, int8=int8, name=entry.name, source=source,
+                              fp16=fp16, int8=int8, name=entry.name, source=source, int8_check=int8_check,
                               progress=_scaled(progress, share, 1.0), is_cancelled=is_cancelled)
     finally:
         if extracted is not None:
@@ -168,7 +169,7 @@ def _extract_checkpoint(archive: Path, dest_dir: Path, entry: cat.Entry, folder:
 
 def convert(checkpoint, out, *, arch: str = "auto", activation: str = "quick_gelu", fp16: bool = False,
             int8: bool = False, name: str | None = None, overwrite: bool = False, progress=None,
-            is_cancelled=None) -> Path:
+            is_cancelled=None, int8_check=None) -> Path:
     """Convert a checkpoint file the user already has (``remoteclip models convert``); an existing bundle at
     ``out`` is replaced only with ``overwrite``."""
     path = Path(checkpoint).expanduser()
@@ -181,7 +182,27 @@ def convert(checkpoint, out, *, arch: str = "auto", activation: str = "quick_gel
     source = {"tool": cat.TOOL + " convert", "checkpoint": path.name, "origin": str(path.resolve())}
     return Path(_converter()(path, Path(out).expanduser(), arch=arch, activation=activation, fp16=fp16, int8=int8,
                              name=name, source=source, overwrite=overwrite, progress=progress,
-                             is_cancelled=is_cancelled))
+                             is_cancelled=is_cancelled, int8_check=int8_check))
+
+
+def int8_bundle(bundle, out, raster, *, overwrite: bool = False, progress=None) -> Path:
+    """``remoteclip models int8``: a copy of ``bundle`` at ``out`` with int8 graphs measured on tiles of ``raster``
+    (core.runtime.quantize.quantize_bundle; the image method per tower kind: WRITER_METHODS)."""
+    from .quantize import quantize_bundle
+
+    return quantize_bundle(bundle, Path(out).expanduser(), method="auto", check_raster=raster, overwrite=overwrite,
+                           progress=progress)
+
+
+def int8_summary(bundle) -> str:
+    """One line: the int8 agreement a bundle records, and what precision auto makes of it on a CPU."""
+    from .bundle import load_bundle
+    from .inference import choose_precision
+
+    b = load_bundle(bundle)
+    agree = ((b.manifest.get("quantization") or {}).get("int8") or {}).get("agreement_vs_fp32") or {}
+    return (f"int8 agrees with fp32 on {agree.get('top1_agree', 0):.2%} of {agree.get('images', '?')}; "
+            f"on a CPU, {choose_precision(b, 'auto', 'cpu')[1]}")
 
 
 def remove(name: str, folder=None) -> list[Path]:
@@ -230,9 +251,15 @@ def remove(name: str, folder=None) -> list[Path]:
 
 # ------------------------------------------------------------------------------------ command line
 
+INT8_CHECK_HELP = ("measure the int8 graphs' agreement with fp32 on tiles of this raster of yours (implies --int8; "
+                   "it needs 100 tiles at the model's input size holding data; static methods calibrate on some of "
+                   "them): precision auto then runs int8 where they agree on at least 99 %% of them; the raster is "
+                   "only read")
+
+
 def add_parser(sub) -> None:
     """The ``models`` command group of ``remoteclip``."""
-    p = sub.add_parser("models", help="list, get (download + convert), convert and remove models",
+    p = sub.add_parser("models", help="list, get (download + convert), convert, add int8 graphs to and remove models",
                        description="Real models without torch: the catalogue's checkpoints are downloaded "
                                    "and converted into bundles in the models folder ($REMOTECLIP_MODELS, "
                                    f"default {cat.models_dir()}).")
@@ -245,7 +272,9 @@ def add_parser(sub) -> None:
     q.add_argument("--url", help="download from this mirror instead, or use a local copy (path or file:// URL)")
     q.add_argument("--fp16", action="store_true", help="also write fp16 graphs (for GPUs)")
     q.add_argument("--int8", action="store_true", help="also write int8 graphs (CPUs: about twice as fast; "
-                   "their agreement with fp32 is measured and stored in the manifest)")
+                   "their agreement with fp32 is measured on 16 synthetic images and stored in the manifest; "
+                   "precision auto runs them only when measured on your raster: --int8-check)")
+    q.add_argument("--int8-check", metavar="RASTER", help=INT8_CHECK_HELP)
     q.add_argument("--keep-checkpoint", action="store_true", help="keep the downloaded checkpoint after converting")
     q.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     q = msub.add_parser("convert", help="convert an OpenCLIP checkpoint you have into a bundle")
@@ -256,8 +285,19 @@ def add_parser(sub) -> None:
                    help="MLP activation (default quick_gelu, as RemoteCLIP; see docs/bundles.md)")
     q.add_argument("--fp16", action="store_true", help="also write fp16 graphs (for GPUs)")
     q.add_argument("--int8", action="store_true", help="also write int8 graphs (CPUs: about twice as fast; "
-                   "their agreement with fp32 is measured and stored in the manifest)")
+                   "their agreement with fp32 is measured on 16 synthetic images and stored in the manifest; "
+                   "precision auto runs them only when measured on your raster: --int8-check)")
+    q.add_argument("--int8-check", metavar="RASTER", help=INT8_CHECK_HELP)
     q.add_argument("--name", help="bundle name (default: the --out folder name)")
+    q.add_argument("--overwrite", action="store_true", help="replace a bundle already at --out")
+    q.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    q = msub.add_parser("int8", help="a copy of a bundle with int8 graphs checked on your raster",
+                        description="Write a copy of BUNDLE with int8 graphs (CPUs), their agreement with fp32 "
+                                    "measured on tiles of RASTER, so that precision auto runs them where they agree "
+                                    "on at least 99 % of its tiles (docs/bundles.md).")
+    q.add_argument("bundle", help="a bundle folder (or a model name from `remoteclip models list`)")
+    q.add_argument("--int8-check", metavar="RASTER", required=True, help=INT8_CHECK_HELP)
+    q.add_argument("--out", required=True, help="bundle folder to write (must not exist, or give --overwrite)")
     q.add_argument("--overwrite", action="store_true", help="replace a bundle already at --out")
     q.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     q = msub.add_parser("remove", help="remove a pulled model (only what this tool made)")
@@ -320,14 +360,21 @@ def run(args, bar_factory) -> int:
     try:
         if cmd == "pull":
             out = pull(args.name, args.dir, args.url, fp16=args.fp16, int8=args.int8, progress=bar,
-                       keep_checkpoint=args.keep_checkpoint)
+                       keep_checkpoint=args.keep_checkpoint, int8_check=args.int8_check)
             bar.close()
-            print(f"pulled {args.name}: {out}\nuse it: remoteclip label RASTER --model {out.name} ...")
+            print(f"pulled {args.name}: {out}\n" + (int8_summary(out) + "\n" if args.int8_check else "")
+                  + f"use it: remoteclip label RASTER --model {out.name} ...")
+        elif cmd == "int8":
+            out = int8_bundle(args.bundle, args.out, args.int8_check, overwrite=args.overwrite, progress=bar)
+            bar.close()
+            print(f"bundle written: {out}\n{int8_summary(out)}\nuse it: remoteclip label RASTER --model {out} ...")
         else:
             out = convert(args.checkpoint, args.out, arch=args.arch, activation=args.activation, fp16=args.fp16,
-                          int8=args.int8, name=args.name, overwrite=args.overwrite, progress=bar)
+                          int8=args.int8, name=args.name, overwrite=args.overwrite, progress=bar,
+                          int8_check=args.int8_check)
             bar.close()
-            print(f"bundle written: {out}\nuse it: remoteclip label RASTER --model {out} ...")
+            print(f"bundle written: {out}\n" + (int8_summary(out) + "\n" if args.int8_check else "")
+                  + f"use it: remoteclip label RASTER --model {out} ...")
         return 0
     except (Cancelled, KeyboardInterrupt):
         bar.close()

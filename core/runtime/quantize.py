@@ -20,7 +20,9 @@ Two methods, both with int8 weights quantised per output channel (``onnxruntime.
 
 ``add_int8`` measures what it made against the fp32 graphs on the inputs it is given (real tiles or
 images where the caller has them, otherwise seeded synthetic images) and returns that record, which
-the bundle writers store in the manifest under ``quantization.int8``. onnxruntime's quantisation needs
+the bundle writers store in the manifest under ``quantization.int8``. ``raster_tiles`` reads those tiles from
+the analyst's own raster (``models convert/pull/int8 --int8-check RASTER``): at least INT8_MIN_IMAGES of them,
+so that precision auto can trust the figure (core.runtime.inference.choose_precision). onnxruntime's quantisation needs
 the ``onnx`` package; both are imported here, lazily.
 """
 
@@ -31,13 +33,15 @@ import io
 import logging
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import InvalidInput, MissingDependency
+from ..errors import InvalidInput, MissingDependency, OutputIsInput
 
-__all__ = ["add_int8", "quantize_bundle", "quantize_graph", "METHODS", "DYNAMIC_OPS", "agreement"]
+__all__ = ["add_int8", "quantize_bundle", "quantize_graph", "raster_tiles", "RasterTiles", "METHODS", "DYNAMIC_OPS",
+           "agreement"]
 
 METHODS = ("dynamic", "static", "static-ends", "static-ends-linear")
 TEXT_METHODS = ("fp32", "dynamic")
@@ -59,6 +63,91 @@ SENSITIVE_ENDS = {
 # The image graph method the bundle writers use, per kind of image tower, where they have real tiles to
 # calibrate on (measured per architecture: docs/bundles.md, "int8 graphs (CPUs)"); without them: dynamic.
 WRITER_METHODS = {"vit": "dynamic", "resnet": "static-ends"}
+
+
+# --int8-check RASTER: tiles of the analyst's raster, in a seeded random order over the whole raster. The
+# static methods calibrate on the first CALIBRATION_TILES (never fewer than MIN_CALIBRATION_TILES: the writer
+# then quantises dynamically) and the agreement is measured on the others, at least INT8_MIN_IMAGES of them.
+CALIBRATION_TILES = 64
+MIN_CALIBRATION_TILES = 16
+CHECK_TILES = 128              # measured on at most this many (and the calibration share where no method takes it)
+MIN_VALID_SHARE = 0.5          # a tile with less than this share of pixels holding data (not nodata) is skipped
+RASTER_SEED = 0
+
+
+@dataclass
+class RasterTiles:
+    """Preprocessed tiles of one raster (N, 3, H, W) in their seeded order, with their (col, row, w, h) windows."""
+
+    raster: str             # the file's name, for the manifest
+    pixels: np.ndarray
+    windows: list
+    size: int
+    seed: int
+
+    def split(self, static: bool) -> tuple[np.ndarray | None, np.ndarray, list, list]:
+        """(calibration tiles or None, check tiles, their windows, the check tiles' windows): distinct tiles, a
+        calibration share only for a static method and only where INT8_MIN_IMAGES tiles are left to check on."""
+        from .bundle import INT8_MIN_IMAGES
+
+        k = min(CALIBRATION_TILES, len(self.pixels) - INT8_MIN_IMAGES) if static else 0
+        if k < MIN_CALIBRATION_TILES:
+            k = 0
+        return (self.pixels[:k] if k else None), self.pixels[k:], self.windows[:k], self.windows[k:]
+
+    def note(self, n: int) -> str:
+        return f"{n} tiles of {self.raster} ({self.size} px, seed {self.seed})"
+
+
+def raster_tiles(raster, image_cfg: dict, *, seed: int = RASTER_SEED) -> RasterTiles:
+    """Up to CALIBRATION_TILES + CHECK_TILES tiles of ``raster`` at the bundle's input size, read and
+    preprocessed as the pipeline does (default bands, its stretch), drawn in a seeded random order from the
+    raster's grid of whole, non-overlapping tiles; tiles mostly nodata (MIN_VALID_SHARE) are skipped. Fewer
+    than INT8_MIN_IMAGES such tiles: InvalidInput (param "int8_check"). The raster is only read."""
+    from ..geodata.raster import Stretch, default_bands, open_raster, read_rgb
+    from ..geodata.tiles import TileSpec, make_grid
+    from .bundle import INT8_MIN_IMAGES
+    from .preprocess import preprocess
+
+    path = Path(raster).expanduser()
+    size = image_cfg["size"]
+    size = int(max(size)) if isinstance(size, list | tuple) else int(size)
+    src = open_raster(path)
+    try:
+        try:
+            windows = make_grid(src, TileSpec(size=size, edge="drop")).windows().tolist()
+        except InvalidInput:   # smaller than one tile
+            windows = []
+        order = np.random.default_rng(seed).permutation(len(windows))
+        bands = default_bands(src)
+        stretch = Stretch.from_source(src, bands) if len(windows) else None
+        want = CALIBRATION_TILES + CHECK_TILES
+        pixels, kept = [], []
+        for i in order:
+            rgb, valid = read_rgb(src, bands, tuple(windows[i]), stretch)
+            if valid is not None and valid.mean() < MIN_VALID_SHARE:
+                continue
+            pixels.append(preprocess(rgb, image_cfg, valid))
+            kept.append(tuple(int(v) for v in windows[i]))
+            if len(pixels) == want:
+                break
+    finally:
+        src.close()
+    if len(pixels) < INT8_MIN_IMAGES:
+        raise InvalidInput(f"{path.name} gives only {len(pixels)} tiles of {size} x {size} px with data (of "
+                           f"{len(windows)} in it); checking the int8 graphs needs at least {INT8_MIN_IMAGES}.",
+                           f"Give a larger raster of the imagery you will label (at least {INT8_MIN_IMAGES} tiles of "
+                           f"{size} px holding data).", path=path, param="int8_check")
+    return RasterTiles(path.name, np.stack(pixels), kept, size, seed)
+
+
+def check_raster_outside(raster, out_dir) -> None:
+    """The raster checked on is not inside the bundle folder being written (replacing it would remove it)."""
+    r, o = Path(raster).expanduser().resolve(), Path(out_dir).expanduser().resolve()
+    if r == o or o in r.parents:
+        raise OutputIsInput(f"The raster to check the int8 graphs on, {r}, is inside the bundle folder being "
+                            f"written ({o}).", "Write the bundle to another folder, or move the raster out of it.",
+                            path=r)
 
 
 def writer_method(graph_path, calibration) -> str:
@@ -216,7 +305,7 @@ def agreement(folder, fp32: dict, int8: dict, pixels: np.ndarray, ids: np.ndarra
 def add_int8(folder, graphs: dict, *, images: np.ndarray | None = None, images_note: str | None = None,
              ids: np.ndarray | None = None, method: str = "dynamic", calibration: np.ndarray | None = None,
              text: str = TEXT_DEFAULT, image_size: int | None = None, tokenize=None,
-             progress=None) -> tuple[dict, dict]:
+             check_tiles: RasterTiles | None = None, progress=None) -> tuple[dict, dict]:
     """Make ``image_int8.onnx`` (and with ``text="dynamic"`` ``text_int8.onnx``) in ``folder`` from
     ``graphs["fp32"]`` and measure them.
 
@@ -225,17 +314,31 @@ def add_int8(folder, graphs: dict, *, images: np.ndarray | None = None, images_n
     core.runtime.convert's check prompts). ``method`` applies to the image graph ("auto": :func:`writer_method`, per
     tower kind when ``calibration`` tiles are given). ``text="fp32"`` (the default) keeps
     the fp32 text graph for the int8 precision: the text runs once per job, and quantising it moved the
-    class ranking of whole rasters on the random-weight models (docs/bundles.md). Returns (the
+    class ranking of whole rasters on the random-weight models (docs/bundles.md). ``check_tiles``
+    (:func:`raster_tiles`, instead of ``images`` and ``calibration``): the analyst's raster, calibrated on where
+    the method is static and measured on its other tiles. Returns (the
     ``graphs["int8"]`` entry, the record for the manifest's ``quantization["int8"]``)."""
     report = progress or (lambda fraction, message: None)
     folder = Path(folder)
     if text not in TEXT_METHODS:
         raise InvalidInput(f"Unknown int8 text method {text!r}.", f"Use one of {', '.join(TEXT_METHODS)}.", param="text_method")
     names = {"image": "image_int8.onnx", "text": "text_int8.onnx" if text == "dynamic" else graphs["fp32"]["text"]}
+    raster = None
+    if check_tiles is not None:
+        static = method.startswith("static")
+        if method == "auto":
+            onnx, _ = _tools()
+            graph = onnx.load(os.fspath(folder / graphs["fp32"]["image"]), load_external_data=False).graph
+            static = WRITER_METHODS[tower_kind(graph)].startswith("static")
+        calibration, images, _, _ = check_tiles.split(static)
+        images_note = check_tiles.note(len(images))
+        raster = {"raster": check_tiles.raster, "seed": check_tiles.seed}
     if method == "auto":
         method = writer_method(folder / graphs["fp32"]["image"], calibration)
     report(0.0, f"Quantising the image graph to int8 ({method})")
     how_image = quantize_graph(folder / graphs["fp32"]["image"], folder / names["image"], method, calibration)
+    if raster is not None and how_image.get("calibration_images"):
+        how_image["calibration_tiles"] = check_tiles.note(how_image["calibration_images"])
     if text == "dynamic":
         report(0.5, "Quantising the text graph to int8 (dynamic)")
         how_text = quantize_graph(folder / graphs["fp32"]["text"], folder / names["text"], "dynamic")
@@ -254,6 +357,8 @@ def add_int8(folder, graphs: dict, *, images: np.ndarray | None = None, images_n
     report(0.8, "Measuring the int8 graphs against fp32")
     agree = agreement(folder, graphs["fp32"], names, np.asarray(images, np.float32), np.asarray(ids, np.int64))
     agree["images"] = images_note or f"{len(images)} images"
+    if raster is not None:
+        agree.update(raster)   # the figure is for this raster's imagery
     record = {"image": how_image, "text": how_text, "agreement_vs_fp32": agree}
     report(1.0, "int8 graphs written")
     return names, record
@@ -261,9 +366,11 @@ def add_int8(folder, graphs: dict, *, images: np.ndarray | None = None, images_n
 
 def quantize_bundle(bundle, out_dir, *, images: np.ndarray | None = None, images_note: str | None = None,
                     method: str = "dynamic", calibration: np.ndarray | None = None, text: str = TEXT_DEFAULT,
-                    overwrite: bool = False, progress=None) -> Path:
+                    check_raster=None, overwrite: bool = False, progress=None) -> Path:
     """A copy of an existing bundle at ``out_dir`` with int8 graphs added (its other graphs copied as they
-    are), written atomically like every bundle. Measured on ``images`` (preprocessed real tiles) when given."""
+    are), written atomically like every bundle. Measured on ``images`` (preprocessed real tiles) when given;
+    ``check_raster``: on tiles of that raster instead (:func:`raster_tiles`; ``method="auto"`` then calibrates
+    the tower kinds WRITER_METHODS makes static on some of them)."""
     import json
     import shutil
 
@@ -271,6 +378,10 @@ def quantize_bundle(bundle, out_dir, *, images: np.ndarray | None = None, images
     from .tokenizer import Tokenizer
 
     b = load_bundle(bundle)
+    tiles = None
+    if check_raster is not None:
+        check_raster_outside(check_raster, out_dir)
+        tiles = raster_tiles(check_raster, b.image)
     tmp = staging_dir(out_dir, overwrite)
     try:
         graphs = {p: dict(g) for p, g in b.manifest["graphs"].items() if p != "int8"}
@@ -280,7 +391,7 @@ def quantize_bundle(bundle, out_dir, *, images: np.ndarray | None = None, images
         graphs["int8"], record = add_int8(
             tmp, graphs, images=images, images_note=images_note, method=method, calibration=calibration, text=text,
             image_size=size[0] if isinstance(size, list) else size, tokenize=Tokenizer.from_bundle(b),
-            progress=progress)
+            check_tiles=tiles, progress=progress)
         manifest = json.loads((b.path / MANIFEST).read_text(encoding="utf-8"))
         manifest["graphs"] = graphs
         manifest["quantization"] = {"int8": record}

@@ -91,7 +91,8 @@ def _parity_row(folder: Path, graphs: dict, pixels, ids, ref_img, ref_txt, thres
 
 def convert_checkpoint(checkpoint, out_dir, *, arch: str = "auto", activation: str = "quick_gelu",
                        fp16: bool = False, int8: bool = False, name: str | None = None, source: dict | None = None,
-                       overwrite: bool = False, progress=None, is_cancelled=None, verify: bool = True) -> Path:
+                       overwrite: bool = False, progress=None, is_cancelled=None, verify: bool = True,
+                       int8_check=None) -> Path:
     """Convert an OpenCLIP-format checkpoint into a bundle folder ``out_dir``; returns the folder.
 
     The bundle is written into a temporary folder beside ``out_dir`` and renamed when complete; an
@@ -101,7 +102,9 @@ def convert_checkpoint(checkpoint, out_dir, *, arch: str = "auto", activation: s
     (origin URL, sha256...; the file's name and sha256 are filled in when missing). ``verify`` compares the
     graphs with a numpy forward pass of the checkpoint and refuses to write a bundle that disagrees.
     ``int8`` adds int8 graphs (core.runtime.quantize: dynamic quantisation of the fp32 graphs) with their measured
-    agreement with fp32 in the manifest's ``quantization``.
+    agreement with fp32 in the manifest's ``quantization``: on 16 synthetic images, or with ``int8_check`` (a raster
+    path; implies ``int8``) on tiles of that raster (core.runtime.quantize.raster_tiles, read before the graphs are
+    built), where the methods of WRITER_METHODS that are static calibrate on some of them.
     """
     onnx = require_onnx()
     from . import graphs as G
@@ -124,6 +127,15 @@ def convert_checkpoint(checkpoint, out_dir, *, arch: str = "auto", activation: s
     stage(0.05, "Recognising the architecture")
     arch, cfg = resolve(sd, arch)  # every key of the architecture, logit_scale included
     pp = preprocess_config(arch)
+    tiles = None
+    if int8_check is not None:
+        from ..quantize import check_raster_outside, raster_tiles
+
+        check_raster_outside(int8_check, out_dir)
+        stage(0.06, f"Reading check tiles of {Path(int8_check).name}")
+        tiles = raster_tiles(int8_check, image_section(pp["size"], pp["mean"], pp["std"], pp["resize_mode"],
+                                                       pp["interpolation"], pp["fill_color"]))
+        int8 = True
     src = {"checkpoint": checkpoint.name, "sha256": None, "origin": f"file://{checkpoint.name}"}
     src.update(source or {})
     if not src.get("sha256"):
@@ -164,8 +176,8 @@ def convert_checkpoint(checkpoint, out_dir, *, arch: str = "auto", activation: s
 
             tok = Tokenizer(VOCAB_FILE, context_length=cfg["text_cfg"]["context_length"])
             graphs["int8"], record = add_int8(
-                tmp, graphs, image_size=pp["size"], tokenize=tok,
-                progress=lambda f, m: stage(0.9 + 0.07 * f, m))
+                tmp, graphs, image_size=pp["size"], tokenize=tok, check_tiles=tiles,
+                method="auto" if tiles is not None else "dynamic", progress=lambda f, m: stage(0.9 + 0.07 * f, m))
             quantization = {"int8": record}
         stage(0.97, "Writing the manifest")
         shutil.copyfile(VOCAB_FILE, tmp / VOCAB_NAME)
