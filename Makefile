@@ -46,7 +46,7 @@ bench:
 	  $(PY) bench/summary.py --seconds $$(( $$(date +%s) - start ))
 
 screenshot:
-	xvfb-run -a -s "-screen 0 1600x1600x24" $(PY) scripts/screenshot.py docs/screenshot.png
+	QT_QPA_PLATFORM=xcb xvfb-run -a -s "-screen 0 1600x1600x24" $(PY) scripts/screenshot.py docs/screenshot.png
 
 lock:
 	$(PY) -m pip list --path .venv/lib/python3.11/site-packages --format=freeze \

@@ -134,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     r.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
                    help="graphs to run: auto (default: int8 on a CPU when the bundle has int8 graphs that agree "
-                        f"with fp32 on at least {INT8_USABLE_TOP1:.0%} of the labels, as recorded in its manifest, "
+                        f"with fp32 on at least {INT8_USABLE_TOP1:.0%}% of the labels, as recorded in its manifest, "   # argparse: %% is a %
                         "else fp32), fp32, fp16 "
                         "(GPUs) or int8 (CPUs, faster; the bundle needs them: models convert/pull --int8)")
     r.add_argument("--batch-size", type=int, default=None,

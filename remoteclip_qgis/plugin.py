@@ -111,7 +111,11 @@ class RemoteClipPlugin:
 
     def _remember_open(self, checked: bool) -> None:
         # a main window being hidden (QGIS closing) hides the dock too: that is not the analyst closing it
-        if self.iface.mainWindow().isVisible():
+        try:
+            shown = self.iface.mainWindow().isVisible()
+        except RuntimeError:   # the main window is already deleted: QGIS is quitting
+            return
+        if shown:
             QgsSettings().setValue(DOCK_OPEN_SETTING, checked)  # noqa: QGS202 (returns nothing)
 
     def _reopen(self) -> None:

@@ -417,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
             picks.click(outline.centroid().asPoint(), "like")
         if len(picks.picks) == 3:
             break
+    dock.output_widget.setFilePath(str(work / "kampala_like.gpkg"))
     _run(dock, "search by example")
     shoot(dock.last_layer, Path(f"{stem}_search_like.png"))
     picks.clear()

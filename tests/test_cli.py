@@ -149,6 +149,19 @@ def test_bad_input_is_one_line_and_exit_2(args, match, mosaic, data_dir, tiny_bu
     assert match in lines[0] and "Fix:" in lines[0]
 
 
+def test_every_command_prints_its_help(capsys):
+    """argparse formats help texts with %: a bare '99% of' in one option's help broke --help of every task."""
+    from core.cli import _parser
+
+    commands = ["label", "count", "search", "embed", "classify", "change", "sample", "assess", "models"]
+    for argv in [["--help"]] + [[c, "--help"] for c in commands]:
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code == 0, argv
+        assert "usage:" in capsys.readouterr().out
+    assert set(commands) <= set(_parser()._subparsers._group_actions[0].choices)
+
+
 def test_bundle_that_does_not_load(mosaic, tmp_path, capsys):
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "manifest.json").write_text("{}")
