@@ -212,12 +212,12 @@ def known_rate(job: Job, bundle) -> float | None:
         return None
     precision = job.run.precision
     if precision == "auto":   # the rate of the graphs auto will run (record_rate keeps it under those)
-        from ..errors import RemoteClipError
+        from ..errors import MissingDependency
         from ..runtime.inference import choose_precision
 
         try:
             precision = choose_precision(bundle, precision, job.run.device)[0]
-        except RemoteClipError:   # device cuda without CUDA: the run says so
+        except MissingDependency:   # device cuda without CUDA (or no onnxruntime): no estimate; the run says why
             return None
     try:
         entry = _rate_entry(_read_rates(path).get(_rate_key(bundle, precision, job.run.device)))
