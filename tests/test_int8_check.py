@@ -11,7 +11,7 @@ import json
 import shutil
 
 import pytest
-from test_models_pull import _run, entry, models, save_checkpoint, user_catalog  # noqa: F401 (fixture)
+from test_models_pull import _run, _torch, entry, models, save_checkpoint, user_catalog  # noqa: F401 (fixture)
 
 from core.errors import InvalidInput, OutputIsInput
 from core.runtime.bundle import INT8_MIN_IMAGES, INT8_USABLE_TOP1, load_bundle
@@ -149,7 +149,7 @@ def test_convert_and_pull_check_on_the_raster(models, z20, tmp_path, capsys):  #
 @pytest.fixture(scope="module")
 def resnet_bundle(tmp_path_factory):
     """A random tiny CLIP with a ModifiedResNet image tower (RN50's kind, 64 px, one block per stage)."""
-    torch = pytest.importorskip("torch")
+    torch = _torch()   # a missing torch fails in CI, as every test that makes checkpoints
     from open_clip.model import CLIP
 
     from training.export import TINY_CONFIG, export_bundle, tiny_model
