@@ -77,8 +77,9 @@ def test_a_job_at_auto_records_what_ran_and_why(int8_bundle, data_dir, tmp_path)
     z20 = str(data_dir / "orthomosaic" / "kampala_oam_z20_mosaic_1536x1024.tif")
     below = _with_top1(int8_bundle, tmp_path / "below", 0.985)
 
-    def job(model, precision, out):
-        run = RunOptions(model=str(model), device="cpu", precision=precision, cache_dir=str(tmp_path / "cache"))
+    def job(model, precision, out, cache="cache"):
+        run = RunOptions(model=str(model), device="cpu", precision=precision,
+                         cache_dir=str(tmp_path / cache) if cache else "")
         return run_job(Job(raster=z20, task=LabelTask(["trees", "road"]), run=run, tiles=TileSpec(size=512),
                            output=str(tmp_path / out)))
 
@@ -90,6 +91,9 @@ def test_a_job_at_auto_records_what_ran_and_why(int8_bundle, data_dir, tmp_path)
     assert auto.precision_reason.startswith("auto: int8 agrees ") and "only 98.50 %" in short.precision_reason
     # auto ran the int8 graphs themselves: the same embeddings as int8 asked for (from the same cache entry)
     assert explicit.cache_hit and (auto.embeddings == explicit.embeddings).all()
+    # and encoded, not only keyed, by them: int8 and fp32 encoded afresh (no cache) tell the two apart
+    int8_fresh, fp32_fresh = job(usable, "int8", "int8_fresh.gpkg", None), job(usable, "fp32", "fp32.gpkg", None)
+    assert (auto.embeddings == int8_fresh.embeddings).all() and not (auto.embeddings == fp32_fresh.embeddings).all()
     assert not [w for w in short.warnings if "int8 graphs" in w]
     # the plan before a run at auto knows the rate measured by the last one (kept under the graphs that ran)
     from core.pipeline import plan_job
