@@ -266,9 +266,10 @@ def add_reference_class(layer, field: str, name: str) -> list[str]:
     if setup.type() != "ValueMap":
         return []
     config = dict(setup.config())
-    items = list(config.get("map") or [])
+    items = config.get("map") or []
     if isinstance(items, dict):   # the older form of QGIS's value map: {description: value}
         items = [{k: v} for k, v in items.items()]
+    items = list(items)
     values = [str(v) for item in items for v in item.values()]
     if name not in values:
         items.append({name: name})

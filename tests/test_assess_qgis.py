@@ -366,6 +366,14 @@ def test_the_sample_layer_takes_a_class_the_map_lacks_and_assess_reports_it(dock
     assert setup.type() == "ValueMap" and setup.config()["map"] == [{"a": "a"}, {"b": "b"}, {"wetland": "wetland"}]
     assert box.add_class("wetland") == ["a", "b", "wetland"]   # once only
     assert box.add_class(" ") is None and "empty" in dock.status.text()
+    # a value map in QGIS's older form, {description: value} (projects from older QGIS), takes a class too
+    from qgis.core import QgsEditorWidgetSetup
+
+    from remoteclip_qgis.assess_view import add_reference_class
+
+    layer.setEditorWidgetSetup(idx, QgsEditorWidgetSetup("ValueMap", {"map": {"a": "a", "b": "b"}}))
+    assert add_reference_class(layer, "reference", "wetland") == ["a", "b", "wetland"]
+    layer.setEditorWidgetSetup(idx, setup)
 
     # QGIS's attribute form widget for the field offers the new class and sets it
     wrapper = QgsGui.editorWidgetRegistry().create(setup.type(), layer, idx, setup.config(), None, dock)
