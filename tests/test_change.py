@@ -301,3 +301,34 @@ def test_command_line_change(pair, tiny_bundle, tmp_path, capsys):
     code = main(["change", before, str(tmp_path / "missing.tif"), "--model", str(tiny_bundle), "-q"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_an_after_that_cannot_be_reprojected_is_a_typed_error_also_with_gdal_exceptions_on():
+    """QGIS 3.40+ turns GDAL's Python exceptions on for the process: an AFTER reaching past the pole, which
+    EPSG:3857 cannot hold, is still the InvalidInput that names it, not GDAL's RuntimeError."""
+    from types import SimpleNamespace
+
+    from osgeo import gdal, ogr, osr
+
+    from core.errors import InvalidInput
+    from core.tasks.change import footprint_overlap
+
+    def crs(code):
+        srs = osr.SpatialReference()
+        srs.ImportFromEPSG(code)
+        return srs.ExportToWkt()
+
+    before = SimpleNamespace(transform=(10.0, 0, 0.0, 0, -10.0, 1000.0), width=100, height=100, crs_wkt=crs(3857))
+    # an affine transform as RasterSource holds it: lon 0..10, lat 95..85, past the pole
+    after = SimpleNamespace(transform=(0.1, 0, 0.0, 0, -0.1, 95.0), width=100, height=100, crs_wkt=crs(4326))
+    modes = [m.GetUseExceptions() for m in (gdal, ogr, osr)]
+    for m in (gdal, ogr, osr):
+        m.UseExceptions()
+    try:
+        with pytest.raises(InvalidInput) as err:
+            footprint_overlap(before, after, "after.tif")
+    finally:
+        for m, on in reversed(list(zip((gdal, ogr, osr), modes, strict=True))):   # GDAL pops them in reverse
+            if not on:
+                m.DontUseExceptions()
+    assert err.value.param == "after" and err.value.path == "after.tif"

@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-from ..errors import Cancelled, InvalidInput
+from ..errors import InvalidInput
 from ..geodata.crs import crs_name, same_crs
 from ..runtime.bundle import load_bundle, precision_warnings
 from ..runtime.inference import Encoder, choose_precision
@@ -47,6 +47,7 @@ from .write import (
     collection_outputs,
     out_crs_wkt,
     progress_to,
+    stop_if_cancelled,
     tile_ground_size,
     write_outputs,
 )
@@ -117,7 +118,7 @@ def _run(job: Job, plans, state, paths, t0, progress, is_cancelled, on_plan, aft
     finally:
         pieces.close()   # a cancel or an error: the readers stop, the cluster's futures are cancelled
     timings["tiles"] = time.perf_counter() - t
-    _stop_if_cancelled(is_cancelled)
+    stop_if_cancelled(is_cancelled)
     read = sum(len(p.grid) for p in plans if p.index in results and not results[p.index].cache_hit)
     if read and not job.dask:
         record_rate(job, bundle, encoder.provider, read, timings["tiles"])
@@ -157,7 +158,7 @@ def _run(job: Job, plans, state, paths, t0, progress, is_cancelled, on_plan, aft
     else:
         whole = parts[0]
         out = task.outputs(whole, text, bundle, fitted)
-    _stop_if_cancelled(is_cancelled)
+    stop_if_cancelled(is_cancelled)
     provider = encoder.provider if encoded and not job.dask else (
         "dask" if job.dask else provider_if_loaded(encoder))
     res = write_outputs(job, whole, out, bundle, provider, paths, warnings + state.warnings, t0, progress,
@@ -172,11 +173,6 @@ def _run(job: Job, plans, state, paths, t0, progress, is_cancelled, on_plan, aft
     return res
 
 
-def _stop_if_cancelled(is_cancelled) -> None:
-    if is_cancelled is not None and is_cancelled():
-        raise Cancelled("cancelled")
-
-
 def gather(job: Job, plans, pieces, cache, record, state, progress, is_cancelled, total) -> dict:
     """Each raster's embeddings as they come (from a reader or a worker): saved in the cache and the record;
     a collection's unreadable or all-nodata raster skipped (or, --strict, the run stopped); a single raster's
@@ -185,7 +181,7 @@ def gather(job: Job, plans, pieces, cache, record, state, progress, is_cancelled
     results: dict = {}
     done = 0
     for enc in pieces:
-        _stop_if_cancelled(is_cancelled)
+        stop_if_cancelled(is_cancelled)
         p = by_index[enc.index]
         if enc.error is not None:
             skip(job, state, p.path, enc.error)

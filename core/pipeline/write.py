@@ -19,7 +19,7 @@ from .job import Job, JobResult, job_inputs, output_layer_name
 _DENSIFY = 8   # points per tile edge when the output CRS differs: tiles stay exact under curved transforms
 
 
-def _stop_if_cancelled(is_cancelled) -> None:
+def stop_if_cancelled(is_cancelled) -> None:
     if is_cancelled is not None and is_cancelled():
         from ..errors import Cancelled
 
@@ -92,7 +92,7 @@ def write_outputs(job: Job, part: RasterPart, out: TaskOutput, bundle, provider:
                                        layer_name=layer_name, dissolve_by=dissolve_by, metadata=metadata,
                                        overwrite=job.overwrite, inputs=inputs))
             written["vector"] = job.output
-        _stop_if_cancelled(is_cancelled)
+        stop_if_cancelled(is_cancelled)
         if paths["raster"]:
             progress_to(progress, 0.98, f"writing {job.raster_output}")
             from ..geodata.dense import stage_dense
@@ -102,7 +102,7 @@ def write_outputs(job: Job, part: RasterPart, out: TaskOutput, bundle, provider:
                                       {"task": task.kind, "model": bundle.name, "bands": out.dense_names},
                                       raster=job.raster))
             written["raster"] = staged[-1].path
-        _stop_if_cancelled(is_cancelled)
+        stop_if_cancelled(is_cancelled)
         if paths["head"] and out.head is not None:
             from ..outputs import stage_text_file
 
@@ -113,7 +113,7 @@ def write_outputs(job: Job, part: RasterPart, out: TaskOutput, bundle, provider:
 
             staged.append(stage_report(paths["report"], report))
             written["report"] = staged[-1].path
-        _stop_if_cancelled(is_cancelled)
+        stop_if_cancelled(is_cancelled)
     except BaseException:
         from ..staged import discard_all
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from .. import checks
-from ..errors import InvalidInput
+from ..errors import InvalidInput, gdal_return_codes
 from ..prompts import PRESETS, check_labels, check_templates, label_prompts
 from .base import (
     NAMES_HELP,
@@ -287,6 +287,7 @@ def owned_cells(part, max_cells: int = 4_000_000):
     return counts / own, f
 
 
+@gdal_return_codes()   # GDAL's failures by return code, also where QGIS turned exceptions on
 def tile_areas(part) -> np.ndarray:
     """Each kept tile's area in square metres, in a Lambert azimuthal equal-area projection centred on the
     raster (core.assess's measure, core.geodata.crs.equal_area_at)."""
@@ -382,6 +383,7 @@ def same_grid(a, b) -> bool:
         same_crs(a.crs_wkt, b.crs_wkt)
 
 
+@gdal_return_codes()   # GDAL's failures by return code, also where QGIS turned exceptions on
 def footprint_overlap(before, after, after_path: str) -> None:
     """Refuse an AFTER that does not overlap BEFORE, or whose CRS cannot be transformed to BEFORE's."""
     from osgeo import ogr, osr
@@ -416,6 +418,7 @@ def footprint_overlap(before, after, after_path: str) -> None:
                            "(check their extents with gdalinfo).", path=after_path, param="after")
 
 
+@gdal_return_codes()   # GDAL's failures by return code, also where QGIS turned exceptions on
 def warp_vrt(after_path: str, before, folder: str, resampling: str) -> str:
     """A warped VRT of AFTER on BEFORE's pixel grid (CRS, geotransform, size) with an alpha band (0 where AFTER
     has no data); written in ``folder``. Returns its path."""
