@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InvalidInput, SourceUnreadable, gdal_return_codes
+from .errors import InvalidInput, OutputExists, SourceUnreadable, gdal_return_codes
 from .geodata.crs import gis_order, laea, to_lonlat, transformation
 
 __all__ = ["MapStrata", "read_map", "sample_points", "estimate", "assess", "read_reference",
@@ -493,6 +493,21 @@ class Sample:
         return sum(self.per_class)
 
 
+@gdal_return_codes()
+def labelled_points(output, layer: str | None, reference_field: str) -> int:
+    """How many features of ``output`` (its ``layer``, else its first) have a value in ``reference_field``:
+    0 when the file, the layer or the field is not there."""
+    from osgeo import ogr
+
+    if not os.path.exists(str(output)):
+        return 0
+    ds = ogr.Open(str(output))
+    lyr = None if ds is None else (ds.GetLayerByName(layer) if layer else ds.GetLayer(0))
+    if lyr is None or lyr.GetLayerDefn().GetFieldIndex(reference_field) < 0:
+        return 0
+    return sum(1 for f in lyr if str(f.GetField(reference_field) or "").strip())
+
+
 def write_sample(map_path, output, map_field: str = "label", layer: str | None = None, per_class: int | None = None,
                  total: int | None = None, allocation: str = "proportional", seed: int = 0,
                  reference_field: str = "reference", out_layer: str | None = None, overwrite: bool = False,
@@ -515,6 +530,11 @@ def write_sample(map_path, output, map_field: str = "label", layer: str | None =
                for i, (x, y, name) in enumerate(points, start=1)]
     fields = [Field("sample_id", "int"), Field("map_class", "str"), Field(ref, "str")]
     out_layer = out_layer or (SAMPLE_LAYER if str(output).lower().endswith(".gpkg") else None)
+    labelled = labelled_points(output, out_layer, ref)
+    if labelled:   # hours of an analyst's work: never replaced, --overwrite or not
+        raise OutputExists(f"{output} already holds a reference sample, {labelled} of its points labelled in "
+                           f"'{ref}'.", "Write the new sample to another file (or layer); delete the labelled "
+                           "one yourself if you mean to start again.", path=str(output))
     map_input = f"{strata.path}|layername={strata.layer}" if strata.layer and strata.path.lower().endswith(".gpkg") \
         else strata.path
     out = write_vector(output, records, fields, strata.map_crs_wkt, layer_name=out_layer,

@@ -216,3 +216,46 @@ def test_reference_points_in_another_crs_are_transformed(tile_map, tmp_path):
     utm, lonlat = assess.assess(tile_map, ref), assess.assess(tile_map, wgs)
     assert lonlat["error_matrix"]["counts"] == utm["error_matrix"]["counts"]
     assert lonlat["n"]["used"] == 30 and lonlat["n"]["left_out"]["outside_map"] == 0
+
+
+def test_a_labelled_reference_sample_is_never_replaced(tile_map, tmp_path, capsys):
+    """--overwrite (and Processing, which always overwrites) replaces an unlabelled sample, but never one in
+    which the analyst has typed reference classes: that is their work, not an output."""
+    from osgeo import ogr
+
+    from core.cli import main
+
+    for name in ("ref.gpkg", "ref.shp"):
+        out = tmp_path / name
+        assert main(["sample", str(tile_map), "--per-class", "5", "--seed", "1", "-o", str(out)]) == 0
+        # still empty: a new sample replaces it
+        assert main(["sample", str(tile_map), "--per-class", "6", "--seed", "1", "-o", str(out), "--overwrite"]) == 0
+        assert len(_points(out)[0]) == 12
+        ds = ogr.Open(str(out), 1)
+        lyr = ds.GetLayer(0)
+        f = lyr.GetNextFeature()   # the last point labelled, as an analyst would
+        f.SetField("reference", "a")
+        assert lyr.SetFeature(f) == 0
+        ds = lyr = f = None
+        before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.stem == "ref"}
+        capsys.readouterr()
+        assert main(["sample", str(tile_map), "--per-class", "5", "--seed", "2", "-o", str(out), "--overwrite"]) == 2
+        assert str(out) in capsys.readouterr().err   # the file named
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.stem == "ref"} == before
+        for p in list(tmp_path.iterdir()):
+            if p.stem == "ref":
+                p.unlink()
+    from core.assess import write_sample
+    from core.errors import OutputExists
+
+    out = tmp_path / "kept.gpkg"
+    write_sample(tile_map, out, per_class=3, seed=0)
+    ds = ogr.Open(str(out), 1)
+    lyr = ds.GetLayer(0)
+    f = lyr.GetNextFeature()
+    f.SetField("reference", "b")
+    assert lyr.SetFeature(f) == 0
+    ds = lyr = f = None
+    with pytest.raises(OutputExists) as err:
+        write_sample(tile_map, out, per_class=3, seed=0, overwrite=True)
+    assert err.value.path == str(out)
